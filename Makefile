@@ -1,0 +1,56 @@
+# callvault: `make run` and `make test` do the whole set-up on a fresh Debian
+# machine (system packages, a .venv at the repo root, the Cython extensions).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= .data
+# libopus-dev: linked by ext/_opus.pyx; opus-tools, ffmpeg, sox: real decoders
+# and encoders the tests compare against; espeak-ng: speech for quality tests;
+# libpcap0.8 is not needed (dpkt reads captures).
+APT_PKGS := build-essential pkg-config libopus-dev opus-tools ffmpeg sox espeak-ng
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: run test bench stress sysdeps setup build lint clean
+
+sysdeps:
+	@missing=""; \
+	for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv python3-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "make: installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml setup.py | sysdeps
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: sysdeps $(VENV)/.installed
+
+build: setup
+	$(PY) setup.py -q build_ext --inplace
+
+lint: build
+	$(VENV)/bin/ruff check engine tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+bench: build
+	$(VENV)/bin/pytest -q benchmarks --benchmark-columns=min,median,mean,rounds \
+	  --benchmark-sort=name --benchmark-json=benchmarks/last-run.json
+	$(PY) -m benchmarks.report benchmarks/last-run.json
+
+run: build
+	$(VENV)/bin/callvault demo --data $(DATA)
+
+clean:
+	rm -rf build $(VENV) ext/*.c engine/*.so .pytest_cache .mypy_cache .ruff_cache
