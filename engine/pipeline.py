@@ -1,0 +1,283 @@
+"""One leg's path from RTP (or PCM) to encoded Opus frames, and a whole call's transcode.
+
+    RTP batch -> JitterBuffer (ext/_rtp) -> PCM frames on the call timeline
+              -> DtmfDetector (ext/_dsp, optional PCI masking) -> Vad, levels
+              -> Opus Encoder (ext/_opus), one packet per 20 ms frame
+
+Both legs of a call share ``call_start_us`` and are flushed to the same end,
+so they have the same number of frames and frame n of each leg is the same
+20 ms of the call: a dual-track Ogg pairs them with no re-encoding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from callvault import _dsp, _opus, _rtp, capture, wav
+from callvault.errors import InputError
+from callvault.ogg import OggOpusWriter
+
+FRAME = 160  # samples per 20 ms frame at 8 kHz
+FRAME_US = 20_000
+LEG_NAMES = ("agent", "customer")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a call is turned into Opus; defaults are the product's defaults."""
+
+    bitrate: int = 12_000  # per leg, bits per second
+    complexity: int = 5
+    dtx: bool = True
+    mask_dtmf: bool = False
+    window_ms: int = 300  # jitter-buffer reordering window
+    fill: str = "silence"  # or "conceal": what fills lost frames
+
+
+@dataclass
+class LegResult:
+    name: str
+    source: str
+    frames: int = 0
+    pcm: list[npt.NDArray[np.int16]] = field(default_factory=list)
+    packets: list[tuple[bytes, npt.NDArray[np.int32]]] = field(default_factory=list)
+    opus_bytes: int = 0
+    voice_frames: int = 0
+    rtp: dict[str, int] = field(default_factory=dict)
+    gaps: list[tuple[int, int]] = field(default_factory=list)
+    telephone_events: list[dict[str, Any]] = field(default_factory=list)
+    dtmf: list[dict[str, Any]] = field(default_factory=list)
+    sumsq: float = 0.0
+    peak: int = 0
+    clipped: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        n = self.frames * FRAME
+        rms = 10 * math.log10(self.sumsq / n / 32768.0**2) if n and self.sumsq > 0 else None
+        return {
+            "leg": self.name,
+            "source": self.source,
+            "frames": self.frames,
+            "seconds": self.frames * FRAME / wav.RATE,
+            "lost": self.rtp.get("lost_frames", 0),
+            "late": self.rtp.get("late", 0),
+            "duplicates": self.rtp.get("duplicates", 0),
+            "malformed": self.rtp.get("malformed", 0),
+            "gaps": [{"start_frame": s, "frames": n} for s, n in self.gaps],
+            "telephone_events": self.telephone_events,
+            "dtmf": self.dtmf,
+            "voice_frames": self.voice_frames,
+            "level": {"rms_dbfs": None if rms is None else round(rms, 2),
+                      "peak": self.peak, "clipped": self.clipped},
+            "bytes": self.opus_bytes,
+            "rtp": self.rtp,
+        }
+
+    def pcm_all(self) -> npt.NDArray[np.int16]:
+        if not self.pcm:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate([p.reshape(-1) for p in self.pcm])
+
+    def packets_all(self) -> tuple[bytes, npt.NDArray[np.int32]]:
+        data = b"".join(d for d, _ in self.packets)
+        lengths = (np.concatenate([ln for _, ln in self.packets]) if self.packets
+                   else np.zeros(0, dtype=np.int32))
+        return data, lengths.astype(np.int32)
+
+
+class LegPipeline:
+    """Jitter buffer, DSP and encoder of one leg. Feed RTP or PCM, then finish()."""
+
+    def __init__(self, name: str, source: str, settings: Settings, *, call_start_us: int = 0,
+                 event_payload_types: Sequence[int] = (101,), encode: bool = True,
+                 keep_pcm: bool = False) -> None:
+        self.result = LegResult(name, source)
+        self.settings = settings
+        self.jb = _rtp.JitterBuffer(call_start_us=call_start_us, window_ms=settings.window_ms,
+                                    fill=settings.fill,
+                                    event_payload_types=tuple(event_payload_types) or (101,))
+        self.dtmf = _dsp.DtmfDetector(mask=settings.mask_dtmf)
+        self.vad = _dsp.Vad()
+        self.encoder = (_opus.Encoder(bitrate=settings.bitrate, complexity=settings.complexity,
+                                      dtx=settings.dtx) if encode else None)
+        self.keep_pcm = keep_pcm
+        self.next_index = 0  # next frame index the DSP stage expects
+
+    @property
+    def pre_skip(self) -> int:
+        return self.encoder.lookahead if self.encoder is not None else 0
+
+    def push_rtp(self, data: bytes, offsets: npt.NDArray[np.int64],
+                 lengths: npt.NDArray[np.int32], arrival_us: npt.NDArray[np.int64]) -> None:
+        frames = self.jb.push(data, offsets, lengths, arrival_us)
+        if len(frames):
+            self._dsp(frames.pcm, int(frames.index[0]))
+
+    def push_pcm(self, pcm: npt.NDArray[np.int16]) -> None:
+        """Samples already on the timeline (WAV legs); a partial last frame is zero-padded."""
+        pad = (-len(pcm)) % FRAME
+        if pad:
+            pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)])
+        if len(pcm):
+            self._dsp(pcm.reshape(-1, FRAME), self.next_index)
+
+    def finish(self, *, end_us: int | None = None, total_frames: int | None = None) -> LegResult:
+        """Drain the jitter buffer (filling to end_us) and the DSP; pad to total_frames."""
+        if self.jb.stats["packets"]:
+            frames = self.jb.flush(end_us)
+            if len(frames):
+                self._dsp(frames.pcm, int(frames.index[0]))
+            self._take_rtp_metadata()
+        if total_frames is not None and total_frames > self.next_index:
+            self._dsp(np.zeros((total_frames - self.next_index, FRAME), dtype=np.int16),
+                      self.next_index)
+        pcm, events = self.dtmf.flush()
+        self._after_dsp(pcm, events)
+        return self.result
+
+    def _take_rtp_metadata(self) -> None:
+        r = self.result
+        r.rtp = dict(self.jb.stats)
+        r.gaps = [(int(s), int(n)) for s, n in self.jb.gaps]
+        r.telephone_events = [
+            {"digit": e.digit, "start_ms": e.start_ms, "duration_ms": e.duration_ms,
+             "volume_dbm0": -e.volume, "source": "rfc4733"} for e in self.jb.events
+        ]
+
+    def _dsp(self, pcm: npt.NDArray[np.int16], first_index: int) -> None:
+        if first_index != self.next_index:
+            raise AssertionError(f"timeline hole: frame {first_index}, expected {self.next_index}")
+        self.next_index += len(pcm)
+        out, events = self.dtmf.process(np.ascontiguousarray(pcm), first_index)
+        self._after_dsp(out, events)
+
+    def _after_dsp(self, pcm: npt.NDArray[np.int16], events: Sequence[Any]) -> None:
+        r = self.result
+        for e in events:
+            r.dtmf.append({"digit": e.digit, "start_ms": e.start_sample // 8,
+                           "duration_ms": (e.end_sample - e.start_sample) // 8,
+                           "source": "inband", "masked": self.settings.mask_dtmf})
+        if not len(pcm):
+            return
+        r.frames += len(pcm)
+        r.voice_frames += int(self.vad.process(pcm).sum())
+        flat = pcm.reshape(-1).astype(np.int64)
+        r.sumsq += float(np.dot(flat, flat))
+        r.peak = max(r.peak, int(np.abs(flat).max()))
+        r.clipped += int(np.count_nonzero((flat >= 32767) | (flat <= -32768)))
+        if self.keep_pcm:
+            r.pcm.append(pcm.copy())
+        if self.encoder is not None:
+            data, lengths = self.encoder.encode_frames(pcm)
+            r.packets.append((data, lengths))
+            r.opus_bytes += len(data)
+
+
+@dataclass
+class LegInput:
+    name: str
+    source: str  # file path, and for captures which flow
+    flow: capture.RtpFlow | None = None
+    pcm: npt.NDArray[np.int16] | None = None
+
+
+def parse_inputs(inputs: Sequence[str], legs: Sequence[str] | None = None) -> list[LegInput]:
+    """INPUT... as the CLI takes it: one or more captures, or LEG=FILE.wav pairs."""
+    if not inputs:
+        raise InputError("no input given")
+    if all("=" in i for i in inputs):
+        out: list[LegInput] = []
+        for item in inputs:
+            name, _, path = item.partition("=")
+            if not name or not path:
+                raise InputError(f"expected LEG=FILE.wav, got {item!r}")
+            if any(o.name == name for o in out):
+                raise InputError(f"leg {name!r} given twice")
+            out.append(LegInput(name, path, pcm=wav.read_mono(path)))
+        return out
+    if any("=" in i for i in inputs):
+        raise InputError("give either captures or LEG=FILE.wav pairs, not both")
+    flows: list[tuple[str, capture.RtpFlow]] = []
+    for path in inputs:
+        cap = capture.read_capture(path)
+        flows.extend((path, f) for f in cap.flows)
+    if not flows:
+        raise InputError(f"no RTP streams found in {', '.join(inputs)}")
+    flows.sort(key=lambda pf: pf[1].first_us)
+    names = list(legs) if legs else list(LEG_NAMES)
+    if len(flows) > len(names):
+        extra = ", ".join(f.label for _, f in flows[len(names):])
+        raise InputError(f"{len(flows)} RTP streams found but {len(names)} legs named "
+                         f"({', '.join(names)}); name more with --legs (extra: {extra})")
+    legs_out: list[LegInput] = []
+    for name, (path, flow) in zip(names, flows, strict=False):
+        capture.check_audio(flow)
+        legs_out.append(LegInput(name, f"{path} {flow.label}", flow=flow))
+    return legs_out
+
+
+@dataclass
+class CallResult:
+    legs: list[LegResult]
+    pre_skip: int
+    frames: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames * FRAME / wav.RATE
+
+
+def run_call(inputs: Sequence[LegInput], settings: Settings, *, encode: bool = True,
+             keep_pcm: bool = False, batch_packets: int = 500) -> CallResult:
+    """Run every leg through its pipeline on one timeline; legs end with the same frame count."""
+    flows = [i.flow for i in inputs if i.flow is not None]
+    start_us = min(f.first_us for f in flows) if flows else 0
+    # The call ends when its last packet's audio ends (one frame after its arrival).
+    end_us = max(f.arrival_us[-1] for f in flows) + FRAME_US if flows else None
+    pipes = []
+    for leg in inputs:
+        pipe = LegPipeline(leg.name, leg.source, settings, call_start_us=start_us,
+                           event_payload_types=leg.flow.event_payload_types() if leg.flow else (),
+                           encode=encode, keep_pcm=keep_pcm)
+        if leg.flow is not None:
+            (data, offsets, lengths), arrival = leg.flow.batch()
+            for lo in range(0, len(lengths), batch_packets):
+                hi = lo + batch_packets
+                pipe.push_rtp(data, offsets[lo:hi], lengths[lo:hi], arrival[lo:hi])
+        elif leg.pcm is not None:
+            pipe.push_pcm(leg.pcm)
+        pipes.append(pipe)
+    # WAV legs of different lengths are padded with silence to the longest.
+    total = max((-(-len(i.pcm) // FRAME) for i in inputs if i.pcm is not None), default=None)
+    results = [p.finish(end_us=end_us, total_frames=total) for p in pipes]
+    frames = max((r.frames for r in results), default=0)
+    if any(r.frames != frames for r in results):
+        raise AssertionError(f"legs differ in length: {[r.frames for r in results]}")
+    return CallResult(results, pipes[0].pre_skip if pipes else 0, frames)
+
+
+def write_ogg(path: str | Path, call: CallResult, comments: dict[str, str] | None = None) -> int:
+    """Dual-track (or mono) Ogg Opus from the legs' packets, with no re-encoding."""
+    streams = [r.packets_all() for r in call.legs]
+    if len(streams) == 1:
+        data, lengths = streams[0]
+    elif len(streams) == 2:
+        (da, la), (db, lb) = streams
+        data, lengths = _opus.pack_multistream(da, la, db, lb)
+    else:
+        raise InputError(f"{len(streams)} legs: Ogg export takes one or two legs")
+    with OggOpusWriter(path, channels=len(streams), pre_skip=call.pre_skip,
+                       comments=comments) as w:
+        w.write_packets(data, lengths)
+    return Path(path).stat().st_size
+
+
+def write_wav(path: str | Path, call: CallResult) -> int:
+    return wav.write(path, [r.pcm_all() for r in call.legs])
