@@ -185,19 +185,28 @@ def _ipv4_udp(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> byt
     return hdr[:10] + struct.pack("!H", csum) + hdr[12:] + udp
 
 
-def write_capture(path: str | Path, legs: list[tuple[npt.NDArray[np.int16], LegPlan]], *,
-                  t0: float = 1_700_000_000.0, seed: int = 7, pcapng: bool = False) -> int:
-    """Write the legs as RTP over Ethernet/IPv4/UDP; returns the packet count."""
-    packets: list[tuple[float, bytes, LegPlan]] = []
-    for n, (pcm, plan) in enumerate(legs):
-        packets.extend((a, p, plan) for a, p in rtp_packets(pcm, plan, t0=t0, seed=seed + n))
-    packets.sort(key=lambda x: x[0])
+Datagram = tuple[float, tuple[str, int], tuple[str, int], bytes]  # (arrival s, src, dst, payload)
+
+
+def write_udp_capture(path: str | Path, datagrams: list[Datagram], *, pcapng: bool = False) -> None:
+    """Write UDP datagrams over Ethernet/IPv4 in the order given."""
     eth = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00"
     with open(path, "wb") as f:
         writer = dpkt.pcapng.Writer(f) if pcapng else dpkt.pcap.Writer(f, nano=False)
-        for arrival, pkt, plan in packets:
-            writer.writepkt(eth + _ipv4_udp(plan.src, plan.dst, pkt), ts=arrival)
-    return len(packets)
+        for arrival, src, dst, payload in datagrams:
+            writer.writepkt(eth + _ipv4_udp(src, dst, payload), ts=arrival)
+
+
+def write_capture(path: str | Path, legs: list[tuple[npt.NDArray[np.int16], LegPlan]], *,
+                  t0: float = 1_700_000_000.0, seed: int = 7, pcapng: bool = False) -> int:
+    """Write the legs as RTP over Ethernet/IPv4/UDP; returns the packet count."""
+    datagrams: list[Datagram] = []
+    for n, (pcm, plan) in enumerate(legs):
+        datagrams.extend((a, plan.src, plan.dst, p)
+                         for a, p in rtp_packets(pcm, plan, t0=t0, seed=seed + n))
+    datagrams.sort(key=lambda x: x[0])
+    write_udp_capture(path, datagrams, pcapng=pcapng)
+    return len(datagrams)
 
 
 def demo_capture(path: str | Path, seconds: float = 30.0, *, pcapng: bool = False) -> None:

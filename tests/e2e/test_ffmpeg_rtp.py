@@ -1,0 +1,115 @@
+"""A real RTP peer: two ffmpeg processes send G.711 legs over loopback UDP; the
+datagrams are captured with their arrival times into a pcap, which
+`callvault transcode` turns into a dual-track Ogg Opus file.
+
+ffmpeg's RTP muxer packs PCMU into ~1460-byte packets (182 ms) sent in bursts,
+so this also exercises repacking of large packets and bursty arrival.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from callvault.sample import Datagram, write_udp_capture
+from tests.test_cli_transcode import burst_onsets, clicks, decode_ffmpeg, ffprobe
+
+SECONDS = 6.0
+AGENT_CLICKS = [1.0, 2.5, 4.0]
+CUSTOMER_CLICKS = [1.5, 3.0, 5.0]
+
+
+class Receiver(threading.Thread):
+    """Collect datagrams on a loopback port with their arrival times."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self.got: list[Datagram] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            self.got.append((time.time(), (addr[0], addr[1]), ("127.0.0.1", self.port), data))
+        self.sock.close()
+
+
+def _wav(path: Path, pcm: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(pcm.astype("<i2").tobytes())
+
+
+def test_two_ffmpeg_senders_recorded_aligned(tmp_path: Path) -> None:
+    legs = {"agent": (clicks(SECONDS, AGENT_CLICKS), "pcm_mulaw"),
+            "customer": (clicks(SECONDS, CUSTOMER_CLICKS, hz=700.0), "pcm_alaw")}
+    receivers, senders = [], []
+    for name, (pcm, codec) in legs.items():
+        _wav(tmp_path / f"{name}.wav", pcm)
+        r = Receiver()
+        r.start()
+        receivers.append(r)
+        senders.append(subprocess.Popen(
+            ["ffmpeg", "-v", "error", "-re", "-i", str(tmp_path / f"{name}.wav"), "-c:a", codec,
+             "-f", "rtp", f"rtp://127.0.0.1:{r.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        for s in senders:
+            assert s.wait(timeout=60) == 0
+    finally:
+        for s in senders:
+            s.kill()
+        time.sleep(0.3)
+        for r in receivers:
+            r.stop.set()
+            r.join()
+    datagrams = sorted(receivers[0].got + receivers[1].got, key=lambda d: d[0])
+    assert receivers[0].got and receivers[1].got
+    cap = tmp_path / "loopback.pcap"
+    write_udp_capture(cap, datagrams)
+
+    out = tmp_path / "call.ogg"
+    p = subprocess.run([sys.executable, "-m", "callvault.cli", "transcode", str(cap), "-o",
+                        str(out), "--json"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["channels"] == ["agent", "customer"]
+    for leg in summary["legs"]:
+        assert leg["lost"] == 0 and leg["malformed"] == 0
+
+    probe = ffprobe(out)
+    assert probe["streams"][0]["channels"] == 2
+    call_start = datagrams[0][0]
+    call_end = max(d[0] for d in datagrams)
+    # The recording lasts as long as the call: from the first packet's arrival to
+    # the end of the last packet's audio (at most one ffmpeg packet, 182 ms, past
+    # its arrival), within 40 ms.
+    duration = float(probe["format"]["duration"])
+    sent_end = max(r.got[0][0] - call_start + SECONDS for r in receivers)
+    assert abs(duration - sent_end) <= 0.040 + 0.020, (duration, sent_end, call_end - call_start)
+
+    pcm = decode_ffmpeg(out)
+    for ch, (r, sent) in enumerate(((receivers[0], AGENT_CLICKS), (receivers[1], CUSTOMER_CLICKS))):
+        first_arrival = r.got[0][0] - call_start
+        got = burst_onsets(pcm[:, ch])
+        assert len(got) == len(sent), (ch, got)
+        for g, s in zip(got, sent, strict=True):
+            # each leg's audio sits where its own first packet placed it, within 20 ms
+            assert abs(g - (first_arrival + s)) <= 0.020, (ch, g, first_arrival + s)
