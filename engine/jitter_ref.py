@@ -1,0 +1,620 @@
+"""Pure-Python twin of ``callvault._rtp``: RTP parse and the per-leg jitter buffer.
+
+Same API and the same outputs bit for bit as the Cython module (checked by
+tests/test_jitter_differential.py); it is the readable reference and the
+benchmark baseline. The timeline model (anchoring, wrap, window, late and
+duplicate rules, drift) is described once, in the docstring of ext/_rtp.pyx;
+the function names and the order of steps below follow that file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FRAME_AUDIO = 0  # the frame holds received audio (missing samples in it are zeros)
+FRAME_LOST = 1  # filled because packets were lost (a sequence gap)
+FRAME_SILENCE = 2  # the sender was silent: DTX gap, comfort noise, event, before the first packet
+
+# Reasons a packet is malformed; parse() reports 1 + the index (0 = valid).
+MALFORMED_REASONS: tuple[str, ...] = (
+    "too_short",  # shorter than the 12-byte fixed header
+    "bad_version",  # version field is not 2
+    "bad_csrc",  # the CSRC list runs past the end of the packet
+    "bad_extension",  # the header extension runs past the end of the packet
+    "bad_padding",  # padding count 0 or larger than what follows the header
+    "empty_payload",  # nothing left after header and padding
+    "bad_event",  # RFC 4733 payload shorter than 4 bytes (push only, parse never reports it)
+)
+
+PT_PCMU = 0  # RFC 3551 mu-law
+PT_PCMA = 8  # RFC 3551 A-law
+PT_CN = 13  # RFC 3389 comfort noise
+
+_EMPTY = 0  # ring sample state: nothing known
+_AUDIO = 1  # ring sample state: decoded audio
+_SILENT = 2  # ring sample state: the sender was silent here
+
+_KIND_AUDIO = 0
+_KIND_CN = 1
+_KIND_EVENT = 2
+
+RESET_SECONDS = 3  # |arrival - RTP position| beyond this is a reset, not jitter
+DRIFT_BLOCK_SECONDS = 2  # the minimum delay is taken over blocks this long (arrival time)
+MAX_MISORDER = 100  # RFC 3550 A.1: a sequence this far behind the highest is not a restart
+SEQ_SLOTS = 1024  # remembered packets per stream (duplicates, neighbours); power of two
+CHUNK_FRAMES = 25  # a packet or filler range is written in chunks of this many frames
+CONCEAL_GAIN_Q15 = (24576, 16384, 8192, 0)  # gain of the 1st, 2nd, 3rd, 4th+ lost frame
+_NO_SEQ = -(1 << 62)  # an extended sequence number no packet can have
+
+_DIGITS = "0123456789*#ABCD"
+
+
+def _ulaw(u: int) -> int:
+    """ITU-T G.711 mu-law expansion (same as cv_ulaw_decode in ext/g711.h)."""
+    u = ~u & 0xFF
+    t = ((u & 0x0F) << 3) + 0x84
+    t <<= (u & 0x70) >> 4
+    return 0x84 - t if u & 0x80 else t - 0x84
+
+
+def _alaw(a: int) -> int:
+    """ITU-T G.711 A-law expansion (same as cv_alaw_decode in ext/g711.h)."""
+    a ^= 0x55
+    t = (a & 0x0F) << 4
+    seg = (a & 0x70) >> 4
+    if seg == 0:
+        t += 8
+    else:
+        t += 0x108
+        if seg > 1:
+            t <<= seg - 1
+    return t if a & 0x80 else -t
+
+
+_ULAW = np.array([_ulaw(i) for i in range(256)], dtype=np.int16)
+_ALAW = np.array([_alaw(i) for i in range(256)], dtype=np.int16)
+
+
+def _fdiv(a: int, b: int) -> int:
+    """Floor division (the C twin has the same helper)."""
+    return a // b
+
+
+class Frames:
+    """Frames that became final: consecutive indexes on the call timeline."""
+
+    __slots__ = ("_index", "_pcm", "_kind")
+
+    def __init__(
+        self,
+        index: npt.NDArray[np.int64],
+        pcm: npt.NDArray[np.int16],
+        kind: npt.NDArray[np.uint8],
+    ) -> None:
+        self._index = index
+        self._pcm = pcm
+        self._kind = kind
+
+    @property
+    def index(self) -> npt.NDArray[np.int64]:
+        return self._index
+
+    @property
+    def pcm(self) -> npt.NDArray[np.int16]:
+        return self._pcm
+
+    @property
+    def kind(self) -> npt.NDArray[np.uint8]:
+        return self._kind
+
+    def __len__(self) -> int:
+        return int(self._index.shape[0])
+
+    def __repr__(self) -> str:
+        return f"Frames(n={len(self)}, first={int(self._index[0]) if len(self) else None})"
+
+
+@dataclass(frozen=True)
+class TelephoneEvent:
+    """An RFC 4733 event seen on the leg; times on the call timeline."""
+
+    event: int
+    digit: str
+    start_ms: int
+    duration_ms: int
+    volume: int
+
+
+class ParsedPackets:
+    """Result of :func:`parse`: one entry per packet."""
+
+    __slots__ = ("valid", "reason", "marker", "pt", "seq", "ts", "ssrc",
+                 "payload_offset", "payload_length")
+
+    def __init__(self, n: int) -> None:
+        self.valid = np.zeros(n, dtype=np.bool_)
+        self.reason = np.zeros(n, dtype=np.uint8)
+        self.marker = np.zeros(n, dtype=np.bool_)
+        self.pt = np.zeros(n, dtype=np.uint8)
+        self.seq = np.zeros(n, dtype=np.uint16)
+        self.ts = np.zeros(n, dtype=np.uint32)
+        self.ssrc = np.zeros(n, dtype=np.uint32)
+        self.payload_offset = np.zeros(n, dtype=np.int64)
+        self.payload_length = np.zeros(n, dtype=np.int32)
+
+    def __len__(self) -> int:
+        return int(self.valid.shape[0])
+
+
+def _as_int_array(x: Any, dtype: type[np.integer[Any]], name: str) -> npt.NDArray[Any]:
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got {arr.ndim} dimensions")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_batch(
+    data: bytes | bytearray | memoryview,
+    offsets: Any,
+    lengths: Any,
+    arrival_us: Any | None = None,
+) -> tuple[bytes, npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64] | None]:
+    """Validate a batch (buffer + per-packet arrays); raise ValueError saying what is wrong."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError(f"data must be bytes, bytearray or memoryview, got {type(data).__name__}")
+    buf = bytes(data)
+    off = _as_int_array(offsets, np.int64, "offsets")
+    ln = _as_int_array(lengths, np.int32, "lengths")
+    if off.shape[0] != ln.shape[0]:
+        raise ValueError(f"offsets has {off.shape[0]} entries but lengths has {ln.shape[0]}")
+    arr: npt.NDArray[np.int64] | None = None
+    if arrival_us is not None:
+        arr = _as_int_array(arrival_us, np.int64, "arrival_us")
+        if arr.shape[0] != off.shape[0]:
+            raise ValueError(
+                f"arrival_us has {arr.shape[0]} entries but offsets has {off.shape[0]}")
+    if off.shape[0]:
+        if int(off.min()) < 0:
+            i = int(np.argmin(off))
+            raise ValueError(f"packet {i}: negative offset {int(off[i])}")
+        if int(ln.min()) < 0:
+            i = int(np.argmin(ln))
+            raise ValueError(f"packet {i}: negative length {int(ln[i])}")
+        ends = off + ln.astype(np.int64)
+        if int(ends.max()) > len(buf):
+            i = int(np.argmax(ends > len(buf)))
+            raise ValueError(
+                f"packet {i}: offset {int(off[i])} + length {int(ln[i])} runs past the end "
+                f"of the {len(buf)}-byte buffer")
+    return buf, off, ln, arr
+
+
+def _parse_one(buf: bytes, off: int, n: int) -> tuple[int, int, int, int, int, int, int, int]:
+    """(reason, marker, pt, seq, ts, ssrc, payload_offset, payload_length) of one packet."""
+    if n < 12:
+        return 1, 0, 0, 0, 0, 0, 0, 0
+    b0 = buf[off]
+    b1 = buf[off + 1]
+    marker = b1 >> 7
+    pt = b1 & 0x7F
+    seq = (buf[off + 2] << 8) | buf[off + 3]
+    ts = int.from_bytes(buf[off + 4:off + 8], "big")
+    ssrc = int.from_bytes(buf[off + 8:off + 12], "big")
+    if b0 >> 6 != 2:
+        return 2, marker, pt, seq, ts, ssrc, 0, 0
+    hl = 12 + 4 * (b0 & 0x0F)
+    if hl > n:
+        return 3, marker, pt, seq, ts, ssrc, 0, 0
+    if b0 & 0x10:
+        if hl + 4 > n:
+            return 4, marker, pt, seq, ts, ssrc, 0, 0
+        hl += 4 + 4 * ((buf[off + hl + 2] << 8) | buf[off + hl + 3])
+        if hl > n:
+            return 4, marker, pt, seq, ts, ssrc, 0, 0
+    plen = n - hl
+    if b0 & 0x20:
+        pad = buf[off + n - 1]
+        if pad == 0 or pad > plen:
+            return 5, marker, pt, seq, ts, ssrc, 0, 0
+        plen -= pad
+    if plen == 0:
+        return 6, marker, pt, seq, ts, ssrc, 0, 0
+    return 0, marker, pt, seq, ts, ssrc, off + hl, plen
+
+
+def parse(data: bytes | bytearray | memoryview, offsets: Any, lengths: Any) -> ParsedPackets:
+    """RFC 3550 fixed header, CSRC list, extension and padding of every packet."""
+    buf, off, ln, _ = check_batch(data, offsets, lengths)
+    n = off.shape[0]
+    out = ParsedPackets(n)
+    for i in range(n):
+        r, m, pt, seq, ts, ssrc, po, pl = _parse_one(buf, int(off[i]), int(ln[i]))
+        out.valid[i] = r == 0
+        out.reason[i] = r
+        out.marker[i] = m
+        out.pt[i] = pt
+        out.seq[i] = seq
+        out.ts[i] = ts
+        out.ssrc[i] = ssrc
+        out.payload_offset[i] = po
+        out.payload_length[i] = pl
+    return out
+
+
+STAT_KEYS: tuple[str, ...] = (
+    "packets", "bytes", "accepted", "audio_packets", "comfort_noise_packets",
+    "telephone_event_packets", "malformed",
+    *(f"malformed_{r}" for r in MALFORMED_REASONS),
+    "duplicates", "late", "unsupported_payload_type", "stale_ssrc", "inconsistent",
+    "late_partial", "marker_packets", "frames", "audio_frames", "lost_frames",
+    "silence_frames", "ssrc_changes", "payload_type_changes", "resets", "drift_adjustments",
+)
+
+
+def _event_digit(event: int) -> str:
+    return _DIGITS[event] if event < 16 else str(event)
+
+
+def check_options(window_ms: int, fill: str, event_payload_types: Sequence[int],
+                  clock_rate: int) -> None:
+    """Validate JitterBuffer options; raise ValueError saying what is wrong."""
+    if not 0 <= window_ms <= 10_000:
+        raise ValueError(f"window_ms must be 0..10000, got {window_ms}")
+    if fill not in ("silence", "conceal"):
+        raise ValueError(f"fill must be 'silence' or 'conceal', got {fill!r}")
+    if clock_rate <= 0 or clock_rate % 50:
+        raise ValueError(f"clock_rate must be a positive multiple of 50 Hz, got {clock_rate}")
+    for p in event_payload_types:
+        if not 0 <= p <= 127:
+            raise ValueError(f"event payload type {p} out of range 0..127")
+        if p in (PT_PCMU, PT_PCMA, PT_CN):
+            raise ValueError(f"event payload type {p} is reserved for PCMU, PCMA or CN")
+
+
+class JitterBuffer:
+    """One leg: RTP packets in, 20 ms frames on the call timeline out."""
+
+    def __init__(self, *, call_start_us: int, window_ms: int = 300, fill: str = "silence",
+                 event_payload_types: tuple[int, ...] = (101,), clock_rate: int = 8000) -> None:
+        check_options(window_ms, fill, event_payload_types, clock_rate)
+        self._start_us = int(call_start_us)
+        self._clock = clock_rate
+        self._f = clock_rate // 50
+        self._window = window_ms * clock_rate // 1000
+        self._conceal = fill == "conceal"
+        self._event_pts = frozenset(int(p) for p in event_payload_types)
+        self._chunk = CHUNK_FRAMES * self._f
+        self._ring = self._f * (-(-self._window // self._f) + CHUNK_FRAMES + 2)
+        self._pcm = np.zeros(self._ring, dtype=np.int16)
+        self._st = np.zeros(self._ring, dtype=np.uint8)
+        self._reset_samples = RESET_SECONDS * clock_rate
+        self._drift_block = DRIFT_BLOCK_SECONDS * clock_rate
+        self._half = self._f // 2
+        self._base = 0  # first sample not yet emitted (a multiple of the frame)
+        self._newest = 0  # end of the newest span placed on the timeline
+        self._closed = False
+        # stream (one SSRC between anchors)
+        self._has_stream = False
+        self._ssrc = 0
+        self._gen = 0
+        self._prev_ssrc = 0
+        self._prev_valid = False
+        self._switch_a = 0
+        self._max_seq = 0
+        self._ref_ts = 0
+        self._offset = 0
+        self._tag = [_NO_SEQ] * SEQ_SLOTS
+        self._sstart = [0] * SEQ_SLOTS
+        self._send = [0] * SEQ_SLOTS
+        self._last_pt = -1
+        # drift estimator
+        self._blk_active = False
+        self._blk_start = 0
+        self._blk_min = 0
+        # concealment
+        self._last = np.zeros(self._f, dtype=np.int16)
+        self._have_last = False
+        self._lost_run = 0
+        # outputs
+        self._stats = dict.fromkeys(STAT_KEYS, 0)
+        self._gaps: list[list[int]] = []
+        self._events: list[list[int]] = []  # gen, ext_ts, code, start_pos, dur, vol
+        self._out_pcm: list[npt.NDArray[np.int16]] = []
+        self._out_kind: list[int] = []
+
+    # -- public ---------------------------------------------------------------
+    def push(self, data: bytes | bytearray | memoryview, offsets: Any, lengths: Any,
+             arrival_us: Any) -> Frames:
+        if self._closed:
+            raise RuntimeError("this jitter buffer was flushed; it accepts no more packets")
+        buf, off, ln, arr = check_batch(data, offsets, lengths, arrival_us)
+        assert arr is not None
+        first = self._base // self._f
+        for i in range(off.shape[0]):
+            self._packet(buf, int(off[i]), int(ln[i]), int(arr[i]))
+        return self._take(first)
+
+    def flush(self, end_us: int | None = None) -> Frames:
+        if self._closed:
+            raise RuntimeError("this jitter buffer was already flushed")
+        self._closed = True
+        first = self._base // self._f
+        target = self._newest
+        if end_us is not None:
+            end = self._arrival_pos(int(end_us))
+            if end > target:
+                last = -(-end // self._f) * self._f
+                self._cover_silent(self._newest, end, last)
+                target = end
+        self._advance(-(-target // self._f) * self._f)
+        return self._take(first)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    @property
+    def gaps(self) -> list[tuple[int, int]]:
+        return [(g[0], g[1]) for g in self._gaps]
+
+    @property
+    def events(self) -> list[TelephoneEvent]:
+        c = self._clock
+        return [TelephoneEvent(event=e[2], digit=_event_digit(e[2]),
+                               start_ms=_fdiv(e[3] * 1000, c), duration_ms=e[4] * 1000 // c,
+                               volume=e[5]) for e in self._events]
+
+    # -- timeline -------------------------------------------------------------
+    def _take(self, first: int) -> Frames:
+        n = len(self._out_kind)
+        pcm = (np.concatenate(self._out_pcm).reshape(n, self._f) if n
+               else np.zeros((0, self._f), dtype=np.int16))
+        kind = np.array(self._out_kind, dtype=np.uint8)
+        self._out_pcm = []
+        self._out_kind = []
+        return Frames(np.arange(first, first + n, dtype=np.int64), pcm, kind)
+
+    def _arrival_pos(self, us: int) -> int:
+        return _fdiv((us - self._start_us) * self._clock + 500_000, 1_000_000)
+
+    def _floor_frame(self, x: int) -> int:
+        return _fdiv(x, self._f) * self._f
+
+    def _emit_frame(self) -> None:
+        f = self._f
+        s = self._base % self._ring
+        st = self._st[s:s + f]
+        pcm = self._pcm[s:s + f]
+        idx = self._base // f
+        stats = self._stats
+        if (st == _AUDIO).any():
+            kind = FRAME_AUDIO
+            out = pcm.copy()
+            self._last = out
+            self._have_last = True
+            self._lost_run = 0
+            stats["audio_frames"] += 1
+        elif (st == _EMPTY).any():
+            kind = FRAME_LOST
+            if self._conceal and self._have_last:
+                g = CONCEAL_GAIN_Q15[min(self._lost_run, len(CONCEAL_GAIN_Q15) - 1)]
+                out = ((self._last.astype(np.int32) * g) >> 15).astype(np.int16)
+            else:
+                out = np.zeros(f, dtype=np.int16)
+            self._lost_run += 1
+            stats["lost_frames"] += 1
+            if self._gaps and self._gaps[-1][0] + self._gaps[-1][1] == idx:
+                self._gaps[-1][1] += 1
+            else:
+                self._gaps.append([idx, 1])
+        else:
+            kind = FRAME_SILENCE
+            out = np.zeros(f, dtype=np.int16)
+            self._have_last = False
+            self._lost_run = 0
+            stats["silence_frames"] += 1
+        stats["frames"] += 1
+        st[:] = _EMPTY
+        pcm[:] = 0
+        self._out_pcm.append(out)
+        self._out_kind.append(kind)
+        self._base += f
+
+    def _advance(self, target: int) -> None:
+        while self._base < target:
+            self._emit_frame()
+
+    def _slots(self, lo: int, hi: int) -> list[tuple[int, int, int]]:
+        """Ring slices (slot_lo, slot_hi, position_lo) covering positions [lo, hi)."""
+        r = self._ring
+        s = lo % r
+        if s + (hi - lo) <= r:
+            return [(s, s + hi - lo, lo)]
+        k = r - s
+        return [(s, r, lo), (0, hi - lo - k, lo + k)]
+
+    def _cover_silent(self, lo: int, hi: int, final: int) -> None:
+        """Mark [lo, hi) as sender silence where nothing is known yet."""
+        c = max(lo, self._base)
+        while c < hi:
+            self._advance(min(final, self._floor_frame(c)))
+            ce = min(c + self._chunk, hi)
+            for a, b, _ in self._slots(c, ce):
+                st = self._st[a:b]
+                st[st == _EMPTY] = _SILENT
+            c = ce
+
+    def _write_audio(self, pos: int, end: int, payload: bytes, table: npt.NDArray[np.int16],
+                     final: int) -> None:
+        c = max(pos, self._base)
+        while c < end:
+            self._advance(min(final, self._floor_frame(c)))
+            ce = min(c + self._chunk, end)
+            for a, b, p in self._slots(c, ce):
+                src = np.frombuffer(payload, dtype=np.uint8, count=b - a, offset=p - pos)
+                st = self._st[a:b]
+                free = st != _AUDIO
+                self._pcm[a:b][free] = table[src[free]]
+                st[free] = _AUDIO
+            c = ce
+
+    def _all_audio(self, lo: int, hi: int) -> bool:
+        if hi > self._base + self._ring:
+            return False
+        return all(bool((self._st[a:b] == _AUDIO).all()) for a, b, _ in self._slots(lo, hi))
+
+    def _start_stream(self, ssrc: int, seq: int, ts: int, pos: int) -> None:
+        self._has_stream = True
+        self._ssrc = ssrc
+        self._gen += 1
+        self._max_seq = seq
+        self._ref_ts = ts
+        self._offset = pos - ts
+        self._tag = [_NO_SEQ] * SEQ_SLOTS
+        self._blk_active = False
+
+    def _drift(self, a: int, end: int) -> None:
+        delay = a - end
+        if not self._blk_active:
+            self._blk_active = True
+            self._blk_start = a
+            self._blk_min = delay
+            return
+        self._blk_min = min(self._blk_min, delay)
+        if a - self._blk_start >= self._drift_block:
+            if self._blk_min > self._half or self._blk_min < -self._half:
+                self._offset += self._blk_min
+                self._stats["drift_adjustments"] += 1
+            self._blk_active = False
+
+    def _packet(self, buf: bytes, off: int, n: int, arrival_us: int) -> None:
+        stats = self._stats
+        stats["packets"] += 1
+        stats["bytes"] += n
+        r, marker, pt, seq, ts, ssrc, po, plen = _parse_one(buf, off, n)
+        if r:
+            stats["malformed"] += 1
+            stats["malformed_" + MALFORMED_REASONS[r - 1]] += 1
+            return
+        if pt == PT_PCMU or pt == PT_PCMA:
+            kind = _KIND_AUDIO
+            span = plen
+        elif pt == PT_CN:
+            kind = _KIND_CN
+            span = 0
+        elif pt in self._event_pts:
+            if plen < 4:
+                stats["malformed"] += 1
+                stats["malformed_bad_event"] += 1
+                return
+            kind = _KIND_EVENT
+            span = (buf[po + 2] << 8) | buf[po + 3]
+        else:
+            stats["unsupported_payload_type"] += 1
+            return
+        a = self._arrival_pos(arrival_us)
+        anchor = False
+        if not self._has_stream:
+            anchor = True
+        elif ssrc != self._ssrc:
+            if self._prev_valid and ssrc == self._prev_ssrc and a - self._switch_a <= self._window:
+                stats["stale_ssrc"] += 1
+                return
+            self._prev_ssrc = self._ssrc
+            self._prev_valid = True
+            self._switch_a = a
+            stats["ssrc_changes"] += 1
+            anchor = True
+        if anchor:
+            ext_seq = seq
+            ext_ts = ts
+            self._start_stream(ssrc, seq, ts, max(a - span, self._newest))
+        else:
+            d = (seq - self._max_seq) & 0xFFFF
+            ext_seq = self._max_seq + (d - 0x10000 if d >= 0x8000 else d)
+            d = (ts - self._ref_ts) & 0xFFFFFFFF
+            ext_ts = self._ref_ts + (d - (1 << 32) if d >= (1 << 31) else d)
+            delay = a - (ext_ts + self._offset + span)
+            if delay > self._reset_samples or delay < -self._reset_samples:
+                if ext_seq > self._max_seq or ext_seq < self._max_seq - MAX_MISORDER:
+                    stats["resets"] += 1
+                    anchor = True
+                    ext_seq = seq
+                    ext_ts = ts
+                    self._start_stream(ssrc, seq, ts, max(a - span, self._newest))
+                else:
+                    stats["inconsistent"] += 1
+                    return
+        pos = ext_ts + self._offset
+        end = pos + span
+        slot = ext_seq & (SEQ_SLOTS - 1)
+        if self._tag[slot] == ext_seq:
+            stats["duplicates"] += 1
+            return
+        base = self._base
+        if (end <= base) if span else (pos < base):
+            stats["late"] += 1
+            return
+        if kind == _KIND_AUDIO and self._all_audio(max(pos, base), end):
+            stats["duplicates"] += 1
+            return
+        # accepted
+        stats["accepted"] += 1
+        if pos < base:
+            stats["late_partial"] += 1
+        if marker:
+            stats["marker_packets"] += 1
+        if kind == _KIND_AUDIO:
+            stats["audio_packets"] += 1
+            if self._last_pt >= 0 and pt != self._last_pt:
+                stats["payload_type_changes"] += 1
+            self._last_pt = pt
+        elif kind == _KIND_CN:
+            stats["comfort_noise_packets"] += 1
+        else:
+            stats["telephone_event_packets"] += 1
+        if ext_seq > self._max_seq:
+            self._max_seq = ext_seq
+            self._ref_ts = ext_ts
+        self._tag[slot] = ext_seq
+        self._sstart[slot] = pos
+        self._send[slot] = end
+        prev_newest = self._newest
+        if end > self._newest:
+            self._newest = end
+        final = self._floor_frame(self._newest - self._window)
+        if anchor:
+            self._cover_silent(prev_newest, pos, final)
+        else:
+            p = (ext_seq - 1) & (SEQ_SLOTS - 1)
+            if self._tag[p] == ext_seq - 1 and self._send[p] < pos:
+                self._cover_silent(self._send[p], pos, final)
+        if kind == _KIND_AUDIO:
+            self._write_audio(pos, end, buf[po:po + plen], _ULAW if pt == PT_PCMU else _ALAW,
+                              final)
+        elif kind == _KIND_EVENT:
+            self._cover_silent(pos, end, final)
+            self._event(buf, po, ext_ts, pos, span)
+        nx = (ext_seq + 1) & (SEQ_SLOTS - 1)
+        if self._tag[nx] == ext_seq + 1 and self._sstart[nx] > end:
+            self._cover_silent(end, self._sstart[nx], final)
+        self._advance(final)
+        self._drift(a, end)
+
+    def _event(self, buf: bytes, po: int, ext_ts: int, pos: int, dur: int) -> None:
+        code = buf[po]
+        vol = buf[po + 1] & 0x3F
+        for e in self._events[-4:]:
+            if e[0] == self._gen and e[1] == ext_ts and e[2] == code:
+                if dur > e[4]:
+                    e[4] = dur
+                e[5] = vol
+                return
+        self._events.append([self._gen, ext_ts, code, pos, dur, vol])
