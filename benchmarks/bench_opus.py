@@ -1,0 +1,129 @@
+"""Workload opus_encode_8k_voip: Opus encoding of one leg of speech.
+
+    opus_encode_8k_voip   10 s of one leg of sample.dialogue (speech, pauses,
+                          line noise at -50 dBFS), 8 kHz mono, VoIP, 20 ms
+                          frames, 12 kb/s VBR, the binding's default
+                          complexity and DTX, one fresh encoder per round.
+      ours                callvault._opus.Encoder(...).encode_frames(pcm):
+                          all 500 frames in one call, GIL released.
+      peer c-loop         a plain C loop over the same system libopus with the
+                          same requests (benchmarks/c/opus_loop.c), called
+                          once per round via ctypes.
+                          Target: ours <= 1.05x the C loop's time.
+      peer opuslib        opuslib.Encoder(8000, 1, APPLICATION_VOIP) with the
+                          same bitrate, complexity, DTX, VBR and signal set,
+                          encoding frame by frame as opuslib users do.
+                          Target: ours >= 1.3x faster than opuslib.
+
+All three must produce the same bytes (libopus is deterministic for the same
+settings and input); the benchmark fails otherwise, so the race is fair.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from benchmarks.conftest import OpusLoop, Tag, need
+
+NAME = "opus_encode_8k_voip"
+SECONDS = 10.0
+FRAME = 160  # 20 ms at 8 kHz
+BITRATE = 12_000
+SIGNAL_VOICE = 3001  # OPUS_SIGNAL_VOICE: what the binding sets in VoIP mode
+
+
+@pytest.fixture(scope="module")
+def pcm(dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]
+        ) -> npt.NDArray[np.int16]:
+    frames = int(SECONDS * 8000) // FRAME
+    return np.ascontiguousarray(dialogue_30s[0][: frames * FRAME].reshape(frames, FRAME))
+
+
+@pytest.fixture(scope="module")
+def settings() -> dict[str, Any]:
+    """The binding's defaults (complexity, DTX, VBR) as a fresh Encoder reports them."""
+    enc = need("callvault._opus").Encoder(bitrate=BITRATE)
+    return {"bitrate": enc.bitrate, "complexity": enc.complexity, "dtx": enc.dtx, "vbr": True}
+
+
+def c_encode(loop: OpusLoop, pcm: npt.NDArray[np.int16], s: dict[str, Any]
+             ) -> tuple[bytes, npt.NDArray[np.int32]]:
+    n = len(pcm)
+    out = np.empty(n * 4000, dtype=np.uint8)
+    lengths = np.empty(n, dtype=np.int32)
+    used = loop(pcm.ctypes.data, n, FRAME, 8000, s["bitrate"], s["complexity"], int(s["dtx"]),
+                int(s["vbr"]), out.ctypes.data, len(out), lengths.ctypes.data)
+    if used < 0:
+        raise RuntimeError(f"libopus error {used} in the C loop")
+    return out[:used].tobytes(), lengths
+
+
+@pytest.fixture(scope="module")
+def reference(opus_c_loop: OpusLoop, pcm: npt.NDArray[np.int16], settings: dict[str, Any]
+              ) -> tuple[bytes, npt.NDArray[np.int32]]:
+    data, lengths = c_encode(opus_c_loop, pcm, settings)
+    assert len(lengths) == len(pcm) and int(lengths.sum()) == len(data)
+    # DTX must have acted on the pauses (1-2 byte packets), or the settings differ.
+    assert int((lengths <= 2).sum()) > 0
+    return data, lengths
+
+
+def test_opus_encode_ours(benchmark: Any, workload: Tag, pcm: npt.NDArray[np.int16],
+                          settings: dict[str, Any],
+                          reference: tuple[bytes, npt.NDArray[np.int32]]) -> None:
+    opus = need("callvault._opus")
+    workload(benchmark, NAME, "ours", units=len(pcm), unit="frame", settings=settings,
+             libopus=opus.version(),
+             what=f"{SECONDS:g} s of speech, 8 kHz mono VoIP 20 ms, {BITRATE // 1000} kb/s")
+
+    def run() -> tuple[bytes, npt.NDArray[np.int32]]:
+        enc = opus.Encoder(bitrate=BITRATE)
+        data, lengths = enc.encode_frames(pcm)
+        return data, lengths
+
+    data, lengths = benchmark(run)
+    assert data == reference[0]
+    assert np.array_equal(lengths, reference[1])
+
+
+def test_opus_encode_peer_c_loop(benchmark: Any, workload: Tag, opus_c_loop: OpusLoop,
+                                 pcm: npt.NDArray[np.int16], settings: dict[str, Any],
+                                 reference: tuple[bytes, npt.NDArray[np.int32]]) -> None:
+    workload(benchmark, NAME, "peer", units=len(pcm), unit="frame",
+             peer="plain C loop over libopus (ctypes, one call per round)",
+             target="ours <= 1.05x C", max_ratio=1.05)
+    data, lengths = benchmark(c_encode, opus_c_loop, pcm, settings)
+    assert data == reference[0]
+    assert np.array_equal(lengths, reference[1])
+
+
+def test_opus_encode_peer_opuslib(benchmark: Any, workload: Tag, pcm: npt.NDArray[np.int16],
+                                  settings: dict[str, Any],
+                                  reference: tuple[bytes, npt.NDArray[np.int32]]) -> None:
+    import opuslib
+    import opuslib.api.ctl
+    import opuslib.api.encoder
+
+    workload(benchmark, NAME, "peer", units=len(pcm), unit="frame",
+             peer=f"opuslib {getattr(opuslib, '__version__', '')} frame by frame".strip(),
+             target="ours >= 1.3x faster", max_ratio=1 / 1.3)
+    frames = [f.tobytes() for f in pcm]  # opuslib takes bytes per frame
+
+    def run() -> list[bytes]:
+        enc = opuslib.Encoder(8000, 1, opuslib.APPLICATION_VOIP)
+        enc.bitrate = settings["bitrate"]
+        enc.complexity = settings["complexity"]
+        # opuslib's Encoder has no dtx property: its ctl API sets it.
+        opuslib.api.encoder.encoder_ctl(enc.encoder_state, opuslib.api.ctl.set_dtx,
+                                        int(settings["dtx"]))
+        enc.vbr = int(settings["vbr"])
+        enc.signal = SIGNAL_VOICE
+        return [enc.encode(f, FRAME) for f in frames]
+
+    packets = benchmark(run)
+    assert b"".join(packets) == reference[0]
+    assert [len(p) for p in packets] == reference[1].tolist()
