@@ -1,0 +1,36 @@
+"""Stub of the compiled callvault._rtp (ext/_rtp.pyx): RTP parse and the per-leg jitter buffer."""
+
+from typing import Any
+
+from callvault.jitter_ref import Frames as Frames
+from callvault.jitter_ref import ParsedPackets as ParsedPackets
+from callvault.jitter_ref import TelephoneEvent as TelephoneEvent
+
+FRAME_AUDIO: int
+FRAME_LOST: int
+FRAME_SILENCE: int
+MALFORMED_REASONS: tuple[str, ...]
+STAT_KEYS: tuple[str, ...]
+
+def parse(data: bytes | bytearray | memoryview, offsets: Any, lengths: Any) -> ParsedPackets: ...
+
+class JitterBuffer:
+    def __init__(
+        self,
+        *,
+        call_start_us: int,
+        window_ms: int = 300,
+        fill: str = "silence",
+        event_payload_types: tuple[int, ...] = (101,),
+        clock_rate: int = 8000,
+    ) -> None: ...
+    def push(
+        self, data: bytes | bytearray | memoryview, offsets: Any, lengths: Any, arrival_us: Any
+    ) -> Frames: ...
+    def flush(self, end_us: int | None = None) -> Frames: ...
+    @property
+    def stats(self) -> dict[str, int]: ...
+    @property
+    def gaps(self) -> list[tuple[int, int]]: ...
+    @property
+    def events(self) -> list[TelephoneEvent]: ...

@@ -1,0 +1,758 @@
+# cython: language_level=3
+"""RTP parse (RFC 3550) and the per-leg jitter buffer: packets in, frames on the call timeline out.
+
+Batch in, batch out: ``JitterBuffer.push`` takes one buffer holding many
+packets plus their offsets, lengths and arrival times, runs the whole packet
+loop in C with the GIL released, and returns the frames that became final.
+engine/jitter_ref.py is the pure-Python twin (same outputs bit for bit,
+tests/test_jitter_differential.py); the containers (Frames, TelephoneEvent,
+ParsedPackets), the option and batch checks and the stat names are shared
+with it.
+
+Timeline model
+--------------
+Units are samples of the RTP clock (8000 Hz for G.711). A frame is 20 ms
+(F = 160 samples); frame n covers samples [nF, nF + F) counted from the
+call start (``call_start_us``). Both legs of a call use the same start, so
+frame n of one leg is frame n of the other.
+
+*Stream and anchor.* A stream is the packets of one SSRC between anchors.
+A packet's span is [pos, pos + len): len is the payload size for G.711
+(one byte, one sample), 0 for comfort noise (a point) and the event
+duration for an RFC 4733 event. The first packet of a stream is anchored
+from its arrival time: a = round((arrival_us - call_start_us) * rate / 1e6)
+and the span is placed to END at a (a packet leaves the sender when its
+last sample was captured; anchoring its end keeps legs with different
+packet sizes aligned), but never before the newest span already placed
+(``pos = max(a - len, newest)``), so a new stream continues the timeline.
+Every later packet of the stream is placed by its RTP timestamp:
+``pos = ext_ts + offset``. Anchors happen at the first packet, at an SSRC
+change (re-INVITE, transfer: counted in ``ssrc_changes``) and at a reset.
+
+*Wrap.* The 16-bit sequence number and the 32-bit timestamp are extended to
+64 bits independently: a packet's extended value is the reference (the
+highest extended sequence number seen, and the extended timestamp of that
+packet) plus the signed 16-bit (32-bit) difference. Both wrap separately or
+together without effect on positions.
+
+*Reset.* If a packet's span end is more than 3 s away from its arrival
+position (``a - end``, after drift correction normally within tens of ms),
+its timestamp cannot be believed. If its sequence number is newer than the
+highest (or more than 100 behind, RFC 3550 A.1 MAX_MISORDER: a restart) the
+stream is re-anchored from arrival (``resets``); otherwise it is an old
+packet with a wild timestamp and is dropped (``inconsistent``). So a bogus
+timestamp never produces more filler than the real time that passed.
+
+*Window and finality.* ``newest`` is the largest span end placed so far.
+After each packet, every frame that ends at or before
+``floor_frame(newest - window)`` is final and emitted (so the decision
+depends only on the packet sequence: how a stream is cut into batches never
+changes the output). Emitted frames are never revisited; ``flush`` emits
+the rest and, given ``end_us``, fills up to the end of the frame containing
+``end_us`` (exactly to it when it falls on a frame boundary). Held samples
+live in a C ring of ``ceil(window/F) + 27`` frames; spans are written in
+chunks of 25 frames, emitting what is already final before each chunk, so
+packets up to 65535 samples and filler of any length fit.
+
+*Late and duplicate.* A packet whose whole span lies in emitted frames is
+``late`` and dropped. A packet straddling the emitted boundary keeps its
+unemitted part (counted once as accepted and in ``late_partial``). A
+packet whose SSRC and extended sequence number were already received (the
+last 1024 are remembered) is a duplicate; so is an audio packet whose every
+unemitted sample already holds audio. Samples are first-writer-wins: audio
+never overwrites audio, so nothing is stored twice. After an SSRC change,
+packets of the previous SSRC arriving within one window are stragglers
+(``stale_ssrc``), dropped rather than re-anchoring twice.
+
+*Loss and silence.* Each held sample is empty, audio or silent. When two
+packets with consecutive extended sequence numbers are both known, the
+space between their spans is sender silence (DTX, a talkspurt starting with
+the marker bit, comfort noise (PT 13) spanning to the next packet, an
+RFC 4733 event's span); so is the space before an anchor and after the last
+packet when ``flush(end_us)`` extends the leg. What stays empty is loss.
+A frame with any audio is FRAME_AUDIO (its missing samples are zeros); else
+any empty sample makes it FRAME_LOST (a gap: merged runs in ``gaps``,
+``lost_frames``); else FRAME_SILENCE. Lost frames are zeros, or with
+fill="conceal" the last audio frame repeated at gain 0.75, 0.5, 0.25, then
+zeros (Q15 integer arithmetic, identical in both twins); concealment stops
+after a silent frame.
+
+*Drift.* A sender clock off by up to 0.1 % moves the RTP position against
+the arrival position by up to 8 samples a second. For every accepted packet
+the delay ``a - end`` is taken; the minimum over a block of 2 s of arrival
+time (robust to jitter: some packet of a block arrives nearly undelayed)
+should be 0, the delay of the anchor packet. If the block minimum is more
+than half a frame away from 0 the stream's offset moves by it (a positive
+minimum inserts that many samples, marked silent, not lost; a negative one
+lets the next packets overlap and drop as many samples), counted in
+``drift_adjustments``. The same step corrects an anchor packet that was
+itself delayed by jitter. Each leg stays within about half a frame of its
+own arrival clock, so legs stay aligned with each other and the call.
+
+*Events.* RFC 4733 packets (PT in ``event_payload_types``) are never decoded
+as audio. An event is keyed by (stream, extended timestamp, code); its start
+is the timestamp's position, its duration the largest seen (the final
+packet's; the redundant end packets count once). Their span is silence
+unless audio covers it.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy, memset
+from g711 cimport cv_g711_tables
+
+from callvault.jitter_ref import (
+    MALFORMED_REASONS,
+    STAT_KEYS,
+    Frames,
+    ParsedPackets,
+    TelephoneEvent,
+    _event_digit,
+    check_batch,
+    check_options,
+)
+
+cnp.import_array()
+
+cdef enum:
+    KIND_AUDIO = 0  # FRAME_AUDIO
+    KIND_LOST = 1  # FRAME_LOST
+    KIND_SILENCE = 2  # FRAME_SILENCE
+
+FRAME_AUDIO = KIND_AUDIO
+FRAME_LOST = KIND_LOST
+FRAME_SILENCE = KIND_SILENCE
+
+cdef int16_t ULAW[256]
+cdef int16_t ALAW[256]
+cv_g711_tables(ULAW, ALAW)
+
+cdef enum:
+    PT_PCMU = 0  # RFC 3551 mu-law
+    PT_PCMA = 8  # RFC 3551 A-law
+    PT_CN = 13  # RFC 3389 comfort noise
+    ST_EMPTY = 0
+    ST_AUDIO = 1
+    ST_SILENT = 2
+    K_AUDIO = 0
+    K_CN = 1
+    K_EVENT = 2
+    SEQ_SLOTS = 1024  # remembered packets per stream (duplicates, neighbours); power of two
+    CHUNK_FRAMES = 25  # spans are written in chunks of this many frames
+    RESET_SECONDS = 3  # |arrival - RTP position| beyond this is a reset, not jitter
+    DRIFT_BLOCK_SECONDS = 2  # minimum delay taken over blocks this long
+    MAX_MISORDER = 100  # RFC 3550 A.1
+    EVENT_LOOKBACK = 4  # an event update matches one of the last few events
+
+# stat indexes, in the order of jitter_ref.STAT_KEYS
+cdef enum:
+    S_PACKETS, S_BYTES, S_ACCEPTED, S_AUDIO, S_CN, S_EVENT, S_MALFORMED,
+    S_MAL0, S_MAL1, S_MAL2, S_MAL3, S_MAL4, S_MAL5, S_MAL6,
+    S_DUP, S_LATE, S_UNSUPPORTED, S_STALE, S_INCONSISTENT, S_LATE_PARTIAL, S_MARKER,
+    S_FRAMES, S_AUDIO_FRAMES, S_LOST_FRAMES, S_SILENCE_FRAMES, S_SSRC_CHANGES,
+    S_PT_CHANGES, S_RESETS, S_DRIFT, NSTATS
+
+assert len(STAT_KEYS) == NSTATS, "stat enum out of step with jitter_ref.STAT_KEYS"
+assert len(MALFORMED_REASONS) == 7
+
+cdef int32_t CONCEAL_GAIN_Q15[4]
+CONCEAL_GAIN_Q15[:] = [24576, 16384, 8192, 0]
+cdef int64_t NO_SEQ = -(<int64_t>1 << 62)
+
+cdef struct Hdr:
+    int marker
+    int pt
+    uint32_t seq
+    uint32_t ts
+    uint32_t ssrc
+    int64_t poff
+    int64_t plen
+
+cdef struct Ev:
+    int64_t gen
+    int64_t ext_ts
+    int64_t code
+    int64_t start
+    int64_t dur
+    int64_t vol
+
+cdef struct Leg:
+    int64_t start_us, clock, f, window, chunk, ring, reset, dblock, half
+    int conceal
+    uint8_t evpt[128]
+    int16_t *pcm
+    uint8_t *st
+    int64_t base, newest
+    int has_stream
+    uint32_t ssrc
+    int64_t gen
+    uint32_t prev_ssrc
+    int prev_valid
+    int64_t switch_a, max_seq, ref_ts, offset
+    int64_t tag[SEQ_SLOTS]
+    int64_t sstart[SEQ_SLOTS]
+    int64_t send[SEQ_SLOTS]
+    int last_pt
+    int blk_active
+    int64_t blk_start, blk_min
+    int16_t *last
+    int have_last
+    int64_t lost_run
+    int64_t stats[NSTATS]
+    int64_t *gaps
+    int64_t n_gaps, cap_gaps
+    Ev *ev
+    int64_t n_ev, cap_ev
+    int16_t *out_pcm
+    uint8_t *out_kind
+    int64_t n_out, cap_out
+    int oom
+
+
+cdef inline int64_t fdiv(int64_t a, int64_t b) noexcept nogil:
+    """Floor division for b > 0 (Python's //)."""
+    cdef int64_t q = a / b
+    if (a % b) != 0 and a < 0:
+        q -= 1
+    return q
+
+
+cdef inline int64_t floor_frame(Leg *L, int64_t x) noexcept nogil:
+    return fdiv(x, L.f) * L.f
+
+
+cdef inline int64_t arrival_pos(Leg *L, int64_t us) noexcept nogil:
+    return fdiv((us - L.start_us) * L.clock + 500000, 1000000)
+
+
+cdef inline int parse_one(const uint8_t *buf, int64_t off, int64_t n, Hdr *h) noexcept nogil:
+    """Header of one packet into h; returns 0 or 1 + index into MALFORMED_REASONS."""
+    cdef int64_t hl, plen, pad
+    cdef uint8_t b0
+    h.marker = 0
+    h.pt = 0
+    h.seq = 0
+    h.ts = 0
+    h.ssrc = 0
+    h.poff = 0
+    h.plen = 0
+    if n < 12:
+        return 1
+    b0 = buf[off]
+    h.marker = buf[off + 1] >> 7
+    h.pt = buf[off + 1] & 0x7F
+    h.seq = (<uint32_t>buf[off + 2] << 8) | buf[off + 3]
+    h.ts = ((<uint32_t>buf[off + 4] << 24) | (<uint32_t>buf[off + 5] << 16)
+            | (<uint32_t>buf[off + 6] << 8) | buf[off + 7])
+    h.ssrc = ((<uint32_t>buf[off + 8] << 24) | (<uint32_t>buf[off + 9] << 16)
+              | (<uint32_t>buf[off + 10] << 8) | buf[off + 11])
+    if (b0 >> 6) != 2:
+        return 2
+    hl = 12 + 4 * (b0 & 0x0F)
+    if hl > n:
+        return 3
+    if b0 & 0x10:
+        if hl + 4 > n:
+            return 4
+        hl += 4 + 4 * ((<int64_t>buf[off + hl + 2] << 8) | buf[off + hl + 3])
+        if hl > n:
+            return 4
+    plen = n - hl
+    if b0 & 0x20:
+        pad = buf[off + n - 1]
+        if pad == 0 or pad > plen:
+            return 5
+        plen -= pad
+    if plen == 0:
+        return 6
+    h.poff = off + hl
+    h.plen = plen
+    return 0
+
+
+cdef int16_t *out_slot(Leg *L) noexcept nogil:
+    """Room for one more output frame (NULL and L.oom on allocation failure)."""
+    cdef int64_t cap
+    cdef int16_t *p
+    cdef uint8_t *k
+    if L.n_out == L.cap_out:
+        cap = L.cap_out * 2 if L.cap_out else 64
+        p = <int16_t *>realloc(L.out_pcm, cap * L.f * sizeof(int16_t))
+        if p == NULL:
+            L.oom = 1
+            return NULL
+        L.out_pcm = p
+        k = <uint8_t *>realloc(L.out_kind, cap)
+        if k == NULL:
+            L.oom = 1
+            return NULL
+        L.out_kind = k
+        L.cap_out = cap
+    return L.out_pcm + L.n_out * L.f
+
+
+cdef void add_gap(Leg *L, int64_t idx) noexcept nogil:
+    cdef int64_t cap
+    cdef int64_t *g
+    if L.n_gaps and L.gaps[2 * L.n_gaps - 2] + L.gaps[2 * L.n_gaps - 1] == idx:
+        L.gaps[2 * L.n_gaps - 1] += 1
+        return
+    if L.n_gaps == L.cap_gaps:
+        cap = L.cap_gaps * 2 if L.cap_gaps else 16
+        g = <int64_t *>realloc(L.gaps, cap * 2 * sizeof(int64_t))
+        if g == NULL:
+            L.oom = 1
+            return
+        L.gaps = g
+        L.cap_gaps = cap
+    L.gaps[2 * L.n_gaps] = idx
+    L.gaps[2 * L.n_gaps + 1] = 1
+    L.n_gaps += 1
+
+
+cdef void emit_frame(Leg *L) noexcept nogil:
+    cdef int64_t f = L.f, j, s = L.base % L.ring
+    cdef uint8_t *st = L.st + s
+    cdef int16_t *pcm = L.pcm + s
+    cdef int has_audio = 0, has_empty = 0, kind
+    cdef int32_t g
+    cdef int16_t *out = out_slot(L)
+    for j in range(f):
+        if st[j] == ST_AUDIO:
+            has_audio = 1
+        elif st[j] == ST_EMPTY:
+            has_empty = 1
+    if has_audio:
+        kind = KIND_AUDIO
+        memcpy(L.last, pcm, f * sizeof(int16_t))
+        if out != NULL:
+            memcpy(out, pcm, f * sizeof(int16_t))
+        L.have_last = 1
+        L.lost_run = 0
+        L.stats[S_AUDIO_FRAMES] += 1
+    elif has_empty:
+        kind = KIND_LOST
+        if out != NULL:
+            if L.conceal and L.have_last:
+                g = CONCEAL_GAIN_Q15[L.lost_run if L.lost_run < 3 else 3]
+                for j in range(f):
+                    out[j] = <int16_t>((<int32_t>L.last[j] * g) >> 15)
+            else:
+                memset(out, 0, f * sizeof(int16_t))
+        L.lost_run += 1
+        L.stats[S_LOST_FRAMES] += 1
+        add_gap(L, L.base / f)
+    else:
+        kind = KIND_SILENCE
+        if out != NULL:
+            memset(out, 0, f * sizeof(int16_t))
+        L.have_last = 0
+        L.lost_run = 0
+        L.stats[S_SILENCE_FRAMES] += 1
+    L.stats[S_FRAMES] += 1
+    memset(st, ST_EMPTY, f)
+    memset(pcm, 0, f * sizeof(int16_t))
+    if out != NULL:
+        L.out_kind[L.n_out] = kind
+        L.n_out += 1
+    L.base += f
+
+
+cdef inline void advance(Leg *L, int64_t target) noexcept nogil:
+    while L.base < target:
+        emit_frame(L)
+
+
+cdef void cover_silent(Leg *L, int64_t lo, int64_t hi, int64_t final) noexcept nogil:
+    """Mark [lo, hi) as sender silence where nothing is known yet."""
+    cdef int64_t c = lo if lo > L.base else L.base, ce, t, s, k, j
+    while c < hi:
+        t = floor_frame(L, c)
+        advance(L, final if final < t else t)
+        ce = c + L.chunk
+        if ce > hi:
+            ce = hi
+        s = c % L.ring
+        for k in range(ce - c):
+            j = s + k
+            if j >= L.ring:
+                j -= L.ring
+            if L.st[j] == ST_EMPTY:
+                L.st[j] = ST_SILENT
+        c = ce
+
+
+cdef void write_audio(Leg *L, int64_t pos, int64_t end, const uint8_t *payload,
+                      const int16_t *table, int64_t final) noexcept nogil:
+    cdef int64_t c = pos if pos > L.base else L.base, ce, t, s, k, j
+    cdef const uint8_t *src
+    while c < end:
+        t = floor_frame(L, c)
+        advance(L, final if final < t else t)
+        ce = c + L.chunk
+        if ce > end:
+            ce = end
+        s = c % L.ring
+        src = payload + (c - pos)
+        if s + (ce - c) <= L.ring:
+            for k in range(ce - c):
+                if L.st[s + k] != ST_AUDIO:
+                    L.pcm[s + k] = table[src[k]]
+                    L.st[s + k] = ST_AUDIO
+        else:
+            for k in range(ce - c):
+                j = s + k
+                if j >= L.ring:
+                    j -= L.ring
+                if L.st[j] != ST_AUDIO:
+                    L.pcm[j] = table[src[k]]
+                    L.st[j] = ST_AUDIO
+        c = ce
+
+
+cdef int all_audio(Leg *L, int64_t lo, int64_t hi) noexcept nogil:
+    cdef int64_t k, j, s
+    if hi > L.base + L.ring:
+        return 0
+    s = lo % L.ring
+    for k in range(hi - lo):
+        j = s + k
+        if j >= L.ring:
+            j -= L.ring
+        if L.st[j] != ST_AUDIO:
+            return 0
+    return 1
+
+
+cdef void start_stream(Leg *L, uint32_t ssrc, int64_t seq, int64_t ts, int64_t pos) noexcept nogil:
+    cdef int k
+    L.has_stream = 1
+    L.ssrc = ssrc
+    L.gen += 1
+    L.max_seq = seq
+    L.ref_ts = ts
+    L.offset = pos - ts
+    for k in range(SEQ_SLOTS):
+        L.tag[k] = NO_SEQ
+    L.blk_active = 0
+
+
+cdef void drift(Leg *L, int64_t a, int64_t end) noexcept nogil:
+    cdef int64_t delay = a - end
+    if not L.blk_active:
+        L.blk_active = 1
+        L.blk_start = a
+        L.blk_min = delay
+        return
+    if delay < L.blk_min:
+        L.blk_min = delay
+    if a - L.blk_start >= L.dblock:
+        if L.blk_min > L.half or L.blk_min < -L.half:
+            L.offset += L.blk_min
+            L.stats[S_DRIFT] += 1
+        L.blk_active = 0
+
+
+cdef void event(Leg *L, const uint8_t *buf, int64_t po, int64_t ext_ts, int64_t pos,
+                int64_t dur) noexcept nogil:
+    cdef int64_t code = buf[po], vol = buf[po + 1] & 0x3F, k, cap
+    cdef Ev *e
+    k = L.n_ev - EVENT_LOOKBACK if L.n_ev > EVENT_LOOKBACK else 0
+    while k < L.n_ev:
+        e = &L.ev[k]
+        if e.gen == L.gen and e.ext_ts == ext_ts and e.code == code:
+            if dur > e.dur:
+                e.dur = dur
+            e.vol = vol
+            return
+        k += 1
+    if L.n_ev == L.cap_ev:
+        cap = L.cap_ev * 2 if L.cap_ev else 16
+        e = <Ev *>realloc(L.ev, cap * sizeof(Ev))
+        if e == NULL:
+            L.oom = 1
+            return
+        L.ev = e
+        L.cap_ev = cap
+    e = &L.ev[L.n_ev]
+    e.gen = L.gen
+    e.ext_ts = ext_ts
+    e.code = code
+    e.start = pos
+    e.dur = dur
+    e.vol = vol
+    L.n_ev += 1
+
+
+cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arrival_us) noexcept nogil:
+    cdef Hdr h
+    cdef int r, kind, anchor = 0
+    cdef int64_t span, a, ext_seq, ext_ts, d, delay, pos, end, slot, base, prev_newest, final, p, nx
+    L.stats[S_PACKETS] += 1
+    L.stats[S_BYTES] += n
+    r = parse_one(buf, off, n, &h)
+    if r:
+        L.stats[S_MALFORMED] += 1
+        L.stats[S_MALFORMED + r] += 1
+        return
+    if h.pt == PT_PCMU or h.pt == PT_PCMA:
+        kind = K_AUDIO
+        span = h.plen
+    elif h.pt == PT_CN:
+        kind = K_CN
+        span = 0
+    elif L.evpt[h.pt]:
+        if h.plen < 4:
+            L.stats[S_MALFORMED] += 1
+            L.stats[S_MAL6] += 1
+            return
+        kind = K_EVENT
+        span = (<int64_t>buf[h.poff + 2] << 8) | buf[h.poff + 3]
+    else:
+        L.stats[S_UNSUPPORTED] += 1
+        return
+    a = arrival_pos(L, arrival_us)
+    if not L.has_stream:
+        anchor = 1
+    elif h.ssrc != L.ssrc:
+        if L.prev_valid and h.ssrc == L.prev_ssrc and a - L.switch_a <= L.window:
+            L.stats[S_STALE] += 1
+            return
+        L.prev_ssrc = L.ssrc
+        L.prev_valid = 1
+        L.switch_a = a
+        L.stats[S_SSRC_CHANGES] += 1
+        anchor = 1
+    if anchor:
+        ext_seq = h.seq
+        ext_ts = h.ts
+        start_stream(L, h.ssrc, h.seq, h.ts, a - span if a - span > L.newest else L.newest)
+    else:
+        d = <int16_t>(<uint16_t>(h.seq - <uint32_t>(<uint64_t>L.max_seq)))
+        ext_seq = L.max_seq + d
+        d = <int32_t>(h.ts - <uint32_t>(<uint64_t>L.ref_ts))
+        ext_ts = L.ref_ts + d
+        delay = a - (ext_ts + L.offset + span)
+        if delay > L.reset or delay < -L.reset:
+            if ext_seq > L.max_seq or ext_seq < L.max_seq - MAX_MISORDER:
+                L.stats[S_RESETS] += 1
+                anchor = 1
+                ext_seq = h.seq
+                ext_ts = h.ts
+                start_stream(L, h.ssrc, h.seq, h.ts, a - span if a - span > L.newest else L.newest)
+            else:
+                L.stats[S_INCONSISTENT] += 1
+                return
+    pos = ext_ts + L.offset
+    end = pos + span
+    slot = <int64_t>(<uint64_t>ext_seq & (SEQ_SLOTS - 1))
+    if L.tag[slot] == ext_seq:
+        L.stats[S_DUP] += 1
+        return
+    base = L.base
+    if (end <= base) if span else (pos < base):
+        L.stats[S_LATE] += 1
+        return
+    if kind == K_AUDIO and all_audio(L, pos if pos > base else base, end):
+        L.stats[S_DUP] += 1
+        return
+    L.stats[S_ACCEPTED] += 1
+    if pos < base:
+        L.stats[S_LATE_PARTIAL] += 1
+    if h.marker:
+        L.stats[S_MARKER] += 1
+    if kind == K_AUDIO:
+        L.stats[S_AUDIO] += 1
+        if L.last_pt >= 0 and h.pt != L.last_pt:
+            L.stats[S_PT_CHANGES] += 1
+        L.last_pt = h.pt
+    elif kind == K_CN:
+        L.stats[S_CN] += 1
+    else:
+        L.stats[S_EVENT] += 1
+    if ext_seq > L.max_seq:
+        L.max_seq = ext_seq
+        L.ref_ts = ext_ts
+    L.tag[slot] = ext_seq
+    L.sstart[slot] = pos
+    L.send[slot] = end
+    prev_newest = L.newest
+    if end > L.newest:
+        L.newest = end
+    final = floor_frame(L, L.newest - L.window)
+    if anchor:
+        cover_silent(L, prev_newest, pos, final)
+    else:
+        p = <int64_t>(<uint64_t>(ext_seq - 1) & (SEQ_SLOTS - 1))
+        if L.tag[p] == ext_seq - 1 and L.send[p] < pos:
+            cover_silent(L, L.send[p], pos, final)
+    if kind == K_AUDIO:
+        write_audio(L, pos, end, buf + h.poff, &ULAW[0] if h.pt == PT_PCMU else &ALAW[0], final)
+    elif kind == K_EVENT:
+        cover_silent(L, pos, end, final)
+        event(L, buf, h.poff, ext_ts, pos, span)
+    nx = <int64_t>(<uint64_t>(ext_seq + 1) & (SEQ_SLOTS - 1))
+    if L.tag[nx] == ext_seq + 1 and L.sstart[nx] > end:
+        cover_silent(L, end, L.sstart[nx], final)
+    advance(L, final)
+    drift(L, a, end)
+
+
+def parse(data, offsets, lengths):
+    """RFC 3550 fixed header, CSRC list, extension and padding of every packet (vectorised)."""
+    buf, off, ln, _ = check_batch(data, offsets, lengths)
+    cdef Py_ssize_t i, n = off.shape[0]
+    out = ParsedPackets(n)
+    cdef const uint8_t[::1] b = buf
+    cdef const uint8_t *bp = &b[0] if b.shape[0] else NULL
+    cdef const int64_t[::1] o = off
+    cdef const int32_t[::1] l = ln
+    cdef uint8_t[::1] valid = out.valid.view(np.uint8)
+    cdef uint8_t[::1] reason = out.reason
+    cdef uint8_t[::1] marker = out.marker.view(np.uint8)
+    cdef uint8_t[::1] pt = out.pt
+    cdef uint16_t[::1] seq = out.seq
+    cdef uint32_t[::1] ts = out.ts
+    cdef uint32_t[::1] ssrc = out.ssrc
+    cdef int64_t[::1] poff = out.payload_offset
+    cdef int32_t[::1] plen = out.payload_length
+    cdef Hdr h
+    cdef int r
+    with nogil:
+        for i in range(n):
+            r = parse_one(bp, o[i], l[i], &h)
+            valid[i] = r == 0
+            reason[i] = r
+            marker[i] = h.marker
+            pt[i] = h.pt
+            seq[i] = h.seq
+            ts[i] = h.ts
+            ssrc[i] = h.ssrc
+            poff[i] = h.poff
+            plen[i] = h.plen
+    return out
+
+
+cdef class JitterBuffer:
+    """One leg: RTP packets in, 20 ms frames on the call timeline out (see the module docstring)."""
+
+    cdef Leg *L
+    cdef bint closed
+
+    def __cinit__(self, *, call_start_us, window_ms=300, fill="silence",
+                  event_payload_types=(101,), clock_rate=8000):
+        check_options(window_ms, fill, event_payload_types, clock_rate)
+        cdef Leg *L = <Leg *>malloc(sizeof(Leg))
+        if L == NULL:
+            raise MemoryError()
+        memset(L, 0, sizeof(Leg))
+        self.L = L
+        L.start_us = call_start_us
+        L.clock = clock_rate
+        L.f = clock_rate // 50
+        L.window = window_ms * clock_rate // 1000
+        L.conceal = fill == "conceal"
+        for p in event_payload_types:
+            L.evpt[p] = 1
+        L.chunk = CHUNK_FRAMES * L.f
+        L.ring = L.f * (-(-L.window // L.f) + CHUNK_FRAMES + 2)
+        L.reset = RESET_SECONDS * clock_rate
+        L.dblock = DRIFT_BLOCK_SECONDS * clock_rate
+        L.half = L.f // 2
+        L.last_pt = -1
+        L.pcm = <int16_t *>malloc(L.ring * sizeof(int16_t))
+        L.st = <uint8_t *>malloc(L.ring)
+        L.last = <int16_t *>malloc(L.f * sizeof(int16_t))
+        if L.pcm == NULL or L.st == NULL or L.last == NULL:
+            raise MemoryError()
+        memset(L.pcm, 0, L.ring * sizeof(int16_t))
+        memset(L.st, 0, L.ring)
+        memset(L.last, 0, L.f * sizeof(int16_t))
+        self.closed = False
+
+    def __dealloc__(self):
+        cdef Leg *L = self.L
+        if L != NULL:
+            free(L.pcm)
+            free(L.st)
+            free(L.last)
+            free(L.gaps)
+            free(L.ev)
+            free(L.out_pcm)
+            free(L.out_kind)
+            free(L)
+            self.L = NULL
+
+    cdef object take(self, int64_t first):
+        cdef Leg *L = self.L
+        cdef int64_t n = L.n_out
+        L.n_out = 0
+        if L.oom:
+            raise MemoryError("jitter buffer could not grow its output buffers")
+        pcm = np.empty((n, L.f), dtype=np.int16)
+        kind = np.empty(n, dtype=np.uint8)
+        cdef int16_t[:, ::1] pv = pcm
+        cdef uint8_t[::1] kv = kind
+        if n:
+            memcpy(&pv[0, 0], L.out_pcm, n * L.f * sizeof(int16_t))
+            memcpy(&kv[0], L.out_kind, n)
+        return Frames(np.arange(first, first + n, dtype=np.int64), pcm, kind)
+
+    def push(self, data, offsets, lengths, arrival_us):
+        """Feed one batch; returns the frames that became final with it."""
+        if self.closed:
+            raise RuntimeError("this jitter buffer was flushed; it accepts no more packets")
+        buf, off, ln, arr = check_batch(data, offsets, lengths, arrival_us)
+        cdef Leg *L = self.L
+        cdef Py_ssize_t i, n = off.shape[0]
+        cdef const uint8_t[::1] b = buf
+        cdef const uint8_t *bp = &b[0] if b.shape[0] else NULL
+        cdef const int64_t[::1] o = off
+        cdef const int32_t[::1] l = ln
+        cdef const int64_t[::1] t = arr
+        cdef int64_t first = L.base // L.f
+        with nogil:
+            for i in range(n):
+                packet(L, bp, o[i], l[i], t[i])
+        return self.take(first)
+
+    def flush(self, end_us=None):
+        """Emit everything held; with end_us, fill up to the frame containing it. Closes the leg."""
+        if self.closed:
+            raise RuntimeError("this jitter buffer was already flushed")
+        self.closed = True
+        cdef Leg *L = self.L
+        cdef int64_t first = L.base // L.f, target = L.newest, end, last
+        if end_us is not None:
+            end = arrival_pos(L, end_us)
+            if end > target:
+                last = -fdiv(-end, L.f) * L.f
+                with nogil:
+                    cover_silent(L, L.newest, end, last)
+                target = end
+        with nogil:
+            advance(L, -fdiv(-target, L.f) * L.f)
+        return self.take(first)
+
+    @property
+    def stats(self):
+        cdef Leg *L = self.L
+        return {k: int(L.stats[i]) for i, k in enumerate(STAT_KEYS)}
+
+    @property
+    def gaps(self):
+        cdef Leg *L = self.L
+        return [(int(L.gaps[2 * i]), int(L.gaps[2 * i + 1])) for i in range(L.n_gaps)]
+
+    @property
+    def events(self):
+        cdef Leg *L = self.L
+        cdef Ev e
+        out = []
+        for i in range(L.n_ev):
+            e = L.ev[i]
+            out.append(TelephoneEvent(event=e.code, digit=_event_digit(e.code),
+                                      start_ms=fdiv(e.start * 1000, L.clock),
+                                      duration_ms=e.dur * 1000 // L.clock, volume=e.vol))
+        return out
