@@ -138,7 +138,7 @@ def test_rtp_jitter_peer_aiortc(benchmark: Any, workload: Tag, stream: Stream) -
         frames = []
         for data in stream.packets:
             packet = RtpPacket.parse(data)
-            packet._data = packet.payload
+            packet._data = packet.payload  # type: ignore[attr-defined]  # as aiortc does
             _, frame = jb.add(packet)
             if frame is not None:
                 frames.append(frame)
