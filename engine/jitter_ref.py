@@ -503,7 +503,7 @@ class JitterBuffer:
             stats["malformed"] += 1
             stats["malformed_" + MALFORMED_REASONS[r - 1]] += 1
             return
-        if pt == PT_PCMU or pt == PT_PCMA:
+        if pt in (PT_PCMU, PT_PCMA):
             kind = _KIND_AUDIO
             span = plen
         elif pt == PT_CN:
