@@ -1,0 +1,187 @@
+"""Turn one pytest-benchmark JSON run into benchmarks/RESULTS.md.
+
+    python -m benchmarks.report benchmarks/last-run.json [-o benchmarks/RESULTS.md]
+
+Every benchmark is tagged (benchmarks/conftest.py) with its workload and its
+side, "ours" or "peer". For each workload, each peer gets one row: ours'
+median and the peer's median from this same run, and their ratio
+(ours / peer: below 1 means ours is faster). A peer tagged with max_ratio
+carries the workload's target; the row says whether this run met it.
+Medians only: the machines are shared and noisy, a single time means little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Bench:
+    name: str
+    median: float  # seconds per round
+    rounds: int
+    info: dict[str, Any]
+
+
+@dataclass
+class Workload:
+    name: str
+    ours: list[Bench] = field(default_factory=list)
+    peers: list[Bench] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    workload: str
+    ours: Bench | None
+    peer: Bench | None
+    ratio: float | None  # ours median / peer median
+    target: str
+    met: str
+
+
+def load(path: Path) -> tuple[dict[str, Any], list[Workload]]:
+    run = json.loads(path.read_text())
+    workloads: dict[str, Workload] = {}
+    for b in run.get("benchmarks", []):
+        info = b.get("extra_info", {})
+        name = info.get("workload")
+        if name is None:  # an untagged benchmark: no pair, no row
+            continue
+        w = workloads.setdefault(name, Workload(name))
+        bench = Bench(b["name"], float(b["stats"]["median"]), int(b["stats"]["rounds"]), info)
+        (w.ours if info.get("side") == "ours" else w.peers).append(bench)
+    return run, [workloads[k] for k in sorted(workloads)]
+
+
+def rows(workloads: list[Workload]) -> list[Row]:
+    out: list[Row] = []
+    for w in workloads:
+        ours = w.ours[0] if len(w.ours) == 1 else None
+        if len(w.ours) > 1:
+            raise ValueError(f"workload {w.name}: {len(w.ours)} benchmarks tagged 'ours'")
+        if not w.peers:
+            out.append(Row(w.name, ours, None, None, "-", "no peer in this run"))
+        for p in w.peers:
+            target = p.info.get("target", "-")
+            max_ratio = p.info.get("max_ratio")
+            if ours is None:
+                out.append(Row(w.name, None, p, None, target, "ours did not run or failed"))
+                continue
+            ratio = ours.median / p.median
+            if max_ratio is None:
+                met = "no target"
+            else:
+                met = "met" if ratio <= float(max_ratio) else "**not met**"
+            out.append(Row(w.name, ours, p, ratio, target, met))
+    return out
+
+
+def seconds(t: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if t >= scale:
+            return f"{t / scale:.3g} {unit}"
+    return f"{t / 1e-9:.3g} ns"
+
+
+def figure(b: Bench | None) -> str:
+    """A median as the workload states it: per unit, as a real-time factor, or per round."""
+    if b is None:
+        return "not run"
+    info = b.info
+    if info.get("call_seconds"):
+        rtf = float(info["call_seconds"]) / b.median
+        return f"RTF {rtf:.1f}x ({seconds(b.median)})"
+    if info.get("units"):
+        per = b.median / float(info["units"])
+        return f"{seconds(per)}/{info.get('unit', 'unit')} ({seconds(b.median)})"
+    return seconds(b.median)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def render(run: dict[str, Any], workloads: list[Workload], source: str) -> str:
+    table = rows(workloads)
+    commit = run.get("commit_info", {})
+    machine = run.get("machine_info", {})
+    libopus = next((b.info["libopus"] for w in workloads for b in w.ours if "libopus" in b.info),
+                   None)
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `python -m benchmarks.report {source}` from the JSON of one "
+        "`make bench` run; do not edit by hand (run `make bench` again). What each workload "
+        "does is at the top of its benchmarks/bench_*.py file and in benchmarks/README.md.",
+        "",
+        f"- date of the run: {run.get('datetime', 'unknown')}",
+        f"- commit: {commit.get('id', 'unknown')[:12]}"
+        + (" (with local changes)" if commit.get("dirty") else ""),
+        f"- machine: {os.cpu_count()} CPUs (nproc), {cpu_model()}, "
+        f"{machine.get('system', platform.system())} "
+        f"{machine.get('release', platform.release())}; shared with other jobs, so expect noise",
+        f"- Python {machine.get('python_version', platform.python_version())}"
+        + (f", {libopus}" if libopus else ""),
+        "",
+        "Ratio = ours median / peer median, both from this run (below 1: ours is faster). "
+        "Figures per unit are the round's median divided by the work in a round; "
+        "RTF = call seconds / wall seconds.",
+        "",
+        "| workload | ours (median) | peer | peer (median) | ratio ours/peer | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        peer_name = r.peer.info.get("peer", r.peer.name) if r.peer else "-"
+        ratio = "-" if r.ratio is None else f"{r.ratio:.3g} (ours {1 / r.ratio:.3g}x faster)" \
+            if r.ratio < 1 else f"{r.ratio:.3g} (ours {r.ratio:.3g}x slower)"
+        lines.append(f"| {r.workload} | {figure(r.ours)} | {peer_name} | {figure(r.peer)} | "
+                     f"{ratio} | {r.target} | {r.met} |")
+    lines += ["", "## Workloads in this run", ""]
+    for w in workloads:
+        what = next((b.info["what"] for b in w.ours if "what" in b.info), "")
+        rounds = ", ".join(f"{b.name}: {b.rounds}" for b in w.ours + w.peers)
+        lines.append(f"- **{w.name}**: {what}. Rounds: {rounds}.")
+        for b in w.peers:
+            if "command" in b.info:
+                lines.append(f"  Peer command: `{b.info['command']}`.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("json", nargs="?", default=str(HERE / "last-run.json"))
+    p.add_argument("-o", "--output", default=str(HERE / "RESULTS.md"))
+    args = p.parse_args(argv)
+    src = Path(args.json)
+    if not src.exists():
+        print(f"report: {src} not found; run `make bench` first", file=sys.stderr)
+        return 1
+    run, workloads = load(src)
+    if not workloads:
+        print(f"report: no tagged benchmark in {src}", file=sys.stderr)
+        return 1
+    text = render(run, workloads, args.json)
+    Path(args.output).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
