@@ -512,3 +512,19 @@ def test_frame_levels_per_frame() -> None:
     assert abs(rms[1] - 20 * math.log10(1000 / math.sqrt(2) / 32768)) < 0.1
     assert rms[2] == 0.0
     assert peak.tolist() == [0, 1000, 32768]
+
+
+def test_masking_digit_at_stream_start_and_end() -> None:
+    """The guard before the first sample and after the last is clamped."""
+    frames = to_frames(np.concatenate([dtmf("6", 100, -6), silence(100), dtmf("8", 100, -6)]))
+    out, events, _ = detect(frames, mask=True, batch=3)
+    assert [e.digit for e in events] == ["6", "8"]
+    assert events[0].start_sample <= BLOCK
+    flat = out.reshape(-1)
+    assert out.shape == frames.shape
+    assert not np.any(flat[:800]) and not np.any(flat[1600:2400])
+
+
+def test_negative_first_index_raises() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        _dsp.DtmfDetector().process(np.zeros((1, FRAME), np.int16), -1)
