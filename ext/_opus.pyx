@@ -190,23 +190,37 @@ cdef class Encoder:
                 f"(x {self.channels} channel(s)), got shape {a.shape}")
         return a.reshape(a.shape[0], per)
 
-    def encode(self, pcm) -> bytes:
-        """Encode one frame (frame_size x channels int16 samples) into one packet."""
+    def encode(self, pcm, int max_bytes=MAX_PACKET) -> bytes:
+        """Encode one frame (frame_size x channels int16 samples) into one packet.
+
+        ``max_bytes`` caps the packet size (libopus lowers the rate to fit).
+        """
         cdef const int16_t[:, ::1] f = self._frames(pcm, True)
         cdef unsigned char buf[MAX_PACKET]
         cdef int32_t n
+        if not 1 <= max_bytes <= MAX_PACKET:
+            raise ValueError(f"max_bytes {max_bytes} out of range 1..{MAX_PACKET}")
         with nogil:
-            n = opus_encode(self.st, &f[0, 0], self.frame_size, buf, MAX_PACKET)
+            n = opus_encode(self.st, &f[0, 0], self.frame_size, buf, max_bytes)
         check(n, "opus_encode")
         return bytes(buf[:n])
 
-    def encode_frames(self, pcm):
+    def encode_frames(self, pcm, max_bytes=None):
         """Encode (n, frame_size) frames: (packets concatenated, int32 lengths).
 
         One packet per frame; the GIL is released over the whole batch.
+        ``max_bytes`` (one int, or one per frame) caps each packet's size:
+        libopus then codes the frame at the rate that fits (e.g. a few bytes
+        of comfort noise for a frame a VAD judged silent).
         """
         cdef const int16_t[:, ::1] f = self._frames(pcm, False)
         cdef Py_ssize_t n = f.shape[0], i, used = 0, cap
+        caps_arr = np.full(n, MAX_PACKET, dtype=np.int32)
+        if max_bytes is not None:
+            caps_arr[:] = max_bytes
+            if n and (caps_arr.min() < 1 or caps_arr.max() > MAX_PACKET):
+                raise ValueError(f"max_bytes must be within 1..{MAX_PACKET}")
+        cdef const int32_t[::1] caps = caps_arr
         lengths = np.empty(n, dtype=np.int32)
         cdef int32_t[::1] lens = lengths
         cdef int32_t rc = 0
@@ -230,7 +244,7 @@ cdef class Encoder:
                             break
                         buf = grown
                         cap = cap * 2
-                    rc = opus_encode(self.st, &f[i, 0], self.frame_size, buf + used, MAX_PACKET)
+                    rc = opus_encode(self.st, &f[i, 0], self.frame_size, buf + used, caps[i])
                     if rc < 0:
                         bad = i
                         break
