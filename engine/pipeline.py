@@ -168,10 +168,11 @@ class LegPipeline:
             return
         r.frames += len(pcm)
         r.voice_frames += int(self.vad.process(pcm).sum())
-        flat = pcm.reshape(-1).astype(np.int64)
-        r.sumsq += float(np.dot(flat, flat))
-        r.peak = max(r.peak, int(np.abs(flat).max()))
-        r.clipped += int(np.count_nonzero((flat >= 32767) | (flat <= -32768)))
+        rms_dbfs, peak, clipped = _dsp.levels(pcm)
+        if rms_dbfs > -math.inf:
+            r.sumsq += pcm.size * (32768.0 * 10 ** (rms_dbfs / 20)) ** 2
+        r.peak = max(r.peak, peak)
+        r.clipped += clipped
         if self.keep_pcm:
             r.pcm.append(pcm.copy())
         if self.encoder is not None:

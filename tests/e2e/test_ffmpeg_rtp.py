@@ -110,6 +110,6 @@ def test_two_ffmpeg_senders_recorded_aligned(tmp_path: Path) -> None:
         first_arrival = r.got[0][0] - call_start
         got = burst_onsets(pcm[:, ch])
         assert len(got) == len(sent), (ch, got)
-        for g, s in zip(got, sent, strict=True):
+        for g, at in zip(got, sent, strict=True):
             # each leg's audio sits where its own first packet placed it, within 20 ms
-            assert abs(g - (first_arrival + s)) <= 0.020, (ch, g, first_arrival + s)
+            assert abs(g - (first_arrival + at)) <= 0.020, (ch, g, first_arrival + at)
