@@ -90,7 +90,8 @@ def test_transcode_peer_ffmpeg(benchmark: Any, workload: Tag, call_files: CallFi
            "-c:a", "libopus", "-b:a", str(2 * settings.bitrate), "-application", "voip",
            "-frame_duration", "20", "-vbr", "on",
            "-compression_level", str(settings.complexity), "-mapping_family", "255", str(out)]
-    benchmark.extra_info["command"] = " ".join(cmd[:1] + ["..."] + cmd[8:-1] + ["out.ogg"])
+    shown = [Path(c).name if c in (exe, *map(str, call_files.wavs)) else c for c in cmd[:-1]]
+    benchmark.extra_info["command"] = " ".join(shown + ["out.ogg"])
     benchmark.pedantic(subprocess.run, args=(cmd,), kwargs={"check": True},
                        rounds=ROUNDS, iterations=1, warmup_rounds=0)
     check_output(out, call_files.seconds)
