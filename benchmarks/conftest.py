@@ -13,7 +13,7 @@ import ctypes
 import importlib
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +41,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--call-seconds", type=float, default=CALL_SECONDS,
                      help="length of the transcode workload's call (600 s; shorter only to "
                           "try the harness: RESULTS.md states the length measured)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Mark the figures of a benchmark whose checks failed: the report leaves them out.
+
+    pytest-benchmark writes a failed test's timings to the JSON all the same."""
+    report = yield
+    bench = getattr(item, "funcargs", {}).get("benchmark")
+    if report.failed and bench is not None:
+        bench.extra_info["failed"] = True
+    return report
 
 
 def need(module: str) -> ModuleType:

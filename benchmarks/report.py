@@ -52,10 +52,14 @@ class Row:
 def load(path: Path) -> tuple[dict[str, Any], list[Workload]]:
     run = json.loads(path.read_text())
     workloads: dict[str, Workload] = {}
+    failed: list[str] = run.setdefault("failed", [])
     for b in run.get("benchmarks", []):
         info = b.get("extra_info", {})
         name = info.get("workload")
         if name is None:  # an untagged benchmark: no pair, no row
+            continue
+        if info.get("failed"):  # its checks failed (conftest.py): its time means nothing
+            failed.append(b["name"])
             continue
         w = workloads.setdefault(name, Workload(name))
         bench = Bench(b["name"], float(b["stats"]["median"]), int(b["stats"]["rounds"]), info)
@@ -152,6 +156,9 @@ def render(run: dict[str, Any], workloads: list[Workload], source: str) -> str:
             if r.ratio < 1 else f"{r.ratio:.3g} (ours {r.ratio:.3g}x slower)"
         lines.append(f"| {r.workload} | {figure(r.ours)} | {peer_name} | {figure(r.peer)} | "
                      f"{ratio} | {r.target} | {r.met} |")
+    if run.get("failed"):
+        lines += ["", "Left out because their checks failed: "
+                  + ", ".join(f"`{n}`" for n in run["failed"]) + "."]
     lines += ["", "## Workloads in this run", ""]
     for w in workloads:
         what = next((b.info["what"] for b in w.ours if "what" in b.info), "")
