@@ -45,6 +45,7 @@ _KIND_EVENT = 2
 
 RESET_SECONDS = 3  # |arrival - RTP position| beyond this is a reset, not jitter
 DRIFT_BLOCK_SECONDS = 2  # the minimum delay is taken over blocks this long (arrival time)
+DRIFT_THRESHOLD_DIV = 4  # the mapping moves when the delay is off by more than a frame / 4
 MAX_MISORDER = 100  # RFC 3550 A.1: a sequence this far behind the highest is not a restart
 SEQ_SLOTS = 1024  # remembered packets per stream (duplicates, neighbours); power of two
 CHUNK_FRAMES = 25  # a packet or filler range is written in chunks of this many frames
@@ -296,7 +297,7 @@ class JitterBuffer:
         self._st = np.zeros(self._ring, dtype=np.uint8)
         self._reset_samples = RESET_SECONDS * clock_rate
         self._drift_block = DRIFT_BLOCK_SECONDS * clock_rate
-        self._half = self._f // 2
+        self._drift_threshold = self._f // DRIFT_THRESHOLD_DIV
         self._base = 0  # first sample not yet emitted (a multiple of the frame)
         self._newest = 0  # end of the newest span placed on the timeline
         self._closed = False
@@ -489,7 +490,7 @@ class JitterBuffer:
             return
         self._blk_min = min(self._blk_min, delay)
         if a - self._blk_start >= self._drift_block:
-            if self._blk_min > self._half or self._blk_min < -self._half:
+            if self._blk_min > self._drift_threshold or self._blk_min < -self._drift_threshold:
                 self._offset += self._blk_min
                 self._stats["drift_adjustments"] += 1
             self._blk_active = False

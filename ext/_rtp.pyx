@@ -82,12 +82,16 @@ the arrival position by up to 8 samples a second. For every accepted packet
 the delay ``a - end`` is taken; the minimum over a block of 2 s of arrival
 time (robust to jitter: some packet of a block arrives nearly undelayed)
 should be 0, the delay of the anchor packet. If the block minimum is more
-than half a frame away from 0 the stream's offset moves by it (a positive
+than a quarter frame (5 ms) away from 0 the stream's offset moves by it (a positive
 minimum inserts that many samples, marked silent, not lost; a negative one
 lets the next packets overlap and drop as many samples), counted in
 ``drift_adjustments``. The same step corrects an anchor packet that was
 itself delayed by jitter. Each leg stays within about half a frame of its
-own arrival clock, so legs stay aligned with each other and the call.
+own arrival clock (threshold plus one block of drift plus the minimum
+network delay), so two legs stay within one frame of each other and of the
+call. A negative step makes the next packets land on audio already written:
+their overlap is dropped (first writer wins), and a packet that lands
+entirely on written audio counts as a duplicate.
 
 *Events.* RFC 4733 packets (PT in ``event_payload_types``) are never decoded
 as audio. An event is keyed by (stream, extended timestamp, code); its start
@@ -142,6 +146,7 @@ cdef enum:
     CHUNK_FRAMES = 25  # spans are written in chunks of this many frames
     RESET_SECONDS = 3  # |arrival - RTP position| beyond this is a reset, not jitter
     DRIFT_BLOCK_SECONDS = 2  # minimum delay taken over blocks this long
+    DRIFT_THRESHOLD_DIV = 4  # the mapping moves when the delay is off by more than F / 4
     MAX_MISORDER = 100  # RFC 3550 A.1
     EVENT_LOOKBACK = 4  # an event update matches one of the last few events
 
@@ -178,7 +183,7 @@ cdef struct Ev:
     int64_t vol
 
 cdef struct Leg:
-    int64_t start_us, clock, f, window, chunk, ring, reset, dblock, half
+    int64_t start_us, clock, f, window, chunk, ring, reset, dblock, drift_threshold
     int conceal
     uint8_t evpt[128]
     int16_t *pcm
@@ -448,7 +453,7 @@ cdef void drift(Leg *L, int64_t a, int64_t end) noexcept nogil:
     if delay < L.blk_min:
         L.blk_min = delay
     if a - L.blk_start >= L.dblock:
-        if L.blk_min > L.half or L.blk_min < -L.half:
+        if L.blk_min > L.drift_threshold or L.blk_min < -L.drift_threshold:
             L.offset += L.blk_min
             L.stats[S_DRIFT] += 1
         L.blk_active = 0
@@ -659,7 +664,7 @@ cdef class JitterBuffer:
         L.ring = L.f * (-(-L.window // L.f) + CHUNK_FRAMES + 2)
         L.reset = RESET_SECONDS * clock_rate
         L.dblock = DRIFT_BLOCK_SECONDS * clock_rate
-        L.half = L.f // 2
+        L.drift_threshold = L.f // DRIFT_THRESHOLD_DIV
         L.last_pt = -1
         L.pcm = <int16_t *>malloc(L.ring * sizeof(int16_t))
         L.st = <uint8_t *>malloc(L.ring)

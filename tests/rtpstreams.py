@@ -102,14 +102,17 @@ class Arrived:
 
 def network(sent: Sequence[Sent], rng: random.Random, *, base_us: int = 5_000,
             jitter_us: int = 0, loss: float = 0.0, dup: float = 0.0,
-            drop: Sequence[int] = ()) -> list[Arrived]:
-    """Deliver packets: base delay + uniform jitter, independent loss, duplicates."""
+            drop: Sequence[int] = (), steady_first: bool = False) -> list[Arrived]:
+    """Deliver packets: base delay + uniform jitter, independent loss, duplicates.
+
+    ``steady_first``: the first packet gets no jitter, so the leg's anchor is exact."""
     dropped = set(drop)
     out: list[Arrived] = []
     for i, s in enumerate(sent):
         if i in dropped or (loss and rng.random() < loss):
             continue
-        out.append(Arrived(s.data, s.send_us + base_us + rng.randint(0, jitter_us), s.label))
+        j = 0 if steady_first and i == 0 else rng.randint(0, jitter_us)
+        out.append(Arrived(s.data, s.send_us + base_us + j, s.label))
         if dup and rng.random() < dup:
             out.append(Arrived(s.data, s.send_us + base_us + rng.randint(0, jitter_us * 2 + 1000),
                                s.label))
