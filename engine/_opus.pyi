@@ -17,7 +17,7 @@ class Encoder:
         channels: int = 1,
         application: str = "voip",
         bitrate: int = 12000,
-        complexity: int = 5,
+        complexity: int = 8,
         dtx: bool = True,
         vbr: bool = True,
         inband_fec: bool = False,
