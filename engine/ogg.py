@@ -398,7 +398,7 @@ class OggOpusReader:
                     f"truncated page at byte {pos}: {hlen + blen} bytes announced, "
                     f"{len(raw) - pos} left"
                 )
-            check = _opus.ogg_crc(raw[pos + 22 : pos + hlen + blen],
+            check = _opus.ogg_crc(raw[pos + 26 : pos + hlen + blen],
                                   _opus.ogg_crc(raw[pos : pos + 22] + b"\0\0\0\0"))
             if check != crc:
                 raise FormatError(f"page {pseq} at byte {pos}: CRC mismatch "
@@ -626,9 +626,11 @@ class OggOpusReader:
 
 # A DTX packet is the TOC byte alone (libopus: "2 bytes or less need not be transmitted").
 DTX_MAX_BYTES = 2
-# Size cap of the comfort-noise packets dtx_safe writes: at 10 bytes libopus codes
-# the noise's level and spectrum with no pulses (docs/opus-silence.md, table 3).
-COMFORT_NOISE_BYTES = 10
+# Size cap of the comfort-noise packets dtx_safe writes. Below 15 bytes per 20 ms
+# (6 kb/s) libopus switches to CELT-only, and ffmpeg's native decoder fails on
+# the SILK/CELT mix ("Internal bug"); at 15 it stays SILK NB (docs/opus-silence.md).
+COMFORT_NOISE_BYTES = 15
+COMFORT_NOISE_BITRATE = 6000  # lowest SILK rate: the noise needs level and spectrum only
 
 
 def dtx_safe(
@@ -637,7 +639,7 @@ def dtx_safe(
     *,
     sample_rate: int = 8000,
     max_bytes: int = COMFORT_NOISE_BYTES,
-    bitrate: int = 12000,
+    bitrate: int = COMFORT_NOISE_BITRATE,
 ) -> tuple[bytes, npt.NDArray[np.int32]]:
     """One mono leg's packets with every DTX packet replaced by real comfort noise.
 
