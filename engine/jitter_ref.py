@@ -166,8 +166,13 @@ def check_batch(
     offsets: Any,
     lengths: Any,
     arrival_us: Any | None = None,
+    *,
+    bounds: bool = True,
 ) -> tuple[bytes, npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64] | None]:
-    """Validate a batch (buffer + per-packet arrays); raise ValueError saying what is wrong."""
+    """Validate a batch (buffer + per-packet arrays); raise ValueError saying what is wrong.
+
+    ``bounds=False`` skips the per-packet offset/length checks (the C twin does them in
+    its own loop and calls back here for the message when one fails)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ValueError(f"data must be bytes, bytearray or memoryview, got {type(data).__name__}")
     buf = bytes(data)
@@ -181,12 +186,12 @@ def check_batch(
         if arr.shape[0] != off.shape[0]:
             raise ValueError(
                 f"arrival_us has {arr.shape[0]} entries but offsets has {off.shape[0]}")
-    if off.shape[0]:
+    if bounds and off.shape[0]:
         if int(off.min()) < 0:
-            i = int(np.argmin(off))
+            i = int(np.flatnonzero(off < 0)[0])
             raise ValueError(f"packet {i}: negative offset {int(off[i])}")
         if int(ln.min()) < 0:
-            i = int(np.argmin(ln))
+            i = int(np.flatnonzero(ln < 0)[0])
             raise ValueError(f"packet {i}: negative length {int(ln[i])}")
         ends = off + ln.astype(np.int64)
         if int(ends.max()) > len(buf):
