@@ -64,7 +64,12 @@ class MultistreamDecoder:
     streams: int
     coupled: int
     def __init__(
-        self, sample_rate: int, channels: int, streams: int, coupled: int, mapping: Buffer | list[int]
+        self,
+        sample_rate: int,
+        channels: int,
+        streams: int,
+        coupled: int,
+        mapping: Buffer | list[int],
     ) -> None: ...
     def reset(self) -> None: ...
     def decode(self, packet: Buffer | None, frame_size: int = 0) -> npt.NDArray[np.int16]: ...
