@@ -259,8 +259,9 @@ STAT_KEYS: tuple[str, ...] = (
     "telephone_event_packets", "malformed",
     *(f"malformed_{r}" for r in MALFORMED_REASONS),
     "duplicates", "late", "unsupported_payload_type", "stale_ssrc", "inconsistent",
-    "late_partial", "marker_packets", "frames", "audio_frames", "lost_frames",
-    "silence_frames", "ssrc_changes", "payload_type_changes", "resets", "drift_adjustments",
+    "overlap", "late_partial", "marker_packets", "frames", "audio_frames", "lost_frames",
+    "silence_frames", "partial_frames", "ssrc_changes", "payload_type_changes", "resets",
+    "drift_adjustments",
 )
 
 
@@ -354,12 +355,12 @@ class JitterBuffer:
         first = self._base // self._f
         target = self._newest
         if end_us is not None:
-            end = self._arrival_pos(int(end_us))
-            if end > target:
-                last = -(-end // self._f) * self._f
-                self._cover_silent(self._newest, end, last)
-                target = end
-        self._advance(-(-target // self._f) * self._f)
+            target = max(target, self._arrival_pos(int(end_us)))
+        # after the last packet the sender is silent, to the end of the last frame
+        last = -(-target // self._f) * self._f
+        if last > self._newest:
+            self._cover_silent(self._newest, last, last)
+        self._advance(last)
         return self._take(first)
 
     @property
@@ -407,6 +408,9 @@ class JitterBuffer:
             self._have_last = True
             self._lost_run = 0
             stats["audio_frames"] += 1
+            if (st == _EMPTY).any():  # part of the frame was lost: it is in a gap too
+                stats["partial_frames"] += 1
+                self._add_gap(idx)
         elif (st == _EMPTY).any():
             kind = FRAME_LOST
             if self._conceal and self._have_last:
@@ -416,10 +420,7 @@ class JitterBuffer:
                 out = np.zeros(f, dtype=np.int16)
             self._lost_run += 1
             stats["lost_frames"] += 1
-            if self._gaps and self._gaps[-1][0] + self._gaps[-1][1] == idx:
-                self._gaps[-1][1] += 1
-            else:
-                self._gaps.append([idx, 1])
+            self._add_gap(idx)
         else:
             kind = FRAME_SILENCE
             out = np.zeros(f, dtype=np.int16)
@@ -432,6 +433,12 @@ class JitterBuffer:
         self._out_pcm.append(out)
         self._out_kind.append(kind)
         self._base += f
+
+    def _add_gap(self, idx: int) -> None:
+        if self._gaps and self._gaps[-1][0] + self._gaps[-1][1] == idx:
+            self._gaps[-1][1] += 1
+        else:
+            self._gaps.append([idx, 1])
 
     def _advance(self, target: int) -> None:
         while self._base < target:
@@ -569,7 +576,7 @@ class JitterBuffer:
             stats["late"] += 1
             return
         if kind == _KIND_AUDIO and self._all_audio(max(pos, base), end):
-            stats["duplicates"] += 1
+            stats["overlap"] += 1
             return
         # accepted
         stats["accepted"] += 1

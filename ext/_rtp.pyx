@@ -56,13 +56,14 @@ packets up to 65535 samples and filler of any length fit.
 
 *Late and duplicate.* A packet whose whole span lies in emitted frames is
 ``late`` and dropped. A packet straddling the emitted boundary keeps its
-unemitted part (counted once as accepted and in ``late_partial``). A
-packet whose SSRC and extended sequence number were already received (the
-last 1024 are remembered) is a duplicate; so is an audio packet whose every
-unemitted sample already holds audio. Samples are first-writer-wins: audio
-never overwrites audio, so nothing is stored twice. After an SSRC change,
-packets of the previous SSRC arriving within one window are stragglers
-(``stale_ssrc``), dropped rather than re-anchoring twice.
+unemitted part (counted once as accepted and in ``late_partial``). A packet
+whose SSRC and extended sequence number were already received (the last
+1024 are remembered) is a duplicate; an audio packet with a new sequence
+number whose every unemitted sample already holds audio is dropped as
+``overlap``. Samples are first-writer-wins: audio never overwrites audio,
+so nothing is stored twice. After an SSRC change, packets of the previous
+SSRC arriving within one window are stragglers (``stale_ssrc``), dropped
+rather than re-anchoring twice.
 
 *Loss and silence.* Each held sample is empty, audio or silent. When two
 packets with consecutive extended sequence numbers are both known, the
@@ -71,8 +72,11 @@ the marker bit, comfort noise (PT 13) spanning to the next packet, an
 RFC 4733 event's span); so is the space before an anchor and after the last
 packet when ``flush(end_us)`` extends the leg. What stays empty is loss.
 A frame with any audio is FRAME_AUDIO (its missing samples are zeros); else
-any empty sample makes it FRAME_LOST (a gap: merged runs in ``gaps``,
-``lost_frames``); else FRAME_SILENCE. Lost frames are zeros, or with
+any empty sample makes it FRAME_LOST; else FRAME_SILENCE. Every frame with
+an empty sample, FRAME_LOST or a partly received FRAME_AUDIO, is in a gap
+(merged runs in ``gaps``; FRAME_LOST ones counted in ``lost_frames``, the
+others in ``partial_frames``): packets rarely start
+on a frame boundary, so one lost 20 ms packet usually touches two frames. Lost frames are zeros, or with
 fill="conceal" the last audio frame repeated at gain 0.75, 0.5, 0.25, then
 zeros (Q15 integer arithmetic, identical in both twins); concealment stops
 after a silent frame.
@@ -91,7 +95,8 @@ own arrival clock (threshold plus one block of drift plus the minimum
 network delay), so two legs stay within one frame of each other and of the
 call. A negative step makes the next packets land on audio already written:
 their overlap is dropped (first writer wins), and a packet that lands
-entirely on written audio counts as a duplicate.
+entirely on written audio is dropped as ``overlap`` (not a duplicate: its
+sequence number is new).
 
 *Events.* RFC 4733 packets (PT in ``event_payload_types``) are never decoded
 as audio. An event is keyed by (stream, extended timestamp, code); its start
@@ -154,8 +159,8 @@ cdef enum:
 cdef enum:
     S_PACKETS, S_BYTES, S_ACCEPTED, S_AUDIO, S_CN, S_EVENT, S_MALFORMED,
     S_MAL0, S_MAL1, S_MAL2, S_MAL3, S_MAL4, S_MAL5, S_MAL6,
-    S_DUP, S_LATE, S_UNSUPPORTED, S_STALE, S_INCONSISTENT, S_LATE_PARTIAL, S_MARKER,
-    S_FRAMES, S_AUDIO_FRAMES, S_LOST_FRAMES, S_SILENCE_FRAMES, S_SSRC_CHANGES,
+    S_DUP, S_LATE, S_UNSUPPORTED, S_STALE, S_INCONSISTENT, S_OVERLAP, S_LATE_PARTIAL, S_MARKER,
+    S_FRAMES, S_AUDIO_FRAMES, S_LOST_FRAMES, S_SILENCE_FRAMES, S_PARTIAL_FRAMES, S_SSRC_CHANGES,
     S_PT_CHANGES, S_RESETS, S_DRIFT, NSTATS
 
 assert len(STAT_KEYS) == NSTATS, "stat enum out of step with jitter_ref.STAT_KEYS"
@@ -335,6 +340,9 @@ cdef void emit_frame(Leg *L) noexcept nogil:
         L.have_last = 1
         L.lost_run = 0
         L.stats[S_AUDIO_FRAMES] += 1
+        if has_empty:  # part of the frame was lost: it is in a gap too
+            L.stats[S_PARTIAL_FRAMES] += 1
+            add_gap(L, L.base / f)
     elif has_empty:
         kind = KIND_LOST
         if out != NULL:
@@ -565,7 +573,7 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
         return
     # spans at or beyond the newest end cannot hold audio yet (fast path for in-order packets)
     if kind == K_AUDIO and pos < L.newest and all_audio(L, pos if pos > base else base, end):
-        L.stats[S_DUP] += 1
+        L.stats[S_OVERLAP] += 1
         return
     L.stats[S_ACCEPTED] += 1
     if pos < base:
@@ -747,12 +755,13 @@ cdef class JitterBuffer:
         if end_us is not None:
             end = arrival_pos(L, end_us)
             if end > target:
-                last = -fdiv(-end, L.f) * L.f
-                with nogil:
-                    cover_silent(L, L.newest, end, last)
                 target = end
+        # after the last packet the sender is silent, to the end of the last frame
+        last = -fdiv(-target, L.f) * L.f
         with nogil:
-            advance(L, -fdiv(-target, L.f) * L.f)
+            if last > L.newest:
+                cover_silent(L, L.newest, last, last)
+            advance(L, last)
         return self.take(first)
 
     @property

@@ -165,7 +165,7 @@ def run(jb: Any, packets: Sequence[Arrived], *, batch_sizes: Sequence[int] = (50
 
 
 DROP_KEYS = ("malformed", "duplicates", "late", "unsupported_payload_type", "stale_ssrc",
-             "inconsistent")
+             "inconsistent", "overlap")
 
 
 def check_accounting(stats: dict[str, int]) -> None:

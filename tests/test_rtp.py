@@ -204,7 +204,7 @@ def test_duplicate_same_sequence_dropped(impl: ModuleType) -> None:
     assert np.array_equal(flat(r), decoded([ramp_payload(k) for k in range(20)]))
 
 
-def test_duplicate_same_samples_new_sequence_dropped(impl: ModuleType) -> None:
+def test_same_samples_new_sequence_dropped_as_overlap(impl: ModuleType) -> None:
     s = Sender()
     talk(s, 20)
     pkts = deliver(s)
@@ -213,7 +213,7 @@ def test_duplicate_same_samples_new_sequence_dropped(impl: ModuleType) -> None:
     copy[12:] = b"\x01" * 160
     pkts.insert(6, Arrived(bytes(copy), pkts[5].arrival_us, "dup"))
     r = feed(impl, pkts, end_us=round(s.t_us))
-    assert r.stats["duplicates"] == 1
+    assert r.stats["overlap"] == 1 and r.stats["duplicates"] == 0
     assert np.array_equal(flat(r), decoded([ramp_payload(k) for k in range(20)]))
 
 
@@ -254,6 +254,30 @@ def test_single_loss_filled_with_silence(impl: ModuleType) -> None:
     assert r.gaps == [(7, 1)] and r.stats["lost_frames"] == 1
     assert int(r.kind[7]) == LOST and not r.pcm[7].any()
     assert len(r.index) == 30
+
+
+def test_single_loss_off_the_frame_grid_is_a_gap(impl: ModuleType) -> None:
+    # The first packet (samples 0-159, sent at 20 ms) arrives at 25 ms and is
+    # placed to end there: the leg sits 40 samples into the frame grid, so a
+    # lost packet covers the end of one frame and the start of the next.
+    s = Sender()
+    talk(s, 30)
+    r = feed(impl, network(s.out, random.Random(1), base_us=5_000, drop=[7]),
+             end_us=round(s.t_us) + 5_000)
+    assert r.gaps == [(7, 2)], r.gaps
+    assert r.stats["partial_frames"] == 2 and r.stats["lost_frames"] == 0
+    assert r.kind[7:9].tolist() == [AUDIO, AUDIO]
+    assert r.pcm[7, :40].any() and not r.pcm[7, 40:].any()
+    assert not r.pcm[8, :40].any() and r.pcm[8, 40:].any()
+
+
+def test_flush_to_call_end_is_silence_not_loss(impl: ModuleType) -> None:
+    s = Sender()
+    talk(s, 30)
+    r = feed(impl, network(s.out, random.Random(1), base_us=5_000),
+             end_us=round(s.t_us) + 300_000)
+    assert r.gaps == [] and r.stats["lost_frames"] == 0
+    assert r.kind[-14:].tolist() == [SILENCE] * 14 and len(r.index) == 45
 
 
 def test_burst_loss(impl: ModuleType) -> None:
