@@ -24,6 +24,7 @@ import dpkt
 import numpy as np
 import numpy.typing as npt
 
+from callvault import _rtp
 from callvault.errors import InputError
 from callvault.rtppack import PT_CN, PT_PCMA, PT_PCMU, Batch, pack_batch
 
@@ -45,6 +46,7 @@ IPPROTO_UDP = 17
 # stray UDP packet (DNS, SIP OPTIONS) is not taken for a leg.
 MIN_RTP_PACKETS = 3
 
+RTP_CLOCK = 8000  # G.711's RTP clock rate (RFC 3551)
 # Payload types the recorder decodes; RFC 3551 names for the error message.
 AUDIO_PTS = (PT_PCMU, PT_PCMA)
 KNOWN_PT_NAMES = {0: "PCMU", 3: "GSM", 4: "G723", 8: "PCMA", 9: "G722", 13: "CN", 18: "G729"}
@@ -70,6 +72,17 @@ class RtpFlow:
     @property
     def first_us(self) -> int:
         return self.arrival_us[0]
+
+    def first_audio_us(self) -> int:
+        """When the flow's first audio sample was captured: a G.711 packet
+        leaves its sender when its last sample is in, so its first sample is
+        one packet duration (a byte a sample at 8 kHz) before its arrival."""
+        for pkt, at in zip(self.packets, self.arrival_us, strict=True):
+            if pkt[1] & 0x7F in AUDIO_PTS:
+                parsed = _rtp.parse(pkt, np.zeros(1, np.int64), np.array([len(pkt)], np.int32))
+                if parsed.valid[0]:
+                    return at - int(parsed.payload_length[0]) * 1_000_000 // RTP_CLOCK
+        return self.first_us
 
     def event_payload_types(self) -> tuple[int, ...]:
         """Dynamic PTs used for RFC 4733 events: always 4-byte payloads, no SDP needed."""

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("inputs", nargs="+", metavar="INPUT")
     t.add_argument("-o", "--output", required=True, metavar="OUT.ogg|OUT.wav")
     t.add_argument("--bitrate", type=int, default=12_000, help="Opus bits/s per leg (12000)")
-    t.add_argument("--complexity", type=int, default=5, help="Opus complexity 0-10 (5)")
+    t.add_argument("--complexity", type=int, default=8, help="Opus complexity 0-10 (8)")
     t.add_argument("--mask-dtmf", action="store_true",
                    help="replace detected in-band DTMF tones with silence (PCI)")
     t.add_argument("--fill", choices=("silence", "conceal"), default="silence",

@@ -20,12 +20,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from callvault import _dsp, _opus, _rtp, capture, wav
+from callvault import _dsp, _opus, _rtp, capture, ogg, wav
 from callvault.errors import InputError
-from callvault.ogg import OggOpusWriter
 
 FRAME = 160  # samples per 20 ms frame at 8 kHz
-FRAME_US = 20_000
 LEG_NAMES = ("agent", "customer")
 
 
@@ -33,9 +31,19 @@ LEG_NAMES = ("agent", "customer")
 class Settings:
     """How a call is turned into Opus; defaults are the product's defaults."""
 
-    bitrate: int = 12_000  # per leg, bits per second
-    complexity: int = 5
-    dtx: bool = True
+    bitrate: int = 12_000  # per leg, bits per second, while the leg's VAD hears voice
+    # In frames the VAD calls silent (the other party talking, pauses), the line
+    # noise is coded at this lower rate; None codes every frame at ``bitrate``.
+    silence_bitrate: int | None = 8_000
+    # A frame is voice this far above the leg's noise floor; 12 dB rather than
+    # _dsp.Vad's 9 because pink line noise swings 9 dB between 20 ms frames.
+    vad_threshold_db: float = 12.0
+    complexity: int = 8  # PESQ 3.97 vs 3.67 at 5, same as 10 (docs/opus-silence.md)
+    dtx: bool = True  # libopus DTX: TOC-only packets in steady noise ...
+    # ... each replaced at once by a real packet of at most this many bytes,
+    # coding the same noise, so every decoder (ffmpeg's built-in one too)
+    # decodes the stored packets alike; 0 keeps libopus's TOC-only packets.
+    dtx_packet_bytes: int = 15
     mask_dtmf: bool = False
     window_ms: int = 300  # jitter-buffer reordering window
     fill: str = "silence"  # or "conceal": what fills lost frames
@@ -47,6 +55,7 @@ class LegResult:
     source: str
     frames: int = 0
     pcm: list[npt.NDArray[np.int16]] = field(default_factory=list)
+    # one Opus packet per frame, plus a last one that flushes the encoder
     packets: list[tuple[bytes, npt.NDArray[np.int32]]] = field(default_factory=list)
     opus_bytes: int = 0
     voice_frames: int = 0
@@ -66,7 +75,8 @@ class LegResult:
             "source": self.source,
             "frames": self.frames,
             "seconds": self.frames * FRAME / wav.RATE,
-            "lost": self.rtp.get("lost_frames", 0),
+            # frames touched by loss: wholly lost ones and partly received ones
+            "lost": sum(n for _, n in self.gaps),
             "late": self.rtp.get("late", 0),
             "duplicates": self.rtp.get("duplicates", 0),
             "malformed": self.rtp.get("malformed", 0),
@@ -104,9 +114,13 @@ class LegPipeline:
                                     fill=settings.fill,
                                     event_payload_types=tuple(event_payload_types) or (101,))
         self.dtmf = _dsp.DtmfDetector(mask=settings.mask_dtmf)
-        self.vad = _dsp.Vad()
+        self.vad = _dsp.Vad(threshold_db=settings.vad_threshold_db)
         self.encoder = (_opus.Encoder(bitrate=settings.bitrate, complexity=settings.complexity,
                                       dtx=settings.dtx) if encode else None)
+        # codes the frames DTX would leave empty (see Settings.dtx_packet_bytes)
+        self.noise_encoder = (_opus.Encoder(bitrate=ogg.COMFORT_NOISE_BITRATE, dtx=False,
+                                            complexity=settings.complexity)
+                              if encode and settings.dtx and settings.dtx_packet_bytes else None)
         self.keep_pcm = keep_pcm
         self.next_index = 0  # next frame index the DSP stage expects
 
@@ -140,6 +154,10 @@ class LegPipeline:
                       self.next_index)
         pcm, events = self.dtmf.flush()
         self._after_dsp(pcm, events)
+        if self.encoder is not None:
+            # One more (silent) packet pushes the encoder's lookahead out, so the
+            # last real frame decodes whole; Ogg end-trimming drops the excess.
+            self._encode(np.zeros((1, FRAME), dtype=np.int16), np.zeros(1, dtype=np.uint8))
         return self.result
 
     def _take_rtp_metadata(self) -> None:
@@ -167,7 +185,8 @@ class LegPipeline:
         if not len(pcm):
             return
         r.frames += len(pcm)
-        r.voice_frames += int(self.vad.process(pcm).sum())
+        voice = self.vad.process(pcm)
+        r.voice_frames += int(voice.sum())
         rms_dbfs, peak, clipped = _dsp.levels(pcm)
         if rms_dbfs > -math.inf:
             r.sumsq += pcm.size * (32768.0 * 10 ** (rms_dbfs / 20)) ** 2
@@ -176,9 +195,49 @@ class LegPipeline:
         if self.keep_pcm:
             r.pcm.append(pcm.copy())
         if self.encoder is not None:
-            data, lengths = self.encoder.encode_frames(pcm)
-            r.packets.append((data, lengths))
-            r.opus_bytes += len(data)
+            self._encode(pcm, voice)
+
+    def _encode(self, pcm: npt.NDArray[np.int16], voice: npt.NDArray[np.uint8]) -> None:
+        """Encode runs of voice / silent frames, each at its bitrate."""
+        assert self.encoder is not None
+        s = self.settings
+        if s.silence_bitrate is None:
+            runs = [(0, len(pcm), s.bitrate)]
+        else:
+            edges = np.flatnonzero(np.diff(voice.astype(np.int8))) + 1
+            bounds = [0, *edges.tolist(), len(pcm)]
+            runs = [(a, b, s.bitrate if voice[a] else s.silence_bitrate)
+                    for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        for a, b, rate in runs:
+            if self.encoder.bitrate != rate:
+                self.encoder.bitrate = rate
+            data, lengths = self.encoder.encode_frames(pcm[a:b])
+            if self.noise_encoder is not None:
+                data, lengths = self._replace_dtx(pcm[a:b], data, lengths)
+            self.result.packets.append((data, lengths))
+            self.result.opus_bytes += len(data)
+
+    def _replace_dtx(self, pcm: npt.NDArray[np.int16], data: bytes,
+                     lengths: npt.NDArray[np.int32]) -> tuple[bytes, npt.NDArray[np.int32]]:
+        """Swap libopus's TOC-only DTX packets for small real packets of the same frames."""
+        assert self.noise_encoder is not None
+        dtx = np.flatnonzero(lengths <= ogg.DTX_MAX_BYTES)
+        if not len(dtx):
+            return data, lengths
+        cn_data, cn_lens = self.noise_encoder.encode_frames(
+            np.ascontiguousarray(pcm[dtx]), max_bytes=self.settings.dtx_packet_bytes)
+        ends = np.cumsum(lengths)
+        cn_ends = np.cumsum(cn_lens)
+        parts: list[bytes] = []
+        prev = 0
+        for j, i in enumerate(dtx.tolist()):
+            parts.append(data[prev:ends[i] - lengths[i]])
+            parts.append(cn_data[cn_ends[j] - cn_lens[j]:cn_ends[j]])
+            prev = int(ends[i])
+        parts.append(data[prev:])
+        out = lengths.copy()
+        out[dtx] = cn_lens
+        return b"".join(parts), out
 
 
 @dataclass
@@ -239,9 +298,10 @@ def run_call(inputs: Sequence[LegInput], settings: Settings, *, encode: bool = T
              keep_pcm: bool = False, batch_packets: int = 500) -> CallResult:
     """Run every leg through its pipeline on one timeline; legs end with the same frame count."""
     flows = [i.flow for i in inputs if i.flow is not None]
-    start_us = min(f.first_us for f in flows) if flows else 0
-    # The call ends when its last packet's audio ends (one frame after its arrival).
-    end_us = max(f.arrival_us[-1] for f in flows) + FRAME_US if flows else None
+    # The call starts with its first captured sample and ends when its last
+    # packet arrives (a packet is sent when its last sample is captured).
+    start_us = min(f.first_audio_us() for f in flows) if flows else 0
+    end_us = max(f.arrival_us[-1] for f in flows) if flows else None
     pipes = []
     for leg in inputs:
         pipe = LegPipeline(leg.name, leg.source, settings, call_start_us=start_us,
@@ -274,9 +334,9 @@ def write_ogg(path: str | Path, call: CallResult, comments: dict[str, str] | Non
         data, lengths = _opus.pack_multistream(da, la, db, lb)
     else:
         raise InputError(f"{len(streams)} legs: Ogg export takes one or two legs")
-    with OggOpusWriter(path, channels=len(streams), pre_skip=call.pre_skip,
-                       comments=comments) as w:
-        w.write_packets(data, lengths)
+    w = ogg.OggOpusWriter(path, channels=len(streams), pre_skip=call.pre_skip, comments=comments)
+    w.write_packets(data, lengths)
+    w.close(duration_48k=call.frames * 960)  # exact: the flush packet is trimmed away
     return Path(path).stat().st_size
 
 
