@@ -9,8 +9,9 @@
                           seconds / wall seconds (median of 3 rounds).
       ours                callvault.cli.transcode([pcap], out.ogg, Settings()):
                           capture read, RTP parse, jitter buffers, G.711
-                          decode, DTMF/VAD/levels, Opus encode (12 kb/s per leg,
-                          complexity 5, DTX), 2-channel Ogg Opus written.
+                          decode, DTMF/VAD/levels, Opus encode (the product's
+                          defaults, pipeline.Settings(): 12 kb/s per leg, its
+                          complexity, DTX), 2-channel Ogg Opus written.
       peer ffmpeg         ffmpeg encoding the two WAV legs to a 2-channel Ogg
                           Opus with libopus: amerge, 24 kb/s (12 per channel),
                           VoIP, 20 ms, VBR, compression_level = our complexity,
