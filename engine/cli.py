@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--complexity", type=int, default=8, help="Opus complexity 0-10 (8)")
     t.add_argument("--mask-dtmf", action="store_true",
                    help="replace detected in-band DTMF tones with silence (PCI)")
-    t.add_argument("--fill", choices=("silence", "conceal"), default="silence",
-                   help="what fills lost packets (silence)")
+    t.add_argument("--fill", choices=("silence", "conceal"), default="conceal",
+                   help="what fills lost packets (conceal: the last 20 ms fading out)")
     t.add_argument("--legs", metavar="NAME,NAME",
                    help="names of the streams in order of appearance (agent,customer)")
     t.add_argument("--json", action="store_true", help="print a JSON summary")

@@ -46,7 +46,10 @@ class Settings:
     dtx_packet_bytes: int = 15
     mask_dtmf: bool = False
     window_ms: int = 300  # jitter-buffer reordering window
-    fill: str = "silence"  # or "conceal": what fills lost frames
+    # What fills lost frames: "conceal" (the last frame repeated, fading out over
+    # 80 ms; tests/test_quality.py: 0.3 PESQ-NB better than silence at 2 % burst
+    # loss) or "silence". Either way the gaps are in the metadata.
+    fill: str = "conceal"
 
 
 @dataclass

@@ -114,6 +114,7 @@ class LegPlan:
     ssrc_change_at: float | None = None  # seconds: new SSRC, seq and timestamp bases
     dtmf: tuple[tuple[float, str], ...] = ()  # (at seconds, digit) as RFC 4733 events
     start_offset_ms: float = 0.0  # first packet's delay after the call start
+    reorder: float = 0.0  # share of packets held back 1.2-3 packet times (arrive out of order)
     src: tuple[str, int] = ("10.0.0.1", 40000)
     dst: tuple[str, int] = ("10.0.0.2", 50000)
 
@@ -145,7 +146,10 @@ def rtp_packets(pcm: npt.NDArray[np.int16], plan: LegPlan, *, t0: float, seed: i
     out: list[tuple[float, bytes]] = []
 
     def send(at_s: float, pkt: bytes) -> None:
-        out.append((at_s + 0.010 + abs(rng.normal(0, plan.jitter_ms / 1000)), pkt))
+        delay = 0.010 + abs(rng.normal(0, plan.jitter_ms / 1000))
+        if plan.reorder and rng.random() < plan.reorder:
+            delay += rng.uniform(1.2, 3.0) * plan.ptime_ms / 1000
+        out.append((at_s + delay, pkt))
 
     for i in range(len(payload) // spp):
         sample = i * spp
