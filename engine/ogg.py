@@ -21,7 +21,9 @@ page index on open (the file is read into memory: at 12 kb/s an hour is about
 5.4 MB); ``seek`` bisects that index by granule position.
 
 The silence question (DTX and third-party decoders) is discussed in
-docs/opus-silence.md; :func:`dtx_safe` implements its conclusion.
+docs/opus-silence.md: the pipeline replaces TOC-only DTX packets as it
+encodes (engine/pipeline.py); :func:`dtx_safe` does the same for a stream of
+packets that was stored with them.
 """
 
 from __future__ import annotations
