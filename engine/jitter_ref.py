@@ -261,7 +261,7 @@ STAT_KEYS: tuple[str, ...] = (
     "duplicates", "late", "unsupported_payload_type", "stale_ssrc", "inconsistent",
     "overlap", "late_partial", "marker_packets", "frames", "audio_frames", "lost_frames",
     "silence_frames", "partial_frames", "ssrc_changes", "payload_type_changes", "resets",
-    "drift_adjustments",
+    "drift_adjustments", "anchor_adjustments",
 )
 
 
@@ -321,6 +321,12 @@ class JitterBuffer:
         self._sstart = [0] * SEQ_SLOTS
         self._send = [0] * SEQ_SLOTS
         self._last_pt = -1
+        # anchor settling (see _settle)
+        self._settling = False
+        self._anchor_a = 0  # arrival position of the stream's anchor packet
+        self._s_lo = 0  # lowest position the stream has written
+        self._s_floor = 0  # where the previous stream ended: the stream never moves before it
+        self._dref = 0  # the settled anchor's delay: what the drift block minimum should be
         # drift estimator
         self._blk_active = False
         self._blk_start = 0
@@ -483,7 +489,8 @@ class JitterBuffer:
             return False
         return all(bool((self._st[a:b] == _AUDIO).all()) for a, b, _ in self._slots(lo, hi))
 
-    def _start_stream(self, ssrc: int, seq: int, ts: int, pos: int) -> None:
+    def _start_stream(self, ssrc: int, seq: int, ts: int, a: int, span: int) -> None:
+        pos = max(a - span, self._newest)
         self._has_stream = True
         self._ssrc = ssrc
         self._gen += 1
@@ -491,6 +498,43 @@ class JitterBuffer:
         self._ref_ts = ts
         self._offset = pos - ts
         self._tag = [_NO_SEQ] * SEQ_SLOTS
+        self._blk_active = False
+        self._settling = True
+        self._anchor_a = a
+        self._s_lo = pos
+        self._s_floor = self._newest
+        self._dref = a - (pos + span)  # 0 unless the anchor had to continue after the newest span
+
+    def _settle(self, delay: int) -> None:
+        """A packet of a settling stream arrived ``dref - delay`` samples early: move the stream."""
+        lo = max(self._base, self._s_floor)
+        s = min(self._dref - delay, self._s_lo - lo)  # not onto emitted frames or the last stream
+        if s > 0:
+            # everything from s_lo on is this stream's and unemitted, within [base, base + ring)
+            src = np.arange(self._s_lo, self._newest) % self._ring
+            dst = np.arange(self._s_lo - s, self._newest - s) % self._ring
+            pcm = self._pcm[src]
+            st = self._st[src]
+            self._pcm[dst] = pcm
+            self._st[dst] = st
+            gone = np.arange(max(self._newest - s, self._s_lo), self._newest) % self._ring
+            self._pcm[gone] = 0  # what the stream left behind is not known any more
+            self._st[gone] = _EMPTY
+            self._offset -= s
+            self._newest -= s
+            self._s_lo -= s
+            for k in range(SEQ_SLOTS):
+                if self._tag[k] != _NO_SEQ:
+                    self._sstart[k] -= s
+                    self._send[k] -= s
+            for e in reversed(self._events):
+                if e[0] != self._gen:
+                    break
+                e[3] -= s
+            self._stats["anchor_adjustments"] += 1
+        else:
+            s = 0
+        self._dref = delay + s
         self._blk_active = False
 
     def _drift(self, a: int, end: int) -> None:
@@ -502,8 +546,9 @@ class JitterBuffer:
             return
         self._blk_min = min(self._blk_min, delay)
         if a - self._blk_start >= self._drift_block:
-            if self._blk_min > self._drift_threshold or self._blk_min < -self._drift_threshold:
-                self._offset += self._blk_min
+            step = self._blk_min - self._dref
+            if step > self._drift_threshold or step < -self._drift_threshold:
+                self._offset += step
                 self._stats["drift_adjustments"] += 1
             self._blk_active = False
 
@@ -548,7 +593,7 @@ class JitterBuffer:
         if anchor:
             ext_seq = seq
             ext_ts = ts
-            self._start_stream(ssrc, seq, ts, max(a - span, self._newest))
+            self._start_stream(ssrc, seq, ts, a, span)
         else:
             d = (seq - self._max_seq) & 0xFFFF
             ext_seq = self._max_seq + (d - 0x10000 if d >= 0x8000 else d)
@@ -561,16 +606,23 @@ class JitterBuffer:
                     anchor = True
                     ext_seq = seq
                     ext_ts = ts
-                    self._start_stream(ssrc, seq, ts, max(a - span, self._newest))
+                    self._start_stream(ssrc, seq, ts, a, span)
                 else:
                     stats["inconsistent"] += 1
                     return
-        pos = ext_ts + self._offset
-        end = pos + span
         slot = ext_seq & (SEQ_SLOTS - 1)
         if self._tag[slot] == ext_seq:
             stats["duplicates"] += 1
             return
+        if self._settling and not anchor:
+            if a - self._anchor_a > self._window or self._base > self._s_lo:
+                self._settling = False
+            else:
+                delay = a - (ext_ts + self._offset + span)
+                if delay < self._dref:
+                    self._settle(delay)
+        pos = ext_ts + self._offset
+        end = pos + span
         base = self._base
         if (end <= base) if span else (pos < base):
             stats["late"] += 1
@@ -597,6 +649,8 @@ class JitterBuffer:
             self._max_seq = ext_seq
             self._ref_ts = ext_ts
         self._tag[slot] = ext_seq
+        if pos < self._s_lo:
+            self._s_lo = pos
         self._sstart[slot] = pos
         self._send[slot] = end
         prev_newest = self._newest

@@ -161,7 +161,7 @@ cdef enum:
     S_MAL0, S_MAL1, S_MAL2, S_MAL3, S_MAL4, S_MAL5, S_MAL6,
     S_DUP, S_LATE, S_UNSUPPORTED, S_STALE, S_INCONSISTENT, S_OVERLAP, S_LATE_PARTIAL, S_MARKER,
     S_FRAMES, S_AUDIO_FRAMES, S_LOST_FRAMES, S_SILENCE_FRAMES, S_PARTIAL_FRAMES, S_SSRC_CHANGES,
-    S_PT_CHANGES, S_RESETS, S_DRIFT, NSTATS
+    S_PT_CHANGES, S_RESETS, S_DRIFT, S_ANCHOR, NSTATS
 
 assert len(STAT_KEYS) == NSTATS, "stat enum out of step with jitter_ref.STAT_KEYS"
 assert len(MALFORMED_REASONS) == 7
@@ -200,6 +200,8 @@ cdef struct Leg:
     uint32_t prev_ssrc
     int prev_valid
     int64_t switch_a, max_seq, ref_ts, offset
+    int settling  # the stream's anchor may still move earlier (see settle)
+    int64_t anchor_a, s_lo, s_floor, dref
     int64_t tag[SEQ_SLOTS]
     int64_t sstart[SEQ_SLOTS]
     int64_t send[SEQ_SLOTS]
@@ -442,8 +444,10 @@ cdef int all_audio(Leg *L, int64_t lo, int64_t hi) noexcept nogil:
     return 1
 
 
-cdef void start_stream(Leg *L, uint32_t ssrc, int64_t seq, int64_t ts, int64_t pos) noexcept nogil:
+cdef void start_stream(Leg *L, uint32_t ssrc, int64_t seq, int64_t ts, int64_t a,
+                       int64_t span) noexcept nogil:
     cdef int k
+    cdef int64_t pos = a - span if a - span > L.newest else L.newest
     L.has_stream = 1
     L.ssrc = ssrc
     L.gen += 1
@@ -452,6 +456,57 @@ cdef void start_stream(Leg *L, uint32_t ssrc, int64_t seq, int64_t ts, int64_t p
     L.offset = pos - ts
     for k in range(SEQ_SLOTS):
         L.tag[k] = NO_SEQ
+    L.blk_active = 0
+    L.settling = 1
+    L.anchor_a = a
+    L.s_lo = pos
+    L.s_floor = L.newest
+    L.dref = a - (pos + span)  # 0 unless the anchor had to continue after the newest span
+
+
+cdef void settle(Leg *L, int64_t delay) noexcept nogil:
+    """A packet of a settling stream arrived ``L.dref - delay`` samples early: move the stream earlier."""
+    cdef int64_t lo = L.base if L.base > L.s_floor else L.s_floor
+    cdef int64_t s = L.dref - delay, x, src, dst, k
+    if s > L.s_lo - lo:
+        s = L.s_lo - lo  # never onto emitted frames or the previous stream
+    if s > 0:
+        # everything from s_lo on is this stream's and unemitted, within [base, base + ring)
+        src = L.s_lo % L.ring
+        dst = (L.s_lo - s) % L.ring
+        for x in range(L.newest - L.s_lo):  # ascending: the destination lies before the source
+            L.pcm[dst] = L.pcm[src]
+            L.st[dst] = L.st[src]
+            src += 1
+            if src == L.ring:
+                src = 0
+            dst += 1
+            if dst == L.ring:
+                dst = 0
+        x = L.newest - s if L.newest - s > L.s_lo else L.s_lo
+        src = x % L.ring
+        while x < L.newest:  # what the stream left behind is not known any more
+            L.pcm[src] = 0
+            L.st[src] = ST_EMPTY
+            src += 1
+            if src == L.ring:
+                src = 0
+            x += 1
+        L.offset -= s
+        L.newest -= s
+        L.s_lo -= s
+        for k in range(SEQ_SLOTS):
+            if L.tag[k] != NO_SEQ:
+                L.sstart[k] -= s
+                L.send[k] -= s
+        k = L.n_ev - 1
+        while k >= 0 and L.ev[k].gen == L.gen:
+            L.ev[k].start -= s
+            k -= 1
+        L.stats[S_ANCHOR] += 1
+    else:
+        s = 0
+    L.dref = delay + s
     L.blk_active = 0
 
 
@@ -465,8 +520,8 @@ cdef void drift(Leg *L, int64_t a, int64_t end) noexcept nogil:
     if delay < L.blk_min:
         L.blk_min = delay
     if a - L.blk_start >= L.dblock:
-        if L.blk_min > L.drift_threshold or L.blk_min < -L.drift_threshold:
-            L.offset += L.blk_min
+        if L.blk_min - L.dref > L.drift_threshold or L.blk_min - L.dref < -L.drift_threshold:
+            L.offset += L.blk_min - L.dref
             L.stats[S_DRIFT] += 1
         L.blk_active = 0
 
@@ -544,7 +599,7 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
     if anchor:
         ext_seq = h.seq
         ext_ts = h.ts
-        start_stream(L, h.ssrc, h.seq, h.ts, a - span if a - span > L.newest else L.newest)
+        start_stream(L, h.ssrc, h.seq, h.ts, a, span)
     else:
         d = <int16_t>(<uint16_t>(h.seq - <uint32_t>(<uint64_t>L.max_seq)))
         ext_seq = L.max_seq + d
@@ -557,16 +612,23 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
                 anchor = 1
                 ext_seq = h.seq
                 ext_ts = h.ts
-                start_stream(L, h.ssrc, h.seq, h.ts, a - span if a - span > L.newest else L.newest)
+                start_stream(L, h.ssrc, h.seq, h.ts, a, span)
             else:
                 L.stats[S_INCONSISTENT] += 1
                 return
-    pos = ext_ts + L.offset
-    end = pos + span
     slot = <int64_t>(<uint64_t>ext_seq & (SEQ_SLOTS - 1))
     if L.tag[slot] == ext_seq:
         L.stats[S_DUP] += 1
         return
+    if L.settling and not anchor:
+        if a - L.anchor_a > L.window or L.base > L.s_lo:
+            L.settling = 0
+        else:
+            delay = a - (ext_ts + L.offset + span)
+            if delay < L.dref:
+                settle(L, delay)
+    pos = ext_ts + L.offset
+    end = pos + span
     base = L.base
     if (end <= base) if span else (pos < base):
         L.stats[S_LATE] += 1
@@ -593,6 +655,8 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
         L.max_seq = ext_seq
         L.ref_ts = ext_ts
     L.tag[slot] = ext_seq
+    if pos < L.s_lo:
+        L.s_lo = pos
     L.sstart[slot] = pos
     L.send[slot] = end
     prev_newest = L.newest
