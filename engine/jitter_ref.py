@@ -46,6 +46,7 @@ _KIND_EVENT = 2
 RESET_SECONDS = 3  # |arrival - RTP position| beyond this is a reset, not jitter
 DRIFT_BLOCK_SECONDS = 2  # the minimum delay is taken over blocks this long (arrival time)
 DRIFT_THRESHOLD_DIV = 4  # the mapping moves when the delay is off by more than a frame / 4
+DRIFT_WAIT_MS = 500  # after a backward drift step, wait this long for sender silence to absorb it
 MAX_MISORDER = 100  # RFC 3550 A.1: a sequence this far behind the highest is not a restart
 SEQ_SLOTS = 1024  # remembered packets per stream (duplicates, neighbours); power of two
 CHUNK_FRAMES = 25  # a packet or filler range is written in chunks of this many frames
@@ -261,7 +262,7 @@ STAT_KEYS: tuple[str, ...] = (
     "duplicates", "late", "unsupported_payload_type", "stale_ssrc", "inconsistent",
     "overlap", "late_partial", "marker_packets", "frames", "audio_frames", "lost_frames",
     "silence_frames", "partial_frames", "ssrc_changes", "payload_type_changes", "resets",
-    "drift_adjustments", "anchor_adjustments",
+    "drift_adjustments", "drift_dropped_samples", "anchor_adjustments",
 )
 
 
@@ -304,6 +305,7 @@ class JitterBuffer:
         self._reset_samples = RESET_SECONDS * clock_rate
         self._drift_block = DRIFT_BLOCK_SECONDS * clock_rate
         self._drift_threshold = self._f // DRIFT_THRESHOLD_DIV
+        self._lag_wait = DRIFT_WAIT_MS * clock_rate // 1000
         self._base = 0  # first sample not yet emitted (a multiple of the frame)
         self._newest = 0  # end of the newest span placed on the timeline
         self._closed = False
@@ -320,6 +322,7 @@ class JitterBuffer:
         self._tag = [_NO_SEQ] * SEQ_SLOTS
         self._sstart = [0] * SEQ_SLOTS
         self._send = [0] * SEQ_SLOTS
+        self._sshift = [0] * SEQ_SLOTS  # pos - ext_ts the packet was placed with
         self._last_pt = -1
         # anchor settling (see _settle)
         self._settling = False
@@ -327,6 +330,8 @@ class JitterBuffer:
         self._s_lo = 0  # lowest position the stream has written
         self._s_floor = 0  # where the previous stream ended: the stream never moves before it
         self._dref = 0  # the settled anchor's delay: what the drift block minimum should be
+        self._lag = 0  # placement trails the RTP mapping this much (backward drift not yet taken)
+        self._lag_a = 0  # arrival position of the backward drift step that made the lag
         # drift estimator
         self._blk_active = False
         self._blk_start = 0
@@ -504,6 +509,7 @@ class JitterBuffer:
         self._s_lo = pos
         self._s_floor = self._newest
         self._dref = a - (pos + span)  # 0 unless the anchor had to continue after the newest span
+        self._lag = 0
 
     def _settle(self, delay: int) -> None:
         """A packet of a settling stream arrived ``dref - delay`` samples early: move the stream."""
@@ -526,6 +532,7 @@ class JitterBuffer:
             for k in range(SEQ_SLOTS):
                 if self._tag[k] != _NO_SEQ:
                     self._sstart[k] -= s
+                    self._sshift[k] -= s
                     self._send[k] -= s
             for e in reversed(self._events):
                 if e[0] != self._gen:
@@ -547,8 +554,14 @@ class JitterBuffer:
         self._blk_min = min(self._blk_min, delay)
         if a - self._blk_start >= self._drift_block:
             step = self._blk_min - self._dref
-            if step > self._drift_threshold or step < -self._drift_threshold:
+            if step > self._drift_threshold:  # slow sender clock: a forward step cancels the lag
                 self._offset += step
+                self._lag -= min(step, self._lag)
+                self._stats["drift_adjustments"] += 1
+            elif step < -self._drift_threshold:  # fast sender clock: taken back later (_packet)
+                self._offset += step
+                self._lag -= step
+                self._lag_a = a
                 self._stats["drift_adjustments"] += 1
             self._blk_active = False
 
@@ -621,9 +634,28 @@ class JitterBuffer:
                 delay = a - (ext_ts + self._offset + span)
                 if delay < self._dref:
                     self._settle(delay)
-        pos = ext_ts + self._offset
-        end = pos + span
+        pos = ext_ts + self._offset + self._lag
         base = self._base
+        p = (ext_seq - 1) & (SEQ_SLOTS - 1)
+        nx = (ext_seq + 1) & (SEQ_SLOTS - 1)
+        take = 0
+        if ext_seq < self._max_seq and not anchor:
+            # reordered: placed as its neighbours were, whatever drift did since
+            if self._tag[nx] == ext_seq + 1:
+                pos = ext_ts + self._sshift[nx]
+            elif self._tag[p] == ext_seq - 1:
+                pos = ext_ts + self._sshift[p]
+        elif self._lag and ext_seq == self._max_seq + 1 and self._tag[p] == ext_seq - 1:
+            # take back some lag: from sender silence before the packet, or (no silence came
+        # within DRIFT_WAIT_MS of the step) one sample a frame from audio
+            if pos > self._send[p]:
+                take = pos - self._send[p]
+            elif (pos == self._send[p] and kind == _KIND_AUDIO
+                  and a - self._lag_a >= self._lag_wait):
+                take = min(span // self._f if span >= 2 * self._f else 1, span - 1)
+            take = max(0, min(take, self._lag, pos - base))
+            pos -= take
+        end = pos + span
         if (end <= base) if span else (pos < base):
             stats["late"] += 1
             return
@@ -632,6 +664,11 @@ class JitterBuffer:
             return
         # accepted
         stats["accepted"] += 1
+        if take:
+            self._lag -= take
+            # audio the packet cannot write there any more
+            stats["drift_dropped_samples"] += sum(
+                int((self._st[a:b] == _AUDIO).sum()) for a, b, _ in self._slots(pos, pos + take))
         if pos < base:
             stats["late_partial"] += 1
         if marker:
@@ -653,27 +690,25 @@ class JitterBuffer:
             self._s_lo = pos
         self._sstart[slot] = pos
         self._send[slot] = end
+        self._sshift[slot] = pos - ext_ts
         prev_newest = self._newest
         if end > self._newest:
             self._newest = end
         final = self._floor_frame(self._newest - self._window)
         if anchor:
             self._cover_silent(prev_newest, pos, final)
-        else:
-            p = (ext_seq - 1) & (SEQ_SLOTS - 1)
-            if self._tag[p] == ext_seq - 1 and self._send[p] < pos:
-                self._cover_silent(self._send[p], pos, final)
+        elif self._tag[p] == ext_seq - 1 and self._send[p] < pos:
+            self._cover_silent(self._send[p], pos, final)
         if kind == _KIND_AUDIO:
             self._write_audio(pos, end, buf[po:po + plen], _ULAW if pt == PT_PCMU else _ALAW,
                               final)
         elif kind == _KIND_EVENT:
             self._cover_silent(pos, end, final)
             self._event(buf, po, ext_ts, pos, span)
-        nx = (ext_seq + 1) & (SEQ_SLOTS - 1)
         if self._tag[nx] == ext_seq + 1 and self._sstart[nx] > end:
             self._cover_silent(end, self._sstart[nx], final)
         self._advance(final)
-        self._drift(a, end)
+        self._drift(a, ext_ts + self._offset + span)  # the delay against the RTP mapping
 
     def _event(self, buf: bytes, po: int, ext_ts: int, pos: int, dur: int) -> None:
         code = buf[po]

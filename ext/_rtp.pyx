@@ -152,6 +152,7 @@ cdef enum:
     RESET_SECONDS = 3  # |arrival - RTP position| beyond this is a reset, not jitter
     DRIFT_BLOCK_SECONDS = 2  # minimum delay taken over blocks this long
     DRIFT_THRESHOLD_DIV = 4  # the mapping moves when the delay is off by more than F / 4
+    DRIFT_WAIT_MS = 500  # after a backward drift step, wait this long for sender silence to absorb it
     MAX_MISORDER = 100  # RFC 3550 A.1
     EVENT_LOOKBACK = 4  # an event update matches one of the last few events
 
@@ -161,7 +162,7 @@ cdef enum:
     S_MAL0, S_MAL1, S_MAL2, S_MAL3, S_MAL4, S_MAL5, S_MAL6,
     S_DUP, S_LATE, S_UNSUPPORTED, S_STALE, S_INCONSISTENT, S_OVERLAP, S_LATE_PARTIAL, S_MARKER,
     S_FRAMES, S_AUDIO_FRAMES, S_LOST_FRAMES, S_SILENCE_FRAMES, S_PARTIAL_FRAMES, S_SSRC_CHANGES,
-    S_PT_CHANGES, S_RESETS, S_DRIFT, S_ANCHOR, NSTATS
+    S_PT_CHANGES, S_RESETS, S_DRIFT, S_DRIFT_DROPPED, S_ANCHOR, NSTATS
 
 assert len(STAT_KEYS) == NSTATS, "stat enum out of step with jitter_ref.STAT_KEYS"
 assert len(MALFORMED_REASONS) == 7
@@ -188,7 +189,7 @@ cdef struct Ev:
     int64_t vol
 
 cdef struct Leg:
-    int64_t start_us, clock, f, window, chunk, ring, reset, dblock, drift_threshold
+    int64_t start_us, clock, f, window, chunk, ring, reset, dblock, drift_threshold, lag_wait
     int conceal
     uint8_t evpt[128]
     int16_t *pcm
@@ -202,8 +203,11 @@ cdef struct Leg:
     int64_t switch_a, max_seq, ref_ts, offset
     int settling  # the stream's anchor may still move earlier (see settle)
     int64_t anchor_a, s_lo, s_floor, dref
+    int64_t lag  # placement trails the RTP mapping by this much (backward drift not yet taken)
+    int64_t lag_a  # arrival position of the backward drift step that made the lag
     int64_t tag[SEQ_SLOTS]
     int64_t sstart[SEQ_SLOTS]
+    int64_t sshift[SEQ_SLOTS]  # pos - ext_ts the packet was placed with
     int64_t send[SEQ_SLOTS]
     int last_pt
     int blk_active
@@ -462,6 +466,7 @@ cdef void start_stream(Leg *L, uint32_t ssrc, int64_t seq, int64_t ts, int64_t a
     L.s_lo = pos
     L.s_floor = L.newest
     L.dref = a - (pos + span)  # 0 unless the anchor had to continue after the newest span
+    L.lag = 0
 
 
 cdef void settle(Leg *L, int64_t delay) noexcept nogil:
@@ -498,6 +503,7 @@ cdef void settle(Leg *L, int64_t delay) noexcept nogil:
         for k in range(SEQ_SLOTS):
             if L.tag[k] != NO_SEQ:
                 L.sstart[k] -= s
+                L.sshift[k] -= s
                 L.send[k] -= s
         k = L.n_ev - 1
         while k >= 0 and L.ev[k].gen == L.gen:
@@ -511,7 +517,7 @@ cdef void settle(Leg *L, int64_t delay) noexcept nogil:
 
 
 cdef void drift(Leg *L, int64_t a, int64_t end) noexcept nogil:
-    cdef int64_t delay = a - end
+    cdef int64_t delay = a - end, step
     if not L.blk_active:
         L.blk_active = 1
         L.blk_start = a
@@ -520,8 +526,15 @@ cdef void drift(Leg *L, int64_t a, int64_t end) noexcept nogil:
     if delay < L.blk_min:
         L.blk_min = delay
     if a - L.blk_start >= L.dblock:
-        if L.blk_min - L.dref > L.drift_threshold or L.blk_min - L.dref < -L.drift_threshold:
-            L.offset += L.blk_min - L.dref
+        step = L.blk_min - L.dref
+        if step > L.drift_threshold:  # slow sender clock: a forward step first cancels the lag
+            L.offset += step
+            L.lag -= step if step < L.lag else L.lag
+            L.stats[S_DRIFT] += 1
+        elif step < -L.drift_threshold:  # fast sender clock: taken back later, see packet()
+            L.offset += step
+            L.lag -= step
+            L.lag_a = a
             L.stats[S_DRIFT] += 1
         L.blk_active = 0
 
@@ -561,6 +574,7 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
     cdef Hdr h
     cdef int r, kind, anchor = 0
     cdef int64_t span, a, ext_seq, ext_ts, d, delay, pos, end, slot, base, prev_newest, final, p, nx
+    cdef int64_t take = 0, k, j
     L.stats[S_PACKETS] += 1
     L.stats[S_BYTES] += n
     r = parse_one(buf, off, n, &h)
@@ -627,9 +641,31 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
             delay = a - (ext_ts + L.offset + span)
             if delay < L.dref:
                 settle(L, delay)
-    pos = ext_ts + L.offset
-    end = pos + span
+    pos = ext_ts + L.offset + L.lag
     base = L.base
+    p = <int64_t>(<uint64_t>(ext_seq - 1) & (SEQ_SLOTS - 1))
+    nx = <int64_t>(<uint64_t>(ext_seq + 1) & (SEQ_SLOTS - 1))
+    if ext_seq < L.max_seq and not anchor:
+        # reordered: placed as its neighbours were, whatever drift did since
+        if L.tag[nx] == ext_seq + 1:
+            pos = ext_ts + L.sshift[nx]
+        elif L.tag[p] == ext_seq - 1:
+            pos = ext_ts + L.sshift[p]
+    elif L.lag and ext_seq == L.max_seq + 1 and L.tag[p] == ext_seq - 1:
+        # take back some lag: from sender silence before the packet, or (no silence came
+        # within DRIFT_WAIT_MS of the step) one sample a frame from audio
+        if pos > L.send[p]:
+            take = pos - L.send[p]
+        elif pos == L.send[p] and kind == K_AUDIO and a - L.lag_a >= L.lag_wait:
+            take = span // L.f if span >= 2 * L.f else 1
+            if take > span - 1:
+                take = span - 1  # never the whole packet
+        if take > L.lag:
+            take = L.lag
+        if take > pos - base:
+            take = pos - base if pos > base else 0
+        pos -= take
+    end = pos + span
     if (end <= base) if span else (pos < base):
         L.stats[S_LATE] += 1
         return
@@ -638,6 +674,14 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
         L.stats[S_OVERLAP] += 1
         return
     L.stats[S_ACCEPTED] += 1
+    if take:
+        L.lag -= take
+        k = pos % L.ring
+        for j in range(take):  # audio the packet cannot write there any more
+            L.stats[S_DRIFT_DROPPED] += L.st[k] == ST_AUDIO
+            k += 1
+            if k == L.ring:
+                k = 0
     if pos < base:
         L.stats[S_LATE_PARTIAL] += 1
     if h.marker:
@@ -659,27 +703,25 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
         L.s_lo = pos
     L.sstart[slot] = pos
     L.send[slot] = end
+    L.sshift[slot] = pos - ext_ts
     prev_newest = L.newest
     if end > L.newest:
         L.newest = end
     final = floor_frame(L, L.newest - L.window)
     if anchor:
         cover_silent(L, prev_newest, pos, final)
-    else:
-        p = <int64_t>(<uint64_t>(ext_seq - 1) & (SEQ_SLOTS - 1))
-        if L.tag[p] == ext_seq - 1 and L.send[p] < pos:
-            cover_silent(L, L.send[p], pos, final)
+    elif L.tag[p] == ext_seq - 1 and L.send[p] < pos:
+        cover_silent(L, L.send[p], pos, final)
     if kind == K_AUDIO:
         write_audio(L, pos, end, buf + h.poff, &ULAW[0] if h.pt == PT_PCMU else &ALAW[0], final,
                     pos >= prev_newest)
     elif kind == K_EVENT:
         cover_silent(L, pos, end, final)
         event(L, buf, h.poff, ext_ts, pos, span)
-    nx = <int64_t>(<uint64_t>(ext_seq + 1) & (SEQ_SLOTS - 1))
     if L.tag[nx] == ext_seq + 1 and L.sstart[nx] > end:
         cover_silent(L, end, L.sstart[nx], final)
     advance(L, final)
-    drift(L, a, end)
+    drift(L, a, ext_ts + L.offset + span)  # the delay against the RTP mapping, lag aside
 
 
 def parse(data, offsets, lengths):
@@ -743,6 +785,7 @@ cdef class JitterBuffer:
         L.reset = RESET_SECONDS * clock_rate
         L.dblock = DRIFT_BLOCK_SECONDS * clock_rate
         L.drift_threshold = L.f // DRIFT_THRESHOLD_DIV
+        L.lag_wait = DRIFT_WAIT_MS * clock_rate // 1000
         L.last_pt = -1
         L.pcm = <int16_t *>malloc(L.ring * sizeof(int16_t))
         L.st = <uint8_t *>malloc(L.ring)

@@ -22,6 +22,10 @@ from callvault.rtppack import PT_CN, PT_PCMU, build_packet, pack_batch, telephon
 
 RATE = 8000
 FRAME = 160
+# ffmpeg reads a WAV file in blocks of 4096 bytes (2048 samples, 256 ms) and its RTP
+# muxer cuts PCMU into payloads of at most 1460 bytes: pairs of 1460 + 588 (measured)
+FFMPEG_BLOCK = 2048
+FFMPEG_MAX_PAYLOAD = 1460
 
 
 @dataclass
@@ -58,6 +62,24 @@ class Sender:
                  round(self.t_us))
         self.out.append(s)
         return s
+
+    def block(self, payload: bytes, *, max_payload: int = FFMPEG_MAX_PAYLOAD) -> None:
+        """ffmpeg's RTP muxer under ``-re``: an input block is sent at once, cut into packets.
+
+        ``-re`` paces the input, so a block leaves when its FIRST sample is due: every
+        packet of the block but the first arrives "early" against the anchor's model."""
+        t0 = round(self.t_us)
+        for i in range(0, len(payload), max_payload):
+            part = payload[i:i + max_payload]
+            seq, ts = self._next()
+            self._advance(len(part))
+            self.ts = (self.ts + len(part)) & 0xFFFFFFFF
+            self.out.append(Sent(build_packet(self.pt, seq, ts, self.ssrc, part), t0))
+
+    def ffmpeg(self, payload: bytes, *, block: int = FFMPEG_BLOCK) -> None:
+        """A whole recording sent like ``ffmpeg -re -i x.wav -c:a pcm_mulaw -f rtp``."""
+        for i in range(0, len(payload), block):
+            self.block(payload[i:i + block])
 
     def silence_gap(self, samples: int, *, comfort_noise: bool = False) -> None:
         """DTX: the timestamp moves on, no sequence number is spent (except a CN packet)."""
@@ -102,16 +124,20 @@ class Arrived:
 
 def network(sent: Sequence[Sent], rng: random.Random, *, base_us: int = 5_000,
             jitter_us: int = 0, loss: float = 0.0, dup: float = 0.0,
-            drop: Sequence[int] = (), steady_first: bool = False) -> list[Arrived]:
+            drop: Sequence[int] = (), steady_first: bool = False,
+            first_delay_us: int = 0) -> list[Arrived]:
     """Deliver packets: base delay + uniform jitter, independent loss, duplicates.
 
-    ``steady_first``: the first packet gets no jitter, so the leg's anchor is exact."""
+    ``steady_first``: the first packet gets no jitter, so the leg's anchor is exact.
+    ``first_delay_us``: the first packet is held up this much more (a late anchor)."""
     dropped = set(drop)
     out: list[Arrived] = []
     for i, s in enumerate(sent):
         if i in dropped or (loss and rng.random() < loss):
             continue
         j = 0 if steady_first and i == 0 else rng.randint(0, jitter_us)
+        if i == 0:
+            j += first_delay_us
         out.append(Arrived(s.data, s.send_us + base_us + j, s.label))
         if dup and rng.random() < dup:
             out.append(Arrived(s.data, s.send_us + base_us + rng.randint(0, jitter_us * 2 + 1000),
@@ -189,7 +215,11 @@ def check_frames(r: Result) -> None:
 
 
 def random_scenario(rng: random.Random) -> tuple[list[Arrived], int]:
-    """A realistic leg with random impairments; returns (packets in arrival order, end_us)."""
+    """A realistic leg with random impairments; returns (packets in arrival order, end_us).
+
+    One leg in four is a bursty early sender like ffmpeg's (see ``bursty_scenario``)."""
+    if rng.random() < 0.25:
+        return bursty_scenario(rng)
     ptime = rng.choice([80, 160, 160, 160, 240, 320, 480, 136, 1])
     s = Sender(ssrc=rng.getrandbits(32), seq=rng.choice([rng.randrange(65536), 65530]),
                ts=rng.choice([rng.getrandbits(32), 0xFFFFFFFF - 2000]),
@@ -230,10 +260,39 @@ def random_scenario(rng: random.Random) -> tuple[list[Arrived], int]:
     sent = sorted(s.out + extra, key=lambda p: p.send_us)
     packets = network(sent, rng, base_us=rng.randrange(1000, 40_000),
                       jitter_us=rng.choice([0, 5_000, 30_000, 120_000, 400_000]),
-                      loss=rng.choice([0.0, 0.01, 0.05, 0.2]), dup=rng.choice([0.0, 0.02, 0.1]))
+                      loss=rng.choice([0.0, 0.01, 0.05, 0.2]), dup=rng.choice([0.0, 0.02, 0.1]),
+                      first_delay_us=rng.choice([0, 0, 0, 40_000, 150_000, 500_000]))
     end_us = int(s.t_us) + rng.choice([0, 50_000, 1_000_000])
     return packets, end_us
 
 
-__all__ = ["FRAME", "RATE", "Arrived", "Result", "Sender", "Sent", "check_accounting",
-           "check_frames", "network", "pack_batch", "random_scenario", "run"]
+def bursty_scenario(rng: random.Random) -> tuple[list[Arrived], int]:
+    """A bursty early sender (ffmpeg's block pairs, or other block and payload sizes), with
+    pauses, an SSRC change, a first packet held up, drift, jitter, loss and duplicates."""
+    block, max_payload = rng.choice([(FFMPEG_BLOCK, FFMPEG_MAX_PAYLOAD)] * 3
+                                    + [(1024, 400), (2400, 1000), (480, 160)])
+    s = Sender(ssrc=rng.getrandbits(32), seq=rng.randrange(65536), ts=rng.getrandbits(32),
+               clock_ppm=rng.choice([0.0, 1000.0, -1000.0]),
+               t_us=rng.choice([0, rng.randrange(0, 2_000_000)]))
+    for _ in range(rng.randrange(10, 60)):
+        r = rng.random()
+        if r < 0.05:
+            s.silence_gap(rng.randrange(160, 16_000))
+        elif r < 0.08:
+            s.ssrc = rng.getrandbits(32)
+            s.seq = rng.randrange(65536)
+            s.ts = rng.getrandbits(32)
+            s.t_us += rng.choice([-300_000, -50_000, 0, 100_000])
+        s.block(rng.randbytes(block), max_payload=max_payload)
+    sent = sorted(s.out, key=lambda p: p.send_us)
+    packets = network(sent, rng, base_us=rng.randrange(0, 20_000),
+                      jitter_us=rng.choice([0, 0, 3_000, 30_000, 200_000]),
+                      loss=rng.choice([0.0, 0.0, 0.02]), dup=rng.choice([0.0, 0.05]),
+                      first_delay_us=rng.choice([0, 0, 40_000, 120_000, 400_000]))
+    end_us = int(s.t_us) + rng.choice([0, 300_000])
+    return packets, end_us
+
+
+__all__ = ["FFMPEG_BLOCK", "FFMPEG_MAX_PAYLOAD", "FRAME", "RATE", "Arrived", "Result", "Sender",
+           "Sent", "bursty_scenario", "check_accounting", "check_frames", "network", "pack_batch",
+           "random_scenario", "run"]

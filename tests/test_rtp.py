@@ -706,3 +706,154 @@ def test_stats_accounting_invariant_under_impairments(impl: ModuleType) -> None:
     assert r.stats["late"] > 0 and r.stats["duplicates"] > 0 and r.stats["malformed"] == 1
     assert r.stats["bytes"] == sum(len(p.data) for p in pkts)
     assert len(r.index) == 300
+
+
+# -- anchor settling and backward drift (bursty / early senders) ----------------------------------
+
+def mulaw_noise(n: int, seed: int) -> bytes:
+    """Random mu-law bytes that all decode to non-zero samples (0x7F and 0xFF are zero)."""
+    return bytes(b & 0x7E | 0x01 for b in random.Random(seed).randbytes(n))
+
+
+def audio_start(r: Result) -> int:
+    nz = np.flatnonzero(flat(r))
+    assert nz.size, "no audio in the output"
+    return int(nz[0])
+
+
+def assert_whole_once(r: Result, payload: bytes, at: int) -> None:
+    """The output is silence, then every sample of ``payload`` in order once, then silence."""
+    x = flat(r)
+    want = decoded([payload])
+    assert np.array_equal(x[at:at + len(want)], want), "sent audio not found whole and in order"
+    assert not x[:at].any() and not x[at + len(want):].any()
+
+
+def test_bursty_early_sender_loses_nothing(impl: ModuleType) -> None:
+    # ffmpeg -re ... -f rtp: 1460 + 588 samples sent together every 256 ms, for 6 s
+    # (24 whole blocks: a partial last block would be sent before its audio ends)
+    payload = mulaw_noise(24 * 2048, 1)
+    s = Sender(t_us=1_000_000)  # starts 1 s into the call
+    s.ffmpeg(payload)
+    pkts = deliver(s, base_us=1000, jitter_us=2000, steady_first=False)
+    r = feed(impl, pkts, end_us=pkts[-1].arrival_us)
+    assert r.stats["overlap"] == 0 and r.stats["audio_packets"] == len(s.out) == 48
+    assert r.stats["anchor_adjustments"] >= 1 and r.stats["drift_adjustments"] == 0
+    assert r.stats["drift_dropped_samples"] == 0 and r.gaps == []
+    at = audio_start(r)
+    assert_whole_once(r, payload, at)
+    # the second packet of the first pair ends at its arrival: the block starts 256 ms before
+    assert abs(at - (8000 + 8 - 2048)) <= FRAME // 4, at
+    # the leg ends at the last arrival, the end of the audio sent: not 73 ms later
+    assert 0 <= len(flat(r)) - (at + len(payload)) < FRAME
+
+
+def test_bursty_sender_at_the_call_start_keeps_its_anchor(impl: ModuleType) -> None:
+    # the call starts at the first packet's first sample (as the pipeline starts it): the
+    # stream cannot move before the call start, and its early packets still drop nothing
+    payload = mulaw_noise(24 * 2048, 2)
+    s = Sender()
+    s.ffmpeg(payload)
+    pkts = deliver(s, base_us=1000)
+    start_us = pkts[0].arrival_us - 1460 * 125
+    r = feed(impl, pkts, call_start_us=start_us, end_us=pkts[-1].arrival_us)
+    assert r.stats["overlap"] == 0 and r.stats["anchor_adjustments"] == 0
+    assert r.stats["drift_adjustments"] == 0 and r.stats["drift_dropped_samples"] == 0
+    assert_whole_once(r, payload, 0)
+    assert 0 <= len(flat(r)) - len(payload) < FRAME
+
+
+def test_delayed_first_packet_settles_without_loss(impl: ModuleType) -> None:
+    s = Sender(t_us=100_000)
+    payloads = [mulaw_noise(480, k) for k in range(50)]  # 60 ms packets: nothing overtakes
+    for p in payloads:
+        s.audio(p)
+    pkts = deliver(s, base_us=2000, first_delay_us=40_000)  # the anchor is 40 ms late
+    assert pkts[0].data == s.out[0].data
+    r = feed(impl, pkts, end_us=round(s.t_us) + 2000)
+    assert r.stats["anchor_adjustments"] == 1 and r.stats["drift_adjustments"] == 0
+    assert r.stats["overlap"] == 0 and r.gaps == []
+    at = audio_start(r)
+    assert_whole_once(r, b"".join(payloads), at)
+    # captured at 100 ms = sample 800 (+16 samples of network delay)
+    assert abs(at - 800) <= FRAME // 4, at
+
+
+def test_settling_never_moves_a_stream_before_the_previous_streams_end(impl: ModuleType) -> None:
+    s = Sender()
+    first = mulaw_noise(3200, 3)  # 400 ms in 20 ms packets, on time
+    for k in range(20):
+        s.audio(first[k * FRAME:(k + 1) * FRAME])
+    # a transfer: a bursty sender (new SSRC) whose first block starts 212.5 ms after
+    # the old stream's end; its anchor (1460 samples ending at 612.5 ms) lands 240 samples
+    # after that end, and its 588-sample packet asks to settle 588 samples earlier
+    s.ssrc, s.seq, s.ts, s.t_us = 0xABCDEF, 7, 123_456, 612_500.0
+    second = mulaw_noise(8192, 4)
+    s.ffmpeg(second)
+    r = feed(impl, deliver(s), end_us=pkt_end(s))
+    assert r.stats["ssrc_changes"] == 1 and r.stats["overlap"] == 0
+    assert r.stats["anchor_adjustments"] == 1  # 240 samples, not 588
+    x = flat(r)
+    assert np.array_equal(x[:3200], decoded([first]))
+    assert np.array_equal(x[3200:3200 + 8192], decoded([second]))
+
+
+def pkt_end(s: Sender) -> int:
+    return max(p.send_us for p in s.out)
+
+
+def _fast_talker(spurts: int, samples: int, *, dtx: bool) -> tuple[Sender, list[bytes]]:
+    s = Sender(clock_ppm=1000.0, t_us=50_000)
+    out = []
+    for k in range(spurts):
+        spurt = mulaw_noise(samples, 100 + k)
+        out.append(spurt)
+        for j in range(0, samples, FRAME):
+            s.audio(spurt[j:j + FRAME], marker=dtx and j == 0 and k > 0)
+        if dtx:
+            s.silence_gap(1600)  # 200 ms of DTX after each talkspurt
+    return s, out
+
+
+def test_fast_sender_clock_drops_single_samples_not_packets(impl: ModuleType) -> None:
+    s, spurts = _fast_talker(40, 8000, dtx=False)
+    r = feed(impl, deliver(s, base_us=2000), end_us=round(s.t_us))
+    assert r.stats["overlap"] == 0 and r.stats["drift_adjustments"] >= 4
+    dropped = r.stats["drift_dropped_samples"]
+    sent = decoded(spurts)
+    # 0.1 % fast: about 8 samples a second are more than the call's real time holds
+    assert 0.5 * 8 * 40 <= dropped <= 8 * 40
+    x = flat(r)
+    x = x[np.flatnonzero(x)[0]:]
+    x = x[:np.flatnonzero(x)[-1] + 1]
+    # the output is the sent audio with isolated one-sample deletions
+    i = j = 0
+    runs = []
+    while i < len(x):
+        k = j
+        while x[i] != sent[j]:
+            j += 1
+        if j > k:
+            runs.append(j - k)
+        i += 1
+        j += 1
+    assert len(sent) - j == 0 and sum(runs) == dropped and max(runs) == 1
+
+
+def test_fast_sender_clock_takes_drift_from_dtx_silence(impl: ModuleType) -> None:
+    # talkspurts of 480 ms: a pause always comes within DRIFT_WAIT_MS of a drift step
+    s, spurts = _fast_talker(80, 3840, dtx=True)
+    r = feed(impl, deliver(s, base_us=2000), end_us=round(s.t_us))
+    assert r.stats["overlap"] == 0 and r.stats["drift_adjustments"] >= 4
+    assert r.stats["drift_dropped_samples"] == 0
+    x = flat(r)
+    # every talkspurt is whole, in order; only the silences between them got shorter
+    at = 0
+    for k, spurt in enumerate(spurts):
+        want = decoded([spurt])
+        found = np.flatnonzero(x[at:] != 0)
+        start = at + int(found[0])
+        assert np.array_equal(x[start:start + len(want)], want), k
+        at = start + len(want)
+    # and the leg kept to the call's real time
+    assert abs(len(x) - round(s.t_us * 8 / 1000)) <= FRAME
