@@ -26,7 +26,8 @@ last sample was captured; anchoring its end keeps legs with different
 packet sizes aligned), but never before the newest span already placed
 (``pos = max(a - len, newest)``), so a new stream continues the timeline.
 Every later packet of the stream is placed by its RTP timestamp:
-``pos = ext_ts + offset``. Anchors happen at the first packet, at an SSRC
+``pos = ext_ts + offset`` (plus a drift ``lag``, below); early packets of
+the stream's first window may still move the anchor (*Settling*). Anchors happen at the first packet, at an SSRC
 change (re-INVITE, transfer: counted in ``ssrc_changes``) and at a reset.
 
 *Wrap.* The 16-bit sequence number and the 32-bit timestamp are extended to
@@ -81,22 +82,57 @@ fill="conceal" the last audio frame repeated at gain 0.75, 0.5, 0.25, then
 zeros (Q15 integer arithmetic, identical in both twins); concealment stops
 after a silent frame.
 
+*Settling.* The anchor assumes the first packet left its sender when its
+last sample was captured and crossed the network undelayed. Neither holds
+for every sender: ffmpeg's RTP muxer (``-re``) sends each 2048-sample input
+block at once, as a 1460- and a 588-sample packet, when the block's FIRST
+sample is due, so the second packet arrives 588 samples "before" its end;
+and a first packet delayed by jitter places the whole stream late. So for
+the stream's first ``window`` of arrival time after its anchor, while none
+of its samples has been emitted, a packet whose delay ``a - end`` is below
+the stream's reference delay ``dref`` (0 after a plain anchor) shows the
+anchor was too late by ``dref - delay``: the stream moves earlier by that
+much instead of dropping anything. Its offset, ``newest``, its remembered
+packet spans, its events' starts and the samples it wrote in the ring
+(audio, silent and empty marks alike) all move back; what it leaves at the
+end becomes empty again. It never moves onto emitted frames (``base``) nor
+before where the previous stream of the leg ended; clamped there, the part
+it could not move becomes its reference delay (``dref = delay + moved``,
+negative): the stream stays that much late and loses nothing. An anchor
+that had to continue after the newest span starts with that negative
+reference too. Each move is counted in ``anchor_adjustments`` and restarts
+the drift block, so the block minimum starts from the settled anchor.
+Settling does nothing for a sender that is not early: a paced sender's
+packets all have delay >= 0 after an undelayed anchor.
+
 *Drift.* A sender clock off by up to 0.1 % moves the RTP position against
 the arrival position by up to 8 samples a second. For every accepted packet
-the delay ``a - end`` is taken; the minimum over a block of 2 s of arrival
-time (robust to jitter: some packet of a block arrives nearly undelayed)
-should be 0, the delay of the anchor packet. If the block minimum is more
-than a quarter frame (5 ms) away from 0 the stream's offset moves by it (a positive
-minimum inserts that many samples, marked silent, not lost; a negative one
-lets the next packets overlap and drop as many samples), counted in
-``drift_adjustments``. The same step corrects an anchor packet that was
-itself delayed by jitter. Each leg stays within about half a frame of its
-own arrival clock (threshold plus one block of drift plus the minimum
-network delay), so two legs stay within one frame of each other and of the
-call. A negative step makes the next packets land on audio already written:
-their overlap is dropped (first writer wins), and a packet that lands
-entirely on written audio is dropped as ``overlap`` (not a duplicate: its
-sequence number is new).
+the delay ``a - end`` against the RTP mapping is taken; the minimum over a
+block of 2 s of arrival time (robust to jitter: some packet of a block
+arrives nearly undelayed) should be ``dref``. If the block minimum is more
+than a quarter frame (5 ms) away from it, the mapping (``offset``) moves by
+the difference, counted in ``drift_adjustments``. A forward step (slow
+sender) inserts that many samples, marked silent, not lost. A backward step
+(fast sender: more samples than real time) cannot be recorded without
+giving some samples up, so it does not move the packets at once: placement
+trails the mapping by a ``lag`` (``pos = ext_ts + offset + lag``) that is
+taken back later, only by the next in-order packet (sequence number one
+above the highest) whose predecessor is known. Where the space between the
+two is sender silence (their numbers are consecutive: DTX, comfort noise,
+an event), the packet moves back into it by up to the lag: nothing is
+lost, the silence is shorter. If no silence comes
+within 500 ms (``DRIFT_WAIT_MS``) of the step, an audio packet that follows
+its predecessor contiguously moves back by one sample per 20 ms it holds
+(one for a packet up to 39 ms, never its only sample): its first samples
+land on audio already written and are dropped (first writer wins), spread
+one sample per packet instead of one chunk per step, and counted in
+``drift_dropped_samples``. A forward step first cancels any lag. A packet
+reordered behind the highest sequence number is placed with the mapping its
+known successor (else predecessor) was placed with, so a step or a take
+between them opens no hole and drops nothing. Each leg stays within about
+half a frame of its own arrival clock (threshold plus one block of drift
+plus the minimum network delay plus a pending lag), so two legs stay within
+one frame of each other and of the call.
 
 *Events.* RFC 4733 packets (PT in ``event_payload_types``) are never decoded
 as audio. An event is keyed by (stream, extended timestamp, code); its start

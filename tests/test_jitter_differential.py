@@ -1,7 +1,8 @@
 """The Cython jitter buffer and its pure-Python twin give identical results.
 
 Random realistic scenarios (jitter, reordering, loss, duplicates, wraps, SSRC
-changes, payload type changes, events, drift, malformed packets) go through
+changes, payload type changes, events, drift, malformed packets, late first
+packets, bursty early senders like ffmpeg's) go through
 callvault._rtp.JitterBuffer and callvault.jitter_ref.JitterBuffer; frames,
 stats, gaps and events must match exactly, and cutting the same stream into
 batches differently must not change the result.
@@ -16,7 +17,14 @@ import pytest
 
 from callvault import _rtp, jitter_ref
 from callvault.rtppack import pack_batch
-from tests.rtpstreams import Result, check_accounting, check_frames, random_scenario, run
+from tests.rtpstreams import (
+    Result,
+    bursty_scenario,
+    check_accounting,
+    check_frames,
+    random_scenario,
+    run,
+)
 
 
 def assert_same(a: Result, b: Result) -> None:
@@ -38,6 +46,21 @@ def test_cython_matches_reference_on_random_scenarios(seed: int) -> None:
             batch_sizes=[rng.randrange(1, 80)], end_us=end_us)
     p = run(jitter_ref.JitterBuffer(call_start_us=0, window_ms=window_ms, fill=fill), packets,
             batch_sizes=[rng.randrange(1, 80)], end_us=end_us)
+    check_frames(c)
+    check_accounting(c.stats)
+    assert_same(c, p)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_cython_matches_reference_on_bursty_early_senders(seed: int) -> None:
+    """ffmpeg-like block senders (packets of a block sent together), late first packets."""
+    rng = random.Random(5000 + seed)
+    packets, end_us = bursty_scenario(rng)
+    window_ms = rng.choice([0, 60, 300, 300, 1000])
+    c = run(_rtp.JitterBuffer(call_start_us=0, window_ms=window_ms), packets,
+            batch_sizes=[rng.randrange(1, 40)], end_us=end_us)
+    p = run(jitter_ref.JitterBuffer(call_start_us=0, window_ms=window_ms), packets,
+            batch_sizes=[rng.randrange(1, 40)], end_us=end_us)
     check_frames(c)
     check_accounting(c.stats)
     assert_same(c, p)
