@@ -73,16 +73,33 @@ class RtpFlow:
     def first_us(self) -> int:
         return self.arrival_us[0]
 
-    def first_audio_us(self) -> int:
-        """When the flow's first audio sample was captured: a G.711 packet
-        leaves its sender when its last sample is in, so its first sample is
-        one packet duration (a byte a sample at 8 kHz) before its arrival."""
+    def first_sample_us(self, window_us: int = 300_000) -> int:
+        """When the flow's first audio sample was captured.
+
+        A G.711 packet leaves its sender once its last sample is in, so each
+        packet of the first SSRC arriving within ``window_us`` of the first
+        one bounds the capture time of the first sample: its arrival minus the
+        RTP time from the first packet's start to its own end. The earliest
+        bound wins (senders that burst, like ffmpeg's RTP muxer, send audio
+        ahead of its time)."""
+        first: tuple[int, int] | None = None  # (ssrc, timestamp) of the first audio packet
+        best = self.first_us
         for pkt, at in zip(self.packets, self.arrival_us, strict=True):
-            if pkt[1] & 0x7F in AUDIO_PTS:
-                parsed = _rtp.parse(pkt, np.zeros(1, np.int64), np.array([len(pkt)], np.int32))
-                if parsed.valid[0]:
-                    return at - int(parsed.payload_length[0]) * 1_000_000 // RTP_CLOCK
-        return self.first_us
+            if first is not None and at - self.arrival_us[0] > window_us:
+                break
+            if pkt[1] & 0x7F not in AUDIO_PTS:
+                continue
+            parsed = _rtp.parse(pkt, np.zeros(1, np.int64), np.array([len(pkt)], np.int32))
+            if not parsed.valid[0]:
+                continue
+            ssrc, ts, n = int(parsed.ssrc[0]), int(parsed.ts[0]), int(parsed.payload_length[0])
+            if first is None:
+                first = (ssrc, ts)
+            elif ssrc != first[0]:
+                continue
+            span = ((ts - first[1] + 2**31) % 2**32 - 2**31) + n  # samples, wrap-safe
+            best = min(best, at - span * 1_000_000 // RTP_CLOCK)
+        return best
 
     def event_payload_types(self) -> tuple[int, ...]:
         """Dynamic PTs used for RFC 4733 events: always 4-byte payloads, no SDP needed."""

@@ -126,6 +126,7 @@ class LegPipeline:
                               if encode and settings.dtx and settings.dtx_packet_bytes else None)
         self.keep_pcm = keep_pcm
         self.next_index = 0  # next frame index the DSP stage expects
+        self._drained = False
 
     @property
     def pre_skip(self) -> int:
@@ -145,13 +146,19 @@ class LegPipeline:
         if len(pcm):
             self._dsp(pcm.reshape(-1, FRAME), self.next_index)
 
-    def finish(self, *, end_us: int | None = None, total_frames: int | None = None) -> LegResult:
-        """Drain the jitter buffer (filling to end_us) and the DSP; pad to total_frames."""
-        if self.jb.stats["packets"]:
+    def drain(self, end_us: int | None = None) -> int:
+        """Flush the jitter buffer (to its last audio, or filled to end_us); frames so far."""
+        if self.jb.stats["packets"] and not self._drained:
             frames = self.jb.flush(end_us)
             if len(frames):
                 self._dsp(frames.pcm, int(frames.index[0]))
             self._take_rtp_metadata()
+        self._drained = True
+        return self.next_index
+
+    def finish(self, *, end_us: int | None = None, total_frames: int | None = None) -> LegResult:
+        """Drain the jitter buffer and the DSP, padding with silence to total_frames."""
+        self.drain(end_us)
         if total_frames is not None and total_frames > self.next_index:
             self._dsp(np.zeros((total_frames - self.next_index, FRAME), dtype=np.int16),
                       self.next_index)
@@ -301,10 +308,11 @@ def run_call(inputs: Sequence[LegInput], settings: Settings, *, encode: bool = T
              keep_pcm: bool = False, batch_packets: int = 500) -> CallResult:
     """Run every leg through its pipeline on one timeline; legs end with the same frame count."""
     flows = [i.flow for i in inputs if i.flow is not None]
-    # The call starts with its first captured sample and ends when its last
-    # packet arrives (a packet is sent when its last sample is captured).
-    start_us = min(f.first_audio_us() for f in flows) if flows else 0
-    end_us = max(f.arrival_us[-1] for f in flows) if flows else None
+    # The call starts with its first captured sample (capture.first_sample_us)
+    # and ends with the last audio of its longest leg: each leg's jitter buffer
+    # is flushed to its own end, then the shorter legs are padded with silence.
+    # (Not the last arrival: a sender may send its last partial packet early.)
+    start_us = min(f.first_sample_us() for f in flows) if flows else 0
     pipes = []
     for leg in inputs:
         pipe = LegPipeline(leg.name, leg.source, settings, call_start_us=start_us,
@@ -318,13 +326,12 @@ def run_call(inputs: Sequence[LegInput], settings: Settings, *, encode: bool = T
         elif leg.pcm is not None:
             pipe.push_pcm(leg.pcm)
         pipes.append(pipe)
-    # WAV legs of different lengths are padded with silence to the longest.
-    total = max((-(-len(i.pcm) // FRAME) for i in inputs if i.pcm is not None), default=None)
-    results = [p.finish(end_us=end_us, total_frames=total) for p in pipes]
-    frames = max((r.frames for r in results), default=0)
-    if any(r.frames != frames for r in results):
+    # Legs of different lengths are padded with silence to the longest.
+    total = max((p.drain() for p in pipes), default=0)
+    results = [p.finish(total_frames=total) for p in pipes]
+    if any(r.frames != total for r in results):
         raise AssertionError(f"legs differ in length: {[r.frames for r in results]}")
-    return CallResult(results, pipes[0].pre_skip if pipes else 0, frames)
+    return CallResult(results, pipes[0].pre_skip if pipes else 0, total)
 
 
 def write_ogg(path: str | Path, call: CallResult, comments: dict[str, str] | None = None) -> int:
