@@ -144,7 +144,8 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memchr, memcpy, memset
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from g711 cimport cv_g711_tables
 
 from callvault.jitter_ref import (
@@ -370,9 +371,8 @@ cdef void emit_frame(Leg *L) noexcept nogil:
     cdef int has_audio = 0, has_empty = 0, kind
     cdef int32_t g
     cdef int16_t *out = out_slot(L)
-    for j in range(f):  # branch-free so the compiler vectorises it
-        has_audio += st[j] == ST_AUDIO
-        has_empty += st[j] == ST_EMPTY
+    has_audio = memchr(st, ST_AUDIO, f) != NULL  # libc's memchr scans 32 bytes at a time
+    has_empty = memchr(st, ST_EMPTY, f) != NULL
     if has_audio:
         kind = KIND_AUDIO
         if L.conceal:
@@ -437,6 +437,14 @@ cdef void cover_silent(Leg *L, int64_t lo, int64_t hi, int64_t final) noexcept n
         c = ce
 
 
+cdef inline void decode_into(int16_t *dst, const uint8_t *src, int64_t n,
+                             const int16_t *table) noexcept nogil:
+    """G.711 table decode; local pointers so the compiler can unroll (no aliasing through L)."""
+    cdef int64_t k
+    for k in range(n):
+        dst[k] = table[src[k]]
+
+
 cdef void write_audio(Leg *L, int64_t pos, int64_t end, const uint8_t *payload,
                       const int16_t *table, int64_t final, int fresh) noexcept nogil:
     """Decode the span into the ring (first writer wins; ``fresh``: nothing there yet)."""
@@ -451,8 +459,7 @@ cdef void write_audio(Leg *L, int64_t pos, int64_t end, const uint8_t *payload,
         s = c % L.ring
         src = payload + (c - pos)
         if fresh and s + (ce - c) <= L.ring:
-            for k in range(ce - c):
-                L.pcm[s + k] = table[src[k]]
+            decode_into(L.pcm + s, src, ce - c, table)
             memset(L.st + s, ST_AUDIO, ce - c)
         elif s + (ce - c) <= L.ring:
             for k in range(ce - c):
@@ -795,6 +802,13 @@ def parse(data, offsets, lengths):
     return out
 
 
+cdef inline bint _is_vector(object a, int typenum):
+    """A C-contiguous 1-D numpy array of exactly this dtype (readable in place)."""
+    return (cnp.PyArray_Check(a) and cnp.PyArray_NDIM(<cnp.ndarray>a) == 1
+            and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a))
+
+
 cdef class JitterBuffer:
     """One leg: RTP packets in, 20 ms frames on the call timeline out (see the module docstring)."""
 
@@ -854,35 +868,54 @@ cdef class JitterBuffer:
             raise MemoryError("jitter buffer could not grow its output buffers")
         pcm = np.empty((n, L.f), dtype=np.int16)
         kind = np.empty(n, dtype=np.uint8)
-        cdef int16_t[:, ::1] pv = pcm
-        cdef uint8_t[::1] kv = kind
         if n:
-            memcpy(&pv[0, 0], L.out_pcm, n * L.f * sizeof(int16_t))
-            memcpy(&kv[0], L.out_kind, n)
+            memcpy(cnp.PyArray_DATA(pcm), L.out_pcm, n * L.f * sizeof(int16_t))
+            memcpy(cnp.PyArray_DATA(kind), L.out_kind, n)
         return Frames(np.arange(first, first + n, dtype=np.int64), pcm, kind)
 
     def push(self, data, offsets, lengths, arrival_us):
         """Feed one batch; returns the frames that became final with it."""
         if self.closed:
             raise RuntimeError("this jitter buffer was flushed; it accepts no more packets")
-        buf, off, ln, arr = check_batch(data, offsets, lengths, arrival_us, bounds=False)
+        if arrival_us is None:
+            raise ValueError("arrival_us is required: one arrival time per packet")
+        cdef const uint8_t *bp
+        cdef const int64_t *o
+        cdef const int32_t *l
+        cdef const int64_t *t
+        cdef Py_ssize_t i, n, blen
+        cdef object keep = None
+        cdef bint bad
+        if (type(data) is bytes and _is_vector(offsets, cnp.NPY_INT64)
+                and _is_vector(lengths, cnp.NPY_INT32) and _is_vector(arrival_us, cnp.NPY_INT64)):
+            # fast path: the types ingest makes, read in place (no copy, no memoryview)
+            bp = <const uint8_t *>PyBytes_AS_STRING(data)
+            blen = PyBytes_GET_SIZE(data)
+            o = <const int64_t *>cnp.PyArray_DATA(offsets)
+            l = <const int32_t *>cnp.PyArray_DATA(lengths)
+            t = <const int64_t *>cnp.PyArray_DATA(arrival_us)
+            n = cnp.PyArray_SIZE(offsets)
+            bad = cnp.PyArray_SIZE(lengths) != n or cnp.PyArray_SIZE(arrival_us) != n
+        else:
+            keep = check_batch(data, offsets, lengths, arrival_us, bounds=False)
+            bp = <const uint8_t *>PyBytes_AS_STRING(keep[0])
+            blen = PyBytes_GET_SIZE(keep[0])
+            o = <const int64_t *>cnp.PyArray_DATA(keep[1])
+            l = <const int32_t *>cnp.PyArray_DATA(keep[2])
+            t = <const int64_t *>cnp.PyArray_DATA(keep[3])
+            n = cnp.PyArray_SIZE(keep[1])
+            bad = False
         cdef Leg *L = self.L
-        cdef Py_ssize_t i, n = off.shape[0]
-        cdef const uint8_t[::1] b = buf
-        cdef const uint8_t *bp = &b[0] if b.shape[0] else NULL
-        cdef const int64_t[::1] o = off
-        cdef const int32_t[::1] l = ln
-        cdef const int64_t[::1] t = arr
-        cdef int64_t first = L.base // L.f, blen = b.shape[0]
-        cdef bint bad = False
-        with nogil:
-            for i in range(n):
-                if o[i] < 0 or l[i] < 0 or o[i] + l[i] > blen:
-                    bad = True
-                    break
+        cdef int64_t first = L.base // L.f
+        if not bad:
+            with nogil:
+                for i in range(n):
+                    if o[i] < 0 or l[i] < 0 or o[i] + l[i] > blen:
+                        bad = True
+                        break
         if bad:
-            check_batch(data, offsets, lengths, arrival_us)  # raises, saying which packet
-            raise AssertionError("unreachable: bounds check disagreed")
+            check_batch(data, offsets, lengths, arrival_us)  # raises, saying what is wrong
+            raise AssertionError("unreachable: batch check disagreed")
         with nogil:
             for i in range(n):
                 packet(L, bp, o[i], l[i], t[i])
