@@ -532,53 +532,58 @@ cdef class Vad:
         return out
 
 
+cdef inline void _frame_stats(const int16_t *x, int64_t *acc, int32_t *peak,
+                              int64_t *clipped) noexcept nogil:
+    """Add one frame's sum of squares, peak |x| and clipped count (|x| >= 32767)."""
+    cdef Py_ssize_t j
+    cdef int32_t a
+    for j in range(FRAME):
+        a = x[j]
+        acc[0] += <int64_t>a * a
+        if a < 0:
+            a = -a
+        if a > peak[0]:
+            peak[0] = a
+        if a >= 32767:
+            clipped[0] += 1
+
+
+cdef inline double _dbfs(int64_t acc, Py_ssize_t samples) noexcept nogil:
+    if acc <= 0:
+        return -INFINITY
+    return 10.0 * log10(<double>acc / (<double>samples * FULL_SCALE * FULL_SCALE))
+
+
 def levels(pcm):
     """(n, 160) int16 -> (rms dBFS over the batch, peak |x|, clipped count)."""
     cdef const int16_t[:, ::1] view = _frames(pcm)
-    cdef Py_ssize_t i, j, n = view.shape[0]
+    cdef Py_ssize_t i, n = view.shape[0]
     cdef int64_t acc = 0, clipped = 0
-    cdef int32_t peak = 0, a
+    cdef int32_t peak = 0
     cdef double rms_db
     with nogil:
         for i in range(n):
-            for j in range(FRAME):
-                a = view[i, j]
-                acc += <int64_t>a * a
-                if a < 0:
-                    a = -a
-                if a > peak:
-                    peak = a
-                if a >= 32767:
-                    clipped += 1
-        if acc > 0:
-            rms_db = 10.0 * log10(<double>acc / (<double>n * FRAME * FULL_SCALE * FULL_SCALE))
-        else:
-            rms_db = -INFINITY
+            _frame_stats(&view[i, 0], &acc, &peak, &clipped)
+        rms_db = _dbfs(acc, n * FRAME)
     return rms_db, int(peak), int(clipped)
 
 
 def frame_levels(pcm):
     """(n, 160) int16 -> (rms dBFS float32[n], peak |x| int32[n])."""
     cdef const int16_t[:, ::1] view = _frames(pcm)
-    cdef Py_ssize_t i, j, n = view.shape[0]
+    cdef Py_ssize_t i, n = view.shape[0]
     rms = np.empty(n, dtype=np.float32)
     peaks = np.empty(n, dtype=np.int32)
     cdef float[::1] r = rms
     cdef int32_t[::1] p = peaks
-    cdef int64_t acc
-    cdef int32_t peak, a
+    cdef int64_t acc, clipped
+    cdef int32_t peak
     with nogil:
         for i in range(n):
             acc = 0
             peak = 0
-            for j in range(FRAME):
-                a = view[i, j]
-                acc += <int64_t>a * a
-                if a < 0:
-                    a = -a
-                if a > peak:
-                    peak = a
-            r[i] = <float>(10.0 * log10(<double>acc / (FRAME * FULL_SCALE * FULL_SCALE))
-                           if acc > 0 else -INFINITY)
+            clipped = 0
+            _frame_stats(&view[i, 0], &acc, &peak, &clipped)
+            r[i] = <float>_dbfs(acc, FRAME)
             p[i] = peak
     return rms, peaks

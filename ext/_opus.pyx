@@ -346,30 +346,46 @@ cdef class Decoder:
 
         Every packet must decode to ``frame_size`` samples (default 20 ms).
         """
-        cdef const unsigned char[::1] d = bytes(data) if not isinstance(data, bytes) else data
-        off_arr = _offsets(lengths, d.shape[0])
-        cdef const long long[::1] off = off_arr
-        cdef Py_ssize_t n = off.shape[0] - 1, i
-        if frame_size <= 0:
-            frame_size = self.sample_rate // 50
-        out = np.zeros((n, frame_size * self.channels), dtype=np.int16)
-        cdef int16_t[:, ::1] o = out
-        cdef int rc = 0
-        cdef Py_ssize_t bad = -1
-        cdef int32_t plen
-        cdef const unsigned char *base = &d[0] if d.shape[0] > 0 else NULL
-        with nogil:
-            for i in range(n):
-                plen = <int32_t>(off[i + 1] - off[i])
-                rc = opus_decode(self.st, base + off[i] if plen > 0 else NULL, plen,
-                                 &o[i, 0], frame_size, 0)
-                if rc != frame_size:
-                    bad = i
-                    break
-        if bad >= 0:
-            check(rc, f"opus_decode (packet {bad})")
-            raise ValueError(f"packet {bad} decodes to {rc} samples, expected {frame_size}")
-        return out if self.channels == 1 else out.reshape(n, frame_size, self.channels)
+        out = _decode_batch(<void *>self.st, False, self.channels, self.sample_rate, data,
+                            lengths, frame_size)
+        return out if self.channels == 1 else out.reshape(out.shape[0], -1, self.channels)
+
+
+cdef object _decode_batch(void *st, bint multistream, int channels, int sample_rate, data,
+                          lengths, int frame_size):
+    """(n, frame_size * channels) int16 from n packets, GIL released over the batch.
+
+    A 0-length packet is a loss (libopus conceals it); every packet must give
+    exactly ``frame_size`` samples (default 20 ms)."""
+    cdef const unsigned char[::1] d = bytes(data) if not isinstance(data, bytes) else data
+    off_arr = _offsets(lengths, d.shape[0])
+    cdef const long long[::1] off = off_arr
+    cdef Py_ssize_t n = off.shape[0] - 1, i
+    if frame_size <= 0:
+        frame_size = sample_rate // 50
+    out = np.zeros((n, frame_size * channels), dtype=np.int16)
+    cdef int16_t[:, ::1] o = out
+    cdef int rc = 0
+    cdef Py_ssize_t bad = -1
+    cdef int32_t plen
+    cdef const unsigned char *base = &d[0] if d.shape[0] > 0 else NULL
+    cdef const unsigned char *p
+    with nogil:
+        for i in range(n):
+            plen = <int32_t>(off[i + 1] - off[i])
+            p = base + off[i] if plen > 0 else NULL
+            if multistream:
+                rc = opus_multistream_decode(<OpusMSDecoder *>st, p, plen, &o[i, 0], frame_size, 0)
+            else:
+                rc = opus_decode(<OpusDecoder *>st, p, plen, &o[i, 0], frame_size, 0)
+            if rc != frame_size:
+                bad = i
+                break
+    if bad >= 0:
+        fn = "opus_multistream_decode" if multistream else "opus_decode"
+        check(rc, f"{fn} (packet {bad})")
+        raise ValueError(f"packet {bad} decodes to {rc} samples, expected {frame_size}")
+    return out
 
 
 cdef class MultistreamDecoder:
@@ -434,30 +450,9 @@ cdef class MultistreamDecoder:
 
     def decode_frames(self, data, lengths, int frame_size=0):
         """Decode a batch of multistream packets: (n, frame_size, channels) int16."""
-        cdef const unsigned char[::1] d = bytes(data) if not isinstance(data, bytes) else data
-        off_arr = _offsets(lengths, d.shape[0])
-        cdef const long long[::1] off = off_arr
-        cdef Py_ssize_t n = off.shape[0] - 1, i
-        if frame_size <= 0:
-            frame_size = self.sample_rate // 50
-        out = np.zeros((n, frame_size * self.channels), dtype=np.int16)
-        cdef int16_t[:, ::1] o = out
-        cdef int rc = 0
-        cdef Py_ssize_t bad = -1
-        cdef int32_t plen
-        cdef const unsigned char *base = &d[0] if d.shape[0] > 0 else NULL
-        with nogil:
-            for i in range(n):
-                plen = <int32_t>(off[i + 1] - off[i])
-                rc = opus_multistream_decode(self.st, base + off[i] if plen > 0 else NULL, plen,
-                                             &o[i, 0], frame_size, 0)
-                if rc != frame_size:
-                    bad = i
-                    break
-        if bad >= 0:
-            check(rc, f"opus_multistream_decode (packet {bad})")
-            raise ValueError(f"packet {bad} decodes to {rc} samples, expected {frame_size}")
-        return out.reshape(n, frame_size, self.channels)
+        out = _decode_batch(<void *>self.st, True, self.channels, self.sample_rate, data,
+                            lengths, frame_size)
+        return out.reshape(out.shape[0], -1, self.channels)
 
 
 # --------------------------------------------------------------------------
