@@ -322,24 +322,9 @@ cdef class Decoder:
         packet (120 ms) otherwise; the result holds what was decoded, shape
         (samples,) for mono and (samples, channels) for stereo.
         """
-        cdef const unsigned char[::1] p
-        cdef const unsigned char *ptr = NULL
-        cdef int32_t plen = 0
-        cdef int rc
-        if packet is not None and len(packet) > 0:
-            p = packet
-            ptr = &p[0]
-            plen = p.shape[0]
-        if frame_size <= 0:
-            frame_size = self.sample_rate // 50 if ptr == NULL else (
-                MAX_SAMPLES_48K * self.sample_rate // 48000)
-        out = np.empty(frame_size * self.channels, dtype=np.int16)
-        cdef int16_t[::1] o = out
-        with nogil:
-            rc = opus_decode(self.st, ptr, plen, &o[0], frame_size, 0)
-        check(rc, "opus_decode")
-        out = out[: rc * self.channels]
-        return out if self.channels == 1 else out.reshape(rc, self.channels)
+        out = _decode_one(<void *>self.st, False, self.channels, self.sample_rate, packet,
+                          frame_size)
+        return out if self.channels == 1 else out.reshape(-1, self.channels)
 
     def decode_frames(self, data, lengths, int frame_size=0):
         """Decode a batch: (n, frame_size) int16 (x channels). A 0-length packet = lost (PLC).
@@ -349,6 +334,32 @@ cdef class Decoder:
         out = _decode_batch(<void *>self.st, False, self.channels, self.sample_rate, data,
                             lengths, frame_size)
         return out if self.channels == 1 else out.reshape(out.shape[0], -1, self.channels)
+
+
+cdef object _decode_one(void *st, bint multistream, int channels, int sample_rate, packet,
+                        int frame_size):
+    """Decode one packet (None or b'' = lost: concealment of ``frame_size``) to
+    interleaved int16. ``frame_size`` defaults to 20 ms for a loss and to the
+    largest packet (120 ms) otherwise; the result holds what was decoded."""
+    cdef const unsigned char[::1] p
+    cdef const unsigned char *ptr = NULL
+    cdef int32_t plen = 0
+    cdef int rc
+    if packet is not None and len(packet) > 0:
+        p = packet
+        ptr = &p[0]
+        plen = p.shape[0]
+    if frame_size <= 0:
+        frame_size = sample_rate // 50 if ptr == NULL else MAX_SAMPLES_48K * sample_rate // 48000
+    out = np.empty(frame_size * channels, dtype=np.int16)
+    cdef int16_t[::1] o = out
+    with nogil:
+        if multistream:
+            rc = opus_multistream_decode(<OpusMSDecoder *>st, ptr, plen, &o[0], frame_size, 0)
+        else:
+            rc = opus_decode(<OpusDecoder *>st, ptr, plen, &o[0], frame_size, 0)
+    check(rc, "opus_multistream_decode" if multistream else "opus_decode")
+    return out[: rc * channels]
 
 
 cdef object _decode_batch(void *st, bint multistream, int channels, int sample_rate, data,
@@ -430,23 +441,9 @@ cdef class MultistreamDecoder:
 
     def decode(self, packet, int frame_size=0):
         """Decode one multistream packet (None = lost) to (samples, channels) int16."""
-        cdef const unsigned char[::1] p
-        cdef const unsigned char *ptr = NULL
-        cdef int32_t plen = 0
-        cdef int rc
-        if packet is not None and len(packet) > 0:
-            p = packet
-            ptr = &p[0]
-            plen = p.shape[0]
-        if frame_size <= 0:
-            frame_size = self.sample_rate // 50 if ptr == NULL else (
-                MAX_SAMPLES_48K * self.sample_rate // 48000)
-        out = np.empty(frame_size * self.channels, dtype=np.int16)
-        cdef int16_t[::1] o = out
-        with nogil:
-            rc = opus_multistream_decode(self.st, ptr, plen, &o[0], frame_size, 0)
-        check(rc, "opus_multistream_decode")
-        return out[: rc * self.channels].reshape(rc, self.channels)
+        out = _decode_one(<void *>self.st, True, self.channels, self.sample_rate, packet,
+                          frame_size)
+        return out.reshape(-1, self.channels)
 
     def decode_frames(self, data, lengths, int frame_size=0):
         """Decode a batch of multistream packets: (n, frame_size, channels) int16."""
