@@ -1,0 +1,1 @@
+"""Integrity: per-call hash chains, the Merkle log, checkpoints, proofs."""

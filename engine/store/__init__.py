@@ -1,0 +1,1 @@
+"""The vault's storage: segment files, encryption at rest, the RocksDB index."""
