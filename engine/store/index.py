@@ -1,0 +1,238 @@
+"""The vault's index: RocksDB (rocksdict) column families, one WriteBatch per group commit.
+
+Format (docs/format.md section 8.4, version 1). Every key starts with the
+tenant, so tenant isolation and per-tenant policies need no migration.
+Strings in keys are UTF-8 with a 0x00 terminator (tenant, call id, agent,
+skill group and tag may not contain NUL); integers are big-endian so byte
+order is numeric order.
+
+    column family  key                                              value
+    calls          tenant 00 call_id 00                             CallEntry (JSON, UTF-8)
+    records        tenant 00 call_id 00 u32 chain_index             RecordEntry (struct)
+    time           tenant 00 u64 start_us call_id 00                empty
+    agent          tenant 00 agent 00 u64 start_us call_id 00       empty
+    skill          tenant 00 skill 00 u64 start_us call_id 00       empty
+    tag            tenant 00 tag 00 u64 start_us call_id 00         empty
+    default        b"meta/" name                                    vault state (format, ...)
+
+RecordEntry (28 bytes): u8 leg, u8 record type, u16 frames, u32 first frame,
+u64 segment, u64 offset (of the record header in the segment), u32 length
+(of the whole framed record). The index never points past durable bytes:
+the vault writes each group commit's batch after the segment fsync and before
+any acknowledgement (callvault.store.segment's on_commit).
+
+All column families use LZ4 compression. The index can be rebuilt from the
+segments alone (`callvault --data DIR reindex`).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rocksdict import DBCompressionType, Options, Rdict, WriteBatch
+
+FORMAT_VERSION = 1
+CFS = ("calls", "records", "time", "agent", "skill", "tag")
+RECORD = struct.Struct(">BBHIQQI")  # leg, type, frames, first frame, segment, offset, length
+U64 = struct.Struct(">Q")
+U32 = struct.Struct(">I")
+
+
+def _s(value: str, what: str) -> bytes:
+    raw = value.encode()
+    if not raw or b"\x00" in raw:
+        raise ValueError(f"{what} must be a non-empty string without NUL, got {value!r}")
+    return raw + b"\x00"
+
+
+@dataclass(frozen=True)
+class RecordEntry:
+    leg: int
+    rtype: int
+    frames: int
+    first_frame: int
+    segment: int
+    offset: int
+    length: int
+
+    def pack(self) -> bytes:
+        return RECORD.pack(self.leg, self.rtype, self.frames, self.first_frame, self.segment,
+                           self.offset, self.length)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> RecordEntry:
+        return cls(*RECORD.unpack(raw))
+
+
+@dataclass
+class CallEntry:
+    """What the index keeps of a call (the customer number only as ciphertext)."""
+
+    tenant: str
+    call_id: str
+    start_us: int
+    direction: str = ""
+    agent: str = ""
+    skill_group: str = ""
+    tags: list[str] = field(default_factory=list)
+    legs: list[str] = field(default_factory=list)
+    customer_number_sealed: str = ""  # hex of crypto.seal_blob(...)
+    wrapped_key: str = ""  # hex of the call's wrapped data key; "" once erased
+    state: str = "open"  # open, sealed, erased
+    records: int = 0
+    chain_head: str = ""  # hex
+    seal: str = ""  # hex, once sealed
+    log_index: int = -1  # the seal's leaf in the Merkle log
+    end_us: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def pack(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> CallEntry:
+        return cls(**json.loads(raw))
+
+
+def call_key(tenant: str, call_id: str) -> bytes:
+    return _s(tenant, "tenant") + _s(call_id, "call id")
+
+
+def record_key(tenant: str, call_id: str, chain_index: int) -> bytes:
+    return call_key(tenant, call_id) + U32.pack(chain_index)
+
+
+def _posting(tenant: str, value: str | None, what: str, start_us: int, call_id: str) -> bytes:
+    mid = b"" if value is None else _s(value, what)
+    return _s(tenant, "tenant") + mid + U64.pack(start_us) + _s(call_id, "call id")
+
+
+class Batch:
+    """The index writes of one group commit, applied atomically by Index.write."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+        self._wb = WriteBatch(raw_mode=True)
+        self.count = 0
+
+    def put_call(self, entry: CallEntry, *, previous: CallEntry | None = None) -> None:
+        ix = self._index
+        key = call_key(entry.tenant, entry.call_id)
+        if previous is not None:  # postings follow the metadata
+            for cf, k in ix.postings(previous):
+                self._wb.delete(k, ix.cf(cf))
+        self._wb.put(key, entry.pack(), ix.cf("calls"))
+        for cf, k in ix.postings(entry):
+            self._wb.put(k, b"", ix.cf(cf))
+        self.count += 1
+
+    def put_record(self, tenant: str, call_id: str, chain_index: int, entry: RecordEntry) -> None:
+        self._wb.put(record_key(tenant, call_id, chain_index), entry.pack(),
+                     self._index.cf("records"))
+        self.count += 1
+
+
+class Index:
+    """The RocksDB index of one vault (DATA/index)."""
+
+    def __init__(self, path: str | Path) -> None:
+        opt = Options(raw_mode=True)
+        opt.create_if_missing(True)
+        opt.create_missing_column_families(True)
+        opt.set_compression_type(DBCompressionType.lz4())
+        self._db = Rdict(str(path), opt, column_families=dict.fromkeys(CFS, opt))
+        self._cfs = {name: self._db.get_column_family_handle(name) for name in CFS}
+        self._views = {name: self._db.get_column_family(name) for name in CFS}
+        version = self._db.get(b"meta/format")
+        if version is None:
+            self._db.put(b"meta/format", U32.pack(FORMAT_VERSION))
+        elif U32.unpack(version)[0] != FORMAT_VERSION:
+            raise ValueError(f"index format {U32.unpack(version)[0]} is not {FORMAT_VERSION}: "
+                             "rebuild it with `callvault --data DIR reindex`")
+
+    def cf(self, name: str) -> Any:
+        return self._cfs[name]
+
+    def batch(self) -> Batch:
+        return Batch(self)
+
+    def write(self, batch: Batch) -> None:
+        self._db.write(batch._wb)
+
+    def close(self) -> None:
+        # the column-family views hold the database open: drop them first
+        for view in self._views.values():
+            view.close()
+        self._views.clear()
+        self._cfs.clear()
+        self._db.close()
+
+    @staticmethod
+    def postings(e: CallEntry) -> list[tuple[str, bytes]]:
+        out = [("time", _posting(e.tenant, None, "", e.start_us, e.call_id))]
+        if e.agent:
+            out.append(("agent", _posting(e.tenant, e.agent, "agent", e.start_us, e.call_id)))
+        if e.skill_group:
+            out.append(("skill", _posting(e.tenant, e.skill_group, "skill group", e.start_us,
+                                          e.call_id)))
+        out += [("tag", _posting(e.tenant, t, "tag", e.start_us, e.call_id)) for t in e.tags]
+        return out
+
+    # -- reads ---------------------------------------------------------------------------
+    def get_call(self, tenant: str, call_id: str) -> CallEntry | None:
+        raw = self._views["calls"].get(call_key(tenant, call_id))
+        return None if raw is None else CallEntry.unpack(raw)
+
+    def records(self, tenant: str, call_id: str) -> Iterator[tuple[int, RecordEntry]]:
+        """(chain index, entry) of a call's records in chain order."""
+        prefix = call_key(tenant, call_id)
+        it = self._views["records"].iter()
+        it.seek(prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            yield U32.unpack(key[len(prefix):])[0], RecordEntry.unpack(it.value())
+            it.next()
+
+    def search(self, tenant: str, *, since_us: int = 0, until_us: int = 2**63 - 1,
+               agent: str | None = None, skill_group: str | None = None,
+               tag: str | None = None) -> Iterator[CallEntry]:
+        """Calls of a tenant started in [since_us, until_us), by one posting list
+        (the most selective given: tag, agent, skill group, else time), the other
+        conditions checked on the entries; in start order."""
+        if tag is not None:
+            cf, mid = "tag", _s(tag, "tag")
+        elif agent is not None:
+            cf, mid = "agent", _s(agent, "agent")
+        elif skill_group is not None:
+            cf, mid = "skill", _s(skill_group, "skill group")
+        else:
+            cf, mid = "time", b""
+        prefix = _s(tenant, "tenant") + mid
+        it = self._views[cf].iter()
+        it.seek(prefix + U64.pack(max(since_us, 0)))
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            start = U64.unpack(key[len(prefix):len(prefix) + 8])[0]
+            if start >= until_us:
+                break
+            call_id = key[len(prefix) + 8:-1].decode()
+            entry = self.get_call(tenant, call_id)
+            it.next()
+            if entry is None:
+                continue
+            if agent is not None and entry.agent != agent:
+                continue
+            if skill_group is not None and entry.skill_group != skill_group:
+                continue
+            if tag is not None and tag not in entry.tags:
+                continue
+            yield entry
