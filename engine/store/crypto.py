@@ -92,9 +92,17 @@ The nonce is not stored; it is derived (:func:`record_nonce`), 12 bytes:
 ``[4:12]`` seq (uint64). Nonce reuse cannot happen: a data key belongs to one
 call and is never reused for another (a fresh 256-bit random key per call),
 and within a call the pair (leg, seq) names one record and is never sealed
-twice (seq counts a leg's records; the vault never re-seals a position with
-different bytes, a retry of an acked record is the same record). Blobs (below)
-use nonce kind 0x01, so a blob nonce never equals a record nonce either.
+twice (seq counts a leg's records; a retry of a record is the same record,
+and sealing is deterministic, so it gives the same bytes). Blobs (below) use
+nonce kind 0x01, so a blob nonce never equals a record nonce either.
+
+The caller's side of that contract: never seal one (leg, seq) of a call twice
+with *any* input different (plaintext, or AAD: aad_extra included). Same
+nonce and different plaintext leaks their XOR; same nonce and different AAD
+lets one solve for the GHASH key and forge records. In particular, recovery
+that truncates a torn record must not hand its seq to different bytes
+(its partial ciphertext may survive on disk): resume past it, or re-seal the
+identical record.
 
 The AAD binds the record to its place, so a record moved to another call, leg
 or position (or given another ``aad_extra``, e.g. its first frame index)
