@@ -39,8 +39,9 @@ Store record types: ``0xFF`` SEAL, the segment footer, see below; the others in
 Sealing. The writer seals a segment when adding the next record would make the
 file longer than ``segment_bytes`` (the SEAL record counted in): it appends a
 SEAL record, fsyncs the file and starts the next id. A sealed segment is never
-written again. A segment holding a single record larger than that is allowed
-(it is sealed right after). SEAL body (32 bytes, record total 44 bytes)::
+written again. A segment holding a single record larger than that is allowed.
+A segment too full for even an empty record is sealed at once. SEAL body
+(32 bytes, record total 44 bytes)::
 
     offset size field
     0      8    segment_id    u64
@@ -679,6 +680,9 @@ class SegmentWriter:
         self._what = f"fsync of directory {self._dir} failed"
         self._fs.fsync_dir(self._dir)
 
+    def _seal_record(self) -> tuple[bytes, bytes]:
+        return _frame(TYPE_SEAL, SEAL_BODY.pack(self._segment, self._count, self._size, _now_us()))
+
     def _commit(self, group: list[_Pending]) -> list[Committed]:
         """Write and fsync one group; seal and create segments as needed."""
         committed: list[Committed] = []
@@ -691,8 +695,7 @@ class SegmentWriter:
                 and self._count > 0
                 and self._size + n + SEAL_RECORD_SIZE > self._segment_bytes
             ):
-                seal_body = SEAL_BODY.pack(self._segment, self._count, self._size, _now_us())
-                parts.extend(_frame(TYPE_SEAL, seal_body))
+                parts.extend(self._seal_record())
                 self._write_all(parts)
                 parts = []
                 self._fsync()
@@ -713,10 +716,17 @@ class SegmentWriter:
             self._size += n
             self._count += 1
             committed.append(Committed(ref, p.rtype, p.body if self._bodies else None))
+        full = self._size + RECORD_HEADER_SIZE + SEAL_RECORD_SIZE > self._segment_bytes
+        if full:  # not even an empty record fits: seal now rather than at the next append
+            parts.extend(self._seal_record())
         self._write_all(parts)
         self._fsync()
         if created:
             self._fsync_dir()
+        if full:
+            assert self._file is not None
+            self._file.close()
+            self._file = None
         return committed
 
 
@@ -767,14 +777,17 @@ class SegmentReader:
         data = self._open(segment).pread(length, offset)
         if len(data) < length:
             raise CorruptRecord(
-                segment, offset, f"record extends past the end of the segment ({len(data)} of "
-                f"{length} bytes)"
+                segment,
+                offset,
+                f"record extends past the end of the segment ({len(data)} of {length} bytes)",
             )
         _crc, body_len, rtype, flags, reserved = RECORD_HEADER.unpack_from(data, 0)
         if body_len != length - RECORD_HEADER_SIZE:
             raise CorruptRecord(
-                segment, offset, f"length field {body_len} does not match the reference "
-                f"({length - RECORD_HEADER_SIZE})"
+                segment,
+                offset,
+                f"length field {body_len} does not match the reference "
+                f"({length - RECORD_HEADER_SIZE})",
             )
         found = _record_at(data, 0)
         if isinstance(found, str):
