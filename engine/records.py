@@ -1,0 +1,175 @@
+"""Record bodies of the vault's segment records (docs/format.md section 8.5, version 1).
+
+Every body starts with the same plaintext header, so the index can be
+rebuilt from the segments alone, and the per-call chain covers the body
+exactly as stored:
+
+    offset  size  field
+    0       1     body version (1)
+    1       1     len(tenant) = t
+    2       t     tenant (UTF-8)
+    2+t     1     len(call_id) = c
+    3+t     c     call id (UTF-8)
+    then, by record type:
+
+    OPEN (1)   u64 start_us, then JSON (UTF-8) of the call's public metadata
+               (direction, agent, skill group, tags, legs, sealed customer
+               number as hex: the number itself is never in plaintext)
+    AUDIO (2)  u8 leg, u8 codec (1 = Opus 8 kHz 20 ms), u32 chain index,
+               u32 first frame, u16 frames, then the sealed payload:
+               crypto.seal_record(call key, call_id = tenant 00 call_id,
+               leg, seq = chain index, aad_extra = everything before it)
+               of: u16 length x frames, then the Opus packets
+    SEAL (3)   u32 record count, 32-byte chain head, 32-byte seal,
+               u64 end_us, then the manifest (canonical JSON, UTF-8)
+    ERASE (4)  u64 time_us, then the reason (UTF-8)
+
+All integers are big-endian. Nothing in a body is customer audio or a
+customer number in plaintext.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from callvault.errors import FormatError
+from callvault.store import crypto
+
+BODY_VERSION = 1
+OPEN, AUDIO, SEAL, ERASE = 1, 2, 3, 4
+CODEC_OPUS = 1  # Opus, 8 kHz input, 20 ms frames, one packet per frame
+NAMES = {OPEN: "open", AUDIO: "audio", SEAL: "seal", ERASE: "erase"}
+
+_U64 = struct.Struct(">Q")
+_AUDIO = struct.Struct(">BBIIH")  # leg, codec, chain index, first frame, frames
+_SEAL = struct.Struct(">I32s32sQ")  # count, head, seal, end_us
+
+
+def _id(value: str) -> bytes:
+    raw = value.encode()
+    if not 1 <= len(raw) <= 255:
+        raise ValueError(f"identifier {value!r} must be 1 to 255 bytes of UTF-8")
+    return bytes([len(raw)]) + raw
+
+
+def call_aad(tenant: str, call_id: str) -> bytes:
+    """The call identity bound into every sealed record and blob of the call."""
+    return tenant.encode() + b"\x00" + call_id.encode()
+
+
+def header(tenant: str, call_id: str) -> bytes:
+    return bytes([BODY_VERSION]) + _id(tenant) + _id(call_id)
+
+
+@dataclass
+class Body:
+    """A parsed record body: the common header and the type's fields."""
+
+    rtype: int
+    tenant: str
+    call_id: str
+    raw: bytes
+    # OPEN
+    start_us: int = 0
+    meta: dict[str, Any] | None = None
+    # AUDIO
+    leg: int = 0
+    codec: int = 0
+    chain_index: int = 0
+    first_frame: int = 0
+    frames: int = 0
+    sealed_at: int = 0  # offset of the sealed payload in raw
+    # SEAL
+    count: int = 0
+    head: bytes = b""
+    seal: bytes = b""
+    end_us: int = 0
+    manifest: bytes = b""
+    # ERASE
+    time_us: int = 0
+    reason: str = ""
+
+    def open_audio(self, key: crypto.DataKey | bytes
+                   ) -> tuple[npt.NDArray[np.int32], bytes]:
+        """Decrypt an AUDIO body: (packet lengths, packets)."""
+        if self.rtype != AUDIO:
+            raise ValueError("not an audio record")
+        plain = crypto.open_record(key, call_id=call_aad(self.tenant, self.call_id),
+                                   leg=self.leg, seq=self.chain_index,
+                                   ciphertext=self.raw[self.sealed_at:],
+                                   aad_extra=self.raw[:self.sealed_at])
+        n = self.frames
+        if len(plain) < 2 * n:
+            raise FormatError(f"audio record {self.chain_index} of {self.call_id} is short")
+        lengths = np.frombuffer(plain, dtype=">u2", count=n).astype(np.int32)
+        packets = plain[2 * n:]
+        if int(lengths.sum()) != len(packets):
+            raise FormatError(f"audio record {self.chain_index} of {self.call_id}: packet "
+                              "lengths do not add up")
+        return lengths, packets
+
+
+def open_body(tenant: str, call_id: str, start_us: int, meta: dict[str, Any]) -> bytes:
+    return (header(tenant, call_id) + _U64.pack(start_us)
+            + json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+
+
+def audio_body(tenant: str, call_id: str, key: crypto.DataKey | bytes, *, leg: int,
+               chain_index: int, first_frame: int, lengths: npt.NDArray[np.int32],
+               packets: bytes) -> bytes:
+    n = len(lengths)
+    if not 0 < n < 65536:
+        raise ValueError(f"a record holds 1 to 65535 frames, not {n}")
+    if int(np.asarray(lengths).max()) > 0xFFFF:
+        raise ValueError("an Opus packet longer than 65535 bytes")
+    head = header(tenant, call_id) + _AUDIO.pack(leg, CODEC_OPUS, chain_index, first_frame, n)
+    plain = np.asarray(lengths, dtype=">u2").tobytes() + packets
+    return head + crypto.seal_record(key, call_id=call_aad(tenant, call_id), leg=leg,
+                                     seq=chain_index, plaintext=plain, aad_extra=head)
+
+
+def seal_body(tenant: str, call_id: str, *, count: int, head: bytes, seal: bytes, end_us: int,
+              manifest: bytes) -> bytes:
+    return header(tenant, call_id) + _SEAL.pack(count, head, seal, end_us) + manifest
+
+
+def erase_body(tenant: str, call_id: str, *, time_us: int, reason: str) -> bytes:
+    return header(tenant, call_id) + _U64.pack(time_us) + reason.encode()
+
+
+def parse(rtype: int, raw: bytes) -> Body:
+    """Parse a body of the given record type; FormatError when malformed."""
+    try:
+        if raw[0] != BODY_VERSION:
+            raise FormatError(f"record body version {raw[0]}; this build reads {BODY_VERSION}")
+        t = raw[1]
+        tenant = raw[2:2 + t].decode()
+        c = raw[2 + t]
+        call_id = raw[3 + t:3 + t + c].decode()
+        if len(tenant.encode()) != t or len(call_id.encode()) != c:
+            raise FormatError("record body ends inside its header")
+        pos = 3 + t + c
+        b = Body(rtype, tenant, call_id, raw)
+        if rtype == OPEN:
+            (b.start_us,) = _U64.unpack_from(raw, pos)
+            b.meta = json.loads(raw[pos + 8:])
+        elif rtype == AUDIO:
+            b.leg, b.codec, b.chain_index, b.first_frame, b.frames = _AUDIO.unpack_from(raw, pos)
+            b.sealed_at = pos + _AUDIO.size
+        elif rtype == SEAL:
+            b.count, b.head, b.seal, b.end_us = _SEAL.unpack_from(raw, pos)
+            b.manifest = raw[pos + _SEAL.size:]
+        elif rtype == ERASE:
+            (b.time_us,) = _U64.unpack_from(raw, pos)
+            b.reason = raw[pos + 8:].decode()
+        else:
+            raise FormatError(f"unknown record type {rtype}")
+        return b
+    except (IndexError, struct.error, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"malformed {NAMES.get(rtype, rtype)} record body: {e}") from e
