@@ -58,7 +58,8 @@ Durability contract (writer)
 ``SegmentWriter.append`` returns a future at once. One committer thread takes
 everything pending (up to ``max_group_bytes``, after waiting at most
 ``max_delay_ms`` for more to arrive), writes it with one ``write``, fsyncs the
-file once (and the directory when a segment file was created), then calls
+file once (and the directory when a segment file was created; a group that
+fills a segment is one write and fsync per segment it touches), then calls
 ``on_commit(list[Committed])`` in append order (the vault writes its index
 there, before any acknowledgement), then resolves the futures in append order.
 A future resolves only after its bytes are durable. Once a write, fsync or
@@ -68,7 +69,9 @@ fail with it, and nothing is acknowledged after it. After a failed fsync the
 page cache state is unknown (PostgreSQL's "fsyncgate"), so retrying is not safe;
 reopen the store, which runs recovery.
 
-Between two fsyncs only the bytes of the last group are unsynced, and the
+There is one writer per directory (the caller holds a lock file for that: this
+module takes no inter-process lock). Between two fsyncs only the bytes of the
+last group are unsynced, and the
 writer writes the next group only after the previous fsync succeeded: after a
 crash, only the bytes after the last fsynced group of the last segment can be
 torn.
