@@ -71,10 +71,9 @@ reopen the store, which runs recovery.
 
 There is one writer per directory (the caller holds a lock file for that: this
 module takes no inter-process lock). Between two fsyncs only the bytes of the
-last group are unsynced, and the
-writer writes the next group only after the previous fsync succeeded: after a
-crash, only the bytes after the last fsynced group of the last segment can be
-torn.
+last group are unsynced, and the writer writes the next group only after the
+previous fsync succeeded: after a crash, only the bytes after the last fsynced
+group of the last segment can be torn.
 
 Recovery contract
 =================
