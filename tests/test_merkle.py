@@ -509,3 +509,14 @@ def test_log_size_beyond_end_is_an_input_error(tmp_path: Path) -> None:
             log.root(5)
         with pytest.raises(ProofError, match="out of range"):
             log.inclusion_proof(4, 4)
+
+
+def test_log_damaged_right_edge_record_fails_open(tmp_path: Path) -> None:
+    with _filled(tmp_path, 6):
+        pass
+    tree = tmp_path / "tree"
+    raw = bytearray(tree.read_bytes())
+    raw[record_offset(3) + 40] ^= 1  # node [0, 4), on the right edge of 6 leaves
+    tree.write_bytes(bytes(raw))
+    with pytest.raises(LogCorruptError, match="record 3"):
+        MerkleLog.open(tmp_path)

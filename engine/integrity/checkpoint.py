@@ -158,7 +158,7 @@ class Verifier:
 
 def parse_verifier_key(vkey: str) -> Verifier:
     """Parse ``<name>+<hex key ID>+<base64(0x01 || public key)>``; check the key ID."""
-    parts = vkey.strip().split("+")
+    parts = vkey.strip().split("+", 2)  # the base64 key may itself hold '+'
     if len(parts) != 3:
         raise CheckpointError(f"verifier key {vkey!r} is not <name>+<key ID>+<key>")
     name, hex_id, blob = parts
@@ -218,7 +218,7 @@ class Signer:
 
     @classmethod
     def _from_private_text(cls, text: str, where: str) -> Signer:
-        parts = text.split("+")
+        parts = text.split("+", 4)  # the base64 key may itself hold '+'
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise CheckpointError(f"{where}: not a PRIVATE+KEY+<name>+<id>+<key> file")
         raw = _b64decode(parts[4], f"{where}: private key")
