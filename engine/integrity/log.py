@@ -119,18 +119,6 @@ def record_length(i: int) -> int:
     return H * (t + 1) + CRC_SIZE
 
 
-def _leaves_fitting(length: int) -> int:
-    """The largest n with R(n) <= length."""
-    lo, hi = 0, max(0, (length - HEADER_SIZE) // (H + CRC_SIZE)) + 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if record_offset(mid) <= length:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
