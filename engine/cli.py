@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +104,268 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- vault verbs (`callvault --data DIR <verb>`) ---------------------------------------
+
+def _vault(args: argparse.Namespace) -> Any:
+    from callvault.vault import Vault
+
+    if not args.data:
+        raise CallvaultError(f"{args.command} needs --data DIR (the vault's data directory)")
+    return Vault.open(args.data, key_file=args.key_file)
+
+
+def _progress(total: int | None, desc: str) -> Any:
+    """A progress bar on a terminal, nothing otherwise."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="rec", disable=not sys.stderr.isatty(),
+                file=sys.stderr, leave=False)
+
+
+def _time_arg(value: str) -> int:
+    """Unix seconds or ISO 8601 (UTC when no zone is given) -> microseconds."""
+    from datetime import datetime
+
+    try:
+        return int(float(value) * 1_000_000)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError as e:
+        raise CallvaultError(f"{value!r} is not a time: give unix seconds or ISO 8601 "
+                             "(2026-11-29T10:00:00)") from e
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1_000_000)
+
+
+def _iso(us: int) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat(timespec="seconds")
+
+
+META_KEYS = ("agent", "skill_group", "direction", "customer_number", "tags", "start")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    meta: dict[str, Any] = {}
+    for item in args.meta or []:
+        k, sep, v = item.partition("=")
+        k = k.replace("-", "_")
+        if not sep or k not in META_KEYS:
+            raise CallvaultError(f"--meta {item!r}: expected KEY=VALUE with KEY one of "
+                                 f"{', '.join(META_KEYS)}")
+        if k == "tags":
+            meta["tags"] = [t for t in v.split(",") if t]
+        elif k == "start":
+            meta["start_us"] = _time_arg(v)
+        else:
+            meta[k] = v
+    legs = [x.strip() for x in args.legs.split(",")] if args.legs else None
+    with _vault(args) as v:
+        entry, seal = v.import_call(args.call_id, args.inputs, tenant=args.tenant, legs=legs,
+                                    **meta)
+    print(f"{entry.call_id} sealed {seal.hex()}")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _vault(args) as v:
+        calls = v.list_calls(tenant=args.tenant,
+                             since_us=_time_arg(args.since) if args.since else 0,
+                             until_us=_time_arg(args.until) if args.until else 2**63 - 1,
+                             agent=args.agent, skill_group=args.skill_group, tag=args.tag)
+    if args.json:
+        json.dump([{"call_id": e.call_id, "start": _iso(e.start_us), "start_us": e.start_us,
+                    "seconds": max(0, e.end_us - e.start_us) / 1e6 if e.end_us else None,
+                    "agent": e.agent, "skill_group": e.skill_group, "direction": e.direction,
+                    "tags": e.tags, "state": e.state} for e in calls], sys.stdout, indent=2)
+        print()
+        return 0
+    for e in calls:
+        secs = f"{(e.end_us - e.start_us) / 1e6:8.1f}s" if e.end_us else "    open "
+        print(f"{e.call_id:<24} {_iso(e.start_us)} {secs} {e.state:<7} {e.agent or '-':<12} "
+              f"{','.join(e.tags)}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _vault(args) as v:
+        e = v.get_call(args.call_id, tenant=args.tenant)
+        doc: dict[str, Any] = {
+            "call_id": e.call_id, "tenant": e.tenant, "state": e.state,
+            "start": _iso(e.start_us), "end": _iso(e.end_us) if e.end_us else None,
+            "direction": e.direction, "agent": e.agent, "skill_group": e.skill_group,
+            "tags": e.tags, "legs": e.legs, "records": e.records, "chain_head": e.chain_head,
+            "seal": e.seal or None, "log_index": e.log_index if e.log_index >= 0 else None}
+        if e.state != "erased":
+            doc["customer_number"] = v.customer_number(e.call_id, tenant=e.tenant)
+        if e.seal:
+            m = v.manifest(e.call_id, tenant=e.tenant)
+            doc["seconds"] = m["frames"] / 50
+            doc["legs_detail"] = m["summary"].get("legs", [])
+        if e.state == "erased":
+            doc["erased"] = {"at": _iso(e.extra["erased_us"]), "reason": e.extra["erase_reason"]}
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+    else:
+        for k, val in doc.items():
+            if k == "legs_detail":
+                for leg in val:
+                    print(f"  {leg['leg']}: {leg['frames']} frames, lost {leg['lost']}, "
+                          f"gaps {len(leg['gaps'])}, DTMF "
+                          f"{''.join(d['digit'] for d in leg['telephone_events'] + leg['dtmf'])}")
+            else:
+                print(f"{k}: {val}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _vault(args) as v:
+        n = v.export(args.call_id, args.output, tenant=args.tenant, from_s=args.from_s or 0.0,
+                     to_s=args.to_s)
+    print(f"wrote {args.output} ({n} bytes)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if not args.call_ids and not args.all:
+        raise CallvaultError("name the calls to verify, or --all")
+    with _vault(args) as v:
+        if args.all:
+            problems = v.verify_all()
+            checked = "every call and segment"
+        else:
+            problems = []
+            bar = _progress(len(args.call_ids), "verify")
+            for cid in args.call_ids:
+                problems += v.verify_call(cid, tenant=args.tenant)
+                bar.update(1)
+            bar.close()
+            checked = f"{len(args.call_ids)} call(s)"
+    for p in problems:
+        print(f"FAILED {p}")
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"OK: {checked} verified")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from callvault.bundle import write_bundle
+
+    with _vault(args) as v:
+        d = write_bundle(v, args.call_id, args.output, tenant=args.tenant)
+    print(f"wrote bundle {d}; check it anywhere with: callvault verify-bundle {d}")
+    return 0
+
+
+def cmd_verify_bundle(args: argparse.Namespace) -> int:
+    from callvault.bundle import verify_bundle
+
+    key = Path(args.public_key).read_text().strip() if args.public_key else None
+    r = verify_bundle(args.directory, public_key=key)
+    for c in r.checked:
+        print(f"ok    {c}")
+    for f in r.failures:
+        print(f"FAIL  {f}")
+    print("bundle verifies" if r.ok else "bundle does NOT verify")
+    return 0 if r.ok else 1
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    with _vault(args) as v:
+        print(v.checkpoint(), end="")
+        if args.public_key:
+            print(v.signer.verifier_key(), file=sys.stderr)
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    with _vault(args) as v:
+        v.erase(args.call_id, reason=args.reason, tenant=args.tenant)
+    print(f"{args.call_id} erased: its key is destroyed, a tombstone and a log leaf remain")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    with _vault(args) as v:
+        bar = _progress(None, "reindex")
+        n = v.reindex(progress=lambda k: bar.update(k - bar.n))
+        bar.close()
+    print(f"index rebuilt from the segments: {n} records")
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    with _vault(args) as v:
+        new, n = v.rotate_key()
+    print(f"key-encryption key {new} active; {n} call key(s) re-wrapped, no audio rewritten")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="callvault", description=__doc__)
     p.add_argument("--version", action="version", version=f"callvault {__version__}")
+    p.add_argument("--data", metavar="DIR", help="the vault's data directory")
+    p.add_argument("--key-file", metavar="FILE",
+                   help="the key-encryption key file (default DIR/keys/kek)")
+    p.add_argument("--tenant", default="default", help="tenant of the calls (default)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser("import", help="store a call from captures or LEG=FILE.wav (sealed)")
+    v.add_argument("--call-id", required=True)
+    v.add_argument("--meta", action="append", metavar="KEY=VALUE",
+                   help=f"call metadata, KEY one of {', '.join(META_KEYS)} (tags: a,b)")
+    v.add_argument("--legs", metavar="NAME,NAME")
+    v.add_argument("inputs", nargs="+", metavar="INPUT")
+    v.set_defaults(func=cmd_import)
+    v = sub.add_parser("ls", help="list calls")
+    v.add_argument("--since", metavar="T")
+    v.add_argument("--until", metavar="T")
+    v.add_argument("--agent")
+    v.add_argument("--skill-group")
+    v.add_argument("--tag")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_ls)
+    v = sub.add_parser("info", help="a call's metadata, gaps, DTMF and quality counters")
+    v.add_argument("call_id", metavar="CALL_ID")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_info)
+    v = sub.add_parser("export", help="write a call as Ogg Opus (no re-encoding) or WAV")
+    v.add_argument("call_id", metavar="CALL_ID")
+    v.add_argument("-o", "--output", required=True, metavar="OUT.ogg|OUT.wav")
+    v.add_argument("--from", dest="from_s", type=float, metavar="SECONDS")
+    v.add_argument("--to", dest="to_s", type=float, metavar="SECONDS")
+    v.set_defaults(func=cmd_export)
+    v = sub.add_parser("verify", help="check calls' records, chains, seals and log leaves")
+    v.add_argument("call_ids", nargs="*", metavar="CALL_ID")
+    v.add_argument("--all", action="store_true")
+    v.set_defaults(func=cmd_verify)
+    v = sub.add_parser("bundle", help="export a sealed call with its proofs")
+    v.add_argument("call_id", metavar="CALL_ID")
+    v.add_argument("-o", "--output", required=True, metavar="DIR")
+    v.set_defaults(func=cmd_bundle)
+    v = sub.add_parser("verify-bundle", help="check a bundle offline")
+    v.add_argument("directory", metavar="DIR")
+    v.add_argument("--public-key", metavar="FILE", help="the log's verifier key you trust")
+    v.set_defaults(func=cmd_verify_bundle)
+    v = sub.add_parser("checkpoint", help="print a signed checkpoint of the log")
+    v.add_argument("--public-key", action="store_true",
+                   help="also print the verifier key (on stderr)")
+    v.set_defaults(func=cmd_checkpoint)
+    v = sub.add_parser("erase", help="crypto-shred a call (its key is destroyed)")
+    v.add_argument("call_id", metavar="CALL_ID")
+    v.add_argument("--reason", required=True)
+    v.set_defaults(func=cmd_erase)
+    v = sub.add_parser("reindex", help="rebuild the index from the segments")
+    v.set_defaults(func=cmd_reindex)
+    v = sub.add_parser("rotate-key", help="new key-encryption key; re-wrap every data key")
+    v.set_defaults(func=cmd_rotate_key)
 
     t = sub.add_parser("transcode", help="turn a capture or WAV legs into a dual-track recording",
                        description="INPUT is a pcap/pcapng capture of the call's RTP, or "

@@ -298,6 +298,7 @@ class CallResult:
     legs: list[LegResult]
     pre_skip: int
     frames: int
+    start_us: int | None = None  # wall-clock time of frame 0 (captures); None for WAV legs
 
     @property
     def seconds(self) -> float:
@@ -331,7 +332,8 @@ def run_call(inputs: Sequence[LegInput], settings: Settings, *, encode: bool = T
     results = [p.finish(total_frames=total) for p in pipes]
     if any(r.frames != total for r in results):
         raise AssertionError(f"legs differ in length: {[r.frames for r in results]}")
-    return CallResult(results, pipes[0].pre_skip if pipes else 0, total)
+    return CallResult(results, pipes[0].pre_skip if pipes else 0, total,
+                      start_us if flows else None)
 
 
 def write_ogg(path: str | Path, call: CallResult, comments: dict[str, str] | None = None) -> int:

@@ -21,6 +21,7 @@ between fsync and index write loses nothing.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -197,6 +198,14 @@ class Vault:
         self.origin = origin
         for sub in ("segments", "keys/calls", "log"):
             (path / sub).mkdir(parents=True, exist_ok=True)
+        # one process per data directory: the segment writer has no lock of its own
+        self._lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise VaultError(f"{path} is open in another process (callvault serve or "
+                             "another command); stop it first") from None
         self.keys = crypto.KeyFile.open(key_file)
         self.index = Index(path / "index")
         self.log = MerkleLog.open(path / "log")
@@ -221,6 +230,7 @@ class Vault:
         self._writer.close()
         self.log.close()
         self.index.close()
+        os.close(self._lock_fd)  # releases the flock
 
     def __enter__(self) -> Vault:
         return self
@@ -421,6 +431,8 @@ class Vault:
 
         leg_inputs = pipeline.parse_inputs(inputs, legs)
         call = pipeline.run_call(leg_inputs, settings or pipeline.Settings())
+        if call.start_us is not None:  # a capture knows when the call happened
+            meta.setdefault("start_us", call.start_us)
         w = self.open_call(call_id, tenant=tenant, legs=[r.name for r in call.legs], **meta)
         for i, r in enumerate(call.legs):
             data, lengths = r.packets_all()
@@ -628,6 +640,61 @@ class Vault:
             raise InputError("erasure needs a reason")
         body = rec.erase_body(tenant, call_id, time_us=_now_us(), reason=reason)
         self._writer.append(rec.ERASE, body).result()
+
+    def reindex(self, progress: Any = None) -> int:
+        """Rebuild the index from the segments alone (the old one is moved aside);
+        returns the number of records indexed."""
+        import shutil
+
+        with self._lock:
+            self._writer.flush()
+            self.index.close()
+            old = self.path / f"index.old-{_now_us()}"
+            os.replace(self.path / "index", old)
+            self.index = Index(self.path / "index")
+            b = self.index.batch()  # the log's leaves first, so seals find theirs
+            for i in range(self.log.size):
+                b._wb.put(b"leaf/" + self.log.leaf_hash(i), struct.pack(">Q", i))
+            b._wb.put(b"meta/log-size", struct.pack(">Q", self.log.size))
+            self.index.write(b)
+            n = 0
+            chunk: list[Committed] = []
+            for ref, rtype, body in self._reader.scan():
+                chunk.append(Committed(ref, rtype, body))
+                if len(chunk) >= 1000:
+                    self._on_commit(chunk)
+                    n += len(chunk)
+                    chunk = []
+                    if progress is not None:
+                        progress(n)
+            self._on_commit(chunk)
+            n += len(chunk)
+            for (tenant, call_id), w in self._open.items():  # calls still being recorded
+                e = self.index.get_call(tenant, call_id)
+                if e is not None:
+                    w.entry = e
+            shutil.rmtree(old)
+            return n
+
+    def rotate_key(self) -> tuple[int, int]:
+        """A new key-encryption key; every call's data key re-wrapped under it (no audio
+        is rewritten); the old KEKs retired. Returns (new KEK id, keys re-wrapped)."""
+        with self._lock:
+            old = [v.id for v in self.keys.versions()]
+            new = self.keys.rotate()
+            n = 0
+            for p in sorted((self.path / "keys" / "calls").glob("*/*.key")):
+                tmp = p.with_suffix(".tmp")
+                tmp.write_bytes(self.keys.rewrap(p.read_bytes(), new))
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, p)
+                n += 1
+            for kek in old:
+                if kek != new and any(v.id == kek and v.state.name != "RETIRED"
+                                      for v in self.keys.versions()):
+                    self.keys.retire(kek)
+            return new, n
 
     def checkpoint(self) -> str:
         """A signed checkpoint of the log as it is now (C2SP signed note), consistent

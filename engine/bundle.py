@@ -1,0 +1,162 @@
+"""Export bundles: one call with everything an offline verifier needs (docs/format.md 8.9).
+
+    DIR/call.ogg          the call, dual-track Ogg Opus (packets as stored)
+    DIR/manifest.json     the manifest exactly as sealed (canonical JSON)
+    DIR/records/NNNNNN    each audio record's body exactly as stored (encrypted)
+    DIR/chain.json        tenant, call id, chain head after each record, seal
+    DIR/call.key          the call's data key (hex): lets the verifier decrypt the
+                          records and check call.ogg against them; whoever holds the
+                          bundle holds the call's audio (and its customer number)
+    DIR/proof.json        the seal's log leaf, its index, the tree size and the
+                          inclusion proof (RFC 9162)
+    DIR/checkpoint.txt    a signed checkpoint (C2SP signed note) of that tree size
+    DIR/public-key.txt    the log's verifier key (note format)
+
+`verify_bundle` checks, with nothing else: the checkpoint signature; the chain
+over the records (every head) and the seal over head, count and manifest; the
+leaf from the seal and its inclusion in the checkpoint's tree; and that the
+packets of call.ogg are exactly the packets sealed in the records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from callvault import records as rec
+from callvault.errors import CallvaultError
+from callvault.integrity import chain as chainmod
+from callvault.integrity import checkpoint, merkle
+
+
+@dataclass
+class BundleReport:
+    ok: bool = True
+    checked: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def fail(self, what: str) -> None:
+        self.ok = False
+        self.failures.append(what)
+
+
+def write_bundle(vault: object, call_id: str, out: str | os.PathLike[str], *,
+                 tenant: str = "default") -> Path:
+    """Write the bundle of a sealed call into a new directory ``out``."""
+    from callvault.vault import LEAF_SEAL, Vault, VaultError, leaf_data
+
+    assert isinstance(vault, Vault)
+    d = Path(out)
+    e = vault.get_call(call_id, tenant=tenant)
+    if not e.seal or e.log_index < 0:
+        raise VaultError(f"call {call_id} is not sealed: only sealed calls have bundles")
+    if e.state == "erased":
+        raise VaultError(f"call {call_id} was erased: its audio is gone")
+    d.mkdir(parents=True, exist_ok=False)
+    (d / "records").mkdir()
+    bodies = []
+    for i, _, raw in vault.stored_records(call_id, tenant=tenant):
+        (d / "records" / f"{i:06d}").write_bytes(raw)
+        bodies.append(raw)
+    c = chainmod.Chain(tenant, call_id)
+    heads = [c.append(b).hex() for b in bodies]
+    m = vault.manifest(call_id, tenant=tenant)
+    manifest = json.dumps(m, sort_keys=True, separators=(",", ":")).encode()
+    (d / "manifest.json").write_bytes(manifest)
+    (d / "chain.json").write_text(json.dumps({
+        "tenant": tenant, "call_id": call_id, "heads": heads, "count": len(bodies),
+        "seal": e.seal}, indent=1) + "\n")
+    (d / "call.key").write_text(bytes(vault._data_key(tenant, call_id).key).hex() + "\n")
+    vault.export(call_id, d / "call.ogg", tenant=tenant)
+    note = vault.checkpoint()
+    size = checkpoint.parse(note).size
+    leaf = leaf_data(LEAF_SEAL, tenant, call_id, bytes.fromhex(e.seal), int(m["end_us"]))
+    (d / "proof.json").write_text(json.dumps({
+        "leaf_index": e.log_index, "tree_size": size, "leaf": leaf.hex(),
+        "inclusion": [h.hex() for h in vault.log.inclusion_proof(e.log_index, size)]},
+        indent=1) + "\n")
+    (d / "checkpoint.txt").write_text(note)
+    (d / "public-key.txt").write_text(vault.signer.verifier_key() + "\n")
+    return d
+
+
+def verify_bundle(directory: str | os.PathLike[str], *, public_key: str | None = None
+                  ) -> BundleReport:
+    """Check a bundle offline. ``public_key`` (verifier key text) is the one you trust;
+    without it the bundle's own public-key.txt is used (and the report says so)."""
+    from callvault import _opus, ogg
+    from callvault.vault import LEAF_SEAL, leaf_data
+
+    d = Path(directory)
+    r = BundleReport()
+    try:
+        key_text = public_key or (d / "public-key.txt").read_text().strip()
+        if public_key is None:
+            r.checked.append("public key taken from the bundle itself (pass --public-key to "
+                             "check against a key you trust)")
+        cp = checkpoint.verify((d / "checkpoint.txt").read_bytes(), key_text)
+        r.checked.append(f"checkpoint signed by {cp.origin}, tree size {cp.size}")
+        chain_doc = json.loads((d / "chain.json").read_text())
+        tenant, call_id = chain_doc["tenant"], chain_doc["call_id"]
+        manifest = (d / "manifest.json").read_bytes()
+        m = json.loads(manifest)
+        if (m["tenant"], m["call_id"]) != (tenant, call_id):
+            r.fail("manifest.json names another call than chain.json")
+        files = sorted((d / "records").iterdir())
+        bodies = [p.read_bytes() for p in files]
+        if [p.name for p in files] != [f"{i:06d}" for i in range(len(files))]:
+            r.fail("records/ is not a gapless sequence 000000, 000001, ...")
+        try:
+            chainmod.verify(tenant, call_id, bodies,
+                            heads=[bytes.fromhex(h) for h in chain_doc["heads"]],
+                            expect_count=int(m["records"]), manifest=manifest,
+                            expect_seal=bytes.fromhex(chain_doc["seal"]))
+            r.checked.append(f"chain of {len(bodies)} records and the seal")
+        except chainmod.ChainError as e:
+            r.fail(f"chain: {e}")
+        proof = json.loads((d / "proof.json").read_text())
+        leaf = bytes.fromhex(proof["leaf"])
+        want_leaf = leaf_data(LEAF_SEAL, tenant, call_id, bytes.fromhex(chain_doc["seal"]),
+                              int(m["end_us"]))
+        if leaf != want_leaf:
+            r.fail("the log leaf does not commit to this call's seal")
+        if int(proof["tree_size"]) != cp.size:
+            r.fail(f"proof is for tree size {proof['tree_size']}, the checkpoint for {cp.size}")
+        try:
+            merkle.verify_inclusion(int(proof["leaf_index"]), cp.size, merkle.leaf_hash(leaf),
+                                    [bytes.fromhex(h) for h in proof["inclusion"]], cp.root)
+            r.checked.append(f"seal is leaf {proof['leaf_index']} of the signed tree")
+        except merkle.ProofError as e:
+            r.fail(f"inclusion proof: {e}")
+        key = bytes.fromhex((d / "call.key").read_text().strip())
+        legs: list[list[tuple[int, np.ndarray, bytes]]] = [[] for _ in m["legs"]]
+        for body in bodies:
+            b = rec.parse(rec.AUDIO, body)
+            lengths, packets = b.open_audio(key)
+            legs[b.leg].append((b.first_frame, lengths, packets))
+        reader = ogg.OggOpusReader(d / "call.ogg")
+        data, lengths = reader.packets_data()
+        offs = np.concatenate([[0], np.cumsum(lengths)])
+        ogg_legs: list[list[bytes]] = [[] for _ in m["legs"]]
+        for i in range(len(lengths)):
+            pkt = data[offs[i]:offs[i + 1]]
+            parts = (_opus.unpack_multistream(pkt, len(m["legs"])) if len(m["legs"]) > 1
+                     else [pkt])
+            for leg, p in enumerate(parts):
+                ogg_legs[leg].append(p)
+        for leg, chunks in enumerate(legs):
+            sealed: list[bytes] = []
+            for _, ln, packets in sorted(chunks, key=lambda c: c[0]):
+                o = np.concatenate([[0], np.cumsum(ln)])
+                sealed += [packets[o[k]:o[k + 1]] for k in range(len(ln))]
+            if sealed != ogg_legs[leg]:
+                r.fail(f"call.ogg channel {leg} is not the audio sealed in the records")
+        if r.ok:
+            r.checked.append("call.ogg holds exactly the sealed packets")
+    except (OSError, ValueError, KeyError, CallvaultError) as e:
+        r.fail(f"{type(e).__name__}: {e}")
+    return r
