@@ -505,6 +505,10 @@ def test_crash_keeps_every_acknowledged_record(tmp_path: Path, acks_before_crash
     stop.set()
     for th in threads:
         th.join()
+    # the workers may all have stopped before touching the crashed files: the
+    # next append must fail, and leave the writer failed
+    with pytest.raises(StoreError):
+        w.append(1, b"after the crash").result(timeout=30)
     w.close()
     assert isinstance(w.failed, StoreError)
     with lock:
