@@ -74,12 +74,17 @@ def workload() -> Tag:
     """Tag a benchmark: its workload, its side ("ours" or "peer") and facts for the report.
 
     Keys the report reads: units + unit (work per round, for a per-unit median),
-    call_seconds (for a real-time factor), peer (what the peer is), target (text)
-    and max_ratio (the target as ours/peer median time, on the peer's side)."""
+    rates (work per round by unit name, e.g. {"records": 3840, "MB": 3.7}, for
+    medians as throughputs), call_seconds (for a real-time factor), peer (what the
+    peer is), target (text) and max_ratio (the target as ours/peer median time, on
+    the peer's side).
+
+    Side "sizes" is for figures that are not timings (bytes on disk): the report
+    prints its extra_info["sizes"] rows in a table of their own and never its time."""
 
     def tag(benchmark: Any, name: str, side: str, **info: Any) -> None:
-        if side not in ("ours", "peer"):
-            raise ValueError(f"side must be 'ours' or 'peer', not {side!r}")
+        if side not in ("ours", "peer", "sizes"):
+            raise ValueError(f"side must be 'ours', 'peer' or 'sizes', not {side!r}")
         benchmark.group = name
         benchmark.extra_info.update({"workload": name, "side": side, **info})
 

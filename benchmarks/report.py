@@ -8,6 +8,11 @@ median and the peer's median from this same run, and their ratio
 (ours / peer: below 1 means ours is faster). A peer tagged with max_ratio
 carries the workload's target; the row says whether this run met it.
 Medians only: the machines are shared and noisy, a single time means little.
+
+Benchmarks tagged with side "sizes" measure bytes, not time: their
+extra_info["sizes"] rows (item, bytes, per_hour, note; one row marked
+"ours") go to a "Sizes" table, each row beside ours as a ratio, and their
+time is never printed.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class Workload:
     name: str
     ours: list[Bench] = field(default_factory=list)
     peers: list[Bench] = field(default_factory=list)
+    sizes: list[Bench] = field(default_factory=list)  # not timings: bytes (side "sizes")
 
 
 @dataclass
@@ -63,13 +69,16 @@ def load(path: Path) -> tuple[dict[str, Any], list[Workload]]:
             continue
         w = workloads.setdefault(name, Workload(name))
         bench = Bench(b["name"], float(b["stats"]["median"]), int(b["stats"]["rounds"]), info)
-        (w.ours if info.get("side") == "ours" else w.peers).append(bench)
+        side = info.get("side")
+        (w.ours if side == "ours" else w.sizes if side == "sizes" else w.peers).append(bench)
     return run, [workloads[k] for k in sorted(workloads)]
 
 
 def rows(workloads: list[Workload]) -> list[Row]:
     out: list[Row] = []
     for w in workloads:
+        if not w.ours and not w.peers:  # sizes only: no timing row
+            continue
         ours = w.ours[0] if len(w.ours) == 1 else None
         if len(w.ours) > 1:
             raise ValueError(f"workload {w.name}: {len(w.ours)} benchmarks tagged 'ours'")
@@ -98,10 +107,14 @@ def seconds(t: float) -> str:
 
 
 def figure(b: Bench | None) -> str:
-    """A median as the workload states it: per unit, as a real-time factor, or per round."""
+    """A median as the workload states it: throughputs, per unit, as a real-time factor,
+    or per round."""
     if b is None:
         return "not run"
     info = b.info
+    if info.get("rates"):
+        rates = ", ".join(f"{float(n) / b.median:,.4g} {u}/s" for u, n in info["rates"].items())
+        return f"{rates} ({seconds(b.median)})"
     if info.get("call_seconds"):
         rtf = float(info["call_seconds"]) / b.median
         return f"RTF {rtf:.1f}x ({seconds(b.median)})"
@@ -156,18 +169,55 @@ def render(run: dict[str, Any], workloads: list[Workload], source: str) -> str:
             if r.ratio < 1 else f"{r.ratio:.3g} (ours {r.ratio:.3g}x slower)"
         lines.append(f"| {r.workload} | {figure(r.ours)} | {peer_name} | {figure(r.peer)} | "
                      f"{ratio} | {r.target} | {r.met} |")
+    lines += sizes_table(workloads)
     if run.get("failed"):
         lines += ["", "Left out because their checks failed: "
                   + ", ".join(f"`{n}`" for n in run["failed"]) + "."]
     lines += ["", "## Workloads in this run", ""]
     for w in workloads:
-        what = next((b.info["what"] for b in w.ours if "what" in b.info), "")
+        what = next((b.info["what"] for b in w.ours + w.sizes if "what" in b.info), "")
+        if not w.ours and not w.peers:
+            lines.append(f"- **{w.name}**: {what}. Sizes, not timings.")
+            continue
         rounds = ", ".join(f"{b.name}: {b.rounds}" for b in w.ours + w.peers)
         lines.append(f"- **{w.name}**: {what}. Rounds: {rounds}.")
+        for b in w.ours + w.peers:
+            if "fsyncs" in b.info:
+                lines.append(f"  `{b.name}`: {b.info['fsyncs']}.")
         for b in w.peers:
             if "command" in b.info:
                 lines.append(f"  Peer command: `{b.info['command']}`.")
     return "\n".join(lines) + "\n"
+
+
+def sizes_table(workloads: list[Workload]) -> list[str]:
+    """The "Sizes" section: bytes on disk per hour of audio, each row beside ours."""
+    benches = [b for w in workloads for b in w.sizes]
+    if not benches:
+        return []
+    lines = ["", "## Sizes", "",
+             "Not timings: bytes (sums of file sizes, like `du -b`) from the same run. "
+             "MB = 10^6 bytes; kb/s = 1000 bits/s for both legs together. "
+             "ours/this below 1: ours is smaller.", ""]
+    for b in benches:
+        info = b.info
+        rows_ = info.get("sizes", [])
+        ours = next((r for r in rows_ if r.get("ours")), None)
+        lines += [f"**{info.get('workload', b.name)}**: {info.get('what', '')}.", "",
+                  "| item | bytes measured | MB per dual-track hour | kb/s | ours/this | note |",
+                  "|---|---|---|---|---|---|"]
+        for r in rows_:
+            per_hour = float(r["per_hour"])
+            measured = "-" if r.get("bytes") is None else f"{int(r['bytes']):,}"
+            ratio = "-" if ours is None or r is ours or not per_hour \
+                else f"{float(ours['per_hour']) / per_hour:.3g}"
+            item = f"**{r['item']}**" if r.get("ours") else r["item"]
+            lines.append(f"| {item} | {measured} | {per_hour / 1e6:.3g} | "
+                         f"{per_hour * 8 / 3600 / 1000:.3g} | {ratio} | {r.get('note', '')} |")
+        for note in info.get("notes", []):
+            lines.append(f"\n{note}")
+        lines.append("")
+    return lines[:-1]
 
 
 def main(argv: list[str] | None = None) -> int:
