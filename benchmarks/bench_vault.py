@@ -675,12 +675,15 @@ def test_bytes_per_dual_track_hour(benchmark: Any, workload: Tag, call_files: Ca
     full = parts_of(data)
     ogg = out.stat().st_size
 
-    def row(item: str, n: int, note: str = "", ours: bool = False) -> dict[str, Any]:
-        return {"item": item, "bytes": n, "per_hour": n * scale, "note": note, "ours": ours}
+    def row(item: str, n: int, note: str = "", ours: bool = False, part: bool = False
+            ) -> dict[str, Any]:
+        return {"item": item, "bytes": n, "per_hour": n * scale, "note": note, "ours": ours,
+                "part": part}
 
     rows = [row("vault, all files", full["total"] - empty["total"],
                 "segments + index + log + keys + LOCK, minus an empty vault's", ours=True)]
-    rows += [row(f"vault: {p}/", full[p] - empty[p], "minus an empty vault's") for p in PARTS]
+    rows += [row(f"vault: {p}/", full[p] - empty[p], "minus an empty vault's", part=True)
+             for p in PARTS]
     rows += [
         row("Ogg Opus export of the same call", ogg, "Vault.export, dual-track, no re-encoding"),
         {"item": "G.711 payload (reference)", "bytes": None, "per_hour": G711_PER_HOUR,

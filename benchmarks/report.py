@@ -11,7 +11,8 @@ Medians only: the machines are shared and noisy, a single time means little.
 
 Benchmarks tagged with side "sizes" measure bytes, not time: their
 extra_info["sizes"] rows (item, bytes, per_hour, note; one row marked
-"ours") go to a "Sizes" table, each row beside ours as a ratio, and their
+"ours", parts of it marked "part") go to a "Sizes" table, each other row
+beside ours as a ratio, and their
 time is never printed.
 """
 
@@ -106,6 +107,11 @@ def seconds(t: float) -> str:
     return f"{t / 1e-9:.3g} ns"
 
 
+def amount(x: float) -> str:
+    """A throughput: whole numbers with separators from 100 on, else 3 significant digits."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def figure(b: Bench | None) -> str:
     """A median as the workload states it: throughputs, per unit, as a real-time factor,
     or per round."""
@@ -113,7 +119,8 @@ def figure(b: Bench | None) -> str:
         return "not run"
     info = b.info
     if info.get("rates"):
-        rates = ", ".join(f"{float(n) / b.median:,.4g} {u}/s" for u, n in info["rates"].items())
+        rates = ", ".join(f"{amount(float(n) / b.median)} {u}/s"
+                          for u, n in info["rates"].items())
         return f"{rates} ({seconds(b.median)})"
     if info.get("call_seconds"):
         rtf = float(info["call_seconds"]) / b.median
@@ -209,7 +216,7 @@ def sizes_table(workloads: list[Workload]) -> list[str]:
         for r in rows_:
             per_hour = float(r["per_hour"])
             measured = "-" if r.get("bytes") is None else f"{int(r['bytes']):,}"
-            ratio = "-" if ours is None or r is ours or not per_hour \
+            ratio = "-" if ours is None or r is ours or r.get("part") or not per_hour \
                 else f"{float(ours['per_hour']) / per_hour:.3g}"
             item = f"**{r['item']}**" if r.get("ours") else r["item"]
             lines.append(f"| {item} | {measured} | {per_hour / 1e6:.3g} | "
