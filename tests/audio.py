@@ -43,7 +43,7 @@ def _speech_cached(text: str, voice: str, speed: int, pitch: int) -> bytes:
         capture_output=True,
     ).stdout
     raw = subprocess.run(
-        ["sox", "-t", "wav", "-", "-r", str(RATE), "-c", "1", "-t", "raw", "-e", "signed",
+        ["sox", "-D", "-t", "wav", "-", "-r", str(RATE), "-c", "1", "-t", "raw", "-e", "signed",
          "-b", "16", "-L", "-"],
         input=tts,
         check=True,
@@ -204,7 +204,7 @@ def _run_decoder(cmd: list[str]) -> bytes:
 def decode_opusdec(path: str | Path, channels: int, rate: int = 48000) -> Pcm:
     """Decode with opus-tools' opusdec (libopus) to int16 (n, channels) at ``rate``."""
     raw = _run_decoder(
-        ["opusdec", "--quiet", "--rate", str(rate), "--force-wav", str(path), "-"]
+        ["opusdec", "--quiet", "--no-dither", "--rate", str(rate), "--force-wav", str(path), "-"]
     )
     if raw[:4] != b"RIFF":
         raise RuntimeError("opusdec did not write a WAV")
@@ -242,8 +242,9 @@ def resample_48k_to_8k(pcm48: Pcm) -> Pcm:
     """48 kHz -> 8 kHz with sox (for scoring what the tools decoded at 48 kHz)."""
     ch = 1 if pcm48.ndim == 1 else pcm48.shape[1]
     raw = subprocess.run(
-        ["sox", "-t", "raw", "-r", "48000", "-e", "signed", "-b", "16", "-L", "-c", str(ch), "-",
-         "-r", "8000", "-t", "raw", "-"],
+        # -D: no dither, so the same input always scores the same
+        ["sox", "-D", "-t", "raw", "-r", "48000", "-e", "signed", "-b", "16", "-L",
+         "-c", str(ch), "-", "-r", "8000", "-t", "raw", "-"],
         input=np.ascontiguousarray(pcm48, dtype="<i2").tobytes(),
         check=True,
         capture_output=True,

@@ -127,6 +127,7 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Signal]:
         subprocess.run(
             [
                 "sox",
+                "-D",  # no dither: the same speech every run
                 str(wav),
                 "-r",
                 "8000",

@@ -2,10 +2,11 @@
 (jitter buffer, DSP, Opus at 12 kb/s per leg) -> Ogg -> opusdec, scored with
 PESQ-NB against the G.711 signal that was sent.
 
-Figures measured on the reference machine (30 s espeak-ng dialogue):
-clean 4.14 / 4.20 per leg; 2 % burst loss (bursts of 2-4 packets) with 3 %
-of packets reordered: 3.76 / 3.83 with concealment, 3.43 / 3.63 with silence
-fill; 3 % reordering alone changes nothing (the window absorbs it).
+Figures (deterministic: sox and opusdec run without dither), 30 s espeak-ng
+dialogue: clean 4.14 / 4.20 per leg; 2 % burst loss (bursts of 2-4 packets)
+with 3 % of packets reordered: 3.88 / 3.72 with concealment (the default);
+silence fill scores lower (asserted); 3 % reordering alone changes nothing
+(the window absorbs it).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def test_burst_loss_and_reordering_degrade_a_little(
         assert leg.summary()["lost"] >= len(dropped)  # every loss is in the gaps
         score = _pesq(ref[ch], dec[:, ch])
         print(f"leg {ch}: clean {clean[ch]:.3f}, 2 % burst loss + 3 % reorder {score:.3f}")
-        assert clean[ch] - score <= 0.5  # measured 0.38 / 0.37 with concealment
+        assert clean[ch] - score <= 0.5  # measured 0.27 / 0.48 with concealment
         assert score >= 3.5
 
 
