@@ -205,7 +205,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         if e.seal:
             m = v.manifest(e.call_id, tenant=e.tenant)
             doc["seconds"] = m["frames"] / 50
-            doc["legs_detail"] = m["summary"].get("legs", [])
+            if e.state != "erased":
+                doc["legs_detail"] = v.summary(e.call_id, tenant=e.tenant).get("legs", [])
         if e.state == "erased":
             doc["erased"] = {"at": _iso(e.extra["erased_us"]), "reason": e.extra["erase_reason"]}
     if args.json:

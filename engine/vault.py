@@ -56,6 +56,7 @@ from callvault.store.segment import (
 FRAMES_PER_RECORD = 50  # about one second of one leg per record (DESIGN.md "record")
 LEAF_TAG = b"callvault-leaf-v1"
 LEAF_SEAL, LEAF_ERASE = 1, 2
+SUMMARY_AAD = b"/summary"  # binds a sealed summary to its role (not a customer number)
 PRE_SKIP = 312  # Opus encoder lookahead at 48 kHz (Encoder.lookahead), the Ogg pre-skip
 
 
@@ -179,7 +180,12 @@ class CallWriter:
         for f in pending:
             f.result()  # raises if a record did not become durable
         e = self.entry
-        manifest = self._vault._manifest(e, summary or {}, frames if frames is not None
+        # The summary (gaps, levels, DTMF digits: possibly card numbers) is call
+        # content: sealed with the call's key, unreadable once the call is erased.
+        sealed_summary = crypto.seal_blob(
+            self._key, plaintext=json.dumps(summary or {}, sort_keys=True).encode(),
+            aad=rec.call_aad(e.tenant, e.call_id) + SUMMARY_AAD).hex()
+        manifest = self._vault._manifest(e, sealed_summary, frames if frames is not None
                                          else max(self.frames, default=0),
                                          end_us or _now_us(), self._chain.count)
         seal = self._chain.seal(manifest)
@@ -411,7 +417,7 @@ class Vault:
         with self._lock:
             self._open.pop((e.tenant, e.call_id), None)
 
-    def _manifest(self, e: CallEntry, summary: dict[str, Any], frames: int, end_us: int,
+    def _manifest(self, e: CallEntry, sealed_summary: str, frames: int, end_us: int,
                   count: int) -> bytes:
         doc = {"version": 1, "tenant": e.tenant, "call_id": e.call_id, "start_us": e.start_us,
                "end_us": end_us, "direction": e.direction, "agent": e.agent,
@@ -419,7 +425,7 @@ class Vault:
                "customer_number_sealed": e.customer_number_sealed, "frames": frames,
                "records": count, "codec": {"name": "opus", "sample_rate": 8000,
                                            "frame_ms": 20, "pre_skip": PRE_SKIP},
-               "summary": summary}
+               "summary_sealed": sealed_summary}
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     def import_call(self, call_id: str, inputs: Sequence[str], *, tenant: str = "default",
@@ -462,6 +468,15 @@ class Vault:
             raise VaultError(f"call {call_id} is not sealed yet")
         rtype, raw = self._reader.read(RecordRef(*e.extra["manifest_ref"]))
         doc: dict[str, Any] = json.loads(rec.parse(rtype, raw).manifest)
+        return doc
+
+    def summary(self, call_id: str, *, tenant: str = "default") -> dict[str, Any]:
+        """The sealed per-leg summary of a call (gaps, DTMF, levels, RTP counters)."""
+        m = self.manifest(call_id, tenant=tenant)
+        plain = crypto.open_blob(self._data_key(tenant, call_id),
+                                 blob=bytes.fromhex(m["summary_sealed"]),
+                                 aad=rec.call_aad(tenant, call_id) + SUMMARY_AAD)
+        doc: dict[str, Any] = json.loads(plain)
         return doc
 
     def customer_number(self, call_id: str, *, tenant: str = "default") -> str:

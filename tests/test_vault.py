@@ -20,8 +20,14 @@ from callvault.vault import CallNotFound, Vault, VaultError
 
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 s, both legs, two RFC 4733 digits typed by the agent at 2 s."""
     p = tmp_path_factory.mktemp("cap") / "call.pcap"
-    sample.demo_capture(p, seconds=6.0)
+    agent, customer = sample.dialogue(6.0)
+    sample.write_capture(p, [
+        (agent, sample.LegPlan(ssrc=1, dtmf=((2.0, "7"), (2.5, "3")),
+                               src=("10.0.0.1", 4000), dst=("10.0.0.2", 5000))),
+        (customer, sample.LegPlan(law=8, ssrc=2, src=("10.0.0.2", 5002),
+                                  dst=("10.0.0.1", 4002)))])
     return p
 
 
@@ -41,7 +47,8 @@ def test_import_seals_and_indexes(vault: Vault) -> None:
     assert m["frames"] in (300, 301) and m["legs"] == ["agent", "customer"]
     # each leg: its frames plus the encoder's flush packet, in records of 50 frames
     assert e.records == 2 * -(-(m["frames"] + 1) // 50)
-    assert [leg["leg"] for leg in m["summary"]["legs"]] == ["agent", "customer"]
+    assert [leg["leg"] for leg in vault.summary("c1")["legs"]] == ["agent", "customer"]
+    assert "summary" not in m  # sealed: DTMF digits may be card numbers
     assert vault.customer_number("c1") == "+15551234567"
     vault.close()
 
@@ -167,6 +174,9 @@ def test_rotate_key_rewraps_without_rewriting_audio(vault: Vault, tmp_path: Path
 
 
 def test_no_plaintext_customer_number_or_audio_under_data(vault: Vault, tmp_path: Path) -> None:
+    digits = [e["digit"] for leg in vault.summary("c1")["legs"]
+              for e in leg["telephone_events"]]
+    assert digits == ["7", "3"]  # the agent typed two RFC 4733 digits ...
     data, lengths = vault.read_packets("c1")[0]
     offs = np.concatenate([[0], np.cumsum(lengths)])
     runs = {data[offs[i]:offs[i] + 8] for i in range(0, len(lengths), 7) if lengths[i] >= 8}
@@ -175,6 +185,7 @@ def test_no_plaintext_customer_number_or_audio_under_data(vault: Vault, tmp_path
         if path.is_file():
             blob = path.read_bytes()
             assert b"5551234567" not in blob, path
+            assert b'"digit"' not in blob, path  # ... which are nowhere in plaintext
             assert not any(r in blob for r in runs), path
 
 
