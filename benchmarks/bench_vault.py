@@ -37,8 +37,9 @@ so the calls' records are not all the same size at the same time.
                           makes them, one WriteBatch per group of 100 records
                           (39 batches): a put per record in "records", and per
                           call touched by the group its CallEntry put in
-                          "calls" after deleting its old postings and putting
-                          the new ones ("time", "agent", "skill", "tag").
+                          "calls", and its postings ("time", "agent", "skill",
+                          "tag") where they change: all of them in a call's
+                          first group, none later (the metadata stays).
                           Fresh database per round, opened untimed.
       ours                callvault.store.index: Batch.put_record(RecordEntry)
                           and Batch.put_call(entry, previous=...) per
@@ -385,6 +386,7 @@ def index_plan(leg_records: list[list[Record]]) -> IndexPlan:
                                         state="open")
                for i in range(CALLS)}
     next_index = dict.fromkeys(entries, 0)
+    seen: set[str] = set()
     records: dict[str, list[tuple[int, Any]]] = {c: [] for c in entries}
     offset = 32
     order = plan(leg_records)
@@ -394,6 +396,8 @@ def index_plan(leg_records: list[list[Record]]) -> IndexPlan:
         recs: list[tuple[str, int, Any]] = []
         bops: list[Op] = []
         touched: dict[str, Any] = {}
+        # a call's first group indexes it (no previous entry, as the group of its
+        # OPEN record does); later groups update it (previous = what is stored)
         for c, r, leg in order[lo:lo + INDEX_GROUP]:
             cid = call_id(c)
             lengths, packets = record_of(leg_records, c, r, leg)
@@ -405,17 +409,22 @@ def index_plan(leg_records: list[list[Record]]) -> IndexPlan:
             recs.append((cid, i, entry))
             records[cid].append((i, entry))
             bops.append(("put", "records", ix.record_key(TENANT, cid, i), entry.pack()))
-            touched.setdefault(cid, entries[cid])
+            touched.setdefault(cid, entries[cid] if cid in seen else None)
         calls = []
         for cid, previous in touched.items():
-            new = dataclasses.replace(previous, tags=list(previous.tags),
+            base = previous if previous is not None else entries[cid]
+            seen.add(cid)
+            new = dataclasses.replace(base, tags=list(base.tags),
                                       records=next_index[cid],
                                       chain_head=hashlib.sha256(
                                           f"{cid}/{next_index[cid]}".encode()).hexdigest())
             calls.append((new, previous))
-            bops += [("delete", cf, k, b"") for cf, k in ix.Index.postings(previous)]
+            # the same writes Batch.put_call makes: changed postings only
+            old_p = ix.Index.postings(previous) if previous is not None else []
+            new_p = ix.Index.postings(new)
+            bops += [("delete", cf, k, b"") for cf, k in old_p if (cf, k) not in new_p]
             bops.append(("put", "calls", ix.call_key(TENANT, cid), new.pack()))
-            bops += [("put", cf, k, b"") for cf, k in ix.Index.postings(new)]
+            bops += [("put", cf, k, b"") for cf, k in new_p if (cf, k) not in old_p]
             entries[cid] = new
         batches.append((recs, calls))
         ops.append(bops)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,8 @@ class CallEntry:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def pack(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        # vars(), not asdict(): asdict deep-copies, and this runs once per call per group
+        return json.dumps(vars(self), sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def unpack(cls, raw: bytes) -> CallEntry:
@@ -123,12 +124,15 @@ class Batch:
     def put_call(self, entry: CallEntry, *, previous: CallEntry | None = None) -> None:
         ix = self._index
         key = call_key(entry.tenant, entry.call_id)
-        if previous is not None:  # postings follow the metadata
-            for cf, k in ix.postings(previous):
+        new = ix.postings(entry)
+        old = ix.postings(previous) if previous is not None else []
+        for cf, k in old:  # postings follow the metadata; unchanged ones stay
+            if (cf, k) not in new:
                 self._wb.delete(k, ix.cf(cf))
         self._wb.put(key, entry.pack(), ix.cf("calls"))
-        for cf, k in ix.postings(entry):
-            self._wb.put(k, b"", ix.cf(cf))
+        for cf, k in new:
+            if (cf, k) not in old:
+                self._wb.put(k, b"", ix.cf(cf))
         self.count += 1
 
     def put_record(self, tenant: str, call_id: str, chain_index: int, entry: RecordEntry) -> None:
