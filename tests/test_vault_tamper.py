@@ -230,6 +230,27 @@ def test_a_second_byte_pattern_on_a_sample_of_offsets_is_detected(
     assert missed == [] and sum(seen.values()) > 0
 
 
+def test_verify_all_on_a_running_vault_checks_the_segment_headers(data: Path) -> None:
+    """Bug found here: SegmentReader checks a segment's header once, when it first
+    opens the file, and keeps the handle; verify_all() on a vault that has read
+    the segment before therefore misses a changed header byte (magic, version,
+    segment id, created_us, header CRC) until the vault is reopened. (The
+    every-byte test checks header bytes with a reopen, where they are caught.)"""
+    path = segment_files(data)[0]
+    raw = path.read_bytes()
+    with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
+        assert v.verify_all() == []  # the reader now holds the file open
+        missed = []
+        for off in (0, 8, 12, 20, 28):
+            with open(path, "r+b") as f:
+                f.seek(off)
+                f.write(bytes([raw[off] ^ 0x01]))
+            if not v.verify_all():
+                missed.append(off)
+            path.write_bytes(raw)
+    assert missed == [], f"header bytes {missed} changed under a running vault passed verify_all"
+
+
 # -- record-level tampers -------------------------------------------------------------------
 
 def _audio_of(data: Path, call_id: str) -> list[tuple[int, int, int, int, bytes]]:
