@@ -43,6 +43,7 @@ from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint, merkle
 from callvault.integrity.log import MerkleLog
 from callvault.store import crypto
+from callvault.store.fs import REAL_FS, FileSystem
 from callvault.store.index import CallEntry, Index, RecordEntry
 from callvault.store.segment import (
     Committed,
@@ -66,6 +67,16 @@ class VaultError(CallvaultError):
 
 class CallNotFound(VaultError):
     pass
+
+
+class Replay(VaultError):
+    """A record found in the segments that the vault never wrote where it stands
+    (a second open or seal, an audio record out of chain order or after the seal):
+    recovery leaves it out of the index and reports it; verify_all names it."""
+
+    def __init__(self, ref: RecordRef, reason: str) -> None:
+        super().__init__(f"segment {ref.segment} offset {ref.offset}: {reason}")
+        self.ref = ref
 
 
 def leaf_data(kind: int, tenant: str, call_id: str, value: bytes, time_us: int) -> bytes:
@@ -105,9 +116,14 @@ class Problem:
 
 @dataclass
 class OpenReport:
+    """What opening the vault found: a torn tail it truncated, damage it left in
+    place (the calls it touches fail verify), records it re-indexed, and records it
+    refused to index (Replay)."""
+
     truncated: Any = None
     damage: list[Any] = field(default_factory=list)
     reindexed: int = 0
+    replays: list[Replay] = field(default_factory=list)
 
 
 class CallWriter:
@@ -199,7 +215,8 @@ class CallWriter:
 class Vault:
     """The embedded engine on one data directory. Use ``Vault.open(path)``."""
 
-    def __init__(self, path: Path, key_file: Path, *, segment_bytes: int, origin: str) -> None:
+    def __init__(self, path: Path, key_file: Path, *, segment_bytes: int, origin: str,
+                 fs: FileSystem = REAL_FS) -> None:
         self.path = path
         self.origin = origin
         for sub in ("segments", "keys/calls", "log"):
@@ -212,31 +229,44 @@ class Vault:
             os.close(self._lock_fd)
             raise VaultError(f"{path} is open in another process (callvault serve or "
                              "another command); stop it first") from None
-        self.keys = crypto.KeyFile.open(key_file)
-        self.index = Index(path / "index")
-        self.log = MerkleLog.open(path / "log")
-        self._lock = threading.RLock()
-        self._open: dict[tuple[str, str], CallWriter] = {}
-        self.report = OpenReport()
-        self._recover()
-        self._reader = SegmentReader(path / "segments")
-        self._writer = SegmentWriter(path / "segments", segment_bytes=segment_bytes,
-                                     on_commit=self._on_commit)
-        self.signer = checkpoint.Signer.open(path / "keys", origin)
-        self.checkpoints = checkpoint.CheckpointLog.open(path / "log", self.log, self.signer)
+        self.fs = fs
+        try:
+            self.keys = crypto.KeyFile.open(key_file)
+            self.index = Index(path / "index")
+            self.log = MerkleLog.open(path / "log")
+            self._lock = threading.RLock()
+            self._open: dict[tuple[str, str], CallWriter] = {}
+            self.report = OpenReport()
+            known_end = self._recover()
+            self._reader = SegmentReader(path / "segments", fs=fs)
+            self._writer = SegmentWriter(path / "segments", fs=fs, segment_bytes=segment_bytes,
+                                         on_commit=self._on_commit, known_end=known_end)
+            self.signer = checkpoint.Signer.open(path / "keys", origin)
+            self.checkpoints = checkpoint.CheckpointLog.open(path / "log", self.log,
+                                                             self.signer)
+        except BaseException:
+            self._release()  # a failed open leaves the directory free for the next one
+            raise
+
+    def _release(self) -> None:
+        """Close what is open (all of it, or what a failed open got to) and unlock."""
+        for part in ("_writer", "log", "index"):
+            if hasattr(self, part):
+                getattr(self, part).close()
+        os.close(self._lock_fd)  # releases the flock
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, key_file: str | os.PathLike[str] | None = None,
-             segment_bytes: int = 64 << 20, origin: str = "callvault") -> Vault:
+             segment_bytes: int = 64 << 20, origin: str = "callvault",
+             fs: FileSystem = REAL_FS) -> Vault:
+        """Open (creating on first use) the vault in ``path``; recovery runs first.
+        ``fs`` is the segment store's file layer (tests pass a fault-injecting one)."""
         p = Path(path)
         return cls(p, Path(key_file) if key_file else p / "keys" / "kek",
-                   segment_bytes=segment_bytes, origin=origin)
+                   segment_bytes=segment_bytes, origin=origin, fs=fs)
 
     def close(self) -> None:
-        self._writer.close()
-        self.log.close()
-        self.index.close()
-        os.close(self._lock_fd)  # releases the flock
+        self._release()
 
     def __enter__(self) -> Vault:
         return self
@@ -249,8 +279,9 @@ class Vault:
         raw = self.index._db.get(b"meta/end")
         return None if raw is None else struct.unpack(">QQ", raw)
 
-    def _recover(self) -> None:
-        report = recover(self.path / "segments", known_end=self._known_end())
+    def _recover(self) -> tuple[int, int] | None:
+        known_end = self._known_end()
+        report = recover(self.path / "segments", fs=self.fs, known_end=known_end)
         self.report.truncated = report.truncated
         self.report.damage = list(report.damage)
         # leaves the log holds but the index does not know yet (crash between them)
@@ -262,24 +293,30 @@ class Vault:
             b._wb.put(b"meta/log-size", struct.pack(">Q", self.log.size))
             self.index.write(b)
         if report.records:
-            reader = SegmentReader(self.path / "segments")
+            reader = SegmentReader(self.path / "segments", fs=self.fs)
             committed = [Committed(ref, rtype, reader.read(ref)[1])
                          for ref, rtype in report.records]
-            self._on_commit(committed)
-            self.report.reindexed = len(committed)
+            self._on_commit(committed, recovering=True)
+            self.report.reindexed = len(committed) - len(self.report.replays)
+        return known_end
 
     def _meta_int(self, key: bytes) -> int:
         raw = self.index._db.get(key)
         return 0 if raw is None else int(struct.unpack(">Q", raw)[0])
 
     # -- indexing (committer thread, and recovery) --------------------------------------
-    def _on_commit(self, committed: list[Committed]) -> None:
+    def _on_commit(self, committed: list[Committed], recovering: bool = False) -> None:
         batch = self.index.batch()
         cache: dict[tuple[str, str], CallEntry] = {}
         log_grew = False
         for c in committed:
             assert c.body is not None
-            log_grew |= self._apply(batch, cache, c.ref, c.rtype, c.body)
+            try:
+                log_grew |= self._apply(batch, cache, c.ref, c.rtype, c.body)
+            except Replay as e:
+                if not recovering:  # the vault itself never writes one: stop acking
+                    raise
+                self.report.replays.append(e)  # left out of the index, reported
         for entry in cache.values():
             batch.put_call(entry, previous=self.index.get_call(entry.tenant, entry.call_id))
         if committed:
@@ -313,18 +350,22 @@ class Vault:
                           customer_number_sealed=meta.get("customer_number_sealed", ""),
                           extra=meta.get("extra", {}),
                           chain_head=chainmod.genesis(b.tenant, b.call_id).hex())
-            if self._entry(cache, b.tenant, b.call_id) is None:
-                cache[(b.tenant, b.call_id)] = opened
+            if self._entry(cache, b.tenant, b.call_id) is not None:
+                raise Replay(ref, f"a second open record of call {b.call_id}")
+            cache[(b.tenant, b.call_id)] = opened
             return False
         e = self._entry(cache, b.tenant, b.call_id)
         if e is None:
             raise StoreError(f"{rec.NAMES[rtype]} record of unknown call {b.call_id} "
                              f"at segment {ref.segment} offset {ref.offset}")
+        if e.state != "open" and rtype != rec.ERASE:
+            raise Replay(ref, f"{rec.NAMES[rtype]} record of call {b.call_id} after its seal")
         if rtype == rec.AUDIO:
-            if b.chain_index == e.records:  # in order: extend the chain
-                e.chain_head = chainmod.link(bytes.fromhex(e.chain_head), b.chain_index,
-                                             raw).hex()
-                e.records += 1
+            if b.chain_index != e.records:  # each index is written once, in order
+                raise Replay(ref, f"audio record {b.chain_index} of call {b.call_id} where "
+                                  f"record {e.records} comes next")
+            e.chain_head = chainmod.link(bytes.fromhex(e.chain_head), b.chain_index, raw).hex()
+            e.records += 1
             batch.put_record(b.tenant, b.call_id, b.chain_index,
                              RecordEntry(b.leg, rtype, b.frames, b.first_frame, ref.segment,
                                          ref.offset, ref.length))
@@ -623,13 +664,21 @@ class Vault:
             yield i, entry, raw
 
     def verify_all(self) -> list[Problem]:
-        """Every segment record's CRC and framing, then every call's chain."""
+        """What opening found, every segment (headers, record CRCs, framing: read
+        afresh), then every call's chain, seal, audio and log leaf."""
         problems: list[Problem] = []
+        problems += [Problem("segments", None, f"damage at segment {d.segment} offset "
+                             f"{d.offset}: {d.reason}") for d in self.report.damage]
+        problems += [Problem("segments", None, str(r)) for r in self.report.replays]
+        self._writer.flush()
+        reader = SegmentReader(self.path / "segments", fs=self.fs)  # no cached headers
         try:
-            for _ in self._reader.scan():
+            for _ in reader.scan():
                 pass
         except CallvaultError as ex:
             problems.append(Problem("segments", None, str(ex)))
+        finally:
+            reader.close()
         for tenant in self._tenants():
             for e in self.list_calls(tenant=tenant):
                 problems += self.verify_call(e.call_id, tenant=tenant)
@@ -651,6 +700,8 @@ class Vault:
         e = self.get_call(call_id, tenant=tenant)
         if e.state == "erased":
             raise VaultError(f"call {call_id} is already erased")
+        if e.state != "sealed" or (tenant, call_id) in self._open:
+            raise VaultError(f"call {call_id} is still being recorded: seal it, then erase it")
         if not reason.strip():
             raise InputError("erasure needs a reason")
         body = rec.erase_body(tenant, call_id, time_us=_now_us(), reason=reason)

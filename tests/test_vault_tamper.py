@@ -417,17 +417,16 @@ def test_bit_rot_in_the_last_acknowledged_record_leaves_the_vault_openable(data:
 
 
 def test_a_failed_open_releases_the_data_directory(data: Path) -> None:
-    """Bug found here: when Vault.__init__ raises after taking DATA/LOCK (here the
-    segment writer refuses a last segment cut inside an acknowledged record), it
-    neither closes the lock descriptor nor the index and log, so the data
-    directory stays locked by a vault object nobody holds: every later open in
-    the process fails with "open in another process"."""
-    path = segment_files(data)[-1]
-    raw = path.read_bytes()
-    os.truncate(path, len(raw) - 100)
-    with pytest.raises(CallvaultError, match="torn tail"):
+    """Regression (bug found here): when Vault.__init__ raised after taking
+    DATA/LOCK it closed neither the lock descriptor nor the index and log, so
+    every later open in the process failed with "open in another process".
+    Here the open fails last, with index, log and segment writer open: the
+    checkpoint signing key is readable by others, which the signer refuses."""
+    key = data / "keys" / "checkpoint-signer.key"
+    key.chmod(0o644)
+    with pytest.raises(CallvaultError, match="want 600"):
         Vault.open(data, segment_bytes=SEGMENT_BYTES)
-    path.write_bytes(raw)
+    key.chmod(0o600)
     gc.collect()
     with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
         assert v.verify_all() == []

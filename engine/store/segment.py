@@ -470,6 +470,7 @@ class SegmentWriter:
         max_group_bytes: int = 4 << 20,
         on_commit: Callable[[list[Committed]], None] | None = None,
         on_commit_bodies: bool = True,
+        known_end: tuple[int, int] | None = None,
     ) -> None:
         if segment_bytes < MIN_SEGMENT_BYTES:
             raise ValueError(f"segment_bytes must be at least {MIN_SEGMENT_BYTES}")
@@ -497,13 +498,13 @@ class SegmentWriter:
         self._count = 0
         self._next_id = 1
         fs.makedirs(self._dir)
-        self._open_tail()
+        self._open_tail(known_end)
         self._thread = threading.Thread(
             target=self._run, name="callvault-segment-committer", daemon=True
         )
         self._thread.start()
 
-    def _open_tail(self) -> None:
+    def _open_tail(self, known_end: tuple[int, int] | None) -> None:
         ids = _list_segments(self._fs, self._dir)
         if not ids:
             return
@@ -519,6 +520,13 @@ class SegmentWriter:
         except BaseException:
             f.close()
             raise
+        if scan.torn is not None and known_end is not None and (
+            (last, scan.torn[0]) < known_end
+        ):
+            # recover() would not truncate below what the caller had made durable
+            # (its known_end): it reported damage. Leave the file, start a new one.
+            f.close()
+            return
         if scan.torn is not None:
             f.close()
             off, reason = scan.torn
