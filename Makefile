@@ -49,6 +49,12 @@ bench: build
 	  --benchmark-sort=name --benchmark-json=benchmarks/last-run.json
 	$(PY) -m benchmarks.report benchmarks/last-run.json
 
+# The crash tests with many more SIGKILLs than CI's 100 (nightly).
+STRESS_KILLS ?= 1000
+stress: build
+	CALLVAULT_STRESS_KILLS=$(STRESS_KILLS) $(VENV)/bin/pytest -q -p no:cacheprovider \
+	  tests/e2e/test_vault_crash.py tests/e2e/test_segment_crash.py
+
 run: build
 	$(VENV)/bin/callvault demo --data $(DATA)
 
