@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from callvault import records as rec
+from callvault.durable import write_atomic
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint, merkle
@@ -425,17 +426,7 @@ class Vault:
             key = crypto.new_data_key()
             kp = self._key_path(tenant, call_id)
             kp.parent.mkdir(parents=True, exist_ok=True)
-            tmp = kp.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(self.keys.wrap(key))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, kp)
-            fd = os.open(kp.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_atomic(kp, self.keys.wrap(key))
             sealed_number = ""
             if customer_number:
                 sealed_number = crypto.seal_blob(key, plaintext=customer_number.encode(),
@@ -750,11 +741,7 @@ class Vault:
             new = self.keys.rotate()
             n = 0
             for p in sorted((self.path / "keys" / "calls").glob("*/*.key")):
-                tmp = p.with_suffix(".tmp")
-                tmp.write_bytes(self.keys.rewrap(p.read_bytes(), new))
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, p)
+                write_atomic(p, self.keys.rewrap(p.read_bytes(), new))
                 n += 1
             for kek in old:
                 if kek != new and any(v.id == kek and v.state.name != "RETIRED"

@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from callvault.durable import fsync_dir
 from callvault.errors import CallvaultError
 
 from . import merkle
@@ -394,11 +395,7 @@ def _write_durably(path: Path, data: bytes, mode: int, exclusive: bool = False) 
         tmp.unlink()
         raise CheckpointError(f"{path} appeared while it was being created")
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path.parent)
 
 
 class CheckpointLog:

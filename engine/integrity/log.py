@@ -73,6 +73,7 @@ from types import TracebackType
 
 from crc32c import crc32c
 
+from callvault.durable import fsync_dir
 from callvault.errors import FormatError, InputError
 
 from . import merkle
@@ -117,14 +118,6 @@ def record_length(i: int) -> int:
     """Length of leaf i's record: its leaf hash, t node hashes, a CRC."""
     t = ((i + 1) & -(i + 1)).bit_length() - 1
     return H * (t + 1) + CRC_SIZE
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class MerkleLog:
@@ -197,7 +190,7 @@ class MerkleLog:
         finally:
             os.close(fd)
         os.replace(tmp, tree)
-        _fsync_dir(tree.parent)
+        fsync_dir(tree.parent)
 
     @staticmethod
     def _check_header(tree: Path, header: bytes) -> None:

@@ -156,6 +156,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from callvault.durable import fsync_dir
 from callvault.errors import CallvaultError, InputError
 
 __all__ = [
@@ -441,14 +442,6 @@ def _decode_keyfile(data: bytes, path: Path) -> list[_Kek]:
     return keks
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class KeyFile:
     """The key-encryption keys, in one owner-only file. See the module docstring.
 
@@ -546,7 +539,7 @@ class KeyFile:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def reload(self) -> None:
         """Re-read the key file (after another process rotated or retired)."""
