@@ -101,6 +101,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nplay it:  ffplay -nodisp -autoexit " + str(out) + "   (or: play " + str(out) + ")")
     print("inspect:  opusinfo " + str(out))
     print("again:    .venv/bin/callvault transcode " + str(cap) + " -o call.ogg --json")
+
+    from callvault.vault import Vault
+
+    vault = data / "vault"
+    call_id = f"sample-{int(time.time())}"
+    with Vault.open(vault) as v:
+        entry, seal = v.import_call(call_id, [str(cap)], agent="alex", tags=["demo"])
+        problems = v.verify_call(call_id)
+    print(f"\nstored in the vault {vault}: call {call_id}, {entry.records} encrypted records, "
+          f"seal {seal.hex()[:16]}..., {problems or 'verifies'}")
+    cv = f".venv/bin/callvault --data {vault}"
+    print(f"try:      {cv} ls\n          {cv} info {call_id}\n"
+          f"          {cv} bundle {call_id} -o {data}/{call_id}.bundle && "
+          f".venv/bin/callvault verify-bundle {data}/{call_id}.bundle")
     return 0
 
 
