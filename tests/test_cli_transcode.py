@@ -214,3 +214,15 @@ def test_bad_output_name_is_an_error(impaired_call: tuple[Path, np.ndarray, np.n
                                      tmp_path: Path) -> None:
     p = run_cli("transcode", str(impaired_call[0]), "-o", str(tmp_path / "x.mp3"), ok=False)
     assert p.returncode != 0 and ".ogg" in p.stderr
+
+
+def test_demo_transcodes_and_stores_a_call(tmp_path: Path) -> None:
+    """What `make run` runs: a sample call, transcoded and stored in a vault that verifies."""
+    out = run_cli("demo", "--data", str(tmp_path)).stdout
+    assert "wrote" in out and "verifies" in out
+    probe = ffprobe(tmp_path / "sample.ogg")
+    assert probe["streams"][0]["channels"] == 2
+    assert abs(float(probe["format"]["duration"]) - 30.0) < 0.1
+    p = subprocess.run([*CLI, "--data", str(tmp_path / "vault"), "verify", "--all"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "OK" in p.stdout
