@@ -15,9 +15,11 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, *,
+                 exclusive: bool = False) -> None:
     """Replace ``path`` with ``data`` whole or not at all: temp file, fsync,
-    rename, fsync of the directory. The file gets exactly ``mode``."""
+    rename, fsync of the directory. The file gets exactly ``mode``. With
+    ``exclusive``, FileExistsError (and no change) if ``path`` appeared meanwhile."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
@@ -28,5 +30,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    if exclusive and path.exists():
+        tmp.unlink()
+        raise FileExistsError(f"{path} appeared while it was being created")
     os.replace(tmp, path)
     fsync_dir(path.parent)

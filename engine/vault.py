@@ -139,7 +139,6 @@ class CallWriter:
         self._lock = threading.Lock()
         self._pending: list[Future[Ack]] = []
         self.frames = [0] * len(entry.legs)  # frames appended per leg
-        self.summary: dict[str, Any] = {}
         self.sealed = False
 
     @property
@@ -277,7 +276,7 @@ class Vault:
 
     # -- recovery ------------------------------------------------------------------------
     def _known_end(self) -> tuple[int, int] | None:
-        raw = self.index._db.get(b"meta/end")
+        raw = self.index.get_meta(b"meta/end")
         return None if raw is None else struct.unpack(">QQ", raw)
 
     def _recover(self) -> tuple[int, int] | None:
@@ -286,13 +285,7 @@ class Vault:
         self.report.truncated = report.truncated
         self.report.damage = list(report.damage)
         # leaves the log holds but the index does not know yet (crash between them)
-        known = self._meta_int(b"meta/log-size")
-        if self.log.size > known:
-            b = self.index.batch()
-            for i in range(known, self.log.size):
-                b._wb.put(b"leaf/" + self.log.leaf_hash(i), struct.pack(">Q", i))
-            b._wb.put(b"meta/log-size", struct.pack(">Q", self.log.size))
-            self.index.write(b)
+        self._map_log_leaves(self._meta_int(b"meta/log-size"))
         if report.records:
             reader = SegmentReader(self.path / "segments", fs=self.fs)
             committed = [Committed(ref, rtype, reader.read(ref)[1])
@@ -301,8 +294,18 @@ class Vault:
             self.report.reindexed = len(committed) - len(self.report.replays)
         return known_end
 
+    def _map_log_leaves(self, start: int) -> None:
+        """Index the log's leaves from ``start`` on (leaf hash -> leaf index)."""
+        if self.log.size <= start:
+            return
+        b = self.index.batch()
+        for i in range(start, self.log.size):
+            b.put_meta(b"leaf/" + self.log.leaf_hash(i), struct.pack(">Q", i))
+        b.put_meta(b"meta/log-size", struct.pack(">Q", self.log.size))
+        self.index.write(b)
+
     def _meta_int(self, key: bytes) -> int:
-        raw = self.index._db.get(key)
+        raw = self.index.get_meta(key)
         return 0 if raw is None else int(struct.unpack(">Q", raw)[0])
 
     # -- indexing (committer thread, and recovery) --------------------------------------
@@ -322,10 +325,10 @@ class Vault:
             batch.put_call(entry, previous=self.index.get_call(entry.tenant, entry.call_id))
         if committed:
             last = committed[-1].ref
-            batch._wb.put(b"meta/end", struct.pack(">QQ", last.segment, last.offset + last.length))
+            batch.put_meta(b"meta/end", struct.pack(">QQ", last.segment, last.offset + last.length))
         if log_grew:
             self.log.sync()
-            batch._wb.put(b"meta/log-size", struct.pack(">Q", self.log.size))
+            batch.put_meta(b"meta/log-size", struct.pack(">Q", self.log.size))
         self.index.write(batch)
 
     def _entry(self, cache: dict[tuple[str, str], CallEntry], tenant: str,
@@ -394,11 +397,11 @@ class Vault:
     def _log_leaf(self, batch: Any, data: bytes) -> int:
         """Append a leaf once (a re-indexed seal finds its leaf already there)."""
         h = merkle.leaf_hash(data)
-        raw = self.index._db.get(b"leaf/" + h)
+        raw = self.index.get_meta(b"leaf/" + h)
         if raw is not None:
             return int(struct.unpack(">Q", raw)[0])
         i = self.log.append(data)
-        batch._wb.put(b"leaf/" + h, struct.pack(">Q", i))
+        batch.put_meta(b"leaf/" + h, struct.pack(">Q", i))
         return i
 
     # -- calls ---------------------------------------------------------------------------
@@ -670,21 +673,10 @@ class Vault:
             problems.append(Problem("segments", None, str(ex)))
         finally:
             reader.close()
-        for tenant in self._tenants():
+        for tenant in self.index.tenants():
             for e in self.list_calls(tenant=tenant):
                 problems += self.verify_call(e.call_id, tenant=tenant)
         return problems
-
-    def _tenants(self) -> list[str]:
-        seen: list[str] = []
-        it = self.index._views["calls"].iter()
-        it.seek_to_first()
-        while it.valid():
-            t = it.key().split(b"\x00", 1)[0].decode()
-            if t not in seen:
-                seen.append(t)
-            it.next()
-        return seen
 
     def erase(self, call_id: str, *, reason: str, tenant: str = "default") -> None:
         """Crypto-shred a sealed call: its key is destroyed, a tombstone and a log leaf stay."""
@@ -709,11 +701,7 @@ class Vault:
             old = self.path / f"index.old-{_now_us()}"
             os.replace(self.path / "index", old)
             self.index = Index(self.path / "index")
-            b = self.index.batch()  # the log's leaves first, so seals find theirs
-            for i in range(self.log.size):
-                b._wb.put(b"leaf/" + self.log.leaf_hash(i), struct.pack(">Q", i))
-            b._wb.put(b"meta/log-size", struct.pack(">Q", self.log.size))
-            self.index.write(b)
+            self._map_log_leaves(0)  # the log's leaves first, so seals find theirs
             n = 0
             chunk: list[Committed] = []
             for ref, rtype, body in self._reader.scan():

@@ -93,3 +93,7 @@ def test_nul_in_keys_is_refused(index: Index) -> None:
     b = index.batch()
     with pytest.raises(ValueError, match="without NUL"):
         b.put_call(_call("acme", "bad\x00id", 1))
+
+
+def test_tenants_listed_once_each(index: Index) -> None:
+    assert index.tenants() == ["acme", "acmex"]

@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from callvault.durable import fsync_dir
+from callvault.durable import write_atomic
 from callvault.errors import CallvaultError
 
 from . import merkle
@@ -380,22 +380,11 @@ def verify(note_text: bytes | str, verifier_key: str, origin: str | None = None)
 
 
 def _write_durably(path: Path, data: bytes, mode: int, exclusive: bool = False) -> None:
-    """Write a file whole (temp file, fsync, rename, fsync of the directory)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Write a file whole (callvault.durable.write_atomic), as a CheckpointError."""
     try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if exclusive and path.exists():
-        tmp.unlink()
-        raise CheckpointError(f"{path} appeared while it was being created")
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+        write_atomic(path, data, mode, exclusive=exclusive)
+    except FileExistsError as e:
+        raise CheckpointError(str(e)) from e
 
 
 class CheckpointLog:

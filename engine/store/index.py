@@ -135,6 +135,10 @@ class Batch:
                 self._wb.put(k, b"", ix.cf(cf))
         self.count += 1
 
+    def put_meta(self, key: bytes, value: bytes) -> None:
+        """A vault-wide entry of the default column family (not a tenant's)."""
+        self._wb.put(key, value)
+
     def put_record(self, tenant: str, call_id: str, chain_index: int, entry: RecordEntry) -> None:
         self._wb.put(record_key(tenant, call_id, chain_index), entry.pack(),
                      self._index.cf("records"))
@@ -188,9 +192,24 @@ class Index:
         return out
 
     # -- reads ---------------------------------------------------------------------------
+    def get_meta(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(key)
+        return value
+
     def get_call(self, tenant: str, call_id: str) -> CallEntry | None:
         raw = self._views["calls"].get(call_key(tenant, call_id))
         return None if raw is None else CallEntry.unpack(raw)
+
+    def tenants(self) -> list[str]:
+        """Every tenant with a call, in key order (one seek per tenant)."""
+        out: list[str] = []
+        it = self._views["calls"].iter()
+        it.seek_to_first()
+        while it.valid():
+            tenant = it.key().split(b"\x00", 1)[0]
+            out.append(tenant.decode())
+            it.seek(tenant + b"\x01")  # past every key of this tenant ("tenant 00 ...")
+        return out
 
     def records(self, tenant: str, call_id: str) -> Iterator[tuple[int, RecordEntry]]:
         """(chain index, entry) of a call's records in chain order."""
