@@ -26,19 +26,24 @@ sysdeps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml setup.py | sysdeps
+# The SDK (clients/python, callvault-client) first: the server imports its
+# generated stubs. Both editable, so `make build` regenerates in place.
+$(VENV)/.installed: pyproject.toml setup.py clients/python/pyproject.toml | sysdeps
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q --upgrade pip setuptools wheel grpcio-tools
+	$(PY) -m pip install -q -e clients/python
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
 setup: sysdeps $(VENV)/.installed
 
+# gRPC stubs from proto/ (build products: never edited, never committed)
 build: setup
+	$(PY) clients/python/genproto.py >/dev/null
 	$(PY) setup.py -q build_ext --inplace
 
 lint: build
-	$(VENV)/bin/ruff check engine tests benchmarks
+	$(VENV)/bin/ruff check engine tests benchmarks clients/python
 	$(VENV)/bin/mypy
 
 test: lint

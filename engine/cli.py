@@ -323,10 +323,28 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lazy(module: str, name: str) -> Any:
+    """A command implemented in another module, imported only when it runs."""
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), name)(args))
+    return run
+
+
+# The vault verbs that also run against a server (`--server ADDR`, callvault.remote).
+REMOTE_VERBS = ("import", "ls", "info", "export", "verify", "bundle", "checkpoint", "erase",
+                "reindex", "rotate-key")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="callvault", description=__doc__)
     p.add_argument("--version", action="version", version=f"callvault {__version__}")
     p.add_argument("--data", metavar="DIR", help="the vault's data directory")
+    p.add_argument("--server", metavar="HOST:PORT",
+                   help="run the vault verb against a callvault server instead of --data")
+    p.add_argument("--tls-ca", metavar="FILE",
+                   help="with --server: TLS, trusting this CA certificate (PEM)")
     p.add_argument("--key-file", metavar="FILE",
                    help="the key-encryption key file (default DIR/keys/kek)")
     p.add_argument("--tenant", default="default", help="tenant of the calls (default)")
@@ -405,6 +423,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pcapng", action="store_true")
     s.set_defaults(func=cmd_sample)
 
+    sv = sub.add_parser("serve", help="serve the vault over gRPC (Ingest, Archive, Integrity, "
+                        "Admin)")
+    sv.add_argument("--data", required=True, metavar="DIR", help="the vault's data directory")
+    sv.add_argument("--listen", default="127.0.0.1:7443", metavar="HOST:PORT",
+                    help="address to listen on (127.0.0.1:7443; port 0 picks a free one)")
+    sv.add_argument("--config", metavar="FILE", help="server settings (JSON, docs/server.md)")
+    sv.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM)")
+    sv.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM)")
+    sv.add_argument("--port-file", metavar="FILE",
+                    help="write the bound port here once serving (for scripts and tests)")
+    sv.set_defaults(func=_lazy("callvault.api.server", "cmd_serve"))
+
+    sc = sub.add_parser("sidecar", help="receive calls' RTP beside a PBX and forward it to a "
+                        "server (store-and-forward)")
+    sc.add_argument("--server", dest="upstream", required=True, metavar="HOST:PORT")
+    sc.add_argument("--rtp", required=True, metavar="HOST:PMIN-PMAX",
+                    help="address and UDP port range for calls' legs")
+    sc.add_argument("--listen", default="127.0.0.1:7444", metavar="HOST:PORT",
+                    help="control API address (call start / call stop)")
+    sc.add_argument("--spool", required=True, metavar="DIR",
+                    help="where received RTP waits until the server has sealed the call")
+    sc.add_argument("--port-file", metavar="FILE",
+                    help="write the control API's bound port here once serving")
+    sc.set_defaults(func=_lazy("callvault.sidecar", "cmd_sidecar"))
+
+    ca = sub.add_parser("call", help="start or stop recording a call on a sidecar")
+    csub = ca.add_subparsers(dest="call_command", required=True)
+    cs = csub.add_parser("start", help="allocate UDP ports for the call's legs; prints JSON")
+    cs.add_argument("--sidecar", required=True, metavar="HOST:PORT")
+    cs.add_argument("--call-id", required=True)
+    cs.add_argument("--legs", default="agent,customer", metavar="NAME,NAME")
+    cs.add_argument("--meta", action="append", metavar="KEY=VALUE",
+                    help="agent, skill_group, direction, customer_number, tags (a,b) or any "
+                         "other KEY (kept as extra)")
+    cs.set_defaults(func=_lazy("callvault.sidecar", "cmd_call_start"))
+    cp = csub.add_parser("stop", help="stop receiving; the sidecar seals the call on the server")
+    cp.add_argument("--sidecar", required=True, metavar="HOST:PORT")
+    cp.add_argument("--call-id", required=True)
+    cp.set_defaults(func=_lazy("callvault.sidecar", "cmd_call_stop"))
+
     d = sub.add_parser("demo", help="make a sample call and transcode it (make run)")
     d.add_argument("--data", default=".data", help="directory for the demo's files")
     d.set_defaults(func=cmd_demo)
@@ -414,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "server", None) and args.command in REMOTE_VERBS:
+            if args.data:
+                raise CallvaultError("give --data DIR or --server ADDR, not both")
+            from callvault import remote
+
+            return int(remote.run(args))
         return int(args.func(args))
     except CallvaultError as e:
         print(f"callvault: error: {e}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""callvault_client: the thin SDK of the callvault gRPC service."""
