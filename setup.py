@@ -34,6 +34,7 @@ EXTENSIONS = {
     "_g711": Extension("callvault._g711", ["ext/_g711.pyx"], **COMMON),
     "_rtp": Extension("callvault._rtp", ["ext/_rtp.pyx"], **COMMON),
     "_dsp": Extension("callvault._dsp", ["ext/_dsp.pyx"], **COMMON),
+    "_net": Extension("callvault._net", ["ext/_net.pyx"], **COMMON),
     "_opus": Extension(
         "callvault._opus",
         ["ext/_opus.pyx"],

@@ -1,0 +1,13 @@
+"""Stub of the compiled callvault._net (ext/_net.pyx): batch UDP receive and send."""
+
+import numpy as np
+import numpy.typing as npt
+
+def now_us() -> int: ...
+def enable_timestamps(fd: int) -> None: ...
+def recv_batch(
+    fd: int, max_packets: int = 256, max_size: int = 2048
+) -> tuple[bytes, npt.NDArray[np.int32], npt.NDArray[np.int64], int]: ...
+def send_batch(
+    fd: int, packets: bytes | bytearray | memoryview, lengths: npt.NDArray[np.int32]
+) -> int: ...

@@ -1,0 +1,225 @@
+# cython: language_level=3
+"""Batch UDP receive and send for the sidecar (Linux recvmmsg / sendmmsg).
+
+Batch in, batch out: one ``recv_batch`` call is one ``recvmmsg(2)`` with
+MSG_DONTWAIT and the GIL released; it returns every datagram that was queued
+(up to ``max_packets``) as ONE bytes object (the packets back to back, in
+arrival order) plus an int32 array of their lengths and an int64 array of
+their arrival instants (microseconds since the Unix epoch), the layout of an
+``RtpBatch`` (docs/format.md section 2). No Python object is made per packet.
+
+Arrival instants are the kernel's receive timestamps (SO_TIMESTAMPNS control
+messages; ``enable_timestamps(fd)`` turns them on for a socket); a datagram
+without one (timestamps not enabled) gets CLOCK_REALTIME read once when the
+batch returns. A datagram longer than ``max_size`` arrives truncated
+(MSG_TRUNC): it is dropped from the batch and counted in ``truncated``.
+"""
+import numpy as np
+cimport numpy as cnp
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memmove, memset
+
+cnp.import_array()
+
+# ---------------------------------------------------------------------------
+# C declarations (Linux, glibc)
+# ---------------------------------------------------------------------------
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec *tp)
+    int CLOCK_REALTIME
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
+    int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
+    int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen)
+    cmsghdr *CMSG_FIRSTHDR(msghdr *msgh)
+    cmsghdr *CMSG_NXTHDR(msghdr *msgh, cmsghdr *cmsg)
+    unsigned char *CMSG_DATA(cmsghdr *cmsg)
+    size_t CMSG_SPACE(size_t length)
+    int SOL_SOCKET
+    int SO_TIMESTAMPNS
+    int SCM_TIMESTAMPNS
+    int MSG_DONTWAIT
+    int MSG_TRUNC
+
+# ---------------------------------------------------------------------------
+
+# Room for one SCM_TIMESTAMPNS message (CMSG_SPACE(16) is 32 on 64-bit Linux),
+# with slack for a second control message the kernel might add.
+cdef enum:
+    CONTROL_SIZE = 64
+    # The largest batch one call takes (recvmmsg's vlen is bounded by UIO_MAXIOV).
+    MAX_PACKETS = 1024
+
+
+cdef int64_t _now_us() nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
+
+def now_us():
+    """CLOCK_REALTIME in microseconds since the Unix epoch (the clock of ``arrival_us``)."""
+    return _now_us()
+
+
+def enable_timestamps(int fd):
+    """Ask the kernel to stamp each datagram received on ``fd`` (SO_TIMESTAMPNS)."""
+    cdef int one = 1
+    if setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) != 0:
+        raise OSError(errno, f"setsockopt(SO_TIMESTAMPNS) on fd {fd} failed")
+
+
+def recv_batch(int fd, int max_packets=256, int max_size=2048):
+    """Receive the datagrams queued on the non-blocking or blocking UDP socket ``fd``
+    without waiting (MSG_DONTWAIT): at most ``max_packets`` (1 to 1024), each at most
+    ``max_size`` bytes (1 to 65535).
+
+    Returns ``(packets, lengths, arrival_us, truncated)``: the datagrams back to back
+    in one bytes object, their lengths (int32 array), their arrival instants (int64
+    array, microseconds since the Unix epoch) and how many datagrams were longer
+    than ``max_size`` (dropped, not in the batch). Nothing queued: an empty batch.
+    Raises OSError for a socket error other than EAGAIN/EINTR."""
+    if not 1 <= max_packets <= MAX_PACKETS:
+        raise ValueError(f"max_packets {max_packets}: must be 1 to {MAX_PACKETS}")
+    if not 1 <= max_size <= 65535:
+        raise ValueError(f"max_size {max_size}: must be 1 to 65535")
+    cdef size_t slots = <size_t>max_packets
+    cdef uint8_t *data = <uint8_t *>malloc(slots * <size_t>max_size)
+    cdef uint8_t *control = <uint8_t *>malloc(slots * CONTROL_SIZE)
+    cdef mmsghdr *msgs = <mmsghdr *>malloc(slots * sizeof(mmsghdr))
+    cdef iovec *iov = <iovec *>malloc(slots * sizeof(iovec))
+    cdef int32_t *lens = <int32_t *>malloc(slots * sizeof(int32_t))
+    cdef int64_t *stamps = <int64_t *>malloc(slots * sizeof(int64_t))
+    if data == NULL or control == NULL or msgs == NULL or iov == NULL or lens == NULL \
+            or stamps == NULL:
+        free(data); free(control); free(msgs); free(iov); free(lens); free(stamps)
+        raise MemoryError()
+    cdef int n = 0, err = 0, i, kept = 0, truncated = 0
+    cdef size_t total = 0
+    cdef int64_t fallback
+    cdef cmsghdr *c
+    cdef timespec *ts
+    try:
+        with nogil:
+            memset(msgs, 0, slots * sizeof(mmsghdr))
+            for i in range(max_packets):
+                iov[i].iov_base = data + <size_t>i * max_size
+                iov[i].iov_len = max_size
+                msgs[i].msg_hdr.msg_iov = &iov[i]
+                msgs[i].msg_hdr.msg_iovlen = 1
+                msgs[i].msg_hdr.msg_control = control + <size_t>i * CONTROL_SIZE
+                msgs[i].msg_hdr.msg_controllen = CONTROL_SIZE
+            while True:
+                n = recvmmsg(fd, msgs, max_packets, MSG_DONTWAIT, NULL)
+                if n >= 0:
+                    break
+                err = errno
+                if err != EINTR:
+                    n = 0
+                    break
+                err = 0
+            fallback = _now_us()
+            # Compact: keep whole datagrams, drop truncated ones, in arrival order.
+            for i in range(n):
+                if msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                    truncated += 1
+                    continue
+                lens[kept] = <int32_t>msgs[i].msg_len
+                stamps[kept] = fallback
+                c = CMSG_FIRSTHDR(&msgs[i].msg_hdr)
+                while c != NULL:
+                    if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
+                        ts = <timespec *>CMSG_DATA(c)
+                        stamps[kept] = <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+                        break
+                    c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)
+                if total != <size_t>i * max_size:
+                    memmove(data + total, data + <size_t>i * max_size, msgs[i].msg_len)
+                total += msgs[i].msg_len
+                kept += 1
+        if err != 0 and err != EAGAIN:
+            raise OSError(err, f"recvmmsg on fd {fd} failed")
+        packets = PyBytes_FromStringAndSize(<char *>data, total)
+        lengths = np.empty(kept, dtype=np.int32)
+        arrival = np.empty(kept, dtype=np.int64)
+        if kept:
+            memcpy(cnp.PyArray_DATA(lengths), lens, kept * sizeof(int32_t))
+            memcpy(cnp.PyArray_DATA(arrival), stamps, kept * sizeof(int64_t))
+        return packets, lengths, arrival, truncated
+    finally:
+        free(data); free(control); free(msgs); free(iov); free(lens); free(stamps)
+
+
+def send_batch(int fd, const uint8_t[::1] packets not None, const int32_t[::1] lengths not None):
+    """Send ``packets`` (datagrams back to back, ``lengths`` each) on the connected UDP
+    socket ``fd`` with sendmmsg, GIL released. Returns how many datagrams were sent
+    (fewer than given when the socket buffer fills on a non-blocking socket)."""
+    cdef Py_ssize_t count = lengths.shape[0], i
+    cdef size_t off = 0, size = <size_t>packets.shape[0]
+    for i in range(count):
+        if lengths[i] < 0:
+            raise ValueError(f"lengths[{i}] is negative")
+        off += <size_t>lengths[i]
+    if off != size:
+        raise ValueError(f"sum(lengths) {off} != len(packets) {size}")
+    if count == 0:
+        return 0
+    cdef mmsghdr *msgs = <mmsghdr *>malloc(count * sizeof(mmsghdr))
+    cdef iovec *iov = <iovec *>malloc(count * sizeof(iovec))
+    if msgs == NULL or iov == NULL:
+        free(msgs); free(iov)
+        raise MemoryError()
+    cdef int sent = 0, r = 0, err = 0
+    cdef const uint8_t *base = &packets[0] if size else NULL
+    try:
+        with nogil:
+            memset(msgs, 0, count * sizeof(mmsghdr))
+            off = 0
+            for i in range(count):
+                iov[i].iov_base = <void *>(base + off)
+                iov[i].iov_len = <size_t>lengths[i]
+                msgs[i].msg_hdr.msg_iov = &iov[i]
+                msgs[i].msg_hdr.msg_iovlen = 1
+                off += <size_t>lengths[i]
+            while sent < count:
+                r = sendmmsg(fd, msgs + sent, <unsigned int>min(count - sent, MAX_PACKETS), 0)
+                if r < 0:
+                    err = errno
+                    if err == EINTR:
+                        err = 0
+                        continue
+                    break
+                sent += r
+        if err != 0 and err != EAGAIN:
+            raise OSError(err, f"sendmmsg on fd {fd} failed")
+        return sent
+    finally:
+        free(msgs); free(iov)
