@@ -1,0 +1,381 @@
+"""The sidecar's store-and-forward spool: one directory per call (docs/format.md section 9).
+
+A call's RTP is written here BEFORE it is forwarded, and stays until the
+server says the call is Sealed: the Ingest contract asks a client to keep
+every batch of a call until then, because a restarted server answers
+``Started.resume_from_seq = 0`` and replays the call from its first batch.
+
+Directory ``ROOT/<quote(tenant)>+<call_id>/`` (the name is only a handle;
+the truth is inside) holds two files:
+
+``spool`` -- append-only, little-endian::
+
+    file   = header record*
+    header = magic "CVSPOOL\\0" (8) | version u32 (= 1) | crc32c(bytes 0..11) u32
+    record = crc u32 | length u32 | type u8 | body (length bytes)
+             crc = crc32c(length | type | body)
+    type 1 CALL   created_us i64 | legs u16 | port u16 * legs | CallStart (protobuf
+                  callvault.v1.CallStart, start_us = 0)         -- always the first record
+    type 2 START  start_us i64                                   -- frame 0's instant, once,
+                                                                    before the first BATCH
+    type 3 BATCH  seq u64 | leg u32 | count u32 | length u32 * count |
+                  arrival_us i64 * count | packets (sum of lengths bytes)
+                                                                 -- seq 0, 1, 2, ... no gaps
+    type 4 END    batches u64 | end_us i64                       -- the call stopped; last
+
+``acked`` -- 12 bytes rewritten in place: ``acked u64 | crc32c u32``, the
+highest batch seq the server acknowledged + 1 (0 = none). A hint for
+operators (``ListCalls``): the server's ``resume_from_seq`` decides what is
+resent, so this file is never fsynced.
+
+Writer contract: a spool is created whole (written, fsynced and renamed into
+place), so a directory without its CALL record never exists. Every record is
+one ``write(2)`` on an O_APPEND descriptor as soon as it is made: it is in
+the OS the moment ``append`` returns and survives a SIGKILL of the sidecar.
+Durability against a power cut is the caller's timer: ``sync()`` fsyncs when
+something was written since the last one (the sidecar calls it every second,
+at a call's end and on SIGTERM); ``end()`` fsyncs itself.
+
+Reader contract: ``Spool.open`` scans the file, truncates a torn or damaged
+tail at the first record that is short or fails its crc, and says how many
+bytes it dropped (``dropped_bytes``); it never skips a bad record to read on.
+Any batch can be read back by seq, in any order, while the writer appends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import numpy.typing as npt
+from crc32c import crc32c
+
+from callvault.durable import fsync_dir
+from callvault.errors import FormatError
+
+MAGIC = b"CVSPOOL\0"
+VERSION = 1
+_FILE_HEADER = struct.Struct("<8sI")          # magic, version (+ crc u32)
+_U32 = struct.Struct("<I")
+_RECORD = struct.Struct("<IIB")               # crc, length, type
+_CALL = struct.Struct("<qH")                  # created_us, legs (+ ports, CallStart)
+_I64 = struct.Struct("<q")
+_BATCH = struct.Struct("<QII")                # seq, leg, count
+_END = struct.Struct("<Qq")                   # batches, end_us
+_ACKED = struct.Struct("<QI")                 # acked, crc
+
+FILE_HEADER_SIZE = _FILE_HEADER.size + _U32.size
+REC_CALL, REC_START, REC_BATCH, REC_END = 1, 2, 3, 4
+MAX_RECORD = 64 << 20  # a batch is ~20 ms of one leg; anything this large is damage
+
+SPOOL_FILE = "spool"
+ACKED_FILE = "acked"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One spooled RtpBatch: ``packets`` back to back, ``lengths`` and ``arrival_us`` each."""
+
+    seq: int
+    leg: int
+    packets: bytes
+    lengths: npt.NDArray[np.int32]
+    arrival_us: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class End:
+    """The call's end as spooled (``CallEnd``)."""
+
+    batches: int
+    end_us: int
+
+
+def spool_name(tenant: str, call_id: str) -> str:
+    """The directory name of a call's spool (unique per tenant and call id; never '.' or '..')."""
+    return f"{quote(tenant or 'default', safe='')}+{call_id}"
+
+
+def _record(kind: int, body: bytes) -> bytes:
+    head = _U32.pack(len(body)) + bytes((kind,))
+    return _U32.pack(crc32c(body, crc32c(head))) + head + body
+
+
+def _file_header() -> bytes:
+    head = _FILE_HEADER.pack(MAGIC, VERSION)
+    return head + _U32.pack(crc32c(head))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class Spool:
+    """One call's spool directory, open for appending and reading (thread-safe)."""
+
+    def __init__(self, directory: Path, fd: int) -> None:
+        self.directory = directory
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._offsets: list[int] = []  # file offset of BATCH record seq
+        self._size = 0
+        self._dirty = False
+        self.call_start = b""
+        self.ports: tuple[int, ...] = ()
+        self.created_us = 0
+        self.start_us: int | None = None
+        self.end: End | None = None
+        self.dropped_bytes = 0
+        self.acked = 0
+
+    # -- creating and opening ---------------------------------------------
+
+    @classmethod
+    def create(cls, root: Path, name: str, call_start: bytes, ports: Sequence[int],
+               created_us: int) -> Spool:
+        """A new spool ``root/name`` holding the CALL record, fsynced, made visible whole.
+        FileExistsError if the call already has one."""
+        final = root / name
+        if final.exists():
+            raise FileExistsError(f"spool {final} exists")
+        tmp = root / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        body = _CALL.pack(created_us, len(ports)) + struct.pack(f"<{len(ports)}H", *ports) \
+            + call_start
+        fd = os.open(tmp / SPOOL_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, _file_header() + _record(REC_CALL, body))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(tmp)
+        os.rename(tmp, final)
+        fsync_dir(root)
+        return cls.open(final)
+
+    @classmethod
+    def open(cls, directory: Path) -> Spool:
+        """Open an existing spool: scan it, truncate a torn tail (``dropped_bytes``)."""
+        fd = os.open(directory / SPOOL_FILE, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            spool = cls(directory, fd)
+            spool._scan()
+        except BaseException:
+            os.close(fd)
+            raise
+        spool.acked = spool._read_acked()
+        return spool
+
+    def _scan(self) -> None:
+        size = os.fstat(self._fd).st_size
+        head = os.pread(self._fd, FILE_HEADER_SIZE, 0)
+        if len(head) < FILE_HEADER_SIZE or head[:8] != MAGIC \
+                or _U32.unpack_from(head, 12)[0] != crc32c(head[:12]):
+            raise FormatError(f"{self.directory}: not a callvault spool (bad file header)")
+        version = _FILE_HEADER.unpack_from(head)[1]
+        if version != VERSION:
+            raise FormatError(f"{self.directory}: spool version {version}, this build reads "
+                              f"{VERSION}")
+        pos = FILE_HEADER_SIZE
+        while pos < size:
+            hdr = os.pread(self._fd, _RECORD.size, pos)
+            if len(hdr) < _RECORD.size:
+                break
+            crc, length, kind = _RECORD.unpack(hdr)
+            if length > MAX_RECORD or pos + _RECORD.size + length > size:
+                break
+            body = os.pread(self._fd, length, pos + _RECORD.size)
+            if crc32c(body, crc32c(hdr[4:])) != crc:
+                break
+            if not self._apply(kind, body, pos):
+                break
+            pos += _RECORD.size + length
+        if pos == FILE_HEADER_SIZE:
+            raise FormatError(f"{self.directory}: spool has no CALL record")
+        if pos < size:
+            self.dropped_bytes = size - pos
+            os.ftruncate(self._fd, pos)
+            os.fsync(self._fd)
+        self._size = pos
+
+    def _apply(self, kind: int, body: bytes, pos: int) -> bool:
+        """Take one whole record into the in-memory state; False: out of place (damage)."""
+        first = pos == FILE_HEADER_SIZE
+        if first != (kind == REC_CALL) or self.end is not None:
+            return False
+        if kind == REC_CALL:
+            self.created_us, legs = _CALL.unpack_from(body)
+            self.ports = struct.unpack_from(f"<{legs}H", body, _CALL.size)
+            self.call_start = body[_CALL.size + 2 * legs:]
+        elif kind == REC_START:
+            if self.start_us is not None:
+                return False
+            self.start_us = _I64.unpack(body)[0]
+        elif kind == REC_BATCH:
+            seq = _BATCH.unpack_from(body)[0]
+            if seq != len(self._offsets) or self.start_us is None:
+                return False
+            self._offsets.append(pos)
+        elif kind == REC_END:
+            batches, end_us = _END.unpack(body)
+            if batches != len(self._offsets):
+                return False
+            self.end = End(batches, end_us)
+        else:
+            return False
+        return True
+
+    # -- writing ----------------------------------------------------------
+
+    def _append(self, kind: int, body: bytes) -> int:
+        rec = _record(kind, body)
+        pos = self._size
+        _write_all(self._fd, rec)
+        self._size += len(rec)
+        self._dirty = True
+        return pos
+
+    def set_start_us(self, start_us: int) -> None:
+        """Record frame 0's instant (once, before the first batch)."""
+        with self._lock:
+            if self.start_us is not None:
+                raise ValueError(f"{self.directory}: start_us is already {self.start_us}")
+            self._append(REC_START, _I64.pack(start_us))
+            self.start_us = start_us
+
+    def append(self, leg: int, packets: bytes, lengths: npt.NDArray[np.int32],
+               arrival_us: npt.NDArray[np.int64]) -> int:
+        """Append one batch of ``leg``; returns its seq. In the OS when this returns."""
+        n = len(lengths)
+        if len(arrival_us) != n or int(np.sum(lengths, dtype=np.int64)) != len(packets):
+            raise ValueError("a batch needs one length and one arrival per packet, "
+                             "sum(lengths) == len(packets)")
+        with self._lock:
+            if self.end is not None:
+                raise ValueError(f"{self.directory}: the call has ended")
+            if self.start_us is None:
+                raise ValueError(f"{self.directory}: set_start_us before the first batch")
+            seq = len(self._offsets)
+            body = b"".join((_BATCH.pack(seq, leg, n), lengths.astype("<u4").tobytes(),
+                             arrival_us.astype("<i8").tobytes(), packets))
+            self._offsets.append(self._append(REC_BATCH, body))
+            return seq
+
+    def finish(self, end_us: int = 0) -> End:
+        """Append the END record (batches = every batch appended) and fsync."""
+        with self._lock:
+            if self.end is None:
+                end = End(len(self._offsets), end_us)
+                self._append(REC_END, _END.pack(end.batches, end.end_us))
+                self.end = end
+        self.sync()
+        assert self.end is not None
+        return self.end
+
+    def sync(self) -> bool:
+        """fsync if anything was written since the last sync; True if it did."""
+        with self._lock:
+            if not self._dirty:
+                return False
+            self._dirty = False
+        os.fsync(self._fd)
+        return True
+
+    def set_acked(self, acked: int) -> None:
+        """Remember the highest acknowledged seq + 1 (a hint; not fsynced)."""
+        if acked <= self.acked:
+            return
+        self.acked = acked
+        head = struct.pack("<Q", acked)
+        data = head + _U32.pack(crc32c(head))
+        try:
+            fd = os.open(self.directory / ACKED_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+        except FileNotFoundError:  # deleted meanwhile (sealed)
+            return
+        try:
+            os.pwrite(fd, data, 0)
+        finally:
+            os.close(fd)
+
+    def _read_acked(self) -> int:
+        try:
+            data = (self.directory / ACKED_FILE).read_bytes()
+        except FileNotFoundError:
+            return 0
+        if len(data) != _ACKED.size:
+            return 0
+        acked, crc = _ACKED.unpack(data)
+        return int(acked) if crc == crc32c(data[:8]) else 0
+
+    # -- reading ----------------------------------------------------------
+
+    @property
+    def batches(self) -> int:
+        """How many batches are spooled (the next seq)."""
+        return len(self._offsets)
+
+    def read(self, seq: int) -> Batch:
+        """Batch ``seq`` as spooled."""
+        with self._lock:
+            if not 0 <= seq < len(self._offsets):
+                raise IndexError(f"{self.directory}: no batch {seq} (have {len(self._offsets)})")
+            pos = self._offsets[seq]
+            end = self._offsets[seq + 1] if seq + 1 < len(self._offsets) else self._size
+        data = os.pread(self._fd, end - pos, pos)
+        body = memoryview(data)[_RECORD.size:]
+        got, leg, n = _BATCH.unpack_from(body)
+        assert got == seq, (got, seq)
+        off = _BATCH.size
+        lengths = np.frombuffer(body, "<u4", n, off).astype(np.int32)
+        off += 4 * n
+        arrival = np.frombuffer(body, "<i8", n, off).astype(np.int64)
+        off += 8 * n
+        length = _U32.unpack_from(data, 4)[0]
+        packets = bytes(body[off:length])
+        return Batch(seq, leg, packets, lengths, arrival)
+
+    def read_from(self, seq: int) -> Iterator[Batch]:
+        """Batches ``seq``, ``seq + 1``, ... up to the last one spooled when each is read."""
+        while seq < self.batches:
+            yield self.read(seq)
+            seq += 1
+
+    # -- closing ----------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                if self._dirty:
+                    os.fsync(self._fd)
+                    self._dirty = False
+                os.close(self._fd)
+                self._fd = -1
+
+    def delete(self) -> None:
+        """Remove the spool (the server sealed the call)."""
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        fsync_dir(self.directory.parent)
+
+
+def list_spools(root: Path) -> list[Path]:
+    """The call spools under ``root`` (leftover temporary directories are removed)."""
+    out = []
+    for p in sorted(root.iterdir()) if root.exists() else []:
+        if p.name.startswith(".tmp-"):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.is_dir() and (p / SPOOL_FILE).exists():
+            out.append(p)
+    return out

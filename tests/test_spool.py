@@ -1,0 +1,179 @@
+"""callvault.spool: the sidecar's per-call store-and-forward spool (docs/format.md section 9)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from callvault.errors import FormatError
+from callvault.spool import (
+    FILE_HEADER_SIZE,
+    SPOOL_FILE,
+    End,
+    Spool,
+    list_spools,
+    spool_name,
+)
+
+START = b"\x0a\x04call"  # stands for a serialized CallStart: the spool keeps it as bytes
+
+
+def _batch(i: int, n: int = 5) -> tuple[bytes, np.ndarray, np.ndarray]:
+    lengths = np.array([172 + (i + k) % 9 for k in range(n)], np.int32)
+    packets = bytes((i * 7 + k) % 256 for k in range(int(lengths.sum())))
+    arrival = 1_700_000_000_000_000 + i * 20_000 + np.arange(n, dtype=np.int64) * 3
+    return packets, lengths, arrival
+
+
+def _filled(tmp_path: Path, batches: int = 10) -> Spool:
+    s = Spool.create(tmp_path, spool_name("acme", "c-1"), START, [40000, 40001], 123)
+    s.set_start_us(1_700_000_000_000_000 - 182_000)
+    for i in range(batches):
+        assert s.append(i % 2, *_batch(i)) == i
+    return s
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    s = _filled(tmp_path)
+    s.finish(end_us=99)
+    s.close()
+    r = Spool.open(tmp_path / spool_name("acme", "c-1"))
+    assert r.call_start == START and r.ports == (40000, 40001) and r.created_us == 123
+    assert r.start_us == 1_700_000_000_000_000 - 182_000
+    assert r.batches == 10 and r.end == End(10, 99) and r.dropped_bytes == 0
+    for i in range(10):
+        b = r.read(i)
+        packets, lengths, arrival = _batch(i)
+        assert (b.seq, b.leg, b.packets) == (i, i % 2, packets)
+        assert b.lengths.tolist() == lengths.tolist()
+        assert b.arrival_us.tolist() == arrival.tolist()
+
+
+def test_resume_from_seq(tmp_path: Path) -> None:
+    s = _filled(tmp_path, 12)
+    assert [b.seq for b in s.read_from(7)] == [7, 8, 9, 10, 11]
+    assert list(s.read_from(12)) == []
+    assert s.read(3).packets == _batch(3)[0]
+    with pytest.raises(IndexError):
+        s.read(12)
+
+
+def test_reader_sees_batches_appended_after_it_started(tmp_path: Path) -> None:
+    s = _filled(tmp_path, 2)
+    it = s.read_from(0)
+    assert next(it).seq == 0
+    s.append(0, *_batch(2))
+    assert [b.seq for b in it] == [1, 2]
+
+
+@pytest.mark.parametrize("cut", [1, 5, 9, 40, 500])
+def test_torn_tail_is_truncated_on_open(tmp_path: Path, cut: int) -> None:
+    s = _filled(tmp_path, 6)
+    s.close()
+    path = tmp_path / spool_name("acme", "c-1") / SPOOL_FILE
+    whole = path.stat().st_size
+    os.truncate(path, whole - cut)  # the last batch record lost its tail
+    r = Spool.open(path.parent)
+    assert r.batches == 5 and r.dropped_bytes > 0
+    assert path.stat().st_size == whole - cut - r.dropped_bytes
+    # the spool goes on from there: the next batch takes seq 5
+    assert r.append(1, *_batch(5)) == 5
+    r.close()
+    again = Spool.open(path.parent)
+    assert again.batches == 6 and again.dropped_bytes == 0
+    assert again.read(5).packets == _batch(5)[0]
+
+
+def test_flipped_bit_in_a_record_drops_it_and_what_follows(tmp_path: Path) -> None:
+    s = _filled(tmp_path, 6)
+    s.close()
+    path = tmp_path / spool_name("acme", "c-1") / SPOOL_FILE
+    data = bytearray(path.read_bytes())
+    # find batch 4's record and flip a bit in its packets
+    r0 = Spool.open(path.parent)
+    pos = r0._offsets[4]
+    r0.close()
+    data[pos + 60] ^= 0x10
+    path.write_bytes(bytes(data))
+    r = Spool.open(path.parent)
+    assert r.batches == 4 and r.dropped_bytes == len(data) - pos
+
+
+def test_not_a_spool_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "x"
+    d.mkdir()
+    (d / SPOOL_FILE).write_bytes(b"garbage" * 10)
+    with pytest.raises(FormatError, match="not a callvault spool"):
+        Spool.open(d)
+    s = _filled(tmp_path, 1)
+    s.close()
+    path = tmp_path / spool_name("acme", "c-1") / SPOOL_FILE
+    os.truncate(path, FILE_HEADER_SIZE + 3)  # the CALL record itself torn
+    with pytest.raises(FormatError, match="no CALL record"):
+        Spool.open(path.parent)
+
+
+def test_writes_reach_the_os_at_once(tmp_path: Path) -> None:
+    """A child appends batches without closing or syncing and is SIGKILLed: all are there."""
+    code = (
+        "import os, signal, sys\n"
+        "import numpy as np\n"
+        "from pathlib import Path\n"
+        "from callvault.spool import Spool\n"
+        "s = Spool.create(Path(sys.argv[1]), 'c', b'', [5000], 1)\n"
+        "s.set_start_us(1)\n"
+        "for i in range(50):\n"
+        "    s.append(0, b'x' * 172, np.array([172], np.int32), np.array([i], np.int64))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True)
+    assert p.returncode == -9, p.stderr
+    r = Spool.open(tmp_path / "c")
+    assert r.batches == 50 and r.dropped_bytes == 0 and r.end is None
+    assert r.read(49).arrival_us.tolist() == [49]
+
+
+def test_acked_is_kept(tmp_path: Path) -> None:
+    s = _filled(tmp_path, 3)
+    s.set_acked(2)
+    s.set_acked(1)  # never goes back
+    s.close()
+    assert Spool.open(tmp_path / spool_name("acme", "c-1")).acked == 2
+
+
+def test_end_then_append_is_refused(tmp_path: Path) -> None:
+    s = _filled(tmp_path, 2)
+    assert s.finish() == End(2, 0)
+    with pytest.raises(ValueError, match="ended"):
+        s.append(0, *_batch(2))
+
+
+def test_batch_before_start_us_is_refused(tmp_path: Path) -> None:
+    s = Spool.create(tmp_path, "c", START, [1], 0)
+    with pytest.raises(ValueError, match="set_start_us"):
+        s.append(0, *_batch(0))
+    with pytest.raises(ValueError, match="one length"):
+        s.set_start_us(5)
+        s.append(0, b"abc", np.array([2], np.int32), np.array([0], np.int64))
+
+
+def test_create_twice_is_refused_and_delete_removes(tmp_path: Path) -> None:
+    s = _filled(tmp_path, 1)
+    with pytest.raises(FileExistsError):
+        Spool.create(tmp_path, spool_name("acme", "c-1"), START, [1], 0)
+    (tmp_path / ".tmp-leftover").mkdir()
+    assert list_spools(tmp_path) == [tmp_path / spool_name("acme", "c-1")]
+    assert not (tmp_path / ".tmp-leftover").exists()
+    s.delete()
+    assert list_spools(tmp_path) == []
+
+
+def test_spool_names_are_safe() -> None:
+    assert spool_name("", "a.b:c-1") == "default+a.b:c-1"
+    assert spool_name("../x", ".") == "..%2Fx+."
+    assert "/" not in spool_name("a/b", "c")
