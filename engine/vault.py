@@ -127,6 +127,13 @@ class OpenReport:
     replays: list[Replay] = field(default_factory=list)
 
 
+def _take(queue: list[bytes], n: int) -> tuple[bytes, npt.NDArray[np.int32]]:
+    """The first n packets of a queue, removed from it: (data, lengths)."""
+    part = queue[:n]
+    del queue[:n]
+    return b"".join(part), np.fromiter((len(p) for p in part), dtype=np.int32, count=len(part))
+
+
 class CallWriter:
     """Records of one call, in order. Thread-safe; ``seal`` ends the call."""
 
@@ -235,6 +242,9 @@ class Vault:
             self.index = Index(path / "index")
             self.log = MerkleLog.open(path / "log")
             self._lock = threading.RLock()
+            # the Merkle log is appended on the committer thread and read by proofs
+            # and checkpoints on others: one lock around both
+            self._log_lock = threading.RLock()
             self._open: dict[tuple[str, str], CallWriter] = {}
             self.report = OpenReport()
             known_end = self._recover()
@@ -310,6 +320,10 @@ class Vault:
 
     # -- indexing (committer thread, and recovery) --------------------------------------
     def _on_commit(self, committed: list[Committed], recovering: bool = False) -> None:
+        with self._log_lock:
+            self._index_committed(committed, recovering)
+
+    def _index_committed(self, committed: list[Committed], recovering: bool) -> None:
         batch = self.index.batch()
         cache: dict[tuple[str, str], CallEntry] = {}
         log_grew = False
@@ -448,6 +462,64 @@ class Vault:
         self._writer.append(rec.OPEN, body).result()
         return w
 
+    def resume_call(self, call_id: str, *, tenant: str = "default") -> CallWriter:
+        """Writer of a call left open by an earlier process (a crash or a restart):
+        the chain continues from the durable records the index holds."""
+        with self._lock:
+            if (tenant, call_id) in self._open:
+                raise VaultError(f"call {call_id} is already being written in this process")
+            e = self.get_call(call_id, tenant=tenant)
+            if e.state != "open":
+                raise VaultError(f"call {call_id} is {e.state}: it cannot be resumed")
+            w = CallWriter(self, e, self._data_key(tenant, call_id),
+                           chainmod.Chain(tenant, call_id, bytes.fromhex(e.chain_head),
+                                          e.records))
+            w.frames = self.durable_frames(call_id, tenant=tenant)
+            self._open[(tenant, call_id)] = w
+            return w
+
+    def durable_frames(self, call_id: str, *, tenant: str = "default") -> list[int]:
+        """Per leg, how many frames from 0 the call's durable records cover."""
+        e = self.get_call(call_id, tenant=tenant)
+        out = [0] * len(e.legs)
+        for _, r in self.index.records(tenant, call_id):
+            if r.leg < len(out):
+                out[r.leg] = max(out[r.leg], r.first_frame + r.frames)
+        return out
+
+    def iter_frames(self, call_id: str, *, tenant: str = "default", from_frame: int = 0,
+                    to_frame: int, chunk: int = 50
+                    ) -> Iterator[tuple[int, list[tuple[bytes, npt.NDArray[np.int32]]]]]:
+        """The Opus packets of frames [from_frame, to_frame), every leg, in chunks of
+        ``chunk`` frames: (first frame, [(data, lengths) per leg]). One pass over the
+        call's records; only those in range are read and decrypted."""
+        e = self.get_call(call_id, tenant=tenant)
+        key = self._data_key(tenant, call_id)
+        nlegs = len(e.legs)
+        # per leg: packets not yet emitted, as (frame, packet) in frame order
+        queues: list[list[bytes]] = [[] for _ in range(nlegs)]
+        heads = [from_frame] * nlegs  # frame index of each queue's first packet
+        pos = from_frame
+        for _, r in self.index.records(tenant, call_id):
+            if r.first_frame + r.frames <= heads[r.leg] or r.first_frame >= to_frame:
+                continue
+            _, raw = self._reader.read(RecordRef(r.segment, r.offset, r.length))
+            lengths, packets = rec.parse(rec.AUDIO, raw).open_audio(key)
+            offs = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offs[1:])
+            lo = heads[r.leg] + len(queues[r.leg]) - r.first_frame
+            hi = min(len(lengths), to_frame - r.first_frame)
+            queues[r.leg].extend(packets[offs[i]:offs[i + 1]] for i in range(max(lo, 0), hi))
+            while all(heads[g] + len(queues[g]) >= min(pos + chunk, to_frame)
+                      for g in range(nlegs)) and pos < to_frame:
+                n = min(chunk, to_frame - pos)
+                yield pos, [_take(queues[g], n) for g in range(nlegs)]
+                heads = [h + n for h in heads]
+                pos += n
+        if pos < to_frame and all(len(q) for q in queues):
+            n = min(len(q) for q in queues)
+            yield pos, [_take(queues[g], n) for g in range(nlegs)]
+
     def _forget(self, e: CallEntry) -> None:
         with self._lock:
             self._open.pop((e.tenant, e.call_id), None)
@@ -493,9 +565,27 @@ class Vault:
 
     def list_calls(self, *, tenant: str = "default", since_us: int = 0,
                    until_us: int = 2**63 - 1, agent: str | None = None,
-                   skill_group: str | None = None, tag: str | None = None) -> list[CallEntry]:
-        return list(self.index.search(tenant, since_us=since_us, until_us=until_us, agent=agent,
-                                      skill_group=skill_group, tag=tag))
+                   skill_group: str | None = None, tag: str | None = None,
+                   direction: str | None = None, min_duration_us: int = 0,
+                   max_duration_us: int | None = None, limit: int = 0) -> list[CallEntry]:
+        """Calls started in [since_us, until_us) matching every filter given, in start
+        order. Duration bounds apply to ended calls; an open call (no end yet) only
+        matches when neither bound is given."""
+        out: list[CallEntry] = []
+        for e in self.index.search(tenant, since_us=since_us, until_us=until_us, agent=agent,
+                                   skill_group=skill_group, tag=tag):
+            if direction is not None and e.direction != direction:
+                continue
+            if min_duration_us or max_duration_us is not None:
+                if not e.end_us:
+                    continue
+                d = e.end_us - e.start_us
+                if d < min_duration_us or (max_duration_us is not None and d > max_duration_us):
+                    continue
+            out.append(e)
+            if limit and len(out) >= limit:
+                break
+        return out
 
     def manifest(self, call_id: str, *, tenant: str = "default") -> dict[str, Any]:
         e = self.get_call(call_id, tenant=tenant)
@@ -740,5 +830,40 @@ class Vault:
     def checkpoint(self) -> str:
         """A signed checkpoint of the log as it is now (C2SP signed note), consistent
         with every checkpoint signed before it (CheckpointLog refuses otherwise)."""
-        with self._lock:
+        with self._lock, self._log_lock:
             return self.checkpoints.sign().decode()
+
+    def inclusion_proof(self, leaf_index: int, tree_size: int = 0
+                        ) -> tuple[int, bytes, list[bytes], bytes]:
+        """(tree size, leaf hash, RFC 9162 inclusion path, root) of a log leaf;
+        tree_size 0 = the log as it is now."""
+        with self._log_lock:
+            size = tree_size or self.log.size
+            if not 0 <= leaf_index < size <= self.log.size:
+                raise InputError(f"leaf {leaf_index} is not in a log of size {size} "
+                                 f"(the log has {self.log.size} leaves)")
+            return (size, self.log.leaf_hash(leaf_index),
+                    self.log.inclusion_proof(leaf_index, size), self.log.root(size))
+
+    def consistency_proof(self, old_size: int, new_size: int = 0
+                          ) -> tuple[int, list[bytes], bytes, bytes]:
+        """(new size, RFC 9162 consistency path, old root, new root)."""
+        with self._log_lock:
+            new = new_size or self.log.size
+            if not 0 < old_size <= new <= self.log.size:
+                raise InputError(f"consistency from size {old_size} to {new}: need "
+                                 f"0 < old <= new <= {self.log.size} (the log's size)")
+            return (new, self.log.consistency_proof(old_size, new), self.log.root(old_size),
+                    self.log.root(new))
+
+    def log_size(self) -> int:
+        with self._log_lock:
+            return self.log.size
+
+    def stats(self) -> dict[str, int]:
+        """Calls in the index, segment bytes, free disk and log size."""
+        calls = sum(1 for t in self.index.tenants() for _ in self.index.search(t))
+        stored = sum(p.stat().st_size for p in (self.path / "segments").glob("*") if p.is_file())
+        st = os.statvfs(self.path)
+        return {"calls": calls, "stored_bytes": stored,
+                "free_disk_bytes": st.f_bavail * st.f_frsize, "log_size": self.log_size()}

@@ -1,0 +1,204 @@
+"""The interceptor chain every RPC passes: who is calling, may they, and a log of it.
+
+Today there is one local identity with every role (the server trusts whoever
+reaches its port: bind it to loopback or a private network, or use TLS).
+Access control is the next step, and it plugs in here: an ``Authenticator``
+turns the call's credentials (TLS client certificate, metadata token) into an
+``Identity``, and ``authorize`` checks the method's permission (``PERMISSIONS``)
+against the identity's roles before the servicer runs. Servicers read the
+caller with ``current_identity()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+log = logging.getLogger("callvault.api")
+
+# What each method needs (DESIGN.md "Roles"): checked by authorize().
+PERMISSIONS: dict[str, str] = {
+    "/callvault.v1.Ingest/Record": "record",
+    "/callvault.v1.Archive/Search": "metadata",
+    "/callvault.v1.Archive/GetCall": "metadata",
+    "/callvault.v1.Archive/Play": "listen",
+    "/callvault.v1.Archive/Export": "export",
+    "/callvault.v1.Integrity/GetCheckpoint": "proofs",
+    "/callvault.v1.Integrity/GetInclusionProof": "proofs",
+    "/callvault.v1.Integrity/GetConsistencyProof": "proofs",
+    "/callvault.v1.Integrity/GetBundle": "export",
+    "/callvault.v1.Integrity/Verify": "proofs",
+    "/callvault.v1.Admin/Stats": "health",
+    "/callvault.v1.Admin/Erase": "erase",
+    "/callvault.v1.Admin/Reindex": "admin",
+    "/callvault.v1.Admin/RotateKey": "admin",
+}
+# Health and reflection are open to every caller.
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+ALL = frozenset(PERMISSIONS.values())
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    permissions: frozenset[str]
+    tenants: frozenset[str] | None = None  # None = every tenant
+
+
+LOCAL = Identity("local", ALL)
+
+
+class Authenticator:
+    """Credentials -> Identity. The local one: everyone is the local identity."""
+
+    def identify(self, context: grpc.ServicerContext) -> Identity:
+        return LOCAL
+
+
+def authorize(identity: Identity, method: str) -> str | None:
+    """None if allowed, else why not."""
+    if method.startswith(OPEN_PREFIXES):
+        return None
+    need = PERMISSIONS.get(method)
+    if need is None:
+        return f"{method} is not a callvault method"
+    if need not in identity.permissions:
+        return f"{identity.name} may not {need} ({method})"
+    return None
+
+
+_current = threading.local()
+
+
+def current_identity() -> Identity:
+    """The caller of the RPC this thread serves (grpc's sync server runs an RPC,
+    response stream included, on one pool thread; the interceptor sets this first)."""
+    ident: Identity | None = getattr(_current, "identity", None)
+    if ident is None:
+        raise RuntimeError("no RPC identity on this thread")
+    return ident
+
+
+class MethodLog:
+    """Counts per method and outcome, and the RPCs in flight (Stats.streams)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.active = 0
+
+    def begin(self) -> None:
+        with self.lock:
+            self.active += 1
+
+    def end(self, method: str, outcome: str, started: float, who: str) -> None:
+        with self.lock:
+            self.active -= 1
+            self.calls[(method, outcome)] += 1
+        log.info("%s %s %s %.1f ms", who, method, outcome, (time.monotonic() - started) * 1e3)
+
+
+class IdentityInterceptor(grpc.ServerInterceptor):
+    """Identity, authorization and the method log around every handler."""
+
+    def __init__(self, auth: Authenticator, methods: MethodLog) -> None:
+        self.auth = auth
+        self.methods = methods
+
+    def intercept_service(self, continuation: Callable[[Any], Any],
+                          details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        if handler.request_deserializer is not None:
+            handler = handler._replace(
+                request_deserializer=_tolerant(handler.request_deserializer))
+        if handler.unary_unary:
+            return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=self._unary(handler.stream_unary, method))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=self._stream(handler.unary_stream, method))
+        return handler._replace(stream_stream=self._stream(handler.stream_stream, method))
+
+    def _enter(self, context: grpc.ServicerContext, method: str) -> Identity:
+        ident = self.auth.identify(context)
+        _current.identity = ident
+        why = authorize(ident, method)
+        if why is not None:
+            self.methods.begin()
+            self.methods.end(method, "PERMISSION_DENIED", time.monotonic(), ident.name)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+        return ident
+
+    def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            ident = self._enter(context, method)
+            if isinstance(request, Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(method))
+            started = time.monotonic()
+            self.methods.begin()
+            outcome = "OK"
+            try:
+                return behavior(request, context)
+            except BaseException:
+                outcome = _outcome(context, "ERROR")
+                raise
+            finally:
+                self.methods.end(method, outcome, started, ident.name)
+        return run
+
+    def _stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            ident = self._enter(context, method)
+            if isinstance(request, Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(method))
+            started = time.monotonic()
+            self.methods.begin()
+            outcome = "OK"
+            try:
+                yield from behavior(request, context)
+            except GeneratorExit:
+                outcome = "CANCELLED"
+                raise
+            except BaseException:
+                outcome = _outcome(context, "ERROR")
+                raise
+            finally:
+                self.methods.end(method, outcome, started, ident.name)
+        return run
+
+
+class Undecodable:
+    """A request message that does not parse: the handler answers INVALID_ARGUMENT
+    (grpcio itself would answer INTERNAL, which blames the server)."""
+
+    def __init__(self, size: int, error: Exception) -> None:
+        self.size = size
+        self.error = error
+
+    def message(self, method: str) -> str:
+        return (f"the request to {method} is not a valid protobuf message of its type "
+                f"({self.size} bytes: {self.error})")
+
+
+def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def run(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as e:  # protobuf's DecodeError, or worse
+            return Undecodable(len(raw), e)
+    return run
+
+
+def _outcome(context: grpc.ServicerContext, default: str) -> str:
+    code = getattr(context, "code", lambda: None)()
+    return code.name if code is not None else default

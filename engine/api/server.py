@@ -1,0 +1,156 @@
+"""`callvault serve`: the vault over gRPC (docs/server.md).
+
+    callvault serve --data DIR --listen HOST:PORT [--config FILE]
+                    [--tls-cert F --tls-key F] [--port-file F]
+
+One process per data directory (the vault's LOCK). grpcio's thread-pool
+server: every RPC, streams included, holds a worker thread while it runs, so
+``workers`` >= ``max_concurrent_rpcs``; beyond that limit new RPCs get
+RESOURCE_EXHAUSTED. SIGTERM (or SIGINT) shuts down gracefully: health goes
+NOT_SERVING, new calls are refused, every open call's encoded audio is made
+durable, in-flight RPCs get ``shutdown_grace_s`` to finish, the vault closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from callvault_client._pb import callvault_pb2 as pb
+from callvault_client._pb import callvault_pb2_grpc as pbg
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from callvault.api.interceptors import Authenticator, IdentityInterceptor, MethodLog
+from callvault.api.servicers import (
+    AdminServicer,
+    ArchiveServicer,
+    Config,
+    IngestServicer,
+    IntegrityServicer,
+)
+from callvault.durable import write_atomic
+from callvault.errors import InputError
+from callvault.ingest import Ingestor
+from callvault.vault import Vault
+
+log = logging.getLogger("callvault.server")
+SERVICES = ("Ingest", "Archive", "Integrity", "Admin")
+
+
+class Server:
+    """A running server on an open vault."""
+
+    def __init__(self, vault: Vault, listen: str, config: Config | None = None, *,
+                 tls: tuple[bytes, bytes] | None = None,
+                 auth: Authenticator | None = None) -> None:
+        self.vault = vault
+        self.config = config or Config()
+        c = self.config
+        self.ingestor = Ingestor(vault)
+        self.methods = MethodLog()
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.grpc = grpc.server(
+            ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="rpc"),
+            interceptors=[IdentityInterceptor(auth or Authenticator(), self.methods)],
+            options=[("grpc.max_receive_message_length", c.max_message_bytes),
+                     ("grpc.max_send_message_length", c.max_message_bytes),
+                     ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=c.max_concurrent_rpcs)
+        pbg.add_IngestServicer_to_server(IngestServicer(self.ingestor, c), self.grpc)
+        pbg.add_ArchiveServicer_to_server(ArchiveServicer(vault, self.ingestor), self.grpc)
+        pbg.add_IntegrityServicer_to_server(IntegrityServicer(vault), self.grpc)
+        pbg.add_AdminServicer_to_server(
+            AdminServicer(vault, self.ingestor, lambda: self.methods.active), self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], self.grpc)
+        if tls is not None:
+            creds = grpc.ssl_server_credentials([(tls[1], tls[0])])
+            self.port = self.grpc.add_secure_port(listen, creds)
+        else:
+            self.port = self.grpc.add_insecure_port(listen)
+        if not self.port:
+            raise InputError(f"cannot listen on {listen}")
+        self._names = names
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        self.grpc.start()
+        for name in ["", *self._names]:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self) -> None:
+        """Graceful: NOT_SERVING, refuse new calls, store open calls' audio, drain."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.ingestor.shutdown(lambda live, e: log.error("call %s: %s", live.spec.call_id, e))
+        self.grpc.stop(self.config.shutdown_grace_s).wait()
+        self.ingestor.shutdown()  # what streams processed while draining
+        self.vault.close()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+def load_config(path: str | None) -> Config:
+    if not path:
+        return Config()
+    try:
+        doc: Any = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"--config {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"--config {path}: expected a JSON object of settings")
+    return Config(**doc)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = load_config(args.config)
+    tls = None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InputError("TLS needs both --tls-cert and --tls-key")
+    if args.tls_cert:
+        tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())
+    vault = Vault.open(args.data, key_file=args.key_file, segment_bytes=config.segment_bytes)
+    r = vault.report
+    if r.truncated or r.damage or r.reindexed or r.replays:
+        print(f"callvault: recovery: truncated {r.truncated}, re-indexed {r.reindexed} "
+              f"record(s), damage {len(r.damage)}, replays {len(r.replays)}", file=sys.stderr)
+    try:
+        server = Server(vault, args.listen, config, tls=tls)
+    except BaseException:
+        vault.close()
+        raise
+    server.start()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    host = args.listen.rsplit(":", 1)[0]
+    print(f"callvault: serving {args.data} on {host}:{server.port}"
+          f"{' (TLS)' if tls else ''}", file=sys.stderr, flush=True)
+    if args.port_file:
+        write_atomic(Path(args.port_file), f"{server.port}\n".encode())
+    while not stop.wait(1.0):
+        pass
+    print("callvault: shutting down (open calls made durable)", file=sys.stderr, flush=True)
+    server.stop()
+    return 0

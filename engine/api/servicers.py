@@ -1,0 +1,522 @@
+"""gRPC servicers: proto <-> Vault / Ingestor, nothing more (proto/callvault/v1).
+
+Each method checks its request's shape, calls the engine, and converts the
+answer; engine errors become status codes by ``fail`` (InputError ->
+INVALID_ARGUMENT, CallNotFound -> NOT_FOUND, other VaultErrors ->
+FAILED_PRECONDITION, ...), with the engine's message, which is written for
+people.
+"""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import numpy as np
+from callvault_client._pb import callvault_pb2 as pb
+from callvault_client._pb import callvault_pb2_grpc as pbg
+
+from callvault.api.interceptors import Undecodable
+from callvault.errors import CallvaultError, InputError
+from callvault.ingest import (
+    Batch,
+    CallSpec,
+    Ingestor,
+    LiveCall,
+    OutOfOrder,
+    ShuttingDown,
+    StreamTakenOver,
+)
+from callvault.integrity import checkpoint
+from callvault.store.index import CallEntry
+from callvault.vault import PRE_SKIP, CallNotFound, Vault, VaultError
+
+CHUNK_BYTES = 1 << 20
+FRAME_MS = 20
+T = TypeVar("T")
+
+
+def fail(context: grpc.ServicerContext, e: BaseException) -> NoReturn:
+    """Abort the RPC with the status an engine error means."""
+    if isinstance(e, CallNotFound):
+        context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+    if isinstance(e, StreamTakenOver):
+        context.abort(grpc.StatusCode.ABORTED, str(e))
+    if isinstance(e, ShuttingDown):
+        context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+    if isinstance(e, OutOfOrder):
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+    if isinstance(e, InputError):
+        if "already exists" in str(e):
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    if isinstance(e, VaultError):
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+    if isinstance(e, CallvaultError):
+        context.abort(grpc.StatusCode.INTERNAL, str(e))
+    raise e
+
+
+def unary(method: Callable[..., T]) -> Callable[..., T]:
+    def run(self: Any, request: Any, context: grpc.ServicerContext) -> T:
+        try:
+            return method(self, request, context)
+        except CallvaultError as e:
+            fail(context, e)
+    run.__name__ = method.__name__
+    run.__doc__ = method.__doc__
+    return run
+
+
+def streaming(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
+    def run(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[T]:
+        try:
+            yield from method(self, request, context)
+        except CallvaultError as e:
+            fail(context, e)
+    run.__name__ = method.__name__
+    run.__doc__ = method.__doc__
+    return run
+
+
+def _ref(ref: pb.CallRef) -> tuple[str, str]:
+    if not ref.call_id:
+        raise InputError("call.call_id is required")
+    return ref.tenant or "default", ref.call_id
+
+
+def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
+    return pb.CallInfo(
+        tenant=e.tenant, call_id=e.call_id, state=e.state, start_us=e.start_us,
+        end_us=e.end_us, direction=e.direction, agent=e.agent, skill_group=e.skill_group,
+        tags=e.tags, legs=e.legs,
+        extra={str(k): str(v) for k, v in e.extra.items() if not isinstance(v, list | dict)},
+        frames=frames, records=e.records, chain_head=bytes.fromhex(e.chain_head),
+        seal=bytes.fromhex(e.seal) if e.seal else b"", log_index=e.log_index)
+
+
+class Config:
+    """Server settings (`callvault serve --config FILE`, JSON; docs/server.md)."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.max_message_bytes: int = int(kw.pop("max_message_bytes", 8 << 20))
+        self.max_concurrent_rpcs: int = int(kw.pop("max_concurrent_rpcs", 1000))
+        self.workers: int = int(kw.pop("workers", 1100))
+        self.ingest_idle_s: float = float(kw.pop("ingest_idle_s", 120.0))
+        self.shutdown_grace_s: float = float(kw.pop("shutdown_grace_s", 10.0))
+        self.segment_bytes: int = int(kw.pop("segment_bytes", 64 << 20))
+        if kw:
+            raise InputError(f"unknown server setting(s): {', '.join(sorted(kw))}")
+        if self.workers < self.max_concurrent_rpcs:
+            raise InputError("workers must be at least max_concurrent_rpcs (each stream "
+                             "holds a worker thread)")
+
+
+class IngestServicer(pbg.IngestServicer):
+    def __init__(self, ingestor: Ingestor, config: Config) -> None:
+        self.ingestor = ingestor
+        self.config = config
+
+    def Record(self, request_iterator: Iterator[pb.IngestRequest],
+               context: grpc.ServicerContext) -> Iterator[pb.IngestReply]:
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+        def read() -> None:
+            try:
+                for req in request_iterator:
+                    events.put(("req", req))
+                events.put(("eof", None))
+            except Exception as e:  # the client went away
+                events.put(("gone", e))
+
+        threading.Thread(target=read, name="ingest-reader", daemon=True).start()
+        live: LiveCall | None = None
+        token = 0
+        acked = -1
+        last_req = time.monotonic()
+        try:
+            while context.is_active():
+                try:
+                    kind, item = events.get(timeout=1.0)
+                except queue.Empty:
+                    if time.monotonic() - last_req > self.config.ingest_idle_s:
+                        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      f"no message for {self.config.ingest_idle_s:g} s: stream "
+                                      "closed (reconnect with the same CallStart to resume)")
+                    continue
+                if kind == "ack":
+                    assert live is not None
+                    if live.error is not None:
+                        context.abort(grpc.StatusCode.INTERNAL,
+                                      f"storing the call failed: {live.error}")
+                    if item > acked:
+                        acked = item
+                        yield self._ack(live, item)
+                    continue
+                if kind != "req":
+                    return  # the client half-closed or left; the call stays open
+                last_req = time.monotonic()
+                if isinstance(item, Undecodable):
+                    raise InputError(item.message("/callvault.v1.Ingest/Record"))
+                which = item.WhichOneof("msg")
+                if which == "start":
+                    if live is not None:
+                        raise InputError("a second CallStart on one stream")
+                    live, token = self.ingestor.attach(self._spec(item.start))
+                    yield pb.IngestReply(started=pb.Started(
+                        resume_from_seq=live.next_seq, resumed=live.resumed or live.sealed
+                        is not None, start_us=live.start_us))
+                    if live.sealed is not None:
+                        yield self._sealed(live)
+                        return
+                elif live is None:
+                    raise InputError("the first message of a Record stream must be a CallStart")
+                elif which == "batch":
+                    b = item.batch
+                    batch = Batch.checked(b.seq, b.leg, b.packets, b.lengths, b.arrival_us,
+                                          len(live.spec.legs))
+                    fut = live.process(token, batch)
+                    self.ingestor.count(len(batch.lengths), len(batch.packets))
+                    if fut is None or fut.done():
+                        events.put(("ack", batch.seq))
+                    else:
+                        fut.add_done_callback(_ack_when_done(events, batch.seq))
+                elif which == "end":
+                    live.end(token, item.end.batches, item.end.end_us)
+                    if live.next_seq:
+                        yield self._ack(live, live.next_seq - 1)
+                    yield self._sealed(live)
+                    self.ingestor.finished(live)
+                    return
+                else:
+                    raise InputError("an IngestRequest must hold start, batch or end")
+        except CallvaultError as e:
+            fail(context, e)
+
+    @staticmethod
+    def _spec(s: pb.CallStart) -> CallSpec:
+        legs = tuple(leg.name for leg in s.legs)
+        m = s.meta
+        meta: dict[str, Any] = {"direction": m.direction, "agent": m.agent,
+                                "skill_group": m.skill_group,
+                                "customer_number": m.customer_number, "tags": list(m.tags),
+                                "extra": dict(m.extra)}
+        return CallSpec(call_id=s.call_id, tenant=s.tenant, legs=legs, start_us=s.start_us,
+                        event_payload_types=tuple(tuple(leg.event_payload_types)
+                                                  for leg in s.legs), meta=meta)
+
+    @staticmethod
+    def _ack(live: LiveCall, seq: int) -> pb.IngestReply:
+        p = live.progress(seq)
+        return pb.IngestReply(ack=pb.Ack(seq=seq, durable_frames=p.durable_frames,
+                                         chain_records=p.chain_records,
+                                         chain_head=p.chain_head))
+
+    @staticmethod
+    def _sealed(live: LiveCall) -> pb.IngestReply:
+        assert live.sealed is not None
+        seal, frames, log_index = live.sealed
+        return pb.IngestReply(sealed=pb.Sealed(seal=seal, frames=frames,
+                                               log_index=max(log_index, 0)))
+
+
+def _ack_when_done(events: queue.Queue[tuple[str, Any]], seq: int) -> Callable[[Any], None]:
+    def done(_fut: Any) -> None:
+        events.put(("ack", seq))
+    return done
+
+
+class ArchiveServicer(pbg.ArchiveServicer):
+    def __init__(self, vault: Vault, ingestor: Ingestor) -> None:
+        self.vault = vault
+        self.ingestor = ingestor
+
+    def _frames(self, e: CallEntry) -> int:
+        """Frames per leg: the sealed length, or what is durable on every leg."""
+        if e.end_us:
+            return (e.end_us - e.start_us) // (FRAME_MS * 1000)
+        live = self.ingestor.get(e.tenant, e.call_id)
+        if live is not None:
+            with live.lock:
+                return min(live.durable, default=0)
+        return min(self.vault.durable_frames(e.call_id, tenant=e.tenant), default=0)
+
+    @streaming
+    def Search(self, r: pb.SearchRequest, context: grpc.ServicerContext
+               ) -> Iterator[pb.CallInfo]:
+        if r.until_us and r.until_us <= r.since_us:
+            raise InputError(f"until_us {r.until_us} is not after since_us {r.since_us}")
+        if r.max_duration_ms and r.max_duration_ms < r.min_duration_ms:
+            raise InputError("max_duration_ms is below min_duration_ms")
+        calls = self.vault.list_calls(
+            tenant=r.tenant or "default", since_us=r.since_us, until_us=r.until_us or 2**63 - 1,
+            agent=r.agent or None, skill_group=r.skill_group or None, tag=r.tag or None,
+            direction=r.direction or None, min_duration_us=r.min_duration_ms * 1000,
+            max_duration_us=r.max_duration_ms * 1000 if r.max_duration_ms else None,
+            limit=r.limit)
+        for e in calls:
+            yield call_info(e, self._frames(e))
+
+    @unary
+    def GetCall(self, r: pb.GetCallRequest, context: grpc.ServicerContext) -> pb.CallInfo:
+        import json
+
+        tenant, call_id = _ref(r.call)
+        e = self.vault.get_call(call_id, tenant=tenant)
+        info = call_info(e, self._frames(e))
+        if r.include_summary and e.state == "sealed":
+            info.summary_json = json.dumps(self.vault.summary(call_id, tenant=tenant),
+                                           sort_keys=True)
+        if r.include_customer_number and e.state != "erased":
+            info.customer_number = self.vault.customer_number(call_id, tenant=tenant)
+        return info
+
+    @streaming
+    def Play(self, r: pb.PlayRequest, context: grpc.ServicerContext) -> Iterator[pb.PlayChunk]:
+        tenant, call_id = _ref(r.call)
+        fmt = r.format or pb.OPUS
+        if fmt not in (pb.OPUS, pb.PCM):
+            raise InputError("Play streams OPUS or PCM (OGG and WAV files come from Export)")
+        chunk = r.frames_per_chunk or 50
+        if not 1 <= chunk <= 500:
+            raise InputError(f"frames_per_chunk {chunk}: 1 to 500")
+        if r.to_ms and r.to_ms <= r.from_ms:
+            raise InputError(f"to_ms {r.to_ms} is not after from_ms {r.from_ms}")
+        e = self.vault.get_call(call_id, tenant=tenant)
+        if e.state == "erased":
+            raise VaultError(f"call {call_id} was erased: its audio is gone")
+        start = r.from_ms // FRAME_MS
+        stop = -(-r.to_ms // FRAME_MS) if r.to_ms else None
+        chunks = self._opus_chunks(tenant, call_id, start, stop, chunk, r.follow, context)
+        if fmt == pb.PCM:
+            chunks = _pcm_chunks(chunks, start, chunk, len(e.legs))
+        first = True
+        for pos, legs, live in chunks:
+            n = len(legs[0][1]) if fmt == pb.OPUS else len(legs[0][0]) // 320
+            out = pb.PlayChunk(first_frame=pos, frames=n, live=live,
+                               pre_skip=PRE_SKIP if first and fmt == pb.OPUS else 0)
+            for data, lengths in legs:
+                out.legs.add(data=data, lengths=lengths.tolist() if fmt == pb.OPUS else [])
+            first = False
+            yield out
+
+    def _opus_chunks(self, tenant: str, call_id: str, start: int, stop: int | None,
+                     chunk: int, follow: bool, context: grpc.ServicerContext
+                     ) -> Iterator[tuple[int, list[tuple[bytes, Any]], bool]]:
+        """(first frame, per-leg packets, still live) up to the durable end; with
+        follow, waits for more until the call is sealed or the client leaves."""
+        pos = start
+        while context.is_active():
+            e = self.vault.get_call(call_id, tenant=tenant)
+            sealed = e.state != "open"
+            # a sealed call's encoder flush packet (frame = length) goes too: PCM needs it
+            avail = ((e.end_us - e.start_us) // (FRAME_MS * 1000) + 1 if sealed
+                     else self._frames(e))
+            end = avail if stop is None else min(avail, stop + (1 if sealed else 0))
+            if pos < end:
+                for first, legs in self.vault.iter_frames(call_id, tenant=tenant,
+                                                          from_frame=pos, to_frame=end,
+                                                          chunk=chunk):
+                    yield first, legs, not sealed
+                    pos = first + len(legs[0][1])
+            if sealed or not follow or (stop is not None and pos >= stop):
+                return
+            live = self.ingestor.get(tenant, call_id)
+            if live is None:
+                time.sleep(0.2)  # open but not being recorded here right now
+                continue
+            _wait_durable(live, pos)
+
+    @streaming
+    def Export(self, r: pb.ExportRequest, context: grpc.ServicerContext
+               ) -> Iterator[pb.FileChunk]:
+        tenant, call_id = _ref(r.call)
+        fmt = r.format or pb.OGG
+        if fmt not in (pb.OGG, pb.WAV):
+            raise InputError("Export writes OGG or WAV files (OPUS and PCM are for Play)")
+        if r.to_ms and r.to_ms <= r.from_ms:
+            raise InputError(f"to_ms {r.to_ms} is not after from_ms {r.from_ms}")
+        e = self.vault.get_call(call_id, tenant=tenant)
+        if e.state != "sealed":
+            raise VaultError(f"call {call_id} is {e.state}: only sealed calls are exported "
+                             "(Play streams a call being recorded)")
+        with tempfile.TemporaryDirectory(prefix="callvault-export-") as tmp:
+            out = Path(tmp) / ("call.ogg" if fmt == pb.OGG else "call.wav")
+            self.vault.export(call_id, out, tenant=tenant, from_s=r.from_ms / 1000,
+                              to_s=r.to_ms / 1000 if r.to_ms else None)
+            yield from _file_chunks(out, out.name)
+
+
+def _wait_durable(live: LiveCall, pos: int, timeout: float = 1.0) -> None:
+    """Until the call is sealed or every leg is durable beyond ``pos`` (or timeout)."""
+    def ready() -> bool:
+        return live.sealed is not None or min(live.durable, default=0) > pos
+
+    with live.changed:
+        live.changed.wait_for(ready, timeout=timeout)
+
+
+def _file_chunks(path: Path, name: str) -> Iterator[pb.FileChunk]:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        offset = 0
+        while True:
+            data = f.read(CHUNK_BYTES)
+            if not data and offset:
+                return
+            yield pb.FileChunk(name=name, offset=offset, data=data, size=size)
+            offset += len(data)
+            if offset >= size:
+                return
+
+
+def _pcm_chunks(chunks: Iterator[tuple[int, list[tuple[bytes, Any]], bool]], start: int,
+                chunk: int, nlegs: int) -> Iterator[tuple[int, list[tuple[bytes, Any]], bool]]:
+    """Decode Opus chunks to PCM on the timeline: the decoder's output lags its input
+    by the encoder lookahead (PRE_SKIP at 48 kHz = 52 samples at 8 kHz), so timeline
+    sample t is decoded sample t + 52; a frame is emitted once all of it is decoded."""
+    from callvault import _opus
+
+    lag = PRE_SKIP // 6
+    decoders = [_opus.Decoder(sample_rate=8000) for _ in range(nlegs)]
+    bufs: list[Any] = [np.zeros(0, np.int16) for _ in range(nlegs)]
+    t0 = start * 160 - lag  # timeline sample of bufs[g][0]
+    pos = start
+    for first, legs, live in chunks:
+        for g, (data, lengths) in enumerate(legs):
+            pcm = decoders[g].decode_frames(data, lengths).reshape(-1)
+            bufs[g] = np.concatenate([bufs[g], pcm])
+        if first != pos and first * 160 - lag > t0 + len(bufs[0]):
+            raise AssertionError(f"PCM play: chunk at frame {first}, expected {pos}")
+        drop = max(0, pos * 160 - t0)
+        whole = (len(bufs[0]) - drop) // 160
+        while whole > 0:
+            n = min(whole, chunk)
+            lo = drop
+            hi = lo + n * 160
+            yield pos, [(bufs[g][lo:hi].astype("<i2").tobytes(), None)
+                        for g in range(nlegs)], live
+            pos += n
+            whole -= n
+            drop = hi
+        bufs = [b[drop:] for b in bufs]
+        t0 += drop
+
+
+class IntegrityServicer(pbg.IntegrityServicer):
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+
+    @unary
+    def GetCheckpoint(self, r: pb.GetCheckpointRequest, context: grpc.ServicerContext
+                      ) -> pb.Checkpoint:
+        note = self.vault.checkpoint()
+        cp = checkpoint.parse(note)
+        return pb.Checkpoint(note=note, tree_size=cp.size, root_hash=cp.root,
+                             verifier_key=self.vault.signer.verifier_key())
+
+    @unary
+    def GetInclusionProof(self, r: pb.InclusionProofRequest, context: grpc.ServicerContext
+                          ) -> pb.InclusionProof:
+        which = r.WhichOneof("leaf")
+        if which == "call":
+            tenant, call_id = _ref(r.call)
+            e = self.vault.get_call(call_id, tenant=tenant)
+            if e.log_index < 0:
+                raise VaultError(f"call {call_id} is not sealed: it has no log leaf yet")
+            index = e.log_index
+        elif which == "leaf_index":
+            index = r.leaf_index
+        else:
+            raise InputError("name the leaf: call or leaf_index")
+        size, leaf, path, root = self.vault.inclusion_proof(index, r.tree_size)
+        return pb.InclusionProof(leaf_index=index, tree_size=size, leaf_hash=leaf, path=path,
+                                 root_hash=root)
+
+    @unary
+    def GetConsistencyProof(self, r: pb.ConsistencyProofRequest,
+                            context: grpc.ServicerContext) -> pb.ConsistencyProof:
+        new, path, old_root, new_root = self.vault.consistency_proof(r.old_size, r.new_size)
+        return pb.ConsistencyProof(old_size=r.old_size, new_size=new, path=path,
+                                   old_root=old_root, new_root=new_root)
+
+    @streaming
+    def GetBundle(self, r: pb.GetBundleRequest, context: grpc.ServicerContext
+                  ) -> Iterator[pb.FileChunk]:
+        from callvault.bundle import write_bundle
+
+        tenant, call_id = _ref(r.call)
+        with tempfile.TemporaryDirectory(prefix="callvault-bundle-") as tmp:
+            d = write_bundle(self.vault, call_id, Path(tmp) / "bundle", tenant=tenant)
+            for p in sorted(x for x in d.rglob("*") if x.is_file()):
+                yield from _file_chunks(p, p.relative_to(d).as_posix())
+
+    @streaming
+    def Verify(self, r: pb.VerifyRequest, context: grpc.ServicerContext
+               ) -> Iterator[pb.VerifyResult]:
+        if r.all:
+            problems = self.vault.verify_all()
+            by_what: dict[str, list[str]] = {}
+            for p in problems:
+                by_what.setdefault(p.what, []).append(str(p))
+            yield pb.VerifyResult(what="segments", ok="segments" not in by_what,
+                                  problems=by_what.pop("segments", []))
+            for tenant in self.vault.index.tenants():
+                for e in self.vault.list_calls(tenant=tenant):
+                    what = f"call {e.call_id}"
+                    found = by_what.get(what, [])
+                    yield pb.VerifyResult(what=what, ok=not found, problems=found)
+            return
+        if not r.call_ids:
+            raise InputError("name the calls to verify (call_ids), or set all")
+        for call_id in r.call_ids:
+            found = [str(p) for p in self.vault.verify_call(call_id,
+                                                            tenant=r.tenant or "default")]
+            yield pb.VerifyResult(what=f"call {call_id}", ok=not found, problems=found)
+
+
+class AdminServicer(pbg.AdminServicer):
+    def __init__(self, vault: Vault, ingestor: Ingestor, streams: Callable[[], int]) -> None:
+        self.vault = vault
+        self.ingestor = ingestor
+        self.streams = streams
+        self.started = time.monotonic()
+
+    @unary
+    def Stats(self, r: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsReply:
+        s = self.vault.stats()
+        pps, bps = self.ingestor.rates()
+        return pb.StatsReply(
+            calls=s["calls"], open_calls=self.ingestor.open_calls(),
+            stored_bytes=s["stored_bytes"], free_disk_bytes=s["free_disk_bytes"],
+            ingest_packets_per_s=pps, ingest_bytes_per_s=bps,
+            packets_total=self.ingestor.packets_total, batches_total=self.ingestor.batches_total,
+            log_size=s["log_size"], uptime_s=time.monotonic() - self.started,
+            streams=self.streams())
+
+    @unary
+    def Erase(self, r: pb.EraseRequest, context: grpc.ServicerContext) -> pb.EraseReply:
+        tenant, call_id = _ref(r.call)
+        self.vault.erase(call_id, reason=r.reason, tenant=tenant)
+        e = self.vault.get_call(call_id, tenant=tenant)
+        return pb.EraseReply(log_index=int(e.extra.get("erase_log_index", -1)))
+
+    @unary
+    def Reindex(self, r: pb.ReindexRequest, context: grpc.ServicerContext) -> pb.ReindexReply:
+        n = self.ingestor.open_calls()
+        if n:
+            raise VaultError(f"{n} call(s) are being recorded: reindex when none is (or "
+                             "stop the server and run `callvault --data DIR reindex`)")
+        return pb.ReindexReply(records=self.vault.reindex())
+
+    @unary
+    def RotateKey(self, r: pb.RotateKeyRequest, context: grpc.ServicerContext
+                  ) -> pb.RotateKeyReply:
+        kek, n = self.vault.rotate_key()
+        return pb.RotateKeyReply(kek_id=kek, rewrapped=n)
