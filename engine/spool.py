@@ -136,6 +136,7 @@ class Spool:
         self.end: End | None = None
         self.dropped_bytes = 0
         self.acked = 0
+        self.packets = 0  # RTP packets in all batches
 
     # -- creating and opening ---------------------------------------------
 
@@ -223,10 +224,11 @@ class Spool:
                 return False
             self.start_us = _I64.unpack(body)[0]
         elif kind == REC_BATCH:
-            seq = _BATCH.unpack_from(body)[0]
+            seq, _, count = _BATCH.unpack_from(body)
             if seq != len(self._offsets) or self.start_us is None:
                 return False
             self._offsets.append(pos)
+            self.packets += count
         elif kind == REC_END:
             batches, end_us = _END.unpack(body)
             if batches != len(self._offsets):
@@ -270,6 +272,7 @@ class Spool:
             body = b"".join((_BATCH.pack(seq, leg, n), lengths.astype("<u4").tobytes(),
                              arrival_us.astype("<i8").tobytes(), packets))
             self._offsets.append(self._append(REC_BATCH, body))
+            self.packets += n
             return seq
 
     def finish(self, end_us: int = 0) -> End:
