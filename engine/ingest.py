@@ -173,6 +173,7 @@ class LiveCall:
         self.pipes: list[LegPipeline] | None = None
         self.next_seq = 0
         self.owner = 0  # the attached stream's token
+        self.attachments = 0  # streams that attached so far
         self.sealed: tuple[bytes, int, int] | None = None  # (seal, frames, log index)
         self.last_future: Future[Ack] | None = None
         self.packets = 0
@@ -368,6 +369,7 @@ class Ingestor:
                                  f"{', '.join(live.spec.legs)}, not {', '.join(spec.legs)}")
         with live.lock:
             live.owner = token
+            live.attachments += 1
             live.changed.notify_all()
         return live, token
 

@@ -170,8 +170,9 @@ class IngestServicer(pbg.IngestServicer):
                         raise InputError("a second CallStart on one stream")
                     live, token = self.ingestor.attach(self._spec(item.start))
                     yield pb.IngestReply(started=pb.Started(
-                        resume_from_seq=live.next_seq, resumed=live.resumed or live.sealed
-                        is not None, start_us=live.start_us))
+                        resume_from_seq=live.next_seq,
+                        resumed=live.resumed or live.attachments > 1 or live.sealed is not None,
+                        start_us=live.start_us))
                     if live.sealed is not None:
                         yield self._sealed(live)
                         return
