@@ -102,7 +102,8 @@ def start_server(data: Path, *, port: int = 0, args: tuple[str, ...] = (),
     port_file = log_dir / f"server-{n}.port"
     port_file.unlink(missing_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*CLI, "serve", "--data", str(data), "--listen", f"127.0.0.1:{port}",
+        proc = subprocess.Popen([*CLI, "serve", "--data", str(data),
+                                 "--listen", f"127.0.0.1:{port}",
                                  "--port-file", str(port_file), *args],
                                 stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})})
