@@ -1,0 +1,174 @@
+"""`callvault --server ADDR <verb>`: every remote verb as a real process against a real
+server, printing what the local verb prints; a remote import equals a local one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from callvault import sample, wav
+from callvault.ogg import OggOpusReader
+from tests.servers import Proc, start_server
+
+pytestmark = pytest.mark.timeout(300)
+
+CLI = [sys.executable, "-m", "callvault.cli"]
+
+
+def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path]]:
+    """A server with c1 (agent ann, tags vip,qa) and c2 imported remotely, and a local
+    vault with the same capture imported as c1."""
+    tmp = tmp_path_factory.mktemp("remote")
+    run("sample", "-o", str(tmp / "call.pcap"), "--seconds", "5")
+    server = start_server(tmp / "server-data")
+    s = ("--server", server.address)
+    out = run(*s, "import", "--call-id", "c1", "--meta", "agent=ann", "--meta", "tags=vip,qa",
+              "--meta", "customer_number=+15557654321", str(tmp / "call.pcap")).stdout
+    assert out.startswith("c1 sealed ") and len(out.split()[2]) == 64
+    run(*s, "import", "--call-id", "c2", "--meta", "agent=bob", "--meta",
+        "start=2030-01-02T09:00:00", str(tmp / "call.pcap"))
+    run("--data", str(tmp / "local"), "import", "--call-id", "c1", "--meta", "agent=ann",
+        str(tmp / "call.pcap"))
+    yield server, tmp
+    server.stop()
+
+
+def remote(server: Proc, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    return run("--server", server.address, *args, ok=ok)
+
+
+def test_ls_json_and_filters(setup: tuple[Proc, Path]) -> None:
+    server, _ = setup
+    rows = json.loads(remote(server, "ls", "--json").stdout)
+    assert [r["call_id"] for r in rows] == ["c1", "c2"]
+    assert rows[1]["start"] == "2030-01-02T09:00:00+00:00" and rows[0]["state"] == "sealed"
+    assert 4.9 < rows[0]["seconds"] < 5.1 and rows[0]["tags"] == ["vip", "qa"]
+    assert [r["call_id"] for r in json.loads(remote(server, "ls", "--agent", "bob", "--json")
+                                             .stdout)] == ["c2"]
+    since = json.loads(remote(server, "ls", "--since", "2030-01-01T00:00:00", "--json").stdout)
+    assert [r["call_id"] for r in since] == ["c2"]
+    text = remote(server, "ls").stdout.splitlines()
+    assert text[0].startswith("c1 ") and "sealed" in text[0] and "vip,qa" in text[0]
+
+
+def test_info_matches_local_info(setup: tuple[Proc, Path]) -> None:
+    server, tmp = setup
+    doc = json.loads(remote(server, "info", "c1", "--json").stdout)
+    local = json.loads(run("--data", str(tmp / "local"), "info", "c1", "--json").stdout)
+    assert doc.keys() == local.keys() | {"customer_number"}
+    assert doc["customer_number"] == "+15557654321"
+    for k in ("start", "end", "legs", "records", "seconds"):
+        assert doc[k] == local[k], k
+    # the same RTP counters, gaps, DTMF and levels; only the source differs (a file
+    # and flow locally, the Ingest stream on the server)
+    for leg in doc["legs_detail"] + local["legs_detail"]:
+        leg.pop("source")
+    assert doc["legs_detail"] == local["legs_detail"]
+    assert len(doc["chain_head"]) == 64 and len(doc["seal"]) == 64
+    assert "legs_detail" not in remote(server, "info", "c1").stdout  # text form
+    assert "  agent: " in remote(server, "info", "c1").stdout
+
+
+def test_remote_import_equals_local_import(setup: tuple[Proc, Path], tmp_path: Path) -> None:
+    server, tmp = setup
+    out = remote(server, "export", "c1", "-o", str(tmp_path / "r.ogg")).stdout
+    assert out == f"wrote {tmp_path / 'r.ogg'} ({(tmp_path / 'r.ogg').stat().st_size} bytes)\n"
+    run("--data", str(tmp / "local"), "export", "c1", "-o", str(tmp_path / "l.ogg"))
+    r, lo = OggOpusReader(tmp_path / "r.ogg"), OggOpusReader(tmp_path / "l.ogg")
+    rd, rl = r.packets_data()
+    ld, ll = lo.packets_data()
+    assert rd == ld and np.array_equal(rl, ll)  # the same Opus packets
+    assert r.pre_skip == lo.pre_skip and r.duration_48k == lo.duration_48k
+    remote(server, "export", "c1", "-o", str(tmp_path / "r.wav"))
+    run("--data", str(tmp / "local"), "export", "c1", "-o", str(tmp_path / "l.wav"))
+    assert (tmp_path / "r.wav").read_bytes() == (tmp_path / "l.wav").read_bytes()
+
+
+def test_export_range_and_bad_name(setup: tuple[Proc, Path], tmp_path: Path) -> None:
+    server, _ = setup
+    remote(server, "export", "c1", "-o", str(tmp_path / "p.wav"), "--from", "1", "--to", "3")
+    assert (tmp_path / "p.wav").stat().st_size == 44 + 100 * 160 * 2 * 2
+    p = remote(server, "export", "c1", "-o", str(tmp_path / "p.mp3"), ok=False)
+    assert p.returncode == 1 and "name it .ogg or .wav" in p.stderr
+
+
+def test_verify_and_bundle(setup: tuple[Proc, Path], tmp_path: Path) -> None:
+    server, _ = setup
+    assert remote(server, "verify", "c1", "c2").stdout == "OK: 2 call(s) verified\n"
+    assert remote(server, "verify", "--all").stdout == "OK: every call and segment verified\n"
+    p = remote(server, "verify", ok=False)
+    assert p.returncode == 1 and "name the calls to verify, or --all" in p.stderr
+    d = tmp_path / "bundle"
+    out = remote(server, "bundle", "c1", "-o", str(d)).stdout
+    assert out == f"wrote bundle {d}; check it anywhere with: callvault verify-bundle {d}\n"
+    assert run("verify-bundle", str(d)).stdout.endswith("bundle verifies\n")
+
+
+def test_checkpoint_prints_a_signed_note(setup: tuple[Proc, Path]) -> None:
+    from callvault.integrity import checkpoint
+
+    server, _ = setup
+    p = remote(server, "checkpoint", "--public-key")
+    cp = checkpoint.verify(p.stdout, p.stderr.strip())
+    assert cp.size >= 2
+
+
+def test_unknown_call_is_a_clear_error(setup: tuple[Proc, Path]) -> None:
+    server, _ = setup
+    p = remote(server, "info", "nope", ok=False)
+    assert p.returncode == 1 and p.stderr.startswith("callvault: error: ")
+    assert "nope" in p.stderr
+
+
+def test_import_wav_legs(setup: tuple[Proc, Path], tmp_path: Path) -> None:
+    server, _ = setup
+    agent, customer = sample.dialogue(3.0)
+    wav.write(tmp_path / "a.wav", [agent])
+    wav.write(tmp_path / "c.wav", [customer])
+    out = remote(server, "import", "--call-id", "w1", "--meta", "start=2031-01-01T00:00:00",
+                 f"agent={tmp_path / 'a.wav'}", f"customer={tmp_path / 'c.wav'}").stdout
+    assert out.startswith("w1 sealed ")
+    doc = json.loads(remote(server, "info", "w1", "--json").stdout)
+    assert doc["start"] == "2031-01-01T00:00:00+00:00" and doc["legs"] == ["agent", "customer"]
+    assert abs(doc["seconds"] - 3.0) <= 0.04
+    assert all(leg["lost"] == 0 for leg in doc["legs_detail"])
+
+
+def test_admin_verbs(tmp_path: Path) -> None:
+    """rotate-key, reindex and erase on their own server (erase changes the vault)."""
+    run("sample", "-o", str(tmp_path / "call.pcap"), "--seconds", "2")
+    server = start_server(tmp_path / "data")
+    try:
+        remote(server, "import", "--call-id", "e1", str(tmp_path / "call.pcap"))
+        assert remote(server, "rotate-key").stdout == (
+            "key-encryption key 2 active; 1 call key(s) re-wrapped, no audio rewritten\n")
+        assert remote(server, "reindex").stdout.startswith("index rebuilt from the segments: ")
+        assert remote(server, "erase", "e1", "--reason", "test").stdout == (
+            "e1 erased: its key is destroyed, a tombstone and a log leaf remain\n")
+        doc = json.loads(remote(server, "info", "e1", "--json").stdout)
+        assert doc["state"] == "erased" and doc["erased"]["reason"] == "test"
+        p = remote(server, "erase", "e1", "--reason", "again", ok=False)
+        assert p.returncode == 1 and "already erased" in p.stderr
+        assert remote(server, "verify", "--all").stdout.startswith("OK")
+    finally:
+        server.stop()
+
+
+def test_data_and_server_together_refused(setup: tuple[Proc, Path], tmp_path: Path) -> None:
+    server, _ = setup
+    p = run("--server", server.address, "--data", str(tmp_path), "ls", ok=False)
+    assert p.returncode == 1 and "not both" in p.stderr
