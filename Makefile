@@ -60,8 +60,12 @@ stress: build
 	CALLVAULT_STRESS_KILLS=$(STRESS_KILLS) $(VENV)/bin/pytest -q -p no:cacheprovider \
 	  tests/e2e/test_vault_crash.py tests/e2e/test_segment_crash.py
 
+# A sample call in the embedded vault $(DATA)/vault, then the server on it
+# (in the foreground: Ctrl-C or SIGTERM stops it gracefully).
+LISTEN ?= 127.0.0.1:7443
 run: build
-	$(VENV)/bin/callvault demo --data $(DATA)
+	$(VENV)/bin/callvault demo --data $(DATA) --listen $(LISTEN)
+	exec $(VENV)/bin/callvault serve --data $(DATA)/vault --listen $(LISTEN)
 
 clean:
 	rm -rf build $(VENV) ext/*.c engine/*.so .pytest_cache .mypy_cache .ruff_cache

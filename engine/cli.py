@@ -86,7 +86,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from callvault import sample
+    """`make run`'s first step: a sample call transcoded and stored in the embedded
+    vault, two WAV legs to record through a sidecar, and what to do next."""
+    from callvault import sample, wav
     from callvault.pipeline import Settings
 
     data = Path(args.data)
@@ -98,9 +100,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = data / "sample.ogg"
     summary = transcode([str(cap)], str(out), Settings())
     _print_summary(summary)
-    print("\nplay it:  ffplay -nodisp -autoexit " + str(out) + "   (or: play " + str(out) + ")")
-    print("inspect:  opusinfo " + str(out))
-    print("again:    .venv/bin/callvault transcode " + str(cap) + " -o call.ogg --json")
 
     from callvault.vault import Vault
 
@@ -109,12 +108,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with Vault.open(vault) as v:
         entry, seal = v.import_call(call_id, [str(cap)], agent="alex", tags=["demo"])
         problems = v.verify_call(call_id)
-    print(f"\nstored in the vault {vault}: call {call_id}, {entry.records} encrypted records, "
+    print(f"stored in the vault {vault}: call {call_id}, {entry.records} encrypted records, "
           f"seal {seal.hex()[:16]}..., {problems or 'verifies'}")
-    cv = f".venv/bin/callvault --data {vault}"
-    print(f"try:      {cv} ls\n          {cv} info {call_id}\n"
-          f"          {cv} bundle {call_id} -o {data}/{call_id}.bundle && "
-          f".venv/bin/callvault verify-bundle {data}/{call_id}.bundle")
+    agent, customer = sample.dialogue(20.0, seed=7)
+    for name, pcm in (("agent", agent), ("customer", customer)):
+        wav.write(data / f"{name}.wav", [pcm])
+    cv = ".venv/bin/callvault"
+    srv = args.listen
+    print(f"""
+The server starts now on {srv} (Ctrl-C stops it). In another terminal:
+
+  scripts/first-call.sh            # a sidecar, a call from two ffmpeg RTP senders, then
+                                   # ls, export, verify and play it (about 30 s)
+or by hand:
+  {cv} sidecar --server {srv} --rtp 127.0.0.1:40000-40099 \\
+      --listen 127.0.0.1:7444 --spool {data}/spool &
+  {cv} call start --sidecar 127.0.0.1:7444 --call-id first --meta agent=alex
+      # prints {{"agent": PORT_A, "customer": PORT_C}}
+  ffmpeg -re -i {data}/agent.wav -c:a pcm_mulaw -f rtp rtp://127.0.0.1:PORT_A &
+  ffmpeg -re -i {data}/customer.wav -c:a pcm_mulaw -f rtp rtp://127.0.0.1:PORT_C
+  {cv} call stop --sidecar 127.0.0.1:7444 --call-id first
+  {cv} --server {srv} ls
+  {cv} --server {srv} export first -o first.ogg && ffplay -nodisp -autoexit first.ogg
+  {cv} --server {srv} verify first
+  {cv} --server {srv} info {call_id}
+""")
     return 0
 
 
@@ -465,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="make a sample call and transcode it (make run)")
     d.add_argument("--data", default=".data", help="directory for the demo's files")
+    d.add_argument("--listen", default="127.0.0.1:7443",
+                   help="the server address the printed commands use")
     d.set_defaults(func=cmd_demo)
     return p
 
