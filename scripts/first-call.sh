@@ -11,7 +11,7 @@ SIDECAR=${SIDECAR:-127.0.0.1:7444}
 DATA=${DATA:-.data}
 CALL=${CALL:-first-$(date +%s)}
 
-$CV sidecar --server "$SERVER" --rtp 127.0.0.1:40000-40099 --listen "$SIDECAR" \
+$CV sidecar --server "$SERVER" --rtp "${RTP:-127.0.0.1:40000-40099}" --listen "$SIDECAR" \
   --spool "$DATA/spool" >"$DATA/sidecar.log" 2>&1 &
 SIDECAR_PID=$!
 trap 'kill $SIDECAR_PID 2>/dev/null || true' EXIT
