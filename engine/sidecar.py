@@ -436,7 +436,7 @@ class Sidecar:
         self.calls: dict[tuple[str, str], Call] = {}
         self.sealed_keys: collections.OrderedDict[tuple[str, str], Call] = \
             collections.OrderedDict()
-        self._next_port = port_min
+        self._next_port = 0  # index into the range's even ports
         self._reserved: set[tuple[str, str]] = set()
         self.closing = threading.Event()
         self.channel = grpc.insecure_channel(upstream, options=[
@@ -519,16 +519,18 @@ class Sidecar:
         return sock
 
     def _allocate(self, count: int) -> list[tuple[int, socket.socket]]:
-        """Bind ``count`` free ports of the range, round robin (a port just freed is
-        taken last, so stray packets of an old call do not land in a new one)."""
+        """Bind ``count`` free EVEN ports of the range (RFC 3550 section 11: RTP on an
+        even port, the sender's RTCP goes to the odd one above, which no leg takes),
+        round robin (a port just freed is taken last, so stray packets of an old call
+        do not land in a new one)."""
         lo, hi = self.port_range
+        even = list(range(lo + lo % 2, hi + 1, 2))
         with self.lock:
             taken = {leg.port for c in self.calls.values() if c.state == "receiving"
                      for leg in c.legs}
         got: list[tuple[int, socket.socket]] = []
-        size = hi - lo + 1
-        for i in range(size):
-            port = lo + (self._next_port - lo + i) % size
+        for i in range(len(even)):
+            port = even[(self._next_port + i) % len(even)]
             if port in taken:
                 continue
             try:
@@ -541,12 +543,13 @@ class Sidecar:
                                        f"cannot bind UDP {self.rtp_host}:{port}: {e}") from e
                 continue
             if len(got) == count:
-                self._next_port = lo + (port + 1 - lo) % size
+                self._next_port = (self._next_port + i + 1) % len(even)
                 return got
         for _, s in got:
             s.close()
         raise SidecarError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"no free UDP port in {self.rtp_host}:{lo}-{hi} for {count} legs")
+                           f"no free even UDP port pair in {self.rtp_host}:{lo}-{hi} for "
+                           f"{count} legs")
 
     # -- control -------------------------------------------------------------------
 
