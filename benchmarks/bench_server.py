@@ -66,15 +66,17 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks.conftest import OpusLoop, need
+from benchmarks.conftest import CallFiles, OpusLoop, Tag, need
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -342,3 +344,106 @@ def test_server_realtime_calls(benchmark: Any, tmp_path: Path,
     })
     # A search that never passed its first level found nothing to report: fail loudly.
     assert best >= FIRST_LEVEL, f"no level passed: {[lv.reasons for lv in levels]}"
+
+
+# -- playback vs a bare grpcio stream -----------------------------------------------------
+PLAY_CALL = "play-10min"
+PLAY_METHOD = "/callvault.v1.Archive/Play"
+PLAY_ROUNDS = 15
+
+
+@dataclass(frozen=True)
+class PlaySetup:
+    ours: str  # address of `callvault serve`
+    peer: str  # address of benchmarks/bare_stream.py
+    request: bytes  # the serialized PlayRequest
+    leg_frames: int  # frames x legs a whole Play carries (the encoder flush frame too)
+    messages: int
+    nbytes: int  # serialized bytes of every chunk
+
+
+def drain(channel: grpc.Channel, method: str, request: bytes) -> tuple[int, int, int]:
+    """The client of both sides: every chunk parsed into a PlayChunk; returns (chunks,
+    frames x legs, Opus payload bytes)."""
+    pb = need("callvault_client._pb.callvault_pb2")
+    call: Any = channel.unary_stream(method, request_serializer=None,
+                                response_deserializer=pb.PlayChunk.FromString)
+    chunks = frames = payload = 0
+    for chunk in call(request):
+        chunks += 1
+        frames += chunk.frames * len(chunk.legs)
+        payload += sum(len(leg.data) for leg in chunk.legs)
+    return chunks, frames, payload
+
+
+@pytest.fixture(scope="module")
+def play_setup(tmp_path_factory: pytest.TempPathFactory, call_files: CallFiles
+               ) -> Iterator[PlaySetup]:
+    """The 10-minute call imported into a vault, a server on it, the bare peer serving
+    ours' chunks byte for byte."""
+    from tests.servers import start_server, wait_port_file
+
+    pb = need("callvault_client._pb.callvault_pb2")
+    vault_mod = need("callvault.vault")
+    d = tmp_path_factory.mktemp("play")
+    vault = vault_mod.Vault.open(d / "data")
+    try:
+        entry, _seal = vault.import_call(PLAY_CALL, [str(call_files.capture)])
+    finally:
+        vault.close()
+    server = start_server(d / "data", log_dir=d)
+    bare: subprocess.Popen[bytes] | None = None
+    try:
+        request = pb.PlayRequest(call=pb.CallRef(call_id=PLAY_CALL), format=pb.OPUS,
+                                 frames_per_chunk=50).SerializeToString()
+        with grpc.insecure_channel(server.address) as ch:
+            raw: list[bytes] = list(ch.unary_stream(PLAY_METHOD, request_serializer=None,
+                                                    response_deserializer=None)(request))
+        chunks = [pb.PlayChunk.FromString(m) for m in raw]
+        frames = (entry.end_us - entry.start_us) // 20_000
+        assert sum(c.frames for c in chunks) == frames + 1  # + the encoder flush frame
+        assert {len(c.legs) for c in chunks} == {2}
+        bare_stream = need("benchmarks.bare_stream")
+        messages = d / "chunks.bin"
+        bare_stream.write_messages(messages, raw)
+        port_file = d / "bare.port"
+        with open(d / "bare.log", "wb") as log:
+            bare = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_stream",
+                                     str(messages), str(port_file)], cwd=ROOT,
+                                    stdout=log, stderr=subprocess.STDOUT)
+        port = wait_port_file(port_file, bare, d / "bare.log")
+        yield PlaySetup(server.address, f"127.0.0.1:{port}", request, 2 * (frames + 1),
+                        len(raw), sum(len(m) for m in raw))
+    finally:
+        if bare is not None:
+            bare.terminate()
+            bare.wait(30)
+        server.stop()
+
+
+def play_rates(s: PlaySetup) -> dict[str, float]:
+    return {"leg-frames": s.leg_frames, "MB": s.nbytes / 1e6}
+
+
+def test_play_ours(benchmark: Any, workload: Tag, play_setup: PlaySetup) -> None:
+    s = play_setup
+    workload(benchmark, PLAY, "ours", rates=play_rates(s), messages=s.messages,
+             what=f"Archive.Play of a sealed 600 s dual-track call, OPUS, 50 frames per chunk: "
+                  f"{s.messages} messages, {s.nbytes / 1e6:.3g} MB, every one parsed by a "
+                  "plain grpcio client")
+    with grpc.insecure_channel(s.ours) as ch:
+        got = benchmark.pedantic(drain, args=(ch, PLAY_METHOD, s.request), rounds=PLAY_ROUNDS,
+                                 iterations=1, warmup_rounds=1)
+    assert got[0] == s.messages and got[1] == s.leg_frames
+
+
+def test_play_peer_bare_grpcio(benchmark: Any, workload: Tag, play_setup: PlaySetup) -> None:
+    s = play_setup
+    workload(benchmark, PLAY, "peer", rates=play_rates(s),
+             peer=f"bare grpcio {grpc.__version__} server-streaming method (own process, "
+                  "generic handler, bytes out) yielding ours' serialized chunks",
+             target="-")
+    with grpc.insecure_channel(s.peer) as ch:
+        got = benchmark.pedantic(drain, args=(ch, "/bench.Bare/Stream", b""),
+                                 rounds=PLAY_ROUNDS, iterations=1, warmup_rounds=1)
+    assert got[0] == s.messages and got[1] == s.leg_frames
