@@ -181,9 +181,11 @@ def _iso(us: int) -> str:
 META_KEYS = ("agent", "skill_group", "direction", "customer_number", "tags", "start")
 
 
-def cmd_import(args: argparse.Namespace) -> int:
+def parse_meta(items: Sequence[str] | None) -> dict[str, Any]:
+    """`--meta KEY=VALUE` items of `import` (KEY in META_KEYS; tags are a,b,c;
+    start is a time) as Vault.import_call keywords."""
     meta: dict[str, Any] = {}
-    for item in args.meta or []:
+    for item in items or []:
         k, sep, v = item.partition("=")
         k = k.replace("-", "_")
         if not sep or k not in META_KEYS:
@@ -195,6 +197,11 @@ def cmd_import(args: argparse.Namespace) -> int:
             meta["start_us"] = _time_arg(v)
         else:
             meta[k] = v
+    return meta
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    meta = parse_meta(args.meta)
     legs = [x.strip() for x in args.legs.split(",")] if args.legs else None
     with _vault(args) as v:
         entry, seal = v.import_call(args.call_id, args.inputs, tenant=args.tenant, legs=legs,

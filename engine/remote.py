@@ -54,24 +54,6 @@ def run(args: argparse.Namespace) -> int:
         raise CallvaultError(str(e)) from e
 
 
-def parse_meta(items: Sequence[str] | None) -> dict[str, Any]:
-    """--meta KEY=VALUE items as cmd_import reads them (cli.META_KEYS, cli._time_arg)."""
-    meta: dict[str, Any] = {}
-    for item in items or []:
-        k, sep, v = item.partition("=")
-        k = k.replace("-", "_")
-        if not sep or k not in cli.META_KEYS:
-            raise CallvaultError(f"--meta {item!r}: expected KEY=VALUE with KEY one of "
-                                 f"{', '.join(cli.META_KEYS)}")
-        if k == "tags":
-            meta["tags"] = [t for t in v.split(",") if t]
-        elif k == "start":
-            meta["start_us"] = cli._time_arg(v)
-        else:
-            meta[k] = v
-    return meta
-
-
 # -- import ----------------------------------------------------------------------------
 
 Packet = tuple[int, int, bytes]  # (arrival_us, leg, RTP packet)
@@ -154,7 +136,7 @@ def send_call(rec: Recording, packets: Sequence[Packet], legs: int,
 def cmd_import(client: Client, args: argparse.Namespace) -> int:
     from callvault import pipeline
 
-    meta = parse_meta(args.meta)
+    meta = cli.parse_meta(args.meta)
     legs = [x.strip() for x in args.legs.split(",")] if args.legs else None
     leg_inputs = pipeline.parse_inputs(args.inputs, legs)
     flows = [leg.flow for leg in leg_inputs if leg.flow is not None]

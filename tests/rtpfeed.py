@@ -21,7 +21,7 @@ class Feed:
     def start(self, call_id: str, **meta: str) -> pb.IngestRequest:
         return pb.IngestRequest(start=pb.CallStart(
             call_id=call_id, legs=[pb.LegSpec(name=n) for n in self.legs],
-            start_us=self.start_us, meta=pb.CallMeta(**meta)))
+            start_us=self.start_us, meta=pb.CallMeta(**meta)))  # type: ignore[arg-type]
 
     def requests(self, call_id: str, *, first: int = 0, last: int | None = None,
                  end: bool = True, **meta: str) -> Iterator[pb.IngestRequest]:

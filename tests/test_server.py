@@ -335,9 +335,11 @@ def test_malformed_requests_get_clear_errors(server: Proc, capture: Path) -> Non
         (lambda: pbg.AdminStub(ch).Erase(pb.EraseRequest(call=pb.CallRef(call_id="bad"))),
          grpc.StatusCode.FAILED_PRECONDITION, "still being recorded"),
         # wrong types: bytes that are not a GetCallRequest at all
-        (lambda: ch.unary_unary("/callvault.v1.Archive/GetCall")(b"\xff\xff\xff\xff"),
+        (lambda: ch.unary_unary("/callvault.v1.Archive/GetCall")(
+            b"\xff\xff\xff\xff"),  # type: ignore[arg-type]
          grpc.StatusCode.INVALID_ARGUMENT, "not a valid protobuf message"),
-        (lambda: ch.unary_unary("/callvault.v1.Archive/NoSuchMethod")(b""),
+        (lambda: ch.unary_unary("/callvault.v1.Archive/NoSuchMethod")(
+            b""),  # type: ignore[arg-type]
          grpc.StatusCode.UNIMPLEMENTED, ""),
     ]
     for fn, code, text in cases:

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-import numpy as np
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
+from callvault import playback
 from callvault.api.interceptors import Undecodable
 from callvault.errors import CallvaultError, InputError
 from callvault.ingest import (
@@ -35,7 +35,7 @@ from callvault.ingest import (
 )
 from callvault.integrity import checkpoint
 from callvault.store.index import CallEntry
-from callvault.vault import PRE_SKIP, CallNotFound, Vault, VaultError
+from callvault.vault import CallNotFound, Vault, VaultError
 
 CHUNK_BYTES = 1 << 20
 FRAME_MS = 20
@@ -239,14 +239,7 @@ class ArchiveServicer(pbg.ArchiveServicer):
         self.ingestor = ingestor
 
     def _frames(self, e: CallEntry) -> int:
-        """Frames per leg: the sealed length, or what is durable on every leg."""
-        if e.end_us:
-            return (e.end_us - e.start_us) // (FRAME_MS * 1000)
-        live = self.ingestor.get(e.tenant, e.call_id)
-        if live is not None:
-            with live.lock:
-                return min(live.durable, default=0)
-        return min(self.vault.durable_frames(e.call_id, tenant=e.tenant), default=0)
+        return playback.durable_frames(self.vault, self.ingestor, e.call_id, tenant=e.tenant)
 
     @streaming
     def Search(self, r: pb.SearchRequest, context: grpc.ServicerContext
@@ -284,55 +277,16 @@ class ArchiveServicer(pbg.ArchiveServicer):
         fmt = r.format or pb.OPUS
         if fmt not in (pb.OPUS, pb.PCM):
             raise InputError("Play streams OPUS or PCM (OGG and WAV files come from Export)")
-        chunk = r.frames_per_chunk or 50
-        if not 1 <= chunk <= 500:
-            raise InputError(f"frames_per_chunk {chunk}: 1 to 500")
-        if r.to_ms and r.to_ms <= r.from_ms:
-            raise InputError(f"to_ms {r.to_ms} is not after from_ms {r.from_ms}")
-        e = self.vault.get_call(call_id, tenant=tenant)
-        if e.state == "erased":
-            raise VaultError(f"call {call_id} was erased: its audio is gone")
-        start = r.from_ms // FRAME_MS
-        stop = -(-r.to_ms // FRAME_MS) if r.to_ms else None
-        chunks = self._opus_chunks(tenant, call_id, start, stop, chunk, r.follow, context)
-        if fmt == pb.PCM:
-            chunks = _pcm_chunks(chunks, start, chunk, len(e.legs))
-        first = True
-        for pos, legs, live in chunks:
-            n = len(legs[0][1]) if fmt == pb.OPUS else len(legs[0][0]) // 320
-            out = pb.PlayChunk(first_frame=pos, frames=n, live=live,
-                               pre_skip=PRE_SKIP if first and fmt == pb.OPUS else 0)
-            for data, lengths in legs:
-                out.legs.add(data=data, lengths=lengths.tolist() if fmt == pb.OPUS else [])
-            first = False
+        chunks = playback.play(self.vault, self.ingestor, call_id, tenant=tenant,
+                               from_ms=r.from_ms, to_ms=r.to_ms or None,
+                               chunk=r.frames_per_chunk or 50, follow=r.follow,
+                               pcm=fmt == pb.PCM, active=context.is_active)
+        for c in chunks:
+            out = pb.PlayChunk(first_frame=c.first_frame, frames=c.frames, live=c.live,
+                               pre_skip=c.pre_skip)
+            for data, lengths in c.legs:
+                out.legs.add(data=data, lengths=[] if lengths is None else lengths.tolist())
             yield out
-
-    def _opus_chunks(self, tenant: str, call_id: str, start: int, stop: int | None,
-                     chunk: int, follow: bool, context: grpc.ServicerContext
-                     ) -> Iterator[tuple[int, list[tuple[bytes, Any]], bool]]:
-        """(first frame, per-leg packets, still live) up to the durable end; with
-        follow, waits for more until the call is sealed or the client leaves."""
-        pos = start
-        while context.is_active():
-            e = self.vault.get_call(call_id, tenant=tenant)
-            sealed = e.state != "open"
-            # a sealed call's encoder flush packet (frame = length) goes too: PCM needs it
-            avail = ((e.end_us - e.start_us) // (FRAME_MS * 1000) + 1 if sealed
-                     else self._frames(e))
-            end = avail if stop is None else min(avail, stop + (1 if sealed else 0))
-            if pos < end:
-                for first, legs in self.vault.iter_frames(call_id, tenant=tenant,
-                                                          from_frame=pos, to_frame=end,
-                                                          chunk=chunk):
-                    yield first, legs, not sealed
-                    pos = first + len(legs[0][1])
-            if sealed or not follow or (stop is not None and pos >= stop):
-                return
-            live = self.ingestor.get(tenant, call_id)
-            if live is None:
-                time.sleep(0.2)  # open but not being recorded here right now
-                continue
-            _wait_durable(live, pos)
 
     @streaming
     def Export(self, r: pb.ExportRequest, context: grpc.ServicerContext
@@ -354,15 +308,6 @@ class ArchiveServicer(pbg.ArchiveServicer):
             yield from _file_chunks(out, out.name)
 
 
-def _wait_durable(live: LiveCall, pos: int, timeout: float = 1.0) -> None:
-    """Until the call is sealed or every leg is durable beyond ``pos`` (or timeout)."""
-    def ready() -> bool:
-        return live.sealed is not None or min(live.durable, default=0) > pos
-
-    with live.changed:
-        live.changed.wait_for(ready, timeout=timeout)
-
-
 def _file_chunks(path: Path, name: str) -> Iterator[pb.FileChunk]:
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -375,39 +320,6 @@ def _file_chunks(path: Path, name: str) -> Iterator[pb.FileChunk]:
             offset += len(data)
             if offset >= size:
                 return
-
-
-def _pcm_chunks(chunks: Iterator[tuple[int, list[tuple[bytes, Any]], bool]], start: int,
-                chunk: int, nlegs: int) -> Iterator[tuple[int, list[tuple[bytes, Any]], bool]]:
-    """Decode Opus chunks to PCM on the timeline: the decoder's output lags its input
-    by the encoder lookahead (PRE_SKIP at 48 kHz = 52 samples at 8 kHz), so timeline
-    sample t is decoded sample t + 52; a frame is emitted once all of it is decoded."""
-    from callvault import _opus
-
-    lag = PRE_SKIP // 6
-    decoders = [_opus.Decoder(sample_rate=8000) for _ in range(nlegs)]
-    bufs: list[Any] = [np.zeros(0, np.int16) for _ in range(nlegs)]
-    t0 = start * 160 - lag  # timeline sample of bufs[g][0]
-    pos = start
-    for first, legs, live in chunks:
-        for g, (data, lengths) in enumerate(legs):
-            pcm = decoders[g].decode_frames(data, lengths).reshape(-1)
-            bufs[g] = np.concatenate([bufs[g], pcm])
-        if first != pos and first * 160 - lag > t0 + len(bufs[0]):
-            raise AssertionError(f"PCM play: chunk at frame {first}, expected {pos}")
-        drop = max(0, pos * 160 - t0)
-        whole = (len(bufs[0]) - drop) // 160
-        while whole > 0:
-            n = min(whole, chunk)
-            lo = drop
-            hi = lo + n * 160
-            yield pos, [(bufs[g][lo:hi].astype("<i2").tobytes(), None)
-                        for g in range(nlegs)], live
-            pos += n
-            whole -= n
-            drop = hi
-        bufs = [b[drop:] for b in bufs]
-        t0 += drop
 
 
 class IntegrityServicer(pbg.IntegrityServicer):

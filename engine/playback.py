@@ -1,0 +1,138 @@
+"""Playback of a call, sealed or still being recorded (Archive.Play).
+
+``play`` yields the call's frames in chunks, in timeline order, every leg
+alike: the stored Opus packets, or PCM decoded on the timeline. On a call
+still being recorded it goes up to the last frame durable on every leg and,
+with ``follow``, waits for more (a supervisor listening in) until the call is
+sealed or ``active()`` turns false (the client left).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from callvault.errors import InputError
+from callvault.ingest import Ingestor, LiveCall
+from callvault.vault import PRE_SKIP, Vault, VaultError
+
+FRAME_MS = 20
+FRAME = 160  # samples per frame at 8 kHz
+LAG = PRE_SKIP // 6  # the decoder's delay at 8 kHz: 52 samples
+
+LegData = tuple[bytes, npt.NDArray[np.int32] | None]  # (packets or PCM, packet lengths)
+
+
+@dataclass
+class Chunk:
+    first_frame: int
+    frames: int
+    legs: list[LegData]
+    live: bool
+    pre_skip: int = 0
+
+
+def durable_frames(vault: Vault, ingestor: Ingestor | None, call_id: str, *,
+                   tenant: str) -> int:
+    """Frames per leg: a sealed call's length, or what every leg has durable so far."""
+    e = vault.get_call(call_id, tenant=tenant)
+    if e.end_us:
+        return (e.end_us - e.start_us) // (FRAME_MS * 1000)
+    live = ingestor.get(tenant, call_id) if ingestor is not None else None
+    if live is not None:
+        with live.lock:
+            return min(live.durable, default=0)
+    return min(vault.durable_frames(call_id, tenant=tenant), default=0)
+
+
+def play(vault: Vault, ingestor: Ingestor | None, call_id: str, *, tenant: str = "default",
+         from_ms: int = 0, to_ms: int | None = None, chunk: int = 50, follow: bool = False,
+         pcm: bool = False, active: Callable[[], bool] = lambda: True) -> Iterator[Chunk]:
+    if not 1 <= chunk <= 500:
+        raise InputError(f"frames_per_chunk {chunk}: 1 to 500")
+    if to_ms is not None and to_ms <= from_ms:
+        raise InputError(f"to_ms {to_ms} is not after from_ms {from_ms}")
+    e = vault.get_call(call_id, tenant=tenant)
+    if e.state == "erased":
+        raise VaultError(f"call {call_id} was erased: its audio is gone")
+    start = from_ms // FRAME_MS
+    stop = None if to_ms is None else -(-to_ms // FRAME_MS)
+    packets = _opus_chunks(vault, ingestor, call_id, tenant, start, stop, chunk, follow, active)
+    if pcm:
+        yield from _pcm_chunks(packets, start, chunk, len(e.legs))
+        return
+    first = True
+    for c in packets:
+        c.pre_skip = PRE_SKIP if first else 0
+        first = False
+        yield c
+
+
+def _opus_chunks(vault: Vault, ingestor: Ingestor | None, call_id: str, tenant: str,
+                 start: int, stop: int | None, chunk: int, follow: bool,
+                 active: Callable[[], bool]) -> Iterator[Chunk]:
+    pos = start
+    while active():
+        e = vault.get_call(call_id, tenant=tenant)
+        sealed = e.state != "open"
+        avail = durable_frames(vault, ingestor, call_id, tenant=tenant)
+        if sealed:
+            avail += 1  # the encoder's flush packet (frame = length) goes too: PCM needs it
+        end = avail if stop is None else min(avail, stop + (1 if sealed else 0))
+        if pos < end:
+            for first, legs in vault.iter_frames(call_id, tenant=tenant, from_frame=pos,
+                                                 to_frame=end, chunk=chunk):
+                n = len(legs[0][1])
+                yield Chunk(first, n, list(legs), not sealed)
+                pos = first + n
+        if sealed or not follow or (stop is not None and pos >= stop):
+            return
+        live = ingestor.get(tenant, call_id) if ingestor is not None else None
+        if live is None:
+            time.sleep(0.2)  # open, but no stream is recording it right now
+            continue
+        _wait_durable(live, pos)
+
+
+def _wait_durable(live: LiveCall, pos: int, timeout: float = 1.0) -> None:
+    """Until the call is sealed or every leg is durable beyond ``pos`` (or timeout)."""
+    def ready() -> bool:
+        return live.sealed is not None or min(live.durable, default=0) > pos
+
+    with live.changed:
+        live.changed.wait_for(ready, timeout=timeout)
+
+
+def _pcm_chunks(chunks: Iterator[Chunk], start: int, chunk: int, nlegs: int
+                ) -> Iterator[Chunk]:
+    """Decode Opus chunks to PCM on the timeline: the decoder's output lags its
+    input by the encoder lookahead, so timeline sample t is decoded sample t + LAG
+    (counted from the first packet decoded); a frame goes out once all of it is
+    decoded, so a sealed call's last frame waits for the flush packet."""
+    from callvault import _opus
+
+    decoders = [_opus.Decoder(sample_rate=8000) for _ in range(nlegs)]
+    bufs: list[npt.NDArray[np.int16]] = [np.zeros(0, np.int16) for _ in range(nlegs)]
+    t0 = start * FRAME - LAG  # timeline sample of bufs[g][0]
+    pos = start
+    for c in chunks:
+        for g, (data, lengths) in enumerate(c.legs):
+            assert lengths is not None  # Opus chunks carry their packet lengths
+            out = decoders[g].decode_frames(data, lengths).reshape(-1)
+            bufs[g] = np.concatenate([bufs[g], out])
+        drop = max(0, pos * FRAME - t0)
+        whole = (len(bufs[0]) - drop) // FRAME
+        while whole > 0:
+            n = min(whole, chunk)
+            lo, hi = drop, drop + n * FRAME
+            yield Chunk(pos, n, [(bufs[g][lo:hi].astype("<i2").tobytes(), None)
+                                 for g in range(nlegs)], c.live)
+            pos += n
+            whole -= n
+            drop = hi
+        bufs = [b[drop:] for b in bufs]
+        t0 += drop
