@@ -750,6 +750,11 @@ class Vault:
     def verify_all(self) -> list[Problem]:
         """What opening found, every segment (headers, record CRCs, framing: read
         afresh), then every call's chain, seal, audio and log leaf."""
+        return [p for _, found in self.verify_parts() for p in found]
+
+    def verify_parts(self) -> Iterator[tuple[str, list[Problem]]]:
+        """verify_all part by part, as it goes: ("segments", problems) first, then
+        ("call ID", problems) for every call of every tenant."""
         problems: list[Problem] = []
         problems += [Problem("segments", None, f"damage at segment {d.segment} offset "
                              f"{d.offset}: {d.reason}") for d in self.report.damage]
@@ -763,10 +768,10 @@ class Vault:
             problems.append(Problem("segments", None, str(ex)))
         finally:
             reader.close()
+        yield "segments", problems
         for tenant in self.index.tenants():
             for e in self.list_calls(tenant=tenant):
-                problems += self.verify_call(e.call_id, tenant=tenant)
-        return problems
+                yield f"call {e.call_id}", self.verify_call(e.call_id, tenant=tenant)
 
     def erase(self, call_id: str, *, reason: str, tenant: str = "default") -> None:
         """Crypto-shred a sealed call: its key is destroyed, a tombstone and a log leaf stay."""

@@ -374,17 +374,9 @@ class IntegrityServicer(pbg.IntegrityServicer):
     def Verify(self, r: pb.VerifyRequest, context: grpc.ServicerContext
                ) -> Iterator[pb.VerifyResult]:
         if r.all:
-            problems = self.vault.verify_all()
-            by_what: dict[str, list[str]] = {}
-            for p in problems:
-                by_what.setdefault(p.what, []).append(str(p))
-            yield pb.VerifyResult(what="segments", ok="segments" not in by_what,
-                                  problems=by_what.pop("segments", []))
-            for tenant in self.vault.index.tenants():
-                for e in self.vault.list_calls(tenant=tenant):
-                    what = f"call {e.call_id}"
-                    found = by_what.get(what, [])
-                    yield pb.VerifyResult(what=what, ok=not found, problems=found)
+            for what, problems in self.vault.verify_parts():
+                yield pb.VerifyResult(what=what, ok=not problems,
+                                      problems=[str(p) for p in problems])
             return
         if not r.call_ids:
             raise InputError("name the calls to verify (call_ids), or set all")
