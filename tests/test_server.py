@@ -216,6 +216,10 @@ def test_search_get_call_and_proofs(server: Proc, capture: Path) -> None:
         assert st.calls == 2 and st.open_calls == 0 and st.log_size == 2
         assert st.packets_total == 2 * sum(len(b.lengths) for b in feed.batches)
         assert st.stored_bytes > 0 and st.free_disk_bytes > 0
+        # the interceptor chain's method log
+        assert st.rpcs["/callvault.v1.Ingest/Record OK"] == 2
+        assert st.rpcs["/callvault.v1.Archive/Search OK"] == 6
+        assert st.streams == 1  # this Stats call
 
 
 def test_play_pcm_matches_the_export(server: Proc, capture: Path, tmp_path: Path) -> None:

@@ -98,6 +98,10 @@ class MethodLog:
         with self.lock:
             self.active += 1
 
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            return {f"{m} {o}": n for (m, o), n in self.calls.items()}
+
     def end(self, method: str, outcome: str, started: float, who: str) -> None:
         with self.lock:
             self.active -= 1

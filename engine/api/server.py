@@ -69,7 +69,7 @@ class Server:
         pbg.add_ArchiveServicer_to_server(ArchiveServicer(vault, self.ingestor), self.grpc)
         pbg.add_IntegrityServicer_to_server(IntegrityServicer(vault), self.grpc)
         pbg.add_AdminServicer_to_server(
-            AdminServicer(vault, self.ingestor, lambda: self.methods.active), self.grpc)
+            AdminServicer(vault, self.ingestor, self.methods), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
         reflection.enable_server_reflection(
@@ -118,7 +118,8 @@ def load_config(path: str | None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+    # INFO: one access-log line per RPC (caller, method, outcome, duration)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config(args.config)
     tls = None

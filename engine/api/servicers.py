@@ -22,7 +22,7 @@ from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
 from callvault import playback
-from callvault.api.interceptors import Undecodable
+from callvault.api.interceptors import MethodLog, Undecodable
 from callvault.errors import CallvaultError, InputError
 from callvault.ingest import (
     Batch,
@@ -387,10 +387,10 @@ class IntegrityServicer(pbg.IntegrityServicer):
 
 
 class AdminServicer(pbg.AdminServicer):
-    def __init__(self, vault: Vault, ingestor: Ingestor, streams: Callable[[], int]) -> None:
+    def __init__(self, vault: Vault, ingestor: Ingestor, methods: MethodLog) -> None:
         self.vault = vault
         self.ingestor = ingestor
-        self.streams = streams
+        self.methods = methods
         self.started = time.monotonic()
 
     @unary
@@ -403,7 +403,7 @@ class AdminServicer(pbg.AdminServicer):
             ingest_packets_per_s=pps, ingest_bytes_per_s=bps,
             packets_total=self.ingestor.packets_total, batches_total=self.ingestor.batches_total,
             log_size=s["log_size"], uptime_s=time.monotonic() - self.started,
-            streams=self.streams())
+            streams=self.methods.active, rpcs=self.methods.counts())
 
     @unary
     def Erase(self, r: pb.EraseRequest, context: grpc.ServicerContext) -> pb.EraseReply:
