@@ -327,7 +327,7 @@ def test_server_realtime_calls(benchmark: Any, tmp_path: Path,
                                audio_file: tuple[Path, int]) -> None:
     need("callvault.api.server")
     tag(benchmark, CAPACITY, "capacity", call_seconds=CALL_SECONDS, batch_ms=BATCH_MS,
-        p99_limit_s=P99_LIMIT_S, cores=os.cpu_count() or 1,
+        p99_limit_s=P99_LIMIT_S, cores=os.cpu_count() or 1, playback=PLAY,
         what=f"concurrent dual-track calls of {CALL_SECONDS:g} s, 20 ms PCMU, batches of "
              f"{BATCH_MS} ms per leg, paced by the wall clock, through the SDK from "
              "separate generator processes into one `callvault serve`")

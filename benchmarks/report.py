@@ -14,6 +14,14 @@ extra_info["sizes"] rows (item, bytes, per_hour, note; one row marked
 "ours", parts of it marked "part") go to a "Sizes" table, each other row
 beside ours as a ratio, and their
 time is never printed.
+
+Benchmarks tagged with side "capacity" (a search for the most concurrent
+real-time calls one server takes, figures in extra_info, one round whose time
+means nothing) and "ceiling" (the C loop over libopus whose median gives the
+Opus-only ceiling) go to a "Concurrent real-time calls" section
+(benchmarks/bench_server.py): N, the ceiling, N / ceiling, ack latency p99
+and server CPU per level, and the playback ratio of the workload the
+capacity benchmark names in extra_info["playback"].
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+CAPACITY_SIDES = ("capacity", "ceiling")
 
 
 @dataclass
@@ -44,6 +53,7 @@ class Workload:
     ours: list[Bench] = field(default_factory=list)
     peers: list[Bench] = field(default_factory=list)
     sizes: list[Bench] = field(default_factory=list)  # not timings: bytes (side "sizes")
+    capacity: list[Bench] = field(default_factory=list)  # sides "capacity" and "ceiling"
 
 
 @dataclass
@@ -71,14 +81,15 @@ def load(path: Path) -> tuple[dict[str, Any], list[Workload]]:
         w = workloads.setdefault(name, Workload(name))
         bench = Bench(b["name"], float(b["stats"]["median"]), int(b["stats"]["rounds"]), info)
         side = info.get("side")
-        (w.ours if side == "ours" else w.sizes if side == "sizes" else w.peers).append(bench)
+        (w.ours if side == "ours" else w.sizes if side == "sizes"
+         else w.capacity if side in CAPACITY_SIDES else w.peers).append(bench)
     return run, [workloads[k] for k in sorted(workloads)]
 
 
 def rows(workloads: list[Workload]) -> list[Row]:
     out: list[Row] = []
     for w in workloads:
-        if not w.ours and not w.peers:  # sizes only: no timing row
+        if not w.ours and not w.peers:  # sizes or capacity only: no timing row
             continue
         ours = w.ours[0] if len(w.ours) == 1 else None
         if len(w.ours) > 1:
@@ -177,12 +188,16 @@ def render(run: dict[str, Any], workloads: list[Workload], source: str) -> str:
         lines.append(f"| {r.workload} | {figure(r.ours)} | {peer_name} | {figure(r.peer)} | "
                      f"{ratio} | {r.target} | {r.met} |")
     lines += sizes_table(workloads)
+    lines += capacity_section(workloads, table)
     if run.get("failed"):
         lines += ["", "Left out because their checks failed: "
                   + ", ".join(f"`{n}`" for n in run["failed"]) + "."]
     lines += ["", "## Workloads in this run", ""]
     for w in workloads:
         what = next((b.info["what"] for b in w.ours + w.sizes if "what" in b.info), "")
+        if w.capacity and not w.ours and not w.peers:
+            lines.append(f"- **{w.name}**: see \"Concurrent real-time calls\" above.")
+            continue
         if not w.ours and not w.peers:
             lines.append(f"- **{w.name}**: {what}. Sizes, not timings.")
             continue
@@ -225,6 +240,73 @@ def sizes_table(workloads: list[Workload]) -> list[str]:
             lines.append(f"\n{note}")
         lines.append("")
     return lines[:-1]
+
+
+def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
+    """The "Concurrent real-time calls" section (benchmarks/bench_server.py)."""
+    out: list[str] = []
+    for w in workloads:
+        cap = next((b for b in w.capacity if b.info.get("side") == "capacity"), None)
+        ceil = next((b for b in w.capacity if b.info.get("side") == "ceiling"), None)
+        if cap is None and ceil is None:
+            continue
+        out += ["", "## Concurrent real-time calls", ""]
+        ceiling = None
+        if ceil is not None:
+            per_s = ceil.median / float(ceil.info["audio_seconds"])
+            cores = int(ceil.info["cores"])
+            ceiling = cores / (2 * per_s)
+            out.append(f"- **Opus-only ceiling: {ceiling:.0f} dual-track calls** = cores / "
+                       f"(2 legs x encode seconds per audio second) = {cores} / (2 x "
+                       f"{per_s * 1e3:.2f} ms) (median of {ceil.rounds} rounds of "
+                       f"{ceil.info['what']}; every core encoding and nothing else).")
+        else:
+            out.append("- Opus-only ceiling: not measured in this run (or its check failed).")
+        if cap is None:
+            out.append("- Capacity search: not run in this run (or its check failed).")
+            continue
+        info = cap.info
+        levels: list[dict[str, Any]] = info.get("levels", [])
+        by_calls = {int(lv["calls"]): lv for lv in levels}
+        n = int(info.get("max_calls", 0))
+        fail = info.get("first_failing_calls")
+        ratio = f"; **N / ceiling = {n / ceiling:.2f}**" if ceiling else ""
+        at_n = by_calls.get(n)
+        out.append(f"- **N = {n}** concurrent dual-track calls, each {info['call_seconds']:g} s "
+                   f"in real time into one server, every frame stored, ack p99 < "
+                   f"{info['p99_limit_s']:g} s{ratio}.")
+        if at_n is not None:
+            out.append(f"- At N = {n}: ack latency p50 {seconds(at_n['ack_p50_s'])}, p99 "
+                       f"{seconds(at_n['ack_p99_s'])}; server CPU "
+                       f"{at_n['server_cpu_cores']:.2f} cores of {info['cores']}.")
+        if fail is not None and int(fail) in by_calls:
+            f = by_calls[int(fail)]
+            out.append(f"- First failing level, {fail} calls: ack p99 "
+                       f"{seconds(f['ack_p99_s'])}, server CPU {f['server_cpu_cores']:.2f} "
+                       f"cores; {'; '.join(f['reasons'])}.")
+        elif n and fail is None:
+            out.append("- No level failed within the search's limits: N is a lower bound.")
+        play = info.get("playback")
+        prow = next((r for r in table if r.workload == play and r.ratio is not None), None)
+        if prow is not None and prow.peer is not None:
+            out.append(f"- Playback ({play}): ours / bare grpcio = **{prow.ratio:.3g}** "
+                       f"(time ratio of medians; ours {figure(prow.ours)}, bare "
+                       f"{figure(prow.peer)}).")
+        out += ["", f"What: {info.get('what', '')}. Levels in the order run (ramp, then "
+                "bisection); server CPU = its utime + stime over the streaming window "
+                "(/proc/PID/stat) / wall time; generators = load-generator processes and "
+                "their CPU; lag = how late the generators sent against the wall-clock "
+                "schedule.", "",
+                "| calls | result | ack p50 | ack p99 | server CPU (cores) | generators "
+                "(CPU cores) | generator lag p99 | why it failed |",
+                "|---|---|---|---|---|---|---|---|"]
+        for lv in levels:
+            out.append(f"| {lv['calls']} | {'pass' if lv['passed'] else '**fail**'} | "
+                       f"{seconds(lv['ack_p50_s'])} | {seconds(lv['ack_p99_s'])} | "
+                       f"{lv['server_cpu_cores']:.2f} | {lv['generators']} "
+                       f"({lv['gen_cpu_cores']:.2f}) | {seconds(max(lv['gen_lag_p99_s'], 0.0))} | "
+                       f"{'; '.join(lv['reasons']) or '-'} |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
