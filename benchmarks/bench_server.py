@@ -116,6 +116,13 @@ def cpu_ticks(pid: int) -> int:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU together (/proc/stat: idle and iowait are
+    not busy)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(f) - f[3] - f[4], sum(f)
+
+
 def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if xs else math.inf
 
@@ -226,9 +233,9 @@ def run_level(calls: int, workdir: Path, audio: tuple[Path, int]) -> Level:
             p.stdin.write(f"{start!r}\n")
             p.stdin.flush()
         time.sleep(max(0.0, start - time.time()))
-        t0, c0 = time.monotonic(), cpu_ticks(server.proc.pid)
+        t0, c0, m0 = time.monotonic(), cpu_ticks(server.proc.pid), machine_ticks()
         time.sleep(CALL_SECONDS + BATCH_MS / 1000)
-        t1, c1 = time.monotonic(), cpu_ticks(server.proc.pid)
+        t1, c1, m1 = time.monotonic(), cpu_ticks(server.proc.pid), machine_ticks()
         results = []
         for p in gens:
             out, _ = p.communicate(timeout=300)
@@ -275,6 +282,9 @@ def run_level(calls: int, workdir: Path, audio: tuple[Path, int]) -> Level:
             "server_cpu_cores": (c1 - c0) / TICK / (t1 - t0),
             "server_cpu_s_total": (c2 - c0) / TICK,
             "gen_cpu_cores": sum(r["cpu_stream_s"] for r in results) / stream_wall,
+            # every process on the machine (server, generators, other jobs), same window
+            "machine_busy_cores": (m1[0] - m0[0]) / TICK / (t1 - t0),
+            "machine_cores": (os.cpu_count() or 1),
             "seal_wait_s": max(r["seal_wait_s"] for r in results),
             "level_wall_s": t2 - t0,
         }
@@ -299,7 +309,8 @@ def search(workdir: Path, audio: tuple[Path, int]) -> list[Level]:
         f = lv.figures
         print(f"\n  level {n}: {'pass' if lv.passed else 'FAIL'}  p99 {f['ack_p99_s']:.3f} s"
               f"  server {f['server_cpu_cores']:.2f} cores  generators "
-              f"{f['gen_cpu_cores']:.2f} cores  lag p99 {f['gen_lag_p99_s']:.3f} s"
+              f"{f['gen_cpu_cores']:.2f} cores  machine {f['machine_busy_cores']:.2f} cores busy"
+              f"  lag p99 {f['gen_lag_p99_s']:.3f} s"
               + ("" if lv.passed else f"  ({'; '.join(lv.reasons)})"), flush=True)
         return lv
 

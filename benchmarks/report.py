@@ -242,6 +242,12 @@ def sizes_table(workloads: list[Workload]) -> list[str]:
     return lines[:-1]
 
 
+def busy(level: dict[str, Any]) -> str:
+    if "machine_busy_cores" not in level:
+        return "-"
+    return f"{level['machine_busy_cores']:.2f} of {level['machine_cores']}"
+
+
 def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
     """The "Concurrent real-time calls" section (benchmarks/bench_server.py)."""
     out: list[str] = []
@@ -295,16 +301,18 @@ def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
         out += ["", f"What: {info.get('what', '')}. Levels in the order run (ramp, then "
                 "bisection); server CPU = its utime + stime over the streaming window "
                 "(/proc/PID/stat) / wall time; generators = load-generator processes and "
-                "their CPU; lag = how late the generators sent against the wall-clock "
-                "schedule.", "",
+                "their CPU; machine = every CPU's busy time in the same window (server, "
+                "generators and any other job on the machine), in cores; lag = how late the "
+                "generators sent against the wall-clock schedule.", "",
                 "| calls | result | ack p50 | ack p99 | server CPU (cores) | generators "
-                "(CPU cores) | generator lag p99 | why it failed |",
-                "|---|---|---|---|---|---|---|---|"]
+                "(CPU cores) | machine busy (cores) | generator lag p99 | why it failed |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for lv in levels:
             out.append(f"| {lv['calls']} | {'pass' if lv['passed'] else '**fail**'} | "
                        f"{seconds(lv['ack_p50_s'])} | {seconds(lv['ack_p99_s'])} | "
                        f"{lv['server_cpu_cores']:.2f} | {lv['generators']} "
-                       f"({lv['gen_cpu_cores']:.2f}) | {seconds(max(lv['gen_lag_p99_s'], 0.0))} | "
+                       f"({lv['gen_cpu_cores']:.2f}) | {busy(lv)} | "
+                       f"{seconds(max(lv['gen_lag_p99_s'], 0.0))} | "
                        f"{'; '.join(lv['reasons']) or '-'} |")
     return out
 
