@@ -14,6 +14,7 @@ unless the caller maps them otherwise (``--legs``).
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import struct
 from collections.abc import Iterator
@@ -74,32 +75,14 @@ class RtpFlow:
         return self.arrival_us[0]
 
     def first_sample_us(self, window_us: int = 300_000) -> int:
-        """When the flow's first audio sample was captured.
-
-        A G.711 packet leaves its sender once its last sample is in, so each
-        packet of the first SSRC arriving within ``window_us`` of the first
-        one bounds the capture time of the first sample: its arrival minus the
-        RTP time from the first packet's start to its own end. The earliest
-        bound wins (senders that burst, like ffmpeg's RTP muxer, send audio
-        ahead of its time)."""
-        first: tuple[int, int] | None = None  # (ssrc, timestamp) of the first audio packet
-        best = self.first_us
-        for pkt, at in zip(self.packets, self.arrival_us, strict=True):
-            if first is not None and at - self.arrival_us[0] > window_us:
-                break
-            if pkt[1] & 0x7F not in AUDIO_PTS:
-                continue
-            parsed = _rtp.parse(pkt, np.zeros(1, np.int64), np.array([len(pkt)], np.int32))
-            if not parsed.valid[0]:
-                continue
-            ssrc, ts, n = int(parsed.ssrc[0]), int(parsed.ts[0]), int(parsed.payload_length[0])
-            if first is None:
-                first = (ssrc, ts)
-            elif ssrc != first[0]:
-                continue
-            span = ((ts - first[1] + 2**31) % 2**32 - 2**31) + n  # samples, wrap-safe
-            best = min(best, at - span * 1_000_000 // RTP_CLOCK)
-        return best
+        """When the flow's first audio sample was captured: first_sample_bound over
+        the packets arriving within ``window_us`` of the first one."""
+        n = bisect.bisect_right(self.arrival_us, self.arrival_us[0] + window_us)
+        pkts = self.packets[:n]
+        lengths = np.fromiter((len(p) for p in pkts), dtype=np.int32, count=n)
+        bound = first_sample_bound(b"".join(pkts), lengths,
+                                   np.asarray(self.arrival_us[:n], dtype=np.int64))
+        return self.first_us if bound is None else min(bound, self.first_us)
 
     def event_payload_types(self) -> tuple[int, ...]:
         """Dynamic PTs used for RFC 4733 events: always 4-byte payloads, no SDP needed."""
@@ -261,3 +244,29 @@ def check_audio(flow: RtpFlow) -> None:
     if others:
         raise InputError(f"unsupported codec on {flow.label}: {describe_payload_types(others)}; "
                          "callvault records G.711 (PCMU, PT 0 / PCMA, PT 8)")
+
+
+def first_sample_bound(packets: bytes, lengths: npt.NDArray[np.int32],
+                       arrival_us: npt.NDArray[np.int64]) -> int | None:
+    """The earliest bound on when the first audio sample of these packets (one leg,
+    back to back) was captured; None if none of them is G.711 audio.
+
+    A G.711 packet leaves its sender once its last sample is in, so each audio
+    packet of the first packet's SSRC bounds the capture time of that first
+    sample: its arrival minus the RTP time from the first packet's start to its
+    own end. The earliest bound wins (senders that burst, like ffmpeg's RTP
+    muxer, send audio ahead of its time)."""
+    if not len(lengths):
+        return None
+    offsets = np.zeros(len(lengths), np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    parsed = _rtp.parse(packets, offsets, lengths)
+    audio = np.flatnonzero(parsed.valid & np.isin(parsed.pt, AUDIO_PTS))
+    if not len(audio):
+        return None
+    first = audio[0]
+    audio = audio[parsed.ssrc[audio] == parsed.ssrc[first]]
+    ts = parsed.ts[audio].astype(np.int64)
+    span = ((ts - int(parsed.ts[first]) + 2**31) % 2**32 - 2**31
+            + parsed.payload_length[audio].astype(np.int64))  # samples, wrap-safe
+    return int(np.min(arrival_us[audio] - span * 1_000_000 // RTP_CLOCK))

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from callvault import _rtp
+from callvault.capture import first_sample_bound
 from callvault.errors import InputError
 from callvault.pipeline import FRAME, LegPipeline, Settings
 from callvault.vault import FRAMES_PER_RECORD, Ack, CallWriter, Vault, VaultError
@@ -46,7 +46,6 @@ LEG_NAME = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 MAX_LEGS = 2
 MAX_PACKETS_PER_BATCH = 20_000
 MAX_PACKET_BYTES = 65_535
-AUDIO_PTS = (0, 8)  # PCMU, PCMA
 
 
 class StreamTakenOver(VaultError):
@@ -124,17 +123,10 @@ class Batch:
         return cls(seq, leg, packets, lens.astype(np.int32), arr)
 
     def first_sample_us(self) -> int:
-        """The earliest capture-time bound of the batch's first audio sample: each
-        G.711 packet's arrival minus its audio (one payload byte = 125 us)."""
-        offsets = np.zeros(len(self.lengths), dtype=np.int64)
-        np.cumsum(self.lengths[:-1], out=offsets[1:])
-        parsed = _rtp.parse(self.packets, offsets, self.lengths)
-        ok = np.asarray(parsed.valid, dtype=bool) & np.isin(
-            np.asarray(parsed.pt), AUDIO_PTS)
-        if not ok.any():
-            return int(self.arrival_us.min())
-        dur = np.asarray(parsed.payload_length, dtype=np.int64)[ok] * 1_000_000 // 8000
-        return int((self.arrival_us[ok] - dur).min())
+        """When the batch's first audio sample was captured (capture.first_sample_bound);
+        its first arrival if it holds no G.711 audio."""
+        bound = first_sample_bound(self.packets, self.lengths, self.arrival_us)
+        return int(self.arrival_us.min()) if bound is None else bound
 
 
 @dataclass

@@ -67,7 +67,8 @@ import numpy.typing as npt
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
-from callvault import _net, _rtp
+from callvault import _net
+from callvault.capture import first_sample_bound
 from callvault.errors import CallvaultError
 from callvault.spool import Spool, list_spools, spool_name
 
@@ -80,8 +81,6 @@ RECV_MAX_SIZE = 65535    # the largest UDP payload: nothing real is truncated
 RCVBUF = 1 << 20         # per leg socket: ~6 s of G.711 at 20 ms, bursts included
 BACKOFF_S = (0.1, 2.0)   # forwarder reconnect backoff: first, largest
 KEEP_SEALED = 1000       # sealed calls remembered (ListCalls, duplicate start)
-RTP_CLOCK = 8000         # G.711's RTP clock (RFC 3551)
-AUDIO_PTS = (0, 8)       # PCMU, PCMA (RFC 3551 static payload types)
 CALL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 META_FIELDS = ("agent", "skill_group", "direction", "customer_number")
 
@@ -111,24 +110,6 @@ def parse_rtp_range(value: str) -> tuple[str, int, int]:
         raise CallvaultError(f"--rtp {value!r}: expected HOST:PMIN-PMAX, 1 <= PMIN <= PMAX "
                              "<= 65535")
     return host.strip("[]"), int(lo), int(hi)
-
-
-def first_sample_us(packets: bytes, lengths: npt.NDArray[np.int32],
-                    arrival_us: npt.NDArray[np.int64]) -> int | None:
-    """The earliest bound on when a leg's first audio sample was captured, from its
-    first packets (see the module docstring); None if none of them is G.711 audio."""
-    offsets = np.zeros(len(lengths), np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
-    parsed = _rtp.parse(packets, offsets, lengths)
-    audio = np.flatnonzero(parsed.valid & np.isin(parsed.pt, AUDIO_PTS))
-    if not len(audio):
-        return None
-    first = audio[0]
-    audio = audio[parsed.ssrc[audio] == parsed.ssrc[first]]
-    ts = parsed.ts[audio].astype(np.int64)
-    span = (ts - int(parsed.ts[first]) + 2**31) % 2**32 - 2**31 \
-        + parsed.payload_length[audio].astype(np.int64)
-    return int(np.min(arrival_us[audio] - span * 1_000_000 // RTP_CLOCK))
 
 
 # ---------------------------------------------------------------------------
@@ -310,7 +291,7 @@ class Receiver(threading.Thread):
                                     np.concatenate([c[2] for c in chunks])))
         first = call.spool.start_us is None
         if first:
-            bounds = [first_sample_us(p, ln, ar) for _, p, ln, ar in batches]
+            bounds = [first_sample_bound(p, ln, ar) for _, p, ln, ar in batches]
             known = [b for b in bounds if b is not None]
             call.spool.set_start_us(min(known) if known else
                                     min(int(ar[0]) for _, _, _, ar in batches))
