@@ -243,9 +243,26 @@ def sizes_table(workloads: list[Workload]) -> list[str]:
 
 
 def busy(level: dict[str, Any]) -> str:
+    """Every CPU's busy time, and what of it was neither the server nor the generators."""
     if "machine_busy_cores" not in level:
         return "-"
-    return f"{level['machine_busy_cores']:.2f} of {level['machine_cores']}"
+    others = level["machine_busy_cores"] - level["server_cpu_cores"] - level["gen_cpu_cores"]
+    return (f"{level['machine_busy_cores']:.2f} of {level['machine_cores']} "
+            f"(others {max(others, 0.0):.2f})")
+
+
+def saturated(level: dict[str, Any], batch_s: float) -> str:
+    """Which side ran out at a failing level: the generators if they sent late by more
+    than a batch interval (p99), else the server (with what the machine had left)."""
+    if level["gen_lag_p99_s"] > batch_s:
+        return (f"the load generators (they sent late: lag p99 {seconds(level['gen_lag_p99_s'])}"
+                f" > the {seconds(batch_s)} batch interval)")
+    idle = ""
+    if "machine_busy_cores" in level:
+        idle = (f"; the machine had {level['machine_cores'] - level['machine_busy_cores']:.2f} "
+                f"of {level['machine_cores']} cores idle")
+    return (f"the server ({level['server_cpu_cores']:.2f} cores; the generators kept their "
+            f"schedule, lag p99 {seconds(max(level['gen_lag_p99_s'], 0.0))}{idle})")
 
 
 def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
@@ -289,7 +306,8 @@ def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
             f = by_calls[int(fail)]
             out.append(f"- First failing level, {fail} calls: ack p99 "
                        f"{seconds(f['ack_p99_s'])}, server CPU {f['server_cpu_cores']:.2f} "
-                       f"cores; {'; '.join(f['reasons'])}.")
+                       f"cores; {'; '.join(f['reasons'])}. Saturated first: "
+                       f"{saturated(f, float(info.get('batch_ms', 0)) / 1000)}.")
         elif n and fail is None:
             out.append("- No level failed within the search's limits: N is a lower bound.")
         play = info.get("playback")
@@ -302,8 +320,8 @@ def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
                 "bisection); server CPU = its utime + stime over the streaming window "
                 "(/proc/PID/stat) / wall time; generators = load-generator processes and "
                 "their CPU; machine = every CPU's busy time in the same window (server, "
-                "generators and any other job on the machine), in cores; lag = how late the "
-                "generators sent against the wall-clock schedule.", "",
+                "generators and any other job on the machine; others = the rest), in cores; "
+                "lag = how late the generators sent against the wall-clock schedule.", "",
                 "| calls | result | ack p50 | ack p99 | server CPU (cores) | generators "
                 "(CPU cores) | machine busy (cores) | generator lag p99 | why it failed |",
                 "|---|---|---|---|---|---|---|---|---|"]
