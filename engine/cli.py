@@ -271,6 +271,56 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class PcmSink:
+    """Where `play` writes: raw interleaved s16le on stdout ("-"), or a WAV file."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.parts: list[list[bytes]] = []
+        if out != "-" and Path(out).suffix.lower() != ".wav":
+            raise CallvaultError(f"play -o {out}: a .wav file, or - for raw PCM on stdout")
+
+    def write(self, legs: Sequence[bytes]) -> None:
+        import numpy as np
+
+        chans = [np.frombuffer(d, dtype="<i2") for d in legs]
+        if self.out == "-":
+            sys.stdout.buffer.write(np.stack(chans, axis=1).astype("<i2").tobytes())
+            sys.stdout.buffer.flush()
+        else:
+            self.parts.append(list(legs))
+
+    def close(self) -> int:
+        """Bytes written to the file (0 for stdout)."""
+        if self.out == "-":
+            return 0
+        import numpy as np
+
+        from callvault import wav
+
+        nlegs = len(self.parts[0]) if self.parts else 1
+        pcm = [np.frombuffer(b"".join(p[g] for p in self.parts), dtype="<i2")
+               for g in range(nlegs)]
+        return wav.write(Path(self.out), pcm)
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from callvault import playback
+
+    if args.follow:
+        raise CallvaultError("--follow listens to a call being recorded: it needs --server")
+    sink = PcmSink(args.output)
+    with _vault(args) as v:
+        for c in playback.play(v, None, args.call_id, tenant=args.tenant,
+                               from_ms=int((args.from_s or 0) * 1000),
+                               to_ms=int(args.to_s * 1000) if args.to_s else None, pcm=True):
+            sink.write([d for d, _ in c.legs])
+    n = sink.close()
+    if args.output != "-":
+        print(f"wrote {args.output} ({n} bytes)")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     if not args.call_ids and not args.all:
         raise CallvaultError("name the calls to verify, or --all")
@@ -358,8 +408,8 @@ def _lazy(module: str, name: str) -> Any:
 
 
 # The vault verbs that also run against a server (`--server ADDR`, callvault.remote).
-REMOTE_VERBS = ("import", "ls", "info", "export", "verify", "bundle", "checkpoint", "erase",
-                "reindex", "rotate-key")
+REMOTE_VERBS = ("import", "ls", "info", "export", "play", "verify", "bundle", "checkpoint",
+                "erase", "reindex", "rotate-key")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,6 +450,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--from", dest="from_s", type=float, metavar="SECONDS")
     v.add_argument("--to", dest="to_s", type=float, metavar="SECONDS")
     v.set_defaults(func=cmd_export)
+    v = sub.add_parser("play", help="a call's audio as PCM (8 kHz, one channel per leg): to a "
+                       "WAV file, or raw to stdout for a player; --follow listens live")
+    v.add_argument("call_id", metavar="CALL_ID")
+    v.add_argument("-o", "--output", default="-", metavar="OUT.wav|-",
+                   help="- (default): raw s16le interleaved on stdout, e.g. | ffplay -f s16le "
+                        "-ar 8000 -ch_layout stereo -i -")
+    v.add_argument("--from", dest="from_s", type=float, metavar="SECONDS")
+    v.add_argument("--to", dest="to_s", type=float, metavar="SECONDS")
+    v.add_argument("--follow", action="store_true",
+                   help="a call still being recorded: keep playing as it is recorded "
+                        "(--server only)")
+    v.set_defaults(func=cmd_play)
+
     v = sub.add_parser("verify", help="check calls' records, chains, seals and log leaves")
     v.add_argument("call_ids", nargs="*", metavar="CALL_ID")
     v.add_argument("--all", action="store_true")

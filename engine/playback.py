@@ -23,6 +23,9 @@ from callvault.vault import PRE_SKIP, Vault, VaultError
 FRAME_MS = 20
 FRAME = 160  # samples per frame at 8 kHz
 LAG = PRE_SKIP // 6  # the decoder's delay at 8 kHz: 52 samples
+# PCM from the middle of a call: the decoder first runs over this many frames
+# before the range, so its state (pitch, LPC, energy) is the stream's, not a reset's.
+WARMUP_FRAMES = 10
 
 LegData = tuple[bytes, npt.NDArray[np.int32] | None]  # (packets or PCM, packet lengths)
 
@@ -61,10 +64,13 @@ def play(vault: Vault, ingestor: Ingestor | None, call_id: str, *, tenant: str =
         raise VaultError(f"call {call_id} was erased: its audio is gone")
     start = from_ms // FRAME_MS
     stop = None if to_ms is None else -(-to_ms // FRAME_MS)
-    packets = _opus_chunks(vault, ingestor, call_id, tenant, start, stop, chunk, follow, active)
     if pcm:
-        yield from _pcm_chunks(packets, start, chunk, len(e.legs))
+        warm = max(0, start - WARMUP_FRAMES)
+        packets = _opus_chunks(vault, ingestor, call_id, tenant, warm, stop, chunk, follow,
+                               active)
+        yield from _pcm_chunks(packets, warm, start, chunk, len(e.legs))
         return
+    packets = _opus_chunks(vault, ingestor, call_id, tenant, start, stop, chunk, follow, active)
     first = True
     for c in packets:
         c.pre_skip = PRE_SKIP if first else 0
@@ -107,8 +113,8 @@ def _wait_durable(live: LiveCall, pos: int, timeout: float = 1.0) -> None:
         live.changed.wait_for(ready, timeout=timeout)
 
 
-def _pcm_chunks(chunks: Iterator[Chunk], start: int, chunk: int, nlegs: int
-                ) -> Iterator[Chunk]:
+def _pcm_chunks(chunks: Iterator[Chunk], decode_from: int, start: int, chunk: int,
+                nlegs: int) -> Iterator[Chunk]:
     """Decode Opus chunks to PCM on the timeline: the decoder's output lags its
     input by the encoder lookahead, so timeline sample t is decoded sample t + LAG
     (counted from the first packet decoded); a frame goes out once all of it is
@@ -117,7 +123,7 @@ def _pcm_chunks(chunks: Iterator[Chunk], start: int, chunk: int, nlegs: int
 
     decoders = [_opus.Decoder(sample_rate=8000) for _ in range(nlegs)]
     bufs: list[npt.NDArray[np.int16]] = [np.zeros(0, np.int16) for _ in range(nlegs)]
-    t0 = start * FRAME - LAG  # timeline sample of bufs[g][0]
+    t0 = decode_from * FRAME - LAG  # timeline sample of bufs[g][0]
     pos = start
     for c in chunks:
         for g, (data, lengths) in enumerate(c.legs):

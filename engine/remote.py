@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``args.command`` (one of cli.REMOTE_VERBS) against ``args.server``."""
     verbs: dict[str, Callable[[Client, argparse.Namespace], int]] = {
         "import": cmd_import, "ls": cmd_ls, "info": cmd_info, "export": cmd_export,
+        "play": cmd_play,
         "verify": cmd_verify, "bundle": cmd_bundle, "checkpoint": cmd_checkpoint,
         "erase": cmd_erase, "reindex": cmd_reindex, "rotate-key": cmd_rotate_key,
     }
@@ -254,6 +255,18 @@ def cmd_export(client: Client, args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(f"wrote {args.output} ({n} bytes)")
+    return 0
+
+
+def cmd_play(client: Client, args: argparse.Namespace) -> int:
+    sink = cli.PcmSink(args.output)
+    for c in client.play(args.call_id, tenant=args.tenant, format="pcm",
+                         from_ms=int((args.from_s or 0) * 1000),
+                         to_ms=int(args.to_s * 1000) if args.to_s else 0, follow=args.follow):
+        sink.write([leg.data for leg in c.legs])
+    n = sink.close()
+    if args.output != "-":
+        print(f"wrote {args.output} ({n} bytes)")
     return 0
 
 

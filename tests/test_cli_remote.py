@@ -106,6 +106,28 @@ def test_export_range_and_bad_name(setup: tuple[Proc, Path], tmp_path: Path) -> 
     assert p.returncode == 1 and "name it .ogg or .wav" in p.stderr
 
 
+def test_play_writes_what_export_writes(setup: tuple[Proc, Path], tmp_path: Path) -> None:
+    """`play` (remote and local, to a WAV or raw on stdout) gives the export's samples."""
+    server, tmp = setup
+    remote(server, "export", "c1", "-o", str(tmp_path / "e.wav"))
+    remote(server, "play", "c1", "-o", str(tmp_path / "p.wav"))
+    exported = (tmp_path / "e.wav").read_bytes()
+    assert (tmp_path / "p.wav").read_bytes() == exported
+    raw = subprocess.run([*CLI, "--server", server.address, "play", "c1"], capture_output=True,
+                         timeout=120).stdout
+    assert raw == exported[44:]  # interleaved s16le, the WAV's data chunk
+    part = subprocess.run([*CLI, "--server", server.address, "play", "c1", "--from", "1",
+                           "--to", "2"], capture_output=True, timeout=120).stdout
+    # from the middle: the decoder warms up on the frames before (playback.WARMUP_FRAMES),
+    # so the range is sample for sample what the whole call's decode has there
+    assert part == exported[44 + 50 * 160 * 4:44 + 100 * 160 * 4]
+    run("--data", str(tmp / "local"), "export", "c1", "-o", str(tmp_path / "le.wav"))
+    run("--data", str(tmp / "local"), "play", "c1", "-o", str(tmp_path / "lp.wav"))
+    assert (tmp_path / "lp.wav").read_bytes() == (tmp_path / "le.wav").read_bytes()
+    p = run("--data", str(tmp / "local"), "play", "c1", "--follow", ok=False)
+    assert p.returncode == 1 and "needs --server" in p.stderr
+
+
 def test_verify_and_bundle(setup: tuple[Proc, Path], tmp_path: Path) -> None:
     server, _ = setup
     assert remote(server, "verify", "c1", "c2").stdout == "OK: 2 call(s) verified\n"
