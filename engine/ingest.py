@@ -349,8 +349,9 @@ class Ingestor:
                                          f"{', '.join(entry.legs)}, not {', '.join(spec.legs)}")
                     if entry.state != "open":
                         live = LiveCall(self.vault, spec, self.settings)
+                        frames = (entry.end_us - entry.start_us) // (FRAME * 125)
                         live.sealed = (bytes.fromhex(entry.seal) if entry.seal else b"",
-                                       0, entry.log_index)
+                                       frames, entry.log_index)
                         live.owner = token
                         return live, token
                     writer = self.vault.resume_call(spec.call_id, tenant=tenant)

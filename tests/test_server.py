@@ -96,6 +96,9 @@ def test_recorded_call_equals_local_import(server: Proc, capture: Path,
     assert len(acks[-1].chain_head) == 32
     sealed = replies[-1].sealed
     assert sealed.frames == len(reference[0][1]) - 1  # minus the encoder flush packet
+    again = record(server.address, feed, "c1")  # a CallStart for a sealed call
+    assert [r.WhichOneof("msg") for r in again] == ["started", "sealed"]
+    assert again[1].sealed == sealed  # the same seal, frames and log index
     server.stop()
     assert stored(server.data or Path(), "c1") == reference
 
