@@ -428,6 +428,12 @@ class Sidecar:
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.max_send_message_length", 16 << 20),
         ])
+        # Linux turns receive timestamping on for the whole stack asynchronously when
+        # the first socket asks; until then datagrams are stamped when read. One
+        # socket asking for the sidecar's whole life keeps it on, so a new call's
+        # first packets get their arrival time, not their read time.
+        self._stamp_keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        _net.enable_timestamps(self._stamp_keeper.fileno())
         self.receiver = Receiver(self._first_flush)
         self._syncer = threading.Thread(target=self._sync_loop, name="sidecar-sync",
                                         daemon=True)
@@ -472,6 +478,7 @@ class Sidecar:
             call.spool.sync()
         self.closing.set()
         self.channel.close()
+        self._stamp_keeper.close()
 
     def _sync_loop(self) -> None:
         while not self.closing.wait(SYNC_S):

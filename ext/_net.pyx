@@ -11,7 +11,10 @@ their arrival instants (microseconds since the Unix epoch), the layout of an
 Arrival instants are the kernel's receive timestamps (SO_TIMESTAMPNS control
 messages; ``enable_timestamps(fd)`` turns them on for a socket); a datagram
 without one (timestamps not enabled) gets CLOCK_REALTIME read once when the
-batch returns. A datagram longer than ``max_size`` arrives truncated
+batch returns. (Linux switches timestamping on for the whole stack a moment
+after the first socket asks, from a work queue; a datagram arriving before
+then is stamped when it is read: keep one timestamping socket open, as the
+sidecar does.) A datagram longer than ``max_size`` arrives truncated
 (MSG_TRUNC): it is dropped from the batch and counted in ``truncated``.
 """
 import numpy as np

@@ -69,6 +69,14 @@ def test_max_packets_bounds_one_call(pair: tuple[socket.socket, socket.socket]) 
 def test_kernel_timestamps_are_arrival_instants(pair: tuple[socket.socket, socket.socket]) -> None:
     rx, tx = pair
     _net.enable_timestamps(rx.fileno())
+    # Linux switches receive timestamping on for the whole stack asynchronously the
+    # first time a socket asks for it (net_enable_timestamp defers it to a work queue);
+    # a datagram that arrives before then is stamped when it is read. A warm-up
+    # datagram (read and dropped) lets that happen: the sidecar keeps a socket with
+    # timestamps on for its whole life for the same reason.
+    tx.send(b"w")
+    time.sleep(0.1)
+    _net.recv_batch(rx.fileno())
     before = _net.now_us()
     tx.send(b"a" * 40)
     time.sleep(0.2)
