@@ -251,15 +251,26 @@ def test_sidecar_sigkilled_mid_call_keeps_its_spool(tmp_path: Path) -> None:
     downtime = back_at - killed_at
     # bursts before the kill (spooled) and after the restart are where they belong
     # (the gap the kill leaves is filled by concealment: a repeat of the frame before it)
-    found_a = _bursts(pcm[:, 0], quiet_elsewhere=False)
-    found_c = _bursts(pcm[:, 1], quiet_elsewhere=False)
-    oa = _offset(found_a, KILL_AGENT)
-    oc = _offset(found_c, KILL_CUSTOMER)
+    # A burst sent while the sidecar was down is lost with it; how long the restart
+    # takes varies (a cold machine is slower), so bursts near the downtime are left out.
+    kill_s, back_s = killed_at - t0, back_at - t0
+
+    def outside(times: list[float], shift: float = 0.0) -> list[float]:
+        return [t for t in times if not kill_s - 0.3 <= t - shift <= back_s + 0.5]
+
+    offsets = []
+    for ch, sent in ((0, KILL_AGENT), (1, KILL_CUSTOMER)):
+        found = _bursts(pcm[:, ch], quiet_elsewhere=False)
+        assert found and sent[0] < kill_s - 0.3, (found, kill_s)
+        shift = found[0] - sent[0]  # the first burst is always before the kill
+        kept = outside(sent)
+        assert len(kept) >= len(sent) - 2, (kill_s, back_s)  # the restart was quick
+        offsets.append(_offset(outside(found, shift), kept))
+    oa, oc = offsets
     assert abs(duration - (max(oa, oc) + KILL_SECONDS)) <= 0.040, (duration, oa, oc)
     # the packets sent while it was dead are one gap per leg, as long as the downtime
     # (give or take one of ffmpeg's 182 ms packets and the socket queue lost with the
     # process), at the time of the kill, and nowhere else
-    kill_s = killed_at - t0
     for leg in info["legs_detail"]:
         assert len(leg["gaps"]) == 1, leg["gaps"]
         first, count = leg["gaps"][0]["start_frame"], leg["gaps"][0]["frames"]
