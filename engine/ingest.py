@@ -148,8 +148,12 @@ class LiveCall:
         self.spec = spec
         self.settings = settings
         self.tenant = spec.tenant or "default"
-        self.lock = threading.RLock()
-        self.changed = threading.Condition(self.lock)  # durable position moved / sealed
+        self.lock = threading.RLock()  # batches, end: one at a time
+        # The durable position, chain head, seal and error: a lock of their own, so
+        # the vault's committer thread, which reports durability, never waits for a
+        # batch being encoded under ``lock`` (one slow call would hold up every
+        # call's acknowledgements); notified when they change.
+        self.changed = threading.Condition()
         self.writer = writer
         self.resumed = writer is not None
         self.start_us = writer.entry.start_us if writer is not None else spec.start_us
@@ -254,12 +258,12 @@ class LiveCall:
 
     def _on_durable(self, fut: Future[Ack]) -> None:
         if fut.exception() is not None:
-            with self.lock:
+            with self.changed:
                 self.error = fut.exception()
                 self.changed.notify_all()
             return
         a = fut.result()
-        with self.lock:
+        with self.changed:
             self.durable[a.leg] = max(self.durable[a.leg], a.first_frame + a.frames)
             if a.chain_index + 1 > self.chain_records:
                 self.chain_records = a.chain_index + 1
@@ -267,7 +271,7 @@ class LiveCall:
             self.changed.notify_all()
 
     def progress(self, seq: int) -> Progress:
-        with self.lock:
+        with self.changed:
             return Progress(seq, list(self.durable), self.chain_records, self.chain_head)
 
     # -- end -------------------------------------------------------------------------------
@@ -293,7 +297,7 @@ class LiveCall:
         seal = writer.seal(summary={"legs": summaries}, frames=total,
                            end_us=self.start_us + total * FRAME * 125)
         entry = self.vault.get_call(self.spec.call_id, tenant=self.tenant)
-        with self.lock:
+        with self.changed:
             self.durable = [total + 1] * len(self.durable)  # + the encoder flush packet
             self.sealed = (seal, total, entry.log_index)
             self.changed.notify_all()
@@ -363,7 +367,6 @@ class Ingestor:
         with live.lock:
             live.owner = token
             live.attachments += 1
-            live.changed.notify_all()
         return live, token
 
     def count(self, packets: int, nbytes: int) -> None:

@@ -47,7 +47,7 @@ def durable_frames(vault: Vault, ingestor: Ingestor | None, call_id: str, *,
         return (e.end_us - e.start_us) // (FRAME_MS * 1000)
     live = ingestor.get(tenant, call_id) if ingestor is not None else None
     if live is not None:
-        with live.lock:
+        with live.changed:
             return min(live.durable, default=0)
     return min(vault.durable_frames(call_id, tenant=tenant), default=0)
 

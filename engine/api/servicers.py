@@ -143,60 +143,75 @@ class IngestServicer(pbg.IngestServicer):
         try:
             while context.is_active():
                 try:
-                    kind, item = events.get(timeout=1.0)
+                    got = [events.get(timeout=1.0)]
                 except queue.Empty:
                     if time.monotonic() - last_req > self.config.ingest_idle_s:
                         context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                       f"no message for {self.config.ingest_idle_s:g} s: stream "
                                       "closed (reconnect with the same CallStart to resume)")
                     continue
-                if kind == "ack":
+                # Everything already queued is handled together and answered with ONE
+                # Ack: each reply costs a blocking send through grpcio's single event
+                # thread, so under load the acks coalesce instead of queueing up.
+                while True:
+                    try:
+                        got.append(events.get_nowait())
+                    except queue.Empty:
+                        break
+                ack_to = -1
+                for kind, item in got:
+                    if kind == "ack":
+                        ack_to = max(ack_to, item)
+                        continue
+                    if kind != "req":  # the client half-closed or left; the call stays open
+                        if live is not None and ack_to > acked:
+                            yield self._ack(live, ack_to)
+                        return
+                    last_req = time.monotonic()
+                    if isinstance(item, Undecodable):
+                        raise InputError(item.message("/callvault.v1.Ingest/Record"))
+                    which = item.WhichOneof("msg")
+                    if which == "start":
+                        if live is not None:
+                            raise InputError("a second CallStart on one stream")
+                        live, token = self.ingestor.attach(self._spec(item.start))
+                        yield pb.IngestReply(started=pb.Started(
+                            resume_from_seq=live.next_seq,
+                            resumed=(live.resumed or live.attachments > 1
+                                     or live.sealed is not None),
+                            start_us=live.start_us))
+                        if live.sealed is not None:
+                            yield self._sealed(live)
+                            return
+                    elif live is None:
+                        raise InputError("the first message of a Record stream must be a "
+                                         "CallStart")
+                    elif which == "batch":
+                        b = item.batch
+                        batch = Batch.checked(b.seq, b.leg, b.packets, b.lengths, b.arrival_us,
+                                              len(live.spec.legs))
+                        fut = live.process(token, batch)
+                        self.ingestor.count(len(batch.lengths), len(batch.packets))
+                        if fut is None or fut.done():
+                            ack_to = max(ack_to, batch.seq)
+                        else:
+                            fut.add_done_callback(_ack_when_done(events, batch.seq))
+                    elif which == "end":
+                        live.end(token, item.end.batches, item.end.end_us)
+                        if live.next_seq:
+                            yield self._ack(live, live.next_seq - 1)
+                        yield self._sealed(live)
+                        self.ingestor.finished(live)
+                        return
+                    else:
+                        raise InputError("an IngestRequest must hold start, batch or end")
+                if ack_to > acked:
                     assert live is not None
                     if live.error is not None:
                         context.abort(grpc.StatusCode.INTERNAL,
                                       f"storing the call failed: {live.error}")
-                    if item > acked:
-                        acked = item
-                        yield self._ack(live, item)
-                    continue
-                if kind != "req":
-                    return  # the client half-closed or left; the call stays open
-                last_req = time.monotonic()
-                if isinstance(item, Undecodable):
-                    raise InputError(item.message("/callvault.v1.Ingest/Record"))
-                which = item.WhichOneof("msg")
-                if which == "start":
-                    if live is not None:
-                        raise InputError("a second CallStart on one stream")
-                    live, token = self.ingestor.attach(self._spec(item.start))
-                    yield pb.IngestReply(started=pb.Started(
-                        resume_from_seq=live.next_seq,
-                        resumed=live.resumed or live.attachments > 1 or live.sealed is not None,
-                        start_us=live.start_us))
-                    if live.sealed is not None:
-                        yield self._sealed(live)
-                        return
-                elif live is None:
-                    raise InputError("the first message of a Record stream must be a CallStart")
-                elif which == "batch":
-                    b = item.batch
-                    batch = Batch.checked(b.seq, b.leg, b.packets, b.lengths, b.arrival_us,
-                                          len(live.spec.legs))
-                    fut = live.process(token, batch)
-                    self.ingestor.count(len(batch.lengths), len(batch.packets))
-                    if fut is None or fut.done():
-                        events.put(("ack", batch.seq))
-                    else:
-                        fut.add_done_callback(_ack_when_done(events, batch.seq))
-                elif which == "end":
-                    live.end(token, item.end.batches, item.end.end_us)
-                    if live.next_seq:
-                        yield self._ack(live, live.next_seq - 1)
-                    yield self._sealed(live)
-                    self.ingestor.finished(live)
-                    return
-                else:
-                    raise InputError("an IngestRequest must hold start, batch or end")
+                    acked = ack_to
+                    yield self._ack(live, ack_to)
         except CallvaultError as e:
             fail(context, e)
 
