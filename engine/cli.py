@@ -420,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the vault verb against a callvault server instead of --data")
     p.add_argument("--tls-ca", metavar="FILE",
                    help="with --server: TLS, trusting this CA certificate (PEM)")
+    p.add_argument("--tls-cert", dest="client_cert", metavar="FILE",
+                   help="with --server and --tls-ca: this client certificate chain (PEM)")
+    p.add_argument("--tls-key", dest="client_key", metavar="FILE",
+                   help="with --tls-cert: its private key (PEM)")
     p.add_argument("--key-file", metavar="FILE",
                    help="the key-encryption key file (default DIR/keys/kek)")
     p.add_argument("--tenant", default="default", help="tenant of the calls (default)")
@@ -534,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where received RTP waits until the server has sealed the call")
     sc.add_argument("--port-file", metavar="FILE",
                     help="write the control API's bound port here once serving")
+    sc.add_argument("--tls-ca", dest="upstream_tls_ca", metavar="FILE",
+                    help="TLS to the server, trusting this CA certificate (PEM)")
     sc.set_defaults(func=_lazy("callvault.sidecar", "cmd_sidecar"))
 
     ca = sub.add_parser("call", help="start or stop recording a call on a sidecar")

@@ -47,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
     if verb is None:
         raise CallvaultError(f"{args.command} does not run against a server (--server)")
     try:
-        with Client(args.server, tls_ca=getattr(args, "tls_ca", None)) as client:
+        if bool(getattr(args, "client_cert", None)) != bool(getattr(args, "client_key", None)):
+            raise CallvaultError("a client certificate needs both --tls-cert and --tls-key")
+        with Client(args.server, tls_ca=getattr(args, "tls_ca", None),
+                    tls_cert=getattr(args, "client_cert", None),
+                    tls_key=getattr(args, "client_key", None)) as client:
             return verb(client, args)
     except CallvaultClientError as e:
         raise CallvaultError(f"{args.server}: {e.message}") from e

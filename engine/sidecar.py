@@ -407,7 +407,7 @@ class Sidecar:
     """The calls, their ports, spools, receiver and forwarders."""
 
     def __init__(self, upstream: str, rtp_host: str, port_min: int, port_max: int,
-                 spool_root: Path) -> None:
+                 spool_root: Path, *, tls_ca: bytes | None = None) -> None:
         self.upstream = upstream
         self.rtp_host = rtp_host
         self.port_range = (port_min, port_max)
@@ -420,14 +420,17 @@ class Sidecar:
         self._next_port = 0  # index into the range's even ports
         self._reserved: set[tuple[str, str]] = set()
         self.closing = threading.Event()
-        self.channel = grpc.insecure_channel(upstream, options=[
+        options = [
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.max_send_message_length", 16 << 20),
-        ])
+        ]
+        self.channel = (grpc.secure_channel(upstream, grpc.ssl_channel_credentials(tls_ca),
+                                            options=options) if tls_ca is not None
+                        else grpc.insecure_channel(upstream, options=options))
         # Linux turns receive timestamping on for the whole stack asynchronously when
         # the first socket asks; until then datagrams are stamped when read. One
         # socket asking for the sidecar's whole life keeps it on, so a new call's
@@ -690,7 +693,12 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     parse_address(args.upstream, "--server")
     rtp_host, lo, hi = parse_rtp_range(args.rtp)
     parse_address(args.listen, "--listen")
-    sidecar = Sidecar(args.upstream, rtp_host, lo, hi, Path(args.spool))
+    ca = getattr(args, "upstream_tls_ca", None)
+    try:
+        tls_ca = Path(ca).read_bytes() if ca else None
+    except OSError as e:
+        raise CallvaultError(f"--tls-ca {ca}: {e.strerror}") from None
+    sidecar = Sidecar(args.upstream, rtp_host, lo, hi, Path(args.spool), tls_ca=tls_ca)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

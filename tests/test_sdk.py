@@ -332,6 +332,50 @@ def test_tls_client_with_ca_connects_and_plaintext_fails(tmp_path: Path) -> None
         proc.wait(60)
 
 
+def test_tls_for_the_cli_and_the_sidecar(tmp_path: Path) -> None:
+    """`callvault --server --tls-ca` and `callvault sidecar --tls-ca` reach a TLS server;
+    without the CA the CLI says it cannot connect."""
+    import time
+
+    from tests.e2e.sidecar_procs import (
+        call_start,
+        call_stop,
+        rtp_range,
+        start_sidecar,
+        wait_sealed,
+    )
+
+    cert, key = self_signed(tmp_path)
+    proc, address = start_tls_server(tmp_path, cert, key)
+    sidecar = None
+    try:
+        sidecar = start_sidecar(address, tmp_path / "spool", rtp_range(), tmp_path,
+                                args=("--tls-ca", str(cert)))
+        ports = call_start(sidecar, "tls-1")
+        pcm = sample.synthetic_speech(1.0, seed=3)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for port in ports.values():
+                for _, pkt in sample.rtp_packets(pcm, sample.LegPlan(jitter_ms=0), t0=0.0,
+                                                 seed=1):
+                    tx.sendto(pkt, ("127.0.0.1", port))
+        time.sleep(0.3)
+        call_stop(sidecar, "tls-1")
+        wait_sealed(sidecar, "tls-1")
+        ls = subprocess.run([*CLI, "--server", address, "--tls-ca", str(cert), "ls", "--json"],
+                            capture_output=True, text=True, timeout=60)
+        assert ls.returncode == 0, ls.stderr
+        rows = json.loads(ls.stdout)
+        assert [(r["call_id"], r["state"]) for r in rows] == [("tls-1", "sealed")]
+        plain = subprocess.run([*CLI, "--server", address, "ls"], capture_output=True,
+                               text=True, timeout=120)
+        assert plain.returncode == 1 and address in plain.stderr
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
+        proc.terminate()
+        proc.wait(60)
+
+
 # -- reconnect -------------------------------------------------------------------------
 
 def test_recording_survives_server_sigkill(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from tests.servers import CLI, Proc, wait_port_file
 
 
 def start_sidecar(upstream: str, spool: Path, rtp: str, log_dir: Path, *,
-                  listen_port: int = 0) -> Proc:
+                  listen_port: int = 0, args: tuple[str, ...] = ()) -> Proc:
     """`callvault sidecar` forwarding to ``upstream``; returns once its control API serves."""
     log_dir.mkdir(parents=True, exist_ok=True)
     n = len(list(log_dir.glob("sidecar-*.log")))
@@ -31,7 +31,7 @@ def start_sidecar(upstream: str, spool: Path, rtp: str, log_dir: Path, *,
     with open(log, "wb") as out:
         proc = subprocess.Popen([*CLI, "sidecar", "--server", upstream, "--rtp", rtp,
                                  "--listen", f"127.0.0.1:{listen_port}", "--spool", str(spool),
-                                 "--port-file", str(port_file)],
+                                 "--port-file", str(port_file), *args],
                                 stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
     port = wait_port_file(port_file, proc, log)
     return Proc(proc, f"127.0.0.1:{port}", log)
