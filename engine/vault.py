@@ -21,6 +21,7 @@ between fsync and index write loses nothing.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import hashlib
 import json
@@ -125,13 +126,6 @@ class OpenReport:
     damage: list[Any] = field(default_factory=list)
     reindexed: int = 0
     replays: list[Replay] = field(default_factory=list)
-
-
-def _take(queue: list[bytes], n: int) -> tuple[bytes, npt.NDArray[np.int32]]:
-    """The first n packets of a queue, removed from it: (data, lengths)."""
-    part = queue[:n]
-    del queue[:n]
-    return b"".join(part), np.fromiter((len(p) for p in part), dtype=np.int32, count=len(part))
 
 
 class CallWriter:
@@ -496,29 +490,49 @@ class Vault:
         e = self.get_call(call_id, tenant=tenant)
         key = self._data_key(tenant, call_id)
         nlegs = len(e.legs)
-        # per leg: packets not yet emitted, as (frame, packet) in frame order
-        queues: list[list[bytes]] = [[] for _ in range(nlegs)]
-        heads = [from_frame] * nlegs  # frame index of each queue's first packet
+        # per leg, the records read but not yet emitted, whole (no Python object per
+        # packet): [packets, lengths, byte offsets, next packet] each
+        pending: list[collections.deque[list[Any]]] = [collections.deque() for _ in range(nlegs)]
+        have = [from_frame] * nlegs  # the frame after the last one read, per leg
         pos = from_frame
+
+        def take(g: int, n: int) -> tuple[bytes, npt.NDArray[np.int32]]:
+            datas: list[bytes] = []
+            lens: list[npt.NDArray[np.int32]] = []
+            while n:
+                seg = pending[g][0]
+                packets, lengths, offs, cur = seg
+                k = min(n, len(lengths) - cur)
+                datas.append(packets[offs[cur]:offs[cur + k]])
+                lens.append(lengths[cur:cur + k])
+                seg[3] = cur + k
+                n -= k
+                if seg[3] == len(lengths):
+                    pending[g].popleft()
+            if len(datas) == 1:
+                return datas[0], lens[0]
+            return b"".join(datas), np.concatenate(lens)
+
         for _, r in self.index.records(tenant, call_id):
-            if r.first_frame + r.frames <= heads[r.leg] or r.first_frame >= to_frame:
+            g = r.leg
+            if r.first_frame + r.frames <= have[g] or r.first_frame >= to_frame:
                 continue
             _, raw = self._reader.read(RecordRef(r.segment, r.offset, r.length))
             lengths, packets = rec.parse(rec.AUDIO, raw).open_audio(key)
+            lo = max(have[g] - r.first_frame, 0)
+            hi = min(len(lengths), to_frame - r.first_frame)
             offs = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offs[1:])
-            lo = heads[r.leg] + len(queues[r.leg]) - r.first_frame
-            hi = min(len(lengths), to_frame - r.first_frame)
-            queues[r.leg].extend(packets[offs[i]:offs[i + 1]] for i in range(max(lo, 0), hi))
-            while all(heads[g] + len(queues[g]) >= min(pos + chunk, to_frame)
-                      for g in range(nlegs)) and pos < to_frame:
+            pending[g].append([packets, lengths[:hi].astype(np.int32, copy=False),
+                               offs[:hi + 1], lo])
+            have[g] = r.first_frame + hi
+            while pos < to_frame and min(have) >= min(pos + chunk, to_frame):
                 n = min(chunk, to_frame - pos)
-                yield pos, [_take(queues[g], n) for g in range(nlegs)]
-                heads = [h + n for h in heads]
+                yield pos, [take(x, n) for x in range(nlegs)]
                 pos += n
-        if pos < to_frame and all(len(q) for q in queues):
-            n = min(len(q) for q in queues)
-            yield pos, [_take(queues[g], n) for g in range(nlegs)]
+        if pos < min(have):  # the end of what is stored
+            n = min(have) - pos
+            yield pos, [take(x, n) for x in range(nlegs)]
 
     def _forget(self, e: CallEntry) -> None:
         with self._lock:

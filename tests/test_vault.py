@@ -53,6 +53,23 @@ def test_import_seals_and_indexes(vault: Vault) -> None:
     vault.close()
 
 
+@pytest.mark.parametrize(("lo", "hi", "chunk"), [(0, None, 50), (0, None, 7), (13, 77, 1),
+                                                (49, 51, 50), (40, 260, 123), (290, None, 500)])
+def test_iter_frames_chunks_equal_read_packets(vault: Vault, lo: int, hi: int | None,
+                                               chunk: int) -> None:
+    """Play's reader (chunks across record boundaries, without per-packet objects)
+    gives exactly what read_packets gives for the same range, in chunk-sized pieces."""
+    end = vault.manifest("c1")["frames"] + 1 if hi is None else hi
+    chunks = list(vault.iter_frames("c1", from_frame=lo, to_frame=end, chunk=chunk))
+    assert [c[0] for c in chunks] == list(range(lo, end, chunk))
+    assert all(len(c[1][0][1]) == min(chunk, end - c[0]) for c in chunks)
+    want = vault.read_packets("c1", from_frame=lo, to_frame=end)
+    for g in (0, 1):
+        assert b"".join(c[1][g][0] for c in chunks) == want[g][0]
+        assert np.concatenate([c[1][g][1] for c in chunks]).tolist() == want[g][1].tolist()
+    vault.close()
+
+
 def test_capture_time_is_the_call_start(vault: Vault, capture: Path) -> None:
     from callvault.capture import read_capture
     first = min(f.first_sample_us() for f in read_capture(capture).flows)
