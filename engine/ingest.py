@@ -25,11 +25,12 @@ every call has encoded durable.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -319,9 +320,22 @@ class LiveCall:
 class Ingestor:
     """The live calls of one server."""
 
-    def __init__(self, vault: Vault, settings: Settings | None = None) -> None:
+    def process(self, live: LiveCall, token: int, batch: Batch) -> Future[Ack] | None:
+        """LiveCall.process on a worker thread (see __init__); waits for it."""
+        return self.workers.submit(live.process, token, batch).result()
+
+    def __init__(self, vault: Vault, settings: Settings | None = None, *,
+                 workers: int = 0) -> None:
         self.vault = vault
         self.settings = settings or Settings()
+        # Batches are processed (jitter buffer, DSP, Opus) on a few worker threads, not
+        # on the RPC threads: with a thread per stream, dozens of threads taking turns
+        # at the GIL around every libopus call made each batch wait for the GIL far
+        # longer than it computed (a GIL convoy); a few workers keep the cores busy
+        # and the hand-offs rare. Each stream waits for its own batch, so a call's
+        # batches stay in order.
+        self.workers = ThreadPoolExecutor(workers or (os.cpu_count() or 2) + 1,
+                                          thread_name_prefix="ingest")
         self.lock = threading.Lock()
         self.calls: dict[tuple[str, str], LiveCall] = {}
         self._tokens = 0

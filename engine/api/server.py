@@ -55,7 +55,7 @@ class Server:
         self.vault = vault
         self.config = config or Config()
         c = self.config
-        self.ingestor = Ingestor(vault)
+        self.ingestor = Ingestor(vault, workers=c.ingest_workers)
         self.methods = MethodLog()
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.grpc = grpc.server(
@@ -99,6 +99,7 @@ class Server:
         self.ingestor.shutdown(lambda live, e: log.error("call %s: %s", live.spec.call_id, e))
         self.grpc.stop(self.config.shutdown_grace_s).wait()
         self.ingestor.shutdown()  # what streams processed while draining
+        self.ingestor.workers.shutdown()
         self.vault.close()
 
     def wait(self) -> None:

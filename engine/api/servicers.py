@@ -111,6 +111,8 @@ class Config:
         self.ingest_idle_s: float = float(kw.pop("ingest_idle_s", 120.0))
         self.shutdown_grace_s: float = float(kw.pop("shutdown_grace_s", 10.0))
         self.segment_bytes: int = int(kw.pop("segment_bytes", 64 << 20))
+        # threads that run batches through the pipelines; 0 = CPUs + 1
+        self.ingest_workers: int = int(kw.pop("ingest_workers", 0))
         if kw:
             raise InputError(f"unknown server setting(s): {', '.join(sorted(kw))}")
         if self.workers < self.max_concurrent_rpcs:
@@ -190,7 +192,7 @@ class IngestServicer(pbg.IngestServicer):
                         b = item.batch
                         batch = Batch.checked(b.seq, b.leg, b.packets, b.lengths, b.arrival_us,
                                               len(live.spec.legs))
-                        fut = live.process(token, batch)
+                        fut = self.ingestor.process(live, token, batch)
                         self.ingestor.count(len(batch.lengths), len(batch.packets))
                         if fut is None or fut.done():
                             ack_to = max(ack_to, batch.seq)
