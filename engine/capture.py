@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,3 +270,50 @@ def first_sample_bound(packets: bytes, lengths: npt.NDArray[np.int32],
     span = ((ts - int(parsed.ts[first]) + 2**31) % 2**32 - 2**31
             + parsed.payload_length[audio].astype(np.int64))  # samples, wrap-safe
     return int(np.min(arrival_us[audio] - span * 1_000_000 // RTP_CLOCK))
+
+
+MAX_PACKETS_PER_BATCH = 20_000
+MAX_PACKET_BYTES = 65_535
+
+
+@dataclass(frozen=True)
+class LegBatch:
+    """One leg's RTP packets as Ingest's RtpBatch carries them (docs/format.md section
+    2): ``packets`` back to back, the ``lengths`` and ``arrival_us`` of each."""
+
+    seq: int
+    leg: int
+    packets: bytes
+    lengths: npt.NDArray[np.int32]
+    arrival_us: npt.NDArray[np.int64]
+
+    @classmethod
+    def checked(cls, seq: int, leg: int, packets: bytes, lengths: Sequence[int],
+                arrival_us: Sequence[int], legs: int) -> LegBatch:
+        """A batch from the wire, refused with a clear message when inconsistent."""
+        if leg >= legs:
+            raise InputError(f"batch {seq}: leg {leg} does not exist (the call has {legs})")
+        if not lengths:
+            raise InputError(f"batch {seq}: no packets (an empty batch is not sent)")
+        if len(lengths) > MAX_PACKETS_PER_BATCH:
+            raise InputError(f"batch {seq}: {len(lengths)} packets; at most "
+                             f"{MAX_PACKETS_PER_BATCH} per batch")
+        if len(arrival_us) != len(lengths):
+            raise InputError(f"batch {seq}: {len(lengths)} lengths but {len(arrival_us)} "
+                             "arrival times (one per packet)")
+        lens = np.asarray(lengths, dtype=np.int64)
+        if int(lens.min()) <= 0 or int(lens.max()) > MAX_PACKET_BYTES:
+            raise InputError(f"batch {seq}: packet lengths must be 1 to {MAX_PACKET_BYTES}")
+        if int(lens.sum()) != len(packets):
+            raise InputError(f"batch {seq}: lengths add up to {int(lens.sum())} bytes but "
+                             f"packets holds {len(packets)}")
+        arr = np.asarray(arrival_us, dtype=np.int64)
+        if int(arr.min()) <= 0:
+            raise InputError(f"batch {seq}: arrival_us must be microseconds since the epoch")
+        return cls(seq, leg, packets, lens.astype(np.int32), arr)
+
+    def first_sample_us(self) -> int:
+        """When the batch's first audio sample was captured (capture.first_sample_bound);
+        its first arrival if it holds no G.711 audio."""
+        bound = first_sample_bound(self.packets, self.lengths, self.arrival_us)
+        return int(self.arrival_us.min()) if bound is None else bound

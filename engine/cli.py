@@ -248,19 +248,24 @@ def cmd_info(args: argparse.Namespace) -> int:
                 doc["legs_detail"] = v.summary(e.call_id, tenant=e.tenant).get("legs", [])
         if e.state == "erased":
             doc["erased"] = {"at": _iso(e.extra["erased_us"]), "reason": e.extra["erase_reason"]}
-    if args.json:
+    print_info(doc, as_json=args.json)
+    return 0
+
+
+def print_info(doc: dict[str, Any], *, as_json: bool) -> None:
+    """What `info` prints (local and --server alike)."""
+    if as_json:
         json.dump(doc, sys.stdout, indent=2)
         print()
-    else:
-        for k, val in doc.items():
-            if k == "legs_detail":
-                for leg in val:
-                    print(f"  {leg['leg']}: {leg['frames']} frames, lost {leg['lost']}, "
-                          f"gaps {len(leg['gaps'])}, DTMF "
-                          f"{''.join(d['digit'] for d in leg['telephone_events'] + leg['dtmf'])}")
-            else:
-                print(f"{k}: {val}")
-    return 0
+        return
+    for k, val in doc.items():
+        if k == "legs_detail":
+            for leg in val:
+                print(f"  {leg['leg']}: {leg['frames']} frames, lost {leg['lost']}, "
+                      f"gaps {len(leg['gaps'])}, DTMF "
+                      f"{''.join(d['digit'] for d in leg['telephone_events'] + leg['dtmf'])}")
+        else:
+            print(f"{k}: {val}")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -29,15 +29,14 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from callvault.capture import first_sample_bound
+from callvault.capture import LegBatch
 from callvault.errors import InputError
 from callvault.pipeline import FRAME, LegPipeline, Settings
 from callvault.vault import FRAMES_PER_RECORD, Ack, CallWriter, Vault, VaultError
@@ -45,8 +44,6 @@ from callvault.vault import FRAMES_PER_RECORD, Ack, CallWriter, Vault, VaultErro
 CALL_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LEG_NAME = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 MAX_LEGS = 2
-MAX_PACKETS_PER_BATCH = 20_000
-MAX_PACKET_BYTES = 65_535
 
 
 class StreamTakenOver(VaultError):
@@ -88,46 +85,6 @@ class CallSpec:
             for pt in pts:
                 if not 96 <= pt <= 127:
                     raise InputError(f"event payload type {pt}: dynamic types are 96 to 127")
-
-
-@dataclass
-class Batch:
-    seq: int
-    leg: int
-    packets: bytes
-    lengths: npt.NDArray[np.int32]
-    arrival_us: npt.NDArray[np.int64]
-
-    @classmethod
-    def checked(cls, seq: int, leg: int, packets: bytes, lengths: Sequence[int],
-                arrival_us: Sequence[int], legs: int) -> Batch:
-        """A batch from the wire, refused with a clear message when inconsistent."""
-        if leg >= legs:
-            raise InputError(f"batch {seq}: leg {leg} does not exist (the call has {legs})")
-        if not lengths:
-            raise InputError(f"batch {seq}: no packets (an empty batch is not sent)")
-        if len(lengths) > MAX_PACKETS_PER_BATCH:
-            raise InputError(f"batch {seq}: {len(lengths)} packets; at most "
-                             f"{MAX_PACKETS_PER_BATCH} per batch")
-        if len(arrival_us) != len(lengths):
-            raise InputError(f"batch {seq}: {len(lengths)} lengths but {len(arrival_us)} "
-                             "arrival times (one per packet)")
-        lens = np.asarray(lengths, dtype=np.int64)
-        if int(lens.min()) <= 0 or int(lens.max()) > MAX_PACKET_BYTES:
-            raise InputError(f"batch {seq}: packet lengths must be 1 to {MAX_PACKET_BYTES}")
-        if int(lens.sum()) != len(packets):
-            raise InputError(f"batch {seq}: lengths add up to {int(lens.sum())} bytes but "
-                             f"packets holds {len(packets)}")
-        arr = np.asarray(arrival_us, dtype=np.int64)
-        if int(arr.min()) <= 0:
-            raise InputError(f"batch {seq}: arrival_us must be microseconds since the epoch")
-        return cls(seq, leg, packets, lens.astype(np.int32), arr)
-
-    def first_sample_us(self) -> int:
-        """When the batch's first audio sample was captured (capture.first_sample_bound);
-        its first arrival if it holds no G.711 audio."""
-        bound = first_sample_bound(self.packets, self.lengths, self.arrival_us)
-        return int(self.arrival_us.min()) if bound is None else bound
 
 
 @dataclass
@@ -183,7 +140,7 @@ class LiveCall:
                                   "(the client reconnected)")
 
     # -- batches -------------------------------------------------------------------------
-    def process(self, token: int, batch: Batch) -> Future[Ack] | None:
+    def process(self, token: int, batch: LegBatch) -> Future[Ack] | None:
         """Run one batch; returns the future of the last record appended so far (all
         earlier ones resolve before it), or None when nothing is pending."""
         with self.lock:
@@ -320,7 +277,7 @@ class LiveCall:
 class Ingestor:
     """The live calls of one server."""
 
-    def process(self, live: LiveCall, token: int, batch: Batch) -> Future[Ack] | None:
+    def process(self, live: LiveCall, token: int, batch: LegBatch) -> Future[Ack] | None:
         """LiveCall.process on a worker thread (see __init__); waits for it."""
         return self.workers.submit(live.process, token, batch).result()
 

@@ -213,18 +213,7 @@ def cmd_info(client: Client, args: argparse.Namespace) -> int:
     if e.state == "erased":
         doc["erased"] = {"at": cli._iso(int(e.extra["erased_us"])),
                          "reason": e.extra["erase_reason"]}
-    if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        print()
-    else:
-        for k, val in doc.items():
-            if k == "legs_detail":
-                for leg in val:
-                    print(f"  {leg['leg']}: {leg['frames']} frames, lost {leg['lost']}, "
-                          f"gaps {len(leg['gaps'])}, DTMF "
-                          f"{''.join(d['digit'] for d in leg['telephone_events'] + leg['dtmf'])}")
-            else:
-                print(f"{k}: {val}")
+    cli.print_info(doc, as_json=args.json)
     return 0
 
 

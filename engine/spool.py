@@ -57,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 from crc32c import crc32c
 
+from callvault.capture import LegBatch
 from callvault.durable import fsync_dir
 from callvault.errors import FormatError
 
@@ -78,16 +79,6 @@ MAX_RECORD = 64 << 20  # a batch is ~20 ms of one leg; anything this large is da
 SPOOL_FILE = "spool"
 ACKED_FILE = "acked"
 
-
-@dataclass(frozen=True)
-class Batch:
-    """One spooled RtpBatch: ``packets`` back to back, ``lengths`` and ``arrival_us`` each."""
-
-    seq: int
-    leg: int
-    packets: bytes
-    lengths: npt.NDArray[np.int32]
-    arrival_us: npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -329,8 +320,8 @@ class Spool:
         """How many batches are spooled (the next seq)."""
         return len(self._offsets)
 
-    def read(self, seq: int) -> Batch:
-        """Batch ``seq`` as spooled."""
+    def read(self, seq: int) -> LegBatch:
+        """LegBatch ``seq`` as spooled."""
         with self._lock:
             if not 0 <= seq < len(self._offsets):
                 raise IndexError(f"{self.directory}: no batch {seq} (have {len(self._offsets)})")
@@ -347,9 +338,9 @@ class Spool:
         off += 8 * n
         length = _U32.unpack_from(data, 4)[0]
         packets = bytes(body[off:length])
-        return Batch(seq, leg, packets, lengths, arrival)
+        return LegBatch(seq, leg, packets, lengths, arrival)
 
-    def read_from(self, seq: int) -> Iterator[Batch]:
+    def read_from(self, seq: int) -> Iterator[LegBatch]:
         """Batches ``seq``, ``seq + 1``, ... up to the last one spooled when each is read."""
         while seq < self.batches:
             yield self.read(seq)

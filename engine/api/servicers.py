@@ -23,9 +23,9 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 
 from callvault import playback
 from callvault.api.interceptors import MethodLog, Undecodable
+from callvault.capture import LegBatch
 from callvault.errors import CallvaultError, InputError
 from callvault.ingest import (
-    Batch,
     CallSpec,
     Ingestor,
     LiveCall,
@@ -190,7 +190,7 @@ class IngestServicer(pbg.IngestServicer):
                                          "CallStart")
                     elif which == "batch":
                         b = item.batch
-                        batch = Batch.checked(b.seq, b.leg, b.packets, b.lengths, b.arrival_us,
+                        batch = LegBatch.checked(b.seq, b.leg, b.packets, b.lengths, b.arrival_us,
                                               len(live.spec.legs))
                         fut = self.ingestor.process(live, token, batch)
                         self.ingestor.count(len(batch.lengths), len(batch.packets))
