@@ -216,18 +216,25 @@ def cmd_ls(args: argparse.Namespace) -> int:
                              since_us=_time_arg(args.since) if args.since else 0,
                              until_us=_time_arg(args.until) if args.until else 2**63 - 1,
                              agent=args.agent, skill_group=args.skill_group, tag=args.tag)
-    if args.json:
+    print_calls(calls, as_json=args.json)
+    return 0
+
+
+def print_calls(calls: Sequence[Any], *, as_json: bool) -> None:
+    """What `ls` prints (local and --server alike): calls are index entries or CallInfo
+    messages, which share these fields."""
+    if as_json:
         json.dump([{"call_id": e.call_id, "start": _iso(e.start_us), "start_us": e.start_us,
                     "seconds": max(0, e.end_us - e.start_us) / 1e6 if e.end_us else None,
                     "agent": e.agent, "skill_group": e.skill_group, "direction": e.direction,
-                    "tags": e.tags, "state": e.state} for e in calls], sys.stdout, indent=2)
+                    "tags": list(e.tags), "state": e.state} for e in calls],
+                  sys.stdout, indent=2)
         print()
-        return 0
+        return
     for e in calls:
         secs = f"{(e.end_us - e.start_us) / 1e6:8.1f}s" if e.end_us else "    open "
         print(f"{e.call_id:<24} {_iso(e.start_us)} {secs} {e.state:<7} {e.agent or '-':<12} "
               f"{','.join(e.tags)}")
-    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:

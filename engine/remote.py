@@ -179,14 +179,8 @@ def cmd_ls(client: Client, args: argparse.Namespace) -> int:
                                until_us=cli._time_arg(args.until) if args.until else 0,
                                agent=args.agent or "", skill_group=args.skill_group or "",
                                tag=args.tag or ""))
-    if args.json:
-        json.dump([{"call_id": e.call_id, "start": cli._iso(e.start_us), "start_us": e.start_us,
-                    "seconds": max(0, e.end_us - e.start_us) / 1e6 if e.end_us else None,
-                    "agent": e.agent, "skill_group": e.skill_group, "direction": e.direction,
-                    "tags": list(e.tags), "state": e.state} for e in calls],
-                  sys.stdout, indent=2)
-        print()
-        return 0
+    cli.print_calls(calls, as_json=args.json)
+    return 0
     for e in calls:
         secs = f"{(e.end_us - e.start_us) / 1e6:8.1f}s" if e.end_us else "    open "
         print(f"{e.call_id:<24} {cli._iso(e.start_us)} {secs} {e.state:<7} {e.agent or '-':<12} "

@@ -9,12 +9,10 @@ import random
 import socket
 import subprocess
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
@@ -69,14 +67,6 @@ def wait_sealed(sidecar: Proc, call_id: str, timeout: float = 90.0) -> pb.Sideca
         time.sleep(0.1)
     raise AssertionError(f"{call_id} not sealed after {timeout} s; sidecar log:\n"
                          f"{sidecar.output()}")
-
-
-def write_wav(path: Path, pcm: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(pcm.astype("<i2").tobytes())
 
 
 def ffmpeg_sender(wav: Path, port: int) -> subprocess.Popen[bytes]:

@@ -15,11 +15,11 @@ import subprocess
 import sys
 import threading
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 
+from callvault import wav
 from callvault.sample import Datagram, write_udp_capture
 from tests.test_cli_transcode import burst_onsets, clicks, decode_ffmpeg, ffprobe
 
@@ -50,20 +50,12 @@ class Receiver(threading.Thread):
         self.sock.close()
 
 
-def _wav(path: Path, pcm: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(pcm.astype("<i2").tobytes())
-
-
 def test_two_ffmpeg_senders_recorded_aligned(tmp_path: Path) -> None:
     legs = {"agent": (clicks(SECONDS, AGENT_CLICKS), "pcm_mulaw"),
             "customer": (clicks(SECONDS, CUSTOMER_CLICKS, hz=700.0), "pcm_alaw")}
     receivers, senders = [], []
     for name, (pcm, codec) in legs.items():
-        _wav(tmp_path / f"{name}.wav", pcm)
+        wav.write(tmp_path / f"{name}.wav", [pcm.astype(np.int16)])
         r = Receiver()
         r.start()
         receivers.append(r)

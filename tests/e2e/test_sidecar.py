@@ -22,6 +22,7 @@ import pytest
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
+from callvault import wav
 from tests.e2e.sidecar_procs import (
     call_info,
     call_start,
@@ -33,7 +34,6 @@ from tests.e2e.sidecar_procs import (
     rtp_range,
     start_sidecar,
     wait_sealed,
-    write_wav,
 )
 from tests.servers import CLI, start_server
 from tests.test_cli_transcode import clicks, decode_ffmpeg, ffprobe
@@ -92,7 +92,7 @@ def _send(tmp: Path, ports: dict[str, int], legs: dict[str, np.ndarray]
           ) -> list[subprocess.Popen[bytes]]:
     senders = []
     for name, pcm in legs.items():
-        write_wav(tmp / f"{name}.wav", pcm)
+        wav.write(tmp / f"{name}.wav", [pcm.astype(np.int16)])
         senders.append(ffmpeg_sender(tmp / f"{name}.wav", ports[name]))
     return senders
 
