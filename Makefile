@@ -44,6 +44,7 @@ build: setup
 
 lint: build
 	$(VENV)/bin/ruff check engine tests benchmarks clients/python
+	$(VENV)/bin/ruff format --check engine tests benchmarks clients/python
 	$(VENV)/bin/mypy
 
 test: lint
@@ -68,4 +69,4 @@ run: build
 	exec $(VENV)/bin/callvault serve --data $(DATA)/vault --listen $(LISTEN)
 
 clean:
-	rm -rf build $(VENV) ext/*.c engine/*.so .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build $(VENV) ext/*.c engine/callvault/*.so .pytest_cache .mypy_cache .ruff_cache

@@ -6,7 +6,7 @@
       ours                callvault._g711.decode(data, PCMU): one call, GIL
                           released, int16 array out.
       peer numpy          table[np.frombuffer(data, np.uint8)] with the
-                          256-entry table made by callvault.g711_ref (the
+                          256-entry table made by callvault.media.g711_ref (the
                           pure-Python reference written from the G.711 tables).
                           No target: the ratio is reported.
 
@@ -45,7 +45,7 @@ def payload(ulaw_30s: bytes, seconds: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def table() -> npt.NDArray[np.int16]:
-    ref = need("callvault.g711_ref")
+    ref = need("callvault.media.g711_ref")
     t: npt.NDArray[np.int16] = ref.decode(bytes(range(256)), ref.PCMU)
     return t
 

@@ -14,7 +14,7 @@
                           audio: RtpPacket.parse(bytes), packet._data = payload,
                           JitterBuffer(capacity=16, prefetch=4).add(packet).
                           Target: ours <= 1/20 of aiortc's time per packet.
-      peer jitter_ref     callvault.jitter_ref.JitterBuffer, the pure-Python
+      peer jitter_ref     callvault.media.jitter_ref.JitterBuffer, the pure-Python
                           twin of ours, on the same batches (no target; it
                           shows what the Cython build buys).
 
@@ -49,7 +49,7 @@ SPP = 160  # samples (and mu-law bytes) per 20 ms packet
 
 class Stream:
     def __init__(self, arrivals: list[float], packets: list[bytes]) -> None:
-        rtppack = need("callvault.rtppack")
+        rtppack = need("callvault.media.rtppack")
         self.packets = packets
         self.arrival_us = np.array([round(a * 1_000_000) for a in arrivals], dtype=np.int64)
         self.batches: list[tuple[bytes, npt.NDArray[np.int64], npt.NDArray[np.int32],
@@ -70,7 +70,7 @@ class Stream:
 
 @pytest.fixture(scope="module")
 def stream(dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]) -> Stream:
-    sample = need("callvault.sample")
+    sample = need("callvault.media.sample")
     pcm = dialogue_30s[0][: int(SECONDS * 8000)]
     plan = sample.LegPlan(law=0, ptime_ms=20, ssrc=0x2468ACE0, jitter_ms=JITTER_MS)
     sent = sample.rtp_packets(pcm, plan, t0=T0, seed=3)
@@ -110,7 +110,7 @@ def check_timeline(pcm: npt.NDArray[np.int16], stats: dict[str, int], s: Stream)
 
 @pytest.fixture(scope="module")
 def twin_pcm(stream: Stream) -> npt.NDArray[np.int16]:
-    frames, stats = run_buffer(need("callvault.jitter_ref"), stream)
+    frames, stats = run_buffer(need("callvault.media.jitter_ref"), stream)
     pcm = joined(frames)
     check_timeline(pcm, stats, stream)
     return pcm
@@ -129,9 +129,9 @@ def test_rtp_jitter_ours(benchmark: Any, workload: Tag, stream: Stream,
 
 
 def test_rtp_jitter_peer_jitter_ref(benchmark: Any, workload: Tag, stream: Stream) -> None:
-    ref = need("callvault.jitter_ref")
+    ref = need("callvault.media.jitter_ref")
     workload(benchmark, NAME, "peer", units=len(stream.packets), unit="packet",
-             peer="callvault.jitter_ref (pure-Python twin), same batches")
+             peer="callvault.media.jitter_ref (pure-Python twin), same batches")
     frames, stats = benchmark(run_buffer, ref, stream)
     check_timeline(joined(frames), stats, stream)
 

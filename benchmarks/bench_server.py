@@ -137,8 +137,8 @@ def leg_pcm(dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]
 
 
 def opus_settings() -> dict[str, Any]:
-    """What the server's pipeline encodes voice with (callvault.pipeline.Settings)."""
-    s = need("callvault.pipeline").Settings()
+    """What the server's pipeline encodes voice with (callvault.media.pipeline.Settings)."""
+    s = need("callvault.media.pipeline").Settings()
     return {"bitrate": int(s.bitrate), "complexity": int(s.complexity), "dtx": bool(s.dtx),
             "vbr": True}
 
@@ -336,7 +336,7 @@ def search(workdir: Path, audio: tuple[Path, int]) -> list[Level]:
 
 def test_server_realtime_calls(benchmark: Any, tmp_path: Path,
                                audio_file: tuple[Path, int]) -> None:
-    need("callvault.api.server")
+    need("callvault.server.app")
     tag(benchmark, CAPACITY, "capacity", call_seconds=CALL_SECONDS, batch_ms=BATCH_MS,
         p99_limit_s=P99_LIMIT_S, cores=os.cpu_count() or 1, playback=PLAY,
         what=f"concurrent dual-track calls of {CALL_SECONDS:g} s, 20 ms PCMU, batches of "

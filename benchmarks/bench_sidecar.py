@@ -5,9 +5,9 @@ What `callvault sidecar` does per RTP packet before forwarding it: 50 calls
 them: SO_RCVBUF = sidecar.RCVBUF, non-blocking, SO_TIMESTAMPNS) receive
 172-byte G.711 RTP packets (12-byte header + 160 bytes, 20 ms), which become
 one batch per leg every sidecar.FLUSH_MS appended to the call's spool (real
-files in a temporary directory, callvault.spool). Driven through the real
+files in a temporary directory, callvault.sidecar.spool). Driven through the real
 classes: callvault.sidecar.Receiver (its epoll thread, its run loop, its
-flush) over callvault.sidecar.Call objects on callvault.spool.Spool, the
+flush) over callvault.sidecar.Call objects on callvault.sidecar.spool.Spool, the
 calls added through Receiver.submit as Sidecar.start_call adds them. Left
 out: the gRPC control API and the forwarders (on_first_flush does nothing),
 and the sidecar's 1 s fsync thread (records are in the OS on append, as in
@@ -97,7 +97,7 @@ PEER_MAX_READS = 8 * 256      # what Receiver._read takes per readiness at most 
 def packet(leg: int, seq: int) -> bytes:
     """Packet ``seq`` of global leg ``leg``: RTP PCMU, 20 ms, a payload that differs per
     leg and packet (so a misplaced or repeated packet cannot pass the check)."""
-    rtppack = need("callvault.rtppack")
+    rtppack = need("callvault.media.rtppack")
     payload = bytes((leg * 31 + seq * 7 + i) & 0xFF for i in range(PAYLOAD))
     out: bytes = rtppack.build_packet(rtppack.PT_PCMU, 1000 + seq, 160 * seq,
                                       0x5EC0_0000 + leg, payload)
@@ -222,7 +222,7 @@ class Side:
 
     def setup(self) -> tuple[tuple[Round], dict[str, Any]]:
         sidecar = need("callvault.sidecar")
-        spool_mod = need("callvault.spool")
+        spool_mod = need("callvault.sidecar.spool")
         net = need("callvault._net")
         pb = sidecar.pb
         root = self.root / f"round{self.made}"
@@ -339,7 +339,7 @@ def thread_cpu(r: Round) -> float:
 
 
 def check(r: Round, report: dict[str, Any]) -> None:
-    spool_mod = need("callvault.spool")
+    spool_mod = need("callvault.sidecar.spool")
     assert report["sent"] == r.expected, f"the sender sent {report['sent']} of {r.expected}"
     got = sum(c.packets for c in r.calls)
     assert got == r.expected, f"lost {r.expected - got} of {r.expected} packets"

@@ -1,7 +1,7 @@
 """Workload transcode_10min_dual_leg: a whole call, capture in, dual-track Ogg Opus out.
 
     transcode_10min_dual_leg  a 10-minute two-leg call made once per session by
-                          callvault.sample (dialogue with pauses and line noise;
+                          callvault.media.sample (dialogue with pauses and line noise;
                           agent PCMU 20 ms, customer PCMA 30 ms with an SSRC
                           change, jitter, loss bursts, two RFC 4733 digits),
                           written as one pcap, and the same two legs as 8 kHz
@@ -59,7 +59,7 @@ def check_output(path: Path, seconds: float) -> None:
 
 @pytest.fixture(scope="module")
 def settings() -> Any:
-    return need("callvault.pipeline").Settings()
+    return need("callvault.media.pipeline").Settings()
 
 
 def test_transcode_ours(benchmark: Any, workload: Tag, call_files: CallFiles,

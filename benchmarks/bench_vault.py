@@ -142,7 +142,7 @@ def agent_of(i: int) -> str:
 def leg_records(dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]
                 ) -> list[list[Record]]:
     """Per leg, RECORDS records of real Opus (the pipeline's defaults) over 60 s."""
-    pipeline = need("callvault.pipeline")
+    pipeline = need("callvault.media.pipeline")
     out: list[list[Record]] = []
     for name, pcm in zip(LEGS, dialogue_30s, strict=True):
         pipe = pipeline.LegPipeline(name, "bench", pipeline.Settings())
@@ -653,7 +653,7 @@ def parts_of(path: Path) -> dict[str, int]:
 def test_bytes_per_dual_track_hour(benchmark: Any, workload: Tag, call_files: CallFiles,
                                    tmp_path: Path) -> None:
     vault = need("callvault.vault")
-    pipeline = need("callvault.pipeline")
+    pipeline = need("callvault.media.pipeline")
     from benchmarks.bench_transcode import check_output
 
     settings = pipeline.Settings()

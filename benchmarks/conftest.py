@@ -93,8 +93,8 @@ def workload() -> Tag:
 
 @pytest.fixture(scope="session")
 def dialogue_30s() -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]:
-    """30 s of a two-leg call (speech with pauses, line noise) from callvault.sample."""
-    sample = need("callvault.sample")
+    """30 s of a two-leg call (speech with pauses, line noise) from callvault.media.sample."""
+    sample = need("callvault.media.sample")
     legs: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]] = sample.dialogue(30.0)
     return legs
 
@@ -115,9 +115,9 @@ def call_files(tmp_path_factory: pytest.TempPathFactory,
     The legs are sent as `make run`'s demo call sends them (sample.demo_capture):
     agent PCMU 20 ms, customer PCMA 30 ms with an SSRC change, jitter, two loss
     bursts and two RFC 4733 digits."""
-    sample = need("callvault.sample")
-    wav = need("callvault.wav")
-    rtppack = need("callvault.rtppack")
+    sample = need("callvault.media.sample")
+    wav = need("callvault.media.wav")
+    rtppack = need("callvault.media.rtppack")
     seconds = float(pytestconfig.getoption("--call-seconds"))
     d = tmp_path_factory.mktemp("call")
     agent, customer = sample.dialogue(seconds)

@@ -4,7 +4,7 @@
 Batch in, batch out: ``JitterBuffer.push`` takes one buffer holding many
 packets plus their offsets, lengths and arrival times, runs the whole packet
 loop in C with the GIL released, and returns the frames that became final.
-engine/jitter_ref.py is the pure-Python twin (same outputs bit for bit,
+engine/callvault/media/jitter_ref.py is the pure-Python twin (same outputs bit for bit,
 tests/test_jitter_differential.py); the containers (Frames, TelephoneEvent,
 ParsedPackets), the option and batch checks and the stat names are shared
 with it.
@@ -148,7 +148,7 @@ from libc.string cimport memchr, memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from g711 cimport cv_g711_tables
 
-from callvault.jitter_ref import (
+from callvault.media.jitter_ref import (
     MALFORMED_REASONS,
     STAT_KEYS,
     Frames,

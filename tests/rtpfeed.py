@@ -9,7 +9,7 @@ from pathlib import Path
 
 from callvault_client._pb import callvault_pb2 as pb
 
-from callvault import capture
+from callvault.media import capture
 
 
 @dataclass

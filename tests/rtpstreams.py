@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from callvault.rtppack import PT_CN, PT_PCMU, build_packet, pack_batch, telephone_event
+from callvault.media.rtppack import PT_CN, PT_PCMU, build_packet, pack_batch, telephone_event
 
 RATE = 8000
 FRAME = 160

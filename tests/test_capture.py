@@ -1,4 +1,4 @@
-"""callvault.capture: pcap/pcapng reading, flows, legs, clear errors."""
+"""callvault.media.capture: pcap/pcapng reading, flows, legs, clear errors."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import dpkt
 import numpy as np
 import pytest
 
-from callvault import capture
 from callvault.errors import InputError
-from callvault.rtppack import build_packet
-from callvault.sample import LegPlan, _ipv4_udp, write_capture
+from callvault.media import capture
+from callvault.media.rtppack import build_packet
+from callvault.media.sample import LegPlan, _ipv4_udp, write_capture
 
 ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callvault import sample, wav
-from callvault.ogg import OggOpusReader
+from callvault.media import sample, wav
+from callvault.media.ogg import OggOpusReader
 from tests.servers import Proc, start_server
 
 pytestmark = pytest.mark.timeout(300)

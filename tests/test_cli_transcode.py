@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from callvault import _g711
-from callvault.sample import LegPlan, write_capture
-from callvault.wav import read_mono
+from callvault.media.sample import LegPlan, write_capture
+from callvault.media.wav import read_mono
 
 CLI = [sys.executable, "-m", "callvault.cli"]
 
@@ -197,8 +197,8 @@ def test_capture_without_rtp_is_an_error(tmp_path: Path) -> None:
 def test_unsupported_codec_is_an_error(tmp_path: Path) -> None:
     import dpkt
 
-    from callvault.rtppack import build_packet
-    from callvault.sample import _ipv4_udp
+    from callvault.media.rtppack import build_packet
+    from callvault.media.sample import _ipv4_udp
     eth = b"\x02" * 12 + b"\x08\x00"
     path = tmp_path / "g722.pcap"
     with path.open("wb") as f:

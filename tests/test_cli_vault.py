@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from callvault import sample
+from callvault.media import sample
 
 CLI = [sys.executable, "-m", "callvault.cli"]
 

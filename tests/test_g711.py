@@ -1,4 +1,4 @@
-"""callvault._g711 (ext/g711.h) against its Python twin (callvault.g711_ref,
+"""callvault._g711 (ext/g711.h) against its Python twin (callvault.media.g711_ref,
 written from the G.711 tables) and against the real ffmpeg pcm_mulaw / pcm_alaw.
 
 Finding pinned here (see test_encode_differs_from_ffmpeg_only_by_nearest_level_rule):
@@ -25,7 +25,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from callvault import _g711, g711_ref
+from callvault import _g711
+from callvault.media import g711_ref
 
 LAWS = {"mulaw": _g711.PCMU, "alaw": _g711.PCMA}
 ALL_CODES = bytes(range(256))

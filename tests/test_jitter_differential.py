@@ -3,7 +3,7 @@
 Random realistic scenarios (jitter, reordering, loss, duplicates, wraps, SSRC
 changes, payload type changes, events, drift, malformed packets, late first
 packets, bursty early senders like ffmpeg's) go through
-callvault._rtp.JitterBuffer and callvault.jitter_ref.JitterBuffer; frames,
+callvault._rtp.JitterBuffer and callvault.media.jitter_ref.JitterBuffer; frames,
 stats, gaps and events must match exactly, and cutting the same stream into
 batches differently must not change the result.
 """
@@ -15,8 +15,9 @@ import random
 import numpy as np
 import pytest
 
-from callvault import _rtp, jitter_ref
-from callvault.rtppack import pack_batch
+from callvault import _rtp
+from callvault.media import jitter_ref
+from callvault.media.rtppack import pack_batch
 from tests.rtpstreams import (
     Result,
     bursty_scenario,

@@ -1,4 +1,4 @@
-"""callvault.ogg: Ogg Opus files checked with real opusinfo, opusdec and ffmpeg."""
+"""callvault.media.ogg: Ogg Opus files checked with real opusinfo, opusdec and ffmpeg."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callvault import _opus, ogg
+from callvault import _opus
 from callvault.errors import FormatError
+from callvault.media import ogg
 from tests import audio
 
 SECONDS = 20

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callvault import sample
-from callvault.pipeline import CallResult, Settings, parse_inputs, run_call, write_ogg
+from callvault.media import sample
+from callvault.media.pipeline import CallResult, Settings, parse_inputs, run_call, write_ogg
 from tests import audio
 
 SECONDS = 30.0

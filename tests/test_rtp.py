@@ -1,4 +1,4 @@
-"""RTP parse and the per-leg jitter buffer (callvault._rtp and its twin callvault.jitter_ref).
+"""RTP parse and the per-leg jitter buffer (callvault._rtp and its twin callvault.media.jitter_ref).
 
 One named test per behaviour of the timeline model described in ext/_rtp.pyx.
 Most tests run against both implementations (the ``impl`` fixture).
@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from callvault import _g711, _rtp, jitter_ref
-from callvault.rtppack import PT_PCMA, PT_PCMU, build_packet, pack_batch, telephone_event
+from callvault import _g711, _rtp
+from callvault.media import jitter_ref
+from callvault.media.rtppack import PT_PCMA, PT_PCMU, build_packet, pack_batch, telephone_event
 from tests.rtpstreams import (
     FRAME,
     Arrived,

@@ -14,8 +14,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callvault import _g711, _rtp, jitter_ref
-from callvault.rtppack import PT_PCMU, build_packet, pack_batch
+from callvault import _g711, _rtp
+from callvault.media import jitter_ref
+from callvault.media.rtppack import PT_PCMU, build_packet, pack_batch
 from tests.rtpstreams import Arrived, Sender, check_accounting, check_frames, network, run
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -17,11 +17,12 @@ import pytest
 from callvault_client import Client, errors, pb
 from callvault_client.recording import AckEvent
 
-from callvault import remote, sample
-from callvault.bundle import verify_bundle
+from callvault.cli import remote
 from callvault.integrity import checkpoint, merkle
-from callvault.ogg import OggOpusReader
-from callvault.rtppack import PT_PCMA, PT_PCMU
+from callvault.integrity.bundle import verify_bundle
+from callvault.media import sample
+from callvault.media.ogg import OggOpusReader
+from callvault.media.rtppack import PT_PCMA, PT_PCMU
 from callvault.vault import Vault
 from tests.servers import CLI, Proc, start_server, wait_port_file
 

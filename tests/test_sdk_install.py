@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from callvault import sample
-from callvault.ogg import OggOpusReader
+from callvault.media import sample
+from callvault.media.ogg import OggOpusReader
 from callvault.vault import Vault
 from tests.servers import Proc, start_server
 

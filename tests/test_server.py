@@ -19,7 +19,7 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from callvault import sample
+from callvault.media import sample
 from callvault.vault import Vault
 from tests.rtpfeed import Feed, capture_feed
 from tests.servers import Proc, start_server

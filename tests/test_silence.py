@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callvault.pipeline import FRAME, CallResult, LegPipeline, LegResult, Settings, write_ogg
+from callvault.media.pipeline import FRAME, CallResult, LegPipeline, LegResult, Settings, write_ogg
 from tests import audio
 
 

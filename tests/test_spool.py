@@ -1,4 +1,4 @@
-"""callvault.spool: the sidecar's per-call store-and-forward spool (docs/format.md section 9)."""
+"""callvault.sidecar.spool: the sidecar's per-call store-and-forward spool (docs/format.md 9)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from callvault.errors import FormatError
-from callvault.spool import (
+from callvault.sidecar.spool import (
     FILE_HEADER_SIZE,
     SPOOL_FILE,
     End,
@@ -124,7 +124,7 @@ def test_writes_reach_the_os_at_once(tmp_path: Path) -> None:
         "import os, signal, sys\n"
         "import numpy as np\n"
         "from pathlib import Path\n"
-        "from callvault.spool import Spool\n"
+        "from callvault.sidecar.spool import Spool\n"
         "s = Spool.create(Path(sys.argv[1]), 'c', b'', [5000], 1)\n"
         "s.set_start_us(1)\n"
         "for i in range(50):\n"

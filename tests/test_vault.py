@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callvault import sample
-from callvault.bundle import verify_bundle, write_bundle
 from callvault.errors import InputError
 from callvault.integrity import checkpoint
-from callvault.ogg import OggOpusReader
+from callvault.integrity.bundle import verify_bundle
+from callvault.media import sample
+from callvault.media.ogg import OggOpusReader
 from callvault.vault import CallNotFound, Vault, VaultError
+from callvault.vault.bundle import write_bundle
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_iter_frames_chunks_equal_read_packets(vault: Vault, lo: int, hi: int | 
 
 
 def test_capture_time_is_the_call_start(vault: Vault, capture: Path) -> None:
-    from callvault.capture import read_capture
+    from callvault.media.capture import read_capture
     first = min(f.first_sample_us() for f in read_capture(capture).flows)
     assert vault.get_call("c1").start_us == first
     vault.close()
@@ -88,7 +89,7 @@ def test_search(vault: Vault, capture: Path) -> None:
 
 def test_export_ogg_is_the_transcode(vault: Vault, tmp_path: Path, capture: Path) -> None:
     from callvault.cli import transcode
-    from callvault.pipeline import Settings
+    from callvault.media.pipeline import Settings
     vault.export("c1", tmp_path / "v.ogg")
     transcode([str(capture)], str(tmp_path / "t.ogg"), Settings())
     a, b = OggOpusReader(tmp_path / "v.ogg"), OggOpusReader(tmp_path / "t.ogg")
@@ -103,7 +104,7 @@ def test_export_time_range(vault: Vault, tmp_path: Path) -> None:
     r = OggOpusReader(tmp_path / "r.ogg")
     assert abs(r.duration - 1.5) < 1e-9
     vault.export("c1", tmp_path / "r.wav", from_s=1.0, to_s=2.5)
-    from callvault.wav import read_mono
+    from callvault.media.wav import read_mono
     assert len(read_mono(tmp_path / "r.wav")) == 12_000
     with pytest.raises(InputError, match="empty range"):
         vault.export("c1", tmp_path / "e.ogg", from_s=9, to_s=10)

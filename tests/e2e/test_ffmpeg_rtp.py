@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from callvault import wav
-from callvault.sample import Datagram, write_udp_capture
+from callvault.media import wav
+from callvault.media.sample import Datagram, write_udp_capture
 from tests.test_cli_transcode import burst_onsets, clicks, decode_ffmpeg, ffprobe
 
 SECONDS = 6.0

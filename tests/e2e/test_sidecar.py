@@ -22,7 +22,7 @@ import pytest
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
-from callvault import wav
+from callvault.media import wav
 from tests.e2e.sidecar_procs import (
     call_info,
     call_start,

@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from callvault.jitter_ref import Frames as Frames
-from callvault.jitter_ref import ParsedPackets as ParsedPackets
-from callvault.jitter_ref import TelephoneEvent as TelephoneEvent
+from callvault.media.jitter_ref import Frames as Frames
+from callvault.media.jitter_ref import ParsedPackets as ParsedPackets
+from callvault.media.jitter_ref import TelephoneEvent as TelephoneEvent
 
 FRAME_AUDIO: int
 FRAME_LOST: int

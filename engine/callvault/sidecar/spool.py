@@ -57,9 +57,9 @@ import numpy as np
 import numpy.typing as npt
 from crc32c import crc32c
 
-from callvault.capture import LegBatch
 from callvault.durable import fsync_dir
 from callvault.errors import FormatError
+from callvault.media.capture import LegBatch
 
 MAGIC = b"CVSPOOL\0"
 VERSION = 1

@@ -68,9 +68,9 @@ def leg_packets(leg_inputs: Sequence[Any], start_us: int) -> tuple[list[Packet],
     """Every leg's RTP packets with arrival times, merged in arrival order, and the
     legs' specs. WAV legs become 20 ms PCMU packets, the first arriving 20 ms after
     ``start_us`` (when its last sample is in) and one every 20 ms after it."""
-    from callvault import sample
-    from callvault.capture import AUDIO_PTS
-    from callvault.rtppack import PT_PCMU
+    from callvault.media import sample
+    from callvault.media.capture import AUDIO_PTS
+    from callvault.media.rtppack import PT_PCMU
 
     packets: list[Packet] = []
     specs: list[pb.LegSpec] = []
@@ -139,7 +139,7 @@ def send_call(rec: Recording, packets: Sequence[Packet], legs: int,
 
 
 def cmd_import(client: Client, args: argparse.Namespace) -> int:
-    from callvault import pipeline
+    from callvault.media import pipeline
 
     meta = cli.parse_meta(args.meta)
     legs = [x.strip() for x in args.legs.split(",")] if args.legs else None

@@ -38,13 +38,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from callvault import records as rec
 from callvault.durable import write_atomic
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint, merkle
+from callvault.integrity.leaves import LEAF_ERASE, LEAF_SEAL, leaf_data
 from callvault.integrity.log import MerkleLog
 from callvault.store import crypto
+from callvault.store import records as rec
 from callvault.store.fs import REAL_FS, FileSystem
 from callvault.store.index import CallEntry, Index, RecordEntry
 from callvault.store.segment import (
@@ -57,8 +58,6 @@ from callvault.store.segment import (
 )
 
 FRAMES_PER_RECORD = 50  # about one second of one leg per record (DESIGN.md "record")
-LEAF_TAG = b"callvault-leaf-v1"
-LEAF_SEAL, LEAF_ERASE = 1, 2
 SUMMARY_AAD = b"/summary"  # binds a sealed summary to its role (not a customer number)
 PRE_SKIP = 312  # Opus encoder lookahead at 48 kHz (Encoder.lookahead), the Ogg pre-skip
 
@@ -79,12 +78,6 @@ class Replay(VaultError):
     def __init__(self, ref: RecordRef, reason: str) -> None:
         super().__init__(f"segment {ref.segment} offset {ref.offset}: {reason}")
         self.ref = ref
-
-
-def leaf_data(kind: int, tenant: str, call_id: str, value: bytes, time_us: int) -> bytes:
-    """A Merkle log leaf (docs/format.md 8.7): what a seal or erasure commits to."""
-    return (LEAF_TAG + bytes([kind]) + rec.header(tenant, call_id)[1:] + value
-            + struct.pack(">Q", time_us))
 
 
 def _now_us() -> int:
@@ -554,7 +547,7 @@ class Vault:
                     **meta: Any) -> tuple[CallEntry, bytes]:
         """Transcode captures or WAV legs (as `callvault transcode`) and store the call;
         returns when it is durable and sealed: (entry, seal hash)."""
-        from callvault import pipeline
+        from callvault.media import pipeline
 
         leg_inputs = pipeline.parse_inputs(inputs, legs)
         call = pipeline.run_call(leg_inputs, settings or pipeline.Settings())
@@ -666,7 +659,8 @@ class Vault:
     def export(self, call_id: str, out: str | os.PathLike[str], *, tenant: str = "default",
                from_s: float = 0.0, to_s: float | None = None) -> int:
         """Write the call (or a time range) as dual-track Ogg Opus (no re-encoding) or WAV."""
-        from callvault import _opus, ogg, wav
+        from callvault import _opus
+        from callvault.media import ogg, wav
 
         m = self.manifest(call_id, tenant=tenant)
         frames = int(m["frames"])

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from callvault.errors import InputError
-from callvault.ingest import Ingestor, LiveCall
+from callvault.server.ingest import Ingestor, LiveCall
 from callvault.vault import PRE_SKIP, Vault, VaultError
 
 FRAME_MS = 20

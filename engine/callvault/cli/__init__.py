@@ -16,7 +16,7 @@ from callvault.errors import CallvaultError
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from callvault.pipeline import Settings
+    from callvault.media.pipeline import Settings
 
     if not 6000 <= args.bitrate <= 510_000:
         raise CallvaultError(f"--bitrate {args.bitrate}: Opus takes 6000 to 510000 bits/s")
@@ -29,7 +29,7 @@ def _settings(args: argparse.Namespace) -> Any:
 def transcode(inputs: Sequence[str], out: str, settings: Any, *,
               legs: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the transcode and return its JSON summary."""
-    from callvault import pipeline
+    from callvault.media import pipeline
 
     suffix = Path(out).suffix.lower()
     if suffix not in (".ogg", ".opus", ".wav"):
@@ -78,7 +78,7 @@ def cmd_transcode(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from callvault import sample
+    from callvault.media import sample
 
     sample.demo_capture(args.output, seconds=args.seconds, pcapng=args.pcapng)
     print(f"wrote {args.output}: a {args.seconds:g} s two-leg G.711 call")
@@ -88,8 +88,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """`make run`'s first step: a sample call transcoded and stored in the embedded
     vault, two WAV legs to record through a sidecar, and what to do next."""
-    from callvault import sample, wav
-    from callvault.pipeline import Settings
+    from callvault.media import sample, wav
+    from callvault.media.pipeline import Settings
 
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
@@ -308,7 +308,7 @@ class PcmSink:
             return 0
         import numpy as np
 
-        from callvault import wav
+        from callvault.media import wav
 
         nlegs = len(self.parts[0]) if self.parts else 1
         pcm = [np.frombuffer(b"".join(p[g] for p in self.parts), dtype="<i2")
@@ -317,7 +317,7 @@ class PcmSink:
 
 
 def cmd_play(args: argparse.Namespace) -> int:
-    from callvault import playback
+    from callvault.server import playback
 
     if args.follow:
         raise CallvaultError("--follow listens to a call being recorded: it needs --server")
@@ -358,7 +358,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from callvault.bundle import write_bundle
+    from callvault.vault.bundle import write_bundle
 
     with _vault(args) as v:
         d = write_bundle(v, args.call_id, args.output, tenant=args.tenant)
@@ -367,7 +367,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_bundle(args: argparse.Namespace) -> int:
-    from callvault.bundle import verify_bundle
+    from callvault.integrity.bundle import verify_bundle
 
     key = Path(args.public_key).read_text().strip() if args.public_key else None
     r = verify_bundle(args.directory, public_key=key)
@@ -419,7 +419,7 @@ def _lazy(module: str, name: str) -> Any:
     return run
 
 
-# The vault verbs that also run against a server (`--server ADDR`, callvault.remote).
+# The vault verbs that also run against a server (`--server ADDR`, callvault.cli.remote).
 REMOTE_VERBS = ("import", "ls", "info", "export", "play", "verify", "bundle", "checkpoint",
                 "erase", "reindex", "rotate-key")
 
@@ -537,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM)")
     sv.add_argument("--port-file", metavar="FILE",
                     help="write the bound port here once serving (for scripts and tests)")
-    sv.set_defaults(func=_lazy("callvault.api.server", "cmd_serve"))
+    sv.set_defaults(func=_lazy("callvault.server.app", "cmd_serve"))
 
     sc = sub.add_parser("sidecar", help="receive calls' RTP beside a PBX and forward it to a "
                         "server (store-and-forward)")
@@ -583,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "server", None) and args.command in REMOTE_VERBS:
             if args.data:
                 raise CallvaultError("give --data DIR or --server ADDR, not both")
-            from callvault import remote
+            from callvault.cli import remote
 
             return int(remote.run(args))
         return int(args.func(args))

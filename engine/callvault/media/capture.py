@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from callvault import _rtp
 from callvault.errors import InputError
-from callvault.rtppack import PT_CN, PT_PCMA, PT_PCMU, Batch, pack_batch
+from callvault.media.rtppack import PT_CN, PT_PCMA, PT_PCMU, Batch, pack_batch
 
 # Link types (tcpdump.org/linktypes.html) this reader understands.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in host order

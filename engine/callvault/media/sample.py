@@ -19,8 +19,14 @@ import dpkt
 import numpy as np
 import numpy.typing as npt
 
-from callvault import wav
-from callvault.rtppack import PT_PCMA, PT_PCMU, PT_TELEPHONE_EVENT, build_packet, telephone_event
+from callvault.media import wav
+from callvault.media.rtppack import (
+    PT_PCMA,
+    PT_PCMU,
+    PT_TELEPHONE_EVENT,
+    build_packet,
+    telephone_event,
+)
 
 RATE = wav.RATE
 

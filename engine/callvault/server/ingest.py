@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from callvault.capture import LegBatch
 from callvault.errors import InputError
-from callvault.pipeline import FRAME, LegPipeline, Settings
+from callvault.media.capture import LegBatch
+from callvault.media.pipeline import FRAME, LegPipeline, Settings
 from callvault.vault import FRAMES_PER_RECORD, Ack, CallWriter, Vault, VaultError
 
 CALL_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

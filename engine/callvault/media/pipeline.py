@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from callvault import _dsp, _opus, _rtp, capture, ogg, wav
+from callvault import _dsp, _opus, _rtp
 from callvault.errors import InputError
+from callvault.media import capture, ogg, wav
 
 FRAME = 160  # samples per 20 ms frame at 8 kHz
 LEG_NAMES = ("agent", "customer")

@@ -21,11 +21,11 @@ import grpc
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
-from callvault import playback
-from callvault.api.interceptors import MethodLog, Undecodable
-from callvault.capture import LegBatch
 from callvault.errors import CallvaultError, InputError
-from callvault.ingest import (
+from callvault.integrity import checkpoint
+from callvault.media.capture import LegBatch
+from callvault.server import playback
+from callvault.server.ingest import (
     CallSpec,
     Ingestor,
     LiveCall,
@@ -33,7 +33,7 @@ from callvault.ingest import (
     ShuttingDown,
     StreamTakenOver,
 )
-from callvault.integrity import checkpoint
+from callvault.server.interceptors import MethodLog, Undecodable
 from callvault.store.index import CallEntry
 from callvault.vault import CallNotFound, Vault, VaultError
 
@@ -379,7 +379,7 @@ class IntegrityServicer(pbg.IntegrityServicer):
     @streaming
     def GetBundle(self, r: pb.GetBundleRequest, context: grpc.ServicerContext
                   ) -> Iterator[pb.FileChunk]:
-        from callvault.bundle import write_bundle
+        from callvault.vault.bundle import write_bundle
 
         tenant, call_id = _ref(r.call)
         with tempfile.TemporaryDirectory(prefix="callvault-bundle-") as tmp:

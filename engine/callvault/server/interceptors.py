@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-log = logging.getLogger("callvault.api")
+log = logging.getLogger("callvault.server")
 
 # What each method needs (DESIGN.md "Roles"): checked by authorize().
 PERMISSIONS: dict[str, str] = {

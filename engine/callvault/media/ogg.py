@@ -22,7 +22,7 @@ page index on open (the file is read into memory: at 12 kb/s an hour is about
 
 The silence question (DTX and third-party decoders) is discussed in
 docs/opus-silence.md: the pipeline replaces TOC-only DTX packets as it
-encodes (engine/pipeline.py); :func:`dtx_safe` does the same for a stream of
+encodes (engine/callvault/media/pipeline.py); :func:`dtx_safe` does the same for a stream of
 packets that was stored with them.
 """
 

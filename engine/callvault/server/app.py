@@ -29,17 +29,17 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from callvault.api.interceptors import Authenticator, IdentityInterceptor, MethodLog
-from callvault.api.servicers import (
+from callvault.durable import write_atomic
+from callvault.errors import InputError
+from callvault.server.ingest import Ingestor
+from callvault.server.interceptors import Authenticator, IdentityInterceptor, MethodLog
+from callvault.server.servicers import (
     AdminServicer,
     ArchiveServicer,
     Config,
     IngestServicer,
     IntegrityServicer,
 )
-from callvault.durable import write_atomic
-from callvault.errors import InputError
-from callvault.ingest import Ingestor
 from callvault.vault import Vault
 
 log = logging.getLogger("callvault.server")

@@ -12,10 +12,10 @@
     DIR/checkpoint.txt    a signed checkpoint (C2SP signed note) of that tree size
     DIR/public-key.txt    the log's verifier key (note format)
 
-`verify_bundle` checks, with nothing else: the checkpoint signature; the chain
-over the records (every head) and the seal over head, count and manifest; the
-leaf from the seal and its inclusion in the checkpoint's tree; and that the
-packets of call.ogg are exactly the packets sealed in the records.
+Written by ``callvault.vault.bundle``. `verify_bundle` checks, with nothing
+else: the checkpoint signature; the chain over the records (every head) and the
+seal over head, count and manifest; the leaf from the seal and its inclusion
+in the checkpoint's tree; and that the packets of call.ogg are exactly the packets sealed in the records.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from callvault import records as rec
 from callvault.errors import CallvaultError
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint, merkle
+from callvault.integrity.leaves import LEAF_SEAL, leaf_data
+from callvault.store import records as rec
 
 
 @dataclass
@@ -44,52 +45,12 @@ class BundleReport:
         self.failures.append(what)
 
 
-def write_bundle(vault: object, call_id: str, out: str | os.PathLike[str], *,
-                 tenant: str = "default") -> Path:
-    """Write the bundle of a sealed call into a new directory ``out``."""
-    from callvault.vault import LEAF_SEAL, Vault, VaultError, leaf_data
-
-    assert isinstance(vault, Vault)
-    d = Path(out)
-    e = vault.get_call(call_id, tenant=tenant)
-    if not e.seal or e.log_index < 0:
-        raise VaultError(f"call {call_id} is not sealed: only sealed calls have bundles")
-    if e.state == "erased":
-        raise VaultError(f"call {call_id} was erased: its audio is gone")
-    d.mkdir(parents=True, exist_ok=False)
-    (d / "records").mkdir()
-    bodies = []
-    for i, _, raw in vault.stored_records(call_id, tenant=tenant):
-        (d / "records" / f"{i:06d}").write_bytes(raw)
-        bodies.append(raw)
-    c = chainmod.Chain(tenant, call_id)
-    heads = [c.append(b).hex() for b in bodies]
-    m = vault.manifest(call_id, tenant=tenant)
-    manifest = json.dumps(m, sort_keys=True, separators=(",", ":")).encode()
-    (d / "manifest.json").write_bytes(manifest)
-    (d / "chain.json").write_text(json.dumps({
-        "tenant": tenant, "call_id": call_id, "heads": heads, "count": len(bodies),
-        "seal": e.seal}, indent=1) + "\n")
-    (d / "call.key").write_text(bytes(vault._data_key(tenant, call_id).key).hex() + "\n")
-    vault.export(call_id, d / "call.ogg", tenant=tenant)
-    note = vault.checkpoint()
-    size = checkpoint.parse(note).size
-    leaf = leaf_data(LEAF_SEAL, tenant, call_id, bytes.fromhex(e.seal), int(m["end_us"]))
-    (d / "proof.json").write_text(json.dumps({
-        "leaf_index": e.log_index, "tree_size": size, "leaf": leaf.hex(),
-        "inclusion": [h.hex() for h in vault.log.inclusion_proof(e.log_index, size)]},
-        indent=1) + "\n")
-    (d / "checkpoint.txt").write_text(note)
-    (d / "public-key.txt").write_text(vault.signer.verifier_key() + "\n")
-    return d
-
-
 def verify_bundle(directory: str | os.PathLike[str], *, public_key: str | None = None
                   ) -> BundleReport:
     """Check a bundle offline. ``public_key`` (verifier key text) is the one you trust;
     without it the bundle's own public-key.txt is used (and the report says so)."""
-    from callvault import _opus, ogg
-    from callvault.vault import LEAF_SEAL, leaf_data
+    from callvault import _opus
+    from callvault.media import ogg
 
     d = Path(directory)
     r = BundleReport()

@@ -10,7 +10,7 @@ Three parts, each a thread or a pool:
   ``_net.recv_batch`` (recvmmsg, kernel arrival stamps) on readiness, pending
   packets per leg; every ``FLUSH_MS`` (and at stop) each leg's pending
   packets become one batch (seq per call across legs) appended to the spool
-  (callvault.spool, docs/format.md section 9), then the call's forwarder is
+  (callvault.sidecar.spool, docs/format.md section 9), then the call's forwarder is
   woken. Changes to the set of sockets run in this thread (submitted through
   an eventfd), so a stop never races a flush.
 - One forwarder thread per call (:class:`Forwarder`): an Ingest.Record stream
@@ -68,9 +68,9 @@ from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
 from callvault import _net
-from callvault.capture import first_sample_bound
 from callvault.errors import CallvaultError
-from callvault.spool import Spool, list_spools, spool_name
+from callvault.media.capture import first_sample_bound
+from callvault.sidecar.spool import Spool, list_spools, spool_name
 
 log = logging.getLogger("callvault.sidecar")
 

@@ -1,0 +1,7 @@
+"""``python -m callvault.cli``: the same as the ``callvault`` command."""
+
+import sys
+
+from callvault.cli import main
+
+sys.exit(main())
