@@ -35,7 +35,7 @@ def read_messages(path: Path) -> list[bytes]:
     pos = 0
     while pos < len(raw):
         (n,) = struct.unpack_from(">I", raw, pos)
-        out.append(raw[pos + 4:pos + 4 + n])
+        out.append(raw[pos + 4 : pos + 4 + n])
         pos += 4 + n
     return out
 
@@ -50,13 +50,22 @@ def main() -> int:
     def stream(_request: bytes, _context: Any) -> Iterator[bytes]:
         yield from messages
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=4),
-                         options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                  ("grpc.max_send_message_length", MAX_MESSAGE),
-                                  ("grpc.so_reuseport", 0)])
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=4),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
     service, method = METHOD.strip("/").split("/")
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        service, {method: grpc.unary_stream_rpc_method_handler(stream)})])
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                service, {method: grpc.unary_stream_rpc_method_handler(stream)}
+            )
+        ]
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     tmp = Path(sys.argv[2] + ".tmp")

@@ -51,24 +51,38 @@ def table() -> npt.NDArray[np.int16]:
 
 
 @pytest.mark.parametrize("name", list(SIZES))
-def test_g711_decode_ours(benchmark: Any, workload: Tag, ulaw_30s: bytes,
-                          table: npt.NDArray[np.int16], name: str) -> None:
+def test_g711_decode_ours(
+    benchmark: Any, workload: Tag, ulaw_30s: bytes, table: npt.NDArray[np.int16], name: str
+) -> None:
     g711 = need("callvault._g711")
     data = payload(ulaw_30s, SIZES[name])
-    workload(benchmark, name, "ours", units=len(data), unit="byte",
-             what=f"{len(data):,} mu-law bytes of speech")
+    workload(
+        benchmark,
+        name,
+        "ours",
+        units=len(data),
+        unit="byte",
+        what=f"{len(data):,} mu-law bytes of speech",
+    )
     out = benchmark(g711.decode, data, g711.PCMU)
     assert out.dtype == np.int16
     assert np.array_equal(out, table[np.frombuffer(data, np.uint8)])
 
 
 @pytest.mark.parametrize("name", list(SIZES))
-def test_g711_decode_peer_numpy(benchmark: Any, workload: Tag, ulaw_30s: bytes,
-                                table: npt.NDArray[np.int16], name: str) -> None:
+def test_g711_decode_peer_numpy(
+    benchmark: Any, workload: Tag, ulaw_30s: bytes, table: npt.NDArray[np.int16], name: str
+) -> None:
     g711 = need("callvault._g711")
     data = payload(ulaw_30s, SIZES[name])
-    workload(benchmark, name, "peer", units=len(data), unit="byte",
-             peer="numpy table[np.frombuffer(data, np.uint8)]")
+    workload(
+        benchmark,
+        name,
+        "peer",
+        units=len(data),
+        unit="byte",
+        peer="numpy table[np.frombuffer(data, np.uint8)]",
+    )
 
     def run() -> npt.NDArray[np.int16]:
         return table[np.frombuffer(data, np.uint8)]

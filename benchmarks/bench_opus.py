@@ -43,8 +43,7 @@ SIGNAL_VOICE = 3001  # OPUS_SIGNAL_VOICE: what the binding sets in VoIP mode
 
 
 @pytest.fixture(scope="module")
-def pcm(dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]
-        ) -> npt.NDArray[np.int16]:
+def pcm(dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]) -> npt.NDArray[np.int16]:
     frames = int(SECONDS * 8000) // FRAME
     return np.ascontiguousarray(dialogue_30s[0][: frames * FRAME].reshape(frames, FRAME))
 
@@ -56,21 +55,34 @@ def settings() -> dict[str, Any]:
     return {"bitrate": enc.bitrate, "complexity": enc.complexity, "dtx": enc.dtx, "vbr": True}
 
 
-def c_encode(loop: OpusLoop, pcm: npt.NDArray[np.int16], s: dict[str, Any]
-             ) -> tuple[bytes, npt.NDArray[np.int32]]:
+def c_encode(
+    loop: OpusLoop, pcm: npt.NDArray[np.int16], s: dict[str, Any]
+) -> tuple[bytes, npt.NDArray[np.int32]]:
     n = len(pcm)
     out = np.empty(n * 4000, dtype=np.uint8)
     lengths = np.empty(n, dtype=np.int32)
-    used = loop(pcm.ctypes.data, n, FRAME, 8000, s["bitrate"], s["complexity"], int(s["dtx"]),
-                int(s["vbr"]), out.ctypes.data, len(out), lengths.ctypes.data)
+    used = loop(
+        pcm.ctypes.data,
+        n,
+        FRAME,
+        8000,
+        s["bitrate"],
+        s["complexity"],
+        int(s["dtx"]),
+        int(s["vbr"]),
+        out.ctypes.data,
+        len(out),
+        lengths.ctypes.data,
+    )
     if used < 0:
         raise RuntimeError(f"libopus error {used} in the C loop")
     return out[:used].tobytes(), lengths
 
 
 @pytest.fixture(scope="module")
-def reference(opus_c_loop: OpusLoop, pcm: npt.NDArray[np.int16], settings: dict[str, Any]
-              ) -> tuple[bytes, npt.NDArray[np.int32]]:
+def reference(
+    opus_c_loop: OpusLoop, pcm: npt.NDArray[np.int16], settings: dict[str, Any]
+) -> tuple[bytes, npt.NDArray[np.int32]]:
     data, lengths = c_encode(opus_c_loop, pcm, settings)
     assert len(lengths) == len(pcm) and int(lengths.sum()) == len(data)
     # DTX must have acted on the pauses (1-2 byte packets), or the settings differ.
@@ -78,13 +90,24 @@ def reference(opus_c_loop: OpusLoop, pcm: npt.NDArray[np.int16], settings: dict[
     return data, lengths
 
 
-def test_opus_encode_ours(benchmark: Any, workload: Tag, pcm: npt.NDArray[np.int16],
-                          settings: dict[str, Any],
-                          reference: tuple[bytes, npt.NDArray[np.int32]]) -> None:
+def test_opus_encode_ours(
+    benchmark: Any,
+    workload: Tag,
+    pcm: npt.NDArray[np.int16],
+    settings: dict[str, Any],
+    reference: tuple[bytes, npt.NDArray[np.int32]],
+) -> None:
     opus = need("callvault._opus")
-    workload(benchmark, NAME, "ours", units=len(pcm), unit="frame", settings=settings,
-             libopus=opus.version(),
-             what=f"{SECONDS:g} s of speech, 8 kHz mono VoIP 20 ms, {BITRATE // 1000} kb/s")
+    workload(
+        benchmark,
+        NAME,
+        "ours",
+        units=len(pcm),
+        unit="frame",
+        settings=settings,
+        libopus=opus.version(),
+        what=f"{SECONDS:g} s of speech, 8 kHz mono VoIP 20 ms, {BITRATE // 1000} kb/s",
+    )
 
     def run() -> tuple[bytes, npt.NDArray[np.int32]]:
         enc = opus.Encoder(bitrate=BITRATE)
@@ -96,27 +119,50 @@ def test_opus_encode_ours(benchmark: Any, workload: Tag, pcm: npt.NDArray[np.int
     assert np.array_equal(lengths, reference[1])
 
 
-def test_opus_encode_peer_c_loop(benchmark: Any, workload: Tag, opus_c_loop: OpusLoop,
-                                 pcm: npt.NDArray[np.int16], settings: dict[str, Any],
-                                 reference: tuple[bytes, npt.NDArray[np.int32]]) -> None:
-    workload(benchmark, NAME, "peer", units=len(pcm), unit="frame",
-             peer="plain C loop over libopus (ctypes, one call per round)",
-             target="ours <= 1.05x C", max_ratio=1.05)
+def test_opus_encode_peer_c_loop(
+    benchmark: Any,
+    workload: Tag,
+    opus_c_loop: OpusLoop,
+    pcm: npt.NDArray[np.int16],
+    settings: dict[str, Any],
+    reference: tuple[bytes, npt.NDArray[np.int32]],
+) -> None:
+    workload(
+        benchmark,
+        NAME,
+        "peer",
+        units=len(pcm),
+        unit="frame",
+        peer="plain C loop over libopus (ctypes, one call per round)",
+        target="ours <= 1.05x C",
+        max_ratio=1.05,
+    )
     data, lengths = benchmark(c_encode, opus_c_loop, pcm, settings)
     assert data == reference[0]
     assert np.array_equal(lengths, reference[1])
 
 
-def test_opus_encode_peer_opuslib(benchmark: Any, workload: Tag, pcm: npt.NDArray[np.int16],
-                                  settings: dict[str, Any],
-                                  reference: tuple[bytes, npt.NDArray[np.int32]]) -> None:
+def test_opus_encode_peer_opuslib(
+    benchmark: Any,
+    workload: Tag,
+    pcm: npt.NDArray[np.int16],
+    settings: dict[str, Any],
+    reference: tuple[bytes, npt.NDArray[np.int32]],
+) -> None:
     import opuslib
     import opuslib.api.ctl
     import opuslib.api.encoder
 
-    workload(benchmark, NAME, "peer", units=len(pcm), unit="frame",
-             peer=f"opuslib {importlib.metadata.version('opuslib')} frame by frame",
-             target="ours >= 1.3x faster", max_ratio=1 / 1.3)
+    workload(
+        benchmark,
+        NAME,
+        "peer",
+        units=len(pcm),
+        unit="frame",
+        peer=f"opuslib {importlib.metadata.version('opuslib')} frame by frame",
+        target="ours >= 1.3x faster",
+        max_ratio=1 / 1.3,
+    )
     frames = [f.tobytes() for f in pcm]  # opuslib takes bytes per frame
 
     def run() -> list[bytes]:
@@ -124,8 +170,9 @@ def test_opus_encode_peer_opuslib(benchmark: Any, workload: Tag, pcm: npt.NDArra
         enc.bitrate = settings["bitrate"]
         enc.complexity = settings["complexity"]
         # opuslib's Encoder has no dtx property: its ctl API sets it.
-        opuslib.api.encoder.encoder_ctl(enc.encoder_state, opuslib.api.ctl.set_dtx,
-                                        int(settings["dtx"]))
+        opuslib.api.encoder.encoder_ctl(
+            enc.encoder_state, opuslib.api.ctl.set_dtx, int(settings["dtx"])
+        )
         enc.vbr = int(settings["vbr"])
         enc.signal = SIGNAL_VOICE
         return [enc.encode(f, FRAME) for f in frames]

@@ -52,11 +52,12 @@ class Stream:
         rtppack = need("callvault.media.rtppack")
         self.packets = packets
         self.arrival_us = np.array([round(a * 1_000_000) for a in arrivals], dtype=np.int64)
-        self.batches: list[tuple[bytes, npt.NDArray[np.int64], npt.NDArray[np.int32],
-                                 npt.NDArray[np.int64]]] = []
+        self.batches: list[
+            tuple[bytes, npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64]]
+        ] = []
         for lo in range(0, len(packets), BATCH):
-            data, offsets, lengths = rtppack.pack_batch(packets[lo:lo + BATCH])
-            self.batches.append((data, offsets, lengths, self.arrival_us[lo:lo + BATCH]))
+            data, offsets, lengths = rtppack.pack_batch(packets[lo : lo + BATCH])
+            self.batches.append((data, offsets, lengths, self.arrival_us[lo : lo + BATCH]))
         self.end_us = int(self.arrival_us.max()) + 20_000
         # Payloads in sending (sequence) order, and what they decode to.
         seqs = [int.from_bytes(p[2:4], "big") for p in packets]
@@ -102,8 +103,9 @@ def check_timeline(pcm: npt.NDArray[np.int16], stats: dict[str, int], s: Stream)
     # The leg starts where its first packet lands on the call timeline (about
     # 110 ms in); find that sample, then every payload must follow in order.
     starts = [int(k) for k in np.flatnonzero(pcm[: 12 * SPP] == exp[0])]
-    assert any(np.array_equal(pcm[k:k + len(exp)], exp) for k in starts), \
+    assert any(np.array_equal(pcm[k : k + len(exp)], exp) for k in starts), (
         "the frames do not hold the packets' audio in order"
+    )
     # No more than the 100 ms lead-in, the delay to the first arrival and the tail.
     assert len(pcm) - len(exp) < 12 * SPP
 
@@ -116,12 +118,19 @@ def twin_pcm(stream: Stream) -> npt.NDArray[np.int16]:
     return pcm
 
 
-def test_rtp_jitter_ours(benchmark: Any, workload: Tag, stream: Stream,
-                         twin_pcm: npt.NDArray[np.int16]) -> None:
+def test_rtp_jitter_ours(
+    benchmark: Any, workload: Tag, stream: Stream, twin_pcm: npt.NDArray[np.int16]
+) -> None:
     rtp = need("callvault._rtp")
-    workload(benchmark, NAME, "ours", units=len(stream.packets), unit="packet",
-             what=f"{len(stream.packets)} G.711 packets, 20 ms, {JITTER_MS:g} ms jitter, "
-                  f"{stream.reordered} out of order, batches of {BATCH}")
+    workload(
+        benchmark,
+        NAME,
+        "ours",
+        units=len(stream.packets),
+        unit="packet",
+        what=f"{len(stream.packets)} G.711 packets, 20 ms, {JITTER_MS:g} ms jitter, "
+        f"{stream.reordered} out of order, batches of {BATCH}",
+    )
     frames, stats = benchmark(run_buffer, rtp, stream)
     pcm = joined(frames)
     check_timeline(pcm, stats, stream)
@@ -130,8 +139,14 @@ def test_rtp_jitter_ours(benchmark: Any, workload: Tag, stream: Stream,
 
 def test_rtp_jitter_peer_jitter_ref(benchmark: Any, workload: Tag, stream: Stream) -> None:
     ref = need("callvault.media.jitter_ref")
-    workload(benchmark, NAME, "peer", units=len(stream.packets), unit="packet",
-             peer="callvault.media.jitter_ref (pure-Python twin), same batches")
+    workload(
+        benchmark,
+        NAME,
+        "peer",
+        units=len(stream.packets),
+        unit="packet",
+        peer="callvault.media.jitter_ref (pure-Python twin), same batches",
+    )
     frames, stats = benchmark(run_buffer, ref, stream)
     check_timeline(joined(frames), stats, stream)
 
@@ -141,9 +156,16 @@ def test_rtp_jitter_peer_aiortc(benchmark: Any, workload: Tag, stream: Stream) -
     from aiortc.jitterbuffer import JitterBuffer
     from aiortc.rtp import RtpPacket
 
-    workload(benchmark, NAME, "peer", units=len(stream.packets), unit="packet",
-             peer=f"aiortc {aiortc.__version__} RtpPacket.parse + JitterBuffer.add per packet",
-             target="ours <= 1/20 of aiortc", max_ratio=1 / 20)
+    workload(
+        benchmark,
+        NAME,
+        "peer",
+        units=len(stream.packets),
+        unit="packet",
+        peer=f"aiortc {aiortc.__version__} RtpPacket.parse + JitterBuffer.add per packet",
+        target="ours <= 1/20 of aiortc",
+        max_ratio=1 / 20,
+    )
 
     def run() -> list[Any]:
         # What RTCRtpReceiver does per audio packet (capacity=16, prefetch=4).
@@ -163,4 +185,4 @@ def test_rtp_jitter_peer_aiortc(benchmark: Any, workload: Tag, stream: Stream) -
     ts = [f.timestamp for f in frames]
     assert all((b - a) % 2**32 == SPP for a, b in zip(ts, ts[1:], strict=False))
     first = stream.payloads.index(frames[0].data)
-    assert [f.data for f in frames] == stream.payloads[first:first + len(frames)]
+    assert [f.data for f in frames] == stream.payloads[first : first + len(frames)]

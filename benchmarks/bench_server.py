@@ -109,7 +109,7 @@ def tag(benchmark: Any, name: str, side: str, **info: Any) -> None:
 def cpu_ticks(pid: int) -> int:
     """utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return int(fields[11]) + int(fields[12])
 
 
@@ -129,36 +129,58 @@ def percentile(xs: list[float], q: float) -> float:
 
 # -- the Opus-only ceiling ---------------------------------------------------------------
 @pytest.fixture(scope="module")
-def leg_pcm(dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]
-            ) -> npt.NDArray[np.int16]:
+def leg_pcm(
+    dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]],
+) -> npt.NDArray[np.int16]:
     frames = int(OPUS_SECONDS * 8000) // OPUS_FRAME
-    return np.ascontiguousarray(dialogue_30s[0][: frames * OPUS_FRAME]
-                                .reshape(frames, OPUS_FRAME))
+    return np.ascontiguousarray(dialogue_30s[0][: frames * OPUS_FRAME].reshape(frames, OPUS_FRAME))
 
 
 def opus_settings() -> dict[str, Any]:
     """What the server's pipeline encodes voice with (callvault.media.pipeline.Settings)."""
     s = need("callvault.media.pipeline").Settings()
-    return {"bitrate": int(s.bitrate), "complexity": int(s.complexity), "dtx": bool(s.dtx),
-            "vbr": True}
+    return {
+        "bitrate": int(s.bitrate),
+        "complexity": int(s.complexity),
+        "dtx": bool(s.dtx),
+        "vbr": True,
+    }
 
 
-def test_server_opus_ceiling(benchmark: Any, opus_c_loop: OpusLoop,
-                             leg_pcm: npt.NDArray[np.int16]) -> None:
+def test_server_opus_ceiling(
+    benchmark: Any, opus_c_loop: OpusLoop, leg_pcm: npt.NDArray[np.int16]
+) -> None:
     s = opus_settings()
     n = len(leg_pcm)
     out = np.empty(n * 4000, dtype=np.uint8)
     lengths = np.empty(n, dtype=np.int32)
     cores = os.cpu_count() or 1
-    tag(benchmark, CAPACITY, "ceiling", audio_seconds=OPUS_SECONDS, cores=cores, settings=s,
+    tag(
+        benchmark,
+        CAPACITY,
+        "ceiling",
+        audio_seconds=OPUS_SECONDS,
+        cores=cores,
+        settings=s,
         what=f"plain C loop over libopus, {OPUS_SECONDS:g} s of one leg per round, "
-             f"8 kHz mono VoIP 20 ms, {s['bitrate'] // 1000} kb/s, complexity "
-             f"{s['complexity']}, DTX {'on' if s['dtx'] else 'off'}")
+        f"8 kHz mono VoIP 20 ms, {s['bitrate'] // 1000} kb/s, complexity "
+        f"{s['complexity']}, DTX {'on' if s['dtx'] else 'off'}",
+    )
 
     def run() -> int:
-        used: int = opus_c_loop(leg_pcm.ctypes.data, n, OPUS_FRAME, 8000, s["bitrate"],
-                                s["complexity"], int(s["dtx"]), int(s["vbr"]),
-                                out.ctypes.data, len(out), lengths.ctypes.data)
+        used: int = opus_c_loop(
+            leg_pcm.ctypes.data,
+            n,
+            OPUS_FRAME,
+            8000,
+            s["bitrate"],
+            s["complexity"],
+            int(s["dtx"]),
+            int(s["vbr"]),
+            out.ctypes.data,
+            len(out),
+            lengths.ctypes.data,
+        )
         return used
 
     used = benchmark.pedantic(run, rounds=OPUS_ROUNDS, iterations=1, warmup_rounds=1)
@@ -171,9 +193,10 @@ def test_server_opus_ceiling(benchmark: Any, opus_c_loop: OpusLoop,
 
 # -- the capacity search ------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def audio_file(tmp_path_factory: pytest.TempPathFactory,
-               dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]
-               ) -> tuple[Path, int]:
+def audio_file(
+    tmp_path_factory: pytest.TempPathFactory,
+    dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]],
+) -> tuple[Path, int]:
     """Both legs of the 30 s dialogue as mu-law, back to back (what loadgen.py sends)."""
     g711 = need("callvault._g711")
     legs = [g711.encode(np.ascontiguousarray(x), g711.PCMU) for x in dialogue_30s]
@@ -210,18 +233,33 @@ def run_level(calls: int, workdir: Path, audio: tuple[Path, int]) -> Level:
         ids = [f"load-{calls}-{i:04d}" for i in range(calls)]
         per = -(-calls // ngen)
         for g in range(ngen):
-            mine = ids[g * per:(g + 1) * per]
+            mine = ids[g * per : (g + 1) * per]
             if not mine:
                 continue
-            spec = {"address": server.address, "call_ids": mine, "index0": g * per,
-                    "total": calls, "seconds": CALL_SECONDS, "batch_ms": BATCH_MS,
-                    "audio": str(audio[0]), "leg_bytes": audio[1], "seal_timeout": 90.0}
+            spec = {
+                "address": server.address,
+                "call_ids": mine,
+                "index0": g * per,
+                "total": calls,
+                "seconds": CALL_SECONDS,
+                "batch_ms": BATCH_MS,
+                "audio": str(audio[0]),
+                "leg_bytes": audio[1],
+                "seal_timeout": 90.0,
+            }
             sp = d / f"gen-{g}.json"
             sp.write_text(json.dumps(spec))
             with open(d / f"gen-{g}.log", "w") as log:
-                gens.append(subprocess.Popen(
-                    [sys.executable, "-m", "benchmarks.loadgen", str(sp)], cwd=ROOT,
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True))
+                gens.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "benchmarks.loadgen", str(sp)],
+                        cwd=ROOT,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=log,
+                        text=True,
+                    )
+                )
         for p in gens:
             assert p.stdout is not None
             line = p.stdout.readline()
@@ -252,8 +290,9 @@ def run_level(calls: int, workdir: Path, audio: tuple[Path, int]) -> Level:
         reasons: list[str] = []
         errors = [e for r in results for e in r["errors"]]
         if errors:
-            reasons.append(f"{sum(r['error_count'] for r in results)} stream errors, e.g. "
-                           f"{errors[0]}")
+            reasons.append(
+                f"{sum(r['error_count'] for r in results)} stream errors, e.g. {errors[0]}"
+            )
         if len(sealed) != calls:
             reasons.append(f"{calls - len(sealed)} of {calls} calls not sealed")
         if len(lat) != batches:
@@ -274,11 +313,19 @@ def run_level(calls: int, workdir: Path, audio: tuple[Path, int]) -> Level:
             reasons.append(f"ack p99 {p99:.3g} s >= {P99_LIMIT_S:g} s")
         stream_wall = max(r["stream_wall_s"] for r in results)
         figures = {
-            "calls": calls, "generators": len(gens), "batches": batches,
-            "acked": len(lat), "sealed": len(sealed), "frames_per_leg": expected,
-            "bad_legs": bad_frames, "lost_frames": lost,
-            "ack_p50_s": p50, "ack_p99_s": p99, "ack_max_s": max(lat, default=math.inf),
-            "gen_lag_p99_s": percentile(lags, 99), "gen_lag_max_s": max(lags, default=0.0),
+            "calls": calls,
+            "generators": len(gens),
+            "batches": batches,
+            "acked": len(lat),
+            "sealed": len(sealed),
+            "frames_per_leg": expected,
+            "bad_legs": bad_frames,
+            "lost_frames": lost,
+            "ack_p50_s": p50,
+            "ack_p99_s": p99,
+            "ack_max_s": max(lat, default=math.inf),
+            "gen_lag_p99_s": percentile(lags, 99),
+            "gen_lag_max_s": max(lags, default=0.0),
             "server_cpu_cores": (c1 - c0) / TICK / (t1 - t0),
             "server_cpu_s_total": (c2 - c0) / TICK,
             "gen_cpu_cores": sum(r["cpu_stream_s"] for r in results) / stream_wall,
@@ -307,11 +354,14 @@ def search(workdir: Path, audio: tuple[Path, int]) -> list[Level]:
         lv = run_level(n, workdir, audio)
         levels.append(lv)
         f = lv.figures
-        print(f"\n  level {n}: {'pass' if lv.passed else 'FAIL'}  p99 {f['ack_p99_s']:.3f} s"
-              f"  server {f['server_cpu_cores']:.2f} cores  generators "
-              f"{f['gen_cpu_cores']:.2f} cores  machine {f['machine_busy_cores']:.2f} cores busy"
-              f"  lag p99 {f['gen_lag_p99_s']:.3f} s"
-              + ("" if lv.passed else f"  ({'; '.join(lv.reasons)})"), flush=True)
+        print(
+            f"\n  level {n}: {'pass' if lv.passed else 'FAIL'}  p99 {f['ack_p99_s']:.3f} s"
+            f"  server {f['server_cpu_cores']:.2f} cores  generators "
+            f"{f['gen_cpu_cores']:.2f} cores  machine {f['machine_busy_cores']:.2f} cores busy"
+            f"  lag p99 {f['gen_lag_p99_s']:.3f} s"
+            + ("" if lv.passed else f"  ({'; '.join(lv.reasons)})"),
+            flush=True,
+        )
         return lv
 
     def budget_left() -> bool:
@@ -334,25 +384,37 @@ def search(workdir: Path, audio: tuple[Path, int]) -> list[Level]:
     return levels
 
 
-def test_server_realtime_calls(benchmark: Any, tmp_path: Path,
-                               audio_file: tuple[Path, int]) -> None:
+def test_server_realtime_calls(
+    benchmark: Any, tmp_path: Path, audio_file: tuple[Path, int]
+) -> None:
     need("callvault.server.app")
-    tag(benchmark, CAPACITY, "capacity", call_seconds=CALL_SECONDS, batch_ms=BATCH_MS,
-        p99_limit_s=P99_LIMIT_S, cores=os.cpu_count() or 1, playback=PLAY,
+    tag(
+        benchmark,
+        CAPACITY,
+        "capacity",
+        call_seconds=CALL_SECONDS,
+        batch_ms=BATCH_MS,
+        p99_limit_s=P99_LIMIT_S,
+        cores=os.cpu_count() or 1,
+        playback=PLAY,
         what=f"concurrent dual-track calls of {CALL_SECONDS:g} s, 20 ms PCMU, batches of "
-             f"{BATCH_MS} ms per leg, paced by the wall clock, through the SDK from "
-             "separate generator processes into one `callvault serve`")
-    levels: list[Level] = benchmark.pedantic(search, args=(tmp_path, audio_file), rounds=1,
-                                             iterations=1)
+        f"{BATCH_MS} ms per leg, paced by the wall clock, through the SDK from "
+        "separate generator processes into one `callvault serve`",
+    )
+    levels: list[Level] = benchmark.pedantic(
+        search, args=(tmp_path, audio_file), rounds=1, iterations=1
+    )
     passed = [lv.calls for lv in levels if lv.passed]
     failed = [lv.calls for lv in levels if not lv.passed]
     best = max(passed, default=0)
     first_fail = min((n for n in failed if n > best), default=None)
-    benchmark.extra_info.update({
-        "levels": [{"passed": lv.passed, "reasons": lv.reasons, **lv.figures} for lv in levels],
-        "max_calls": best,
-        "first_failing_calls": first_fail,
-    })
+    benchmark.extra_info.update(
+        {
+            "levels": [{"passed": lv.passed, "reasons": lv.reasons, **lv.figures} for lv in levels],
+            "max_calls": best,
+            "first_failing_calls": first_fail,
+        }
+    )
     # A search that never passed its first level found nothing to report: fail loudly.
     assert best >= FIRST_LEVEL, f"no level passed: {[lv.reasons for lv in levels]}"
 
@@ -377,8 +439,9 @@ def drain(channel: grpc.Channel, method: str, request: bytes) -> tuple[int, int,
     """The client of both sides: every chunk parsed into a PlayChunk; returns (chunks,
     frames x legs, Opus payload bytes)."""
     pb = need("callvault_client._pb.callvault_pb2")
-    call: Any = channel.unary_stream(method, request_serializer=None,
-                                response_deserializer=pb.PlayChunk.FromString)
+    call: Any = channel.unary_stream(
+        method, request_serializer=None, response_deserializer=pb.PlayChunk.FromString
+    )
     chunks = frames = payload = 0
     for chunk in call(request):
         chunks += 1
@@ -388,8 +451,9 @@ def drain(channel: grpc.Channel, method: str, request: bytes) -> tuple[int, int,
 
 
 @pytest.fixture(scope="module")
-def play_setup(tmp_path_factory: pytest.TempPathFactory, call_files: CallFiles
-               ) -> Iterator[PlaySetup]:
+def play_setup(
+    tmp_path_factory: pytest.TempPathFactory, call_files: CallFiles
+) -> Iterator[PlaySetup]:
     """The 10-minute call imported into a vault, a server on it, the bare peer serving
     ours' chunks byte for byte."""
     from tests.servers import start_server, wait_port_file
@@ -405,11 +469,15 @@ def play_setup(tmp_path_factory: pytest.TempPathFactory, call_files: CallFiles
     server = start_server(d / "data", log_dir=d)
     bare: subprocess.Popen[bytes] | None = None
     try:
-        request = pb.PlayRequest(call=pb.CallRef(call_id=PLAY_CALL), format=pb.OPUS,
-                                 frames_per_chunk=50).SerializeToString()
+        request = pb.PlayRequest(
+            call=pb.CallRef(call_id=PLAY_CALL), format=pb.OPUS, frames_per_chunk=50
+        ).SerializeToString()
         with grpc.insecure_channel(server.address) as ch:
-            raw: list[bytes] = list(ch.unary_stream(PLAY_METHOD, request_serializer=None,
-                                                    response_deserializer=None)(request))
+            raw: list[bytes] = list(
+                ch.unary_stream(PLAY_METHOD, request_serializer=None, response_deserializer=None)(
+                    request
+                )
+            )
         chunks = [pb.PlayChunk.FromString(m) for m in raw]
         frames = (entry.end_us - entry.start_us) // 20_000
         assert sum(c.frames for c in chunks) == frames + 1  # + the encoder flush frame
@@ -419,12 +487,21 @@ def play_setup(tmp_path_factory: pytest.TempPathFactory, call_files: CallFiles
         bare_stream.write_messages(messages, raw)
         port_file = d / "bare.port"
         with open(d / "bare.log", "wb") as log:
-            bare = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_stream",
-                                     str(messages), str(port_file)], cwd=ROOT,
-                                    stdout=log, stderr=subprocess.STDOUT)
+            bare = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.bare_stream", str(messages), str(port_file)],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         port = wait_port_file(port_file, bare, d / "bare.log")
-        yield PlaySetup(server.address, f"127.0.0.1:{port}", request, 2 * (frames + 1),
-                        len(raw), sum(len(m) for m in raw))
+        yield PlaySetup(
+            server.address,
+            f"127.0.0.1:{port}",
+            request,
+            2 * (frames + 1),
+            len(raw),
+            sum(len(m) for m in raw),
+        )
     finally:
         if bare is not None:
             bare.terminate()
@@ -438,23 +515,44 @@ def play_rates(s: PlaySetup) -> dict[str, float]:
 
 def test_play_ours(benchmark: Any, workload: Tag, play_setup: PlaySetup) -> None:
     s = play_setup
-    workload(benchmark, PLAY, "ours", rates=play_rates(s), messages=s.messages,
-             what=f"Archive.Play of a sealed 600 s dual-track call, OPUS, 50 frames per chunk: "
-                  f"{s.messages} messages, {s.nbytes / 1e6:.3g} MB, every one parsed by a "
-                  "plain grpcio client")
+    workload(
+        benchmark,
+        PLAY,
+        "ours",
+        rates=play_rates(s),
+        messages=s.messages,
+        what=f"Archive.Play of a sealed 600 s dual-track call, OPUS, 50 frames per chunk: "
+        f"{s.messages} messages, {s.nbytes / 1e6:.3g} MB, every one parsed by a "
+        "plain grpcio client",
+    )
     with grpc.insecure_channel(s.ours) as ch:
-        got = benchmark.pedantic(drain, args=(ch, PLAY_METHOD, s.request), rounds=PLAY_ROUNDS,
-                                 iterations=1, warmup_rounds=1)
+        got = benchmark.pedantic(
+            drain,
+            args=(ch, PLAY_METHOD, s.request),
+            rounds=PLAY_ROUNDS,
+            iterations=1,
+            warmup_rounds=1,
+        )
     assert got[0] == s.messages and got[1] == s.leg_frames
 
 
 def test_play_peer_bare_grpcio(benchmark: Any, workload: Tag, play_setup: PlaySetup) -> None:
     s = play_setup
-    workload(benchmark, PLAY, "peer", rates=play_rates(s),
-             peer=f"bare grpcio {grpc.__version__} server-streaming method (own process, "
-                  "generic handler, bytes out) yielding ours' serialized chunks",
-             target="-")
+    workload(
+        benchmark,
+        PLAY,
+        "peer",
+        rates=play_rates(s),
+        peer=f"bare grpcio {grpc.__version__} server-streaming method (own process, "
+        "generic handler, bytes out) yielding ours' serialized chunks",
+        target="-",
+    )
     with grpc.insecure_channel(s.peer) as ch:
-        got = benchmark.pedantic(drain, args=(ch, "/bench.Bare/Stream", b""),
-                                 rounds=PLAY_ROUNDS, iterations=1, warmup_rounds=1)
+        got = benchmark.pedantic(
+            drain,
+            args=(ch, "/bench.Bare/Stream", b""),
+            rounds=PLAY_ROUNDS,
+            iterations=1,
+            warmup_rounds=1,
+        )
     assert got[0] == s.messages and got[1] == s.leg_frames

@@ -82,16 +82,16 @@ pytestmark = pytest.mark.benchmark(timer=time.process_time)
 NAME = "sidecar_receive"
 NAME_BURST = "sidecar_receive_burst"
 CALLS = 50
-LEGS = 2                      # per call: agent, customer
-PACKETS_PER_LEG = 150         # 3 s of 20 ms packets
+LEGS = 2  # per call: agent, customer
+PACKETS_PER_LEG = 150  # 3 s of 20 ms packets
 PTIME_MS = 20
-GROUPS = 10                   # the legs' send phases within one ptime (one group per 2 ms)
-PAYLOAD = 160                 # G.711 bytes per 20 ms packet: 172-byte packets
+GROUPS = 10  # the legs' send phases within one ptime (one group per 2 ms)
+PAYLOAD = 160  # G.711 bytes per 20 ms packet: 172-byte packets
 HOST = "127.0.0.1"
 ROUNDS = 4
 WARMUP = 1
-STALL_S = 2.0                 # no packet spooled for this long after the sender ended: loss
-PEER_MAX_READS = 8 * 256      # what Receiver._read takes per readiness at most (8 x RECV_PACKETS)
+STALL_S = 2.0  # no packet spooled for this long after the sender ended: loss
+PEER_MAX_READS = 8 * 256  # what Receiver._read takes per readiness at most (8 x RECV_PACKETS)
 
 
 def packet(leg: int, seq: int) -> bytes:
@@ -99,14 +99,16 @@ def packet(leg: int, seq: int) -> bytes:
     leg and packet (so a misplaced or repeated packet cannot pass the check)."""
     rtppack = need("callvault.media.rtppack")
     payload = bytes((leg * 31 + seq * 7 + i) & 0xFF for i in range(PAYLOAD))
-    out: bytes = rtppack.build_packet(rtppack.PT_PCMU, 1000 + seq, 160 * seq,
-                                      0x5EC0_0000 + leg, payload)
+    out: bytes = rtppack.build_packet(
+        rtppack.PT_PCMU, 1000 + seq, 160 * seq, 0x5EC0_0000 + leg, payload
+    )
     return out
 
 
 # ---------------------------------------------------------------------------
 # The sender (a separate process)
 # ---------------------------------------------------------------------------
+
 
 def send(ports: list[int], per_leg: int, paced: bool) -> dict[str, Any]:
     """Send ``per_leg`` packets to each port (one connected socket per leg), paced in
@@ -158,6 +160,7 @@ def sender_main(argv: list[str]) -> int:
 # The receiver side
 # ---------------------------------------------------------------------------
 
+
 def recvfrom_receiver(sidecar: ModuleType) -> type:
     """The peer: sidecar.Receiver with _read done per datagram with sock.recvfrom."""
     base: Any = sidecar.Receiver
@@ -176,9 +179,13 @@ def recvfrom_receiver(sidecar: ModuleType) -> type:
                 stamps.append(time.time_ns() // 1000)
             if chunks:
                 n = len(chunks)
-                leg.pending.append((b"".join(chunks),
-                                    np.fromiter(map(len, chunks), np.int32, n),
-                                    np.array(stamps, np.int64)))
+                leg.pending.append(
+                    (
+                        b"".join(chunks),
+                        np.fromiter(map(len, chunks), np.int32, n),
+                        np.array(stamps, np.int64),
+                    )
+                )
                 call.packets += n
                 self.packets += n
 
@@ -234,10 +241,16 @@ class Side:
         for i in range(CALLS):
             socks = [bind(sidecar, net) for _ in range(LEGS)]
             ports = [s.getsockname()[1] for s in socks]
-            start = pb.CallStart(call_id=f"bench-{i}", legs=[pb.LegSpec(name=n)
-                                                             for n in ("agent", "customer")])
-            spool = spool_mod.Spool.create(root, spool_mod.spool_name("", f"bench-{i}"),
-                                           start.SerializeToString(), ports, net.now_us())
+            start = pb.CallStart(
+                call_id=f"bench-{i}", legs=[pb.LegSpec(name=n) for n in ("agent", "customer")]
+            )
+            spool = spool_mod.Spool.create(
+                root,
+                spool_mod.spool_name("", f"bench-{i}"),
+                start.SerializeToString(),
+                ports,
+                net.now_us(),
+            )
             call = sidecar.Call(spool)
             for leg, sock in zip(call.legs, socks, strict=True):
                 leg.sock = sock
@@ -245,9 +258,19 @@ class Side:
             calls.append(call)
         all_ports = ",".join(str(leg.port) for call in calls for leg in call.legs)
         sender = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.bench_sidecar", "send",
-             "paced" if self.paced else "burst", str(PACKETS_PER_LEG), all_ports],
-            cwd=HERE.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bench_sidecar",
+                "send",
+                "paced" if self.paced else "burst",
+                str(PACKETS_PER_LEG),
+                all_ports,
+            ],
+            cwd=HERE.parent,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         assert sender.stdout is not None
         line = sender.stdout.readline()
         assert line.strip() == b"ready", f"the sender did not start: {line!r}"
@@ -264,16 +287,18 @@ class Side:
             report = json.loads(out.decode().splitlines()[-1])
             check(r, report)
             packets = sum(c.packets for c in r.calls)
-            self.rounds.append({
-                "packets": packets,
-                "lost": r.expected - packets,
-                "wall_s": r.wall_s,
-                "packets_per_s": packets / r.wall_s if r.wall_s else 0.0,
-                "receiver_thread_cpu_s": r.thread_cpu_s,
-                "spool_batches": sum(c.spool.batches for c in r.calls),
-                "sender_s": report["seconds"],
-                "sender_lag_max_s": report["lag_max_s"],
-            })
+            self.rounds.append(
+                {
+                    "packets": packets,
+                    "lost": r.expected - packets,
+                    "wall_s": r.wall_s,
+                    "packets_per_s": packets / r.wall_s if r.wall_s else 0.0,
+                    "receiver_thread_cpu_s": r.thread_cpu_s,
+                    "spool_batches": sum(c.spool.batches for c in r.calls),
+                    "sender_s": report["seconds"],
+                    "sender_lag_max_s": report["lag_max_s"],
+                }
+            )
         finally:
             if r.sender.poll() is None:
                 r.sender.kill()
@@ -288,6 +313,7 @@ class Side:
 
         def med(key: str) -> float:
             return statistics.median(x[key] for x in rounds)
+
         n = rounds[0]["packets"] if rounds else 0
         return {
             "offered": "real time (50 pps per leg)" if self.paced else "as fast as possible",
@@ -295,8 +321,9 @@ class Side:
             "wall_s_median": med("wall_s"),
             "packets_per_s_median": med("packets_per_s"),
             "lost_total": sum(x["lost"] for x in self.rounds),  # warmup included
-            "receiver_thread_cpu_us_per_packet_median":
-                med("receiver_thread_cpu_s") / n * 1e6 if n else 0.0,
+            "receiver_thread_cpu_us_per_packet_median": med("receiver_thread_cpu_s") / n * 1e6
+            if n
+            else 0.0,
             "spool_batches_median": med("spool_batches"),
             "rounds_detail": rounds,
         }
@@ -353,46 +380,65 @@ def check(r: Round, report: dict[str, Any]) -> None:
             stamps: list[list[int]] = [[] for _ in range(LEGS)]
             for b in spool.read_from(0):
                 off = np.concatenate(([0], np.cumsum(b.lengths)))
-                per_leg[b.leg] += [b.packets[off[i]:off[i + 1]] for i in range(len(b.lengths))]
+                per_leg[b.leg] += [b.packets[off[i] : off[i + 1]] for i in range(len(b.lengths))]
                 stamps[b.leg] += [int(a) for a in b.arrival_us]
         finally:
             spool.close()
         for li in range(LEGS):
             leg = ci * LEGS + li
-            assert per_leg[li] == [packet(leg, s) for s in range(PACKETS_PER_LEG)], \
+            assert per_leg[li] == [packet(leg, s) for s in range(PACKETS_PER_LEG)], (
                 f"call {ci} leg {li}: the spool does not hold the packets sent, in order"
+            )
             a = np.array(stamps[li])
-            assert a.min() >= r.go_us - 1000 and a.max() <= r.end_us + 1000, \
+            assert a.min() >= r.go_us - 1000 and a.max() <= r.end_us + 1000, (
                 f"call {ci} leg {li}: arrival stamps outside the round"
+            )
 
 
 def run_side(benchmark: Any, side: Side) -> None:
-    r = benchmark.pedantic(receive, setup=side.setup, teardown=side.finish,
-                           rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
+    r = benchmark.pedantic(
+        receive,
+        setup=side.setup,
+        teardown=side.finish,
+        rounds=ROUNDS,
+        warmup_rounds=WARMUP,
+        iterations=1,
+    )
     side.finish(r)  # --benchmark-disable runs the body once without teardown
     benchmark.extra_info.update(side.summary())
 
 
 WHAT = {
     NAME: f"{CALLS} calls x {LEGS} legs (UDP sockets), {PACKETS_PER_LEG} G.711 RTP "
-          f"packets of {12 + PAYLOAD} bytes per leg in real time (20 ms, 3 s), flushed "
-          f"every {PTIME_MS} ms into spool files; time = receiving process CPU",
+    f"packets of {12 + PAYLOAD} bytes per leg in real time (20 ms, 3 s), flushed "
+    f"every {PTIME_MS} ms into spool files; time = receiving process CPU",
     NAME_BURST: f"{CALLS} calls x {LEGS} legs (UDP sockets), {PACKETS_PER_LEG} G.711 RTP "
-                f"packets of {12 + PAYLOAD} bytes per leg sent as fast as sendmmsg goes, "
-                f"flushed every {PTIME_MS} ms into spool files; time = receiving process CPU",
+    f"packets of {12 + PAYLOAD} bytes per leg sent as fast as sendmmsg goes, "
+    f"flushed every {PTIME_MS} ms into spool files; time = receiving process CPU",
 }
 
 
 def tag_ours(workload: Tag, benchmark: Any, name: str) -> None:
-    workload(benchmark, name, "ours", units=CALLS * LEGS * PACKETS_PER_LEG,
-             unit="packet (CPU)", what=WHAT[name])
+    workload(
+        benchmark,
+        name,
+        "ours",
+        units=CALLS * LEGS * PACKETS_PER_LEG,
+        unit="packet (CPU)",
+        what=WHAT[name],
+    )
 
 
 def tag_peer(workload: Tag, benchmark: Any, name: str) -> None:
-    workload(benchmark, name, "peer", units=CALLS * LEGS * PACKETS_PER_LEG,
-             unit="packet (CPU)",
-             peer="sock.recvfrom per datagram in the same Receiver loop and spool",
-             target="none (CPU ratio reported)")
+    workload(
+        benchmark,
+        name,
+        "peer",
+        units=CALLS * LEGS * PACKETS_PER_LEG,
+        unit="packet (CPU)",
+        peer="sock.recvfrom per datagram in the same Receiver loop and spool",
+        target="none (CPU ratio reported)",
+    )
 
 
 def test_sidecar_receive_ours(benchmark: Any, workload: Tag, tmp_path: Path) -> None:
@@ -402,8 +448,9 @@ def test_sidecar_receive_ours(benchmark: Any, workload: Tag, tmp_path: Path) -> 
 
 def test_sidecar_receive_peer_recvfrom(benchmark: Any, workload: Tag, tmp_path: Path) -> None:
     tag_peer(workload, benchmark, NAME)
-    run_side(benchmark, Side("recvfrom", recvfrom_receiver(need("callvault.sidecar")), True,
-                             tmp_path))
+    run_side(
+        benchmark, Side("recvfrom", recvfrom_receiver(need("callvault.sidecar")), True, tmp_path)
+    )
 
 
 def test_sidecar_receive_burst_ours(benchmark: Any, workload: Tag, tmp_path: Path) -> None:
@@ -411,16 +458,18 @@ def test_sidecar_receive_burst_ours(benchmark: Any, workload: Tag, tmp_path: Pat
     run_side(benchmark, Side("ours", need("callvault.sidecar").Receiver, False, tmp_path))
 
 
-def test_sidecar_receive_burst_peer_recvfrom(benchmark: Any, workload: Tag,
-                                             tmp_path: Path) -> None:
+def test_sidecar_receive_burst_peer_recvfrom(benchmark: Any, workload: Tag, tmp_path: Path) -> None:
     tag_peer(workload, benchmark, NAME_BURST)
-    run_side(benchmark, Side("recvfrom", recvfrom_receiver(need("callvault.sidecar")), False,
-                             tmp_path))
+    run_side(
+        benchmark, Side("recvfrom", recvfrom_receiver(need("callvault.sidecar")), False, tmp_path)
+    )
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 5 or sys.argv[1] != "send":
-        print("usage: python -m benchmarks.bench_sidecar send paced|burst PER_LEG PORT,PORT,...",
-              file=sys.stderr)
+        print(
+            "usage: python -m benchmarks.bench_sidecar send paced|burst PER_LEG PORT,PORT,...",
+            file=sys.stderr,
+        )
         sys.exit(2)
     sys.exit(sender_main(sys.argv[2:]))

@@ -43,9 +43,21 @@ ROUNDS = 3
 def probe(path: Path) -> tuple[str, int, float]:
     exe = shutil.which("ffprobe")
     assert exe is not None, "ffprobe is needed (make sysdeps)"
-    out = subprocess.run([exe, "-v", "error", "-show_entries",
-                          "stream=codec_name,channels:format=duration", "-of", "json", str(path)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            exe,
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,channels:format=duration",
+            "-of",
+            "json",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     info = json.loads(out)
     s = info["streams"][0]
     return s["codec_name"], int(s["channels"]), float(info["format"]["duration"])
@@ -62,37 +74,83 @@ def settings() -> Any:
     return need("callvault.media.pipeline").Settings()
 
 
-def test_transcode_ours(benchmark: Any, workload: Tag, call_files: CallFiles,
-                        tmp_path: Path, settings: Any) -> None:
+def test_transcode_ours(
+    benchmark: Any, workload: Tag, call_files: CallFiles, tmp_path: Path, settings: Any
+) -> None:
     cli = need("callvault.cli")
-    workload(benchmark, NAME, "ours", call_seconds=call_files.seconds,
-             what=f"{call_files.seconds:g} s two-leg call, {call_files.packets:,} RTP packets "
-                  f"in one pcap, to dual-track Ogg Opus")
+    workload(
+        benchmark,
+        NAME,
+        "ours",
+        call_seconds=call_files.seconds,
+        what=f"{call_files.seconds:g} s two-leg call, {call_files.packets:,} RTP packets "
+        f"in one pcap, to dual-track Ogg Opus",
+    )
     out = tmp_path / "ours.ogg"
-    summary = benchmark.pedantic(cli.transcode, args=([str(call_files.capture)], str(out),
-                                                      settings),
-                                 rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    summary = benchmark.pedantic(
+        cli.transcode,
+        args=([str(call_files.capture)], str(out), settings),
+        rounds=ROUNDS,
+        iterations=1,
+        warmup_rounds=0,
+    )
     assert summary["channels"] == ["agent", "customer"]
     assert call_files.seconds <= summary["seconds"] < call_files.seconds + 0.5
     assert [leg["frames"] for leg in summary["legs"]] == [summary["legs"][0]["frames"]] * 2
     check_output(out, call_files.seconds)
 
 
-def test_transcode_peer_ffmpeg(benchmark: Any, workload: Tag, call_files: CallFiles,
-                               tmp_path: Path, settings: Any) -> None:
+def test_transcode_peer_ffmpeg(
+    benchmark: Any, workload: Tag, call_files: CallFiles, tmp_path: Path, settings: Any
+) -> None:
     exe = shutil.which("ffmpeg")
     assert exe is not None, "ffmpeg is needed (make sysdeps)"
-    workload(benchmark, NAME, "peer", call_seconds=call_files.seconds,
-             peer="ffmpeg -c:a libopus, 2 WAV legs -> 2-channel Ogg Opus (no DTX)")
+    workload(
+        benchmark,
+        NAME,
+        "peer",
+        call_seconds=call_files.seconds,
+        peer="ffmpeg -c:a libopus, 2 WAV legs -> 2-channel Ogg Opus (no DTX)",
+    )
     out = tmp_path / "ffmpeg.ogg"
-    cmd = [exe, "-nostdin", "-v", "error", "-y",
-           "-i", str(call_files.wavs[0]), "-i", str(call_files.wavs[1]),
-           "-filter_complex", "[0:a][1:a]amerge=inputs=2[a]", "-map", "[a]",
-           "-c:a", "libopus", "-b:a", str(2 * settings.bitrate), "-application", "voip",
-           "-frame_duration", "20", "-vbr", "on",
-           "-compression_level", str(settings.complexity), "-mapping_family", "255", str(out)]
+    cmd = [
+        exe,
+        "-nostdin",
+        "-v",
+        "error",
+        "-y",
+        "-i",
+        str(call_files.wavs[0]),
+        "-i",
+        str(call_files.wavs[1]),
+        "-filter_complex",
+        "[0:a][1:a]amerge=inputs=2[a]",
+        "-map",
+        "[a]",
+        "-c:a",
+        "libopus",
+        "-b:a",
+        str(2 * settings.bitrate),
+        "-application",
+        "voip",
+        "-frame_duration",
+        "20",
+        "-vbr",
+        "on",
+        "-compression_level",
+        str(settings.complexity),
+        "-mapping_family",
+        "255",
+        str(out),
+    ]
     shown = [Path(c).name if c in (exe, *map(str, call_files.wavs)) else c for c in cmd[:-1]]
     benchmark.extra_info["command"] = " ".join(shown + ["out.ogg"])
-    benchmark.pedantic(subprocess.run, args=(cmd,), kwargs={"check": True},
-                       rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(
+        subprocess.run,
+        args=(cmd,),
+        kwargs={"check": True},
+        rounds=ROUNDS,
+        iterations=1,
+        warmup_rounds=0,
+    )
     check_output(out, call_files.seconds)

@@ -139,8 +139,9 @@ def agent_of(i: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def leg_records(dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]
-                ) -> list[list[Record]]:
+def leg_records(
+    dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]],
+) -> list[list[Record]]:
     """Per leg, RECORDS records of real Opus (the pipeline's defaults) over 60 s."""
     pipeline = need("callvault.media.pipeline")
     out: list[list[Record]] = []
@@ -154,7 +155,7 @@ def leg_records(dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]
         recs = []
         for r in range(RECORDS):
             lo, hi = r * FRAMES, (r + 1) * FRAMES
-            recs.append((lengths[lo:hi].astype(np.int32), bytes(data[offs[lo]:offs[hi]])))
+            recs.append((lengths[lo:hi].astype(np.int32), bytes(data[offs[lo] : offs[hi]])))
         out.append(recs)
     return out
 
@@ -174,12 +175,22 @@ def payload_bytes(leg_records: list[list[Record]]) -> int:
 
 
 def open_calls(v: Any) -> list[Any]:
-    return [v.open_call(call_id(i), agent=agent_of(i), skill_group="sales", direction="inbound",
-                        tags=("bench",), legs=LEGS) for i in range(CALLS)]
+    return [
+        v.open_call(
+            call_id(i),
+            agent=agent_of(i),
+            skill_group="sales",
+            direction="inbound",
+            tags=("bench",),
+            legs=LEGS,
+        )
+        for i in range(CALLS)
+    ]
 
 
-def append_all(writers: list[Any], leg_records: list[list[Record]]) -> dict[tuple[int, int, int],
-                                                                             Any]:
+def append_all(
+    writers: list[Any], leg_records: list[list[Record]]
+) -> dict[tuple[int, int, int], Any]:
     """vault_ingest, ours: THREADS threads append, then every ack is awaited."""
     acks: dict[tuple[int, int, int], Any] = {}
     errors: list[BaseException] = []
@@ -191,15 +202,17 @@ def append_all(writers: list[Any], leg_records: list[list[Record]]) -> dict[tupl
                 for c in calls:
                     for leg in range(len(LEGS)):
                         lengths, packets = record_of(leg_records, c, r, leg)
-                        futures.append(((c, r, leg),
-                                        writers[c].append(leg, r * FRAMES, lengths, packets)))
+                        futures.append(
+                            ((c, r, leg), writers[c].append(leg, r * FRAMES, lengths, packets))
+                        )
             for key, f in futures:
                 acks[key] = f.result()
         except BaseException as e:  # noqa: BLE001 - re-raised by the caller
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(range(k, CALLS, THREADS),))
-               for k in range(THREADS)]
+    threads = [
+        threading.Thread(target=work, args=(range(k, CALLS, THREADS),)) for k in range(THREADS)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -242,17 +255,20 @@ INGEST = "vault_ingest"
 
 def ingest_what(leg_records: list[list[Record]]) -> str:
     n = CALLS * RECORDS * len(LEGS)
-    return (f"{CALLS} calls x {len(LEGS)} legs x {RECORDS} records of {FRAMES} frames "
-            f"({n:,} records, {payload_bytes(leg_records) / 1e6:.2f} MB of Opus from the "
-            f"pipeline's defaults), appended from {THREADS} threads, every ack awaited")
+    return (
+        f"{CALLS} calls x {len(LEGS)} legs x {RECORDS} records of {FRAMES} frames "
+        f"({n:,} records, {payload_bytes(leg_records) / 1e6:.2f} MB of Opus from the "
+        f"pipeline's defaults), appended from {THREADS} threads, every ack awaited"
+    )
 
 
 def rates(leg_records: list[list[Record]]) -> dict[str, float]:
     return {"records": CALLS * RECORDS * len(LEGS), "MB": payload_bytes(leg_records) / 1e6}
 
 
-def test_vault_ingest_ours(benchmark: Any, workload: Tag, leg_records: list[list[Record]],
-                           tmp_path: Path) -> None:
+def test_vault_ingest_ours(
+    benchmark: Any, workload: Tag, leg_records: list[list[Record]], tmp_path: Path
+) -> None:
     vault = need("callvault.vault")
     workload(benchmark, INGEST, "ours", rates=rates(leg_records), what=ingest_what(leg_records))
     rounds: list[tuple[Any, list[Any], int]] = []  # (vault, writers, groups before)
@@ -265,8 +281,9 @@ def test_vault_ingest_ours(benchmark: Any, workload: Tag, leg_records: list[list
         return (writers, leg_records), {}
 
     try:
-        acks = benchmark.pedantic(append_all, setup=setup, rounds=INGEST_ROUNDS, iterations=1,
-                                  warmup_rounds=0)
+        acks = benchmark.pedantic(
+            append_all, setup=setup, rounds=INGEST_ROUNDS, iterations=1, warmup_rounds=0
+        )
         counts = []
         for v, _, before in rounds:
             v._writer.flush()  # noqa: SLF001
@@ -276,7 +293,8 @@ def test_vault_ingest_ours(benchmark: Any, workload: Tag, leg_records: list[list
         FSYNCS_SEEN[:] = counts
         benchmark.extra_info["fsyncs"] = (
             f"group commits (= segment fsyncs) per round: {counts}, median "
-            f"{statistics.median(counts):g}")
+            f"{statistics.median(counts):g}"
+        )
         check_acks(acks)
         v, writers, _ = rounds[-1]
         seal_and_check(v, writers, leg_records)
@@ -285,8 +303,9 @@ def test_vault_ingest_ours(benchmark: Any, workload: Tag, leg_records: list[list
             v.close()
 
 
-def peer_records(leg_records: list[list[Record]], stored: dict[tuple[int, int, int], int]
-                 ) -> list[bytes]:
+def peer_records(
+    leg_records: list[list[Record]], stored: dict[tuple[int, int, int], int]
+) -> list[bytes]:
     out = []
     for key in plan(leg_records):
         c, r, leg = key
@@ -312,8 +331,9 @@ def write_groups(fd: int, groups: list[list[bytes]]) -> int:
     return n
 
 
-def test_vault_ingest_peer_file_fsync(benchmark: Any, workload: Tag,
-                                      leg_records: list[list[Record]], tmp_path: Path) -> None:
+def test_vault_ingest_peer_file_fsync(
+    benchmark: Any, workload: Tag, leg_records: list[list[Record]], tmp_path: Path
+) -> None:
     vault = need("callvault.vault")
     # the vault's stored size of each record, from one untimed ingest (deterministic:
     # the size depends on the packets and the call id, not on timing)
@@ -330,10 +350,15 @@ def test_vault_ingest_peer_file_fsync(benchmark: Any, workload: Tag,
         fsyncs = max(1, calibration - CALLS)
         source = "an untimed ingest (ours did not run)"
     groups = [list(g) for g in np.array_split(np.array(records, dtype=object), fsyncs)]
-    workload(benchmark, INGEST, "peer", rates=rates(leg_records),
-             peer=f"plain loop: the same record sizes to one file, one write + fsync per "
-                  f"group, {fsyncs} groups (= ours' fsyncs)",
-             fsyncs=f"{fsyncs} fsyncs per round, from {source}")
+    workload(
+        benchmark,
+        INGEST,
+        "peer",
+        rates=rates(leg_records),
+        peer=f"plain loop: the same record sizes to one file, one write + fsync per "
+        f"group, {fsyncs} groups (= ours' fsyncs)",
+        fsyncs=f"{fsyncs} fsyncs per round, from {source}",
+    )
     files: list[int] = []
 
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -347,8 +372,9 @@ def test_vault_ingest_peer_file_fsync(benchmark: Any, workload: Tag,
         return (fd, groups), {}
 
     try:
-        n = benchmark.pedantic(write_groups, setup=setup, rounds=INGEST_ROUNDS, iterations=1,
-                               warmup_rounds=0)
+        n = benchmark.pedantic(
+            write_groups, setup=setup, rounds=INGEST_ROUNDS, iterations=1, warmup_rounds=0
+        )
     finally:
         for fd in files:
             os.close(fd)
@@ -356,7 +382,7 @@ def test_vault_ingest_peer_file_fsync(benchmark: Any, workload: Tag,
     data = (tmp_path / f"peer{len(files) - 1}" / "records.bin").read_bytes()
     assert len(data) == n
     length, leg, frames = struct.unpack_from("<IHH", data)
-    assert (leg, frames) == (0, FRAMES) and data[8:8 + length] == records[0][8:8 + length]
+    assert (leg, frames) == (0, FRAMES) and data[8 : 8 + length] == records[0][8 : 8 + length]
 
 
 # -- index_writes ---------------------------------------------------------------------------
@@ -379,12 +405,20 @@ class IndexPlan:
 def index_plan(leg_records: list[list[Record]]) -> IndexPlan:
     """What the vault's _on_commit writes for the ingest's records, in groups of 100."""
     ix = need("callvault.store.index")
-    entries = {call_id(i): ix.CallEntry(tenant=TENANT, call_id=call_id(i),
-                                        start_us=1_700_000_000_000_000 + i * 1000,
-                                        direction="inbound", agent=agent_of(i),
-                                        skill_group="sales", tags=["bench"], legs=list(LEGS),
-                                        state="open")
-               for i in range(CALLS)}
+    entries = {
+        call_id(i): ix.CallEntry(
+            tenant=TENANT,
+            call_id=call_id(i),
+            start_us=1_700_000_000_000_000 + i * 1000,
+            direction="inbound",
+            agent=agent_of(i),
+            skill_group="sales",
+            tags=["bench"],
+            legs=list(LEGS),
+            state="open",
+        )
+        for i in range(CALLS)
+    }
     next_index = dict.fromkeys(entries, 0)
     seen: set[str] = set()
     records: dict[str, list[tuple[int, Any]]] = {c: [] for c in entries}
@@ -398,7 +432,7 @@ def index_plan(leg_records: list[list[Record]]) -> IndexPlan:
         touched: dict[str, Any] = {}
         # a call's first group indexes it (no previous entry, as the group of its
         # OPEN record does); later groups update it (previous = what is stored)
-        for c, r, leg in order[lo:lo + INDEX_GROUP]:
+        for c, r, leg in order[lo : lo + INDEX_GROUP]:
             cid = call_id(c)
             lengths, packets = record_of(leg_records, c, r, leg)
             n = 12 + 40 + 2 * FRAMES + len(packets) + 16  # about a stored record
@@ -414,10 +448,12 @@ def index_plan(leg_records: list[list[Record]]) -> IndexPlan:
         for cid, previous in touched.items():
             base = previous if previous is not None else entries[cid]
             seen.add(cid)
-            new = dataclasses.replace(base, tags=list(base.tags),
-                                      records=next_index[cid],
-                                      chain_head=hashlib.sha256(
-                                          f"{cid}/{next_index[cid]}".encode()).hexdigest())
+            new = dataclasses.replace(
+                base,
+                tags=list(base.tags),
+                records=next_index[cid],
+                chain_head=hashlib.sha256(f"{cid}/{next_index[cid]}".encode()).hexdigest(),
+            )
             calls.append((new, previous))
             # the same writes Batch.put_call makes: changed postings only
             old_p = ix.Index.postings(previous) if previous is not None else []
@@ -431,8 +467,9 @@ def index_plan(leg_records: list[list[Record]]) -> IndexPlan:
     return IndexPlan(batches, ops, dict(entries), records)
 
 
-def index_write_all(index: Any, batches: list[tuple[list[tuple[str, int, Any]],
-                                                    list[tuple[Any, Any]]]]) -> int:
+def index_write_all(
+    index: Any, batches: list[tuple[list[tuple[str, int, Any]], list[tuple[Any, Any]]]]
+) -> int:
     """index_writes, ours: one Batch per group, as Vault._on_commit builds it."""
     n = 0
     for recs, calls in batches:
@@ -446,15 +483,20 @@ def index_write_all(index: Any, batches: list[tuple[list[tuple[str, int, Any]],
     return n
 
 
-def test_index_writes_ours(benchmark: Any, workload: Tag, index_plan: IndexPlan,
-                           tmp_path: Path) -> None:
+def test_index_writes_ours(
+    benchmark: Any, workload: Tag, index_plan: IndexPlan, tmp_path: Path
+) -> None:
     ix = need("callvault.store.index")
     n_records = CALLS * RECORDS * len(LEGS)
-    workload(benchmark, INDEX, "ours", rates={"records": n_records, "batches":
-                                              len(index_plan.batches)},
-             what=f"{n_records:,} records of {CALLS} calls indexed in "
-                  f"{len(index_plan.batches)} WriteBatches of {INDEX_GROUP} records plus "
-                  f"the calls each touches, fresh database per round")
+    workload(
+        benchmark,
+        INDEX,
+        "ours",
+        rates={"records": n_records, "batches": len(index_plan.batches)},
+        what=f"{n_records:,} records of {CALLS} calls indexed in "
+        f"{len(index_plan.batches)} WriteBatches of {INDEX_GROUP} records plus "
+        f"the calls each touches, fresh database per round",
+    )
     opened: list[Any] = []
 
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -464,8 +506,9 @@ def test_index_writes_ours(benchmark: Any, workload: Tag, index_plan: IndexPlan,
         return (opened[-1], index_plan.batches), {}
 
     try:
-        count = benchmark.pedantic(index_write_all, setup=setup, rounds=INDEX_ROUNDS,
-                                   iterations=1, warmup_rounds=0)
+        count = benchmark.pedantic(
+            index_write_all, setup=setup, rounds=INDEX_ROUNDS, iterations=1, warmup_rounds=0
+        )
         index = opened[-1]
         assert count == n_records + sum(len(calls) for _, calls in index_plan.batches)
         for c in (0, 17, CALLS - 1):
@@ -478,8 +521,9 @@ def test_index_writes_ours(benchmark: Any, workload: Tag, index_plan: IndexPlan,
         opened[-1].close()
 
 
-def peer_write_all(db: Any, cfs: dict[str, Any], ops: list[list[Op]], wb_type: Callable[..., Any]
-                   ) -> int:
+def peer_write_all(
+    db: Any, cfs: dict[str, Any], ops: list[list[Op]], wb_type: Callable[..., Any]
+) -> int:
     """index_writes, peer: a bare WriteBatch of the same bytes per group."""
     n = 0
     for batch in ops:
@@ -494,15 +538,20 @@ def peer_write_all(db: Any, cfs: dict[str, Any], ops: list[list[Op]], wb_type: C
     return n
 
 
-def test_index_writes_peer_rocksdict(benchmark: Any, workload: Tag, index_plan: IndexPlan,
-                                     tmp_path: Path) -> None:
+def test_index_writes_peer_rocksdict(
+    benchmark: Any, workload: Tag, index_plan: IndexPlan, tmp_path: Path
+) -> None:
     rocksdict = need("rocksdict")
     ix = need("callvault.store.index")
     n_records = CALLS * RECORDS * len(LEGS)
-    workload(benchmark, INDEX, "peer", rates={"records": n_records, "batches":
-                                              len(index_plan.batches)},
-             peer=f"bare rocksdict {version('rocksdict')} WriteBatch of the same keys/values, "
-                  "fresh Rdict, Index's options (raw, LZ4, same column families)")
+    workload(
+        benchmark,
+        INDEX,
+        "peer",
+        rates={"records": n_records, "batches": len(index_plan.batches)},
+        peer=f"bare rocksdict {version('rocksdict')} WriteBatch of the same keys/values, "
+        "fresh Rdict, Index's options (raw, LZ4, same column families)",
+    )
     opened: list[tuple[Any, list[Any]]] = []
 
     def close_last() -> None:
@@ -518,15 +567,17 @@ def test_index_writes_peer_rocksdict(benchmark: Any, workload: Tag, index_plan: 
         opt.create_if_missing(True)
         opt.create_missing_column_families(True)
         opt.set_compression_type(rocksdict.DBCompressionType.lz4())
-        db = rocksdict.Rdict(str(tmp_path / f"db{len(opened)}"), opt,
-                             column_families=dict.fromkeys(ix.CFS, opt))
+        db = rocksdict.Rdict(
+            str(tmp_path / f"db{len(opened)}"), opt, column_families=dict.fromkeys(ix.CFS, opt)
+        )
         cfs = {name: db.get_column_family_handle(name) for name in ix.CFS}
         opened.append((db, []))
         return (db, cfs, index_plan.ops, rocksdict.WriteBatch), {}
 
     try:
-        count = benchmark.pedantic(peer_write_all, setup=setup, rounds=INDEX_ROUNDS,
-                                   iterations=1, warmup_rounds=0)
+        count = benchmark.pedantic(
+            peer_write_all, setup=setup, rounds=INDEX_ROUNDS, iterations=1, warmup_rounds=0
+        )
         assert count == sum(len(b) for b in index_plan.ops)
         db, views = opened[-1]
         records_cf = db.get_column_family("records")
@@ -557,8 +608,9 @@ class SealedVault:
 
 
 @pytest.fixture(scope="module")
-def sealed_vault(leg_records: list[list[Record]], tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[SealedVault]:
+def sealed_vault(
+    leg_records: list[list[Record]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SealedVault]:
     vault = need("callvault.vault")
     v = vault.Vault.open(tmp_path_factory.mktemp("verify") / "vault")
     try:
@@ -573,24 +625,27 @@ def sealed_vault(leg_records: list[list[Record]], tmp_path_factory: pytest.TempP
 
 
 def verify_what(sv: SealedVault) -> str:
-    return (f"Vault.verify_all over {CALLS} sealed calls ({CALLS * RECORDS * len(LEGS):,} audio "
-            f"records), {len(sv.data) / 1e6:.2f} MB of segment files")
+    return (
+        f"Vault.verify_all over {CALLS} sealed calls ({CALLS * RECORDS * len(LEGS):,} audio "
+        f"records), {len(sv.data) / 1e6:.2f} MB of segment files"
+    )
 
 
 def record_last_byte(sv: SealedVault, cid: str) -> tuple[Path, int]:
     """Where the last byte of call cid's first audio record is (inside its GCM tag)."""
     segment = need("callvault.store.segment")
     _, entry = next(sv.vault.index.records(TENANT, cid))
-    return Path(segment.segment_path(sv.vault.path / "segments", entry.segment)), \
-        entry.offset + entry.length - 1
+    return Path(
+        segment.segment_path(sv.vault.path / "segments", entry.segment)
+    ), entry.offset + entry.length - 1
 
 
-def test_verify_throughput_ours(benchmark: Any, workload: Tag, sealed_vault: SealedVault
-                                ) -> None:
+def test_verify_throughput_ours(benchmark: Any, workload: Tag, sealed_vault: SealedVault) -> None:
     sv = sealed_vault
     workload(benchmark, VERIFY, "ours", rates={"MB": len(sv.data) / 1e6}, what=verify_what(sv))
-    problems = benchmark.pedantic(sv.vault.verify_all, rounds=VERIFY_ROUNDS, iterations=1,
-                                  warmup_rounds=0)
+    problems = benchmark.pedantic(
+        sv.vault.verify_all, rounds=VERIFY_ROUNDS, iterations=1, warmup_rounds=0
+    )
     assert problems == []
     # not a no-op: one flipped byte of a stored record is found, then put back
     cid = call_id(5)
@@ -610,11 +665,17 @@ def test_verify_throughput_ours(benchmark: Any, workload: Tag, sealed_vault: Sea
     assert sv.vault.verify_call(cid) == []
 
 
-def test_verify_throughput_peer_sha256(benchmark: Any, workload: Tag,
-                                       sealed_vault: SealedVault) -> None:
+def test_verify_throughput_peer_sha256(
+    benchmark: Any, workload: Tag, sealed_vault: SealedVault
+) -> None:
     sv = sealed_vault
-    workload(benchmark, VERIFY, "peer", rates={"MB": len(sv.data) / 1e6},
-             peer="hashlib.sha256 over the same bytes, in memory (the floor)")
+    workload(
+        benchmark,
+        VERIFY,
+        "peer",
+        rates={"MB": len(sv.data) / 1e6},
+        peer="hashlib.sha256 over the same bytes, in memory (the floor)",
+    )
     digest = benchmark(lambda: hashlib.sha256(sv.data).digest())
     assert digest == hashlib.sha256(b"".join(p.read_bytes() for p in sv.segments)).digest()
 
@@ -629,11 +690,17 @@ def read_and_hash(paths: list[Path]) -> tuple[int, bytes]:
     return n, h.digest()
 
 
-def test_verify_throughput_peer_read_sha256(benchmark: Any, workload: Tag,
-                                            sealed_vault: SealedVault) -> None:
+def test_verify_throughput_peer_read_sha256(
+    benchmark: Any, workload: Tag, sealed_vault: SealedVault
+) -> None:
     sv = sealed_vault
-    workload(benchmark, VERIFY, "peer", rates={"MB": len(sv.data) / 1e6},
-             peer="the segment files read (page cache) + hashlib.sha256")
+    workload(
+        benchmark,
+        VERIFY,
+        "peer",
+        rates={"MB": len(sv.data) / 1e6},
+        peer="the segment files read (page cache) + hashlib.sha256",
+    )
     n, digest = benchmark(read_and_hash, sv.segments)
     assert n == len(sv.data) and digest == hashlib.sha256(sv.data).digest()
 
@@ -650,8 +717,9 @@ def parts_of(path: Path) -> dict[str, int]:
     return out
 
 
-def test_bytes_per_dual_track_hour(benchmark: Any, workload: Tag, call_files: CallFiles,
-                                   tmp_path: Path) -> None:
+def test_bytes_per_dual_track_hour(
+    benchmark: Any, workload: Tag, call_files: CallFiles, tmp_path: Path
+) -> None:
     vault = need("callvault.vault")
     pipeline = need("callvault.media.pipeline")
     from benchmarks.bench_transcode import check_output
@@ -659,11 +727,15 @@ def test_bytes_per_dual_track_hour(benchmark: Any, workload: Tag, call_files: Ca
     settings = pipeline.Settings()
     seconds = call_files.seconds
     scale = 3600.0 / seconds
-    workload(benchmark, SIZES, "sizes",
-             what=f"the session's {seconds:g} s two-leg call capture imported with the "
-                  f"pipeline's defaults ({settings.bitrate / 1000:g} kb/s per leg in voice, "
-                  f"{(settings.silence_bitrate or settings.bitrate) / 1000:g} kb/s in silence, "
-                  f"DTX {'on' if settings.dtx else 'off'}), scaled x{scale:.3g} to one hour")
+    workload(
+        benchmark,
+        SIZES,
+        "sizes",
+        what=f"the session's {seconds:g} s two-leg call capture imported with the "
+        f"pipeline's defaults ({settings.bitrate / 1000:g} kb/s per leg in voice, "
+        f"{(settings.silence_bitrate or settings.bitrate) / 1000:g} kb/s in silence, "
+        f"DTX {'on' if settings.dtx else 'off'}), scaled x{scale:.3g} to one hour",
+    )
     vault.Vault.open(tmp_path / "empty").close()
     empty = parts_of(tmp_path / "empty")
     data = tmp_path / "vault"
@@ -671,9 +743,16 @@ def test_bytes_per_dual_track_hour(benchmark: Any, workload: Tag, call_files: Ca
 
     def import_call() -> Any:
         with vault.Vault.open(data) as v:
-            entry, _ = v.import_call("size-1", [str(call_files.capture)], settings=settings,
-                                     agent="agent-1", skill_group="sales", direction="inbound",
-                                     customer_number="+15550100", tags=["bench"])
+            entry, _ = v.import_call(
+                "size-1",
+                [str(call_files.capture)],
+                settings=settings,
+                agent="agent-1",
+                skill_group="sales",
+                direction="inbound",
+                customer_number="+15550100",
+                tags=["bench"],
+            )
             assert v.verify_call("size-1") == []
             v.export("size-1", out)
             return entry
@@ -684,21 +763,43 @@ def test_bytes_per_dual_track_hour(benchmark: Any, workload: Tag, call_files: Ca
     full = parts_of(data)
     ogg = out.stat().st_size
 
-    def row(item: str, n: int, note: str = "", ours: bool = False, part: bool = False
-            ) -> dict[str, Any]:
-        return {"item": item, "bytes": n, "per_hour": n * scale, "note": note, "ours": ours,
-                "part": part}
+    def row(
+        item: str, n: int, note: str = "", ours: bool = False, part: bool = False
+    ) -> dict[str, Any]:
+        return {
+            "item": item,
+            "bytes": n,
+            "per_hour": n * scale,
+            "note": note,
+            "ours": ours,
+            "part": part,
+        }
 
-    rows = [row("vault, all files", full["total"] - empty["total"],
-                "segments + index + log + keys + LOCK, minus an empty vault's", ours=True)]
-    rows += [row(f"vault: {p}/", full[p] - empty[p], "minus an empty vault's", part=True)
-             for p in PARTS]
+    rows = [
+        row(
+            "vault, all files",
+            full["total"] - empty["total"],
+            "segments + index + log + keys + LOCK, minus an empty vault's",
+            ours=True,
+        )
+    ]
+    rows += [
+        row(f"vault: {p}/", full[p] - empty[p], "minus an empty vault's", part=True) for p in PARTS
+    ]
     rows += [
         row("Ogg Opus export of the same call", ogg, "Vault.export, dual-track, no re-encoding"),
-        {"item": "G.711 payload (reference)", "bytes": None, "per_hour": G711_PER_HOUR,
-         "note": "64 kb/s x 2 legs"},
-        {"item": "PCM16 WAV 8 kHz (reference)", "bytes": None, "per_hour": PCM16_PER_HOUR,
-         "note": "128 kb/s x 2 legs"},
+        {
+            "item": "G.711 payload (reference)",
+            "bytes": None,
+            "per_hour": G711_PER_HOUR,
+            "note": "64 kb/s x 2 legs",
+        },
+        {
+            "item": "PCM16 WAV 8 kHz (reference)",
+            "bytes": None,
+            "per_hour": PCM16_PER_HOUR,
+            "note": "128 kb/s x 2 legs",
+        },
     ]
     benchmark.extra_info["sizes"] = rows
     benchmark.extra_info["notes"] = [
@@ -706,6 +807,7 @@ def test_bytes_per_dual_track_hour(benchmark: Any, workload: Tag, call_files: Ca
         f"(index {empty['index']:,}, keys {empty['keys']:,}, log {empty['log']:,}): a fixed "
         f"cost per data directory, left out above. One {seconds:g} s call per "
         f"{seconds / 60:g} minutes of audio: the per-call costs (OPEN and SEAL records, "
-        f"wrapped key file, index entries) are counted {scale:.3g} times per hour."]
+        f"wrapped key file, index entries) are counted {scale:.3g} times per hour."
+    ]
     assert rows[0]["bytes"] > 0 and ogg > 0
     assert full["segments"] > empty["segments"]

@@ -31,21 +31,29 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Mod
     """Collect benchmarks/bench_*.py (pytest's default pattern is test_*.py).
 
     A file named on the command line is collected by pytest itself already."""
-    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
-            and not parent.session.isinitpath(file_path)):
+    if (
+        file_path.suffix == ".py"
+        and file_path.name.startswith("bench_")
+        and not parent.session.isinitpath(file_path)
+    ):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--call-seconds", type=float, default=CALL_SECONDS,
-                     help="length of the transcode workload's call (600 s; shorter only to "
-                          "try the harness: RESULTS.md states the length measured)")
+    parser.addoption(
+        "--call-seconds",
+        type=float,
+        default=CALL_SECONDS,
+        help="length of the transcode workload's call (600 s; shorter only to "
+        "try the harness: RESULTS.md states the length measured)",
+    )
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Mark the figures of a benchmark whose checks failed: the report leaves them out.
 
     pytest-benchmark writes a failed test's timings to the JSON all the same."""
@@ -108,8 +116,7 @@ class CallFiles:
 
 
 @pytest.fixture(scope="session")
-def call_files(tmp_path_factory: pytest.TempPathFactory,
-               pytestconfig: pytest.Config) -> CallFiles:
+def call_files(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> CallFiles:
     """A dual-leg call, made once per session: capture plus the two legs as WAV.
 
     The legs are sent as `make run`'s demo call sends them (sample.demo_capture):
@@ -122,12 +129,27 @@ def call_files(tmp_path_factory: pytest.TempPathFactory,
     d = tmp_path_factory.mktemp("call")
     agent, customer = sample.dialogue(seconds)
     plans = [
-        sample.LegPlan(law=rtppack.PT_PCMU, ptime_ms=20, ssrc=0x1A2B3C4D, jitter_ms=8,
-                       loss_bursts=((7.0, 1), (12.5, 4)), dtmf=((20.0, "4"), (20.5, "2")),
-                       src=("10.0.0.1", 40000), dst=("10.0.0.2", 50000)),
-        sample.LegPlan(law=rtppack.PT_PCMA, ptime_ms=30, ssrc=0x5E6F7081, jitter_ms=12,
-                       loss_bursts=((15.0, 2),), ssrc_change_at=18.0, start_offset_ms=5,
-                       src=("10.0.0.2", 50002), dst=("10.0.0.1", 40002)),
+        sample.LegPlan(
+            law=rtppack.PT_PCMU,
+            ptime_ms=20,
+            ssrc=0x1A2B3C4D,
+            jitter_ms=8,
+            loss_bursts=((7.0, 1), (12.5, 4)),
+            dtmf=((20.0, "4"), (20.5, "2")),
+            src=("10.0.0.1", 40000),
+            dst=("10.0.0.2", 50000),
+        ),
+        sample.LegPlan(
+            law=rtppack.PT_PCMA,
+            ptime_ms=30,
+            ssrc=0x5E6F7081,
+            jitter_ms=12,
+            loss_bursts=((15.0, 2),),
+            ssrc_change_at=18.0,
+            start_offset_ms=5,
+            src=("10.0.0.2", 50002),
+            dst=("10.0.0.1", 40002),
+        ),
     ]
     capture = d / "call.pcap"
     packets = sample.write_capture(capture, [(agent, plans[0]), (customer, plans[1])])
@@ -146,18 +168,32 @@ def opus_c_loop(tmp_path_factory: pytest.TempPathFactory) -> OpusLoop:
     gcc, pkg = shutil.which("gcc"), shutil.which("pkg-config")
     if gcc is None or pkg is None:
         pytest.fail("gcc and pkg-config are needed for the C peer (make sysdeps)", pytrace=False)
-    flags = subprocess.run([pkg, "--cflags", "--libs", "opus"], check=True,
-                           capture_output=True, text=True).stdout.split()
+    flags = subprocess.run(
+        [pkg, "--cflags", "--libs", "opus"], check=True, capture_output=True, text=True
+    ).stdout.split()
     out = tmp_path_factory.mktemp("c") / "libcv_opus_loop.so"
-    cc = subprocess.run([gcc, "-O2", "-shared", "-fPIC", "-o", str(out),
-                         str(HERE / "c" / "opus_loop.c"), *flags], capture_output=True, text=True)
+    cc = subprocess.run(
+        [gcc, "-O2", "-shared", "-fPIC", "-o", str(out), str(HERE / "c" / "opus_loop.c"), *flags],
+        capture_output=True,
+        text=True,
+    )
     if cc.returncode:
         pytest.fail(f"cannot build benchmarks/c/opus_loop.c:\n{cc.stderr}", pytrace=False)
     lib = ctypes.CDLL(str(out))
     fn = lib.cv_bench_encode
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                   ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
-                   ctypes.c_void_p]
+    fn.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+    ]
     fn.restype = ctypes.c_int
     loop: OpusLoop = fn
     return loop

@@ -55,8 +55,12 @@ OFFSET_STEP = 3.3 * 8000  # bytes of audio between consecutive calls' starting p
 
 def rtp(seq: int, ts: int, ssrc: int, payload: bytes, marker: bool) -> bytes:
     """A 12-byte RTP header (RFC 3550: V=2, no padding/extension/CSRC) + payload."""
-    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | PT_PCMU, seq & 0xFFFF,
-                       ts & 0xFFFFFFFF, ssrc) + payload
+    return (
+        struct.pack(
+            "!BBHII", 0x80, (0x80 if marker else 0) | PT_PCMU, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc
+        )
+        + payload
+    )
 
 
 @dataclass
@@ -72,8 +76,9 @@ class Call:
         self.latencies.append(ev.latency)
 
 
-def build_call(call_id: str, index: int, total: int, seconds: float, batch_s: float,
-               audio: list[bytes]) -> Call:
+def build_call(
+    call_id: str, index: int, total: int, seconds: float, batch_s: float, audio: list[bytes]
+) -> Call:
     frames = round(seconds * 50)
     legs: list[list[bytes]] = []
     for leg, pcm in enumerate(audio):
@@ -84,9 +89,18 @@ def build_call(call_id: str, index: int, total: int, seconds: float, batch_s: fl
         ssrc = (0x10000000 + index * 2 + leg) & 0xFFFFFFFF
         seq0 = (index * 7919 + leg * 104729) & 0xFFFF
         ts0 = (index * 2654435761 + leg * 40503) & 0xFFFFFFFF
-        legs.append([rtp(seq0 + k, ts0 + k * FRAME_BYTES, ssrc,
-                         ring[k * FRAME_BYTES:(k + 1) * FRAME_BYTES], k == 0)
-                     for k in range(frames)])
+        legs.append(
+            [
+                rtp(
+                    seq0 + k,
+                    ts0 + k * FRAME_BYTES,
+                    ssrc,
+                    ring[k * FRAME_BYTES : (k + 1) * FRAME_BYTES],
+                    k == 0,
+                )
+                for k in range(frames)
+            ]
+        )
     return Call(call_id, index / total * batch_s, legs)
 
 
@@ -104,9 +118,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     batch_s = batch_ms / 1000
     raw = Path(spec["audio"]).read_bytes()
     leg_bytes = int(spec["leg_bytes"])
-    audio = [raw[:leg_bytes], raw[leg_bytes:2 * leg_bytes]]
-    calls = [build_call(cid, int(spec["index0"]) + i, int(spec["total"]), seconds, batch_s,
-                        audio) for i, cid in enumerate(spec["call_ids"])]
+    audio = [raw[:leg_bytes], raw[leg_bytes : 2 * leg_bytes]]
+    calls = [
+        build_call(cid, int(spec["index0"]) + i, int(spec["total"]), seconds, batch_s, audio)
+        for i, cid in enumerate(spec["call_ids"])
+    ]
     frames = len(calls[0].legs[0])
     nbatches = -(-frames // per_batch)
     client = Client(spec["address"], timeout=60.0)
@@ -120,8 +136,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     wall0 = time.time()
     # Start each call's stream shortly before its first batch is due.
     for c in calls:
-        c.rec = client.record(c.call_id, ("agent", "customer"), on_ack=c.on_ack,
-                              reconnect_timeout=None)
+        c.rec = client.record(
+            c.call_id, ("agent", "customer"), on_ack=c.on_ack, reconnect_timeout=None
+        )
     # The schedule: every batch interval, each call (in stagger order) sends both legs.
     order = sorted(calls, key=lambda c: c.stagger)
     mono_start = time.monotonic() + (start - time.time())

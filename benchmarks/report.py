@@ -81,8 +81,15 @@ def load(path: Path) -> tuple[dict[str, Any], list[Workload]]:
         w = workloads.setdefault(name, Workload(name))
         bench = Bench(b["name"], float(b["stats"]["median"]), int(b["stats"]["rounds"]), info)
         side = info.get("side")
-        (w.ours if side == "ours" else w.sizes if side == "sizes"
-         else w.capacity if side in CAPACITY_SIDES else w.peers).append(bench)
+        (
+            w.ours
+            if side == "ours"
+            else w.sizes
+            if side == "sizes"
+            else w.capacity
+            if side in CAPACITY_SIDES
+            else w.peers
+        ).append(bench)
     return run, [workloads[k] for k in sorted(workloads)]
 
 
@@ -130,8 +137,7 @@ def figure(b: Bench | None) -> str:
         return "not run"
     info = b.info
     if info.get("rates"):
-        rates = ", ".join(f"{amount(float(n) / b.median)} {u}/s"
-                          for u, n in info["rates"].items())
+        rates = ", ".join(f"{amount(float(n) / b.median)} {u}/s" for u, n in info["rates"].items())
         return f"{rates} ({seconds(b.median)})"
     if info.get("call_seconds"):
         rtf = float(info["call_seconds"]) / b.median
@@ -156,8 +162,9 @@ def render(run: dict[str, Any], workloads: list[Workload], source: str) -> str:
     table = rows(workloads)
     commit = run.get("commit_info", {})
     machine = run.get("machine_info", {})
-    libopus = next((b.info["libopus"] for w in workloads for b in w.ours if "libopus" in b.info),
-                   None)
+    libopus = next(
+        (b.info["libopus"] for w in workloads for b in w.ours if "libopus" in b.info), None
+    )
     lines = [
         "# Benchmark results",
         "",
@@ -183,20 +190,31 @@ def render(run: dict[str, Any], workloads: list[Workload], source: str) -> str:
     ]
     for r in table:
         peer_name = r.peer.info.get("peer", r.peer.name) if r.peer else "-"
-        ratio = "-" if r.ratio is None else f"{r.ratio:.3g} (ours {1 / r.ratio:.3g}x faster)" \
-            if r.ratio < 1 else f"{r.ratio:.3g} (ours {r.ratio:.3g}x slower)"
-        lines.append(f"| {r.workload} | {figure(r.ours)} | {peer_name} | {figure(r.peer)} | "
-                     f"{ratio} | {r.target} | {r.met} |")
+        ratio = (
+            "-"
+            if r.ratio is None
+            else f"{r.ratio:.3g} (ours {1 / r.ratio:.3g}x faster)"
+            if r.ratio < 1
+            else f"{r.ratio:.3g} (ours {r.ratio:.3g}x slower)"
+        )
+        lines.append(
+            f"| {r.workload} | {figure(r.ours)} | {peer_name} | {figure(r.peer)} | "
+            f"{ratio} | {r.target} | {r.met} |"
+        )
     lines += sizes_table(workloads)
     lines += capacity_section(workloads, table)
     if run.get("failed"):
-        lines += ["", "Left out because their checks failed: "
-                  + ", ".join(f"`{n}`" for n in run["failed"]) + "."]
+        lines += [
+            "",
+            "Left out because their checks failed: "
+            + ", ".join(f"`{n}`" for n in run["failed"])
+            + ".",
+        ]
     lines += ["", "## Workloads in this run", ""]
     for w in workloads:
         what = next((b.info["what"] for b in w.ours + w.sizes if "what" in b.info), "")
         if w.capacity and not w.ours and not w.peers:
-            lines.append(f"- **{w.name}**: see \"Concurrent real-time calls\" above.")
+            lines.append(f'- **{w.name}**: see "Concurrent real-time calls" above.')
             continue
         if not w.ours and not w.peers:
             lines.append(f"- **{w.name}**: {what}. Sizes, not timings.")
@@ -217,25 +235,38 @@ def sizes_table(workloads: list[Workload]) -> list[str]:
     benches = [b for w in workloads for b in w.sizes]
     if not benches:
         return []
-    lines = ["", "## Sizes", "",
-             "Not timings: bytes (sums of file sizes, like `du -b`) from the same run. "
-             "MB = 10^6 bytes; kb/s = 1000 bits/s for both legs together. "
-             "ours/this below 1: ours is smaller.", ""]
+    lines = [
+        "",
+        "## Sizes",
+        "",
+        "Not timings: bytes (sums of file sizes, like `du -b`) from the same run. "
+        "MB = 10^6 bytes; kb/s = 1000 bits/s for both legs together. "
+        "ours/this below 1: ours is smaller.",
+        "",
+    ]
     for b in benches:
         info = b.info
         rows_ = info.get("sizes", [])
         ours = next((r for r in rows_ if r.get("ours")), None)
-        lines += [f"**{info.get('workload', b.name)}**: {info.get('what', '')}.", "",
-                  "| item | bytes measured | MB per dual-track hour | kb/s | ours/this | note |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"**{info.get('workload', b.name)}**: {info.get('what', '')}.",
+            "",
+            "| item | bytes measured | MB per dual-track hour | kb/s | ours/this | note |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in rows_:
             per_hour = float(r["per_hour"])
             measured = "-" if r.get("bytes") is None else f"{int(r['bytes']):,}"
-            ratio = "-" if ours is None or r is ours or r.get("part") or not per_hour \
+            ratio = (
+                "-"
+                if ours is None or r is ours or r.get("part") or not per_hour
                 else f"{float(ours['per_hour']) / per_hour:.3g}"
+            )
             item = f"**{r['item']}**" if r.get("ours") else r["item"]
-            lines.append(f"| {item} | {measured} | {per_hour / 1e6:.3g} | "
-                         f"{per_hour * 8 / 3600 / 1000:.3g} | {ratio} | {r.get('note', '')} |")
+            lines.append(
+                f"| {item} | {measured} | {per_hour / 1e6:.3g} | "
+                f"{per_hour * 8 / 3600 / 1000:.3g} | {ratio} | {r.get('note', '')} |"
+            )
         for note in info.get("notes", []):
             lines.append(f"\n{note}")
         lines.append("")
@@ -247,22 +278,30 @@ def busy(level: dict[str, Any]) -> str:
     if "machine_busy_cores" not in level:
         return "-"
     others = level["machine_busy_cores"] - level["server_cpu_cores"] - level["gen_cpu_cores"]
-    return (f"{level['machine_busy_cores']:.2f} of {level['machine_cores']} "
-            f"(others {max(others, 0.0):.2f})")
+    return (
+        f"{level['machine_busy_cores']:.2f} of {level['machine_cores']} "
+        f"(others {max(others, 0.0):.2f})"
+    )
 
 
 def saturated(level: dict[str, Any], batch_s: float) -> str:
     """Which side ran out at a failing level: the generators if they sent late by more
     than a batch interval (p99), else the server (with what the machine had left)."""
     if level["gen_lag_p99_s"] > batch_s:
-        return (f"the load generators (they sent late: lag p99 {seconds(level['gen_lag_p99_s'])}"
-                f" > the {seconds(batch_s)} batch interval)")
+        return (
+            f"the load generators (they sent late: lag p99 {seconds(level['gen_lag_p99_s'])}"
+            f" > the {seconds(batch_s)} batch interval)"
+        )
     idle = ""
     if "machine_busy_cores" in level:
-        idle = (f"; the machine had {level['machine_cores'] - level['machine_busy_cores']:.2f} "
-                f"of {level['machine_cores']} cores idle")
-    return (f"the server ({level['server_cpu_cores']:.2f} cores; the generators kept their "
-            f"schedule, lag p99 {seconds(max(level['gen_lag_p99_s'], 0.0))}{idle})")
+        idle = (
+            f"; the machine had {level['machine_cores'] - level['machine_busy_cores']:.2f} "
+            f"of {level['machine_cores']} cores idle"
+        )
+    return (
+        f"the server ({level['server_cpu_cores']:.2f} cores; the generators kept their "
+        f"schedule, lag p99 {seconds(max(level['gen_lag_p99_s'], 0.0))}{idle})"
+    )
 
 
 def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
@@ -279,10 +318,12 @@ def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
             per_s = ceil.median / float(ceil.info["audio_seconds"])
             cores = int(ceil.info["cores"])
             ceiling = cores / (2 * per_s)
-            out.append(f"- **Opus-only ceiling: {ceiling:.0f} dual-track calls** = cores / "
-                       f"(2 legs x encode seconds per audio second) = {cores} / (2 x "
-                       f"{per_s * 1e3:.2f} ms) (median of {ceil.rounds} rounds of "
-                       f"{ceil.info['what']}; every core encoding and nothing else).")
+            out.append(
+                f"- **Opus-only ceiling: {ceiling:.0f} dual-track calls** = cores / "
+                f"(2 legs x encode seconds per audio second) = {cores} / (2 x "
+                f"{per_s * 1e3:.2f} ms) (median of {ceil.rounds} rounds of "
+                f"{ceil.info['what']}; every core encoding and nothing else)."
+            )
         else:
             out.append("- Opus-only ceiling: not measured in this run (or its check failed).")
         if cap is None:
@@ -295,49 +336,66 @@ def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
         fail = info.get("first_failing_calls")
         ratio = f"; **N / ceiling = {n / ceiling:.2f}**" if ceiling else ""
         at_n = by_calls.get(n)
-        out.append(f"- **N = {n}** concurrent dual-track calls, each {info['call_seconds']:g} s "
-                   f"in real time into one server, every frame stored, ack p99 < "
-                   f"{info['p99_limit_s']:g} s{ratio}.")
+        out.append(
+            f"- **N = {n}** concurrent dual-track calls, each {info['call_seconds']:g} s "
+            f"in real time into one server, every frame stored, ack p99 < "
+            f"{info['p99_limit_s']:g} s{ratio}."
+        )
         if at_n is not None:
-            out.append(f"- At N = {n}: ack latency p50 {seconds(at_n['ack_p50_s'])}, p99 "
-                       f"{seconds(at_n['ack_p99_s'])}; server CPU "
-                       f"{at_n['server_cpu_cores']:.2f} cores of {info['cores']}.")
+            out.append(
+                f"- At N = {n}: ack latency p50 {seconds(at_n['ack_p50_s'])}, p99 "
+                f"{seconds(at_n['ack_p99_s'])}; server CPU "
+                f"{at_n['server_cpu_cores']:.2f} cores of {info['cores']}."
+            )
         if fail is not None and int(fail) in by_calls:
             f = by_calls[int(fail)]
-            out.append(f"- First failing level, {fail} calls: ack p99 "
-                       f"{seconds(f['ack_p99_s'])}, server CPU {f['server_cpu_cores']:.2f} "
-                       f"cores; {'; '.join(f['reasons'])}. Saturated first: "
-                       f"{saturated(f, float(info.get('batch_ms', 0)) / 1000)}.")
+            out.append(
+                f"- First failing level, {fail} calls: ack p99 "
+                f"{seconds(f['ack_p99_s'])}, server CPU {f['server_cpu_cores']:.2f} "
+                f"cores; {'; '.join(f['reasons'])}. Saturated first: "
+                f"{saturated(f, float(info.get('batch_ms', 0)) / 1000)}."
+            )
         elif n and fail is None:
             out.append("- No level failed within the search's limits: N is a lower bound.")
         play = info.get("playback")
         prow = next((r for r in table if r.workload == play and r.ratio is not None), None)
         if prow is not None and prow.peer is not None:
-            out.append(f"- Playback ({play}): ours / bare grpcio = **{prow.ratio:.3g}** "
-                       f"(time ratio of medians; ours {figure(prow.ours)}, bare "
-                       f"{figure(prow.peer)}).")
-        out += ["", f"What: {info.get('what', '')}. Levels in the order run (ramp, then "
-                "bisection); server CPU = its utime + stime over the streaming window "
-                "(/proc/PID/stat) / wall time; generators = load-generator processes and "
-                "their CPU; machine = every CPU's busy time in the same window (server, "
-                "generators and any other job on the machine; others = the rest), in cores; "
-                "lag = how late the generators sent against the wall-clock schedule.", "",
-                "| calls | result | ack p50 | ack p99 | server CPU (cores) | generators "
-                "(CPU cores) | machine busy (cores) | generator lag p99 | why it failed |",
-                "|---|---|---|---|---|---|---|---|---|"]
+            out.append(
+                f"- Playback ({play}): ours / bare grpcio = **{prow.ratio:.3g}** "
+                f"(time ratio of medians; ours {figure(prow.ours)}, bare "
+                f"{figure(prow.peer)})."
+            )
+        out += [
+            "",
+            f"What: {info.get('what', '')}. Levels in the order run (ramp, then "
+            "bisection); server CPU = its utime + stime over the streaming window "
+            "(/proc/PID/stat) / wall time; generators = load-generator processes and "
+            "their CPU; machine = every CPU's busy time in the same window (server, "
+            "generators and any other job on the machine; others = the rest), in cores; "
+            "lag = how late the generators sent against the wall-clock schedule.",
+            "",
+            "| calls | result | ack p50 | ack p99 | server CPU (cores) | generators "
+            "(CPU cores) | machine busy (cores) | generator lag p99 | why it failed |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for lv in levels:
-            out.append(f"| {lv['calls']} | {'pass' if lv['passed'] else '**fail**'} | "
-                       f"{seconds(lv['ack_p50_s'])} | {seconds(lv['ack_p99_s'])} | "
-                       f"{lv['server_cpu_cores']:.2f} | {lv['generators']} "
-                       f"({lv['gen_cpu_cores']:.2f}) | {busy(lv)} | "
-                       f"{seconds(max(lv['gen_lag_p99_s'], 0.0))} | "
-                       f"{'; '.join(lv['reasons']) or '-'} |")
+            out.append(
+                f"| {lv['calls']} | {'pass' if lv['passed'] else '**fail**'} | "
+                f"{seconds(lv['ack_p50_s'])} | {seconds(lv['ack_p99_s'])} | "
+                f"{lv['server_cpu_cores']:.2f} | {lv['generators']} "
+                f"({lv['gen_cpu_cores']:.2f}) | {busy(lv)} | "
+                f"{seconds(max(lv['gen_lag_p99_s'], 0.0))} | "
+                f"{'; '.join(lv['reasons']) or '-'} |"
+            )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("json", nargs="?", default=str(HERE / "last-run.json"))
     p.add_argument("-o", "--output", default=str(HERE / "RESULTS.md"))
     args = p.parse_args(argv)

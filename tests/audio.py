@@ -43,8 +43,25 @@ def _speech_cached(text: str, voice: str, speed: int, pitch: int) -> bytes:
         capture_output=True,
     ).stdout
     raw = subprocess.run(
-        ["sox", "-D", "-t", "wav", "-", "-r", str(RATE), "-c", "1", "-t", "raw", "-e", "signed",
-         "-b", "16", "-L", "-"],
+        [
+            "sox",
+            "-D",
+            "-t",
+            "wav",
+            "-",
+            "-r",
+            str(RATE),
+            "-c",
+            "1",
+            "-t",
+            "raw",
+            "-e",
+            "signed",
+            "-b",
+            "16",
+            "-L",
+            "-",
+        ],
         input=tts,
         check=True,
         capture_output=True,
@@ -226,9 +243,7 @@ def _wav_pcm(raw: bytes, channels: int) -> Pcm:
     raise RuntimeError("no data chunk in WAV")
 
 
-def decode_ffmpeg(
-    path: str | Path, channels: int, rate: int = 48000, libopus: bool = False
-) -> Pcm:
+def decode_ffmpeg(path: str | Path, channels: int, rate: int = 48000, libopus: bool = False) -> Pcm:
     """Decode with ffmpeg: its built-in Opus decoder, or libopus (``-c:a libopus``)."""
     cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin"]
     if libopus:
@@ -243,8 +258,27 @@ def resample_48k_to_8k(pcm48: Pcm) -> Pcm:
     ch = 1 if pcm48.ndim == 1 else pcm48.shape[1]
     raw = subprocess.run(
         # -D: no dither, so the same input always scores the same
-        ["sox", "-D", "-t", "raw", "-r", "48000", "-e", "signed", "-b", "16", "-L",
-         "-c", str(ch), "-", "-r", "8000", "-t", "raw", "-"],
+        [
+            "sox",
+            "-D",
+            "-t",
+            "raw",
+            "-r",
+            "48000",
+            "-e",
+            "signed",
+            "-b",
+            "16",
+            "-L",
+            "-c",
+            str(ch),
+            "-",
+            "-r",
+            "8000",
+            "-t",
+            "raw",
+            "-",
+        ],
         input=np.ascontiguousarray(pcm48, dtype="<i2").tobytes(),
         check=True,
         capture_output=True,

@@ -19,12 +19,24 @@ class Feed:
     batches: list[pb.RtpBatch]
 
     def start(self, call_id: str, **meta: str) -> pb.IngestRequest:
-        return pb.IngestRequest(start=pb.CallStart(
-            call_id=call_id, legs=[pb.LegSpec(name=n) for n in self.legs],
-            start_us=self.start_us, meta=pb.CallMeta(**meta)))  # type: ignore[arg-type]
+        return pb.IngestRequest(
+            start=pb.CallStart(
+                call_id=call_id,
+                legs=[pb.LegSpec(name=n) for n in self.legs],
+                start_us=self.start_us,
+                meta=pb.CallMeta(**meta),
+            )
+        )  # type: ignore[arg-type]
 
-    def requests(self, call_id: str, *, first: int = 0, last: int | None = None,
-                 end: bool = True, **meta: str) -> Iterator[pb.IngestRequest]:
+    def requests(
+        self,
+        call_id: str,
+        *,
+        first: int = 0,
+        last: int | None = None,
+        end: bool = True,
+        **meta: str,
+    ) -> Iterator[pb.IngestRequest]:
         """CallStart, batches [first, last), then CallEnd when ``end``."""
         yield self.start(call_id, **meta)
         for b in self.batches[first:last]:
@@ -41,10 +53,14 @@ def capture_feed(path: Path, per_batch: int = 10) -> Feed:
     cut: list[tuple[int, int, list[bytes], list[int]]] = []
     for leg, f in enumerate(flows):
         for lo in range(0, len(f.packets), per_batch):
-            pk = list(f.packets[lo:lo + per_batch])
-            arr = [int(a) for a in f.arrival_us[lo:lo + per_batch]]
+            pk = list(f.packets[lo : lo + per_batch])
+            arr = [int(a) for a in f.arrival_us[lo : lo + per_batch]]
             cut.append((arr[-1], leg, pk, arr))
     cut.sort(key=lambda c: (c[0], c[1]))
-    batches = [pb.RtpBatch(seq=i, leg=leg, packets=b"".join(pk), lengths=[len(p) for p in pk],
-                           arrival_us=arr) for i, (_, leg, pk, arr) in enumerate(cut)]
-    return Feed(start, ["agent", "customer"][:len(flows)], batches)
+    batches = [
+        pb.RtpBatch(
+            seq=i, leg=leg, packets=b"".join(pk), lengths=[len(p) for p in pk], arrival_us=arr
+        )
+        for i, (_, leg, pk, arr) in enumerate(cut)
+    ]
+    return Feed(start, ["agent", "customer"][: len(flows)], batches)

@@ -58,8 +58,10 @@ class Sender:
         seq, ts = self._next()
         self._advance(len(payload))
         self.ts = (self.ts + len(payload)) & 0xFFFFFFFF
-        s = Sent(build_packet(self.pt, seq, ts, self.ssrc, payload, marker=marker, **kw),
-                 round(self.t_us))
+        s = Sent(
+            build_packet(self.pt, seq, ts, self.ssrc, payload, marker=marker, **kw),
+            round(self.t_us),
+        )
         self.out.append(s)
         return s
 
@@ -70,7 +72,7 @@ class Sender:
         packet of the block but the first arrives "early" against the anchor's model."""
         t0 = round(self.t_us)
         for i in range(0, len(payload), max_payload):
-            part = payload[i:i + max_payload]
+            part = payload[i : i + max_payload]
             seq, ts = self._next()
             self._advance(len(part))
             self.ts = (self.ts + len(part)) & 0xFFFFFFFF
@@ -79,19 +81,21 @@ class Sender:
     def ffmpeg(self, payload: bytes, *, block: int = FFMPEG_BLOCK) -> None:
         """A whole recording sent like ``ffmpeg -re -i x.wav -c:a pcm_mulaw -f rtp``."""
         for i in range(0, len(payload), block):
-            self.block(payload[i:i + block])
+            self.block(payload[i : i + block])
 
     def silence_gap(self, samples: int, *, comfort_noise: bool = False) -> None:
         """DTX: the timestamp moves on, no sequence number is spent (except a CN packet)."""
         if comfort_noise:
             seq, ts = self._next()
-            self.out.append(Sent(build_packet(PT_CN, seq, self.ts, self.ssrc, b"\x40"),
-                                 round(self.t_us), "cn"))
+            self.out.append(
+                Sent(build_packet(PT_CN, seq, self.ts, self.ssrc, b"\x40"), round(self.t_us), "cn")
+            )
         self._advance(samples)
         self.ts = (self.ts + samples) & 0xFFFFFFFF
 
-    def event(self, code: int, samples: int, *, pt: int = 101, step: int = 400,
-              volume: int = 10) -> None:
+    def event(
+        self, code: int, samples: int, *, pt: int = 101, step: int = 400, volume: int = 10
+    ) -> None:
         """RFC 4733 event lasting ``samples``: updates every ``step``, three end packets."""
         start_ts = self.ts
         t0 = self.t_us
@@ -105,11 +109,20 @@ class Sender:
             for r in range(reps):
                 s = seq if r == 0 else self._next()[0]
                 send = t0 + dur * 1e6 / (RATE * (1.0 + self.clock_ppm * 1e-6)) + r * 20_000
-                self.out.append(Sent(
-                    build_packet(pt, s, start_ts, self.ssrc,
-                                 telephone_event(code, end=end, volume=volume, duration=dur),
-                                 marker=first),
-                    round(send), "event"))
+                self.out.append(
+                    Sent(
+                        build_packet(
+                            pt,
+                            s,
+                            start_ts,
+                            self.ssrc,
+                            telephone_event(code, end=end, volume=volume, duration=dur),
+                            marker=first,
+                        ),
+                        round(send),
+                        "event",
+                    )
+                )
                 first = False
         self._advance(samples)
         self.ts = (self.ts + samples) & 0xFFFFFFFF
@@ -122,10 +135,18 @@ class Arrived:
     label: str
 
 
-def network(sent: Sequence[Sent], rng: random.Random, *, base_us: int = 5_000,
-            jitter_us: int = 0, loss: float = 0.0, dup: float = 0.0,
-            drop: Sequence[int] = (), steady_first: bool = False,
-            first_delay_us: int = 0) -> list[Arrived]:
+def network(
+    sent: Sequence[Sent],
+    rng: random.Random,
+    *,
+    base_us: int = 5_000,
+    jitter_us: int = 0,
+    loss: float = 0.0,
+    dup: float = 0.0,
+    drop: Sequence[int] = (),
+    steady_first: bool = False,
+    first_delay_us: int = 0,
+) -> list[Arrived]:
     """Deliver packets: base delay + uniform jitter, independent loss, duplicates.
 
     ``steady_first``: the first packet gets no jitter, so the leg's anchor is exact.
@@ -140,8 +161,9 @@ def network(sent: Sequence[Sent], rng: random.Random, *, base_us: int = 5_000,
             j += first_delay_us
         out.append(Arrived(s.data, s.send_us + base_us + j, s.label))
         if dup and rng.random() < dup:
-            out.append(Arrived(s.data, s.send_us + base_us + rng.randint(0, jitter_us * 2 + 1000),
-                               s.label))
+            out.append(
+                Arrived(s.data, s.send_us + base_us + rng.randint(0, jitter_us * 2 + 1000), s.label)
+            )
     out.sort(key=lambda a: a.arrival_us)
     return out
 
@@ -156,8 +178,14 @@ class Result:
     events: list[tuple[int, str, int, int, int]]
 
 
-def run(jb: Any, packets: Sequence[Arrived], *, batch_sizes: Sequence[int] = (50,),
-        end_us: int | None = None, flush: bool = True) -> Result:
+def run(
+    jb: Any,
+    packets: Sequence[Arrived],
+    *,
+    batch_sizes: Sequence[int] = (50,),
+    end_us: int | None = None,
+    flush: bool = True,
+) -> Result:
     """Feed ``packets`` in batches (sizes cycle through ``batch_sizes``), flush, gather."""
     idx: list[npt.NDArray[np.int64]] = []
     pcm: list[npt.NDArray[np.int16]] = []
@@ -173,7 +201,7 @@ def run(jb: Any, packets: Sequence[Arrived], *, batch_sizes: Sequence[int] = (50
     while i < len(packets):
         n = max(1, batch_sizes[k % len(batch_sizes)])
         k += 1
-        chunk = packets[i:i + n]
+        chunk = packets[i : i + n]
         i += n
         data, offs, lens = pack_batch([p.data for p in chunk])
         take(jb.push(data, offs, lens, np.array([p.arrival_us for p in chunk], dtype=np.int64)))
@@ -190,18 +218,27 @@ def run(jb: Any, packets: Sequence[Arrived], *, batch_sizes: Sequence[int] = (50
     )
 
 
-DROP_KEYS = ("malformed", "duplicates", "late", "unsupported_payload_type", "stale_ssrc",
-             "inconsistent", "overlap")
+DROP_KEYS = (
+    "malformed",
+    "duplicates",
+    "late",
+    "unsupported_payload_type",
+    "stale_ssrc",
+    "inconsistent",
+    "overlap",
+)
 
 
 def check_accounting(stats: dict[str, int]) -> None:
     """Every packet is counted exactly once: accepted or one drop reason."""
-    assert stats["accepted"] == (stats["audio_packets"] + stats["comfort_noise_packets"]
-                                 + stats["telephone_event_packets"])
+    assert stats["accepted"] == (
+        stats["audio_packets"] + stats["comfort_noise_packets"] + stats["telephone_event_packets"]
+    )
     assert stats["packets"] == stats["accepted"] + sum(stats[k] for k in DROP_KEYS), stats
     assert stats["malformed"] == sum(v for k, v in stats.items() if k.startswith("malformed_"))
-    assert stats["frames"] == (stats["audio_frames"] + stats["lost_frames"]
-                               + stats["silence_frames"])
+    assert stats["frames"] == (
+        stats["audio_frames"] + stats["lost_frames"] + stats["silence_frames"]
+    )
 
 
 def check_frames(r: Result) -> None:
@@ -221,10 +258,13 @@ def random_scenario(rng: random.Random) -> tuple[list[Arrived], int]:
     if rng.random() < 0.25:
         return bursty_scenario(rng)
     ptime = rng.choice([80, 160, 160, 160, 240, 320, 480, 136, 1])
-    s = Sender(ssrc=rng.getrandbits(32), seq=rng.choice([rng.randrange(65536), 65530]),
-               ts=rng.choice([rng.getrandbits(32), 0xFFFFFFFF - 2000]),
-               clock_ppm=rng.choice([0.0, 1000.0, -1000.0, 300.0]),
-               t_us=rng.randrange(0, 200_000))
+    s = Sender(
+        ssrc=rng.getrandbits(32),
+        seq=rng.choice([rng.randrange(65536), 65530]),
+        ts=rng.choice([rng.getrandbits(32), 0xFFFFFFFF - 2000]),
+        clock_ppm=rng.choice([0.0, 1000.0, -1000.0, 300.0]),
+        t_us=rng.randrange(0, 200_000),
+    )
     n = rng.randrange(100, 400) if ptime > 1 else rng.randrange(200, 600)
     extra: list[Sent] = []
     for _ in range(n):
@@ -246,22 +286,29 @@ def random_scenario(rng: random.Random) -> tuple[list[Arrived], int]:
             s.ts = (s.ts + rng.choice([10, -10]) * RATE * 60) & 0xFFFFFFFF
             s.audio(rng.randbytes(ptime))
         elif r < 0.045:
-            s.audio(rng.randbytes(ptime), padding=rng.randrange(1, 20),
-                    csrcs=[1, 2][:rng.randrange(3)])
+            s.audio(
+                rng.randbytes(ptime), padding=rng.randrange(1, 20), csrcs=[1, 2][: rng.randrange(3)]
+            )
         elif r < 0.05:
             bad = bytearray(build_packet(0, 1, 2, 3, b"x"))
             bad[0] = rng.choice([0x40, 0xA0, 0x9F, 0x90])
-            extra.append(Sent(bytes(bad[:rng.randrange(0, len(bad) + 1)]), round(s.t_us), "bad"))
-            extra.append(Sent(build_packet(18, s.seq, s.ts, s.ssrc, b"g729"), round(s.t_us),
-                              "g729"))
+            extra.append(Sent(bytes(bad[: rng.randrange(0, len(bad) + 1)]), round(s.t_us), "bad"))
+            extra.append(
+                Sent(build_packet(18, s.seq, s.ts, s.ssrc, b"g729"), round(s.t_us), "g729")
+            )
             s.audio(rng.randbytes(ptime))
         else:
             s.audio(rng.randbytes(ptime))
     sent = sorted(s.out + extra, key=lambda p: p.send_us)
-    packets = network(sent, rng, base_us=rng.randrange(1000, 40_000),
-                      jitter_us=rng.choice([0, 5_000, 30_000, 120_000, 400_000]),
-                      loss=rng.choice([0.0, 0.01, 0.05, 0.2]), dup=rng.choice([0.0, 0.02, 0.1]),
-                      first_delay_us=rng.choice([0, 0, 0, 40_000, 150_000, 500_000]))
+    packets = network(
+        sent,
+        rng,
+        base_us=rng.randrange(1000, 40_000),
+        jitter_us=rng.choice([0, 5_000, 30_000, 120_000, 400_000]),
+        loss=rng.choice([0.0, 0.01, 0.05, 0.2]),
+        dup=rng.choice([0.0, 0.02, 0.1]),
+        first_delay_us=rng.choice([0, 0, 0, 40_000, 150_000, 500_000]),
+    )
     end_us = int(s.t_us) + rng.choice([0, 50_000, 1_000_000])
     return packets, end_us
 
@@ -269,11 +316,16 @@ def random_scenario(rng: random.Random) -> tuple[list[Arrived], int]:
 def bursty_scenario(rng: random.Random) -> tuple[list[Arrived], int]:
     """A bursty early sender (ffmpeg's block pairs, or other block and payload sizes), with
     pauses, an SSRC change, a first packet held up, drift, jitter, loss and duplicates."""
-    block, max_payload = rng.choice([(FFMPEG_BLOCK, FFMPEG_MAX_PAYLOAD)] * 3
-                                    + [(1024, 400), (2400, 1000), (480, 160)])
-    s = Sender(ssrc=rng.getrandbits(32), seq=rng.randrange(65536), ts=rng.getrandbits(32),
-               clock_ppm=rng.choice([0.0, 1000.0, -1000.0]),
-               t_us=rng.choice([0, rng.randrange(0, 2_000_000)]))
+    block, max_payload = rng.choice(
+        [(FFMPEG_BLOCK, FFMPEG_MAX_PAYLOAD)] * 3 + [(1024, 400), (2400, 1000), (480, 160)]
+    )
+    s = Sender(
+        ssrc=rng.getrandbits(32),
+        seq=rng.randrange(65536),
+        ts=rng.getrandbits(32),
+        clock_ppm=rng.choice([0.0, 1000.0, -1000.0]),
+        t_us=rng.choice([0, rng.randrange(0, 2_000_000)]),
+    )
     for _ in range(rng.randrange(10, 60)):
         r = rng.random()
         if r < 0.05:
@@ -285,14 +337,33 @@ def bursty_scenario(rng: random.Random) -> tuple[list[Arrived], int]:
             s.t_us += rng.choice([-300_000, -50_000, 0, 100_000])
         s.block(rng.randbytes(block), max_payload=max_payload)
     sent = sorted(s.out, key=lambda p: p.send_us)
-    packets = network(sent, rng, base_us=rng.randrange(0, 20_000),
-                      jitter_us=rng.choice([0, 0, 3_000, 30_000, 200_000]),
-                      loss=rng.choice([0.0, 0.0, 0.02]), dup=rng.choice([0.0, 0.05]),
-                      first_delay_us=rng.choice([0, 0, 40_000, 120_000, 400_000]))
+    packets = network(
+        sent,
+        rng,
+        base_us=rng.randrange(0, 20_000),
+        jitter_us=rng.choice([0, 0, 3_000, 30_000, 200_000]),
+        loss=rng.choice([0.0, 0.0, 0.02]),
+        dup=rng.choice([0.0, 0.05]),
+        first_delay_us=rng.choice([0, 0, 40_000, 120_000, 400_000]),
+    )
     end_us = int(s.t_us) + rng.choice([0, 300_000])
     return packets, end_us
 
 
-__all__ = ["FFMPEG_BLOCK", "FFMPEG_MAX_PAYLOAD", "FRAME", "RATE", "Arrived", "Result", "Sender",
-           "Sent", "bursty_scenario", "check_accounting", "check_frames", "network", "pack_batch",
-           "random_scenario", "run"]
+__all__ = [
+    "FFMPEG_BLOCK",
+    "FFMPEG_MAX_PAYLOAD",
+    "FRAME",
+    "RATE",
+    "Arrived",
+    "Result",
+    "Sender",
+    "Sent",
+    "bursty_scenario",
+    "check_accounting",
+    "check_frames",
+    "network",
+    "pack_batch",
+    "random_scenario",
+    "run",
+]

@@ -48,8 +48,9 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"process did not exit {timeout} s after signal {sig}; "
-                                 f"log:\n{self.output()}") from None
+            raise AssertionError(
+                f"process did not exit {timeout} s after signal {sig}; log:\n{self.output()}"
+            ) from None
 
     def kill(self) -> None:
         """SIGKILL: nothing runs on the way out."""
@@ -61,15 +62,18 @@ class Proc:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def wait_port_file(path: Path, proc: subprocess.Popen[bytes], log: Path,
-                   timeout: float = 60.0) -> int:
+def wait_port_file(
+    path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0
+) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and path.read_text().strip():
             return int(path.read_text().strip())
         if proc.poll() is not None:
-            raise AssertionError(f"process exited with {proc.returncode} before serving:\n"
-                                 f"{log.read_text(errors='replace')}")
+            raise AssertionError(
+                f"process exited with {proc.returncode} before serving:\n"
+                f"{log.read_text(errors='replace')}"
+            )
         time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"no port file after {timeout} s:\n{log.read_text(errors='replace')}")
@@ -91,8 +95,14 @@ def wait_healthy(address: str, timeout: float = 30.0, service: str = "") -> None
             time.sleep(0.05)
 
 
-def start_server(data: Path, *, port: int = 0, args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, log_dir: Path | None = None) -> Proc:
+def start_server(
+    data: Path,
+    *,
+    port: int = 0,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    log_dir: Path | None = None,
+) -> Proc:
     """`callvault serve --data DATA` on 127.0.0.1, ``port`` (0: a free one; give the old
     port to restart a server where its clients expect it); returns once SERVING."""
     log_dir = log_dir or data.parent
@@ -102,11 +112,22 @@ def start_server(data: Path, *, port: int = 0, args: tuple[str, ...] = (),
     port_file = log_dir / f"server-{n}.port"
     port_file.unlink(missing_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*CLI, "serve", "--data", str(data),
-                                 "--listen", f"127.0.0.1:{port}",
-                                 "--port-file", str(port_file), *args],
-                                stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            [
+                *CLI,
+                "serve",
+                "--data",
+                str(data),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--port-file",
+                str(port_file),
+                *args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     port = wait_port_file(port_file, proc, log)
     address = f"127.0.0.1:{port}"
     wait_healthy(address)

@@ -24,12 +24,26 @@ def _tone(seconds: float) -> np.ndarray:
 
 def _two_legs(tmp_path: Path, *, pcapng: bool = False, **agent_kw: object) -> Path:
     path = tmp_path / ("call.pcapng" if pcapng else "call.pcap")
-    write_capture(path, [
-        (_tone(2.0), LegPlan(ssrc=0x11, src=("10.0.0.1", 4000), dst=("10.0.0.2", 5000),
-                             **agent_kw)),  # type: ignore[arg-type]
-        (_tone(2.0), LegPlan(law=8, ssrc=0x22, start_offset_ms=3, src=("10.0.0.2", 5002),
-                             dst=("10.0.0.1", 4002))),
-    ], pcapng=pcapng)
+    write_capture(
+        path,
+        [
+            (
+                _tone(2.0),
+                LegPlan(ssrc=0x11, src=("10.0.0.1", 4000), dst=("10.0.0.2", 5000), **agent_kw),
+            ),  # type: ignore[arg-type]
+            (
+                _tone(2.0),
+                LegPlan(
+                    law=8,
+                    ssrc=0x22,
+                    start_offset_ms=3,
+                    src=("10.0.0.2", 5002),
+                    dst=("10.0.0.1", 4002),
+                ),
+            ),
+        ],
+        pcapng=pcapng,
+    )
     return path
 
 
@@ -77,8 +91,10 @@ def test_arrival_times_are_microseconds(tmp_path: Path) -> None:
 
 def test_linux_cooked_capture(tmp_path: Path) -> None:
     sll = struct.pack("!HHH8sH", 0, 1, 6, b"\x02" * 8, 0x0800)
-    frames = [(1.0 + i * 0.02, sll + _ipv4_udp(("10.1.1.1", 1), ("10.1.1.2", 2), _rtp(i)))
-              for i in range(5)]
+    frames = [
+        (1.0 + i * 0.02, sll + _ipv4_udp(("10.1.1.1", 1), ("10.1.1.2", 2), _rtp(i)))
+        for i in range(5)
+    ]
     path = tmp_path / "sll.pcap"
     _write_frames(path, frames, capture.LINKTYPE_LINUX_SLL)
     cap = capture.read_capture(path)
@@ -87,8 +103,10 @@ def test_linux_cooked_capture(tmp_path: Path) -> None:
 
 def test_vlan_tagged_ethernet(tmp_path: Path) -> None:
     eth = ETH[:12] + b"\x81\x00\x00\x64\x08\x00"
-    frames = [(1.0 + i * 0.02, eth + _ipv4_udp(("10.1.1.1", 1), ("10.1.1.2", 2), _rtp(i)))
-              for i in range(4)]
+    frames = [
+        (1.0 + i * 0.02, eth + _ipv4_udp(("10.1.1.1", 1), ("10.1.1.2", 2), _rtp(i)))
+        for i in range(4)
+    ]
     path = tmp_path / "vlan.pcap"
     _write_frames(path, frames, capture.LINKTYPE_ETHERNET)
     assert len(capture.read_capture(path).flows[0].packets) == 4
@@ -97,8 +115,19 @@ def test_vlan_tagged_ethernet(tmp_path: Path) -> None:
 def test_ipv6_udp(tmp_path: Path) -> None:
     def v6(payload: bytes) -> bytes:
         udp = struct.pack("!HHHH", 7000, 8000, 8 + len(payload), 0) + payload
-        return struct.pack("!IHBB16s16s", 6 << 28, len(udp), 17, 64,
-                           b"\xfd" + bytes(14) + b"\x01", b"\xfd" + bytes(14) + b"\x02") + udp
+        return (
+            struct.pack(
+                "!IHBB16s16s",
+                6 << 28,
+                len(udp),
+                17,
+                64,
+                b"\xfd" + bytes(14) + b"\x01",
+                b"\xfd" + bytes(14) + b"\x02",
+            )
+            + udp
+        )
+
     path = tmp_path / "v6.pcap"
     _write_frames(path, [(1.0 + i * 0.02, v6(_rtp(i))) for i in range(4)], capture.LINKTYPE_RAW)
     cap = capture.read_capture(path)
@@ -110,10 +139,10 @@ def test_rtcp_and_sip_are_not_legs(tmp_path: Path) -> None:
     sip = b"OPTIONS sip:pbx SIP/2.0\r\n\r\n"
     frames = []
     for i in range(5):
-        frames.append((1.0 + i * 0.1, ETH + _ipv4_udp(("10.0.0.1", 4001), ("10.0.0.2", 5001),
-                                                      rtcp)))
-        frames.append((1.0 + i * 0.1, ETH + _ipv4_udp(("10.0.0.1", 5060), ("10.0.0.2", 5060),
-                                                      sip)))
+        frames.append(
+            (1.0 + i * 0.1, ETH + _ipv4_udp(("10.0.0.1", 4001), ("10.0.0.2", 5001), rtcp))
+        )
+        frames.append((1.0 + i * 0.1, ETH + _ipv4_udp(("10.0.0.1", 5060), ("10.0.0.2", 5060), sip)))
     path = tmp_path / "noise.pcap"
     _write_frames(path, frames, capture.LINKTYPE_ETHERNET)
     cap = capture.read_capture(path)
@@ -122,7 +151,7 @@ def test_rtcp_and_sip_are_not_legs(tmp_path: Path) -> None:
 
 def test_ip_fragments_are_counted_not_parsed(tmp_path: Path) -> None:
     pkt = bytearray(ETH + _ipv4_udp(("10.0.0.1", 1), ("10.0.0.2", 2), _rtp(0)))
-    pkt[14 + 6:14 + 8] = struct.pack("!H", 0x2000)  # more fragments
+    pkt[14 + 6 : 14 + 8] = struct.pack("!H", 0x2000)  # more fragments
     path = tmp_path / "frag.pcap"
     _write_frames(path, [(1.0, bytes(pkt))], capture.LINKTYPE_ETHERNET)
     assert capture.read_capture(path).skipped == {"ip_fragment": 1}
@@ -153,8 +182,10 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_unsupported_codec_is_named(tmp_path: Path) -> None:
-    frames = [(1.0 + i * 0.02, ETH + _ipv4_udp(("10.0.0.1", 1), ("10.0.0.2", 2),
-                                               _rtp(i, pt=18))) for i in range(5)]
+    frames = [
+        (1.0 + i * 0.02, ETH + _ipv4_udp(("10.0.0.1", 1), ("10.0.0.2", 2), _rtp(i, pt=18)))
+        for i in range(5)
+    ]
     path = tmp_path / "g729.pcap"
     _write_frames(path, frames, capture.LINKTYPE_ETHERNET)
     flow = capture.read_capture(path).flows[0]

@@ -22,8 +22,11 @@ def _vectors() -> list[Path]:
 @pytest.mark.parametrize("path", _vectors(), ids=lambda p: p.stem)
 def test_chain_vector(path: Path) -> None:
     v = json.loads(path.read_text())
-    kwargs = dict(heads=[bytes.fromhex(h) for h in v["heads"]],
-                  manifest=bytes.fromhex(v["manifest"]), expect_seal=bytes.fromhex(v["seal"]))
+    kwargs = dict(
+        heads=[bytes.fromhex(h) for h in v["heads"]],
+        manifest=bytes.fromhex(v["manifest"]),
+        expect_seal=bytes.fromhex(v["seal"]),
+    )
     records = [bytes.fromhex(r) for r in v["records"]]
     if v["wantErr"]:
         with pytest.raises(ChainError, match=v["errContains"]):
@@ -32,9 +35,11 @@ def test_chain_vector(path: Path) -> None:
         chain.verify(v["tenant"], v["callId"], records, **kwargs)  # type: ignore[arg-type]
 
 
-def test_vectors_are_what_the_generator_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                               ) -> None:
+def test_vectors_are_what_the_generator_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tests.vectors import make_chain_vectors as gen
+
     monkeypatch.setattr(gen, "OUT", tmp_path)
     gen.main()
     for path in _vectors():
@@ -45,6 +50,7 @@ def test_roles_are_domain_separated() -> None:
     # a genesis, a link and a seal over the "same" bytes never coincide, and
     # none is an RFC 6962 leaf or node hash of those bytes
     import hashlib
+
     g = chain.genesis("t", "c")
     link = chain.link(g, 0, b"x")
     sealed = chain.seal(g, 0, b"x")

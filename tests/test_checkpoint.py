@@ -188,8 +188,11 @@ def test_verify_with_another_keys_verifier_fails() -> None:
 
 
 def test_keys_whose_base64_holds_plus_signs_round_trip(tmp_path: Path) -> None:
-    seed = next(bytes([i]) * 32 for i in range(256)
-                if "+" in Signer.from_seed("k.test/log", bytes([i]) * 32).verifier_key()[20:])
+    seed = next(
+        bytes([i]) * 32
+        for i in range(256)
+        if "+" in Signer.from_seed("k.test/log", bytes([i]) * 32).verifier_key()[20:]
+    )
     s = Signer.from_seed("k.test/log", seed)
     assert checkpoint.parse_verifier_key(s.verifier_key()) == s.verifier
     assert checkpoint.verify(s.sign(3, bytes(32)), s.verifier_key()).size == 3

@@ -36,13 +36,41 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path
     run("sample", "-o", str(tmp / "call.pcap"), "--seconds", "5")
     server = start_server(tmp / "server-data")
     s = ("--server", server.address)
-    out = run(*s, "import", "--call-id", "c1", "--meta", "agent=ann", "--meta", "tags=vip,qa",
-              "--meta", "customer_number=+15557654321", str(tmp / "call.pcap")).stdout
+    out = run(
+        *s,
+        "import",
+        "--call-id",
+        "c1",
+        "--meta",
+        "agent=ann",
+        "--meta",
+        "tags=vip,qa",
+        "--meta",
+        "customer_number=+15557654321",
+        str(tmp / "call.pcap"),
+    ).stdout
     assert out.startswith("c1 sealed ") and len(out.split()[2]) == 64
-    run(*s, "import", "--call-id", "c2", "--meta", "agent=bob", "--meta",
-        "start=2030-01-02T09:00:00", str(tmp / "call.pcap"))
-    run("--data", str(tmp / "local"), "import", "--call-id", "c1", "--meta", "agent=ann",
-        str(tmp / "call.pcap"))
+    run(
+        *s,
+        "import",
+        "--call-id",
+        "c2",
+        "--meta",
+        "agent=bob",
+        "--meta",
+        "start=2030-01-02T09:00:00",
+        str(tmp / "call.pcap"),
+    )
+    run(
+        "--data",
+        str(tmp / "local"),
+        "import",
+        "--call-id",
+        "c1",
+        "--meta",
+        "agent=ann",
+        str(tmp / "call.pcap"),
+    )
     yield server, tmp
     server.stop()
 
@@ -57,8 +85,9 @@ def test_ls_json_and_filters(setup: tuple[Proc, Path]) -> None:
     assert [r["call_id"] for r in rows] == ["c1", "c2"]
     assert rows[1]["start"] == "2030-01-02T09:00:00+00:00" and rows[0]["state"] == "sealed"
     assert 4.9 < rows[0]["seconds"] < 5.1 and rows[0]["tags"] == ["vip", "qa"]
-    assert [r["call_id"] for r in json.loads(remote(server, "ls", "--agent", "bob", "--json")
-                                             .stdout)] == ["c2"]
+    assert [
+        r["call_id"] for r in json.loads(remote(server, "ls", "--agent", "bob", "--json").stdout)
+    ] == ["c2"]
     since = json.loads(remote(server, "ls", "--since", "2030-01-01T00:00:00", "--json").stdout)
     assert [r["call_id"] for r in since] == ["c2"]
     text = remote(server, "ls").stdout.splitlines()
@@ -113,14 +142,18 @@ def test_play_writes_what_export_writes(setup: tuple[Proc, Path], tmp_path: Path
     remote(server, "play", "c1", "-o", str(tmp_path / "p.wav"))
     exported = (tmp_path / "e.wav").read_bytes()
     assert (tmp_path / "p.wav").read_bytes() == exported
-    raw = subprocess.run([*CLI, "--server", server.address, "play", "c1"], capture_output=True,
-                         timeout=120).stdout
+    raw = subprocess.run(
+        [*CLI, "--server", server.address, "play", "c1"], capture_output=True, timeout=120
+    ).stdout
     assert raw == exported[44:]  # interleaved s16le, the WAV's data chunk
-    part = subprocess.run([*CLI, "--server", server.address, "play", "c1", "--from", "1",
-                           "--to", "2"], capture_output=True, timeout=120).stdout
+    part = subprocess.run(
+        [*CLI, "--server", server.address, "play", "c1", "--from", "1", "--to", "2"],
+        capture_output=True,
+        timeout=120,
+    ).stdout
     # from the middle: the decoder warms up on the frames before (playback.WARMUP_FRAMES),
     # so the range is sample for sample what the whole call's decode has there
-    assert part == exported[44 + 50 * 160 * 4:44 + 100 * 160 * 4]
+    assert part == exported[44 + 50 * 160 * 4 : 44 + 100 * 160 * 4]
     run("--data", str(tmp / "local"), "export", "c1", "-o", str(tmp_path / "le.wav"))
     run("--data", str(tmp / "local"), "play", "c1", "-o", str(tmp_path / "lp.wav"))
     assert (tmp_path / "lp.wav").read_bytes() == (tmp_path / "le.wav").read_bytes()
@@ -161,8 +194,16 @@ def test_import_wav_legs(setup: tuple[Proc, Path], tmp_path: Path) -> None:
     agent, customer = sample.dialogue(3.0)
     wav.write(tmp_path / "a.wav", [agent])
     wav.write(tmp_path / "c.wav", [customer])
-    out = remote(server, "import", "--call-id", "w1", "--meta", "start=2031-01-01T00:00:00",
-                 f"agent={tmp_path / 'a.wav'}", f"customer={tmp_path / 'c.wav'}").stdout
+    out = remote(
+        server,
+        "import",
+        "--call-id",
+        "w1",
+        "--meta",
+        "start=2031-01-01T00:00:00",
+        f"agent={tmp_path / 'a.wav'}",
+        f"customer={tmp_path / 'c.wav'}",
+    ).stdout
     assert out.startswith("w1 sealed ")
     doc = json.loads(remote(server, "info", "w1", "--json").stdout)
     assert doc["start"] == "2031-01-01T00:00:00+00:00" and doc["legs"] == ["agent", "customer"]
@@ -177,10 +218,12 @@ def test_admin_verbs(tmp_path: Path) -> None:
     try:
         remote(server, "import", "--call-id", "e1", str(tmp_path / "call.pcap"))
         assert remote(server, "rotate-key").stdout == (
-            "key-encryption key 2 active; 1 call key(s) re-wrapped, no audio rewritten\n")
+            "key-encryption key 2 active; 1 call key(s) re-wrapped, no audio rewritten\n"
+        )
         assert remote(server, "reindex").stdout.startswith("index rebuilt from the segments: ")
         assert remote(server, "erase", "e1", "--reason", "test").stdout == (
-            "e1 erased: its key is destroyed, a tombstone and a log leaf remain\n")
+            "e1 erased: its key is destroyed, a tombstone and a log leaf remain\n"
+        )
         doc = json.loads(remote(server, "info", "e1", "--json").stdout)
         assert doc["state"] == "erased" and doc["erased"]["reason"] == "test"
         p = remote(server, "erase", "e1", "--reason", "again", ok=False)

@@ -15,8 +15,9 @@ CLI = [sys.executable, "-m", "callvault.cli"]
 
 
 def cv(data: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([*CLI, "--data", str(data), *args], capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [*CLI, "--data", str(data), *args], capture_output=True, text=True, timeout=300
+    )
     if ok:
         assert p.returncode == 0, p.stderr
     return p
@@ -27,12 +28,33 @@ def vault_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("cli")
     sample.demo_capture(tmp / "call.pcap", seconds=5.0)
     data = tmp / "data"
-    out = cv(data, "import", "--call-id", "c1", "--meta", "agent=ann", "--meta", "tags=vip,qa",
-             "--meta", "customer_number=+15557654321", "--meta", "start=2026-11-01T09:00:00",
-             str(tmp / "call.pcap")).stdout
+    out = cv(
+        data,
+        "import",
+        "--call-id",
+        "c1",
+        "--meta",
+        "agent=ann",
+        "--meta",
+        "tags=vip,qa",
+        "--meta",
+        "customer_number=+15557654321",
+        "--meta",
+        "start=2026-11-01T09:00:00",
+        str(tmp / "call.pcap"),
+    ).stdout
     assert out.startswith("c1 sealed ") and len(out.split()[2]) == 64
-    cv(data, "import", "--call-id", "c2", "--meta", "agent=bob", "--meta",
-       "start=2026-11-02T09:00:00", str(tmp / "call.pcap"))
+    cv(
+        data,
+        "import",
+        "--call-id",
+        "c2",
+        "--meta",
+        "agent=bob",
+        "--meta",
+        "start=2026-11-02T09:00:00",
+        str(tmp / "call.pcap"),
+    )
     return data
 
 
@@ -40,10 +62,12 @@ def test_ls_filters(vault_dir: Path) -> None:
     rows = json.loads(cv(vault_dir, "ls", "--json").stdout)
     assert [r["call_id"] for r in rows] == ["c1", "c2"]
     assert rows[0]["start"] == "2026-11-01T09:00:00+00:00" and rows[0]["state"] == "sealed"
-    assert [r["call_id"] for r in json.loads(cv(vault_dir, "ls", "--agent", "bob", "--json")
-                                              .stdout)] == ["c2"]
-    assert [r["call_id"] for r in json.loads(cv(vault_dir, "ls", "--tag", "qa", "--json")
-                                              .stdout)] == ["c1"]
+    assert [
+        r["call_id"] for r in json.loads(cv(vault_dir, "ls", "--agent", "bob", "--json").stdout)
+    ] == ["c2"]
+    assert [
+        r["call_id"] for r in json.loads(cv(vault_dir, "ls", "--tag", "qa", "--json").stdout)
+    ] == ["c1"]
     since = json.loads(cv(vault_dir, "ls", "--since", "2026-11-01T12:00:00", "--json").stdout)
     assert [r["call_id"] for r in since] == ["c2"]
 
@@ -57,9 +81,21 @@ def test_info(vault_dir: Path) -> None:
 
 def test_export_and_verify(vault_dir: Path, tmp_path: Path) -> None:
     cv(vault_dir, "export", "c1", "-o", str(tmp_path / "c1.ogg"), "--from", "1", "--to", "3")
-    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
-                            "format=duration:stream=channels", "-of", "json",
-                            str(tmp_path / "c1.ogg")], capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration:stream=channels",
+            "-of",
+            "json",
+            str(tmp_path / "c1.ogg"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     doc = json.loads(probe.stdout)
     assert doc["streams"][0]["channels"] == 2 and abs(float(doc["format"]["duration"]) - 2) < 0.01
     assert "OK" in cv(vault_dir, "verify", "--all").stdout
@@ -70,15 +106,21 @@ def test_bundle_and_verify_bundle(vault_dir: Path, tmp_path: Path) -> None:
     cv(vault_dir, "bundle", "c1", "-o", str(tmp_path / "b"))
     key = tmp_path / "log.pub"
     key.write_text(cv(vault_dir, "checkpoint", "--public-key").stderr)
-    p = subprocess.run([*CLI, "verify-bundle", str(tmp_path / "b"), "--public-key", str(key)],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [*CLI, "verify-bundle", str(tmp_path / "b"), "--public-key", str(key)],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0 and "bundle verifies" in p.stdout, p.stdout
     rec = tmp_path / "b" / "records" / "000001"
     raw = bytearray(rec.read_bytes())
     raw[-3] ^= 0x10
     rec.write_bytes(bytes(raw))
-    p = subprocess.run([*CLI, "verify-bundle", str(tmp_path / "b"), "--public-key", str(key)],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [*CLI, "verify-bundle", str(tmp_path / "b"), "--public-key", str(key)],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 1 and "does NOT verify" in p.stdout and "record 1" in p.stdout
 
 
@@ -110,12 +152,15 @@ def test_erase_reindex_rotate(tmp_path: Path) -> None:
     cv(data, "export", "e2", "-o", str(tmp_path / "e2.ogg"))
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["info", "nope"], "no call nope"),
-    (["import", "--call-id", "z", "--meta", "colour=red", "x.pcap"], "KEY=VALUE"),
-    (["ls", "--since", "yesterday"], "not a time"),
-    (["verify"], "--all"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["info", "nope"], "no call nope"),
+        (["import", "--call-id", "z", "--meta", "colour=red", "x.pcap"], "KEY=VALUE"),
+        (["ls", "--since", "yesterday"], "not a time"),
+        (["verify"], "--all"),
+    ],
+)
 def test_bad_requests_are_one_clear_line(vault_dir: Path, args: list[str], message: str) -> None:
     p = cv(vault_dir, *args, ok=False)
     assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr

@@ -116,9 +116,16 @@ def test_subtree_consistency_vectors_all_pass() -> None:
 
 def test_vector_happy_paths_are_reproduced_by_our_proof_generator() -> None:
     # transparency-dev's test tree: leaf i's data is the i-th of these.
-    leaves = [b"", b"\x00", b"\x10", b"\x20\x21", b"\x30\x31", b"\x40\x41\x42\x43",
-              b"\x50\x51\x52\x53\x54\x55\x56\x57",
-              b"\x60\x61\x62\x63\x64\x65\x66\x67\x68\x69\x6a\x6b\x6c\x6d\x6e\x6f"]
+    leaves = [
+        b"",
+        b"\x00",
+        b"\x10",
+        b"\x20\x21",
+        b"\x30\x31",
+        b"\x40\x41\x42\x43",
+        b"\x50\x51\x52\x53\x54\x55\x56\x57",
+        b"\x60\x61\x62\x63\x64\x65\x66\x67\x68\x69\x6a\x6b\x6c\x6d\x6e\x6f",
+    ]
     hashes = [merkle.leaf_hash(x) for x in leaves]
     checked = 0
     for f in sorted((TESTDATA / "inclusion").glob("[0-9]/happy-path.json")):
@@ -243,9 +250,11 @@ def test_subtree_consistency_from_zero_equals_rfc_consistency_proof() -> None:
 
 
 def _mutations(proof: list[bytes]) -> list[list[bytes]]:
-    out = [proof[:-1], proof[1:], [*proof, proof[-1]], [bytes(32), *proof]] if proof else [
-        [bytes(32)]
-    ]
+    out = (
+        [proof[:-1], proof[1:], [*proof, proof[-1]], [bytes(32), *proof]]
+        if proof
+        else [[bytes(32)]]
+    )
     for i in range(len(proof)):
         flipped = bytearray(proof[i])
         flipped[7] ^= 0x10
@@ -364,9 +373,7 @@ def test_log_roots_and_proofs_equal_the_in_memory_tree(tmp_path: Path) -> None:
             for i in range(size):
                 assert log.inclusion_proof(i, size) == merkle.inclusion_proof(hs[:size], i)
             for old in range(size + 1):
-                assert log.consistency_proof(old, size) == merkle.consistency_proof(
-                    hs[:size], old
-                )
+                assert log.consistency_proof(old, size) == merkle.consistency_proof(hs[:size], old)
         assert [log.leaf_hash(i) for i in range(n)] == hs
 
 

@@ -92,7 +92,8 @@ def test_kernel_timestamps_are_arrival_instants(pair: tuple[socket.socket, socke
 
 
 def test_without_timestamps_arrival_is_the_read_time(
-        pair: tuple[socket.socket, socket.socket]) -> None:
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
     rx, tx = pair
     tx.send(b"a" * 40)
     time.sleep(0.1)
@@ -102,7 +103,8 @@ def test_without_timestamps_arrival_is_the_read_time(
 
 
 def test_oversized_datagram_is_counted_and_dropped(
-        pair: tuple[socket.socket, socket.socket]) -> None:
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
     rx, tx = pair
     tx.send(b"a" * 100)
     tx.send(b"B" * 3000)

@@ -183,8 +183,9 @@ def test_writer_rejects_trim_beyond_written(tmp_path: Path) -> None:
 def test_large_comment_header_spans_pages(tmp_path: Path) -> None:
     path = tmp_path / "tags.opus"
     e = _opus.Encoder()
-    with ogg.OggOpusWriter(path, channels=1, pre_skip=e.lookahead,
-                           comments={"NOTE": "x" * 70000}) as w:
+    with ogg.OggOpusWriter(
+        path, channels=1, pre_skip=e.lookahead, comments={"NOTE": "x" * 70000}
+    ) as w:
         for _ in range(60):
             w.write_packet(e.encode(np.zeros(160, np.int16)))
     res = subprocess.run(["opusinfo", str(path)], capture_output=True, text=True)
@@ -214,15 +215,18 @@ def _toc_gated(x: np.ndarray) -> tuple[bytes, np.ndarray, int]:
 
 def _per_leg_pesq(path: Path, legs: tuple[np.ndarray, np.ndarray]) -> dict[str, list[float]]:
     out = {}
-    for name, pcm in (("opusdec", audio.decode_opusdec(path, 2)),
-                      ("ffmpeg", audio.decode_ffmpeg(path, 2))):
+    for name, pcm in (
+        ("opusdec", audio.decode_opusdec(path, 2)),
+        ("ffmpeg", audio.decode_ffmpeg(path, 2)),
+    ):
         y = audio.resample_48k_to_8k(pcm)
         out[name] = [audio.pesq_nb(legs[c], y[:, c]) for c in (0, 1)]
     return out
 
 
-def _write_dual(path: Path, a: tuple[bytes, np.ndarray], b: tuple[bytes, np.ndarray],
-                pre: int, n: int) -> None:
+def _write_dual(
+    path: Path, a: tuple[bytes, np.ndarray], b: tuple[bytes, np.ndarray], pre: int, n: int
+) -> None:
     data, lengths = _opus.pack_multistream(*a, *b)
     with ogg.OggOpusWriter(path, channels=2, pre_skip=pre) as w:
         w.write_packets(data, lengths)

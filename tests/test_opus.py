@@ -291,18 +291,28 @@ def silence_table(seconds: float = 60.0) -> list[dict[str, Any]]:
         options["b: libopus DTX"] = _opus.Encoder(dtx=True).encode_frames(f)
         pk = split(*_opus.Encoder(dtx=True).encode_frames(f))
         options["c1: VAD -> TOC-only (PLC/CNG)"] = join(
-            [p if gate[i] else p[:1] for i, p in enumerate(pk)])
+            [p if gate[i] else p[:1] for i, p in enumerate(pk)]
+        )
         options["c2: VAD -> 8 kb/s in silence+DTX"] = _encode_vad_bitrate(f, gate, 8000, True)
         options["c3: VAD -> 7 kb/s in silence"] = _encode_vad_bitrate(f, gate, 7000, False)
         options["c4: VAD -> max 16 B in silence"] = _opus.Encoder(dtx=False).encode_frames(
-            f, max_bytes=np.where(gate, 4000, 16))
+            f, max_bytes=np.where(gate, 4000, 16)
+        )
         base = None
         for label, (d, lens) in options.items():
             q = audio.pesq_nb(x, decode_8k(d, lens, len(x)))
             base = base or (len(d), q)
-            rows.append({"leg": name, "option": label, "bytes": len(d),
-                         "saved": 1 - len(d) / base[0], "pesq": q, "lost": base[1] - q,
-                         "toc_only": int(np.sum(lens <= 2))})
+            rows.append(
+                {
+                    "leg": name,
+                    "option": label,
+                    "bytes": len(d),
+                    "saved": 1 - len(d) / base[0],
+                    "pesq": q,
+                    "lost": base[1] - q,
+                    "toc_only": int(np.sum(lens <= 2)),
+                }
+            )
     return rows
 
 
@@ -326,8 +336,10 @@ def _encode_vad_bitrate(
 def test_silence_policy_meets_target() -> None:
     rows = silence_table()
     for r in rows:
-        print(f"{r['leg']} {r['option']:32s} bytes {r['bytes']:6d} saved {100 * r['saved']:5.1f}% "
-              f"PESQ {r['pesq']:.3f} lost {r['lost']:+.3f} TOC-only {r['toc_only']}")
+        print(
+            f"{r['leg']} {r['option']:32s} bytes {r['bytes']:6d} saved {100 * r['saved']:5.1f}% "
+            f"PESQ {r['pesq']:.3f} lost {r['lost']:+.3f} TOC-only {r['toc_only']}"
+        )
     chosen = [r for r in rows if str(r["option"]).startswith("c2")]
     for r in chosen:  # target: >= 25 % saved, <= 0.2 PESQ-NB lost, per leg
         assert float(r["saved"]) >= 0.25 and float(r["lost"]) <= 0.2, r

@@ -41,12 +41,25 @@ def _bursts(rate: float, seed: int) -> tuple[tuple[float, int], ...]:
     return tuple(out)
 
 
-def _transcode(tmp: Path, legs: list[np.ndarray], settings: Settings, *, loss: float = 0.0,
-               reorder: float = 0.0) -> tuple[CallResult, np.ndarray]:
-    plans = [sample.LegPlan(ssrc=i + 1, jitter_ms=3, reorder=reorder,
-                            loss_bursts=_bursts(loss, i) if loss else (),
-                            src=(f"10.0.0.{i + 1}", 4000), dst=(f"10.0.0.{2 - i}", 5000))
-             for i in range(2)]
+def _transcode(
+    tmp: Path,
+    legs: list[np.ndarray],
+    settings: Settings,
+    *,
+    loss: float = 0.0,
+    reorder: float = 0.0,
+) -> tuple[CallResult, np.ndarray]:
+    plans = [
+        sample.LegPlan(
+            ssrc=i + 1,
+            jitter_ms=3,
+            reorder=reorder,
+            loss_bursts=_bursts(loss, i) if loss else (),
+            src=(f"10.0.0.{i + 1}", 4000),
+            dst=(f"10.0.0.{2 - i}", 5000),
+        )
+        for i in range(2)
+    ]
     cap = tmp / "call.pcap"
     sample.write_capture(cap, list(zip(legs, plans, strict=True)))
     call = run_call(parse_inputs([str(cap)]), settings)
@@ -59,12 +72,13 @@ def _pesq(ref: np.ndarray, decoded: np.ndarray) -> float:
     x, y = decoded.astype(np.float64), ref.astype(np.float64)
     off = int(np.argmax(np.correlate(x[:80_000], y[:79_200], mode="valid")))
     n = min(len(ref), len(decoded) - off)
-    return audio.pesq_nb(ref[:n], decoded[off:off + n])
+    return audio.pesq_nb(ref[:n], decoded[off : off + n])
 
 
 @pytest.fixture(scope="module")
-def clean(dialogue: tuple[list[np.ndarray], list[np.ndarray]],
-          tmp_path_factory: pytest.TempPathFactory) -> list[float]:
+def clean(
+    dialogue: tuple[list[np.ndarray], list[np.ndarray]], tmp_path_factory: pytest.TempPathFactory
+) -> list[float]:
     sent, ref = dialogue
     _, dec = _transcode(tmp_path_factory.mktemp("clean"), sent, Settings())
     return [_pesq(ref[ch], dec[:, ch]) for ch in range(2)]
@@ -76,8 +90,8 @@ def test_clean_speech_at_12kbps_keeps_intelligibility(clean: list[float]) -> Non
 
 
 def test_reordering_within_the_window_costs_nothing(
-        dialogue: tuple[list[np.ndarray], list[np.ndarray]], clean: list[float],
-        tmp_path: Path) -> None:
+    dialogue: tuple[list[np.ndarray], list[np.ndarray]], clean: list[float], tmp_path: Path
+) -> None:
     sent, ref = dialogue
     call, dec = _transcode(tmp_path, sent, Settings(), reorder=0.03)
     assert all(leg.summary()["lost"] == 0 and leg.rtp["late"] == 0 for leg in call.legs)
@@ -86,8 +100,8 @@ def test_reordering_within_the_window_costs_nothing(
 
 
 def test_burst_loss_and_reordering_degrade_a_little(
-        dialogue: tuple[list[np.ndarray], list[np.ndarray]], clean: list[float],
-        tmp_path: Path) -> None:
+    dialogue: tuple[list[np.ndarray], list[np.ndarray]], clean: list[float], tmp_path: Path
+) -> None:
     sent, ref = dialogue
     call, dec = _transcode(tmp_path, sent, Settings(), loss=0.02, reorder=0.03)
     for ch, leg in enumerate(call.legs):
@@ -100,7 +114,8 @@ def test_burst_loss_and_reordering_degrade_a_little(
 
 
 def test_concealment_beats_silence_fill(
-        dialogue: tuple[list[np.ndarray], list[np.ndarray]], tmp_path: Path) -> None:
+    dialogue: tuple[list[np.ndarray], list[np.ndarray]], tmp_path: Path
+) -> None:
     sent, ref = dialogue
     scores = {}
     for fill in ("conceal", "silence"):

@@ -36,8 +36,14 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
     return mod
 
 
-def feed(impl: ModuleType, packets: list[Arrived], *, end_us: int | None = None,
-         batch: int = 25, **opts: Any) -> Result:
+def feed(
+    impl: ModuleType,
+    packets: list[Arrived],
+    *,
+    end_us: int | None = None,
+    batch: int = 25,
+    **opts: Any,
+) -> Result:
     jb = impl.JitterBuffer(call_start_us=opts.pop("call_start_us", 0), **opts)
     r = run(jb, packets, batch_sizes=[batch], end_us=end_us)
     check_frames(r)
@@ -71,9 +77,19 @@ def flat(r: Result) -> np.ndarray:
 
 # -- RFC 3550 header -----------------------------------------------------------
 
+
 def test_parse_header_fields_with_csrc_extension_and_padding(impl: ModuleType) -> None:
-    p = build_packet(8, 65535, 0xFFFFFFFE, 0xDEADBEEF, b"abcdef", marker=True, csrcs=[1, 2, 3],
-                     extension=(0xBEDE, b"12345678"), padding=5)
+    p = build_packet(
+        8,
+        65535,
+        0xFFFFFFFE,
+        0xDEADBEEF,
+        b"abcdef",
+        marker=True,
+        csrcs=[1, 2, 3],
+        extension=(0xBEDE, b"12345678"),
+        padding=5,
+    )
     data, offs, lens = pack_batch([b"xx" + p[:0], p])
     out = impl.parse(data, offs, lens)
     assert out.valid.tolist() == [False, True]
@@ -83,7 +99,7 @@ def test_parse_header_fields_with_csrc_extension_and_padding(impl: ModuleType) -
     assert int(out.seq[1]) == 65535 and int(out.ts[1]) == 0xFFFFFFFE
     assert int(out.ssrc[1]) == 0xDEADBEEF
     off = int(out.payload_offset[1])
-    assert data[off:off + int(out.payload_length[1])] == b"abcdef"
+    assert data[off : off + int(out.payload_length[1])] == b"abcdef"
 
 
 MALFORMED_CASES = {
@@ -91,7 +107,8 @@ MALFORMED_CASES = {
     "bad_version": bytes([0x40]) + build_packet(0, 1, 1, 1, b"xx")[1:],
     "bad_csrc": bytes([0x83]) + build_packet(0, 1, 1, 1, b"abcdefgh")[1:],
     "bad_extension": (lambda p: p[:14] + b"\x00\x09" + p[16:])(
-        build_packet(0, 1, 1, 1, b"xy", extension=(1, b"abcd"))),
+        build_packet(0, 1, 1, 1, b"xy", extension=(1, b"abcd"))
+    ),
     "bad_padding": build_packet(0, 1, 1, 1, b"abc", padding=2)[:-1] + b"\x09",
     "empty_payload": build_packet(0, 1, 1, 1, b""),
     "bad_event": build_packet(101, 1, 1, 1, b"\x01\x02"),
@@ -120,8 +137,7 @@ def test_padding_zero_count_is_malformed(impl: ModuleType) -> None:
 def test_input_mismatched_array_lengths_raise(impl: ModuleType) -> None:
     jb = impl.JitterBuffer(call_start_us=0)
     with pytest.raises(ValueError, match="arrival_us has 1 entries but offsets has 2"):
-        jb.push(b"\x00" * 24, np.array([0, 12]), np.array([12, 12], dtype=np.int32),
-                np.array([0]))
+        jb.push(b"\x00" * 24, np.array([0, 12]), np.array([12, 12], dtype=np.int32), np.array([0]))
     with pytest.raises(ValueError, match="offsets has 2 entries but lengths has 1"):
         impl.parse(b"\x00" * 24, np.array([0, 12]), np.array([12], dtype=np.int32))
 
@@ -129,8 +145,9 @@ def test_input_mismatched_array_lengths_raise(impl: ModuleType) -> None:
 def test_input_packet_outside_buffer_raises(impl: ModuleType) -> None:
     jb = impl.JitterBuffer(call_start_us=0)
     with pytest.raises(ValueError, match="packet 1: offset 20 \\+ length 12 runs past the end"):
-        jb.push(b"\x00" * 24, np.array([0, 20]), np.array([12, 12], dtype=np.int32),
-                np.array([0, 0]))
+        jb.push(
+            b"\x00" * 24, np.array([0, 20]), np.array([12, 12], dtype=np.int32), np.array([0, 0])
+        )
     with pytest.raises(ValueError, match="negative offset"):
         impl.parse(b"\x00" * 24, np.array([-1]), np.array([12], dtype=np.int32))
     with pytest.raises(ValueError, match="must hold integers"):
@@ -147,6 +164,7 @@ def test_bad_options_raise(impl: ModuleType) -> None:
 
 
 # -- wraps ----------------------------------------------------------------------
+
 
 def _continuous(impl: ModuleType, seq: int, ts: int) -> None:
     s = Sender(seq=seq, ts=ts)
@@ -170,6 +188,7 @@ def test_sequence_and_timestamp_wrap_together(impl: ModuleType) -> None:
 
 
 # -- reordering, duplicates, late --------------------------------------------------
+
 
 def test_reordering_within_window_restores_order(impl: ModuleType) -> None:
     s = Sender()
@@ -248,6 +267,7 @@ def test_late_straddling_packet_keeps_unemitted_part(impl: ModuleType) -> None:
 
 # -- loss, fill, silence --------------------------------------------------------------
 
+
 def test_single_loss_filled_with_silence(impl: ModuleType) -> None:
     s = Sender()
     talk(s, 30)
@@ -263,8 +283,11 @@ def test_single_loss_off_the_frame_grid_is_a_gap(impl: ModuleType) -> None:
     # lost packet covers the end of one frame and the start of the next.
     s = Sender()
     talk(s, 30)
-    r = feed(impl, network(s.out, random.Random(1), base_us=5_000, drop=[7]),
-             end_us=round(s.t_us) + 5_000)
+    r = feed(
+        impl,
+        network(s.out, random.Random(1), base_us=5_000, drop=[7]),
+        end_us=round(s.t_us) + 5_000,
+    )
     assert r.gaps == [(7, 2)], r.gaps
     assert r.stats["partial_frames"] == 2 and r.stats["lost_frames"] == 0
     assert r.kind[7:9].tolist() == [AUDIO, AUDIO]
@@ -275,8 +298,7 @@ def test_single_loss_off_the_frame_grid_is_a_gap(impl: ModuleType) -> None:
 def test_flush_to_call_end_is_silence_not_loss(impl: ModuleType) -> None:
     s = Sender()
     talk(s, 30)
-    r = feed(impl, network(s.out, random.Random(1), base_us=5_000),
-             end_us=round(s.t_us) + 300_000)
+    r = feed(impl, network(s.out, random.Random(1), base_us=5_000), end_us=round(s.t_us) + 300_000)
     assert r.gaps == [] and r.stats["lost_frames"] == 0
     assert r.kind[-14:].tolist() == [SILENCE] * 14 and len(r.index) == 45
 
@@ -284,16 +306,18 @@ def test_flush_to_call_end_is_silence_not_loss(impl: ModuleType) -> None:
 def test_burst_loss(impl: ModuleType) -> None:
     s = Sender()
     talk(s, 40)
-    r = feed(impl, network(s.out, random.Random(1), base_us=0, drop=range(10, 16)),
-             end_us=round(s.t_us))
+    r = feed(
+        impl, network(s.out, random.Random(1), base_us=0, drop=range(10, 16)), end_us=round(s.t_us)
+    )
     assert r.gaps == [(10, 6)] and r.kind[10:16].tolist() == [LOST] * 6
 
 
 def test_long_gap_loss(impl: ModuleType) -> None:
     s = Sender()
     talk(s, 400)  # 8 s; 5 s of it lost
-    r = feed(impl, network(s.out, random.Random(1), base_us=0, drop=range(50, 300)),
-             end_us=round(s.t_us))
+    r = feed(
+        impl, network(s.out, random.Random(1), base_us=0, drop=range(50, 300)), end_us=round(s.t_us)
+    )
     assert r.gaps == [(50, 250)] and r.stats["lost_frames"] == 250
     assert r.stats["resets"] == 0 and len(r.index) == 400
 
@@ -301,16 +325,23 @@ def test_long_gap_loss(impl: ModuleType) -> None:
 def test_gaps_merge_contiguous_runs(impl: ModuleType) -> None:
     s = Sender()
     talk(s, 40)
-    r = feed(impl, network(s.out, random.Random(1), base_us=0, drop=[5, 6, 7, 20, 30, 31]),
-             end_us=round(s.t_us))
+    r = feed(
+        impl,
+        network(s.out, random.Random(1), base_us=0, drop=[5, 6, 7, 20, 30, 31]),
+        end_us=round(s.t_us),
+    )
     assert r.gaps == [(5, 3), (20, 1), (30, 2)]
 
 
 def test_conceal_fill_repeats_last_frame_with_decaying_gain(impl: ModuleType) -> None:
     s = Sender()
     talk(s, 30)
-    r = feed(impl, network(s.out, random.Random(1), base_us=0, drop=range(10, 16)),
-             end_us=round(s.t_us), fill="conceal")
+    r = feed(
+        impl,
+        network(s.out, random.Random(1), base_us=0, drop=range(10, 16)),
+        end_us=round(s.t_us),
+        fill="conceal",
+    )
     last = r.pcm[9].astype(np.int32)
     for k, g in enumerate((24576, 16384, 8192, 0, 0, 0)):
         assert np.array_equal(r.pcm[10 + k], ((last * g) >> 15).astype(np.int16))
@@ -350,6 +381,7 @@ def test_loss_inside_talkspurt_after_dtx_still_loss(impl: ModuleType) -> None:
 
 # -- anchoring -------------------------------------------------------------------------
 
+
 def test_first_packet_anchored_at_arrival(impl: ModuleType) -> None:
     s = Sender(t_us=1_000_000)  # the leg starts 1 s into the call
     talk(s, 10)
@@ -376,7 +408,7 @@ def test_ssrc_change_reanchors_and_continues(impl: ModuleType) -> None:
     assert r.stats["ssrc_changes"] == 1 and r.stats["resets"] == 0
     # the new stream is anchored from its first packet's arrival (up to 5 ms of jitter)
     assert len(r.index) in (40, 41) and r.gaps == []
-    assert np.array_equal(flat(r)[:20 * FRAME], decoded([ramp_payload(k) for k in range(20)]))
+    assert np.array_equal(flat(r)[: 20 * FRAME], decoded([ramp_payload(k) for k in range(20)]))
     assert int((r.kind == AUDIO).sum()) >= 39
 
 
@@ -411,8 +443,9 @@ def test_single_bogus_timestamp_does_not_move_the_leg(impl: ModuleType) -> None:
     pkts[20] = Arrived(bytes(bad), pkts[20].arrival_us, "bogus")
     r = feed(impl, pkts, end_us=round(s.t_us))
     assert r.stats["resets"] == 2 and len(r.index) == 40  # away and back again
-    assert np.array_equal(r.pcm[30:], decoded([ramp_payload(k) for k in range(30, 40)])
-                          .reshape(10, FRAME))
+    assert np.array_equal(
+        r.pcm[30:], decoded([ramp_payload(k) for k in range(30, 40)]).reshape(10, FRAME)
+    )
 
 
 def test_sequence_jump_with_consistent_timestamp_keeps_timeline(impl: ModuleType) -> None:
@@ -437,8 +470,12 @@ def test_old_sequence_with_wild_timestamp_is_inconsistent(impl: ModuleType) -> N
 
 # -- packet sizes ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ptime", [80, 160, 240, 320, 480, 136, 1, 8000],
-                         ids=["10ms", "20ms", "30ms", "40ms", "60ms", "17ms", "1sample", "1s"])
+
+@pytest.mark.parametrize(
+    "ptime",
+    [80, 160, 240, 320, 480, 136, 1, 8000],
+    ids=["10ms", "20ms", "30ms", "40ms", "60ms", "17ms", "1sample", "1s"],
+)
 def test_repack_packet_duration_into_20ms_frames(impl: ModuleType, ptime: int) -> None:
     s = Sender()
     n = max(2, 4800 // ptime) if ptime > 1 else 400
@@ -452,6 +489,7 @@ def test_repack_packet_duration_into_20ms_frames(impl: ModuleType, ptime: int) -
 
 # -- payload types -------------------------------------------------------------------------
 
+
 def test_payload_type_change_pcmu_pcma(impl: ModuleType) -> None:
     s = Sender()
     talk(s, 10)
@@ -461,9 +499,13 @@ def test_payload_type_change_pcmu_pcma(impl: ModuleType) -> None:
     talk(s, 10, start=20)
     r = feed(impl, deliver(s), end_us=round(s.t_us))
     assert r.stats["payload_type_changes"] == 2
-    want = np.concatenate([decoded([ramp_payload(k) for k in range(10)]),
-                           decoded([ramp_payload(k) for k in range(10, 20)], PT_PCMA),
-                           decoded([ramp_payload(k) for k in range(20, 30)])])
+    want = np.concatenate(
+        [
+            decoded([ramp_payload(k) for k in range(10)]),
+            decoded([ramp_payload(k) for k in range(10, 20)], PT_PCMA),
+            decoded([ramp_payload(k) for k in range(20, 30)]),
+        ]
+    )
     assert np.array_equal(flat(r), want)
 
 
@@ -472,13 +514,15 @@ def test_unsupported_payload_type_dropped(impl: ModuleType, pt: int) -> None:
     s = Sender()
     talk(s, 10)
     pkts = deliver(s)
-    pkts.insert(3, Arrived(build_packet(pt, 5000, 0, s.ssrc, b"\x01" * 20),
-                           pkts[3].arrival_us, "other"))
+    pkts.insert(
+        3, Arrived(build_packet(pt, 5000, 0, s.ssrc, b"\x01" * 20), pkts[3].arrival_us, "other")
+    )
     r = feed(impl, pkts, end_us=round(s.t_us))
     assert r.stats["unsupported_payload_type"] == 1 and r.stats["audio_packets"] == 10
 
 
 # -- telephone events ------------------------------------------------------------------------
+
 
 def test_telephone_event_digit_start_and_duration(impl: ModuleType) -> None:
     s = Sender()
@@ -537,11 +581,13 @@ SECOND_MARK = b"\x80" * FRAME  # loudest mu-law code: marks the first packet of 
 QUIET = b"\xff" * FRAME  # mu-law zero
 
 
-def _drift_leg(ppm: float, seconds: int,
-               rng: random.Random) -> tuple[list[Arrived], int, list[float]]:
+def _drift_leg(
+    ppm: float, seconds: int, rng: random.Random
+) -> tuple[list[Arrived], int, list[float]]:
     """A leg whose first packet of each second is loud; returns the marks' capture times."""
-    s = Sender(ssrc=rng.getrandbits(32), seq=rng.randrange(65536), ts=rng.getrandbits(32),
-               clock_ppm=ppm)
+    s = Sender(
+        ssrc=rng.getrandbits(32), seq=rng.randrange(65536), ts=rng.getrandbits(32), clock_ppm=ppm
+    )
     next_mark = 0
     marks: list[float] = []
     while s.t_us < seconds * 1_000_000:
@@ -621,7 +667,7 @@ def test_delayed_first_packet_is_corrected(impl: ModuleType) -> None:
     # after the correction all the audio sits where it was captured (+2 ms network delay)
     want = decoded([ramp_payload(k) for k in range(300)])
     x = flat(r)
-    assert np.array_equal(x[16:300 * FRAME + 16], want)
+    assert np.array_equal(x[16 : 300 * FRAME + 16], want)
 
 
 def test_two_legs_with_different_packet_sizes_align(impl: ModuleType) -> None:
@@ -641,17 +687,27 @@ def test_two_legs_with_different_packet_sizes_align(impl: ModuleType) -> None:
 
 # -- output discipline --------------------------------------------------------------------------
 
+
 def test_frames_never_go_backwards_or_repeat(impl: ModuleType) -> None:
     s = Sender()
     talk(s, 200)
-    pkts = network(s.out, random.Random(3), base_us=0, jitter_us=150_000, loss=0.05, dup=0.05,
-                   steady_first=True)
+    pkts = network(
+        s.out,
+        random.Random(3),
+        base_us=0,
+        jitter_us=150_000,
+        loss=0.05,
+        dup=0.05,
+        steady_first=True,
+    )
     jb = impl.JitterBuffer(call_start_us=0)
     nxt = 0
     for i in range(0, len(pkts), 7):
-        chunk = pkts[i:i + 7]
-        fr = jb.push(*pack_batch([p.data for p in chunk]),
-                     np.array([p.arrival_us for p in chunk], dtype=np.int64))
+        chunk = pkts[i : i + 7]
+        fr = jb.push(
+            *pack_batch([p.data for p in chunk]),
+            np.array([p.arrival_us for p in chunk], dtype=np.int64),
+        )
         assert np.array_equal(fr.index, np.arange(nxt, nxt + len(fr)))
         nxt += len(fr)
     fr = jb.flush(round(s.t_us))
@@ -698,8 +754,9 @@ def test_empty_push_returns_empty_frames(impl: ModuleType) -> None:
 def test_stats_accounting_invariant_under_impairments(impl: ModuleType) -> None:
     s = Sender()
     talk(s, 300)
-    pkts = network(s.out, random.Random(9), base_us=0, jitter_us=400_000, loss=0.1, dup=0.2,
-                   steady_first=True)
+    pkts = network(
+        s.out, random.Random(9), base_us=0, jitter_us=400_000, loss=0.1, dup=0.2, steady_first=True
+    )
     pkts.insert(5, Arrived(b"\x00" * 5, pkts[5].arrival_us, "bad"))
     r = feed(impl, pkts, end_us=round(s.t_us))
     check_accounting(r.stats)
@@ -710,6 +767,7 @@ def test_stats_accounting_invariant_under_impairments(impl: ModuleType) -> None:
 
 
 # -- anchor settling and backward drift (bursty / early senders) ----------------------------------
+
 
 def mulaw_noise(n: int, seed: int) -> bytes:
     """Random mu-law bytes 0x01..0x3F: all decode to non-zero samples (0x7F, 0xFF are zero)."""
@@ -726,8 +784,8 @@ def assert_whole_once(r: Result, payload: bytes, at: int) -> None:
     """The output is silence, then every sample of ``payload`` in order once, then silence."""
     x = flat(r)
     want = decoded([payload])
-    assert np.array_equal(x[at:at + len(want)], want), "sent audio not found whole and in order"
-    assert not x[:at].any() and not x[at + len(want):].any()
+    assert np.array_equal(x[at : at + len(want)], want), "sent audio not found whole and in order"
+    assert not x[:at].any() and not x[at + len(want) :].any()
 
 
 def test_bursty_early_sender_loses_nothing(impl: ModuleType) -> None:
@@ -784,7 +842,7 @@ def test_settling_never_moves_a_stream_before_the_previous_streams_end(impl: Mod
     s = Sender()
     first = mulaw_noise(3200, 3)  # 400 ms in 20 ms packets, on time
     for k in range(20):
-        s.audio(first[k * FRAME:(k + 1) * FRAME])
+        s.audio(first[k * FRAME : (k + 1) * FRAME])
     # a transfer: a bursty sender (new SSRC) whose first block starts 212.5 ms after
     # the old stream's end; its anchor (1460 samples ending at 612.5 ms) lands 240 samples
     # after that end, and its 588-sample packet asks to settle 588 samples earlier
@@ -796,7 +854,7 @@ def test_settling_never_moves_a_stream_before_the_previous_streams_end(impl: Mod
     assert r.stats["anchor_adjustments"] == 1  # 240 samples, not 588
     x = flat(r)
     assert np.array_equal(x[:3200], decoded([first]))
-    assert np.array_equal(x[3200:3200 + 8192], decoded([second]))
+    assert np.array_equal(x[3200 : 3200 + 8192], decoded([second]))
 
 
 def pkt_end(s: Sender) -> int:
@@ -810,7 +868,7 @@ def _fast_talker(spurts: int, samples: int, *, dtx: bool) -> tuple[Sender, list[
         spurt = mulaw_noise(samples, 100 + k)
         out.append(spurt)
         for j in range(0, samples, FRAME):
-            s.audio(spurt[j:j + FRAME], marker=dtx and j == 0 and k > 0)
+            s.audio(spurt[j : j + FRAME], marker=dtx and j == 0 and k > 0)
         if dtx:
             s.silence_gap(1600)  # 200 ms of DTX after each talkspurt
     return s, out
@@ -825,8 +883,8 @@ def test_fast_sender_clock_drops_single_samples_not_packets(impl: ModuleType) ->
     # 0.1 % fast: about 8 samples a second are more than the call's real time holds
     assert 0.5 * 8 * 40 <= dropped <= 8 * 40
     x = flat(r)
-    x = x[np.flatnonzero(x)[0]:]
-    x = x[:np.flatnonzero(x)[-1] + 1]
+    x = x[np.flatnonzero(x)[0] :]
+    x = x[: np.flatnonzero(x)[-1] + 1]
     # the output is the sent audio with isolated one-sample deletions
     i = j = 0
     runs = []
@@ -854,7 +912,7 @@ def test_fast_sender_clock_takes_drift_from_dtx_silence(impl: ModuleType) -> Non
         want = decoded([spurt])
         found = np.flatnonzero(x[at:] != 0)
         start = at + int(found[0])
-        assert np.array_equal(x[start:start + len(want)], want), k
+        assert np.array_equal(x[start : start + len(want)], want), k
         at = start + len(want)
     # and the leg kept to the call's real time
     assert abs(len(x) - round(s.t_us * 8 / 1000)) <= FRAME

@@ -26,13 +26,19 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 def valid_packet(draw: st.DrawFn) -> bytes:
     pt = draw(st.sampled_from([0, 8, 13, 101, 9, 18]))
     n = draw(st.integers(0, 400))
-    words = st.binary(max_size=12).map(lambda b: b[:len(b) // 4 * 4])
+    words = st.binary(max_size=12).map(lambda b: b[: len(b) // 4 * 4])
     ext = draw(st.one_of(st.none(), st.tuples(st.integers(0, 0xFFFF), words)))
-    return build_packet(pt, draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 0xFFFFFFFF)),
-                        draw(st.sampled_from([1, 2, 0xFFFFFFFF])), bytes(n),
-                        marker=draw(st.booleans()),
-                        csrcs=draw(st.lists(st.integers(0, 5), max_size=3)),
-                        extension=ext, padding=draw(st.integers(0, 8)))
+    return build_packet(
+        pt,
+        draw(st.integers(0, 0xFFFF)),
+        draw(st.integers(0, 0xFFFFFFFF)),
+        draw(st.sampled_from([1, 2, 0xFFFFFFFF])),
+        bytes(n),
+        marker=draw(st.booleans()),
+        csrcs=draw(st.lists(st.integers(0, 5), max_size=3)),
+        extension=ext,
+        padding=draw(st.integers(0, 8)),
+    )
 
 
 @st.composite
@@ -44,7 +50,7 @@ def mutated_packet(draw: st.DrawFn) -> bytes:
             i = draw(st.integers(0, len(p) - 1))
             p[i] ^= 1 << draw(st.integers(0, 7))
         elif what == "truncate":
-            del p[draw(st.integers(0, len(p))):]
+            del p[draw(st.integers(0, len(p))) :]
         elif what == "csrc" and p:
             p[0] = (p[0] & 0xF0) | draw(st.integers(0, 15))  # lie about the CSRC count
         elif what == "ext_len" and len(p) >= 16:
@@ -52,15 +58,14 @@ def mutated_packet(draw: st.DrawFn) -> bytes:
             cc = p[0] & 0x0F
             at = 12 + 4 * cc + 2
             if at + 2 <= len(p):
-                p[at:at + 2] = draw(st.integers(0, 0xFFFF)).to_bytes(2, "big")
+                p[at : at + 2] = draw(st.integers(0, 0xFFFF)).to_bytes(2, "big")
         elif what == "pad" and p:
             p[0] |= 0x20
             p[-1] = draw(st.integers(0, 255))  # lie about the padding count
     return bytes(p)
 
 
-packets = st.lists(st.one_of(st.binary(max_size=64), mutated_packet(), valid_packet()),
-                   max_size=40)
+packets = st.lists(st.one_of(st.binary(max_size=64), mutated_packet(), valid_packet()), max_size=40)
 
 
 @FUZZ
@@ -69,8 +74,7 @@ def test_parse_never_crashes_and_twins_agree(raw: list[bytes]) -> None:
     data, offs, lens = pack_batch(raw)
     a = _rtp.parse(data, offs, lens)
     b = jitter_ref.parse(data, offs, lens)
-    for name in ("valid", "reason", "pt", "seq", "ts", "ssrc", "payload_offset",
-                 "payload_length"):
+    for name in ("valid", "reason", "pt", "seq", "ts", "ssrc", "payload_offset", "payload_length"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     assert np.array_equal(a.valid, a.reason == 0)
     ok = a.valid
@@ -80,16 +84,20 @@ def test_parse_never_crashes_and_twins_agree(raw: list[bytes]) -> None:
 
 
 @FUZZ
-@given(packets, st.lists(st.integers(0, 3_000_000), min_size=40, max_size=40),
-       st.integers(1, 9))
-def test_jitter_buffer_counts_every_packet_once(raw: list[bytes], times: list[int],
-                                                batch: int) -> None:
-    arrivals = sorted(times[:len(raw)])
+@given(packets, st.lists(st.integers(0, 3_000_000), min_size=40, max_size=40), st.integers(1, 9))
+def test_jitter_buffer_counts_every_packet_once(
+    raw: list[bytes], times: list[int], batch: int
+) -> None:
+    arrivals = sorted(times[: len(raw)])
     pkts = [Arrived(p, t, "fuzz") for p, t in zip(raw, arrivals, strict=True)]
     results = []
     for mod in (_rtp, jitter_ref):
-        r = run(mod.JitterBuffer(call_start_us=0, window_ms=100), pkts, batch_sizes=[batch],
-                end_us=3_000_000)
+        r = run(
+            mod.JitterBuffer(call_start_us=0, window_ms=100),
+            pkts,
+            batch_sizes=[batch],
+            end_us=3_000_000,
+        )
         check_frames(r)
         check_accounting(r.stats)
         assert r.stats["packets"] == len(raw)
@@ -103,10 +111,16 @@ def test_jitter_buffer_counts_every_packet_once(raw: list[bytes], times: list[in
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(160, 2400), st.integers(80, 2400), st.integers(0, 100_000),
-       st.integers(0, 20_000), st.integers(0, 2**32 - 1))
-def test_early_block_sender_loses_nothing(block: int, max_payload: int, first_delay_us: int,
-                                          base_us: int, seed: int) -> None:
+@given(
+    st.integers(160, 2400),
+    st.integers(80, 2400),
+    st.integers(0, 100_000),
+    st.integers(0, 20_000),
+    st.integers(0, 2**32 - 1),
+)
+def test_early_block_sender_loses_nothing(
+    block: int, max_payload: int, first_delay_us: int, base_us: int, seed: int
+) -> None:
     """Blocks of up to the window sent at once (when their first sample is due), cut into
     packets of any size, the first packet held up by up to 100 ms: every sample is kept."""
     rng = np.random.default_rng(seed)
@@ -115,9 +129,8 @@ def test_early_block_sender_loses_nothing(block: int, max_payload: int, first_de
     payload = bytes((rng.integers(0, 256, 24_000) & 0x3E | 0x01).astype(np.uint8))
     s = Sender(ssrc=seed, seq=seed & 0xFFFF, ts=seed, t_us=1_000_000)
     for i in range(0, len(payload), block):
-        s.block(payload[i:i + block], max_payload=max_payload)
-    pkts = network(s.out, random.Random(seed), base_us=base_us,
-                   first_delay_us=first_delay_us)
+        s.block(payload[i : i + block], max_payload=max_payload)
+    pkts = network(s.out, random.Random(seed), base_us=base_us, first_delay_us=first_delay_us)
     want = _g711.decode(payload, PT_PCMU)
     results = []
     for mod in (_rtp, jitter_ref):
@@ -128,8 +141,8 @@ def test_early_block_sender_loses_nothing(block: int, max_payload: int, first_de
         assert r.stats["drift_dropped_samples"] == 0
         x = r.pcm.reshape(-1)
         at = int(np.flatnonzero(x)[0])
-        assert np.array_equal(x[at:at + len(want)], want)
-        assert not x[at + len(want):].any()
+        assert np.array_equal(x[at : at + len(want)], want)
+        assert not x[at + len(want) :].any()
         results.append(r)
     a, b = results
     assert a.stats == b.stats and np.array_equal(a.pcm, b.pcm)

@@ -31,16 +31,22 @@ pytestmark = pytest.mark.timeout(300)
 SECONDS = 4.0
 
 
-def call_packets(seconds: float = SECONDS, *, seed: int = 3,
-                 t0: float = 1_790_000_000.0) -> list[remote.Packet]:
+def call_packets(
+    seconds: float = SECONDS, *, seed: int = 3, t0: float = 1_790_000_000.0
+) -> list[remote.Packet]:
     """A two-leg G.711 call as (arrival_us, leg, packet) in arrival order."""
     agent, customer = sample.dialogue(seconds, seed=seed)
     out: list[remote.Packet] = []
-    for leg, (pcm, plan) in enumerate([
+    for leg, (pcm, plan) in enumerate(
+        [
             (agent, sample.LegPlan(law=PT_PCMU, ssrc=0x11, jitter_ms=4)),
-            (customer, sample.LegPlan(law=PT_PCMA, ssrc=0x22, jitter_ms=6, start_offset_ms=3))]):
-        out.extend((round(at * 1e6), leg, p)
-                   for at, p in sample.rtp_packets(pcm, plan, t0=t0, seed=seed + leg))
+            (customer, sample.LegPlan(law=PT_PCMA, ssrc=0x22, jitter_ms=6, start_offset_ms=3)),
+        ]
+    ):
+        out.extend(
+            (round(at * 1e6), leg, p)
+            for at, p in sample.rtp_packets(pcm, plan, t0=t0, seed=seed + leg)
+        )
     out.sort(key=lambda x: (x[0], x[1]))
     return out
 
@@ -58,8 +64,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Pat
     sample.demo_capture(tmp / "call.pcap", seconds=5.0)
     data = tmp / "data"
     with Vault.open(data) as v:
-        v.import_call("c1", [str(tmp / "call.pcap")], agent="ann", tags=["vip"],
-                      customer_number="+15550001111")
+        v.import_call(
+            "c1",
+            [str(tmp / "call.pcap")],
+            agent="ann",
+            tags=["vip"],
+            customer_number="+15550001111",
+        )
         v.import_call("c2", [str(tmp / "call.pcap")], agent="bob")
     server = start_server(data)
     yield server, tmp
@@ -74,6 +85,7 @@ def client(served: tuple[Proc, Path]) -> Iterator[Client]:
 
 # -- Archive ---------------------------------------------------------------------------
 
+
 def test_search_filters_by_agent_and_tag(client: Client) -> None:
     assert {c.call_id for c in client.search()} >= {"c1", "c2"}
     assert [c.call_id for c in client.search(agent="ann")] == ["c1"]
@@ -83,8 +95,9 @@ def test_search_filters_by_agent_and_tag(client: Client) -> None:
 
 def test_get_call_with_summary_and_customer_number(client: Client) -> None:
     info = client.get_call("c1", include_summary=True, include_customer_number=True)
-    assert info.state == "sealed" and info.agent == "ann" and list(info.legs) == ["agent",
-                                                                                 "customer"]
+    assert (
+        info.state == "sealed" and info.agent == "ann" and list(info.legs) == ["agent", "customer"]
+    )
     assert info.customer_number == "+15550001111"
     assert len(info.seal) == 32 and info.log_index >= 0 and 245 <= info.frames <= 255
     legs = json.loads(info.summary_json)["legs"]
@@ -150,14 +163,16 @@ def test_export_failure_leaves_no_file(client: Client, tmp_path: Path) -> None:
 
 # -- Integrity -------------------------------------------------------------------------
 
+
 def test_checkpoint_and_inclusion_proof_verify(client: Client) -> None:
     cp = client.get_checkpoint()
     assert checkpoint.verify(cp.note, cp.verifier_key).size == cp.tree_size >= 2
     info = client.get_call("c2")
     proof = client.get_inclusion_proof("c2", tree_size=cp.tree_size)
     assert proof.leaf_index == info.log_index and proof.root_hash == cp.root_hash
-    merkle.verify_inclusion(proof.leaf_index, proof.tree_size, proof.leaf_hash,
-                            list(proof.path), proof.root_hash)
+    merkle.verify_inclusion(
+        proof.leaf_index, proof.tree_size, proof.leaf_hash, list(proof.path), proof.root_hash
+    )
     by_index = client.get_inclusion_proof(leaf_index=info.log_index, tree_size=cp.tree_size)
     assert by_index.leaf_hash == proof.leaf_hash
 
@@ -180,7 +195,9 @@ def test_get_bundle_writes_a_bundle_that_verifies(client: Client, tmp_path: Path
 def test_verify_streams_one_result_per_call(client: Client) -> None:
     results = list(client.verify(["c1", "c2"]))
     assert [(r.what, r.ok, list(r.problems)) for r in results] == [
-        ("call c1", True, []), ("call c2", True, [])]
+        ("call c1", True, []),
+        ("call c2", True, []),
+    ]
     assert all(r.ok for r in client.verify(all=True))
 
 
@@ -191,11 +208,13 @@ def test_stats_counts_calls(client: Client) -> None:
 
 # -- Ingest ----------------------------------------------------------------------------
 
+
 def test_record_acks_every_batch_then_seals(client: Client) -> None:
     packets = call_packets()
     acks: list[AckEvent] = []
-    rec = client.record("rec-1", ("agent", "customer"), meta={"agent": "zoe", "tags": "a,b"},
-                        on_ack=acks.append)
+    rec = client.record(
+        "rec-1", ("agent", "customer"), meta={"agent": "zoe", "tags": "a,b"}, on_ack=acks.append
+    )
     n = remote.send_call(rec, packets, 2)
     sealed = rec.end(timeout=120)
     assert len(sealed.seal) == 32 and abs(sealed.frames - SECONDS * 50) <= 3
@@ -232,11 +251,12 @@ def test_play_follow_on_open_call_hits_deadline(client: Client) -> None:
         for chunk in client.play("live-1", follow=True, timeout=2.0):
             got.append(chunk)
     assert got and all(c.live for c in got)
-    remote.send_call(rec, packets[len(half):], 2)
+    remote.send_call(rec, packets[len(half) :], 2)
     assert rec.end(timeout=120).frames > 0
 
 
 # -- retries ---------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -278,6 +298,7 @@ def test_erase_is_not_retried(late_server: tuple[str, list[Proc]]) -> None:
 
 # -- TLS -------------------------------------------------------------------------------
 
+
 def self_signed(tmp: Path) -> tuple[Path, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -287,20 +308,32 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
@@ -309,10 +342,25 @@ def start_tls_server(tmp: Path, cert: Path, key: Path) -> tuple[subprocess.Popen
     started here and awaited through a TLS client."""
     log, port_file = tmp / "tls-server.log", tmp / "tls-server.port"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*CLI, "serve", "--data", str(tmp / "tls-data"), "--listen",
-                                 "127.0.0.1:0", "--port-file", str(port_file),
-                                 "--tls-cert", str(cert), "--tls-key", str(key)],
-                                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        proc = subprocess.Popen(
+            [
+                *CLI,
+                "serve",
+                "--data",
+                str(tmp / "tls-data"),
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+                "--tls-cert",
+                str(cert),
+                "--tls-key",
+                str(key),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+        )
     port = wait_port_file(port_file, proc, log)
     return proc, f"127.0.0.1:{port}"
 
@@ -325,8 +373,10 @@ def test_tls_client_with_ca_connects_and_plaintext_fails(tmp_path: Path) -> None
             assert c.stats().calls == 0
         with Client(address, tls_ca=cert.read_bytes()) as c:  # PEM bytes work too
             assert list(c.search()) == []
-        with Client(address, retries=0, timeout=5) as plain, \
-                pytest.raises((errors.Unavailable, errors.DeadlineExceeded)):
+        with (
+            Client(address, retries=0, timeout=5) as plain,
+            pytest.raises((errors.Unavailable, errors.DeadlineExceeded)),
+        ):
             plain.stats()
     finally:
         proc.terminate()
@@ -350,25 +400,30 @@ def test_tls_for_the_cli_and_the_sidecar(tmp_path: Path) -> None:
     proc, address = start_tls_server(tmp_path, cert, key)
     sidecar = None
     try:
-        sidecar = start_sidecar(address, tmp_path / "spool", rtp_range(), tmp_path,
-                                args=("--tls-ca", str(cert)))
+        sidecar = start_sidecar(
+            address, tmp_path / "spool", rtp_range(), tmp_path, args=("--tls-ca", str(cert))
+        )
         ports = call_start(sidecar, "tls-1")
         pcm = sample.synthetic_speech(1.0, seed=3)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
             for port in ports.values():
-                for _, pkt in sample.rtp_packets(pcm, sample.LegPlan(jitter_ms=0), t0=0.0,
-                                                 seed=1):
+                for _, pkt in sample.rtp_packets(pcm, sample.LegPlan(jitter_ms=0), t0=0.0, seed=1):
                     tx.sendto(pkt, ("127.0.0.1", port))
         time.sleep(0.3)
         call_stop(sidecar, "tls-1")
         wait_sealed(sidecar, "tls-1")
-        ls = subprocess.run([*CLI, "--server", address, "--tls-ca", str(cert), "ls", "--json"],
-                            capture_output=True, text=True, timeout=60)
+        ls = subprocess.run(
+            [*CLI, "--server", address, "--tls-ca", str(cert), "ls", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert ls.returncode == 0, ls.stderr
         rows = json.loads(ls.stdout)
         assert [(r["call_id"], r["state"]) for r in rows] == [("tls-1", "sealed")]
-        plain = subprocess.run([*CLI, "--server", address, "ls"], capture_output=True,
-                               text=True, timeout=120)
+        plain = subprocess.run(
+            [*CLI, "--server", address, "ls"], capture_output=True, text=True, timeout=120
+        )
         assert plain.returncode == 1 and address in plain.stderr
     finally:
         if sidecar is not None:
@@ -378,6 +433,7 @@ def test_tls_for_the_cli_and_the_sidecar(tmp_path: Path) -> None:
 
 
 # -- reconnect -------------------------------------------------------------------------
+
 
 def test_recording_survives_server_sigkill(tmp_path: Path) -> None:
     data = tmp_path / "data"
@@ -392,7 +448,7 @@ def test_recording_survives_server_sigkill(tmp_path: Path) -> None:
             assert rec.acks.wait(n - 1, timeout=60)
             server.kill()
             server = start_server(data, port=server.port)
-            remote.send_call(rec, packets[len(first):], 2)
+            remote.send_call(rec, packets[len(first) :], 2)
             sealed = rec.end(timeout=120)
             assert rec.reconnects >= 1
             assert sealed.frames == clean.frames

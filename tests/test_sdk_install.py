@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, struct, sys
 from callvault_client import Client, errors
 
@@ -48,7 +48,7 @@ print(json.dumps({"calls": stats.calls, "ann": calls, "size": size, "not_found":
                   "frames": sealed.frames, "verified": verified,
                   "modules": sorted(m for m in ("numpy", "Cython", "callvault")
                                     if m in sys.modules)}))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +56,30 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new venv with only the callvault-client wheel (and what pip pulls for it)."""
     tmp = tmp_path_factory.mktemp("sdk-install")
     wheels = tmp / "wheels"
-    subprocess.run([str(VENV_BIN / "pip"), "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    str(ROOT / "clients" / "python"), "-w", str(wheels)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            str(VENV_BIN / "pip"),
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(ROOT / "clients" / "python"),
+            "-w",
+            str(wheels),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = wheels.glob("callvault_client-*.whl")
     venv = tmp / "venv"
     subprocess.run(["python3", "-m", "venv", str(venv)], check=True, timeout=300)
-    p = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     return venv
 
@@ -80,19 +96,33 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
 
 
 def test_fresh_venv_has_only_grpcio_and_protobuf(fresh_venv: Path) -> None:
-    p = subprocess.run([str(fresh_venv / "bin" / "python"), "-c",
-                        "import importlib.util as u, json; print(json.dumps([n for n in "
-                        "('numpy', 'Cython', 'callvault', 'grpc', 'google.protobuf', "
-                        "'callvault_client') if u.find_spec(n)]))"],
-                       capture_output=True, text=True, check=True, timeout=60)
+    p = subprocess.run(
+        [
+            str(fresh_venv / "bin" / "python"),
+            "-c",
+            "import importlib.util as u, json; print(json.dumps([n for n in "
+            "('numpy', 'Cython', 'callvault', 'grpc', 'google.protobuf', "
+            "'callvault_client') if u.find_spec(n)]))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert json.loads(p.stdout) == ["grpc", "google.protobuf", "callvault_client"]
 
 
-def test_fresh_venv_client_against_real_server(fresh_venv: Path, server: Proc,
-                                               tmp_path: Path) -> None:
+def test_fresh_venv_client_against_real_server(
+    fresh_venv: Path, server: Proc, tmp_path: Path
+) -> None:
     out = tmp_path / "c1.ogg"
-    p = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", SCRIPT, server.address,
-                        str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    p = subprocess.run(
+        [str(fresh_venv / "bin" / "python"), "-c", SCRIPT, server.address, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert r["calls"] == 1 and r["ann"] == ["c1"] and r["not_found"]

@@ -33,8 +33,9 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(capture: Path, tmp_path_factory: pytest.TempPathFactory
-              ) -> list[tuple[bytes, list[int]]]:
+def reference(
+    capture: Path, tmp_path_factory: pytest.TempPathFactory
+) -> list[tuple[bytes, list[int]]]:
     """What a local `callvault import` of the capture stores: per leg, packets."""
     with Vault.open(tmp_path_factory.mktemp("ref") / "vault") as v:
         v.import_call("ref", [str(capture)])
@@ -84,8 +85,9 @@ def record(address: str, feed: Feed, call_id: str, **kw: object) -> list[pb.Inge
         return list(pbg.IngestStub(ch).Record(feed.requests(call_id, **kw)))  # type: ignore[arg-type]
 
 
-def test_recorded_call_equals_local_import(server: Proc, capture: Path,
-                                           reference: list[tuple[bytes, list[int]]]) -> None:
+def test_recorded_call_equals_local_import(
+    server: Proc, capture: Path, reference: list[tuple[bytes, list[int]]]
+) -> None:
     feed = capture_feed(capture)
     replies = record(server.address, feed, "c1", agent="alex")
     kinds = [r.WhichOneof("msg") for r in replies]
@@ -103,9 +105,9 @@ def test_recorded_call_equals_local_import(server: Proc, capture: Path,
     assert stored(server.data or Path(), "c1") == reference
 
 
-def test_resent_batches_are_skipped_after_a_reconnect(server: Proc, capture: Path,
-                                                      reference: list[tuple[bytes, list[int]]]
-                                                      ) -> None:
+def test_resent_batches_are_skipped_after_a_reconnect(
+    server: Proc, capture: Path, reference: list[tuple[bytes, list[int]]]
+) -> None:
     feed = capture_feed(capture)
     half = len(feed.batches) // 2
     s = Stream(server.address)
@@ -123,8 +125,9 @@ def test_resent_batches_are_skipped_after_a_reconnect(server: Proc, capture: Pat
     assert stored(server.data or Path(), "c2") == reference
 
 
-def test_killed_server_resumes_by_replay(tmp_path: Path, capture: Path,
-                                         reference: list[tuple[bytes, list[int]]]) -> None:
+def test_killed_server_resumes_by_replay(
+    tmp_path: Path, capture: Path, reference: list[tuple[bytes, list[int]]]
+) -> None:
     srv = start_server(tmp_path / "data")
     feed = capture_feed(capture)
     s = Stream(srv.address)
@@ -150,8 +153,9 @@ def test_killed_server_resumes_by_replay(tmp_path: Path, capture: Path,
     assert stored(tmp_path / "data", "c3") == reference
 
 
-def test_sigterm_makes_encoded_audio_durable(tmp_path: Path, capture: Path,
-                                             reference: list[tuple[bytes, list[int]]]) -> None:
+def test_sigterm_makes_encoded_audio_durable(
+    tmp_path: Path, capture: Path, reference: list[tuple[bytes, list[int]]]
+) -> None:
     srv = start_server(tmp_path / "data")
     feed = capture_feed(capture)
     s = Stream(srv.address)
@@ -204,16 +208,22 @@ def test_search_get_call_and_proofs(server: Proc, capture: Path) -> None:
         proof = integ.GetInclusionProof(pb.InclusionProofRequest(call=pb.CallRef(call_id="s2")))
         assert proof.leaf_index == 1 and proof.root_hash == cp.root_hash
         from callvault.integrity import merkle
-        merkle.verify_inclusion(proof.leaf_index, proof.tree_size, proof.leaf_hash,
-                                       list(proof.path), proof.root_hash)
+
+        merkle.verify_inclusion(
+            proof.leaf_index, proof.tree_size, proof.leaf_hash, list(proof.path), proof.root_hash
+        )
         cons = integ.GetConsistencyProof(pb.ConsistencyProofRequest(old_size=1))
         assert cons.new_root == cp.root_hash
         merkle.verify_consistency(1, 2, cons.old_root, cons.new_root, list(cons.path))
         results = list(integ.Verify(pb.VerifyRequest(all=True)))
-        assert [(r.what, r.ok) for r in results] == [("segments", True), ("call s1", True),
-                                                     ("call s2", True)]
-        files = {c.name for c in integ.GetBundle(pb.GetBundleRequest(
-            call=pb.CallRef(call_id="s1")))}
+        assert [(r.what, r.ok) for r in results] == [
+            ("segments", True),
+            ("call s1", True),
+            ("call s2", True),
+        ]
+        files = {
+            c.name for c in integ.GetBundle(pb.GetBundleRequest(call=pb.CallRef(call_id="s1")))
+        }
         assert {"manifest.json", "call.ogg", "proof.json", "checkpoint.txt"} <= files
         st = pbg.AdminStub(ch).Stats(pb.StatsRequest())
         assert st.calls == 2 and st.open_calls == 0 and st.log_size == 2
@@ -231,10 +241,20 @@ def test_play_pcm_matches_the_export(server: Proc, capture: Path, tmp_path: Path
     with grpc.insecure_channel(server.address) as ch:
         a = pbg.ArchiveStub(ch)
         chunks = list(a.Play(pb.PlayRequest(call=pb.CallRef(call_id="p1"), format=pb.PCM)))
-        wav = b"".join(c.data for c in a.Export(pb.ExportRequest(
-            call=pb.CallRef(call_id="p1"), format=pb.WAV)))
-        part = list(a.Play(pb.PlayRequest(call=pb.CallRef(call_id="p1"), from_ms=2000,
-                                          to_ms=4000, format=pb.OPUS, frames_per_chunk=7)))
+        wav = b"".join(
+            c.data for c in a.Export(pb.ExportRequest(call=pb.CallRef(call_id="p1"), format=pb.WAV))
+        )
+        part = list(
+            a.Play(
+                pb.PlayRequest(
+                    call=pb.CallRef(call_id="p1"),
+                    from_ms=2000,
+                    to_ms=4000,
+                    format=pb.OPUS,
+                    frames_per_chunk=7,
+                )
+            )
+        )
     frames = sum(c.frames for c in chunks)
     pcm = [np.frombuffer(b"".join(c.legs[g].data for c in chunks), "<i2") for g in (0, 1)]
     assert all(len(p) == frames * 160 for p in pcm)
@@ -257,8 +277,13 @@ def test_play_follows_a_call_being_recorded(server: Proc, capture: Path) -> None
         pass
     got: list[pb.PlayChunk] = []
     ch = grpc.insecure_channel(server.address)
-    listener = threading.Thread(target=lambda: got.extend(pbg.ArchiveStub(ch).Play(
-        pb.PlayRequest(call=pb.CallRef(call_id="live"), follow=True), timeout=60)))
+    listener = threading.Thread(
+        target=lambda: got.extend(
+            pbg.ArchiveStub(ch).Play(
+                pb.PlayRequest(call=pb.CallRef(call_id="live"), follow=True), timeout=60
+            )
+        )
+    )
     listener.start()
     time.sleep(1.0)
     assert got and all(c.live for c in got)  # heard while recording
@@ -280,6 +305,7 @@ def test_play_follows_a_call_being_recorded(server: Proc, capture: Path) -> None
 
 
 # -- hostile and malformed requests --------------------------------------------------
+
 
 def status_of(fn: object) -> tuple[grpc.StatusCode, str]:
     try:
@@ -307,47 +333,95 @@ def test_malformed_requests_get_clear_errors(server: Proc, capture: Path) -> Non
         return lambda: ingest.Record(iter(reqs), timeout=30)
 
     def batch(**kw: object) -> pb.IngestRequest:
-        fields = {"seq": 0, "leg": 0, "packets": b0.packets, "lengths": list(b0.lengths),
-                  "arrival_us": list(b0.arrival_us), **kw}
+        fields = {
+            "seq": 0,
+            "leg": 0,
+            "packets": b0.packets,
+            "lengths": list(b0.lengths),
+            "arrival_us": list(b0.arrival_us),
+            **kw,
+        }
         return pb.IngestRequest(batch=pb.RtpBatch(**fields))  # type: ignore[arg-type]
 
     start = feed.start("bad")
     cases: list[tuple[object, grpc.StatusCode, str]] = [
-        (stream(pb.IngestRequest(batch=b0)), grpc.StatusCode.INVALID_ARGUMENT,
-         "first message of a Record stream must be a CallStart"),
-        (stream(pb.IngestRequest(start=pb.CallStart(call_id="x y", legs=[pb.LegSpec(
-            name="a")]))), grpc.StatusCode.INVALID_ARGUMENT, "call_id 'x y'"),
-        (stream(pb.IngestRequest(start=pb.CallStart(call_id="nolegs"))),
-         grpc.StatusCode.INVALID_ARGUMENT, "1 or 2 legs"),
+        (
+            stream(pb.IngestRequest(batch=b0)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "first message of a Record stream must be a CallStart",
+        ),
+        (
+            stream(
+                pb.IngestRequest(start=pb.CallStart(call_id="x y", legs=[pb.LegSpec(name="a")]))
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "call_id 'x y'",
+        ),
+        (
+            stream(pb.IngestRequest(start=pb.CallStart(call_id="nolegs"))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "1 or 2 legs",
+        ),
         (stream(start, batch(lengths=[])), grpc.StatusCode.INVALID_ARGUMENT, "no packets"),
-        (stream(start, batch(lengths=[5] * len(b0.lengths))), grpc.StatusCode.INVALID_ARGUMENT,
-         "add up to"),
-        (stream(start, batch(arrival_us=[1])), grpc.StatusCode.INVALID_ARGUMENT,
-         "arrival times"),
+        (
+            stream(start, batch(lengths=[5] * len(b0.lengths))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "add up to",
+        ),
+        (stream(start, batch(arrival_us=[1])), grpc.StatusCode.INVALID_ARGUMENT, "arrival times"),
         (stream(start, batch(leg=7)), grpc.StatusCode.INVALID_ARGUMENT, "leg 7 does not exist"),
         (stream(start, batch(seq=5)), grpc.StatusCode.FAILED_PRECONDITION, "batch 0 is next"),
-        (stream(start, batch(), pb.IngestRequest(end=pb.CallEnd(batches=9))),
-         grpc.StatusCode.INVALID_ARGUMENT, "9 batches were sent"),
+        (
+            stream(start, batch(), pb.IngestRequest(end=pb.CallEnd(batches=9))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "9 batches were sent",
+        ),
         (stream(start, start), grpc.StatusCode.INVALID_ARGUMENT, "a second CallStart"),
-        (lambda: pbg.ArchiveStub(ch).GetCall(pb.GetCallRequest(call=pb.CallRef(
-            call_id="nope"))), grpc.StatusCode.NOT_FOUND, "no call nope"),
-        (lambda: pbg.ArchiveStub(ch).GetCall(pb.GetCallRequest()),
-         grpc.StatusCode.INVALID_ARGUMENT, "call_id is required"),
-        (lambda: pbg.ArchiveStub(ch).Export(pb.ExportRequest(call=pb.CallRef(
-            call_id="bad"), format=pb.PCM)), grpc.StatusCode.INVALID_ARGUMENT, "OGG or WAV"),
-        (lambda: pbg.ArchiveStub(ch).Export(pb.ExportRequest(call=pb.CallRef(
-            call_id="bad"))), grpc.StatusCode.FAILED_PRECONDITION, "only sealed calls"),
-        (lambda: pbg.IntegrityStub(ch).GetConsistencyProof(pb.ConsistencyProofRequest(
-            old_size=5)), grpc.StatusCode.INVALID_ARGUMENT, "consistency from size 5"),
-        (lambda: pbg.AdminStub(ch).Erase(pb.EraseRequest(call=pb.CallRef(call_id="bad"))),
-         grpc.StatusCode.FAILED_PRECONDITION, "still being recorded"),
+        (
+            lambda: pbg.ArchiveStub(ch).GetCall(pb.GetCallRequest(call=pb.CallRef(call_id="nope"))),
+            grpc.StatusCode.NOT_FOUND,
+            "no call nope",
+        ),
+        (
+            lambda: pbg.ArchiveStub(ch).GetCall(pb.GetCallRequest()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "call_id is required",
+        ),
+        (
+            lambda: pbg.ArchiveStub(ch).Export(
+                pb.ExportRequest(call=pb.CallRef(call_id="bad"), format=pb.PCM)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "OGG or WAV",
+        ),
+        (
+            lambda: pbg.ArchiveStub(ch).Export(pb.ExportRequest(call=pb.CallRef(call_id="bad"))),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "only sealed calls",
+        ),
+        (
+            lambda: pbg.IntegrityStub(ch).GetConsistencyProof(
+                pb.ConsistencyProofRequest(old_size=5)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "consistency from size 5",
+        ),
+        (
+            lambda: pbg.AdminStub(ch).Erase(pb.EraseRequest(call=pb.CallRef(call_id="bad"))),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "still being recorded",
+        ),
         # wrong types: bytes that are not a GetCallRequest at all
-        (lambda: ch.unary_unary("/callvault.v1.Archive/GetCall")(
-            b"\xff\xff\xff\xff"),  # type: ignore[arg-type]
-         grpc.StatusCode.INVALID_ARGUMENT, "not a valid protobuf message"),
-        (lambda: ch.unary_unary("/callvault.v1.Archive/NoSuchMethod")(
-            b""),  # type: ignore[arg-type]
-         grpc.StatusCode.UNIMPLEMENTED, ""),
+        (
+            lambda: ch.unary_unary("/callvault.v1.Archive/GetCall")(b"\xff\xff\xff\xff"),  # type: ignore[arg-type]
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not a valid protobuf message",
+        ),
+        (
+            lambda: ch.unary_unary("/callvault.v1.Archive/NoSuchMethod")(b""),  # type: ignore[arg-type]
+            grpc.StatusCode.UNIMPLEMENTED,
+            "",
+        ),
     ]
     for fn, code, text in cases:
         got, details = status_of(fn)
@@ -358,17 +432,27 @@ def test_malformed_requests_get_clear_errors(server: Proc, capture: Path) -> Non
 
 def test_limits_and_a_stream_that_never_ends(tmp_path: Path, capture: Path) -> None:
     cfg = tmp_path / "server.json"
-    cfg.write_text(json.dumps({"max_message_bytes": 64 << 10, "ingest_idle_s": 2,
-                               "max_concurrent_rpcs": 3, "workers": 8}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "max_message_bytes": 64 << 10,
+                "ingest_idle_s": 2,
+                "max_concurrent_rpcs": 3,
+                "workers": 8,
+            }
+        )
+    )
     srv = start_server(tmp_path / "data", args=("--config", str(cfg)))
     try:
         feed = capture_feed(capture)
         ch = grpc.insecure_channel(srv.address)
         ingest = pbg.IngestStub(ch)
-        big = pb.RtpBatch(seq=0, leg=0, packets=b"\x80" * (100 << 10), lengths=[100 << 10],
-                          arrival_us=[1])
-        code, _ = status_of(lambda: ingest.Record(iter([feed.start("big"),
-                                                        pb.IngestRequest(batch=big)])))
+        big = pb.RtpBatch(
+            seq=0, leg=0, packets=b"\x80" * (100 << 10), lengths=[100 << 10], arrival_us=[1]
+        )
+        code, _ = status_of(
+            lambda: ingest.Record(iter([feed.start("big"), pb.IngestRequest(batch=big)]))
+        )
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         # a stream that starts and then says nothing: closed after the idle limit
         s = Stream(srv.address)
@@ -399,14 +483,22 @@ def test_health_and_reflection(server: Proc) -> None:
     with grpc.insecure_channel(server.address) as ch:
         h = health_pb2_grpc.HealthStub(ch)
         for name in ("", "callvault.v1.Ingest", "callvault.v1.Archive"):
-            assert h.Check(health_pb2.HealthCheckRequest(service=name)).status == \
-                health_pb2.HealthCheckResponse.SERVING
+            assert (
+                h.Check(health_pb2.HealthCheckRequest(service=name)).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
         r = reflection_pb2_grpc.ServerReflectionStub(ch)
-        reply = next(r.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-            list_services="")])))
+        reply = next(
+            r.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        )
         names = {s.name for s in reply.list_services_response.service}
-        assert {"callvault.v1.Ingest", "callvault.v1.Archive", "callvault.v1.Integrity",
-                "callvault.v1.Admin", "grpc.health.v1.Health"} <= names
+        assert {
+            "callvault.v1.Ingest",
+            "callvault.v1.Archive",
+            "callvault.v1.Integrity",
+            "callvault.v1.Admin",
+            "grpc.health.v1.Health",
+        } <= names
 
 
 def test_sigterm_turns_health_not_serving_and_exits(tmp_path: Path) -> None:

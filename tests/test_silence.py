@@ -42,8 +42,9 @@ def _run(legs: list[np.ndarray], settings: Settings, out: Path) -> tuple[list[Le
     scores = {}
     for name, pcm in decoded.items():
         assert abs(len(pcm) - results[0].frames * FRAME) <= 2
-        scores[name] = [audio.pesq_nb(ref[: len(pcm)], pcm[: len(ref), ch])
-                        for ch, ref in enumerate(legs)]
+        scores[name] = [
+            audio.pesq_nb(ref[: len(pcm)], pcm[: len(ref), ch]) for ch, ref in enumerate(legs)
+        ]
     return results, scores
 
 
@@ -54,10 +55,12 @@ def test_default_silence_handling_meets_target(legs: list[np.ndarray], tmp_path:
         saved = 1 - dflt[ch].opus_bytes / every[ch].opus_bytes
         lost = every_pesq["libopus"][ch] - dflt_pesq["libopus"][ch]
         agree = abs(dflt_pesq["libopus"][ch] - dflt_pesq["ffmpeg"][ch])
-        print(f"leg {ch}: every frame {every[ch].opus_bytes} B, PESQ "
-              f"{every_pesq['libopus'][ch]:.3f}; default {dflt[ch].opus_bytes} B "
-              f"(saved {100 * saved:.1f} %), PESQ {dflt_pesq['libopus'][ch]:.3f} "
-              f"(lost {lost:.3f}), ffmpeg built-in {dflt_pesq['ffmpeg'][ch]:.3f}")
+        print(
+            f"leg {ch}: every frame {every[ch].opus_bytes} B, PESQ "
+            f"{every_pesq['libopus'][ch]:.3f}; default {dflt[ch].opus_bytes} B "
+            f"(saved {100 * saved:.1f} %), PESQ {dflt_pesq['libopus'][ch]:.3f} "
+            f"(lost {lost:.3f}), ffmpeg built-in {dflt_pesq['ffmpeg'][ch]:.3f}"
+        )
         assert saved >= 0.25, f"leg {ch}: saved only {100 * saved:.1f} % of the bytes"
         assert lost <= 0.2, f"leg {ch}: lost {lost:.3f} PESQ-NB"
         assert agree <= 0.1, f"leg {ch}: decoders differ by {agree:.3f} PESQ-NB"

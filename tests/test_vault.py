@@ -24,19 +24,39 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 s, both legs, two RFC 4733 digits typed by the agent at 2 s."""
     p = tmp_path_factory.mktemp("cap") / "call.pcap"
     agent, customer = sample.dialogue(6.0)
-    sample.write_capture(p, [
-        (agent, sample.LegPlan(ssrc=1, dtmf=((2.0, "7"), (2.5, "3")),
-                               src=("10.0.0.1", 4000), dst=("10.0.0.2", 5000))),
-        (customer, sample.LegPlan(law=8, ssrc=2, src=("10.0.0.2", 5002),
-                                  dst=("10.0.0.1", 4002)))])
+    sample.write_capture(
+        p,
+        [
+            (
+                agent,
+                sample.LegPlan(
+                    ssrc=1,
+                    dtmf=((2.0, "7"), (2.5, "3")),
+                    src=("10.0.0.1", 4000),
+                    dst=("10.0.0.2", 5000),
+                ),
+            ),
+            (
+                customer,
+                sample.LegPlan(law=8, ssrc=2, src=("10.0.0.2", 5002), dst=("10.0.0.1", 4002)),
+            ),
+        ],
+    )
     return p
 
 
 @pytest.fixture
 def vault(tmp_path: Path, capture: Path) -> Vault:
     v = Vault.open(tmp_path / "data")
-    v.import_call("c1", [str(capture)], agent="ann", skill_group="billing", tags=["vip"],
-                  customer_number="+15551234567", direction="inbound")
+    v.import_call(
+        "c1",
+        [str(capture)],
+        agent="ann",
+        skill_group="billing",
+        tags=["vip"],
+        customer_number="+15551234567",
+        direction="inbound",
+    )
     return v
 
 
@@ -54,10 +74,13 @@ def test_import_seals_and_indexes(vault: Vault) -> None:
     vault.close()
 
 
-@pytest.mark.parametrize(("lo", "hi", "chunk"), [(0, None, 50), (0, None, 7), (13, 77, 1),
-                                                (49, 51, 50), (40, 260, 123), (290, None, 500)])
-def test_iter_frames_chunks_equal_read_packets(vault: Vault, lo: int, hi: int | None,
-                                               chunk: int) -> None:
+@pytest.mark.parametrize(
+    ("lo", "hi", "chunk"),
+    [(0, None, 50), (0, None, 7), (13, 77, 1), (49, 51, 50), (40, 260, 123), (290, None, 500)],
+)
+def test_iter_frames_chunks_equal_read_packets(
+    vault: Vault, lo: int, hi: int | None, chunk: int
+) -> None:
     """Play's reader (chunks across record boundaries, without per-packet objects)
     gives exactly what read_packets gives for the same range, in chunk-sized pieces."""
     end = vault.manifest("c1")["frames"] + 1 if hi is None else hi
@@ -73,6 +96,7 @@ def test_iter_frames_chunks_equal_read_packets(vault: Vault, lo: int, hi: int | 
 
 def test_capture_time_is_the_call_start(vault: Vault, capture: Path) -> None:
     from callvault.media.capture import read_capture
+
     first = min(f.first_sample_us() for f in read_capture(capture).flows)
     assert vault.get_call("c1").start_us == first
     vault.close()
@@ -90,6 +114,7 @@ def test_search(vault: Vault, capture: Path) -> None:
 def test_export_ogg_is_the_transcode(vault: Vault, tmp_path: Path, capture: Path) -> None:
     from callvault.cli import transcode
     from callvault.media.pipeline import Settings
+
     vault.export("c1", tmp_path / "v.ogg")
     transcode([str(capture)], str(tmp_path / "t.ogg"), Settings())
     a, b = OggOpusReader(tmp_path / "v.ogg"), OggOpusReader(tmp_path / "t.ogg")
@@ -105,6 +130,7 @@ def test_export_time_range(vault: Vault, tmp_path: Path) -> None:
     assert abs(r.duration - 1.5) < 1e-9
     vault.export("c1", tmp_path / "r.wav", from_s=1.0, to_s=2.5)
     from callvault.media.wav import read_mono
+
     assert len(read_mono(tmp_path / "r.wav")) == 12_000
     with pytest.raises(InputError, match="empty range"):
         vault.export("c1", tmp_path / "e.ogg", from_s=9, to_s=10)
@@ -138,8 +164,9 @@ def test_one_process_per_data_directory(vault: Vault, tmp_path: Path) -> None:
     vault.close()
 
 
-def test_erase_shreds_and_keeps_everything_else_verifiable(vault: Vault, capture: Path,
-                                                          tmp_path: Path) -> None:
+def test_erase_shreds_and_keeps_everything_else_verifiable(
+    vault: Vault, capture: Path, tmp_path: Path
+) -> None:
     vault.import_call("c2", [str(capture)])
     vault.erase("c1", reason="retention")
     e = vault.get_call("c1")
@@ -163,17 +190,22 @@ def test_checkpoints_are_signed_and_consistent(vault: Vault, capture: Path) -> N
     second = checkpoint.verify(vault.checkpoint(), key)
     assert (first.size, second.size) == (1, 2)
     from callvault.integrity import merkle
+
     merkle.verify_consistency(1, 2, first.root, second.root, vault.log.consistency_proof(1, 2))
     vault.close()
 
 
 def test_reindex_rebuilds_the_same_index(vault: Vault, capture: Path) -> None:
     vault.import_call("c2", [str(capture)], agent="bob")
-    before = [(e.call_id, e.records, e.chain_head, e.seal, e.log_index, e.agent)
-              for e in vault.list_calls()]
+    before = [
+        (e.call_id, e.records, e.chain_head, e.seal, e.log_index, e.agent)
+        for e in vault.list_calls()
+    ]
     n = vault.reindex()
-    after = [(e.call_id, e.records, e.chain_head, e.seal, e.log_index, e.agent)
-             for e in vault.list_calls()]
+    after = [
+        (e.call_id, e.records, e.chain_head, e.seal, e.log_index, e.agent)
+        for e in vault.list_calls()
+    ]
     assert n >= 2 * (1 + 14 + 1) and before == after and vault.log.size == 2
     assert vault.verify_all() == []
     vault.close()
@@ -192,12 +224,11 @@ def test_rotate_key_rewraps_without_rewriting_audio(vault: Vault, tmp_path: Path
 
 
 def test_no_plaintext_customer_number_or_audio_under_data(vault: Vault, tmp_path: Path) -> None:
-    digits = [e["digit"] for leg in vault.summary("c1")["legs"]
-              for e in leg["telephone_events"]]
+    digits = [e["digit"] for leg in vault.summary("c1")["legs"] for e in leg["telephone_events"]]
     assert digits == ["7", "3"]  # the agent typed two RFC 4733 digits ...
     data, lengths = vault.read_packets("c1")[0]
     offs = np.concatenate([[0], np.cumsum(lengths)])
-    runs = {data[offs[i]:offs[i] + 8] for i in range(0, len(lengths), 7) if lengths[i] >= 8}
+    runs = {data[offs[i] : offs[i] + 8] for i in range(0, len(lengths), 7) if lengths[i] >= 8}
     vault.close()
     for path in (tmp_path / "data").rglob("*"):
         if path.is_file():
@@ -261,8 +292,9 @@ def _drop_proof(d: Path) -> None:
 
 
 @pytest.mark.parametrize("tamper", sorted(BUNDLE_TAMPERS))
-def test_bundle_tamper_is_detected(tamper: str, vault: Vault, capture: Path,
-                                   tmp_path: Path) -> None:
+def test_bundle_tamper_is_detected(
+    tamper: str, vault: Vault, capture: Path, tmp_path: Path
+) -> None:
     vault.import_call("c2", [str(capture)], agent="zed")  # so the proof is not empty
     d = write_bundle(vault, "c1", tmp_path / "bundle")
     key = vault.signer.verifier_key()

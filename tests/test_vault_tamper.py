@@ -49,8 +49,14 @@ def _packets(call_id: str, index: int) -> tuple[np.ndarray, bytes]:
 def build_vault(data: Path) -> None:
     with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
         for n, call_id in enumerate(CALLS):
-            w = v.open_call(call_id, tenant=TENANT, agent="ann", customer_number=NUMBER,
-                            tags=["tamper"], start_us=START_US + n)
+            w = v.open_call(
+                call_id,
+                tenant=TENANT,
+                agent="ann",
+                customer_number=NUMBER,
+                tags=["tamper"],
+                start_us=START_US + n,
+            )
             for r in range(RECORDS):
                 w.append(r % 2, (r // 2) * FRAMES, *_packets(call_id, r)).result()
             w.seal(frames=RECORDS // 2 * FRAMES, end_us=START_US + 10**6, summary={"n": n})
@@ -120,8 +126,15 @@ def records(data: Path) -> list[tuple[int, int, int, int, bytes]]:
     with SegmentReader(data / "segments") as r:
         for ref, rtype, _body in r.scan():
             raw = (data / "segments" / f"{ref.segment:016x}.seg").read_bytes()
-            out.append((ref.segment, ref.offset, ref.length, rtype,
-                        raw[ref.offset:ref.offset + ref.length]))
+            out.append(
+                (
+                    ref.segment,
+                    ref.offset,
+                    ref.length,
+                    rtype,
+                    raw[ref.offset : ref.offset + ref.length],
+                )
+            )
     return out
 
 
@@ -155,9 +168,14 @@ def names(problems: list[Problem], call_id: str, record: int) -> bool:
 REOPEN_EVERY = 16  # in a sealed segment, every 16th offset is also checked with a reopen
 
 
-def _flip_all(pristine: Path, tmp_path: Path, pattern: Callable[[int, int], int],
-              offsets: Callable[[int], Iterator[int]], *, all_reopen: bool = False
-              ) -> tuple[dict[str, int], list[str]]:
+def _flip_all(
+    pristine: Path,
+    tmp_path: Path,
+    pattern: Callable[[int, int], int],
+    offsets: Callable[[int], Iterator[int]],
+    *,
+    all_reopen: bool = False,
+) -> tuple[dict[str, int], list[str]]:
     """Change one byte at a time, check, restore.
 
     Recovery on open reads only the last segment record by record (sealed ones:
@@ -175,15 +193,16 @@ def _flip_all(pristine: Path, tmp_path: Path, pattern: Callable[[int, int], int]
 
     def reopen(path: Path, off: int) -> bool:
         n = len(originals[path])
-        return (all_reopen or path == files[-1] or off < 32 or off >= n - 44
-                or off % REOPEN_EVERY == 0)
+        return (
+            all_reopen or path == files[-1] or off < 32 or off >= n - 44 or off % REOPEN_EVERY == 0
+        )
 
     def flip(path: Path, off: int) -> str:
         changed = bytearray(originals[path])
         changed[off] = pattern(changed[off], off)
         with open(path, "r+b") as f:  # in place: the open vault's reader sees it
             f.seek(off)
-            f.write(changed[off:off + 1])
+            f.write(changed[off : off + 1])
         return f"{path.name} offset {off} ({originals[path][off]:#04x} -> {changed[off]:#04x})"
 
     with Vault.open(data, segment_bytes=SEGMENT_BYTES) as live:
@@ -211,22 +230,29 @@ def _flip_all(pristine: Path, tmp_path: Path, pattern: Callable[[int, int], int]
 
 
 def test_every_single_byte_change_in_the_segment_files_is_detected(
-        pristine: Path, tmp_path: Path) -> None:
+    pristine: Path, tmp_path: Path
+) -> None:
     started = time.monotonic()
     seen, missed = _flip_all(pristine, tmp_path, lambda b, _o: b ^ 0x01, lambda n: iter(range(n)))
     total = sum(seen.values()) + len(missed)
-    print(f"{total} offsets in {len(segment_files(pristine))} segment files: {seen}, "
-          f"{len(missed)} missed, {time.monotonic() - started:.1f} s")
+    print(
+        f"{total} offsets in {len(segment_files(pristine))} segment files: {seen}, "
+        f"{len(missed)} missed, {time.monotonic() - started:.1f} s"
+    )
     assert missed == []
 
 
 def test_a_second_byte_pattern_on_a_sample_of_offsets_is_detected(
-        pristine: Path, tmp_path: Path) -> None:
+    pristine: Path, tmp_path: Path
+) -> None:
     rng = random.Random(7)
-    seen, missed = _flip_all(pristine, tmp_path,
-                             lambda b, _o: (b + rng.randrange(1, 256)) % 256,
-                             lambda n: iter(sorted(rng.sample(range(n), max(1, n // 24)))),
-                             all_reopen=True)
+    seen, missed = _flip_all(
+        pristine,
+        tmp_path,
+        lambda b, _o: (b + rng.randrange(1, 256)) % 256,
+        lambda n: iter(sorted(rng.sample(range(n), max(1, n // 24)))),
+        all_reopen=True,
+    )
     assert missed == [] and sum(seen.values()) > 0
 
 
@@ -253,6 +279,7 @@ def test_verify_all_on_a_running_vault_checks_the_segment_headers(data: Path) ->
 
 # -- record-level tampers -------------------------------------------------------------------
 
+
 def _audio_of(data: Path, call_id: str) -> list[tuple[int, int, int, int, bytes]]:
     found = [r for r in records(data) if r[3] == 2 and call_id.encode() in r[4][12:40]]
     assert len(found) == RECORDS
@@ -262,7 +289,7 @@ def _audio_of(data: Path, call_id: str) -> list[tuple[int, int, int, int, bytes]
 def _put(data: Path, seg: int, off: int, framed: bytes) -> None:
     path = data / "segments" / f"{seg:016x}.seg"
     raw = bytearray(path.read_bytes())
-    raw[off:off + len(framed)] = framed
+    raw[off : off + len(framed)] = framed
     path.write_bytes(raw)
 
 
@@ -340,7 +367,7 @@ def test_a_record_cut_out_of_a_segment_is_detected(data: Path) -> None:
     seg, off, length, _, _ = a[1]
     path = data / "segments" / f"{seg:016x}.seg"
     raw = path.read_bytes()
-    path.write_bytes(raw[:off] + raw[off + length:])
+    path.write_bytes(raw[:off] + raw[off + length :])
     out = check(data)
     assert out.how, "a record cut out of its segment passed unnoticed"
     problems, _ = problems_of(data)
@@ -387,7 +414,7 @@ def test_a_segment_truncated_inside_a_record_is_detected(data: Path, which: str)
         assert v.report.truncated is None  # below the acknowledged end: damage, never truncated
         assert v.report.damage
         problems = v.verify_all()
-    call_id = framed[12 + 3 + len(TENANT):12 + 3 + len(TENANT) + 6].decode()
+    call_id = framed[12 + 3 + len(TENANT) : 12 + 3 + len(TENANT) + 6].decode()
     assert any(p.what == f"call {call_id}" for p in problems), problems
 
 
@@ -412,7 +439,7 @@ def test_bit_rot_in_the_last_acknowledged_record_leaves_the_vault_openable(data:
     with v:
         assert v.report.damage and v.report.truncated is None
         problems = v.verify_all()
-    call_id = framed[12 + 3 + len(TENANT):12 + 3 + len(TENANT) + 6].decode()
+    call_id = framed[12 + 3 + len(TENANT) : 12 + 3 + len(TENANT) + 6].decode()
     assert any(p.what == f"call {call_id}" for p in problems), problems
 
 
@@ -434,11 +461,13 @@ def test_a_failed_open_releases_the_data_directory(data: Path) -> None:
 
 # -- no plaintext --------------------------------------------------------------------------
 
-def test_no_file_under_data_holds_the_customer_number_or_audio_in_plaintext(
-        tmp_path: Path) -> None:
+
+def test_no_file_under_data_holds_the_customer_number_or_audio_in_plaintext(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    pcm = (np.sin(np.arange(50 * 160) * 0.07) * 9000
-           + np.random.default_rng(3).normal(0, 800, 50 * 160)).astype(np.int16)
+    pcm = (
+        np.sin(np.arange(50 * 160) * 0.07) * 9000
+        + np.random.default_rng(3).normal(0, 800, 50 * 160)
+    ).astype(np.int16)
     opus, lengths = _opus.Encoder(bitrate=12000).encode_frames(pcm.reshape(-1, 160))
     noise = random.Random(11).randbytes(600)
     with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
@@ -450,7 +479,7 @@ def test_no_file_under_data_holds_the_customer_number_or_audio_in_plaintext(
     runs = set()
     for blob in (opus, noise):
         for i in range(len(blob) - 7):
-            run = blob[i:i + 8]
+            run = blob[i : i + 8]
             if len(set(run)) >= 4:  # leave out runs like 8 zero bytes found anywhere
                 runs.add(run)
     assert len(runs) > 500
@@ -461,7 +490,7 @@ def test_no_file_under_data_holds_the_customer_number_or_audio_in_plaintext(
         raw = p.read_bytes()
         for needle in needles:
             assert needle not in raw, f"{p} holds the customer number"
-        hits = [raw[i:i + 8] for i in range(len(raw) - 7) if raw[i:i + 8] in runs]
+        hits = [raw[i : i + 8] for i in range(len(raw) - 7) if raw[i : i + 8] in runs]
         assert hits == [], f"{p} holds audio in plaintext: {hits[:3]}"
 
 

@@ -27,8 +27,9 @@ def proto_path() -> Path:
     for p in PROTO_CANDIDATES:
         if p.is_file():
             return p
-    raise SystemExit("callvault.proto not found (looked in: "
-                     + ", ".join(str(p) for p in PROTO_CANDIDATES) + ")")
+    raise SystemExit(
+        "callvault.proto not found (looked in: " + ", ".join(str(p) for p in PROTO_CANDIDATES) + ")"
+    )
 
 
 def generate(out: Path = OUT) -> list[Path]:
@@ -43,13 +44,22 @@ def generate(out: Path = OUT) -> list[Path]:
         shutil.copyfile(src, inc / rel)
         target = out.parent.parent  # the directory holding callvault_client/
         well_known = Path(protoc.__file__).parent / "_proto"
-        rc = protoc.main(["grpc_tools.protoc", f"-I{inc}", f"-I{well_known}",
-                          f"--python_out={target}", f"--pyi_out={target}",
-                          f"--grpc_python_out={target}", str(rel)])
+        rc = protoc.main(
+            [
+                "grpc_tools.protoc",
+                f"-I{inc}",
+                f"-I{well_known}",
+                f"--python_out={target}",
+                f"--pyi_out={target}",
+                f"--grpc_python_out={target}",
+                str(rel),
+            ]
+        )
         if rc != 0:
             raise SystemExit(f"protoc failed on {src} (exit {rc})")
     (out / "__init__.py").write_text(
-        '"""Generated from proto/callvault/v1/callvault.proto at build time: do not edit."""\n')
+        '"""Generated from proto/callvault/v1/callvault.proto at build time: do not edit."""\n'
+    )
     return sorted(out.glob("callvault_pb2*"))
 
 

@@ -26,8 +26,10 @@ def runtime_requirements() -> list[str]:
     if pb_version is None or grpc_version is None:
         raise SystemExit("cannot read the generated stubs' protobuf/grpc versions")
     major = int(pb_version.group(1))
-    return [f"grpcio>={grpc_version.group(1)}",
-            f"protobuf>={'.'.join(pb_version.groups())},<{major + 1}"]
+    return [
+        f"grpcio>={grpc_version.group(1)}",
+        f"protobuf>={'.'.join(pb_version.groups())},<{major + 1}",
+    ]
 
 
 class BuildWithStubs(build_py):

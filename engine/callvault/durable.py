@@ -15,8 +15,7 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600, *,
-                 exclusive: bool = False) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, exclusive: bool = False) -> None:
     """Replace ``path`` with ``data`` whole or not at all: temp file, fsync,
     rename, fsync of the directory. The file gets exactly ``mode``. With
     ``exclusive``, FileExistsError (and no change) if ``path`` appeared meanwhile."""
@@ -26,7 +25,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, *,
         os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -19,34 +19,73 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 from tests.servers import CLI, Proc, wait_port_file
 
 
-def start_sidecar(upstream: str, spool: Path, rtp: str, log_dir: Path, *,
-                  listen_port: int = 0, args: tuple[str, ...] = ()) -> Proc:
+def start_sidecar(
+    upstream: str,
+    spool: Path,
+    rtp: str,
+    log_dir: Path,
+    *,
+    listen_port: int = 0,
+    args: tuple[str, ...] = (),
+) -> Proc:
     """`callvault sidecar` forwarding to ``upstream``; returns once its control API serves."""
     log_dir.mkdir(parents=True, exist_ok=True)
     n = len(list(log_dir.glob("sidecar-*.log")))
     log = log_dir / f"sidecar-{n}.log"
     port_file = log_dir / f"sidecar-{n}.port"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*CLI, "sidecar", "--server", upstream, "--rtp", rtp,
-                                 "--listen", f"127.0.0.1:{listen_port}", "--spool", str(spool),
-                                 "--port-file", str(port_file), *args],
-                                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        proc = subprocess.Popen(
+            [
+                *CLI,
+                "sidecar",
+                "--server",
+                upstream,
+                "--rtp",
+                rtp,
+                "--listen",
+                f"127.0.0.1:{listen_port}",
+                "--spool",
+                str(spool),
+                "--port-file",
+                str(port_file),
+                *args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+        )
     port = wait_port_file(port_file, proc, log)
     return Proc(proc, f"127.0.0.1:{port}", log)
 
 
 def call_start(sidecar: Proc, call_id: str, *meta: str) -> dict[str, int]:
-    p = subprocess.run([*CLI, "call", "start", "--sidecar", sidecar.address, "--call-id",
-                        call_id, *(a for m in meta for a in ("--meta", m))],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            *CLI,
+            "call",
+            "start",
+            "--sidecar",
+            sidecar.address,
+            "--call-id",
+            call_id,
+            *(a for m in meta for a in ("--meta", m)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     ports: dict[str, int] = json.loads(p.stdout)
     return ports
 
 
 def call_stop(sidecar: Proc, call_id: str) -> dict[str, int]:
-    p = subprocess.run([*CLI, "call", "stop", "--sidecar", sidecar.address, "--call-id",
-                        call_id], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [*CLI, "call", "stop", "--sidecar", sidecar.address, "--call-id", call_id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     out: dict[str, int] = json.loads(p.stdout)
     return out
@@ -65,20 +104,36 @@ def wait_sealed(sidecar: Proc, call_id: str, timeout: float = 90.0) -> pb.Sideca
             if c.call_id == call_id and c.state == "sealed":
                 return c
         time.sleep(0.1)
-    raise AssertionError(f"{call_id} not sealed after {timeout} s; sidecar log:\n"
-                         f"{sidecar.output()}")
+    raise AssertionError(
+        f"{call_id} not sealed after {timeout} s; sidecar log:\n{sidecar.output()}"
+    )
 
 
 def ffmpeg_sender(wav: Path, port: int) -> subprocess.Popen[bytes]:
     """The issue's RTP sender: ffmpeg -re -i LEG.wav -c:a pcm_mulaw -f rtp rtp://127.0.0.1:PORT"""
-    return subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(wav), "-c:a", "pcm_mulaw",
-                             "-f", "rtp", f"rtp://127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-re",
+            "-i",
+            str(wav),
+            "-c:a",
+            "pcm_mulaw",
+            "-f",
+            "rtp",
+            f"rtp://127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, "--data", str(data), *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [*CLI, "--data", str(data), *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def call_info(data: Path, call_id: str) -> dict[str, Any]:

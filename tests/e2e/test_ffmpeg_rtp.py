@@ -51,8 +51,10 @@ class Receiver(threading.Thread):
 
 
 def test_two_ffmpeg_senders_recorded_aligned(tmp_path: Path) -> None:
-    legs = {"agent": (clicks(SECONDS, AGENT_CLICKS), "pcm_mulaw"),
-            "customer": (clicks(SECONDS, CUSTOMER_CLICKS, hz=700.0), "pcm_alaw")}
+    legs = {
+        "agent": (clicks(SECONDS, AGENT_CLICKS), "pcm_mulaw"),
+        "customer": (clicks(SECONDS, CUSTOMER_CLICKS, hz=700.0), "pcm_alaw"),
+    }
     receivers, senders = [], []
     for name, (pcm, codec) in legs.items():
         wav.write(tmp_path / f"{name}.wav", [pcm.astype(np.int16)])
@@ -61,10 +63,25 @@ def test_two_ffmpeg_senders_recorded_aligned(tmp_path: Path) -> None:
         receivers.append(r)
         if name == "agent":
             agent_rx = r
-        senders.append(subprocess.Popen(
-            ["ffmpeg", "-v", "error", "-re", "-i", str(tmp_path / f"{name}.wav"), "-c:a", codec,
-             "-f", "rtp", f"rtp://127.0.0.1:{r.port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        senders.append(
+            subprocess.Popen(
+                [
+                    "ffmpeg",
+                    "-v",
+                    "error",
+                    "-re",
+                    "-i",
+                    str(tmp_path / f"{name}.wav"),
+                    "-c:a",
+                    codec,
+                    "-f",
+                    "rtp",
+                    f"rtp://127.0.0.1:{r.port}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     try:
         for s in senders:
             assert s.wait(timeout=60) == 0
@@ -81,8 +98,12 @@ def test_two_ffmpeg_senders_recorded_aligned(tmp_path: Path) -> None:
     write_udp_capture(cap, datagrams)
 
     out = tmp_path / "call.ogg"
-    p = subprocess.run([sys.executable, "-m", "callvault.cli", "transcode", str(cap), "-o",
-                        str(out), "--json"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "callvault.cli", "transcode", str(cap), "-o", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout)
     assert summary["channels"] == ["agent", "customer"]  # stream order: first seen, first

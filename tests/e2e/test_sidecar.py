@@ -63,33 +63,42 @@ def _offset(found: list[float], sent: list[float]) -> float:
     return o
 
 
-def _bursts(x: np.ndarray, thresh: float = 2000.0, *, quiet_elsewhere: bool = True
-            ) -> list[float]:
+def _bursts(x: np.ndarray, thresh: float = 2000.0, *, quiet_elsewhere: bool = True) -> list[float]:
     """Seconds at which a sent 60 ms burst starts: 5 ms level above ``thresh`` after a quiet
     spell and staying above it for at least 40 of the next 50 ms. With ``quiet_elsewhere``,
     nothing else in the leg is that loud either: no echo, repeat or stray frame of a burst
     anywhere (a burst's decay may last 40 ms past its 60 ms)."""
     x = x[: len(x) - len(x) % 40]
     loud = np.abs(x.astype(np.float64)).reshape(-1, 40).max(axis=1) > thresh
-    found = [i for i in range(1, len(loud))
-             if loud[i] and not loud[i - 1] and loud[i:i + 10].sum() >= 8]
+    found = [
+        i
+        for i in range(1, len(loud))
+        if loud[i] and not loud[i - 1] and loud[i : i + 10].sum() >= 8
+    ]
     if quiet_elsewhere:
         allowed = np.zeros(len(loud), dtype=bool)
         for i in found:
-            allowed[max(i - 2, 0):i + 20] = True
+            allowed[max(i - 2, 0) : i + 20] = True
         stray = np.flatnonzero(loud & ~allowed)
-        assert not len(stray), f"loud audio outside the sent bursts at {stray * 40 / 8000} s " \
+        assert not len(stray), (
+            f"loud audio outside the sent bursts at {stray * 40 / 8000} s "
             f"(bursts at {[i * 40 / 8000 for i in found]} s)"
+        )
     return [float(i * 40 / 8000) for i in found]
 
 
 def _rtp_stats(leg: dict[str, Any]) -> dict[str, Any]:
-    return {"leg": leg["leg"], "lost": leg["lost"], "gaps": leg["gaps"],
-            **{k: v for k, v in leg["rtp"].items() if v}}
+    return {
+        "leg": leg["leg"],
+        "lost": leg["lost"],
+        "gaps": leg["gaps"],
+        **{k: v for k, v in leg["rtp"].items() if v},
+    }
 
 
-def _send(tmp: Path, ports: dict[str, int], legs: dict[str, np.ndarray]
-          ) -> list[subprocess.Popen[bytes]]:
+def _send(
+    tmp: Path, ports: dict[str, int], legs: dict[str, np.ndarray]
+) -> list[subprocess.Popen[bytes]]:
     senders = []
     for name, pcm in legs.items():
         wav.write(tmp / f"{name}.wav", [pcm.astype(np.int16)])
@@ -116,11 +125,17 @@ def test_two_ffmpeg_legs_recorded_through_the_sidecar(tmp_path: Path) -> None:
     server = start_server(data)
     sidecar = start_sidecar(server.address, tmp_path / "spool", rtp_range(), tmp_path)
     try:
-        ports = call_start(sidecar, "e2e-1", "agent=alice", "direction=inbound", "tags=a,b",
-                           "queue=7")
+        ports = call_start(
+            sidecar, "e2e-1", "agent=alice", "direction=inbound", "tags=a,b", "queue=7"
+        )
         assert set(ports) == {"agent", "customer"} and all(p % 2 == 0 for p in ports.values())
-        _wait(_send(tmp_path, ports, {"agent": clicks(SECONDS, AGENT),
-                                      "customer": clicks(SECONDS, CUSTOMER, hz=700.0)}))
+        _wait(
+            _send(
+                tmp_path,
+                ports,
+                {"agent": clicks(SECONDS, AGENT), "customer": clicks(SECONDS, CUSTOMER, hz=700.0)},
+            )
+        )
         time.sleep(0.3)
         stopped = call_stop(sidecar, "e2e-1")
         assert stopped["packets"] > 0 and stopped["batches"] > 0
@@ -162,13 +177,33 @@ def test_legs_of_one_sender_clock_are_aligned(tmp_path: Path) -> None:
             w.setframerate(8000)
             w.writeframes(stereo.astype("<i2").tobytes())
         sender = subprocess.Popen(
-            ["ffmpeg", "-v", "error", "-re", "-i", str(tmp_path / "both.wav"),
-             "-filter_complex", "[0:a]channelsplit=channel_layout=stereo[a][c]",
-             "-map", "[a]", "-c:a", "pcm_mulaw", "-f", "rtp",
-             f"rtp://127.0.0.1:{ports['agent']}",
-             "-map", "[c]", "-c:a", "pcm_mulaw", "-f", "rtp",
-             f"rtp://127.0.0.1:{ports['customer']}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-re",
+                "-i",
+                str(tmp_path / "both.wav"),
+                "-filter_complex",
+                "[0:a]channelsplit=channel_layout=stereo[a][c]",
+                "-map",
+                "[a]",
+                "-c:a",
+                "pcm_mulaw",
+                "-f",
+                "rtp",
+                f"rtp://127.0.0.1:{ports['agent']}",
+                "-map",
+                "[c]",
+                "-c:a",
+                "pcm_mulaw",
+                "-f",
+                "rtp",
+                f"rtp://127.0.0.1:{ports['customer']}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         _wait([sender])
         time.sleep(0.3)
         call_stop(sidecar, "e2e-align")
@@ -195,9 +230,14 @@ def test_server_sigkilled_mid_call_loses_nothing(tmp_path: Path) -> None:
     sidecar = start_sidecar(server.address, tmp_path / "spool", rtp_range(), tmp_path)
     try:
         ports = call_start(sidecar, "e2e-srvkill")
-        senders = _send(tmp_path, ports, {"agent": clicks(KILL_SECONDS, KILL_AGENT),
-                                          "customer": clicks(KILL_SECONDS, KILL_CUSTOMER,
-                                                             hz=700.0)})
+        senders = _send(
+            tmp_path,
+            ports,
+            {
+                "agent": clicks(KILL_SECONDS, KILL_AGENT),
+                "customer": clicks(KILL_SECONDS, KILL_CUSTOMER, hz=700.0),
+            },
+        )
         time.sleep(3.0)
         server.kill()  # SIGKILL while ffmpeg sends and the sidecar receives
         assert [c.connected for c in list_calls(sidecar)] in ([False], [True])
@@ -229,9 +269,14 @@ def test_sidecar_sigkilled_mid_call_keeps_its_spool(tmp_path: Path) -> None:
     try:
         ports = call_start(sidecar, "e2e-sckill")
         t0 = time.time()
-        senders = _send(tmp_path, ports, {"agent": clicks(KILL_SECONDS, KILL_AGENT),
-                                          "customer": clicks(KILL_SECONDS, KILL_CUSTOMER,
-                                                             hz=700.0)})
+        senders = _send(
+            tmp_path,
+            ports,
+            {
+                "agent": clicks(KILL_SECONDS, KILL_AGENT),
+                "customer": clicks(KILL_SECONDS, KILL_CUSTOMER, hz=700.0),
+            },
+        )
         time.sleep(3.0)
         killed_at = time.time()
         sidecar.kill()
@@ -286,8 +331,13 @@ def test_call_recorded_while_server_down_lands_when_it_starts(tmp_path: Path) ->
     server = None
     try:
         ports = call_start(sidecar, "e2e-offline")
-        _wait(_send(tmp_path, ports, {"agent": clicks(4.0, [1.0, 3.0]),
-                                      "customer": clicks(4.0, [2.0], hz=700.0)}))
+        _wait(
+            _send(
+                tmp_path,
+                ports,
+                {"agent": clicks(4.0, [1.0, 3.0]), "customer": clicks(4.0, [2.0], hz=700.0)},
+            )
+        )
         time.sleep(0.3)
         stopped = call_stop(sidecar, "e2e-offline")
         (call,) = list_calls(sidecar)
@@ -310,8 +360,9 @@ def test_call_recorded_while_server_down_lands_when_it_starts(tmp_path: Path) ->
 def test_control_api_refuses_bad_requests_clearly(tmp_path: Path) -> None:
     lo = int(rtp_range().rsplit(":", 1)[1].split("-")[0])
     # two even ports: one two-leg call fits, a second does not
-    sidecar = start_sidecar(f"127.0.0.1:{free_tcp_port()}", tmp_path / "spool",
-                            f"127.0.0.1:{lo}-{lo + 3}", tmp_path)
+    sidecar = start_sidecar(
+        f"127.0.0.1:{free_tcp_port()}", tmp_path / "spool", f"127.0.0.1:{lo}-{lo + 3}", tmp_path
+    )
     try:
         with grpc.insecure_channel(sidecar.address) as ch:
             stub = pbg.SidecarStub(ch)
@@ -337,8 +388,12 @@ def test_control_api_refuses_bad_requests_clearly(tmp_path: Path) -> None:
             e = refused(pb.StopCallRequest(call_id="nope"), "StopCall")
             assert e.code() == grpc.StatusCode.NOT_FOUND and "nope" in (e.details() or "")
         # the command line says it in words and exits 1
-        p = subprocess.run([*CLI, "call", "start", "--sidecar", sidecar.address, "--call-id",
-                            "bad id"], capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [*CLI, "call", "start", "--sidecar", sidecar.address, "--call-id", "bad id"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 1 and "call_id" in p.stderr
         assert sidecar.alive()
     finally:

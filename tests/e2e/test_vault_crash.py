@@ -58,7 +58,8 @@ class Acked:
     """Everything the children acknowledged, per call."""
 
     records: dict[CallKey, dict[int, tuple[int, int, int, bytes]]] = field(
-        default_factory=lambda: defaultdict(dict))  # chain index -> leg, first, frames, head
+        default_factory=lambda: defaultdict(dict)
+    )  # chain index -> leg, first, frames, head
     sealed: dict[CallKey, str] = field(default_factory=dict)
 
     def add(self, out: bytes) -> set[CallKey]:
@@ -86,8 +87,13 @@ class Acked:
 def run_child(data: Path, seed: int, delay: float, *, from_spawn: bool) -> tuple[bytes, bytes]:
     """Start a child, SIGKILL it ``delay`` seconds after it is READY (or after its
     spawn), read its pipes to EOF and return (stdout, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.e2e.vault_child", str(data), str(seed)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.e2e.vault_child", str(data), str(seed)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
     assert proc.stdout is not None
     head = b""
     try:
@@ -114,12 +120,13 @@ def tear_tail(data: Path, rng: random.Random) -> tuple[int, int, int] | None:
     path = data / "segments" / names[-1]
     raw = path.read_bytes()
     tail = raw[-SEAL_RECORD_SIZE:]
-    if len(raw) < 32 or (len(raw) >= 32 + SEAL_RECORD_SIZE and tail[8] == TYPE_SEAL
-                         and tail[4:8] == b"\x20\0\0\0"):
+    if len(raw) < 32 or (
+        len(raw) >= 32 + SEAL_RECORD_SIZE and tail[8] == TYPE_SEAL and tail[4:8] == b"\x20\0\0\0"
+    ):
         return None  # a sealed segment is never appended to; a torn header is left as it is
     body = rng.randbytes(rng.randrange(40, 400))
     frame = struct.pack("<IIBBH", rng.getrandbits(32), len(body), 2, 0, 0) + body
-    cut = frame[:rng.randrange(1, len(frame))]
+    cut = frame[: rng.randrange(1, len(frame))]
     with open(path, "ab") as f:
         f.write(cut)
     return int(names[-1].split(".")[0], 16), len(raw), len(cut)
@@ -148,8 +155,8 @@ def check_call(v: Vault, acked: Acked, key: CallKey, *, full: bool) -> int:
         want_lengths, want_packets = packets_for(call_id, leg, first, frames)
         data, lengths = legs[leg]
         assert len(lengths) >= first + frames, f"{key}: leg {leg} frames {first}.. missing"
-        assert np.array_equal(lengths[first:first + frames], want_lengths), (key, index)
-        got = data[offsets[leg][first]:offsets[leg][first + frames]]
+        assert np.array_equal(lengths[first : first + frames], want_lengths), (key, index)
+        got = data[offsets[leg][first] : offsets[leg][first + frames]]
         assert got == want_packets, f"{key}: acked record {index} has other packets"
         compared += frames
     assert v.verify_call(call_id, tenant=tenant) == [], key
@@ -207,15 +214,21 @@ def test_sigkill_at_random_points_loses_no_acknowledged_frame(tmp_path: Path) ->
     assert records > KILLS  # the children did acknowledge work before dying
     assert compared == sum(f for r in acked.records.values() for _, _, f, _ in r.values())
     assert len(acked.sealed) > 0 and tears > 0
-    print(f"{KILLS} kills, {records} acked records ({compared} frames), {len(acked.records)} "
-          f"calls, {len(acked.sealed)} sealed, {segments} segments, {opens} checks, "
-          f"{tears} torn tails added and truncated, {truncated} more torn by a kill, "
-          f"{reindexed} records re-indexed, {time.monotonic() - started:.1f} s")
+    print(
+        f"{KILLS} kills, {records} acked records ({compared} frames), {len(acked.records)} "
+        f"calls, {len(acked.sealed)} sealed, {segments} segments, {opens} checks, "
+        f"{tears} torn tails added and truncated, {truncated} more torn by a kill, "
+        f"{reindexed} records re-indexed, {time.monotonic() - started:.1f} s"
+    )
 
 
 def _run_dying_child(data: Path, mode: str) -> bytes:
-    proc = subprocess.run([sys.executable, "-m", "tests.e2e.vault_child", str(data), "7", mode],
-                          cwd=ROOT, capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.vault_child", str(data), "7", mode],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == 9, proc.stderr.decode(errors="replace")
     return proc.stdout
 
@@ -246,7 +259,8 @@ def test_crash_between_segment_fsync_and_index_write_reindexes_records(tmp_path:
 
 
 def test_crash_between_seal_fsync_and_index_write_keeps_the_seal_and_its_log_leaf(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     data = tmp_path / "data"
     out = _run_dying_child(data, "die-before-index-seal")
     assert b"RECORDED" in out and b"SEALED-UNEXPECTEDLY" not in out
@@ -268,26 +282,33 @@ def test_fsync_error_stops_every_later_acknowledgement(tmp_path: Path) -> None:
     faulty = FaultyFS()
     with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
         v._writer.close()
-        v._writer = SegmentWriter(data / "segments", fs=faulty, segment_bytes=SEGMENT_BYTES,
-                                  on_commit=v._on_commit)
+        v._writer = SegmentWriter(
+            data / "segments", fs=faulty, segment_bytes=SEGMENT_BYTES, on_commit=v._on_commit
+        )
         w = v.open_call("f1", tenant="acme")
-        first = [w.append(leg, 0, *packets_for("f1", leg, 0, FRAMES_PER_RECORD))
-                 for leg in (0, 1)]
+        first = [w.append(leg, 0, *packets_for("f1", leg, 0, FRAMES_PER_RECORD)) for leg in (0, 1)]
         acks = [f.result() for f in first]
         faulty.fail_fsync(1, persist=False)  # the next fsync fails once; later ones would pass
         later = []
         for r in range(1, 6):
             for leg in (0, 1):
-                later.append(w.append(leg, r * FRAMES_PER_RECORD,
-                                      *packets_for("f1", leg, r * FRAMES_PER_RECORD,
-                                                   FRAMES_PER_RECORD)))
+                later.append(
+                    w.append(
+                        leg,
+                        r * FRAMES_PER_RECORD,
+                        *packets_for("f1", leg, r * FRAMES_PER_RECORD, FRAMES_PER_RECORD),
+                    )
+                )
                 time.sleep(0.003)  # spread them over several groups
         errors = [f.exception(timeout=30) for f in later]
         assert all(isinstance(e, StoreError) for e in errors), errors
         assert "fsync" in str(errors[0])
         with pytest.raises(StoreError):  # and a new append, after the failure, too
-            w.append(0, 6 * FRAMES_PER_RECORD,
-                     *packets_for("f1", 0, 6 * FRAMES_PER_RECORD, FRAMES_PER_RECORD)).result()
+            w.append(
+                0,
+                6 * FRAMES_PER_RECORD,
+                *packets_for("f1", 0, 6 * FRAMES_PER_RECORD, FRAMES_PER_RECORD),
+            ).result()
         with pytest.raises(StoreError):
             w.seal(frames=7 * FRAMES_PER_RECORD)
         with pytest.raises(StoreError):
@@ -310,8 +331,16 @@ def test_vault_reopens_when_its_signer_key_has_a_plus_in_base64(tmp_path: Path) 
     of a data directory fail."""
     data = tmp_path / "data"
     (data / "keys").mkdir(parents=True)
-    text = next(t for i in range(1000) if (t := checkpoint.Signer.from_seed(
-        "callvault", hashlib.sha256(b"%d" % i).digest())._private_text()).count("+") > 4)
+    text = next(
+        t
+        for i in range(1000)
+        if (
+            t := checkpoint.Signer.from_seed(
+                "callvault", hashlib.sha256(b"%d" % i).digest()
+            )._private_text()
+        ).count("+")
+        > 4
+    )
     path = data / "keys" / checkpoint.KEY_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, text.encode())
@@ -320,4 +349,3 @@ def test_vault_reopens_when_its_signer_key_has_a_plus_in_base64(tmp_path: Path) 
         key = v.signer.verifier_key()
     with Vault.open(data) as v:
         assert v.signer.verifier_key() == key
-

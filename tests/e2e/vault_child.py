@@ -59,8 +59,9 @@ def records_per_leg(call_id: str) -> int:
     return 2 + hashlib.sha256(call_id.encode()).digest()[0] % 7
 
 
-def packets_for(call_id: str, leg: int, first_frame: int, frames: int
-                ) -> tuple[npt.NDArray[np.int32], bytes]:
+def packets_for(
+    call_id: str, leg: int, first_frame: int, frames: int
+) -> tuple[npt.NDArray[np.int32], bytes]:
     """The (lengths, packets) the child stores for frames first_frame.. of a leg:
     a 12 to 59 byte packet per frame, derived from SHA-256 of (call id, leg, frame)."""
     lengths = np.empty(frames, dtype=np.int32)
@@ -85,20 +86,27 @@ def _on_ack(tenant: str, call_id: str) -> Callable[[Future[Ack]], None]:
     def done(f: Future[Ack]) -> None:
         if f.exception() is None:
             a = f.result()
-            _say(f"ACK {tenant} {call_id} {a.leg} {a.first_frame} {a.frames} "
-                 f"{a.chain_index} {a.chain_head.hex()}")
+            _say(
+                f"ACK {tenant} {call_id} {a.leg} {a.first_frame} {a.frames} "
+                f"{a.chain_index} {a.chain_head.hex()}"
+            )
+
     return done
 
 
 def record_call(v: Vault, tenant: str, call_id: str, *, seal: bool) -> None:
-    w = v.open_call(call_id, tenant=tenant, agent=f"agent-{call_id[-1]}",
-                    customer_number=customer_number_for(call_id), tags=["crash"])
+    w = v.open_call(
+        call_id,
+        tenant=tenant,
+        agent=f"agent-{call_id[-1]}",
+        customer_number=customer_number_for(call_id),
+        tags=["crash"],
+    )
     in_flight: list[Future[Ack]] = []
     n = records_per_leg(call_id)
     for r in range(n):
         for leg in (0, 1):
-            lengths, packets = packets_for(call_id, leg, r * FRAMES_PER_RECORD,
-                                           FRAMES_PER_RECORD)
+            lengths, packets = packets_for(call_id, leg, r * FRAMES_PER_RECORD, FRAMES_PER_RECORD)
             f = w.append(leg, r * FRAMES_PER_RECORD, lengths, packets)
             f.add_done_callback(_on_ack(tenant, call_id))
             in_flight.append(f)
@@ -107,8 +115,11 @@ def record_call(v: Vault, tenant: str, call_id: str, *, seal: bool) -> None:
     for f in in_flight:
         f.result()
     if seal:
-        s = w.seal(frames=n * FRAMES_PER_RECORD, end_us=w.entry.start_us
-                   + n * FRAMES_PER_RECORD * 20_000, summary={"child": call_id})
+        s = w.seal(
+            frames=n * FRAMES_PER_RECORD,
+            end_us=w.entry.start_us + n * FRAMES_PER_RECORD * 20_000,
+            summary={"child": call_id},
+        )
         _say(f"SEALED {tenant} {call_id} {s.hex()}")
 
 
@@ -147,8 +158,7 @@ def die_before_index(data: Path, seed: int, *, at_seal: bool) -> None:
     futures = []
     for r in range(4):
         for leg in (0, 1):
-            lengths, packets = packets_for(call_id, leg, r * FRAMES_PER_RECORD,
-                                           FRAMES_PER_RECORD)
+            lengths, packets = packets_for(call_id, leg, r * FRAMES_PER_RECORD, FRAMES_PER_RECORD)
             futures.append(w.append(leg, r * FRAMES_PER_RECORD, lengths, packets))
     for f in futures:
         f.result()  # only reached with at_seal: the index writes of the audio were allowed

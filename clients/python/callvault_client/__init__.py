@@ -23,6 +23,15 @@ from callvault_client.recording import AckEvent, AckView, Recording
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT", "MAX_MESSAGE_BYTES", "AckEvent", "AckView", "CallvaultClientError", "Client",
-    "Recording", "SidecarClient", "errors", "make_meta", "pb",
+    "DEFAULT",
+    "MAX_MESSAGE_BYTES",
+    "AckEvent",
+    "AckView",
+    "CallvaultClientError",
+    "Client",
+    "Recording",
+    "SidecarClient",
+    "errors",
+    "make_meta",
+    "pb",
 ]

@@ -82,9 +82,15 @@ def read_pem(value: Pem | None) -> bytes | None:
     return Path(value).read_bytes()
 
 
-def make_channel(address: str, *, tls_ca: Pem | None = None, tls_cert: Pem | None = None,
-                 tls_key: Pem | None = None, tls_server_name: str | None = None,
-                 options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+def make_channel(
+    address: str,
+    *,
+    tls_ca: Pem | None = None,
+    tls_cert: Pem | None = None,
+    tls_key: Pem | None = None,
+    tls_server_name: str | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
     """An insecure channel, or a TLS one when any TLS option is given."""
     merged = dict(DEFAULT_OPTIONS)
     merged.update(dict(options))
@@ -95,9 +101,11 @@ def make_channel(address: str, *, tls_ca: Pem | None = None, tls_cert: Pem | Non
         return grpc.insecure_channel(address, options=opts)
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("tls_cert and tls_key go together (a client certificate and its key)")
-    creds = grpc.ssl_channel_credentials(root_certificates=read_pem(tls_ca),
-                                         private_key=read_pem(tls_key),
-                                         certificate_chain=read_pem(tls_cert))
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=read_pem(tls_ca),
+        private_key=read_pem(tls_key),
+        certificate_chain=read_pem(tls_cert),
+    )
     return grpc.secure_channel(address, creds, options=opts)
 
 
@@ -118,11 +126,20 @@ class Backoff:
 class Rpc:
     """A channel plus the house rules: metadata, deadlines, retries, typed errors."""
 
-    def __init__(self, address: str, *, tls_ca: Pem | None = None, tls_cert: Pem | None = None,
-                 tls_key: Pem | None = None, tls_server_name: str | None = None,
-                 timeout: float | None = 30.0, retries: int = 3,
-                 backoff: tuple[float, float] = (0.1, 5.0), metadata: Metadata = (),
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls_ca: Pem | None = None,
+        tls_cert: Pem | None = None,
+        tls_key: Pem | None = None,
+        tls_server_name: str | None = None,
+        timeout: float | None = 30.0,
+        retries: int = 3,
+        backoff: tuple[float, float] = (0.1, 5.0),
+        metadata: Metadata = (),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self.address = address
@@ -130,8 +147,14 @@ class Rpc:
         self.retries = retries
         self.backoff = Backoff(*backoff)
         self.metadata: tuple[tuple[str, str | bytes], ...] = tuple(metadata)
-        self.channel = make_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-                                    tls_server_name=tls_server_name, options=options)
+        self.channel = make_channel(
+            address,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+            options=options,
+        )
         self._lock = threading.Lock()
         self._callables: dict[tuple[str, str], Any] = {}
 
@@ -152,16 +175,24 @@ class Rpc:
             fn = self._callables.get(key)
             if fn is None:
                 make = getattr(self.channel, kind)
-                fn = make(method, request_serializer=_serialize,
-                          response_deserializer=response.FromString)
+                fn = make(
+                    method, request_serializer=_serialize, response_deserializer=response.FromString
+                )
                 self._callables[key] = fn
             return fn
 
     def budget(self, timeout: Timeout, default: float | None) -> float | None:
         return default if isinstance(timeout, _Default) else timeout
 
-    def unary(self, method: str, request: Message, response: type[_M], *, idempotent: bool,
-              timeout: Timeout = DEFAULT) -> _M:
+    def unary(
+        self,
+        method: str,
+        request: Message,
+        response: type[_M],
+        *,
+        idempotent: bool,
+        timeout: Timeout = DEFAULT,
+    ) -> _M:
         """Call a unary RPC with the client's deadline and retry rules."""
         budget = self.budget(timeout, self.timeout)
         deadline = None if budget is None else time.monotonic() + budget
@@ -171,7 +202,8 @@ class Rpc:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise errors.DeadlineExceeded(
-                    f"deadline of {budget} s passed after {attempt} attempt(s)", method=method)
+                    f"deadline of {budget} s passed after {attempt} attempt(s)", method=method
+                )
             try:
                 result: _M = fn(request, timeout=remaining, metadata=self.metadata)
                 return result
@@ -181,8 +213,15 @@ class Rpc:
             self._pause(attempt, deadline)
             attempt += 1
 
-    def stream(self, method: str, request: Message, response: type[_M], *, idempotent: bool,
-               timeout: Timeout = None) -> Iterator[_M]:
+    def stream(
+        self,
+        method: str,
+        request: Message,
+        response: type[_M],
+        *,
+        idempotent: bool,
+        timeout: Timeout = None,
+    ) -> Iterator[_M]:
         """Iterate a server stream; retried (when idempotent) only before its first message.
 
         The RPC starts when iteration starts; closing the iterator early cancels it."""
@@ -194,7 +233,8 @@ class Rpc:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise errors.DeadlineExceeded(
-                    f"deadline of {budget} s passed after {attempt} attempt(s)", method=method)
+                    f"deadline of {budget} s passed after {attempt} attempt(s)", method=method
+                )
             call = fn(request, timeout=remaining, metadata=self.metadata)
             got = False
             try:
@@ -224,4 +264,3 @@ class Rpc:
 
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
-

@@ -52,8 +52,9 @@ def make_meta(meta: MetaArg) -> pb.CallMeta:
         elif key == "extra":
             out.extra.update({str(k): str(v) for k, v in dict(value).items()})
         else:
-            raise ValueError(f"meta key {key!r}: expected one of {', '.join(_META_FIELDS)}, "
-                             "tags, extra")
+            raise ValueError(
+                f"meta key {key!r}: expected one of {', '.join(_META_FIELDS)}, tags, extra"
+            )
     return out
 
 
@@ -69,14 +70,32 @@ def _format(value: str | int, table: Mapping[str, int], what: str) -> int:
 class _Base:
     """Channel ownership, context management and the shared options."""
 
-    def __init__(self, address: str, *, tls_ca: Pem | None = None, tls_cert: Pem | None = None,
-                 tls_key: Pem | None = None, tls_server_name: str | None = None,
-                 timeout: float | None = 30.0, retries: int = 3,
-                 backoff: tuple[float, float] = (0.1, 5.0), metadata: Metadata = (),
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
-        self._rpc = Rpc(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-                        tls_server_name=tls_server_name, timeout=timeout, retries=retries,
-                        backoff=backoff, metadata=metadata, options=options)
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls_ca: Pem | None = None,
+        tls_cert: Pem | None = None,
+        tls_key: Pem | None = None,
+        tls_server_name: str | None = None,
+        timeout: float | None = 30.0,
+        retries: int = 3,
+        backoff: tuple[float, float] = (0.1, 5.0),
+        metadata: Metadata = (),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._rpc = Rpc(
+            address,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            metadata=metadata,
+            options=options,
+        )
 
     @property
     def address(self) -> str:
@@ -113,10 +132,17 @@ class Client(_Base):
         return self
 
     # -- Ingest -------------------------------------------------------------------
-    def record(self, call_id: str, legs: Sequence[str | pb.LegSpec] = ("agent", "customer"), *,
-               tenant: str = "", start_us: int = 0, meta: MetaArg = None,
-               on_ack: Callable[[AckEvent], None] | None = None,
-               reconnect_timeout: float | None = 60.0) -> Recording:
+    def record(
+        self,
+        call_id: str,
+        legs: Sequence[str | pb.LegSpec] = ("agent", "customer"),
+        *,
+        tenant: str = "",
+        start_us: int = 0,
+        meta: MetaArg = None,
+        on_ack: Callable[[AckEvent], None] | None = None,
+        reconnect_timeout: float | None = 60.0,
+    ) -> Recording:
         """Start recording a call over an Ingest stream; see :class:`Recording`.
 
         ``legs`` are names or LegSpec messages (channel order); ``start_us`` the
@@ -125,59 +151,124 @@ class Client(_Base):
         after a broken stream the recording reconnects until ``reconnect_timeout``
         seconds pass without a Started (None: forever)."""
         specs = [pb.LegSpec(name=leg) if isinstance(leg, str) else leg for leg in legs]
-        start = pb.CallStart(call_id=call_id, tenant=tenant, legs=specs, start_us=start_us,
-                             meta=make_meta(meta))
+        start = pb.CallStart(
+            call_id=call_id, tenant=tenant, legs=specs, start_us=start_us, meta=make_meta(meta)
+        )
         return Recording(self._rpc, start, on_ack=on_ack, reconnect_timeout=reconnect_timeout)
 
     # -- Archive ------------------------------------------------------------------
-    def search(self, *, tenant: str = "", since_us: int = 0, until_us: int = 0, agent: str = "",
-               skill_group: str = "", direction: str = "", tag: str = "",
-               min_duration_ms: int = 0, max_duration_ms: int = 0, limit: int = 0,
-               timeout: Timeout = None) -> Iterator[pb.CallInfo]:
+    def search(
+        self,
+        *,
+        tenant: str = "",
+        since_us: int = 0,
+        until_us: int = 0,
+        agent: str = "",
+        skill_group: str = "",
+        direction: str = "",
+        tag: str = "",
+        min_duration_ms: int = 0,
+        max_duration_ms: int = 0,
+        limit: int = 0,
+        timeout: Timeout = None,
+    ) -> Iterator[pb.CallInfo]:
         """Calls starting in [since_us, until_us) matching every filter given, newest last."""
-        req = pb.SearchRequest(tenant=tenant, since_us=since_us, until_us=until_us, agent=agent,
-                               skill_group=skill_group, direction=direction, tag=tag,
-                               min_duration_ms=min_duration_ms,
-                               max_duration_ms=max_duration_ms, limit=limit)
-        return self._rpc.stream(_ARCHIVE + "Search", req, pb.CallInfo, idempotent=True,
-                                timeout=timeout)
+        req = pb.SearchRequest(
+            tenant=tenant,
+            since_us=since_us,
+            until_us=until_us,
+            agent=agent,
+            skill_group=skill_group,
+            direction=direction,
+            tag=tag,
+            min_duration_ms=min_duration_ms,
+            max_duration_ms=max_duration_ms,
+            limit=limit,
+        )
+        return self._rpc.stream(
+            _ARCHIVE + "Search", req, pb.CallInfo, idempotent=True, timeout=timeout
+        )
 
-    def get_call(self, call_id: str, *, tenant: str = "", include_summary: bool = False,
-                 include_customer_number: bool = False,
-                 timeout: Timeout = DEFAULT) -> pb.CallInfo:
+    def get_call(
+        self,
+        call_id: str,
+        *,
+        tenant: str = "",
+        include_summary: bool = False,
+        include_customer_number: bool = False,
+        timeout: Timeout = DEFAULT,
+    ) -> pb.CallInfo:
         """One call's metadata (NotFound if there is no such call in the tenant)."""
-        req = pb.GetCallRequest(call=pb.CallRef(tenant=tenant, call_id=call_id),
-                                include_summary=include_summary,
-                                include_customer_number=include_customer_number)
-        return self._rpc.unary(_ARCHIVE + "GetCall", req, pb.CallInfo, idempotent=True,
-                               timeout=timeout)
+        req = pb.GetCallRequest(
+            call=pb.CallRef(tenant=tenant, call_id=call_id),
+            include_summary=include_summary,
+            include_customer_number=include_customer_number,
+        )
+        return self._rpc.unary(
+            _ARCHIVE + "GetCall", req, pb.CallInfo, idempotent=True, timeout=timeout
+        )
 
-    def play(self, call_id: str, *, tenant: str = "", from_ms: int = 0, to_ms: int = 0,
-             format: str | int = "opus", follow: bool = False, frames_per_chunk: int = 0,
-             timeout: Timeout = None) -> Iterator[pb.PlayChunk]:
+    def play(
+        self,
+        call_id: str,
+        *,
+        tenant: str = "",
+        from_ms: int = 0,
+        to_ms: int = 0,
+        format: str | int = "opus",
+        follow: bool = False,
+        frames_per_chunk: int = 0,
+        timeout: Timeout = None,
+    ) -> Iterator[pb.PlayChunk]:
         """A time range of a call as Opus packets or PCM ("opus" / "pcm"), in chunks.
 
         With ``follow`` on an open call the stream continues as the call is
         recorded, until it is sealed, ``timeout`` passes or the iterator is closed."""
-        req = pb.PlayRequest(call=pb.CallRef(tenant=tenant, call_id=call_id), from_ms=from_ms,
-                             to_ms=to_ms, format=_format(format, _PLAY_FORMATS, "play"),  # type: ignore[arg-type]
-                             follow=follow, frames_per_chunk=frames_per_chunk)
-        return self._rpc.stream(_ARCHIVE + "Play", req, pb.PlayChunk, idempotent=True,
-                                timeout=timeout)
+        req = pb.PlayRequest(
+            call=pb.CallRef(tenant=tenant, call_id=call_id),
+            from_ms=from_ms,
+            to_ms=to_ms,
+            format=_format(format, _PLAY_FORMATS, "play"),  # type: ignore[arg-type]
+            follow=follow,
+            frames_per_chunk=frames_per_chunk,
+        )
+        return self._rpc.stream(
+            _ARCHIVE + "Play", req, pb.PlayChunk, idempotent=True, timeout=timeout
+        )
 
-    def export_chunks(self, call_id: str, *, tenant: str = "", format: str | int = "ogg",
-                      from_ms: int = 0, to_ms: int = 0,
-                      timeout: Timeout = None) -> Iterator[pb.FileChunk]:
+    def export_chunks(
+        self,
+        call_id: str,
+        *,
+        tenant: str = "",
+        format: str | int = "ogg",
+        from_ms: int = 0,
+        to_ms: int = 0,
+        timeout: Timeout = None,
+    ) -> Iterator[pb.FileChunk]:
         """The raw Export stream (see :meth:`export` to write a file)."""
-        req = pb.ExportRequest(call=pb.CallRef(tenant=tenant, call_id=call_id),
-                               format=_format(format, _EXPORT_FORMATS, "export"),  # type: ignore[arg-type]
-                               from_ms=from_ms, to_ms=to_ms)
-        return self._rpc.stream(_ARCHIVE + "Export", req, pb.FileChunk, idempotent=True,
-                                timeout=timeout)
+        req = pb.ExportRequest(
+            call=pb.CallRef(tenant=tenant, call_id=call_id),
+            format=_format(format, _EXPORT_FORMATS, "export"),  # type: ignore[arg-type]
+            from_ms=from_ms,
+            to_ms=to_ms,
+        )
+        return self._rpc.stream(
+            _ARCHIVE + "Export", req, pb.FileChunk, idempotent=True, timeout=timeout
+        )
 
-    def export(self, call_id: str, out: str | os.PathLike[str], *, tenant: str = "",
-               format: str | int | None = None, from_ms: int = 0, to_ms: int = 0,
-               progress: ChunkCallback | None = None, timeout: Timeout = None) -> int:
+    def export(
+        self,
+        call_id: str,
+        out: str | os.PathLike[str],
+        *,
+        tenant: str = "",
+        format: str | int | None = None,
+        from_ms: int = 0,
+        to_ms: int = 0,
+        progress: ChunkCallback | None = None,
+        timeout: Timeout = None,
+    ) -> int:
         """Write a sealed call (or [from_ms, to_ms) of it) to ``out`` as Ogg Opus or WAV.
 
         ``format`` defaults from the file name (.wav: WAV, else Ogg). The file
@@ -186,10 +277,10 @@ class Client(_Base):
         (``chunk.offset + len(chunk.data)`` of ``chunk.size`` bytes). Returns the
         bytes written."""
         path = Path(out)
-        fmt = format if format is not None else ("wav" if path.suffix.lower() == ".wav"
-                                                 else "ogg")
-        chunks = self.export_chunks(call_id, tenant=tenant, format=fmt, from_ms=from_ms,
-                                    to_ms=to_ms, timeout=timeout)
+        fmt = format if format is not None else ("wav" if path.suffix.lower() == ".wav" else "ogg")
+        chunks = self.export_chunks(
+            call_id, tenant=tenant, format=fmt, from_ms=from_ms, to_ms=to_ms, timeout=timeout
+        )
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -206,41 +297,72 @@ class Client(_Base):
     # -- Integrity ----------------------------------------------------------------
     def get_checkpoint(self, *, timeout: Timeout = DEFAULT) -> pb.Checkpoint:
         """The log's signed checkpoint as it is now."""
-        return self._rpc.unary(_INTEGRITY + "GetCheckpoint", pb.GetCheckpointRequest(),
-                               pb.Checkpoint, idempotent=True, timeout=timeout)
+        return self._rpc.unary(
+            _INTEGRITY + "GetCheckpoint",
+            pb.GetCheckpointRequest(),
+            pb.Checkpoint,
+            idempotent=True,
+            timeout=timeout,
+        )
 
-    def get_inclusion_proof(self, call_id: str | None = None, *, tenant: str = "",
-                            leaf_index: int | None = None, tree_size: int = 0,
-                            timeout: Timeout = DEFAULT) -> pb.InclusionProof:
+    def get_inclusion_proof(
+        self,
+        call_id: str | None = None,
+        *,
+        tenant: str = "",
+        leaf_index: int | None = None,
+        tree_size: int = 0,
+        timeout: Timeout = DEFAULT,
+    ) -> pb.InclusionProof:
         """Proof that a call's seal (or leaf ``leaf_index``) is in the log at ``tree_size``
         (0: the current size). Give exactly one of call_id and leaf_index."""
         if (call_id is None) == (leaf_index is None):
             raise ValueError("give exactly one of call_id and leaf_index")
         if call_id is not None:
-            req = pb.InclusionProofRequest(call=pb.CallRef(tenant=tenant, call_id=call_id),
-                                           tree_size=tree_size)
+            req = pb.InclusionProofRequest(
+                call=pb.CallRef(tenant=tenant, call_id=call_id), tree_size=tree_size
+            )
         else:
             req = pb.InclusionProofRequest(leaf_index=leaf_index, tree_size=tree_size)
-        return self._rpc.unary(_INTEGRITY + "GetInclusionProof", req, pb.InclusionProof,
-                               idempotent=True, timeout=timeout)
+        return self._rpc.unary(
+            _INTEGRITY + "GetInclusionProof",
+            req,
+            pb.InclusionProof,
+            idempotent=True,
+            timeout=timeout,
+        )
 
-    def get_consistency_proof(self, old_size: int, new_size: int = 0, *,
-                              timeout: Timeout = DEFAULT) -> pb.ConsistencyProof:
+    def get_consistency_proof(
+        self, old_size: int, new_size: int = 0, *, timeout: Timeout = DEFAULT
+    ) -> pb.ConsistencyProof:
         """Proof that the log at ``old_size`` is a prefix of the log at ``new_size``."""
         req = pb.ConsistencyProofRequest(old_size=old_size, new_size=new_size)
-        return self._rpc.unary(_INTEGRITY + "GetConsistencyProof", req, pb.ConsistencyProof,
-                               idempotent=True, timeout=timeout)
+        return self._rpc.unary(
+            _INTEGRITY + "GetConsistencyProof",
+            req,
+            pb.ConsistencyProof,
+            idempotent=True,
+            timeout=timeout,
+        )
 
-    def bundle_chunks(self, call_id: str, *, tenant: str = "",
-                      timeout: Timeout = None) -> Iterator[pb.FileChunk]:
+    def bundle_chunks(
+        self, call_id: str, *, tenant: str = "", timeout: Timeout = None
+    ) -> Iterator[pb.FileChunk]:
         """The raw GetBundle stream (see :meth:`get_bundle`)."""
         req = pb.GetBundleRequest(call=pb.CallRef(tenant=tenant, call_id=call_id))
-        return self._rpc.stream(_INTEGRITY + "GetBundle", req, pb.FileChunk, idempotent=True,
-                                timeout=timeout)
+        return self._rpc.stream(
+            _INTEGRITY + "GetBundle", req, pb.FileChunk, idempotent=True, timeout=timeout
+        )
 
-    def get_bundle(self, call_id: str, directory: str | os.PathLike[str], *, tenant: str = "",
-                   progress: ChunkCallback | None = None,
-                   timeout: Timeout = None) -> dict[str, int]:
+    def get_bundle(
+        self,
+        call_id: str,
+        directory: str | os.PathLike[str],
+        *,
+        tenant: str = "",
+        progress: ChunkCallback | None = None,
+        timeout: Timeout = None,
+    ) -> dict[str, int]:
         """Write a sealed call's export bundle into the new directory ``directory``.
 
         The bundle is written into a temporary directory beside it and renamed
@@ -263,8 +385,9 @@ class Client(_Base):
 
         try:
             try:
-                sizes = _write_chunks(self.bundle_chunks(call_id, tenant=tenant, timeout=timeout),
-                                      open_file, progress)
+                sizes = _write_chunks(
+                    self.bundle_chunks(call_id, tenant=tenant, timeout=timeout), open_file, progress
+                )
             finally:
                 for f in files.values():
                     f.close()
@@ -276,35 +399,55 @@ class Client(_Base):
             raise
         return sizes
 
-    def verify(self, call_ids: Iterable[str] = (), *, tenant: str = "", all: bool = False,
-               timeout: Timeout = None) -> Iterator[pb.VerifyResult]:
+    def verify(
+        self,
+        call_ids: Iterable[str] = (),
+        *,
+        tenant: str = "",
+        all: bool = False,
+        timeout: Timeout = None,
+    ) -> Iterator[pb.VerifyResult]:
         """Check calls (or ``all``: every call and segment); one result per call."""
         req = pb.VerifyRequest(tenant=tenant, call_ids=list(call_ids), all=all)
-        return self._rpc.stream(_INTEGRITY + "Verify", req, pb.VerifyResult, idempotent=True,
-                                timeout=timeout)
+        return self._rpc.stream(
+            _INTEGRITY + "Verify", req, pb.VerifyResult, idempotent=True, timeout=timeout
+        )
 
     # -- Admin --------------------------------------------------------------------
     def stats(self, *, timeout: Timeout = DEFAULT) -> pb.StatsReply:
         """Calls, bytes, free disk, ingest rate, open calls and streams."""
-        return self._rpc.unary(_ADMIN + "Stats", pb.StatsRequest(), pb.StatsReply,
-                               idempotent=True, timeout=timeout)
+        return self._rpc.unary(
+            _ADMIN + "Stats", pb.StatsRequest(), pb.StatsReply, idempotent=True, timeout=timeout
+        )
 
-    def erase(self, call_id: str, reason: str, *, tenant: str = "",
-              timeout: Timeout = DEFAULT) -> pb.EraseReply:
+    def erase(
+        self, call_id: str, reason: str, *, tenant: str = "", timeout: Timeout = DEFAULT
+    ) -> pb.EraseReply:
         """Crypto-shred a sealed call (never retried: erasing twice is FailedPrecondition)."""
         req = pb.EraseRequest(call=pb.CallRef(tenant=tenant, call_id=call_id), reason=reason)
-        return self._rpc.unary(_ADMIN + "Erase", req, pb.EraseReply, idempotent=False,
-                               timeout=timeout)
+        return self._rpc.unary(
+            _ADMIN + "Erase", req, pb.EraseReply, idempotent=False, timeout=timeout
+        )
 
     def reindex(self, *, timeout: Timeout = DEFAULT) -> pb.ReindexReply:
         """Rebuild the server's index from its segments (never retried)."""
-        return self._rpc.unary(_ADMIN + "Reindex", pb.ReindexRequest(), pb.ReindexReply,
-                               idempotent=False, timeout=timeout)
+        return self._rpc.unary(
+            _ADMIN + "Reindex",
+            pb.ReindexRequest(),
+            pb.ReindexReply,
+            idempotent=False,
+            timeout=timeout,
+        )
 
     def rotate_key(self, *, timeout: Timeout = DEFAULT) -> pb.RotateKeyReply:
         """A new key-encryption key; every data key re-wrapped (never retried)."""
-        return self._rpc.unary(_ADMIN + "RotateKey", pb.RotateKeyRequest(), pb.RotateKeyReply,
-                               idempotent=False, timeout=timeout)
+        return self._rpc.unary(
+            _ADMIN + "RotateKey",
+            pb.RotateKeyRequest(),
+            pb.RotateKeyReply,
+            idempotent=False,
+            timeout=timeout,
+        )
 
 
 class SidecarClient(_Base):
@@ -313,41 +456,63 @@ class SidecarClient(_Base):
     def __enter__(self) -> SidecarClient:
         return self
 
-    def start_call(self, call_id: str, legs: Sequence[str] = ("agent", "customer"), *,
-                   tenant: str = "", meta: MetaArg = None,
-                   timeout: Timeout = DEFAULT) -> dict[str, int]:
+    def start_call(
+        self,
+        call_id: str,
+        legs: Sequence[str] = ("agent", "customer"),
+        *,
+        tenant: str = "",
+        meta: MetaArg = None,
+        timeout: Timeout = DEFAULT,
+    ) -> dict[str, int]:
         """Allocate one UDP port per leg; returns {leg name: port}. Not retried."""
-        req = pb.StartCallRequest(call_id=call_id, tenant=tenant, legs=list(legs),
-                                  meta=make_meta(meta))
-        reply = self._rpc.unary(_SIDECAR + "StartCall", req, pb.StartCallReply,
-                                idempotent=False, timeout=timeout)
+        req = pb.StartCallRequest(
+            call_id=call_id, tenant=tenant, legs=list(legs), meta=make_meta(meta)
+        )
+        reply = self._rpc.unary(
+            _SIDECAR + "StartCall", req, pb.StartCallReply, idempotent=False, timeout=timeout
+        )
         return dict(reply.ports)
 
-    def stop_call(self, call_id: str, *, tenant: str = "",
-                  timeout: Timeout = DEFAULT) -> pb.StopCallReply:
+    def stop_call(
+        self, call_id: str, *, tenant: str = "", timeout: Timeout = DEFAULT
+    ) -> pb.StopCallReply:
         """Stop receiving; the sidecar seals the call on the server. Not retried."""
         req = pb.StopCallRequest(call_id=call_id, tenant=tenant)
-        return self._rpc.unary(_SIDECAR + "StopCall", req, pb.StopCallReply, idempotent=False,
-                               timeout=timeout)
+        return self._rpc.unary(
+            _SIDECAR + "StopCall", req, pb.StopCallReply, idempotent=False, timeout=timeout
+        )
 
     def list_calls(self, *, timeout: Timeout = DEFAULT) -> list[pb.SidecarCall]:
         """The sidecar's calls and their forwarding state."""
-        reply = self._rpc.unary(_SIDECAR + "ListCalls", pb.ListCallsRequest(),
-                                pb.ListCallsReply, idempotent=True, timeout=timeout)
+        reply = self._rpc.unary(
+            _SIDECAR + "ListCalls",
+            pb.ListCallsRequest(),
+            pb.ListCallsReply,
+            idempotent=True,
+            timeout=timeout,
+        )
         return list(reply.calls)
 
 
 def _safe_name(name: str) -> Path:
     """A bundle file name as a relative path that stays inside the bundle."""
     p = PurePosixPath(name)
-    if not name or "\\" in name or p.is_absolute() or any(part in ("", ".", "..")
-                                                          for part in p.parts):
+    if (
+        not name
+        or "\\" in name
+        or p.is_absolute()
+        or any(part in ("", ".", "..") for part in p.parts)
+    ):
         raise errors.ProtocolError(f"bundle file name {name!r} is not a plain relative path")
     return Path(*p.parts)
 
 
-def _write_chunks(chunks: Iterator[pb.FileChunk], open_file: Callable[[str], IO[bytes]],
-                  progress: ChunkCallback | None) -> dict[str, int]:
+def _write_chunks(
+    chunks: Iterator[pb.FileChunk],
+    open_file: Callable[[str], IO[bytes]],
+    progress: ChunkCallback | None,
+) -> dict[str, int]:
     """Write FileChunks in order (each file's chunks at increasing offsets, no gaps);
     returns {name: bytes written}, after checking each file reached its size."""
     written: dict[str, int] = {}
@@ -355,8 +520,9 @@ def _write_chunks(chunks: Iterator[pb.FileChunk], open_file: Callable[[str], IO[
     for chunk in chunks:
         done = written.get(chunk.name, 0)
         if chunk.offset != done:
-            raise errors.ProtocolError(f"file {chunk.name!r}: chunk at offset {chunk.offset}, "
-                                       f"expected {done}")
+            raise errors.ProtocolError(
+                f"file {chunk.name!r}: chunk at offset {chunk.offset}, expected {done}"
+            )
         f = open_file(chunk.name)
         f.write(chunk.data)
         written[chunk.name] = done + len(chunk.data)

@@ -16,8 +16,9 @@ class CallvaultClientError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, *, code: grpc.StatusCode | None = None,
-                 method: str = "") -> None:
+    def __init__(
+        self, message: str, *, code: grpc.StatusCode | None = None, method: str = ""
+    ) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
@@ -116,10 +117,25 @@ class ProtocolError(CallvaultClientError):
 
 
 _BY_CODE: dict[grpc.StatusCode, type[CallvaultClientError]] = {
-    cls.code: cls for cls in (Cancelled, Unknown, InvalidArgument, DeadlineExceeded, NotFound,
-                              AlreadyExists, PermissionDenied, ResourceExhausted,
-                              FailedPrecondition, Aborted, OutOfRange, Unimplemented, Internal,
-                              Unavailable, DataLoss, Unauthenticated)
+    cls.code: cls
+    for cls in (
+        Cancelled,
+        Unknown,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        DataLoss,
+        Unauthenticated,
+    )
 }
 
 
@@ -136,8 +152,23 @@ def from_rpc_error(e: grpc.RpcError, method: str = "") -> CallvaultClientError:
 
 
 __all__ = [
-    "Aborted", "AlreadyExists", "CallvaultClientError", "Cancelled", "DataLoss",
-    "DeadlineExceeded", "FailedPrecondition", "Internal", "InvalidArgument", "NotFound",
-    "OutOfRange", "PermissionDenied", "ProtocolError", "ResourceExhausted", "Unauthenticated",
-    "Unavailable", "Unimplemented", "Unknown", "from_rpc_error",
+    "Aborted",
+    "AlreadyExists",
+    "CallvaultClientError",
+    "Cancelled",
+    "DataLoss",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "ProtocolError",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "Unknown",
+    "from_rpc_error",
 ]

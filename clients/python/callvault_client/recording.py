@@ -73,9 +73,14 @@ class Recording:
     ``send`` may be called from any thread; ``end`` seals. As a context manager
     it ends the call on a normal exit and cancels the stream on an exception."""
 
-    def __init__(self, rpc: Rpc, start: pb.CallStart, *,
-                 on_ack: Callable[[AckEvent], None] | None = None,
-                 reconnect_timeout: float | None = 60.0) -> None:
+    def __init__(
+        self,
+        rpc: Rpc,
+        start: pb.CallStart,
+        *,
+        on_ack: Callable[[AckEvent], None] | None = None,
+        reconnect_timeout: float | None = 60.0,
+    ) -> None:
         self._rpc = rpc
         self._start = start
         self._on_ack = on_ack
@@ -93,8 +98,9 @@ class Recording:
         self.started: pb.Started | None = None  # the latest Started
         self.reconnects = 0  # streams opened after the first
         self.acks = AckView(self._cond)
-        self._thread = threading.Thread(target=self._run, name=f"record-{start.call_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"record-{start.call_id}", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -112,23 +118,28 @@ class Recording:
         return self._sealed
 
     # -- the caller's side --------------------------------------------------------
-    def send(self, leg: int, packets: bytes, lengths: Sequence[int],
-             arrival_us: Sequence[int]) -> int:
+    def send(
+        self, leg: int, packets: bytes, lengths: Sequence[int], arrival_us: Sequence[int]
+    ) -> int:
         """Queue one batch of RTP packets of ``leg`` (back to back, with each one's
         byte length and arrival instant); returns its seq. Does not block on the
         network."""
         if len(lengths) != len(arrival_us):
             raise ValueError(f"{len(lengths)} lengths but {len(arrival_us)} arrival times")
         if sum(lengths) != len(packets):
-            raise ValueError(f"lengths add up to {sum(lengths)} bytes, packets has "
-                             f"{len(packets)}")
+            raise ValueError(f"lengths add up to {sum(lengths)} bytes, packets has {len(packets)}")
         with self._cond:
             self._raise_if_failed()
             if self._end is not None:
                 raise RuntimeError(f"call {self.call_id}: send after end")
             seq = len(self._batches)
-            self._batches.append(pb.IngestRequest(batch=pb.RtpBatch(
-                seq=seq, leg=leg, packets=packets, lengths=lengths, arrival_us=arrival_us)))
+            self._batches.append(
+                pb.IngestRequest(
+                    batch=pb.RtpBatch(
+                        seq=seq, leg=leg, packets=packets, lengths=lengths, arrival_us=arrival_us
+                    )
+                )
+            )
             self._sent_at[seq] = time.monotonic()
             self._cond.notify_all()
         return seq
@@ -141,21 +152,24 @@ class Recording:
                 self._end = pb.CallEnd(batches=len(self._batches), end_us=end_us)
                 self._cond.notify_all()
             done = self._cond.wait_for(
-                lambda: self._sealed is not None or self._error is not None, timeout)
+                lambda: self._sealed is not None or self._error is not None, timeout
+            )
             if self._sealed is not None:
                 return self._sealed
             self._raise_if_failed()
             assert not done
-        raise errors.DeadlineExceeded(f"call {self.call_id}: not sealed within {timeout} s",
-                                      method=_RECORD)
+        raise errors.DeadlineExceeded(
+            f"call {self.call_id}: not sealed within {timeout} s", method=_RECORD
+        )
 
     def cancel(self) -> None:
         """Abandon the recording: the stream is cancelled, nothing more is sent."""
         with self._cond:
             self._cancelled = True
             if self._error is None and self._sealed is None:
-                self._error = errors.Cancelled(f"call {self.call_id}: recording cancelled",
-                                               method=_RECORD)
+                self._error = errors.Cancelled(
+                    f"call {self.call_id}: recording cancelled", method=_RECORD
+                )
             call = self._call
             self._cond.notify_all()
         if call is not None:
@@ -185,14 +199,22 @@ class Recording:
             with self._cond:
                 req: pb.IngestRequest | None = None
                 while req is None:
-                    if (self._epoch != epoch or self._cancelled or self._error is not None
-                            or self._sealed is not None or end_sent):
+                    if (
+                        self._epoch != epoch
+                        or self._cancelled
+                        or self._error is not None
+                        or self._sealed is not None
+                        or end_sent
+                    ):
                         return
                     if self._cursor is not None and self._cursor < len(self._batches):
                         req = self._batches[self._cursor]
                         self._cursor += 1
-                    elif (self._cursor is not None and self._end is not None
-                          and self._cursor >= self._end.batches):
+                    elif (
+                        self._cursor is not None
+                        and self._end is not None
+                        and self._cursor >= self._end.batches
+                    ):
                         req = pb.IngestRequest(end=self._end)
                         end_sent = True
                     else:
@@ -218,9 +240,12 @@ class Recording:
                     if self._sealed is not None:
                         break
                 if self._sealed is None and not self._cancelled:
-                    self._fail(errors.ProtocolError(
-                        f"call {self.call_id}: the server ended the stream without Sealed",
-                        method=_RECORD))
+                    self._fail(
+                        errors.ProtocolError(
+                            f"call {self.call_id}: the server ended the stream without Sealed",
+                            method=_RECORD,
+                        )
+                    )
                     call.cancel()
                 return
             except grpc.RpcError as e:
@@ -228,9 +253,10 @@ class Recording:
                     return
                 now = time.monotonic()
                 failing_since = failing_since if failing_since is not None else now
-                if (e.code() not in (grpc.StatusCode.UNAVAILABLE,)
-                        or (self._reconnect_timeout is not None
-                            and now - failing_since > self._reconnect_timeout)):
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE,) or (
+                    self._reconnect_timeout is not None
+                    and now - failing_since > self._reconnect_timeout
+                ):
                     self._fail(errors.from_rpc_error(e, _RECORD))
                     return
             except BaseException as e:  # on_ack raised, or a bug: fail loudly in send/end
@@ -254,7 +280,9 @@ class Recording:
                 if resume > len(self._batches):
                     raise errors.ProtocolError(
                         f"call {self.call_id}: server resumes from batch {resume} but only "
-                        f"{len(self._batches)} were sent", method=_RECORD)
+                        f"{len(self._batches)} were sent",
+                        method=_RECORD,
+                    )
                 self.started = reply.started
                 self._cursor = resume
             elif kind == "ack":

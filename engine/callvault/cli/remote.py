@@ -38,10 +38,17 @@ FRAME_SAMPLES = 160  # 20 ms at 8 kHz
 def run(args: argparse.Namespace) -> int:
     """Run ``args.command`` (one of cli.REMOTE_VERBS) against ``args.server``."""
     verbs: dict[str, Callable[[Client, argparse.Namespace], int]] = {
-        "import": cmd_import, "ls": cmd_ls, "info": cmd_info, "export": cmd_export,
+        "import": cmd_import,
+        "ls": cmd_ls,
+        "info": cmd_info,
+        "export": cmd_export,
         "play": cmd_play,
-        "verify": cmd_verify, "bundle": cmd_bundle, "checkpoint": cmd_checkpoint,
-        "erase": cmd_erase, "reindex": cmd_reindex, "rotate-key": cmd_rotate_key,
+        "verify": cmd_verify,
+        "bundle": cmd_bundle,
+        "checkpoint": cmd_checkpoint,
+        "erase": cmd_erase,
+        "reindex": cmd_reindex,
+        "rotate-key": cmd_rotate_key,
     }
     verb = verbs.get(args.command)
     if verb is None:
@@ -49,9 +56,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         if bool(getattr(args, "client_cert", None)) != bool(getattr(args, "client_key", None)):
             raise CallvaultError("a client certificate needs both --tls-cert and --tls-key")
-        with Client(args.server, tls_ca=getattr(args, "tls_ca", None),
-                    tls_cert=getattr(args, "client_cert", None),
-                    tls_key=getattr(args, "client_key", None)) as client:
+        with Client(
+            args.server,
+            tls_ca=getattr(args, "tls_ca", None),
+            tls_cert=getattr(args, "client_cert", None),
+            tls_key=getattr(args, "client_key", None),
+        ) as client:
             return verb(client, args)
     except CallvaultClientError as e:
         raise CallvaultError(f"{args.server}: {e.message}") from e
@@ -77,11 +87,16 @@ def leg_packets(leg_inputs: Sequence[Any], start_us: int) -> tuple[list[Packet],
     for i, leg in enumerate(leg_inputs):
         if leg.flow is not None:
             flow = leg.flow
-            packets.extend((int(at), i, p) for at, p in zip(flow.arrival_us, flow.packets,
-                                                             strict=True))
-            specs.append(pb.LegSpec(
-                name=leg.name, event_payload_types=list(flow.event_payload_types()),
-                audio_payload_types=sorted(pt for pt in flow.payload_types if pt in AUDIO_PTS)))
+            packets.extend(
+                (int(at), i, p) for at, p in zip(flow.arrival_us, flow.packets, strict=True)
+            )
+            specs.append(
+                pb.LegSpec(
+                    name=leg.name,
+                    event_payload_types=list(flow.event_payload_types()),
+                    audio_payload_types=sorted(pt for pt in flow.payload_types if pt in AUDIO_PTS),
+                )
+            )
             continue
         pcm = np.asarray(leg.pcm, dtype=np.int16)
         pad = (-len(pcm)) % FRAME_SAMPLES  # a partial last frame, zero-padded as a local import
@@ -90,15 +105,21 @@ def leg_packets(leg_inputs: Sequence[Any], start_us: int) -> tuple[list[Packet],
         plan = sample.LegPlan(law=PT_PCMU, ptime_ms=20, ssrc=0x5EED0000 + i, jitter_ms=0.0)
         # rtp_packets delays every packet 10 ms after its send time (sample / 8000 + t0)
         t0 = start_us / 1e6 + 0.020 - 0.010
-        packets.extend((round(at * 1e6), i, p)
-                       for at, p in sample.rtp_packets(pcm, plan, t0=t0, seed=i))
+        packets.extend(
+            (round(at * 1e6), i, p) for at, p in sample.rtp_packets(pcm, plan, t0=t0, seed=i)
+        )
         specs.append(pb.LegSpec(name=leg.name, audio_payload_types=[PT_PCMU]))
     packets.sort(key=lambda x: (x[0], x[1]))  # stable: each leg keeps its capture order
     return packets, specs
 
 
-def batches(packets: Sequence[Packet], legs: int, *, max_packets: int = BATCH_PACKETS,
-            max_span_us: int = BATCH_SPAN_US) -> Iterator[tuple[int, list[Packet]]]:
+def batches(
+    packets: Sequence[Packet],
+    legs: int,
+    *,
+    max_packets: int = BATCH_PACKETS,
+    max_span_us: int = BATCH_SPAN_US,
+) -> Iterator[tuple[int, list[Packet]]]:
     """(leg, packets) batches in arrival order: each leg's packets accumulate until
     the leg has ``max_packets`` or the window spans ``max_span_us``; then every
     leg's pending packets go out, in leg order."""
@@ -125,13 +146,21 @@ def _flush(pending: list[list[Packet]]) -> Iterator[tuple[int, list[Packet]]]:
             pkts.clear()
 
 
-def send_call(rec: Recording, packets: Sequence[Packet], legs: int,
-              progress: Callable[[int], None] | None = None) -> int:
+def send_call(
+    rec: Recording,
+    packets: Sequence[Packet],
+    legs: int,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Send the packets as batches on the recording; returns the batch count."""
     n = 0
     for leg, pkts in batches(packets, legs):
-        rec.send(leg, b"".join(p for _, _, p in pkts), [len(p) for _, _, p in pkts],
-                 [at for at, _, _ in pkts])
+        rec.send(
+            leg,
+            b"".join(p for _, _, p in pkts),
+            [len(p) for _, _, p in pkts],
+            [at for at, _, _ in pkts],
+        )
         n += 1
         if progress is not None:
             progress(len(pkts))
@@ -173,31 +202,49 @@ def cmd_import(client: Client, args: argparse.Namespace) -> int:
 
 # -- reading ---------------------------------------------------------------------------
 
+
 def cmd_ls(client: Client, args: argparse.Namespace) -> int:
-    calls = list(client.search(tenant=args.tenant,
-                               since_us=cli._time_arg(args.since) if args.since else 0,
-                               until_us=cli._time_arg(args.until) if args.until else 0,
-                               agent=args.agent or "", skill_group=args.skill_group or "",
-                               tag=args.tag or ""))
+    calls = list(
+        client.search(
+            tenant=args.tenant,
+            since_us=cli._time_arg(args.since) if args.since else 0,
+            until_us=cli._time_arg(args.until) if args.until else 0,
+            agent=args.agent or "",
+            skill_group=args.skill_group or "",
+            tag=args.tag or "",
+        )
+    )
     cli.print_calls(calls, as_json=args.json)
     return 0
     for e in calls:
         secs = f"{(e.end_us - e.start_us) / 1e6:8.1f}s" if e.end_us else "    open "
-        print(f"{e.call_id:<24} {cli._iso(e.start_us)} {secs} {e.state:<7} {e.agent or '-':<12} "
-              f"{','.join(e.tags)}")
+        print(
+            f"{e.call_id:<24} {cli._iso(e.start_us)} {secs} {e.state:<7} {e.agent or '-':<12} "
+            f"{','.join(e.tags)}"
+        )
     return 0
 
 
 def cmd_info(client: Client, args: argparse.Namespace) -> int:
-    e = client.get_call(args.call_id, tenant=args.tenant, include_summary=True,
-                        include_customer_number=True)
+    e = client.get_call(
+        args.call_id, tenant=args.tenant, include_summary=True, include_customer_number=True
+    )
     doc: dict[str, Any] = {
-        "call_id": e.call_id, "tenant": e.tenant, "state": e.state,
-        "start": cli._iso(e.start_us), "end": cli._iso(e.end_us) if e.end_us else None,
-        "direction": e.direction, "agent": e.agent, "skill_group": e.skill_group,
-        "tags": list(e.tags), "legs": list(e.legs), "records": e.records,
-        "chain_head": e.chain_head.hex(), "seal": e.seal.hex() or None,
-        "log_index": e.log_index if e.log_index >= 0 else None}
+        "call_id": e.call_id,
+        "tenant": e.tenant,
+        "state": e.state,
+        "start": cli._iso(e.start_us),
+        "end": cli._iso(e.end_us) if e.end_us else None,
+        "direction": e.direction,
+        "agent": e.agent,
+        "skill_group": e.skill_group,
+        "tags": list(e.tags),
+        "legs": list(e.legs),
+        "records": e.records,
+        "chain_head": e.chain_head.hex(),
+        "seal": e.seal.hex() or None,
+        "log_index": e.log_index if e.log_index >= 0 else None,
+    }
     if e.state != "erased":
         doc["customer_number"] = e.customer_number
     if e.seal:
@@ -205,8 +252,10 @@ def cmd_info(client: Client, args: argparse.Namespace) -> int:
         if e.state != "erased" and e.summary_json:
             doc["legs_detail"] = json.loads(e.summary_json).get("legs", [])
     if e.state == "erased":
-        doc["erased"] = {"at": cli._iso(int(e.extra["erased_us"])),
-                         "reason": e.extra["erase_reason"]}
+        doc["erased"] = {
+            "at": cli._iso(int(e.extra["erased_us"])),
+            "reason": e.extra["erase_reason"],
+        }
     cli.print_info(doc, as_json=args.json)
     return 0
 
@@ -223,6 +272,7 @@ def _byte_bar(desc: str) -> tuple[Any, Callable[[pb.FileChunk], None]]:
             bar.total = sum(sizes.values())
             bar.refresh()
         bar.update(len(chunk.data))
+
     return bar, on_chunk
 
 
@@ -236,9 +286,15 @@ def cmd_export(client: Client, args: argparse.Namespace) -> int:
     to_ms = 0 if args.to_s is None else math.ceil(args.to_s * 1000)
     bar, on_chunk = _byte_bar("export")
     try:
-        n = client.export(args.call_id, args.output, tenant=args.tenant,
-                          format="wav" if suffix == ".wav" else "ogg",
-                          from_ms=max(0, int(from_s * 1000)), to_ms=to_ms, progress=on_chunk)
+        n = client.export(
+            args.call_id,
+            args.output,
+            tenant=args.tenant,
+            format="wav" if suffix == ".wav" else "ogg",
+            from_ms=max(0, int(from_s * 1000)),
+            to_ms=to_ms,
+            progress=on_chunk,
+        )
     finally:
         bar.close()
     print(f"wrote {args.output} ({n} bytes)")
@@ -247,9 +303,14 @@ def cmd_export(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_play(client: Client, args: argparse.Namespace) -> int:
     sink = cli.PcmSink(args.output)
-    for c in client.play(args.call_id, tenant=args.tenant, format="pcm",
-                         from_ms=int((args.from_s or 0) * 1000),
-                         to_ms=int(args.to_s * 1000) if args.to_s else 0, follow=args.follow):
+    for c in client.play(
+        args.call_id,
+        tenant=args.tenant,
+        format="pcm",
+        from_ms=int((args.from_s or 0) * 1000),
+        to_ms=int(args.to_s * 1000) if args.to_s else 0,
+        follow=args.follow,
+    ):
         sink.write([leg.data for leg in c.legs])
     n = sink.close()
     if args.output != "-":
@@ -271,6 +332,7 @@ def cmd_bundle(client: Client, args: argparse.Namespace) -> int:
 
 
 # -- integrity and admin ---------------------------------------------------------------
+
 
 def cmd_verify(client: Client, args: argparse.Namespace) -> int:
     if not args.call_ids and not args.all:
@@ -317,6 +379,8 @@ def cmd_reindex(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_rotate_key(client: Client, args: argparse.Namespace) -> int:
     r = client.rotate_key(timeout=None)
-    print(f"key-encryption key {r.kek_id} active; {r.rewrapped} call key(s) re-wrapped, "
-          "no audio rewritten")
+    print(
+        f"key-encryption key {r.kek_id} active; {r.rewrapped} call key(s) re-wrapped, "
+        "no audio rewritten"
+    )
     return 0

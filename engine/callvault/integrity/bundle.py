@@ -15,7 +15,8 @@
 Written by ``callvault.vault.bundle``. `verify_bundle` checks, with nothing
 else: the checkpoint signature; the chain over the records (every head) and the
 seal over head, count and manifest; the leaf from the seal and its inclusion
-in the checkpoint's tree; and that the packets of call.ogg are exactly the packets sealed in the records.
+in the checkpoint's tree; and that the packets of call.ogg are exactly the
+packets sealed in the records.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class BundleReport:
         self.failures.append(what)
 
 
-def verify_bundle(directory: str | os.PathLike[str], *, public_key: str | None = None
-                  ) -> BundleReport:
+def verify_bundle(
+    directory: str | os.PathLike[str], *, public_key: str | None = None
+) -> BundleReport:
     """Check a bundle offline. ``public_key`` (verifier key text) is the one you trust;
     without it the bundle's own public-key.txt is used (and the report says so)."""
     from callvault import _opus
@@ -57,8 +59,10 @@ def verify_bundle(directory: str | os.PathLike[str], *, public_key: str | None =
     try:
         key_text = public_key or (d / "public-key.txt").read_text().strip()
         if public_key is None:
-            r.checked.append("public key taken from the bundle itself (pass --public-key to "
-                             "check against a key you trust)")
+            r.checked.append(
+                "public key taken from the bundle itself (pass --public-key to "
+                "check against a key you trust)"
+            )
         cp = checkpoint.verify((d / "checkpoint.txt").read_bytes(), key_text)
         r.checked.append(f"checkpoint signed by {cp.origin}, tree size {cp.size}")
         chain_doc = json.loads((d / "chain.json").read_text())
@@ -72,24 +76,35 @@ def verify_bundle(directory: str | os.PathLike[str], *, public_key: str | None =
         if [p.name for p in files] != [f"{i:06d}" for i in range(len(files))]:
             r.fail("records/ is not a gapless sequence 000000, 000001, ...")
         try:
-            chainmod.verify(tenant, call_id, bodies,
-                            heads=[bytes.fromhex(h) for h in chain_doc["heads"]],
-                            expect_count=int(m["records"]), manifest=manifest,
-                            expect_seal=bytes.fromhex(chain_doc["seal"]))
+            chainmod.verify(
+                tenant,
+                call_id,
+                bodies,
+                heads=[bytes.fromhex(h) for h in chain_doc["heads"]],
+                expect_count=int(m["records"]),
+                manifest=manifest,
+                expect_seal=bytes.fromhex(chain_doc["seal"]),
+            )
             r.checked.append(f"chain of {len(bodies)} records and the seal")
         except chainmod.ChainError as e:
             r.fail(f"chain: {e}")
         proof = json.loads((d / "proof.json").read_text())
         leaf = bytes.fromhex(proof["leaf"])
-        want_leaf = leaf_data(LEAF_SEAL, tenant, call_id, bytes.fromhex(chain_doc["seal"]),
-                              int(m["end_us"]))
+        want_leaf = leaf_data(
+            LEAF_SEAL, tenant, call_id, bytes.fromhex(chain_doc["seal"]), int(m["end_us"])
+        )
         if leaf != want_leaf:
             r.fail("the log leaf does not commit to this call's seal")
         if int(proof["tree_size"]) != cp.size:
             r.fail(f"proof is for tree size {proof['tree_size']}, the checkpoint for {cp.size}")
         try:
-            merkle.verify_inclusion(int(proof["leaf_index"]), cp.size, merkle.leaf_hash(leaf),
-                                    [bytes.fromhex(h) for h in proof["inclusion"]], cp.root)
+            merkle.verify_inclusion(
+                int(proof["leaf_index"]),
+                cp.size,
+                merkle.leaf_hash(leaf),
+                [bytes.fromhex(h) for h in proof["inclusion"]],
+                cp.root,
+            )
             r.checked.append(f"seal is leaf {proof['leaf_index']} of the signed tree")
         except merkle.ProofError as e:
             r.fail(f"inclusion proof: {e}")
@@ -104,16 +119,15 @@ def verify_bundle(directory: str | os.PathLike[str], *, public_key: str | None =
         offs = np.concatenate([[0], np.cumsum(lengths)])
         ogg_legs: list[list[bytes]] = [[] for _ in m["legs"]]
         for i in range(len(lengths)):
-            pkt = data[offs[i]:offs[i + 1]]
-            parts = (_opus.unpack_multistream(pkt, len(m["legs"])) if len(m["legs"]) > 1
-                     else [pkt])
+            pkt = data[offs[i] : offs[i + 1]]
+            parts = _opus.unpack_multistream(pkt, len(m["legs"])) if len(m["legs"]) > 1 else [pkt]
             for leg, p in enumerate(parts):
                 ogg_legs[leg].append(p)
         for leg, chunks in enumerate(legs):
             sealed: list[bytes] = []
             for _, ln, packets in sorted(chunks, key=lambda c: c[0]):
                 o = np.concatenate([[0], np.cumsum(ln)])
-                sealed += [packets[o[k]:o[k + 1]] for k in range(len(ln))]
+                sealed += [packets[o[k] : o[k + 1]] for k in range(len(ln))]
             if sealed != ogg_legs[leg]:
                 r.fail(f"call.ogg channel {leg} is not the audio sealed in the records")
         if r.ok:

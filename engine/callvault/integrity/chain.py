@@ -52,21 +52,24 @@ def _id(value: str, what: str) -> bytes:
 
 
 def genesis(tenant: str, call_id: str) -> bytes:
-    return hashlib.sha256(CHAIN_LINK + GENESIS_TAG + _id(tenant, "tenant")
-                          + _id(call_id, "call id")).digest()
+    return hashlib.sha256(
+        CHAIN_LINK + GENESIS_TAG + _id(tenant, "tenant") + _id(call_id, "call id")
+    ).digest()
 
 
 def link(previous: bytes, index: int, record: bytes) -> bytes:
     """The chain head after appending ``record`` as the ``index``-th record."""
     if len(previous) != 32:
         raise ValueError("a chain link is 32 bytes")
-    return hashlib.sha256(CHAIN_LINK + previous + struct.pack(">I", index)
-                          + hashlib.sha256(record).digest()).digest()
+    return hashlib.sha256(
+        CHAIN_LINK + previous + struct.pack(">I", index) + hashlib.sha256(record).digest()
+    ).digest()
 
 
 def seal(head: bytes, count: int, manifest: bytes) -> bytes:
-    return hashlib.sha256(SEAL + head + struct.pack(">I", count)
-                          + hashlib.sha256(manifest).digest()).digest()
+    return hashlib.sha256(
+        SEAL + head + struct.pack(">I", count) + hashlib.sha256(manifest).digest()
+    ).digest()
 
 
 @dataclass
@@ -91,10 +94,17 @@ class Chain:
         return seal(self.head, self.count, manifest)
 
 
-def verify(tenant: str, call_id: str, records: Iterable[bytes], *,
-           heads: Sequence[bytes] | None = None, expect_head: bytes | None = None,
-           expect_count: int | None = None, manifest: bytes | None = None,
-           expect_seal: bytes | None = None) -> bytes:
+def verify(
+    tenant: str,
+    call_id: str,
+    records: Iterable[bytes],
+    *,
+    heads: Sequence[bytes] | None = None,
+    expect_head: bytes | None = None,
+    expect_count: int | None = None,
+    manifest: bytes | None = None,
+    expect_seal: bytes | None = None,
+) -> bytes:
     """Recompute a call's chain; raise ChainError at the first disagreement.
 
     ``heads`` are the chain heads recorded for each record (acknowledgements
@@ -110,11 +120,15 @@ def verify(tenant: str, call_id: str, records: Iterable[bytes], *,
             if not hmac.compare_digest(chain.head, heads[i]):
                 raise ChainError(f"record {i} does not match the recorded chain link", i)
     if heads is not None and chain.count < len(heads):
-        raise ChainError(f"{len(heads) - chain.count} recorded record(s) missing after record "
-                         f"{chain.count - 1}", chain.count)
+        raise ChainError(
+            f"{len(heads) - chain.count} recorded record(s) missing after record {chain.count - 1}",
+            chain.count,
+        )
     if expect_count is not None and chain.count != expect_count:
-        raise ChainError(f"{chain.count} records found, the chain says {expect_count}",
-                         min(chain.count, expect_count))
+        raise ChainError(
+            f"{chain.count} records found, the chain says {expect_count}",
+            min(chain.count, expect_count),
+        )
     if expect_head is not None and not hmac.compare_digest(chain.head, expect_head):
         raise ChainError("the chain head does not match the recorded head", chain.count)
     if expect_seal is not None:

@@ -398,16 +398,18 @@ class CheckpointLog:
     with :class:`InconsistentCheckpointError`.
     """
 
-    def __init__(self, directory: Path, log: MerkleLog, signer: Signer,
-                 last: Checkpoint | None) -> None:
+    def __init__(
+        self, directory: Path, log: MerkleLog, signer: Signer, last: Checkpoint | None
+    ) -> None:
         self.directory = directory
         self.log = log
         self.signer = signer
         self.last = last
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], log: MerkleLog,
-             signer: Signer) -> CheckpointLog:
+    def open(
+        cls, directory: str | os.PathLike[str], log: MerkleLog, signer: Signer
+    ) -> CheckpointLog:
         """Open the checkpoint state in ``directory`` (created empty if absent)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)

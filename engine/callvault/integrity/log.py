@@ -128,8 +128,15 @@ class MerkleLog:
     proofs take O(log n) positional reads (:attr:`reads` counts them).
     """
 
-    def __init__(self, directory: Path, fd: int, marker_fd: int, size: int,
-                 edge: list[tuple[int, bytes]], recovery: Recovery) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        fd: int,
+        marker_fd: int,
+        size: int,
+        edge: list[tuple[int, bytes]],
+        recovery: Recovery,
+    ) -> None:
         self.directory = directory
         self._fd = fd
         self._marker_fd = marker_fd
@@ -170,8 +177,9 @@ class MerkleLog:
                     f"before the end of their records at byte {record_offset(synced)}"
                 )
             log = cls(directory, fd, marker_fd, synced, [], Recovery(synced, synced, 0))
-            log._edge = [(level, log._read_node(level, index))
-                         for level, index in cls._edge_nodes(synced)]
+            log._edge = [
+                (level, log._read_node(level, index)) for level, index in cls._edge_nodes(synced)
+            ]
             log._recover_tail(length)
             return log
         except BaseException:
@@ -202,8 +210,9 @@ class MerkleLog:
         if crc != crc32c(header[:12]):
             raise LogCorruptError(f"{tree}: header CRC mismatch")
         if version != FORMAT_VERSION:
-            raise LogCorruptError(f"{tree}: format version {version}, this build reads "
-                                  f"{FORMAT_VERSION}")
+            raise LogCorruptError(
+                f"{tree}: format version {version}, this build reads {FORMAT_VERSION}"
+            )
         if hash_size != H:
             raise LogCorruptError(f"{tree}: hash size {hash_size}, want {H}")
 
@@ -320,8 +329,12 @@ class MerkleLog:
     def __enter__(self) -> MerkleLog:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     # -- reading -------------------------------------------------------------
@@ -392,5 +405,4 @@ class MerkleLog:
         """PROOF(old_size, D[new_size]) (RFC 9162 2.1.4.1); new_size defaults to the log's."""
         with self._lock:
             n = self._checked_size(new_size)
-            return [self.subtree_hash(lo, hi)
-                    for lo, hi in merkle.consistency_ranges(old_size, n)]
+            return [self.subtree_hash(lo, hi) for lo, hi in merkle.consistency_ranges(old_size, n)]

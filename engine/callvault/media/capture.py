@@ -80,8 +80,9 @@ class RtpFlow:
         n = bisect.bisect_right(self.arrival_us, self.arrival_us[0] + window_us)
         pkts = self.packets[:n]
         lengths = np.fromiter((len(p) for p in pkts), dtype=np.int32, count=n)
-        bound = first_sample_bound(b"".join(pkts), lengths,
-                                   np.asarray(self.arrival_us[:n], dtype=np.int64))
+        bound = first_sample_bound(
+            b"".join(pkts), lengths, np.asarray(self.arrival_us[:n], dtype=np.int64)
+        )
         return self.first_us if bound is None else min(bound, self.first_us)
 
     def event_payload_types(self) -> tuple[int, ...]:
@@ -135,8 +136,10 @@ def _strip_link(linktype: int, frame: bytes) -> tuple[int, bytes] | None:
             family = struct.unpack_from(">I", frame, 0)[0]
         # AF_INET is 2 everywhere; AF_INET6 is 10, 24, 28 or 30 depending on the OS.
         return (ETHERTYPE_IPV4 if family == 2 else ETHERTYPE_IPV6), frame[4:]
-    raise InputError(f"unsupported capture link type {linktype} (supported: Ethernet, "
-                     "Linux cooked v1/v2, raw IP, BSD loopback)")
+    raise InputError(
+        f"unsupported capture link type {linktype} (supported: Ethernet, "
+        "Linux cooked v1/v2, raw IP, BSD loopback)"
+    )
 
 
 def _udp(etype: int, packet: bytes) -> tuple[FlowKey, bytes] | str:
@@ -152,7 +155,7 @@ def _udp(etype: int, packet: bytes) -> tuple[FlowKey, bytes] | str:
             return "ip_fragment"
         src = str(ipaddress.IPv4Address(packet[12:16]))
         dst = str(ipaddress.IPv4Address(packet[16:20]))
-        udp = packet[ihl:min(total, len(packet))]
+        udp = packet[ihl : min(total, len(packet))]
     elif etype == ETHERTYPE_IPV6:
         if len(packet) < 40:
             return "bad_ip"
@@ -232,8 +235,9 @@ def read_capture(path: str | Path) -> Capture:
 
 
 def describe_payload_types(pts: dict[int, int]) -> str:
-    return ", ".join(f"{KNOWN_PT_NAMES.get(pt, 'dynamic' if pt >= 96 else '?')} (PT {pt})"
-                     for pt in sorted(pts))
+    return ", ".join(
+        f"{KNOWN_PT_NAMES.get(pt, 'dynamic' if pt >= 96 else '?')} (PT {pt})" for pt in sorted(pts)
+    )
 
 
 def check_audio(flow: RtpFlow) -> None:
@@ -242,12 +246,15 @@ def check_audio(flow: RtpFlow) -> None:
         return
     others = {pt: n for pt, n in flow.payload_types.items() if pt != PT_CN and pt < 96}
     if others:
-        raise InputError(f"unsupported codec on {flow.label}: {describe_payload_types(others)}; "
-                         "callvault records G.711 (PCMU, PT 0 / PCMA, PT 8)")
+        raise InputError(
+            f"unsupported codec on {flow.label}: {describe_payload_types(others)}; "
+            "callvault records G.711 (PCMU, PT 0 / PCMA, PT 8)"
+        )
 
 
-def first_sample_bound(packets: bytes, lengths: npt.NDArray[np.int32],
-                       arrival_us: npt.NDArray[np.int64]) -> int | None:
+def first_sample_bound(
+    packets: bytes, lengths: npt.NDArray[np.int32], arrival_us: npt.NDArray[np.int64]
+) -> int | None:
     """The earliest bound on when the first audio sample of these packets (one leg,
     back to back) was captured; None if none of them is G.711 audio.
 
@@ -267,8 +274,11 @@ def first_sample_bound(packets: bytes, lengths: npt.NDArray[np.int32],
     first = audio[0]
     audio = audio[parsed.ssrc[audio] == parsed.ssrc[first]]
     ts = parsed.ts[audio].astype(np.int64)
-    span = ((ts - int(parsed.ts[first]) + 2**31) % 2**32 - 2**31
-            + parsed.payload_length[audio].astype(np.int64))  # samples, wrap-safe
+    span = (
+        (ts - int(parsed.ts[first]) + 2**31) % 2**32
+        - 2**31
+        + parsed.payload_length[audio].astype(np.int64)
+    )  # samples, wrap-safe
     return int(np.min(arrival_us[audio] - span * 1_000_000 // RTP_CLOCK))
 
 
@@ -288,25 +298,37 @@ class LegBatch:
     arrival_us: npt.NDArray[np.int64]
 
     @classmethod
-    def checked(cls, seq: int, leg: int, packets: bytes, lengths: Sequence[int],
-                arrival_us: Sequence[int], legs: int) -> LegBatch:
+    def checked(
+        cls,
+        seq: int,
+        leg: int,
+        packets: bytes,
+        lengths: Sequence[int],
+        arrival_us: Sequence[int],
+        legs: int,
+    ) -> LegBatch:
         """A batch from the wire, refused with a clear message when inconsistent."""
         if leg >= legs:
             raise InputError(f"batch {seq}: leg {leg} does not exist (the call has {legs})")
         if not lengths:
             raise InputError(f"batch {seq}: no packets (an empty batch is not sent)")
         if len(lengths) > MAX_PACKETS_PER_BATCH:
-            raise InputError(f"batch {seq}: {len(lengths)} packets; at most "
-                             f"{MAX_PACKETS_PER_BATCH} per batch")
+            raise InputError(
+                f"batch {seq}: {len(lengths)} packets; at most {MAX_PACKETS_PER_BATCH} per batch"
+            )
         if len(arrival_us) != len(lengths):
-            raise InputError(f"batch {seq}: {len(lengths)} lengths but {len(arrival_us)} "
-                             "arrival times (one per packet)")
+            raise InputError(
+                f"batch {seq}: {len(lengths)} lengths but {len(arrival_us)} "
+                "arrival times (one per packet)"
+            )
         lens = np.asarray(lengths, dtype=np.int64)
         if int(lens.min()) <= 0 or int(lens.max()) > MAX_PACKET_BYTES:
             raise InputError(f"batch {seq}: packet lengths must be 1 to {MAX_PACKET_BYTES}")
         if int(lens.sum()) != len(packets):
-            raise InputError(f"batch {seq}: lengths add up to {int(lens.sum())} bytes but "
-                             f"packets holds {len(packets)}")
+            raise InputError(
+                f"batch {seq}: lengths add up to {int(lens.sum())} bytes but "
+                f"packets holds {len(packets)}"
+            )
         arr = np.asarray(arrival_us, dtype=np.int64)
         if int(arr.min()) <= 0:
             raise InputError(f"batch {seq}: arrival_us must be microseconds since the epoch")

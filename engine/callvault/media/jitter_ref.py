@@ -135,8 +135,17 @@ class TelephoneEvent:
 class ParsedPackets:
     """Result of :func:`parse`: one entry per packet."""
 
-    __slots__ = ("valid", "reason", "marker", "pt", "seq", "ts", "ssrc",
-                 "payload_offset", "payload_length")
+    __slots__ = (
+        "valid",
+        "reason",
+        "marker",
+        "pt",
+        "seq",
+        "ts",
+        "ssrc",
+        "payload_offset",
+        "payload_length",
+    )
 
     def __init__(self, n: int) -> None:
         self.valid = np.zeros(n, dtype=np.bool_)
@@ -186,7 +195,8 @@ def check_batch(
         arr = _as_int_array(arrival_us, np.int64, "arrival_us")
         if arr.shape[0] != off.shape[0]:
             raise ValueError(
-                f"arrival_us has {arr.shape[0]} entries but offsets has {off.shape[0]}")
+                f"arrival_us has {arr.shape[0]} entries but offsets has {off.shape[0]}"
+            )
     if bounds and off.shape[0]:
         if int(off.min()) < 0:
             i = int(np.flatnonzero(off < 0)[0])
@@ -199,7 +209,8 @@ def check_batch(
             i = int(np.argmax(ends > len(buf)))
             raise ValueError(
                 f"packet {i}: offset {int(off[i])} + length {int(ln[i])} runs past the end "
-                f"of the {len(buf)}-byte buffer")
+                f"of the {len(buf)}-byte buffer"
+            )
     return buf, off, ln, arr
 
 
@@ -212,8 +223,8 @@ def _parse_one(buf: bytes, off: int, n: int) -> tuple[int, int, int, int, int, i
     marker = b1 >> 7
     pt = b1 & 0x7F
     seq = (buf[off + 2] << 8) | buf[off + 3]
-    ts = int.from_bytes(buf[off + 4:off + 8], "big")
-    ssrc = int.from_bytes(buf[off + 8:off + 12], "big")
+    ts = int.from_bytes(buf[off + 4 : off + 8], "big")
+    ssrc = int.from_bytes(buf[off + 8 : off + 12], "big")
     if b0 >> 6 != 2:
         return 2, marker, pt, seq, ts, ssrc, 0, 0
     hl = 12 + 4 * (b0 & 0x0F)
@@ -256,13 +267,33 @@ def parse(data: bytes | bytearray | memoryview, offsets: Any, lengths: Any) -> P
 
 
 STAT_KEYS: tuple[str, ...] = (
-    "packets", "bytes", "accepted", "audio_packets", "comfort_noise_packets",
-    "telephone_event_packets", "malformed",
+    "packets",
+    "bytes",
+    "accepted",
+    "audio_packets",
+    "comfort_noise_packets",
+    "telephone_event_packets",
+    "malformed",
     *(f"malformed_{r}" for r in MALFORMED_REASONS),
-    "duplicates", "late", "unsupported_payload_type", "stale_ssrc", "inconsistent",
-    "overlap", "late_partial", "marker_packets", "frames", "audio_frames", "lost_frames",
-    "silence_frames", "partial_frames", "ssrc_changes", "payload_type_changes", "resets",
-    "drift_adjustments", "drift_dropped_samples", "anchor_adjustments",
+    "duplicates",
+    "late",
+    "unsupported_payload_type",
+    "stale_ssrc",
+    "inconsistent",
+    "overlap",
+    "late_partial",
+    "marker_packets",
+    "frames",
+    "audio_frames",
+    "lost_frames",
+    "silence_frames",
+    "partial_frames",
+    "ssrc_changes",
+    "payload_type_changes",
+    "resets",
+    "drift_adjustments",
+    "drift_dropped_samples",
+    "anchor_adjustments",
 )
 
 
@@ -270,8 +301,9 @@ def _event_digit(event: int) -> str:
     return _DIGITS[event] if event < 16 else str(event)
 
 
-def check_options(window_ms: int, fill: str, event_payload_types: Sequence[int],
-                  clock_rate: int) -> None:
+def check_options(
+    window_ms: int, fill: str, event_payload_types: Sequence[int], clock_rate: int
+) -> None:
     """Validate JitterBuffer options; raise ValueError saying what is wrong."""
     if not 0 <= window_ms <= 10_000:
         raise ValueError(f"window_ms must be 0..10000, got {window_ms}")
@@ -289,8 +321,15 @@ def check_options(window_ms: int, fill: str, event_payload_types: Sequence[int],
 class JitterBuffer:
     """One leg: RTP packets in, 20 ms frames on the call timeline out."""
 
-    def __init__(self, *, call_start_us: int, window_ms: int = 300, fill: str = "silence",
-                 event_payload_types: tuple[int, ...] = (101,), clock_rate: int = 8000) -> None:
+    def __init__(
+        self,
+        *,
+        call_start_us: int,
+        window_ms: int = 300,
+        fill: str = "silence",
+        event_payload_types: tuple[int, ...] = (101,),
+        clock_rate: int = 8000,
+    ) -> None:
         check_options(window_ms, fill, event_payload_types, clock_rate)
         self._start_us = int(call_start_us)
         self._clock = clock_rate
@@ -348,8 +387,9 @@ class JitterBuffer:
         self._out_kind: list[int] = []
 
     # -- public ---------------------------------------------------------------
-    def push(self, data: bytes | bytearray | memoryview, offsets: Any, lengths: Any,
-             arrival_us: Any) -> Frames:
+    def push(
+        self, data: bytes | bytearray | memoryview, offsets: Any, lengths: Any, arrival_us: Any
+    ) -> Frames:
         if self._closed:
             raise RuntimeError("this jitter buffer was flushed; it accepts no more packets")
         buf, off, ln, arr = check_batch(data, offsets, lengths, arrival_us)
@@ -385,15 +425,25 @@ class JitterBuffer:
     @property
     def events(self) -> list[TelephoneEvent]:
         c = self._clock
-        return [TelephoneEvent(event=e[2], digit=_event_digit(e[2]),
-                               start_ms=_fdiv(e[3] * 1000, c), duration_ms=e[4] * 1000 // c,
-                               volume=e[5]) for e in self._events]
+        return [
+            TelephoneEvent(
+                event=e[2],
+                digit=_event_digit(e[2]),
+                start_ms=_fdiv(e[3] * 1000, c),
+                duration_ms=e[4] * 1000 // c,
+                volume=e[5],
+            )
+            for e in self._events
+        ]
 
     # -- timeline -------------------------------------------------------------
     def _take(self, first: int) -> Frames:
         n = len(self._out_kind)
-        pcm = (np.concatenate(self._out_pcm).reshape(n, self._f) if n
-               else np.zeros((0, self._f), dtype=np.int16))
+        pcm = (
+            np.concatenate(self._out_pcm).reshape(n, self._f)
+            if n
+            else np.zeros((0, self._f), dtype=np.int16)
+        )
         kind = np.array(self._out_kind, dtype=np.uint8)
         self._out_pcm = []
         self._out_kind = []
@@ -408,8 +458,8 @@ class JitterBuffer:
     def _emit_frame(self) -> None:
         f = self._f
         s = self._base % self._ring
-        st = self._st[s:s + f]
-        pcm = self._pcm[s:s + f]
+        st = self._st[s : s + f]
+        pcm = self._pcm[s : s + f]
         idx = self._base // f
         stats = self._stats
         if (st == _AUDIO).any():
@@ -475,8 +525,9 @@ class JitterBuffer:
                 st[st == _EMPTY] = _SILENT
             c = ce
 
-    def _write_audio(self, pos: int, end: int, payload: bytes, table: npt.NDArray[np.int16],
-                     final: int) -> None:
+    def _write_audio(
+        self, pos: int, end: int, payload: bytes, table: npt.NDArray[np.int16], final: int
+    ) -> None:
         c = max(pos, self._base)
         while c < end:
             self._advance(min(final, self._floor_frame(c)))
@@ -647,11 +698,10 @@ class JitterBuffer:
                 pos = ext_ts + self._sshift[p]
         elif self._lag and ext_seq == self._max_seq + 1 and self._tag[p] == ext_seq - 1:
             # take back some lag: from sender silence before the packet, or (no silence came
-        # within DRIFT_WAIT_MS of the step) one sample a frame from audio
+            # within DRIFT_WAIT_MS of the step) one sample a frame from audio
             if pos > self._send[p]:
                 take = pos - self._send[p]
-            elif (pos == self._send[p] and kind == _KIND_AUDIO
-                  and a - self._lag_a >= self._lag_wait):
+            elif pos == self._send[p] and kind == _KIND_AUDIO and a - self._lag_a >= self._lag_wait:
                 take = min(span // self._f if span >= 2 * self._f else 1, span - 1)
             take = max(0, min(take, self._lag, pos - base))
             pos -= take
@@ -668,7 +718,8 @@ class JitterBuffer:
             self._lag -= take
             # audio the packet cannot write there any more
             stats["drift_dropped_samples"] += sum(
-                int((self._st[a:b] == _AUDIO).sum()) for a, b, _ in self._slots(pos, pos + take))
+                int((self._st[a:b] == _AUDIO).sum()) for a, b, _ in self._slots(pos, pos + take)
+            )
         if pos < base:
             stats["late_partial"] += 1
         if marker:
@@ -700,8 +751,9 @@ class JitterBuffer:
         elif self._tag[p] == ext_seq - 1 and self._send[p] < pos:
             self._cover_silent(self._send[p], pos, final)
         if kind == _KIND_AUDIO:
-            self._write_audio(pos, end, buf[po:po + plen], _ULAW if pt == PT_PCMU else _ALAW,
-                              final)
+            self._write_audio(
+                pos, end, buf[po : po + plen], _ULAW if pt == PT_PCMU else _ALAW, final
+            )
         elif kind == _KIND_EVENT:
             self._cover_silent(pos, end, final)
             self._event(buf, po, ext_ts, pos, span)

@@ -107,14 +107,25 @@ class OpusHead:
         if family == 0:
             if channels > 2:
                 raise FormatError(f"OpusHead: mapping family 0 with {channels} channels")
-            return cls(channels, pre_skip, rate, gain, 0, 1, 1 if channels == 2 else 0,
-                       tuple(range(channels)), version)
+            return cls(
+                channels,
+                pre_skip,
+                rate,
+                gain,
+                0,
+                1,
+                1 if channels == 2 else 0,
+                tuple(range(channels)),
+                version,
+            )
         if len(data) < 21 + channels:
             raise FormatError("OpusHead: channel mapping table truncated")
         streams, coupled = data[19], data[20]
         mapping = tuple(data[21 : 21 + channels])
-        if streams == 0 or coupled > streams or any(
-            m != 255 and m >= streams + coupled for m in mapping
+        if (
+            streams == 0
+            or coupled > streams
+            or any(m != 255 and m >= streams + coupled for m in mapping)
         ):
             raise FormatError(
                 f"OpusHead: invalid mapping (streams={streams}, coupled={coupled}, "
@@ -273,16 +284,15 @@ class OggOpusWriter:
             # leaves room for end trimming.
             base = self._granule - self._pending_samples
             k = 1
-            while (k < len(self._pending) - 1
-                   and self._pending[k][1] - base <= self.page_duration_48k):
+            while (
+                k < len(self._pending) - 1 and self._pending[k][1] - base <= self.page_duration_48k
+            ):
                 k += 1
             page, self._pending = self._pending[:k], self._pending[k:]
             self._pending_samples = self._granule - page[-1][1]
             self._write_packets_as_pages(page, 0)
 
-    def write_packets(
-        self, data: bytes, lengths: npt.ArrayLike, samples_48k: int = 960
-    ) -> None:
+    def write_packets(self, data: bytes, lengths: npt.ArrayLike, samples_48k: int = 960) -> None:
         """Append a batch (packets concatenated + lengths), each ``samples_48k`` long."""
         lens = np.asarray(lengths, dtype=np.int64)
         if int(lens.sum()) != len(data):
@@ -400,11 +410,14 @@ class OggOpusReader:
                     f"truncated page at byte {pos}: {hlen + blen} bytes announced, "
                     f"{len(raw) - pos} left"
                 )
-            check = _opus.ogg_crc(raw[pos + 26 : pos + hlen + blen],
-                                  _opus.ogg_crc(raw[pos : pos + 22] + b"\0\0\0\0"))
+            check = _opus.ogg_crc(
+                raw[pos + 26 : pos + hlen + blen], _opus.ogg_crc(raw[pos : pos + 22] + b"\0\0\0\0")
+            )
             if check != crc:
-                raise FormatError(f"page {pseq} at byte {pos}: CRC mismatch "
-                                  f"(stored {crc:#010x}, computed {check:#010x})")
+                raise FormatError(
+                    f"page {pseq} at byte {pos}: CRC mismatch "
+                    f"(stored {crc:#010x}, computed {check:#010x})"
+                )
             if serial is None:
                 if not flags & FLAG_BOS:
                     raise FormatError("first page lacks the BOS flag")

@@ -88,8 +88,11 @@ class LegResult:
             "telephone_events": self.telephone_events,
             "dtmf": self.dtmf,
             "voice_frames": self.voice_frames,
-            "level": {"rms_dbfs": None if rms is None else round(rms, 2),
-                      "peak": self.peak, "clipped": self.clipped},
+            "level": {
+                "rms_dbfs": None if rms is None else round(rms, 2),
+                "peak": self.peak,
+                "clipped": self.clipped,
+            },
             "bytes": self.opus_bytes,
             "rtp": self.rtp,
         }
@@ -101,30 +104,53 @@ class LegResult:
 
     def packets_all(self) -> tuple[bytes, npt.NDArray[np.int32]]:
         data = b"".join(d for d, _ in self.packets)
-        lengths = (np.concatenate([ln for _, ln in self.packets]) if self.packets
-                   else np.zeros(0, dtype=np.int32))
+        lengths = (
+            np.concatenate([ln for _, ln in self.packets])
+            if self.packets
+            else np.zeros(0, dtype=np.int32)
+        )
         return data, lengths.astype(np.int32)
 
 
 class LegPipeline:
     """Jitter buffer, DSP and encoder of one leg. Feed RTP or PCM, then finish()."""
 
-    def __init__(self, name: str, source: str, settings: Settings, *, call_start_us: int = 0,
-                 event_payload_types: Sequence[int] = (101,), encode: bool = True,
-                 keep_pcm: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        source: str,
+        settings: Settings,
+        *,
+        call_start_us: int = 0,
+        event_payload_types: Sequence[int] = (101,),
+        encode: bool = True,
+        keep_pcm: bool = False,
+    ) -> None:
         self.result = LegResult(name, source)
         self.settings = settings
-        self.jb = _rtp.JitterBuffer(call_start_us=call_start_us, window_ms=settings.window_ms,
-                                    fill=settings.fill,
-                                    event_payload_types=tuple(event_payload_types) or (101,))
+        self.jb = _rtp.JitterBuffer(
+            call_start_us=call_start_us,
+            window_ms=settings.window_ms,
+            fill=settings.fill,
+            event_payload_types=tuple(event_payload_types) or (101,),
+        )
         self.dtmf = _dsp.DtmfDetector(mask=settings.mask_dtmf)
         self.vad = _dsp.Vad(threshold_db=settings.vad_threshold_db)
-        self.encoder = (_opus.Encoder(bitrate=settings.bitrate, complexity=settings.complexity,
-                                      dtx=settings.dtx) if encode else None)
+        self.encoder = (
+            _opus.Encoder(
+                bitrate=settings.bitrate, complexity=settings.complexity, dtx=settings.dtx
+            )
+            if encode
+            else None
+        )
         # codes the frames DTX would leave empty (see Settings.dtx_packet_bytes)
-        self.noise_encoder = (_opus.Encoder(bitrate=ogg.COMFORT_NOISE_BITRATE, dtx=False,
-                                            complexity=settings.complexity)
-                              if encode and settings.dtx and settings.dtx_packet_bytes else None)
+        self.noise_encoder = (
+            _opus.Encoder(
+                bitrate=ogg.COMFORT_NOISE_BITRATE, dtx=False, complexity=settings.complexity
+            )
+            if encode and settings.dtx and settings.dtx_packet_bytes
+            else None
+        )
         self.keep_pcm = keep_pcm
         self.next_index = 0  # next frame index the DSP stage expects
         self._drained = False
@@ -133,8 +159,13 @@ class LegPipeline:
     def pre_skip(self) -> int:
         return self.encoder.lookahead if self.encoder is not None else 0
 
-    def push_rtp(self, data: bytes, offsets: npt.NDArray[np.int64],
-                 lengths: npt.NDArray[np.int32], arrival_us: npt.NDArray[np.int64]) -> None:
+    def push_rtp(
+        self,
+        data: bytes,
+        offsets: npt.NDArray[np.int64],
+        lengths: npt.NDArray[np.int32],
+        arrival_us: npt.NDArray[np.int64],
+    ) -> None:
         frames = self.jb.push(data, offsets, lengths, arrival_us)
         if len(frames):
             self._dsp(frames.pcm, int(frames.index[0]))
@@ -161,8 +192,9 @@ class LegPipeline:
         """Drain the jitter buffer and the DSP, padding with silence to total_frames."""
         self.drain(end_us)
         if total_frames is not None and total_frames > self.next_index:
-            self._dsp(np.zeros((total_frames - self.next_index, FRAME), dtype=np.int16),
-                      self.next_index)
+            self._dsp(
+                np.zeros((total_frames - self.next_index, FRAME), dtype=np.int16), self.next_index
+            )
         pcm, events = self.dtmf.flush()
         self._after_dsp(pcm, events)
         if self.encoder is not None:
@@ -176,8 +208,14 @@ class LegPipeline:
         r.rtp = dict(self.jb.stats)
         r.gaps = [(int(s), int(n)) for s, n in self.jb.gaps]
         r.telephone_events = [
-            {"digit": e.digit, "start_ms": e.start_ms, "duration_ms": e.duration_ms,
-             "volume_dbm0": -e.volume, "source": "rfc4733"} for e in self.jb.events
+            {
+                "digit": e.digit,
+                "start_ms": e.start_ms,
+                "duration_ms": e.duration_ms,
+                "volume_dbm0": -e.volume,
+                "source": "rfc4733",
+            }
+            for e in self.jb.events
         ]
 
     def _dsp(self, pcm: npt.NDArray[np.int16], first_index: int) -> None:
@@ -190,9 +228,15 @@ class LegPipeline:
     def _after_dsp(self, pcm: npt.NDArray[np.int16], events: Sequence[Any]) -> None:
         r = self.result
         for e in events:
-            r.dtmf.append({"digit": e.digit, "start_ms": e.start_sample // 8,
-                           "duration_ms": (e.end_sample - e.start_sample) // 8,
-                           "source": "inband", "masked": self.settings.mask_dtmf})
+            r.dtmf.append(
+                {
+                    "digit": e.digit,
+                    "start_ms": e.start_sample // 8,
+                    "duration_ms": (e.end_sample - e.start_sample) // 8,
+                    "source": "inband",
+                    "masked": self.settings.mask_dtmf,
+                }
+            )
         if not len(pcm):
             return
         r.frames += len(pcm)
@@ -217,8 +261,10 @@ class LegPipeline:
         else:
             edges = np.flatnonzero(np.diff(voice.astype(np.int8))) + 1
             bounds = [0, *edges.tolist(), len(pcm)]
-            runs = [(a, b, s.bitrate if voice[a] else s.silence_bitrate)
-                    for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            runs = [
+                (a, b, s.bitrate if voice[a] else s.silence_bitrate)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ]
         for a, b, rate in runs:
             if self.encoder.bitrate != rate:
                 self.encoder.bitrate = rate
@@ -228,22 +274,24 @@ class LegPipeline:
             self.result.packets.append((data, lengths))
             self.result.opus_bytes += len(data)
 
-    def _replace_dtx(self, pcm: npt.NDArray[np.int16], data: bytes,
-                     lengths: npt.NDArray[np.int32]) -> tuple[bytes, npt.NDArray[np.int32]]:
+    def _replace_dtx(
+        self, pcm: npt.NDArray[np.int16], data: bytes, lengths: npt.NDArray[np.int32]
+    ) -> tuple[bytes, npt.NDArray[np.int32]]:
         """Swap libopus's TOC-only DTX packets for small real packets of the same frames."""
         assert self.noise_encoder is not None
         dtx = np.flatnonzero(lengths <= ogg.DTX_MAX_BYTES)
         if not len(dtx):
             return data, lengths
         cn_data, cn_lens = self.noise_encoder.encode_frames(
-            np.ascontiguousarray(pcm[dtx]), max_bytes=self.settings.dtx_packet_bytes)
+            np.ascontiguousarray(pcm[dtx]), max_bytes=self.settings.dtx_packet_bytes
+        )
         ends = np.cumsum(lengths)
         cn_ends = np.cumsum(cn_lens)
         parts: list[bytes] = []
         prev = 0
         for j, i in enumerate(dtx.tolist()):
-            parts.append(data[prev:ends[i] - lengths[i]])
-            parts.append(cn_data[cn_ends[j] - cn_lens[j]:cn_ends[j]])
+            parts.append(data[prev : ends[i] - lengths[i]])
+            parts.append(cn_data[cn_ends[j] - cn_lens[j] : cn_ends[j]])
             prev = int(ends[i])
         parts.append(data[prev:])
         out = lengths.copy()
@@ -284,9 +332,11 @@ def parse_inputs(inputs: Sequence[str], legs: Sequence[str] | None = None) -> li
     flows.sort(key=lambda pf: pf[1].first_us)
     names = list(legs) if legs else list(LEG_NAMES)
     if len(flows) > len(names):
-        extra = ", ".join(f.label for _, f in flows[len(names):])
-        raise InputError(f"{len(flows)} RTP streams found but {len(names)} legs named "
-                         f"({', '.join(names)}); name more with --legs (extra: {extra})")
+        extra = ", ".join(f.label for _, f in flows[len(names) :])
+        raise InputError(
+            f"{len(flows)} RTP streams found but {len(names)} legs named "
+            f"({', '.join(names)}); name more with --legs (extra: {extra})"
+        )
     legs_out: list[LegInput] = []
     for name, (path, flow) in zip(names, flows, strict=False):
         capture.check_audio(flow)
@@ -306,8 +356,14 @@ class CallResult:
         return self.frames * FRAME / wav.RATE
 
 
-def run_call(inputs: Sequence[LegInput], settings: Settings, *, encode: bool = True,
-             keep_pcm: bool = False, batch_packets: int = 500) -> CallResult:
+def run_call(
+    inputs: Sequence[LegInput],
+    settings: Settings,
+    *,
+    encode: bool = True,
+    keep_pcm: bool = False,
+    batch_packets: int = 500,
+) -> CallResult:
     """Run every leg through its pipeline on one timeline; legs end with the same frame count."""
     flows = [i.flow for i in inputs if i.flow is not None]
     # The call starts with its first captured sample (capture.first_sample_us)
@@ -317,9 +373,15 @@ def run_call(inputs: Sequence[LegInput], settings: Settings, *, encode: bool = T
     start_us = min(f.first_sample_us() for f in flows) if flows else 0
     pipes = []
     for leg in inputs:
-        pipe = LegPipeline(leg.name, leg.source, settings, call_start_us=start_us,
-                           event_payload_types=leg.flow.event_payload_types() if leg.flow else (),
-                           encode=encode, keep_pcm=keep_pcm)
+        pipe = LegPipeline(
+            leg.name,
+            leg.source,
+            settings,
+            call_start_us=start_us,
+            event_payload_types=leg.flow.event_payload_types() if leg.flow else (),
+            encode=encode,
+            keep_pcm=keep_pcm,
+        )
         if leg.flow is not None:
             (data, offsets, lengths), arrival = leg.flow.batch()
             for lo in range(0, len(lengths), batch_packets):
@@ -333,8 +395,9 @@ def run_call(inputs: Sequence[LegInput], settings: Settings, *, encode: bool = T
     results = [p.finish(total_frames=total) for p in pipes]
     if any(r.frames != total for r in results):
         raise AssertionError(f"legs differ in length: {[r.frames for r in results]}")
-    return CallResult(results, pipes[0].pre_skip if pipes else 0, total,
-                      start_us if flows else None)
+    return CallResult(
+        results, pipes[0].pre_skip if pipes else 0, total, start_us if flows else None
+    )
 
 
 def write_ogg(path: str | Path, call: CallResult, comments: dict[str, str] | None = None) -> int:

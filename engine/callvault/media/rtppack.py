@@ -40,8 +40,16 @@ def build_packet(
     if len(csrcs) > 15:
         raise ValueError("at most 15 CSRCs")
     first = (RTP_VERSION << 6) | (0x20 if padding else 0) | (0x10 if extension else 0) | len(csrcs)
-    out = bytearray(struct.pack("!BBHII", first, (0x80 if marker else 0) | pt,
-                                seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc & 0xFFFFFFFF))
+    out = bytearray(
+        struct.pack(
+            "!BBHII",
+            first,
+            (0x80 if marker else 0) | pt,
+            seq & 0xFFFF,
+            ts & 0xFFFFFFFF,
+            ssrc & 0xFFFFFFFF,
+        )
+    )
     for c in csrcs:
         out += struct.pack("!I", c & 0xFFFFFFFF)
     if extension is not None:

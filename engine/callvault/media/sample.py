@@ -42,16 +42,20 @@ SENTENCES = (
 )
 
 
-def speech(text: str, *, voice: str = "en-us", speed: int = 160, pitch: int = 50,
-           seed: int = 0) -> npt.NDArray[np.int16]:
+def speech(
+    text: str, *, voice: str = "en-us", speed: int = 160, pitch: int = 50, seed: int = 0
+) -> npt.NDArray[np.int16]:
     """Spoken text as 8 kHz int16 (espeak-ng), or speech-like noise without it."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         return synthetic_speech(max(1.0, len(text) / 14.0), seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "s.wav"
-        subprocess.run([exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(out), text],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(out), text],
+            check=True,
+            capture_output=True,
+        )
         pcm = wav.read_mono(out)
     # espeak-ng speaks near full scale; telephone speech sits around -20 dBFS.
     return (pcm.astype(np.float64) * 0.5).astype(np.int16)
@@ -82,9 +86,13 @@ def line_noise(n: int, dbfs: float, *, seed: int) -> npt.NDArray[np.float64]:
     return np.random.default_rng(seed).normal(0, 32768 * 10 ** (dbfs / 20), n)
 
 
-def dialogue(seconds: float, *, noise_dbfs: float = -50.0, seed: int = 1,
-             sentences: tuple[str, ...] = SENTENCES
-             ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]:
+def dialogue(
+    seconds: float,
+    *,
+    noise_dbfs: float = -50.0,
+    seed: int = 1,
+    sentences: tuple[str, ...] = SENTENCES,
+) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]:
     """Two legs taking turns (agent first), 0.4-1.2 s pauses, a noisy line on both."""
     rng = np.random.default_rng(seed)
     n = int(seconds * RATE)
@@ -98,7 +106,7 @@ def dialogue(seconds: float, *, noise_dbfs: float = -50.0, seed: int = 1,
             v, s, p = voices[turn]
             cache[key] = speech(sentences[key[0]], voice=v, speed=s, pitch=p, seed=k)
         utt = cache[key][: n - pos]
-        legs[turn][pos:pos + len(utt)] += utt
+        legs[turn][pos : pos + len(utt)] += utt
         pos += len(utt) + int(rng.uniform(0.4, 1.2) * RATE)
         turn, k = 1 - turn, k + 1
     out = []
@@ -125,12 +133,20 @@ class LegPlan:
     dst: tuple[str, int] = ("10.0.0.2", 50000)
 
 
-EVENT_CODES = {**{str(d): d for d in range(10)}, "*": 10, "#": 11, "A": 12, "B": 13, "C": 14,
-               "D": 15}
+EVENT_CODES = {
+    **{str(d): d for d in range(10)},
+    "*": 10,
+    "#": 11,
+    "A": 12,
+    "B": 13,
+    "C": 14,
+    "D": 15,
+}
 
 
-def rtp_packets(pcm: npt.NDArray[np.int16], plan: LegPlan, *, t0: float, seed: int
-                ) -> list[tuple[float, bytes]]:
+def rtp_packets(
+    pcm: npt.NDArray[np.int16], plan: LegPlan, *, t0: float, seed: int
+) -> list[tuple[float, bytes]]:
     """(arrival time in seconds, RTP packet) for one leg, in arrival order.
 
     RFC 4733 digits replace the audio packets of their 100 ms (as PBXs do):
@@ -170,15 +186,21 @@ def rtp_packets(pcm: npt.NDArray[np.int16], plan: LegPlan, *, t0: float, seed: i
             for k in range(8):
                 dur = min(k + 1, 5) * 160
                 body = telephone_event(code, end=k >= 4, volume=10, duration=dur)
-                send(t_send + min(k, 4) * 0.020 + max(0, k - 4) * 0.001,
-                     build_packet(PT_TELEPHONE_EVENT, seq, ts, ssrc, body, marker=k == 0))
+                send(
+                    t_send + min(k, 4) * 0.020 + max(0, k - 4) * 0.001,
+                    build_packet(PT_TELEPHONE_EVENT, seq, ts, ssrc, body, marker=k == 0),
+                )
                 seq = (seq + 1) & 0xFFFF
             event_until = sample + 800
         if sample < event_until:
             continue
         if i not in lost:
-            send(t_send, build_packet(plan.law, seq, ts, ssrc, payload[sample:sample + spp],
-                                      marker=i in (0, change)))
+            send(
+                t_send,
+                build_packet(
+                    plan.law, seq, ts, ssrc, payload[sample : sample + spp], marker=i in (0, change)
+                ),
+            )
         seq = (seq + 1) & 0xFFFF
     out.sort(key=lambda ap: ap[0])
     return out
@@ -186,8 +208,19 @@ def rtp_packets(pcm: npt.NDArray[np.int16], plan: LegPlan, *, t0: float, seed: i
 
 def _ipv4_udp(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
     udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0xB8, 20 + len(udp), 0, 0x4000, 64, 17, 0,
-                      bytes(map(int, src[0].split("."))), bytes(map(int, dst[0].split("."))))
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0xB8,
+        20 + len(udp),
+        0,
+        0x4000,
+        64,
+        17,
+        0,
+        bytes(map(int, src[0].split("."))),
+        bytes(map(int, dst[0].split("."))),
+    )
     words = struct.unpack("!10H", hdr)
     csum = sum(words)
     csum = (csum & 0xFFFF) + (csum >> 16)
@@ -207,13 +240,20 @@ def write_udp_capture(path: str | Path, datagrams: list[Datagram], *, pcapng: bo
             writer.writepkt(eth + _ipv4_udp(src, dst, payload), ts=arrival)
 
 
-def write_capture(path: str | Path, legs: list[tuple[npt.NDArray[np.int16], LegPlan]], *,
-                  t0: float = 1_700_000_000.0, seed: int = 7, pcapng: bool = False) -> int:
+def write_capture(
+    path: str | Path,
+    legs: list[tuple[npt.NDArray[np.int16], LegPlan]],
+    *,
+    t0: float = 1_700_000_000.0,
+    seed: int = 7,
+    pcapng: bool = False,
+) -> int:
     """Write the legs as RTP over Ethernet/IPv4/UDP; returns the packet count."""
     datagrams: list[Datagram] = []
     for n, (pcm, plan) in enumerate(legs):
-        datagrams.extend((a, plan.src, plan.dst, p)
-                         for a, p in rtp_packets(pcm, plan, t0=t0, seed=seed + n))
+        datagrams.extend(
+            (a, plan.src, plan.dst, p) for a, p in rtp_packets(pcm, plan, t0=t0, seed=seed + n)
+        )
     datagrams.sort(key=lambda x: x[0])
     write_udp_capture(path, datagrams, pcapng=pcapng)
     return len(datagrams)
@@ -222,11 +262,36 @@ def write_capture(path: str | Path, legs: list[tuple[npt.NDArray[np.int16], LegP
 def demo_capture(path: str | Path, seconds: float = 30.0, *, pcapng: bool = False) -> None:
     """The call `make run` transcodes: a dialogue with the usual network troubles."""
     agent, customer = dialogue(seconds)
-    write_capture(path, [
-        (agent, LegPlan(law=PT_PCMU, ptime_ms=20, ssrc=0x1A2B3C4D, jitter_ms=8,
-                        loss_bursts=((7.0, 1), (12.5, 4)), dtmf=((20.0, "4"), (20.5, "2")),
-                        src=("10.0.0.1", 40000), dst=("10.0.0.2", 50000))),
-        (customer, LegPlan(law=PT_PCMA, ptime_ms=30, ssrc=0x5E6F7081, jitter_ms=12,
-                           loss_bursts=((15.0, 2),), ssrc_change_at=18.0, start_offset_ms=5,
-                           src=("10.0.0.2", 50002), dst=("10.0.0.1", 40002))),
-    ], pcapng=pcapng)
+    write_capture(
+        path,
+        [
+            (
+                agent,
+                LegPlan(
+                    law=PT_PCMU,
+                    ptime_ms=20,
+                    ssrc=0x1A2B3C4D,
+                    jitter_ms=8,
+                    loss_bursts=((7.0, 1), (12.5, 4)),
+                    dtmf=((20.0, "4"), (20.5, "2")),
+                    src=("10.0.0.1", 40000),
+                    dst=("10.0.0.2", 50000),
+                ),
+            ),
+            (
+                customer,
+                LegPlan(
+                    law=PT_PCMA,
+                    ptime_ms=30,
+                    ssrc=0x5E6F7081,
+                    jitter_ms=12,
+                    loss_bursts=((15.0, 2),),
+                    ssrc_change_at=18.0,
+                    start_offset_ms=5,
+                    src=("10.0.0.2", 50002),
+                    dst=("10.0.0.1", 40002),
+                ),
+            ),
+        ],
+        pcapng=pcapng,
+    )

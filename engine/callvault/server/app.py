@@ -49,9 +49,15 @@ SERVICES = ("Ingest", "Archive", "Integrity", "Admin")
 class Server:
     """A running server on an open vault."""
 
-    def __init__(self, vault: Vault, listen: str, config: Config | None = None, *,
-                 tls: tuple[bytes, bytes] | None = None,
-                 auth: Authenticator | None = None) -> None:
+    def __init__(
+        self,
+        vault: Vault,
+        listen: str,
+        config: Config | None = None,
+        *,
+        tls: tuple[bytes, bytes] | None = None,
+        auth: Authenticator | None = None,
+    ) -> None:
         self.vault = vault
         self.config = config or Config()
         c = self.config
@@ -61,20 +67,29 @@ class Server:
         self.grpc = grpc.server(
             ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="rpc"),
             interceptors=[IdentityInterceptor(auth or Authenticator(), self.methods)],
-            options=[("grpc.max_receive_message_length", c.max_message_bytes),
-                     ("grpc.max_send_message_length", c.max_message_bytes),
-                     ("grpc.so_reuseport", 0)],
-            maximum_concurrent_rpcs=c.max_concurrent_rpcs)
+            options=[
+                ("grpc.max_receive_message_length", c.max_message_bytes),
+                ("grpc.max_send_message_length", c.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=c.max_concurrent_rpcs,
+        )
         pbg.add_IngestServicer_to_server(IngestServicer(self.ingestor, c), self.grpc)
         pbg.add_ArchiveServicer_to_server(ArchiveServicer(vault, self.ingestor), self.grpc)
         pbg.add_IntegrityServicer_to_server(IntegrityServicer(vault), self.grpc)
         pbg.add_AdminServicer_to_server(
-            AdminServicer(vault, self.ingestor, self.methods), self.grpc)
+            AdminServicer(vault, self.ingestor, self.methods), self.grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
         reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME], self.grpc)
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.grpc,
+        )
         if tls is not None:
             creds = grpc.ssl_server_credentials([(tls[1], tls[0])])
             self.port = self.grpc.add_secure_port(listen, creds)
@@ -120,8 +135,11 @@ def load_config(path: str | None) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # INFO: one access-log line per RPC (caller, method, outcome, duration)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     config = load_config(args.config)
     tls = None
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -131,8 +149,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     vault = Vault.open(args.data, key_file=args.key_file, segment_bytes=config.segment_bytes)
     r = vault.report
     if r.truncated or r.damage or r.reindexed or r.replays:
-        print(f"callvault: recovery: truncated {r.truncated}, re-indexed {r.reindexed} "
-              f"record(s), damage {len(r.damage)}, replays {len(r.replays)}", file=sys.stderr)
+        print(
+            f"callvault: recovery: truncated {r.truncated}, re-indexed {r.reindexed} "
+            f"record(s), damage {len(r.damage)}, replays {len(r.replays)}",
+            file=sys.stderr,
+        )
     try:
         server = Server(vault, args.listen, config, tls=tls)
     except BaseException:
@@ -147,8 +168,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     host = args.listen.rsplit(":", 1)[0]
-    print(f"callvault: serving {args.data} on {host}:{server.port}"
-          f"{' (TLS)' if tls else ''}", file=sys.stderr, flush=True)
+    print(
+        f"callvault: serving {args.data} on {host}:{server.port}{' (TLS)' if tls else ''}",
+        file=sys.stderr,
+        flush=True,
+    )
     if args.port_file:
         write_atomic(Path(args.port_file), f"{server.port}\n".encode())
     while not stop.wait(1.0):

@@ -67,11 +67,13 @@ class CallSpec:
 
     def check(self) -> None:
         if not CALL_ID.match(self.call_id):
-            raise InputError(f"call_id {self.call_id!r}: use 1 to 128 characters of "
-                             "letters, digits and . _ : -")
+            raise InputError(
+                f"call_id {self.call_id!r}: use 1 to 128 characters of letters, digits and . _ : -"
+            )
         if self.tenant and not CALL_ID.match(self.tenant):
-            raise InputError(f"tenant {self.tenant!r}: use 1 to 128 characters of letters, "
-                             "digits and . _ : -")
+            raise InputError(
+                f"tenant {self.tenant!r}: use 1 to 128 characters of letters, digits and . _ : -"
+            )
         if not 1 <= len(self.legs) <= MAX_LEGS:
             raise InputError(f"a call has 1 or {MAX_LEGS} legs, not {len(self.legs)}")
         for name in self.legs:
@@ -100,8 +102,9 @@ class Progress:
 class LiveCall:
     """One call being recorded (see the module docstring)."""
 
-    def __init__(self, vault: Vault, spec: CallSpec, settings: Settings, *,
-                 writer: CallWriter | None = None) -> None:
+    def __init__(
+        self, vault: Vault, spec: CallSpec, settings: Settings, *, writer: CallWriter | None = None
+    ) -> None:
         self.vault = vault
         self.spec = spec
         self.settings = settings
@@ -136,8 +139,9 @@ class LiveCall:
     # -- stream attachment -------------------------------------------------------------
     def check_owner(self, token: int) -> None:
         if token != self.owner:
-            raise StreamTakenOver(f"call {self.spec.call_id}: another stream took over "
-                                  "(the client reconnected)")
+            raise StreamTakenOver(
+                f"call {self.spec.call_id}: another stream took over (the client reconnected)"
+            )
 
     # -- batches -------------------------------------------------------------------------
     def process(self, token: int, batch: LegBatch) -> Future[Ack] | None:
@@ -150,15 +154,16 @@ class LiveCall:
             if batch.seq < self.next_seq:
                 return self.last_future  # a resend: already processed
             if batch.seq > self.next_seq:
-                raise OutOfOrder(f"batch {batch.seq} arrived but batch {self.next_seq} is "
-                                 "next (batches are sent in order, none skipped)")
+                raise OutOfOrder(
+                    f"batch {batch.seq} arrived but batch {self.next_seq} is "
+                    "next (batches are sent in order, none skipped)"
+                )
             if self.pipes is None:
                 self._begin(self.start_us or batch.first_sample_us())
             assert self.pipes is not None
             offsets = np.zeros(len(batch.lengths), dtype=np.int64)
             np.cumsum(batch.lengths[:-1], out=offsets[1:])
-            self.pipes[batch.leg].push_rtp(batch.packets, offsets, batch.lengths,
-                                           batch.arrival_us)
+            self.pipes[batch.leg].push_rtp(batch.packets, offsets, batch.lengths, batch.arrival_us)
             self.next_seq += 1
             self.packets += len(batch.lengths)
             self._take(batch.leg)
@@ -171,16 +176,29 @@ class LiveCall:
         m = self.spec.meta
         if self.writer is None:
             self.writer = self.vault.open_call(
-                self.spec.call_id, tenant=self.tenant, start_us=self.start_us,
-                direction=m.get("direction", ""), agent=m.get("agent", ""),
+                self.spec.call_id,
+                tenant=self.tenant,
+                start_us=self.start_us,
+                direction=m.get("direction", ""),
+                agent=m.get("agent", ""),
                 skill_group=m.get("skill_group", ""),
-                customer_number=m.get("customer_number", ""), tags=m.get("tags", ()),
-                legs=self.spec.legs, extra=m.get("extra") or {})
+                customer_number=m.get("customer_number", ""),
+                tags=m.get("tags", ()),
+                legs=self.spec.legs,
+                extra=m.get("extra") or {},
+            )
             self.chain_head = self.writer.chain_head
         pts = list(self.spec.event_payload_types) + [()] * len(self.spec.legs)
-        self.pipes = [LegPipeline(name, "ingest", self.settings, call_start_us=self.start_us,
-                                  event_payload_types=pts[i] or (101,))
-                      for i, name in enumerate(self.spec.legs)]
+        self.pipes = [
+            LegPipeline(
+                name,
+                "ingest",
+                self.settings,
+                call_start_us=self.start_us,
+                event_payload_types=pts[i] or (101,),
+            )
+            for i, name in enumerate(self.spec.legs)
+        ]
 
     def _take(self, leg: int, final: bool = False) -> None:
         """Move the leg's new Opus packets into records cut at multiples of 50 frames."""
@@ -196,7 +214,7 @@ class LiveCall:
                     continue  # durable before a restart: recomputed, not stored twice
                 if not self.pending[leg]:
                     self.pending_first[leg] = f
-                self.pending[leg].append(data[offs[i]:offs[i + 1]])
+                self.pending[leg].append(data[offs[i] : offs[i + 1]])
                 if (f + 1) % FRAMES_PER_RECORD == 0:
                     self._flush(leg)
         r.packets.clear()
@@ -240,8 +258,10 @@ class LiveCall:
             if self.sealed is not None:
                 return self.sealed
             if batches != self.next_seq:
-                raise InputError(f"CallEnd says {batches} batches were sent but the server has "
-                                 f"processed {self.next_seq}: send the missing ones first")
+                raise InputError(
+                    f"CallEnd says {batches} batches were sent but the server has "
+                    f"processed {self.next_seq}: send the missing ones first"
+                )
             if self.pipes is None:  # a call with no RTP at all: an empty recording
                 self._begin(self.start_us or end_us or time.time_ns() // 1000)
             assert self.pipes is not None and self.writer is not None
@@ -252,8 +272,9 @@ class LiveCall:
                 self._take(leg, final=True)
                 summaries.append(p.result.summary())
             writer = self.writer
-        seal = writer.seal(summary={"legs": summaries}, frames=total,
-                           end_us=self.start_us + total * FRAME * 125)
+        seal = writer.seal(
+            summary={"legs": summaries}, frames=total, end_us=self.start_us + total * FRAME * 125
+        )
         entry = self.vault.get_call(self.spec.call_id, tenant=self.tenant)
         with self.changed:
             self.durable = [total + 1] * len(self.durable)  # + the encoder flush packet
@@ -281,8 +302,7 @@ class Ingestor:
         """LiveCall.process on a worker thread (see __init__); waits for it."""
         return self.workers.submit(live.process, token, batch).result()
 
-    def __init__(self, vault: Vault, settings: Settings | None = None, *,
-                 workers: int = 0) -> None:
+    def __init__(self, vault: Vault, settings: Settings | None = None, *, workers: int = 0) -> None:
         self.vault = vault
         self.settings = settings or Settings()
         # Batches are processed (jitter buffer, DSP, Opus) on a few worker threads, not
@@ -291,8 +311,9 @@ class Ingestor:
         # longer than it computed (a GIL convoy); a few workers keep the cores busy
         # and the hand-offs rare. Each stream waits for its own batch, so a call's
         # batches stay in order.
-        self.workers = ThreadPoolExecutor(workers or (os.cpu_count() or 2) + 1,
-                                          thread_name_prefix="ingest")
+        self.workers = ThreadPoolExecutor(
+            workers or (os.cpu_count() or 2) + 1, thread_name_prefix="ingest"
+        )
         self.lock = threading.Lock()
         self.calls: dict[tuple[str, str], LiveCall] = {}
         self._tokens = 0
@@ -320,21 +341,28 @@ class Ingestor:
                 writer = None
                 if entry is not None:
                     if list(entry.legs) != list(spec.legs):
-                        raise InputError(f"call {spec.call_id} exists with legs "
-                                         f"{', '.join(entry.legs)}, not {', '.join(spec.legs)}")
+                        raise InputError(
+                            f"call {spec.call_id} exists with legs "
+                            f"{', '.join(entry.legs)}, not {', '.join(spec.legs)}"
+                        )
                     if entry.state != "open":
                         live = LiveCall(self.vault, spec, self.settings)
                         frames = (entry.end_us - entry.start_us) // (FRAME * 125)
-                        live.sealed = (bytes.fromhex(entry.seal) if entry.seal else b"",
-                                       frames, entry.log_index)
+                        live.sealed = (
+                            bytes.fromhex(entry.seal) if entry.seal else b"",
+                            frames,
+                            entry.log_index,
+                        )
                         live.owner = token
                         return live, token
                     writer = self.vault.resume_call(spec.call_id, tenant=tenant)
                 live = LiveCall(self.vault, spec, self.settings, writer=writer)
                 self.calls[key] = live
             elif list(live.spec.legs) != list(spec.legs):
-                raise InputError(f"call {spec.call_id} is being recorded with legs "
-                                 f"{', '.join(live.spec.legs)}, not {', '.join(spec.legs)}")
+                raise InputError(
+                    f"call {spec.call_id} is being recorded with legs "
+                    f"{', '.join(live.spec.legs)}, not {', '.join(spec.legs)}"
+                )
         with live.lock:
             live.owner = token
             live.attachments += 1
@@ -373,8 +401,7 @@ class Ingestor:
         with self.lock:
             return len(self.calls)
 
-    def shutdown(self, on_error: Callable[[LiveCall, BaseException], None] | None = None
-                 ) -> None:
+    def shutdown(self, on_error: Callable[[LiveCall, BaseException], None] | None = None) -> None:
         """Refuse new calls; store what every live call has encoded."""
         with self.lock:
             self.accepting = False

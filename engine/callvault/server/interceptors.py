@@ -116,15 +116,15 @@ class IdentityInterceptor(grpc.ServerInterceptor):
         self.auth = auth
         self.methods = methods
 
-    def intercept_service(self, continuation: Callable[[Any], Any],
-                          details: grpc.HandlerCallDetails) -> Any:
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
         method = details.method
         if handler.request_deserializer is not None:
-            handler = handler._replace(
-                request_deserializer=_tolerant(handler.request_deserializer))
+            handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
         if handler.unary_unary:
             return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
         if handler.stream_unary:
@@ -158,6 +158,7 @@ class IdentityInterceptor(grpc.ServerInterceptor):
                 raise
             finally:
                 self.methods.end(method, outcome, started, ident.name)
+
         return run
 
     def _stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
@@ -178,6 +179,7 @@ class IdentityInterceptor(grpc.ServerInterceptor):
                 raise
             finally:
                 self.methods.end(method, outcome, started, ident.name)
+
         return run
 
 
@@ -190,8 +192,10 @@ class Undecodable:
         self.error = error
 
     def message(self, method: str) -> str:
-        return (f"the request to {method} is not a valid protobuf message of its type "
-                f"({self.size} bytes: {self.error})")
+        return (
+            f"the request to {method} is not a valid protobuf message of its type "
+            f"({self.size} bytes: {self.error})"
+        )
 
 
 def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -200,6 +204,7 @@ def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
             return deserialize(raw)
         except Exception as e:  # protobuf's DecodeError, or worse
             return Undecodable(len(raw), e)
+
     return run
 
 

@@ -39,8 +39,7 @@ class Chunk:
     pre_skip: int = 0
 
 
-def durable_frames(vault: Vault, ingestor: Ingestor | None, call_id: str, *,
-                   tenant: str) -> int:
+def durable_frames(vault: Vault, ingestor: Ingestor | None, call_id: str, *, tenant: str) -> int:
     """Frames per leg: a sealed call's length, or what every leg has durable so far."""
     e = vault.get_call(call_id, tenant=tenant)
     if e.end_us:
@@ -52,9 +51,19 @@ def durable_frames(vault: Vault, ingestor: Ingestor | None, call_id: str, *,
     return min(vault.durable_frames(call_id, tenant=tenant), default=0)
 
 
-def play(vault: Vault, ingestor: Ingestor | None, call_id: str, *, tenant: str = "default",
-         from_ms: int = 0, to_ms: int | None = None, chunk: int = 50, follow: bool = False,
-         pcm: bool = False, active: Callable[[], bool] = lambda: True) -> Iterator[Chunk]:
+def play(
+    vault: Vault,
+    ingestor: Ingestor | None,
+    call_id: str,
+    *,
+    tenant: str = "default",
+    from_ms: int = 0,
+    to_ms: int | None = None,
+    chunk: int = 50,
+    follow: bool = False,
+    pcm: bool = False,
+    active: Callable[[], bool] = lambda: True,
+) -> Iterator[Chunk]:
     if not 1 <= chunk <= 500:
         raise InputError(f"frames_per_chunk {chunk}: 1 to 500")
     if to_ms is not None and to_ms <= from_ms:
@@ -66,8 +75,7 @@ def play(vault: Vault, ingestor: Ingestor | None, call_id: str, *, tenant: str =
     stop = None if to_ms is None else -(-to_ms // FRAME_MS)
     if pcm:
         warm = max(0, start - WARMUP_FRAMES)
-        packets = _opus_chunks(vault, ingestor, call_id, tenant, warm, stop, chunk, follow,
-                               active)
+        packets = _opus_chunks(vault, ingestor, call_id, tenant, warm, stop, chunk, follow, active)
         yield from _pcm_chunks(packets, warm, start, chunk, len(e.legs))
         return
     packets = _opus_chunks(vault, ingestor, call_id, tenant, start, stop, chunk, follow, active)
@@ -78,9 +86,17 @@ def play(vault: Vault, ingestor: Ingestor | None, call_id: str, *, tenant: str =
         yield c
 
 
-def _opus_chunks(vault: Vault, ingestor: Ingestor | None, call_id: str, tenant: str,
-                 start: int, stop: int | None, chunk: int, follow: bool,
-                 active: Callable[[], bool]) -> Iterator[Chunk]:
+def _opus_chunks(
+    vault: Vault,
+    ingestor: Ingestor | None,
+    call_id: str,
+    tenant: str,
+    start: int,
+    stop: int | None,
+    chunk: int,
+    follow: bool,
+    active: Callable[[], bool],
+) -> Iterator[Chunk]:
     pos = start
     while active():
         e = vault.get_call(call_id, tenant=tenant)
@@ -90,8 +106,9 @@ def _opus_chunks(vault: Vault, ingestor: Ingestor | None, call_id: str, tenant: 
             avail += 1  # the encoder's flush packet (frame = length) goes too: PCM needs it
         end = avail if stop is None else min(avail, stop + (1 if sealed else 0))
         if pos < end:
-            for first, legs in vault.iter_frames(call_id, tenant=tenant, from_frame=pos,
-                                                 to_frame=end, chunk=chunk):
+            for first, legs in vault.iter_frames(
+                call_id, tenant=tenant, from_frame=pos, to_frame=end, chunk=chunk
+            ):
                 n = len(legs[0][1])
                 yield Chunk(first, n, list(legs), not sealed)
                 pos = first + n
@@ -106,6 +123,7 @@ def _opus_chunks(vault: Vault, ingestor: Ingestor | None, call_id: str, tenant: 
 
 def _wait_durable(live: LiveCall, pos: int, timeout: float = 1.0) -> None:
     """Until the call is sealed or every leg is durable beyond ``pos`` (or timeout)."""
+
     def ready() -> bool:
         return live.sealed is not None or min(live.durable, default=0) > pos
 
@@ -113,8 +131,9 @@ def _wait_durable(live: LiveCall, pos: int, timeout: float = 1.0) -> None:
         live.changed.wait_for(ready, timeout=timeout)
 
 
-def _pcm_chunks(chunks: Iterator[Chunk], decode_from: int, start: int, chunk: int,
-                nlegs: int) -> Iterator[Chunk]:
+def _pcm_chunks(
+    chunks: Iterator[Chunk], decode_from: int, start: int, chunk: int, nlegs: int
+) -> Iterator[Chunk]:
     """Decode Opus chunks to PCM on the timeline: the decoder's output lags its
     input by the encoder lookahead, so timeline sample t is decoded sample t + LAG
     (counted from the first packet decoded); a frame goes out once all of it is
@@ -135,8 +154,12 @@ def _pcm_chunks(chunks: Iterator[Chunk], decode_from: int, start: int, chunk: in
         while whole > 0:
             n = min(whole, chunk)
             lo, hi = drop, drop + n * FRAME
-            yield Chunk(pos, n, [(bufs[g][lo:hi].astype("<i2").tobytes(), None)
-                                 for g in range(nlegs)], c.live)
+            yield Chunk(
+                pos,
+                n,
+                [(bufs[g][lo:hi].astype("<i2").tobytes(), None) for g in range(nlegs)],
+                c.live,
+            )
             pos += n
             whole -= n
             drop = hi

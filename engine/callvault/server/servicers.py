@@ -69,6 +69,7 @@ def unary(method: Callable[..., T]) -> Callable[..., T]:
             return method(self, request, context)
         except CallvaultError as e:
             fail(context, e)
+
     run.__name__ = method.__name__
     run.__doc__ = method.__doc__
     return run
@@ -80,6 +81,7 @@ def streaming(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
             yield from method(self, request, context)
         except CallvaultError as e:
             fail(context, e)
+
     run.__name__ = method.__name__
     run.__doc__ = method.__doc__
     return run
@@ -93,12 +95,23 @@ def _ref(ref: pb.CallRef) -> tuple[str, str]:
 
 def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
     return pb.CallInfo(
-        tenant=e.tenant, call_id=e.call_id, state=e.state, start_us=e.start_us,
-        end_us=e.end_us, direction=e.direction, agent=e.agent, skill_group=e.skill_group,
-        tags=e.tags, legs=e.legs,
+        tenant=e.tenant,
+        call_id=e.call_id,
+        state=e.state,
+        start_us=e.start_us,
+        end_us=e.end_us,
+        direction=e.direction,
+        agent=e.agent,
+        skill_group=e.skill_group,
+        tags=e.tags,
+        legs=e.legs,
         extra={str(k): str(v) for k, v in e.extra.items() if not isinstance(v, list | dict)},
-        frames=frames, records=e.records, chain_head=bytes.fromhex(e.chain_head),
-        seal=bytes.fromhex(e.seal) if e.seal else b"", log_index=e.log_index)
+        frames=frames,
+        records=e.records,
+        chain_head=bytes.fromhex(e.chain_head),
+        seal=bytes.fromhex(e.seal) if e.seal else b"",
+        log_index=e.log_index,
+    )
 
 
 class Config:
@@ -116,8 +129,9 @@ class Config:
         if kw:
             raise InputError(f"unknown server setting(s): {', '.join(sorted(kw))}")
         if self.workers < self.max_concurrent_rpcs:
-            raise InputError("workers must be at least max_concurrent_rpcs (each stream "
-                             "holds a worker thread)")
+            raise InputError(
+                "workers must be at least max_concurrent_rpcs (each stream holds a worker thread)"
+            )
 
 
 class IngestServicer(pbg.IngestServicer):
@@ -125,8 +139,9 @@ class IngestServicer(pbg.IngestServicer):
         self.ingestor = ingestor
         self.config = config
 
-    def Record(self, request_iterator: Iterator[pb.IngestRequest],
-               context: grpc.ServicerContext) -> Iterator[pb.IngestReply]:
+    def Record(
+        self, request_iterator: Iterator[pb.IngestRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.IngestReply]:
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
         def read() -> None:
@@ -148,9 +163,11 @@ class IngestServicer(pbg.IngestServicer):
                     got = [events.get(timeout=1.0)]
                 except queue.Empty:
                     if time.monotonic() - last_req > self.config.ingest_idle_s:
-                        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                      f"no message for {self.config.ingest_idle_s:g} s: stream "
-                                      "closed (reconnect with the same CallStart to resume)")
+                        context.abort(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"no message for {self.config.ingest_idle_s:g} s: stream "
+                            "closed (reconnect with the same CallStart to resume)",
+                        )
                     continue
                 # Everything already queued is handled together and answered with ONE
                 # Ack: each reply costs a blocking send through grpcio's single event
@@ -177,21 +194,25 @@ class IngestServicer(pbg.IngestServicer):
                         if live is not None:
                             raise InputError("a second CallStart on one stream")
                         live, token = self.ingestor.attach(self._spec(item.start))
-                        yield pb.IngestReply(started=pb.Started(
-                            resume_from_seq=live.next_seq,
-                            resumed=(live.resumed or live.attachments > 1
-                                     or live.sealed is not None),
-                            start_us=live.start_us))
+                        yield pb.IngestReply(
+                            started=pb.Started(
+                                resume_from_seq=live.next_seq,
+                                resumed=(
+                                    live.resumed or live.attachments > 1 or live.sealed is not None
+                                ),
+                                start_us=live.start_us,
+                            )
+                        )
                         if live.sealed is not None:
                             yield self._sealed(live)
                             return
                     elif live is None:
-                        raise InputError("the first message of a Record stream must be a "
-                                         "CallStart")
+                        raise InputError("the first message of a Record stream must be a CallStart")
                     elif which == "batch":
                         b = item.batch
-                        batch = LegBatch.checked(b.seq, b.leg, b.packets, b.lengths, b.arrival_us,
-                                              len(live.spec.legs))
+                        batch = LegBatch.checked(
+                            b.seq, b.leg, b.packets, b.lengths, b.arrival_us, len(live.spec.legs)
+                        )
                         fut = self.ingestor.process(live, token, batch)
                         self.ingestor.count(len(batch.lengths), len(batch.packets))
                         if fut is None or fut.done():
@@ -210,8 +231,9 @@ class IngestServicer(pbg.IngestServicer):
                 if ack_to > acked:
                     assert live is not None
                     if live.error is not None:
-                        context.abort(grpc.StatusCode.INTERNAL,
-                                      f"storing the call failed: {live.error}")
+                        context.abort(
+                            grpc.StatusCode.INTERNAL, f"storing the call failed: {live.error}"
+                        )
                     acked = ack_to
                     yield self._ack(live, ack_to)
         except CallvaultError as e:
@@ -221,32 +243,48 @@ class IngestServicer(pbg.IngestServicer):
     def _spec(s: pb.CallStart) -> CallSpec:
         legs = tuple(leg.name for leg in s.legs)
         m = s.meta
-        meta: dict[str, Any] = {"direction": m.direction, "agent": m.agent,
-                                "skill_group": m.skill_group,
-                                "customer_number": m.customer_number, "tags": list(m.tags),
-                                "extra": dict(m.extra)}
-        return CallSpec(call_id=s.call_id, tenant=s.tenant, legs=legs, start_us=s.start_us,
-                        event_payload_types=tuple(tuple(leg.event_payload_types)
-                                                  for leg in s.legs), meta=meta)
+        meta: dict[str, Any] = {
+            "direction": m.direction,
+            "agent": m.agent,
+            "skill_group": m.skill_group,
+            "customer_number": m.customer_number,
+            "tags": list(m.tags),
+            "extra": dict(m.extra),
+        }
+        return CallSpec(
+            call_id=s.call_id,
+            tenant=s.tenant,
+            legs=legs,
+            start_us=s.start_us,
+            event_payload_types=tuple(tuple(leg.event_payload_types) for leg in s.legs),
+            meta=meta,
+        )
 
     @staticmethod
     def _ack(live: LiveCall, seq: int) -> pb.IngestReply:
         p = live.progress(seq)
-        return pb.IngestReply(ack=pb.Ack(seq=seq, durable_frames=p.durable_frames,
-                                         chain_records=p.chain_records,
-                                         chain_head=p.chain_head))
+        return pb.IngestReply(
+            ack=pb.Ack(
+                seq=seq,
+                durable_frames=p.durable_frames,
+                chain_records=p.chain_records,
+                chain_head=p.chain_head,
+            )
+        )
 
     @staticmethod
     def _sealed(live: LiveCall) -> pb.IngestReply:
         assert live.sealed is not None
         seal, frames, log_index = live.sealed
-        return pb.IngestReply(sealed=pb.Sealed(seal=seal, frames=frames,
-                                               log_index=max(log_index, 0)))
+        return pb.IngestReply(
+            sealed=pb.Sealed(seal=seal, frames=frames, log_index=max(log_index, 0))
+        )
 
 
 def _ack_when_done(events: queue.Queue[tuple[str, Any]], seq: int) -> Callable[[Any], None]:
     def done(_fut: Any) -> None:
         events.put(("ack", seq))
+
     return done
 
 
@@ -259,18 +297,23 @@ class ArchiveServicer(pbg.ArchiveServicer):
         return playback.durable_frames(self.vault, self.ingestor, e.call_id, tenant=e.tenant)
 
     @streaming
-    def Search(self, r: pb.SearchRequest, context: grpc.ServicerContext
-               ) -> Iterator[pb.CallInfo]:
+    def Search(self, r: pb.SearchRequest, context: grpc.ServicerContext) -> Iterator[pb.CallInfo]:
         if r.until_us and r.until_us <= r.since_us:
             raise InputError(f"until_us {r.until_us} is not after since_us {r.since_us}")
         if r.max_duration_ms and r.max_duration_ms < r.min_duration_ms:
             raise InputError("max_duration_ms is below min_duration_ms")
         calls = self.vault.list_calls(
-            tenant=r.tenant or "default", since_us=r.since_us, until_us=r.until_us or 2**63 - 1,
-            agent=r.agent or None, skill_group=r.skill_group or None, tag=r.tag or None,
-            direction=r.direction or None, min_duration_us=r.min_duration_ms * 1000,
+            tenant=r.tenant or "default",
+            since_us=r.since_us,
+            until_us=r.until_us or 2**63 - 1,
+            agent=r.agent or None,
+            skill_group=r.skill_group or None,
+            tag=r.tag or None,
+            direction=r.direction or None,
+            min_duration_us=r.min_duration_ms * 1000,
             max_duration_us=r.max_duration_ms * 1000 if r.max_duration_ms else None,
-            limit=r.limit)
+            limit=r.limit,
+        )
         for e in calls:
             yield call_info(e, self._frames(e))
 
@@ -282,8 +325,9 @@ class ArchiveServicer(pbg.ArchiveServicer):
         e = self.vault.get_call(call_id, tenant=tenant)
         info = call_info(e, self._frames(e))
         if r.include_summary and e.state == "sealed":
-            info.summary_json = json.dumps(self.vault.summary(call_id, tenant=tenant),
-                                           sort_keys=True)
+            info.summary_json = json.dumps(
+                self.vault.summary(call_id, tenant=tenant), sort_keys=True
+            )
         if r.include_customer_number and e.state != "erased":
             info.customer_number = self.vault.customer_number(call_id, tenant=tenant)
         return info
@@ -294,20 +338,28 @@ class ArchiveServicer(pbg.ArchiveServicer):
         fmt = r.format or pb.OPUS
         if fmt not in (pb.OPUS, pb.PCM):
             raise InputError("Play streams OPUS or PCM (OGG and WAV files come from Export)")
-        chunks = playback.play(self.vault, self.ingestor, call_id, tenant=tenant,
-                               from_ms=r.from_ms, to_ms=r.to_ms or None,
-                               chunk=r.frames_per_chunk or 50, follow=r.follow,
-                               pcm=fmt == pb.PCM, active=context.is_active)
+        chunks = playback.play(
+            self.vault,
+            self.ingestor,
+            call_id,
+            tenant=tenant,
+            from_ms=r.from_ms,
+            to_ms=r.to_ms or None,
+            chunk=r.frames_per_chunk or 50,
+            follow=r.follow,
+            pcm=fmt == pb.PCM,
+            active=context.is_active,
+        )
         for c in chunks:
-            out = pb.PlayChunk(first_frame=c.first_frame, frames=c.frames, live=c.live,
-                               pre_skip=c.pre_skip)
+            out = pb.PlayChunk(
+                first_frame=c.first_frame, frames=c.frames, live=c.live, pre_skip=c.pre_skip
+            )
             for data, lengths in c.legs:
                 out.legs.add(data=data, lengths=[] if lengths is None else lengths.tolist())
             yield out
 
     @streaming
-    def Export(self, r: pb.ExportRequest, context: grpc.ServicerContext
-               ) -> Iterator[pb.FileChunk]:
+    def Export(self, r: pb.ExportRequest, context: grpc.ServicerContext) -> Iterator[pb.FileChunk]:
         tenant, call_id = _ref(r.call)
         fmt = r.format or pb.OGG
         if fmt not in (pb.OGG, pb.WAV):
@@ -316,12 +368,19 @@ class ArchiveServicer(pbg.ArchiveServicer):
             raise InputError(f"to_ms {r.to_ms} is not after from_ms {r.from_ms}")
         e = self.vault.get_call(call_id, tenant=tenant)
         if e.state != "sealed":
-            raise VaultError(f"call {call_id} is {e.state}: only sealed calls are exported "
-                             "(Play streams a call being recorded)")
+            raise VaultError(
+                f"call {call_id} is {e.state}: only sealed calls are exported "
+                "(Play streams a call being recorded)"
+            )
         with tempfile.TemporaryDirectory(prefix="callvault-export-") as tmp:
             out = Path(tmp) / ("call.ogg" if fmt == pb.OGG else "call.wav")
-            self.vault.export(call_id, out, tenant=tenant, from_s=r.from_ms / 1000,
-                              to_s=r.to_ms / 1000 if r.to_ms else None)
+            self.vault.export(
+                call_id,
+                out,
+                tenant=tenant,
+                from_s=r.from_ms / 1000,
+                to_s=r.to_ms / 1000 if r.to_ms else None,
+            )
             yield from _file_chunks(out, out.name)
 
 
@@ -344,16 +403,22 @@ class IntegrityServicer(pbg.IntegrityServicer):
         self.vault = vault
 
     @unary
-    def GetCheckpoint(self, r: pb.GetCheckpointRequest, context: grpc.ServicerContext
-                      ) -> pb.Checkpoint:
+    def GetCheckpoint(
+        self, r: pb.GetCheckpointRequest, context: grpc.ServicerContext
+    ) -> pb.Checkpoint:
         note = self.vault.checkpoint()
         cp = checkpoint.parse(note)
-        return pb.Checkpoint(note=note, tree_size=cp.size, root_hash=cp.root,
-                             verifier_key=self.vault.signer.verifier_key())
+        return pb.Checkpoint(
+            note=note,
+            tree_size=cp.size,
+            root_hash=cp.root,
+            verifier_key=self.vault.signer.verifier_key(),
+        )
 
     @unary
-    def GetInclusionProof(self, r: pb.InclusionProofRequest, context: grpc.ServicerContext
-                          ) -> pb.InclusionProof:
+    def GetInclusionProof(
+        self, r: pb.InclusionProofRequest, context: grpc.ServicerContext
+    ) -> pb.InclusionProof:
         which = r.WhichOneof("leaf")
         if which == "call":
             tenant, call_id = _ref(r.call)
@@ -366,19 +431,23 @@ class IntegrityServicer(pbg.IntegrityServicer):
         else:
             raise InputError("name the leaf: call or leaf_index")
         size, leaf, path, root = self.vault.inclusion_proof(index, r.tree_size)
-        return pb.InclusionProof(leaf_index=index, tree_size=size, leaf_hash=leaf, path=path,
-                                 root_hash=root)
+        return pb.InclusionProof(
+            leaf_index=index, tree_size=size, leaf_hash=leaf, path=path, root_hash=root
+        )
 
     @unary
-    def GetConsistencyProof(self, r: pb.ConsistencyProofRequest,
-                            context: grpc.ServicerContext) -> pb.ConsistencyProof:
+    def GetConsistencyProof(
+        self, r: pb.ConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> pb.ConsistencyProof:
         new, path, old_root, new_root = self.vault.consistency_proof(r.old_size, r.new_size)
-        return pb.ConsistencyProof(old_size=r.old_size, new_size=new, path=path,
-                                   old_root=old_root, new_root=new_root)
+        return pb.ConsistencyProof(
+            old_size=r.old_size, new_size=new, path=path, old_root=old_root, new_root=new_root
+        )
 
     @streaming
-    def GetBundle(self, r: pb.GetBundleRequest, context: grpc.ServicerContext
-                  ) -> Iterator[pb.FileChunk]:
+    def GetBundle(
+        self, r: pb.GetBundleRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.FileChunk]:
         from callvault.vault.bundle import write_bundle
 
         tenant, call_id = _ref(r.call)
@@ -388,18 +457,19 @@ class IntegrityServicer(pbg.IntegrityServicer):
                 yield from _file_chunks(p, p.relative_to(d).as_posix())
 
     @streaming
-    def Verify(self, r: pb.VerifyRequest, context: grpc.ServicerContext
-               ) -> Iterator[pb.VerifyResult]:
+    def Verify(
+        self, r: pb.VerifyRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.VerifyResult]:
         if r.all:
             for what, problems in self.vault.verify_parts():
-                yield pb.VerifyResult(what=what, ok=not problems,
-                                      problems=[str(p) for p in problems])
+                yield pb.VerifyResult(
+                    what=what, ok=not problems, problems=[str(p) for p in problems]
+                )
             return
         if not r.call_ids:
             raise InputError("name the calls to verify (call_ids), or set all")
         for call_id in r.call_ids:
-            found = [str(p) for p in self.vault.verify_call(call_id,
-                                                            tenant=r.tenant or "default")]
+            found = [str(p) for p in self.vault.verify_call(call_id, tenant=r.tenant or "default")]
             yield pb.VerifyResult(what=f"call {call_id}", ok=not found, problems=found)
 
 
@@ -415,12 +485,19 @@ class AdminServicer(pbg.AdminServicer):
         s = self.vault.stats()
         pps, bps = self.ingestor.rates()
         return pb.StatsReply(
-            calls=s["calls"], open_calls=self.ingestor.open_calls(),
-            stored_bytes=s["stored_bytes"], free_disk_bytes=s["free_disk_bytes"],
-            ingest_packets_per_s=pps, ingest_bytes_per_s=bps,
-            packets_total=self.ingestor.packets_total, batches_total=self.ingestor.batches_total,
-            log_size=s["log_size"], uptime_s=time.monotonic() - self.started,
-            streams=self.methods.active, rpcs=self.methods.counts())
+            calls=s["calls"],
+            open_calls=self.ingestor.open_calls(),
+            stored_bytes=s["stored_bytes"],
+            free_disk_bytes=s["free_disk_bytes"],
+            ingest_packets_per_s=pps,
+            ingest_bytes_per_s=bps,
+            packets_total=self.ingestor.packets_total,
+            batches_total=self.ingestor.batches_total,
+            log_size=s["log_size"],
+            uptime_s=time.monotonic() - self.started,
+            streams=self.methods.active,
+            rpcs=self.methods.counts(),
+        )
 
     @unary
     def Erase(self, r: pb.EraseRequest, context: grpc.ServicerContext) -> pb.EraseReply:
@@ -433,12 +510,13 @@ class AdminServicer(pbg.AdminServicer):
     def Reindex(self, r: pb.ReindexRequest, context: grpc.ServicerContext) -> pb.ReindexReply:
         n = self.ingestor.open_calls()
         if n:
-            raise VaultError(f"{n} call(s) are being recorded: reindex when none is (or "
-                             "stop the server and run `callvault --data DIR reindex`)")
+            raise VaultError(
+                f"{n} call(s) are being recorded: reindex when none is (or "
+                "stop the server and run `callvault --data DIR reindex`)"
+            )
         return pb.ReindexReply(records=self.vault.reindex())
 
     @unary
-    def RotateKey(self, r: pb.RotateKeyRequest, context: grpc.ServicerContext
-                  ) -> pb.RotateKeyReply:
+    def RotateKey(self, r: pb.RotateKeyRequest, context: grpc.ServicerContext) -> pb.RotateKeyReply:
         kek, n = self.vault.rotate_key()
         return pb.RotateKeyReply(kek_id=kek, rewrapped=n)

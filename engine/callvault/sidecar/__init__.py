@@ -74,13 +74,13 @@ from callvault.sidecar.spool import Spool, list_spools, spool_name
 
 log = logging.getLogger("callvault.sidecar")
 
-FLUSH_MS = 20            # one batch per leg per 20 ms: one frame of audio, small acks
-SYNC_S = 1.0             # spool fsync period (a power cut loses at most this much)
-RECV_PACKETS = 256       # datagrams per recvmmsg
-RECV_MAX_SIZE = 65535    # the largest UDP payload: nothing real is truncated
-RCVBUF = 1 << 20         # per leg socket: ~6 s of G.711 at 20 ms, bursts included
-BACKOFF_S = (0.1, 2.0)   # forwarder reconnect backoff: first, largest
-KEEP_SEALED = 1000       # sealed calls remembered (ListCalls, duplicate start)
+FLUSH_MS = 20  # one batch per leg per 20 ms: one frame of audio, small acks
+SYNC_S = 1.0  # spool fsync period (a power cut loses at most this much)
+RECV_PACKETS = 256  # datagrams per recvmmsg
+RECV_MAX_SIZE = 65535  # the largest UDP payload: nothing real is truncated
+RCVBUF = 1 << 20  # per leg socket: ~6 s of G.711 at 20 ms, bursts included
+BACKOFF_S = (0.1, 2.0)  # forwarder reconnect backoff: first, largest
+KEEP_SEALED = 1000  # sealed calls remembered (ListCalls, duplicate start)
 CALL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 META_FIELDS = ("agent", "skill_group", "direction", "customer_number")
 
@@ -105,10 +105,17 @@ def parse_address(value: str, what: str) -> tuple[str, int]:
 def parse_rtp_range(value: str) -> tuple[str, int, int]:
     host, sep, ports = value.rpartition(":")
     lo, dash, hi = ports.partition("-")
-    if not sep or not host or not dash or not lo.isdigit() or not hi.isdigit() \
-            or not 1 <= int(lo) <= int(hi) <= 65535:
-        raise CallvaultError(f"--rtp {value!r}: expected HOST:PMIN-PMAX, 1 <= PMIN <= PMAX "
-                             "<= 65535")
+    if (
+        not sep
+        or not host
+        or not dash
+        or not lo.isdigit()
+        or not hi.isdigit()
+        or not 1 <= int(lo) <= int(hi) <= 65535
+    ):
+        raise CallvaultError(
+            f"--rtp {value!r}: expected HOST:PMIN-PMAX, 1 <= PMIN <= PMAX <= 65535"
+        )
     return host.strip("[]"), int(lo), int(hi)
 
 
@@ -116,14 +123,16 @@ def parse_rtp_range(value: str) -> tuple[str, int, int]:
 # Calls
 # ---------------------------------------------------------------------------
 
+
 @dataclass
 class Leg:
     name: str
     index: int
     port: int
     sock: socket.socket | None = None
-    pending: list[tuple[bytes, npt.NDArray[np.int32], npt.NDArray[np.int64]]] = \
-        field(default_factory=list)
+    pending: list[tuple[bytes, npt.NDArray[np.int32], npt.NDArray[np.int64]]] = field(
+        default_factory=list
+    )
 
 
 class Call:
@@ -134,9 +143,10 @@ class Call:
         self.start = pb.CallStart.FromString(spool.call_start)
         self.tenant = self.start.tenant
         self.call_id = self.start.call_id
-        self.legs = [Leg(spec.name, i, port)
-                     for i, (spec, port) in enumerate(zip(self.start.legs, spool.ports,
-                                                          strict=True))]
+        self.legs = [
+            Leg(spec.name, i, port)
+            for i, (spec, port) in enumerate(zip(self.start.legs, spool.ports, strict=True))
+        ]
         self.state = "forwarding" if spool.end is not None else "receiving"
         self.packets = spool.packets
         self.truncated = 0
@@ -149,10 +159,16 @@ class Call:
         return (self.tenant or "default", self.call_id)
 
     def describe(self) -> pb.SidecarCall:
-        return pb.SidecarCall(call_id=self.call_id, tenant=self.tenant,
-                              ports={leg.name: leg.port for leg in self.legs}, state=self.state,
-                              packets=self.packets, batches=self.spool.batches,
-                              acked_seq=self.spool.acked, connected=self.connected)
+        return pb.SidecarCall(
+            call_id=self.call_id,
+            tenant=self.tenant,
+            ports={leg.name: leg.port for leg in self.legs},
+            state=self.state,
+            packets=self.packets,
+            batches=self.spool.batches,
+            acked_seq=self.spool.acked,
+            connected=self.connected,
+        )
 
     def call_start(self) -> pb.CallStart:
         start = pb.CallStart()
@@ -165,6 +181,7 @@ class Call:
 # Receive thread
 # ---------------------------------------------------------------------------
 
+
 class Receiver(threading.Thread):
     """epoll over every receiving call's sockets; batches every FLUSH_MS into the spools."""
 
@@ -175,8 +192,9 @@ class Receiver(threading.Thread):
         self._epoll.register(self._wake, select.EPOLLIN)
         self._fds: dict[int, tuple[Call, Leg]] = {}
         self._calls: list[Call] = []
-        self._requests: collections.deque[tuple[Callable[[], Any], Future[Any]]] = \
+        self._requests: collections.deque[tuple[Callable[[], Any], Future[Any]]] = (
             collections.deque()
+        )
         self._stopping = False
         self._on_first_flush = on_first_flush
         self.packets = 0
@@ -260,8 +278,9 @@ class Receiver(threading.Thread):
     def _read(self, fd: int, call: Call, leg: Leg, *, drain: bool) -> None:
         for _ in range(1 << 30 if drain else 8):
             try:
-                packets, lengths, arrival, truncated = _net.recv_batch(fd, RECV_PACKETS,
-                                                                       RECV_MAX_SIZE)
+                packets, lengths, arrival, truncated = _net.recv_batch(
+                    fd, RECV_PACKETS, RECV_MAX_SIZE
+                )
             except OSError as e:
                 log.warning("%s leg %s: receive failed: %s", call.call_id, leg.name, e)
                 return
@@ -286,15 +305,21 @@ class Receiver(threading.Thread):
                 if len(chunks) == 1:
                     batches.append((leg.index, *chunks[0]))
                 else:
-                    batches.append((leg.index, b"".join(c[0] for c in chunks),
-                                    np.concatenate([c[1] for c in chunks]),
-                                    np.concatenate([c[2] for c in chunks])))
+                    batches.append(
+                        (
+                            leg.index,
+                            b"".join(c[0] for c in chunks),
+                            np.concatenate([c[1] for c in chunks]),
+                            np.concatenate([c[2] for c in chunks]),
+                        )
+                    )
         first = call.spool.start_us is None
         if first:
             bounds = [first_sample_bound(p, ln, ar) for _, p, ln, ar in batches]
             known = [b for b in bounds if b is not None]
-            call.spool.set_start_us(min(known) if known else
-                                    min(int(ar[0]) for _, _, _, ar in batches))
+            call.spool.set_start_us(
+                min(known) if known else min(int(ar[0]) for _, _, _, ar in batches)
+            )
         for leg_index, packets, lengths, arrival in batches:
             call.spool.append(leg_index, packets, lengths, arrival)
         self.flushes += 1
@@ -307,6 +332,7 @@ class Receiver(threading.Thread):
 # ---------------------------------------------------------------------------
 # Forwarder
 # ---------------------------------------------------------------------------
+
 
 class _Attempt:
     """One Ingest.Record stream of a call: its request generator and what came back."""
@@ -334,9 +360,15 @@ class _Attempt:
                 end = call.spool.end
             if seq < call.spool.batches:
                 b = call.spool.read(seq)
-                yield pb.IngestRequest(batch=pb.RtpBatch(
-                    seq=b.seq, leg=b.leg, packets=b.packets, lengths=b.lengths.tolist(),
-                    arrival_us=b.arrival_us.tolist()))
+                yield pb.IngestRequest(
+                    batch=pb.RtpBatch(
+                        seq=b.seq,
+                        leg=b.leg,
+                        packets=b.packets,
+                        lengths=b.lengths.tolist(),
+                        arrival_us=b.arrival_us.tolist(),
+                    )
+                )
                 seq += 1
             elif end is not None:
                 yield pb.IngestRequest(end=pb.CallEnd(batches=end.batches, end_us=end.end_us))
@@ -373,10 +405,18 @@ class Forwarder(threading.Thread):
                     if kind == "started":
                         resume = reply.started.resume_from_seq
                         if resume > call.spool.batches:
-                            log.error("%s: server says resume from batch %d, the spool has %d",
-                                      call.call_id, resume, call.spool.batches)
-                        log.info("%s: stream up, resume from %d (resumed=%s)", call.call_id,
-                                 resume, reply.started.resumed)
+                            log.error(
+                                "%s: server says resume from batch %d, the spool has %d",
+                                call.call_id,
+                                resume,
+                                call.spool.batches,
+                            )
+                        log.info(
+                            "%s: stream up, resume from %d (resumed=%s)",
+                            call.call_id,
+                            resume,
+                            reply.started.resumed,
+                        )
                         call.connected = True
                         backoff = BACKOFF_S[0]
                         attempt.started(resume)
@@ -389,8 +429,13 @@ class Forwarder(threading.Thread):
                 log.warning("%s: the server ended the stream without Sealed", call.call_id)
             except grpc.RpcError as e:
                 if not self.sidecar.closing.is_set():
-                    log.info("%s: stream lost (%s: %s); retry in %.1f s", call.call_id,
-                             e.code().name if e.code() else "?", e.details(), backoff)
+                    log.info(
+                        "%s: stream lost (%s: %s); retry in %.1f s",
+                        call.call_id,
+                        e.code().name if e.code() else "?",
+                        e.details(),
+                        backoff,
+                    )
             finally:
                 attempt.close()
                 call.connected = False
@@ -403,11 +448,20 @@ class Forwarder(threading.Thread):
 # The sidecar
 # ---------------------------------------------------------------------------
 
+
 class Sidecar:
     """The calls, their ports, spools, receiver and forwarders."""
 
-    def __init__(self, upstream: str, rtp_host: str, port_min: int, port_max: int,
-                 spool_root: Path, *, tls_ca: bytes | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        rtp_host: str,
+        port_min: int,
+        port_max: int,
+        spool_root: Path,
+        *,
+        tls_ca: bytes | None = None,
+    ) -> None:
         self.upstream = upstream
         self.rtp_host = rtp_host
         self.port_range = (port_min, port_max)
@@ -415,8 +469,7 @@ class Sidecar:
         spool_root.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self.calls: dict[tuple[str, str], Call] = {}
-        self.sealed_keys: collections.OrderedDict[tuple[str, str], Call] = \
-            collections.OrderedDict()
+        self.sealed_keys: collections.OrderedDict[tuple[str, str], Call] = collections.OrderedDict()
         self._next_port = 0  # index into the range's even ports
         self._reserved: set[tuple[str, str]] = set()
         self.closing = threading.Event()
@@ -428,9 +481,11 @@ class Sidecar:
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.max_send_message_length", 16 << 20),
         ]
-        self.channel = (grpc.secure_channel(upstream, grpc.ssl_channel_credentials(tls_ca),
-                                            options=options) if tls_ca is not None
-                        else grpc.insecure_channel(upstream, options=options))
+        self.channel = (
+            grpc.secure_channel(upstream, grpc.ssl_channel_credentials(tls_ca), options=options)
+            if tls_ca is not None
+            else grpc.insecure_channel(upstream, options=options)
+        )
         # Linux turns receive timestamping on for the whole stack asynchronously when
         # the first socket asks; until then datagrams are stamped when read. One
         # socket asking for the sidecar's whole life keeps it on, so a new call's
@@ -438,8 +493,7 @@ class Sidecar:
         self._stamp_keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         _net.enable_timestamps(self._stamp_keeper.fileno())
         self.receiver = Receiver(self._first_flush)
-        self._syncer = threading.Thread(target=self._sync_loop, name="sidecar-sync",
-                                        daemon=True)
+        self._syncer = threading.Thread(target=self._sync_loop, name="sidecar-sync", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -454,21 +508,27 @@ class Sidecar:
                 log.error("spool %s cannot be opened, left alone: %s", path, e)
                 continue
             if spool.dropped_bytes:
-                log.warning("spool %s: torn tail of %d bytes truncated", path,
-                            spool.dropped_bytes)
+                log.warning("spool %s: torn tail of %d bytes truncated", path, spool.dropped_bytes)
             call = Call(spool)
             if call.state == "receiving":
                 for leg in call.legs:
                     try:
                         leg.sock = self._bind(leg.port)
                     except OSError as e:
-                        log.error("%s leg %s: UDP port %d cannot be bound again (%s): the "
-                                  "leg receives nothing", call.call_id, leg.name, leg.port, e)
+                        log.error(
+                            "%s leg %s: UDP port %d cannot be bound again (%s): the "
+                            "leg receives nothing",
+                            call.call_id,
+                            leg.name,
+                            leg.port,
+                            e,
+                        )
                 self.receiver.submit(functools.partial(self.receiver.add, call)).result()
             with self.lock:
                 self.calls[call.key] = call
-            log.info("recovered %s (%s, %d batches spooled)", call.call_id, call.state,
-                     spool.batches)
+            log.info(
+                "recovered %s (%s, %d batches spooled)", call.call_id, call.state, spool.batches
+            )
             if spool.start_us is not None:
                 self._start_forwarder(call)
 
@@ -497,8 +557,9 @@ class Sidecar:
     # -- ports -------------------------------------------------------------------
 
     def _bind(self, port: int) -> socket.socket:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.rtp_host else socket.AF_INET,
-                             socket.SOCK_DGRAM)
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in self.rtp_host else socket.AF_INET, socket.SOCK_DGRAM
+        )
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             sock.bind((self.rtp_host, port))
@@ -517,8 +578,9 @@ class Sidecar:
         lo, hi = self.port_range
         even = list(range(lo + lo % 2, hi + 1, 2))
         with self.lock:
-            taken = {leg.port for c in self.calls.values() if c.state == "receiving"
-                     for leg in c.legs}
+            taken = {
+                leg.port for c in self.calls.values() if c.state == "receiving" for leg in c.legs
+            }
         got: list[tuple[int, socket.socket]] = []
         for i in range(len(even)):
             port = even[(self._next_port + i) % len(even)]
@@ -530,45 +592,60 @@ class Sidecar:
                 if e.errno != errno.EADDRINUSE:
                     for _, s in got:
                         s.close()
-                    raise SidecarError(grpc.StatusCode.INTERNAL,
-                                       f"cannot bind UDP {self.rtp_host}:{port}: {e}") from e
+                    raise SidecarError(
+                        grpc.StatusCode.INTERNAL, f"cannot bind UDP {self.rtp_host}:{port}: {e}"
+                    ) from e
                 continue
             if len(got) == count:
                 self._next_port = (self._next_port + i + 1) % len(even)
                 return got
         for _, s in got:
             s.close()
-        raise SidecarError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"no free even UDP port pair in {self.rtp_host}:{lo}-{hi} for "
-                           f"{count} legs")
+        raise SidecarError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"no free even UDP port pair in {self.rtp_host}:{lo}-{hi} for {count} legs",
+        )
 
     # -- control -------------------------------------------------------------------
 
     def start_call(self, req: pb.StartCallRequest) -> dict[str, int]:
         if not CALL_ID.fullmatch(req.call_id):
-            raise SidecarError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"call_id {req.call_id!r}: 1 to 128 characters of "
-                               "A-Z a-z 0-9 . _ : -")
+            raise SidecarError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"call_id {req.call_id!r}: 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+            )
         legs = list(req.legs) or ["agent", "customer"]
         if not 1 <= len(legs) <= 2 or len(set(legs)) != len(legs) or not all(legs):
-            raise SidecarError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"legs {legs}: one or two distinct, non-empty names")
+            raise SidecarError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"legs {legs}: one or two distinct, non-empty names",
+            )
         key = (req.tenant or "default", req.call_id)
         with self.lock:
             if key in self.calls or key in self.sealed_keys or key in self._reserved:
-                state = (self.calls.get(key) or self.sealed_keys.get(key))
-                raise SidecarError(grpc.StatusCode.ALREADY_EXISTS,
-                                   f"call {req.call_id} is already on this sidecar"
-                                   + (f" ({state.state})" if state else ""))
+                state = self.calls.get(key) or self.sealed_keys.get(key)
+                raise SidecarError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"call {req.call_id} is already on this sidecar"
+                    + (f" ({state.state})" if state else ""),
+                )
             self._reserved.add(key)  # while its ports are bound and its spool made
         try:
             bound = self._allocate(len(legs))
-            start = pb.CallStart(call_id=req.call_id, tenant=req.tenant, meta=req.meta,
-                                 legs=[pb.LegSpec(name=n) for n in legs])
+            start = pb.CallStart(
+                call_id=req.call_id,
+                tenant=req.tenant,
+                meta=req.meta,
+                legs=[pb.LegSpec(name=n) for n in legs],
+            )
             try:
-                spool = Spool.create(self.spool_root, spool_name(req.tenant, req.call_id),
-                                     start.SerializeToString(), [p for p, _ in bound],
-                                     _net.now_us())
+                spool = Spool.create(
+                    self.spool_root,
+                    spool_name(req.tenant, req.call_id),
+                    start.SerializeToString(),
+                    [p for p, _ in bound],
+                    _net.now_us(),
+                )
             except BaseException:
                 for _, s in bound:
                     s.close()
@@ -582,8 +659,11 @@ class Sidecar:
             with self.lock:
                 self._reserved.discard(key)
         self.receiver.submit(lambda: self.receiver.add(call)).result()
-        log.info("call %s started: %s", req.call_id,
-                 ", ".join(f"{leg.name} udp/{leg.port}" for leg in call.legs))
+        log.info(
+            "call %s started: %s",
+            req.call_id,
+            ", ".join(f"{leg.name} udp/{leg.port}" for leg in call.legs),
+        )
         return {leg.name: leg.port for leg in call.legs}
 
     def _lookup(self, tenant: str, call_id: str) -> Call:
@@ -591,17 +671,22 @@ class Sidecar:
         with self.lock:
             call = self.calls.get(key) or self.sealed_keys.get(key)
         if call is None:
-            raise SidecarError(grpc.StatusCode.NOT_FOUND,
-                               f"no call {call_id!r} on this sidecar"
-                               + (f" (tenant {tenant})" if tenant else ""))
+            raise SidecarError(
+                grpc.StatusCode.NOT_FOUND,
+                f"no call {call_id!r} on this sidecar" + (f" (tenant {tenant})" if tenant else ""),
+            )
         return call
 
     def stop_call(self, req: pb.StopCallRequest) -> tuple[int, int]:
         call = self._lookup(req.tenant, req.call_id)
         if call.state == "receiving":
             self.receiver.submit(lambda: self._stop_in_receiver(call)).result(timeout=30)
-            log.info("call %s stopped: %d packets, %d batches", call.call_id, call.packets,
-                     call.spool.batches)
+            log.info(
+                "call %s stopped: %d packets, %d batches",
+                call.call_id,
+                call.packets,
+                call.spool.batches,
+            )
         return call.packets, call.spool.batches
 
     def _stop_in_receiver(self, call: Call) -> None:
@@ -635,8 +720,13 @@ class Sidecar:
 
     def sealed(self, call: Call, sealed: pb.Sealed) -> None:
         """The server sealed the call: its spool goes."""
-        log.info("call %s sealed: %d frames per leg, log index %d, seal %s", call.call_id,
-                 sealed.frames, sealed.log_index, sealed.seal.hex())
+        log.info(
+            "call %s sealed: %d frames per leg, log index %d, seal %s",
+            call.call_id,
+            sealed.frames,
+            sealed.log_index,
+            sealed.seal.hex(),
+        )
         call.state = "sealed"
         with self.lock:
             self.calls.pop(call.key, None)
@@ -650,6 +740,7 @@ class Sidecar:
 # gRPC control API (translation only)
 # ---------------------------------------------------------------------------
 
+
 class SidecarServicer(pbg.SidecarServicer):
     def __init__(self, sidecar: Sidecar) -> None:
         self.sidecar = sidecar
@@ -661,24 +752,33 @@ class SidecarServicer(pbg.SidecarServicer):
             context.abort(e.code, str(e))
             raise  # abort raises; this is for type checkers
 
-    def StartCall(self, request: pb.StartCallRequest,  # noqa: N802 (gRPC's name)
-                  context: grpc.ServicerContext) -> pb.StartCallReply:
-        return pb.StartCallReply(ports=self._run(context,
-                                                 lambda: self.sidecar.start_call(request)))
+    def StartCall(
+        self,
+        request: pb.StartCallRequest,  # noqa: N802 (gRPC's name)
+        context: grpc.ServicerContext,
+    ) -> pb.StartCallReply:
+        return pb.StartCallReply(ports=self._run(context, lambda: self.sidecar.start_call(request)))
 
-    def StopCall(self, request: pb.StopCallRequest,  # noqa: N802
-                 context: grpc.ServicerContext) -> pb.StopCallReply:
+    def StopCall(
+        self,
+        request: pb.StopCallRequest,  # noqa: N802
+        context: grpc.ServicerContext,
+    ) -> pb.StopCallReply:
         packets, batches = self._run(context, lambda: self.sidecar.stop_call(request))
         return pb.StopCallReply(packets=packets, batches=batches)
 
-    def ListCalls(self, request: pb.ListCallsRequest,  # noqa: N802
-                  context: grpc.ServicerContext) -> pb.ListCallsReply:
+    def ListCalls(
+        self,
+        request: pb.ListCallsRequest,  # noqa: N802
+        context: grpc.ServicerContext,
+    ) -> pb.ListCallsReply:
         return pb.ListCallsReply(calls=self.sidecar.list_calls())
 
 
 # ---------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------
+
 
 def _write_port_file(path: str, port: int) -> None:
     tmp = f"{path}.tmp"
@@ -688,8 +788,11 @@ def _write_port_file(path: str, port: int) -> None:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s sidecar %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s sidecar %(levelname)s %(message)s",
+    )
     parse_address(args.upstream, "--server")
     rtp_host, lo, hi = parse_rtp_range(args.rtp)
     parse_address(args.listen, "--listen")
@@ -712,8 +815,16 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     server.start()
     if args.port_file:
         _write_port_file(args.port_file, port)
-    log.info("control API on %s:%d, RTP on %s:%d-%d, forwarding to %s, spool %s",
-             args.listen.rpartition(":")[0], port, rtp_host, lo, hi, args.upstream, args.spool)
+    log.info(
+        "control API on %s:%d, RTP on %s:%d-%d, forwarding to %s, spool %s",
+        args.listen.rpartition(":")[0],
+        port,
+        rtp_host,
+        lo,
+        hi,
+        args.upstream,
+        args.spool,
+    )
     stop.wait()
     log.info("stopping: flushing the spools")
     server.stop(grace=1).wait()
@@ -750,8 +861,12 @@ def call_meta(items: list[str] | None) -> pb.CallMeta:
 
 def cmd_call_start(args: argparse.Namespace) -> int:
     legs = [x.strip() for x in args.legs.split(",")] if args.legs else []
-    req = pb.StartCallRequest(call_id=args.call_id, tenant=getattr(args, "tenant", "") or "",
-                              legs=legs, meta=call_meta(args.meta))
+    req = pb.StartCallRequest(
+        call_id=args.call_id,
+        tenant=getattr(args, "tenant", "") or "",
+        legs=legs,
+        meta=call_meta(args.meta),
+    )
     ch, stub = _control(args.sidecar)
     with ch:
         try:
@@ -767,8 +882,10 @@ def cmd_call_stop(args: argparse.Namespace) -> int:
     ch, stub = _control(args.sidecar)
     with ch:
         try:
-            reply = stub.StopCall(pb.StopCallRequest(
-                call_id=args.call_id, tenant=getattr(args, "tenant", "") or ""), timeout=60)
+            reply = stub.StopCall(
+                pb.StopCallRequest(call_id=args.call_id, tenant=getattr(args, "tenant", "") or ""),
+                timeout=60,
+            )
         except grpc.RpcError as e:
             raise _rpc_error(args.sidecar, e) from e
     print(json.dumps({"packets": reply.packets, "batches": reply.batches}))

@@ -63,14 +63,14 @@ from callvault.media.capture import LegBatch
 
 MAGIC = b"CVSPOOL\0"
 VERSION = 1
-_FILE_HEADER = struct.Struct("<8sI")          # magic, version (+ crc u32)
+_FILE_HEADER = struct.Struct("<8sI")  # magic, version (+ crc u32)
 _U32 = struct.Struct("<I")
-_RECORD = struct.Struct("<IIB")               # crc, length, type
-_CALL = struct.Struct("<qH")                  # created_us, legs (+ ports, CallStart)
+_RECORD = struct.Struct("<IIB")  # crc, length, type
+_CALL = struct.Struct("<qH")  # created_us, legs (+ ports, CallStart)
 _I64 = struct.Struct("<q")
-_BATCH = struct.Struct("<QII")                # seq, leg, count
-_END = struct.Struct("<Qq")                   # batches, end_us
-_ACKED = struct.Struct("<QI")                 # acked, crc
+_BATCH = struct.Struct("<QII")  # seq, leg, count
+_END = struct.Struct("<Qq")  # batches, end_us
+_ACKED = struct.Struct("<QI")  # acked, crc
 
 FILE_HEADER_SIZE = _FILE_HEADER.size + _U32.size
 REC_CALL, REC_START, REC_BATCH, REC_END = 1, 2, 3, 4
@@ -78,7 +78,6 @@ MAX_RECORD = 64 << 20  # a batch is ~20 ms of one leg; anything this large is da
 
 SPOOL_FILE = "spool"
 ACKED_FILE = "acked"
-
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ def _file_header() -> bytes:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 class Spool:
@@ -132,8 +131,9 @@ class Spool:
     # -- creating and opening ---------------------------------------------
 
     @classmethod
-    def create(cls, root: Path, name: str, call_start: bytes, ports: Sequence[int],
-               created_us: int) -> Spool:
+    def create(
+        cls, root: Path, name: str, call_start: bytes, ports: Sequence[int], created_us: int
+    ) -> Spool:
         """A new spool ``root/name`` holding the CALL record, fsynced, made visible whole.
         FileExistsError if the call already has one."""
         final = root / name
@@ -142,10 +142,12 @@ class Spool:
         tmp = root / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        body = _CALL.pack(created_us, len(ports)) + struct.pack(f"<{len(ports)}H", *ports) \
-            + call_start
-        fd = os.open(tmp / SPOOL_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND
-                     | os.O_CLOEXEC, 0o600)
+        body = (
+            _CALL.pack(created_us, len(ports)) + struct.pack(f"<{len(ports)}H", *ports) + call_start
+        )
+        fd = os.open(
+            tmp / SPOOL_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
         try:
             _write_all(fd, _file_header() + _record(REC_CALL, body))
             os.fsync(fd)
@@ -172,13 +174,17 @@ class Spool:
     def _scan(self) -> None:
         size = os.fstat(self._fd).st_size
         head = os.pread(self._fd, FILE_HEADER_SIZE, 0)
-        if len(head) < FILE_HEADER_SIZE or head[:8] != MAGIC \
-                or _U32.unpack_from(head, 12)[0] != crc32c(head[:12]):
+        if (
+            len(head) < FILE_HEADER_SIZE
+            or head[:8] != MAGIC
+            or _U32.unpack_from(head, 12)[0] != crc32c(head[:12])
+        ):
             raise FormatError(f"{self.directory}: not a callvault spool (bad file header)")
         version = _FILE_HEADER.unpack_from(head)[1]
         if version != VERSION:
-            raise FormatError(f"{self.directory}: spool version {version}, this build reads "
-                              f"{VERSION}")
+            raise FormatError(
+                f"{self.directory}: spool version {version}, this build reads {VERSION}"
+            )
         pos = FILE_HEADER_SIZE
         while pos < size:
             hdr = os.pread(self._fd, _RECORD.size, pos)
@@ -209,7 +215,7 @@ class Spool:
         if kind == REC_CALL:
             self.created_us, legs = _CALL.unpack_from(body)
             self.ports = struct.unpack_from(f"<{legs}H", body, _CALL.size)
-            self.call_start = body[_CALL.size + 2 * legs:]
+            self.call_start = body[_CALL.size + 2 * legs :]
         elif kind == REC_START:
             if self.start_us is not None:
                 return False
@@ -247,21 +253,33 @@ class Spool:
             self._append(REC_START, _I64.pack(start_us))
             self.start_us = start_us
 
-    def append(self, leg: int, packets: bytes, lengths: npt.NDArray[np.int32],
-               arrival_us: npt.NDArray[np.int64]) -> int:
+    def append(
+        self,
+        leg: int,
+        packets: bytes,
+        lengths: npt.NDArray[np.int32],
+        arrival_us: npt.NDArray[np.int64],
+    ) -> int:
         """Append one batch of ``leg``; returns its seq. In the OS when this returns."""
         n = len(lengths)
         if len(arrival_us) != n or int(np.sum(lengths, dtype=np.int64)) != len(packets):
-            raise ValueError("a batch needs one length and one arrival per packet, "
-                             "sum(lengths) == len(packets)")
+            raise ValueError(
+                "a batch needs one length and one arrival per packet, sum(lengths) == len(packets)"
+            )
         with self._lock:
             if self.end is not None:
                 raise ValueError(f"{self.directory}: the call has ended")
             if self.start_us is None:
                 raise ValueError(f"{self.directory}: set_start_us before the first batch")
             seq = len(self._offsets)
-            body = b"".join((_BATCH.pack(seq, leg, n), lengths.astype("<u4").tobytes(),
-                             arrival_us.astype("<i8").tobytes(), packets))
+            body = b"".join(
+                (
+                    _BATCH.pack(seq, leg, n),
+                    lengths.astype("<u4").tobytes(),
+                    arrival_us.astype("<i8").tobytes(),
+                    packets,
+                )
+            )
             self._offsets.append(self._append(REC_BATCH, body))
             self.packets += n
             return seq
@@ -294,8 +312,9 @@ class Spool:
         head = struct.pack("<Q", acked)
         data = head + _U32.pack(crc32c(head))
         try:
-            fd = os.open(self.directory / ACKED_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
-                         0o600)
+            fd = os.open(
+                self.directory / ACKED_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
         except FileNotFoundError:  # deleted meanwhile (sealed)
             return
         try:
@@ -328,7 +347,7 @@ class Spool:
             pos = self._offsets[seq]
             end = self._offsets[seq + 1] if seq + 1 < len(self._offsets) else self._size
         data = os.pread(self._fd, end - pos, pos)
-        body = memoryview(data)[_RECORD.size:]
+        body = memoryview(data)[_RECORD.size :]
         got, leg, n = _BATCH.unpack_from(body)
         assert got == seq, (got, seq)
         off = _BATCH.size

@@ -61,8 +61,15 @@ class RecordEntry:
     length: int
 
     def pack(self) -> bytes:
-        return RECORD.pack(self.leg, self.rtype, self.frames, self.first_frame, self.segment,
-                           self.offset, self.length)
+        return RECORD.pack(
+            self.leg,
+            self.rtype,
+            self.frames,
+            self.first_frame,
+            self.segment,
+            self.offset,
+            self.length,
+        )
 
     @classmethod
     def unpack(cls, raw: bytes) -> RecordEntry:
@@ -140,8 +147,9 @@ class Batch:
         self._wb.put(key, value)
 
     def put_record(self, tenant: str, call_id: str, chain_index: int, entry: RecordEntry) -> None:
-        self._wb.put(record_key(tenant, call_id, chain_index), entry.pack(),
-                     self._index.cf("records"))
+        self._wb.put(
+            record_key(tenant, call_id, chain_index), entry.pack(), self._index.cf("records")
+        )
         self.count += 1
 
 
@@ -160,8 +168,10 @@ class Index:
         if version is None:
             self._db.put(b"meta/format", U32.pack(FORMAT_VERSION))
         elif U32.unpack(version)[0] != FORMAT_VERSION:
-            raise ValueError(f"index format {U32.unpack(version)[0]} is not {FORMAT_VERSION}: "
-                             "rebuild it with `callvault --data DIR reindex`")
+            raise ValueError(
+                f"index format {U32.unpack(version)[0]} is not {FORMAT_VERSION}: "
+                "rebuild it with `callvault --data DIR reindex`"
+            )
 
     def cf(self, name: str) -> Any:
         return self._cfs[name]
@@ -186,8 +196,9 @@ class Index:
         if e.agent:
             out.append(("agent", _posting(e.tenant, e.agent, "agent", e.start_us, e.call_id)))
         if e.skill_group:
-            out.append(("skill", _posting(e.tenant, e.skill_group, "skill group", e.start_us,
-                                          e.call_id)))
+            out.append(
+                ("skill", _posting(e.tenant, e.skill_group, "skill group", e.start_us, e.call_id))
+            )
         out += [("tag", _posting(e.tenant, t, "tag", e.start_us, e.call_id)) for t in e.tags]
         return out
 
@@ -220,12 +231,19 @@ class Index:
             key = it.key()
             if not key.startswith(prefix):
                 break
-            yield U32.unpack(key[len(prefix):])[0], RecordEntry.unpack(it.value())
+            yield U32.unpack(key[len(prefix) :])[0], RecordEntry.unpack(it.value())
             it.next()
 
-    def search(self, tenant: str, *, since_us: int = 0, until_us: int = 2**63 - 1,
-               agent: str | None = None, skill_group: str | None = None,
-               tag: str | None = None) -> Iterator[CallEntry]:
+    def search(
+        self,
+        tenant: str,
+        *,
+        since_us: int = 0,
+        until_us: int = 2**63 - 1,
+        agent: str | None = None,
+        skill_group: str | None = None,
+        tag: str | None = None,
+    ) -> Iterator[CallEntry]:
         """Calls of a tenant started in [since_us, until_us), by one posting list
         (the most selective given: tag, agent, skill group, else time), the other
         conditions checked on the entries; in start order."""
@@ -244,10 +262,10 @@ class Index:
             key = it.key()
             if not key.startswith(prefix):
                 break
-            start = U64.unpack(key[len(prefix):len(prefix) + 8])[0]
+            start = U64.unpack(key[len(prefix) : len(prefix) + 8])[0]
             if start >= until_us:
                 break
-            call_id = key[len(prefix) + 8:-1].decode()
+            call_id = key[len(prefix) + 8 : -1].decode()
             entry = self.get_call(tenant, call_id)
             it.next()
             if entry is None:

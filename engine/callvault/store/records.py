@@ -95,34 +95,49 @@ class Body:
     time_us: int = 0
     reason: str = ""
 
-    def open_audio(self, key: crypto.DataKey | bytes
-                   ) -> tuple[npt.NDArray[np.int32], bytes]:
+    def open_audio(self, key: crypto.DataKey | bytes) -> tuple[npt.NDArray[np.int32], bytes]:
         """Decrypt an AUDIO body: (packet lengths, packets)."""
         if self.rtype != AUDIO:
             raise ValueError("not an audio record")
-        plain = crypto.open_record(key, call_id=call_aad(self.tenant, self.call_id),
-                                   leg=self.leg, seq=self.chain_index,
-                                   ciphertext=self.raw[self.sealed_at:],
-                                   aad_extra=self.raw[:self.sealed_at])
+        plain = crypto.open_record(
+            key,
+            call_id=call_aad(self.tenant, self.call_id),
+            leg=self.leg,
+            seq=self.chain_index,
+            ciphertext=self.raw[self.sealed_at :],
+            aad_extra=self.raw[: self.sealed_at],
+        )
         n = self.frames
         if len(plain) < 2 * n:
             raise FormatError(f"audio record {self.chain_index} of {self.call_id} is short")
         lengths = np.frombuffer(plain, dtype=">u2", count=n).astype(np.int32)
-        packets = plain[2 * n:]
+        packets = plain[2 * n :]
         if int(lengths.sum()) != len(packets):
-            raise FormatError(f"audio record {self.chain_index} of {self.call_id}: packet "
-                              "lengths do not add up")
+            raise FormatError(
+                f"audio record {self.chain_index} of {self.call_id}: packet lengths do not add up"
+            )
         return lengths, packets
 
 
 def open_body(tenant: str, call_id: str, start_us: int, meta: dict[str, Any]) -> bytes:
-    return (header(tenant, call_id) + _U64.pack(start_us)
-            + json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    return (
+        header(tenant, call_id)
+        + _U64.pack(start_us)
+        + json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    )
 
 
-def audio_body(tenant: str, call_id: str, key: crypto.DataKey | bytes, *, leg: int,
-               chain_index: int, first_frame: int, lengths: npt.NDArray[np.int32],
-               packets: bytes) -> bytes:
+def audio_body(
+    tenant: str,
+    call_id: str,
+    key: crypto.DataKey | bytes,
+    *,
+    leg: int,
+    chain_index: int,
+    first_frame: int,
+    lengths: npt.NDArray[np.int32],
+    packets: bytes,
+) -> bytes:
     n = len(lengths)
     if not 0 < n < 65536:
         raise ValueError(f"a record holds 1 to 65535 frames, not {n}")
@@ -130,12 +145,19 @@ def audio_body(tenant: str, call_id: str, key: crypto.DataKey | bytes, *, leg: i
         raise ValueError("an Opus packet longer than 65535 bytes")
     head = header(tenant, call_id) + _AUDIO.pack(leg, CODEC_OPUS, chain_index, first_frame, n)
     plain = np.asarray(lengths, dtype=">u2").tobytes() + packets
-    return head + crypto.seal_record(key, call_id=call_aad(tenant, call_id), leg=leg,
-                                     seq=chain_index, plaintext=plain, aad_extra=head)
+    return head + crypto.seal_record(
+        key,
+        call_id=call_aad(tenant, call_id),
+        leg=leg,
+        seq=chain_index,
+        plaintext=plain,
+        aad_extra=head,
+    )
 
 
-def seal_body(tenant: str, call_id: str, *, count: int, head: bytes, seal: bytes, end_us: int,
-              manifest: bytes) -> bytes:
+def seal_body(
+    tenant: str, call_id: str, *, count: int, head: bytes, seal: bytes, end_us: int, manifest: bytes
+) -> bytes:
     return header(tenant, call_id) + _SEAL.pack(count, head, seal, end_us) + manifest
 
 
@@ -149,25 +171,25 @@ def parse(rtype: int, raw: bytes) -> Body:
         if raw[0] != BODY_VERSION:
             raise FormatError(f"record body version {raw[0]}; this build reads {BODY_VERSION}")
         t = raw[1]
-        tenant = raw[2:2 + t].decode()
+        tenant = raw[2 : 2 + t].decode()
         c = raw[2 + t]
-        call_id = raw[3 + t:3 + t + c].decode()
+        call_id = raw[3 + t : 3 + t + c].decode()
         if len(tenant.encode()) != t or len(call_id.encode()) != c:
             raise FormatError("record body ends inside its header")
         pos = 3 + t + c
         b = Body(rtype, tenant, call_id, raw)
         if rtype == OPEN:
             (b.start_us,) = _U64.unpack_from(raw, pos)
-            b.meta = json.loads(raw[pos + 8:])
+            b.meta = json.loads(raw[pos + 8 :])
         elif rtype == AUDIO:
             b.leg, b.codec, b.chain_index, b.first_frame, b.frames = _AUDIO.unpack_from(raw, pos)
             b.sealed_at = pos + _AUDIO.size
         elif rtype == SEAL:
             b.count, b.head, b.seal, b.end_us = _SEAL.unpack_from(raw, pos)
-            b.manifest = raw[pos + _SEAL.size:]
+            b.manifest = raw[pos + _SEAL.size :]
         elif rtype == ERASE:
             (b.time_us,) = _U64.unpack_from(raw, pos)
-            b.reason = raw[pos + 8:].decode()
+            b.reason = raw[pos + 8 :].decode()
         else:
             raise FormatError(f"unknown record type {rtype}")
         return b

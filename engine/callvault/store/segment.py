@@ -520,9 +520,7 @@ class SegmentWriter:
         except BaseException:
             f.close()
             raise
-        if scan.torn is not None and known_end is not None and (
-            (last, scan.torn[0]) < known_end
-        ):
+        if scan.torn is not None and known_end is not None and ((last, scan.torn[0]) < known_end):
             # recover() would not truncate below what the caller had made durable
             # (its known_end): it reported damage. Leave the file, start a new one.
             f.close()

@@ -13,8 +13,9 @@ from callvault.integrity.leaves import LEAF_SEAL, leaf_data
 from callvault.vault.core import Vault, VaultError
 
 
-def write_bundle(vault: Vault, call_id: str, out: str | os.PathLike[str], *,
-                 tenant: str = "default") -> Path:
+def write_bundle(
+    vault: Vault, call_id: str, out: str | os.PathLike[str], *, tenant: str = "default"
+) -> Path:
     """Write the bundle of a sealed call into a new directory ``out``."""
     d = Path(out)
     e = vault.get_call(call_id, tenant=tenant)
@@ -33,18 +34,36 @@ def write_bundle(vault: Vault, call_id: str, out: str | os.PathLike[str], *,
     m = vault.manifest(call_id, tenant=tenant)
     manifest = json.dumps(m, sort_keys=True, separators=(",", ":")).encode()
     (d / "manifest.json").write_bytes(manifest)
-    (d / "chain.json").write_text(json.dumps({
-        "tenant": tenant, "call_id": call_id, "heads": heads, "count": len(bodies),
-        "seal": e.seal}, indent=1) + "\n")
+    (d / "chain.json").write_text(
+        json.dumps(
+            {
+                "tenant": tenant,
+                "call_id": call_id,
+                "heads": heads,
+                "count": len(bodies),
+                "seal": e.seal,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     (d / "call.key").write_text(bytes(vault._data_key(tenant, call_id).key).hex() + "\n")
     vault.export(call_id, d / "call.ogg", tenant=tenant)
     note = vault.checkpoint()
     size = checkpoint.parse(note).size
     leaf = leaf_data(LEAF_SEAL, tenant, call_id, bytes.fromhex(e.seal), int(m["end_us"]))
-    (d / "proof.json").write_text(json.dumps({
-        "leaf_index": e.log_index, "tree_size": size, "leaf": leaf.hex(),
-        "inclusion": [h.hex() for h in vault.log.inclusion_proof(e.log_index, size)]},
-        indent=1) + "\n")
+    (d / "proof.json").write_text(
+        json.dumps(
+            {
+                "leaf_index": e.log_index,
+                "tree_size": size,
+                "leaf": leaf.hex(),
+                "inclusion": [h.hex() for h in vault.log.inclusion_proof(e.log_index, size)],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     (d / "checkpoint.txt").write_text(note)
     (d / "public-key.txt").write_text(vault.signer.verifier_key() + "\n")
     return d

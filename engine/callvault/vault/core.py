@@ -124,8 +124,9 @@ class OpenReport:
 class CallWriter:
     """Records of one call, in order. Thread-safe; ``seal`` ends the call."""
 
-    def __init__(self, vault: Vault, entry: CallEntry, key: crypto.DataKey,
-                 chain: chainmod.Chain) -> None:
+    def __init__(
+        self, vault: Vault, entry: CallEntry, key: crypto.DataKey, chain: chainmod.Chain
+    ) -> None:
         self._vault = vault
         self.entry = entry
         self._key = key
@@ -139,8 +140,9 @@ class CallWriter:
     def chain_head(self) -> bytes:
         return self._chain.head
 
-    def append(self, leg: int, first_frame: int, lengths: npt.NDArray[np.int32],
-               packets: bytes) -> Future[Ack]:
+    def append(
+        self, leg: int, first_frame: int, lengths: npt.NDArray[np.int32], packets: bytes
+    ) -> Future[Ack]:
         """Store one leg's Opus packets for frames first_frame.. (one record)."""
         if not 0 <= leg < len(self.entry.legs):
             raise InputError(f"leg {leg} does not exist (call has {len(self.entry.legs)})")
@@ -148,9 +150,16 @@ class CallWriter:
             if self.sealed:
                 raise VaultError(f"call {self.entry.call_id} is sealed")
             index = self._chain.count
-            body = rec.audio_body(self.entry.tenant, self.entry.call_id, self._key, leg=leg,
-                                  chain_index=index, first_frame=first_frame, lengths=lengths,
-                                  packets=packets)
+            body = rec.audio_body(
+                self.entry.tenant,
+                self.entry.call_id,
+                self._key,
+                leg=leg,
+                chain_index=index,
+                first_frame=first_frame,
+                lengths=lengths,
+                packets=packets,
+            )
             head = self._chain.append(body)
             self.frames[leg] = max(self.frames[leg], first_frame + len(lengths))
             inner = self._vault._writer.append(rec.AUDIO, body)
@@ -166,20 +175,27 @@ class CallWriter:
             self._pending.append(out)
             return out
 
-    def append_leg(self, leg: int, lengths: npt.NDArray[np.int32], packets: bytes,
-                   first_frame: int = 0) -> list[Future[Ack]]:
+    def append_leg(
+        self, leg: int, lengths: npt.NDArray[np.int32], packets: bytes, first_frame: int = 0
+    ) -> list[Future[Ack]]:
         """A whole leg's packets, cut into records of FRAMES_PER_RECORD frames."""
         offs = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offs[1:])
         futures = []
         for lo in range(0, len(lengths), FRAMES_PER_RECORD):
             hi = min(lo + FRAMES_PER_RECORD, len(lengths))
-            futures.append(self.append(leg, first_frame + lo, lengths[lo:hi],
-                                       packets[offs[lo]:offs[hi]]))
+            futures.append(
+                self.append(leg, first_frame + lo, lengths[lo:hi], packets[offs[lo] : offs[hi]])
+            )
         return futures
 
-    def seal(self, *, end_us: int | None = None, summary: dict[str, Any] | None = None,
-             frames: int | None = None) -> bytes:
+    def seal(
+        self,
+        *,
+        end_us: int | None = None,
+        summary: dict[str, Any] | None = None,
+        frames: int | None = None,
+    ) -> bytes:
         """Wait until every record is durable, then seal: returns the seal hash once
         the seal record is durable and its leaf is in the Merkle log."""
         with self._lock:
@@ -193,14 +209,27 @@ class CallWriter:
         # The summary (gaps, levels, DTMF digits: possibly card numbers) is call
         # content: sealed with the call's key, unreadable once the call is erased.
         sealed_summary = crypto.seal_blob(
-            self._key, plaintext=json.dumps(summary or {}, sort_keys=True).encode(),
-            aad=rec.call_aad(e.tenant, e.call_id) + SUMMARY_AAD).hex()
-        manifest = self._vault._manifest(e, sealed_summary, frames if frames is not None
-                                         else max(self.frames, default=0),
-                                         end_us or _now_us(), self._chain.count)
+            self._key,
+            plaintext=json.dumps(summary or {}, sort_keys=True).encode(),
+            aad=rec.call_aad(e.tenant, e.call_id) + SUMMARY_AAD,
+        ).hex()
+        manifest = self._vault._manifest(
+            e,
+            sealed_summary,
+            frames if frames is not None else max(self.frames, default=0),
+            end_us or _now_us(),
+            self._chain.count,
+        )
         seal = self._chain.seal(manifest)
-        body = rec.seal_body(e.tenant, e.call_id, count=self._chain.count, head=self._chain.head,
-                             seal=seal, end_us=end_us or _now_us(), manifest=manifest)
+        body = rec.seal_body(
+            e.tenant,
+            e.call_id,
+            count=self._chain.count,
+            head=self._chain.head,
+            seal=seal,
+            end_us=end_us or _now_us(),
+            manifest=manifest,
+        )
         self._vault._writer.append(rec.SEAL, body).result()
         self._vault._forget(e)
         return seal
@@ -209,8 +238,15 @@ class CallWriter:
 class Vault:
     """The embedded engine on one data directory. Use ``Vault.open(path)``."""
 
-    def __init__(self, path: Path, key_file: Path, *, segment_bytes: int, origin: str,
-                 fs: FileSystem = REAL_FS) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key_file: Path,
+        *,
+        segment_bytes: int,
+        origin: str,
+        fs: FileSystem = REAL_FS,
+    ) -> None:
         self.path = path
         self.origin = origin
         for sub in ("segments", "keys/calls", "log"):
@@ -221,8 +257,10 @@ class Vault:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
-            raise VaultError(f"{path} is open in another process (callvault serve or "
-                             "another command); stop it first") from None
+            raise VaultError(
+                f"{path} is open in another process (callvault serve or "
+                "another command); stop it first"
+            ) from None
         self.fs = fs
         try:
             self.keys = crypto.KeyFile.open(key_file)
@@ -236,11 +274,15 @@ class Vault:
             self.report = OpenReport()
             known_end = self._recover()
             self._reader = SegmentReader(path / "segments", fs=fs)
-            self._writer = SegmentWriter(path / "segments", fs=fs, segment_bytes=segment_bytes,
-                                         on_commit=self._on_commit, known_end=known_end)
+            self._writer = SegmentWriter(
+                path / "segments",
+                fs=fs,
+                segment_bytes=segment_bytes,
+                on_commit=self._on_commit,
+                known_end=known_end,
+            )
             self.signer = checkpoint.Signer.open(path / "keys", origin)
-            self.checkpoints = checkpoint.CheckpointLog.open(path / "log", self.log,
-                                                             self.signer)
+            self.checkpoints = checkpoint.CheckpointLog.open(path / "log", self.log, self.signer)
         except BaseException:
             self._release()  # a failed open leaves the directory free for the next one
             raise
@@ -253,14 +295,25 @@ class Vault:
         os.close(self._lock_fd)  # releases the flock
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, key_file: str | os.PathLike[str] | None = None,
-             segment_bytes: int = 64 << 20, origin: str = "callvault",
-             fs: FileSystem = REAL_FS) -> Vault:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        key_file: str | os.PathLike[str] | None = None,
+        segment_bytes: int = 64 << 20,
+        origin: str = "callvault",
+        fs: FileSystem = REAL_FS,
+    ) -> Vault:
         """Open (creating on first use) the vault in ``path``; recovery runs first.
         ``fs`` is the segment store's file layer (tests pass a fault-injecting one)."""
         p = Path(path)
-        return cls(p, Path(key_file) if key_file else p / "keys" / "kek",
-                   segment_bytes=segment_bytes, origin=origin, fs=fs)
+        return cls(
+            p,
+            Path(key_file) if key_file else p / "keys" / "kek",
+            segment_bytes=segment_bytes,
+            origin=origin,
+            fs=fs,
+        )
 
     def close(self) -> None:
         self._release()
@@ -285,8 +338,9 @@ class Vault:
         self._map_log_leaves(self._meta_int(b"meta/log-size"))
         if report.records:
             reader = SegmentReader(self.path / "segments", fs=self.fs)
-            committed = [Committed(ref, rtype, reader.read(ref)[1])
-                         for ref, rtype in report.records]
+            committed = [
+                Committed(ref, rtype, reader.read(ref)[1]) for ref, rtype in report.records
+            ]
             self._on_commit(committed, recovering=True)
             self.report.reindexed = len(committed) - len(self.report.replays)
         return known_end
@@ -332,8 +386,9 @@ class Vault:
             batch.put_meta(b"meta/log-size", struct.pack(">Q", self.log.size))
         self.index.write(batch)
 
-    def _entry(self, cache: dict[tuple[str, str], CallEntry], tenant: str,
-               call_id: str) -> CallEntry | None:
+    def _entry(
+        self, cache: dict[tuple[str, str], CallEntry], tenant: str, call_id: str
+    ) -> CallEntry | None:
         key = (tenant, call_id)
         if key not in cache:
             e = self.index.get_call(tenant, call_id)
@@ -342,56 +397,89 @@ class Vault:
             cache[key] = e
         return cache[key]
 
-    def _apply(self, batch: Any, cache: dict[tuple[str, str], CallEntry], ref: RecordRef,
-               rtype: int, raw: bytes) -> bool:
+    def _apply(
+        self,
+        batch: Any,
+        cache: dict[tuple[str, str], CallEntry],
+        ref: RecordRef,
+        rtype: int,
+        raw: bytes,
+    ) -> bool:
         """Index one durable record; True if it appended a log leaf."""
         b = rec.parse(rtype, raw)
         if rtype == rec.OPEN:
             meta = b.meta or {}
-            opened = CallEntry(tenant=b.tenant, call_id=b.call_id, start_us=b.start_us,
-                          direction=meta.get("direction", ""), agent=meta.get("agent", ""),
-                          skill_group=meta.get("skill_group", ""), tags=meta.get("tags", []),
-                          legs=meta.get("legs", []),
-                          customer_number_sealed=meta.get("customer_number_sealed", ""),
-                          extra=meta.get("extra", {}),
-                          chain_head=chainmod.genesis(b.tenant, b.call_id).hex())
+            opened = CallEntry(
+                tenant=b.tenant,
+                call_id=b.call_id,
+                start_us=b.start_us,
+                direction=meta.get("direction", ""),
+                agent=meta.get("agent", ""),
+                skill_group=meta.get("skill_group", ""),
+                tags=meta.get("tags", []),
+                legs=meta.get("legs", []),
+                customer_number_sealed=meta.get("customer_number_sealed", ""),
+                extra=meta.get("extra", {}),
+                chain_head=chainmod.genesis(b.tenant, b.call_id).hex(),
+            )
             if self._entry(cache, b.tenant, b.call_id) is not None:
                 raise Replay(ref, f"a second open record of call {b.call_id}")
             cache[(b.tenant, b.call_id)] = opened
             return False
         e = self._entry(cache, b.tenant, b.call_id)
         if e is None:
-            raise StoreError(f"{rec.NAMES[rtype]} record of unknown call {b.call_id} "
-                             f"at segment {ref.segment} offset {ref.offset}")
+            raise StoreError(
+                f"{rec.NAMES[rtype]} record of unknown call {b.call_id} "
+                f"at segment {ref.segment} offset {ref.offset}"
+            )
         if e.state != "open" and rtype != rec.ERASE:
             raise Replay(ref, f"{rec.NAMES[rtype]} record of call {b.call_id} after its seal")
         if rtype == rec.AUDIO:
             if b.chain_index != e.records:  # each index is written once, in order
-                raise Replay(ref, f"audio record {b.chain_index} of call {b.call_id} where "
-                                  f"record {e.records} comes next")
+                raise Replay(
+                    ref,
+                    f"audio record {b.chain_index} of call {b.call_id} where "
+                    f"record {e.records} comes next",
+                )
             e.chain_head = chainmod.link(bytes.fromhex(e.chain_head), b.chain_index, raw).hex()
             e.records += 1
-            batch.put_record(b.tenant, b.call_id, b.chain_index,
-                             RecordEntry(b.leg, rtype, b.frames, b.first_frame, ref.segment,
-                                         ref.offset, ref.length))
+            batch.put_record(
+                b.tenant,
+                b.call_id,
+                b.chain_index,
+                RecordEntry(
+                    b.leg, rtype, b.frames, b.first_frame, ref.segment, ref.offset, ref.length
+                ),
+            )
             return False
         if rtype == rec.SEAL:
             e.state = "sealed" if e.state != "erased" else e.state
             e.seal = b.seal.hex()
             e.end_us = b.end_us
             e.extra = {**e.extra, "manifest_ref": [ref.segment, ref.offset, ref.length]}
-            e.log_index = self._log_leaf(batch, leaf_data(LEAF_SEAL, b.tenant, b.call_id,
-                                                          b.seal, b.end_us))
+            e.log_index = self._log_leaf(
+                batch, leaf_data(LEAF_SEAL, b.tenant, b.call_id, b.seal, b.end_us)
+            )
             return True
         if rtype == rec.ERASE:
             e.state = "erased"
             e.wrapped_key = ""
             self._key_path(b.tenant, b.call_id).unlink(missing_ok=True)
-            e.extra = {**e.extra, "erased_us": b.time_us, "erase_reason": b.reason,
-                       "erase_log_index": self._log_leaf(
-                           batch, leaf_data(LEAF_ERASE, b.tenant, b.call_id,
-                                            hashlib.sha256(b.reason.encode()).digest(),
-                                            b.time_us))}
+            e.extra = {
+                **e.extra,
+                "erased_us": b.time_us,
+                "erase_reason": b.reason,
+                "erase_log_index": self._log_leaf(
+                    batch,
+                    leaf_data(
+                        LEAF_ERASE,
+                        b.tenant,
+                        b.call_id,
+                        hashlib.sha256(b.reason.encode()).digest(),
+                        b.time_us,
+                    ),
+                ),
+            }
             return True
         return False
 
@@ -415,14 +503,24 @@ class Vault:
         try:
             return crypto.DataKey(self.keys.unwrap(p.read_bytes()))
         except FileNotFoundError:
-            raise VaultError(f"call {call_id}: its key was destroyed (erased); the audio "
-                             "cannot be read") from None
+            raise VaultError(
+                f"call {call_id}: its key was destroyed (erased); the audio cannot be read"
+            ) from None
 
-    def open_call(self, call_id: str, *, tenant: str = "default", start_us: int | None = None,
-                  direction: str = "", agent: str = "", skill_group: str = "",
-                  customer_number: str = "", tags: Sequence[str] = (),
-                  legs: Sequence[str] = ("agent", "customer"),
-                  extra: dict[str, Any] | None = None) -> CallWriter:
+    def open_call(
+        self,
+        call_id: str,
+        *,
+        tenant: str = "default",
+        start_us: int | None = None,
+        direction: str = "",
+        agent: str = "",
+        skill_group: str = "",
+        customer_number: str = "",
+        tags: Sequence[str] = (),
+        legs: Sequence[str] = ("agent", "customer"),
+        extra: dict[str, Any] | None = None,
+    ) -> CallWriter:
         """Start recording a call; its OPEN record is durable when this returns."""
         with self._lock:
             if self.index.get_call(tenant, call_id) is not None or (tenant, call_id) in self._open:
@@ -433,17 +531,32 @@ class Vault:
             write_atomic(kp, self.keys.wrap(key))
             sealed_number = ""
             if customer_number:
-                sealed_number = crypto.seal_blob(key, plaintext=customer_number.encode(),
-                                                 aad=rec.call_aad(tenant, call_id)).hex()
-            meta = {"direction": direction, "agent": agent, "skill_group": skill_group,
-                    "tags": list(tags), "legs": list(legs),
-                    "customer_number_sealed": sealed_number, "extra": extra or {}}
+                sealed_number = crypto.seal_blob(
+                    key, plaintext=customer_number.encode(), aad=rec.call_aad(tenant, call_id)
+                ).hex()
+            meta = {
+                "direction": direction,
+                "agent": agent,
+                "skill_group": skill_group,
+                "tags": list(tags),
+                "legs": list(legs),
+                "customer_number_sealed": sealed_number,
+                "extra": extra or {},
+            }
             start = start_us if start_us is not None else _now_us()
             body = rec.open_body(tenant, call_id, start, meta)
-            entry = CallEntry(tenant=tenant, call_id=call_id, start_us=start, direction=direction,
-                              agent=agent, skill_group=skill_group, tags=list(tags),
-                              legs=list(legs), customer_number_sealed=sealed_number,
-                              extra=extra or {})
+            entry = CallEntry(
+                tenant=tenant,
+                call_id=call_id,
+                start_us=start,
+                direction=direction,
+                agent=agent,
+                skill_group=skill_group,
+                tags=list(tags),
+                legs=list(legs),
+                customer_number_sealed=sealed_number,
+                extra=extra or {},
+            )
             w = CallWriter(self, entry, key, chainmod.Chain(tenant, call_id))
             self._open[(tenant, call_id)] = w
         self._writer.append(rec.OPEN, body).result()
@@ -458,9 +571,12 @@ class Vault:
             e = self.get_call(call_id, tenant=tenant)
             if e.state != "open":
                 raise VaultError(f"call {call_id} is {e.state}: it cannot be resumed")
-            w = CallWriter(self, e, self._data_key(tenant, call_id),
-                           chainmod.Chain(tenant, call_id, bytes.fromhex(e.chain_head),
-                                          e.records))
+            w = CallWriter(
+                self,
+                e,
+                self._data_key(tenant, call_id),
+                chainmod.Chain(tenant, call_id, bytes.fromhex(e.chain_head), e.records),
+            )
             w.frames = self.durable_frames(call_id, tenant=tenant)
             self._open[(tenant, call_id)] = w
             return w
@@ -474,9 +590,15 @@ class Vault:
                 out[r.leg] = max(out[r.leg], r.first_frame + r.frames)
         return out
 
-    def iter_frames(self, call_id: str, *, tenant: str = "default", from_frame: int = 0,
-                    to_frame: int, chunk: int = 50
-                    ) -> Iterator[tuple[int, list[tuple[bytes, npt.NDArray[np.int32]]]]]:
+    def iter_frames(
+        self,
+        call_id: str,
+        *,
+        tenant: str = "default",
+        from_frame: int = 0,
+        to_frame: int,
+        chunk: int = 50,
+    ) -> Iterator[tuple[int, list[tuple[bytes, npt.NDArray[np.int32]]]]]:
         """The Opus packets of frames [from_frame, to_frame), every leg, in chunks of
         ``chunk`` frames: (first frame, [(data, lengths) per leg]). One pass over the
         call's records; only those in range are read and decrypted."""
@@ -496,8 +618,8 @@ class Vault:
                 seg = pending[g][0]
                 packets, lengths, offs, cur = seg
                 k = min(n, len(lengths) - cur)
-                datas.append(packets[offs[cur]:offs[cur + k]])
-                lens.append(lengths[cur:cur + k])
+                datas.append(packets[offs[cur] : offs[cur + k]])
+                lens.append(lengths[cur : cur + k])
                 seg[3] = cur + k
                 n -= k
                 if seg[3] == len(lengths):
@@ -516,8 +638,9 @@ class Vault:
             hi = min(len(lengths), to_frame - r.first_frame)
             offs = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offs[1:])
-            pending[g].append([packets, lengths[:hi].astype(np.int32, copy=False),
-                               offs[:hi + 1], lo])
+            pending[g].append(
+                [packets, lengths[:hi].astype(np.int32, copy=False), offs[: hi + 1], lo]
+            )
             have[g] = r.first_frame + hi
             while pos < to_frame and min(have) >= min(pos + chunk, to_frame):
                 n = min(chunk, to_frame - pos)
@@ -531,20 +654,38 @@ class Vault:
         with self._lock:
             self._open.pop((e.tenant, e.call_id), None)
 
-    def _manifest(self, e: CallEntry, sealed_summary: str, frames: int, end_us: int,
-                  count: int) -> bytes:
-        doc = {"version": 1, "tenant": e.tenant, "call_id": e.call_id, "start_us": e.start_us,
-               "end_us": end_us, "direction": e.direction, "agent": e.agent,
-               "skill_group": e.skill_group, "tags": e.tags, "legs": e.legs,
-               "customer_number_sealed": e.customer_number_sealed, "frames": frames,
-               "records": count, "codec": {"name": "opus", "sample_rate": 8000,
-                                           "frame_ms": 20, "pre_skip": PRE_SKIP},
-               "summary_sealed": sealed_summary}
+    def _manifest(
+        self, e: CallEntry, sealed_summary: str, frames: int, end_us: int, count: int
+    ) -> bytes:
+        doc = {
+            "version": 1,
+            "tenant": e.tenant,
+            "call_id": e.call_id,
+            "start_us": e.start_us,
+            "end_us": end_us,
+            "direction": e.direction,
+            "agent": e.agent,
+            "skill_group": e.skill_group,
+            "tags": e.tags,
+            "legs": e.legs,
+            "customer_number_sealed": e.customer_number_sealed,
+            "frames": frames,
+            "records": count,
+            "codec": {"name": "opus", "sample_rate": 8000, "frame_ms": 20, "pre_skip": PRE_SKIP},
+            "summary_sealed": sealed_summary,
+        }
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
-    def import_call(self, call_id: str, inputs: Sequence[str], *, tenant: str = "default",
-                    legs: Sequence[str] | None = None, settings: Any = None,
-                    **meta: Any) -> tuple[CallEntry, bytes]:
+    def import_call(
+        self,
+        call_id: str,
+        inputs: Sequence[str],
+        *,
+        tenant: str = "default",
+        legs: Sequence[str] | None = None,
+        settings: Any = None,
+        **meta: Any,
+    ) -> tuple[CallEntry, bytes]:
         """Transcode captures or WAV legs (as `callvault transcode`) and store the call;
         returns when it is durable and sealed: (entry, seal hash)."""
         from callvault.media import pipeline
@@ -557,8 +698,11 @@ class Vault:
         for i, r in enumerate(call.legs):
             data, lengths = r.packets_all()
             w.append_leg(i, lengths, data)
-        seal = w.seal(summary={"legs": [r.summary() for r in call.legs]}, frames=call.frames,
-                      end_us=w.entry.start_us + call.frames * 20_000)
+        seal = w.seal(
+            summary={"legs": [r.summary() for r in call.legs]},
+            frames=call.frames,
+            end_us=w.entry.start_us + call.frames * 20_000,
+        )
         entry = self.index.get_call(tenant, call_id)
         assert entry is not None
         return entry, seal
@@ -570,17 +714,32 @@ class Vault:
             raise CallNotFound(f"no call {call_id} in tenant {tenant}")
         return e
 
-    def list_calls(self, *, tenant: str = "default", since_us: int = 0,
-                   until_us: int = 2**63 - 1, agent: str | None = None,
-                   skill_group: str | None = None, tag: str | None = None,
-                   direction: str | None = None, min_duration_us: int = 0,
-                   max_duration_us: int | None = None, limit: int = 0) -> list[CallEntry]:
+    def list_calls(
+        self,
+        *,
+        tenant: str = "default",
+        since_us: int = 0,
+        until_us: int = 2**63 - 1,
+        agent: str | None = None,
+        skill_group: str | None = None,
+        tag: str | None = None,
+        direction: str | None = None,
+        min_duration_us: int = 0,
+        max_duration_us: int | None = None,
+        limit: int = 0,
+    ) -> list[CallEntry]:
         """Calls started in [since_us, until_us) matching every filter given, in start
         order. Duration bounds apply to ended calls; an open call (no end yet) only
         matches when neither bound is given."""
         out: list[CallEntry] = []
-        for e in self.index.search(tenant, since_us=since_us, until_us=until_us, agent=agent,
-                                   skill_group=skill_group, tag=tag):
+        for e in self.index.search(
+            tenant,
+            since_us=since_us,
+            until_us=until_us,
+            agent=agent,
+            skill_group=skill_group,
+            tag=tag,
+        ):
             if direction is not None and e.direction != direction:
                 continue
             if min_duration_us or max_duration_us is not None:
@@ -605,9 +764,11 @@ class Vault:
     def summary(self, call_id: str, *, tenant: str = "default") -> dict[str, Any]:
         """The sealed per-leg summary of a call (gaps, DTMF, levels, RTP counters)."""
         m = self.manifest(call_id, tenant=tenant)
-        plain = crypto.open_blob(self._data_key(tenant, call_id),
-                                 blob=bytes.fromhex(m["summary_sealed"]),
-                                 aad=rec.call_aad(tenant, call_id) + SUMMARY_AAD)
+        plain = crypto.open_blob(
+            self._data_key(tenant, call_id),
+            blob=bytes.fromhex(m["summary_sealed"]),
+            aad=rec.call_aad(tenant, call_id) + SUMMARY_AAD,
+        )
         doc: dict[str, Any] = json.loads(plain)
         return doc
 
@@ -615,19 +776,28 @@ class Vault:
         e = self.get_call(call_id, tenant=tenant)
         if not e.customer_number_sealed:
             return ""
-        return crypto.open_blob(self._data_key(tenant, call_id),
-                                blob=bytes.fromhex(e.customer_number_sealed),
-                                aad=rec.call_aad(tenant, call_id)).decode()
+        return crypto.open_blob(
+            self._data_key(tenant, call_id),
+            blob=bytes.fromhex(e.customer_number_sealed),
+            aad=rec.call_aad(tenant, call_id),
+        ).decode()
 
-    def stored_records(self, call_id: str, *, tenant: str = "default"
-                       ) -> Iterator[tuple[int, RecordEntry, bytes]]:
+    def stored_records(
+        self, call_id: str, *, tenant: str = "default"
+    ) -> Iterator[tuple[int, RecordEntry, bytes]]:
         """(chain index, index entry, stored body) of a call's audio records."""
         for i, entry in self.index.records(tenant, call_id):
             rtype, raw = self._reader.read(RecordRef(entry.segment, entry.offset, entry.length))
             yield i, entry, raw
 
-    def read_packets(self, call_id: str, *, tenant: str = "default", from_frame: int = 0,
-                     to_frame: int | None = None) -> list[tuple[bytes, npt.NDArray[np.int32]]]:
+    def read_packets(
+        self,
+        call_id: str,
+        *,
+        tenant: str = "default",
+        from_frame: int = 0,
+        to_frame: int | None = None,
+    ) -> list[tuple[bytes, npt.NDArray[np.int32]]]:
         """Per leg, the Opus packets of frames [from_frame, to_frame) (data, lengths)."""
         e = self.get_call(call_id, tenant=tenant)
         key = self._data_key(tenant, call_id)
@@ -650,14 +820,22 @@ class Vault:
                 np.cumsum(lengths, out=offs[1:])
                 lo = max(from_frame - first, 0)
                 hi = min(total - first, len(lengths))
-                datas.append(packets[offs[lo]:offs[hi]])
+                datas.append(packets[offs[lo] : offs[hi]])
                 lens.append(lengths[lo:hi])
-            out.append((b"".join(datas),
-                        np.concatenate(lens) if lens else np.zeros(0, dtype=np.int32)))
+            out.append(
+                (b"".join(datas), np.concatenate(lens) if lens else np.zeros(0, dtype=np.int32))
+            )
         return out
 
-    def export(self, call_id: str, out: str | os.PathLike[str], *, tenant: str = "default",
-               from_s: float = 0.0, to_s: float | None = None) -> int:
+    def export(
+        self,
+        call_id: str,
+        out: str | os.PathLike[str],
+        *,
+        tenant: str = "default",
+        from_s: float = 0.0,
+        to_s: float | None = None,
+    ) -> int:
         """Write the call (or a time range) as dual-track Ogg Opus (no re-encoding) or WAV."""
         from callvault import _opus
         from callvault.media import ogg, wav
@@ -667,25 +845,29 @@ class Vault:
         lo = max(0, int(from_s * 50))
         hi = frames if to_s is None else min(frames, int(np.ceil(to_s * 50)))
         if hi <= lo:
-            raise InputError(f"--from {from_s} / --to {to_s}: empty range of a "
-                             f"{frames / 50:.2f} s call")
+            raise InputError(
+                f"--from {from_s} / --to {to_s}: empty range of a {frames / 50:.2f} s call"
+            )
         legs = self.read_packets(call_id, tenant=tenant, from_frame=lo, to_frame=hi + 1)
         suffix = Path(out).suffix.lower()
         if suffix == ".wav":
             pcm = []
             for data, lengths in legs:
                 dec = _opus.Decoder(sample_rate=8000).decode_frames(data, lengths)
-                pcm.append(dec.reshape(-1)[PRE_SKIP // 6:PRE_SKIP // 6 + (hi - lo) * 160])
+                pcm.append(dec.reshape(-1)[PRE_SKIP // 6 : PRE_SKIP // 6 + (hi - lo) * 160])
             return wav.write(Path(out), pcm)
         if suffix not in (".ogg", ".opus"):
             raise InputError(f"output {out}: name it .ogg or .wav")
         if len(legs) == 2:
-            data, lengths = _opus.pack_multistream(legs[0][0], legs[0][1], legs[1][0],
-                                                   legs[1][1])
+            data, lengths = _opus.pack_multistream(legs[0][0], legs[0][1], legs[1][0], legs[1][1])
         else:
             data, lengths = legs[0]
-        w = ogg.OggOpusWriter(out, channels=len(legs), pre_skip=PRE_SKIP, comments={
-            f"CALLVAULT_CHANNEL_{i}": name for i, name in enumerate(m["legs"])})
+        w = ogg.OggOpusWriter(
+            out,
+            channels=len(legs),
+            pre_skip=PRE_SKIP,
+            comments={f"CALLVAULT_CHANNEL_{i}": name for i, name in enumerate(m["legs"])},
+        )
         w.write_packets(data, lengths)
         w.close(duration_48k=(hi - lo) * 960)
         return Path(out).stat().st_size
@@ -722,10 +904,22 @@ class Vault:
                 mb = rec.parse(m_type, m_raw)
                 manifest, seal = mb.manifest, bytes.fromhex(e.seal)
                 if mb.count != len(bodies):
-                    problems.append(Problem(what, len(bodies), f"{len(bodies)} records found, "
-                                            f"the seal says {mb.count}"))
-            chainmod.verify(tenant, call_id, bodies, expect_head=bytes.fromhex(e.chain_head),
-                            expect_count=e.records, manifest=manifest, expect_seal=seal)
+                    problems.append(
+                        Problem(
+                            what,
+                            len(bodies),
+                            f"{len(bodies)} records found, the seal says {mb.count}",
+                        )
+                    )
+            chainmod.verify(
+                tenant,
+                call_id,
+                bodies,
+                expect_head=bytes.fromhex(e.chain_head),
+                expect_count=e.records,
+                manifest=manifest,
+                expect_seal=seal,
+            )
         except chainmod.ChainError as ex:
             problems.append(Problem(what, ex.index, str(ex)))
         except CallvaultError as ex:
@@ -745,8 +939,9 @@ class Vault:
                 problems.append(Problem(what, None, "the seal is not in the Merkle log"))
         return problems
 
-    def _safe_records(self, tenant: str, call_id: str, problems: list[Problem], what: str
-                      ) -> Iterator[tuple[int, RecordEntry, bytes]]:
+    def _safe_records(
+        self, tenant: str, call_id: str, problems: list[Problem], what: str
+    ) -> Iterator[tuple[int, RecordEntry, bytes]]:
         for i, entry in self.index.records(tenant, call_id):
             try:
                 _, raw = self._reader.read(RecordRef(entry.segment, entry.offset, entry.length))
@@ -764,8 +959,12 @@ class Vault:
         """verify_all part by part, as it goes: ("segments", problems) first, then
         ("call ID", problems) for every call of every tenant."""
         problems: list[Problem] = []
-        problems += [Problem("segments", None, f"damage at segment {d.segment} offset "
-                             f"{d.offset}: {d.reason}") for d in self.report.damage]
+        problems += [
+            Problem(
+                "segments", None, f"damage at segment {d.segment} offset {d.offset}: {d.reason}"
+            )
+            for d in self.report.damage
+        ]
         problems += [Problem("segments", None, str(r)) for r in self.report.replays]
         self._writer.flush()
         reader = SegmentReader(self.path / "segments", fs=self.fs)  # no cached headers
@@ -835,8 +1034,9 @@ class Vault:
                 write_atomic(p, self.keys.rewrap(p.read_bytes(), new))
                 n += 1
             for kek in old:
-                if kek != new and any(v.id == kek and v.state.name != "RETIRED"
-                                      for v in self.keys.versions()):
+                if kek != new and any(
+                    v.id == kek and v.state.name != "RETIRED" for v in self.keys.versions()
+                ):
                     self.keys.retire(kek)
             return new, n
 
@@ -846,28 +1046,42 @@ class Vault:
         with self._lock, self._log_lock:
             return self.checkpoints.sign().decode()
 
-    def inclusion_proof(self, leaf_index: int, tree_size: int = 0
-                        ) -> tuple[int, bytes, list[bytes], bytes]:
+    def inclusion_proof(
+        self, leaf_index: int, tree_size: int = 0
+    ) -> tuple[int, bytes, list[bytes], bytes]:
         """(tree size, leaf hash, RFC 9162 inclusion path, root) of a log leaf;
         tree_size 0 = the log as it is now."""
         with self._log_lock:
             size = tree_size or self.log.size
             if not 0 <= leaf_index < size <= self.log.size:
-                raise InputError(f"leaf {leaf_index} is not in a log of size {size} "
-                                 f"(the log has {self.log.size} leaves)")
-            return (size, self.log.leaf_hash(leaf_index),
-                    self.log.inclusion_proof(leaf_index, size), self.log.root(size))
+                raise InputError(
+                    f"leaf {leaf_index} is not in a log of size {size} "
+                    f"(the log has {self.log.size} leaves)"
+                )
+            return (
+                size,
+                self.log.leaf_hash(leaf_index),
+                self.log.inclusion_proof(leaf_index, size),
+                self.log.root(size),
+            )
 
-    def consistency_proof(self, old_size: int, new_size: int = 0
-                          ) -> tuple[int, list[bytes], bytes, bytes]:
+    def consistency_proof(
+        self, old_size: int, new_size: int = 0
+    ) -> tuple[int, list[bytes], bytes, bytes]:
         """(new size, RFC 9162 consistency path, old root, new root)."""
         with self._log_lock:
             new = new_size or self.log.size
             if not 0 < old_size <= new <= self.log.size:
-                raise InputError(f"consistency from size {old_size} to {new}: need "
-                                 f"0 < old <= new <= {self.log.size} (the log's size)")
-            return (new, self.log.consistency_proof(old_size, new), self.log.root(old_size),
-                    self.log.root(new))
+                raise InputError(
+                    f"consistency from size {old_size} to {new}: need "
+                    f"0 < old <= new <= {self.log.size} (the log's size)"
+                )
+            return (
+                new,
+                self.log.consistency_proof(old_size, new),
+                self.log.root(old_size),
+                self.log.root(new),
+            )
 
     def log_size(self) -> int:
         with self._log_lock:
@@ -878,5 +1092,9 @@ class Vault:
         calls = sum(1 for t in self.index.tenants() for _ in self.index.search(t))
         stored = sum(p.stat().st_size for p in (self.path / "segments").glob("*") if p.is_file())
         st = os.statvfs(self.path)
-        return {"calls": calls, "stored_bytes": stored,
-                "free_disk_bytes": st.f_bavail * st.f_frsize, "log_size": self.log_size()}
+        return {
+            "calls": calls,
+            "stored_bytes": stored,
+            "free_disk_bytes": st.f_bavail * st.f_frsize,
+            "log_size": self.log_size(),
+        }
