@@ -24,9 +24,9 @@ class Feed:
                 call_id=call_id,
                 legs=[pb.LegSpec(name=n) for n in self.legs],
                 start_us=self.start_us,
-                meta=pb.CallMeta(**meta),
+                meta=pb.CallMeta(**meta),  # type: ignore[arg-type]
             )
-        )  # type: ignore[arg-type]
+        )
 
     def requests(
         self,

@@ -29,8 +29,8 @@ def _two_legs(tmp_path: Path, *, pcapng: bool = False, **agent_kw: object) -> Pa
         [
             (
                 _tone(2.0),
-                LegPlan(ssrc=0x11, src=("10.0.0.1", 4000), dst=("10.0.0.2", 5000), **agent_kw),
-            ),  # type: ignore[arg-type]
+                LegPlan(ssrc=0x11, src=("10.0.0.1", 4000), dst=("10.0.0.2", 5000), **agent_kw),  # type: ignore[arg-type]
+            ),
             (
                 _tone(2.0),
                 LegPlan(
