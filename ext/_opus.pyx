@@ -62,7 +62,7 @@ cdef class Encoder:
     Default complexity 8: on 8 kHz speech at 12 kb/s (SILK narrowband) it
     scores PESQ-NB 3.97 like 10 (libopus uses the same SILK search settings
     from 8 up) where 5 scores 3.67, at about 130x real time per core
-    (tests/test_opus.py::test_clean_speech_pesq_at_12kbps, docs/opus-silence.md).
+    (tests/ext/test_opus.py::test_clean_speech_pesq_at_12kbps, docs/opus-silence.md).
     """
 
     cdef OpusEncoder *st

@@ -5,7 +5,7 @@ Batch in, batch out: ``JitterBuffer.push`` takes one buffer holding many
 packets plus their offsets, lengths and arrival times, runs the whole packet
 loop in C with the GIL released, and returns the frames that became final.
 engine/callvault/media/jitter_ref.py is the pure-Python twin (same outputs bit for bit,
-tests/test_jitter_differential.py); the containers (Frames, TelephoneEvent,
+tests/ext/test_jitter_differential.py); the containers (Frames, TelephoneEvent,
 ParsedPackets), the option and batch checks and the stat names are shared
 with it.
 

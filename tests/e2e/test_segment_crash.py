@@ -8,7 +8,7 @@ every acknowledged record, from this child and all earlier ones, is present
 and intact. A SIGKILL keeps the page cache, so this tests the process-crash
 half of durability (acknowledge only after the write and fsync returned, no
 acknowledgement lost or invented, recovery of a writer killed mid-group); the
-power-loss half (unsynced bytes lost) is tests/test_segment.py with
+power-loss half (unsynced bytes lost) is tests/store/test_segment.py with
 FaultyFS.crash().
 """
 

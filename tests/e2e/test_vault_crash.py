@@ -7,7 +7,7 @@ each restart every acknowledged frame is present and every chain verifies.
 The child is tests/e2e/vault_child.py. A SIGKILL keeps the page cache, so
 these tests cover the process-crash half of durability (acknowledge only after
 fsync and index write, recover a writer killed mid-group or between the segment
-fsync and the index write); the power-loss half is tests/test_segment.py with
+fsync and the index write); the power-loss half is tests/store/test_segment.py with
 FaultyFS.crash(). The fsync-error test runs in process with FaultyFS.
 """
 

@@ -48,7 +48,7 @@ class Settings:
     mask_dtmf: bool = False
     window_ms: int = 300  # jitter-buffer reordering window
     # What fills lost frames: "conceal" (the last frame repeated, fading out over
-    # 80 ms; tests/test_quality.py: better PESQ-NB than silence at 2 % burst
+    # 80 ms; tests/media/test_quality.py: better PESQ-NB than silence at 2 % burst
     # loss) or "silence". Either way the gaps are in the metadata.
     fill: str = "conceal"
 
