@@ -102,6 +102,7 @@ def start_server(
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     log_dir: Path | None = None,
+    cli: tuple[str, ...] = tuple(CLI),
 ) -> Proc:
     """`callvault serve --data DATA` on 127.0.0.1, ``port`` (0: a free one; give the old
     port to restart a server where its clients expect it); returns once SERVING."""
@@ -114,7 +115,7 @@ def start_server(
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [
-                *CLI,
+                *cli,
                 "serve",
                 "--data",
                 str(data),
