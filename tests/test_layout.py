@@ -87,9 +87,11 @@ def python_imports(path: Path, package: Path, modules: set[str]) -> list[Import]
             top |= {id(s) for s in ast.walk(n) if isinstance(s, ast.Import | ast.ImportFrom)}
     for node in ast.walk(tree):
         targets: list[str] = []
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = node.module or ""
             if node.level:
                 anchor = me.split(".") if is_pkg else me.split(".")[:-1]
