@@ -21,22 +21,29 @@ bookkeeping that makes a stream resumable:
 to a call (taking it over from a stale stream: reconnects), supervisors
 follow a call's durable position (``wait_durable``), and shutdown makes what
 every call has encoded durable.
+
+``RecordStream`` is one Record stream's state machine, in the engine's terms
+(requests ``CallSpec``, ``Batch``, ``End``; replies ``Started``, ``Progress``
+= an Ack, ``Sealed``): the first request is a CallStart, batches go to the
+call in order, acks are coalesced, an End seals. The servicer only turns
+proto messages into these and back, and errors into status codes.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from callvault.errors import InputError
+from callvault.errors import CallvaultError, InputError
 from callvault.media.capture import LegBatch
 from callvault.media.pipeline import FRAME, LegPipeline, Settings
 from callvault.vault import FRAMES_PER_RECORD, Ack, CallWriter, Vault, VaultError
@@ -416,3 +423,221 @@ class Ingestor:
 
 class ShuttingDown(VaultError):
     pass
+
+
+# -- one Record stream ---------------------------------------------------------------------
+T = TypeVar("T")
+POLL_S = 1.0  # how often a quiet stream checks its idle limit and ``active()``
+
+
+class StreamIdle(CallvaultError):
+    """A Record stream said nothing for its idle limit: closed; the call stays open."""
+
+
+class StoreFailed(CallvaultError):
+    """Storing the call's records failed (the vault reported an error)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What an RtpBatch says, as received: checked against the call by RecordStream."""
+
+    seq: int
+    leg: int
+    packets: bytes
+    lengths: Sequence[int]
+    arrival_us: Sequence[int]
+
+
+@dataclass(frozen=True)
+class End:
+    """What a CallEnd says: how many batches were sent, and when the call ended."""
+
+    batches: int
+    end_us: int = 0
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """A request that holds none of CallStart, batch and CallEnd."""
+
+
+Request = CallSpec | Batch | End | Unknown
+
+
+@dataclass(frozen=True)
+class Started:
+    """The answer to a CallStart: where to resend from."""
+
+    resume_from_seq: int
+    resumed: bool  # the call existed already (reconnect, restart or sealed)
+    start_us: int  # frame 0's instant, 0 until the first batch
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """The call is sealed: its seal, frames per leg and the seal's log index."""
+
+    seal: bytes
+    frames: int
+    log_index: int
+
+
+Reply = Started | Progress | Sealed
+
+
+class RecordStream:
+    """One Record stream (docs/server.md, "Recording"): ``handle`` takes one request
+    and gives the replies due at once; ``ack`` gives the coalesced Ack; ``run`` drives
+    the whole stream from an iterator of requests.
+
+    * The first request is a CallStart: the stream attaches to the call (a live call
+      is taken over, an open one resumed by replay, a sealed one answered with Started
+      and Sealed at once, which ends the stream).
+    * Batches go to the call in seq order (a resend is skipped, a gap refused).
+      Batch S is acknowledged once it is processed and every record it completed is
+      durable; one Ack answers every batch acknowledged since the last one.
+    * An End drains the legs and seals: the last Ack, Sealed, and the stream ends.
+    * The client half-closing or leaving ends the stream; the call stays open.
+    """
+
+    def __init__(self, ingestor: Ingestor, *, idle_s: float = 120.0) -> None:
+        self.ingestor = ingestor
+        self.idle_s = idle_s
+        self.live: LiveCall | None = None
+        self.token = 0  # this stream's token on the call (a later stream takes over)
+        self.done = False  # the stream is over: sealed, or the client left
+        self.ack_to = -1  # the highest seq acknowledged so far
+        self.acked = -1  # the highest seq an Ack was given for
+        # requests, the end of them, and batches that became durable ("ack", seq)
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def handle(self, req: Request) -> list[Reply]:
+        """Take one request; the replies due at once (a batch's Ack comes by ``ack``)."""
+        if self.done:
+            raise InputError("the Record stream is over")
+        if isinstance(req, CallSpec):
+            if self.live is not None:
+                raise InputError("a second CallStart on one stream")
+            call, self.token = self.ingestor.attach(req)
+            self.live = call
+            out: list[Reply] = [
+                Started(
+                    resume_from_seq=call.next_seq,
+                    resumed=call.resumed or call.attachments > 1 or call.sealed is not None,
+                    start_us=call.start_us,
+                )
+            ]
+            if call.sealed is not None:
+                out.append(Sealed(*call.sealed))
+                self.done = True
+            return out
+        live = self.live
+        if live is None:
+            raise InputError("the first message of a Record stream must be a CallStart")
+        if isinstance(req, Batch):
+            batch = LegBatch.checked(
+                req.seq, req.leg, req.packets, req.lengths, req.arrival_us, len(live.spec.legs)
+            )
+            fut = self.ingestor.process(live, self.token, batch)
+            self.ingestor.count(len(batch.lengths), len(batch.packets))
+            if fut is None or fut.done():
+                self.ack_to = max(self.ack_to, batch.seq)
+            else:
+                fut.add_done_callback(self._ack_when_done(batch.seq))
+            return []
+        if isinstance(req, End):
+            sealed = live.end(self.token, req.batches, req.end_us)
+            out = []
+            if live.next_seq:
+                out.append(live.progress(live.next_seq - 1))
+            out.append(Sealed(*sealed))
+            self.ingestor.finished(live)
+            self.done = True
+            return out
+        raise InputError("an IngestRequest must hold start, batch or end")
+
+    def _ack_when_done(self, seq: int) -> Callable[[Any], None]:
+        def done(_fut: Any) -> None:
+            self.events.put(("ack", seq))
+
+        return done
+
+    def acknowledged(self, seq: int) -> None:
+        """Batch ``seq``'s records became durable (its future's ("ack", seq) event)."""
+        self.ack_to = max(self.ack_to, seq)
+
+    def ack(self) -> Progress | None:
+        """The Ack due (for every batch acknowledged since the last Ack), or None;
+        StoreFailed when the vault failed to store the call."""
+        if self.ack_to <= self.acked:
+            return None
+        assert self.live is not None
+        if self.live.error is not None:
+            raise StoreFailed(f"storing the call failed: {self.live.error}")
+        self.acked = self.ack_to
+        return self.live.progress(self.ack_to)
+
+    def closed(self) -> list[Reply]:
+        """The client half-closed or left: the stream ends, the call stays open (a
+        CallStart on a new stream resumes it); the last Ack due, if any."""
+        self.done = True
+        if self.live is not None and self.ack_to > self.acked:
+            self.acked = self.ack_to
+            return [self.live.progress(self.ack_to)]
+        return []
+
+    def run(
+        self,
+        requests: Iterable[T],
+        decode: Callable[[T], Request],
+        *,
+        active: Callable[[], bool] = lambda: True,
+    ) -> Iterator[Reply]:
+        """The whole stream: ``requests`` are read on a thread of their own (``decode``
+        turns each into a Request when its turn comes), and the replies yielded, until
+        the stream ends or ``active()`` turns false. StreamIdle when no request came
+        for ``idle_s`` seconds."""
+
+        def read() -> None:
+            try:
+                for req in requests:
+                    self.events.put(("req", req))
+                self.events.put(("eof", None))
+            except Exception as e:  # the client went away
+                self.events.put(("gone", e))
+
+        threading.Thread(target=read, name="ingest-reader", daemon=True).start()
+        last_req = time.monotonic()
+        while active():
+            try:
+                got = [self.events.get(timeout=POLL_S)]
+            except queue.Empty:
+                if time.monotonic() - last_req > self.idle_s:
+                    raise StreamIdle(
+                        f"no message for {self.idle_s:g} s: stream closed "
+                        "(reconnect with the same CallStart to resume)"
+                    ) from None
+                continue
+            # Everything already queued is handled together and answered with ONE Ack:
+            # each reply costs a blocking send through grpcio's single event thread,
+            # so under load the acks coalesce instead of queueing up.
+            while True:
+                try:
+                    got.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            for kind, item in got:
+                if kind == "ack":
+                    self.acknowledged(item)
+                    continue
+                if kind != "req":  # the client half-closed or left; the call stays open
+                    yield from self.closed()
+                    return
+                last_req = time.monotonic()
+                yield from self.handle(decode(item))
+                if self.done:
+                    return
+            a = self.ack()
+            if a is not None:
+                yield a

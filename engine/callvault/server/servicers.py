@@ -9,9 +9,7 @@ people.
 
 from __future__ import annotations
 
-import queue
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,15 +21,23 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
-from callvault.media.capture import LegBatch
 from callvault.server import playback
 from callvault.server.ingest import (
+    Batch,
     CallSpec,
+    End,
     Ingestor,
-    LiveCall,
     OutOfOrder,
+    Progress,
+    RecordStream,
+    Reply,
+    Request,
     ShuttingDown,
+    Started,
+    StoreFailed,
+    StreamIdle,
     StreamTakenOver,
+    Unknown,
 )
 from callvault.server.interceptors import MethodLog, Undecodable
 from callvault.store.index import CallEntry
@@ -52,6 +58,10 @@ def fail(context: grpc.ServicerContext, e: BaseException) -> NoReturn:
         context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
     if isinstance(e, OutOfOrder):
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+    if isinstance(e, StreamIdle):
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+    if isinstance(e, StoreFailed):
+        context.abort(grpc.StatusCode.INTERNAL, str(e))
     if isinstance(e, InputError):
         if "already exists" in str(e):
             context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
@@ -135,157 +145,76 @@ class Config:
 
 
 class IngestServicer(pbg.IngestServicer):
+    """Ingest.Record: proto <-> the engine's RecordStream (ingest.py)."""
+
     def __init__(self, ingestor: Ingestor, config: Config) -> None:
         self.ingestor = ingestor
         self.config = config
 
+    @streaming
     def Record(
         self, request_iterator: Iterator[pb.IngestRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.IngestReply]:
-        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        stream = RecordStream(self.ingestor, idle_s=self.config.ingest_idle_s)
+        for reply in stream.run(request_iterator, _ingest_request, active=context.is_active):
+            yield _ingest_reply(reply)
 
-        def read() -> None:
-            try:
-                for req in request_iterator:
-                    events.put(("req", req))
-                events.put(("eof", None))
-            except Exception as e:  # the client went away
-                events.put(("gone", e))
 
-        threading.Thread(target=read, name="ingest-reader", daemon=True).start()
-        live: LiveCall | None = None
-        token = 0
-        acked = -1
-        last_req = time.monotonic()
-        try:
-            while context.is_active():
-                try:
-                    got = [events.get(timeout=1.0)]
-                except queue.Empty:
-                    if time.monotonic() - last_req > self.config.ingest_idle_s:
-                        context.abort(
-                            grpc.StatusCode.DEADLINE_EXCEEDED,
-                            f"no message for {self.config.ingest_idle_s:g} s: stream "
-                            "closed (reconnect with the same CallStart to resume)",
-                        )
-                    continue
-                # Everything already queued is handled together and answered with ONE
-                # Ack: each reply costs a blocking send through grpcio's single event
-                # thread, so under load the acks coalesce instead of queueing up.
-                while True:
-                    try:
-                        got.append(events.get_nowait())
-                    except queue.Empty:
-                        break
-                ack_to = -1
-                for kind, item in got:
-                    if kind == "ack":
-                        ack_to = max(ack_to, item)
-                        continue
-                    if kind != "req":  # the client half-closed or left; the call stays open
-                        if live is not None and ack_to > acked:
-                            yield self._ack(live, ack_to)
-                        return
-                    last_req = time.monotonic()
-                    if isinstance(item, Undecodable):
-                        raise InputError(item.message("/callvault.v1.Ingest/Record"))
-                    which = item.WhichOneof("msg")
-                    if which == "start":
-                        if live is not None:
-                            raise InputError("a second CallStart on one stream")
-                        live, token = self.ingestor.attach(self._spec(item.start))
-                        yield pb.IngestReply(
-                            started=pb.Started(
-                                resume_from_seq=live.next_seq,
-                                resumed=(
-                                    live.resumed or live.attachments > 1 or live.sealed is not None
-                                ),
-                                start_us=live.start_us,
-                            )
-                        )
-                        if live.sealed is not None:
-                            yield self._sealed(live)
-                            return
-                    elif live is None:
-                        raise InputError("the first message of a Record stream must be a CallStart")
-                    elif which == "batch":
-                        b = item.batch
-                        batch = LegBatch.checked(
-                            b.seq, b.leg, b.packets, b.lengths, b.arrival_us, len(live.spec.legs)
-                        )
-                        fut = self.ingestor.process(live, token, batch)
-                        self.ingestor.count(len(batch.lengths), len(batch.packets))
-                        if fut is None or fut.done():
-                            ack_to = max(ack_to, batch.seq)
-                        else:
-                            fut.add_done_callback(_ack_when_done(events, batch.seq))
-                    elif which == "end":
-                        live.end(token, item.end.batches, item.end.end_us)
-                        if live.next_seq:
-                            yield self._ack(live, live.next_seq - 1)
-                        yield self._sealed(live)
-                        self.ingestor.finished(live)
-                        return
-                    else:
-                        raise InputError("an IngestRequest must hold start, batch or end")
-                if ack_to > acked:
-                    assert live is not None
-                    if live.error is not None:
-                        context.abort(
-                            grpc.StatusCode.INTERNAL, f"storing the call failed: {live.error}"
-                        )
-                    acked = ack_to
-                    yield self._ack(live, ack_to)
-        except CallvaultError as e:
-            fail(context, e)
+def _ingest_request(item: pb.IngestRequest | Undecodable) -> Request:
+    if isinstance(item, Undecodable):
+        raise InputError(item.message("/callvault.v1.Ingest/Record"))
+    which = item.WhichOneof("msg")
+    if which == "start":
+        return _spec(item.start)
+    if which == "batch":
+        b = item.batch
+        return Batch(b.seq, b.leg, b.packets, b.lengths, b.arrival_us)
+    if which == "end":
+        return End(item.end.batches, item.end.end_us)
+    return Unknown()
 
-    @staticmethod
-    def _spec(s: pb.CallStart) -> CallSpec:
-        legs = tuple(leg.name for leg in s.legs)
-        m = s.meta
-        meta: dict[str, Any] = {
-            "direction": m.direction,
-            "agent": m.agent,
-            "skill_group": m.skill_group,
-            "customer_number": m.customer_number,
-            "tags": list(m.tags),
-            "extra": dict(m.extra),
-        }
-        return CallSpec(
-            call_id=s.call_id,
-            tenant=s.tenant,
-            legs=legs,
-            start_us=s.start_us,
-            event_payload_types=tuple(tuple(leg.event_payload_types) for leg in s.legs),
-            meta=meta,
-        )
 
-    @staticmethod
-    def _ack(live: LiveCall, seq: int) -> pb.IngestReply:
-        p = live.progress(seq)
+def _spec(s: pb.CallStart) -> CallSpec:
+    legs = tuple(leg.name for leg in s.legs)
+    m = s.meta
+    meta: dict[str, Any] = {
+        "direction": m.direction,
+        "agent": m.agent,
+        "skill_group": m.skill_group,
+        "customer_number": m.customer_number,
+        "tags": list(m.tags),
+        "extra": dict(m.extra),
+    }
+    return CallSpec(
+        call_id=s.call_id,
+        tenant=s.tenant,
+        legs=legs,
+        start_us=s.start_us,
+        event_payload_types=tuple(tuple(leg.event_payload_types) for leg in s.legs),
+        meta=meta,
+    )
+
+
+def _ingest_reply(r: Reply) -> pb.IngestReply:
+    if isinstance(r, Progress):
         return pb.IngestReply(
             ack=pb.Ack(
-                seq=seq,
-                durable_frames=p.durable_frames,
-                chain_records=p.chain_records,
-                chain_head=p.chain_head,
+                seq=r.seq,
+                durable_frames=r.durable_frames,
+                chain_records=r.chain_records,
+                chain_head=r.chain_head,
             )
         )
-
-    @staticmethod
-    def _sealed(live: LiveCall) -> pb.IngestReply:
-        assert live.sealed is not None
-        seal, frames, log_index = live.sealed
+    if isinstance(r, Started):
         return pb.IngestReply(
-            sealed=pb.Sealed(seal=seal, frames=frames, log_index=max(log_index, 0))
+            started=pb.Started(
+                resume_from_seq=r.resume_from_seq, resumed=r.resumed, start_us=r.start_us
+            )
         )
-
-
-def _ack_when_done(events: queue.Queue[tuple[str, Any]], seq: int) -> Callable[[Any], None]:
-    def done(_fut: Any) -> None:
-        events.put(("ack", seq))
-
-    return done
+    # log_index is unsigned on the wire
+    return pb.IngestReply(
+        sealed=pb.Sealed(seal=r.seal, frames=r.frames, log_index=max(r.log_index, 0))
+    )
 
 
 class ArchiveServicer(pbg.ArchiveServicer):
