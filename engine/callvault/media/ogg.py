@@ -21,9 +21,10 @@ page index on open (the file is read into memory: at 12 kb/s an hour is about
 5.4 MB); ``seek`` bisects that index by granule position.
 
 The silence question (DTX and third-party decoders) is discussed in
-docs/opus-silence.md: the pipeline replaces TOC-only DTX packets as it
-encodes (engine/callvault/media/pipeline.py); :func:`dtx_safe` does the same for a stream of
-packets that was stored with them.
+docs/opus-silence.md: :func:`replace_dtx` swaps TOC-only DTX packets for real
+ones; the pipeline calls it as it encodes (engine/callvault/media/pipeline.py),
+:func:`dtx_safe` on a stream of packets that was stored with them.
+:func:`write_call` is the one writer of a call's (dual-track) Ogg file.
 """
 
 from __future__ import annotations
