@@ -6,8 +6,8 @@ packets plus their offsets, lengths and arrival times, runs the whole packet
 loop in C with the GIL released, and returns the frames that became final.
 engine/callvault/media/jitter_ref.py is the pure-Python twin (same outputs bit for bit,
 tests/ext/test_jitter_differential.py); the containers (Frames, TelephoneEvent,
-ParsedPackets), the option and batch checks and the stat names are shared
-with it.
+ParsedPackets), the option and batch checks and the stat names both take
+from the base module callvault.rtpdefs (this module never imports its twin).
 
 Timeline model
 --------------
@@ -148,16 +148,19 @@ from libc.string cimport memchr, memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from g711 cimport cv_g711_tables
 
-from callvault.media.jitter_ref import (
+# Shared with the pure-Python twin through a base module, never through the twin itself.
+from callvault import rtpdefs
+from callvault.rtpdefs import (
     MALFORMED_REASONS,
     STAT_KEYS,
     Frames,
     ParsedPackets,
     TelephoneEvent,
-    _event_digit,
     check_batch,
     check_options,
+    event_digit,
 )
+from callvault.timeline import FRAMES_PER_SECOND, SAMPLE_RATE
 
 cnp.import_array()
 
@@ -169,6 +172,9 @@ cdef enum:
 FRAME_AUDIO = KIND_AUDIO
 FRAME_LOST = KIND_LOST
 FRAME_SILENCE = KIND_SILENCE
+assert (FRAME_AUDIO, FRAME_LOST, FRAME_SILENCE) == (
+    rtpdefs.FRAME_AUDIO, rtpdefs.FRAME_LOST, rtpdefs.FRAME_SILENCE
+)
 
 cdef int16_t ULAW[256]
 cdef int16_t ALAW[256]
@@ -193,7 +199,7 @@ cdef enum:
     MAX_MISORDER = 100  # RFC 3550 A.1
     EVENT_LOOKBACK = 4  # an event update matches one of the last few events
 
-# stat indexes, in the order of jitter_ref.STAT_KEYS
+# stat indexes, in the order of rtpdefs.STAT_KEYS
 cdef enum:
     S_PACKETS, S_BYTES, S_ACCEPTED, S_AUDIO, S_CN, S_EVENT, S_MALFORMED,
     S_MAL0, S_MAL1, S_MAL2, S_MAL3, S_MAL4, S_MAL5, S_MAL6,
@@ -201,8 +207,9 @@ cdef enum:
     S_FRAMES, S_AUDIO_FRAMES, S_LOST_FRAMES, S_SILENCE_FRAMES, S_PARTIAL_FRAMES, S_SSRC_CHANGES,
     S_PT_CHANGES, S_RESETS, S_DRIFT, S_DRIFT_DROPPED, S_ANCHOR, NSTATS
 
-assert len(STAT_KEYS) == NSTATS, "stat enum out of step with jitter_ref.STAT_KEYS"
+assert len(STAT_KEYS) == NSTATS, "stat enum out of step with rtpdefs.STAT_KEYS"
 assert len(MALFORMED_REASONS) == 7
+assert (PT_PCMU, PT_PCMA, PT_CN) == (rtpdefs.PT_PCMU, rtpdefs.PT_PCMA, rtpdefs.PT_CN)
 
 cdef int32_t CONCEAL_GAIN_Q15[4]
 CONCEAL_GAIN_Q15[:] = [24576, 16384, 8192, 0]
@@ -816,7 +823,7 @@ cdef class JitterBuffer:
     cdef bint closed
 
     def __cinit__(self, *, call_start_us, window_ms=300, fill="silence",
-                  event_payload_types=(101,), clock_rate=8000):
+                  event_payload_types=(101,), clock_rate=SAMPLE_RATE):
         check_options(window_ms, fill, event_payload_types, clock_rate)
         cdef Leg *L = <Leg *>malloc(sizeof(Leg))
         if L == NULL:
@@ -825,7 +832,7 @@ cdef class JitterBuffer:
         self.L = L
         L.start_us = call_start_us
         L.clock = clock_rate
-        L.f = clock_rate // 50
+        L.f = clock_rate // FRAMES_PER_SECOND
         L.window = window_ms * clock_rate // 1000
         L.conceal = fill == "conceal"
         for p in event_payload_types:
@@ -957,7 +964,7 @@ cdef class JitterBuffer:
         out = []
         for i in range(L.n_ev):
             e = L.ev[i]
-            out.append(TelephoneEvent(event=e.code, digit=_event_digit(e.code),
+            out.append(TelephoneEvent(event=e.code, digit=event_digit(e.code),
                                       start_ms=fdiv(e.start * 1000, L.clock),
                                       duration_ms=e.dur * 1000 // L.clock, volume=e.vol))
         return out

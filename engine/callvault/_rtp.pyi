@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from callvault.media.jitter_ref import Frames as Frames
-from callvault.media.jitter_ref import ParsedPackets as ParsedPackets
-from callvault.media.jitter_ref import TelephoneEvent as TelephoneEvent
+from callvault.rtpdefs import Frames as Frames
+from callvault.rtpdefs import ParsedPackets as ParsedPackets
+from callvault.rtpdefs import TelephoneEvent as TelephoneEvent
 
 FRAME_AUDIO: int
 FRAME_LOST: int

@@ -916,3 +916,19 @@ def test_fast_sender_clock_takes_drift_from_dtx_silence(impl: ModuleType) -> Non
         at = start + len(want)
     # and the leg kept to the call's real time
     assert abs(len(x) - round(s.t_us * 8 / 1000)) <= FRAME
+
+
+def test_extension_does_not_load_its_twin() -> None:
+    """ext is the lowest level: callvault._rtp takes its shared declarations from the base
+    module callvault.rtpdefs, never from callvault.media.jitter_ref (or anything in media)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, callvault._rtp as r, callvault.rtpdefs as d\n"
+        "assert r.Frames is d.Frames and r.STAT_KEYS is d.STAT_KEYS\n"
+        "print(sorted(m for m in sys.modules if m.startswith('callvault.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    loaded = out.stdout.strip()
+    assert "callvault.media" not in loaded and "callvault.rtpdefs" in loaded

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from callvault import _opus
-from callvault.errors import FormatError
+from callvault.errors import FormatError, InputError
 from callvault.media import ogg
+from callvault.media.packets import PacketRun
 from tests import audio
 
 SECONDS = 20
@@ -278,3 +279,48 @@ def test_dtx_safe_replaces_only_dtx_packets(legs: tuple[np.ndarray, np.ndarray])
         assert safe[soff[i] : soff[i + 1]] == data[off[i] : off[i + 1]]
     # comfort noise packets stay SILK narrowband 20 ms like the rest (no CELT switch)
     assert {safe[o] >> 3 for o in soff[:-1]} == {data[0] >> 3}
+
+
+def test_replace_dtx_codes_the_given_frames(legs: tuple[np.ndarray, np.ndarray]) -> None:
+    """The one DTX replacer: each TOC-only packet becomes the side encoder's packet of
+    the same frame; dtx_safe is it over the frames libopus decodes."""
+    data, lengths, _ = encode_leg(legs[0])
+    run = PacketRun(data, lengths)
+    pcm = _opus.Decoder().decode_frames(data, lengths, 160)
+    side = _opus.Encoder(bitrate=ogg.COMFORT_NOISE_BITRATE, dtx=False)
+    out = ogg.replace_dtx(run, pcm, side, ogg.COMFORT_NOISE_BYTES)
+    assert out == PacketRun(*ogg.dtx_safe(data, lengths))
+    dtx = np.flatnonzero(lengths <= ogg.DTX_MAX_BYTES)
+    fresh = _opus.Encoder(bitrate=ogg.COMFORT_NOISE_BITRATE, dtx=False)
+    assert out[int(dtx[0])] == fresh.encode(pcm[dtx[0]], max_bytes=ogg.COMFORT_NOISE_BYTES)
+    no_dtx = run[: int(dtx[0])]
+    assert ogg.replace_dtx(no_dtx, pcm[: len(no_dtx)], side, 15) is no_dtx
+
+
+def test_write_call_is_the_dual_track_layout(
+    files: dict, legs: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """write_call makes what the writer makes from pack_multistream (docs/format.md 5, 6)."""
+    _, _, da, la = files["mono"]
+    _, _, data, lengths = files["dual"]
+    db, lb, _ = encode_leg(legs[1])
+    frames = DURATION_48K // 960
+    out = io.BytesIO()
+    ogg.write_call(
+        out,
+        [PacketRun(da, la), (db, lb)],
+        pre_skip=files["pre"],
+        frames=frames,
+        comments=ogg.channel_comments(["agent", "customer"]),
+    )
+    r = ogg.OggOpusReader(io.BytesIO(out.getvalue()))
+    assert (r.channels, r.mapping_family, r.pre_skip) == (2, 1, files["pre"])
+    assert r.comments == {"CALLVAULT_CHANNEL_0": "agent", "CALLVAULT_CHANNEL_1": "customer"}
+    got = r.packets_data()
+    assert got[0] == data and np.array_equal(got[1], lengths)
+    assert r.duration_48k == frames * 960
+    mono = io.BytesIO()
+    ogg.write_call(mono, [(da, la)], pre_skip=files["pre"], frames=frames)
+    assert ogg.OggOpusReader(io.BytesIO(mono.getvalue())).channels == 1
+    with pytest.raises(InputError, match="3 legs"):
+        ogg.write_call(io.BytesIO(), [(da, la)] * 3, pre_skip=0, frames=frames)

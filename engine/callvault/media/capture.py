@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +25,24 @@ import dpkt
 import numpy as np
 import numpy.typing as npt
 
-from callvault import _rtp
 from callvault.errors import InputError
-from callvault.media.rtppack import PT_CN, PT_PCMA, PT_PCMU, Batch, pack_batch
+
+# LegBatch and first_sample_bound moved to callvault.media.batch; re-exported here
+# for one release (import them from media.batch).
+from callvault.media.batch import AUDIO_PTS, LegBatch, first_sample_bound
+from callvault.media.packets import PacketRun
+from callvault.media.rtppack import PT_CN, Batch, pack_batch
+
+__all__ = [
+    "AUDIO_PTS",
+    "Capture",
+    "LegBatch",
+    "RtpFlow",
+    "check_audio",
+    "describe_payload_types",
+    "first_sample_bound",
+    "read_capture",
+]
 
 # Link types (tcpdump.org/linktypes.html) this reader understands.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in host order
@@ -47,9 +62,7 @@ IPPROTO_UDP = 17
 # stray UDP packet (DNS, SIP OPTIONS) is not taken for a leg.
 MIN_RTP_PACKETS = 3
 
-RTP_CLOCK = 8000  # G.711's RTP clock rate (RFC 3551)
-# Payload types the recorder decodes; RFC 3551 names for the error message.
-AUDIO_PTS = (PT_PCMU, PT_PCMA)
+# RFC 3551 names of static payload types, for the error message.
 KNOWN_PT_NAMES = {0: "PCMU", 3: "GSM", 4: "G723", 8: "PCMA", 9: "G722", 13: "CN", 18: "G729"}
 
 FlowKey = tuple[str, int, str, int]
@@ -78,10 +91,9 @@ class RtpFlow:
         """When the flow's first audio sample was captured: first_sample_bound over
         the packets arriving within ``window_us`` of the first one."""
         n = bisect.bisect_right(self.arrival_us, self.arrival_us[0] + window_us)
-        pkts = self.packets[:n]
-        lengths = np.fromiter((len(p) for p in pkts), dtype=np.int32, count=n)
+        run = PacketRun.of(self.packets[:n])
         bound = first_sample_bound(
-            b"".join(pkts), lengths, np.asarray(self.arrival_us[:n], dtype=np.int64)
+            run.data, run.lengths, np.asarray(self.arrival_us[:n], dtype=np.int64)
         )
         return self.first_us if bound is None else min(bound, self.first_us)
 
@@ -250,92 +262,3 @@ def check_audio(flow: RtpFlow) -> None:
             f"unsupported codec on {flow.label}: {describe_payload_types(others)}; "
             "callvault records G.711 (PCMU, PT 0 / PCMA, PT 8)"
         )
-
-
-def first_sample_bound(
-    packets: bytes, lengths: npt.NDArray[np.int32], arrival_us: npt.NDArray[np.int64]
-) -> int | None:
-    """The earliest bound on when the first audio sample of these packets (one leg,
-    back to back) was captured; None if none of them is G.711 audio.
-
-    A G.711 packet leaves its sender once its last sample is in, so each audio
-    packet of the first packet's SSRC bounds the capture time of that first
-    sample: its arrival minus the RTP time from the first packet's start to its
-    own end. The earliest bound wins (senders that burst, like ffmpeg's RTP
-    muxer, send audio ahead of its time)."""
-    if not len(lengths):
-        return None
-    offsets = np.zeros(len(lengths), np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
-    parsed = _rtp.parse(packets, offsets, lengths)
-    audio = np.flatnonzero(parsed.valid & np.isin(parsed.pt, AUDIO_PTS))
-    if not len(audio):
-        return None
-    first = audio[0]
-    audio = audio[parsed.ssrc[audio] == parsed.ssrc[first]]
-    ts = parsed.ts[audio].astype(np.int64)
-    span = (
-        (ts - int(parsed.ts[first]) + 2**31) % 2**32
-        - 2**31
-        + parsed.payload_length[audio].astype(np.int64)
-    )  # samples, wrap-safe
-    return int(np.min(arrival_us[audio] - span * 1_000_000 // RTP_CLOCK))
-
-
-MAX_PACKETS_PER_BATCH = 20_000
-MAX_PACKET_BYTES = 65_535
-
-
-@dataclass(frozen=True)
-class LegBatch:
-    """One leg's RTP packets as Ingest's RtpBatch carries them (docs/format.md section
-    2): ``packets`` back to back, the ``lengths`` and ``arrival_us`` of each."""
-
-    seq: int
-    leg: int
-    packets: bytes
-    lengths: npt.NDArray[np.int32]
-    arrival_us: npt.NDArray[np.int64]
-
-    @classmethod
-    def checked(
-        cls,
-        seq: int,
-        leg: int,
-        packets: bytes,
-        lengths: Sequence[int],
-        arrival_us: Sequence[int],
-        legs: int,
-    ) -> LegBatch:
-        """A batch from the wire, refused with a clear message when inconsistent."""
-        if leg >= legs:
-            raise InputError(f"batch {seq}: leg {leg} does not exist (the call has {legs})")
-        if not lengths:
-            raise InputError(f"batch {seq}: no packets (an empty batch is not sent)")
-        if len(lengths) > MAX_PACKETS_PER_BATCH:
-            raise InputError(
-                f"batch {seq}: {len(lengths)} packets; at most {MAX_PACKETS_PER_BATCH} per batch"
-            )
-        if len(arrival_us) != len(lengths):
-            raise InputError(
-                f"batch {seq}: {len(lengths)} lengths but {len(arrival_us)} "
-                "arrival times (one per packet)"
-            )
-        lens = np.asarray(lengths, dtype=np.int64)
-        if int(lens.min()) <= 0 or int(lens.max()) > MAX_PACKET_BYTES:
-            raise InputError(f"batch {seq}: packet lengths must be 1 to {MAX_PACKET_BYTES}")
-        if int(lens.sum()) != len(packets):
-            raise InputError(
-                f"batch {seq}: lengths add up to {int(lens.sum())} bytes but "
-                f"packets holds {len(packets)}"
-            )
-        arr = np.asarray(arrival_us, dtype=np.int64)
-        if int(arr.min()) <= 0:
-            raise InputError(f"batch {seq}: arrival_us must be microseconds since the epoch")
-        return cls(seq, leg, packets, lens.astype(np.int32), arr)
-
-    def first_sample_us(self) -> int:
-        """When the batch's first audio sample was captured (capture.first_sample_bound);
-        its first arrival if it holds no G.711 audio."""
-        bound = first_sample_bound(self.packets, self.lengths, self.arrival_us)
-        return int(self.arrival_us.min()) if bound is None else bound

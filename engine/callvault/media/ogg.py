@@ -21,9 +21,10 @@ page index on open (the file is read into memory: at 12 kb/s an hour is about
 5.4 MB); ``seek`` bisects that index by granule position.
 
 The silence question (DTX and third-party decoders) is discussed in
-docs/opus-silence.md: the pipeline replaces TOC-only DTX packets as it
-encodes (engine/callvault/media/pipeline.py); :func:`dtx_safe` does the same for a stream of
-packets that was stored with them.
+docs/opus-silence.md: :func:`replace_dtx` swaps TOC-only DTX packets for real
+ones; the pipeline calls it as it encodes (engine/callvault/media/pipeline.py),
+:func:`dtx_safe` on a stream of packets that was stored with them.
+:func:`write_call` is the one writer of a call's (dual-track) Ogg file.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import bisect
 import os
 import secrets
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import BinaryIO, NamedTuple
@@ -41,14 +42,24 @@ import numpy as np
 import numpy.typing as npt
 
 from callvault import _opus
-from callvault.errors import FormatError
+from callvault.errors import FormatError, InputError
+from callvault.media.packets import PacketRun
+from callvault.timeline import (
+    FRAME_SAMPLES_48K,
+    FRAMES_PER_SECOND,
+    OPUS_GRANULE_RATE,
+    SAMPLE_RATE,
+)
 
 __all__ = [
     "OggOpusReader",
     "OggOpusWriter",
     "OggPacket",
     "OpusHead",
+    "channel_comments",
     "dtx_safe",
+    "replace_dtx",
+    "write_call",
 ]
 
 # RFC 3533 6: page header flags.
@@ -61,7 +72,7 @@ CAPTURE = b"OggS"
 PAGE_HEADER = struct.Struct("<4sBBqIIIB")
 MAX_SEGMENTS = 255  # a page's segment table holds at most 255 lacing values
 NO_GRANULE = -1  # granule of a page on which no packet ends (RFC 3533 6)
-RATE = 48000  # Ogg Opus granule positions always count 48 kHz samples (RFC 7845 4)
+RATE = OPUS_GRANULE_RATE  # Ogg Opus granule positions always count 48 kHz samples (RFC 7845 4)
 # RFC 7845 4.6: decode at least 80 ms before a seek target so the decoder converges.
 PREROLL_48K = 3840
 
@@ -72,7 +83,7 @@ class OpusHead:
 
     channels: int
     pre_skip: int
-    input_sample_rate: int = 8000
+    input_sample_rate: int = SAMPLE_RATE
     output_gain: int = 0  # Q7.8 dB
     mapping_family: int = 0
     stream_count: int = 1
@@ -187,7 +198,7 @@ class OggOpusWriter:
         *,
         channels: int,
         pre_skip: int,
-        input_sample_rate: int = 8000,
+        input_sample_rate: int = SAMPLE_RATE,
         vendor: str = "callvault",
         comments: dict[str, str] | None = None,
         serial: int | None = None,
@@ -267,7 +278,7 @@ class OggOpusWriter:
             self._page(cont | flags, granule, segs, b"".join(body))
 
     # -- packets
-    def write_packet(self, packet: bytes, samples_48k: int = 960) -> None:
+    def write_packet(self, packet: bytes, samples_48k: int = FRAME_SAMPLES_48K) -> None:
         """Append one Opus packet lasting ``samples_48k`` samples at 48 kHz (20 ms = 960)."""
         if self._closed:
             raise ValueError("write to a closed OggOpusWriter")
@@ -292,16 +303,12 @@ class OggOpusWriter:
             self._pending_samples = self._granule - page[-1][1]
             self._write_packets_as_pages(page, 0)
 
-    def write_packets(self, data: bytes, lengths: npt.ArrayLike, samples_48k: int = 960) -> None:
+    def write_packets(
+        self, data: bytes, lengths: npt.ArrayLike, samples_48k: int = FRAME_SAMPLES_48K
+    ) -> None:
         """Append a batch (packets concatenated + lengths), each ``samples_48k`` long."""
-        lens = np.asarray(lengths, dtype=np.int64)
-        if int(lens.sum()) != len(data):
-            raise ValueError(f"lengths add up to {int(lens.sum())} bytes but data has {len(data)}")
-        mv = memoryview(data)
-        pos = 0
-        for n in lens.tolist():
-            self.write_packet(bytes(mv[pos : pos + n]), samples_48k)
-            pos += n
+        for packet in PacketRun(data, np.asarray(lengths)):
+            self.write_packet(packet, samples_48k)
 
     @property
     def granule(self) -> int:
@@ -346,6 +353,39 @@ class OggOpusWriter:
             self.close()
         elif self._own:
             self._f.close()
+
+
+def channel_comments(leg_names: Sequence[str]) -> dict[str, str]:
+    """The OpusTags naming each channel's leg (docs/format.md section 6)."""
+    return {f"CALLVAULT_CHANNEL_{i}": name for i, name in enumerate(leg_names)}
+
+
+def write_call(
+    file: str | os.PathLike[str] | BinaryIO,
+    legs: Sequence[PacketRun | tuple[bytes, npt.ArrayLike]],
+    *,
+    pre_skip: int,
+    frames: int,
+    comments: dict[str, str] | None = None,
+) -> None:
+    """A call's legs as one Ogg Opus file, never re-encoded (docs/format.md sections 5, 6).
+
+    ``legs`` holds one or two legs' packet runs, one packet per frame, each
+    covering at least ``frames`` frames (the encoder's flush packet after them
+    is trimmed away by the end granule). Two legs become the dual-track
+    multistream packets of :func:`callvault._opus.pack_multistream`; the one
+    writer of a recording's Ogg export (transcode, vault export)."""
+    runs = [r if isinstance(r, PacketRun) else PacketRun(r[0], np.asarray(r[1])) for r in legs]
+    if len(runs) == 1:
+        data, lengths = runs[0].data, runs[0].lengths
+    elif len(runs) == 2:
+        (da, la), (db, lb) = (r.astuple() for r in runs)
+        data, lengths = _opus.pack_multistream(da, la, db, lb)
+    else:
+        raise InputError(f"{len(runs)} legs: Ogg export takes one or two legs")
+    w = OggOpusWriter(file, channels=len(runs), pre_skip=pre_skip, comments=comments)
+    w.write_packets(data, lengths)
+    w.close(duration_48k=frames * FRAME_SAMPLES_48K)  # exact: the flush packet is trimmed away
 
 
 # --------------------------------------------------------------------------
@@ -501,10 +541,8 @@ class OggOpusReader:
                 if p.granule < prev:
                     raise FormatError(f"granule positions go backwards ({prev} -> {p.granule})")
                 prev = p.granule
-        self._data = b"".join(packets)
-        self.lengths = np.fromiter((len(p) for p in packets), dtype=np.int32, count=n)
-        self._offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(self.lengths, out=self._offsets[1:])
+        self._run = PacketRun.of(packets)
+        self.lengths = self._run.lengths
         self.samples_48k = samples
         self.granules = start + ends  # granule after each packet
         # Page index for seek: granule (end) of every page where a packet ends,
@@ -548,12 +586,11 @@ class OggOpusReader:
     def packet(self, i: int) -> OggPacket:
         g = int(self.granules[i])
         s = int(self.samples_48k[i])
-        data = self._data[self._offsets[i] : self._offsets[i + 1]]
-        return OggPacket(data, g, (g - s - self.pre_skip) / RATE, s)
+        return OggPacket(self._run[i], g, (g - s - self.pre_skip) / RATE, s)
 
     def packets_data(self) -> tuple[bytes, npt.NDArray[np.int32]]:
         """All audio packets as one batch (data, lengths), for the batch decoders."""
-        return self._data, self.lengths.copy()
+        return self._run.data, self.lengths.copy()
 
     # -- iteration and seeking
     def __iter__(self) -> Iterator[OggPacket]:
@@ -594,7 +631,10 @@ class OggOpusReader:
         raise FormatError(f"channel mapping family {h.mapping_family} is not supported")
 
     def read_pcm(
-        self, start_s: float | None = None, end_s: float | None = None, sample_rate: int = 8000
+        self,
+        start_s: float | None = None,
+        end_s: float | None = None,
+        sample_rate: int = SAMPLE_RATE,
     ) -> npt.NDArray[np.int16]:
         """Decode [start_s, end_s) to int16 (n, channels) at 8 or 48 kHz.
 
@@ -618,15 +658,13 @@ class OggOpusReader:
         first = min(first, max(last - 1, 0))
         dec = self._decoder(sample_rate)
         sub = self.samples_48k[first:last]
-        o0, o1 = int(self._offsets[first]), int(self._offsets[last])
-        data = self._data[o0:o1]
-        lens = self.lengths[first:last]
+        run = self._run[first:last]
         if len(sub) and (sub == sub[0]).all():
-            pcm = dec.decode_frames(data, lens, int(sub[0]) // ratio).reshape(-1, ch)
+            pcm = dec.decode_frames(run.data, run.lengths, int(sub[0]) // ratio).reshape(-1, ch)
         else:
             parts = []
             for i in range(first, last):
-                pk = self._data[self._offsets[i] : self._offsets[i + 1]]
+                pk = self._run[i]
                 parts.append(dec.decode(pk, int(self.samples_48k[i]) // ratio).reshape(-1, ch))
             pcm = np.concatenate(parts)
         base = int(starts[first])  # granule of pcm[0]
@@ -648,11 +686,26 @@ COMFORT_NOISE_BYTES = 15
 COMFORT_NOISE_BITRATE = 6000  # lowest SILK rate: the noise needs level and spectrum only
 
 
+def replace_dtx(
+    run: PacketRun, pcm: npt.NDArray[np.int16], encoder: _opus.Encoder, max_bytes: int
+) -> PacketRun:
+    """``run`` (one mono leg, one packet per frame) with each TOC-only DTX packet replaced
+    by ``encoder``'s packet of at most ``max_bytes`` for the same frame of ``pcm``
+    (frames x samples). The one DTX replacer: the pipeline calls it as it encodes (with
+    the frames it encoded and a noise encoder that lives as long as the leg), dtx_safe
+    on stored packets (with the frames libopus decodes from them)."""
+    dtx = np.flatnonzero(run.lengths <= DTX_MAX_BYTES)
+    if not len(dtx):
+        return run
+    cn_data, cn_lens = encoder.encode_frames(np.ascontiguousarray(pcm[dtx]), max_bytes=max_bytes)
+    return run.replace(dtx, PacketRun(cn_data, cn_lens))
+
+
 def dtx_safe(
     data: bytes,
     lengths: npt.ArrayLike,
     *,
-    sample_rate: int = 8000,
+    sample_rate: int = SAMPLE_RATE,
     max_bytes: int = COMFORT_NOISE_BYTES,
     bitrate: int = COMFORT_NOISE_BITRATE,
 ) -> tuple[bytes, npt.NDArray[np.int32]]:
@@ -665,33 +718,18 @@ def dtx_safe(
     the leg is decoded with libopus, whose concealment renders each DTX frame
     as comfort noise, and only those frames are re-encoded, by a second
     encoder capped at ``max_bytes`` per packet, into small real packets that
-    every decoder decodes alike. Other packets are kept byte for byte.
-    Returns (data, lengths) like the input, with the same number of packets.
+    every decoder decodes alike (:func:`replace_dtx`). Other packets are kept
+    byte for byte. Returns (data, lengths) like the input, with the same number
+    of packets.
     """
-    lens = np.ascontiguousarray(lengths, dtype=np.int32)
-    if int(lens.sum()) != len(data):
-        raise ValueError(f"lengths add up to {int(lens.sum())} bytes but data has {len(data)}")
-    dtx = np.flatnonzero(lens <= DTX_MAX_BYTES)
-    if not len(dtx):
-        return bytes(data), lens.copy()
-    if (lens == 0).any():
+    run = PacketRun(data, np.asarray(lengths))
+    if not (run.lengths <= DTX_MAX_BYTES).any():
+        return run.data, run.lengths.copy()
+    if (run.lengths == 0).any():
         raise ValueError("empty (lost) packets: fill losses before dtx_safe")
-    frame = sample_rate // 50
-    pcm = _opus.Decoder(sample_rate=sample_rate).decode_frames(data, lens, frame)
+    pcm = _opus.Decoder(sample_rate=sample_rate).decode_frames(
+        run.data, run.lengths, sample_rate // FRAMES_PER_SECOND
+    )
     side = _opus.Encoder(sample_rate=sample_rate, bitrate=bitrate, dtx=False)
-    cn_data, cn_lens = side.encode_frames(pcm[dtx], max_bytes=max_bytes)
-    off = np.zeros(len(lens) + 1, dtype=np.int64)
-    np.cumsum(lens, out=off[1:])
-    cn_off = np.zeros(len(dtx) + 1, dtype=np.int64)
-    np.cumsum(cn_lens, out=cn_off[1:])
-    out: list[bytes] = []
-    prev = 0
-    mv = memoryview(data)
-    for j, i in enumerate(dtx.tolist()):
-        out.append(bytes(mv[off[prev] : off[i]]))
-        out.append(cn_data[cn_off[j] : cn_off[j + 1]])
-        prev = i + 1
-    out.append(bytes(mv[off[prev] :]))
-    new_lens = lens.copy()
-    new_lens[dtx] = cn_lens
-    return b"".join(out), new_lens
+    out = replace_dtx(run, pcm, side, max_bytes)
+    return out.data, out.lengths.copy()

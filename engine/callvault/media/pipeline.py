@@ -23,8 +23,10 @@ import numpy.typing as npt
 from callvault import _dsp, _opus, _rtp
 from callvault.errors import InputError
 from callvault.media import capture, ogg, wav
+from callvault.media.packets import PacketRun
+from callvault.timeline import FRAME_SAMPLES, frames_seconds, samples_ms
 
-FRAME = 160  # samples per 20 ms frame at 8 kHz
+FRAME = FRAME_SAMPLES  # samples per frame; importers may prefer callvault.timeline
 LEG_NAMES = ("agent", "customer")
 
 
@@ -72,13 +74,13 @@ class LegResult:
     clipped: int = 0
 
     def summary(self) -> dict[str, Any]:
-        n = self.frames * FRAME
+        n = self.frames * FRAME_SAMPLES
         rms = 10 * math.log10(self.sumsq / n / 32768.0**2) if n and self.sumsq > 0 else None
         return {
             "leg": self.name,
             "source": self.source,
             "frames": self.frames,
-            "seconds": self.frames * FRAME / wav.RATE,
+            "seconds": frames_seconds(self.frames),
             # frames touched by loss: wholly lost ones and partly received ones
             "lost": sum(n for _, n in self.gaps),
             "late": self.rtp.get("late", 0),
@@ -102,14 +104,13 @@ class LegResult:
             return np.zeros(0, dtype=np.int16)
         return np.concatenate([p.reshape(-1) for p in self.pcm])
 
+    def opus_run(self) -> PacketRun:
+        """The leg's Opus packets so far, one per frame (then the flush packet)."""
+        return PacketRun.concat(self.packets)
+
     def packets_all(self) -> tuple[bytes, npt.NDArray[np.int32]]:
-        data = b"".join(d for d, _ in self.packets)
-        lengths = (
-            np.concatenate([ln for _, ln in self.packets])
-            if self.packets
-            else np.zeros(0, dtype=np.int32)
-        )
-        return data, lengths.astype(np.int32)
+        """``opus_run()`` as ``(data, lengths)``."""
+        return self.opus_run().astuple()
 
 
 class LegPipeline:
@@ -172,11 +173,11 @@ class LegPipeline:
 
     def push_pcm(self, pcm: npt.NDArray[np.int16]) -> None:
         """Samples already on the timeline (WAV legs); a partial last frame is zero-padded."""
-        pad = (-len(pcm)) % FRAME
+        pad = (-len(pcm)) % FRAME_SAMPLES
         if pad:
             pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)])
         if len(pcm):
-            self._dsp(pcm.reshape(-1, FRAME), self.next_index)
+            self._dsp(pcm.reshape(-1, FRAME_SAMPLES), self.next_index)
 
     def drain(self, end_us: int | None = None) -> int:
         """Flush the jitter buffer (to its last audio, or filled to end_us); frames so far."""
@@ -193,14 +194,15 @@ class LegPipeline:
         self.drain(end_us)
         if total_frames is not None and total_frames > self.next_index:
             self._dsp(
-                np.zeros((total_frames - self.next_index, FRAME), dtype=np.int16), self.next_index
+                np.zeros((total_frames - self.next_index, FRAME_SAMPLES), dtype=np.int16),
+                self.next_index,
             )
         pcm, events = self.dtmf.flush()
         self._after_dsp(pcm, events)
         if self.encoder is not None:
             # One more (silent) packet pushes the encoder's lookahead out, so the
             # last real frame decodes whole; Ogg end-trimming drops the excess.
-            self._encode(np.zeros((1, FRAME), dtype=np.int16), np.zeros(1, dtype=np.uint8))
+            self._encode(np.zeros((1, FRAME_SAMPLES), dtype=np.int16), np.zeros(1, dtype=np.uint8))
         return self.result
 
     def _take_rtp_metadata(self) -> None:
@@ -231,8 +233,8 @@ class LegPipeline:
             r.dtmf.append(
                 {
                     "digit": e.digit,
-                    "start_ms": e.start_sample // 8,
-                    "duration_ms": (e.end_sample - e.start_sample) // 8,
+                    "start_ms": samples_ms(e.start_sample),
+                    "duration_ms": samples_ms(e.end_sample - e.start_sample),
                     "source": "inband",
                     "masked": self.settings.mask_dtmf,
                 }
@@ -268,35 +270,14 @@ class LegPipeline:
         for a, b, rate in runs:
             if self.encoder.bitrate != rate:
                 self.encoder.bitrate = rate
-            data, lengths = self.encoder.encode_frames(pcm[a:b])
+            run = PacketRun(*self.encoder.encode_frames(pcm[a:b]))
             if self.noise_encoder is not None:
-                data, lengths = self._replace_dtx(pcm[a:b], data, lengths)
-            self.result.packets.append((data, lengths))
-            self.result.opus_bytes += len(data)
-
-    def _replace_dtx(
-        self, pcm: npt.NDArray[np.int16], data: bytes, lengths: npt.NDArray[np.int32]
-    ) -> tuple[bytes, npt.NDArray[np.int32]]:
-        """Swap libopus's TOC-only DTX packets for small real packets of the same frames."""
-        assert self.noise_encoder is not None
-        dtx = np.flatnonzero(lengths <= ogg.DTX_MAX_BYTES)
-        if not len(dtx):
-            return data, lengths
-        cn_data, cn_lens = self.noise_encoder.encode_frames(
-            np.ascontiguousarray(pcm[dtx]), max_bytes=self.settings.dtx_packet_bytes
-        )
-        ends = np.cumsum(lengths)
-        cn_ends = np.cumsum(cn_lens)
-        parts: list[bytes] = []
-        prev = 0
-        for j, i in enumerate(dtx.tolist()):
-            parts.append(data[prev : ends[i] - lengths[i]])
-            parts.append(cn_data[cn_ends[j] - cn_lens[j] : cn_ends[j]])
-            prev = int(ends[i])
-        parts.append(data[prev:])
-        out = lengths.copy()
-        out[dtx] = cn_lens
-        return b"".join(parts), out
+                # TOC-only DTX packets never leave the pipeline (Settings.dtx_packet_bytes)
+                run = ogg.replace_dtx(
+                    run, pcm[a:b], self.noise_encoder, self.settings.dtx_packet_bytes
+                )
+            self.result.packets.append(run.astuple())
+            self.result.opus_bytes += len(run.data)
 
 
 @dataclass
@@ -353,7 +334,7 @@ class CallResult:
 
     @property
     def seconds(self) -> float:
-        return self.frames * FRAME / wav.RATE
+        return frames_seconds(self.frames)
 
 
 def run_call(
@@ -402,17 +383,8 @@ def run_call(
 
 def write_ogg(path: str | Path, call: CallResult, comments: dict[str, str] | None = None) -> int:
     """Dual-track (or mono) Ogg Opus from the legs' packets, with no re-encoding."""
-    streams = [r.packets_all() for r in call.legs]
-    if len(streams) == 1:
-        data, lengths = streams[0]
-    elif len(streams) == 2:
-        (da, la), (db, lb) = streams
-        data, lengths = _opus.pack_multistream(da, la, db, lb)
-    else:
-        raise InputError(f"{len(streams)} legs: Ogg export takes one or two legs")
-    w = ogg.OggOpusWriter(path, channels=len(streams), pre_skip=call.pre_skip, comments=comments)
-    w.write_packets(data, lengths)
-    w.close(duration_48k=call.frames * 960)  # exact: the flush packet is trimmed away
+    legs = [r.opus_run() for r in call.legs]
+    ogg.write_call(path, legs, pre_skip=call.pre_skip, frames=call.frames, comments=comments)
     return Path(path).stat().st_size
 
 

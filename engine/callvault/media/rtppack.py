@@ -12,10 +12,22 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from callvault.media.packets import PacketRun
+from callvault.rtpdefs import PT_CN, PT_PCMA, PT_PCMU
+
+__all__ = [
+    "PT_CN",
+    "PT_PCMA",
+    "PT_PCMU",
+    "PT_TELEPHONE_EVENT",
+    "RTP_VERSION",
+    "Batch",
+    "build_packet",
+    "pack_batch",
+    "telephone_event",
+]
+
 RTP_VERSION = 2
-PT_PCMU = 0  # RFC 3551 static payload type, G.711 mu-law, 8 kHz
-PT_PCMA = 8  # RFC 3551 static payload type, G.711 A-law, 8 kHz
-PT_CN = 13  # RFC 3389 comfort noise
 PT_TELEPHONE_EVENT = 101  # RFC 4733; dynamic, 101 is the common choice of PBXs
 
 Batch = tuple[bytes, npt.NDArray[np.int64], npt.NDArray[np.int32]]
@@ -71,9 +83,7 @@ def telephone_event(event: int, *, end: bool, volume: int, duration: int) -> byt
 
 
 def pack_batch(packets: Sequence[bytes]) -> Batch:
-    """Concatenate packets into one buffer with their offsets and lengths."""
-    lengths = np.fromiter((len(p) for p in packets), dtype=np.int32, count=len(packets))
-    offsets = np.zeros(len(packets), dtype=np.int64)
-    if len(packets) > 1:
-        np.cumsum(lengths[:-1], out=offsets[1:])
-    return b"".join(packets), offsets, lengths
+    """Concatenate packets into one buffer with their offsets and lengths (the jitter
+    buffer's arguments; ``PacketRun.of`` keeps them together)."""
+    run = PacketRun.of(packets)
+    return run.data, run.offsets, run.lengths

@@ -27,8 +27,9 @@ from callvault.media.rtppack import (
     build_packet,
     telephone_event,
 )
+from callvault.timeline import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
 
-RATE = wav.RATE
+RATE = SAMPLE_RATE
 
 SENTENCES = (
     "Thank you for calling, my name is Alex, how can I help you today?",
@@ -184,14 +185,14 @@ def rtp_packets(
         if i in event_at:
             code = EVENT_CODES[event_at[i]]
             for k in range(8):
-                dur = min(k + 1, 5) * 160
+                dur = min(k + 1, 5) * FRAME_SAMPLES
                 body = telephone_event(code, end=k >= 4, volume=10, duration=dur)
                 send(
-                    t_send + min(k, 4) * 0.020 + max(0, k - 4) * 0.001,
+                    t_send + min(k, 4) * (FRAME_MS / 1000) + max(0, k - 4) * 0.001,
                     build_packet(PT_TELEPHONE_EVENT, seq, ts, ssrc, body, marker=k == 0),
                 )
                 seq = (seq + 1) & 0xFFFF
-            event_until = sample + 800
+            event_until = sample + 5 * FRAME_SAMPLES
         if sample < event_until:
             continue
         if i not in lost:

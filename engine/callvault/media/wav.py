@@ -10,8 +10,9 @@ import numpy as np
 import numpy.typing as npt
 
 from callvault.errors import InputError
+from callvault.timeline import SAMPLE_RATE
 
-RATE = 8000  # the recorder's sample rate: G.711 and the stored Opus are 8 kHz
+RATE = SAMPLE_RATE  # WAV legs are resampled to the timeline's rate (docs/format.md 1)
 
 
 def resample(pcm: npt.NDArray[np.int16], rate: int, to: int = RATE) -> npt.NDArray[np.int16]:

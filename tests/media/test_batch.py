@@ -1,0 +1,78 @@
+"""callvault.media.batch: the wire's RTP batch (LegBatch) and the call-start bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from callvault.errors import InputError
+from callvault.media import batch, capture
+from callvault.media.batch import LegBatch, first_sample_bound
+from callvault.media.packets import PacketRun
+from callvault.media.rtppack import PT_CN, PT_PCMU, build_packet
+
+T0 = 1_700_000_000_000_000
+
+
+def _leg(n: int, *, ts0: int = 1000, first_pt: int = PT_PCMU) -> tuple[PacketRun, np.ndarray]:
+    pkts = [
+        build_packet(first_pt if i == 0 else PT_PCMU, i, ts0 + 160 * i, 0xAB, bytes(160))
+        for i in range(n)
+    ]
+    return PacketRun.of(pkts), np.array([T0 + 20_000 * (i + 1) for i in range(n)])
+
+
+def test_capture_reexports_the_batch_module() -> None:
+    assert capture.LegBatch is batch.LegBatch
+    assert capture.first_sample_bound is batch.first_sample_bound
+    assert capture.AUDIO_PTS == batch.AUDIO_PTS
+
+
+def test_first_sample_bound_is_earliest_arrival_minus_rtp_time() -> None:
+    run, arrival = _leg(5)
+    assert first_sample_bound(run.data, run.lengths, arrival) == T0
+    arrival[3] -= 7_000  # one packet that came early moves the bound
+    assert first_sample_bound(run.data, run.lengths, arrival) == T0 - 7_000
+    # timestamps wrapping past 2**32 change nothing
+    run, arrival = _leg(5, ts0=2**32 - 300)
+    assert first_sample_bound(run.data, run.lengths, arrival) == T0
+
+
+def test_first_sample_bound_without_audio() -> None:
+    cn = PacketRun.of([build_packet(PT_CN, 1, 0, 1, b"\x40")])
+    assert first_sample_bound(cn.data, cn.lengths, np.array([T0])) is None
+    assert first_sample_bound(b"", np.zeros(0, np.int32), np.zeros(0, np.int64)) is None
+
+
+def test_checked_batch_and_its_run() -> None:
+    run, arrival = _leg(3)
+    b = LegBatch.checked(4, 1, run.data, run.lengths.tolist(), arrival.tolist(), legs=2)
+    assert (b.seq, b.leg) == (4, 1) and b.lengths.dtype == np.int32
+    assert b.run == run and b.run.offsets.tolist() == [0, 172, 344]
+    assert b.first_sample_us() == T0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"leg": 2}, "leg 2 does not exist"),
+        ({"lengths": []}, "no packets"),
+        ({"arrival_us": [T0]}, "one per packet"),
+        ({"lengths": [172, 172, 171]}, "add up to 515 bytes"),
+        ({"lengths": [0, 344, 172]}, "packet lengths must be 1 to"),
+        ({"arrival_us": [0, 1, 2]}, "microseconds since the epoch"),
+    ],
+)
+def test_checked_refuses_inconsistent_batches(change: dict[str, object], message: str) -> None:
+    run, arrival = _leg(3)
+    args: dict[str, object] = {
+        "seq": 9,
+        "leg": 0,
+        "packets": run.data,
+        "lengths": run.lengths.tolist(),
+        "arrival_us": arrival.tolist(),
+        "legs": 2,
+    }
+    args.update(change)
+    with pytest.raises(InputError, match=message):
+        LegBatch.checked(**args)  # type: ignore[arg-type]
