@@ -166,6 +166,15 @@ class Interleaved:
         self.rounds = 0
         self.ran = False
 
+    @staticmethod
+    def round(
+        run: Callable[..., Any],
+        setup: Callable[[], tuple[Any, ...]] | None = None,
+        teardown: Callable[..., None] | None = None,
+    ) -> Round:
+        """A ``Round``, for bench files that get this class from the ``interleaved`` fixture."""
+        return Round(run, setup, teardown)
+
     def take(self, side: str, benchmark: Any) -> Any:
         if side not in self.sides:
             raise KeyError(f"no side {side!r} in this workload: {sorted(self.sides)}")
@@ -307,6 +316,12 @@ def _file_rounds(benchmark: Any, iterations: int, durations: list[float]) -> Non
     stats = benchmark._make_stats(iterations)
     for d in durations:
         stats.update(d)
+
+
+@pytest.fixture(scope="session")
+def interleaved() -> type[Interleaved]:
+    """The ``Interleaved`` class, as a fixture (for a bench file that does not import it)."""
+    return Interleaved
 
 
 @pytest.fixture(scope="session")
