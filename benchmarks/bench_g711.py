@@ -11,21 +11,24 @@
                           No target: the ratio is reported.
 
 Checked: both return the same samples.
+
+Ours and the peer run interleaved, round by round, in one loop per workload
+(conftest.Interleaved).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks.conftest import Tag, need
+from benchmarks.conftest import Interleaved, Tag, need
 
-# Each side runs for about 2 s (pytest-benchmark's default is 1 s): the sides
-# run one after the other on a shared machine, and a longer window evens out
-# the load drifting under them.
+# About 2 s per side (pytest-benchmark's default is 1 s), 4 s for the two
+# sides' interleaved rounds: a longer window evens out the load on a shared machine.
 pytestmark = pytest.mark.benchmark(max_time=2.0)
 
 SIZES = {"g711_decode_ulaw_1s": 1, "g711_decode_ulaw_60s": 60}
@@ -50,11 +53,37 @@ def table() -> npt.NDArray[np.int16]:
     return t
 
 
+@pytest.fixture(scope="module")
+def rounds(ulaw_30s: bytes, table: npt.NDArray[np.int16]) -> dict[str, Interleaved]:
+    """Per workload: ours and numpy, round by round in one loop."""
+
+    def ours(data: bytes) -> Any:
+        g711 = need("callvault._g711")
+        return lambda: g711.decode(data, g711.PCMU)
+
+    def numpy_table(data: bytes) -> Any:
+        def run() -> npt.NDArray[np.int16]:
+            return table[np.frombuffer(data, np.uint8)]
+
+        return run
+
+    out: dict[str, Interleaved] = {}
+    for name, seconds in SIZES.items():
+        data = payload(ulaw_30s, seconds)
+        out[name] = Interleaved({"ours": partial(ours, data), "numpy": partial(numpy_table, data)})
+    return out
+
+
 @pytest.mark.parametrize("name", list(SIZES))
 def test_g711_decode_ours(
-    benchmark: Any, workload: Tag, ulaw_30s: bytes, table: npt.NDArray[np.int16], name: str
+    benchmark: Any,
+    workload: Tag,
+    rounds: dict[str, Interleaved],
+    ulaw_30s: bytes,
+    table: npt.NDArray[np.int16],
+    name: str,
 ) -> None:
-    g711 = need("callvault._g711")
+    need("callvault._g711")
     data = payload(ulaw_30s, SIZES[name])
     workload(
         benchmark,
@@ -64,14 +93,14 @@ def test_g711_decode_ours(
         unit="byte",
         what=f"{len(data):,} mu-law bytes of speech",
     )
-    out = benchmark(g711.decode, data, g711.PCMU)
+    out = rounds[name].take("ours", benchmark)
     assert out.dtype == np.int16
     assert np.array_equal(out, table[np.frombuffer(data, np.uint8)])
 
 
 @pytest.mark.parametrize("name", list(SIZES))
 def test_g711_decode_peer_numpy(
-    benchmark: Any, workload: Tag, ulaw_30s: bytes, table: npt.NDArray[np.int16], name: str
+    benchmark: Any, workload: Tag, rounds: dict[str, Interleaved], ulaw_30s: bytes, name: str
 ) -> None:
     g711 = need("callvault._g711")
     data = payload(ulaw_30s, SIZES[name])
@@ -83,9 +112,5 @@ def test_g711_decode_peer_numpy(
         unit="byte",
         peer="numpy table[np.frombuffer(data, np.uint8)]",
     )
-
-    def run() -> npt.NDArray[np.int16]:
-        return table[np.frombuffer(data, np.uint8)]
-
-    out = benchmark(run)
+    out = rounds[name].take("numpy", benchmark)
     assert np.array_equal(out, g711.decode(data, g711.PCMU))

@@ -17,6 +17,10 @@
 
 All three must produce the same bytes (libopus is deterministic for the same
 settings and input); the benchmark fails otherwise, so the race is fair.
+
+The three sides run interleaved, round by round, in one loop
+(conftest.Interleaved): each round encodes the 500 frames with ours, the C
+loop and opuslib in turn.
 """
 
 from __future__ import annotations
@@ -28,11 +32,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks.conftest import OpusLoop, Tag, need
+from benchmarks.conftest import Interleaved, OpusLoop, Tag, need
 
-# Each side runs for about 3 s (pytest-benchmark's default is 1 s): the sides
-# run one after the other on a shared machine, and a longer window evens out
-# the load drifting under them.
+# About 3 s per side (pytest-benchmark's default is 1 s), 9 s for the three
+# sides' interleaved rounds: a longer window evens out the load on a shared machine.
 pytestmark = pytest.mark.benchmark(max_time=3.0)
 
 NAME = "opus_encode_8k_voip"
@@ -90,9 +93,57 @@ def reference(
     return data, lengths
 
 
+def ours_encode(pcm: npt.NDArray[np.int16]) -> Any:
+    opus = need("callvault._opus")
+
+    def run() -> tuple[bytes, npt.NDArray[np.int32]]:
+        enc = opus.Encoder(bitrate=BITRATE)
+        data, lengths = enc.encode_frames(pcm)
+        return data, lengths
+
+    return run
+
+
+def opuslib_encode(pcm: npt.NDArray[np.int16], settings: dict[str, Any]) -> Any:
+    import opuslib
+    import opuslib.api.ctl
+    import opuslib.api.encoder
+
+    frames = [f.tobytes() for f in pcm]  # opuslib takes bytes per frame
+
+    def run() -> list[bytes]:
+        enc = opuslib.Encoder(8000, 1, opuslib.APPLICATION_VOIP)
+        enc.bitrate = settings["bitrate"]
+        enc.complexity = settings["complexity"]
+        # opuslib's Encoder has no dtx property: its ctl API sets it.
+        opuslib.api.encoder.encoder_ctl(
+            enc.encoder_state, opuslib.api.ctl.set_dtx, int(settings["dtx"])
+        )
+        enc.vbr = int(settings["vbr"])
+        enc.signal = SIGNAL_VOICE
+        return [enc.encode(f, FRAME) for f in frames]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def rounds(
+    opus_c_loop: OpusLoop, pcm: npt.NDArray[np.int16], settings: dict[str, Any]
+) -> Interleaved:
+    """Ours, the C loop and opuslib, round by round in one loop."""
+    return Interleaved(
+        {
+            "ours": lambda: ours_encode(pcm),
+            "c_loop": lambda: lambda: c_encode(opus_c_loop, pcm, settings),
+            "opuslib": lambda: opuslib_encode(pcm, settings),
+        }
+    )
+
+
 def test_opus_encode_ours(
     benchmark: Any,
     workload: Tag,
+    rounds: Interleaved,
     pcm: npt.NDArray[np.int16],
     settings: dict[str, Any],
     reference: tuple[bytes, npt.NDArray[np.int32]],
@@ -108,13 +159,7 @@ def test_opus_encode_ours(
         libopus=opus.version(),
         what=f"{SECONDS:g} s of speech, 8 kHz mono VoIP 20 ms, {BITRATE // 1000} kb/s",
     )
-
-    def run() -> tuple[bytes, npt.NDArray[np.int32]]:
-        enc = opus.Encoder(bitrate=BITRATE)
-        data, lengths = enc.encode_frames(pcm)
-        return data, lengths
-
-    data, lengths = benchmark(run)
+    data, lengths = rounds.take("ours", benchmark)
     assert data == reference[0]
     assert np.array_equal(lengths, reference[1])
 
@@ -122,9 +167,8 @@ def test_opus_encode_ours(
 def test_opus_encode_peer_c_loop(
     benchmark: Any,
     workload: Tag,
-    opus_c_loop: OpusLoop,
+    rounds: Interleaved,
     pcm: npt.NDArray[np.int16],
-    settings: dict[str, Any],
     reference: tuple[bytes, npt.NDArray[np.int32]],
 ) -> None:
     workload(
@@ -137,7 +181,7 @@ def test_opus_encode_peer_c_loop(
         target="ours <= 1.05x C",
         max_ratio=1.05,
     )
-    data, lengths = benchmark(c_encode, opus_c_loop, pcm, settings)
+    data, lengths = rounds.take("c_loop", benchmark)
     assert data == reference[0]
     assert np.array_equal(lengths, reference[1])
 
@@ -145,14 +189,10 @@ def test_opus_encode_peer_c_loop(
 def test_opus_encode_peer_opuslib(
     benchmark: Any,
     workload: Tag,
+    rounds: Interleaved,
     pcm: npt.NDArray[np.int16],
-    settings: dict[str, Any],
     reference: tuple[bytes, npt.NDArray[np.int32]],
 ) -> None:
-    import opuslib
-    import opuslib.api.ctl
-    import opuslib.api.encoder
-
     workload(
         benchmark,
         NAME,
@@ -163,20 +203,6 @@ def test_opus_encode_peer_opuslib(
         target="ours >= 1.3x faster",
         max_ratio=1 / 1.3,
     )
-    frames = [f.tobytes() for f in pcm]  # opuslib takes bytes per frame
-
-    def run() -> list[bytes]:
-        enc = opuslib.Encoder(8000, 1, opuslib.APPLICATION_VOIP)
-        enc.bitrate = settings["bitrate"]
-        enc.complexity = settings["complexity"]
-        # opuslib's Encoder has no dtx property: its ctl API sets it.
-        opuslib.api.encoder.encoder_ctl(
-            enc.encoder_state, opuslib.api.ctl.set_dtx, int(settings["dtx"])
-        )
-        enc.vbr = int(settings["vbr"])
-        enc.signal = SIGNAL_VOICE
-        return [enc.encode(f, FRAME) for f in frames]
-
-    packets = benchmark(run)
+    packets = rounds.take("opuslib", benchmark)
     assert b"".join(packets) == reference[0]
     assert [len(p) for p in packets] == reference[1].tolist()

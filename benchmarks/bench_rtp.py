@@ -21,6 +21,10 @@
 Checked: ours and the twin return the same PCM, holding every packet's
 decoded payload in order with no loss, late or duplicate counted; aiortc
 returns the packets' payloads in timestamp order.
+
+The three sides run interleaved, round by round, in one loop
+(conftest.Interleaved): each round runs the whole stream through ours, the
+twin and aiortc in turn.
 """
 
 from __future__ import annotations
@@ -31,11 +35,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks.conftest import Tag, need
+from benchmarks.conftest import Interleaved, Tag, need
 
-# Each side runs for about 3 s (pytest-benchmark's default is 1 s): the sides
-# run one after the other on a shared machine, and a longer window evens out
-# the load drifting under them.
+# About 3 s per side (pytest-benchmark's default is 1 s), 9 s for the three
+# sides' interleaved rounds: a longer window evens out the load on a shared machine.
 pytestmark = pytest.mark.benchmark(max_time=3.0)
 
 NAME = "rtp_jitter_g711_20ms"
@@ -118,54 +121,9 @@ def twin_pcm(stream: Stream) -> npt.NDArray[np.int16]:
     return pcm
 
 
-def test_rtp_jitter_ours(
-    benchmark: Any, workload: Tag, stream: Stream, twin_pcm: npt.NDArray[np.int16]
-) -> None:
-    rtp = need("callvault._rtp")
-    workload(
-        benchmark,
-        NAME,
-        "ours",
-        units=len(stream.packets),
-        unit="packet",
-        what=f"{len(stream.packets)} G.711 packets, 20 ms, {JITTER_MS:g} ms jitter, "
-        f"{stream.reordered} out of order, batches of {BATCH}",
-    )
-    frames, stats = benchmark(run_buffer, rtp, stream)
-    pcm = joined(frames)
-    check_timeline(pcm, stats, stream)
-    assert np.array_equal(pcm, twin_pcm), "ours and its pure-Python twin disagree"
-
-
-def test_rtp_jitter_peer_jitter_ref(benchmark: Any, workload: Tag, stream: Stream) -> None:
-    ref = need("callvault.media.jitter_ref")
-    workload(
-        benchmark,
-        NAME,
-        "peer",
-        units=len(stream.packets),
-        unit="packet",
-        peer="callvault.media.jitter_ref (pure-Python twin), same batches",
-    )
-    frames, stats = benchmark(run_buffer, ref, stream)
-    check_timeline(joined(frames), stats, stream)
-
-
-def test_rtp_jitter_peer_aiortc(benchmark: Any, workload: Tag, stream: Stream) -> None:
-    import aiortc
+def aiortc_run(stream: Stream) -> Any:
     from aiortc.jitterbuffer import JitterBuffer
     from aiortc.rtp import RtpPacket
-
-    workload(
-        benchmark,
-        NAME,
-        "peer",
-        units=len(stream.packets),
-        unit="packet",
-        peer=f"aiortc {aiortc.__version__} RtpPacket.parse + JitterBuffer.add per packet",
-        target="ours <= 1/20 of aiortc",
-        max_ratio=1 / 20,
-    )
 
     def run() -> list[Any]:
         # What RTCRtpReceiver does per audio packet (capacity=16, prefetch=4).
@@ -179,7 +137,81 @@ def test_rtp_jitter_peer_aiortc(benchmark: Any, workload: Tag, stream: Stream) -
                 frames.append(frame)
         return frames
 
-    frames = benchmark(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def rounds(stream: Stream) -> Interleaved:
+    """Ours, the pure-Python twin and aiortc, round by round in one loop."""
+
+    def buffer_of(module: str) -> Any:
+        m = need(module)
+        return lambda: run_buffer(m, stream)
+
+    return Interleaved(
+        {
+            "ours": lambda: buffer_of("callvault._rtp"),
+            "jitter_ref": lambda: buffer_of("callvault.media.jitter_ref"),
+            "aiortc": lambda: aiortc_run(stream),
+        }
+    )
+
+
+def test_rtp_jitter_ours(
+    benchmark: Any,
+    workload: Tag,
+    rounds: Interleaved,
+    stream: Stream,
+    twin_pcm: npt.NDArray[np.int16],
+) -> None:
+    need("callvault._rtp")
+    workload(
+        benchmark,
+        NAME,
+        "ours",
+        units=len(stream.packets),
+        unit="packet",
+        what=f"{len(stream.packets)} G.711 packets, 20 ms, {JITTER_MS:g} ms jitter, "
+        f"{stream.reordered} out of order, batches of {BATCH}",
+    )
+    frames, stats = rounds.take("ours", benchmark)
+    pcm = joined(frames)
+    check_timeline(pcm, stats, stream)
+    assert np.array_equal(pcm, twin_pcm), "ours and its pure-Python twin disagree"
+
+
+def test_rtp_jitter_peer_jitter_ref(
+    benchmark: Any, workload: Tag, rounds: Interleaved, stream: Stream
+) -> None:
+    need("callvault.media.jitter_ref")
+    workload(
+        benchmark,
+        NAME,
+        "peer",
+        units=len(stream.packets),
+        unit="packet",
+        peer="callvault.media.jitter_ref (pure-Python twin), same batches",
+    )
+    frames, stats = rounds.take("jitter_ref", benchmark)
+    check_timeline(joined(frames), stats, stream)
+
+
+def test_rtp_jitter_peer_aiortc(
+    benchmark: Any, workload: Tag, rounds: Interleaved, stream: Stream
+) -> None:
+    import aiortc
+
+    workload(
+        benchmark,
+        NAME,
+        "peer",
+        units=len(stream.packets),
+        unit="packet",
+        peer=f"aiortc {aiortc.__version__} RtpPacket.parse + JitterBuffer.add per packet",
+        target="ours <= 1/20 of aiortc",
+        max_ratio=1 / 20,
+    )
+    frames = rounds.take("aiortc", benchmark)
     n = len(stream.packets)
     assert n - 6 <= len(frames) <= n
     ts = [f.timestamp for f in frames]

@@ -51,6 +51,8 @@
                             every message has the same size; streamed by the
                             same client function.
                             Ratio: ours' median time / the bare stream's.
+                            Both run interleaved, round by round, in one loop
+                            (conftest.Interleaved), one warm-up round each first.
 
 The machine's 2 cores are shared by the server, the load generators and the
 pytest process: the capacity found is that of the whole set on this machine,
@@ -76,7 +78,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks.conftest import CallFiles, OpusLoop, Tag, need
+from benchmarks.conftest import CallFiles, Interleaved, OpusLoop, Tag, need
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -513,7 +515,24 @@ def play_rates(s: PlaySetup) -> dict[str, float]:
     return {"leg-frames": s.leg_frames, "MB": s.nbytes / 1e6}
 
 
-def test_play_ours(benchmark: Any, workload: Tag, play_setup: PlaySetup) -> None:
+@pytest.fixture(scope="module")
+def play_rounds(play_setup: PlaySetup) -> Iterator[Interleaved]:
+    """Ours and the bare stream, round by round in one loop, PLAY_ROUNDS rounds."""
+    s = play_setup
+    with grpc.insecure_channel(s.ours) as ours, grpc.insecure_channel(s.peer) as bare:
+        yield Interleaved(
+            {
+                "ours": lambda: lambda: drain(ours, PLAY_METHOD, s.request),
+                "bare_grpcio": lambda: lambda: drain(bare, "/bench.Bare/Stream", b""),
+            },
+            rounds=PLAY_ROUNDS,
+            warmup_rounds=1,
+        )
+
+
+def test_play_ours(
+    benchmark: Any, workload: Tag, play_setup: PlaySetup, play_rounds: Interleaved
+) -> None:
     s = play_setup
     workload(
         benchmark,
@@ -525,18 +544,13 @@ def test_play_ours(benchmark: Any, workload: Tag, play_setup: PlaySetup) -> None
         f"{s.messages} messages, {s.nbytes / 1e6:.3g} MB, every one parsed by a "
         "plain grpcio client",
     )
-    with grpc.insecure_channel(s.ours) as ch:
-        got = benchmark.pedantic(
-            drain,
-            args=(ch, PLAY_METHOD, s.request),
-            rounds=PLAY_ROUNDS,
-            iterations=1,
-            warmup_rounds=1,
-        )
+    got = play_rounds.take("ours", benchmark)
     assert got[0] == s.messages and got[1] == s.leg_frames
 
 
-def test_play_peer_bare_grpcio(benchmark: Any, workload: Tag, play_setup: PlaySetup) -> None:
+def test_play_peer_bare_grpcio(
+    benchmark: Any, workload: Tag, play_setup: PlaySetup, play_rounds: Interleaved
+) -> None:
     s = play_setup
     workload(
         benchmark,
@@ -547,12 +561,5 @@ def test_play_peer_bare_grpcio(benchmark: Any, workload: Tag, play_setup: PlaySe
         "generic handler, bytes out) yielding ours' serialized chunks",
         target="-",
     )
-    with grpc.insecure_channel(s.peer) as ch:
-        got = benchmark.pedantic(
-            drain,
-            args=(ch, "/bench.Bare/Stream", b""),
-            rounds=PLAY_ROUNDS,
-            iterations=1,
-            warmup_rounds=1,
-        )
+    got = play_rounds.take("bare_grpcio", benchmark)
     assert got[0] == s.messages and got[1] == s.leg_frames

@@ -53,6 +53,10 @@ thread's own CPU, spool batches, and the sender's duration and lag.
 Checked every round: no packet lost, truncated or duplicated; each leg's
 spool holds exactly the packets sent to it, byte for byte and in order; every
 arrival stamp falls in the round; the call's start_us is set.
+
+Ours and the peer run interleaved, round by round, in one loop per workload
+(conftest.Interleaved, from the `interleaved` fixture): a warm-up round of
+each, then ROUNDS rounds, the order rotated each round.
 """
 
 from __future__ import annotations
@@ -395,16 +399,43 @@ def check(r: Round, report: dict[str, Any]) -> None:
             )
 
 
-def run_side(benchmark: Any, side: Side) -> None:
-    r = benchmark.pedantic(
-        receive,
-        setup=side.setup,
-        teardown=side.finish,
-        rounds=ROUNDS,
-        warmup_rounds=WARMUP,
-        iterations=1,
-    )
-    side.finish(r)  # --benchmark-disable runs the body once without teardown
+@dataclass
+class Workload:
+    loop: Any  # conftest.Interleaved: ours and recvfrom, round by round
+    sides: dict[str, Side]  # each side's rounds and figures, once the loop made it
+
+
+@pytest.fixture(scope="module")
+def workloads(interleaved: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Workload]:
+    """Per workload, ours and the recvfrom peer round by round in one loop: a warm-up
+    round of each, then ROUNDS rounds, the order rotated each round."""
+    out: dict[str, Workload] = {}
+    for name, paced in ((NAME, True), (NAME_BURST, False)):
+        root = tmp_path_factory.mktemp(name)
+        w = Workload(None, {})
+
+        def make(kind: str, paced: bool = paced, root: Path = root, w: Workload = w) -> Any:
+            sidecar = need("callvault.sidecar")
+            receiver = sidecar.Receiver if kind == "ours" else recvfrom_receiver(sidecar)
+            side = w.sides[kind] = Side(kind, receiver, paced, root / kind)
+            return interleaved.round(receive, setup=lambda: side.setup()[0], teardown=side.finish)
+
+        w.loop = interleaved(
+            {
+                "ours": functools.partial(make, "ours"),
+                "recvfrom": functools.partial(make, "recvfrom"),
+            },
+            rounds=ROUNDS,
+            warmup_rounds=WARMUP,
+        )
+        out[name] = w
+    return out
+
+
+def run_side(benchmark: Any, w: Workload, kind: str) -> None:
+    r = w.loop.take(kind, benchmark)
+    side = w.sides[kind]
+    side.finish(r)  # a no-op: every round is finished (checked) untimed after its run
     benchmark.extra_info.update(side.summary())
 
 
@@ -441,28 +472,32 @@ def tag_peer(workload: Tag, benchmark: Any, name: str) -> None:
     )
 
 
-def test_sidecar_receive_ours(benchmark: Any, workload: Tag, tmp_path: Path) -> None:
+def test_sidecar_receive_ours(
+    benchmark: Any, workload: Tag, workloads: dict[str, Workload]
+) -> None:
     tag_ours(workload, benchmark, NAME)
-    run_side(benchmark, Side("ours", need("callvault.sidecar").Receiver, True, tmp_path))
+    run_side(benchmark, workloads[NAME], "ours")
 
 
-def test_sidecar_receive_peer_recvfrom(benchmark: Any, workload: Tag, tmp_path: Path) -> None:
+def test_sidecar_receive_peer_recvfrom(
+    benchmark: Any, workload: Tag, workloads: dict[str, Workload]
+) -> None:
     tag_peer(workload, benchmark, NAME)
-    run_side(
-        benchmark, Side("recvfrom", recvfrom_receiver(need("callvault.sidecar")), True, tmp_path)
-    )
+    run_side(benchmark, workloads[NAME], "recvfrom")
 
 
-def test_sidecar_receive_burst_ours(benchmark: Any, workload: Tag, tmp_path: Path) -> None:
+def test_sidecar_receive_burst_ours(
+    benchmark: Any, workload: Tag, workloads: dict[str, Workload]
+) -> None:
     tag_ours(workload, benchmark, NAME_BURST)
-    run_side(benchmark, Side("ours", need("callvault.sidecar").Receiver, False, tmp_path))
+    run_side(benchmark, workloads[NAME_BURST], "ours")
 
 
-def test_sidecar_receive_burst_peer_recvfrom(benchmark: Any, workload: Tag, tmp_path: Path) -> None:
+def test_sidecar_receive_burst_peer_recvfrom(
+    benchmark: Any, workload: Tag, workloads: dict[str, Workload]
+) -> None:
     tag_peer(workload, benchmark, NAME_BURST)
-    run_side(
-        benchmark, Side("recvfrom", recvfrom_receiver(need("callvault.sidecar")), False, tmp_path)
-    )
+    run_side(benchmark, workloads[NAME_BURST], "recvfrom")
 
 
 if __name__ == "__main__":

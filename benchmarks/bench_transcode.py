@@ -22,6 +22,9 @@
 
 Checked: both outputs are 2-channel Opus as long as the call (ffprobe), and
 ours reports the call's length for both legs.
+
+Ours and ffmpeg run interleaved, round by round, in one loop
+(conftest.Interleaved): ours, ffmpeg; ffmpeg, ours; ours, ffmpeg.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.conftest import CallFiles, Tag, need
+from benchmarks.conftest import CallFiles, Interleaved, Round, Tag, need
 
 NAME = "transcode_10min_dual_leg"
 ROUNDS = 3
@@ -74,46 +77,8 @@ def settings() -> Any:
     return need("callvault.media.pipeline").Settings()
 
 
-def test_transcode_ours(
-    benchmark: Any, workload: Tag, call_files: CallFiles, tmp_path: Path, settings: Any
-) -> None:
-    cli = need("callvault.cli")
-    workload(
-        benchmark,
-        NAME,
-        "ours",
-        call_seconds=call_files.seconds,
-        what=f"{call_files.seconds:g} s two-leg call, {call_files.packets:,} RTP packets "
-        f"in one pcap, to dual-track Ogg Opus",
-    )
-    out = tmp_path / "ours.ogg"
-    summary = benchmark.pedantic(
-        cli.transcode,
-        args=([str(call_files.capture)], str(out), settings),
-        rounds=ROUNDS,
-        iterations=1,
-        warmup_rounds=0,
-    )
-    assert summary["channels"] == ["agent", "customer"]
-    assert call_files.seconds <= summary["seconds"] < call_files.seconds + 0.5
-    assert [leg["frames"] for leg in summary["legs"]] == [summary["legs"][0]["frames"]] * 2
-    check_output(out, call_files.seconds)
-
-
-def test_transcode_peer_ffmpeg(
-    benchmark: Any, workload: Tag, call_files: CallFiles, tmp_path: Path, settings: Any
-) -> None:
-    exe = shutil.which("ffmpeg")
-    assert exe is not None, "ffmpeg is needed (make sysdeps)"
-    workload(
-        benchmark,
-        NAME,
-        "peer",
-        call_seconds=call_files.seconds,
-        peer="ffmpeg -c:a libopus, 2 WAV legs -> 2-channel Ogg Opus (no DTX)",
-    )
-    out = tmp_path / "ffmpeg.ogg"
-    cmd = [
+def ffmpeg_command(exe: str, call_files: CallFiles, settings: Any, out: Path) -> list[str]:
+    return [
         exe,
         "-nostdin",
         "-v",
@@ -143,14 +108,69 @@ def test_transcode_peer_ffmpeg(
         "255",
         str(out),
     ]
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("transcode")
+
+
+@pytest.fixture(scope="module")
+def rounds(call_files: CallFiles, settings: Any, outputs: Path) -> Interleaved:
+    """Ours and ffmpeg, round by round in one loop, ROUNDS rounds."""
+
+    def ours() -> Round:
+        cli = need("callvault.cli")
+        args = ([str(call_files.capture)], str(outputs / "ours.ogg"), settings)
+        return Round(cli.transcode, setup=lambda: args)
+
+    def ffmpeg() -> Round:
+        exe = shutil.which("ffmpeg")
+        assert exe is not None, "ffmpeg is needed (make sysdeps)"
+        cmd = ffmpeg_command(exe, call_files, settings, outputs / "ffmpeg.ogg")
+        return Round(lambda: subprocess.run(cmd, check=True))
+
+    return Interleaved({"ours": ours, "ffmpeg": ffmpeg}, rounds=ROUNDS)
+
+
+def test_transcode_ours(
+    benchmark: Any, workload: Tag, rounds: Interleaved, call_files: CallFiles, outputs: Path
+) -> None:
+    need("callvault.cli")
+    workload(
+        benchmark,
+        NAME,
+        "ours",
+        call_seconds=call_files.seconds,
+        what=f"{call_files.seconds:g} s two-leg call, {call_files.packets:,} RTP packets "
+        f"in one pcap, to dual-track Ogg Opus",
+    )
+    summary = rounds.take("ours", benchmark)
+    assert summary["channels"] == ["agent", "customer"]
+    assert call_files.seconds <= summary["seconds"] < call_files.seconds + 0.5
+    assert [leg["frames"] for leg in summary["legs"]] == [summary["legs"][0]["frames"]] * 2
+    check_output(outputs / "ours.ogg", call_files.seconds)
+
+
+def test_transcode_peer_ffmpeg(
+    benchmark: Any,
+    workload: Tag,
+    rounds: Interleaved,
+    call_files: CallFiles,
+    settings: Any,
+    outputs: Path,
+) -> None:
+    exe = shutil.which("ffmpeg")
+    assert exe is not None, "ffmpeg is needed (make sysdeps)"
+    workload(
+        benchmark,
+        NAME,
+        "peer",
+        call_seconds=call_files.seconds,
+        peer="ffmpeg -c:a libopus, 2 WAV legs -> 2-channel Ogg Opus (no DTX)",
+    )
+    cmd = ffmpeg_command(exe, call_files, settings, outputs / "ffmpeg.ogg")
     shown = [Path(c).name if c in (exe, *map(str, call_files.wavs)) else c for c in cmd[:-1]]
     benchmark.extra_info["command"] = " ".join(shown + ["out.ogg"])
-    benchmark.pedantic(
-        subprocess.run,
-        args=(cmd,),
-        kwargs={"check": True},
-        rounds=ROUNDS,
-        iterations=1,
-        warmup_rounds=0,
-    )
-    check_output(out, call_files.seconds)
+    rounds.take("ffmpeg", benchmark)
+    check_output(outputs / "ffmpeg.ogg", call_files.seconds)

@@ -89,6 +89,12 @@ verify_all returns [] and a flipped ciphertext byte makes verify_call report
 the call; both sha256 peers give the same digest over the same byte count.
 The imported call verifies, and its Ogg export is 2-channel Opus as long as
 the call (ffprobe).
+
+index_writes and verify_throughput run their sides interleaved, round by
+round, in one loop (conftest.Interleaved): index_writes INDEX_ROUNDS rounds
+of ours then rocksdict (order rotated each round); verify_throughput as many
+rounds of its three sides as fit in 3 x max_time. vault_ingest does not: its
+peer's group count is the median of ours' rounds, so ours runs first.
 """
 
 from __future__ import annotations
@@ -108,7 +114,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks.conftest import CallFiles, Tag, need
+from benchmarks.conftest import CallFiles, Interleaved, Round, Tag, need
 
 CALLS = 32
 LEGS = ("agent", "customer")
@@ -118,7 +124,6 @@ THREADS = 4
 INDEX_GROUP = 100  # records per index WriteBatch (workload index_writes)
 INGEST_ROUNDS = 5
 INDEX_ROUNDS = 15
-VERIFY_ROUNDS = 5
 TENANT = "default"
 G711_PER_HOUR = 2 * 8000 * 3600  # bytes: 64 kb/s per leg, two legs
 PCM16_PER_HOUR = 2 * 16000 * 3600  # bytes: 8 kHz 16-bit, two legs
@@ -483,10 +488,73 @@ def index_write_all(
     return n
 
 
+@dataclasses.dataclass
+class IndexRounds:
+    loop: Interleaved
+    ours: list[Any]  # the Index of each round (the last one left open for the checks)
+    peer: list[tuple[Any, list[Any]]]  # the Rdict of each round, and views opened on it
+
+
+@pytest.fixture(scope="module")
+def index_rounds(
+    index_plan: IndexPlan, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[IndexRounds]:
+    """Ours and bare rocksdict, round by round in one loop, INDEX_ROUNDS rounds."""
+    tmp = tmp_path_factory.mktemp("index")
+    ours: list[Any] = []
+    peer: list[tuple[Any, list[Any]]] = []
+
+    def close_peer() -> None:
+        db, views = peer[-1]
+        for view in views:
+            view.close()
+        db.close()
+
+    def ours_side() -> Round:
+        ix = need("callvault.store.index")
+
+        def setup() -> tuple[Any, ...]:
+            if ours:
+                ours[-1].close()
+            ours.append(ix.Index(tmp / f"ix{len(ours)}"))
+            return (ours[-1], index_plan.batches)
+
+        return Round(index_write_all, setup=setup)
+
+    def peer_side() -> Round:
+        rocksdict = need("rocksdict")
+        ix = need("callvault.store.index")
+
+        def setup() -> tuple[Any, ...]:
+            if peer:
+                close_peer()
+            opt = rocksdict.Options(raw_mode=True)
+            opt.create_if_missing(True)
+            opt.create_missing_column_families(True)
+            opt.set_compression_type(rocksdict.DBCompressionType.lz4())
+            db = rocksdict.Rdict(
+                str(tmp / f"db{len(peer)}"), opt, column_families=dict.fromkeys(ix.CFS, opt)
+            )
+            cfs = {name: db.get_column_family_handle(name) for name in ix.CFS}
+            peer.append((db, []))
+            return (db, cfs, index_plan.ops, rocksdict.WriteBatch)
+
+        return Round(peer_write_all, setup=setup)
+
+    loop = Interleaved({"ours": ours_side, "rocksdict": peer_side}, rounds=INDEX_ROUNDS)
+    try:
+        yield IndexRounds(loop, ours, peer)
+    finally:
+        if ours:
+            ours[-1].close()
+        if peer:
+            close_peer()
+
+
 def test_index_writes_ours(
-    benchmark: Any, workload: Tag, index_plan: IndexPlan, tmp_path: Path
+    benchmark: Any, workload: Tag, index_plan: IndexPlan, index_rounds: IndexRounds
 ) -> None:
-    ix = need("callvault.store.index")
+    need("callvault.store.index")
     n_records = CALLS * RECORDS * len(LEGS)
     workload(
         benchmark,
@@ -497,28 +565,15 @@ def test_index_writes_ours(
         f"{len(index_plan.batches)} WriteBatches of {INDEX_GROUP} records plus "
         f"the calls each touches, fresh database per round",
     )
-    opened: list[Any] = []
-
-    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if opened:
-            opened[-1].close()
-        opened.append(ix.Index(tmp_path / f"ix{len(opened)}"))
-        return (opened[-1], index_plan.batches), {}
-
-    try:
-        count = benchmark.pedantic(
-            index_write_all, setup=setup, rounds=INDEX_ROUNDS, iterations=1, warmup_rounds=0
-        )
-        index = opened[-1]
-        assert count == n_records + sum(len(calls) for _, calls in index_plan.batches)
-        for c in (0, 17, CALLS - 1):
-            cid = call_id(c)
-            assert list(index.records(TENANT, cid)) == index_plan.records[cid]
-            assert index.get_call(TENANT, cid) == index_plan.final[cid]
-        assert len(list(index.search(TENANT, tag="bench"))) == CALLS
-        assert sum(len(list(index.search(TENANT, agent=agent_of(a)))) for a in range(8)) == CALLS
-    finally:
-        opened[-1].close()
+    count = index_rounds.loop.take("ours", benchmark)
+    index = index_rounds.ours[-1]
+    assert count == n_records + sum(len(calls) for _, calls in index_plan.batches)
+    for c in (0, 17, CALLS - 1):
+        cid = call_id(c)
+        assert list(index.records(TENANT, cid)) == index_plan.records[cid]
+        assert index.get_call(TENANT, cid) == index_plan.final[cid]
+    assert len(list(index.search(TENANT, tag="bench"))) == CALLS
+    assert sum(len(list(index.search(TENANT, agent=agent_of(a)))) for a in range(8)) == CALLS
 
 
 def peer_write_all(
@@ -539,10 +594,9 @@ def peer_write_all(
 
 
 def test_index_writes_peer_rocksdict(
-    benchmark: Any, workload: Tag, index_plan: IndexPlan, tmp_path: Path
+    benchmark: Any, workload: Tag, index_plan: IndexPlan, index_rounds: IndexRounds
 ) -> None:
-    rocksdict = need("rocksdict")
-    ix = need("callvault.store.index")
+    need("rocksdict")
     n_records = CALLS * RECORDS * len(LEGS)
     workload(
         benchmark,
@@ -552,47 +606,20 @@ def test_index_writes_peer_rocksdict(
         peer=f"bare rocksdict {version('rocksdict')} WriteBatch of the same keys/values, "
         "fresh Rdict, Index's options (raw, LZ4, same column families)",
     )
-    opened: list[tuple[Any, list[Any]]] = []
-
-    def close_last() -> None:
-        db, views = opened[-1]
-        for view in views:
-            view.close()
-        db.close()
-
-    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if opened:
-            close_last()
-        opt = rocksdict.Options(raw_mode=True)
-        opt.create_if_missing(True)
-        opt.create_missing_column_families(True)
-        opt.set_compression_type(rocksdict.DBCompressionType.lz4())
-        db = rocksdict.Rdict(
-            str(tmp_path / f"db{len(opened)}"), opt, column_families=dict.fromkeys(ix.CFS, opt)
-        )
-        cfs = {name: db.get_column_family_handle(name) for name in ix.CFS}
-        opened.append((db, []))
-        return (db, cfs, index_plan.ops, rocksdict.WriteBatch), {}
-
-    try:
-        count = benchmark.pedantic(
-            peer_write_all, setup=setup, rounds=INDEX_ROUNDS, iterations=1, warmup_rounds=0
-        )
-        assert count == sum(len(b) for b in index_plan.ops)
-        db, views = opened[-1]
-        records_cf = db.get_column_family("records")
-        views.append(records_cf)
-        want = {k: v for b in index_plan.ops for kind, cf, k, v in b if cf == "records"}
-        it = records_cf.iter()
-        it.seek_to_first()
-        got = {}
-        while it.valid():
-            got[it.key()] = it.value()
-            it.next()
-        del it
-        assert got == want and len(got) == n_records
-    finally:
-        close_last()
+    count = index_rounds.loop.take("rocksdict", benchmark)
+    assert count == sum(len(b) for b in index_plan.ops)
+    db, views = index_rounds.peer[-1]
+    records_cf = db.get_column_family("records")
+    views.append(records_cf)
+    want = {k: v for b in index_plan.ops for kind, cf, k, v in b if cf == "records"}
+    it = records_cf.iter()
+    it.seek_to_first()
+    got = {}
+    while it.valid():
+        got[it.key()] = it.value()
+        it.next()
+    del it
+    assert got == want and len(got) == n_records
 
 
 # -- verify_throughput ----------------------------------------------------------------------
@@ -640,12 +667,35 @@ def record_last_byte(sv: SealedVault, cid: str) -> tuple[Path, int]:
     ), entry.offset + entry.length - 1
 
 
-def test_verify_throughput_ours(benchmark: Any, workload: Tag, sealed_vault: SealedVault) -> None:
+def read_and_hash(paths: list[Path]) -> tuple[int, bytes]:
+    h = hashlib.sha256()
+    n = 0
+    for p in paths:
+        data = p.read_bytes()
+        h.update(data)
+        n += len(data)
+    return n, h.digest()
+
+
+@pytest.fixture(scope="module")
+def verify_rounds(sealed_vault: SealedVault) -> Interleaved:
+    """verify_all, sha256 in memory and read + sha256, round by round in one loop."""
+    sv = sealed_vault
+    return Interleaved(
+        {
+            "ours": lambda: sv.vault.verify_all,
+            "sha256": lambda: lambda: hashlib.sha256(sv.data).digest(),
+            "read_sha256": lambda: lambda: read_and_hash(sv.segments),
+        }
+    )
+
+
+def test_verify_throughput_ours(
+    benchmark: Any, workload: Tag, sealed_vault: SealedVault, verify_rounds: Interleaved
+) -> None:
     sv = sealed_vault
     workload(benchmark, VERIFY, "ours", rates={"MB": len(sv.data) / 1e6}, what=verify_what(sv))
-    problems = benchmark.pedantic(
-        sv.vault.verify_all, rounds=VERIFY_ROUNDS, iterations=1, warmup_rounds=0
-    )
+    problems = verify_rounds.take("ours", benchmark)
     assert problems == []
     # not a no-op: one flipped byte of a stored record is found, then put back
     cid = call_id(5)
@@ -666,7 +716,7 @@ def test_verify_throughput_ours(benchmark: Any, workload: Tag, sealed_vault: Sea
 
 
 def test_verify_throughput_peer_sha256(
-    benchmark: Any, workload: Tag, sealed_vault: SealedVault
+    benchmark: Any, workload: Tag, sealed_vault: SealedVault, verify_rounds: Interleaved
 ) -> None:
     sv = sealed_vault
     workload(
@@ -676,22 +726,12 @@ def test_verify_throughput_peer_sha256(
         rates={"MB": len(sv.data) / 1e6},
         peer="hashlib.sha256 over the same bytes, in memory (the floor)",
     )
-    digest = benchmark(lambda: hashlib.sha256(sv.data).digest())
+    digest = verify_rounds.take("sha256", benchmark)
     assert digest == hashlib.sha256(b"".join(p.read_bytes() for p in sv.segments)).digest()
 
 
-def read_and_hash(paths: list[Path]) -> tuple[int, bytes]:
-    h = hashlib.sha256()
-    n = 0
-    for p in paths:
-        data = p.read_bytes()
-        h.update(data)
-        n += len(data)
-    return n, h.digest()
-
-
 def test_verify_throughput_peer_read_sha256(
-    benchmark: Any, workload: Tag, sealed_vault: SealedVault
+    benchmark: Any, workload: Tag, sealed_vault: SealedVault, verify_rounds: Interleaved
 ) -> None:
     sv = sealed_vault
     workload(
@@ -701,7 +741,7 @@ def test_verify_throughput_peer_read_sha256(
         rates={"MB": len(sv.data) / 1e6},
         peer="the segment files read (page cache) + hashlib.sha256",
     )
-    n, digest = benchmark(read_and_hash, sv.segments)
+    n, digest = verify_rounds.take("read_sha256", benchmark)
     assert n == len(sv.data) and digest == hashlib.sha256(sv.data).digest()
 
 

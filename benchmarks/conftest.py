@@ -5,16 +5,25 @@ by the hook below when pytest is pointed at benchmarks/ (`make bench`).
 Every benchmark tags itself with `workload(benchmark, name, side, ...)`;
 benchmarks/report.py pairs each "ours" with its peers of the same workload
 from the JSON of the same run and writes benchmarks/RESULTS.md.
+
+The sides of a paired workload are timed in one loop, round by round
+(`Interleaved`): every round runs ours and each peer once, so load that drifts
+over seconds on the shared machine lands on all sides alike; each side's test
+then files its rounds with its own benchmark fixture (so the JSON has one entry
+per side, as before) and checks what its side returned.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
+import math
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from pytest_benchmark.timers import compute_timer_precision
 
 HERE = Path(__file__).resolve().parent
 CALL_SECONDS = 600.0  # workload transcode_10min_dual_leg: a 10-minute call
@@ -97,6 +107,221 @@ def workload() -> Tag:
         benchmark.extra_info.update({"workload": name, "side": side, **info})
 
     return tag
+
+
+@dataclass
+class Round:
+    """What one side of a workload runs in a round: ``run(*setup())`` is timed;
+    ``setup`` (fresh state per round) and ``teardown(*args)`` are not."""
+
+    run: Callable[..., Any]
+    setup: Callable[[], tuple[Any, ...]] | None = None
+    teardown: Callable[..., None] | None = None
+
+
+@dataclass
+class _Timed:
+    work: Round
+    iterations: int = 1
+    durations: list[float] = field(default_factory=list)
+    result: Any = None
+
+
+class Interleaved:
+    """The sides of one workload (ours and its peers) timed round by round in one loop.
+
+    ``sides`` maps a side's name to a function that prepares it (imports,
+    untimed) and returns its ``Round`` (or just the callable to time). Round r
+    runs every side once, in an order rotated by one each round (A B C, B C A,
+    C A B, ...), so no side always runs first or right after the same
+    neighbour. ``take(side, benchmark)`` runs the loop the first time any side
+    is taken (with that benchmark fixture's knobs: timer, max_time, min_rounds,
+    min_time, disable_gc, --benchmark-disable), then files the side's
+    per-round times in ``benchmark`` and returns what the side's last round
+    returned, for the test to check.
+
+    Rounds: ``rounds`` if given (long workloads, like pedantic rounds; then
+    ``warmup_rounds`` untimed rounds of every side come first), else as many as
+    fit in max_time x number of sides (the time the sides got when they ran
+    one after the other), at least min_rounds. Without a ``setup``, a side
+    whose round is shorter than the timer resolution allows is repeated
+    ``iterations`` times per round, calibrated as pytest-benchmark does.
+
+    A side that fails to prepare or raises in a round is dropped from the loop;
+    its test raises that error, the other sides go on.
+    """
+
+    def __init__(
+        self,
+        sides: dict[str, Callable[[], Round | Callable[[], Any]]],
+        *,
+        rounds: int | None = None,
+        warmup_rounds: int = 0,
+    ) -> None:
+        self.sides = sides
+        self.fixed_rounds = rounds
+        self.warmup_rounds = warmup_rounds
+        self.timed: dict[str, _Timed] = {}
+        self.errors: dict[str, BaseException] = {}
+        self.rounds = 0
+        self.ran = False
+
+    @staticmethod
+    def round(
+        run: Callable[..., Any],
+        setup: Callable[[], tuple[Any, ...]] | None = None,
+        teardown: Callable[..., None] | None = None,
+    ) -> Round:
+        """A ``Round``, for bench files that get this class from the ``interleaved`` fixture."""
+        return Round(run, setup, teardown)
+
+    def take(self, side: str, benchmark: Any) -> Any:
+        if side not in self.sides:
+            raise KeyError(f"no side {side!r} in this workload: {sorted(self.sides)}")
+        if not self.ran:
+            self.ran = True
+            self._run(benchmark)
+        if side in self.errors:
+            raise self.errors[side]
+        t = self.timed[side]
+        if getattr(benchmark, "_mode", None):
+            raise RuntimeError("this benchmark fixture was used already")
+        benchmark._mode = "interleaved rounds (benchmarks/conftest.py Interleaved)"
+        if not benchmark.disabled:
+            _file_rounds(benchmark, t.iterations, t.durations)
+            benchmark.extra_info["interleaved"] = {
+                "sides": list(self.sides),
+                "rounds": self.rounds,
+                "iterations": t.iterations,
+            }
+        return t.result
+
+    def _prepare(self) -> None:
+        for name, make in self.sides.items():
+            try:
+                made = make()
+            except _SIDE_ERRORS as e:
+                self.errors[name] = e
+                continue
+            self.timed[name] = _Timed(made if isinstance(made, Round) else Round(made))
+
+    def _once(self, name: str, t: _Timed, timer: Callable[[], float], loops: int) -> float:
+        w = t.work
+        args = w.setup() if w.setup is not None else ()
+        start = timer()
+        for _ in range(loops - 1):
+            w.run(*args)
+        result = w.run(*args)
+        took = timer() - start
+        if w.teardown is not None:
+            w.teardown(*args)
+        t.result = result
+        return took
+
+    def _round(self, order: list[str], timer: Callable[[], float], record: bool) -> None:
+        for name in order:
+            t = self.timed.get(name)
+            if t is None:
+                continue
+            try:
+                took = self._once(name, t, timer, t.iterations)
+            except _SIDE_ERRORS as e:
+                self.errors[name] = e
+                del self.timed[name]
+                continue
+            if record:
+                t.durations.append(took)
+
+    def _calibrate(self, timer: Callable[[], float], min_time: float) -> float:
+        """Iterations per round for each side (pytest-benchmark's rule: a round is at
+        least ``min_time``); returns the estimated time of one round of all sides."""
+        total = 0.0
+        for name in list(self.timed):
+            t = self.timed[name]
+            loops = 1
+            try:
+                while True:
+                    took = self._once(name, t, timer, loops)
+                    if took >= min_time or t.work.setup is not None or loops >= 10**7:
+                        break
+                    loops = loops * 10 if took <= 0 else math.ceil(min_time * loops / took)
+            except _SIDE_ERRORS as e:
+                self.errors[name] = e
+                del self.timed[name]
+                continue
+            t.iterations = loops
+            total += took
+        return total
+
+    def _run(self, benchmark: Any) -> None:
+        self._prepare()
+        names = list(self.sides)
+        if benchmark.disabled:  # --benchmark-disable: each side once, for its checks
+            self._round(names, time.perf_counter, record=False)
+            self.rounds = 1
+            return
+        knobs = _knobs(benchmark)
+        timer = knobs["timer"]
+        gc_was_on = gc.isenabled()
+        if knobs["disable_gc"]:
+            gc.disable()
+        try:
+            if self.fixed_rounds is not None:
+                rounds = self.fixed_rounds
+                for r in range(self.warmup_rounds):
+                    self._round(_rotated(names, r), timer, record=False)
+            else:
+                min_time = max(knobs["min_time"], compute_timer_precision(timer) * 10)
+                per_round = self._calibrate(timer, min_time)
+                budget = knobs["max_time"] * len(names)
+                rounds = math.ceil(budget / per_round) if per_round > 0 else knobs["min_rounds"]
+                rounds = max(rounds, knobs["min_rounds"])
+            for r in range(rounds):
+                self._round(_rotated(names, r), timer, record=True)
+            self.rounds = rounds
+        finally:
+            if gc_was_on:
+                gc.enable()
+
+
+# What a side may raise and the loop goes on without it: errors, and pytest.fail()
+# (need() of a module that does not import), which is not an Exception.
+_SIDE_ERRORS = (Exception, pytest.fail.Exception)
+
+
+def _rotated(names: list[str], r: int) -> list[str]:
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
+def _knobs(benchmark: Any) -> dict[str, Any]:
+    """The benchmark fixture's settings (its markers and --benchmark-* options applied).
+
+    pytest-benchmark keeps them in private attributes; read here only."""
+    try:
+        return {
+            "timer": benchmark._timer,
+            "max_time": float(benchmark._max_time),
+            "min_time": float(benchmark._min_time),
+            "min_rounds": int(benchmark._min_rounds),
+            "disable_gc": bool(benchmark._disable_gc),
+        }
+    except AttributeError as e:  # a pytest-benchmark whose fixture changed shape
+        pytest.fail(f"Interleaved cannot read pytest-benchmark's settings: {e}", pytrace=False)
+
+
+def _file_rounds(benchmark: Any, iterations: int, durations: list[float]) -> None:
+    """File rounds timed elsewhere as this benchmark's own, as its `benchmark(...)` call
+    would have (pytest-benchmark has no public call for it: the one it uses inside)."""
+    stats = benchmark._make_stats(iterations)
+    for d in durations:
+        stats.update(d)
+
+
+@pytest.fixture(scope="session")
+def interleaved() -> type[Interleaved]:
+    """The ``Interleaved`` class, as a fixture (for a bench file that does not import it)."""
+    return Interleaved
 
 
 @pytest.fixture(scope="session")

@@ -220,7 +220,12 @@ def render(run: dict[str, Any], workloads: list[Workload], source: str) -> str:
             lines.append(f"- **{w.name}**: {what}. Sizes, not timings.")
             continue
         rounds = ", ".join(f"{b.name}: {b.rounds}" for b in w.ours + w.peers)
-        lines.append(f"- **{w.name}**: {what}. Rounds: {rounds}.")
+        how = (
+            " (interleaved: each round ran every side once, in turn)"
+            if all("interleaved" in b.info for b in w.ours + w.peers)
+            else " (one side after the other)"
+        )
+        lines.append(f"- **{w.name}**: {what}. Rounds{how}: {rounds}.")
         for b in w.ours + w.peers:
             if "fsyncs" in b.info:
                 lines.append(f"  `{b.name}`: {b.info['fsyncs']}.")

@@ -8,7 +8,8 @@ same (data, lengths) shape. Every libopus call runs ``with nogil:``; one
 function, ``check``, turns libopus error codes into ``CodecError``.
 
 Packet framing follows RFC 6716 section 3 (TOC byte, frame count codes 0-3)
-and Appendix B (self-delimiting framing); multistream packets follow RFC 7845
+and Appendix B (self-delimiting framing), read by one parser, ``parse_framing``,
+with self-delimiting as its mode; multistream packets follow RFC 7845
 section 5.1.1 / RFC 6716 Appendix B: every stream but the last is
 self-delimited. The declarations of libopus are in ext/libopus.pxd.
 """
@@ -479,75 +480,119 @@ cdef inline int get_len(const unsigned char *p, Py_ssize_t avail, int *n) noexce
     return 2
 
 
-cdef Py_ssize_t to_self_delimited(const unsigned char *src, Py_ssize_t slen,
-                                  unsigned char *dst) noexcept nogil:
-    """Rewrite an Opus packet in self-delimiting framing (RFC 6716 Appendix B).
+cdef struct Framing:
+    # The layout of one Opus packet, as parse_framing reads it.
+    int code          # TOC frame count code, 0-3 (RFC 6716 3.2)
+    int count         # frames in the packet
+    bint vbr          # frame lengths coded one by one (code 2, code 3 VBR)
+    Py_ssize_t lenpos  # where the self-delimiting length sits (end of the plain header)
+    Py_ssize_t pos     # first frame byte
+    Py_ssize_t frames  # bytes of all frames
+    Py_ssize_t padding  # code 3 padding bytes after the frames
+    int last          # the length self-delimiting framing codes: the last frame's (VBR)
+                      # or every frame's (CBR)
+    int sizes[64]     # each frame's length (count <= 63)
 
-    The length of the last frame (the one plain framing leaves implicit) is
-    inserted after the existing length fields. ``dst`` needs ``slen + 2``
-    bytes. Returns the new length, or OPUS_INVALID_PACKET.
+
+cdef int parse_framing(const unsigned char *src, Py_ssize_t avail, bint self_delimiting,
+                       Framing *f) noexcept nogil:
+    """Read the framing of one Opus packet: plain (RFC 6716 3.2) or, with
+    ``self_delimiting``, self-delimited (RFC 6716 Appendix B).
+
+    The two framings differ in one length field only: a self-delimited packet
+    codes after the plain header (TOC, frame count, padding, VBR lengths) the
+    length plain framing leaves implicit, that of the last frame (VBR) or of
+    every frame (CBR), and may be followed by other data; a plain packet spans
+    ``avail``. Fills ``f`` and returns 0, or OPUS_INVALID_PACKET.
     """
-    cdef int code, r, n, m, i, total
-    cdef Py_ssize_t pos, padding, last, k
+    cdef int r, n, i
+    cdef Py_ssize_t pos = 1, coded = 0, rest, last
     cdef unsigned char b
-    if slen < 1:
+    if avail < 1:
         return OPUS_INVALID_PACKET
-    code = src[0] & 3
-    if code == 0:  # one frame: its length is everything after the TOC
-        last = slen - 1
-        pos = 1
-    elif code == 1:  # two frames of equal size: write that size once
-        if (slen - 1) % 2:
+    f.code = src[0] & 3
+    f.count = 1
+    f.vbr = False
+    f.padding = 0
+    if f.code == 1:  # two frames of equal size
+        f.count = 2
+    elif f.code == 2:  # two frames: N1 coded, N2 implicit
+        f.count = 2
+        f.vbr = True
+    elif f.code == 3:  # frame count byte, optional padding, CBR or VBR
+        if avail < 2:
             return OPUS_INVALID_PACKET
-        last = (slen - 1) // 2
-        pos = 1
-    elif code == 2:  # two frames: N1 coded, N2 implicit -> append N2
-        r = get_len(src + 1, slen - 1, &n)
-        if r < 0:
+        f.count = src[1] & 0x3F
+        if f.count == 0:
             return OPUS_INVALID_PACKET
-        pos = 1 + r
-        last = slen - pos - n
-        if last < 0:
-            return OPUS_INVALID_PACKET
-    else:  # code 3: frame count byte, optional padding, VBR lengths
-        if slen < 2:
-            return OPUS_INVALID_PACKET
-        m = src[1] & 0x3F
-        if m == 0:
-            return OPUS_INVALID_PACKET
+        f.vbr = (src[1] & 0x80) != 0
         pos = 2
-        padding = 0
         if src[1] & 0x40:
             while True:
-                if pos >= slen:
+                if pos >= avail:
                     return OPUS_INVALID_PACKET
                 b = src[pos]
                 pos += 1
-                padding += 254 if b == 255 else b
+                f.padding += 254 if b == 255 else b
                 if b != 255:
                     break
-        if src[1] & 0x80:  # VBR: M-1 lengths coded, the last implicit
-            total = 0
-            for i in range(m - 1):
-                r = get_len(src + pos, slen - pos, &n)
-                if r < 0:
-                    return OPUS_INVALID_PACKET
-                pos += r
-                total += n
-            last = slen - pos - padding - total
+    if f.vbr:  # every length but the last coded
+        for i in range(f.count - 1):
+            r = get_len(src + pos, avail - pos, &n)
+            if r < 0:
+                return OPUS_INVALID_PACKET
+            pos += r
+            f.sizes[i] = n
+            coded += n
+    f.lenpos = pos
+    if self_delimiting:  # the length plain framing leaves implicit, coded
+        r = get_len(src + pos, avail - pos, &n)
+        if r < 0:
+            return OPUS_INVALID_PACKET
+        pos += r
+        last = n
+        f.frames = coded + last if f.vbr else f.count * last
+        if pos + f.frames + f.padding > avail:
+            return OPUS_INVALID_PACKET
+    else:  # implicit: what the packet has left after the header and padding
+        rest = avail - pos - f.padding
+        if f.vbr:
+            last = rest - coded
             if last < 0:
                 return OPUS_INVALID_PACKET
-        else:  # CBR: M frames of equal size, none coded -> write one size
-            last = slen - pos - padding
-            if last < 0 or last % m:
+        else:
+            if rest < 0 or rest % f.count:
                 return OPUS_INVALID_PACKET
-            last = last // m
+            last = rest // f.count
+        f.frames = rest
     if last > MAX_FRAME_BYTES:
         return OPUS_INVALID_PACKET
-    memcpy(dst, src, pos)
-    k = pos + put_len(dst + pos, <int>last)
-    memcpy(dst + k, src + pos, slen - pos)
-    return k + slen - pos
+    f.pos = pos
+    f.last = <int>last
+    if f.vbr:
+        f.sizes[f.count - 1] = f.last
+    else:
+        for i in range(f.count):
+            f.sizes[i] = f.last
+    return 0
+
+
+cdef Py_ssize_t to_self_delimited(const unsigned char *src, Py_ssize_t slen,
+                                  unsigned char *dst) noexcept nogil:
+    """Rewrite a plain Opus packet in self-delimiting framing (RFC 6716 Appendix B).
+
+    The length plain framing leaves implicit is inserted after the header.
+    ``dst`` needs ``slen + 2`` bytes. Returns the new length, or
+    OPUS_INVALID_PACKET.
+    """
+    cdef Framing f
+    cdef Py_ssize_t k
+    if parse_framing(src, slen, False, &f) < 0:
+        return OPUS_INVALID_PACKET
+    memcpy(dst, src, f.lenpos)
+    k = f.lenpos + put_len(dst + f.lenpos, f.last)
+    memcpy(dst + k, src + f.lenpos, slen - f.lenpos)
+    return k + slen - f.lenpos
 
 
 cdef Py_ssize_t from_self_delimited(const unsigned char *src, Py_ssize_t avail,
@@ -557,66 +602,40 @@ cdef Py_ssize_t from_self_delimited(const unsigned char *src, Py_ssize_t avail,
     ``used`` receives the bytes consumed. Returns the plain packet length or
     OPUS_INVALID_PACKET. ``dst`` needs ``avail`` bytes.
     """
-    cdef int code, r, n, sd, m, i
-    cdef Py_ssize_t pos, padding, data_len, lenpos
-    cdef unsigned char b
-    if avail < 1:
+    cdef Framing f
+    cdef Py_ssize_t body
+    if parse_framing(src, avail, True, &f) < 0:
         return OPUS_INVALID_PACKET
-    code = src[0] & 3
-    padding = 0
-    if code == 0 or code == 1:
-        r = get_len(src + 1, avail - 1, &sd)
-        if r < 0:
-            return OPUS_INVALID_PACKET
-        lenpos = 1
-        pos = 1 + r
-        data_len = sd if code == 0 else 2 * sd
-    elif code == 2:
-        r = get_len(src + 1, avail - 1, &n)
-        if r < 0:
-            return OPUS_INVALID_PACKET
-        lenpos = 1 + r
-        r = get_len(src + lenpos, avail - lenpos, &sd)
-        if r < 0:
-            return OPUS_INVALID_PACKET
-        pos = lenpos + r
-        data_len = n + sd
-    else:
-        if avail < 2:
-            return OPUS_INVALID_PACKET
-        m = src[1] & 0x3F
-        if m == 0:
-            return OPUS_INVALID_PACKET
-        pos = 2
-        if src[1] & 0x40:
-            while True:
-                if pos >= avail:
-                    return OPUS_INVALID_PACKET
-                b = src[pos]
-                pos += 1
-                padding += 254 if b == 255 else b
-                if b != 255:
-                    break
-        data_len = 0
-        if src[1] & 0x80:
-            for i in range(m - 1):
-                r = get_len(src + pos, avail - pos, &n)
-                if r < 0:
-                    return OPUS_INVALID_PACKET
-                pos += r
-                data_len += n
-        lenpos = pos
-        r = get_len(src + pos, avail - pos, &sd)
-        if r < 0:
-            return OPUS_INVALID_PACKET
-        pos += r
-        data_len += sd if src[1] & 0x80 else m * sd
-    if sd > MAX_FRAME_BYTES or pos + data_len + padding > avail:
-        return OPUS_INVALID_PACKET
-    memcpy(dst, src, lenpos)
-    memcpy(dst + lenpos, src + pos, data_len + padding)
-    used[0] = pos + data_len + padding
-    return lenpos + data_len + padding
+    body = f.frames + f.padding
+    memcpy(dst, src, f.lenpos)
+    memcpy(dst + f.lenpos, src + f.pos, body)
+    used[0] = f.pos + body
+    return f.lenpos + body
+
+
+def parse_packet(packet, bint self_delimited=False) -> tuple:
+    """The frames of one Opus packet: (frames, padding bytes, bytes the packet spans).
+
+    Plain framing (RFC 6716 3.2) spans all of ``packet``; with
+    ``self_delimited`` (RFC 6716 Appendix B) the packet may be followed by
+    other data (the next stream of a multistream packet), which is not read.
+    """
+    cdef const unsigned char[::1] p = bytes(packet)
+    cdef Py_ssize_t n = p.shape[0]
+    cdef Framing f
+    cdef int rc, i
+    cdef Py_ssize_t at
+    with nogil:
+        rc = parse_framing(&p[0] if n else NULL, n, self_delimited, &f)
+    if rc < 0:
+        kind = "self-delimited " if self_delimited else ""
+        raise CodecError("parse_packet", rc, f"not a valid {kind}Opus packet")
+    frames = []
+    at = f.pos
+    for i in range(f.count):
+        frames.append(bytes(p[at:at + f.sizes[i]]))
+        at += f.sizes[i]
+    return frames, f.padding, at + f.padding
 
 
 def self_delimited(packet) -> bytes:

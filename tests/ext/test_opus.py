@@ -1,4 +1,4 @@
-"""callvault._opus: encoder, decoders, multistream packing, Ogg CRC, and the silence policy."""
+"""callvault._opus: codec, packet framing, multistream packing, Ogg CRC, silence policy."""
 
 from __future__ import annotations
 
@@ -160,28 +160,45 @@ def _len_bytes(n: int) -> bytes:
     return bytes([n]) if n < 252 else bytes([252 + (n & 3), (n - 252 - (n & 3)) >> 2])
 
 
-def _packets_for_every_code() -> dict[str, bytes]:
-    """Hand-framed Opus packets (RFC 6716 3.2) of codes 0, 1, 2 and 3 (CBR, VBR, padded)."""
+def _framed_every_code() -> dict[str, tuple[bytes, list[bytes], int]]:
+    """Hand-framed Opus packets (RFC 6716 3.2) of codes 0, 1, 2 and 3 (CBR, VBR, padded),
+    each with the frames and the padding bytes it was made of."""
     cbr = _frames_same_config(3, vbr=False)
     assert len({len(f) for f in cbr}) == 1
     vbr = _frames_same_config(3, vbr=True)
     toc = 0x08  # config 1: SILK NB 20 ms, mono
     return {
-        "code0": bytes([toc]) + vbr[0],
-        "code1": bytes([toc | 1]) + cbr[0] + cbr[1],
-        "code2": bytes([toc | 2]) + _len_bytes(len(vbr[0])) + vbr[0] + vbr[1],
-        "code3_cbr": bytes([toc | 3, 3]) + b"".join(cbr),
-        "code3_vbr": bytes([toc | 3, 0x80 | 3])
-        + _len_bytes(len(vbr[0]))
-        + _len_bytes(len(vbr[1]))
-        + b"".join(vbr),
-        "code3_vbr_padded": bytes([toc | 3, 0xC0 | 3, 255, 10])
-        + _len_bytes(len(vbr[0]))
-        + _len_bytes(len(vbr[1]))
-        + b"".join(vbr)
-        + bytes(264),
-        "code3_cbr_padded": bytes([toc | 3, 0x40 | 2, 3]) + cbr[0] + cbr[1] + bytes(3),
+        "code0": (bytes([toc]) + vbr[0], vbr[:1], 0),
+        "code1": (bytes([toc | 1]) + cbr[0] + cbr[1], cbr[:2], 0),
+        "code2": (bytes([toc | 2]) + _len_bytes(len(vbr[0])) + vbr[0] + vbr[1], vbr[:2], 0),
+        "code3_cbr": (bytes([toc | 3, 3]) + b"".join(cbr), cbr, 0),
+        "code3_vbr": (
+            bytes([toc | 3, 0x80 | 3])
+            + _len_bytes(len(vbr[0]))
+            + _len_bytes(len(vbr[1]))
+            + b"".join(vbr),
+            vbr,
+            0,
+        ),
+        "code3_vbr_padded": (
+            bytes([toc | 3, 0xC0 | 3, 255, 10])
+            + _len_bytes(len(vbr[0]))
+            + _len_bytes(len(vbr[1]))
+            + b"".join(vbr)
+            + bytes(264),
+            vbr,
+            264,
+        ),
+        "code3_cbr_padded": (
+            bytes([toc | 3, 0x40 | 2, 3]) + cbr[0] + cbr[1] + bytes(3),
+            cbr[:2],
+            3,
+        ),
     }
+
+
+def _packets_for_every_code() -> dict[str, bytes]:
+    return {k: v[0] for k, v in _framed_every_code().items()}
 
 
 PACKET_CASES = list(_packets_for_every_code()) if audio.have("espeak-ng") else []
@@ -209,6 +226,57 @@ def test_multistream_decode_of_packed_equals_mono_decodes_every_code(case: str) 
     b = _opus.Decoder().decode(other, n)
     assert np.array_equal(ms[:, 0], a)
     assert np.array_equal(ms[:, 1], b)
+
+
+@pytest.mark.parametrize("case", PACKET_CASES)
+def test_parse_packet_both_modes_give_the_same_frames_every_code(case: str) -> None:
+    pkt, frames, padding = _framed_every_code()[case]
+    assert _opus.parse_packet(pkt) == (frames, padding, len(pkt))
+    sd = _opus.self_delimited(pkt)
+    other = _opus.Encoder().encode(np.zeros(160, np.int16))
+    # Self-delimited: the same frames and padding, the packet's own span, the next stream unread.
+    assert _opus.parse_packet(sd + other, self_delimited=True) == (frames, padding, len(sd))
+    assert _opus.parse_packet(sd, self_delimited=True) == (frames, padding, len(sd))
+
+
+def test_parse_packet_modes_agree_on_arbitrary_bytes() -> None:
+    # Random packets, each code, with and without VBR/padding flags: plain framing is
+    # valid exactly when self_delimited() accepts it, and then both modes read it alike.
+    rng = np.random.default_rng(5)
+    valid = 0
+    for _ in range(3000):
+        n = int(rng.choice([1, 2, 3, 5, 9, 40, 300, 1400]))
+        b = bytearray(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+        if n > 1 and rng.random() < 0.5:
+            b[0] |= 3
+            b[1] = (b[1] & 0xC0) | int(rng.integers(1, 4))
+        pkt = bytes(b)
+        try:
+            plain = _opus.parse_packet(pkt)
+        except CodecError:
+            with pytest.raises(CodecError):
+                _opus.self_delimited(pkt)
+            continue
+        valid += 1
+        sd = _opus.self_delimited(pkt)
+        assert plain[2] == len(pkt)
+        assert _opus.parse_packet(sd + pkt, self_delimited=True) == (plain[0], plain[1], len(sd))
+        assert _opus.unpack_multistream(sd + pkt, 2) == [pkt, pkt]
+        with pytest.raises(CodecError):  # one byte short: a truncated stream
+            _opus.parse_packet(sd[:-1], self_delimited=True)
+    assert valid > 300
+
+
+@pytest.mark.parametrize(
+    "pkt",
+    [b"", b"\x03", b"\x03\x00", b"\x03\x41", b"\x03\xc1\xff", b"\x02\xfc", b"\x02\x05\x00"],
+)
+def test_parse_packet_invalid_in_both_modes(pkt: bytes) -> None:
+    with pytest.raises(CodecError, match="not a valid Opus packet") as plain:
+        _opus.parse_packet(pkt)
+    with pytest.raises(CodecError, match="not a valid self-delimited Opus packet") as sd:
+        _opus.parse_packet(pkt, self_delimited=True)
+    assert plain.value.code == sd.value.code == -4  # OPUS_INVALID_PACKET
 
 
 def test_self_delimited_two_byte_length() -> None:
