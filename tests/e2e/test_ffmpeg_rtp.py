@@ -21,7 +21,7 @@ import numpy as np
 
 from callvault.media import wav
 from callvault.media.sample import Datagram, write_udp_capture
-from tests.test_cli_transcode import burst_onsets, clicks, decode_ffmpeg, ffprobe
+from tests.cli.test_cli_transcode import burst_onsets, clicks, decode_ffmpeg, ffprobe
 
 SECONDS = 6.0
 AGENT_CLICKS = [1.0, 2.5, 4.0]
