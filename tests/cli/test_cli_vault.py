@@ -157,6 +157,10 @@ def test_erase_reindex_rotate(tmp_path: Path) -> None:
     [
         (["info", "nope"], "no call nope"),
         (["import", "--call-id", "z", "--meta", "colour=red", "x.pcap"], "KEY=VALUE"),
+        (["import", "--call-id", "z", "--meta", "agent=a", "--meta", "agent=b", "x.pcap"], "twice"),
+        (["import", "--call-id", "bad id", "x.pcap"], "call_id 'bad id': use 1 to 128"),
+        (["export", "c1", "-o", "c1.mp3"], "name it .ogg or .wav"),
+        (["bundle", "c1", "-o", "."], "exists: a bundle goes into a new directory"),
         (["ls", "--since", "yesterday"], "not a time"),
         (["verify"], "--all"),
     ],

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,13 +42,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from callvault import ids
 from callvault.errors import CallvaultError, InputError
 from callvault.media.capture import LegBatch
 from callvault.media.pipeline import FRAME, LegPipeline, Settings
 from callvault.vault import FRAMES_PER_RECORD, Ack, CallWriter, Vault, VaultError
 
-CALL_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-LEG_NAME = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 MAX_LEGS = 2
 
 
@@ -73,19 +71,13 @@ class CallSpec:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
-        if not CALL_ID.match(self.call_id):
-            raise InputError(
-                f"call_id {self.call_id!r}: use 1 to 128 characters of letters, digits and . _ : -"
-            )
-        if self.tenant and not CALL_ID.match(self.tenant):
-            raise InputError(
-                f"tenant {self.tenant!r}: use 1 to 128 characters of letters, digits and . _ : -"
-            )
+        ids.check_call_id(self.call_id)
+        if self.tenant:
+            ids.check_call_id(self.tenant, "tenant")
         if not 1 <= len(self.legs) <= MAX_LEGS:
             raise InputError(f"a call has 1 or {MAX_LEGS} legs, not {len(self.legs)}")
         for name in self.legs:
-            if not LEG_NAME.match(name):
-                raise InputError(f"leg name {name!r}: use 1 to 32 letters, digits, . _ -")
+            ids.check_leg_name(name)
         if len(set(self.legs)) != len(self.legs):
             raise InputError(f"leg names must differ: {', '.join(self.legs)}")
         if self.start_us < 0:

@@ -40,23 +40,18 @@ receiving; stopped ones keep forwarding until sealed.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import errno
 import functools
-import json
 import logging
 import os
-import re
 import select
-import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,7 +62,7 @@ import numpy.typing as npt
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
-from callvault import _net
+from callvault import _net, ids
 from callvault.errors import CallvaultError
 from callvault.media.capture import first_sample_bound
 from callvault.sidecar.spool import Spool, list_spools, spool_name
@@ -81,8 +76,6 @@ RECV_MAX_SIZE = 65535  # the largest UDP payload: nothing real is truncated
 RCVBUF = 1 << 20  # per leg socket: ~6 s of G.711 at 20 ms, bursts included
 BACKOFF_S = (0.1, 2.0)  # forwarder reconnect backoff: first, largest
 KEEP_SEALED = 1000  # sealed calls remembered (ListCalls, duplicate start)
-CALL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-META_FIELDS = ("agent", "skill_group", "direction", "customer_number")
 
 T = TypeVar("T")
 
@@ -609,10 +602,9 @@ class Sidecar:
     # -- control -------------------------------------------------------------------
 
     def start_call(self, req: pb.StartCallRequest) -> dict[str, int]:
-        if not CALL_ID.fullmatch(req.call_id):
+        if not ids.is_call_id(req.call_id):
             raise SidecarError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"call_id {req.call_id!r}: 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+                grpc.StatusCode.INVALID_ARGUMENT, f"call_id {req.call_id!r}: use {ids.CALL_ID_RULE}"
             )
         legs = list(req.legs) or ["agent", "customer"]
         if not 1 <= len(legs) <= 2 or len(set(legs)) != len(legs) or not all(legs):
@@ -773,120 +765,3 @@ class SidecarServicer(pbg.SidecarServicer):
         context: grpc.ServicerContext,
     ) -> pb.ListCallsReply:
         return pb.ListCallsReply(calls=self.sidecar.list_calls())
-
-
-# ---------------------------------------------------------------------------
-# Commands
-# ---------------------------------------------------------------------------
-
-
-def _write_port_file(path: str, port: int) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{port}\n")
-    os.replace(tmp, path)
-
-
-def cmd_sidecar(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s sidecar %(levelname)s %(message)s",
-    )
-    parse_address(args.upstream, "--server")
-    rtp_host, lo, hi = parse_rtp_range(args.rtp)
-    parse_address(args.listen, "--listen")
-    ca = getattr(args, "upstream_tls_ca", None)
-    try:
-        tls_ca = Path(ca).read_bytes() if ca else None
-    except OSError as e:
-        raise CallvaultError(f"--tls-ca {ca}: {e.strerror}") from None
-    sidecar = Sidecar(args.upstream, rtp_host, lo, hi, Path(args.spool), tls_ca=tls_ca)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    sidecar.start()
-    server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="control"))
-    pbg.add_SidecarServicer_to_server(SidecarServicer(sidecar), server)
-    port = server.add_insecure_port(args.listen)
-    if not port:
-        sidecar.shutdown()
-        raise CallvaultError(f"--listen {args.listen}: cannot bind")
-    server.start()
-    if args.port_file:
-        _write_port_file(args.port_file, port)
-    log.info(
-        "control API on %s:%d, RTP on %s:%d-%d, forwarding to %s, spool %s",
-        args.listen.rpartition(":")[0],
-        port,
-        rtp_host,
-        lo,
-        hi,
-        args.upstream,
-        args.spool,
-    )
-    stop.wait()
-    log.info("stopping: flushing the spools")
-    server.stop(grace=1).wait()
-    sidecar.shutdown()
-    log.info("stopped")
-    return 0
-
-
-def _control(address: str) -> tuple[grpc.Channel, pbg.SidecarStub]:
-    ch = grpc.insecure_channel(address)
-    return ch, pbg.SidecarStub(ch)
-
-
-def _rpc_error(address: str, e: grpc.RpcError) -> CallvaultError:
-    return CallvaultError(f"sidecar {address}: {e.details() or e.code().name}")
-
-
-def call_meta(items: list[str] | None) -> pb.CallMeta:
-    """``--meta KEY=VALUE`` items as CallMeta: the known keys, tags (a,b), the rest extra."""
-    meta = pb.CallMeta()
-    for item in items or []:
-        k, sep, v = item.partition("=")
-        k = k.strip().replace("-", "_")
-        if not sep or not k:
-            raise CallvaultError(f"--meta {item!r}: expected KEY=VALUE")
-        if k in META_FIELDS:
-            setattr(meta, k, v)
-        elif k == "tags":
-            meta.tags.extend(t for t in v.split(",") if t)
-        else:
-            meta.extra[k] = v
-    return meta
-
-
-def cmd_call_start(args: argparse.Namespace) -> int:
-    legs = [x.strip() for x in args.legs.split(",")] if args.legs else []
-    req = pb.StartCallRequest(
-        call_id=args.call_id,
-        tenant=getattr(args, "tenant", "") or "",
-        legs=legs,
-        meta=call_meta(args.meta),
-    )
-    ch, stub = _control(args.sidecar)
-    with ch:
-        try:
-            reply = stub.StartCall(req, timeout=30)
-        except grpc.RpcError as e:
-            raise _rpc_error(args.sidecar, e) from e
-    order = legs or list(reply.ports)
-    print(json.dumps({name: reply.ports[name] for name in order}))
-    return 0
-
-
-def cmd_call_stop(args: argparse.Namespace) -> int:
-    ch, stub = _control(args.sidecar)
-    with ch:
-        try:
-            reply = stub.StopCall(
-                pb.StopCallRequest(call_id=args.call_id, tenant=getattr(args, "tenant", "") or ""),
-                timeout=60,
-            )
-        except grpc.RpcError as e:
-            raise _rpc_error(args.sidecar, e) from e
-    print(json.dumps({"packets": reply.packets, "batches": reply.batches}))
-    return 0

@@ -1,0 +1,108 @@
+"""Where the vault verbs run: the interface every backend offers.
+
+Two implement it: callvault.cli.local (an embedded Vault, `--data DIR`) and
+callvault.cli.remote (a server through the SDK, `--server HOST:PORT`). The verbs in
+callvault.cli.vault are written once against it, so they print the same either way.
+Backends return plain values (CallRow, CallDetail, lists of problems); they print
+nothing but progress bars on a terminal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from callvault.cli.common import CallRow
+
+
+@dataclass(frozen=True)
+class CallDetail:
+    """What `info` shows of a call."""
+
+    call_id: str
+    tenant: str
+    state: str
+    start_us: int
+    end_us: int
+    direction: str
+    agent: str
+    skill_group: str
+    tags: list[str]
+    legs: list[str]
+    records: int
+    chain_head: str  # hex
+    seal: str  # hex; "" until sealed
+    log_index: int  # -1 until sealed
+    customer_number: str | None  # None once erased
+    frames: int | None  # None until sealed
+    legs_detail: list[dict[str, Any]] | None  # the legs' summaries, when there are
+    erased: tuple[int, str] | None  # (when, µs; reason) once erased
+
+
+class Backend(Protocol):
+    def import_call(
+        self,
+        call_id: str,
+        inputs: Sequence[str],
+        *,
+        tenant: str,
+        legs: Sequence[str] | None,
+        meta: dict[str, Any],
+    ) -> bytes:
+        """Store a call from captures or WAV legs; returns its seal once sealed.
+        ``meta`` is what callvault.ids.parse_meta returns (with start)."""
+        ...
+
+    def list_calls(
+        self,
+        *,
+        tenant: str,
+        since_us: int,
+        until_us: int | None,
+        agent: str | None,
+        skill_group: str | None,
+        tag: str | None,
+    ) -> list[CallRow]: ...
+
+    def call_detail(self, call_id: str, *, tenant: str) -> CallDetail: ...
+
+    def export(
+        self,
+        call_id: str,
+        out: str,
+        *,
+        tenant: str,
+        fmt: Literal["ogg", "wav"],
+        from_s: float,
+        to_s: float | None,
+    ) -> int:
+        """Write the call (or a time range of it) to ``out``; returns its size."""
+        ...
+
+    def play(
+        self, call_id: str, *, tenant: str, from_ms: int, to_ms: int | None, follow: bool
+    ) -> Iterator[list[bytes]]:
+        """The call's audio as PCM s16le chunks, one bytes per leg."""
+        ...
+
+    def verify(self, call_ids: Sequence[str], *, tenant: str, all: bool) -> Iterator[list[str]]:
+        """One list of problems (empty: it verifies) per call checked, or one for all."""
+        ...
+
+    def bundle(self, call_id: str, out: Path, *, tenant: str) -> None: ...
+
+    def checkpoint(self) -> tuple[str, str]:
+        """The log's signed checkpoint note and its verifier key."""
+        ...
+
+    def erase(self, call_id: str, *, tenant: str, reason: str) -> None: ...
+
+    def reindex(self, progress: Callable[[int], None]) -> int:
+        """Rebuild the index; ``progress(records so far)`` where the backend can tell."""
+        ...
+
+    def rotate_key(self) -> tuple[int, int]:
+        """A new key-encryption key: (its id, call keys re-wrapped)."""
+        ...

@@ -1,0 +1,252 @@
+"""The vault verbs: import, ls, info, export, play, verify, bundle, verify-bundle,
+checkpoint, erase, reindex, rotate-key.
+
+Each is written once over a backend (callvault.cli.backend): the embedded vault in
+``--data DIR`` (callvault.cli.local) or a server at ``--server HOST:PORT``
+(callvault.cli.remote), so both print the same and exit the same. `verify-bundle`
+needs neither: it checks a bundle directory offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from callvault import ids
+from callvault.cli.backend import Backend
+from callvault.cli.common import iso, leg_names, output_format, print_calls, print_info, progress
+from callvault.errors import CallvaultError
+
+# The verbs that run on a backend: `--data DIR` or `--server HOST:PORT`.
+BACKEND_VERBS = (
+    "import",
+    "ls",
+    "info",
+    "export",
+    "play",
+    "verify",
+    "bundle",
+    "checkpoint",
+    "erase",
+    "reindex",
+    "rotate-key",
+)
+
+
+def connect(args: argparse.Namespace) -> AbstractContextManager[Backend]:
+    """The backend the arguments name: the server of ``--server``, else the vault of
+    ``--data``; open while the ``with`` block runs."""
+    if getattr(args, "server", None):
+        from callvault.cli import remote
+
+        return remote.connect(args)
+    from callvault.cli import local
+
+    return local.connect(args)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    ids.check_call_id(args.call_id)
+    if args.tenant:
+        ids.check_call_id(args.tenant, "tenant")
+    meta = ids.parse_meta(args.meta, start=True)
+    with connect(args) as b:
+        seal = b.import_call(
+            args.call_id, args.inputs, tenant=args.tenant, legs=leg_names(args.legs), meta=meta
+        )
+    print(f"{args.call_id} sealed {seal.hex()}")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    since_us = ids.parse_time(args.since) if args.since else 0
+    until_us = ids.parse_time(args.until) if args.until else None
+    with connect(args) as b:
+        calls = b.list_calls(
+            tenant=args.tenant,
+            since_us=since_us,
+            until_us=until_us,
+            agent=args.agent,
+            skill_group=args.skill_group,
+            tag=args.tag,
+        )
+    print_calls(calls, as_json=args.json)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with connect(args) as b:
+        e = b.call_detail(args.call_id, tenant=args.tenant)
+    doc: dict[str, Any] = {
+        "call_id": e.call_id,
+        "tenant": e.tenant,
+        "state": e.state,
+        "start": iso(e.start_us),
+        "end": iso(e.end_us) if e.end_us else None,
+        "direction": e.direction,
+        "agent": e.agent,
+        "skill_group": e.skill_group,
+        "tags": e.tags,
+        "legs": e.legs,
+        "records": e.records,
+        "chain_head": e.chain_head,
+        "seal": e.seal or None,
+        "log_index": e.log_index if e.log_index >= 0 else None,
+    }
+    if e.customer_number is not None:
+        doc["customer_number"] = e.customer_number
+    if e.frames is not None:
+        doc["seconds"] = e.frames / 50
+    if e.legs_detail is not None:
+        doc["legs_detail"] = e.legs_detail
+    if e.erased is not None:
+        doc["erased"] = {"at": iso(e.erased[0]), "reason": e.erased[1]}
+    print_info(doc, as_json=args.json)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    fmt = output_format(args.output)
+    with connect(args) as b:
+        n = b.export(
+            args.call_id,
+            args.output,
+            tenant=args.tenant,
+            fmt=fmt,
+            from_s=args.from_s or 0.0,
+            to_s=args.to_s,
+        )
+    print(f"wrote {args.output} ({n} bytes)")
+    return 0
+
+
+class PcmSink:
+    """Where `play` writes: raw interleaved s16le on stdout ("-"), or a WAV file."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.parts: list[list[bytes]] = []
+        if out != "-" and Path(out).suffix.lower() != ".wav":
+            raise CallvaultError(f"play -o {out}: a .wav file, or - for raw PCM on stdout")
+
+    def write(self, legs: Sequence[bytes]) -> None:
+        import numpy as np
+
+        chans = [np.frombuffer(d, dtype="<i2") for d in legs]
+        if self.out == "-":
+            sys.stdout.buffer.write(np.stack(chans, axis=1).astype("<i2").tobytes())
+            sys.stdout.buffer.flush()
+        else:
+            self.parts.append(list(legs))
+
+    def close(self) -> int:
+        """Bytes written to the file (0 for stdout)."""
+        if self.out == "-":
+            return 0
+        import numpy as np
+
+        from callvault.media import wav
+
+        nlegs = len(self.parts[0]) if self.parts else 1
+        pcm = [np.frombuffer(b"".join(p[g] for p in self.parts), dtype="<i2") for g in range(nlegs)]
+        return wav.write(Path(self.out), pcm)
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    sink = PcmSink(args.output)
+    with connect(args) as b:
+        for legs in b.play(
+            args.call_id,
+            tenant=args.tenant,
+            from_ms=int((args.from_s or 0) * 1000),
+            to_ms=int(args.to_s * 1000) if args.to_s else None,
+            follow=args.follow,
+        ):
+            sink.write(legs)
+        n = sink.close()
+    if args.output != "-":
+        print(f"wrote {args.output} ({n} bytes)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if not args.call_ids and not args.all:
+        raise CallvaultError("name the calls to verify, or --all")
+    problems: list[str] = []
+    with connect(args) as b:
+        bar = progress(None if args.all else len(args.call_ids), "verify")
+        try:
+            for found in b.verify(args.call_ids, tenant=args.tenant, all=args.all):
+                problems += found
+                bar.update(1)
+        finally:
+            bar.close()
+    checked = "every call and segment" if args.all else f"{len(args.call_ids)} call(s)"
+    for p in problems:
+        print(f"FAILED {p}")
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"OK: {checked} verified")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    d = Path(args.output)
+    if d.exists():
+        raise CallvaultError(f"{d} exists: a bundle goes into a new directory")
+    with connect(args) as b:
+        b.bundle(args.call_id, d, tenant=args.tenant)
+    print(f"wrote bundle {d}; check it anywhere with: callvault verify-bundle {d}")
+    return 0
+
+
+def cmd_verify_bundle(args: argparse.Namespace) -> int:
+    from callvault.integrity.bundle import verify_bundle
+
+    key = Path(args.public_key).read_text().strip() if args.public_key else None
+    r = verify_bundle(args.directory, public_key=key)
+    for c in r.checked:
+        print(f"ok    {c}")
+    for f in r.failures:
+        print(f"FAIL  {f}")
+    print("bundle verifies" if r.ok else "bundle does NOT verify")
+    return 0 if r.ok else 1
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    with connect(args) as b:
+        note, verifier_key = b.checkpoint()
+    print(note, end="")
+    if args.public_key:
+        print(verifier_key, file=sys.stderr)
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    with connect(args) as b:
+        b.erase(args.call_id, tenant=args.tenant, reason=args.reason)
+    print(f"{args.call_id} erased: its key is destroyed, a tombstone and a log leaf remain")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    with connect(args) as b:
+        bar = progress(None, "reindex")
+        try:
+            n = b.reindex(progress=lambda k: bar.update(k - bar.n))
+        finally:
+            bar.close()
+    print(f"index rebuilt from the segments: {n} records")
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    with connect(args) as b:
+        kek_id, n = b.rotate_key()
+    print(f"key-encryption key {kek_id} active; {n} call key(s) re-wrapped, no audio rewritten")
+    return 0

@@ -1,0 +1,111 @@
+"""What users name and say about a call: call ids, tenants, leg names, ``--meta`` items
+and the times they give.
+
+One rule for each, used wherever a call is created (the command line, the server's
+Ingest stream, the sidecar's control API), so a call id one of them accepts is
+accepted by all. A base module: it imports only the standard library and
+callvault.errors, and every part of callvault may import it. (The stored format's
+own bound on a call id's length, store/crypto.py ``MAX_CALL_ID``, is looser.)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from callvault.errors import InputError
+
+CALL_ID_RULE = "1 to 128 characters of letters, digits and . _ : -"
+LEG_NAME_RULE = "1 to 32 letters, digits, . _ -"
+_CALL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_LEG_NAME = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+def is_call_id(value: str) -> bool:
+    """Whether ``value`` is a valid call id (or tenant): the whole string, no newline."""
+    return _CALL_ID.fullmatch(value) is not None
+
+
+def check_call_id(value: str, what: str = "call_id") -> str:
+    """``value`` if it is a valid call id; InputError naming ``what`` otherwise (tenants
+    follow the same rule: ``check_call_id(tenant, "tenant")``)."""
+    if not is_call_id(value):
+        raise InputError(f"{what} {value!r}: use {CALL_ID_RULE}")
+    return value
+
+
+def check_leg_name(name: str) -> str:
+    """``name`` if it is a valid leg name; InputError otherwise."""
+    if _LEG_NAME.fullmatch(name) is None:
+        raise InputError(f"leg name {name!r}: use {LEG_NAME_RULE}")
+    return name
+
+
+def parse_time(value: str) -> int:
+    """Unix seconds or ISO 8601 (UTC when no zone is given) -> microseconds."""
+    try:
+        return int(float(value) * 1_000_000)
+    except (ValueError, OverflowError):
+        pass
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError as e:
+        raise InputError(
+            f"{value!r} is not a time: give unix seconds or ISO 8601 (2026-11-29T10:00:00)"
+        ) from e
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1_000_000)
+
+
+# Call metadata a CallStart (and Vault.open_call) has a field for.
+META_FIELDS = ("agent", "skill_group", "direction", "customer_number")
+_META_KEY = re.compile(r"[A-Za-z0-9_]+")
+
+
+def meta_keys(*, start: bool = False) -> tuple[str, ...]:
+    """The keys ``parse_meta`` knows, in the order help texts list them."""
+    return (*META_FIELDS, "tags", *(("start",) if start else ()))
+
+
+def parse_meta(
+    items: Iterable[str] | None, *, start: bool = False, extra: bool = False
+) -> dict[str, Any]:
+    """``--meta KEY=VALUE`` items as call metadata.
+
+    KEY is one of META_FIELDS or ``tags`` (``a,b,c``); with ``start``, also ``start``
+    (a time, see parse_time); with ``extra``, any other KEY of letters, digits and _
+    is kept as extra metadata. A - in KEY reads as _; each KEY may be given once.
+    Returns keywords of ``Vault.open_call`` (and keys of the SDK's CallMeta mapping):
+    the fields as strings, ``tags`` (a list), ``start_us`` and ``extra`` (a dict) when
+    given."""
+    known = meta_keys(start=start)
+    meta: dict[str, Any] = {}
+    seen: set[str] = set()
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        k = k.replace("-", "_")
+        if not sep or (k not in known and not (extra and _is_extra_key(k))):
+            expected = f"KEY one of {', '.join(known)}"
+            if extra:
+                expected += " or any other KEY of letters, digits and _ (kept as extra)"
+            raise InputError(f"--meta {item!r}: expected KEY=VALUE with {expected}")
+        if k in seen:
+            raise InputError(f"--meta {item!r}: {k} is given twice")
+        seen.add(k)
+        if k == "tags":
+            meta["tags"] = [t for t in v.split(",") if t]
+        elif k == "start":
+            meta["start_us"] = parse_time(v)
+        elif k in META_FIELDS:
+            meta[k] = v
+        else:
+            meta.setdefault("extra", {})[k] = v
+    return meta
+
+
+def _is_extra_key(key: str) -> bool:
+    # "start" and "extra" name something else (a time; the mapping itself)
+    return _META_KEY.fullmatch(key) is not None and key not in ("start", "extra")
