@@ -305,7 +305,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             if e.state != "erased":
                 doc["legs_detail"] = v.summary(e.call_id, tenant=e.tenant).get("legs", [])
         if e.state == "erased":
-            doc["erased"] = {"at": _iso(e.extra["erased_us"]), "reason": e.extra["erase_reason"]}
+            doc["erased"] = {"at": _iso(e.erased_us), "reason": e.erase_reason}
     print_info(doc, as_json=args.json)
     return 0
 

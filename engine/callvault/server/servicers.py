@@ -93,6 +93,17 @@ def _ref(ref: pb.CallRef) -> tuple[str, str]:
     return ref.tenant or "default", ref.call_id
 
 
+def _info_extra(e: CallEntry) -> dict[str, str]:
+    """CallInfo.extra: the user's extra, and (as the wire has carried them there)
+    an erased call's erased_us, erase_reason and erase_log_index."""
+    out = {str(k): str(v) for k, v in e.extra.items() if not isinstance(v, list | dict)}
+    if e.state == "erased":
+        out["erased_us"] = str(e.erased_us)
+        out["erase_reason"] = e.erase_reason
+        out["erase_log_index"] = str(e.erase_log_index)
+    return out
+
+
 def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
     return pb.CallInfo(
         tenant=e.tenant,
@@ -105,7 +116,7 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
         skill_group=e.skill_group,
         tags=e.tags,
         legs=e.legs,
-        extra={str(k): str(v) for k, v in e.extra.items() if not isinstance(v, list | dict)},
+        extra=_info_extra(e),
         frames=frames,
         records=e.records,
         chain_head=bytes.fromhex(e.chain_head),
@@ -504,7 +515,7 @@ class AdminServicer(pbg.AdminServicer):
         tenant, call_id = _ref(r.call)
         self.vault.erase(call_id, reason=r.reason, tenant=tenant)
         e = self.vault.get_call(call_id, tenant=tenant)
-        return pb.EraseReply(log_index=int(e.extra.get("erase_log_index", -1)))
+        return pb.EraseReply(log_index=e.erase_log_index)
 
     @unary
     def Reindex(self, r: pb.ReindexRequest, context: grpc.ServicerContext) -> pb.ReindexReply:

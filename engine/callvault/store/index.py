@@ -96,7 +96,12 @@ class CallEntry:
     seal: str = ""  # hex, once sealed
     log_index: int = -1  # the seal's leaf in the Merkle log
     end_us: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the user's, as given
+    # the vault's own, from the SEAL and ERASE records:
+    manifest_ref: tuple[int, int, int] | None = None  # the SEAL record (segment, offset, length)
+    erased_us: int = 0
+    erase_reason: str = ""
+    erase_log_index: int = -1  # the erasure's leaf in the Merkle log
 
     def pack(self) -> bytes:
         # vars(), not asdict(): asdict deep-copies, and this runs once per call per group
@@ -104,7 +109,34 @@ class CallEntry:
 
     @classmethod
     def unpack(cls, raw: bytes) -> CallEntry:
-        return cls(**json.loads(raw))
+        doc = json.loads(raw)
+        if "manifest_ref" not in doc:  # packed before the vault's fields had their own
+            _from_extra(doc)
+        ref = doc.get("manifest_ref")
+        if ref is not None:
+            doc["manifest_ref"] = tuple(ref)
+        return cls(**doc)
+
+
+# The keys the previous packing kept in ``extra`` (docs/format.md 8.4), the record
+# that set them, and their type: only those the vault wrote are moved out.
+_OLD_EXTRA = {
+    "manifest_ref": ("seal", list),
+    "erased_us": ("erased", int),
+    "erase_reason": ("erased", str),
+    "erase_log_index": ("erased", int),
+}
+
+
+def _from_extra(doc: dict[str, Any]) -> None:
+    """Move the vault's fields out of an old entry's ``extra`` into their own."""
+    extra = dict(doc.get("extra") or {})
+    for name, (when, kind) in _OLD_EXTRA.items():
+        written = bool(doc.get("seal")) if when == "seal" else doc.get("state") == "erased"
+        value = extra.get(name)
+        if written and isinstance(value, kind) and not isinstance(value, bool):
+            doc[name] = extra.pop(name)
+    doc["extra"] = extra
 
 
 def call_key(tenant: str, call_id: str) -> bytes:
