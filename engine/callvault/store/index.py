@@ -1,28 +1,14 @@
 """The vault's index: RocksDB (rocksdict) column families, one WriteBatch per group commit.
 
-Format (docs/format.md section 8.4, version 1). Every key starts with the
-tenant, so tenant isolation and per-tenant policies need no migration.
-Strings in keys are UTF-8 with a 0x00 terminator (tenant, call id, agent,
-skill group and tag may not contain NUL); integers are big-endian so byte
-order is numeric order.
-
-    column family  key                                              value
-    calls          tenant 00 call_id 00                             CallEntry (JSON, UTF-8)
-    records        tenant 00 call_id 00 u32 chain_index             RecordEntry (struct)
-    time           tenant 00 u64 start_us call_id 00                empty
-    agent          tenant 00 agent 00 u64 start_us call_id 00       empty
-    skill          tenant 00 skill 00 u64 start_us call_id 00       empty
-    tag            tenant 00 tag 00 u64 start_us call_id 00         empty
-    default        b"meta/" name                                    vault state (format, ...)
-
-RecordEntry (28 bytes): u8 leg, u8 record type, u16 frames, u32 first frame,
-u64 segment, u64 offset (of the record header in the segment), u32 length
-(of the whole framed record). The index never points past durable bytes:
-the vault writes each group commit's batch after the segment fsync and before
-any acknowledgement (callvault.store.segment's on_commit).
-
-All column families use LZ4 compression. The index can be rebuilt from the
-segments alone (`callvault --data DIR reindex`).
+The layout, its keys and the call entry's JSON: docs/format.md 8.4 (format
+version 1). Every key of a call starts with the tenant (tenant isolation and
+per-tenant policies need no migration); strings in keys are UTF-8 ending in
+0x00 (tenant, call id, agent, skill group and tag may not contain NUL);
+integers are big-endian, so byte order is numeric order. The index never
+points past durable bytes: the vault writes each group commit's batch after
+the segment fsync and before any acknowledgement (callvault.store.segment's
+on_commit). It can be rebuilt from the segments alone (`callvault --data DIR
+reindex`).
 """
 
 from __future__ import annotations
@@ -89,7 +75,7 @@ class CallEntry:
     tags: list[str] = field(default_factory=list)
     legs: list[str] = field(default_factory=list)
     customer_number_sealed: str = ""  # hex of crypto.seal_blob(...)
-    wrapped_key: str = ""  # hex of the call's wrapped data key; "" once erased
+    wrapped_key: str = ""  # never set: the wrapped key has its own file (docs/format.md 8.6)
     state: str = "open"  # open, sealed, erased
     records: int = 0
     chain_head: str = ""  # hex
