@@ -93,18 +93,14 @@ def _ref(ref: pb.CallRef) -> tuple[str, str]:
     return ref.tenant or "default", ref.call_id
 
 
-def _info_extra(e: CallEntry) -> dict[str, str]:
-    """CallInfo.extra: the user's extra, and (as the wire has carried them there)
-    an erased call's erased_us, erase_reason and erase_log_index."""
-    out = {str(k): str(v) for k, v in e.extra.items() if not isinstance(v, list | dict)}
-    if e.state == "erased":
-        out["erased_us"] = str(e.erased_us)
-        out["erase_reason"] = e.erase_reason
-        out["erase_log_index"] = str(e.erase_log_index)
-    return out
-
-
 def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
+    extra = {str(k): str(v) for k, v in e.extra.items() if not isinstance(v, list | dict)}
+    if e.state == "erased":  # the wire carries the erasure in extra, as it always has
+        extra.update(
+            erased_us=str(e.erased_us),
+            erase_reason=e.erase_reason,
+            erase_log_index=str(e.erase_log_index),
+        )
     return pb.CallInfo(
         tenant=e.tenant,
         call_id=e.call_id,
@@ -116,7 +112,7 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
         skill_group=e.skill_group,
         tags=e.tags,
         legs=e.legs,
-        extra=_info_extra(e),
+        extra=extra,
         frames=frames,
         records=e.records,
         chain_head=bytes.fromhex(e.chain_head),

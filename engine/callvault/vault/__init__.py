@@ -1,9 +1,10 @@
 """The embedded engine's face: ``Vault.open(DIR)`` records, lists, reads, exports,
 verifies and erases calls with no network.
 
-Owns the call lifecycle over the store (segments, index, keys at rest), the
-integrity layer (chains, Merkle log, checkpoints) and the media layer (decoding
-and Ogg/WAV writing for export). Modules: core (Vault, CallWriter: opening, the
+Owns the call lifecycle (open, record, seal, erase, recover, reindex), built
+on the store (segments, index, keys at rest), the integrity layer (chains,
+Merkle log, checkpoints) and the media layer (decoding and Ogg/WAV writing for
+export). Modules: core (Vault, CallWriter: opening, the
 write path, key rotation, the log's checkpoints and proofs), recovery (indexing
 and recovery), keys (the calls' key files), reading, verify, export, bundle
 (write_bundle), state and common (what the parts share).
