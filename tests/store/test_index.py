@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,87 @@ def test_nul_in_keys_is_refused(index: Index) -> None:
 
 def test_tenants_listed_once_each(index: Index) -> None:
     assert index.tenants() == ["acme", "acmex"]
+
+
+def test_vault_fields_round_trip_apart_from_extra(tmp_path: Path) -> None:
+    ix = Index(tmp_path / "ix")
+    e = _call(
+        "t",
+        "c",
+        5,
+        state="erased",
+        seal="ab" * 32,
+        extra={"crm": "42"},
+        manifest_ref=(1, 320, 190),
+        erased_us=9,
+        erase_reason="retention",
+        erase_log_index=3,
+    )
+    b = ix.batch()
+    b.put_call(e)
+    ix.write(b)
+    got = ix.get_call("t", "c")
+    assert got == e and got.extra == {"crm": "42"} and got.manifest_ref == (1, 320, 190)
+
+
+def _old_packing(**doc: object) -> bytes:
+    """A call entry as the previous version packed it: the vault's own values in extra."""
+    base = {
+        "tenant": "t",
+        "call_id": "c",
+        "start_us": 5,
+        "direction": "",
+        "agent": "ann",
+        "skill_group": "",
+        "tags": [],
+        "legs": ["agent", "customer"],
+        "customer_number_sealed": "",
+        "wrapped_key": "",
+        "state": "open",
+        "records": 4,
+        "chain_head": "00" * 32,
+        "seal": "",
+        "log_index": -1,
+        "end_us": 0,
+        "extra": {},
+    }
+    return json.dumps({**base, **doc}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def test_an_erased_entry_packed_the_old_way_loads_into_the_fields() -> None:
+    raw = _old_packing(
+        state="erased",
+        seal="cd" * 32,
+        log_index=0,
+        end_us=7,
+        extra={
+            "crm": "42",
+            "manifest_ref": [2, 64, 300],
+            "erased_us": 11,
+            "erase_reason": "retention",
+            "erase_log_index": 1,
+        },
+    )
+    e = CallEntry.unpack(raw)
+    assert e.extra == {"crm": "42"}
+    assert e.manifest_ref == (2, 64, 300)
+    assert (e.erased_us, e.erase_reason, e.erase_log_index) == (11, "retention", 1)
+    # packed again the new way, it reads back the same
+    assert CallEntry.unpack(e.pack()) == e
+
+
+def test_an_old_entry_keeps_the_users_extra_the_vault_did_not_write() -> None:
+    # a sealed call: the vault had written only manifest_ref; the user's own keys
+    # of the same names (strings, as every client sends them) stay theirs
+    raw = _old_packing(
+        state="sealed",
+        seal="cd" * 32,
+        extra={"manifest_ref": [2, 64, 300], "erase_reason": "none given", "erased_us": "x"},
+    )
+    e = CallEntry.unpack(raw)
+    assert e.manifest_ref == (2, 64, 300)
+    assert e.extra == {"erase_reason": "none given", "erased_us": "x"}
+    assert (e.erased_us, e.erase_reason, e.erase_log_index) == (0, "", -1)
+    # an open call: nothing was the vault's
+    e = CallEntry.unpack(_old_packing(extra={"manifest_ref": "mine"}))
+    assert e.extra == {"manifest_ref": "mine"} and e.manifest_ref is None

@@ -15,6 +15,7 @@ from callvault.integrity import checkpoint
 from callvault.integrity.bundle import verify_bundle
 from callvault.media import sample
 from callvault.media.ogg import OggOpusReader
+from callvault.store.index import call_key
 from callvault.vault import CallNotFound, Vault, VaultError
 from callvault.vault.bundle import write_bundle
 
@@ -307,3 +308,73 @@ def test_bundle_tamper_is_detected(
         fn(d)
         r = verify_bundle(d, public_key=key)
     assert not r.ok, f"{tamper} went unnoticed"
+
+
+def test_erasure_fields_are_the_vaults_not_the_users_extra(vault: Vault, capture: Path) -> None:
+    vault.import_call("c2", [str(capture)], extra={"crm": "42"})
+    vault.erase("c2", reason="retention")
+    e = vault.get_call("c2")
+    assert e.extra == {"crm": "42"}
+    assert e.erase_reason == "retention" and e.erased_us > e.end_us > 0
+    assert e.erase_log_index == 2 == vault.log.size - 1  # seal c1, seal c2, erasure c2
+    assert e.manifest_ref is not None and vault.manifest("c2")["call_id"] == "c2"
+    vault.close()
+
+
+def test_reindex_rebuilds_the_same_entries(vault: Vault, capture: Path) -> None:
+    vault.import_call("c2", [str(capture)], agent="bob", extra={"crm": "42"})
+    vault.erase("c1", reason="retention")
+    w = vault.open_call("c3", tags=["live"])  # still being recorded
+    data, lengths = vault.read_packets("c2")[0]
+    for f in w.append_leg(0, lengths, data):
+        f.result()
+    before = vault.list_calls()
+    assert vault.reindex() > 0
+    assert vault.list_calls() == before and len(before) == 3
+    assert vault.verify_all() == []
+    vault.close()
+
+
+def test_an_index_written_by_the_previous_version_still_works(
+    vault: Vault, capture: Path, tmp_path: Path
+) -> None:
+    """Entries packed the old way (the vault's values in extra) open, read, verify."""
+    vault.import_call("c2", [str(capture)], extra={"crm": "42"})
+    vault.erase("c2", reason="retention")
+    now = {c: vault.get_call(c) for c in ("c1", "c2")}
+    for e in now.values():
+        doc = json.loads(e.pack())
+        old_extra = dict(doc["extra"], manifest_ref=list(doc.pop("manifest_ref")))
+        erase = {k: doc.pop(k) for k in ("erased_us", "erase_reason", "erase_log_index")}
+        if e.state == "erased":
+            old_extra.update(erase)
+        doc["extra"] = old_extra
+        vault.index._views["calls"].put(
+            call_key(e.tenant, e.call_id), json.dumps(doc, sort_keys=True).encode()
+        )
+    vault.close()
+    with Vault.open(tmp_path / "data") as v:
+        assert {c: v.get_call(c) for c in ("c1", "c2")} == now
+        assert v.manifest("c1")["frames"] > 0 and v.verify_all() == []
+
+
+def test_read_packets_per_leg_across_a_gap_and_an_empty_leg(vault: Vault) -> None:
+    data, lengths = vault.read_packets("c1")[0]
+    offs = np.concatenate([[0], np.cumsum(lengths)])
+    w = vault.open_call("c4")
+    futures = [
+        w.append(0, lo, lengths[lo:hi], data[offs[lo] : offs[hi]])
+        for lo, hi in ((0, 50), (50, 100), (150, 200))  # frames 100..149 never stored
+    ]
+    for f in futures:
+        f.result()
+    (got, got_lengths), (other, other_lengths) = vault.read_packets("c4", to_frame=1000)
+    keep = np.r_[0:100, 150:200]
+    assert got_lengths.tolist() == lengths[keep].tolist()
+    assert got == b"".join(data[offs[i] : offs[i + 1]] for i in keep)
+    assert (other, other_lengths.tolist()) == (b"", [])
+    (part, part_lengths), _ = vault.read_packets("c4", from_frame=40, to_frame=160)
+    assert part_lengths.tolist() == lengths[np.r_[40:100, 150:160]].tolist()
+    # playback goes only as far as every leg has frames
+    assert list(vault.iter_frames("c4", to_frame=1000)) == []
+    vault.close()

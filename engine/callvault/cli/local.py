@@ -104,7 +104,7 @@ class LocalBackend:
             customer_number=None if erased else v.customer_number(e.call_id, tenant=e.tenant),
             frames=frames,
             legs_detail=legs_detail,
-            erased=(int(e.extra["erased_us"]), e.extra["erase_reason"]) if erased else None,
+            erased=(e.erased_us, e.erase_reason) if erased else None,
         )
 
     def export(

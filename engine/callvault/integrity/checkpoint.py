@@ -58,9 +58,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from callvault.durable import write_atomic
 from callvault.errors import CallvaultError
-
-from . import merkle
-from .log import LogCorruptError, MerkleLog
+from callvault.integrity import merkle
+from callvault.integrity.log import LogCorruptError, MerkleLog
 
 __all__ = [
     "Checkpoint",

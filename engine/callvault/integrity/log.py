@@ -75,8 +75,7 @@ from crc32c import crc32c
 
 from callvault.durable import fsync_dir
 from callvault.errors import FormatError, InputError
-
-from . import merkle
+from callvault.integrity import merkle
 
 __all__ = ["LogCorruptError", "MerkleLog", "Recovery", "record_offset"]
 

@@ -104,6 +104,13 @@ def _ref(ref: pb.CallRef) -> tuple[str, str]:
 
 
 def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
+    extra = {str(k): str(v) for k, v in e.extra.items() if not isinstance(v, list | dict)}
+    if e.state == "erased":  # the wire carries the erasure in extra, as it always has
+        extra.update(
+            erased_us=str(e.erased_us),
+            erase_reason=e.erase_reason,
+            erase_log_index=str(e.erase_log_index),
+        )
     return pb.CallInfo(
         tenant=e.tenant,
         call_id=e.call_id,
@@ -115,7 +122,7 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
         skill_group=e.skill_group,
         tags=e.tags,
         legs=e.legs,
-        extra={str(k): str(v) for k, v in e.extra.items() if not isinstance(v, list | dict)},
+        extra=extra,
         frames=frames,
         records=e.records,
         chain_head=bytes.fromhex(e.chain_head),
@@ -433,7 +440,7 @@ class AdminServicer(pbg.AdminServicer):
         tenant, call_id = _ref(r.call)
         self.vault.erase(call_id, reason=r.reason, tenant=tenant)
         e = self.vault.get_call(call_id, tenant=tenant)
-        return pb.EraseReply(log_index=int(e.extra.get("erase_log_index", -1)))
+        return pb.EraseReply(log_index=e.erase_log_index)
 
     @unary
     def Reindex(self, r: pb.ReindexRequest, context: grpc.ServicerContext) -> pb.ReindexReply:

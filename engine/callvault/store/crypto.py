@@ -156,7 +156,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from callvault.durable import fsync_dir
+from callvault.durable import write_atomic
 from callvault.errors import CallvaultError, InputError
 
 __all__ = [
@@ -517,29 +517,9 @@ class KeyFile:
 
     @staticmethod
     def _write(path: Path, keks: list[_Kek]) -> None:
-        """Atomic replace: temp file (0600) written and fsynced, renamed, directory fsynced."""
-        data = _encode_keyfile(keks)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-            KEYFILE_MODE,
-        )
-        try:
-            try:
-                os.fchmod(fd, KEYFILE_MODE)  # the umask may only have narrowed it; be exact
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(path.parent)
+        """Atomic replace (callvault.durable.write_atomic: a 0600 temp file written and
+        fsynced, renamed, the directory fsynced); the caller holds the lock."""
+        write_atomic(path, _encode_keyfile(keks), KEYFILE_MODE)
 
     def reload(self) -> None:
         """Re-read the key file (after another process rotated or retired)."""

@@ -1,28 +1,14 @@
 """The vault's index: RocksDB (rocksdict) column families, one WriteBatch per group commit.
 
-Format (docs/format.md section 8.4, version 1). Every key starts with the
-tenant, so tenant isolation and per-tenant policies need no migration.
-Strings in keys are UTF-8 with a 0x00 terminator (tenant, call id, agent,
-skill group and tag may not contain NUL); integers are big-endian so byte
-order is numeric order.
-
-    column family  key                                              value
-    calls          tenant 00 call_id 00                             CallEntry (JSON, UTF-8)
-    records        tenant 00 call_id 00 u32 chain_index             RecordEntry (struct)
-    time           tenant 00 u64 start_us call_id 00                empty
-    agent          tenant 00 agent 00 u64 start_us call_id 00       empty
-    skill          tenant 00 skill 00 u64 start_us call_id 00       empty
-    tag            tenant 00 tag 00 u64 start_us call_id 00         empty
-    default        b"meta/" name                                    vault state (format, ...)
-
-RecordEntry (28 bytes): u8 leg, u8 record type, u16 frames, u32 first frame,
-u64 segment, u64 offset (of the record header in the segment), u32 length
-(of the whole framed record). The index never points past durable bytes:
-the vault writes each group commit's batch after the segment fsync and before
-any acknowledgement (callvault.store.segment's on_commit).
-
-All column families use LZ4 compression. The index can be rebuilt from the
-segments alone (`callvault --data DIR reindex`).
+The layout, its keys and the call entry's JSON: docs/format.md 8.4 (format
+version 1). Every key of a call starts with the tenant (tenant isolation and
+per-tenant policies need no migration); strings in keys are UTF-8 ending in
+0x00 (tenant, call id, agent, skill group and tag may not contain NUL);
+integers are big-endian, so byte order is numeric order. The index never
+points past durable bytes: the vault writes each group commit's batch after
+the segment fsync and before any acknowledgement (callvault.store.segment's
+on_commit). It can be rebuilt from the segments alone (`callvault --data DIR
+reindex`).
 """
 
 from __future__ import annotations
@@ -89,14 +75,19 @@ class CallEntry:
     tags: list[str] = field(default_factory=list)
     legs: list[str] = field(default_factory=list)
     customer_number_sealed: str = ""  # hex of crypto.seal_blob(...)
-    wrapped_key: str = ""  # hex of the call's wrapped data key; "" once erased
+    wrapped_key: str = ""  # never set: the wrapped key has its own file (docs/format.md 8.6)
     state: str = "open"  # open, sealed, erased
     records: int = 0
     chain_head: str = ""  # hex
     seal: str = ""  # hex, once sealed
     log_index: int = -1  # the seal's leaf in the Merkle log
     end_us: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the user's, as given
+    # the vault's own, from the SEAL and ERASE records:
+    manifest_ref: tuple[int, int, int] | None = None  # the SEAL record (segment, offset, length)
+    erased_us: int = 0
+    erase_reason: str = ""
+    erase_log_index: int = -1  # the erasure's leaf in the Merkle log
 
     def pack(self) -> bytes:
         # vars(), not asdict(): asdict deep-copies, and this runs once per call per group
@@ -104,7 +95,34 @@ class CallEntry:
 
     @classmethod
     def unpack(cls, raw: bytes) -> CallEntry:
-        return cls(**json.loads(raw))
+        doc = json.loads(raw)
+        if "manifest_ref" not in doc:  # packed before the vault's fields had their own
+            _from_extra(doc)
+        ref = doc.get("manifest_ref")
+        if ref is not None:
+            doc["manifest_ref"] = tuple(ref)
+        return cls(**doc)
+
+
+# The keys the previous packing kept in ``extra`` (docs/format.md 8.4), the record
+# that set them, and their type: only those the vault wrote are moved out.
+_OLD_EXTRA = {
+    "manifest_ref": ("seal", list),
+    "erased_us": ("erased", int),
+    "erase_reason": ("erased", str),
+    "erase_log_index": ("erased", int),
+}
+
+
+def _from_extra(doc: dict[str, Any]) -> None:
+    """Move the vault's fields out of an old entry's ``extra`` into their own."""
+    extra = dict(doc.get("extra") or {})
+    for name, (when, kind) in _OLD_EXTRA.items():
+        written = bool(doc.get("seal")) if when == "seal" else doc.get("state") == "erased"
+        value = extra.get(name)
+        if written and isinstance(value, kind) and not isinstance(value, bool):
+            doc[name] = extra.pop(name)
+    doc["extra"] = extra
 
 
 def call_key(tenant: str, call_id: str) -> bytes:

@@ -10,7 +10,8 @@ from pathlib import Path
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint
 from callvault.integrity.leaves import LEAF_SEAL, leaf_data
-from callvault.vault.core import Vault, VaultError
+from callvault.vault.common import VaultError
+from callvault.vault.core import Vault
 
 
 def write_bundle(
@@ -47,7 +48,7 @@ def write_bundle(
         )
         + "\n"
     )
-    (d / "call.key").write_text(bytes(vault._data_key(tenant, call_id).key).hex() + "\n")
+    (d / "call.key").write_text(bytes(vault.call_keys.get(tenant, call_id).key).hex() + "\n")
     vault.export(call_id, d / "call.ogg", tenant=tenant)
     note = vault.checkpoint()
     size = checkpoint.parse(note).size

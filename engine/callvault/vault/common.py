@@ -1,0 +1,74 @@
+"""What every part of the vault shares: its errors, the values its operations
+return, and its constants."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from callvault.errors import CallvaultError
+from callvault.store.segment import RecordRef
+
+FRAMES_PER_RECORD = 50  # about one second of one leg per record (DESIGN.md "record")
+SUMMARY_AAD = b"/summary"  # binds a sealed summary to its role (not a customer number)
+PRE_SKIP = 312  # Opus encoder lookahead at 48 kHz (Encoder.lookahead), the Ogg pre-skip
+
+
+class VaultError(CallvaultError):
+    """A vault operation cannot be done; the message says why."""
+
+
+class CallNotFound(VaultError):
+    pass
+
+
+class Replay(VaultError):
+    """A record found in the segments that the vault never wrote where it stands
+    (a second open or seal, an audio record out of chain order or after the seal):
+    recovery leaves it out of the index and reports it; verify_all names it."""
+
+    def __init__(self, ref: RecordRef, reason: str) -> None:
+        super().__init__(f"segment {ref.segment} offset {ref.offset}: {reason}")
+        self.ref = ref
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class Ack:
+    """A durable record: where its frames are and the call's chain head after it."""
+
+    leg: int
+    first_frame: int
+    frames: int
+    chain_index: int
+    chain_head: bytes
+    ref: RecordRef
+
+
+@dataclass
+class Problem:
+    """Something verify found: which call (or segment), which record, and why."""
+
+    what: str
+    record: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        at = f" record {self.record}" if self.record is not None else ""
+        return f"{self.what}{at}: {self.reason}"
+
+
+@dataclass
+class OpenReport:
+    """What opening the vault found: a torn tail it truncated, damage it left in
+    place (the calls it touches fail verify), records it re-indexed, and records it
+    refused to index (Replay)."""
+
+    truncated: Any = None
+    damage: list[Any] = field(default_factory=list)
+    reindexed: int = 0
+    replays: list[Replay] = field(default_factory=list)

@@ -1,0 +1,228 @@
+"""Reading calls: their index entries, sealed manifest and summary, customer
+number, stored record bodies, and Opus packets. One path reads and decrypts
+audio records (``Reading._runs``); ``iter_frames`` (playback's reader, in
+chunks) and ``read_packets`` (a range at once, for export) are built on it."""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from callvault.store import crypto
+from callvault.store import records as rec
+from callvault.store.index import CallEntry, RecordEntry
+from callvault.store.segment import RecordRef
+from callvault.vault.common import SUMMARY_AAD, CallNotFound, VaultError
+from callvault.vault.state import VaultState
+
+Packets = tuple[bytes, npt.NDArray[np.int32]]  # Opus packets back to back, their lengths
+
+
+@dataclass(slots=True)
+class _Run:
+    """A decrypted audio record's packets kept whole (no Python object per packet):
+    packets, lengths and byte offsets (len(lengths) + 1) up to the end of the range
+    read, and ``cur``, the next packet not yet taken."""
+
+    packets: bytes
+    lengths: npt.NDArray[np.int32]
+    offs: npt.NDArray[np.int64]
+    cur: int
+
+
+def _take(runs: collections.deque[_Run], n: int) -> Packets:
+    """The next ``n`` packets of a leg's runs (consumed; the runs hold at least ``n``)."""
+    datas: list[bytes] = []
+    lens: list[npt.NDArray[np.int32]] = []
+    while n:
+        run = runs[0]
+        cur = run.cur
+        k = min(n, len(run.lengths) - cur)
+        datas.append(run.packets[run.offs[cur] : run.offs[cur + k]])
+        lens.append(run.lengths[cur : cur + k])
+        run.cur = cur + k
+        n -= k
+        if run.cur == len(run.lengths):
+            runs.popleft()
+    if len(datas) == 1:
+        return datas[0], lens[0]
+    if not datas:
+        return b"", np.zeros(0, dtype=np.int32)
+    return b"".join(datas), np.concatenate(lens)
+
+
+class Reading(VaultState):
+    """The Vault's read side."""
+
+    def get_call(self, call_id: str, *, tenant: str = "default") -> CallEntry:
+        e = self.index.get_call(tenant, call_id)
+        if e is None:
+            raise CallNotFound(f"no call {call_id} in tenant {tenant}")
+        return e
+
+    def list_calls(
+        self,
+        *,
+        tenant: str = "default",
+        since_us: int = 0,
+        until_us: int = 2**63 - 1,
+        agent: str | None = None,
+        skill_group: str | None = None,
+        tag: str | None = None,
+        direction: str | None = None,
+        min_duration_us: int = 0,
+        max_duration_us: int | None = None,
+        limit: int = 0,
+    ) -> list[CallEntry]:
+        """Calls started in [since_us, until_us) matching every filter given, in start
+        order. Duration bounds apply to ended calls; an open call (no end yet) only
+        matches when neither bound is given."""
+        out: list[CallEntry] = []
+        for e in self.index.search(
+            tenant,
+            since_us=since_us,
+            until_us=until_us,
+            agent=agent,
+            skill_group=skill_group,
+            tag=tag,
+        ):
+            if direction is not None and e.direction != direction:
+                continue
+            if min_duration_us or max_duration_us is not None:
+                if not e.end_us:
+                    continue
+                d = e.end_us - e.start_us
+                if d < min_duration_us or (max_duration_us is not None and d > max_duration_us):
+                    continue
+            out.append(e)
+            if limit and len(out) >= limit:
+                break
+        return out
+
+    def _body(self, entry: RecordEntry) -> bytes:
+        """A record's body as stored (the segment's checks done)."""
+        return self._reader.read(RecordRef(entry.segment, entry.offset, entry.length))[1]
+
+    def _seal_record(self, e: CallEntry) -> rec.Body:
+        """The parsed SEAL record of a sealed call."""
+        if e.manifest_ref is None:
+            raise VaultError(f"call {e.call_id} is not sealed yet")
+        rtype, raw = self._reader.read(RecordRef(*e.manifest_ref))
+        return rec.parse(rtype, raw)
+
+    def manifest(self, call_id: str, *, tenant: str = "default") -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(
+            self._seal_record(self.get_call(call_id, tenant=tenant)).manifest
+        )
+        return doc
+
+    def summary(self, call_id: str, *, tenant: str = "default") -> dict[str, Any]:
+        """The sealed per-leg summary of a call (gaps, DTMF, levels, RTP counters)."""
+        m = self.manifest(call_id, tenant=tenant)
+        plain = crypto.open_blob(
+            self.call_keys.get(tenant, call_id),
+            blob=bytes.fromhex(m["summary_sealed"]),
+            aad=rec.call_aad(tenant, call_id) + SUMMARY_AAD,
+        )
+        doc: dict[str, Any] = json.loads(plain)
+        return doc
+
+    def customer_number(self, call_id: str, *, tenant: str = "default") -> str:
+        e = self.get_call(call_id, tenant=tenant)
+        if not e.customer_number_sealed:
+            return ""
+        return crypto.open_blob(
+            self.call_keys.get(tenant, call_id),
+            blob=bytes.fromhex(e.customer_number_sealed),
+            aad=rec.call_aad(tenant, call_id),
+        ).decode()
+
+    def durable_frames(self, call_id: str, *, tenant: str = "default") -> list[int]:
+        """Per leg, how many frames from 0 the call's durable records cover."""
+        e = self.get_call(call_id, tenant=tenant)
+        out = [0] * len(e.legs)
+        for _, r in self.index.records(tenant, call_id):
+            if r.leg < len(out):
+                out[r.leg] = max(out[r.leg], r.first_frame + r.frames)
+        return out
+
+    def stored_records(
+        self, call_id: str, *, tenant: str = "default"
+    ) -> Iterator[tuple[int, RecordEntry, bytes]]:
+        """(chain index, index entry, stored body) of a call's audio records."""
+        for i, entry in self.index.records(tenant, call_id):
+            yield i, entry, self._body(entry)
+
+    def _runs(
+        self, e: CallEntry, from_frame: int, to_frame: int
+    ) -> Iterator[tuple[int, int, _Run]]:
+        """(leg, frame after the run, run) of the call's audio records that hold frames
+        of [from_frame, to_frame), in chain order: only those are read and decrypted,
+        each once, and cut to the range and past what their leg already gave."""
+        key = self.call_keys.get(e.tenant, e.call_id)
+        have = [from_frame] * len(e.legs)  # the frame after the last one read, per leg
+        for _, r in self.index.records(e.tenant, e.call_id):
+            g = r.leg
+            if r.first_frame + r.frames <= have[g] or r.first_frame >= to_frame:
+                continue
+            lengths, packets = rec.parse(rec.AUDIO, self._body(r)).open_audio(key)
+            lo = max(have[g] - r.first_frame, 0)
+            hi = min(len(lengths), to_frame - r.first_frame)
+            if lo >= hi:
+                continue
+            offs = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offs[1:])
+            have[g] = r.first_frame + hi
+            yield g, have[g], _Run(packets, lengths[:hi], offs[: hi + 1], lo)
+
+    def iter_frames(
+        self,
+        call_id: str,
+        *,
+        tenant: str = "default",
+        from_frame: int = 0,
+        to_frame: int,
+        chunk: int = 50,
+    ) -> Iterator[tuple[int, list[Packets]]]:
+        """The Opus packets of frames [from_frame, to_frame), every leg, in chunks of
+        ``chunk`` frames: (first frame, [(data, lengths) per leg]). One pass over the
+        call's records; only those in range are read and decrypted."""
+        e = self.get_call(call_id, tenant=tenant)
+        nlegs = len(e.legs)
+        pending: list[collections.deque[_Run]] = [collections.deque() for _ in range(nlegs)]
+        have = [from_frame] * nlegs  # the frame after the last one read, per leg
+        pos = from_frame
+        for g, end, run in self._runs(e, from_frame, to_frame):
+            pending[g].append(run)
+            have[g] = end
+            while pos < to_frame and min(have) >= min(pos + chunk, to_frame):
+                n = min(chunk, to_frame - pos)
+                yield pos, [_take(pending[x], n) for x in range(nlegs)]
+                pos += n
+        if pos < min(have):  # the end of what is stored
+            n = min(have) - pos
+            yield pos, [_take(pending[x], n) for x in range(nlegs)]
+
+    def read_packets(
+        self,
+        call_id: str,
+        *,
+        tenant: str = "default",
+        from_frame: int = 0,
+        to_frame: int | None = None,
+    ) -> list[Packets]:
+        """Per leg, the Opus packets of frames [from_frame, to_frame) (data, lengths)."""
+        e = self.get_call(call_id, tenant=tenant)
+        total = to_frame
+        if total is None:
+            total = self.manifest(call_id, tenant=tenant)["frames"] + 1  # + the flush packet
+        runs: list[collections.deque[_Run]] = [collections.deque() for _ in e.legs]
+        for g, _, run in self._runs(e, from_frame, total):
+            runs[g].append(run)
+        return [_take(leg, sum(len(r.lengths) - r.cur for r in leg)) for leg in runs]

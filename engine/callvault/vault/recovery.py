@@ -1,0 +1,214 @@
+"""Indexing and recovery: the committer thread's ``_on_commit`` indexes each
+group commit's records in one RocksDB WriteBatch (and appends the log leaves of
+seals and erasures); opening re-indexes with the same ``_apply`` the records
+recovery finds past the index's known end; ``reindex`` rebuilds the index from
+the segments alone."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+from collections.abc import Callable
+
+from callvault.integrity import chain as chainmod
+from callvault.integrity import merkle
+from callvault.integrity.leaves import LEAF_ERASE, LEAF_SEAL, leaf_data
+from callvault.store import records as rec
+from callvault.store.index import Batch, CallEntry, Index, RecordEntry
+from callvault.store.segment import Committed, RecordRef, SegmentReader, StoreError, recover
+from callvault.vault.common import Replay, now_us
+from callvault.vault.state import VaultState
+
+_Cache = dict[tuple[str, str], CallEntry]
+
+
+class Indexing(VaultState):
+    """The Vault's indexing of durable records, its recovery and reindex."""
+
+    # -- recovery ------------------------------------------------------------------------
+    def _known_end(self) -> tuple[int, int] | None:
+        raw = self.index.get_meta(b"meta/end")
+        return None if raw is None else struct.unpack(">QQ", raw)
+
+    def _recover(self) -> tuple[int, int] | None:
+        known_end = self._known_end()
+        report = recover(self.path / "segments", fs=self.fs, known_end=known_end)
+        self.report.truncated = report.truncated
+        self.report.damage = list(report.damage)
+        # leaves the log holds but the index does not know yet (crash between them)
+        self._map_log_leaves(self._meta_int(b"meta/log-size"))
+        if report.records:
+            reader = SegmentReader(self.path / "segments", fs=self.fs)
+            committed = [
+                Committed(ref, rtype, reader.read(ref)[1]) for ref, rtype in report.records
+            ]
+            self._on_commit(committed, recovering=True)
+            self.report.reindexed = len(committed) - len(self.report.replays)
+        return known_end
+
+    def _map_log_leaves(self, start: int) -> None:
+        """Index the log's leaves from ``start`` on (leaf hash -> leaf index)."""
+        if self.log.size <= start:
+            return
+        b = self.index.batch()
+        for i in range(start, self.log.size):
+            b.put_meta(b"leaf/" + self.log.leaf_hash(i), struct.pack(">Q", i))
+        b.put_meta(b"meta/log-size", struct.pack(">Q", self.log.size))
+        self.index.write(b)
+
+    def _meta_int(self, key: bytes) -> int:
+        raw = self.index.get_meta(key)
+        return 0 if raw is None else int(struct.unpack(">Q", raw)[0])
+
+    def reindex(self, progress: Callable[[int], object] | None = None) -> int:
+        """Rebuild the index from the segments alone (the old one is moved aside);
+        returns the number of records indexed."""
+        with self._lock:
+            self._writer.flush()
+            self.index.close()
+            old = self.path / f"index.old-{now_us()}"
+            os.replace(self.path / "index", old)
+            self.index = Index(self.path / "index")
+            self._map_log_leaves(0)  # the log's leaves first, so seals find theirs
+            n = 0
+            chunk: list[Committed] = []
+            for ref, rtype, body in self._reader.scan():
+                chunk.append(Committed(ref, rtype, body))
+                if len(chunk) >= 1000:
+                    self._on_commit(chunk)
+                    n += len(chunk)
+                    chunk = []
+                    if progress is not None:
+                        progress(n)
+            self._on_commit(chunk)
+            n += len(chunk)
+            for (tenant, call_id), w in self._open.items():  # calls still being recorded
+                e = self.index.get_call(tenant, call_id)
+                if e is not None:
+                    w.entry = e
+            shutil.rmtree(old)
+            return n
+
+    # -- indexing (committer thread, and recovery) --------------------------------------
+    def _on_commit(self, committed: list[Committed], recovering: bool = False) -> None:
+        with self._log_lock:
+            self._index_committed(committed, recovering)
+
+    def _index_committed(self, committed: list[Committed], recovering: bool) -> None:
+        batch = self.index.batch()
+        cache: _Cache = {}
+        log_grew = False
+        for c in committed:
+            assert c.body is not None
+            try:
+                log_grew |= self._apply(batch, cache, c.ref, c.rtype, c.body)
+            except Replay as e:
+                if not recovering:  # the vault itself never writes one: stop acking
+                    raise
+                self.report.replays.append(e)  # left out of the index, reported
+        for entry in cache.values():
+            batch.put_call(entry, previous=self.index.get_call(entry.tenant, entry.call_id))
+        if committed:
+            last = committed[-1].ref
+            batch.put_meta(b"meta/end", struct.pack(">QQ", last.segment, last.offset + last.length))
+        if log_grew:
+            self.log.sync()
+            batch.put_meta(b"meta/log-size", struct.pack(">Q", self.log.size))
+        self.index.write(batch)
+
+    def _entry(self, cache: _Cache, tenant: str, call_id: str) -> CallEntry | None:
+        key = (tenant, call_id)
+        if key not in cache:
+            e = self.index.get_call(tenant, call_id)
+            if e is None:
+                return None
+            cache[key] = e
+        return cache[key]
+
+    def _apply(self, batch: Batch, cache: _Cache, ref: RecordRef, rtype: int, raw: bytes) -> bool:
+        """Index one durable record; True if it appended a log leaf."""
+        b = rec.parse(rtype, raw)
+        if rtype == rec.OPEN:
+            meta = b.meta or {}
+            opened = CallEntry(
+                tenant=b.tenant,
+                call_id=b.call_id,
+                start_us=b.start_us,
+                direction=meta.get("direction", ""),
+                agent=meta.get("agent", ""),
+                skill_group=meta.get("skill_group", ""),
+                tags=meta.get("tags", []),
+                legs=meta.get("legs", []),
+                customer_number_sealed=meta.get("customer_number_sealed", ""),
+                extra=meta.get("extra", {}),
+                chain_head=chainmod.genesis(b.tenant, b.call_id).hex(),
+            )
+            if self._entry(cache, b.tenant, b.call_id) is not None:
+                raise Replay(ref, f"a second open record of call {b.call_id}")
+            cache[(b.tenant, b.call_id)] = opened
+            return False
+        e = self._entry(cache, b.tenant, b.call_id)
+        if e is None:
+            raise StoreError(
+                f"{rec.NAMES[rtype]} record of unknown call {b.call_id} "
+                f"at segment {ref.segment} offset {ref.offset}"
+            )
+        if e.state != "open" and rtype != rec.ERASE:
+            raise Replay(ref, f"{rec.NAMES[rtype]} record of call {b.call_id} after its seal")
+        if rtype == rec.AUDIO:
+            if b.chain_index != e.records:  # each index is written once, in order
+                raise Replay(
+                    ref,
+                    f"audio record {b.chain_index} of call {b.call_id} where "
+                    f"record {e.records} comes next",
+                )
+            e.chain_head = chainmod.link(bytes.fromhex(e.chain_head), b.chain_index, raw).hex()
+            e.records += 1
+            batch.put_record(
+                b.tenant,
+                b.call_id,
+                b.chain_index,
+                RecordEntry(
+                    b.leg, rtype, b.frames, b.first_frame, ref.segment, ref.offset, ref.length
+                ),
+            )
+            return False
+        if rtype == rec.SEAL:
+            e.state = "sealed" if e.state != "erased" else e.state
+            e.seal = b.seal.hex()
+            e.end_us = b.end_us
+            e.manifest_ref = (ref.segment, ref.offset, ref.length)
+            e.log_index = self._log_leaf(
+                batch, leaf_data(LEAF_SEAL, b.tenant, b.call_id, b.seal, b.end_us)
+            )
+            return True
+        if rtype == rec.ERASE:
+            e.state = "erased"
+            e.wrapped_key = ""
+            self.call_keys.destroy(b.tenant, b.call_id)
+            e.erased_us = b.time_us
+            e.erase_reason = b.reason
+            e.erase_log_index = self._log_leaf(
+                batch,
+                leaf_data(
+                    LEAF_ERASE,
+                    b.tenant,
+                    b.call_id,
+                    hashlib.sha256(b.reason.encode()).digest(),
+                    b.time_us,
+                ),
+            )
+            return True
+        return False
+
+    def _log_leaf(self, batch: Batch, data: bytes) -> int:
+        """Append a leaf once (a re-indexed seal finds its leaf already there)."""
+        h = merkle.leaf_hash(data)
+        raw = self.index.get_meta(b"leaf/" + h)
+        if raw is not None:
+            return int(struct.unpack(">Q", raw)[0])
+        i = self.log.append(data)
+        batch.put_meta(b"leaf/" + h, struct.pack(">Q", i))
+        return i

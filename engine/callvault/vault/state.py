@@ -1,0 +1,38 @@
+"""What ``Vault.__init__`` sets up and every part of the Vault (the mixins of
+recovery, reading, verify and export) works on."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from callvault.integrity.log import MerkleLog
+from callvault.store import crypto
+from callvault.store.fs import FileSystem
+from callvault.store.index import Index
+from callvault.store.segment import SegmentReader, SegmentWriter
+from callvault.vault.common import OpenReport
+from callvault.vault.keys import CallKeys
+
+if TYPE_CHECKING:
+    from callvault.vault.core import CallWriter
+
+
+class VaultState:
+    """The attributes of a Vault (declared here, set by ``Vault.__init__``)."""
+
+    path: Path
+    fs: FileSystem
+    keys: crypto.KeyFile  # the key-encryption keys
+    call_keys: CallKeys  # the calls' wrapped data keys
+    index: Index
+    log: MerkleLog
+    report: OpenReport
+    _lock: threading.RLock  # opening calls, reindex, key rotation
+    # the Merkle log is appended on the committer thread and read by proofs
+    # and checkpoints on others: one lock around both
+    _log_lock: threading.RLock
+    _open: dict[tuple[str, str], CallWriter]  # calls being written by this process
+    _reader: SegmentReader
+    _writer: SegmentWriter

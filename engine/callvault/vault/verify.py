@@ -1,0 +1,126 @@
+"""Verification: every check a call's records allow (chain, seal, record identity,
+audio authentication, the seal's leaf in the Merkle log), and the whole vault's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from callvault.errors import CallvaultError
+from callvault.integrity import chain as chainmod
+from callvault.integrity import merkle
+from callvault.integrity.leaves import LEAF_SEAL, leaf_data
+from callvault.store import records as rec
+from callvault.store.index import RecordEntry
+from callvault.store.segment import SegmentReader
+from callvault.vault.common import CallNotFound, Problem
+from callvault.vault.reading import Reading
+
+
+class Verification(Reading):
+    """The Vault's verify verbs."""
+
+    def verify_call(self, call_id: str, *, tenant: str = "default") -> list[Problem]:
+        """Every check a call's records allow; [] when it all verifies."""
+        problems: list[Problem] = []
+        what = f"call {call_id}"
+        try:
+            e = self.get_call(call_id, tenant=tenant)
+        except CallNotFound as ex:
+            return [Problem(what, None, str(ex))]
+        bodies: list[bytes] = []
+        expected = 0
+        for i, _entry, raw in self._safe_records(tenant, call_id, problems, what):
+            if i != expected:
+                problems.append(Problem(what, expected, f"missing from the index (next is {i})"))
+            expected = i + 1
+            bodies.append(raw)
+            try:
+                b = rec.parse(rec.AUDIO, raw)
+                if (b.tenant, b.call_id, b.chain_index) != (tenant, call_id, i):
+                    problems.append(Problem(what, i, "record belongs elsewhere (spliced)"))
+            except CallvaultError as ex:
+                problems.append(Problem(what, i, str(ex)))
+        if problems:
+            return problems
+        try:
+            manifest = None
+            seal = None
+            if e.seal:
+                mb = self._seal_record(e)
+                manifest, seal = mb.manifest, bytes.fromhex(e.seal)
+                if mb.count != len(bodies):
+                    problems.append(
+                        Problem(
+                            what,
+                            len(bodies),
+                            f"{len(bodies)} records found, the seal says {mb.count}",
+                        )
+                    )
+            chainmod.verify(
+                tenant,
+                call_id,
+                bodies,
+                expect_head=bytes.fromhex(e.chain_head),
+                expect_count=e.records,
+                manifest=manifest,
+                expect_seal=seal,
+            )
+        except chainmod.ChainError as ex:
+            problems.append(Problem(what, ex.index, str(ex)))
+        except CallvaultError as ex:
+            problems.append(Problem(what, None, str(ex)))
+        if e.state != "erased" and not problems:
+            try:
+                key = self.call_keys.get(tenant, call_id)
+                for body in bodies:
+                    rec.parse(rec.AUDIO, body).open_audio(key)
+            except CallvaultError as ex:
+                problems.append(Problem(what, None, f"audio does not authenticate: {ex}"))
+        if e.seal and e.log_index >= 0 and not problems:
+            mb = self._seal_record(e)
+            leaf = merkle.leaf_hash(leaf_data(LEAF_SEAL, tenant, call_id, mb.seal, mb.end_us))
+            if e.log_index >= self.log.size or self.log.leaf_hash(e.log_index) != leaf:
+                problems.append(Problem(what, None, "the seal is not in the Merkle log"))
+        return problems
+
+    def _safe_records(
+        self, tenant: str, call_id: str, problems: list[Problem], what: str
+    ) -> Iterator[tuple[int, RecordEntry, bytes]]:
+        """stored_records, a record that cannot be read added to ``problems``."""
+        for i, entry in self.index.records(tenant, call_id):
+            try:
+                raw = self._body(entry)
+            except CallvaultError as ex:
+                problems.append(Problem(what, i, str(ex)))
+                continue
+            yield i, entry, raw
+
+    def verify_all(self) -> list[Problem]:
+        """What opening found, every segment (headers, record CRCs, framing: read
+        afresh), then every call's chain, seal, audio and log leaf."""
+        return [p for _, found in self.verify_parts() for p in found]
+
+    def verify_parts(self) -> Iterator[tuple[str, list[Problem]]]:
+        """verify_all part by part, as it goes: ("segments", problems) first, then
+        ("call ID", problems) for every call of every tenant."""
+        problems: list[Problem] = []
+        problems += [
+            Problem(
+                "segments", None, f"damage at segment {d.segment} offset {d.offset}: {d.reason}"
+            )
+            for d in self.report.damage
+        ]
+        problems += [Problem("segments", None, str(r)) for r in self.report.replays]
+        self._writer.flush()
+        reader = SegmentReader(self.path / "segments", fs=self.fs)  # no cached headers
+        try:
+            for _ in reader.scan():
+                pass
+        except CallvaultError as ex:
+            problems.append(Problem("segments", None, str(ex)))
+        finally:
+            reader.close()
+        yield "segments", problems
+        for tenant in self.index.tenants():
+            for e in self.list_calls(tenant=tenant):
+                yield f"call {e.call_id}", self.verify_call(e.call_id, tenant=tenant)
