@@ -36,7 +36,7 @@ from tests.e2e.sidecar_procs import (
     wait_sealed,
 )
 from tests.servers import CLI, start_server
-from tests.test_cli_transcode import clicks, decode_ffmpeg, ffprobe
+from tests.cli.test_cli_transcode import clicks, decode_ffmpeg, ffprobe
 
 pytestmark = pytest.mark.slow
 
