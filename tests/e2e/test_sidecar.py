@@ -23,6 +23,7 @@ from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
 from callvault.media import wav
+from tests.cli.test_cli_transcode import clicks, decode_ffmpeg, ffprobe
 from tests.e2e.sidecar_procs import (
     call_info,
     call_start,
@@ -36,7 +37,6 @@ from tests.e2e.sidecar_procs import (
     wait_sealed,
 )
 from tests.servers import CLI, start_server
-from tests.cli.test_cli_transcode import clicks, decode_ffmpeg, ffprobe
 
 pytestmark = pytest.mark.slow
 
