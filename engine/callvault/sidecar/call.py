@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,7 +45,7 @@ class Leg:
 
 
 class Call:
-    """One call: its spool, legs, counters and the condition its forwarder waits on."""
+    """One call: its spool, legs, counters and its forwarder (once it has one)."""
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
@@ -60,9 +59,18 @@ class Call:
         self.state = "forwarding" if spool.end is not None else "receiving"
         self.packets = spool.packets
         self.truncated = 0
-        self.connected = False
-        self.cond = threading.Condition()
         self.forwarder: Forwarder | None = None
+
+    @property
+    def connected(self) -> bool:
+        """The call's forwarder has a stream up to the server."""
+        return self.forwarder is not None and self.forwarder.connected
+
+    def wake(self) -> None:
+        """The spool grew or ended: the forwarder may send."""
+        forwarder = self.forwarder
+        if forwarder is not None:
+            forwarder.wake()
 
     @property
     def key(self) -> tuple[str, str]:

@@ -22,12 +22,13 @@ import threading
 from pathlib import Path
 
 import grpc
+from callvault_client._channel import Rpc
 from callvault_client._pb import callvault_pb2 as pb
 
 from callvault import _net
 from callvault.errors import CallvaultError
 from callvault.sidecar.call import CALL_ID, Call, SidecarError
-from callvault.sidecar.forwarder import Forwarder
+from callvault.sidecar.forwarder import BACKOFF_S, Forwarder
 from callvault.sidecar.receiver import Receiver, bind_udp
 from callvault.sidecar.spool import Spool, list_spools, spool_name
 
@@ -69,11 +70,9 @@ class Sidecar:
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.max_send_message_length", 16 << 20),
         ]
-        self.channel = (
-            grpc.secure_channel(upstream, grpc.ssl_channel_credentials(tls_ca), options=options)
-            if tls_ca is not None
-            else grpc.insecure_channel(upstream, options=options)
-        )
+        # The channel to the server (the SDK's, with these options over its defaults)
+        # and the forwarders' reconnect backoff.
+        self.rpc = Rpc(upstream, tls_ca=tls_ca, backoff=BACKOFF_S, options=options)
         # Linux turns receive timestamping on for the whole stack asynchronously when
         # the first socket asks; until then datagrams are stamped when read. One
         # socket asking for the sidecar's whole life keeps it on, so a new call's
@@ -127,8 +126,12 @@ class Sidecar:
             calls = list(self.calls.values())
         for call in calls:
             call.spool.sync()
-        self.closing.set()
-        self.channel.close()
+        with self.lock:
+            self.closing.set()
+            forwarders = [c.forwarder for c in self.calls.values() if c.forwarder is not None]
+        for forwarder in forwarders:
+            forwarder.stop()
+        self.rpc.close()
         self._stamp_keeper.close()
 
     def _sync_loop(self) -> None:
@@ -275,8 +278,7 @@ class Sidecar:
         if no_audio:
             call.spool.set_start_us(call.spool.created_us)
         call.spool.finish()
-        with call.cond:
-            call.cond.notify_all()
+        call.wake()
         if no_audio:
             self._start_forwarder(call)
 
@@ -291,9 +293,11 @@ class Sidecar:
         self._start_forwarder(call)
 
     def _start_forwarder(self, call: Call) -> None:
-        if call.forwarder is None and not self.closing.is_set():
+        with self.lock:  # the receive thread (first flush) and start() (recovery) may race
+            if call.forwarder is not None or self.closing.is_set():
+                return
             call.forwarder = Forwarder(self, call)
-            call.forwarder.start()
+        call.forwarder.start()
 
     def sealed(self, call: Call, sealed: pb.Sealed) -> None:
         """The server sealed the call: its spool goes."""

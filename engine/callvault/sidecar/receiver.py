@@ -192,7 +192,6 @@ class Receiver(threading.Thread):
         for leg_index, packets, lengths, arrival in batches:
             call.spool.append(leg_index, packets, lengths, arrival)
         self.flushes += 1
-        with call.cond:
-            call.cond.notify_all()
+        call.wake()
         if first:
             self._on_first_flush(call)
