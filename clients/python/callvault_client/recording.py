@@ -12,7 +12,8 @@ The proto's contract (Ingest.Record) and how this class keeps it:
   pausing with exponential backoff between attempts, until
   ``reconnect_timeout`` seconds pass without a Started. Other failures
   (INVALID_ARGUMENT, ALREADY_EXISTS, ABORTED: another stream took the call)
-  end the recording; the next :meth:`send` or :meth:`end` raises them.
+  end the recording, unless ``retry`` says otherwise; the next :meth:`send`
+  or :meth:`end` raises them. :meth:`cancel` ends a pause at once.
 * :meth:`end` sends CallEnd (after every batch) and waits for Sealed.
 
 Two uses beyond the plain one, both keeping that contract:

@@ -16,7 +16,8 @@ Modules, by role:
 - :mod:`~callvault.sidecar.spool`: the per-call store-and-forward spool
   (docs/format.md section 9).
 - :mod:`~callvault.sidecar.forwarder`: the link to the server (:class:`Forwarder`),
-  one per call.
+  one per call: the SDK's ``Recording`` (the Ingest.Record resume protocol) fed
+  from the call's spool, reconnecting forever; the spool goes only after Sealed.
 - :mod:`~callvault.sidecar.daemon`: :class:`Sidecar`, which owns the calls, ports,
   spools, receiver and forwarders, and recovers the spool directory on start.
 - :mod:`~callvault.sidecar.control`: :class:`SidecarServicer`, the gRPC control API
@@ -59,7 +60,7 @@ from callvault.sidecar.addresses import parse_address, parse_rtp_range
 from callvault.sidecar.call import Call, Leg, SidecarError
 from callvault.sidecar.control import SidecarServicer
 from callvault.sidecar.daemon import KEEP_SEALED, SYNC_S, Sidecar
-from callvault.sidecar.forwarder import BACKOFF_S, Forwarder
+from callvault.sidecar.forwarder import BACKOFF_S, Forwarder, SpoolSource
 from callvault.sidecar.receiver import (
     FLUSH_MS,
     RCVBUF,
@@ -89,6 +90,7 @@ __all__ = [
     "SidecarError",
     "SidecarServicer",
     "Spool",
+    "SpoolSource",
     "bind_udp",
     "call_meta",
     "cmd_call_start",
