@@ -75,14 +75,23 @@ def _resolve(name: str, modules: set[str]) -> str:
     return name
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
 def python_imports(path: Path, package: Path, modules: set[str]) -> list[Import]:
     me = module_name(path, package)
     is_pkg = path.name == "__init__.py"
     tree = ast.parse(path.read_text(), str(path))
     found: list[Import] = []
     top = {id(n) for n in tree.body}
-    # statements under a module-level `if`/`try` still run at import time
+    # statements under a module-level `if`/`try` still run at import time, except
+    # `if TYPE_CHECKING:` (type-only: it counts for direction, not for cycles)
     for n in tree.body:
+        if isinstance(n, ast.If) and _is_type_checking(n.test):
+            continue
         if isinstance(n, ast.If | ast.Try):
             top |= {id(s) for s in ast.walk(n) if isinstance(s, ast.Import | ast.ImportFrom)}
     for node in ast.walk(tree):
@@ -282,6 +291,29 @@ def test_checker_finds_a_cycle(tmp_path: Path) -> None:
         },
     )
     assert cycles(scan(pkg, None)) == [["callvault.cli", "callvault.cli.remote"]]
+
+
+def test_checker_type_checking_imports(tmp_path: Path) -> None:
+    """A type-only import closes no cycle (it never runs) but still points somewhere."""
+    tc = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from callvault.vault.a import A\n"
+    )
+    pkg = _tree(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "vault/__init__.py": "",
+            "vault/a.py": "from callvault.vault.b import B\n",
+            "vault/b.py": tc,
+            "store/__init__.py": "",
+            "store/c.py": tc,
+        },
+    )
+    imports = scan(pkg, None)
+    assert cycles(imports) == []
+    assert direction_violations(imports) == [
+        "callvault.store.c:3 (store) imports callvault.vault.a (vault)"
+    ]
 
 
 def test_checker_allows_the_layout(tmp_path: Path) -> None:

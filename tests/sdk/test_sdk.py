@@ -9,13 +9,15 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from callvault_client import Client, errors, pb
-from callvault_client.recording import AckEvent
+from callvault_client._channel import Rpc
+from callvault_client.recording import AckEvent, Recording
 
 from callvault.cli import remote
 from callvault.integrity import checkpoint, merkle
@@ -253,6 +255,124 @@ def test_play_follow_on_open_call_hits_deadline(client: Client) -> None:
     assert got and all(c.live for c in got)
     remote.send_call(rec, packets[len(half) :], 2)
     assert rec.end(timeout=120).frames > 0
+
+
+class ListSource:
+    """A BatchSource over a list (the test's stand-in for a caller's store, e.g. a spool)."""
+
+    def __init__(self, batches: list[pb.RtpBatch]) -> None:
+        self.batches = batches
+        self.ended: pb.CallEnd | None = None
+
+    def count(self) -> int:
+        return len(self.batches)
+
+    def batch(self, seq: int) -> pb.RtpBatch:
+        return self.batches[seq]
+
+    def end(self) -> pb.CallEnd | None:
+        return self.ended
+
+
+def call_batches(packets: list[remote.Packet], per_batch: int = 5) -> list[pb.RtpBatch]:
+    """The packets as small batches (``per_batch`` packets of one leg each), in arrival order."""
+    out: list[pb.RtpBatch] = []
+    pending: dict[int, list[remote.Packet]] = {0: [], 1: []}
+
+    def flush(leg: int) -> None:
+        pkts = pending[leg]
+        out.append(
+            pb.RtpBatch(
+                seq=len(out),
+                leg=leg,
+                packets=b"".join(p for _, _, p in pkts),
+                lengths=[len(p) for _, _, p in pkts],
+                arrival_us=[at for at, _, _ in pkts],
+            )
+        )
+        pending[leg] = []
+
+    for pkt in packets:
+        pending[pkt[1]].append(pkt)
+        if len(pending[pkt[1]]) == per_batch:
+            flush(pkt[1])
+    for leg in (0, 1):
+        if pending[leg]:
+            flush(leg)
+    return out
+
+
+def two_legs(call_id: str) -> pb.CallStart:
+    return pb.CallStart(
+        call_id=call_id, legs=[pb.LegSpec(name="agent"), pb.LegSpec(name="customer")]
+    )
+
+
+def test_recording_from_a_source_resumes_where_the_server_is(
+    client: Client, served: tuple[Proc, Path]
+) -> None:
+    """A recording fed from a store resumes the call in a second Recording (as a restarted
+    process would) from the server's resume_from_seq, even when the store is behind the
+    server (it waits for the store to grow), and the result is the call sent in one go."""
+    batches = call_batches(call_packets(3.0, seed=11))
+    half = len(batches) // 2
+    rpc = Rpc(served[0].address)
+    try:
+        whole = ListSource(list(batches))
+        whole.ended = pb.CallEnd(batches=len(batches))
+        clean = Recording(rpc, two_legs("src-clean"), source=whole).end(timeout=120)
+        first = Recording(rpc, two_legs("src-1"), source=ListSource(batches[:half]))
+        assert half > 20 and first.acks.wait(half - 1, timeout=60)
+        with pytest.raises(RuntimeError, match="source"):
+            first.send(0, b"", [], [])
+        first.cancel()  # the process "dies": the server keeps the call open
+        store = ListSource(batches[: half - 5])  # lost its last 5 batches
+        replies: list[pb.IngestReply] = []
+        second = Recording(rpc, two_legs("src-1"), source=store, on_reply=replies.append)
+        deadline = time.monotonic() + 60
+        while second.started is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert second.started is not None and second.started.resume_from_seq == half
+        assert second.started.resumed and second.connected
+        time.sleep(0.3)  # nothing to send yet: the store is behind the server
+        assert second.acks.seq == -1
+        store.batches.extend(batches[half - 5 :])
+        store.ended = pb.CallEnd(batches=len(batches))
+        second.wake()
+        sealed = second.end(timeout=120)
+        assert sealed.frames == clean.frames
+        assert second.acks.seq == len(batches) - 1
+        kinds = [r.WhichOneof("msg") for r in replies]
+        assert kinds[0] == "started" and kinds[-1] == "sealed" and "ack" in kinds
+    finally:
+        rpc.close()
+    assert [r.ok for r in client.verify(["src-1", "src-clean"])] == [True, True]
+    assert pcm_of(client, "src-1") == pcm_of(client, "src-clean")
+
+
+def pcm_of(client: Client, call_id: str) -> bytes:
+    return b"".join(leg.data for c in client.play(call_id, format="pcm") for leg in c.legs)
+
+
+def test_recording_retry_decides_which_failures_reconnect(served: tuple[Proc, Path]) -> None:
+    """``retry`` reopens the stream after a failure the default would end on (here the
+    server's INVALID_ARGUMENT), telling ``on_lost`` each time with the pause before it."""
+    lost: list[tuple[errors.CallvaultClientError, float]] = []
+    rpc = Rpc(served[0].address, backoff=(0.01, 0.05))
+    try:
+        rec = Recording(
+            rpc,
+            pb.CallStart(call_id="bad id", legs=[pb.LegSpec(name="agent")]),
+            retry=lambda e: len(lost) < 3,
+            on_lost=lambda e, delay: lost.append((e, delay)),
+        )
+        with pytest.raises(errors.InvalidArgument):
+            rec.end(timeout=60)
+    finally:
+        rpc.close()
+    assert len(lost) == 3 and rec.reconnects == 3 and not rec.connected
+    assert all(isinstance(e, errors.InvalidArgument) for e, _ in lost)
+    assert all(0.005 <= d <= 0.05 for _, d in lost)
 
 
 # -- retries ---------------------------------------------------------------------------

@@ -1,0 +1,197 @@
+"""The receive thread: epoll over every receiving call's UDP sockets, ``_net.recv_batch``
+(recvmmsg, kernel arrival stamps) on readiness, pending packets per leg; every
+``FLUSH_MS`` (and at a call's stop) each leg's pending packets become one batch
+appended to the call's spool, then the call's forwarder is woken. Changes to the
+set of sockets run in this thread (submitted through an eventfd), so a stop never
+races a flush."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from callvault import _net
+from callvault.media.capture import first_sample_bound
+from callvault.sidecar.call import Call, Leg, SidecarError
+
+log = logging.getLogger(__name__)
+
+FLUSH_MS = 20  # one batch per leg per 20 ms: one frame of audio, small acks
+RECV_PACKETS = 256  # datagrams per recvmmsg
+RECV_MAX_SIZE = 65535  # the largest UDP payload: nothing real is truncated
+RCVBUF = 1 << 20  # per leg socket: ~6 s of G.711 at 20 ms, bursts included
+
+T = TypeVar("T")
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A leg's socket: ``host:port``, SO_RCVBUF = RCVBUF, non-blocking, kernel
+    receive timestamps on."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        sock.bind((host, port))
+        sock.setblocking(False)
+        _net.enable_timestamps(sock.fileno())
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Receiver(threading.Thread):
+    """epoll over every receiving call's sockets; batches every FLUSH_MS into the spools."""
+
+    def __init__(self, on_first_flush: Callable[[Call], None]) -> None:
+        super().__init__(name="sidecar-receive", daemon=True)
+        self._epoll = select.epoll()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake, select.EPOLLIN)
+        self._fds: dict[int, tuple[Call, Leg]] = {}
+        self._calls: list[Call] = []
+        self._requests: collections.deque[tuple[Callable[[], Any], Future[Any]]] = (
+            collections.deque()
+        )
+        self._stopping = False
+        self._on_first_flush = on_first_flush
+        self.packets = 0
+        self.flushes = 0
+
+    # -- requests run in this thread ----------------------------------------
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        fut: Future[T] = Future()
+        if not self.is_alive():
+            raise SidecarError(grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down")
+        self._requests.append((fn, fut))
+        os.eventfd_write(self._wake, 1)
+        return fut
+
+    def add(self, call: Call) -> None:
+        """(receive thread) Start receiving on the call's sockets."""
+        self._calls.append(call)
+        for leg in call.legs:
+            if leg.sock is not None:
+                self._fds[leg.sock.fileno()] = (call, leg)
+                self._epoll.register(leg.sock.fileno(), select.EPOLLIN)
+
+    def stop_call(self, call: Call) -> None:
+        """(receive thread) Drain and close the call's sockets and flush what they held."""
+        for leg in call.legs:
+            if leg.sock is not None:
+                fd = leg.sock.fileno()
+                self._read(fd, call, leg, drain=True)
+                self._epoll.unregister(fd)
+                del self._fds[fd]
+                leg.sock.close()
+                leg.sock = None
+        self._flush(call)
+        self._calls.remove(call)
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self) -> None:
+        period = FLUSH_MS / 1000
+        next_flush = time.monotonic() + period
+        while not self._stopping:
+            timeout = max(0.0, next_flush - time.monotonic())
+            for fd, _ in self._epoll.poll(timeout):
+                if fd == self._wake:
+                    self._serve_requests()
+                elif fd in self._fds:
+                    call, leg = self._fds[fd]
+                    self._read(fd, call, leg, drain=False)
+            now = time.monotonic()
+            if now >= next_flush:
+                for call in self._calls:
+                    self._flush(call)
+                next_flush = max(next_flush + period, now)
+        # SIGTERM: what the sockets hold goes to the spools; they are closed.
+        for call in list(self._calls):
+            for leg in call.legs:
+                if leg.sock is not None:
+                    self._read(leg.sock.fileno(), call, leg, drain=True)
+                    leg.sock.close()
+                    leg.sock = None
+            self._flush(call)
+        self._serve_requests()
+
+    def _serve_requests(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._wake)
+        while self._requests:
+            fn, fut = self._requests.popleft()
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # handed to the requester
+                fut.set_exception(e)
+
+    def shutdown(self) -> None:
+        """Stop receiving: flush every leg's pending packets to the spools, close sockets."""
+        self._stopping = True
+        os.eventfd_write(self._wake, 1)
+        self.join()
+
+    def _read(self, fd: int, call: Call, leg: Leg, *, drain: bool) -> None:
+        for _ in range(1 << 30 if drain else 8):
+            try:
+                packets, lengths, arrival, truncated = _net.recv_batch(
+                    fd, RECV_PACKETS, RECV_MAX_SIZE
+                )
+            except OSError as e:
+                log.warning("%s leg %s: receive failed: %s", call.call_id, leg.name, e)
+                return
+            if truncated:
+                call.truncated += truncated
+            if len(lengths):
+                leg.pending.append((packets, lengths, arrival))
+                call.packets += len(lengths)
+                self.packets += len(lengths)
+            if len(lengths) < RECV_PACKETS:
+                return
+
+    def _flush(self, call: Call) -> None:
+        """Each leg's pending packets become one batch, appended to the spool."""
+        if not any(leg.pending for leg in call.legs):
+            return
+        batches = []
+        for leg in call.legs:
+            if leg.pending:
+                chunks = leg.pending
+                leg.pending = []
+                if len(chunks) == 1:
+                    batches.append((leg.index, *chunks[0]))
+                else:
+                    batches.append(
+                        (
+                            leg.index,
+                            b"".join(c[0] for c in chunks),
+                            np.concatenate([c[1] for c in chunks]),
+                            np.concatenate([c[2] for c in chunks]),
+                        )
+                    )
+        first = call.spool.start_us is None
+        if first:
+            bounds = [first_sample_bound(p, ln, ar) for _, p, ln, ar in batches]
+            known = [b for b in bounds if b is not None]
+            call.spool.set_start_us(
+                min(known) if known else min(int(ar[0]) for _, _, _, ar in batches)
+            )
+        for leg_index, packets, lengths, arrival in batches:
+            call.spool.append(leg_index, packets, lengths, arrival)
+        self.flushes += 1
+        call.wake()
+        if first:
+            self._on_first_flush(call)
