@@ -18,7 +18,7 @@ from callvault_client._channel import DEFAULT, MAX_MESSAGE_BYTES
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client.client import Client, SidecarClient, make_meta
 from callvault_client.errors import CallvaultClientError
-from callvault_client.recording import AckEvent, AckView, Recording
+from callvault_client.recording import AckEvent, AckView, BatchSource, Recording
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "AckEvent",
     "AckView",
+    "BatchSource",
     "CallvaultClientError",
     "Client",
     "Recording",

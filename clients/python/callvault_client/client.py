@@ -20,7 +20,7 @@ from typing import IO, Any
 from callvault_client import errors
 from callvault_client._channel import DEFAULT, Metadata, Pem, Rpc, Timeout
 from callvault_client._pb import callvault_pb2 as pb
-from callvault_client.recording import AckEvent, Recording
+from callvault_client.recording import AckEvent, BatchSource, Recording
 
 _ARCHIVE = "/callvault.v1.Archive/"
 _INTEGRITY = "/callvault.v1.Integrity/"
@@ -154,7 +154,33 @@ class Client(_Base):
         start = pb.CallStart(
             call_id=call_id, tenant=tenant, legs=specs, start_us=start_us, meta=make_meta(meta)
         )
-        return Recording(self._rpc, start, on_ack=on_ack, reconnect_timeout=reconnect_timeout)
+        return self.record_from(start, on_ack=on_ack, reconnect_timeout=reconnect_timeout)
+
+    def record_from(
+        self,
+        start: pb.CallStart,
+        *,
+        on_ack: Callable[[AckEvent], None] | None = None,
+        reconnect_timeout: float | None = 60.0,
+        source: BatchSource | None = None,
+        retry: Callable[[errors.CallvaultClientError], bool] | None = None,
+        on_reply: Callable[[pb.IngestReply], None] | None = None,
+        on_lost: Callable[[errors.CallvaultClientError, float], None] | None = None,
+    ) -> Recording:
+        """Start recording from a complete CallStart (one a forwarder kept, say, so
+        that a restarted process sends the same one); the options are
+        :class:`Recording`'s: ``source`` (batches read from a :class:`BatchSource`
+        instead of :meth:`Recording.send`), ``retry``, ``on_reply``, ``on_lost``."""
+        return Recording(
+            self._rpc,
+            start,
+            on_ack=on_ack,
+            reconnect_timeout=reconnect_timeout,
+            source=source,
+            retry=retry,
+            on_reply=on_reply,
+            on_lost=on_lost,
+        )
 
     # -- Archive ------------------------------------------------------------------
     def search(

@@ -154,7 +154,7 @@ class Recording:
         on_ack: Callable[[AckEvent], None] | None = None,
         reconnect_timeout: float | None = 60.0,
         source: BatchSource | None = None,
-        retry: Callable[[errors.CallvaultClientError], bool] = _unavailable,
+        retry: Callable[[errors.CallvaultClientError], bool] | None = None,
         on_reply: Callable[[pb.IngestReply], None] | None = None,
         on_lost: Callable[[errors.CallvaultClientError, float], None] | None = None,
     ) -> None:
@@ -163,7 +163,7 @@ class Recording:
         self._on_ack = on_ack
         self._reconnect_timeout = reconnect_timeout
         self._source = source
-        self._retry = retry
+        self._retry = retry or _unavailable
         self._on_reply_cb = on_reply
         self._on_lost = on_lost
         self._cond = threading.Condition()
