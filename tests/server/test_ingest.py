@@ -31,6 +31,7 @@ from callvault.server.ingest import (
     StreamTakenOver,
     Unknown,
 )
+from callvault.timeline import FRAMES_PER_RECORD
 from callvault.vault import Vault
 from tests.rtpfeed import capture_feed
 
@@ -239,6 +240,39 @@ def test_a_restart_resumes_by_replay(
         assert started.start_us == feed.start_us
         assert isinstance(replies[-1], Sealed)
         assert stored(vault, "c1") == uninterrupted
+
+
+def test_records_are_cut_at_absolute_multiples_of_frames_per_record(
+    feed: Feed, tmp_path: Path
+) -> None:
+    """Every record lies within one block [50k, 50k + 50) of its leg's frames and
+    ends at the block's end, except a leg's last record and, across a stop and a
+    replay, the short record shutdown stored (the next one completes its block)."""
+    data = tmp_path / "vault"
+    k = len(feed.batches) // 2
+    with server(data) as (vault, ingestor):
+        s = RecordStream(ingestor)
+        s.handle(feed.spec("c1"))
+        for b in feed.batches[:k]:
+            s.handle(b)
+        ingestor.shutdown()
+        stopped_at = vault.durable_frames("c1")
+    assert any(f % FRAMES_PER_RECORD for f in stopped_at)
+    with server(data) as (vault, ingestor):
+        replies = list(RecordStream(ingestor).run(feed.requests("c1"), same))
+        assert isinstance(replies[-1], Sealed)
+        stored(vault, "c1")  # tiled: no gap, no overlap
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for _, r in vault.index.records("default", "c1"):
+            spans.setdefault(r.leg, []).append((r.first_frame, r.first_frame + r.frames))
+    assert sorted(spans) == list(range(len(feed.legs)))
+    for leg, legs_spans in spans.items():
+        legs_spans.sort()
+        assert len(legs_spans) > 2
+        for lo, hi in legs_spans:
+            assert lo // FRAMES_PER_RECORD == (hi - 1) // FRAMES_PER_RECORD, (leg, lo, hi)
+        ends = [hi for _, hi in legs_spans[:-1] if hi % FRAMES_PER_RECORD]
+        assert ends == ([stopped_at[leg]] if stopped_at[leg] % FRAMES_PER_RECORD else []), leg
 
 
 def test_a_second_stream_takes_the_call_over(

@@ -26,12 +26,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from callvault.errors import CallvaultError
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint, merkle
 from callvault.integrity.leaves import LEAF_SEAL, leaf_data
+from callvault.media.packets import PacketRun
 from callvault.store import records as rec
 
 
@@ -109,26 +108,20 @@ def verify_bundle(
         except merkle.ProofError as e:
             r.fail(f"inclusion proof: {e}")
         key = bytes.fromhex((d / "call.key").read_text().strip())
-        legs: list[list[tuple[int, np.ndarray, bytes]]] = [[] for _ in m["legs"]]
+        legs: list[list[tuple[int, PacketRun]]] = [[] for _ in m["legs"]]
         for body in bodies:
             b = rec.parse(rec.AUDIO, body)
             lengths, packets = b.open_audio(key)
-            legs[b.leg].append((b.first_frame, lengths, packets))
+            legs[b.leg].append((b.first_frame, PacketRun(packets, lengths)))
         reader = ogg.OggOpusReader(d / "call.ogg")
-        data, lengths = reader.packets_data()
-        offs = np.concatenate([[0], np.cumsum(lengths)])
         ogg_legs: list[list[bytes]] = [[] for _ in m["legs"]]
-        for i in range(len(lengths)):
-            pkt = data[offs[i] : offs[i + 1]]
+        for pkt in PacketRun(*reader.packets_data()):
             parts = _opus.unpack_multistream(pkt, len(m["legs"])) if len(m["legs"]) > 1 else [pkt]
             for leg, p in enumerate(parts):
                 ogg_legs[leg].append(p)
         for leg, chunks in enumerate(legs):
-            sealed: list[bytes] = []
-            for _, ln, packets in sorted(chunks, key=lambda c: c[0]):
-                o = np.concatenate([[0], np.cumsum(ln)])
-                sealed += [packets[o[k] : o[k + 1]] for k in range(len(ln))]
-            if sealed != ogg_legs[leg]:
+            sealed = PacketRun.concat(run for _, run in sorted(chunks, key=lambda c: c[0]))
+            if sealed != PacketRun.of(ogg_legs[leg]):
                 r.fail(f"call.ogg channel {leg} is not the audio sealed in the records")
         if r.ok:
             r.checked.append("call.ogg holds exactly the sealed packets")

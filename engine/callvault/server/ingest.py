@@ -40,13 +40,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import numpy as np
-
 from callvault import ids
 from callvault.errors import CallvaultError, InputError
-from callvault.media.capture import LegBatch
-from callvault.media.pipeline import FRAME, LegPipeline, Settings
-from callvault.vault import FRAMES_PER_RECORD, Ack, CallWriter, Vault, VaultError
+from callvault.media.batch import LegBatch
+from callvault.media.packets import PacketRun
+from callvault.media.pipeline import LegPipeline, Settings
+from callvault.timeline import FRAME_US, FRAMES_PER_RECORD, frames_us
+from callvault.vault import Ack, CallWriter, Vault, VaultError
 
 MAX_LEGS = 2
 
@@ -124,7 +124,7 @@ class LiveCall:
         self.chain_records = writer.entry.records if writer is not None else 0
         self.chain_head = writer.chain_head if writer is not None else b""
         self.encoded = [0] * nlegs  # frames encoded per leg (packets taken)
-        self.pending: list[list[bytes]] = [[] for _ in range(nlegs)]
+        self.pending: list[list[PacketRun]] = [[] for _ in range(nlegs)]
         self.pending_first = [0] * nlegs
         self.pipes: list[LegPipeline] | None = None
         self.next_seq = 0
@@ -160,9 +160,8 @@ class LiveCall:
             if self.pipes is None:
                 self._begin(self.start_us or batch.first_sample_us())
             assert self.pipes is not None
-            offsets = np.zeros(len(batch.lengths), dtype=np.int64)
-            np.cumsum(batch.lengths[:-1], out=offsets[1:])
-            self.pipes[batch.leg].push_rtp(batch.packets, offsets, batch.lengths, batch.arrival_us)
+            run = batch.run
+            self.pipes[batch.leg].push_rtp(run.data, run.offsets, run.lengths, batch.arrival_us)
             self.next_seq += 1
             self.packets += len(batch.lengths)
             self._take(batch.leg)
@@ -200,23 +199,25 @@ class LiveCall:
         ]
 
     def _take(self, leg: int, final: bool = False) -> None:
-        """Move the leg's new Opus packets into records cut at multiples of 50 frames."""
+        """Move the leg's new Opus packets into records cut at multiples of
+        FRAMES_PER_RECORD frames (packet i of the leg is frame i)."""
         assert self.pipes is not None
         r = self.pipes[leg].result
-        for data, lengths in r.packets:
-            offs = np.zeros(len(lengths) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offs[1:])
-            for i in range(len(lengths)):
-                f = self.encoded[leg]
-                self.encoded[leg] += 1
-                if f < self.skip[leg]:
-                    continue  # durable before a restart: recomputed, not stored twice
-                if not self.pending[leg]:
-                    self.pending_first[leg] = f
-                self.pending[leg].append(data[offs[i] : offs[i + 1]])
-                if (f + 1) % FRAMES_PER_RECORD == 0:
-                    self._flush(leg)
+        run = r.opus_run()
         r.packets.clear()
+        first = self.encoded[leg]  # the frame of run[0]
+        self.encoded[leg] += len(run)
+        # frames durable before a restart are recomputed, not stored twice
+        lo = max(0, self.skip[leg] - first)
+        while lo < len(run):
+            f = first + lo
+            hi = min(len(run), lo + FRAMES_PER_RECORD - f % FRAMES_PER_RECORD)
+            if not self.pending[leg]:
+                self.pending_first[leg] = f
+            self.pending[leg].append(run if hi - lo == len(run) else run[lo:hi])
+            if (first + hi) % FRAMES_PER_RECORD == 0:
+                self._flush(leg)
+            lo = hi
         if final:
             self._flush(leg)
 
@@ -224,9 +225,8 @@ class LiveCall:
         if not self.pending[leg]:
             return
         assert self.writer is not None
-        part = self.pending[leg]
-        lengths = np.fromiter((len(p) for p in part), dtype=np.int32, count=len(part))
-        fut = self.writer.append(leg, self.pending_first[leg], lengths, b"".join(part))
+        part = PacketRun.concat(self.pending[leg])
+        fut = self.writer.append(leg, self.pending_first[leg], part.lengths, part.data)
         self.pending[leg] = []
         fut.add_done_callback(self._on_durable)
         self.last_future = fut
@@ -272,7 +272,7 @@ class LiveCall:
                 summaries.append(p.result.summary())
             writer = self.writer
         seal = writer.seal(
-            summary={"legs": summaries}, frames=total, end_us=self.start_us + total * FRAME * 125
+            summary={"legs": summaries}, frames=total, end_us=self.start_us + frames_us(total)
         )
         entry = self.vault.get_call(self.spec.call_id, tenant=self.tenant)
         with self.changed:
@@ -282,8 +282,9 @@ class LiveCall:
             return self.sealed
 
     def flush_partial(self) -> None:
-        """Shutdown: store every frame encoded so far (records shorter than 50 frames);
-        what the jitter buffer still holds is replayed when the client resends."""
+        """Shutdown: store every frame encoded so far (records shorter than
+        FRAMES_PER_RECORD frames); what the jitter buffer still holds is replayed
+        when the client resends."""
         with self.lock:
             if self.pipes is None or self.sealed is not None:
                 return
@@ -346,7 +347,7 @@ class Ingestor:
                         )
                     if entry.state != "open":
                         live = LiveCall(self.vault, spec, self.settings)
-                        frames = (entry.end_us - entry.start_us) // (FRAME * 125)
+                        frames = (entry.end_us - entry.start_us) // FRAME_US
                         live.sealed = (
                             bytes.fromhex(entry.seal) if entry.seal else b"",
                             frames,

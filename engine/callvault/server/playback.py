@@ -18,11 +18,19 @@ import numpy.typing as npt
 
 from callvault.errors import InputError
 from callvault.server.ingest import Ingestor, LiveCall
-from callvault.vault import PRE_SKIP, Vault, VaultError
+from callvault.timeline import (
+    FRAME_MS,
+    FRAME_SAMPLES,
+    FRAME_US,
+    FRAMES_PER_SECOND,
+    OPUS_DELAY_SAMPLES,
+    OPUS_PRE_SKIP_48K,
+    SAMPLE_RATE,
+)
+from callvault.vault import Vault, VaultError
 
-FRAME_MS = 20
-FRAME = 160  # samples per frame at 8 kHz
-LAG = PRE_SKIP // 6  # the decoder's delay at 8 kHz: 52 samples
+# frames_per_chunk 0 (proto/callvault/v1): one second of frames per chunk
+DEFAULT_CHUNK = FRAMES_PER_SECOND
 # PCM from the middle of a call: the decoder first runs over this many frames
 # before the range, so its state (pitch, LPC, energy) is the stream's, not a reset's.
 WARMUP_FRAMES = 10
@@ -43,7 +51,7 @@ def durable_frames(vault: Vault, ingestor: Ingestor | None, call_id: str, *, ten
     """Frames per leg: a sealed call's length, or what every leg has durable so far."""
     e = vault.get_call(call_id, tenant=tenant)
     if e.end_us:
-        return (e.end_us - e.start_us) // (FRAME_MS * 1000)
+        return (e.end_us - e.start_us) // FRAME_US
     live = ingestor.get(tenant, call_id) if ingestor is not None else None
     if live is not None:
         with live.changed:
@@ -59,7 +67,7 @@ def play(
     tenant: str = "default",
     from_ms: int = 0,
     to_ms: int | None = None,
-    chunk: int = 50,
+    chunk: int = DEFAULT_CHUNK,
     follow: bool = False,
     pcm: bool = False,
     active: Callable[[], bool] = lambda: True,
@@ -81,7 +89,7 @@ def play(
     packets = _opus_chunks(vault, ingestor, call_id, tenant, start, stop, chunk, follow, active)
     first = True
     for c in packets:
-        c.pre_skip = PRE_SKIP if first else 0
+        c.pre_skip = OPUS_PRE_SKIP_48K if first else 0
         first = False
         yield c
 
@@ -135,25 +143,26 @@ def _pcm_chunks(
     chunks: Iterator[Chunk], decode_from: int, start: int, chunk: int, nlegs: int
 ) -> Iterator[Chunk]:
     """Decode Opus chunks to PCM on the timeline: the decoder's output lags its
-    input by the encoder lookahead, so timeline sample t is decoded sample t + LAG
-    (counted from the first packet decoded); a frame goes out once all of it is
-    decoded, so a sealed call's last frame waits for the flush packet."""
+    input by the encoder lookahead, so timeline sample t is decoded sample
+    t + OPUS_DELAY_SAMPLES (counted from the first packet decoded); a frame goes
+    out once all of it is decoded, so a sealed call's last frame waits for the
+    flush packet."""
     from callvault import _opus
 
-    decoders = [_opus.Decoder(sample_rate=8000) for _ in range(nlegs)]
+    decoders = [_opus.Decoder(sample_rate=SAMPLE_RATE) for _ in range(nlegs)]
     bufs: list[npt.NDArray[np.int16]] = [np.zeros(0, np.int16) for _ in range(nlegs)]
-    t0 = decode_from * FRAME - LAG  # timeline sample of bufs[g][0]
+    t0 = decode_from * FRAME_SAMPLES - OPUS_DELAY_SAMPLES  # timeline sample of bufs[g][0]
     pos = start
     for c in chunks:
         for g, (data, lengths) in enumerate(c.legs):
             assert lengths is not None  # Opus chunks carry their packet lengths
             out = decoders[g].decode_frames(data, lengths).reshape(-1)
             bufs[g] = np.concatenate([bufs[g], out])
-        drop = max(0, pos * FRAME - t0)
-        whole = (len(bufs[0]) - drop) // FRAME
+        drop = max(0, pos * FRAME_SAMPLES - t0)
+        whole = (len(bufs[0]) - drop) // FRAME_SAMPLES
         while whole > 0:
             n = min(whole, chunk)
-            lo, hi = drop, drop + n * FRAME
+            lo, hi = drop, drop + n * FRAME_SAMPLES
             yield Chunk(
                 pos,
                 n,

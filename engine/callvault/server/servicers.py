@@ -44,7 +44,6 @@ from callvault.store.index import CallEntry
 from callvault.vault import CallNotFound, Vault, VaultError
 
 CHUNK_BYTES = 1 << 20
-FRAME_MS = 20
 T = TypeVar("T")
 
 
@@ -281,7 +280,7 @@ class ArchiveServicer(pbg.ArchiveServicer):
             tenant=tenant,
             from_ms=r.from_ms,
             to_ms=r.to_ms or None,
-            chunk=r.frames_per_chunk or 50,
+            chunk=r.frames_per_chunk or playback.DEFAULT_CHUNK,
             follow=r.follow,
             pcm=fmt == pb.PCM,
             active=context.is_active,
