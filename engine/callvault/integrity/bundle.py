@@ -112,7 +112,7 @@ def verify_bundle(
         legs: list[list[tuple[int, np.ndarray, bytes]]] = [[] for _ in m["legs"]]
         for body in bodies:
             b = rec.parse(rec.AUDIO, body)
-            lengths, packets = b.open_audio(key)
+            lengths, packets = b.decrypt_audio(key)
             legs[b.leg].append((b.first_frame, lengths, packets))
         reader = ogg.OggOpusReader(d / "call.ogg")
         data, lengths = reader.packets_data()
