@@ -121,7 +121,9 @@ def tear_tail(data: Path, rng: random.Random) -> tuple[int, int, int] | None:
     raw = path.read_bytes()
     tail = raw[-FOOTER_RECORD_SIZE:]
     if len(raw) < 32 or (
-        len(raw) >= 32 + FOOTER_RECORD_SIZE and tail[8] == TYPE_FOOTER and tail[4:8] == b"\x20\0\0\0"
+        len(raw) >= 32 + FOOTER_RECORD_SIZE
+        and tail[8] == TYPE_FOOTER
+        and tail[4:8] == b"\x20\0\0\0"
     ):
         return None  # a sealed segment is never appended to; a torn header is left as it is
     body = rng.randbytes(rng.randrange(40, 400))

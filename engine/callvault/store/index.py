@@ -71,9 +71,8 @@ class CallEntry:
     skill_group: str = ""
     tags: list[str] = field(default_factory=list)
     legs: list[str] = field(default_factory=list)
-    customer_number_sealed: str = (
-        ""  # hex of crypto.encrypt_blob(...); v1 name, "sealed" = encrypted
-    )
+    # hex of crypto.encrypt_blob(...); a v1 name: "sealed" means encrypted (docs/format.md 8.6)
+    customer_number_sealed: str = ""
     wrapped_key: str = ""  # never set: the wrapped key has its own file (docs/format.md 8.6)
     state: str = "open"  # open, sealed, erased
     records: int = 0
