@@ -11,10 +11,10 @@ from the base module callvault.rtpdefs (this module never imports its twin).
 
 Timeline model
 --------------
-Units are samples of the RTP clock (8000 Hz for G.711). A frame is 20 ms
-(F = 160 samples); frame n covers samples [nF, nF + F) counted from the
-call start (``call_start_us``). Both legs of a call use the same start, so
-frame n of one leg is frame n of the other.
+Frames, the call start (``call_start_us``) and frame kinds are the call
+timeline of docs/format.md section 1 (F = 160 samples a frame, the same
+start for every leg); this section is the jitter buffer's rules on it. Units
+are samples of the RTP clock (8000 Hz for G.711).
 
 *Stream and anchor.* A stream is the packets of one SSRC between anchors.
 A packet's span is [pos, pos + len): len is the payload size for G.711

@@ -31,7 +31,7 @@ import pytest
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint
 from callvault.store.fs import FaultyFS
-from callvault.store.segment import SEAL_RECORD_SIZE, TYPE_SEAL, SegmentWriter, StoreError
+from callvault.store.segment import FOOTER_RECORD_SIZE, TYPE_FOOTER, SegmentWriter, StoreError
 from callvault.vault import Vault
 from tests.e2e.vault_child import (
     FRAMES_PER_RECORD,
@@ -119,9 +119,11 @@ def tear_tail(data: Path, rng: random.Random) -> tuple[int, int, int] | None:
     names = sorted(os.listdir(data / "segments"))
     path = data / "segments" / names[-1]
     raw = path.read_bytes()
-    tail = raw[-SEAL_RECORD_SIZE:]
+    tail = raw[-FOOTER_RECORD_SIZE:]
     if len(raw) < 32 or (
-        len(raw) >= 32 + SEAL_RECORD_SIZE and tail[8] == TYPE_SEAL and tail[4:8] == b"\x20\0\0\0"
+        len(raw) >= 32 + FOOTER_RECORD_SIZE
+        and tail[8] == TYPE_FOOTER
+        and tail[4:8] == b"\x20\0\0\0"
     ):
         return None  # a sealed segment is never appended to; a torn header is left as it is
     body = rng.randbytes(rng.randrange(40, 400))

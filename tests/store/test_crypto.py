@@ -1,4 +1,4 @@
-"""callvault.store.crypto: sealed records and blobs, the key file, wrapping, rotation, shredding.
+"""callvault.store.crypto: encrypted records and blobs, the key file, wrapping, rotation, shredding.
 
 The layouts are checked against the module docstring (format v1) with struct
 and AESGCM directly, not through the module's own helpers.
@@ -39,14 +39,16 @@ def keyfile_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def sealed(key: crypto.DataKey) -> bytes:
-    return crypto.seal_record(key, call_id=CALL, leg=1, seq=42, plaintext=BODY, aad_extra=b"f=2100")
+def encrypted(key: crypto.DataKey) -> bytes:
+    return crypto.encrypt_record(
+        key, call_id=CALL, leg=1, seq=42, plaintext=BODY, aad_extra=b"f=2100"
+    )
 
 
-def open_sealed(key: crypto.DataKey | bytes, ciphertext: bytes, **over: object) -> bytes:
+def decrypt(key: crypto.DataKey | bytes, ciphertext: bytes, **over: object) -> bytes:
     args: dict[str, object] = {"call_id": CALL, "leg": 1, "seq": 42, "aad_extra": b"f=2100"}
     args.update(over)
-    return crypto.open_record(key, ciphertext=ciphertext, **args)  # type: ignore[arg-type]
+    return crypto.decrypt_record(key, ciphertext=ciphertext, **args)  # type: ignore[arg-type]
 
 
 def flip(data: bytes, index: int, bit: int = 0) -> bytes:
@@ -66,67 +68,69 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 # --------------------------------------------------------------------------
-# Sealed records
+# Encrypted records
 
 
-def test_record_round_trip(key: crypto.DataKey, sealed: bytes) -> None:
-    assert open_sealed(key, sealed) == BODY
+def test_record_round_trip(key: crypto.DataKey, encrypted: bytes) -> None:
+    assert decrypt(key, encrypted) == BODY
     # The raw key bytes work the same as the DataKey (which caches its cipher).
-    assert open_sealed(key.key, sealed) == BODY
-    empty = crypto.seal_record(key.key, call_id=CALL, leg=0, seq=0, plaintext=b"")
-    assert crypto.open_record(key, call_id=CALL, leg=0, seq=0, ciphertext=empty) == b""
+    assert decrypt(key.key, encrypted) == BODY
+    empty = crypto.encrypt_record(key.key, call_id=CALL, leg=0, seq=0, plaintext=b"")
+    assert crypto.decrypt_record(key, call_id=CALL, leg=0, seq=0, ciphertext=empty) == b""
 
 
-def test_sealed_record_matches_documented_layout(key: crypto.DataKey, sealed: bytes) -> None:
-    assert len(sealed) == 1 + len(BODY) + 16
-    assert sealed[0] == 1
+def test_encrypted_record_matches_documented_layout(key: crypto.DataKey, encrypted: bytes) -> None:
+    assert len(encrypted) == 1 + len(BODY) + 16
+    assert encrypted[0] == 1
     nonce = bytes([0x00, 0x00]) + struct.pack(">H", 1) + struct.pack(">Q", 42)
     aad = b"cvr1" + struct.pack(">H", len(CALL)) + CALL + struct.pack(">HQ", 1, 42) + b"f=2100"
-    assert AESGCM(key.key).decrypt(nonce, sealed[1:], aad) == BODY
+    assert AESGCM(key.key).decrypt(nonce, encrypted[1:], aad) == BODY
 
 
-def test_open_record_wrong_key_raises(sealed: bytes) -> None:
+def test_decrypt_record_wrong_key_raises(encrypted: bytes) -> None:
     with pytest.raises(CryptoError, match="failed authentication"):
-        open_sealed(crypto.new_data_key(), sealed)
+        decrypt(crypto.new_data_key(), encrypted)
 
 
-def test_open_record_wrong_call_id_raises(key: crypto.DataKey, sealed: bytes) -> None:
+def test_decrypt_record_wrong_call_id_raises(key: crypto.DataKey, encrypted: bytes) -> None:
     with pytest.raises(CryptoError, match="failed authentication"):
-        open_sealed(key, sealed, call_id=b"tenant-7/call-0002")
+        decrypt(key, encrypted, call_id=b"tenant-7/call-0002")
 
 
-def test_open_record_wrong_leg_raises(key: crypto.DataKey, sealed: bytes) -> None:
+def test_decrypt_record_wrong_leg_raises(key: crypto.DataKey, encrypted: bytes) -> None:
     with pytest.raises(CryptoError, match="leg 0 seq 42 failed authentication"):
-        open_sealed(key, sealed, leg=0)
+        decrypt(key, encrypted, leg=0)
 
 
-def test_open_record_wrong_seq_raises(key: crypto.DataKey, sealed: bytes) -> None:
+def test_decrypt_record_wrong_seq_raises(key: crypto.DataKey, encrypted: bytes) -> None:
     with pytest.raises(CryptoError, match="failed authentication"):
-        open_sealed(key, sealed, seq=43)
+        decrypt(key, encrypted, seq=43)
 
 
-def test_open_record_wrong_aad_extra_raises(key: crypto.DataKey, sealed: bytes) -> None:
+def test_decrypt_record_wrong_aad_extra_raises(key: crypto.DataKey, encrypted: bytes) -> None:
     with pytest.raises(CryptoError, match="failed authentication"):
-        open_sealed(key, sealed, aad_extra=b"f=2150")
+        decrypt(key, encrypted, aad_extra=b"f=2150")
 
 
-def test_open_record_flipped_ciphertext_bit_raises(key: crypto.DataKey, sealed: bytes) -> None:
+def test_decrypt_record_flipped_ciphertext_bit_raises(
+    key: crypto.DataKey, encrypted: bytes
+) -> None:
     with pytest.raises(CryptoError, match="altered"):
-        open_sealed(key, flip(sealed, 1 + len(BODY) // 2, bit=3))
+        decrypt(key, flip(encrypted, 1 + len(BODY) // 2, bit=3))
 
 
-def test_open_record_flipped_tag_bit_raises(key: crypto.DataKey, sealed: bytes) -> None:
+def test_decrypt_record_flipped_tag_bit_raises(key: crypto.DataKey, encrypted: bytes) -> None:
     with pytest.raises(CryptoError, match="altered"):
-        open_sealed(key, flip(sealed, len(sealed) - 1, bit=7))
+        decrypt(key, flip(encrypted, len(encrypted) - 1, bit=7))
 
 
-def test_open_record_unknown_version_or_truncated_raises(
-    key: crypto.DataKey, sealed: bytes
+def test_decrypt_record_unknown_version_or_truncated_raises(
+    key: crypto.DataKey, encrypted: bytes
 ) -> None:
     with pytest.raises(CryptoError, match="version 2"):
-        open_sealed(key, b"\x02" + sealed[1:])
+        decrypt(key, b"\x02" + encrypted[1:])
     with pytest.raises(CryptoError, match="shorter"):
-        open_sealed(key, sealed[:16])
+        decrypt(key, encrypted[:16])
 
 
 def test_record_nonces_distinct_across_leg_seq_and_deterministic() -> None:
@@ -138,52 +142,52 @@ def test_record_nonces_distinct_across_leg_seq_and_deterministic() -> None:
     assert nonces == [crypto.record_nonce(leg, seq) for leg, seq in pairs]
 
 
-def test_sealing_the_same_record_twice_gives_the_same_bytes(key: crypto.DataKey) -> None:
-    a = crypto.seal_record(key, call_id=CALL, leg=0, seq=7, plaintext=BODY)
-    b = crypto.seal_record(key.key, call_id=CALL, leg=0, seq=7, plaintext=BODY)
+def test_encrypting_the_same_record_twice_gives_the_same_bytes(key: crypto.DataKey) -> None:
+    a = crypto.encrypt_record(key, call_id=CALL, leg=0, seq=7, plaintext=BODY)
+    b = crypto.encrypt_record(key.key, call_id=CALL, leg=0, seq=7, plaintext=BODY)
     assert a == b  # the nonce is derived, not random: a retried record is the same record
 
 
 def test_record_arguments_out_of_range_raise_input_error(key: crypto.DataKey) -> None:
     for leg, seq in ((-1, 0), (0x10000, 0), (0, -1), (0, 2**64)):
         with pytest.raises(InputError):
-            crypto.seal_record(key, call_id=CALL, leg=leg, seq=seq, plaintext=b"x")
+            crypto.encrypt_record(key, call_id=CALL, leg=leg, seq=seq, plaintext=b"x")
     with pytest.raises(InputError, match="call_id"):
-        crypto.seal_record(key, call_id=b"", leg=0, seq=0, plaintext=b"x")
+        crypto.encrypt_record(key, call_id=b"", leg=0, seq=0, plaintext=b"x")
     with pytest.raises(InputError, match="32 bytes"):
-        crypto.seal_record(b"short", call_id=CALL, leg=0, seq=0, plaintext=b"x")
+        crypto.encrypt_record(b"short", call_id=CALL, leg=0, seq=0, plaintext=b"x")
 
 
 # --------------------------------------------------------------------------
-# Sealed blobs (call metadata)
+# Encrypted blobs (call metadata)
 
 NUMBER = b"+44 20 7946 0958"
 BLOB_AAD = b"tenant-7\0call-0001\0customer_number"
 
 
 def test_blob_round_trip_with_random_nonce(key: crypto.DataKey) -> None:
-    a = crypto.seal_blob(key, plaintext=NUMBER, aad=BLOB_AAD)
-    b = crypto.seal_blob(key, plaintext=NUMBER, aad=BLOB_AAD)
+    a = crypto.encrypt_blob(key, plaintext=NUMBER, aad=BLOB_AAD)
+    b = crypto.encrypt_blob(key, plaintext=NUMBER, aad=BLOB_AAD)
     assert a != b
     assert a[0] == 1 and a[1] == 0x01 and len(a) == 1 + 12 + len(NUMBER) + 16
-    assert crypto.open_blob(key, blob=a, aad=BLOB_AAD) == NUMBER
-    assert crypto.open_blob(key.key, blob=b, aad=BLOB_AAD) == NUMBER
+    assert crypto.decrypt_blob(key, blob=a, aad=BLOB_AAD) == NUMBER
+    assert crypto.decrypt_blob(key.key, blob=b, aad=BLOB_AAD) == NUMBER
     assert AESGCM(key.key).decrypt(a[1:13], a[13:], b"cvb1" + BLOB_AAD) == NUMBER
 
 
-def test_open_blob_wrong_aad_raises(key: crypto.DataKey) -> None:
-    blob = crypto.seal_blob(key, plaintext=NUMBER, aad=BLOB_AAD)
+def test_decrypt_blob_wrong_aad_raises(key: crypto.DataKey) -> None:
+    blob = crypto.encrypt_blob(key, plaintext=NUMBER, aad=BLOB_AAD)
     with pytest.raises(CryptoError, match="context"):
-        crypto.open_blob(key, blob=blob, aad=b"tenant-7\0call-0002\0customer_number")
+        crypto.decrypt_blob(key, blob=blob, aad=b"tenant-7\0call-0002\0customer_number")
 
 
-def test_open_blob_flipped_bit_or_wrong_key_raises(key: crypto.DataKey) -> None:
-    blob = crypto.seal_blob(key, plaintext=NUMBER, aad=BLOB_AAD)
+def test_decrypt_blob_flipped_bit_or_wrong_key_raises(key: crypto.DataKey) -> None:
+    blob = crypto.encrypt_blob(key, plaintext=NUMBER, aad=BLOB_AAD)
     for i in (2, 13, len(blob) - 1):
         with pytest.raises(CryptoError, match="altered"):
-            crypto.open_blob(key, blob=flip(blob, i), aad=BLOB_AAD)
+            crypto.decrypt_blob(key, blob=flip(blob, i), aad=BLOB_AAD)
     with pytest.raises(CryptoError):
-        crypto.open_blob(crypto.new_data_key(), blob=blob, aad=BLOB_AAD)
+        crypto.decrypt_blob(crypto.new_data_key(), blob=blob, aad=BLOB_AAD)
 
 
 # --------------------------------------------------------------------------
@@ -398,21 +402,21 @@ def windows(data: bytes, size: int) -> Iterator[bytes]:
     return (data[i : i + size] for i in range(0, len(data) - size + 1))
 
 
-def test_no_plaintext_in_key_file_wrapped_key_or_sealed_bytes(
-    keyfile_path: Path, key: crypto.DataKey, sealed: bytes
+def test_no_plaintext_in_key_file_wrapped_key_or_encrypted_bytes(
+    keyfile_path: Path, key: crypto.DataKey, encrypted: bytes
 ) -> None:
     kf = KeyFile.open(keyfile_path)
     blob = kf.wrap(key)
     kf.rotate()
     rewrapped = kf.rewrap(blob)
     keyfile = keyfile_path.read_bytes()
-    for stored in (keyfile, blob, rewrapped, sealed):
+    for stored in (keyfile, blob, rewrapped, encrypted):
         assert key.key not in stored
         # not even half of the data key appears anywhere
         assert not any(w in stored for w in windows(key.key, 16))
     # No 8-byte run of the record body (varied, no repeats within 256 bytes) survives.
-    assert not any(w in sealed for w in windows(BODY[:256], 8))
-    number = crypto.seal_blob(key, plaintext=NUMBER, aad=BLOB_AAD)
+    assert not any(w in encrypted for w in windows(BODY[:256], 8))
+    number = crypto.encrypt_blob(key, plaintext=NUMBER, aad=BLOB_AAD)
     assert not any(w in number for w in windows(NUMBER, 4))
 
 
@@ -424,7 +428,7 @@ SHRED_READER = """
     record = (d / "record").read_bytes()
     def try_open(k):
         try:
-            return crypto.open_record(k, call_id=b"call-9", leg=0, seq=0, ciphertext=record)
+            return crypto.decrypt_record(k, call_id=b"call-9", leg=0, seq=0, ciphertext=record)
         except crypto.CryptoError:
             return None
     wrapped = d / "wrapped-key"
@@ -454,7 +458,7 @@ def test_crypto_shredding_fresh_process_cannot_decrypt(tmp_path: Path) -> None:
     kf = KeyFile.open(tmp_path / "keys")
     key = crypto.new_data_key()
     (tmp_path / "record").write_bytes(
-        crypto.seal_record(key, call_id=b"call-9", leg=0, seq=0, plaintext=BODY)
+        crypto.encrypt_record(key, call_id=b"call-9", leg=0, seq=0, plaintext=BODY)
     )
     (tmp_path / "wrapped-key").write_bytes(kf.wrap(key))
     del key
@@ -473,7 +477,7 @@ def test_crypto_shredding_by_retiring_kek_defeats_a_copied_wrapped_key(tmp_path:
     kf = KeyFile.open(tmp_path / "keys")
     key = crypto.new_data_key()
     (tmp_path / "record").write_bytes(
-        crypto.seal_record(key, call_id=b"call-9", leg=0, seq=0, plaintext=BODY)
+        crypto.encrypt_record(key, call_id=b"call-9", leg=0, seq=0, plaintext=BODY)
     )
     (tmp_path / "wrapped-key").write_bytes(kf.wrap(key))  # e.g. an old backup's copy
     kf.rotate()

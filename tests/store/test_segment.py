@@ -76,7 +76,7 @@ def test_file_and_record_layout_match_the_documented_format(tmp_path: Path) -> N
     assert data[44:49] == b"hello" and len(data) == 49
 
 
-def test_many_records_across_segment_sealing(tmp_path: Path) -> None:
+def test_many_records_across_segment_closing(tmp_path: Path) -> None:
     bodies = [body_of(i) for i in range(600)]
     refs = write_records(tmp_path, bodies, segment_bytes=2048)
     segments = sorted({r.segment for r in refs})
@@ -86,7 +86,7 @@ def test_many_records_across_segment_sealing(tmp_path: Path) -> None:
         assert os.path.getsize(segment_path(tmp_path, seg)) <= 2048
     report = recover(tmp_path)
     assert report.clean and report.truncated is None
-    assert report.scanned == [segments[-1]]  # every other segment is sealed
+    assert report.scanned == [segments[-1]]  # every other segment is closed
     with SegmentReader(tmp_path) as r:
         assert [(ref, b) for ref, _t, b in r.scan()] == list(zip(refs, bodies, strict=True))
         assert [r.read(ref)[1] for ref in refs[::37]] == bodies[::37]
@@ -380,11 +380,11 @@ def test_corrupt_length_in_middle_is_damage(tmp_path: Path) -> None:
     assert "past the end" in report.damage[0].reason
 
 
-def test_damage_in_sealed_segment_is_reported_with_known_end(tmp_path: Path) -> None:
+def test_damage_in_closed_segment_is_reported_with_known_end(tmp_path: Path) -> None:
     refs = write_records(tmp_path, [body_of(i) for i in range(100)], segment_bytes=1024)
     victim = refs[1]  # refs[0] has an empty body
     flip(segment_path(tmp_path, victim.segment), victim.offset + 13)
-    assert recover(tmp_path).clean  # sealed segments are not read without known_end
+    assert recover(tmp_path).clean  # closed segments are not read without known_end
     report = recover(tmp_path, known_end=(1, 32))
     assert [(d.segment, d.offset) for d in report.damage] == [(1, victim.offset)]
     assert report.truncated is None
@@ -431,7 +431,7 @@ def test_empty_directory_and_header_only_segment(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("size", [0, 10, 31])
 def test_torn_segment_header_removes_the_file(tmp_path: Path, size: int) -> None:
-    write_records(tmp_path, [b"x" * 3000], segment_bytes=1024)  # segment 1, sealed
+    write_records(tmp_path, [b"x" * 3000], segment_bytes=1024)  # segment 1, closed
     Path(segment_path(tmp_path, 2)).write_bytes(b"CVSEG\x00\r\n\x01\x00"[:size].ljust(size, b"\0"))
     report = recover(tmp_path)
     assert report.truncated is not None

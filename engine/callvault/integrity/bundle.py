@@ -1,22 +1,12 @@
-"""Export bundles: one call with everything an offline verifier needs (docs/format.md 8.9).
+"""The offline verifier of an export bundle: one call with everything it needs.
 
-    DIR/call.ogg          the call, dual-track Ogg Opus (packets as stored)
-    DIR/manifest.json     the manifest exactly as sealed (canonical JSON)
-    DIR/records/NNNNNN    each audio record's body exactly as stored (encrypted)
-    DIR/chain.json        tenant, call id, chain head after each record, seal
-    DIR/call.key          the call's data key (hex): lets the verifier decrypt the
-                          records and check call.ogg against them; whoever holds the
-                          bundle holds the call's audio (and its customer number)
-    DIR/proof.json        the seal's log leaf, its index, the tree size and the
-                          inclusion proof (RFC 9162)
-    DIR/checkpoint.txt    a signed checkpoint (C2SP signed note) of that tree size
-    DIR/public-key.txt    the log's verifier key (note format)
-
-Written by ``callvault.vault.bundle``. `verify_bundle` checks, with nothing
-else: the checkpoint signature; the chain over the records (every head) and the
-seal over head, count and manifest; the leaf from the seal and its inclusion
-in the checkpoint's tree; and that the packets of call.ogg are exactly the
-packets sealed in the records.
+The bundle's files are docs/format.md 8.9; it is written by
+``callvault.vault.bundle``, and the procedure, step by step for other tools, is
+docs/verify-bundle.md. `verify_bundle` checks, with nothing else (no vault, no
+index, no key file): the checkpoint signature; the chain over the records
+(every head) and the seal over head, count and manifest; the leaf from the
+seal and its inclusion in the checkpoint's tree; and that the packets of
+call.ogg are exactly the packets sealed in the records.
 """
 
 from __future__ import annotations
@@ -111,7 +101,7 @@ def verify_bundle(
         legs: list[list[tuple[int, PacketRun]]] = [[] for _ in m["legs"]]
         for body in bodies:
             b = rec.parse(rec.AUDIO, body)
-            lengths, packets = b.open_audio(key)
+            lengths, packets = b.decrypt_audio(key)
             legs[b.leg].append((b.first_frame, PacketRun(packets, lengths)))
         reader = ogg.OggOpusReader(d / "call.ogg")
         ogg_legs: list[list[bytes]] = [[] for _ in m["legs"]]

@@ -1,23 +1,9 @@
 """Per-call hash chains over stored record bytes, and call seals.
 
-Format (docs/format.md section 8.3, version 1). All hashes are SHA-256 with a
-one-byte role prefix, so a value of one role can never be passed off as
-another (RFC 6962 uses 0x00 for log leaves and 0x01 for log nodes; the chain
-takes the next two):
-
-    genesis   = SHA-256(0x02 || "callvault-chain-v1" || u8 len(tenant) || tenant
-                         || u8 len(call_id) || call_id)
-    link[i]   = SHA-256(0x02 || link[i-1] || u32be(i) || SHA-256(record[i]))
-                with link[-1] = genesis, record[i] the i-th record's body
-                exactly as stored (encrypted), i counting from 0
-    seal      = SHA-256(0x03 || link[n-1] (or genesis when n = 0)
-                         || u32be(n) || SHA-256(manifest))
-
-The index i inside each link makes a reordered, duplicated or dropped record
-change every later link; chaining the stored ciphertext (not the plaintext)
-keeps the chain verifiable after the call's key is destroyed (crypto-
-shredding). The manifest is the call's canonical metadata document, so the
-seal commits to both the audio and what was said about it.
+Computes and verifies the genesis, links and seal of docs/format.md 8.3
+(version 1): a call's chain runs over its AUDIO record bodies exactly as stored
+(encrypted), so it stays verifiable after the call's key is destroyed, and the
+seal commits to the chain's head, its length and the call's manifest.
 """
 
 from __future__ import annotations

@@ -1,35 +1,8 @@
 """Signed checkpoints of the Merkle log: C2SP tlog-checkpoint in a C2SP signed note.
 
-Checkpoint text (c2sp.org/tlog-checkpoint), UTF-8, every line ending in 0x0A::
-
-    <origin>\\n                   non-empty; callvault uses the signing key's name
-    <tree size>\\n                ASCII decimal, no leading zeros (``0`` for empty)
-    <base64 root hash>\\n         standard base64 (RFC 4648 section 4) of 32 bytes
-    [<extension line>\\n ...]     optional, each non-empty
-
-Signed note (c2sp.org/signed-note): the text above, one blank line (a lone
-0x0A), then one or more signature lines::
-
-    U+2014 (em dash, bytes E2 80 94) 0x20 <key name> 0x20 <base64(sig)> 0x0A
-
-where ``sig`` = 4-byte big-endian key ID || 64-byte Ed25519 signature (RFC
-8032) of the text, final newline included, blank line excluded. Key ID =
-``SHA-256(key name || 0x0A || 0x01 || 32-byte public key)[:4]`` (0x01 is the
-signed-note type of Ed25519). A note has no ASCII control character other than
-newline; the text ends at the note's last blank line.
-
-Verifier key (what a verifier is configured with)::
-
-    <key name>+<key ID, 8 lowercase hex digits>+<base64(0x01 || public key)>
-
-Private key file ``DIR/checkpoint-signer.key``, mode 0600, one line::
-
-    PRIVATE+KEY+<key name>+<key ID hex>+<base64(0x01 || 32-byte Ed25519 seed)>
-
-Verification (signed-note rules): signatures by unknown keys (name or key ID
-not the verifier's) are ignored; a signature by the known key that fails
-rejects the whole note; a note with no valid signature by the known key is
-rejected. The origin must equal the key's name unless the caller names another.
+Formats, signs, parses and verifies the notes of docs/format.md 8.8 (checkpoint
+text, signature lines and key ids, the verifier key, the private key file
+``DIR/checkpoint-signer.key``, and the signed-note verification rules).
 
 :class:`CheckpointLog` keeps the last checkpoint it signed (``DIR/checkpoint``,
 the signed note itself) and never signs a tree that is not an append-only

@@ -1,64 +1,18 @@
 """The global Merkle log on disk: append-only leaf and node hashes, O(log n) proofs.
 
-One log lives in a directory. Leaves are RFC 6962 leaf hashes
+One log lives in a directory, in the files ``tree`` and ``synced`` of
+docs/format.md 8.7 (format version 1, with the byte offset of every record and
+node and the recovery rules). Leaves are RFC 6962 leaf hashes
 (``merkle.leaf_hash(data)``); the tree is RFC 9162's (see
 ``callvault.integrity.merkle``). Besides each leaf hash the log stores every
-perfect (complete, aligned) interior node the moment its last leaf arrives, so
-any root, inclusion proof or consistency proof is folded from O(log n) stored
-hashes, each found by arithmetic, never by a scan.
+perfect interior node the moment its last leaf arrives, so any root, inclusion
+proof or consistency proof is folded from O(log n) stored hashes.
 
-Format version 1
-================
-
-``DIR/tree``: a header, then one record per leaf, in leaf order.
-
-Header, 16 bytes::
-
-    offset  size  field
-    0       8     magic b"CVMRKLOG"
-    8       2     format version, u16 big-endian (1)
-    10      2     hash size, u16 big-endian (32: SHA-256)
-    12      4     CRC-32C (Castagnoli) of bytes 0..12, u32 big-endian
-
-Record i (leaf index i = 0, 1, ...). Let t = the number of trailing zero bits
-of i + 1 (the number of perfect nodes leaf i completes)::
-
-    offset        size  field
-    0             32    leaf hash of leaf i: SHA-256(0x00 || leaf data)
-    32*l          32    for l = 1..t: hash of node (level l, index ((i+1) >> l) - 1),
-                        i.e. MTH of leaves [i + 1 - 2**l, i + 1)
-    32*(t+1)      4     CRC-32C of the record's 32*(t+1) hash bytes, u32 big-endian
-
-Record i starts at byte ``R(i) = 16 + 32*(2*i - popcount(i)) + 4*i``: the
-records before it hold i leaf hashes, i - popcount(i) node hashes (one per
-perfect node of level >= 1 among i leaves) and i CRCs. A log of n leaves is
-exactly R(n) bytes long. Node (level l, index j), covering leaves
-``[j * 2**l, (j+1) * 2**l)``, is hash number l of record ``((j+1) << l) - 1``.
-
-``DIR/synced``: the durability marker, 20 bytes, rewritten in place after each
-fsync of ``tree`` (itself never fsynced: a stale or torn marker only makes the
-next open check more records)::
-
-    offset  size  field
-    0       4     magic b"CVMS"
-    4       2     format version, u16 big-endian (1)
-    6       2     reserved, zero
-    8       8     n: the number of leaves whose records were fsynced, u64 big-endian
-    16      4     CRC-32C of bytes 0..16, u32 big-endian
-
-Durability and recovery
-=======================
-
-``append``/``append_many`` write records to the page cache; ``sync()`` fsyncs
-them, then records the synced leaf count in ``synced``. Open trusts the first
-n records (n from a valid marker, else 0), and checks every later record:
-whole, CRC right, node hashes equal to the ones recomputed from the leaves. The
-first record that is partial or whose CRC is wrong starts the torn tail, which
-is truncated and reported in :attr:`MerkleLog.recovery`. Damage that cannot be
-a torn unsynced write fails closed with :class:`LogCorruptError`: a file
-shorter than its synced records, a bad header, a whole record whose CRC is
-right but whose node hashes are wrong, and any stored record whose CRC is
-wrong when a proof reads it.
+Durability: ``append``/``append_many`` write records to the page cache;
+``sync()`` fsyncs them, then rewrites ``synced`` with the synced leaf count.
+Open trusts the synced records and checks every later one: a torn tail is
+truncated and reported in :attr:`MerkleLog.recovery`; damage that cannot be a
+torn unsynced write raises :class:`LogCorruptError` (fails closed).
 """
 
 from __future__ import annotations

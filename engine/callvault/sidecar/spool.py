@@ -1,32 +1,12 @@
-"""The sidecar's store-and-forward spool: one directory per call (docs/format.md section 9).
+"""The sidecar's store-and-forward spool: one directory per call.
+
+The files (``spool``, append-only, and ``acked``), their records, the order
+rules, recovery and durability are docs/format.md section 9 (version 1).
 
 A call's RTP is written here BEFORE it is forwarded, and stays until the
 server says the call is Sealed: the Ingest contract asks a client to keep
 every batch of a call until then, because a restarted server answers
 ``Started.resume_from_seq = 0`` and replays the call from its first batch.
-
-Directory ``ROOT/<quote(tenant)>+<call_id>/`` (the name is only a handle;
-the truth is inside) holds two files:
-
-``spool`` -- append-only, little-endian::
-
-    file   = header record*
-    header = magic "CVSPOOL\\0" (8) | version u32 (= 1) | crc32c(bytes 0..11) u32
-    record = crc u32 | length u32 | type u8 | body (length bytes)
-             crc = crc32c(length | type | body)
-    type 1 CALL   created_us i64 | legs u16 | port u16 * legs | CallStart (protobuf
-                  callvault.v1.CallStart, start_us = 0)         -- always the first record
-    type 2 START  start_us i64                                   -- frame 0's instant, once,
-                                                                    before the first BATCH
-    type 3 BATCH  seq u64 | leg u32 | count u32 | length u32 * count |
-                  arrival_us i64 * count | packets (sum of lengths bytes)
-                                                                 -- seq 0, 1, 2, ... no gaps
-    type 4 END    batches u64 | end_us i64                       -- the call stopped; last
-
-``acked`` -- 12 bytes rewritten in place: ``acked u64 | crc32c u32``, the
-highest batch seq the server acknowledged + 1 (0 = none). A hint for
-operators (``ListCalls``): the server's ``resume_from_seq`` decides what is
-resent, so this file is never fsynced.
 
 Writer contract: a spool is created whole (written, fsynced and renamed into
 place), so a directory without its CALL record never exists. Every record is
@@ -37,9 +17,10 @@ something was written since the last one (the sidecar calls it every second,
 at a call's end and on SIGTERM); ``end()`` fsyncs itself.
 
 Reader contract: ``Spool.open`` scans the file, truncates a torn or damaged
-tail at the first record that is short or fails its crc, and says how many
-bytes it dropped (``dropped_bytes``); it never skips a bad record to read on.
-Any batch can be read back by seq, in any order, while the writer appends.
+tail at the first record that is short, fails its crc or is out of order, and
+says how many bytes it dropped (``dropped_bytes``); it never skips a bad
+record to read on. Any batch can be read back by seq, in any order, while the
+writer appends.
 """
 
 from __future__ import annotations

@@ -1,26 +1,27 @@
-"""Encryption at rest: per-call data keys, key-encryption keys (KEKs), sealed records.
+"""Encryption at rest: per-call data keys, key-encryption keys (KEKs), encrypted records.
 
-(For docs/format.md section 8, "Encryption at rest". All integers are
-unsigned big-endian; offsets in bytes.)
+The bytes (key file, wrapped data key, encrypted record with its nonce and
+AAD, encrypted blob) are docs/format.md 8.6, version 1; this docstring says
+why they are so and what callers must keep to.
 
 Key hierarchy
 =============
 Each call has its own random 256-bit **data key** (:func:`new_data_key`). The
-call's records and metadata are sealed with it (AES-256-GCM). The data key is
-stored only *wrapped* (encrypted) under a **KEK**; the KEKs live in one **key
-file** (:class:`KeyFile`) whose path the vault passes in. The key file is never
-inside a segment file, and the vault never stores a data key in the clear.
+call's records and metadata are encrypted with it (AES-256-GCM:
+:func:`encrypt_record`, :func:`encrypt_blob`). The data key is stored only
+*wrapped* under a **KEK**; the KEKs live in one **key file** (:class:`KeyFile`)
+whose path the vault passes in.
 
 Rotation: :meth:`KeyFile.rotate` adds a new active KEK; older KEKs stay in the
 file (state ``previous``) and still unwrap. :meth:`KeyFile.rewrap` moves a
 wrapped key to the active KEK without touching any audio (45 bytes per call).
-Once the vault has rewrapped every blob under an old KEK it calls
+Once the vault has rewrapped every key wrapped under an old KEK it calls
 :meth:`KeyFile.retire`, which erases that KEK's bytes from the file; the id
 is kept (state ``retired``) so ids are never reused.
 
 Crypto-shredding: there is no "shred" function. To erase a call, the vault
 deletes the call's wrapped data key (and drops any copy of the data key it
-held). Without the data key, :func:`open_record` cannot succeed: the key is
+held). Without the data key, :func:`decrypt_record` cannot succeed: the key is
 256 random bits, it appears in no file (the key file holds only KEKs, the
 record holds only ciphertext), and the stored ciphertext (which the call's
 hash chain covers) stays in place, so other calls' chains and the log remain
@@ -38,103 +39,33 @@ KEK. AES-GCM with random 96-bit nonces is limited to 2**32 wraps per KEK
 (NIST SP 800-38D 8.3), and one repeated nonce would leak the GHASH key and let
 an attacker forge wrapped keys. A data key is 32 bytes, a multiple of 8, so
 RFC 3394 applies without the padding of RFC 5649. AES-KW carries no
-associated data; that costs nothing here: the blob's version byte is checked,
-a changed KEK id picks a different KEK and the unwrap integrity check fails
-(probability of passing 2**-64), and a wrapped key moved to another call
-opens none of that call's records (different key and AAD: GCM rejects them).
+associated data; that costs nothing here: the wrapped key's version byte is
+checked, a changed KEK id picks a different KEK and the unwrap integrity check
+fails (probability of passing 2**-64), and a wrapped key moved to another call
+decrypts none of that call's records (different key and AAD: GCM rejects them).
 
-Key file, version 1 (:class:`KeyFile`)
-======================================
-Mode 0600, owner only; a key file any group/other permission bit is refused.
-Written atomically: ``<name>.tmp`` (created 0600, written, fsynced), renamed
-over ``<name>``, directory fsynced. Mutations (create, rotate, retire) hold an
-exclusive ``flock`` on ``<name>.lock`` beside it and re-read the file first,
-so two processes cannot lose each other's rotation; a ``<name>.tmp`` left by a
-crash is removed under that lock (the old ``<name>`` is still whole).
+Nonces
+======
+A record's nonce is derived from (leg, seq) (:func:`record_nonce`), so nonce
+reuse cannot happen as long as a data key belongs to one call (a fresh random
+key per call) and, within a call, (leg, seq) names one record and is never
+encrypted twice with different input. Encryption is deterministic, so a retry
+of the same record gives the same bytes. Blobs take a random nonce of another
+kind: with 88 random bits, 2**32 blobs under one key collide with probability
+below 2**-24; a call has a handful.
 
-======  ====  ===============================================================
-offset  size  field
-======  ====  ===============================================================
-0       4     magic ``b"CVKF"``
-4       1     format version = 1
-5       3     reserved, zero
-8       4     n: number of KEK entries (>= 1)
-12      56*n  entries, ids strictly increasing:
-              +0  4  KEK id (>= 1; ids are never reused)
-              +4  1  state: 1 active (wraps new keys; exactly one),
-                     2 previous (unwraps only), 3 retired (key erased)
-              +5  3  reserved, zero
-              +8  8  created, Unix time in nanoseconds
-              +16 8  retired, Unix time in nanoseconds (0 unless retired)
-              +24 32 KEK bytes (all zero when retired)
-12+56n  32    SHA-256 of bytes [0, 12+56n): catches a torn or damaged file
-              (integrity against accident; the file's protection is its mode)
-======  ====  ===============================================================
-
-Wrapped data key, version 1 (:meth:`KeyFile.wrap`), 45 bytes
-============================================================
-======  ====  ===============================================================
-0       1     version = 1
-1       4     KEK id
-5       40    AES key wrap (RFC 3394, default IV) of the 32-byte data key
-======  ====  ===============================================================
-
-Sealed record, version 1 (:func:`seal_record`), 17 + len(plaintext) bytes
-=========================================================================
-======  ====  ===============================================================
-0       1     version = 1
-1       n     AES-256-GCM ciphertext of the record body (n = len(plaintext))
-1+n     16    GCM tag
-======  ====  ===============================================================
-
-The nonce is not stored; it is derived (:func:`record_nonce`), 12 bytes:
-``[0]`` 0x00 (kind: record), ``[1]`` 0x00 reserved, ``[2:4]`` leg (uint16),
-``[4:12]`` seq (uint64). Nonce reuse cannot happen: a data key belongs to one
-call and is never reused for another (a fresh 256-bit random key per call),
-and within a call the pair (leg, seq) names one record and is never sealed
-twice (seq counts a leg's records; a retry of a record is the same record,
-and sealing is deterministic, so it gives the same bytes). Blobs (below) use
-nonce kind 0x01, so a blob nonce never equals a record nonce either.
-
-The caller's side of that contract: never seal one (leg, seq) of a call twice
-with *any* input different (plaintext, or AAD: aad_extra included). Same
+The caller's side of that contract: never encrypt one (leg, seq) of a call
+twice with *any* input different (plaintext, or AAD: aad_extra included). Same
 nonce and different plaintext leaks their XOR; same nonce and different AAD
 lets one solve for the GHASH key and forge records. In particular, recovery
 that truncates a torn record must not hand its seq to different bytes
-(its partial ciphertext may survive on disk): resume past it, or re-seal the
-identical record.
-
-The AAD binds the record to its place, so a record moved to another call, leg
-or position (or given another ``aad_extra``, e.g. its first frame index)
-fails authentication:
-
-======  ====  ===============================================================
-0       4     ``b"cvr1"`` (domain: record, version 1)
-4       2     L = len(call_id), 1..65535
-6       L     call_id
-6+L     2     leg
-8+L     8     seq
-16+L    *     aad_extra (last, so the encoding is unambiguous)
-======  ====  ===============================================================
-
-Sealed blob, version 1 (:func:`seal_blob`, call metadata such as the
-customer number), 29 + len(plaintext) bytes
-================================================================
-======  ====  ===============================================================
-0       1     version = 1
-1       12    nonce: 0x01 (kind: blob), then 11 random bytes
-13      n     AES-256-GCM ciphertext
-13+n    16    GCM tag
-======  ====  ===============================================================
-
-AAD: ``b"cvb1"`` followed by the caller's ``aad`` (e.g. tenant, call_id and
-field name). With 88 random nonce bits, 2**32 blobs under one key collide
-with probability below 2**-24; a call has a handful.
+(its partial ciphertext may survive on disk): resume past it, or re-encrypt
+the identical record.
 
 Cost: AES-GCM through ``cryptography`` is a few microseconds per call plus
 about a nanosecond per byte; building the cipher object costs about as much
 again, so a :class:`DataKey` keeps its ``AESGCM`` object and passing the
-``DataKey`` (rather than its bytes) to :func:`seal_record` saves it.
+``DataKey`` (rather than its bytes) to :func:`encrypt_record` saves it.
 """
 
 from __future__ import annotations
@@ -167,12 +98,12 @@ __all__ = [
     "KeyFile",
     "KeyFileError",
     "KeyMissing",
+    "decrypt_blob",
+    "decrypt_record",
+    "encrypt_blob",
+    "encrypt_record",
     "new_data_key",
-    "open_blob",
-    "open_record",
     "record_nonce",
-    "seal_blob",
-    "seal_record",
     "wrapped_kek_id",
 ]
 
@@ -229,7 +160,7 @@ class KekState(IntEnum):
 
     ACTIVE = 1  # wraps new data keys; exactly one entry
     PREVIOUS = 2  # replaced by a rotation; still unwraps
-    RETIRED = 3  # key bytes erased; blobs wrapped under it raise KeyMissing
+    RETIRED = 3  # key bytes erased; keys wrapped under it raise KeyMissing
 
 
 @dataclass(frozen=True)
@@ -312,7 +243,7 @@ def _record_aad(call_id: bytes, leg: int, seq: int, aad_extra: bytes) -> bytes:
     )
 
 
-def seal_record(
+def encrypt_record(
     key: DataKey | bytes,
     *,
     call_id: bytes,
@@ -327,7 +258,7 @@ def seal_record(
     return bytes((RECORD_VERSION,)) + _aead(key).encrypt(nonce, plaintext, aad)
 
 
-def open_record(
+def decrypt_record(
     key: DataKey | bytes,
     *,
     call_id: bytes,
@@ -336,15 +267,15 @@ def open_record(
     ciphertext: bytes,
     aad_extra: bytes = b"",
 ) -> bytes:
-    """Inverse of :func:`seal_record`; :class:`CryptoError` if anything does not match."""
+    """Inverse of :func:`encrypt_record`; :class:`CryptoError` if anything does not match."""
     if len(ciphertext) < 1 + TAG_BYTES:
         raise CryptoError(
-            f"sealed record of call {call_id!r} leg {leg} seq {seq} is {len(ciphertext)} bytes,"
+            f"encrypted record of call {call_id!r} leg {leg} seq {seq} is {len(ciphertext)} bytes,"
             f" shorter than version byte and tag ({1 + TAG_BYTES})"
         )
     if ciphertext[0] != RECORD_VERSION:
         raise CryptoError(
-            f"sealed record of call {call_id!r} leg {leg} seq {seq} has version"
+            f"encrypted record of call {call_id!r} leg {leg} seq {seq} has version"
             f" {ciphertext[0]}; this build reads version {RECORD_VERSION}"
         )
     nonce = record_nonce(leg, seq)
@@ -355,32 +286,32 @@ def open_record(
         raise CryptoError(
             f"record of call {call_id!r} leg {leg} seq {seq} failed authentication:"
             " its bytes were altered, or the key, call, leg, seq or position is not"
-            " the one it was sealed with"
+            " the one it was encrypted with"
         ) from None
 
 
-def seal_blob(key: DataKey | bytes, *, plaintext: bytes, aad: bytes) -> bytes:
+def encrypt_blob(key: DataKey | bytes, *, plaintext: bytes, aad: bytes) -> bytes:
     """Encrypt a small value (call metadata) with a random nonce; ``aad`` binds its context."""
     nonce = bytes((_NONCE_KIND_BLOB,)) + secrets.token_bytes(NONCE_BYTES - 1)
-    sealed = _aead(key).encrypt(nonce, plaintext, _BLOB_DOMAIN + aad)
-    return bytes((BLOB_VERSION,)) + nonce + sealed
+    ciphertext = _aead(key).encrypt(nonce, plaintext, _BLOB_DOMAIN + aad)
+    return bytes((BLOB_VERSION,)) + nonce + ciphertext
 
 
-def open_blob(key: DataKey | bytes, *, blob: bytes, aad: bytes) -> bytes:
-    """Inverse of :func:`seal_blob`; :class:`CryptoError` if anything does not match."""
+def decrypt_blob(key: DataKey | bytes, *, blob: bytes, aad: bytes) -> bytes:
+    """Inverse of :func:`encrypt_blob`; :class:`CryptoError` if anything does not match."""
     if len(blob) < 1 + NONCE_BYTES + TAG_BYTES:
-        raise CryptoError(f"sealed blob is {len(blob)} bytes, too short to be one")
+        raise CryptoError(f"encrypted blob is {len(blob)} bytes, too short to be one")
     if blob[0] != BLOB_VERSION:
-        raise CryptoError(f"sealed blob has version {blob[0]}; this build reads {BLOB_VERSION}")
+        raise CryptoError(f"encrypted blob has version {blob[0]}; this build reads {BLOB_VERSION}")
     nonce = blob[1 : 1 + NONCE_BYTES]
     if nonce[0] != _NONCE_KIND_BLOB:
-        raise CryptoError(f"sealed blob has nonce kind {nonce[0]:#04x}, not a blob nonce")
+        raise CryptoError(f"encrypted blob has nonce kind {nonce[0]:#04x}, not a blob nonce")
     try:
         return _aead(key).decrypt(nonce, blob[1 + NONCE_BYTES :], _BLOB_DOMAIN + aad)
     except InvalidTag:
         raise CryptoError(
-            "sealed blob failed authentication: its bytes were altered, or the key or"
-            " context (aad) is not the one it was sealed with"
+            "encrypted blob failed authentication: its bytes were altered, or the key or"
+            " context (aad) is not the one it was encrypted with"
         ) from None
 
 
@@ -388,11 +319,11 @@ def open_blob(key: DataKey | bytes, *, blob: bytes, aad: bytes) -> bytes:
 # Key file
 
 
-def wrapped_kek_id(blob: bytes) -> int:
+def wrapped_kek_id(wrapped: bytes) -> int:
     """The id of the KEK a wrapped data key was wrapped under (to find what to rewrap)."""
-    if len(blob) != WRAPPED_BYTES:
-        raise CryptoError(f"wrapped key is {len(blob)} bytes, expected {WRAPPED_BYTES}")
-    version, kek_id = _WRAP_HEADER.unpack_from(blob)
+    if len(wrapped) != WRAPPED_BYTES:
+        raise CryptoError(f"wrapped key is {len(wrapped)} bytes, expected {WRAPPED_BYTES}")
+    version, kek_id = _WRAP_HEADER.unpack_from(wrapped)
     if version != WRAP_VERSION:
         raise CryptoError(f"wrapped key has version {version}; this build reads {WRAP_VERSION}")
     return int(kek_id)
@@ -447,7 +378,7 @@ class KeyFile:
 
     Contract: an instance caches the file's content; :meth:`rotate` and
     :meth:`retire` re-read the file under its lock before changing it, and
-    :meth:`unwrap` re-reads it once when a blob names a KEK it does not know
+    :meth:`unwrap` re-reads it once when a wrapped key names a KEK it does not know
     (another process rotated). Thread safety: not shared between threads
     without the caller's lock.
     """
@@ -570,7 +501,7 @@ class KeyFile:
         """Erase KEK ``kek_id`` from the file; its id stays, marked retired.
 
         The caller states that no wrapped key under ``kek_id`` remains (it has
-        rewrapped them all, see :func:`wrapped_kek_id`); blobs still wrapped
+        rewrapped them all, see :func:`wrapped_kek_id`); keys still wrapped
         under it raise :class:`KeyMissing` from now on. The active KEK cannot
         be retired (rotate first). Retiring a retired KEK does nothing.
         """
@@ -609,19 +540,19 @@ class KeyFile:
         kek = self._kek(kid, for_unwrap=False)
         return _WRAP_HEADER.pack(WRAP_VERSION, kid) + aes_key_wrap(kek, _key_bytes(data_key))
 
-    def unwrap(self, blob: bytes) -> bytes:
-        """The data key in ``blob``; :class:`KeyMissing` if its KEK is gone,
-        :class:`CryptoError` if the blob was altered."""
-        kid = wrapped_kek_id(blob)
+    def unwrap(self, wrapped: bytes) -> bytes:
+        """The data key in ``wrapped``; :class:`KeyMissing` if its KEK is gone,
+        :class:`CryptoError` if the wrapped key was altered."""
+        kid = wrapped_kek_id(wrapped)
         kek = self._kek(kid, for_unwrap=True)
         try:
-            return aes_key_unwrap(kek, blob[_WRAP_HEADER.size :])
+            return aes_key_unwrap(kek, wrapped[_WRAP_HEADER.size :])
         except InvalidUnwrap:
             raise CryptoError(
-                f"wrapped key (KEK {kid}) failed its integrity check: the blob was altered"
+                f"wrapped key (KEK {kid}) failed its integrity check: the wrapped key was altered"
                 " or its KEK id changed"
             ) from None
 
-    def rewrap(self, blob: bytes, kek_id: int | None = None) -> bytes:
+    def rewrap(self, wrapped: bytes, kek_id: int | None = None) -> bytes:
         """The same data key wrapped under ``kek_id`` (default: active); no audio touched."""
-        return self.wrap(self.unwrap(blob), kek_id)
+        return self.wrap(self.unwrap(wrapped), kek_id)

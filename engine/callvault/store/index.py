@@ -1,14 +1,11 @@
 """The vault's index: RocksDB (rocksdict) column families, one WriteBatch per group commit.
 
-The layout, its keys and the call entry's JSON: docs/format.md 8.4 (format
-version 1). Every key of a call starts with the tenant (tenant isolation and
-per-tenant policies need no migration); strings in keys are UTF-8 ending in
-0x00 (tenant, call id, agent, skill group and tag may not contain NUL);
-integers are big-endian, so byte order is numeric order. The index never
-points past durable bytes: the vault writes each group commit's batch after
-the segment fsync and before any acknowledgement (callvault.store.segment's
-on_commit). It can be rebuilt from the segments alone (`callvault --data DIR
-reindex`).
+Column families, keys, values, the ``default`` family's ``meta/*`` and
+``leaf/*`` entries and the call entry's JSON: docs/format.md 8.4 (format
+version 1). The index never points past durable bytes: the vault writes each
+group commit's batch after the segment fsync and before any acknowledgement
+(callvault.store.segment's on_commit). It can be rebuilt from the segments
+alone (`callvault --data DIR reindex`).
 """
 
 from __future__ import annotations
@@ -74,7 +71,8 @@ class CallEntry:
     skill_group: str = ""
     tags: list[str] = field(default_factory=list)
     legs: list[str] = field(default_factory=list)
-    customer_number_sealed: str = ""  # hex of crypto.seal_blob(...)
+    # hex of crypto.encrypt_blob(...); a v1 name: "sealed" means encrypted (docs/format.md 8.6)
+    customer_number_sealed: str = ""
     wrapped_key: str = ""  # never set: the wrapped key has its own file (docs/format.md 8.6)
     state: str = "open"  # open, sealed, erased
     records: int = 0

@@ -1,31 +1,9 @@
-"""Record bodies of the vault's segment records (docs/format.md section 8.5, version 1).
+"""Record bodies of the vault's segment records: build and parse them.
 
-Every body starts with the same plaintext header, so the index can be
-rebuilt from the segments alone, and the per-call chain covers the body
-exactly as stored:
-
-    offset  size  field
-    0       1     body version (1)
-    1       1     len(tenant) = t
-    2       t     tenant (UTF-8)
-    2+t     1     len(call_id) = c
-    3+t     c     call id (UTF-8)
-    then, by record type:
-
-    OPEN (1)   u64 start_us, then JSON (UTF-8) of the call's public metadata
-               (direction, agent, skill group, tags, legs, sealed customer
-               number as hex: the number itself is never in plaintext)
-    AUDIO (2)  u8 leg, u8 codec (1 = Opus 8 kHz 20 ms), u32 chain index,
-               u32 first frame, u16 frames, then the sealed payload:
-               crypto.seal_record(call key, call_id = tenant 00 call_id,
-               leg, seq = chain index, aad_extra = everything before it)
-               of: u16 length x frames, then the Opus packets
-    SEAL (3)   u32 record count, 32-byte chain head, 32-byte seal,
-               u64 end_us, then the manifest (canonical JSON, UTF-8)
-    ERASE (4)  u64 time_us, then the reason (UTF-8)
-
-All integers are big-endian. Nothing in a body is customer audio or a
-customer number in plaintext.
+The layout (the common plaintext header, then OPEN, AUDIO, SEAL and ERASE
+bodies) is docs/format.md 8.5, version 1. An AUDIO body's payload is an
+encrypted record (docs/format.md 8.6, :func:`callvault.store.crypto.encrypt_record`)
+bound to the bytes before it; :meth:`Body.decrypt_audio` reverses it.
 """
 
 from __future__ import annotations
@@ -59,7 +37,7 @@ def _id(value: str) -> bytes:
 
 
 def call_aad(tenant: str, call_id: str) -> bytes:
-    """The call identity bound into every sealed record and blob of the call."""
+    """The call identity bound into every encrypted record and blob of the call."""
     return tenant.encode() + b"\x00" + call_id.encode()
 
 
@@ -84,7 +62,7 @@ class Body:
     chain_index: int = 0
     first_frame: int = 0
     frames: int = 0
-    sealed_at: int = 0  # offset of the sealed payload in raw
+    encrypted_at: int = 0  # offset of the encrypted payload in raw
     # SEAL
     count: int = 0
     head: bytes = b""
@@ -95,17 +73,17 @@ class Body:
     time_us: int = 0
     reason: str = ""
 
-    def open_audio(self, key: crypto.DataKey | bytes) -> tuple[npt.NDArray[np.int32], bytes]:
+    def decrypt_audio(self, key: crypto.DataKey | bytes) -> tuple[npt.NDArray[np.int32], bytes]:
         """Decrypt an AUDIO body: (packet lengths, packets)."""
         if self.rtype != AUDIO:
             raise ValueError("not an audio record")
-        plain = crypto.open_record(
+        plain = crypto.decrypt_record(
             key,
             call_id=call_aad(self.tenant, self.call_id),
             leg=self.leg,
             seq=self.chain_index,
-            ciphertext=self.raw[self.sealed_at :],
-            aad_extra=self.raw[: self.sealed_at],
+            ciphertext=self.raw[self.encrypted_at :],
+            aad_extra=self.raw[: self.encrypted_at],
         )
         n = self.frames
         if len(plain) < 2 * n:
@@ -145,7 +123,7 @@ def audio_body(
         raise ValueError("an Opus packet longer than 65535 bytes")
     head = header(tenant, call_id) + _AUDIO.pack(leg, CODEC_OPUS, chain_index, first_frame, n)
     plain = np.asarray(lengths, dtype=">u2").tobytes() + packets
-    return head + crypto.seal_record(
+    return head + crypto.encrypt_record(
         key,
         call_id=call_aad(tenant, call_id),
         leg=leg,
@@ -183,7 +161,7 @@ def parse(rtype: int, raw: bytes) -> Body:
             b.meta = json.loads(raw[pos + 8 :])
         elif rtype == AUDIO:
             b.leg, b.codec, b.chain_index, b.first_frame, b.frames = _AUDIO.unpack_from(raw, pos)
-            b.sealed_at = pos + _AUDIO.size
+            b.encrypted_at = pos + _AUDIO.size
         elif rtype == SEAL:
             b.count, b.head, b.seal, b.end_us = _SEAL.unpack_from(raw, pos)
             b.manifest = raw[pos + _SEAL.size :]

@@ -1,57 +1,9 @@
 """Append-only segment files: framing, group-commit writer, reader, recovery.
 
-This module writes and reads docs/format.md section 8.1, "Segment files".
-Format version 1. A format change is a version bump and a doc change in the
-same commit.
-
-Segment files
-=============
-A data directory holds segment files named ``<id>.seg`` where ``<id>`` is the
-segment id as 16 lower-case hex digits (``0000000000000001.seg``). Ids start at
-1 and increase; gaps are allowed (a segment whose creation was lost in a crash
-is simply absent). Every integer is little-endian.
-
-File header (32 bytes, at offset 0)::
-
-    offset size field
-    0      8    magic       b"CVSEG\\x00\\r\\n" (the CR LF catches text-mode mangling)
-    8      2    version     u16, 1
-    10     2    header_size u16, 32
-    12     8    segment_id  u64, equal to the id in the file name
-    20     8    created_us  u64, creation time, unix microseconds
-    28     4    header_crc  u32, CRC32C (Castagnoli) of bytes 0..28
-
-Records follow the header back to back, from offset 32::
-
-    offset size field
-    0      4    crc         u32, CRC32C of bytes 4..12+length (length, type,
-                            flags, reserved and body: a corrupt length is caught)
-    4      4    length      u32, body length, at most MAX_BODY (16 MiB)
-    8      1    type        u8: 1..0xEF the caller's record types (the vault
-                            defines them), 0 invalid, 0xF0..0xFF the store's own
-    9      1    flags       u8, 0 in version 1 (readers reject anything else)
-    10     2    reserved    u16, 0 in version 1 (readers reject anything else)
-    12     ...  body        ``length`` bytes
-
-Store record types: ``0xFF`` SEAL, the segment footer, see below; the others in
-0xF0..0xFE are reserved.
-
-Sealing. The writer seals a segment when adding the next record would make the
-file longer than ``segment_bytes`` (the SEAL record counted in): it appends a
-SEAL record, fsyncs the file and starts the next id. A sealed segment is never
-written again. A segment holding a single record larger than that is allowed.
-A segment too full for even an empty record is sealed at once. SEAL body
-(32 bytes, record total 44 bytes)::
-
-    offset size field
-    0      8    segment_id    u64
-    8      8    record_count  u64, caller records in the segment
-    16     8    data_end      u64, offset of this SEAL record (end of the records)
-    24     8    sealed_us     u64, unix microseconds
-
-A segment is *sealed* when its last 44 bytes are a CRC-valid SEAL record whose
-``segment_id`` and ``data_end`` match: that is checked without reading the
-rest, so opening a store reads only the unsealed segments (normally the last).
+Writes and reads the segment files of docs/format.md 8.2 (file header, record
+framing, the footer that closes a segment, and the recovery rules), format
+version 1. The layout is written down only there; a change to it is a version
+bump and a change to that section in the same commit.
 
 Durability contract (writer)
 ============================
@@ -69,52 +21,31 @@ fail with it, and nothing is acknowledged after it. After a failed fsync the
 page cache state is unknown (PostgreSQL's "fsyncgate"), so retrying is not safe;
 reopen the store, which runs recovery.
 
-There is one writer per directory (the caller holds a lock file for that: this
-module takes no inter-process lock). Between two fsyncs only the bytes of the
-last group are unsynced, and the writer writes the next group only after the
-previous fsync succeeded: after a crash, only the bytes after the last fsynced
-group of the last segment can be torn.
+The writer closes a segment (appends its footer) when the next record would
+pass ``segment_bytes``. There is one writer per directory (the caller holds a
+lock file for that: this module takes no inter-process lock). Between two
+fsyncs only the bytes of the last group are unsynced, and the writer writes the
+next group only after the previous fsync succeeded: after a crash, only the
+bytes after the last fsynced group of the last segment can be torn.
 
 Recovery contract
 =================
-``recover(directory)`` is run on open, before a writer is made. Like LevelDB's
-``log::Reader`` with its ``Reporter``, it never skips anything silently; it
-returns a :class:`RecoveryReport`:
+``recover(directory)`` is run on open, before a writer is made, and applies
+the recovery rules of docs/format.md 8.2. Like LevelDB's ``log::Reader`` with
+its ``Reporter``, it never skips anything silently; it returns a
+:class:`RecoveryReport`: ``truncated`` is the torn tail it cut
+(:class:`TornTail`, ``removed=True`` when a last segment with a torn header was
+removed), ``damage`` the bad stretches it left in place (:class:`Damage`, with
+``resumes_at``), ``scanned`` the segments it read record by record, and
+``records`` the records for the caller to index.
 
-* Sealed segments are checked (header and SEAL) but not read.
-* Every unsealed segment (normally only the last) is read record by record.
-  When a record is bad (incomplete header, length past the end of the file or
-  above MAX_BODY, CRC mismatch) recovery searches the rest of the segment, at
-  every byte offset, for a CRC-valid record:
-
-  - none found and the segment is the last one: a *torn tail*. The file is
-    truncated to the end of the last valid record and fsynced, and the report
-    says ``truncated = TornTail(segment, offset, dropped, reason)``. A last
-    segment whose header itself is torn (shorter than 32 bytes or a bad header
-    CRC) with nothing valid after it is removed (``removed=True``): its header
-    was fsynced before any of its records was acknowledged.
-  - a valid record found: *damage*, ``Damage(segment, offset, reason,
-    resumes_at)``. Nothing is truncated or skipped on disk; the scan resumes
-    at the valid record so the report lists the records after it too. The
-    vault fails closed for the calls concerned.
-  - a bad record in a segment that is not the last is damage, never truncated.
-  - a CRC-valid record that version 1 does not allow (type 0, a reserved
-    type, flags or reserved bits set, bytes after a SEAL) is damage.
-
-* ``known_end=(segment, offset)``, if given, is the end of the last record the
-  caller knows to be durable (the vault: the end of the last record its index
-  holds, written in ``on_commit`` after the fsync). Recovery never truncates
-  below it (a bad record there is damage, not a torn tail), and the report's
-  ``records`` are then every record from that position on, in every segment,
-  so the caller can index what its index lacks. Without ``known_end``,
-  ``records`` are those of the unsealed segments.
-
-Limits of the torn-tail rule: a CRC-bad final record can be a torn write or
-bit rot in an acknowledged record; recovery cannot tell them apart without
-``known_end``, so the vault passes it. After a power loss the page cache may
-have written the pages of the last (unacknowledged) group out of order, so a
-hole followed by a valid record of that same group is reported as damage: a
-false alarm on the safe side.
+``known_end=(segment, offset)``, if given, is the end of the last record the
+caller knows to be durable (the vault: the end of the last record its index
+holds, written in ``on_commit`` after the fsync). Recovery never truncates
+below it (a bad record there is damage, not a torn tail), and the report's
+``records`` are then every record from that position on, in every segment, so
+the caller can index what its index lacks. Without ``known_end``, ``records``
+are those of the segments that are not closed.
 """
 
 from __future__ import annotations
@@ -167,10 +98,10 @@ _CRC = struct.Struct("<I")
 MAX_BODY = 16 << 20
 # Types 0xF0..0xFF belong to the store; callers use 1..0xEF.
 FIRST_STORE_TYPE = 0xF0
-TYPE_SEAL = 0xFF
-SEAL_BODY = struct.Struct("<QQQQ")  # segment_id, record_count, data_end, sealed_us
-SEAL_RECORD_SIZE = RECORD_HEADER_SIZE + SEAL_BODY.size
-# Smaller segments would hold almost nothing but headers and seals.
+TYPE_FOOTER = 0xFF
+FOOTER_BODY = struct.Struct("<QQQQ")  # segment_id, record_count, data_end, closed_us
+FOOTER_RECORD_SIZE = RECORD_HEADER_SIZE + FOOTER_BODY.size
+# Smaller segments would hold almost nothing but headers and footers.
 MIN_SEGMENT_BYTES = 256
 _SEGMENT_NAME = re.compile(r"^([0-9a-f]{16})\.seg$")
 
@@ -316,7 +247,7 @@ def _unsupported(rtype: int, flags: int, reserved: int) -> str | None:
         return "record type 0 is invalid"
     if flags != 0 or reserved != 0:
         return f"record flags {flags:#x} / reserved {reserved:#x} not allowed in version 1"
-    if rtype >= FIRST_STORE_TYPE and rtype != TYPE_SEAL:
+    if rtype >= FIRST_STORE_TYPE and rtype != TYPE_FOOTER:
         return f"reserved store record type {rtype:#x}"
     return None
 
@@ -349,14 +280,14 @@ def _find_next_record(data: bytes, start: int) -> int | None:
     return None
 
 
-def _seal_problem(body: bytes | memoryview, segment: int, pos: int, n: int) -> str | None:
-    if len(body) != SEAL_BODY.size:
-        return f"SEAL body of {len(body)} bytes, expected {SEAL_BODY.size}"
-    seg, _count, data_end, _sealed = SEAL_BODY.unpack(body)
+def _footer_problem(body: bytes | memoryview, segment: int, pos: int, n: int) -> str | None:
+    if len(body) != FOOTER_BODY.size:
+        return f"footer body of {len(body)} bytes, expected {FOOTER_BODY.size}"
+    seg, _count, data_end, _closed = FOOTER_BODY.unpack(body)
     if seg != segment or data_end != pos:
-        return f"SEAL says segment {seg:016x} data_end {data_end}, found at {pos}"
-    if pos + SEAL_RECORD_SIZE != n:
-        return f"{n - pos - SEAL_RECORD_SIZE} bytes after the SEAL record"
+        return f"footer says segment {seg:016x} data_end {data_end}, found at {pos}"
+    if pos + FOOTER_RECORD_SIZE != n:
+        return f"{n - pos - FOOTER_RECORD_SIZE} bytes after the footer"
     return None
 
 
@@ -367,7 +298,7 @@ class _Scan:
     segment: int
     records: list[tuple[RecordRef, int]] = field(default_factory=list)
     count: int = 0
-    sealed: bool = False
+    closed: bool = False
     damage: list[Damage] = field(default_factory=list)
     torn: tuple[int, str] | None = None  # nothing valid from this offset to the end
 
@@ -402,10 +333,10 @@ def _scan_segment(data: bytes, segment: int) -> _Scan:
         _crc, _len, _t, flags, reserved = RECORD_HEADER.unpack_from(data, pos)
         end = pos + RECORD_HEADER_SIZE + length
         bad = _unsupported(rtype, flags, reserved)
-        if bad is None and rtype == TYPE_SEAL:
-            bad = _seal_problem(memoryview(data)[pos + RECORD_HEADER_SIZE : end], segment, pos, n)
+        if bad is None and rtype == TYPE_FOOTER:
+            bad = _footer_problem(memoryview(data)[pos + RECORD_HEADER_SIZE : end], segment, pos, n)
             if bad is None:
-                scan.sealed = True
+                scan.closed = True
                 return scan
         if bad is not None:
             scan.damage.append(Damage(segment, pos, bad, end if end < n else None))
@@ -416,21 +347,21 @@ def _scan_segment(data: bytes, segment: int) -> _Scan:
     return scan
 
 
-def _is_sealed(f: File, segment: int, size: int) -> bool:
-    """True if the file's header is good and it ends with its SEAL (O(1) reads)."""
-    if size < HEADER_SIZE + SEAL_RECORD_SIZE:
+def _is_closed(f: File, segment: int, size: int) -> bool:
+    """True if the file's header is good and it ends with its footer (O(1) reads)."""
+    if size < HEADER_SIZE + FOOTER_RECORD_SIZE:
         return False
     if _header_problem(f.pread(HEADER_SIZE, 0), segment) is not None:
         return False
-    pos = size - SEAL_RECORD_SIZE
-    tail = f.pread(SEAL_RECORD_SIZE, pos)
+    pos = size - FOOTER_RECORD_SIZE
+    tail = f.pread(FOOTER_RECORD_SIZE, pos)
     found = _record_at(tail, 0)
-    if isinstance(found, str) or found[0] != TYPE_SEAL:
+    if isinstance(found, str) or found[0] != TYPE_FOOTER:
         return False
     _crc, _len, _t, flags, reserved = RECORD_HEADER.unpack_from(tail, 0)
     if flags or reserved:
         return False
-    return _seal_problem(tail[RECORD_HEADER_SIZE:], segment, pos, size) is None
+    return _footer_problem(tail[RECORD_HEADER_SIZE:], segment, pos, size) is None
 
 
 # ---------------------------------------------------------------------------
@@ -454,7 +385,7 @@ class SegmentWriter:
     """The single writer of a segment directory (see the module doc's contract).
 
     Open it after :func:`recover`: if the last segment has a torn tail the
-    constructor raises StoreError. An unsealed, whole last segment is
+    constructor raises StoreError. A whole last segment that is not closed is
     continued; a damaged one is left as it is and a new segment is started.
     ``on_commit`` and the futures' done-callbacks run on the committer thread:
     they must not wait for an append of this writer.
@@ -484,7 +415,7 @@ class SegmentWriter:
         self._on_commit = on_commit
         self._bodies = on_commit_bodies
         self.failed: BaseException | None = None
-        self.groups = 0  # committed groups (one write + one file fsync each, plus seals)
+        self.groups = 0  # committed groups (one write + one file fsync each, plus footers)
         self._cond = threading.Condition(threading.Lock())
         self._pending: list[_Pending] = []
         self._pending_bytes = 0
@@ -513,7 +444,7 @@ class SegmentWriter:
         f = self._fs.open_append(segment_path(self._dir, last))
         try:
             size = f.size()
-            if _is_sealed(f, last, size):
+            if _is_closed(f, last, size):
                 f.close()
                 return
             scan = _scan_segment(f.pread(size, 0), last)
@@ -532,7 +463,7 @@ class SegmentWriter:
                 f"segment {last:016x} has a torn tail at offset {off} ({reason}): "
                 "run recover() before opening a writer"
             )
-        if scan.damage or scan.sealed:
+        if scan.damage or scan.closed:
             f.close()  # left as it is: recovery reports its damage every time
             return
         self._file, self._segment, self._size, self._count = f, last, size, scan.count
@@ -688,11 +619,13 @@ class SegmentWriter:
         self._what = f"fsync of directory {self._dir} failed"
         self._fs.fsync_dir(self._dir)
 
-    def _seal_record(self) -> tuple[bytes, bytes]:
-        return _frame(TYPE_SEAL, SEAL_BODY.pack(self._segment, self._count, self._size, _now_us()))
+    def _footer_record(self) -> tuple[bytes, bytes]:
+        return _frame(
+            TYPE_FOOTER, FOOTER_BODY.pack(self._segment, self._count, self._size, _now_us())
+        )
 
     def _commit(self, group: list[_Pending]) -> list[Committed]:
-        """Write and fsync one group; seal and create segments as needed."""
+        """Write and fsync one group; close and create segments as needed."""
         committed: list[Committed] = []
         parts: list[bytes] = []
         created = False  # the current file was created in this group
@@ -701,9 +634,9 @@ class SegmentWriter:
             if (
                 self._file is not None
                 and self._count > 0
-                and self._size + n + SEAL_RECORD_SIZE > self._segment_bytes
+                and self._size + n + FOOTER_RECORD_SIZE > self._segment_bytes
             ):
-                parts.extend(self._seal_record())
+                parts.extend(self._footer_record())
                 self._write_all(parts)
                 parts = []
                 self._fsync()
@@ -724,9 +657,9 @@ class SegmentWriter:
             self._size += n
             self._count += 1
             committed.append(Committed(ref, p.rtype, p.body if self._bodies else None))
-        full = self._size + RECORD_HEADER_SIZE + SEAL_RECORD_SIZE > self._segment_bytes
-        if full:  # not even an empty record fits: seal now rather than at the next append
-            parts.extend(self._seal_record())
+        full = self._size + RECORD_HEADER_SIZE + FOOTER_RECORD_SIZE > self._segment_bytes
+        if full:  # not even an empty record fits: close it now rather than at the next append
+            parts.extend(self._footer_record())
         self._write_all(parts)
         self._fsync()
         if created:
@@ -812,7 +745,7 @@ class SegmentReader:
     ) -> Iterator[tuple[RecordRef, int, bytes]]:
         """Yield (ref, type, body) of caller records in order: every segment when
         ``segment`` is None (``start`` must be 0), else that one from ``start``
-        (a record offset; 0 means its first record). SEAL records are checked,
+        (a record offset; 0 means its first record). Footers are checked,
         not yielded. Raises CorruptRecord at the first bad record, after yielding
         every good one before it: nothing is skipped."""
         if segment is None:
@@ -843,8 +776,8 @@ class SegmentReader:
             if isinstance(found, str):
                 raise CorruptRecord(segment, pos, found)
             bad = _unsupported(rtype, flags, reserved)
-            if bad is None and rtype == TYPE_SEAL:
-                bad = _seal_problem(data[RECORD_HEADER_SIZE:], segment, pos, size)
+            if bad is None and rtype == TYPE_FOOTER:
+                bad = _footer_problem(data[RECORD_HEADER_SIZE:], segment, pos, size)
                 if bad is None:
                     return
             if bad is not None:
@@ -889,7 +822,7 @@ def recover(
         try:
             size = f.size()
             wanted = known_end is not None and seg >= known_end[0]
-            if _is_sealed(f, seg, size) and not wanted:
+            if _is_closed(f, seg, size) and not wanted:
                 report.segments.append(seg)
                 continue
             scan = _scan_segment(f.pread(size, 0), seg)

@@ -145,7 +145,7 @@ class CallWriter:
         end = end_us or now_us()  # one instant for the manifest and the seal record
         # The summary (gaps, levels, DTMF digits: possibly card numbers) is call
         # content: sealed with the call's key, unreadable once the call is erased.
-        sealed_summary = crypto.seal_blob(
+        sealed_summary = crypto.encrypt_blob(
             self._key,
             plaintext=json.dumps(summary or {}, sort_keys=True).encode(),
             aad=rec.call_aad(e.tenant, e.call_id) + SUMMARY_AAD,
@@ -288,7 +288,7 @@ class Vault(Export, Verification, Indexing):
             key = self.call_keys.create(tenant, call_id)
             sealed_number = ""
             if customer_number:
-                sealed_number = crypto.seal_blob(
+                sealed_number = crypto.encrypt_blob(
                     key, plaintext=customer_number.encode(), aad=rec.call_aad(tenant, call_id)
                 ).hex()
             meta = {

@@ -125,7 +125,7 @@ class Reading(VaultState):
     def summary(self, call_id: str, *, tenant: str = "default") -> dict[str, Any]:
         """The sealed per-leg summary of a call (gaps, DTMF, levels, RTP counters)."""
         m = self.manifest(call_id, tenant=tenant)
-        plain = crypto.open_blob(
+        plain = crypto.decrypt_blob(
             self.call_keys.get(tenant, call_id),
             blob=bytes.fromhex(m["summary_sealed"]),
             aad=rec.call_aad(tenant, call_id) + SUMMARY_AAD,
@@ -137,7 +137,7 @@ class Reading(VaultState):
         e = self.get_call(call_id, tenant=tenant)
         if not e.customer_number_sealed:
             return ""
-        return crypto.open_blob(
+        return crypto.decrypt_blob(
             self.call_keys.get(tenant, call_id),
             blob=bytes.fromhex(e.customer_number_sealed),
             aad=rec.call_aad(tenant, call_id),
@@ -171,7 +171,7 @@ class Reading(VaultState):
             g = r.leg
             if r.first_frame + r.frames <= have[g] or r.first_frame >= to_frame:
                 continue
-            lengths, packets = rec.parse(rec.AUDIO, self._body(r)).open_audio(key)
+            lengths, packets = rec.parse(rec.AUDIO, self._body(r)).decrypt_audio(key)
             lo = max(have[g] - r.first_frame, 0)
             hi = min(len(lengths), to_frame - r.first_frame)
             if lo >= hi:

@@ -73,7 +73,7 @@ class Verification(Reading):
             try:
                 key = self.call_keys.get(tenant, call_id)
                 for body in bodies:
-                    rec.parse(rec.AUDIO, body).open_audio(key)
+                    rec.parse(rec.AUDIO, body).decrypt_audio(key)
             except CallvaultError as ex:
                 problems.append(Problem(what, None, f"audio does not authenticate: {ex}"))
         if e.seal and e.log_index >= 0 and not problems:
