@@ -505,3 +505,20 @@ def test_sigterm_turns_health_not_serving_and_exits(tmp_path: Path) -> None:
     srv = start_server(tmp_path / "data")
     assert srv.stop(signal.SIGTERM, timeout=30) == 0
     assert "shutting down" in srv.output()
+
+
+def test_call_info_carries_erasure_in_fields_not_extra(server: Proc, capture: Path) -> None:
+    """CallInfo.extra holds only the caller's metadata; an erasure has its own fields
+    (regression: erased_us, erase_reason, manifest_ref... reached clients as extra)."""
+    record(server.address, capture_feed(capture), "x1", agent="alex")
+    with grpc.insecure_channel(server.address) as ch:
+        a = pbg.ArchiveStub(ch)
+        info = a.GetCall(pb.GetCallRequest(call=pb.CallRef(call_id="x1")))
+        assert dict(info.extra) == {} and info.erased_us == 0 and info.erase_log_index == -1
+        reply = pbg.AdminStub(ch).Erase(
+            pb.EraseRequest(call=pb.CallRef(call_id="x1"), reason="retention")
+        )
+        info = a.GetCall(pb.GetCallRequest(call=pb.CallRef(call_id="x1")))
+        assert info.state == "erased" and dict(info.extra) == {}
+        assert info.erase_reason == "retention" and info.erased_us >= info.end_us > 0
+        assert info.erase_log_index == reply.log_index == info.log_index + 1

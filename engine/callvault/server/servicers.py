@@ -104,12 +104,7 @@ def _ref(ref: pb.CallRef) -> tuple[str, str]:
 
 def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
     extra = {str(k): str(v) for k, v in e.extra.items() if not isinstance(v, list | dict)}
-    if e.state == "erased":  # the wire carries the erasure in extra, as it always has
-        extra.update(
-            erased_us=str(e.erased_us),
-            erase_reason=e.erase_reason,
-            erase_log_index=str(e.erase_log_index),
-        )
+    erased = e.state == "erased"
     return pb.CallInfo(
         tenant=e.tenant,
         call_id=e.call_id,
@@ -127,6 +122,9 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
         chain_head=bytes.fromhex(e.chain_head),
         seal=bytes.fromhex(e.seal) if e.seal else b"",
         log_index=e.log_index,
+        erased_us=e.erased_us if erased else 0,
+        erase_reason=e.erase_reason if erased else "",
+        erase_log_index=e.erase_log_index if erased else -1,
     )
 
 
