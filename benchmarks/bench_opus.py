@@ -10,7 +10,7 @@
                           same requests (benchmarks/c/opus_loop.c), called
                           once per round via ctypes.
                           Target: ours <= 1.05x the C loop's time.
-      peer opuslib        opuslib.Encoder(8000, 1, APPLICATION_VOIP) with the
+      peer opuslib        opuslib.Encoder(SAMPLE_RATE, 1, APPLICATION_VOIP) with the
                           same bitrate, complexity, DTX, VBR and signal set,
                           encoding frame by frame as opuslib users do.
                           Target: ours >= 1.3x faster than opuslib.
@@ -33,6 +33,7 @@ import numpy.typing as npt
 import pytest
 
 from benchmarks.conftest import Interleaved, OpusLoop, Tag, need
+from callvault.timeline import FRAME_SAMPLES, SAMPLE_RATE
 
 # About 3 s per side (pytest-benchmark's default is 1 s), 9 s for the three
 # sides' interleaved rounds: a longer window evens out the load on a shared machine.
@@ -40,14 +41,14 @@ pytestmark = pytest.mark.benchmark(max_time=3.0)
 
 NAME = "opus_encode_8k_voip"
 SECONDS = 10.0
-FRAME = 160  # 20 ms at 8 kHz
+FRAME = FRAME_SAMPLES  # 20 ms at 8 kHz
 BITRATE = 12_000
 SIGNAL_VOICE = 3001  # OPUS_SIGNAL_VOICE: what the binding sets in VoIP mode
 
 
 @pytest.fixture(scope="module")
 def pcm(dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]) -> npt.NDArray[np.int16]:
-    frames = int(SECONDS * 8000) // FRAME
+    frames = int(SECONDS * SAMPLE_RATE) // FRAME
     return np.ascontiguousarray(dialogue_30s[0][: frames * FRAME].reshape(frames, FRAME))
 
 
@@ -68,7 +69,7 @@ def c_encode(
         pcm.ctypes.data,
         n,
         FRAME,
-        8000,
+        SAMPLE_RATE,
         s["bitrate"],
         s["complexity"],
         int(s["dtx"]),
@@ -112,7 +113,7 @@ def opuslib_encode(pcm: npt.NDArray[np.int16], settings: dict[str, Any]) -> Any:
     frames = [f.tobytes() for f in pcm]  # opuslib takes bytes per frame
 
     def run() -> list[bytes]:
-        enc = opuslib.Encoder(8000, 1, opuslib.APPLICATION_VOIP)
+        enc = opuslib.Encoder(SAMPLE_RATE, 1, opuslib.APPLICATION_VOIP)
         enc.bitrate = settings["bitrate"]
         enc.complexity = settings["complexity"]
         # opuslib's Encoder has no dtx property: its ctl API sets it.

@@ -36,6 +36,7 @@ import numpy.typing as npt
 import pytest
 
 from benchmarks.conftest import Interleaved, Tag, need
+from callvault.timeline import FRAME_MS, FRAME_SAMPLES, FRAME_US, FRAMES_PER_SECOND, SAMPLE_RATE
 
 # About 3 s per side (pytest-benchmark's default is 1 s), 9 s for the three
 # sides' interleaved rounds: a longer window evens out the load on a shared machine.
@@ -47,7 +48,7 @@ BATCH = 50  # packets per push: 1 s of 20 ms packets
 JITTER_MS = 10.0
 T0 = 1_700_000_000.0  # send time of the first packet (seconds, as in a capture)
 CALL_START_US = int(T0 * 1_000_000) - 100_000  # the call is answered 100 ms before media
-SPP = 160  # samples (and mu-law bytes) per 20 ms packet
+SPP = FRAME_SAMPLES  # samples (and mu-law bytes) per 20 ms packet
 
 
 class Stream:
@@ -61,7 +62,7 @@ class Stream:
         for lo in range(0, len(packets), BATCH):
             data, offsets, lengths = rtppack.pack_batch(packets[lo : lo + BATCH])
             self.batches.append((data, offsets, lengths, self.arrival_us[lo : lo + BATCH]))
-        self.end_us = int(self.arrival_us.max()) + 20_000
+        self.end_us = int(self.arrival_us.max()) + FRAME_US
         # Payloads in sending (sequence) order, and what they decode to.
         seqs = [int.from_bytes(p[2:4], "big") for p in packets]
         first = seqs[0]
@@ -75,11 +76,11 @@ class Stream:
 @pytest.fixture(scope="module")
 def stream(dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]) -> Stream:
     sample = need("callvault.media.sample")
-    pcm = dialogue_30s[0][: int(SECONDS * 8000)]
-    plan = sample.LegPlan(law=0, ptime_ms=20, ssrc=0x2468ACE0, jitter_ms=JITTER_MS)
+    pcm = dialogue_30s[0][: int(SECONDS * SAMPLE_RATE)]
+    plan = sample.LegPlan(law=0, ptime_ms=FRAME_MS, ssrc=0x2468ACE0, jitter_ms=JITTER_MS)
     sent = sample.rtp_packets(pcm, plan, t0=T0, seed=3)
     s = Stream([a for a, _ in sent], [p for _, p in sent])
-    assert len(s.packets) == int(SECONDS * 50)
+    assert len(s.packets) == int(SECONDS * FRAMES_PER_SECOND)
     assert s.reordered > 0, "the workload must have packets out of order"
     return s
 

@@ -79,6 +79,7 @@ import numpy.typing as npt
 import pytest
 
 from benchmarks.conftest import CallFiles, Interleaved, OpusLoop, Tag, need
+from callvault.timeline import FRAME_SAMPLES, FRAME_US, SAMPLE_RATE
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -97,7 +98,7 @@ MAX_LEVELS = 8  # ramp + bisection steps, to keep the search within a few minute
 SEARCH_BUDGET_S = 330.0  # no new level once the search has run this long
 
 OPUS_SECONDS = 10.0
-OPUS_FRAME = 160
+OPUS_FRAME = FRAME_SAMPLES
 OPUS_ROUNDS = 15
 
 
@@ -134,7 +135,7 @@ def percentile(xs: list[float], q: float) -> float:
 def leg_pcm(
     dialogue_30s: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]],
 ) -> npt.NDArray[np.int16]:
-    frames = int(OPUS_SECONDS * 8000) // OPUS_FRAME
+    frames = int(OPUS_SECONDS * SAMPLE_RATE) // OPUS_FRAME
     return np.ascontiguousarray(dialogue_30s[0][: frames * OPUS_FRAME].reshape(frames, OPUS_FRAME))
 
 
@@ -174,7 +175,7 @@ def test_server_opus_ceiling(
             leg_pcm.ctypes.data,
             n,
             OPUS_FRAME,
-            8000,
+            SAMPLE_RATE,
             s["bitrate"],
             s["complexity"],
             int(s["dtx"]),
@@ -189,7 +190,7 @@ def test_server_opus_ceiling(
     assert used > 0 and int(lengths.sum()) == used
     # The same settings as the server: the packets must decode to the leg's length.
     opus = need("callvault._opus")
-    pcm = opus.Decoder(sample_rate=8000).decode_frames(out[:used].tobytes(), lengths)
+    pcm = opus.Decoder(sample_rate=SAMPLE_RATE).decode_frames(out[:used].tobytes(), lengths)
     assert pcm.size == n * OPUS_FRAME
 
 
@@ -481,7 +482,7 @@ def play_setup(
                 )
             )
         chunks = [pb.PlayChunk.FromString(m) for m in raw]
-        frames = (entry.end_us - entry.start_us) // 20_000
+        frames = (entry.end_us - entry.start_us) // FRAME_US
         assert sum(c.frames for c in chunks) == frames + 1  # + the encoder flush frame
         assert {len(c.legs) for c in chunks} == {2}
         bare_stream = need("benchmarks.bare_stream")

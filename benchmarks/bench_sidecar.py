@@ -78,6 +78,7 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import Tag, need
+from callvault.timeline import FRAME_MS, FRAME_SAMPLES
 
 HERE = Path(__file__).resolve().parent
 # CPU of the receiving process per round is what pytest-benchmark times (see above).
@@ -88,9 +89,9 @@ NAME_BURST = "sidecar_receive_burst"
 CALLS = 50
 LEGS = 2  # per call: agent, customer
 PACKETS_PER_LEG = 150  # 3 s of 20 ms packets
-PTIME_MS = 20
+PTIME_MS = FRAME_MS
 GROUPS = 10  # the legs' send phases within one ptime (one group per 2 ms)
-PAYLOAD = 160  # G.711 bytes per 20 ms packet: 172-byte packets
+PAYLOAD = FRAME_SAMPLES  # G.711 bytes (one per sample) per 20 ms packet: 172-byte packets
 HOST = "127.0.0.1"
 ROUNDS = 4
 WARMUP = 1
@@ -104,7 +105,7 @@ def packet(leg: int, seq: int) -> bytes:
     rtppack = need("callvault.media.rtppack")
     payload = bytes((leg * 31 + seq * 7 + i) & 0xFF for i in range(PAYLOAD))
     out: bytes = rtppack.build_packet(
-        rtppack.PT_PCMU, 1000 + seq, 160 * seq, 0x5EC0_0000 + leg, payload
+        rtppack.PT_PCMU, 1000 + seq, FRAME_SAMPLES * seq, 0x5EC0_0000 + leg, payload
     )
     return out
 
@@ -235,7 +236,7 @@ class Side:
         sidecar = need("callvault.sidecar")
         spool_mod = need("callvault.sidecar.spool")
         net = need("callvault._net")
-        pb = sidecar.pb
+        pb = need("callvault_client").pb
         root = self.root / f"round{self.made}"
         self.made += 1
         root.mkdir(parents=True)
@@ -383,8 +384,7 @@ def check(r: Round, report: dict[str, Any]) -> None:
             per_leg: list[list[bytes]] = [[] for _ in range(LEGS)]
             stamps: list[list[int]] = [[] for _ in range(LEGS)]
             for b in spool.read_from(0):
-                off = np.concatenate(([0], np.cumsum(b.lengths)))
-                per_leg[b.leg] += [b.packets[off[i] : off[i + 1]] for i in range(len(b.lengths))]
+                per_leg[b.leg] += list(b.run)
                 stamps[b.leg] += [int(a) for a in b.arrival_us]
         finally:
             spool.close()

@@ -115,18 +115,19 @@ import numpy.typing as npt
 import pytest
 
 from benchmarks.conftest import CallFiles, Interleaved, Round, Tag, need
+from callvault.timeline import FRAMES_PER_RECORD, SAMPLE_RATE
 
 CALLS = 32
 LEGS = ("agent", "customer")
 RECORDS = 60  # per leg: one minute
-FRAMES = 50  # per record (vault.FRAMES_PER_RECORD)
+FRAMES = FRAMES_PER_RECORD
 THREADS = 4
 INDEX_GROUP = 100  # records per index WriteBatch (workload index_writes)
 INGEST_ROUNDS = 5
 INDEX_ROUNDS = 15
 TENANT = "default"
-G711_PER_HOUR = 2 * 8000 * 3600  # bytes: 64 kb/s per leg, two legs
-PCM16_PER_HOUR = 2 * 16000 * 3600  # bytes: 8 kHz 16-bit, two legs
+G711_PER_HOUR = 2 * SAMPLE_RATE * 3600  # bytes: 64 kb/s per leg, two legs
+PCM16_PER_HOUR = 2 * 2 * SAMPLE_RATE * 3600  # bytes: 8 kHz 16-bit, two legs
 
 # the group-commit counts ours made in each round of vault_ingest (its peer reads them)
 FSYNCS_SEEN: list[int] = []
@@ -149,18 +150,18 @@ def leg_records(
 ) -> list[list[Record]]:
     """Per leg, RECORDS records of real Opus (the pipeline's defaults) over 60 s."""
     pipeline = need("callvault.media.pipeline")
+    packets = need("callvault.media.packets")
     out: list[list[Record]] = []
     for name, pcm in zip(LEGS, dialogue_30s, strict=True):
         pipe = pipeline.LegPipeline(name, "bench", pipeline.Settings())
         pipe.push_pcm(np.concatenate([pcm, pcm]))
         data, lengths = pipe.finish().packets_all()
         assert len(lengths) == RECORDS * FRAMES + 1  # + the encoder's flush packet
-        offs = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offs[1:])
+        run = packets.PacketRun(data, lengths)
         recs = []
         for r in range(RECORDS):
-            lo, hi = r * FRAMES, (r + 1) * FRAMES
-            recs.append((lengths[lo:hi].astype(np.int32), bytes(data[offs[lo] : offs[hi]])))
+            rec = run[r * FRAMES : (r + 1) * FRAMES]
+            recs.append((rec.lengths, rec.data))
         out.append(recs)
     return out
 

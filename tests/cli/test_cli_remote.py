@@ -237,3 +237,39 @@ def test_data_and_server_together_refused(setup: tuple[Proc, Path], tmp_path: Pa
     server, _ = setup
     p = run("--server", server.address, "--data", str(tmp_path), "ls", ok=False)
     assert p.returncode == 1 and "not both" in p.stderr
+
+
+def test_wav_legs_become_real_time_pcmu_packets() -> None:
+    """A remote import's WAV legs: one PCMU packet per 20 ms frame (a partial last frame
+    zero-padded), packet n arriving at start + (n + 1) x 20 ms, the legs merged in
+    arrival order; each leg's payloads are the G.711 of its samples."""
+    from callvault import _g711, _rtp
+    from callvault.cli.remote import leg_packets
+    from callvault.media.pipeline import LegInput
+
+    agent = np.random.default_rng(1).integers(-20000, 20000, 1000).astype(np.int16)
+    customer = np.random.default_rng(2).integers(-20000, 20000, 640).astype(np.int16)
+    start_us = 1_700_000_000_123_457
+    packets, specs = leg_packets(
+        [LegInput("agent", "a.wav", pcm=agent), LegInput("customer", "c.wav", pcm=customer)],
+        start_us,
+    )
+    assert [s.name for s in specs] == ["agent", "customer"]
+    assert [list(s.audio_payload_types) for s in specs] == [[0], [0]]
+    assert [(at, leg) for at, leg, _ in packets] == sorted(
+        [(start_us + 20_000 * (n + 1), 0) for n in range(7)]
+        + [(start_us + 20_000 * (n + 1), 1) for n in range(4)]
+    )
+    for leg, pcm in ((0, agent), (1, customer)):
+        raw = [p for _, g, p in packets if g == leg]
+        data, lengths = b"".join(raw), np.array([len(p) for p in raw], np.int32)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        parsed = _rtp.parse(data, offsets, lengths)
+        assert parsed.valid.all() and (parsed.pt == 0).all()
+        assert parsed.marker.tolist() == [True] + [False] * (len(raw) - 1)
+        assert len(set(parsed.ssrc.tolist())) == 1
+        seqs, stamps = parsed.seq.tolist(), parsed.ts.tolist()
+        assert {(b - a) % 2**16 for a, b in zip(seqs, seqs[1:], strict=False)} == {1}
+        assert {(b - a) % 2**32 for a, b in zip(stamps, stamps[1:], strict=False)} == {160}
+        padded = np.concatenate([pcm, np.zeros(-len(pcm) % 160, np.int16)])
+        assert b"".join(p[12:] for p in raw) == _g711.encode(padded, 0)

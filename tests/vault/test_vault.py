@@ -378,3 +378,22 @@ def test_read_packets_per_leg_across_a_gap_and_an_empty_leg(vault: Vault) -> Non
     # playback goes only as far as every leg has frames
     assert list(vault.iter_frames("c4", to_frame=1000)) == []
     vault.close()
+
+
+def test_append_leg_cuts_records_of_frames_per_record(vault: Vault) -> None:
+    """A whole leg appended at once becomes records of FRAMES_PER_RECORD frames (the
+    last one shorter) that read back as the packets given."""
+    from callvault import timeline
+    from callvault import vault as vault_pkg
+
+    assert vault_pkg.FRAMES_PER_RECORD == timeline.FRAMES_PER_RECORD == 50
+    assert vault_pkg.PRE_SKIP == timeline.OPUS_PRE_SKIP_48K == 312
+    data, lengths = vault.read_packets("c1", to_frame=120)[0]
+    w = vault.open_call("c5", legs=["agent"])
+    for f in w.append_leg(0, lengths, data, first_frame=10):
+        f.result()
+    spans = [(r.first_frame, r.frames) for _, r in vault.index.records("default", "c5")]
+    assert spans == [(10, 50), (60, 50), (110, 20)]
+    got, got_lengths = vault.read_packets("c5", from_frame=10, to_frame=130)[0]
+    assert (got, got_lengths.tolist()) == (data, lengths.tolist())
+    vault.close()

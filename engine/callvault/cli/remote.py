@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from callvault_client import Client, Recording, pb
 from callvault_client.errors import CallvaultClientError
 
@@ -33,7 +32,6 @@ BATCH_PACKETS = 200
 # A batch also closes when its packets span this much capture time, so the
 # legs' batches interleave in arrival order as a live call's would.
 BATCH_SPAN_US = 1_000_000
-FRAME_SAMPLES = 160  # 20 ms at 8 kHz
 
 
 @contextlib.contextmanager
@@ -255,8 +253,8 @@ def leg_packets(leg_inputs: Sequence[Any], start_us: int) -> tuple[list[Packet],
     """Every leg's RTP packets with arrival times, merged in arrival order, and the
     legs' specs. WAV legs become 20 ms PCMU packets, the first arriving 20 ms after
     ``start_us`` (when its last sample is in) and one every 20 ms after it."""
-    from callvault.media import sample
-    from callvault.media.capture import AUDIO_PTS
+    from callvault.media.batch import AUDIO_PTS
+    from callvault.media.packetize import packetize
     from callvault.media.rtppack import PT_PCMU
 
     packets: list[Packet] = []
@@ -275,16 +273,8 @@ def leg_packets(leg_inputs: Sequence[Any], start_us: int) -> tuple[list[Packet],
                 )
             )
             continue
-        pcm = np.asarray(leg.pcm, dtype=np.int16)
-        pad = (-len(pcm)) % FRAME_SAMPLES  # a partial last frame, zero-padded as a local import
-        if pad:
-            pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)])
-        plan = sample.LegPlan(law=PT_PCMU, ptime_ms=20, ssrc=0x5EED0000 + i, jitter_ms=0.0)
-        # rtp_packets delays every packet 10 ms after its send time (sample / 8000 + t0)
-        t0 = start_us / 1e6 + 0.020 - 0.010
-        packets.extend(
-            (round(at * 1e6), i, p) for at, p in sample.rtp_packets(pcm, plan, t0=t0, seed=i)
-        )
+        wav_packets = packetize(leg.pcm, start_us=start_us, ssrc=0x5EED0000 + i, seed=i)
+        packets.extend((at, i, p) for at, p in wav_packets)
         specs.append(pb.LegSpec(name=leg.name, audio_payload_types=[PT_PCMU]))
     packets.sort(key=lambda x: (x[0], x[1]))  # stable: each leg keeps its capture order
     return packets, specs

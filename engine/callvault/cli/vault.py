@@ -20,6 +20,7 @@ from callvault import ids
 from callvault.cli.backend import Backend
 from callvault.cli.common import iso, leg_names, output_format, print_calls, print_info, progress
 from callvault.errors import CallvaultError
+from callvault.timeline import frames_seconds
 
 # The verbs that run on a backend: `--data DIR` or `--server HOST:PORT`.
 BACKEND_VERBS = (
@@ -100,7 +101,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if e.customer_number is not None:
         doc["customer_number"] = e.customer_number
     if e.frames is not None:
-        doc["seconds"] = e.frames / 50
+        doc["seconds"] = frames_seconds(e.frames)
     if e.legs_detail is not None:
         doc["legs_detail"] = e.legs_detail
     if e.erased is not None:

@@ -23,12 +23,14 @@ import grpc
 import numpy as np
 
 from callvault import _net
-from callvault.media.capture import first_sample_bound
+from callvault.media.batch import first_sample_bound
+from callvault.media.packets import PacketRun
 from callvault.sidecar.call import Call, Leg, SidecarError
+from callvault.timeline import FRAME_MS
 
 log = logging.getLogger(__name__)
 
-FLUSH_MS = 20  # one batch per leg per 20 ms: one frame of audio, small acks
+FLUSH_MS = FRAME_MS  # one batch per leg per frame (20 ms) of audio: small acks
 RECV_PACKETS = 256  # datagrams per recvmmsg
 RECV_MAX_SIZE = 65535  # the largest UDP payload: nothing real is truncated
 RCVBUF = 1 << 20  # per leg socket: ~6 s of G.711 at 20 ms, bursts included
@@ -174,14 +176,9 @@ class Receiver(threading.Thread):
                 if len(chunks) == 1:
                     batches.append((leg.index, *chunks[0]))
                 else:
-                    batches.append(
-                        (
-                            leg.index,
-                            b"".join(c[0] for c in chunks),
-                            np.concatenate([c[1] for c in chunks]),
-                            np.concatenate([c[2] for c in chunks]),
-                        )
-                    )
+                    run = PacketRun.concat((c[0], c[1]) for c in chunks)
+                    arrival = np.concatenate([c[2] for c in chunks])
+                    batches.append((leg.index, run.data, run.lengths, arrival))
         first = call.spool.start_us is None
         if first:
             bounds = [first_sample_bound(p, ln, ar) for _, p, ln, ar in batches]

@@ -40,7 +40,7 @@ from crc32c import crc32c
 
 from callvault.durable import fsync_dir
 from callvault.errors import FormatError
-from callvault.media.capture import LegBatch
+from callvault.media.batch import LegBatch
 
 MAGIC = b"CVSPOOL\0"
 VERSION = 1

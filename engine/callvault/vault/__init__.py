@@ -14,9 +14,11 @@ and the base modules (errors, durable, timeline); never the server, the
 sidecar or the command line.
 """
 
+# The timeline's values, defined in callvault.timeline; re-exported here because
+# callers have imported them from callvault.vault.
+from callvault.timeline import FRAMES_PER_RECORD
+from callvault.timeline import OPUS_PRE_SKIP_48K as PRE_SKIP
 from callvault.vault.common import (
-    FRAMES_PER_RECORD,
-    PRE_SKIP,
     Ack,
     CallNotFound,
     OpenReport,

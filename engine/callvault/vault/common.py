@@ -10,9 +10,7 @@ from typing import Any
 from callvault.errors import CallvaultError
 from callvault.store.segment import RecordRef
 
-FRAMES_PER_RECORD = 50  # about one second of one leg per record (DESIGN.md "record")
 SUMMARY_AAD = b"/summary"  # binds a sealed summary to its role (not a customer number)
-PRE_SKIP = 312  # Opus encoder lookahead at 48 kHz (Encoder.lookahead), the Ogg pre-skip
 
 
 class VaultError(CallvaultError):

@@ -37,14 +37,20 @@ from callvault.errors import InputError
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint
 from callvault.integrity.log import MerkleLog
+from callvault.media.packets import PacketRun
 from callvault.store import crypto
 from callvault.store import records as rec
 from callvault.store.fs import REAL_FS, FileSystem
 from callvault.store.index import CallEntry, Index
 from callvault.store.segment import RecordRef, SegmentReader, SegmentWriter
-from callvault.vault.common import (
+from callvault.timeline import (
+    FRAME_MS,
     FRAMES_PER_RECORD,
-    PRE_SKIP,
+    OPUS_PRE_SKIP_48K,
+    SAMPLE_RATE,
+    frames_us,
+)
+from callvault.vault.common import (
     SUMMARY_AAD,
     Ack,
     OpenReport,
@@ -115,14 +121,11 @@ class CallWriter:
         self, leg: int, lengths: npt.NDArray[np.int32], packets: bytes, first_frame: int = 0
     ) -> list[Future[Ack]]:
         """A whole leg's packets, cut into records of FRAMES_PER_RECORD frames."""
-        offs = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offs[1:])
+        run = PacketRun(packets, lengths)
         futures = []
-        for lo in range(0, len(lengths), FRAMES_PER_RECORD):
-            hi = min(lo + FRAMES_PER_RECORD, len(lengths))
-            futures.append(
-                self.append(leg, first_frame + lo, lengths[lo:hi], packets[offs[lo] : offs[hi]])
-            )
+        for lo in range(0, len(run), FRAMES_PER_RECORD):
+            part = run[lo : lo + FRAMES_PER_RECORD]
+            futures.append(self.append(leg, first_frame + lo, part.lengths, part.data))
         return futures
 
     def seal(
@@ -359,7 +362,12 @@ class Vault(Export, Verification, Indexing):
             "customer_number_sealed": e.customer_number_sealed,
             "frames": frames,
             "records": count,
-            "codec": {"name": "opus", "sample_rate": 8000, "frame_ms": 20, "pre_skip": PRE_SKIP},
+            "codec": {
+                "name": "opus",
+                "sample_rate": SAMPLE_RATE,
+                "frame_ms": FRAME_MS,
+                "pre_skip": OPUS_PRE_SKIP_48K,
+            },
             "summary_sealed": sealed_summary,
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
@@ -389,7 +397,7 @@ class Vault(Export, Verification, Indexing):
         seal = w.seal(
             summary={"legs": [r.summary() for r in call.legs]},
             frames=call.frames,
-            end_us=w.entry.start_us + call.frames * 20_000,
+            end_us=w.entry.start_us + frames_us(call.frames),
         )
         entry = self.index.get_call(tenant, call_id)
         assert entry is not None

@@ -11,7 +11,14 @@ import numpy as np
 from callvault import _opus
 from callvault.errors import InputError
 from callvault.media import ogg, wav
-from callvault.vault.common import PRE_SKIP
+from callvault.timeline import (
+    FRAME_SAMPLES,
+    FRAMES_PER_SECOND,
+    OPUS_DELAY_SAMPLES,
+    OPUS_PRE_SKIP_48K,
+    SAMPLE_RATE,
+    frames_seconds,
+)
 from callvault.vault.reading import Reading
 
 
@@ -30,32 +37,29 @@ class Export(Reading):
         """Write the call (or a time range) as dual-track Ogg Opus (no re-encoding) or WAV."""
         m = self.manifest(call_id, tenant=tenant)
         frames = int(m["frames"])
-        lo = max(0, int(from_s * 50))
-        hi = frames if to_s is None else min(frames, int(np.ceil(to_s * 50)))
+        lo = max(0, int(from_s * FRAMES_PER_SECOND))
+        hi = frames if to_s is None else min(frames, int(np.ceil(to_s * FRAMES_PER_SECOND)))
         if hi <= lo:
             raise InputError(
-                f"--from {from_s} / --to {to_s}: empty range of a {frames / 50:.2f} s call"
+                f"--from {from_s} / --to {to_s}: empty range of a "
+                f"{frames_seconds(frames):.2f} s call"
             )
         legs = self.read_packets(call_id, tenant=tenant, from_frame=lo, to_frame=hi + 1)
         suffix = Path(out).suffix.lower()
         if suffix == ".wav":
             pcm = []
             for data, lengths in legs:
-                dec = _opus.Decoder(sample_rate=8000).decode_frames(data, lengths)
-                pcm.append(dec.reshape(-1)[PRE_SKIP // 6 : PRE_SKIP // 6 + (hi - lo) * 160])
+                dec = _opus.Decoder(sample_rate=SAMPLE_RATE).decode_frames(data, lengths)
+                lag = OPUS_DELAY_SAMPLES  # decoded audio runs this far behind the timeline
+                pcm.append(dec.reshape(-1)[lag : lag + (hi - lo) * FRAME_SAMPLES])
             return wav.write(Path(out), pcm)
         if suffix not in (".ogg", ".opus"):
             raise InputError(f"output {out}: name it .ogg or .wav")
-        if len(legs) == 2:
-            data, lengths = _opus.pack_multistream(legs[0][0], legs[0][1], legs[1][0], legs[1][1])
-        else:
-            data, lengths = legs[0]
-        w = ogg.OggOpusWriter(
+        ogg.write_call(
             out,
-            channels=len(legs),
-            pre_skip=PRE_SKIP,
-            comments={f"CALLVAULT_CHANNEL_{i}": name for i, name in enumerate(m["legs"])},
+            legs,
+            pre_skip=OPUS_PRE_SKIP_48K,
+            frames=hi - lo,
+            comments=ogg.channel_comments(m["legs"]),
         )
-        w.write_packets(data, lengths)
-        w.close(duration_48k=(hi - lo) * 960)
         return Path(out).stat().st_size

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from callvault.media.packets import PacketRun
 from callvault.store import crypto
 from callvault.store import records as rec
 from callvault.store.index import CallEntry, RecordEntry
@@ -27,12 +28,10 @@ Packets = tuple[bytes, npt.NDArray[np.int32]]  # Opus packets back to back, thei
 @dataclass(slots=True)
 class _Run:
     """A decrypted audio record's packets kept whole (no Python object per packet):
-    packets, lengths and byte offsets (len(lengths) + 1) up to the end of the range
-    read, and ``cur``, the next packet not yet taken."""
+    ``run``, its packets up to the end of the range read, and ``cur``, the next
+    packet not yet taken."""
 
-    packets: bytes
-    lengths: npt.NDArray[np.int32]
-    offs: npt.NDArray[np.int64]
+    run: PacketRun
     cur: int
 
 
@@ -41,14 +40,15 @@ def _take(runs: collections.deque[_Run], n: int) -> Packets:
     datas: list[bytes] = []
     lens: list[npt.NDArray[np.int32]] = []
     while n:
-        run = runs[0]
-        cur = run.cur
-        k = min(n, len(run.lengths) - cur)
-        datas.append(run.packets[run.offs[cur] : run.offs[cur + k]])
+        head = runs[0]
+        run, cur = head.run, head.cur
+        k = min(n, len(run) - cur)
+        bounds = run.bounds
+        datas.append(run.data[bounds[cur] : bounds[cur + k]])
         lens.append(run.lengths[cur : cur + k])
-        run.cur = cur + k
+        head.cur = cur + k
         n -= k
-        if run.cur == len(run.lengths):
+        if head.cur == len(run):
             runs.popleft()
     if len(datas) == 1:
         return datas[0], lens[0]
@@ -176,10 +176,8 @@ class Reading(VaultState):
             hi = min(len(lengths), to_frame - r.first_frame)
             if lo >= hi:
                 continue
-            offs = np.zeros(len(lengths) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offs[1:])
             have[g] = r.first_frame + hi
-            yield g, have[g], _Run(packets, lengths[:hi], offs[: hi + 1], lo)
+            yield g, have[g], _Run(PacketRun(packets, lengths)[:hi], lo)
 
     def iter_frames(
         self,
@@ -225,4 +223,4 @@ class Reading(VaultState):
         runs: list[collections.deque[_Run]] = [collections.deque() for _ in e.legs]
         for g, _, run in self._runs(e, from_frame, total):
             runs[g].append(run)
-        return [_take(leg, sum(len(r.lengths) - r.cur for r in leg)) for leg in runs]
+        return [_take(leg, sum(len(r.run) - r.cur for r in leg)) for leg in runs]
