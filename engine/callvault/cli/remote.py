@@ -156,7 +156,7 @@ class RemoteBackend:
                 if e.seal and not erased and e.summary_json
                 else None
             ),
-            erased=(int(e.extra["erased_us"]), e.extra["erase_reason"]) if erased else None,
+            erased=(e.erased_us, e.erase_reason) if erased else None,
         )
 
     def export(

@@ -27,20 +27,15 @@ import numpy.typing as npt
 
 from callvault.errors import InputError
 
-# LegBatch and first_sample_bound moved to callvault.media.batch; re-exported here
-# for one release (import them from media.batch).
-from callvault.media.batch import AUDIO_PTS, LegBatch, first_sample_bound
+from callvault.media.batch import AUDIO_PTS, first_sample_bound
 from callvault.media.packets import PacketRun
 from callvault.media.rtppack import PT_CN, Batch, pack_batch
 
 __all__ = [
-    "AUDIO_PTS",
     "Capture",
-    "LegBatch",
     "RtpFlow",
     "check_audio",
     "describe_payload_types",
-    "first_sample_bound",
     "read_capture",
 ]
 
