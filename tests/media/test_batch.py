@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from callvault.errors import InputError
-from callvault.media import batch, capture
 from callvault.media.batch import LegBatch, first_sample_bound
 from callvault.media.packets import PacketRun
 from callvault.media.rtppack import PT_CN, PT_PCMU, build_packet
@@ -20,12 +19,6 @@ def _leg(n: int, *, ts0: int = 1000, first_pt: int = PT_PCMU) -> tuple[PacketRun
         for i in range(n)
     ]
     return PacketRun.of(pkts), np.array([T0 + 20_000 * (i + 1) for i in range(n)])
-
-
-def test_capture_reexports_the_batch_module() -> None:
-    assert capture.LegBatch is batch.LegBatch
-    assert capture.first_sample_bound is batch.first_sample_bound
-    assert capture.AUDIO_PTS == batch.AUDIO_PTS
 
 
 def test_first_sample_bound_is_earliest_arrival_minus_rtp_time() -> None:

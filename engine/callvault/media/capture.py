@@ -26,7 +26,6 @@ import numpy as np
 import numpy.typing as npt
 
 from callvault.errors import InputError
-
 from callvault.media.batch import AUDIO_PTS, first_sample_bound
 from callvault.media.packets import PacketRun
 from callvault.media.rtppack import PT_CN, Batch, pack_batch
