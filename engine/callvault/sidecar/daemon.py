@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 import grpc
-from callvault_client._channel import Rpc
+from callvault_client import Client
 from callvault_client._pb import callvault_pb2 as pb
 
 from callvault import _net, ids
@@ -70,9 +70,9 @@ class Sidecar:
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.max_send_message_length", 16 << 20),
         ]
-        # The channel to the server (the SDK's, with these options over its defaults)
-        # and the forwarders' reconnect backoff.
-        self.rpc = Rpc(upstream, tls_ca=tls_ca, backoff=BACKOFF_S, options=options)
+        # The SDK's client of the server, with these channel options over its
+        # defaults and the forwarders' reconnect backoff.
+        self.client = Client(upstream, tls_ca=tls_ca, backoff=BACKOFF_S, options=options)
         # Linux turns receive timestamping on for the whole stack asynchronously when
         # the first socket asks; until then datagrams are stamped when read. One
         # socket asking for the sidecar's whole life keeps it on, so a new call's
@@ -131,7 +131,7 @@ class Sidecar:
             forwarders = [c.forwarder for c in self.calls.values() if c.forwarder is not None]
         for forwarder in forwarders:
             forwarder.stop()
-        self.rpc.close()
+        self.client.close()
         self._stamp_keeper.close()
 
     def _sync_loop(self) -> None:

@@ -86,8 +86,7 @@ class Forwarder:
         with self._lock:
             if self._stopped or self.recording is not None:
                 return
-            self.recording = Recording(
-                self.sidecar.rpc,
+            self.recording = self.sidecar.client.record_from(
                 self.call.call_start(),
                 source=SpoolSource(self.call.spool),
                 reconnect_timeout=None,
