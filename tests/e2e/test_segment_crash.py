@@ -27,7 +27,7 @@ import pytest
 from callvault.store.segment import RecordRef, SegmentReader, recover
 
 KILLS = 100
-SEGMENT_BYTES = 128 << 10  # small, so that children seal and create segments too
+SEGMENT_BYTES = 128 << 10  # small, so that children close and create segments too
 
 CHILD = r"""
 import hashlib, os, sys, threading, time

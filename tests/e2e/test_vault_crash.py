@@ -115,7 +115,7 @@ def run_child(data: Path, seed: int, delay: float, *, from_spawn: bool) -> tuple
 
 def tear_tail(data: Path, rng: random.Random) -> tuple[int, int, int] | None:
     """Append half a record (a torn write of an unacknowledged group) to the last
-    segment unless it is sealed; returns (segment, offset, bytes added)."""
+    segment unless it is closed; returns (segment, offset, bytes added)."""
     names = sorted(os.listdir(data / "segments"))
     path = data / "segments" / names[-1]
     raw = path.read_bytes()
@@ -125,7 +125,7 @@ def tear_tail(data: Path, rng: random.Random) -> tuple[int, int, int] | None:
         and tail[8] == TYPE_FOOTER
         and tail[4:8] == b"\x20\0\0\0"
     ):
-        return None  # a sealed segment is never appended to; a torn header is left as it is
+        return None  # a closed segment is never appended to; a torn header is left as it is
     body = rng.randbytes(rng.randrange(40, 400))
     frame = struct.pack("<IIBBH", rng.getrandbits(32), len(body), 2, 0, 0) + body
     cut = frame[: rng.randrange(1, len(frame))]

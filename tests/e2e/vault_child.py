@@ -46,7 +46,7 @@ from callvault.vault import Ack, Vault
 
 THREADS = 4
 FRAMES_PER_RECORD = 5
-SEGMENT_BYTES = 16 << 10  # small, so the children seal segments and start new ones
+SEGMENT_BYTES = 16 << 10  # small, so the children close segments and start new ones
 WINDOW = 6  # appends a thread keeps in flight before it waits for the oldest
 TENANTS = ("acme", "globex")
 

@@ -32,7 +32,7 @@ from callvault.store.index import Index, RecordEntry, record_key
 from callvault.store.segment import SegmentReader
 from callvault.vault import Problem, Vault
 
-SEGMENT_BYTES = 1024  # several segment files, sealed ones and the open last one
+SEGMENT_BYTES = 1024  # several segment files, closed ones and the open last one
 TENANT = "acme"
 CALLS = ("call-a", "call-b", "call-c")  # equal lengths: their records are byte-compatible
 FRAMES = 3  # frames per record
@@ -165,7 +165,7 @@ def names(problems: list[Problem], call_id: str, record: int) -> bool:
 
 # -- every single byte ----------------------------------------------------------------------
 
-REOPEN_EVERY = 16  # in a sealed segment, every 16th offset is also checked with a reopen
+REOPEN_EVERY = 16  # in a closed segment, every 16th offset is also checked with a reopen
 
 
 def _flip_all(
@@ -178,8 +178,8 @@ def _flip_all(
 ) -> tuple[dict[str, int], list[str]]:
     """Change one byte at a time, check, restore.
 
-    Recovery on open reads only the last segment record by record (sealed ones:
-    their header and SEAL record), so every offset of the last segment, every
+    Recovery on open reads only the last segment record by record (closed ones:
+    their header and footer), so every offset of the last segment, every
     header and SEAL byte and every REOPEN_EVERY-th offset is checked the whole
     way (Vault.open, its report, verify_all); the other offsets of sealed
     segments by verify_all() of a vault opened once (it re-reads every record)."""

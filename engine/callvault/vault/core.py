@@ -1,12 +1,5 @@
-"""The vault: the embedded engine on one data directory (docs/format.md section 8).
-
-    DATA/segments/   append-only segment files (callvault.store.segment)
-    DATA/index/      RocksDB index (callvault.store.index), derived from the segments
-    DATA/log/        the Merkle log of seals and erasures (callvault.integrity.log)
-    DATA/keys/       the checkpoint signing key (Ed25519) and the calls' wrapped data
-                     keys (one file per call: erasing a call deletes its file)
-    key file         the key-encryption keys (callvault.store.crypto.KeyFile);
-                     DATA/keys/kek unless Vault.open(key_file=...) says otherwise
+"""The vault: the embedded engine on one data directory (the directory's layout is
+docs/format.md 8.1; the modules of this package split the Vault by its parts).
 
 Write path: a CallWriter encrypts each record with the call's data key,
 chains it and hands it to the segment writer; the writer's group commit
