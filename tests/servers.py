@@ -1,6 +1,7 @@
 """Real callvault processes for tests: `callvault serve` on a loopback port.
 
-A test starts what it needs and stops it: ``start_server(data)`` runs the
+``run_cli(*args)`` runs the `callvault` command once. A test starts what it
+needs and stops it: ``start_server(data)`` runs the
 server as a child process on 127.0.0.1 with port 0 (the kernel picks a free
 port; the server writes it to a port file once it serves) and waits until the
 gRPC health service says SERVING.
@@ -20,6 +21,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 CLI = [sys.executable, "-m", "callvault.cli"]
+
+
+def run_cli(*args: str, ok: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`callvault ARGS...` as a child process, its output as text; with ``ok``, it
+    must exit 0 (else the test fails with its stderr)."""
+    p = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    return p
 
 
 @dataclass

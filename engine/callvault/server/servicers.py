@@ -103,6 +103,14 @@ def _ref(ref: pb.CallRef) -> tuple[str, str]:
     return ref.tenant or "default", ref.call_id
 
 
+def _format(value: int, allowed: tuple[int, ...], why: str) -> int:
+    """A request's AudioFormat: one of ``allowed``, the first when unset."""
+    fmt = value or allowed[0]
+    if fmt not in allowed:
+        raise InputError(why)
+    return fmt
+
+
 class Config:
     """Server settings (`callvault serve --config FILE`, JSON; docs/server.md)."""
 
@@ -240,9 +248,11 @@ class ArchiveServicer(pbg.ArchiveServicer):
     @streaming
     def Play(self, r: pb.PlayRequest, context: grpc.ServicerContext) -> Iterator[pb.PlayChunk]:
         tenant, call_id = _ref(r.call)
-        fmt = r.format or pb.OPUS
-        if fmt not in (pb.OPUS, pb.PCM):
-            raise InputError("Play streams OPUS or PCM (OGG and WAV files come from Export)")
+        fmt = _format(
+            r.format,
+            (pb.OPUS, pb.PCM),
+            "Play streams OPUS or PCM (OGG and WAV files come from Export)",
+        )
         chunks = playback.play(
             self.vault,
             self.ingestor,
@@ -266,9 +276,9 @@ class ArchiveServicer(pbg.ArchiveServicer):
     @streaming
     def Export(self, r: pb.ExportRequest, context: grpc.ServicerContext) -> Iterator[pb.FileChunk]:
         tenant, call_id = _ref(r.call)
-        fmt = r.format or pb.OGG
-        if fmt not in (pb.OGG, pb.WAV):
-            raise InputError("Export writes OGG or WAV files (OPUS and PCM are for Play)")
+        fmt = _format(
+            r.format, (pb.OGG, pb.WAV), "Export writes OGG or WAV files (OPUS and PCM are for Play)"
+        )
         if r.to_ms and r.to_ms <= r.from_ms:
             raise InputError(f"to_ms {r.to_ms} is not after from_ms {r.from_ms}")
         e = self.vault.get_call(call_id, tenant=tenant)
