@@ -11,6 +11,7 @@ caller with ``current_identity()``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -148,36 +149,36 @@ class IdentityInterceptor(grpc.ServerInterceptor):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(method))
         return ident
 
+    @contextlib.contextmanager
+    def _logged(self, request: Any, context: grpc.ServicerContext, method: str) -> Iterator[None]:
+        """The handler's run (the ``with`` block), admitted by ``_enter`` and counted in
+        the method log with its outcome: OK, CANCELLED (a stream the client left) or
+        the status it ended with."""
+        ident = self._enter(request, context, method)
+        started = self.methods.begin()
+        outcome = "OK"
+        try:
+            yield
+        except GeneratorExit:
+            outcome = "CANCELLED"
+            raise
+        except BaseException:
+            outcome = _outcome(context, "ERROR")
+            raise
+        finally:
+            self.methods.end(method, outcome, started, ident.name)
+
     def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
-            ident = self._enter(request, context, method)
-            started = self.methods.begin()
-            outcome = "OK"
-            try:
+            with self._logged(request, context, method):
                 return behavior(request, context)
-            except BaseException:
-                outcome = _outcome(context, "ERROR")
-                raise
-            finally:
-                self.methods.end(method, outcome, started, ident.name)
 
         return run
 
     def _stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            ident = self._enter(request, context, method)
-            started = self.methods.begin()
-            outcome = "OK"
-            try:
+            with self._logged(request, context, method):
                 yield from behavior(request, context)
-            except GeneratorExit:
-                outcome = "CANCELLED"
-                raise
-            except BaseException:
-                outcome = _outcome(context, "ERROR")
-                raise
-            finally:
-                self.methods.end(method, outcome, started, ident.name)
 
         return run
 
