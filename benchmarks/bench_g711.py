@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks.conftest import Interleaved, Tag, need
+from benchmarks.conftest import Interleaved, Side, Tag, need, sides
 
 # About 2 s per side (pytest-benchmark's default is 1 s), 4 s for the two
 # sides' interleaved rounds: a longer window evens out the load on a shared machine.
@@ -74,43 +74,29 @@ def rounds(ulaw_30s: bytes, table: npt.NDArray[np.int16]) -> dict[str, Interleav
     return out
 
 
+@pytest.fixture
+def data(ulaw_30s: bytes, name: str) -> bytes:
+    """The workload ``name``'s mu-law bytes."""
+    return payload(ulaw_30s, SIZES[name])
+
+
+@pytest.fixture
+def side(
+    benchmark: Any, workload: Tag, rounds: dict[str, Interleaved], data: bytes, name: str
+) -> Side:
+    return sides(benchmark, workload, rounds[name], name, units=len(data), unit="byte")
+
+
 @pytest.mark.parametrize("name", list(SIZES))
-def test_g711_decode_ours(
-    benchmark: Any,
-    workload: Tag,
-    rounds: dict[str, Interleaved],
-    ulaw_30s: bytes,
-    table: npt.NDArray[np.int16],
-    name: str,
-) -> None:
+def test_g711_decode_ours(side: Side, data: bytes, table: npt.NDArray[np.int16]) -> None:
     need("callvault._g711")
-    data = payload(ulaw_30s, SIZES[name])
-    workload(
-        benchmark,
-        name,
-        "ours",
-        units=len(data),
-        unit="byte",
-        what=f"{len(data):,} mu-law bytes of speech",
-    )
-    out = rounds[name].take("ours", benchmark)
+    out = side("ours", "ours", what=f"{len(data):,} mu-law bytes of speech")
     assert out.dtype == np.int16
     assert np.array_equal(out, table[np.frombuffer(data, np.uint8)])
 
 
 @pytest.mark.parametrize("name", list(SIZES))
-def test_g711_decode_peer_numpy(
-    benchmark: Any, workload: Tag, rounds: dict[str, Interleaved], ulaw_30s: bytes, name: str
-) -> None:
+def test_g711_decode_peer_numpy(side: Side, data: bytes) -> None:
     g711 = need("callvault._g711")
-    data = payload(ulaw_30s, SIZES[name])
-    workload(
-        benchmark,
-        name,
-        "peer",
-        units=len(data),
-        unit="byte",
-        peer="numpy table[np.frombuffer(data, np.uint8)]",
-    )
-    out = rounds[name].take("numpy", benchmark)
+    out = side("peer", "numpy", peer="numpy table[np.frombuffer(data, np.uint8)]")
     assert np.array_equal(out, g711.decode(data, g711.PCMU))

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks.conftest import Interleaved, OpusLoop, Tag, need
+from benchmarks.conftest import Interleaved, OpusLoop, Side, Tag, need, sides
 from callvault.timeline import FRAME_SAMPLES, SAMPLE_RATE
 
 # About 3 s per side (pytest-benchmark's default is 1 s), 9 s for the three
@@ -65,19 +65,7 @@ def c_encode(
     n = len(pcm)
     out = np.empty(n * 4000, dtype=np.uint8)
     lengths = np.empty(n, dtype=np.int32)
-    used = loop(
-        pcm.ctypes.data,
-        n,
-        FRAME,
-        SAMPLE_RATE,
-        s["bitrate"],
-        s["complexity"],
-        int(s["dtx"]),
-        int(s["vbr"]),
-        out.ctypes.data,
-        len(out),
-        lengths.ctypes.data,
-    )
+    used = loop.encode_into(pcm, s, out, lengths)
     if used < 0:
         raise RuntimeError(f"libopus error {used} in the C loop")
     return out[:used].tobytes(), lengths
@@ -141,69 +129,55 @@ def rounds(
     )
 
 
+@pytest.fixture
+def side(benchmark: Any, workload: Tag, rounds: Interleaved, pcm: npt.NDArray[np.int16]) -> Side:
+    return sides(benchmark, workload, rounds, NAME, units=len(pcm), unit="frame")
+
+
+def check(
+    encoded: tuple[bytes, npt.NDArray[np.int32]], reference: tuple[bytes, npt.NDArray[np.int32]]
+) -> None:
+    """The same packets as the C loop's reference encoding, byte for byte."""
+    assert encoded[0] == reference[0]
+    assert np.array_equal(encoded[1], reference[1])
+
+
 def test_opus_encode_ours(
-    benchmark: Any,
-    workload: Tag,
-    rounds: Interleaved,
-    pcm: npt.NDArray[np.int16],
-    settings: dict[str, Any],
-    reference: tuple[bytes, npt.NDArray[np.int32]],
+    side: Side, settings: dict[str, Any], reference: tuple[bytes, npt.NDArray[np.int32]]
 ) -> None:
     opus = need("callvault._opus")
-    workload(
-        benchmark,
-        NAME,
+    encoded = side(
         "ours",
-        units=len(pcm),
-        unit="frame",
+        "ours",
         settings=settings,
         libopus=opus.version(),
         what=f"{SECONDS:g} s of speech, 8 kHz mono VoIP 20 ms, {BITRATE // 1000} kb/s",
     )
-    data, lengths = rounds.take("ours", benchmark)
-    assert data == reference[0]
-    assert np.array_equal(lengths, reference[1])
+    check(encoded, reference)
 
 
 def test_opus_encode_peer_c_loop(
-    benchmark: Any,
-    workload: Tag,
-    rounds: Interleaved,
-    pcm: npt.NDArray[np.int16],
-    reference: tuple[bytes, npt.NDArray[np.int32]],
+    side: Side, reference: tuple[bytes, npt.NDArray[np.int32]]
 ) -> None:
-    workload(
-        benchmark,
-        NAME,
+    encoded = side(
         "peer",
-        units=len(pcm),
-        unit="frame",
+        "c_loop",
         peer="plain C loop over libopus (ctypes, one call per round)",
         target="ours <= 1.05x C",
         max_ratio=1.05,
     )
-    data, lengths = rounds.take("c_loop", benchmark)
-    assert data == reference[0]
-    assert np.array_equal(lengths, reference[1])
+    check(encoded, reference)
 
 
 def test_opus_encode_peer_opuslib(
-    benchmark: Any,
-    workload: Tag,
-    rounds: Interleaved,
-    pcm: npt.NDArray[np.int16],
-    reference: tuple[bytes, npt.NDArray[np.int32]],
+    side: Side, reference: tuple[bytes, npt.NDArray[np.int32]]
 ) -> None:
-    workload(
-        benchmark,
-        NAME,
+    packets = side(
         "peer",
-        units=len(pcm),
-        unit="frame",
+        "opuslib",
         peer=f"opuslib {importlib.metadata.version('opuslib')} frame by frame",
         target="ours >= 1.3x faster",
         max_ratio=1 / 1.3,
     )
-    packets = rounds.take("opuslib", benchmark)
     assert b"".join(packets) == reference[0]
     assert [len(p) for p in packets] == reference[1].tolist()

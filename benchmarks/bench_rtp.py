@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks.conftest import Interleaved, Tag, need
+from benchmarks.conftest import Interleaved, Side, Tag, need, sides
 from callvault.timeline import FRAME_MS, FRAME_SAMPLES, FRAME_US, FRAMES_PER_SECOND, SAMPLE_RATE
 
 # About 3 s per side (pytest-benchmark's default is 1 s), 9 s for the three
@@ -158,61 +158,42 @@ def rounds(stream: Stream) -> Interleaved:
     )
 
 
-def test_rtp_jitter_ours(
-    benchmark: Any,
-    workload: Tag,
-    rounds: Interleaved,
-    stream: Stream,
-    twin_pcm: npt.NDArray[np.int16],
-) -> None:
+@pytest.fixture
+def side(benchmark: Any, workload: Tag, rounds: Interleaved, stream: Stream) -> Side:
+    return sides(benchmark, workload, rounds, NAME, units=len(stream.packets), unit="packet")
+
+
+def test_rtp_jitter_ours(side: Side, stream: Stream, twin_pcm: npt.NDArray[np.int16]) -> None:
     need("callvault._rtp")
-    workload(
-        benchmark,
-        NAME,
+    frames, stats = side(
         "ours",
-        units=len(stream.packets),
-        unit="packet",
+        "ours",
         what=f"{len(stream.packets)} G.711 packets, 20 ms, {JITTER_MS:g} ms jitter, "
         f"{stream.reordered} out of order, batches of {BATCH}",
     )
-    frames, stats = rounds.take("ours", benchmark)
     pcm = joined(frames)
     check_timeline(pcm, stats, stream)
     assert np.array_equal(pcm, twin_pcm), "ours and its pure-Python twin disagree"
 
 
-def test_rtp_jitter_peer_jitter_ref(
-    benchmark: Any, workload: Tag, rounds: Interleaved, stream: Stream
-) -> None:
+def test_rtp_jitter_peer_jitter_ref(side: Side, stream: Stream) -> None:
     need("callvault.media.jitter_ref")
-    workload(
-        benchmark,
-        NAME,
-        "peer",
-        units=len(stream.packets),
-        unit="packet",
-        peer="callvault.media.jitter_ref (pure-Python twin), same batches",
+    frames, stats = side(
+        "peer", "jitter_ref", peer="callvault.media.jitter_ref (pure-Python twin), same batches"
     )
-    frames, stats = rounds.take("jitter_ref", benchmark)
     check_timeline(joined(frames), stats, stream)
 
 
-def test_rtp_jitter_peer_aiortc(
-    benchmark: Any, workload: Tag, rounds: Interleaved, stream: Stream
-) -> None:
+def test_rtp_jitter_peer_aiortc(side: Side, stream: Stream) -> None:
     import aiortc
 
-    workload(
-        benchmark,
-        NAME,
+    frames = side(
         "peer",
-        units=len(stream.packets),
-        unit="packet",
+        "aiortc",
         peer=f"aiortc {aiortc.__version__} RtpPacket.parse + JitterBuffer.add per packet",
         target="ours <= 1/20 of aiortc",
         max_ratio=1 / 20,
     )
-    frames = rounds.take("aiortc", benchmark)
     n = len(stream.packets)
     assert n - 6 <= len(frames) <= n
     ts = [f.timestamp for f in frames]

@@ -78,7 +78,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks.conftest import CallFiles, Interleaved, OpusLoop, Tag, need
+from benchmarks.conftest import CallFiles, Interleaved, OpusLoop, Side, Tag, need, sides
 from callvault.timeline import FRAME_SAMPLES, FRAME_US, SAMPLE_RATE
 
 HERE = Path(__file__).resolve().parent
@@ -171,20 +171,7 @@ def test_server_opus_ceiling(
     )
 
     def run() -> int:
-        used: int = opus_c_loop(
-            leg_pcm.ctypes.data,
-            n,
-            OPUS_FRAME,
-            SAMPLE_RATE,
-            s["bitrate"],
-            s["complexity"],
-            int(s["dtx"]),
-            int(s["vbr"]),
-            out.ctypes.data,
-            len(out),
-            lengths.ctypes.data,
-        )
-        return used
+        return opus_c_loop.encode_into(leg_pcm, s, out, lengths)
 
     used = benchmark.pedantic(run, rounds=OPUS_ROUNDS, iterations=1, warmup_rounds=1)
     assert used > 0 and int(lengths.sum()) == used
@@ -512,10 +499,6 @@ def play_setup(
         server.stop()
 
 
-def play_rates(s: PlaySetup) -> dict[str, float]:
-    return {"leg-frames": s.leg_frames, "MB": s.nbytes / 1e6}
-
-
 @pytest.fixture(scope="module")
 def play_rounds(play_setup: PlaySetup) -> Iterator[Interleaved]:
     """Ours and the bare stream, round by round in one loop, PLAY_ROUNDS rounds."""
@@ -531,36 +514,40 @@ def play_rounds(play_setup: PlaySetup) -> Iterator[Interleaved]:
         )
 
 
-def test_play_ours(
+@pytest.fixture
+def play_side(
     benchmark: Any, workload: Tag, play_setup: PlaySetup, play_rounds: Interleaved
-) -> None:
+) -> Side:
     s = play_setup
-    workload(
+    return sides(
         benchmark,
+        workload,
+        play_rounds,
         PLAY,
+        rates={"leg-frames": s.leg_frames, "MB": s.nbytes / 1e6},
+    )
+
+
+def test_play_ours(play_side: Side, play_setup: PlaySetup) -> None:
+    s = play_setup
+    got = play_side(
         "ours",
-        rates=play_rates(s),
+        "ours",
         messages=s.messages,
         what=f"Archive.Play of a sealed 600 s dual-track call, OPUS, 50 frames per chunk: "
         f"{s.messages} messages, {s.nbytes / 1e6:.3g} MB, every one parsed by a "
         "plain grpcio client",
     )
-    got = play_rounds.take("ours", benchmark)
     assert got[0] == s.messages and got[1] == s.leg_frames
 
 
-def test_play_peer_bare_grpcio(
-    benchmark: Any, workload: Tag, play_setup: PlaySetup, play_rounds: Interleaved
-) -> None:
+def test_play_peer_bare_grpcio(play_side: Side, play_setup: PlaySetup) -> None:
     s = play_setup
-    workload(
-        benchmark,
-        PLAY,
+    got = play_side(
         "peer",
-        rates=play_rates(s),
+        "bare_grpcio",
         peer=f"bare grpcio {grpc.__version__} server-streaming method (own process, "
         "generic handler, bytes out) yielding ours' serialized chunks",
         target="-",
     )
-    got = play_rounds.take("bare_grpcio", benchmark)
     assert got[0] == s.messages and got[1] == s.leg_frames

@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.conftest import CallFiles, Interleaved, Round, Tag, need
+from benchmarks.conftest import CallFiles, Interleaved, Round, Side, Tag, need, sides
 
 NAME = "transcode_10min_dual_leg"
 ROUNDS = 3
@@ -133,19 +133,19 @@ def rounds(call_files: CallFiles, settings: Any, outputs: Path) -> Interleaved:
     return Interleaved({"ours": ours, "ffmpeg": ffmpeg}, rounds=ROUNDS)
 
 
-def test_transcode_ours(
-    benchmark: Any, workload: Tag, rounds: Interleaved, call_files: CallFiles, outputs: Path
-) -> None:
+@pytest.fixture
+def side(benchmark: Any, workload: Tag, rounds: Interleaved, call_files: CallFiles) -> Side:
+    return sides(benchmark, workload, rounds, NAME, call_seconds=call_files.seconds)
+
+
+def test_transcode_ours(side: Side, call_files: CallFiles, outputs: Path) -> None:
     need("callvault.cli")
-    workload(
-        benchmark,
-        NAME,
+    summary = side(
         "ours",
-        call_seconds=call_files.seconds,
+        "ours",
         what=f"{call_files.seconds:g} s two-leg call, {call_files.packets:,} RTP packets "
         f"in one pcap, to dual-track Ogg Opus",
     )
-    summary = rounds.take("ours", benchmark)
     assert summary["channels"] == ["agent", "customer"]
     assert call_files.seconds <= summary["seconds"] < call_files.seconds + 0.5
     assert [leg["frames"] for leg in summary["legs"]] == [summary["legs"][0]["frames"]] * 2
@@ -153,24 +153,16 @@ def test_transcode_ours(
 
 
 def test_transcode_peer_ffmpeg(
-    benchmark: Any,
-    workload: Tag,
-    rounds: Interleaved,
-    call_files: CallFiles,
-    settings: Any,
-    outputs: Path,
+    side: Side, call_files: CallFiles, settings: Any, outputs: Path
 ) -> None:
     exe = shutil.which("ffmpeg")
     assert exe is not None, "ffmpeg is needed (make sysdeps)"
-    workload(
-        benchmark,
-        NAME,
-        "peer",
-        call_seconds=call_files.seconds,
-        peer="ffmpeg -c:a libopus, 2 WAV legs -> 2-channel Ogg Opus (no DTX)",
-    )
     cmd = ffmpeg_command(exe, call_files, settings, outputs / "ffmpeg.ogg")
     shown = [Path(c).name if c in (exe, *map(str, call_files.wavs)) else c for c in cmd[:-1]]
-    benchmark.extra_info["command"] = " ".join(shown + ["out.ogg"])
-    rounds.take("ffmpeg", benchmark)
+    side(
+        "peer",
+        "ffmpeg",
+        peer="ffmpeg -c:a libopus, 2 WAV legs -> 2-channel Ogg Opus (no DTX)",
+        command=" ".join(shown + ["out.ogg"]),
+    )
     check_output(outputs / "ffmpeg.ogg", call_files.seconds)

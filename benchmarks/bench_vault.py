@@ -114,12 +114,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks.conftest import CallFiles, Interleaved, Round, Tag, need
+from benchmarks.conftest import CallFiles, Interleaved, Round, Side, Tag, need, sides
 from callvault.timeline import FRAMES_PER_RECORD, SAMPLE_RATE
 
 CALLS = 32
 LEGS = ("agent", "customer")
 RECORDS = 60  # per leg: one minute
+ALL_RECORDS = CALLS * RECORDS * len(LEGS)
 FRAMES = FRAMES_PER_RECORD
 THREADS = 4
 INDEX_GROUP = 100  # records per index WriteBatch (workload index_writes)
@@ -229,7 +230,7 @@ def append_all(
 
 
 def check_acks(acks: dict[tuple[int, int, int], Any]) -> None:
-    assert len(acks) == CALLS * RECORDS * len(LEGS)
+    assert len(acks) == ALL_RECORDS
     for c in range(CALLS):
         mine = sorted(a.chain_index for (cc, _, _), a in acks.items() if cc == c)
         assert mine == list(range(RECORDS * len(LEGS))), f"call {c}: chain indexes {mine[:5]}..."
@@ -260,7 +261,7 @@ INGEST = "vault_ingest"
 
 
 def ingest_what(leg_records: list[list[Record]]) -> str:
-    n = CALLS * RECORDS * len(LEGS)
+    n = ALL_RECORDS
     return (
         f"{CALLS} calls x {len(LEGS)} legs x {RECORDS} records of {FRAMES} frames "
         f"({n:,} records, {payload_bytes(leg_records) / 1e6:.2f} MB of Opus from the "
@@ -269,7 +270,7 @@ def ingest_what(leg_records: list[list[Record]]) -> str:
 
 
 def rates(leg_records: list[list[Record]]) -> dict[str, float]:
-    return {"records": CALLS * RECORDS * len(LEGS), "MB": payload_bytes(leg_records) / 1e6}
+    return {"records": ALL_RECORDS, "MB": payload_bytes(leg_records) / 1e6}
 
 
 def test_vault_ingest_ours(
@@ -552,23 +553,27 @@ def index_rounds(
             close_peer()
 
 
-def test_index_writes_ours(
+@pytest.fixture
+def index_side(
     benchmark: Any, workload: Tag, index_plan: IndexPlan, index_rounds: IndexRounds
+) -> Side:
+    rates = {"records": ALL_RECORDS, "batches": len(index_plan.batches)}
+    return sides(benchmark, workload, index_rounds.loop, INDEX, rates=rates)
+
+
+def test_index_writes_ours(
+    index_side: Side, index_plan: IndexPlan, index_rounds: IndexRounds
 ) -> None:
     need("callvault.store.index")
-    n_records = CALLS * RECORDS * len(LEGS)
-    workload(
-        benchmark,
-        INDEX,
+    count = index_side(
         "ours",
-        rates={"records": n_records, "batches": len(index_plan.batches)},
-        what=f"{n_records:,} records of {CALLS} calls indexed in "
+        "ours",
+        what=f"{ALL_RECORDS:,} records of {CALLS} calls indexed in "
         f"{len(index_plan.batches)} WriteBatches of {INDEX_GROUP} records plus "
         f"the calls each touches, fresh database per round",
     )
-    count = index_rounds.loop.take("ours", benchmark)
     index = index_rounds.ours[-1]
-    assert count == n_records + sum(len(calls) for _, calls in index_plan.batches)
+    assert count == ALL_RECORDS + sum(len(calls) for _, calls in index_plan.batches)
     for c in (0, 17, CALLS - 1):
         cid = call_id(c)
         assert list(index.records(TENANT, cid)) == index_plan.records[cid]
@@ -595,19 +600,15 @@ def peer_write_all(
 
 
 def test_index_writes_peer_rocksdict(
-    benchmark: Any, workload: Tag, index_plan: IndexPlan, index_rounds: IndexRounds
+    index_side: Side, index_plan: IndexPlan, index_rounds: IndexRounds
 ) -> None:
     need("rocksdict")
-    n_records = CALLS * RECORDS * len(LEGS)
-    workload(
-        benchmark,
-        INDEX,
+    count = index_side(
         "peer",
-        rates={"records": n_records, "batches": len(index_plan.batches)},
+        "rocksdict",
         peer=f"bare rocksdict {version('rocksdict')} WriteBatch of the same keys/values, "
         "fresh Rdict, Index's options (raw, LZ4, same column families)",
     )
-    count = index_rounds.loop.take("rocksdict", benchmark)
     assert count == sum(len(b) for b in index_plan.ops)
     db, views = index_rounds.peer[-1]
     records_cf = db.get_column_family("records")
@@ -620,7 +621,7 @@ def test_index_writes_peer_rocksdict(
         got[it.key()] = it.value()
         it.next()
     del it
-    assert got == want and len(got) == n_records
+    assert got == want and len(got) == ALL_RECORDS
 
 
 # -- verify_throughput ----------------------------------------------------------------------
@@ -654,7 +655,7 @@ def sealed_vault(
 
 def verify_what(sv: SealedVault) -> str:
     return (
-        f"Vault.verify_all over {CALLS} sealed calls ({CALLS * RECORDS * len(LEGS):,} audio "
+        f"Vault.verify_all over {CALLS} sealed calls ({ALL_RECORDS:,} audio "
         f"records), {len(sv.data) / 1e6:.2f} MB of segment files"
     )
 
@@ -691,12 +692,18 @@ def verify_rounds(sealed_vault: SealedVault) -> Interleaved:
     )
 
 
-def test_verify_throughput_ours(
+@pytest.fixture
+def verify_side(
     benchmark: Any, workload: Tag, sealed_vault: SealedVault, verify_rounds: Interleaved
-) -> None:
+) -> Side:
+    return sides(
+        benchmark, workload, verify_rounds, VERIFY, rates={"MB": len(sealed_vault.data) / 1e6}
+    )
+
+
+def test_verify_throughput_ours(verify_side: Side, sealed_vault: SealedVault) -> None:
     sv = sealed_vault
-    workload(benchmark, VERIFY, "ours", rates={"MB": len(sv.data) / 1e6}, what=verify_what(sv))
-    problems = verify_rounds.take("ours", benchmark)
+    problems = verify_side("ours", "ours", what=verify_what(sv))
     assert problems == []
     # not a no-op: one flipped byte of a stored record is found, then put back
     cid = call_id(5)
@@ -716,33 +723,19 @@ def test_verify_throughput_ours(
     assert sv.vault.verify_call(cid) == []
 
 
-def test_verify_throughput_peer_sha256(
-    benchmark: Any, workload: Tag, sealed_vault: SealedVault, verify_rounds: Interleaved
-) -> None:
+def test_verify_throughput_peer_sha256(verify_side: Side, sealed_vault: SealedVault) -> None:
     sv = sealed_vault
-    workload(
-        benchmark,
-        VERIFY,
-        "peer",
-        rates={"MB": len(sv.data) / 1e6},
-        peer="hashlib.sha256 over the same bytes, in memory (the floor)",
+    digest = verify_side(
+        "peer", "sha256", peer="hashlib.sha256 over the same bytes, in memory (the floor)"
     )
-    digest = verify_rounds.take("sha256", benchmark)
     assert digest == hashlib.sha256(b"".join(p.read_bytes() for p in sv.segments)).digest()
 
 
-def test_verify_throughput_peer_read_sha256(
-    benchmark: Any, workload: Tag, sealed_vault: SealedVault, verify_rounds: Interleaved
-) -> None:
+def test_verify_throughput_peer_read_sha256(verify_side: Side, sealed_vault: SealedVault) -> None:
     sv = sealed_vault
-    workload(
-        benchmark,
-        VERIFY,
-        "peer",
-        rates={"MB": len(sv.data) / 1e6},
-        peer="the segment files read (page cache) + hashlib.sha256",
+    n, digest = verify_side(
+        "peer", "read_sha256", peer="the segment files read (page cache) + hashlib.sha256"
     )
-    n, digest = verify_rounds.take("read_sha256", benchmark)
     assert n == len(sv.data) and digest == hashlib.sha256(sv.data).digest()
 
 

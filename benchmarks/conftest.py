@@ -318,6 +318,23 @@ def _file_rounds(benchmark: Any, iterations: int, durations: list[float]) -> Non
         stats.update(d)
 
 
+# side(role, key, **facts) -> what the rounds of side ``key`` made (see sides)
+Side = Callable[..., Any]
+
+
+def sides(benchmark: Any, tag: Tag, rounds: Interleaved, name: str, **common: Any) -> Side:
+    """A workload's test, one per side: ``side(role, key, **facts)`` tags this test as
+    ``role`` ("ours" or "peer") of workload ``name`` with the facts every side shares
+    (``common``) and its own (``facts``), then runs the rounds and returns what the
+    side ``key`` of ``rounds`` made."""
+
+    def side(role: str, key: str, **facts: Any) -> Any:
+        tag(benchmark, name, role, **common, **facts)
+        return rounds.take(key, benchmark)
+
+    return side
+
+
 @pytest.fixture(scope="session")
 def interleaved() -> type[Interleaved]:
     """The ``Interleaved`` class, as a fixture (for a bench file that does not import it)."""
@@ -344,47 +361,53 @@ class CallFiles:
 def call_files(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> CallFiles:
     """A dual-leg call, made once per session: capture plus the two legs as WAV.
 
-    The legs are sent as `make run`'s demo call sends them (sample.demo_capture):
-    agent PCMU 20 ms, customer PCMA 30 ms with an SSRC change, jitter, two loss
-    bursts and two RFC 4733 digits."""
+    The legs are sent as `make run`'s demo call sends them (sample.demo_legs)."""
     sample = need("callvault.media.sample")
     wav = need("callvault.media.wav")
-    rtppack = need("callvault.media.rtppack")
     seconds = float(pytestconfig.getoption("--call-seconds"))
     d = tmp_path_factory.mktemp("call")
-    agent, customer = sample.dialogue(seconds)
-    plans = [
-        sample.LegPlan(
-            law=rtppack.PT_PCMU,
-            ptime_ms=20,
-            ssrc=0x1A2B3C4D,
-            jitter_ms=8,
-            loss_bursts=((7.0, 1), (12.5, 4)),
-            dtmf=((20.0, "4"), (20.5, "2")),
-            src=("10.0.0.1", 40000),
-            dst=("10.0.0.2", 50000),
-        ),
-        sample.LegPlan(
-            law=rtppack.PT_PCMA,
-            ptime_ms=30,
-            ssrc=0x5E6F7081,
-            jitter_ms=12,
-            loss_bursts=((15.0, 2),),
-            ssrc_change_at=18.0,
-            start_offset_ms=5,
-            src=("10.0.0.2", 50002),
-            dst=("10.0.0.1", 40002),
-        ),
-    ]
+    legs = sample.demo_legs(seconds)
     capture = d / "call.pcap"
-    packets = sample.write_capture(capture, [(agent, plans[0]), (customer, plans[1])])
+    packets = sample.write_capture(capture, legs)
     wavs = (d / "agent.wav", d / "customer.wav")
-    wav.write(wavs[0], [agent])
-    wav.write(wavs[1], [customer])
+    for path, (pcm, _plan) in zip(wavs, legs, strict=True):
+        wav.write(path, [pcm])
     return CallFiles(seconds, capture, wavs, packets)
 
 
-OpusLoop = Callable[..., int]
+@dataclass(frozen=True)
+class OpusLoop:
+    """benchmarks/c/opus_loop.c over the system libopus (the Opus benchmarks' peer):
+    encodes 20 ms frames of 8 kHz mono PCM in a plain C loop."""
+
+    fn: Callable[..., int]  # cv_bench_encode, through ctypes
+    frame: int  # samples per frame
+    rate: int  # samples per second
+
+    def encode_into(
+        self,
+        pcm: npt.NDArray[np.int16],
+        s: dict[str, Any],
+        out: npt.NDArray[np.uint8],
+        lengths: npt.NDArray[np.int32],
+    ) -> int:
+        """Encode ``pcm`` (frames x ``frame`` samples) with the settings ``s`` (bitrate,
+        complexity, dtx, vbr) into ``out``, each frame's length into ``lengths``;
+        returns the bytes used (negative: a libopus error)."""
+        used: int = self.fn(
+            pcm.ctypes.data,
+            len(pcm),
+            self.frame,
+            self.rate,
+            s["bitrate"],
+            s["complexity"],
+            int(s["dtx"]),
+            int(s["vbr"]),
+            out.ctypes.data,
+            len(out),
+            lengths.ctypes.data,
+        )
+        return used
 
 
 @pytest.fixture(scope="session")
@@ -420,5 +443,5 @@ def opus_c_loop(tmp_path_factory: pytest.TempPathFactory) -> OpusLoop:
         ctypes.c_void_p,
     ]
     fn.restype = ctypes.c_int
-    loop: OpusLoop = fn
-    return loop
+    timeline = need("callvault.timeline")
+    return OpusLoop(fn, timeline.FRAME_SAMPLES, timeline.SAMPLE_RATE)

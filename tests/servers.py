@@ -1,6 +1,7 @@
 """Real callvault processes for tests: `callvault serve` on a loopback port.
 
-A test starts what it needs and stops it: ``start_server(data)`` runs the
+``run_cli(*args)`` runs the `callvault` command once. A test starts what it
+needs and stops it: ``start_server(data)`` runs the
 server as a child process on 127.0.0.1 with port 0 (the kernel picks a free
 port; the server writes it to a port file once it serves) and waits until the
 gRPC health service says SERVING.
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 CLI = [sys.executable, "-m", "callvault.cli"]
+
+
+def run_cli(*args: str, ok: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`callvault ARGS...` as a child process, its output as text; with ``ok``, it
+    must exit 0 (else the test fails with its stderr)."""
+    p = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    return p
 
 
 @dataclass
@@ -95,6 +106,33 @@ def wait_healthy(address: str, timeout: float = 30.0, service: str = "") -> None
             time.sleep(0.05)
 
 
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    log_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cli: Sequence[str] = tuple(CLI),
+) -> Proc:
+    """`callvault ARGV... --port-file FILE` as a child process, its output in
+    ``log_dir``/NAME-N.log (N: the next free number); returns once it wrote its port
+    (the address is 127.0.0.1 and that port)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    n = len(list(log_dir.glob(f"{name}-*.log")))
+    log = log_dir / f"{name}-{n}.log"
+    port_file = log_dir / f"{name}-{n}.port"
+    port_file.unlink(missing_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*cli, *argv, "--port-file", str(port_file)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    port = wait_port_file(port_file, proc, log)
+    return Proc(proc, f"127.0.0.1:{port}", log)
+
+
 def start_server(
     data: Path,
     *,
@@ -106,30 +144,8 @@ def start_server(
 ) -> Proc:
     """`callvault serve --data DATA` on 127.0.0.1, ``port`` (0: a free one; give the old
     port to restart a server where its clients expect it); returns once SERVING."""
-    log_dir = log_dir or data.parent
-    log_dir.mkdir(parents=True, exist_ok=True)
-    n = len(list(log_dir.glob("server-*.log")))
-    log = log_dir / f"server-{n}.log"
-    port_file = log_dir / f"server-{n}.port"
-    port_file.unlink(missing_ok=True)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                *cli,
-                "serve",
-                "--data",
-                str(data),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--port-file",
-                str(port_file),
-                *args,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-    port = wait_port_file(port_file, proc, log)
-    address = f"127.0.0.1:{port}"
-    wait_healthy(address)
-    return Proc(proc, address, log, data)
+    argv = ["serve", "--data", str(data), "--listen", f"127.0.0.1:{port}", *args]
+    proc = spawn("server", argv, log_dir or data.parent, env=env, cli=cli)
+    wait_healthy(proc.address)
+    proc.data = data
+    return proc

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,18 +13,9 @@ import pytest
 
 from callvault.media import sample, wav
 from callvault.media.ogg import OggOpusReader
-from tests.servers import Proc, start_server
+from tests.servers import CLI, Proc, run_cli, start_server
 
 pytestmark = pytest.mark.timeout(300)
-
-CLI = [sys.executable, "-m", "callvault.cli"]
-
-
-def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
-    if ok:
-        assert p.returncode == 0, p.stderr
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +23,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path
     """A server with c1 (agent ann, tags vip,qa) and c2 imported remotely, and a local
     vault with the same capture imported as c1."""
     tmp = tmp_path_factory.mktemp("remote")
-    run("sample", "-o", str(tmp / "call.pcap"), "--seconds", "5")
+    run_cli("sample", "-o", str(tmp / "call.pcap"), "--seconds", "5")
     server = start_server(tmp / "server-data")
     s = ("--server", server.address)
-    out = run(
+    out = run_cli(
         *s,
         "import",
         "--call-id",
@@ -50,7 +40,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path
         str(tmp / "call.pcap"),
     ).stdout
     assert out.startswith("c1 sealed ") and len(out.split()[2]) == 64
-    run(
+    run_cli(
         *s,
         "import",
         "--call-id",
@@ -61,7 +51,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path
         "start=2030-01-02T09:00:00",
         str(tmp / "call.pcap"),
     )
-    run(
+    run_cli(
         "--data",
         str(tmp / "local"),
         "import",
@@ -76,7 +66,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path
 
 
 def remote(server: Proc, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    return run("--server", server.address, *args, ok=ok)
+    return run_cli("--server", server.address, *args, ok=ok)
 
 
 def test_ls_json_and_filters(setup: tuple[Proc, Path]) -> None:
@@ -97,7 +87,7 @@ def test_ls_json_and_filters(setup: tuple[Proc, Path]) -> None:
 def test_info_matches_local_info(setup: tuple[Proc, Path]) -> None:
     server, tmp = setup
     doc = json.loads(remote(server, "info", "c1", "--json").stdout)
-    local = json.loads(run("--data", str(tmp / "local"), "info", "c1", "--json").stdout)
+    local = json.loads(run_cli("--data", str(tmp / "local"), "info", "c1", "--json").stdout)
     assert doc.keys() == local.keys() | {"customer_number"}
     assert doc["customer_number"] == "+15557654321"
     for k in ("start", "end", "legs", "records", "seconds"):
@@ -116,14 +106,14 @@ def test_remote_import_equals_local_import(setup: tuple[Proc, Path], tmp_path: P
     server, tmp = setup
     out = remote(server, "export", "c1", "-o", str(tmp_path / "r.ogg")).stdout
     assert out == f"wrote {tmp_path / 'r.ogg'} ({(tmp_path / 'r.ogg').stat().st_size} bytes)\n"
-    run("--data", str(tmp / "local"), "export", "c1", "-o", str(tmp_path / "l.ogg"))
+    run_cli("--data", str(tmp / "local"), "export", "c1", "-o", str(tmp_path / "l.ogg"))
     r, lo = OggOpusReader(tmp_path / "r.ogg"), OggOpusReader(tmp_path / "l.ogg")
     rd, rl = r.packets_data()
     ld, ll = lo.packets_data()
     assert rd == ld and np.array_equal(rl, ll)  # the same Opus packets
     assert r.pre_skip == lo.pre_skip and r.duration_48k == lo.duration_48k
     remote(server, "export", "c1", "-o", str(tmp_path / "r.wav"))
-    run("--data", str(tmp / "local"), "export", "c1", "-o", str(tmp_path / "l.wav"))
+    run_cli("--data", str(tmp / "local"), "export", "c1", "-o", str(tmp_path / "l.wav"))
     assert (tmp_path / "r.wav").read_bytes() == (tmp_path / "l.wav").read_bytes()
 
 
@@ -154,10 +144,10 @@ def test_play_writes_what_export_writes(setup: tuple[Proc, Path], tmp_path: Path
     # from the middle: the decoder warms up on the frames before (playback.WARMUP_FRAMES),
     # so the range is sample for sample what the whole call's decode has there
     assert part == exported[44 + 50 * 160 * 4 : 44 + 100 * 160 * 4]
-    run("--data", str(tmp / "local"), "export", "c1", "-o", str(tmp_path / "le.wav"))
-    run("--data", str(tmp / "local"), "play", "c1", "-o", str(tmp_path / "lp.wav"))
+    run_cli("--data", str(tmp / "local"), "export", "c1", "-o", str(tmp_path / "le.wav"))
+    run_cli("--data", str(tmp / "local"), "play", "c1", "-o", str(tmp_path / "lp.wav"))
     assert (tmp_path / "lp.wav").read_bytes() == (tmp_path / "le.wav").read_bytes()
-    p = run("--data", str(tmp / "local"), "play", "c1", "--follow", ok=False)
+    p = run_cli("--data", str(tmp / "local"), "play", "c1", "--follow", ok=False)
     assert p.returncode == 1 and "needs --server" in p.stderr
 
 
@@ -170,7 +160,7 @@ def test_verify_and_bundle(setup: tuple[Proc, Path], tmp_path: Path) -> None:
     d = tmp_path / "bundle"
     out = remote(server, "bundle", "c1", "-o", str(d)).stdout
     assert out == f"wrote bundle {d}; check it anywhere with: callvault verify-bundle {d}\n"
-    assert run("verify-bundle", str(d)).stdout.endswith("bundle verifies\n")
+    assert run_cli("verify-bundle", str(d)).stdout.endswith("bundle verifies\n")
 
 
 def test_checkpoint_prints_a_signed_note(setup: tuple[Proc, Path]) -> None:
@@ -213,7 +203,7 @@ def test_import_wav_legs(setup: tuple[Proc, Path], tmp_path: Path) -> None:
 
 def test_admin_verbs(tmp_path: Path) -> None:
     """rotate-key, reindex and erase on their own server (erase changes the vault)."""
-    run("sample", "-o", str(tmp_path / "call.pcap"), "--seconds", "2")
+    run_cli("sample", "-o", str(tmp_path / "call.pcap"), "--seconds", "2")
     server = start_server(tmp_path / "data")
     try:
         remote(server, "import", "--call-id", "e1", str(tmp_path / "call.pcap"))
@@ -235,7 +225,7 @@ def test_admin_verbs(tmp_path: Path) -> None:
 
 def test_data_and_server_together_refused(setup: tuple[Proc, Path], tmp_path: Path) -> None:
     server, _ = setup
-    p = run("--server", server.address, "--data", str(tmp_path), "ls", ok=False)
+    p = run_cli("--server", server.address, "--data", str(tmp_path), "ls", ok=False)
     assert p.returncode == 1 and "not both" in p.stderr
 
 

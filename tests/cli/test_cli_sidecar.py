@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 
 import pytest
 
-CLI = [sys.executable, "-m", "callvault.cli"]
+from tests.servers import run_cli
 
 
 def closed_port() -> int:
@@ -22,7 +21,7 @@ def closed_port() -> int:
 
 
 def call(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, "call", *args], capture_output=True, text=True, timeout=60)
+    return run_cli("call", *args, ok=False, timeout=60)
 
 
 @pytest.mark.parametrize(

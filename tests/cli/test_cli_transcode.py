@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import wave
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,7 @@ import pytest
 from callvault import _g711
 from callvault.media.sample import LegPlan, write_capture
 from callvault.media.wav import read_mono
-
-CLI = [sys.executable, "-m", "callvault.cli"]
-
-
-def run_cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
-    if ok:
-        assert p.returncode == 0, p.stderr
-    return p
+from tests.servers import CLI, run_cli
 
 
 def ffprobe(path: Path) -> dict[str, Any]:

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from callvault.media import sample
-
-CLI = [sys.executable, "-m", "callvault.cli"]
+from tests.servers import CLI, run_cli
 
 
 def cv(data: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(
-        [*CLI, "--data", str(data), *args], capture_output=True, text=True, timeout=300
-    )
-    if ok:
-        assert p.returncode == 0, p.stderr
-    return p
+    return run_cli("--data", str(data), *args, ok=ok)
 
 
 @pytest.fixture(scope="module")

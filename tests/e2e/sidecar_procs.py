@@ -4,7 +4,6 @@ start/stop`, ffmpeg RTP senders, and the checks of a recorded call (export, veri
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import grpc
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
-from tests.servers import CLI, Proc, wait_port_file
+from tests.servers import Proc, run_cli, spawn
 
 
 def start_sidecar(
@@ -29,64 +28,32 @@ def start_sidecar(
     args: tuple[str, ...] = (),
 ) -> Proc:
     """`callvault sidecar` forwarding to ``upstream``; returns once its control API serves."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    n = len(list(log_dir.glob("sidecar-*.log")))
-    log = log_dir / f"sidecar-{n}.log"
-    port_file = log_dir / f"sidecar-{n}.port"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                *CLI,
-                "sidecar",
-                "--server",
-                upstream,
-                "--rtp",
-                rtp,
-                "--listen",
-                f"127.0.0.1:{listen_port}",
-                "--spool",
-                str(spool),
-                "--port-file",
-                str(port_file),
-                *args,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ),
-        )
-    port = wait_port_file(port_file, proc, log)
-    return Proc(proc, f"127.0.0.1:{port}", log)
+    argv = [
+        "sidecar",
+        "--server",
+        upstream,
+        "--rtp",
+        rtp,
+        "--listen",
+        f"127.0.0.1:{listen_port}",
+        "--spool",
+        str(spool),
+        *args,
+    ]
+    return spawn("sidecar", argv, log_dir)
 
 
 def call_start(sidecar: Proc, call_id: str, *meta: str) -> dict[str, int]:
-    p = subprocess.run(
-        [
-            *CLI,
-            "call",
-            "start",
-            "--sidecar",
-            sidecar.address,
-            "--call-id",
-            call_id,
-            *(a for m in meta for a in ("--meta", m)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    meta_args = [a for m in meta for a in ("--meta", m)]
+    p = run_cli(
+        "call", "start", "--sidecar", sidecar.address, "--call-id", call_id, *meta_args, timeout=60
     )
-    assert p.returncode == 0, p.stderr
     ports: dict[str, int] = json.loads(p.stdout)
     return ports
 
 
 def call_stop(sidecar: Proc, call_id: str) -> dict[str, int]:
-    p = subprocess.run(
-        [*CLI, "call", "stop", "--sidecar", sidecar.address, "--call-id", call_id],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert p.returncode == 0, p.stderr
+    p = run_cli("call", "stop", "--sidecar", sidecar.address, "--call-id", call_id, timeout=60)
     out: dict[str, int] = json.loads(p.stdout)
     return out
 
@@ -131,9 +98,7 @@ def ffmpeg_sender(wav: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "--data", str(data), *args], capture_output=True, text=True, timeout=120
-    )
+    return run_cli("--data", str(data), *args, ok=False, timeout=120)
 
 
 def call_info(data: Path, call_id: str) -> dict[str, Any]:

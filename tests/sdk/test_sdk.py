@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
 import socket
 import subprocess
 import threading
@@ -26,7 +25,7 @@ from callvault.media import sample
 from callvault.media.ogg import OggOpusReader
 from callvault.media.rtppack import PT_PCMA, PT_PCMU
 from callvault.vault import Vault
-from tests.servers import CLI, Proc, start_server, wait_port_file
+from tests.servers import CLI, Proc, spawn, start_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -460,29 +459,9 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
 def start_tls_server(tmp: Path, cert: Path, key: Path) -> tuple[subprocess.Popen[bytes], str]:
     """tests.servers.start_server checks health over plaintext, so a TLS server is
     started here and awaited through a TLS client."""
-    log, port_file = tmp / "tls-server.log", tmp / "tls-server.port"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                *CLI,
-                "serve",
-                "--data",
-                str(tmp / "tls-data"),
-                "--listen",
-                "127.0.0.1:0",
-                "--port-file",
-                str(port_file),
-                "--tls-cert",
-                str(cert),
-                "--tls-key",
-                str(key),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ),
-        )
-    port = wait_port_file(port_file, proc, log)
-    return proc, f"127.0.0.1:{port}"
+    argv = ["serve", "--data", str(tmp / "tls-data"), "--listen", "127.0.0.1:0"]
+    p = spawn("tls-server", [*argv, "--tls-cert", str(cert), "--tls-key", str(key)], tmp)
+    return p.proc, p.address
 
 
 def test_tls_client_with_ca_connects_and_plaintext_fails(tmp_path: Path) -> None:

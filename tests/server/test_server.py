@@ -75,6 +75,20 @@ class Stream:
             if r.WhichOneof("msg") == kind:
                 return r
 
+    def start(self, start: pb.IngestRequest) -> pb.Started:
+        """Send the CallStart; returns the server's Started."""
+        self.send(start)
+        return self.until("started").started
+
+    def send_acked(self, batches: list[pb.RtpBatch]) -> pb.Ack:
+        """Send the call's first batches (seq 0 on); returns the Ack of the last one."""
+        for b in batches:
+            self.send(pb.IngestRequest(batch=b))
+        ack = self.until("ack").ack
+        while ack.seq < len(batches) - 1:
+            ack = self.until("ack").ack
+        return ack
+
     def close(self) -> None:
         self.requests.put(None)
         self.channel.close()
@@ -111,12 +125,8 @@ def test_resent_batches_are_skipped_after_a_reconnect(
     feed = capture_feed(capture)
     half = len(feed.batches) // 2
     s = Stream(server.address)
-    s.send(feed.start("c2"))
-    assert s.until("started").started.resume_from_seq == 0
-    for b in feed.batches[:half]:
-        s.send(pb.IngestRequest(batch=b))
-    while s.until("ack").ack.seq < half - 1:
-        pass
+    assert s.start(feed.start("c2")).resume_from_seq == 0
+    s.send_acked(feed.batches[:half])
     s.close()  # the stream breaks; the call stays live on the server
     replies = record(server.address, feed, "c2")  # everything again, from seq 0
     assert replies[0].started.resumed and replies[0].started.resume_from_seq == half
@@ -131,14 +141,9 @@ def test_killed_server_resumes_by_replay(
     srv = start_server(tmp_path / "data")
     feed = capture_feed(capture)
     s = Stream(srv.address)
-    s.send(feed.start("c3"))
-    s.until("started")
+    s.start(feed.start("c3"))
     half = len(feed.batches) * 2 // 3
-    for b in feed.batches[:half]:
-        s.send(pb.IngestRequest(batch=b))
-    ack = s.until("ack").ack
-    while ack.seq < half - 1:
-        ack = s.until("ack").ack
+    ack = s.send_acked(feed.batches[:half])
     assert min(ack.durable_frames) >= 50  # some records were durable before the kill
     srv.kill()
     s.close()
@@ -159,14 +164,9 @@ def test_sigterm_makes_encoded_audio_durable(
     srv = start_server(tmp_path / "data")
     feed = capture_feed(capture)
     s = Stream(srv.address)
-    s.send(feed.start("c4"))
-    s.until("started")
+    s.start(feed.start("c4"))
     half = len(feed.batches) // 2
-    for b in feed.batches[:half]:
-        s.send(pb.IngestRequest(batch=b))
-    ack = s.until("ack").ack
-    while ack.seq < half - 1:
-        ack = s.until("ack").ack
+    ack = s.send_acked(feed.batches[:half])
     before = list(ack.durable_frames)
     assert srv.stop(signal.SIGTERM) == 0
     s.close()
@@ -268,8 +268,7 @@ def test_play_pcm_matches_the_export(server: Proc, capture: Path, tmp_path: Path
 def test_play_follows_a_call_being_recorded(server: Proc, capture: Path) -> None:
     feed = capture_feed(capture)
     s = Stream(server.address)
-    s.send(feed.start("live"))
-    s.until("started")
+    s.start(feed.start("live"))
     half = len(feed.batches) // 2
     for b in feed.batches[:half]:
         s.send(pb.IngestRequest(batch=b))
@@ -456,8 +455,7 @@ def test_limits_and_a_stream_that_never_ends(tmp_path: Path, capture: Path) -> N
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         # a stream that starts and then says nothing: closed after the idle limit
         s = Stream(srv.address)
-        s.send(feed.start("idle"))
-        s.until("started")
+        s.start(feed.start("idle"))
         with pytest.raises(grpc.RpcError) as e:
             s.next()
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -466,8 +464,7 @@ def test_limits_and_a_stream_that_never_ends(tmp_path: Path, capture: Path) -> N
         # more streams than allowed: the extra one is refused, the others go on
         held = [Stream(srv.address) for _ in range(3)]
         for i, h in enumerate(held):
-            h.send(feed.start(f"held{i}"))
-            h.until("started")
+            h.start(feed.start(f"held{i}"))
         code, _ = status_of(lambda: pbg.AdminStub(ch).Stats(pb.StatsRequest()))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         for h in held:

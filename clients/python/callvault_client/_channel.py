@@ -123,6 +123,27 @@ class Backoff:
         return d / 2 + random.uniform(0, d / 2)
 
 
+class Deadline:
+    """One call's deadline, all attempts and pauses included: ``budget`` seconds from
+    now (None: no deadline)."""
+
+    def __init__(self, budget: float | None) -> None:
+        self.budget = budget
+        self.at = None if budget is None else time.monotonic() + budget
+
+    def left(self, attempt: int, method: str) -> float | None:
+        """Seconds left for the next attempt (None: no deadline); DeadlineExceeded
+        once none are, after ``attempt`` attempts."""
+        if self.at is None:
+            return None
+        remaining = self.at - time.monotonic()
+        if remaining <= 0:
+            raise errors.DeadlineExceeded(
+                f"deadline of {self.budget} s passed after {attempt} attempt(s)", method=method
+            )
+        return remaining
+
+
 class Rpc:
     """A channel plus the house rules: metadata, deadlines, retries, typed errors."""
 
@@ -194,16 +215,11 @@ class Rpc:
         timeout: Timeout = DEFAULT,
     ) -> _M:
         """Call a unary RPC with the client's deadline and retry rules."""
-        budget = self.budget(timeout, self.timeout)
-        deadline = None if budget is None else time.monotonic() + budget
+        deadline = Deadline(self.budget(timeout, self.timeout))
         fn = self._callable("unary_unary", method, response)
         attempt = 0
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise errors.DeadlineExceeded(
-                    f"deadline of {budget} s passed after {attempt} attempt(s)", method=method
-                )
+            remaining = deadline.left(attempt, method)
             try:
                 result: _M = fn(request, timeout=remaining, metadata=self.metadata)
                 return result
@@ -225,16 +241,11 @@ class Rpc:
         """Iterate a server stream; retried (when idempotent) only before its first message.
 
         The RPC starts when iteration starts; closing the iterator early cancels it."""
-        budget = self.budget(timeout, None)
-        deadline = None if budget is None else time.monotonic() + budget
+        deadline = Deadline(self.budget(timeout, None))
         fn = self._callable("unary_stream", method, response)
         attempt = 0
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise errors.DeadlineExceeded(
-                    f"deadline of {budget} s passed after {attempt} attempt(s)", method=method
-                )
+            remaining = deadline.left(attempt, method)
             call = fn(request, timeout=remaining, metadata=self.metadata)
             got = False
             try:
@@ -255,10 +266,10 @@ class Rpc:
         fn = self._callable("stream_stream", method, response)
         return fn(requests, metadata=self.metadata)
 
-    def _pause(self, attempt: int, deadline: float | None) -> None:
+    def _pause(self, attempt: int, deadline: Deadline) -> None:
         d = self.backoff.delay(attempt)
-        if deadline is not None:
-            d = min(d, max(0.0, deadline - time.monotonic()))
+        if deadline.at is not None:
+            d = min(d, max(0.0, deadline.at - time.monotonic()))
         time.sleep(d)
 
 

@@ -3,42 +3,20 @@
 Two implement it: callvault.cli.local (an embedded Vault, `--data DIR`) and
 callvault.cli.remote (a server through the SDK, `--server HOST:PORT`). The verbs in
 callvault.cli.vault are written once against it, so they print the same either way.
-Backends return plain values (CallRow, CallDetail, lists of problems); they print
-nothing but progress bars on a terminal.
+Backends return plain values (a call's fields as the vault's CallEntry or the wire's
+CallInfo, lists of problems); they print nothing but progress bars on a terminal.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from callvault.cli.common import CallRow
+from callvault.cli.common import CallFields
 
-
-@dataclass(frozen=True)
-class CallDetail:
-    """What `info` shows of a call."""
-
-    call_id: str
-    tenant: str
-    state: str
-    start_us: int
-    end_us: int
-    direction: str
-    agent: str
-    skill_group: str
-    tags: list[str]
-    legs: list[str]
-    records: int
-    chain_head: str  # hex
-    seal: str  # hex; "" until sealed
-    log_index: int  # -1 until sealed
-    customer_number: str | None  # None once erased
-    frames: int | None  # None until sealed
-    legs_detail: list[dict[str, Any]] | None  # the legs' summaries, when there are
-    erased: tuple[int, str] | None  # (when, µs; reason) once erased
+if TYPE_CHECKING:
+    from callvault_client import pb
 
 
 class Backend(Protocol):
@@ -64,9 +42,12 @@ class Backend(Protocol):
         agent: str | None,
         skill_group: str | None,
         tag: str | None,
-    ) -> list[CallRow]: ...
+    ) -> Sequence[CallFields]: ...
 
-    def call_detail(self, call_id: str, *, tenant: str) -> CallDetail: ...
+    def call_detail(self, call_id: str, *, tenant: str) -> pb.CallInfo:
+        """The call's CallInfo with its summary and (unless erased) customer number;
+        ``frames`` is the sealed length (0 while open)."""
+        ...
 
     def export(
         self,

@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from callvault.errors import CallvaultError
 
@@ -53,9 +52,9 @@ def progress(total: int | None, desc: str, unit: str = "rec") -> Any:
 # -- printers --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CallRow:
-    """One line of `ls`."""
+class CallFields(Protocol):
+    """What `ls` prints of a call: the vault's CallEntry (local) and the wire's
+    CallInfo (remote) both have these, by these names."""
 
     call_id: str
     start_us: int
@@ -64,10 +63,12 @@ class CallRow:
     agent: str
     skill_group: str
     direction: str
-    tags: list[str]
+
+    @property
+    def tags(self) -> Sequence[str]: ...
 
 
-def print_calls(calls: Sequence[CallRow], *, as_json: bool) -> None:
+def print_calls(calls: Sequence[CallFields], *, as_json: bool) -> None:
     """What `ls` prints."""
     if as_json:
         json.dump(

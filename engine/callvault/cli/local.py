@@ -8,11 +8,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from callvault.cli.backend import CallDetail
-from callvault.cli.common import CallRow
+from callvault.cli.common import CallFields
 from callvault.errors import CallvaultError
 
 if TYPE_CHECKING:
+    from callvault_client import pb
+
     from callvault.vault import Vault
 
 
@@ -54,8 +55,8 @@ class LocalBackend:
         agent: str | None,
         skill_group: str | None,
         tag: str | None,
-    ) -> list[CallRow]:
-        calls = self.vault.list_calls(
+    ) -> Sequence[CallFields]:
+        return self.vault.list_calls(
             tenant=tenant,
             since_us=since_us,
             until_us=2**63 - 1 if until_us is None else until_us,
@@ -63,49 +64,13 @@ class LocalBackend:
             skill_group=skill_group,
             tag=tag,
         )
-        return [
-            CallRow(
-                call_id=e.call_id,
-                start_us=e.start_us,
-                end_us=e.end_us,
-                state=e.state,
-                agent=e.agent,
-                skill_group=e.skill_group,
-                direction=e.direction,
-                tags=list(e.tags),
-            )
-            for e in calls
-        ]
 
-    def call_detail(self, call_id: str, *, tenant: str) -> CallDetail:
-        v = self.vault
-        e = v.get_call(call_id, tenant=tenant)
-        erased = e.state == "erased"
-        frames = legs_detail = None
-        if e.seal:
-            frames = int(v.manifest(e.call_id, tenant=e.tenant)["frames"])
-            if not erased:
-                legs_detail = v.summary(e.call_id, tenant=e.tenant).get("legs", [])
-        return CallDetail(
-            call_id=e.call_id,
-            tenant=e.tenant,
-            state=e.state,
-            start_us=e.start_us,
-            end_us=e.end_us,
-            direction=e.direction,
-            agent=e.agent,
-            skill_group=e.skill_group,
-            tags=list(e.tags),
-            legs=list(e.legs),
-            records=e.records,
-            chain_head=e.chain_head,
-            seal=e.seal,
-            log_index=e.log_index,
-            customer_number=None if erased else v.customer_number(e.call_id, tenant=e.tenant),
-            frames=frames,
-            legs_detail=legs_detail,
-            erased=(e.erased_us, e.erase_reason) if erased else None,
-        )
+    def call_detail(self, call_id: str, *, tenant: str) -> pb.CallInfo:
+        from callvault.server.callinfo import call_detail
+
+        e = self.vault.get_call(call_id, tenant=tenant)
+        frames = int(self.vault.manifest(e.call_id, tenant=e.tenant)["frames"]) if e.seal else 0
+        return call_detail(self.vault, e, frames, summary=True, customer_number=True)
 
     def export(
         self,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,8 +21,7 @@ from typing import Any, Literal
 from callvault_client import Client, Recording, pb
 from callvault_client.errors import CallvaultClientError
 
-from callvault.cli.backend import CallDetail
-from callvault.cli.common import CallRow, progress
+from callvault.cli.common import CallFields, progress
 from callvault.errors import CallvaultError
 
 # Packets per RtpBatch: big enough that per-message overhead is small, small
@@ -107,19 +105,9 @@ class RemoteBackend:
         agent: str | None,
         skill_group: str | None,
         tag: str | None,
-    ) -> list[CallRow]:
-        return [
-            CallRow(
-                call_id=e.call_id,
-                start_us=e.start_us,
-                end_us=e.end_us,
-                state=e.state,
-                agent=e.agent,
-                skill_group=e.skill_group,
-                direction=e.direction,
-                tags=list(e.tags),
-            )
-            for e in self.client.search(
+    ) -> Sequence[CallFields]:
+        return list(
+            self.client.search(
                 tenant=tenant,
                 since_us=since_us,
                 until_us=until_us or 0,  # 0: no bound
@@ -127,36 +115,11 @@ class RemoteBackend:
                 skill_group=skill_group or "",
                 tag=tag or "",
             )
-        ]
-
-    def call_detail(self, call_id: str, *, tenant: str) -> CallDetail:
-        e = self.client.get_call(
-            call_id, tenant=tenant, include_summary=True, include_customer_number=True
         )
-        erased = e.state == "erased"
-        return CallDetail(
-            call_id=e.call_id,
-            tenant=e.tenant,
-            state=e.state,
-            start_us=e.start_us,
-            end_us=e.end_us,
-            direction=e.direction,
-            agent=e.agent,
-            skill_group=e.skill_group,
-            tags=list(e.tags),
-            legs=list(e.legs),
-            records=e.records,
-            chain_head=e.chain_head.hex(),
-            seal=e.seal.hex(),
-            log_index=e.log_index,
-            customer_number=None if erased else e.customer_number,
-            frames=e.frames if e.seal else None,
-            legs_detail=(
-                json.loads(e.summary_json).get("legs", [])
-                if e.seal and not erased and e.summary_json
-                else None
-            ),
-            erased=(e.erased_us, e.erase_reason) if erased else None,
+
+    def call_detail(self, call_id: str, *, tenant: str) -> pb.CallInfo:
+        return self.client.get_call(
+            call_id, tenant=tenant, include_summary=True, include_customer_number=True
         )
 
     def export(

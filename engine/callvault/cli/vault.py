@@ -10,6 +10,7 @@ needs neither: it checks a bundle directory offline.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -82,6 +83,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     with connect(args) as b:
         e = b.call_detail(args.call_id, tenant=args.tenant)
+    erased = e.state == "erased"
     doc: dict[str, Any] = {
         "call_id": e.call_id,
         "tenant": e.tenant,
@@ -91,21 +93,21 @@ def cmd_info(args: argparse.Namespace) -> int:
         "direction": e.direction,
         "agent": e.agent,
         "skill_group": e.skill_group,
-        "tags": e.tags,
-        "legs": e.legs,
+        "tags": list(e.tags),
+        "legs": list(e.legs),
         "records": e.records,
-        "chain_head": e.chain_head,
-        "seal": e.seal or None,
+        "chain_head": e.chain_head.hex(),
+        "seal": e.seal.hex() or None,
         "log_index": e.log_index if e.log_index >= 0 else None,
     }
-    if e.customer_number is not None:
+    if not erased:
         doc["customer_number"] = e.customer_number
-    if e.frames is not None:
+    if e.seal:
         doc["seconds"] = frames_seconds(e.frames)
-    if e.legs_detail is not None:
-        doc["legs_detail"] = e.legs_detail
-    if e.erased is not None:
-        doc["erased"] = {"at": iso(e.erased[0]), "reason": e.erased[1]}
+    if e.summary_json:  # a sealed call's, not an erased one's
+        doc["legs_detail"] = json.loads(e.summary_json).get("legs", [])
+    if erased:
+        doc["erased"] = {"at": iso(e.erased_us), "reason": e.erase_reason}
     print_info(doc, as_json=args.json)
     return 0
 

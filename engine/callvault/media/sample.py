@@ -260,39 +260,43 @@ def write_capture(
     return len(datagrams)
 
 
-def demo_capture(path: str | Path, seconds: float = 30.0, *, pcapng: bool = False) -> None:
-    """The call `make run` transcodes: a dialogue with the usual network troubles."""
+def demo_legs(seconds: float = 30.0) -> list[tuple[npt.NDArray[np.int16], LegPlan]]:
+    """The demo call's two legs (agent, customer) and how each is sent: agent PCMU
+    20 ms, customer PCMA 30 ms with an SSRC change, jitter, two loss bursts and two
+    RFC 4733 digits."""
     agent, customer = dialogue(seconds)
-    write_capture(
-        path,
-        [
-            (
-                agent,
-                LegPlan(
-                    law=PT_PCMU,
-                    ptime_ms=20,
-                    ssrc=0x1A2B3C4D,
-                    jitter_ms=8,
-                    loss_bursts=((7.0, 1), (12.5, 4)),
-                    dtmf=((20.0, "4"), (20.5, "2")),
-                    src=("10.0.0.1", 40000),
-                    dst=("10.0.0.2", 50000),
-                ),
+    return [
+        (
+            agent,
+            LegPlan(
+                law=PT_PCMU,
+                ptime_ms=20,
+                ssrc=0x1A2B3C4D,
+                jitter_ms=8,
+                loss_bursts=((7.0, 1), (12.5, 4)),
+                dtmf=((20.0, "4"), (20.5, "2")),
+                src=("10.0.0.1", 40000),
+                dst=("10.0.0.2", 50000),
             ),
-            (
-                customer,
-                LegPlan(
-                    law=PT_PCMA,
-                    ptime_ms=30,
-                    ssrc=0x5E6F7081,
-                    jitter_ms=12,
-                    loss_bursts=((15.0, 2),),
-                    ssrc_change_at=18.0,
-                    start_offset_ms=5,
-                    src=("10.0.0.2", 50002),
-                    dst=("10.0.0.1", 40002),
-                ),
+        ),
+        (
+            customer,
+            LegPlan(
+                law=PT_PCMA,
+                ptime_ms=30,
+                ssrc=0x5E6F7081,
+                jitter_ms=12,
+                loss_bursts=((15.0, 2),),
+                ssrc_change_at=18.0,
+                start_offset_ms=5,
+                src=("10.0.0.2", 50002),
+                dst=("10.0.0.1", 40002),
             ),
-        ],
-        pcapng=pcapng,
-    )
+        ),
+    ]
+
+
+def demo_capture(path: str | Path, seconds: float = 30.0, *, pcapng: bool = False) -> int:
+    """The call `make run` transcodes: a dialogue with the usual network troubles
+    (demo_legs); returns the packet count."""
+    return write_capture(path, demo_legs(seconds), pcapng=pcapng)

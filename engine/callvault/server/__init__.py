@@ -6,6 +6,8 @@ Owns:
   shutdown);
 * ``servicers``: proto <-> engine for Ingest, Archive, Integrity and Admin, and
   engine errors -> status codes; nothing else;
+* ``callinfo``: a call's ``CallInfo`` from the vault's index entry (Search,
+  GetCall, and `callvault --data DIR info`; no grpc);
 * ``interceptors``: the chain every RPC passes (identity, permission, method log);
 * ``ingest``: live recording: ``LiveCall`` (one call being recorded),
   ``Ingestor`` (the server's live calls) and ``RecordStream`` (one Record

@@ -11,6 +11,7 @@ caller with ``current_identity()``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -94,9 +95,11 @@ class MethodLog:
         self.calls: Counter[tuple[str, str]] = Counter()
         self.active = 0
 
-    def begin(self) -> None:
+    def begin(self) -> float:
+        """One more RPC active; returns when it started (time.monotonic), for ``end``."""
         with self.lock:
             self.active += 1
+        return time.monotonic()
 
     def counts(self) -> dict[str, int]:
         with self.lock:
@@ -133,52 +136,49 @@ class IdentityInterceptor(grpc.ServerInterceptor):
             return handler._replace(unary_stream=self._stream(handler.unary_stream, method))
         return handler._replace(stream_stream=self._stream(handler.stream_stream, method))
 
-    def _enter(self, context: grpc.ServicerContext, method: str) -> Identity:
+    def _enter(self, request: Any, context: grpc.ServicerContext, method: str) -> Identity:
+        """Who calls; aborts with PERMISSION_DENIED if they may not call ``method``,
+        INVALID_ARGUMENT if the request does not parse."""
         ident = self.auth.identify(context)
         _current.identity = ident
         why = authorize(ident, method)
         if why is not None:
-            self.methods.begin()
-            self.methods.end(method, "PERMISSION_DENIED", time.monotonic(), ident.name)
+            self.methods.end(method, "PERMISSION_DENIED", self.methods.begin(), ident.name)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+        if isinstance(request, Undecodable):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(method))
         return ident
+
+    @contextlib.contextmanager
+    def _logged(self, request: Any, context: grpc.ServicerContext, method: str) -> Iterator[None]:
+        """The handler's run (the ``with`` block), admitted by ``_enter`` and counted in
+        the method log with its outcome: OK, CANCELLED (a stream the client left) or
+        the status it ended with."""
+        ident = self._enter(request, context, method)
+        started = self.methods.begin()
+        outcome = "OK"
+        try:
+            yield
+        except GeneratorExit:
+            outcome = "CANCELLED"
+            raise
+        except BaseException:
+            outcome = _outcome(context, "ERROR")
+            raise
+        finally:
+            self.methods.end(method, outcome, started, ident.name)
 
     def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
-            ident = self._enter(context, method)
-            if isinstance(request, Undecodable):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(method))
-            started = time.monotonic()
-            self.methods.begin()
-            outcome = "OK"
-            try:
+            with self._logged(request, context, method):
                 return behavior(request, context)
-            except BaseException:
-                outcome = _outcome(context, "ERROR")
-                raise
-            finally:
-                self.methods.end(method, outcome, started, ident.name)
 
         return run
 
     def _stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            ident = self._enter(context, method)
-            if isinstance(request, Undecodable):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(method))
-            started = time.monotonic()
-            self.methods.begin()
-            outcome = "OK"
-            try:
+            with self._logged(request, context, method):
                 yield from behavior(request, context)
-            except GeneratorExit:
-                outcome = "CANCELLED"
-                raise
-            except BaseException:
-                outcome = _outcome(context, "ERROR")
-                raise
-            finally:
-                self.methods.end(method, outcome, started, ident.name)
 
         return run
 

@@ -22,6 +22,7 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
 from callvault.server import playback
+from callvault.server.callinfo import call_detail, call_info
 from callvault.server.ingest import (
     Batch,
     CallSpec,
@@ -47,28 +48,28 @@ CHUNK_BYTES = 1 << 20
 T = TypeVar("T")
 
 
+# What an engine error means on the wire: the first entry it is an instance of
+# (subclasses before their bases).
+STATUS: tuple[tuple[type[CallvaultError], grpc.StatusCode], ...] = (
+    (CallNotFound, grpc.StatusCode.NOT_FOUND),
+    (StreamTakenOver, grpc.StatusCode.ABORTED),
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (OutOfOrder, grpc.StatusCode.FAILED_PRECONDITION),
+    (StreamIdle, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (StoreFailed, grpc.StatusCode.INTERNAL),
+    (InputError, grpc.StatusCode.INVALID_ARGUMENT),  # ALREADY_EXISTS when it says so
+    (VaultError, grpc.StatusCode.FAILED_PRECONDITION),
+    (CallvaultError, grpc.StatusCode.INTERNAL),
+)
+
+
 def fail(context: grpc.ServicerContext, e: BaseException) -> NoReturn:
-    """Abort the RPC with the status an engine error means."""
-    if isinstance(e, CallNotFound):
-        context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-    if isinstance(e, StreamTakenOver):
-        context.abort(grpc.StatusCode.ABORTED, str(e))
-    if isinstance(e, ShuttingDown):
-        context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-    if isinstance(e, OutOfOrder):
-        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-    if isinstance(e, StreamIdle):
-        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
-    if isinstance(e, StoreFailed):
-        context.abort(grpc.StatusCode.INTERNAL, str(e))
-    if isinstance(e, InputError):
-        if "already exists" in str(e):
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-    if isinstance(e, VaultError):
-        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-    if isinstance(e, CallvaultError):
-        context.abort(grpc.StatusCode.INTERNAL, str(e))
+    """Abort the RPC with the status an engine error means (STATUS)."""
+    for kind, code in STATUS:
+        if isinstance(e, kind):
+            if kind is InputError and "already exists" in str(e):
+                code = grpc.StatusCode.ALREADY_EXISTS
+            context.abort(code, str(e))
     raise e
 
 
@@ -102,30 +103,12 @@ def _ref(ref: pb.CallRef) -> tuple[str, str]:
     return ref.tenant or "default", ref.call_id
 
 
-def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
-    extra = {str(k): str(v) for k, v in e.extra.items() if not isinstance(v, list | dict)}
-    erased = e.state == "erased"
-    return pb.CallInfo(
-        tenant=e.tenant,
-        call_id=e.call_id,
-        state=e.state,
-        start_us=e.start_us,
-        end_us=e.end_us,
-        direction=e.direction,
-        agent=e.agent,
-        skill_group=e.skill_group,
-        tags=e.tags,
-        legs=e.legs,
-        extra=extra,
-        frames=frames,
-        records=e.records,
-        chain_head=bytes.fromhex(e.chain_head),
-        seal=bytes.fromhex(e.seal) if e.seal else b"",
-        log_index=e.log_index,
-        erased_us=e.erased_us if erased else 0,
-        erase_reason=e.erase_reason if erased else "",
-        erase_log_index=e.erase_log_index if erased else -1,
-    )
+def _format(value: int, allowed: tuple[int, ...], why: str) -> int:
+    """A request's AudioFormat: one of ``allowed``, the first when unset."""
+    fmt = value or allowed[0]
+    if fmt not in allowed:
+        raise InputError(why)
+    return fmt
 
 
 class Config:
@@ -252,25 +235,24 @@ class ArchiveServicer(pbg.ArchiveServicer):
 
     @unary
     def GetCall(self, r: pb.GetCallRequest, context: grpc.ServicerContext) -> pb.CallInfo:
-        import json
-
         tenant, call_id = _ref(r.call)
         e = self.vault.get_call(call_id, tenant=tenant)
-        info = call_info(e, self._frames(e))
-        if r.include_summary and e.state == "sealed":
-            info.summary_json = json.dumps(
-                self.vault.summary(call_id, tenant=tenant), sort_keys=True
-            )
-        if r.include_customer_number and e.state != "erased":
-            info.customer_number = self.vault.customer_number(call_id, tenant=tenant)
-        return info
+        return call_detail(
+            self.vault,
+            e,
+            self._frames(e),
+            summary=r.include_summary,
+            customer_number=r.include_customer_number,
+        )
 
     @streaming
     def Play(self, r: pb.PlayRequest, context: grpc.ServicerContext) -> Iterator[pb.PlayChunk]:
         tenant, call_id = _ref(r.call)
-        fmt = r.format or pb.OPUS
-        if fmt not in (pb.OPUS, pb.PCM):
-            raise InputError("Play streams OPUS or PCM (OGG and WAV files come from Export)")
+        fmt = _format(
+            r.format,
+            (pb.OPUS, pb.PCM),
+            "Play streams OPUS or PCM (OGG and WAV files come from Export)",
+        )
         chunks = playback.play(
             self.vault,
             self.ingestor,
@@ -294,9 +276,9 @@ class ArchiveServicer(pbg.ArchiveServicer):
     @streaming
     def Export(self, r: pb.ExportRequest, context: grpc.ServicerContext) -> Iterator[pb.FileChunk]:
         tenant, call_id = _ref(r.call)
-        fmt = r.format or pb.OGG
-        if fmt not in (pb.OGG, pb.WAV):
-            raise InputError("Export writes OGG or WAV files (OPUS and PCM are for Play)")
+        fmt = _format(
+            r.format, (pb.OGG, pb.WAV), "Export writes OGG or WAV files (OPUS and PCM are for Play)"
+        )
         if r.to_ms and r.to_ms <= r.from_ms:
             raise InputError(f"to_ms {r.to_ms} is not after from_ms {r.from_ms}")
         e = self.vault.get_call(call_id, tenant=tenant)
