@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from callvault.store.index import U32, CallEntry, Index, RecordEntry
+from callvault.store.index import FORMAT_VERSION, U32, CallEntry, Index, RecordEntry
 
 
 def _call(tenant: str, call_id: str, start: int, **kw: object) -> CallEntry:
@@ -88,6 +88,21 @@ def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
     ix.close()
     with pytest.raises(ValueError, match="reindex"):
         Index(tmp_path / "ix")
+
+
+def test_a_version_1_index_is_read_and_marked_2(tmp_path: Path) -> None:
+    """Entries of index version 1 still load; the marker moves to 2 so that a build
+    that knows only version 1 refuses the index (it could not read new entries)."""
+    ix = Index(tmp_path / "ix")
+    ix._db.put(b"meta/format", U32.pack(1))
+    b = ix.batch()
+    b.put_call(_call("t", "c", 5))
+    ix.write(b)
+    ix.close()
+    ix = Index(tmp_path / "ix")
+    assert ix.get_call("t", "c") is not None
+    assert U32.unpack(ix._db.get(b"meta/format"))[0] == FORMAT_VERSION == 2
+    ix.close()
 
 
 def test_nul_in_keys_is_refused(index: Index) -> None:

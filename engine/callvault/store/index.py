@@ -19,7 +19,11 @@ from typing import Any
 
 from rocksdict import DBCompressionType, Options, Rdict, WriteBatch
 
-FORMAT_VERSION = 1
+# 2: the call entry's vault-internal values are fields (docs/format.md 8.4); a
+# version 1 index is read (its entries migrate on load) and marked 2 on open, so
+# that a build that knows only 1 refuses it instead of misreading new entries.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CFS = ("calls", "records", "time", "agent", "skill", "tag")
 RECORD = struct.Struct(">BBHIQQI")  # leg, type, frames, first frame, segment, offset, length
 U64 = struct.Struct(">Q")
@@ -180,14 +184,15 @@ class Index:
         self._db = Rdict(str(path), opt, column_families=dict.fromkeys(CFS, opt))
         self._cfs = {name: self._db.get_column_family_handle(name) for name in CFS}
         self._views = {name: self._db.get_column_family(name) for name in CFS}
-        version = self._db.get(b"meta/format")
-        if version is None:
-            self._db.put(b"meta/format", U32.pack(FORMAT_VERSION))
-        elif U32.unpack(version)[0] != FORMAT_VERSION:
+        raw = self._db.get(b"meta/format")
+        version = None if raw is None else U32.unpack(raw)[0]
+        if version is not None and version not in READABLE_VERSIONS:
             raise ValueError(
-                f"index format {U32.unpack(version)[0]} is not {FORMAT_VERSION}: "
+                f"index format {version} is not {FORMAT_VERSION}: "
                 "rebuild it with `callvault --data DIR reindex`"
             )
+        if version != FORMAT_VERSION:
+            self._db.put(b"meta/format", U32.pack(FORMAT_VERSION))
 
     def cf(self, name: str) -> Any:
         return self._cfs[name]
