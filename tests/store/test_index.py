@@ -101,7 +101,8 @@ def test_a_version_1_index_is_read_and_marked_2(tmp_path: Path) -> None:
     ix.close()
     ix = Index(tmp_path / "ix")
     assert ix.get_call("t", "c") is not None
-    assert U32.unpack(ix._db.get(b"meta/format"))[0] == FORMAT_VERSION == 2
+    raw = ix._db.get(b"meta/format")
+    assert raw is not None and U32.unpack(raw)[0] == FORMAT_VERSION == 2
     ix.close()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, overload
 
 import numpy as np
@@ -43,6 +42,16 @@ class PacketRun:
         object.__setattr__(self, "lengths", lens)
 
     @classmethod
+    def checked_by_caller(cls, data: bytes, lengths: npt.NDArray[np.int32]) -> PacketRun:
+        """A run from ``data`` and a 1-D C-contiguous int32 ``lengths`` that the caller
+        has already checked (no negative length, the sum is ``len(data)``), e.g. a
+        decrypted record's packets: skips the checks on a hot path."""
+        run = object.__new__(cls)
+        object.__setattr__(run, "data", data)
+        object.__setattr__(run, "lengths", lengths)
+        return run
+
+    @classmethod
     def of(cls, packets: Sequence[bytes]) -> PacketRun:
         """The packets concatenated."""
         lengths = np.fromiter((len(p) for p in packets), dtype=np.int32, count=len(packets))
@@ -59,11 +68,14 @@ class PacketRun:
             lens.append(np.asarray(ln, dtype=np.int32).reshape(-1))
         return cls(b"".join(datas), np.concatenate(lens) if lens else np.zeros(0, np.int32))
 
-    @cached_property
+    @property
     def bounds(self) -> npt.NDArray[np.int64]:
-        """int64[n + 1]: packet i is ``data[bounds[i]:bounds[i + 1]]``."""
-        out = np.zeros(len(self.lengths) + 1, dtype=np.int64)
-        np.cumsum(self.lengths, out=out[1:])
+        """int64[n + 1]: packet i is ``data[bounds[i]:bounds[i + 1]]`` (computed once)."""
+        out: npt.NDArray[np.int64] | None = self.__dict__.get("_bounds")
+        if out is None:  # a plain dict cache: functools.cached_property costs more here
+            out = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+            np.cumsum(self.lengths, out=out[1:])
+            self.__dict__["_bounds"] = out
         return out
 
     @property

@@ -27,12 +27,13 @@ Packets = tuple[bytes, npt.NDArray[np.int32]]  # Opus packets back to back, thei
 
 @dataclass(slots=True)
 class _Run:
-    """A decrypted audio record's packets kept whole (no Python object per packet):
-    ``run``, its packets up to the end of the range read, and ``cur``, the next
-    packet not yet taken."""
+    """A decrypted audio record's packets kept whole (no Python object per packet and
+    no copy): ``run``, the record's packets, ``cur``, the next packet not yet taken,
+    and ``end``, one past the last packet of the range read."""
 
     run: PacketRun
     cur: int
+    end: int
 
 
 def _take(runs: collections.deque[_Run], n: int) -> Packets:
@@ -42,13 +43,13 @@ def _take(runs: collections.deque[_Run], n: int) -> Packets:
     while n:
         head = runs[0]
         run, cur = head.run, head.cur
-        k = min(n, len(run) - cur)
+        k = min(n, head.end - cur)
         bounds = run.bounds
         datas.append(run.data[bounds[cur] : bounds[cur + k]])
         lens.append(run.lengths[cur : cur + k])
         head.cur = cur + k
         n -= k
-        if head.cur == len(run):
+        if head.cur == head.end:
             runs.popleft()
     if len(datas) == 1:
         return datas[0], lens[0]
@@ -177,7 +178,8 @@ class Reading(VaultState):
             if lo >= hi:
                 continue
             have[g] = r.first_frame + hi
-            yield g, have[g], _Run(PacketRun(packets, lengths)[:hi], lo)
+            # decrypt_audio checked the lengths against the packets
+            yield g, have[g], _Run(PacketRun.checked_by_caller(packets, lengths), lo, hi)
 
     def iter_frames(
         self,
@@ -223,4 +225,4 @@ class Reading(VaultState):
         runs: list[collections.deque[_Run]] = [collections.deque() for _ in e.legs]
         for g, _, run in self._runs(e, from_frame, total):
             runs[g].append(run)
-        return [_take(leg, sum(len(r.run) - r.cur for r in leg)) for leg in runs]
+        return [_take(leg, sum(r.end - r.cur for r in leg)) for leg in runs]
