@@ -5,14 +5,22 @@ The bundle's files are docs/format.md 8.9; it is written by
 docs/verify-bundle.md. `verify_bundle` checks, with nothing else (no vault, no
 index, no key file): the checkpoint signature; the chain over the records
 (every head) and the seal over head, count and manifest; the leaf from the
-seal and its inclusion in the checkpoint's tree; and that the packets of
-call.ogg are exactly the packets sealed in the records.
+seal and its inclusion in the checkpoint's tree; that the packets of
+call.ogg are exactly the packets sealed in the records; that call.ogg's
+headers (OpusHead, OpusTags) and pages are exactly what the export writer
+makes for the sealed call (regenerated here through ``media.ogg.write_call``
+from the sealed manifest and records, so a changed gain, pre-skip, input
+rate, vendor, comment or end trim is named); and that the bundle holds no
+file it does not know.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +28,119 @@ from callvault.errors import CallvaultError
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint, merkle
 from callvault.integrity.leaves import LEAF_SEAL, leaf_data
+from callvault.media import ogg
 from callvault.media.packets import PacketRun
 from callvault.store import records as rec
+
+#: The files a bundle may hold (docs/format.md 8.9); ``records/`` holds 000000, 000001, ...
+BUNDLE_FILES = (
+    "call.key",
+    "call.ogg",
+    "chain.json",
+    "checkpoint.txt",
+    "customer-number.key",  # only in a bundle asked for with the customer number
+    "manifest.json",
+    "proof.json",
+    "public-key.txt",
+)
+_RECORD_NAME = re.compile(r"[0-9]{6}")
+
+
+def export_comments(manifest: Mapping[str, object]) -> dict[str, str]:
+    """The OpusTags the vault's export writes for the sealed call ``manifest``.
+
+    Must name exactly what ``vault/export.py`` passes to ``ogg.write_call``
+    (the verifier regenerates the expected headers from it)."""
+    legs = manifest["legs"]
+    assert isinstance(legs, list)
+    return ogg.channel_comments([str(leg) for leg in legs])
+
+
+def unknown_files(d: Path) -> list[str]:
+    """Names in bundle ``d`` that a bundle does not hold (or that are not regular files)."""
+    bad = []
+    for p in sorted(d.iterdir()):
+        if p.name == "records" and p.is_dir() and not p.is_symlink():
+            for q in sorted(p.iterdir()):
+                if not (_RECORD_NAME.fullmatch(q.name) and q.is_file() and not q.is_symlink()):
+                    bad.append(f"records/{q.name}")
+        elif p.name not in BUNDLE_FILES or not p.is_file() or p.is_symlink():
+            bad.append(p.name)
+    return bad
+
+
+def _pages_without_serial(raw: bytes) -> list[bytes]:
+    """The Ogg pages of ``raw`` with serial number and CRC zeroed (both differ per write)."""
+    out = []
+    pos = 0
+    hs = ogg.PAGE_HEADER.size
+    while pos + hs <= len(raw):
+        nseg = raw[pos + hs - 1]
+        end = pos + hs + nseg + sum(raw[pos + hs : pos + hs + nseg])
+        page = bytearray(raw[pos:end])
+        page[14:18] = bytes(4)  # serial (RFC 3533 6)
+        page[22:26] = bytes(4)  # CRC
+        out.append(bytes(page))
+        pos = end
+    return out
+
+
+def _compare_ogg(
+    r: BundleReport,
+    raw: bytes,
+    got: ogg.OggOpusReader,
+    sealed: list[PacketRun],
+    m: Mapping[str, object],
+) -> None:
+    """Fail ``r`` naming each header field of call.ogg that differs from the export the
+    writer makes for the sealed call, then any other difference in its pages."""
+    codec = m["codec"]
+    assert isinstance(codec, dict)
+    frames = m["frames"]
+    assert isinstance(frames, int)
+    buf = io.BytesIO()
+    ogg.write_call(
+        buf, sealed, pre_skip=int(codec["pre_skip"]), frames=frames, comments=export_comments(m)
+    )
+    want_raw = buf.getvalue()
+    want = ogg.OggOpusReader(io.BytesIO(want_raw))
+    before = len(r.failures)
+    for name in (
+        "version",
+        "channels",
+        "pre_skip",
+        "input_sample_rate",
+        "output_gain",
+        "mapping_family",
+        "stream_count",
+        "coupled_count",
+        "mapping",
+    ):
+        g, w = getattr(got.head, name), getattr(want.head, name)
+        if g != w:
+            extra = ""
+            if name == "output_gain":
+                extra = f" ({g / 256:+.2f} dB, the export has {w / 256:+.2f} dB)"
+            r.fail(f"call.ogg OpusHead {name} is {g}, the sealed call's export has {w}{extra}")
+    if got.vendor != want.vendor:
+        r.fail(f"call.ogg OpusTags vendor is {got.vendor!r}, the export's is {want.vendor!r}")
+    for key in sorted(set(got.comments) | set(want.comments)):
+        g_c, w_c = got.comments.get(key), want.comments.get(key)
+        if w_c is None:
+            r.fail(f"call.ogg OpusTags has comment {key}={g_c!r}, which the export does not write")
+        elif g_c is None:
+            r.fail(f"call.ogg OpusTags lacks comment {key}={w_c!r}, which the export writes")
+        elif g_c != w_c:
+            r.fail(f"call.ogg OpusTags comment {key} is {g_c!r}, the export's is {w_c!r}")
+    if len(r.failures) == before and got.header_packets != want.header_packets:
+        r.fail("call.ogg headers differ in their bytes from the export's (OpusHead or OpusTags)")
+    if got.final_granule != want.final_granule:
+        r.fail(
+            f"call.ogg end granule is {got.final_granule}, the export's is {want.final_granule}"
+            " (the playable length was changed)"
+        )
+    if len(r.failures) == before and _pages_without_serial(raw) != _pages_without_serial(want_raw):
+        r.fail("call.ogg pages differ from the export's (page layout, flags or granules)")
 
 
 @dataclass
@@ -41,11 +160,15 @@ def verify_bundle(
     """Check a bundle offline. ``public_key`` (verifier key text) is the one you trust;
     without it the bundle's own public-key.txt is used (and the report says so)."""
     from callvault import _opus
-    from callvault.media import ogg
 
     d = Path(directory)
     r = BundleReport()
     try:
+        for name in unknown_files(d):
+            r.fail(
+                f"unknown file in the bundle: {name} (a bundle holds only the files of"
+                " docs/format.md 8.9)"
+            )
         key_text = public_key or (d / "public-key.txt").read_text().strip()
         if public_key is None:
             r.checked.append(
@@ -103,18 +226,24 @@ def verify_bundle(
             b = rec.parse(rec.AUDIO, body)
             lengths, packets = b.decrypt_audio(key)
             legs[b.leg].append((b.first_frame, PacketRun(packets, lengths)))
-        reader = ogg.OggOpusReader(d / "call.ogg")
+        raw_ogg = (d / "call.ogg").read_bytes()
+        reader = ogg.OggOpusReader(io.BytesIO(raw_ogg))
         ogg_legs: list[list[bytes]] = [[] for _ in m["legs"]]
         for pkt in PacketRun(*reader.packets_data()):
             parts = _opus.unpack_multistream(pkt, len(m["legs"])) if len(m["legs"]) > 1 else [pkt]
             for leg, p in enumerate(parts):
                 ogg_legs[leg].append(p)
+        sealed_runs = []
         for leg, chunks in enumerate(legs):
             sealed = PacketRun.concat(run for _, run in sorted(chunks, key=lambda c: c[0]))
+            sealed_runs.append(sealed)
             if sealed != PacketRun.of(ogg_legs[leg]):
                 r.fail(f"call.ogg channel {leg} is not the audio sealed in the records")
         if r.ok:
             r.checked.append("call.ogg holds exactly the sealed packets")
+            _compare_ogg(r, raw_ogg, reader, sealed_runs, m)
+            if r.ok:
+                r.checked.append("call.ogg headers (OpusHead, OpusTags) and pages are the export's")
     except (OSError, ValueError, KeyError, CallvaultError) as e:
         r.fail(f"{type(e).__name__}: {e}")
     return r

@@ -498,6 +498,7 @@ class OggOpusReader:
             raise FormatError("the ID header must be alone on the first page (RFC 7845 3)")
         self.head = OpusHead.parse(packets[0])
         self.vendor, self.comments = _parse_tags(packets[1])
+        self.header_packets = (packets[0], packets[1])  # as stored, for byte comparison
         hdr_end = next((i for i, p in enumerate(pages) if p.end_packet >= 2), None)
         if hdr_end is None or pages[hdr_end].end_packet != 2:
             raise FormatError("the comment header must end its page (RFC 7845 3)")
