@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import os
+import stat
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from crc32c import crc32c
 
 from callvault.errors import FormatError
 from callvault.sidecar.spool import (
     FILE_HEADER_SIZE,
+    KEY_FILE,
     SPOOL_FILE,
     End,
     Spool,
+    SpoolKeyError,
     list_spools,
+    load_sidecar_key,
     spool_name,
 )
+from callvault.store.crypto import CryptoError
 
 START = b"\x0a\x04call"  # stands for a serialized CallStart: the spool keeps it as bytes
 
@@ -177,3 +184,108 @@ def test_spool_names_are_safe() -> None:
     assert spool_name("", "a.b:c-1") == "default+a.b:c-1"
     assert spool_name("../x", ".") == "..%2Fx+."
     assert "/" not in spool_name("a/b", "c")
+
+
+# -- encrypted at rest (version 2) ---------------------------------------------------
+
+SECRET_START = b"\x0a\x04call\x1a\x0e+4930123456789"  # a CallStart holding a customer number
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def _encrypted(root: Path, batches: int = 6) -> tuple[Spool, bytes]:
+    key = load_sidecar_key(root)
+    s = Spool.create(root, spool_name("acme", "c-1"), SECRET_START, [40000, 40001], 123, key=key)
+    s.set_start_us(1_700_000_000_000_000 - 182_000)
+    for i in range(batches):
+        assert s.append(i % 2, *_batch(i)) == i
+    return s, key
+
+
+def test_encrypted_spool_round_trips_and_holds_no_plaintext(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    s, key = _encrypted(root)
+    assert s.encrypted
+    s.finish(end_us=99)
+    s.close()
+    d = root / spool_name("acme", "c-1")
+    # directories 0700, key file and spool 0600
+    assert _mode(root) == 0o700 and _mode(d) == 0o700
+    assert _mode(root / KEY_FILE) == 0o600 and _mode(d / SPOOL_FILE) == 0o600
+    raw = b"".join(p.read_bytes() for p in d.iterdir())
+    assert b"4930123456789" not in raw
+    for i in range(6):
+        packets = _batch(i)[0]
+        assert not any(packets[k : k + 16] in raw for k in range(0, len(packets) - 16, 16))
+    r = Spool.open(d, key=load_sidecar_key(root))  # the same key, read again from its file
+    assert r.call_start == SECRET_START and r.ports == (40000, 40001) and r.created_us == 123
+    assert r.batches == 6 and r.end == End(6, 99) and r.dropped_bytes == 0
+    for i in range(6):
+        b = r.read(i)
+        packets, lengths, arrival = _batch(i)
+        assert (b.seq, b.leg, b.packets) == (i, i % 2, packets)
+        assert b.lengths.tolist() == lengths.tolist()
+        assert b.arrival_us.tolist() == arrival.tolist()
+
+
+def test_encrypted_spool_needs_its_own_key(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    s, key = _encrypted(root)
+    s.close()
+    d = root / spool_name("acme", "c-1")
+    with pytest.raises(SpoolKeyError, match="encrypted; it opens only with the sidecar key"):
+        Spool.open(d)
+    with pytest.raises(SpoolKeyError, match="does not open this spool"):
+        Spool.open(d, key=bytes(32))
+    # the key file gone while a call is spooled: an error naming it, never a new key
+    (root / KEY_FILE).unlink()
+    with pytest.raises(SpoolKeyError, match="sidecar.key is missing but 1 spooled call"):
+        load_sidecar_key(root)
+    assert not (root / KEY_FILE).exists()
+    # a key file that others may read is refused
+    (root / KEY_FILE).write_bytes(b"x")
+    os.chmod(root / KEY_FILE, 0o644)
+    with pytest.raises(SpoolKeyError, match="mode 0644"):
+        load_sidecar_key(root)
+    os.chmod(root / KEY_FILE, 0o600)
+    with pytest.raises(SpoolKeyError, match="damaged"):
+        load_sidecar_key(root)
+
+
+def test_plaintext_spools_need_no_key_file(tmp_path: Path) -> None:
+    s = _filled(tmp_path, 2)  # version 1, written by an older sidecar
+    s.close()
+    key = load_sidecar_key(tmp_path)  # created: nothing spooled needs an old key
+    assert len(key) == 32 and load_sidecar_key(tmp_path) == key
+    r = Spool.open(tmp_path / spool_name("acme", "c-1"), key=key)
+    assert not r.encrypted and r.read(1).packets == _batch(1)[0]
+
+
+def test_encrypted_spool_torn_tail_and_altered_records(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    s, key = _encrypted(root)
+    s.close()
+    path = root / spool_name("acme", "c-1") / SPOOL_FILE
+    whole = path.stat().st_size
+    os.truncate(path, whole - 7)
+    r = Spool.open(path.parent, key=key)
+    assert r.batches == 5 and r.dropped_bytes > 0
+    assert r.append(1, *_batch(5)) == 5  # goes on with a fresh nonce
+    r.close()
+    r = Spool.open(path.parent, key=key)
+    assert r.read(5).packets == _batch(5)[0]
+    # a batch altered with its crc fixed up (on purpose, not torn) fails authentication
+    pos = r._offsets[3]
+    r.close()
+    data = bytearray(path.read_bytes())
+    length = struct.unpack_from("<I", data, pos + 4)[0]
+    data[pos + 9 + 40] ^= 0x01
+    struct.pack_into("<I", data, pos, crc32c(bytes(data[pos + 4 : pos + 9 + length])))
+    path.write_bytes(bytes(data))
+    r = Spool.open(path.parent, key=key)
+    assert r.batches == 6
+    with pytest.raises(CryptoError, match="failed authentication"):
+        r.read(3)
+    assert r.read(4).packets == _batch(4)[0]

@@ -30,7 +30,7 @@ from callvault.errors import CallvaultError
 from callvault.sidecar.call import Call, SidecarError
 from callvault.sidecar.forwarder import BACKOFF_S, Forwarder
 from callvault.sidecar.receiver import Receiver, bind_udp
-from callvault.sidecar.spool import Spool, list_spools, spool_name
+from callvault.sidecar.spool import Spool, list_spools, load_sidecar_key, spool_name
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class Sidecar:
         self.port_range = (port_min, port_max)
         self.spool_root = spool_root
         spool_root.mkdir(parents=True, exist_ok=True)
+        # The spool's encryption key (docs/format.md 9.4): SPOOL/sidecar.key, created on
+        # the first start; missing while calls are spooled is an error, never a new key.
+        self.spool_key = load_sidecar_key(spool_root)
         self.lock = threading.Lock()
         self.calls: dict[tuple[str, str], Call] = {}
         self.sealed_keys: collections.OrderedDict[tuple[str, str], Call] = collections.OrderedDict()
@@ -90,7 +93,7 @@ class Sidecar:
         self._syncer.start()
         for path in list_spools(self.spool_root):
             try:
-                spool = Spool.open(path)
+                spool = Spool.open(path, key=self.spool_key)
             except (OSError, CallvaultError) as e:
                 log.error("spool %s cannot be opened, left alone: %s", path, e)
                 continue
@@ -224,6 +227,7 @@ class Sidecar:
                     start.SerializeToString(),
                     [p for p, _ in bound],
                     _net.now_us(),
+                    key=self.spool_key,
                 )
             except BaseException:
                 for _, s in bound:

@@ -1,7 +1,16 @@
 """The sidecar's store-and-forward spool: one directory per call.
 
 The files (``spool``, append-only, and ``acked``), their records, the order
-rules, recovery and durability are docs/format.md section 9 (version 1).
+rules, recovery and durability are docs/format.md section 9 (version 2,
+encrypted; version 1, plaintext, is still read and written without a key).
+
+Encryption at rest (docs/format.md 9.4): the sidecar key (32 random bytes in
+``SPOOL/sidecar.key``, mode 0600, :func:`load_sidecar_key`) wraps a random
+data key per call, stored in the spool's file header; the CALL record (the
+CallStart: customer number, agent, ...) and each BATCH's lengths, arrival
+times and packets are AES-256-GCM blobs under that data key
+(``store.crypto.encrypt_blob``), bound to their record type and place.
+Directories are 0700.
 
 A call's RTP is written here BEFORE it is forwarded, and stays until the
 server says the call is Sealed: the Ingest contract asks a client to keep
@@ -25,8 +34,11 @@ writer appends.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import shutil
+import stat
 import struct
 import threading
 from collections.abc import Iterator, Sequence
@@ -39,11 +51,13 @@ import numpy.typing as npt
 from crc32c import crc32c
 
 from callvault.durable import fsync_dir
-from callvault.errors import FormatError
+from callvault.errors import CallvaultError, FormatError
 from callvault.media.batch import LegBatch
+from callvault.store import crypto
 
 MAGIC = b"CVSPOOL\0"
-VERSION = 1
+VERSION = 2  # encrypted; 1 = plaintext (no key)
+PLAIN_VERSION = 1
 _FILE_HEADER = struct.Struct("<8sI")  # magic, version (+ crc u32)
 _U32 = struct.Struct("<I")
 _RECORD = struct.Struct("<IIB")  # crc, length, type
@@ -53,12 +67,93 @@ _BATCH = struct.Struct("<QII")  # seq, leg, count
 _END = struct.Struct("<Qq")  # batches, end_us
 _ACKED = struct.Struct("<QI")  # acked, crc
 
-FILE_HEADER_SIZE = _FILE_HEADER.size + _U32.size
+FILE_HEADER_SIZE = _FILE_HEADER.size + _U32.size  # version 1
+_WRAPPED_SIZE = 1 + crypto.NONCE_BYTES + crypto.KEY_BYTES + crypto.TAG_BYTES  # a blob, 61
+FILE_HEADER_SIZE_V2 = _FILE_HEADER.size + _WRAPPED_SIZE + _U32.size
+_AAD_KEY = b"cvspool2/key"  # context of the wrapped data key
+_AAD_RECORD = b"cvspool2/rec"  # + type u8 (+ the BATCH header) for record blobs
 REC_CALL, REC_START, REC_BATCH, REC_END = 1, 2, 3, 4
 MAX_RECORD = 64 << 20  # a batch is ~20 ms of one leg; anything this large is damage
 
 SPOOL_FILE = "spool"
 ACKED_FILE = "acked"
+KEY_FILE = "sidecar.key"
+DIR_MODE = 0o700
+
+_SK_MAGIC = b"CVSK"
+_SK_VERSION = 1
+_SK_HEADER = struct.Struct("<4sB3s")  # magic, version, reserved
+_SK_SIZE = _SK_HEADER.size + crypto.KEY_BYTES + 32  # + SHA-256 of what precedes
+
+
+class SpoolKeyError(CallvaultError):
+    """The sidecar key file is missing (with spooled calls), damaged or exposed, or a
+    spool cannot be opened with the key given."""
+
+
+def _private_dir(path: Path) -> None:
+    """Make ``path`` (and missing parents) a directory only its owner can enter."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+
+
+def load_sidecar_key(root: Path) -> bytes:
+    """The sidecar key of spool directory ``root`` (``root/sidecar.key``), created (0600)
+    when absent and ``root`` holds no spooled call. A missing key file while calls are
+    spooled is an error: a new key could not read them."""
+    _private_dir(root)
+    p = root / KEY_FILE
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        spooled = [d for d in list_spools(root) if _version(d) == VERSION]
+        if spooled:
+            raise SpoolKeyError(
+                f"sidecar key file {p} is missing but {len(spooled)} spooled call(s) in {root}"
+                f" were encrypted with it: restore it from your backup, or move those spool"
+                f" directories out of {root} (their audio cannot be read without the key)"
+                " and start again"
+            ) from None
+        body = _SK_HEADER.pack(_SK_MAGIC, _SK_VERSION, b"\0\0\0") + secrets.token_bytes(
+            crypto.KEY_BYTES
+        )
+        data = body + hashlib.sha256(body).digest()
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(root)
+        return data[_SK_HEADER.size : _SK_HEADER.size + crypto.KEY_BYTES]
+    except OSError as e:
+        raise SpoolKeyError(f"sidecar key file {p} cannot be opened: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpoolKeyError(f"sidecar key file {p} is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise SpoolKeyError(
+                f"sidecar key file {p} has mode {mode:04o}: group or others may read it, so"
+                f" the spooled audio must be treated as exposed. If it was not, restrict it"
+                f" with `chmod 600 {p}` and start again"
+            )
+        data = os.read(fd, _SK_SIZE + 1)
+    finally:
+        os.close(fd)
+    magic, version, _ = _SK_HEADER.unpack_from(data.ljust(_SK_HEADER.size, b"\0"))
+    if (
+        len(data) != _SK_SIZE
+        or magic != _SK_MAGIC
+        or hashlib.sha256(data[:-32]).digest() != data[-32:]
+    ):
+        raise SpoolKeyError(f"sidecar key file {p} is damaged or not a sidecar key file")
+    if version != _SK_VERSION:
+        raise SpoolKeyError(
+            f"sidecar key file {p} has version {version}; this build reads {_SK_VERSION}"
+        )
+    return data[_SK_HEADER.size : _SK_HEADER.size + crypto.KEY_BYTES]
 
 
 @dataclass(frozen=True)
@@ -79,9 +174,28 @@ def _record(kind: int, body: bytes) -> bytes:
     return _U32.pack(crc32c(body, crc32c(head))) + head + body
 
 
-def _file_header() -> bytes:
-    head = _FILE_HEADER.pack(MAGIC, VERSION)
+def _version(directory: Path) -> int | None:
+    """The format version in a spool's file header (None if it has none)."""
+    try:
+        with open(directory / SPOOL_FILE, "rb") as f:
+            head = f.read(_FILE_HEADER.size)
+    except OSError:
+        return None
+    if len(head) < _FILE_HEADER.size or head[:8] != MAGIC:
+        return None
+    return int(_FILE_HEADER.unpack(head)[1])
+
+
+def _file_header(wrapped: bytes | None) -> bytes:
+    if wrapped is None:
+        head = _FILE_HEADER.pack(MAGIC, PLAIN_VERSION)
+    else:
+        head = _FILE_HEADER.pack(MAGIC, VERSION) + wrapped
     return head + _U32.pack(crc32c(head))
+
+
+def _record_aad(kind: int, clear: bytes = b"") -> bytes:
+    return _AAD_RECORD + bytes((kind,)) + clear
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -93,9 +207,12 @@ def _write_all(fd: int, data: bytes) -> None:
 class Spool:
     """One call's spool directory, open for appending and reading (thread-safe)."""
 
-    def __init__(self, directory: Path, fd: int) -> None:
+    def __init__(self, directory: Path, fd: int, key: bytes | None = None) -> None:
         self.directory = directory
         self._fd = fd
+        self._key = key  # the sidecar key
+        self._data_key: crypto.DataKey | None = None  # this call's (version 2)
+        self._header_size = FILE_HEADER_SIZE
         self._lock = threading.Lock()
         self._offsets: list[int] = []  # file offset of BATCH record seq
         self._size = 0
@@ -113,38 +230,54 @@ class Spool:
 
     @classmethod
     def create(
-        cls, root: Path, name: str, call_start: bytes, ports: Sequence[int], created_us: int
+        cls,
+        root: Path,
+        name: str,
+        call_start: bytes,
+        ports: Sequence[int],
+        created_us: int,
+        *,
+        key: bytes | None = None,
     ) -> Spool:
         """A new spool ``root/name`` holding the CALL record, fsynced, made visible whole.
-        FileExistsError if the call already has one."""
+        FileExistsError if the call already has one. With ``key`` (the sidecar key) the
+        spool is encrypted (version 2) under a new random data key; without, plaintext
+        (version 1)."""
         final = root / name
         if final.exists():
             raise FileExistsError(f"spool {final} exists")
         tmp = root / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        _private_dir(tmp)
         body = (
             _CALL.pack(created_us, len(ports)) + struct.pack(f"<{len(ports)}H", *ports) + call_start
         )
+        wrapped = None
+        if key is not None:
+            data_key = crypto.new_data_key()
+            wrapped = crypto.encrypt_blob(key, plaintext=data_key.key, aad=_AAD_KEY)
+            body = crypto.encrypt_blob(data_key, plaintext=body, aad=_record_aad(REC_CALL))
         fd = os.open(
             tmp / SPOOL_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600
         )
         try:
-            _write_all(fd, _file_header() + _record(REC_CALL, body))
+            _write_all(fd, _file_header(wrapped) + _record(REC_CALL, body))
             os.fsync(fd)
         finally:
             os.close(fd)
         fsync_dir(tmp)
         os.rename(tmp, final)
         fsync_dir(root)
-        return cls.open(final)
+        return cls.open(final, key=key)
 
     @classmethod
-    def open(cls, directory: Path) -> Spool:
-        """Open an existing spool: scan it, truncate a torn tail (``dropped_bytes``)."""
+    def open(cls, directory: Path, *, key: bytes | None = None) -> Spool:
+        """Open an existing spool: scan it, truncate a torn tail (``dropped_bytes``).
+        An encrypted spool needs ``key``, the sidecar key it was created with
+        (:class:`SpoolKeyError` otherwise); a plaintext one opens with or without."""
         fd = os.open(directory / SPOOL_FILE, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         try:
-            spool = cls(directory, fd)
+            spool = cls(directory, fd, key)
             spool._scan()
         except BaseException:
             os.close(fd)
@@ -154,19 +287,36 @@ class Spool:
 
     def _scan(self) -> None:
         size = os.fstat(self._fd).st_size
-        head = os.pread(self._fd, FILE_HEADER_SIZE, 0)
-        if (
-            len(head) < FILE_HEADER_SIZE
-            or head[:8] != MAGIC
-            or _U32.unpack_from(head, 12)[0] != crc32c(head[:12])
-        ):
+        head = os.pread(self._fd, FILE_HEADER_SIZE_V2, 0)
+        if len(head) < _FILE_HEADER.size or head[:8] != MAGIC:
             raise FormatError(f"{self.directory}: not a callvault spool (bad file header)")
         version = _FILE_HEADER.unpack_from(head)[1]
-        if version != VERSION:
+        hsize = {PLAIN_VERSION: FILE_HEADER_SIZE, VERSION: FILE_HEADER_SIZE_V2}.get(version)
+        if hsize is None:
             raise FormatError(
-                f"{self.directory}: spool version {version}, this build reads {VERSION}"
+                f"{self.directory}: spool version {version}, this build reads"
+                f" {PLAIN_VERSION} and {VERSION}"
             )
-        pos = FILE_HEADER_SIZE
+        if len(head) < hsize or _U32.unpack_from(head, hsize - 4)[0] != crc32c(head[: hsize - 4]):
+            raise FormatError(f"{self.directory}: not a callvault spool (bad file header)")
+        if version == VERSION:
+            if self._key is None:
+                raise SpoolKeyError(
+                    f"{self.directory}: the spool is encrypted; it opens only with the sidecar"
+                    f" key it was written with ({KEY_FILE})"
+                )
+            try:
+                dk = crypto.decrypt_blob(
+                    self._key, blob=head[_FILE_HEADER.size : hsize - 4], aad=_AAD_KEY
+                )
+            except crypto.CryptoError:
+                raise SpoolKeyError(
+                    f"{self.directory}: the sidecar key does not open this spool: it was written"
+                    f" with another {KEY_FILE} (restore that one)"
+                ) from None
+            self._data_key = crypto.DataKey(dk)
+        self._header_size = hsize
+        pos = hsize
         while pos < size:
             hdr = os.pread(self._fd, _RECORD.size, pos)
             if len(hdr) < _RECORD.size:
@@ -180,7 +330,7 @@ class Spool:
             if not self._apply(kind, body, pos):
                 break
             pos += _RECORD.size + length
-        if pos == FILE_HEADER_SIZE:
+        if pos == self._header_size:
             raise FormatError(f"{self.directory}: spool has no CALL record")
         if pos < size:
             self.dropped_bytes = size - pos
@@ -190,10 +340,13 @@ class Spool:
 
     def _apply(self, kind: int, body: bytes, pos: int) -> bool:
         """Take one whole record into the in-memory state; False: out of place (damage)."""
-        first = pos == FILE_HEADER_SIZE
+        first = pos == self._header_size
         if first != (kind == REC_CALL) or self.end is not None:
             return False
         if kind == REC_CALL:
+            if self._data_key is not None:
+                # CRC-valid but not authentic: altered on purpose, not torn; refuse it whole
+                body = crypto.decrypt_blob(self._data_key, blob=body, aad=_record_aad(REC_CALL))
             self.created_us, legs = _CALL.unpack_from(body)
             self.ports = struct.unpack_from(f"<{legs}H", body, _CALL.size)
             self.call_start = body[_CALL.size + 2 * legs :]
@@ -253,14 +406,15 @@ class Spool:
             if self.start_us is None:
                 raise ValueError(f"{self.directory}: set_start_us before the first batch")
             seq = len(self._offsets)
-            body = b"".join(
-                (
-                    _BATCH.pack(seq, leg, n),
-                    lengths.astype("<u4").tobytes(),
-                    arrival_us.astype("<i8").tobytes(),
-                    packets,
-                )
+            head = _BATCH.pack(seq, leg, n)
+            payload = b"".join(
+                (lengths.astype("<u4").tobytes(), arrival_us.astype("<i8").tobytes(), packets)
             )
+            if self._data_key is not None:
+                payload = crypto.encrypt_blob(
+                    self._data_key, plaintext=payload, aad=_record_aad(REC_BATCH, head)
+                )
+            body = head + payload
             self._offsets.append(self._append(REC_BATCH, body))
             self.packets += n
             return seq
@@ -316,6 +470,11 @@ class Spool:
     # -- reading ----------------------------------------------------------
 
     @property
+    def encrypted(self) -> bool:
+        """True for a version 2 (encrypted) spool."""
+        return self._data_key is not None
+
+    @property
     def batches(self) -> int:
         """How many batches are spooled (the next seq)."""
         return len(self._offsets)
@@ -328,16 +487,20 @@ class Spool:
             pos = self._offsets[seq]
             end = self._offsets[seq + 1] if seq + 1 < len(self._offsets) else self._size
         data = os.pread(self._fd, end - pos, pos)
-        body = memoryview(data)[_RECORD.size :]
-        got, leg, n = _BATCH.unpack_from(body)
-        assert got == seq, (got, seq)
-        off = _BATCH.size
-        lengths = np.frombuffer(body, "<u4", n, off).astype(np.int32)
-        off += 4 * n
-        arrival = np.frombuffer(body, "<i8", n, off).astype(np.int64)
-        off += 8 * n
         length = _U32.unpack_from(data, 4)[0]
-        packets = bytes(body[off:length])
+        record = memoryview(data)[_RECORD.size : _RECORD.size + length]
+        got, leg, n = _BATCH.unpack_from(record)
+        assert got == seq, (got, seq)
+        body: bytes | memoryview = record[_BATCH.size :]
+        if self._data_key is not None:
+            body = crypto.decrypt_blob(
+                self._data_key,
+                blob=bytes(body),
+                aad=_record_aad(REC_BATCH, bytes(record[: _BATCH.size])),
+            )
+        lengths = np.frombuffer(body, "<u4", n, 0).astype(np.int32)
+        arrival = np.frombuffer(body, "<i8", n, 4 * n).astype(np.int64)
+        packets = bytes(body[12 * n :])
         return LegBatch(seq, leg, packets, lengths, arrival)
 
     def read_from(self, seq: int) -> Iterator[LegBatch]:
