@@ -4,7 +4,12 @@ and what a bundle's keys can decrypt (real vault, real files)."""
 from __future__ import annotations
 
 import io
+import json
+import os
+import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +18,9 @@ import pytest
 from callvault import _opus
 from callvault.integrity.bundle import verify_bundle
 from callvault.media import ogg, sample
-from callvault.vault import Vault
+from callvault.store import crypto
+from callvault.store import records as rec
+from callvault.vault import Vault, VaultError
 from callvault.vault.bundle import write_bundle
 
 
@@ -80,7 +87,7 @@ def _rewrite(d: Path, **writer_args: object) -> None:
     p.write_bytes(out.getvalue())
 
 
-TAMPERS: dict[str, tuple[Callable[[Path], None], str]] = {
+TAMPERS: dict[str, tuple[Callable[[Path], object], str]] = {
     # -128 dB: plays as silence
     "output-gain": (lambda d: _patch_head(d, "<h", 16, -32768), "OpusHead output_gain"),
     # drops 0.41 s at the start
@@ -121,3 +128,95 @@ def test_bundle_header_tampering_is_refused_by_name(tamper: str, bundle: tuple[P
     r = verify_bundle(d, public_key=key)
     assert not r.ok, f"{tamper} went unnoticed"
     assert any(named in f for f in r.failures), r.failures
+
+
+# -- the customer number: only in a bundle asked for with it ---------------------------
+
+NUMBER = "+15551234567"
+BEFORE_OWN_NUMBER_KEY = "909f696bfda7493f4603b7d6807d0a6b238dd49a"  # sealed it under call.key
+
+
+def _open_number(d: Path, key_file: str) -> str:
+    """Decrypt the manifest's sealed customer number with a key file of the bundle, as
+    anyone holding the bundle could (every AAD a callvault has used)."""
+    m = json.loads((d / "manifest.json").read_text())
+    sealed = m["customer_number_sealed"]
+    key = bytes.fromhex((d / key_file).read_text().strip())
+    aad = rec.call_aad(m["tenant"], m["call_id"])
+    blob = bytes.fromhex(sealed.removeprefix(rec.NUMBER_PREFIX))
+    for extra in (b"", rec.NUMBER_AAD):
+        try:
+            return crypto.decrypt_blob(key, blob=blob, aad=aad + extra).decode()
+        except crypto.CryptoError:
+            pass
+    raise crypto.CryptoError(f"{key_file} does not open the customer number")
+
+
+def test_default_bundle_cannot_reveal_the_customer_number(bundle: tuple[Path, str]) -> None:
+    d, key = bundle
+    assert not (d / "customer-number.key").exists()
+    with pytest.raises(crypto.CryptoError):
+        _open_number(d, "call.key")
+    r = verify_bundle(d, public_key=key)
+    assert r.ok, r.failures
+
+
+def test_bundle_with_the_customer_number_opens_it(tmp_path: Path, capture: Path) -> None:
+    v = Vault.open(tmp_path / "data")
+    v.import_call("c1", [str(capture)], customer_number=NUMBER)
+    d = write_bundle(v, "c1", tmp_path / "bundle", with_customer_number=True)
+    key = v.signer.verifier_key()
+    v.close()
+    assert _open_number(d, "customer-number.key") == NUMBER
+    with pytest.raises(crypto.CryptoError):
+        _open_number(d, "call.key")
+    r = verify_bundle(d, public_key=key)
+    assert r.ok, r.failures
+    assert "customer-number.key opens the sealed customer number" in r.checked
+    (d / "customer-number.key").write_text("00" * 32 + "\n")
+    r = verify_bundle(d, public_key=key)
+    assert any("customer-number.key does not open" in f for f in r.failures), r.failures
+
+
+def test_call_of_an_older_vault_keeps_its_number_readable(tmp_path: Path, capture: Path) -> None:
+    """A vault written by the callvault before this change (run from git) is read by this
+    one; its call's number is under the data key, so a bundle needs the option."""
+    old = tmp_path / "old"
+    old.mkdir()
+    repo = Path(__file__).resolve().parents[2]
+    arch = subprocess.run(
+        ["git", "-C", str(repo), "archive", BEFORE_OWN_NUMBER_KEY, "engine"],
+        capture_output=True,
+    )
+    if arch.returncode != 0:
+        pytest.skip(f"no git history here: {arch.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(old)], input=arch.stdout, check=True)
+    for so in (repo / "engine" / "callvault").glob("_*.so"):
+        shutil.copy(so, old / "engine" / "callvault")
+    code = (
+        "import sys\n"
+        "from callvault.vault import Vault\n"
+        "v = Vault.open(sys.argv[1])\n"
+        "v.import_call('c1', [sys.argv[2]], customer_number=sys.argv[3])\n"
+        "v.close()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(old / "engine")}
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "data"), str(capture), NUMBER],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr
+    v = Vault.open(tmp_path / "data")
+    try:
+        assert not v.get_call("c1").customer_number_sealed.startswith(rec.NUMBER_PREFIX)
+        assert v.customer_number("c1") == NUMBER
+        with pytest.raises(VaultError, match="with-customer-number"):
+            write_bundle(v, "c1", tmp_path / "b1")
+        assert not (tmp_path / "b1").exists()
+        d = write_bundle(v, "c1", tmp_path / "b2", with_customer_number=True)
+        assert _open_number(d, "call.key") == NUMBER
+        assert verify_bundle(d, public_key=v.signer.verifier_key()).ok
+    finally:
+        v.close()

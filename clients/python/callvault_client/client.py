@@ -372,10 +372,18 @@ class Client(_Base):
         )
 
     def bundle_chunks(
-        self, call_id: str, *, tenant: str = "", timeout: Timeout = None
+        self,
+        call_id: str,
+        *,
+        tenant: str = "",
+        include_customer_number: bool = False,
+        timeout: Timeout = None,
     ) -> Iterator[pb.FileChunk]:
         """The raw GetBundle stream (see :meth:`get_bundle`)."""
-        req = pb.GetBundleRequest(call=pb.CallRef(tenant=tenant, call_id=call_id))
+        req = pb.GetBundleRequest(
+            call=pb.CallRef(tenant=tenant, call_id=call_id),
+            include_customer_number=include_customer_number,
+        )
         return self._rpc.stream(
             _INTEGRITY + "GetBundle", req, pb.FileChunk, idempotent=True, timeout=timeout
         )
@@ -386,10 +394,12 @@ class Client(_Base):
         directory: str | os.PathLike[str],
         *,
         tenant: str = "",
+        include_customer_number: bool = False,
         progress: ChunkCallback | None = None,
         timeout: Timeout = None,
     ) -> dict[str, int]:
-        """Write a sealed call's export bundle into the new directory ``directory``.
+        """Write a sealed call's export bundle into the new directory ``directory``;
+        with ``include_customer_number`` it also holds the key of the customer number.
 
         The bundle is written into a temporary directory beside it and renamed
         once every file is whole; ``directory`` must not exist yet. Returns
@@ -412,7 +422,14 @@ class Client(_Base):
         try:
             try:
                 sizes = _write_chunks(
-                    self.bundle_chunks(call_id, tenant=tenant, timeout=timeout), open_file, progress
+                    self.bundle_chunks(
+                        call_id,
+                        tenant=tenant,
+                        include_customer_number=include_customer_number,
+                        timeout=timeout,
+                    ),
+                    open_file,
+                    progress,
                 )
             finally:
                 for f in files.values():

@@ -72,7 +72,9 @@ class Backend(Protocol):
         """One list of problems (empty: it verifies) per call checked, or one for all."""
         ...
 
-    def bundle(self, call_id: str, out: Path, *, tenant: str) -> None: ...
+    def bundle(
+        self, call_id: str, out: Path, *, tenant: str, with_customer_number: bool = False
+    ) -> None: ...
 
     def checkpoint(self) -> tuple[str, str]:
         """The log's signed checkpoint note and its verifier key."""

@@ -104,10 +104,14 @@ class LocalBackend:
         for cid in call_ids:
             yield [str(p) for p in self.vault.verify_call(cid, tenant=tenant)]
 
-    def bundle(self, call_id: str, out: Path, *, tenant: str) -> None:
+    def bundle(
+        self, call_id: str, out: Path, *, tenant: str, with_customer_number: bool = False
+    ) -> None:
         from callvault.vault.bundle import write_bundle
 
-        write_bundle(self.vault, call_id, out, tenant=tenant)
+        write_bundle(
+            self.vault, call_id, out, tenant=tenant, with_customer_number=with_customer_number
+        )
 
     def checkpoint(self) -> tuple[str, str]:
         return self.vault.checkpoint(), self.vault.signer.verifier_key()

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("bundle", help="export a sealed call with its proofs")
     v.add_argument("call_id", metavar="CALL_ID")
     v.add_argument("-o", "--output", required=True, metavar="DIR")
+    v.add_argument(
+        "--with-customer-number",
+        action="store_true",
+        help="also ship the key of the call's customer number (without it the bundle"
+        " cannot reveal the number)",
+    )
     v.set_defaults(func=vault.cmd_bundle)
     v = sub.add_parser("verify-bundle", help="check a bundle offline")
     v.add_argument("directory", metavar="DIR")

@@ -168,10 +168,18 @@ class RemoteBackend:
                 problems.append(f"{r.what}: does not verify")
             yield problems
 
-    def bundle(self, call_id: str, out: Path, *, tenant: str) -> None:
+    def bundle(
+        self, call_id: str, out: Path, *, tenant: str, with_customer_number: bool = False
+    ) -> None:
         bar, on_chunk = _byte_bar("bundle")
         try:
-            self.client.get_bundle(call_id, out, tenant=tenant, progress=on_chunk)
+            self.client.get_bundle(
+                call_id,
+                out,
+                tenant=tenant,
+                include_customer_number=with_customer_number,
+                progress=on_chunk,
+            )
         finally:
             bar.close()
 

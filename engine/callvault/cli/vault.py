@@ -203,7 +203,9 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     if d.exists():
         raise CallvaultError(f"{d} exists: a bundle goes into a new directory")
     with connect(args) as b:
-        b.bundle(args.call_id, d, tenant=args.tenant)
+        b.bundle(
+            args.call_id, d, tenant=args.tenant, with_customer_number=args.with_customer_number
+        )
     print(f"wrote bundle {d}; check it anywhere with: callvault verify-bundle {d}")
     return 0
 

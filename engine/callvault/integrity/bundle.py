@@ -30,6 +30,7 @@ from callvault.integrity import checkpoint, merkle
 from callvault.integrity.leaves import LEAF_SEAL, leaf_data
 from callvault.media import ogg
 from callvault.media.packets import PacketRun
+from callvault.store import crypto
 from callvault.store import records as rec
 
 #: The files a bundle may hold (docs/format.md 8.9); ``records/`` holds 000000, 000001, ...
@@ -67,6 +68,28 @@ def unknown_files(d: Path) -> list[str]:
         elif p.name not in BUNDLE_FILES or not p.is_file() or p.is_symlink():
             bad.append(p.name)
     return bad
+
+
+def _check_number_key(
+    r: BundleReport, d: Path, tenant: str, call_id: str, m: Mapping[str, object]
+) -> None:
+    """A customer-number.key must open the sealed customer number (and only with it)."""
+    p = d / "customer-number.key"
+    if not p.exists():
+        return
+    sealed = m.get("customer_number_sealed")
+    if not isinstance(sealed, str) or not sealed.startswith(rec.NUMBER_PREFIX):
+        r.fail("customer-number.key is in the bundle, but the call has no number under its own key")
+        return
+    try:
+        crypto.decrypt_blob(
+            bytes.fromhex(p.read_text().strip()),
+            blob=bytes.fromhex(sealed[len(rec.NUMBER_PREFIX) :]),
+            aad=rec.call_aad(tenant, call_id) + rec.NUMBER_AAD,
+        )
+        r.checked.append("customer-number.key opens the sealed customer number")
+    except (ValueError, CallvaultError) as e:
+        r.fail(f"customer-number.key does not open the sealed customer number: {e}")
 
 
 def _pages_without_serial(raw: bytes) -> list[bytes]:
@@ -221,6 +244,7 @@ def verify_bundle(
         except merkle.ProofError as e:
             r.fail(f"inclusion proof: {e}")
         key = bytes.fromhex((d / "call.key").read_text().strip())
+        _check_number_key(r, d, tenant, call_id, m)
         legs: list[list[tuple[int, PacketRun]]] = [[] for _ in m["legs"]]
         for body in bodies:
             b = rec.parse(rec.AUDIO, body)

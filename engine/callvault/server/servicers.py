@@ -367,7 +367,13 @@ class IntegrityServicer(pbg.IntegrityServicer):
 
         tenant, call_id = _ref(r.call)
         with tempfile.TemporaryDirectory(prefix="callvault-bundle-") as tmp:
-            d = write_bundle(self.vault, call_id, Path(tmp) / "bundle", tenant=tenant)
+            d = write_bundle(
+                self.vault,
+                call_id,
+                Path(tmp) / "bundle",
+                tenant=tenant,
+                with_customer_number=r.include_customer_number,
+            )
             for p in sorted(x for x in d.rglob("*") if x.is_file()):
                 yield from _file_chunks(p, p.relative_to(d).as_posix())
 

@@ -41,6 +41,13 @@ def call_aad(tenant: str, call_id: str) -> bytes:
     return tenant.encode() + b"\x00" + call_id.encode()
 
 
+# A customer number sealed under the call's own customer-number key (not its data key,
+# which a bundle ships) is stored as this prefix + hex; AAD call_aad + NUMBER_AAD
+# (docs/format.md 8.6). Without the prefix: hex of a blob under the data key (older).
+NUMBER_PREFIX = "k2:"
+NUMBER_AAD = b"/customer-number"
+
+
 def header(tenant: str, call_id: str) -> bytes:
     return bytes([BODY_VERSION]) + _id(tenant) + _id(call_id)
 

@@ -10,20 +10,44 @@ from pathlib import Path
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint
 from callvault.integrity.leaves import LEAF_SEAL, leaf_data
+from callvault.store import records as rec
 from callvault.vault.common import VaultError
 from callvault.vault.core import Vault
 
 
 def write_bundle(
-    vault: Vault, call_id: str, out: str | os.PathLike[str], *, tenant: str = "default"
+    vault: Vault,
+    call_id: str,
+    out: str | os.PathLike[str],
+    *,
+    tenant: str = "default",
+    with_customer_number: bool = False,
 ) -> Path:
-    """Write the bundle of a sealed call into a new directory ``out``."""
+    """Write the bundle of a sealed call into a new directory ``out``.
+
+    The bundle's ``call.key`` opens the audio, not the customer number; with
+    ``with_customer_number`` the number's own key is added (``customer-number.key``).
+    A call recorded before the number had its own key (its number is sealed under the
+    data key) gets a bundle only with ``with_customer_number``: its call.key would
+    reveal the number."""
     d = Path(out)
     e = vault.get_call(call_id, tenant=tenant)
     if not e.seal or e.log_index < 0:
         raise VaultError(f"call {call_id} is not sealed: only sealed calls have bundles")
     if e.state == "erased":
         raise VaultError(f"call {call_id} was erased: its audio is gone")
+    number_key = None
+    sealed_number = e.customer_number_sealed
+    if sealed_number and not sealed_number.startswith(rec.NUMBER_PREFIX):
+        if not with_customer_number:
+            raise VaultError(
+                f"call {call_id} was recorded by an older callvault that sealed its customer"
+                " number under the call's data key, which a bundle must carry: its bundle"
+                " would reveal the number. Ask for it with the customer number"
+                " (bundle --with-customer-number) if the recipient may see it"
+            )
+    elif sealed_number and with_customer_number:
+        number_key = vault.call_keys.get_number(tenant, call_id)
     d.mkdir(parents=True, exist_ok=False)
     (d / "records").mkdir()
     bodies = []
@@ -49,6 +73,8 @@ def write_bundle(
         + "\n"
     )
     (d / "call.key").write_text(bytes(vault.call_keys.get(tenant, call_id).key).hex() + "\n")
+    if number_key is not None:
+        (d / "customer-number.key").write_text(number_key.key.hex() + "\n")
     vault.export(call_id, d / "call.ogg", tenant=tenant)
     note = vault.checkpoint()
     size = checkpoint.parse(note).size

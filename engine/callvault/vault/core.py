@@ -283,10 +283,15 @@ class Vault(Export, Verification, Indexing):
                 raise InputError(f"call {call_id} already exists in tenant {tenant}")
             key = self.call_keys.create(tenant, call_id)
             sealed_number = ""
-            if customer_number:
-                sealed_number = crypto.encrypt_blob(
-                    key, plaintext=customer_number.encode(), aad=rec.call_aad(tenant, call_id)
-                ).hex()
+            if customer_number:  # under its own key: a bundle ships the data key
+                sealed_number = (
+                    rec.NUMBER_PREFIX
+                    + crypto.encrypt_blob(
+                        self.call_keys.create_number(tenant, call_id),
+                        plaintext=customer_number.encode(),
+                        aad=rec.call_aad(tenant, call_id) + rec.NUMBER_AAD,
+                    ).hex()
+                )
             meta = {
                 "direction": direction,
                 "agent": agent,

@@ -136,11 +136,18 @@ class Reading(VaultState):
 
     def customer_number(self, call_id: str, *, tenant: str = "default") -> str:
         e = self.get_call(call_id, tenant=tenant)
-        if not e.customer_number_sealed:
+        sealed = e.customer_number_sealed
+        if not sealed:
             return ""
-        return crypto.decrypt_blob(
+        if sealed.startswith(rec.NUMBER_PREFIX):  # under its own key
+            return crypto.decrypt_blob(
+                self.call_keys.get_number(tenant, call_id),
+                blob=bytes.fromhex(sealed[len(rec.NUMBER_PREFIX) :]),
+                aad=rec.call_aad(tenant, call_id) + rec.NUMBER_AAD,
+            ).decode()
+        return crypto.decrypt_blob(  # an older call's: under its data key
             self.call_keys.get(tenant, call_id),
-            blob=bytes.fromhex(e.customer_number_sealed),
+            blob=bytes.fromhex(sealed),
             aad=rec.call_aad(tenant, call_id),
         ).decode()
 
