@@ -263,7 +263,6 @@ class Sidecar:
             )
         if self.closing.is_set() or not self.receiver.is_alive():
             raise SidecarError(grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down")
-        self._check_server(req.tenant, req.call_id)
         key = (req.tenant or "default", req.call_id)
         with self.lock:
             if key in self.calls or key in self.sealed_keys or key in self._reserved:
@@ -275,6 +274,7 @@ class Sidecar:
                 )
             self._reserved.add(key)  # while its ports are bound and its spool made
         try:
+            self._check_server(req.tenant, req.call_id)
             bound = self._allocate(len(legs))
             start = pb.CallStart(
                 call_id=req.call_id,
