@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -206,3 +207,41 @@ def test_health_follows_the_spool_directory_and_call_ls_shows_the_backlog(
         server.stop()
     log = sidecar.output()
     assert log.count("NOT_SERVING: the spool directory") == 1, log
+
+
+def test_one_empty_datagram_never_keeps_a_call_forwarding(tmp_path: Path) -> None:
+    """The issue's adversarial case: one empty UDP datagram to a leg's port. The server
+    refuses such a batch for good; the sidecar must not resend it forever: the call
+    either never forwards it (the sidecar's own checks count it as invalid and the call
+    seals) or ends failed with the server's reason after one stream. Either way its
+    spool goes, the log stays quiet and the next call is recorded."""
+    logs = tmp_path / "logs"
+    spool = tmp_path / "spool"
+    server = start_server(tmp_path / "data", log_dir=logs)
+    sidecar = start_sidecar(server.address, spool, rtp_range(), logs)
+    try:
+        ports = call_start(sidecar, "E1")
+        send_rtp(ports, 0.5, seed=5)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"", ("127.0.0.1", ports["agent"]))
+        send_rtp(ports, 0.5, seed=6)
+        stop = run_cli("call", "stop", "--sidecar", sidecar.address, "--call-id", "E1", ok=False)
+        deadline = time.monotonic() + 60
+        while (c := call_state(sidecar, "E1")) is None or c.state not in ("sealed", "failed"):
+            assert time.monotonic() < deadline, (c, sidecar.output())
+            time.sleep(0.1)
+        if c.state == "failed":
+            assert c.reason.startswith("the server refused the call: INVALID_ARGUMENT"), c
+            stopped = json.loads(stop.stdout)
+            assert stop.returncode in (0, 1) and stopped["batches"] > 0
+        else:
+            assert stop.returncode == 0 and c.invalid_packets >= 1, c
+        assert not any(spool.iterdir()), list(spool.iterdir())
+        time.sleep(1.0)  # a resend loop would log here every 0.1 s
+        _record(sidecar, "E2", seed=7)
+    finally:
+        sidecar.stop()
+        server.stop()
+    log = sidecar.output()
+    assert log.count("stream lost") == 0, log
+    assert "Traceback" not in log, log

@@ -17,7 +17,7 @@ from callvault_client import Client, errors
 from callvault_client._pb import callvault_pb2 as pb
 
 from callvault.media import sample
-from callvault.sidecar import Sidecar
+from callvault.sidecar import Sidecar, SidecarError
 from callvault.sidecar.forwarder import SpoolSource, retryable
 from callvault.sidecar.spool import Spool, spool_name
 from tests.e2e.sidecar_procs import send_rtp
@@ -227,3 +227,21 @@ def test_a_spool_that_cannot_be_written_fails_its_call_alone(tmp_path: Path) -> 
     finally:
         sidecar.shutdown()
         server.stop()
+
+
+def test_health_says_why_when_the_receive_thread_is_gone(tmp_path: Path) -> None:
+    sidecar = Sidecar(f"127.0.0.1:{free_port()}", "127.0.0.1", 40040, 40049, tmp_path / "spool")
+    states: list[bool] = []
+    sidecar.on_health = states.append
+    sidecar.start()
+    try:
+        sidecar.update_health()
+        assert sidecar.check_health() is None and states[-1] is True
+        sidecar.receiver.shutdown()  # the thread ends (as if it had died)
+        sidecar.update_health()
+        assert sidecar.unhealthy == "the receive thread has stopped" and states[-1] is False
+        with pytest.raises(SidecarError) as e:
+            sidecar.start_call(pb.StartCallRequest(call_id="h1"))
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        sidecar.shutdown()
