@@ -61,6 +61,7 @@ class Call:
         self.forwarder: Forwarder | None = None
         # Why the call failed (state "failed") or ended short; empty when all is well.
         self.reason = ""
+        self.sync_failed = False  # an fsync of its spool failed (logged once)
 
     @property
     def connected(self) -> bool:

@@ -200,7 +200,8 @@ class Sidecar:
                 try:
                     call.spool.sync()
                 except OSError as e:  # deleted meanwhile (sealed), or a disk error
-                    if call.state not in ("sealed", "failed"):
+                    if call.state not in ("sealed", "failed") and not call.sync_failed:
+                        call.sync_failed = True  # logged once per call
                         log.error("%s: spool fsync failed: %s", call.call_id, e)
 
     # -- ports -------------------------------------------------------------------
