@@ -41,10 +41,10 @@ def test_call_start_refuses_bad_arguments_in_one_line(args: list[str], message: 
     assert p.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("verb", ["start", "stop"])
+@pytest.mark.parametrize("verb", ["start", "stop", "ls"])
 def test_no_sidecar_is_a_clear_error(verb: str) -> None:
     address = f"127.0.0.1:{closed_port()}"
-    p = call(verb, "--sidecar", address, "--call-id", "c1")
+    p = call(verb, "--sidecar", address, *(["--call-id", "c1"] if verb != "ls" else []))
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.startswith(f"callvault: error: sidecar {address}: "), p.stderr
     assert "Traceback" not in p.stderr

@@ -119,3 +119,51 @@ def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def send_rtp(ports: dict[str, int], seconds: float = 1.0, *, seed: int = 0) -> int:
+    """Send ``seconds`` of G.711 speech to each leg's port from this process, paced as
+    a PBX sends it (one 20 ms packet per leg every 20 ms); returns the packets sent."""
+    from callvault.media import sample
+
+    legs = [
+        sample.rtp_packets(
+            sample.synthetic_speech(seconds, seed=seed + i),
+            sample.LegPlan(ssrc=0x1000 + seed * 16 + i, jitter_ms=0),
+            t0=0.0,
+            seed=seed + i,
+        )
+        for i in range(len(ports))
+    ]
+    sends = sorted(
+        (at, port, pkt) for port, pkts in zip(ports.values(), legs, strict=True) for at, pkt in pkts
+    )
+    start = time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for at, port, pkt in sends:
+            delay = start + at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            s.sendto(pkt, ("127.0.0.1", port))
+    return len(sends)
+
+
+def call_state(sidecar: Proc, call_id: str) -> pb.SidecarCall | None:
+    for c in list_calls(sidecar):
+        if c.call_id == call_id:
+            return c
+    return None
+
+
+def wait_state(sidecar: Proc, call_id: str, state: str, timeout: float = 60.0) -> pb.SidecarCall:
+    """Poll ListCalls until the sidecar reports the call in ``state``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        c = call_state(sidecar, call_id)
+        if c is not None and c.state == state:
+            return c
+        time.sleep(0.1)
+    raise AssertionError(
+        f"{call_id} not {state} after {timeout} s ({call_state(sidecar, call_id)}); "
+        f"sidecar log:\n{sidecar.output()}"
+    )

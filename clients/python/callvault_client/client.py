@@ -520,7 +520,9 @@ class SidecarClient(_Base):
     def stop_call(
         self, call_id: str, *, tenant: str = "", timeout: Timeout = DEFAULT
     ) -> pb.StopCallReply:
-        """Stop receiving; the sidecar seals the call on the server. Not retried."""
+        """Stop receiving; the sidecar seals the call on the server. Not retried.
+        The reply's ``state`` is "failed" (with its ``reason``) for a call that ended
+        on a failure of its own (its spool, or a refusal by the server)."""
         req = pb.StopCallRequest(call_id=call_id, tenant=tenant)
         return self._rpc.unary(
             _SIDECAR + "StopCall", req, pb.StopCallReply, idempotent=False, timeout=timeout

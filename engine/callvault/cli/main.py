@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sc.set_defaults(func=sidecar.cmd_sidecar)
 
-    ca = sub.add_parser("call", help="start or stop recording a call on a sidecar")
+    ca = sub.add_parser("call", help="start, stop or list the calls recorded by a sidecar")
     csub = ca.add_subparsers(dest="call_command", required=True)
     cs = csub.add_parser("start", help="allocate UDP ports for the call's legs; prints JSON")
     cs.add_argument("--sidecar", required=True, metavar="HOST:PORT")
@@ -240,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--sidecar", required=True, metavar="HOST:PORT")
     cp.add_argument("--call-id", required=True)
     cp.set_defaults(func=sidecar.cmd_call_stop)
+    cl = csub.add_parser(
+        "ls", help="the sidecar's health, spool backlog and calls (state, reason, packets)"
+    )
+    cl.add_argument("--sidecar", required=True, metavar="HOST:PORT")
+    cl.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    cl.set_defaults(func=sidecar.cmd_call_ls)
 
     d = sub.add_parser("demo", help="make a sample call and transcode it (make run)")
     d.add_argument("--data", default=".data", help="directory for the demo's files")

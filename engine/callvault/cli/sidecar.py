@@ -1,5 +1,6 @@
-"""The sidecar verbs: `sidecar` (run one beside a PBX) and `call start` / `call stop`
-(its control API, through the SDK's SidecarClient)."""
+"""The sidecar verbs: `sidecar` (run one beside a PBX) and `call start` / `call stop` /
+`call ls` (its control API, through the SDK's SidecarClient; `call ls` also asks the
+sidecar's grpc.health.v1 service)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ log = logging.getLogger("callvault.sidecar")
 def cmd_sidecar(args: argparse.Namespace) -> int:
     import grpc
     from callvault_client._pb import callvault_pb2_grpc as pbg
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from callvault.sidecar import Sidecar, SidecarServicer, parse_address, parse_rtp_range
 
@@ -46,6 +48,22 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     sidecar.start()
     server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="control"))
     pbg.add_SidecarServicer_to_server(SidecarServicer(sidecar), server)
+    # grpc.health.v1 for "" and callvault.v1.Sidecar: NOT_SERVING while the receive
+    # thread is dead or the spool directory cannot be written (checked every second).
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    def on_health(ok: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", "callvault.v1.Sidecar"):
+            health_servicer.set(service, status)
+
+    sidecar.on_health = on_health
+    sidecar.update_health()
     port = server.add_insecure_port(args.listen)
     if not port:
         sidecar.shutdown()
@@ -103,5 +121,88 @@ def cmd_call_stop(args: argparse.Namespace) -> int:
             )
         except CallvaultClientError as e:
             raise CallvaultError(f"sidecar {args.sidecar}: {e.message}") from e
-    print(json.dumps({"packets": reply.packets, "batches": reply.batches}))
+    out: dict[str, object] = {"packets": reply.packets, "batches": reply.batches}
+    if reply.state:
+        out["state"] = reply.state
+    if reply.reason:
+        out["reason"] = reply.reason
+    print(json.dumps(out), flush=True)
+    if reply.state == "failed":
+        raise CallvaultError(f"call {args.call_id} failed: {reply.reason}")
+    return 0
+
+
+def _health(address: str) -> str:
+    """The sidecar's grpc.health.v1 status name (or why it cannot be asked)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        try:
+            r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        except grpc.RpcError as e:
+            return f"UNKNOWN ({e.code().name})"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(r.status))
+
+
+def cmd_call_ls(args: argparse.Namespace) -> int:
+    from callvault_client import SidecarClient
+    from callvault_client.errors import CallvaultClientError
+
+    with SidecarClient(args.sidecar) as client:
+        try:
+            calls = client.list_calls(timeout=30)
+        except CallvaultClientError as e:
+            raise CallvaultError(f"sidecar {args.sidecar}: {e.message}") from e
+    status = _health(args.sidecar)
+    pending = [c for c in calls if c.state in ("receiving", "forwarding")]
+    backlog = {
+        "calls": len(pending),
+        "batches_unacked": sum(max(0, c.batches - c.acked_seq) for c in pending),
+        "spool_bytes": sum(c.spool_bytes for c in calls),
+    }
+    rows = [
+        {
+            "call_id": c.call_id,
+            "tenant": c.tenant,
+            "state": c.state,
+            "reason": c.reason,
+            "ports": dict(c.ports),
+            "packets": c.packets,
+            "invalid_packets": c.invalid_packets,
+            "foreign_packets": c.foreign_packets,
+            "batches": c.batches,
+            "acked": c.acked_seq,
+            "connected": c.connected,
+            "spool_bytes": c.spool_bytes,
+        }
+        for c in calls
+    ]
+    if args.json:
+        print(json.dumps({"health": status, "backlog": backlog, "calls": rows}))
+        return 0
+    print(
+        f"sidecar {args.sidecar}: {status}; backlog {backlog['calls']} calls, "
+        f"{backlog['batches_unacked']} batches not acknowledged, "
+        f"{backlog['spool_bytes']} bytes spooled"
+    )
+    if not rows:
+        return 0
+    head = ("CALL", "STATE", "PACKETS", "INVALID", "FOREIGN", "BATCHES", "ACKED", "REASON")
+    table = [
+        (
+            (f"{r['tenant']}/" if r["tenant"] else "") + str(r["call_id"]),
+            str(r["state"]),
+            str(r["packets"]),
+            str(r["invalid_packets"]),
+            str(r["foreign_packets"]),
+            str(r["batches"]),
+            str(r["acked"]),
+            str(r["reason"]),
+        )
+        for r in rows
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *table, strict=True)]
+    for line in (head, *table):
+        print("  ".join(x.ljust(w) for x, w in zip(line[:-1], widths[:-1], strict=True)) + line[-1])
     return 0

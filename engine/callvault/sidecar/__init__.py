@@ -17,9 +17,12 @@ Modules, by role:
   (docs/format.md section 9).
 - :mod:`~callvault.sidecar.forwarder`: the link to the server (:class:`Forwarder`),
   one per call: the SDK's ``Recording`` (the Ingest.Record resume protocol) fed
-  from the call's spool, reconnecting forever; the spool goes only after Sealed.
+  from the call's spool, reconnecting forever after transient errors; a refusal for
+  good ends the call (state ``failed``, with its reason); the spool goes only after
+  Sealed or such a refusal.
 - :mod:`~callvault.sidecar.daemon`: :class:`Sidecar`, which owns the calls, ports,
-  spools, receiver and forwarders, and recovers the spool directory on start.
+  spools, receiver and forwarders, recovers the spool directory on start, ends a
+  call that fails (alone) and answers health.
 - :mod:`~callvault.sidecar.control`: :class:`SidecarServicer`, the gRPC control API
   (translation only).
 

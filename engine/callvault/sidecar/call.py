@@ -1,10 +1,11 @@
 """One call on the sidecar: its spool, its legs (UDP ports and sockets), counters and
-state (``receiving`` -> ``forwarding`` -> ``sealed``), shared by the receive thread,
-the call's forwarder and the control API; and the control API's refusal
-(:class:`SidecarError`)."""
+state (``receiving`` -> ``forwarding`` -> ``sealed``, or ``failed`` from either with a
+``reason``), shared by the receive thread, the call's forwarder and the control API;
+and the control API's refusal (:class:`SidecarError`)."""
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -58,6 +59,9 @@ class Call:
         self.packets = spool.packets
         self.truncated = 0
         self.forwarder: Forwarder | None = None
+        # Why the call failed (state "failed") or ended short; empty when all is well.
+        self.reason = ""
+        self.sync_failed = False  # an fsync of its spool failed (logged once)
 
     @property
     def connected(self) -> bool:
@@ -74,7 +78,20 @@ class Call:
     def key(self) -> tuple[str, str]:
         return (self.tenant or "default", self.call_id)
 
+    def spool_bytes(self) -> int:
+        """Bytes the call's spool holds on disk (0 once it is deleted)."""
+        total = 0
+        try:
+            with os.scandir(self.spool.directory) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            return 0
+        return total
+
     def describe(self) -> pb.SidecarCall:
+        # Leg.invalid / Leg.foreign are the receiver's counters (0 where it keeps none).
         return pb.SidecarCall(
             call_id=self.call_id,
             tenant=self.tenant,
@@ -84,6 +101,10 @@ class Call:
             batches=self.spool.batches,
             acked_seq=self.spool.acked,
             connected=self.connected,
+            reason=self.reason,
+            invalid_packets=sum(int(getattr(leg, "invalid", 0)) for leg in self.legs),
+            foreign_packets=sum(int(getattr(leg, "foreign", 0)) for leg in self.legs),
+            spool_bytes=self.spool_bytes() if self.state != "sealed" else 0,
         )
 
     def call_start(self) -> pb.CallStart:

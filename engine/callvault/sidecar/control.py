@@ -40,8 +40,7 @@ class SidecarServicer(pbg.SidecarServicer):
         request: pb.StopCallRequest,  # noqa: N802
         context: grpc.ServicerContext,
     ) -> pb.StopCallReply:
-        packets, batches = self._run(context, lambda: self.sidecar.stop_call(request))
-        return pb.StopCallReply(packets=packets, batches=batches)
+        return self._run(context, lambda: self.sidecar.stop_call(request))
 
     def ListCalls(
         self,

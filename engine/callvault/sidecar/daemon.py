@@ -9,24 +9,49 @@ of the sidecar loses nothing it received); each spool is fsynced every
 On start the sidecar recovers its spool directory: calls not stopped get
 their UDP ports back (same numbers, so senders keep sending) and keep
 receiving; stopped ones keep forwarding until sealed.
+
+Failures end one call, never the sidecar. A call fails (state ``failed``, with a
+``reason`` shown by ``call stop``, ``call ls`` and logged at ERROR once) when:
+
+- its spool cannot be written or its sockets read (the receive thread's
+  ``on_call_failed``, :meth:`Sidecar._call_failed`): its ports are released, its spool
+  is closed and left on disk (ended if it still can be), so the next start of the
+  sidecar forwards what was spooled;
+- the server refuses it for good (a status the forwarder does not retry, or a Sealed
+  while the call still receives: the id was sealed before), :meth:`Sidecar.refused`:
+  it is stopped in the receive thread first, then its ports are released and its
+  spool is deleted (the server will never take it).
+
+The receive thread, the other calls and new calls go on. StartCall refuses up front
+what the server would refuse: a call id, tenant or leg name against callvault.ids,
+and a call id the server already has (Archive.GetCall, ALREADY_EXISTS); when the
+server cannot be asked within ``START_CHECK_S`` the call is accepted and the
+forwarder's refusal path ends it if the server turns it down later.
+
+Health (:meth:`Sidecar.check_health`, every ``SYNC_S``): NOT_SERVING while the
+receive thread is dead or the spool directory cannot be written.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import functools
 import logging
+import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from callvault_client import Client
+from callvault_client import errors as client_errors
 from callvault_client._pb import callvault_pb2 as pb
 
 from callvault import _net, ids
-from callvault.errors import CallvaultError
+from callvault.errors import CallvaultError, InputError
 from callvault.sidecar.call import Call, SidecarError
 from callvault.sidecar.forwarder import BACKOFF_S, Forwarder
 from callvault.sidecar.receiver import Receiver, bind_udp
@@ -35,7 +60,9 @@ from callvault.sidecar.spool import Spool, list_spools, load_sidecar_key, spool_
 log = logging.getLogger(__name__)
 
 SYNC_S = 1.0  # spool fsync period (a power cut loses at most this much)
-KEEP_SEALED = 1000  # sealed calls remembered (ListCalls, duplicate start)
+KEEP_SEALED = 1000  # sealed or failed calls remembered (ListCalls, duplicate start)
+START_CHECK_S = 2.0  # StartCall asks the server whether the call id exists, this long
+HEALTH_PROBE = ".health-probe"  # written and removed in the spool directory by check_health
 
 
 class Sidecar:
@@ -82,7 +109,10 @@ class Sidecar:
         # first packets get their arrival time, not their read time.
         self._stamp_keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         _net.enable_timestamps(self._stamp_keeper.fileno())
-        self.receiver = Receiver(self._first_flush)
+        self.receiver = Receiver(self._first_flush, self._call_failed)
+        # Health: None while serving, else why not; on_health(ok) hears each change.
+        self.unhealthy: str | None = None
+        self.on_health: Callable[[bool], None] | None = None
         self._syncer = threading.Thread(target=self._sync_loop, name="sidecar-sync", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------
@@ -137,15 +167,44 @@ class Sidecar:
         self.client.close()
         self._stamp_keeper.close()
 
+    def check_health(self) -> str | None:
+        """None while the sidecar can record; else why not, in a sentence."""
+        if not self.receiver.is_alive() and not self.closing.is_set():
+            return "the receive thread has stopped"
+        probe = self.spool_root / HEALTH_PROBE
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
+            probe.unlink()
+        except OSError as e:
+            return f"the spool directory {self.spool_root} cannot be written: {e.strerror or e}"
+        return None
+
+    def update_health(self) -> None:
+        why = self.check_health()
+        if why != self.unhealthy:
+            if why is None:
+                log.info("healthy again: serving")
+            else:
+                log.error("NOT_SERVING: %s", why)
+            self.unhealthy = why
+        if self.on_health is not None:
+            self.on_health(why is None)
+
     def _sync_loop(self) -> None:
         while not self.closing.wait(SYNC_S):
+            self.update_health()
             with self.lock:
                 calls = list(self.calls.values())
             for call in calls:
                 try:
                     call.spool.sync()
                 except OSError as e:  # deleted meanwhile (sealed), or a disk error
-                    if call.state != "sealed":
+                    if call.state not in ("sealed", "failed") and not call.sync_failed:
+                        call.sync_failed = True  # logged once per call
                         log.error("%s: spool fsync failed: %s", call.call_id, e)
 
     # -- ports -------------------------------------------------------------------
@@ -192,16 +251,22 @@ class Sidecar:
     # -- control -------------------------------------------------------------------
 
     def start_call(self, req: pb.StartCallRequest) -> dict[str, int]:
-        if not ids.is_call_id(req.call_id):
-            raise SidecarError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"call_id {req.call_id!r}: use {ids.CALL_ID_RULE}"
-            )
         legs = list(req.legs) or ["agent", "customer"]
-        if not 1 <= len(legs) <= 2 or len(set(legs)) != len(legs) or not all(legs):
+        try:
+            ids.check_call_id(req.call_id)
+            if req.tenant:
+                ids.check_call_id(req.tenant, "tenant")
+            for name in legs:
+                ids.check_leg_name(name)
+        except InputError as e:
+            raise SidecarError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        if not 1 <= len(legs) <= 2 or len(set(legs)) != len(legs):
             raise SidecarError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"legs {legs}: one or two distinct, non-empty names",
             )
+        if self.closing.is_set() or not self.receiver.is_alive():
+            raise SidecarError(grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down")
         key = (req.tenant or "default", req.call_id)
         with self.lock:
             if key in self.calls or key in self.sealed_keys or key in self._reserved:
@@ -213,6 +278,7 @@ class Sidecar:
                 )
             self._reserved.add(key)  # while its ports are bound and its spool made
         try:
+            self._check_server(req.tenant, req.call_id)
             bound = self._allocate(len(legs))
             start = pb.CallStart(
                 call_id=req.call_id,
@@ -229,9 +295,21 @@ class Sidecar:
                     _net.now_us(),
                     key=self.spool_key,
                 )
-            except BaseException:
+            except BaseException as e:
                 for _, s in bound:
                     s.close()
+                if isinstance(e, FileExistsError):
+                    raise SidecarError(
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        f"call {req.call_id} already has a spool on this sidecar "
+                        f"({self.spool_root}); use a new call id",
+                    ) from None
+                if isinstance(e, OSError):
+                    raise SidecarError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"the spool directory {self.spool_root} cannot be written: "
+                        f"{e.strerror or e}",
+                    ) from None
                 raise
             call = Call(spool)
             for leg, (_, sock) in zip(call.legs, bound, strict=True):
@@ -249,6 +327,37 @@ class Sidecar:
         )
         return {leg.name: leg.port for leg in call.legs}
 
+    def _check_server(self, tenant: str, call_id: str) -> None:
+        """Refuse a call id the server already has (ALREADY_EXISTS) or refuses
+        (INVALID_ARGUMENT); a server that cannot be asked within START_CHECK_S lets
+        the call start (its forwarder ends it if the server refuses it later)."""
+        try:
+            info = self.client.get_call(call_id, tenant=tenant, timeout=START_CHECK_S)
+        except client_errors.NotFound:
+            return
+        except client_errors.InvalidArgument as e:
+            raise SidecarError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"the server refuses call {call_id}: {e.message}"
+            ) from None
+        except client_errors.CallvaultClientError as e:
+            log.warning(
+                "call %s: the server cannot say whether it has this call id (%s: %s); "
+                "started anyway, it ends if the server refuses it",
+                call_id,
+                e.code.name,
+                e.message,
+            )
+            return
+        what = {"sealed": "sealed", "open": "being recorded", "erased": "erased"}.get(
+            info.state, info.state
+        )
+        raise SidecarError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"call {call_id} already exists on the server ({what}"
+            + (f", tenant {tenant}" if tenant not in ("", "default") else "")
+            + "); use a new call id",
+        )
+
     def _lookup(self, tenant: str, call_id: str) -> Call:
         key = (tenant or "default", call_id)
         with self.lock:
@@ -260,23 +369,37 @@ class Sidecar:
             )
         return call
 
-    def stop_call(self, req: pb.StopCallRequest) -> tuple[int, int]:
+    def stop_call(self, req: pb.StopCallRequest) -> pb.StopCallReply:
         call = self._lookup(req.tenant, req.call_id)
         if call.state == "receiving":
-            self.receiver.submit(lambda: self._stop_in_receiver(call)).result(timeout=30)
-            log.info(
-                "call %s stopped: %d packets, %d batches",
-                call.call_id,
-                call.packets,
-                call.spool.batches,
-            )
-        return call.packets, call.spool.batches
+            try:
+                self.receiver.submit(lambda: self._stop_in_receiver(call)).result(timeout=30)
+            except SidecarError:
+                raise
+            except Exception as e:  # the final flush or the END record could not be written
+                self._fail(call, f"the spool could not be written at the stop: {e}", delete=False)
+            else:
+                log.info(
+                    "call %s stopped: %d packets, %d batches",
+                    call.call_id,
+                    call.packets,
+                    call.spool.batches,
+                )
+        return pb.StopCallReply(
+            packets=call.packets,
+            batches=call.spool.batches,
+            state=call.state,
+            reason=call.reason,
+        )
 
     def _stop_in_receiver(self, call: Call) -> None:
         if call.state != "receiving":
             return
         self.receiver.stop_call(call)
-        call.state = "forwarding"
+        with self.lock:
+            if call.state != "receiving":
+                return
+            call.state = "forwarding"
         no_audio = call.spool.start_us is None
         if no_audio:
             call.spool.set_start_us(call.spool.created_us)
@@ -297,10 +420,88 @@ class Sidecar:
 
     def _start_forwarder(self, call: Call) -> None:
         with self.lock:  # the receive thread (first flush) and start() (recovery) may race
-            if call.forwarder is not None or self.closing.is_set():
+            if call.forwarder is not None or self.closing.is_set() or call.state == "failed":
                 return
             call.forwarder = Forwarder(self, call)
         call.forwarder.start()
+
+    # -- failures of one call -------------------------------------------------------
+
+    def _call_failed(self, call: Call, exc: BaseException) -> None:
+        """(receive thread) Reading or spooling ``call`` raised; the receiver has
+        dropped its sockets. The call fails alone; its spool stays on disk."""
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        self._fail(
+            call,
+            f"receiving failed ({type(exc).__name__}: {what}); what was spooled is kept "
+            f"in {call.spool.directory} for the next start",
+            delete=False,
+            in_receiver=False,
+        )
+
+    def refused(self, call: Call, reason: str) -> None:
+        """(forwarder) The server refused the call for good: it fails with ``reason``
+        and its spool is deleted."""
+        self._fail(call, reason, delete=True)
+
+    def _fail(
+        self, call: Call, reason: str, *, delete: bool, in_receiver: bool | None = None
+    ) -> None:
+        """Mark ``call`` failed (once; a sealed call stays sealed) and release it in a
+        thread of its own: stopped in the receive thread (when it still receives and
+        ``in_receiver`` is not False), its forwarder stopped, its spool deleted
+        (``delete``) or ended and closed, the call moved to the remembered ended
+        calls. Never blocks the calling thread (the receiver's or a forwarder's)."""
+        with self.lock:
+            if call.state in ("failed", "sealed"):
+                return
+            receiving = call.state == "receiving" if in_receiver is None else in_receiver
+            call.state = "failed"
+            call.reason = reason
+        log.error("call %s failed: %s", call.call_id, reason)
+        threading.Thread(
+            target=self._release,
+            args=(call, delete, receiving),
+            name=f"fail-{call.call_id}",
+            daemon=True,
+        ).start()
+
+    def _release(self, call: Call, delete: bool, receiving: bool) -> None:
+        if receiving:
+            try:
+                self.receiver.submit(lambda: self._drop_in_receiver(call)).result(timeout=30)
+            except Exception as e:  # the receiver is gone: its sockets close with it
+                log.warning("call %s: could not stop receiving: %s", call.call_id, e)
+        forwarder = call.forwarder
+        if forwarder is not None:
+            forwarder.stop()
+        try:
+            if delete:
+                call.spool.delete()
+            else:
+                with contextlib.suppress(Exception):
+                    if call.spool.start_us is not None:
+                        call.spool.finish()
+                call.spool.close()
+        except OSError as e:
+            log.warning("call %s: spool %s: %s", call.call_id, call.spool.directory, e)
+        with self.lock:
+            self.calls.pop(call.key, None)
+            self.sealed_keys[call.key] = call
+            while len(self.sealed_keys) > KEEP_SEALED:
+                self.sealed_keys.popitem(last=False)
+
+    def _drop_in_receiver(self, call: Call) -> None:
+        """(receive thread) Stop receiving a failed call: its sockets are drained and
+        closed (what they held is dropped with the call)."""
+        for leg in call.legs:
+            leg.pending = []
+        try:
+            self.receiver.stop_call(call)
+        except Exception as e:  # the sockets are closed before the flush that raised
+            log.warning("call %s: stopping its receiving: %s", call.call_id, e)
+        for leg in call.legs:
+            leg.pending = []
 
     def sealed(self, call: Call, sealed: pb.Sealed) -> None:
         """The server sealed the call: its spool goes."""
@@ -311,8 +512,10 @@ class Sidecar:
             sealed.log_index,
             sealed.seal.hex(),
         )
-        call.state = "sealed"
         with self.lock:
+            if call.state == "failed":
+                return
+            call.state = "sealed"
             self.calls.pop(call.key, None)
             self.sealed_keys[call.key] = call
             while len(self.sealed_keys) > KEEP_SEALED:

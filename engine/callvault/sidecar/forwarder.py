@@ -10,9 +10,17 @@ sidecar adds here:
 - the batches come from the spool (:class:`SpoolSource`), never from memory:
   what a restarted sidecar recovered is sent as if it had never stopped, and
   the receive thread wakes the recording after each flush;
-- any stream error (server down, killed mid-stream, a refusal) means back off
-  (``BACKOFF_S``: 0.1 s doubling to 2 s, with jitter, back to 0.1 s after a
-  Started) and reconnect, forever, while the receiver keeps spooling;
+- a stream error the server may get over (``RETRIED``: UNAVAILABLE,
+  DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNKNOWN, CANCELLED, a
+  stream ended without Sealed) means back off (``BACKOFF_S``: 0.1 s doubling to 2 s,
+  with jitter, back to 0.1 s after a Started) and reconnect, forever, while the
+  receiver keeps spooling; the same loss is logged once, not once per retry;
+- any other status is the server's refusal for good (INVALID_ARGUMENT,
+  FAILED_PRECONDITION, ALREADY_EXISTS, NOT_FOUND, OUT_OF_RANGE, PERMISSION_DENIED,
+  UNAUTHENTICATED, UNIMPLEMENTED, DATA_LOSS): never retried, the call ends
+  (:meth:`callvault.sidecar.daemon.Sidecar.refused`) with the server's message as its
+  reason; so does a Sealed that comes while the call is still receiving (the server
+  had sealed that call id before: its CallEnd was never ours);
 - each Ack is noted in the spool's ``acked`` hint (ListCalls); on Sealed the
   spool is deleted (:meth:`callvault.sidecar.daemon.Sidecar.sealed`), and only
   then.
@@ -22,8 +30,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
+import grpc
 from callvault_client import errors
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client.recording import Recording
@@ -63,8 +73,26 @@ class SpoolSource:
         return None if end is None else pb.CallEnd(batches=end.batches, end_us=end.end_us)
 
 
-def _always(_: errors.CallvaultClientError) -> bool:
-    return True
+# The statuses a stream is reopened after (the server may get over them); any
+# other is a refusal of the call for good.
+RETRIED = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+LOG_AGAIN_S = 60.0  # the same stream loss is logged again after this long
+
+
+def retryable(e: errors.CallvaultClientError) -> bool:
+    """Whether the stream is reopened after ``e`` (a ProtocolError, the stream ended
+    without Sealed, is: a server shutting down does that)."""
+    return isinstance(e, errors.ProtocolError) or e.code in RETRIED
 
 
 class Forwarder:
@@ -76,6 +104,7 @@ class Forwarder:
         self.recording: Recording | None = None
         self._lock = threading.Lock()
         self._stopped = False
+        self._last_loss: tuple[str, float] | None = None  # (what, when) last logged
 
     @property
     def connected(self) -> bool:
@@ -90,7 +119,7 @@ class Forwarder:
                 self.call.call_start(),
                 source=SpoolSource(self.call.spool),
                 reconnect_timeout=None,
-                retry=_always,
+                retry=self._retry,
                 on_reply=self._on_reply,
                 on_lost=self._on_lost,
             )
@@ -129,14 +158,36 @@ class Forwarder:
         elif kind == "ack":
             call.spool.set_acked(reply.ack.seq + 1)
         elif kind == "sealed":
-            self.sidecar.sealed(call, reply.sealed)
+            if call.state == "receiving":
+                # Our CallEnd was never sent: the server had this call id sealed already.
+                self.sidecar.refused(
+                    call,
+                    f"the server has call {call.call_id} sealed already "
+                    f"({reply.sealed.frames} frames per leg, log index "
+                    f"{reply.sealed.log_index}); use a new call id",
+                )
+            else:
+                self.sidecar.sealed(call, reply.sealed)
+
+    def _retry(self, e: errors.CallvaultClientError) -> bool:
+        if retryable(e) or self._stopped:
+            return True
+        self.sidecar.refused(self.call, f"the server refused the call: {e.code.name}: {e.message}")
+        return False
 
     def _on_lost(self, e: errors.CallvaultClientError, delay: float) -> None:
-        if not self.sidecar.closing.is_set():
-            log.info(
-                "%s: stream lost (%s: %s); retry in %.1f s",
-                self.call.call_id,
-                e.code.name,
-                e.message,
-                delay,
-            )
+        if self.sidecar.closing.is_set():
+            return
+        what = f"{e.code.name}: {e.message}"
+        now = time.monotonic()
+        last = self._last_loss
+        if last is not None and last[0] == what and now - last[1] < LOG_AGAIN_S:
+            return
+        self._last_loss = (what, now)
+        log.warning(
+            "%s: stream lost (%s); retrying (first in %.1f s, then backing off to %.0f s)",
+            self.call.call_id,
+            what,
+            delay,
+            BACKOFF_S[1],
+        )

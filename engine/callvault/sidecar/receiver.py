@@ -56,7 +56,11 @@ def bind_udp(host: str, port: int) -> socket.socket:
 class Receiver(threading.Thread):
     """epoll over every receiving call's sockets; batches every FLUSH_MS into the spools."""
 
-    def __init__(self, on_first_flush: Callable[[Call], None]) -> None:
+    def __init__(
+        self,
+        on_first_flush: Callable[[Call], None],
+        on_call_failed: Callable[[Call, BaseException], None],
+    ) -> None:
         super().__init__(name="sidecar-receive", daemon=True)
         self._epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -68,6 +72,7 @@ class Receiver(threading.Thread):
         )
         self._stopping = False
         self._on_first_flush = on_first_flush
+        self._on_call_failed = on_call_failed
         self.packets = 0
         self.flushes = 0
 
@@ -114,11 +119,17 @@ class Receiver(threading.Thread):
                     self._serve_requests()
                 elif fd in self._fds:
                     call, leg = self._fds[fd]
-                    self._read(fd, call, leg, drain=False)
+                    try:
+                        self._read(fd, call, leg, drain=False)
+                    except Exception as e:  # this call alone fails
+                        self._fail(call, e)
             now = time.monotonic()
             if now >= next_flush:
-                for call in self._calls:
-                    self._flush(call)
+                for call in list(self._calls):
+                    try:
+                        self._flush(call)
+                    except Exception as e:  # this call alone fails
+                        self._fail(call, e)
                 next_flush = max(next_flush + period, now)
         # SIGTERM: what the sockets hold goes to the spools; they are closed.
         for call in list(self._calls):
@@ -129,6 +140,20 @@ class Receiver(threading.Thread):
                     leg.sock = None
             self._flush(call)
         self._serve_requests()
+
+    def _fail(self, call: Call, exc: BaseException) -> None:
+        """Reading or flushing ``call`` raised: drop its sockets, tell the owner."""
+        for leg in call.legs:
+            if leg.sock is not None:
+                fd = leg.sock.fileno()
+                if self._fds.pop(fd, None) is not None:
+                    self._epoll.unregister(fd)
+                leg.sock.close()
+                leg.sock = None
+            leg.pending = []
+        if call in self._calls:
+            self._calls.remove(call)
+        self._on_call_failed(call, exc)
 
     def _serve_requests(self) -> None:
         with contextlib.suppress(BlockingIOError):
