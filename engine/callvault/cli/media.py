@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from callvault.cli.common import leg_names, output_format, print_summary
+from callvault.cli.common import (
+    check_inputs,
+    check_output,
+    leg_names,
+    output_format,
+    print_summary,
+)
 from callvault.errors import CallvaultError
 
 
@@ -56,6 +62,8 @@ def transcode(
 
 
 def cmd_transcode(args: argparse.Namespace) -> int:
+    check_inputs(args.inputs)
+    check_output(args.output)
     summary = transcode(args.inputs, args.output, _settings(args), legs=leg_names(args.legs))
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
