@@ -323,9 +323,9 @@ def test_remote_export_stdout_identity_and_folders(server: Proc, tmp_path: Path)
     (tmp_path / "s1.ogg").write_bytes(p.stdout)
     assert _identity(tmp_path / "s1.ogg")["CALLVAULT_CALL_ID"] == "s1"
     out = tmp_path / "missing" / "s1.ogg"
-    p = run_cli("--server", server.address, "export", "s1", "-o", str(out), ok=False)
-    assert p.returncode == 1
-    assert p.stderr == f"callvault: error: cannot write {out}: folder {out.parent} does not exist\n"
+    q = run_cli("--server", server.address, "export", "s1", "-o", str(out), ok=False)
+    assert q.returncode == 1
+    assert q.stderr == f"callvault: error: cannot write {out}: folder {out.parent} does not exist\n"
 
 
 def test_remote_stats_and_meta(server: Proc) -> None:
