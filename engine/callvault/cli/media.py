@@ -125,8 +125,9 @@ or by hand:
       --listen 127.0.0.1:7444 --spool {data}/spool &
   {cv} call start --sidecar 127.0.0.1:7444 --call-id first --meta agent=alex
       # prints {{"agent": PORT_A, "customer": PORT_C}}
-  ffmpeg -re -i {data}/agent.wav -c:a pcm_mulaw -f rtp rtp://127.0.0.1:PORT_A &
-  ffmpeg -re -i {data}/customer.wav -c:a pcm_mulaw -f rtp rtp://127.0.0.1:PORT_C
+  RTP_OUT="-af asetnsamples=160 -c:a pcm_mulaw -payload_type 0 -pkt_size 172 -f rtp"
+  ffmpeg -re -i {data}/agent.wav $RTP_OUT rtp://127.0.0.1:PORT_A &   # 20 ms packets
+  ffmpeg -re -i {data}/customer.wav $RTP_OUT rtp://127.0.0.1:PORT_C
   {cv} call stop --sidecar 127.0.0.1:7444 --call-id first
   {cv} --server {srv} ls
   {cv} --server {srv} export first -o first.ogg && ffplay -nodisp -autoexit first.ogg
