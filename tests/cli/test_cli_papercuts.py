@@ -328,6 +328,18 @@ def test_remote_export_stdout_identity_and_folders(server: Proc, tmp_path: Path)
     assert q.stderr == f"callvault: error: cannot write {out}: folder {out.parent} does not exist\n"
 
 
+@pytest.mark.parametrize("verb", [["play", "s1"], ["export", "s1", "-o", "-"], ["ls"]])
+def test_a_closed_pipe_ends_quietly_remote(server: Proc, verb: list[str]) -> None:
+    proc = subprocess.Popen(
+        [*CLI, "--server", server.address, *verb], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141
+    assert err == ""
+
+
 def test_remote_stats_and_meta(server: Proc) -> None:
     doc = json.loads(run_cli("--server", server.address, "stats", "--json").stdout)
     assert doc["calls"] == 1 and "uptime_s" in doc and "rpcs" in doc

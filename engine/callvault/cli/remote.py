@@ -49,6 +49,8 @@ def connect(args: argparse.Namespace) -> Iterator[RemoteBackend]:
             yield RemoteBackend(client)
     except CallvaultClientError as e:
         raise CallvaultError(f"{args.server}: {e.message}") from e
+    except BrokenPipeError:
+        raise  # stdout's reader went away: main ends quietly
     except OSError as e:
         raise CallvaultError(str(e)) from e
 
