@@ -53,6 +53,8 @@ def vault_dir(tmp_path_factory: pytest.TempPathFactory, capture: Path) -> Path:
         "tags=vip,billing",
         "--meta",
         "queue=7",
+        "--meta",
+        "customer_number=+15551234567",
         str(capture),
     )
     return data
@@ -189,6 +191,19 @@ def test_export_to_stdout_and_identity(vault_dir: Path, tmp_path: Path) -> None:
     assert p.returncode == 0 and p.stdout[:4] == b"RIFF" and p.stdout[8:12] == b"WAVE"
     cv(vault_dir, "export", "c1", "-o", str(tmp_path / "f.ogg"))
     assert _identity(tmp_path / "f.ogg") == expected
+    assert "+1555" not in (tmp_path / "f.ogg").read_bytes().decode("latin-1")
+    cv(vault_dir, "export", "c1", "-o", str(tmp_path / "m.ogg"), "--with-metadata")
+    assert _identity(tmp_path / "m.ogg") == {
+        **expected,
+        "CALLVAULT_AGENT": "alice",
+        "CALLVAULT_TAGS": "vip,billing",
+        "CALLVAULT_EXTRA_QUEUE": "7",
+    }
+    cv(vault_dir, "export", "c1", "-o", str(tmp_path / "n.ogg"), "--with-customer-number")
+    assert _identity(tmp_path / "n.ogg") == {
+        **expected,
+        "CALLVAULT_CUSTOMER_NUMBER": "+15551234567",
+    }
 
 
 @pytest.mark.parametrize("verb", [["play", "c1"], ["export", "c1", "-o", "-"]])
@@ -249,7 +264,7 @@ def test_meta_extra_and_info_printing(vault_dir: Path) -> None:
     assert "tags: vip, billing\n" in text and "extra: queue=7\n" in text
     assert "legs: agent, customer\n" in text
     assert "direction" not in text and "skill_group" not in text  # empty: not printed
-    assert "customer_number" not in text
+    assert "customer_number: +15551234567\n" in text
 
 
 def test_info_prints_dtmf_events_with_times(tmp_path: Path) -> None:
@@ -321,7 +336,13 @@ def test_remote_export_stdout_identity_and_folders(server: Proc, tmp_path: Path)
     p = cv_bytes("--server", server.address, "export", "s1", "-o", "-")
     assert p.returncode == 0 and p.stdout[:4] == b"OggS", p.stderr
     (tmp_path / "s1.ogg").write_bytes(p.stdout)
-    assert _identity(tmp_path / "s1.ogg")["CALLVAULT_CALL_ID"] == "s1"
+    assert _identity(tmp_path / "s1.ogg") == dict(
+        x.split("=", 1) for x in identity_comments("s1", "default", SAMPLE_START_US)
+    )
+    m = tmp_path / "m.ogg"
+    run_cli("--server", server.address, "export", "s1", "-o", str(m), "--with-metadata")
+    assert _identity(m)["CALLVAULT_EXTRA_QUEUE"] == "9"
+    assert "CALLVAULT_CUSTOMER_NUMBER" not in _identity(m)
     out = tmp_path / "missing" / "s1.ogg"
     q = run_cli("--server", server.address, "export", "s1", "-o", str(out), ok=False)
     assert q.returncode == 1

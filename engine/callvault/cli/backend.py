@@ -58,9 +58,12 @@ class Backend(Protocol):
         fmt: Literal["ogg", "wav"],
         from_s: float,
         to_s: float | None,
+        metadata: bool = False,
+        customer_number: bool = False,
     ) -> int:
         """Write the call (or a time range of it) to the file ``out`` or into the
-        open binary stream ``out`` (stdout); returns its size."""
+        open binary stream ``out`` (stdout); returns its size. ``metadata`` and
+        ``customer_number``: personal data in an Ogg file's comments, when asked."""
         ...
 
     def play(

@@ -192,10 +192,19 @@ class LocalBackend:
         fmt: Literal["ogg", "wav"],
         from_s: float,
         to_s: float | None,
+        metadata: bool = False,
+        customer_number: bool = False,
     ) -> int:
         if isinstance(out, str):
             return self.vault.export(
-                call_id, out, tenant=tenant, from_s=from_s, to_s=to_s, format=fmt
+                call_id,
+                out,
+                tenant=tenant,
+                from_s=from_s,
+                to_s=to_s,
+                format=fmt,
+                metadata=metadata,
+                customer_number=customer_number,
             )
         import shutil
         import tempfile
@@ -204,7 +213,14 @@ class LocalBackend:
         with tempfile.TemporaryDirectory(prefix="callvault-export-") as tmp:
             path = Path(tmp) / f"call.{fmt}"
             n = self.vault.export(
-                call_id, path, tenant=tenant, from_s=from_s, to_s=to_s, format=fmt
+                call_id,
+                path,
+                tenant=tenant,
+                from_s=from_s,
+                to_s=to_s,
+                format=fmt,
+                metadata=metadata,
+                customer_number=customer_number,
             )
             with open(path, "rb") as f:
                 shutil.copyfileobj(f, out)

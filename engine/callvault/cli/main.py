@@ -136,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--to", dest="to_s", type=offset_seconds, metavar="POS", help="end at POS (as --from)"
     )
+    v.add_argument(
+        "--with-metadata",
+        action="store_true",
+        help="Ogg: also the call's metadata as comments (agent, tags, ...; personal data)",
+    )
+    v.add_argument(
+        "--with-customer-number",
+        action="store_true",
+        help="Ogg: also the customer number as a comment (personal data)",
+    )
     v.set_defaults(func=vault.cmd_export)
     v = _verb(
         sub,

@@ -133,6 +133,8 @@ class RemoteBackend:
         fmt: Literal["ogg", "wav"],
         from_s: float,
         to_s: float | None,
+        metadata: bool = False,
+        customer_number: bool = False,
     ) -> int:
         if to_s is not None and to_s <= from_s:  # on the wire, to_ms 0 means the end
             raise CallvaultError(f"--from {from_s} / --to {to_s}: empty range")
@@ -141,7 +143,13 @@ class RemoteBackend:
         if not isinstance(out, str):  # a stream (stdout): the chunks as they come
             n = 0
             for chunk in self.client.export_chunks(
-                call_id, tenant=tenant, format=fmt, from_ms=from_ms, to_ms=to_ms
+                call_id,
+                tenant=tenant,
+                format=fmt,
+                from_ms=from_ms,
+                to_ms=to_ms,
+                include_metadata=metadata,
+                include_customer_number=customer_number,
             ):
                 out.write(chunk.data)
                 n += len(chunk.data)
@@ -157,6 +165,8 @@ class RemoteBackend:
                 from_ms=from_ms,
                 to_ms=to_ms,
                 progress=on_chunk,
+                include_metadata=metadata,
+                include_customer_number=customer_number,
             )
         finally:
             bar.close()

@@ -163,6 +163,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 fmt=fmt,
                 from_s=args.from_s or 0.0,
                 to_s=args.to_s,
+                metadata=args.with_metadata,
+                customer_number=args.with_customer_number,
             )
         except BrokenPipeError:
             raise

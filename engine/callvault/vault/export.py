@@ -4,6 +4,7 @@ packets without re-encoding, or as WAV (decoded). The bundle is vault/bundle.py.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +13,7 @@ import numpy as np
 from callvault import _opus
 from callvault.errors import InputError
 from callvault.media import ogg, wav
+from callvault.store.index import CallEntry
 from callvault.timeline import (
     FRAME_SAMPLES,
     FRAMES_PER_SECOND,
@@ -35,12 +37,16 @@ class Export(Reading):
         from_s: float = 0.0,
         to_s: float | None = None,
         format: Literal["ogg", "wav"] | None = None,
+        metadata: bool = False,
+        customer_number: bool = False,
     ) -> int:
         """Write the call (or a time range) as dual-track Ogg Opus (no re-encoding) or WAV.
 
         ``format`` defaults from the name of ``out`` (.wav, .ogg or .opus). An Ogg
         export carries the channels' leg names and the call's identity
-        (``ogg.identity_comments``) in its OpusTags; WAV has no such place."""
+        (``ogg.identity_comments``) in its OpusTags; WAV has no such place. The
+        call's metadata (``metadata``) and customer number (``customer_number``) are
+        personal data: written as comments only when asked."""
         suffix = Path(out).suffix.lower()
         if format is None:
             if suffix == ".wav":
@@ -72,7 +78,15 @@ class Export(Reading):
             legs,
             pre_skip=OPUS_PRE_SKIP_48K,
             frames=hi - lo,
-            comments=export_comments(m["legs"], call_id, tenant, entry.start_us),
+            comments={
+                **export_comments(m["legs"], call_id, tenant, entry.start_us),
+                **(metadata_comments(entry) if metadata else {}),
+                **(
+                    {"CALLVAULT_CUSTOMER_NUMBER": self.customer_number(call_id, tenant=tenant)}
+                    if customer_number
+                    else {}
+                ),
+            },
         )
         return Path(out).stat().st_size
 
@@ -87,3 +101,20 @@ def export_comments(
         key, _, value = item.partition("=")
         comments[key] = value
     return comments
+
+
+def metadata_comments(entry: CallEntry) -> dict[str, str]:
+    """The call's metadata as OpusTags, asked for (docs/format.md section 6): the
+    fields that have a value, tags as a comma list, each extra key as
+    CALLVAULT_EXTRA_<KEY>."""
+    fields = {
+        "CALLVAULT_DIRECTION": entry.direction,
+        "CALLVAULT_AGENT": entry.agent,
+        "CALLVAULT_SKILL_GROUP": entry.skill_group,
+        "CALLVAULT_TAGS": ",".join(entry.tags),
+        **{
+            "CALLVAULT_EXTRA_" + re.sub(r"[^A-Z0-9_]", "_", str(k).upper()): str(v)
+            for k, v in sorted(entry.extra.items())
+        },
+    }
+    return {k: v for k, v in fields.items() if v}
