@@ -112,6 +112,17 @@ def test_export_into_a_missing_folder_names_the_folder(vault_dir: Path, tmp_path
     assert "x.pcap" in p.stderr or f"folder {out.parent} does not exist" in p.stderr
     p = cv(vault_dir, "play", "c1", "-o", str(out.with_suffix(".wav")), ok=False)
     assert f"folder {out.parent} does not exist" in p.stderr
+    p = run_cli("sample", "-o", str(out.with_suffix(".pcap")), ok=False)
+    assert p.returncode == 1 and f"folder {out.parent} does not exist" in p.stderr
+    p = cv(vault_dir, "bundle", "c1", "-o", str(out.with_suffix(".bundle")), ok=False)
+    assert p.returncode == 1 and f"folder {out.parent} does not exist" in p.stderr
+
+
+def test_a_missing_tls_file_is_our_sentence(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    p = run_cli("--server", "127.0.0.1:1", "--tls-ca", str(ca), "ls", ok=False)
+    assert p.returncode == 1
+    assert p.stderr == f"callvault: error: cannot use {ca}: No such file or directory\n"
 
 
 def test_inputs_that_are_not_captures_say_so_first(tmp_path: Path) -> None:

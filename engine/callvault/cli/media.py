@@ -76,6 +76,7 @@ def cmd_transcode(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from callvault.media import sample
 
+    check_output(args.output)
     sample.demo_capture(args.output, seconds=args.seconds, pcapng=args.pcapng)
     print(f"wrote {args.output}: a {args.seconds:g} s two-leg G.711 call")
     return 0

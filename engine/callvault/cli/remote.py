@@ -51,8 +51,9 @@ def connect(args: argparse.Namespace) -> Iterator[RemoteBackend]:
         raise CallvaultError(f"{args.server}: {e.message}") from e
     except BrokenPipeError:
         raise  # stdout's reader went away: main ends quietly
-    except OSError as e:
-        raise CallvaultError(str(e)) from e
+    except OSError as e:  # a TLS file, an output: our sentence, not the OS's repr
+        what = f"cannot use {e.filename}" if e.filename else "input/output failed"
+        raise CallvaultError(f"{what}: {e.strerror or e}") from e
 
 
 class RemoteBackend:
