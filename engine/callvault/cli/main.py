@@ -357,7 +357,11 @@ EXIT_BROKEN_PIPE = 128 + 13
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # --help into a closed pipe, too
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     try:
         if args.command in vault.BACKEND_VERBS and getattr(args, "server", None) and args.data:
             raise CallvaultError("give --data DIR or --server ADDR, not both")
