@@ -149,7 +149,7 @@ def test_erase_reindex_rotate(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["info", "nope"], "no call nope"),
-        (["import", "--call-id", "z", "--meta", "colour=red", "x.pcap"], "KEY=VALUE"),
+        (["import", "--call-id", "z", "--meta", "colour", "x.pcap"], "KEY=VALUE"),
         (["import", "--call-id", "z", "--meta", "agent=a", "--meta", "agent=b", "x.pcap"], "twice"),
         (["import", "--call-id", "bad id", "x.pcap"], "call_id 'bad id': use 1 to 128"),
         (["export", "c1", "-o", "c1.mp3"], "name it .ogg or .wav"),

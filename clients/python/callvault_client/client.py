@@ -271,6 +271,8 @@ class Client(_Base):
         from_ms: int = 0,
         to_ms: int = 0,
         timeout: Timeout = None,
+        include_metadata: bool = False,
+        include_customer_number: bool = False,
     ) -> Iterator[pb.FileChunk]:
         """The raw Export stream (see :meth:`export` to write a file)."""
         req = pb.ExportRequest(
@@ -278,6 +280,8 @@ class Client(_Base):
             format=_format(format, _EXPORT_FORMATS, "export"),  # type: ignore[arg-type]
             from_ms=from_ms,
             to_ms=to_ms,
+            include_metadata=include_metadata,
+            include_customer_number=include_customer_number,
         )
         return self._rpc.stream(
             _ARCHIVE + "Export", req, pb.FileChunk, idempotent=True, timeout=timeout
@@ -294,8 +298,14 @@ class Client(_Base):
         to_ms: int = 0,
         progress: ChunkCallback | None = None,
         timeout: Timeout = None,
+        include_metadata: bool = False,
+        include_customer_number: bool = False,
     ) -> int:
         """Write a sealed call (or [from_ms, to_ms) of it) to ``out`` as Ogg Opus or WAV.
+
+        An Ogg file names the call in its comments; ``include_metadata`` and
+        ``include_customer_number`` add the call's metadata and customer number
+        (personal data: off unless asked).
 
         ``format`` defaults from the file name (.wav: WAV, else Ogg). The file
         appears whole or not at all (written to a temporary file beside it, then
@@ -305,7 +315,14 @@ class Client(_Base):
         path = Path(out)
         fmt = format if format is not None else ("wav" if path.suffix.lower() == ".wav" else "ogg")
         chunks = self.export_chunks(
-            call_id, tenant=tenant, format=fmt, from_ms=from_ms, to_ms=to_ms, timeout=timeout
+            call_id,
+            tenant=tenant,
+            format=fmt,
+            from_ms=from_ms,
+            to_ms=to_ms,
+            timeout=timeout,
+            include_metadata=include_metadata,
+            include_customer_number=include_customer_number,
         )
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:

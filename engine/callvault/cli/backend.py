@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
 from callvault.cli.common import CallFields
 
@@ -52,14 +52,18 @@ class Backend(Protocol):
     def export(
         self,
         call_id: str,
-        out: str,
+        out: str | BinaryIO,
         *,
         tenant: str,
         fmt: Literal["ogg", "wav"],
         from_s: float,
         to_s: float | None,
+        metadata: bool = False,
+        customer_number: bool = False,
     ) -> int:
-        """Write the call (or a time range of it) to ``out``; returns its size."""
+        """Write the call (or a time range of it) to the file ``out`` or into the
+        open binary stream ``out`` (stdout); returns its size. ``metadata`` and
+        ``customer_number``: personal data in an Ogg file's comments, when asked."""
         ...
 
     def play(
@@ -88,4 +92,9 @@ class Backend(Protocol):
 
     def rotate_key(self) -> tuple[int, int]:
         """A new key-encryption key: (its id, call keys re-wrapped)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters by name (numbers, or a mapping of them): the vault's calls,
+        stored bytes, free disk and log size; a server adds its own."""
         ...

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from callvault.cli.common import CallFields
 from callvault.errors import CallvaultError
@@ -18,14 +18,125 @@ if TYPE_CHECKING:
 
 
 @contextlib.contextmanager
-def connect(args: argparse.Namespace) -> Iterator[LocalBackend]:
-    """The vault in ``--data DIR`` (with ``--key-file``), open while the block runs."""
+def connect(args: argparse.Namespace, *, create: bool = False) -> Iterator[LocalBackend]:
+    """The vault in ``--data DIR`` (with ``--key-file``), open while the block runs.
+
+    Only ``create`` (the verbs that mean it: import, init) makes a new vault; any
+    other verb on a directory without one ends with "no vault at DIR", so a typo
+    in ``--data`` never leaves an empty vault behind. A vault another process holds
+    (a server) is named with what to do instead."""
     from callvault.vault import Vault
 
     if not args.data:
         raise CallvaultError(f"{args.command} needs --data DIR (the vault's data directory)")
-    with Vault.open(args.data, key_file=args.key_file) as v:
+    data = Path(args.data)
+    if not create and not is_vault(data):
+        raise CallvaultError(
+            f"no vault at {data} (create one with: callvault --data {data} init, or import a call)"
+        )
+    check_not_in_use(data)
+    with Vault.open(data, key_file=args.key_file) as v:
         yield LocalBackend(v)
+
+
+# What every vault directory holds once a vault was opened there (vault/core.py).
+VAULT_MARKS = ("segments", "log", "keys")
+
+
+def is_vault(data: Path) -> bool:
+    """Whether ``data`` holds a vault (not a missing, empty or other directory)."""
+    return all((data / sub).is_dir() for sub in VAULT_MARKS)
+
+
+def check_not_in_use(data: Path) -> None:
+    """CallvaultError when another process holds the vault's lock (a vault has one
+    writer: vault/core.py flocks DIR/LOCK), naming it and what to use instead."""
+    import fcntl
+    import os
+
+    lock = data / "LOCK"
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return  # no lock file yet: nobody holds it (Vault.open reports anything else)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    pid = lock_holder(st.st_dev, st.st_ino)
+    argv = process_argv(pid) if pid is not None else []
+    who = f"pid {pid}" if pid is not None else "pid unknown"
+    if "serve" in argv:
+        addr = server_address(argv, Path(f"/proc/{pid}/cwd")) or "HOST:PORT"
+        raise CallvaultError(
+            f"the vault at {data} is in use by a running server ({who}); "
+            f"use --server {addr} instead of --data {data}"
+        )
+    raise CallvaultError(
+        f"the vault at {data} is in use by another callvault process ({who}); "
+        "try again when it has finished"
+    )
+
+
+def lock_holder(dev: int, ino: int) -> int | None:
+    """The pid holding a flock on the file (dev, ino), from /proc/locks (Linux); None
+    when it cannot be told."""
+    import os
+
+    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        f = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 15747 fe:00:2147401 0 EOF" (a blocked waiter has "->")
+        if len(f) >= 6 and f[1] == "FLOCK" and f[5] == want and f[4].isdigit():
+            return int(f[4])
+    return None
+
+
+def process_argv(pid: int) -> list[str]:
+    """A process's command line (empty when it cannot be read)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def server_address(argv: Sequence[str], cwd: Path) -> str | None:
+    """The address a `callvault serve` command line serves on (its --listen, with the
+    port of its --port-file when it asked for port 0); None when not told."""
+    listen = _option(argv, "--listen") or "127.0.0.1:7443"
+    host, _, port = listen.rpartition(":")
+    if port == "0":
+        port_file = _option(argv, "--port-file")
+        try:
+            port = (cwd / port_file).read_text().strip() if port_file else ""
+        except OSError:
+            port = ""
+        if not port.isdigit():
+            return None
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def _option(argv: Sequence[str], name: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.partition("=")[2]
+    return None
 
 
 class LocalBackend:
@@ -75,15 +186,46 @@ class LocalBackend:
     def export(
         self,
         call_id: str,
-        out: str,
+        out: str | BinaryIO,
         *,
         tenant: str,
         fmt: Literal["ogg", "wav"],
         from_s: float,
         to_s: float | None,
+        metadata: bool = False,
+        customer_number: bool = False,
     ) -> int:
-        # Vault.export takes the format from the name, as output_format does
-        return self.vault.export(call_id, out, tenant=tenant, from_s=from_s, to_s=to_s)
+        if isinstance(out, str):
+            return self.vault.export(
+                call_id,
+                out,
+                tenant=tenant,
+                from_s=from_s,
+                to_s=to_s,
+                format=fmt,
+                metadata=metadata,
+                customer_number=customer_number,
+            )
+        import shutil
+        import tempfile
+
+        # a stream (stdout): written whole to a private file first, then copied
+        with tempfile.TemporaryDirectory(prefix="callvault-export-") as tmp:
+            path = Path(tmp) / f"call.{fmt}"
+            n = self.vault.export(
+                call_id,
+                path,
+                tenant=tenant,
+                from_s=from_s,
+                to_s=to_s,
+                format=fmt,
+                metadata=metadata,
+                customer_number=customer_number,
+            )
+            with open(path, "rb") as f:
+                shutil.copyfileobj(f, out)
+            out.flush()
+        return n
 
     def play(
         self, call_id: str, *, tenant: str, from_ms: int, to_ms: int | None, follow: bool
@@ -124,3 +266,6 @@ class LocalBackend:
 
     def rotate_key(self) -> tuple[int, int]:
         return self.vault.rotate_key()
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.vault.stats())

@@ -4,11 +4,13 @@ and how errors end it (one line on stderr, exit status 1)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from callvault import __version__, ids
 from callvault.cli import media, sidecar, vault
+from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
 
 
@@ -18,10 +20,29 @@ def _serve(args: argparse.Namespace) -> int:
     return int(cmd_serve(args))
 
 
+def _verb(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """A verb: ``summary`` in the verb list, ``description`` (default: the summary)
+    at the top of `callvault VERB --help`."""
+    return sub.add_parser(name, help=summary, description=description or summary + ".")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="callvault", description="The `callvault` command line.")
+    p = argparse.ArgumentParser(
+        prog="callvault",
+        description="Record, store, prove and play calls. Vault verbs run on the vault in "
+        "--data DIR, or on a server with --server HOST:PORT.",
+    )
     p.add_argument("--version", action="version", version=f"callvault {__version__}")
-    p.add_argument("--data", metavar="DIR", help="the vault's data directory")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="the vault's data directory (made only by init, import and serve)",
+    )
     p.add_argument(
         "--server",
         metavar="HOST:PORT",
@@ -45,54 +66,108 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--key-file", metavar="FILE", help="the key-encryption key file (default DIR/keys/kek)"
     )
-    p.add_argument("--tenant", default="default", help="tenant of the calls (default)")
+    p.add_argument(
+        "--tenant", default="default", metavar="NAME", help="tenant of the calls (default)"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    v = sub.add_parser("import", help="store a call from captures or LEG=FILE.wav (sealed)")
-    v.add_argument("--call-id", required=True)
+    v = _verb(sub, "init", "create an empty vault in --data DIR (nothing changes if one is there)")
+    v.set_defaults(func=vault.cmd_init)
+    v = _verb(
+        sub,
+        "import",
+        "store a call from captures or LEG=FILE.wav (sealed)",
+        "Store a call from pcap/pcapng captures of its RTP, or LEG=FILE.wav pairs, and "
+        "seal it. Creates the vault in --data DIR if there is none.",
+    )
+    v.add_argument("--call-id", required=True, help=f"the new call's id ({ids.CALL_ID_RULE})")
     v.add_argument(
         "--meta",
         action="append",
         metavar="KEY=VALUE",
-        help=f"call metadata, KEY one of {', '.join(ids.meta_keys(start=True))} (tags: a,b)",
+        help=f"call metadata (repeat): KEY one of {', '.join(ids.meta_keys(start=True))} "
+        "(tags: a,b; start: a time) or any other KEY (kept as extra)",
     )
-    v.add_argument("--legs", metavar="NAME,NAME")
-    v.add_argument("inputs", nargs="+", metavar="INPUT")
+    v.add_argument(
+        "--legs", metavar="NAME,NAME", help="names of a capture's streams in order (agent,customer)"
+    )
+    v.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="a .pcap/.pcapng capture, or LEG=FILE.wav"
+    )
     v.set_defaults(func=vault.cmd_import)
-    v = sub.add_parser("ls", help="list calls")
-    v.add_argument("--since", metavar="T")
-    v.add_argument("--until", metavar="T")
-    v.add_argument("--agent")
-    v.add_argument("--skill-group")
-    v.add_argument("--tag")
-    v.add_argument("--json", action="store_true")
+    v = _verb(sub, "ls", "list calls", "List the calls that started in a time range, newest last.")
+    v.add_argument(
+        "--since", metavar="WHEN", type=when_us, help=f"calls started at or after WHEN: {WHEN_HELP}"
+    )
+    v.add_argument("--until", metavar="WHEN", type=when_us, help="calls started before WHEN")
+    v.add_argument("--agent", help="only this agent's calls")
+    v.add_argument("--skill-group", help="only this skill group's calls")
+    v.add_argument("--tag", help="only calls with this tag")
+    v.add_argument("--json", action="store_true", help="print JSON (with extra metadata)")
     v.set_defaults(func=vault.cmd_ls)
-    v = sub.add_parser("info", help="a call's metadata, gaps, DTMF and quality counters")
-    v.add_argument("call_id", metavar="CALL_ID")
-    v.add_argument("--json", action="store_true")
+    v = _verb(sub, "info", "a call's metadata, gaps, DTMF and quality counters")
+    v.add_argument("call_id", metavar="CALL_ID", help="the call")
+    v.add_argument("--json", action="store_true", help="print JSON (every summary counter)")
     v.set_defaults(func=vault.cmd_info)
-    v = sub.add_parser("export", help="write a call as Ogg Opus (no re-encoding) or WAV")
-    v.add_argument("call_id", metavar="CALL_ID")
-    v.add_argument("-o", "--output", required=True, metavar="OUT.ogg|OUT.wav")
-    v.add_argument("--from", dest="from_s", type=float, metavar="SECONDS")
-    v.add_argument("--to", dest="to_s", type=float, metavar="SECONDS")
+    v = _verb(
+        sub,
+        "export",
+        "write a call as Ogg Opus (no re-encoding) or WAV",
+        "Write a sealed call (or a range of it) as dual-track Ogg Opus, the stored packets "
+        "without re-encoding, or as WAV. The Ogg file names the call (id, tenant, start) in "
+        "its comments.",
+    )
+    v.add_argument("call_id", metavar="CALL_ID", help="the call")
+    v.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT.ogg|OUT.wav|-",
+        help="the file to write (its folder must exist), or - for stdout",
+    )
+    v.add_argument(
+        "--format",
+        choices=("ogg", "wav"),
+        help="ogg or wav (default: from the output's name; ogg for -)",
+    )
+    v.add_argument(
+        "--from", dest="from_s", type=offset_seconds, metavar="POS", help=f"start at {OFFSET_HELP}"
+    )
+    v.add_argument(
+        "--to", dest="to_s", type=offset_seconds, metavar="POS", help="end at POS (as --from)"
+    )
+    v.add_argument(
+        "--with-metadata",
+        action="store_true",
+        help="Ogg: also the call's metadata as comments (agent, tags, ...; personal data)",
+    )
+    v.add_argument(
+        "--with-customer-number",
+        action="store_true",
+        help="Ogg: also the customer number as a comment (personal data)",
+    )
     v.set_defaults(func=vault.cmd_export)
-    v = sub.add_parser(
+    v = _verb(
+        sub,
         "play",
-        help="a call's audio as PCM (8 kHz, one channel per leg): to a "
+        "a call's audio as PCM (8 kHz, one channel per leg): to a "
         "WAV file, or raw to stdout for a player; --follow listens live",
     )
-    v.add_argument("call_id", metavar="CALL_ID")
+    v.add_argument("call_id", metavar="CALL_ID", help="the call")
     v.add_argument(
         "-o",
         "--output",
         default="-",
         metavar="OUT.wav|-",
-        help="- (default): raw s16le interleaved on stdout, e.g. | ffplay -f s16le "
-        "-ar 8000 -ch_layout stereo -i -",
+        help="- (default): raw s16le interleaved on stdout (never a terminal), e.g. | ffplay "
+        "-f s16le -ar 8000 -ch_layout stereo -i -",
     )
-    v.add_argument("--from", dest="from_s", type=float, metavar="SECONDS")
-    v.add_argument("--to", dest="to_s", type=float, metavar="SECONDS")
+    v.add_argument(
+        "--from", dest="from_s", type=offset_seconds, metavar="POS", help=f"start at {OFFSET_HELP}"
+    )
+    v.add_argument(
+        "--to", dest="to_s", type=offset_seconds, metavar="POS", help="end at POS (as --from)"
+    )
     v.add_argument(
         "--follow",
         action="store_true",
@@ -100,13 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.set_defaults(func=vault.cmd_play)
 
-    v = sub.add_parser("verify", help="check calls' records, chains, seals and log leaves")
-    v.add_argument("call_ids", nargs="*", metavar="CALL_ID")
-    v.add_argument("--all", action="store_true")
+    v = _verb(sub, "verify", "check calls' records, chains, seals and log leaves")
+    v.add_argument("call_ids", nargs="*", metavar="CALL_ID", help="the calls to check")
+    v.add_argument("--all", action="store_true", help="check every call and segment")
     v.set_defaults(func=vault.cmd_verify)
-    v = sub.add_parser("bundle", help="export a sealed call with its proofs")
-    v.add_argument("call_id", metavar="CALL_ID")
-    v.add_argument("-o", "--output", required=True, metavar="DIR")
+    v = _verb(sub, "bundle", "export a sealed call with its proofs")
+    v.add_argument("call_id", metavar="CALL_ID", help="the call")
+    v.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="the bundle's new directory"
+    )
     v.add_argument(
         "--with-customer-number",
         action="store_true",
@@ -114,33 +191,46 @@ def build_parser() -> argparse.ArgumentParser:
         " cannot reveal the number)",
     )
     v.set_defaults(func=vault.cmd_bundle)
-    v = sub.add_parser("verify-bundle", help="check a bundle offline")
-    v.add_argument("directory", metavar="DIR")
+    v = _verb(sub, "verify-bundle", "check a bundle offline")
+    v.add_argument("directory", metavar="DIR", help="the bundle's directory")
     v.add_argument("--public-key", metavar="FILE", help="the log's verifier key you trust")
     v.set_defaults(func=vault.cmd_verify_bundle)
-    v = sub.add_parser("checkpoint", help="print a signed checkpoint of the log")
+    v = _verb(sub, "checkpoint", "print a signed checkpoint of the log")
     v.add_argument(
         "--public-key", action="store_true", help="also print the verifier key (on stderr)"
     )
     v.set_defaults(func=vault.cmd_checkpoint)
-    v = sub.add_parser("erase", help="crypto-shred a call (its key is destroyed)")
-    v.add_argument("call_id", metavar="CALL_ID")
-    v.add_argument("--reason", required=True)
+    v = _verb(sub, "erase", "crypto-shred a call (its key is destroyed)")
+    v.add_argument("call_id", metavar="CALL_ID", help="the call")
+    v.add_argument("--reason", required=True, help="why (kept in the tombstone and the log)")
     v.set_defaults(func=vault.cmd_erase)
-    v = sub.add_parser("reindex", help="rebuild the index from the segments")
+    v = _verb(sub, "reindex", "rebuild the index from the segments")
     v.set_defaults(func=vault.cmd_reindex)
-    v = sub.add_parser("rotate-key", help="new key-encryption key; re-wrap every data key")
+    v = _verb(sub, "rotate-key", "new key-encryption key; re-wrap every data key")
     v.set_defaults(func=vault.cmd_rotate_key)
+    v = _verb(
+        sub,
+        "stats",
+        "calls, stored bytes, free disk and log size (a server: also its ingest)",
+        "Counters of the vault: computed from --data DIR, or a server's Admin.Stats.",
+    )
+    v.add_argument("--json", action="store_true", help="print JSON")
+    v.set_defaults(func=vault.cmd_stats)
 
-    t = sub.add_parser(
+    t = _verb(
+        sub,
         "transcode",
-        help="turn a capture or WAV legs into a dual-track recording",
-        description="INPUT is a pcap/pcapng capture of the call's RTP, or "
+        "turn a capture or WAV legs into a dual-track recording",
+        "INPUT is a pcap/pcapng capture of the call's RTP, or "
         "LEG=FILE.wav pairs (8 kHz mono PCM16; other rates are "
         "resampled).",
     )
-    t.add_argument("inputs", nargs="+", metavar="INPUT")
-    t.add_argument("-o", "--output", required=True, metavar="OUT.ogg|OUT.wav")
+    t.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="a .pcap/.pcapng capture, or LEG=FILE.wav"
+    )
+    t.add_argument(
+        "-o", "--output", required=True, metavar="OUT.ogg|OUT.wav", help="the recording to write"
+    )
     t.add_argument("--bitrate", type=int, default=12_000, help="Opus bits/s per leg (12000)")
     t.add_argument("--complexity", type=int, default=8, help="Opus complexity 0-10 (8)")
     t.add_argument(
@@ -162,14 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print a JSON summary")
     t.set_defaults(func=media.cmd_transcode)
 
-    s = sub.add_parser("sample", help="write a sample two-leg RTP capture")
-    s.add_argument("-o", "--output", required=True)
-    s.add_argument("--seconds", type=float, default=30.0)
-    s.add_argument("--pcapng", action="store_true")
+    s = _verb(sub, "sample", "write a sample two-leg RTP capture")
+    s.add_argument("-o", "--output", required=True, metavar="FILE", help="the capture to write")
+    s.add_argument("--seconds", type=float, default=30.0, help="its length (30)")
+    s.add_argument("--pcapng", action="store_true", help="pcapng instead of pcap")
     s.set_defaults(func=media.cmd_sample)
 
-    sv = sub.add_parser(
-        "serve", help="serve the vault over gRPC (Ingest, Archive, Integrity, Admin)"
+    sv = _verb(
+        sub,
+        "serve",
+        "serve the vault over gRPC (Ingest, Archive, Integrity, Admin)",
+        "Serve the vault in --data DIR over gRPC (Ingest, Archive, Integrity, Admin); "
+        "creates the vault if there is none.",
     )
     sv.add_argument("--data", required=True, metavar="DIR", help="the vault's data directory")
     sv.add_argument(
@@ -188,11 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.set_defaults(func=_serve)
 
-    sc = sub.add_parser(
+    sc = _verb(
+        sub,
         "sidecar",
-        help="receive calls' RTP beside a PBX and forward it to a server (store-and-forward)",
+        "receive calls' RTP beside a PBX and forward it to a server (store-and-forward)",
     )
-    sc.add_argument("--server", dest="upstream", required=True, metavar="HOST:PORT")
+    sc.add_argument(
+        "--server",
+        dest="upstream",
+        required=True,
+        metavar="HOST:PORT",
+        help="the callvault server calls are forwarded to",
+    )
     sc.add_argument(
         "--rtp",
         required=True,
@@ -222,32 +323,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sc.set_defaults(func=sidecar.cmd_sidecar)
 
-    ca = sub.add_parser("call", help="start, stop or list the calls recorded by a sidecar")
-    csub = ca.add_subparsers(dest="call_command", required=True)
-    cs = csub.add_parser("start", help="allocate UDP ports for the call's legs; prints JSON")
-    cs.add_argument("--sidecar", required=True, metavar="HOST:PORT")
-    cs.add_argument("--call-id", required=True)
-    cs.add_argument("--legs", default="agent,customer", metavar="NAME,NAME")
+    ca = _verb(sub, "call", "start, stop or list the calls recorded by a sidecar")
+    csub = ca.add_subparsers(dest="call_command", required=True, metavar="ACTION")
+    cs = _verb(csub, "start", "allocate UDP ports for the call's legs; prints JSON")
+    cs.add_argument(
+        "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"
+    )
+    cs.add_argument("--call-id", required=True, help=f"the new call's id ({ids.CALL_ID_RULE})")
+    cs.add_argument(
+        "--legs", default="agent,customer", metavar="NAME,NAME", help="the legs (agent,customer)"
+    )
     cs.add_argument(
         "--meta",
         action="append",
         metavar="KEY=VALUE",
-        help="agent, skill_group, direction, customer_number, tags (a,b) or any "
-        "other KEY (kept as extra)",
+        help=f"call metadata (repeat): KEY one of {', '.join(ids.meta_keys())} (tags: a,b) "
+        "or any other KEY (kept as extra)",
     )
     cs.set_defaults(func=sidecar.cmd_call_start)
-    cp = csub.add_parser("stop", help="stop receiving; the sidecar seals the call on the server")
-    cp.add_argument("--sidecar", required=True, metavar="HOST:PORT")
-    cp.add_argument("--call-id", required=True)
-    cp.set_defaults(func=sidecar.cmd_call_stop)
-    cl = csub.add_parser(
-        "ls", help="the sidecar's health, spool backlog and calls (state, reason, packets)"
+    cp = _verb(csub, "stop", "stop receiving; the sidecar seals the call on the server")
+    cp.add_argument(
+        "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"
     )
-    cl.add_argument("--sidecar", required=True, metavar="HOST:PORT")
+    cp.add_argument("--call-id", required=True, help="the call")
+    cp.set_defaults(func=sidecar.cmd_call_stop)
+    cl = _verb(csub, "ls", "the sidecar's health, spool backlog and calls (state, reason, packets)")
+    cl.add_argument(
+        "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"
+    )
     cl.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     cl.set_defaults(func=sidecar.cmd_call_ls)
 
-    d = sub.add_parser("demo", help="make a sample call and transcode it (make run)")
+    d = _verb(sub, "demo", "make a sample call and transcode it (make run)")
     d.add_argument("--data", default=".data", help="directory for the demo's files")
     d.add_argument(
         "--listen", default="127.0.0.1:7443", help="the server address the printed commands use"
@@ -256,14 +363,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The exit status when the reader of stdout goes away (`callvault info X | head`): as
+# git's, which dies of SIGPIPE (128 + 13), and without a word.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # --help into a closed pipe, too
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     try:
         if args.command in vault.BACKEND_VERBS and getattr(args, "server", None) and args.data:
             raise CallvaultError("give --data DIR or --server ADDR, not both")
-        return int(args.func(args))
+        rc = int(args.func(args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return rc
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     except CallvaultError as e:
         print(f"callvault: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # one we did not expect: still our sentence first, one line
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"callvault: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush finds no closed
+    pipe to complain about."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)

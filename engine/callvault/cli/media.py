@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from callvault.cli.common import leg_names, output_format, print_summary
+from callvault.cli.common import (
+    check_inputs,
+    check_output,
+    leg_names,
+    output_format,
+    print_summary,
+)
 from callvault.errors import CallvaultError
 
 
@@ -56,6 +62,8 @@ def transcode(
 
 
 def cmd_transcode(args: argparse.Namespace) -> int:
+    check_inputs(args.inputs)
+    check_output(args.output)
     summary = transcode(args.inputs, args.output, _settings(args), legs=leg_names(args.legs))
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
@@ -68,6 +76,7 @@ def cmd_transcode(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from callvault.media import sample
 
+    check_output(args.output)
     sample.demo_capture(args.output, seconds=args.seconds, pcapng=args.pcapng)
     print(f"wrote {args.output}: a {args.seconds:g} s two-leg G.711 call")
     return 0
@@ -117,8 +126,9 @@ or by hand:
       --listen 127.0.0.1:7444 --spool {data}/spool &
   {cv} call start --sidecar 127.0.0.1:7444 --call-id first --meta agent=alex
       # prints {{"agent": PORT_A, "customer": PORT_C}}
-  ffmpeg -re -i {data}/agent.wav -c:a pcm_mulaw -f rtp rtp://127.0.0.1:PORT_A &
-  ffmpeg -re -i {data}/customer.wav -c:a pcm_mulaw -f rtp rtp://127.0.0.1:PORT_C
+  RTP_OUT="-af asetnsamples=160 -c:a pcm_mulaw -payload_type 0 -pkt_size 172 -f rtp"
+  ffmpeg -re -i {data}/agent.wav $RTP_OUT rtp://127.0.0.1:PORT_A &   # 20 ms packets
+  ffmpeg -re -i {data}/customer.wav $RTP_OUT rtp://127.0.0.1:PORT_C
   {cv} call stop --sidecar 127.0.0.1:7444 --call-id first
   {cv} --server {srv} ls
   {cv} --server {srv} export first -o first.ogg && ffplay -nodisp -autoexit first.ogg

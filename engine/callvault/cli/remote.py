@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from callvault_client import Client, Recording, pb
 from callvault_client.errors import CallvaultClientError
@@ -49,8 +49,11 @@ def connect(args: argparse.Namespace) -> Iterator[RemoteBackend]:
             yield RemoteBackend(client)
     except CallvaultClientError as e:
         raise CallvaultError(f"{args.server}: {e.message}") from e
-    except OSError as e:
-        raise CallvaultError(str(e)) from e
+    except BrokenPipeError:
+        raise  # stdout's reader went away: main ends quietly
+    except OSError as e:  # a TLS file, an output: our sentence, not the OS's repr
+        what = f"cannot use {e.filename}" if e.filename else "input/output failed"
+        raise CallvaultError(f"{what}: {e.strerror or e}") from e
 
 
 class RemoteBackend:
@@ -125,15 +128,34 @@ class RemoteBackend:
     def export(
         self,
         call_id: str,
-        out: str,
+        out: str | BinaryIO,
         *,
         tenant: str,
         fmt: Literal["ogg", "wav"],
         from_s: float,
         to_s: float | None,
+        metadata: bool = False,
+        customer_number: bool = False,
     ) -> int:
         if to_s is not None and to_s <= from_s:  # on the wire, to_ms 0 means the end
             raise CallvaultError(f"--from {from_s} / --to {to_s}: empty range")
+        from_ms = max(0, int(from_s * 1000))
+        to_ms = 0 if to_s is None else math.ceil(to_s * 1000)
+        if not isinstance(out, str):  # a stream (stdout): the chunks as they come
+            n = 0
+            for chunk in self.client.export_chunks(
+                call_id,
+                tenant=tenant,
+                format=fmt,
+                from_ms=from_ms,
+                to_ms=to_ms,
+                include_metadata=metadata,
+                include_customer_number=customer_number,
+            ):
+                out.write(chunk.data)
+                n += len(chunk.data)
+            out.flush()
+            return n
         bar, on_chunk = _byte_bar("export")
         try:
             return self.client.export(
@@ -141,9 +163,11 @@ class RemoteBackend:
                 out,
                 tenant=tenant,
                 format=fmt,
-                from_ms=max(0, int(from_s * 1000)),
-                to_ms=0 if to_s is None else math.ceil(to_s * 1000),
+                from_ms=from_ms,
+                to_ms=to_ms,
                 progress=on_chunk,
+                include_metadata=metadata,
+                include_customer_number=customer_number,
             )
         finally:
             bar.close()
@@ -197,6 +221,14 @@ class RemoteBackend:
     def rotate_key(self) -> tuple[int, int]:
         r = self.client.rotate_key(timeout=None)
         return r.kek_id, r.rewrapped
+
+    def stats(self) -> dict[str, Any]:
+        r = self.client.stats()
+        out: dict[str, Any] = {}
+        for field in r.DESCRIPTOR.fields:  # every counter the server's version has
+            value = getattr(r, field.name)
+            out[field.name] = dict(value) if field.message_type is not None else value
+        return out
 
 
 def _byte_bar(desc: str) -> tuple[Any, Callable[[pb.FileChunk], None]]:

@@ -11,15 +11,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from callvault import ids
 from callvault.cli.backend import Backend
-from callvault.cli.common import iso, leg_names, output_format, print_calls, print_info, progress
+from callvault.cli.common import (
+    check_inputs,
+    check_output,
+    iso,
+    leg_names,
+    os_error,
+    output_format,
+    print_calls,
+    print_info,
+    progress,
+    refuse_terminal,
+)
 from callvault.errors import CallvaultError
 from callvault.timeline import frames_seconds
 
@@ -36,27 +48,47 @@ BACKEND_VERBS = (
     "erase",
     "reindex",
     "rotate-key",
+    "stats",
 )
 
 
-def connect(args: argparse.Namespace) -> AbstractContextManager[Backend]:
+def connect(args: argparse.Namespace, *, create: bool = False) -> AbstractContextManager[Backend]:
     """The backend the arguments name: the server of ``--server``, else the vault of
-    ``--data``; open while the ``with`` block runs."""
+    ``--data`` (a new one only with ``create``); open while the ``with`` block runs."""
     if getattr(args, "server", None):
         from callvault.cli import remote
 
         return remote.connect(args)
     from callvault.cli import local
 
-    return local.connect(args)
+    return local.connect(args, create=create)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """A new, empty vault in --data DIR (nothing changes when one is there)."""
+    from callvault.cli import local
+
+    if getattr(args, "server", None):
+        raise CallvaultError("init makes a vault in --data DIR; a server has its own")
+    if not args.data:
+        raise CallvaultError("init needs --data DIR (where the new vault goes)")
+    existed = local.is_vault(Path(args.data))
+    with local.connect(args, create=True):
+        pass
+    if existed:
+        print(f"a vault is already at {args.data}: left as it is")
+    else:
+        print(f"initialised an empty vault at {args.data}")
+    return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     ids.check_call_id(args.call_id)
     if args.tenant:
         ids.check_call_id(args.tenant, "tenant")
-    meta = ids.parse_meta(args.meta, start=True)
-    with connect(args) as b:
+    meta = ids.parse_meta(args.meta, start=True, extra=True)  # as call start and the SDK
+    check_inputs(args.inputs)
+    with connect(args, create=True) as b:
         seal = b.import_call(
             args.call_id, args.inputs, tenant=args.tenant, legs=leg_names(args.legs), meta=meta
         )
@@ -65,8 +97,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    since_us = ids.parse_time(args.since) if args.since else 0
-    until_us = ids.parse_time(args.until) if args.until else None
+    since_us = args.since or 0  # when_us made them µs
+    until_us = args.until
     with connect(args) as b:
         calls = b.list_calls(
             tenant=args.tenant,
@@ -94,6 +126,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "agent": e.agent,
         "skill_group": e.skill_group,
         "tags": list(e.tags),
+        "extra": dict(e.extra),
         "legs": list(e.legs),
         "records": e.records,
         "chain_head": e.chain_head.hex(),
@@ -113,17 +146,32 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    fmt = output_format(args.output)
+    to_stdout = args.output == "-"
+    fmt: Literal["ogg", "wav"]
+    if to_stdout:
+        fmt = args.format or "ogg"
+        refuse_terminal("export -o -")
+    else:
+        check_output(args.output)
+        fmt = args.format or output_format(args.output)
     with connect(args) as b:
-        n = b.export(
-            args.call_id,
-            args.output,
-            tenant=args.tenant,
-            fmt=fmt,
-            from_s=args.from_s or 0.0,
-            to_s=args.to_s,
-        )
-    print(f"wrote {args.output} ({n} bytes)")
+        try:
+            n = b.export(
+                args.call_id,
+                sys.stdout.buffer if to_stdout else args.output,
+                tenant=args.tenant,
+                fmt=fmt,
+                from_s=args.from_s or 0.0,
+                to_s=args.to_s,
+                metadata=args.with_metadata,
+                customer_number=args.with_customer_number,
+            )
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise os_error(e, f"write {'to stdout' if to_stdout else args.output}") from e
+    if not to_stdout:
+        print(f"wrote {args.output} ({n} bytes)")
     return 0
 
 
@@ -133,8 +181,12 @@ class PcmSink:
     def __init__(self, out: str) -> None:
         self.out = out
         self.parts: list[list[bytes]] = []
-        if out != "-" and Path(out).suffix.lower() != ".wav":
+        if out == "-":
+            refuse_terminal("play's raw PCM")
+        elif Path(out).suffix.lower() != ".wav":
             raise CallvaultError(f"play -o {out}: a .wav file, or - for raw PCM on stdout")
+        else:
+            check_output(out)
 
     def write(self, legs: Sequence[bytes]) -> None:
         import numpy as np
@@ -166,11 +218,14 @@ def cmd_play(args: argparse.Namespace) -> int:
             args.call_id,
             tenant=args.tenant,
             from_ms=int((args.from_s or 0) * 1000),
-            to_ms=int(args.to_s * 1000) if args.to_s else None,
+            to_ms=math.ceil(args.to_s * 1000) if args.to_s else None,
             follow=args.follow,
         ):
             sink.write(legs)
-        n = sink.close()
+        try:
+            n = sink.close()
+        except OSError as e:
+            raise os_error(e, f"write {args.output}") from e
     if args.output != "-":
         print(f"wrote {args.output} ({n} bytes)")
     return 0
@@ -202,6 +257,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     d = Path(args.output)
     if d.exists():
         raise CallvaultError(f"{d} exists: a bundle goes into a new directory")
+    check_output(args.output)
     with connect(args) as b:
         b.bundle(
             args.call_id, d, tenant=args.tenant, with_customer_number=args.with_customer_number
@@ -254,4 +310,22 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     with connect(args) as b:
         kek_id, n = b.rotate_key()
     print(f"key-encryption key {kek_id} active; {n} call key(s) re-wrapped, no audio rewritten")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with connect(args) as b:
+        stats = b.stats()
+    if args.json:
+        json.dump(stats, sys.stdout, indent=2)
+        print()
+        return 0
+    for k, val in stats.items():
+        if isinstance(val, dict):
+            if val:
+                print(f"{k}:")
+                for name, n in sorted(val.items()):
+                    print(f"  {name}: {n}")
+        else:
+            print(f"{k}: {val:.1f}" if isinstance(val, float) else f"{k}: {val}")
     return 0

@@ -35,6 +35,7 @@ import secrets
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import BinaryIO, NamedTuple
 
@@ -358,6 +359,21 @@ class OggOpusWriter:
 def channel_comments(leg_names: Sequence[str]) -> dict[str, str]:
     """The OpusTags naming each channel's leg (docs/format.md section 6)."""
     return {f"CALLVAULT_CHANNEL_{i}": name for i, name in enumerate(leg_names)}
+
+
+def identity_comments(call_id: str, tenant: str, start_us: int) -> list[str]:
+    """The OpusTags naming which call an export is (docs/format.md section 6), as
+    ``KEY=VALUE`` strings: the call id, its tenant, its start (unix µs, exact) and a
+    DATE (ISO 8601 UTC, the common Vorbis comment field players show). No personal
+    data: nothing of the call's metadata beyond what identifies it. The one rule
+    for every export writer and for verify-bundle's expected headers."""
+    start = datetime.fromtimestamp(start_us / 1e6, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return [
+        f"CALLVAULT_CALL_ID={call_id}",
+        f"CALLVAULT_TENANT={tenant}",
+        f"CALLVAULT_START_US={start_us}",
+        f"DATE={start[:-4]}Z",  # milliseconds
+    ]
 
 
 def write_call(

@@ -295,6 +295,8 @@ class ArchiveServicer(pbg.ArchiveServicer):
                 tenant=tenant,
                 from_s=r.from_ms / 1000,
                 to_s=r.to_ms / 1000 if r.to_ms else None,
+                metadata=r.include_metadata,
+                customer_number=r.include_customer_number,
             )
             yield from _file_chunks(out, out.name)
 
