@@ -50,11 +50,16 @@ _RECORD_NAME = re.compile(r"[0-9]{6}")
 def export_comments(manifest: Mapping[str, object]) -> dict[str, str]:
     """The OpusTags the vault's export writes for the sealed call ``manifest``.
 
-    Must name exactly what ``vault/export.py`` passes to ``ogg.write_call``
-    (the verifier regenerates the expected headers from it)."""
+    ``ogg.call_comments``, as ``vault/export.py`` passes them to ``ogg.write_call``
+    (the verifier regenerates the expected headers from them)."""
     legs = manifest["legs"]
     assert isinstance(legs, list)
-    return ogg.channel_comments([str(leg) for leg in legs])
+    return ogg.call_comments(
+        [str(leg) for leg in legs],
+        str(manifest["call_id"]),
+        str(manifest["tenant"]),
+        int(str(manifest["start_us"])),
+    )
 
 
 def unknown_files(d: Path) -> list[str]:

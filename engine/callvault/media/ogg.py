@@ -376,6 +376,19 @@ def identity_comments(call_id: str, tenant: str, start_us: int) -> list[str]:
     ]
 
 
+def call_comments(
+    leg_names: Sequence[str], call_id: str, tenant: str, start_us: int
+) -> dict[str, str]:
+    """The OpusTags of a call's Ogg export: each channel's leg, then the call's
+    identity (docs/format.md section 6). The vault's export writes them and
+    verify-bundle expects exactly them."""
+    comments = channel_comments(leg_names)
+    for item in identity_comments(call_id, tenant, start_us):
+        key, _, value = item.partition("=")
+        comments[key] = value
+    return comments
+
+
 def write_call(
     file: str | os.PathLike[str] | BinaryIO,
     legs: Sequence[PacketRun | tuple[bytes, npt.ArrayLike]],

@@ -79,7 +79,7 @@ class Export(Reading):
             pre_skip=OPUS_PRE_SKIP_48K,
             frames=hi - lo,
             comments={
-                **export_comments(m["legs"], call_id, tenant, entry.start_us),
+                **ogg.call_comments(m["legs"], call_id, tenant, entry.start_us),
                 **(metadata_comments(entry) if metadata else {}),
                 **(
                     {"CALLVAULT_CUSTOMER_NUMBER": self.customer_number(call_id, tenant=tenant)}
@@ -89,18 +89,6 @@ class Export(Reading):
             },
         )
         return Path(out).stat().st_size
-
-
-def export_comments(
-    leg_names: list[str], call_id: str, tenant: str, start_us: int
-) -> dict[str, str]:
-    """The OpusTags of a call's Ogg export: each channel's leg, then the call's
-    identity (docs/format.md section 6)."""
-    comments = ogg.channel_comments(leg_names)
-    for item in ogg.identity_comments(call_id, tenant, start_us):
-        key, _, value = item.partition("=")
-        comments[key] = value
-    return comments
 
 
 def metadata_comments(entry: CallEntry) -> dict[str, str]:
