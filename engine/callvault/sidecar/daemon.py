@@ -79,7 +79,7 @@ class Sidecar:
         # first packets get their arrival time, not their read time.
         self._stamp_keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         _net.enable_timestamps(self._stamp_keeper.fileno())
-        self.receiver = Receiver(self._first_flush)
+        self.receiver = Receiver(self._first_flush, self._call_failed)
         self._syncer = threading.Thread(target=self._sync_loop, name="sidecar-sync", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------
@@ -290,6 +290,11 @@ class Sidecar:
 
     def _first_flush(self, call: Call) -> None:
         self._start_forwarder(call)
+
+    def _call_failed(self, call: Call, exc: BaseException) -> None:
+        """(receive thread) Receiving ``call`` failed; the receiver closed its sockets.
+        (Minimal: lane sidecar ends the call with its reason.)"""
+        call.state = "failed"
 
     def _start_forwarder(self, call: Call) -> None:
         with self.lock:  # the receive thread (first flush) and start() (recovery) may race
