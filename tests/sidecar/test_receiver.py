@@ -106,7 +106,12 @@ def test_datagrams_the_server_would_refuse_are_counted_and_never_spooled(
     # What is spooled passes the server's batch check and its RTP parse, all of it.
     for batch in call.spool.read_from(0):
         LegBatch.checked(
-            batch.seq, batch.leg, batch.packets, batch.lengths.tolist(), batch.arrival_us.tolist(), 1
+            batch.seq,
+            batch.leg,
+            batch.packets,
+            batch.lengths.tolist(),
+            batch.arrival_us.tolist(),
+            1,
         )
         run = batch.run
         assert _rtp.parse(run.data, run.offsets, run.lengths).valid.all()
@@ -176,7 +181,7 @@ def test_a_new_ssrc_from_the_same_address_is_latched_without_silence(tmp_path: P
         rx.stop_call(call)
     assert spooled(call) == first + restarted
     assert call.legs[0].relatches == 1 and call.legs[0].foreign == 0
-    assert RELATCH_PACKETS <= len(restarted)
+    assert len(restarted) >= RELATCH_PACKETS
     tx.close()
 
 

@@ -30,7 +30,9 @@ A = src(1, 4000)
 B = src(2, 5000)
 
 
-def feed(latch: SourceLatch, items: list[tuple[bytes, int, int, int]]) -> tuple[list[bytes], int, int, int]:
+def feed(
+    latch: SourceLatch, items: list[tuple[bytes, int, int, int]]
+) -> tuple[list[bytes], int, int, int]:
     """``items`` = (source, ssrc, seq, arrival_us) in one batch; returns (kept packets,
     invalid, foreign, relatches)."""
     pkts = [rtp(seq, ssrc) for _, ssrc, seq, _ in items]
