@@ -149,3 +149,22 @@ def test_invalid_packets_never_latch() -> None:
     )
     assert got.invalid == 2 and got.foreign == 0
     assert latch.source == A and latch.ssrc == 6
+
+
+def test_invalid_packets_among_the_latched_sources_are_cut_out_of_the_batch() -> None:
+    latch = SourceLatch()
+    feed(latch, [(A, 1, 0, T0)])
+    good = [rtp(i, 1) for i in range(1, 9)]
+    pkts = good[:3] + [b"", rtp(50, 1, first=0x40)] + good[3:] + [rtp(51, 1)[:12]]
+    got = latch.filter(
+        b"".join(pkts),
+        np.array([len(p) for p in pkts], np.int32),
+        np.arange(T0 + 1, T0 + 1 + len(pkts), dtype=np.int64),
+        A * len(pkts),
+        EVENTS,
+    )
+    assert got.invalid == 3 and got.foreign == 0 and got.relatches == 0
+    assert got.chunk is not None
+    data, lengths, arrival = got.chunk
+    assert data == b"".join(good) and lengths.tolist() == [len(p) for p in good]
+    assert arrival.tolist() == [T0 + 1 + i for i in (0, 1, 2, 5, 6, 7, 8, 9)]

@@ -28,6 +28,7 @@ candidate, so a second sender competing with a live one never gets in.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -52,6 +53,21 @@ _RTCP_TYPES = (192, 223)
 Chunk = tuple[bytes, npt.NDArray[np.int32], npt.NDArray[np.int64]]
 
 
+@functools.lru_cache(maxsize=64)
+def _second_byte_rules(event_pts: frozenset[int]) -> npt.NDArray[np.uint8]:
+    """Per value of an RTP packet's second byte (marker << 7 | payload type): 0 passes,
+    1 is refused (RTCP), 2 is an RFC 4733 event (needs MIN_EVENT_PAYLOAD bytes)."""
+    rules = np.zeros(256, dtype=np.uint8)
+    for pt in event_pts:
+        if 0 <= pt < 128:
+            rules[pt] = rules[pt | 0x80] = 2
+    rules[_RTCP_TYPES[0] : _RTCP_TYPES[1] + 1] = 1
+    return rules
+
+
+_ZERO_OFFSET = np.zeros(1, dtype=np.int64)
+
+
 def check_packets(
     packets: bytes, lengths: npt.NDArray[np.int32], event_pts: frozenset[int]
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint32]]:
@@ -66,20 +82,24 @@ def check_packets(
     223, RFC 5761) is refused. Payload types the server does not decode pass: it
     records them as an unsupported-codec gap, which the sealed call must show."""
     lens = np.asarray(lengths, dtype=np.int32)
-    ok = (lens >= 1) & (lens <= MAX_PACKET_BYTES)
     n = len(lens)
     if not n:
-        return ok, np.zeros(0, np.uint32)
-    offsets = np.zeros(n, dtype=np.int64)
-    np.cumsum(lens[:-1], out=offsets[1:])
+        return np.zeros(0, np.bool_), np.zeros(0, np.uint32)
+    if n == 1:
+        offsets = _ZERO_OFFSET
+    else:
+        offsets = np.zeros(n, dtype=np.int64)
+        np.cumsum(lens[:-1], out=offsets[1:])
     parsed = _rtp.parse(packets, offsets, lens)
-    ok &= parsed.valid
-    second = parsed.pt.astype(np.int32) | (parsed.marker.astype(np.int32) << 7)
-    ok &= (second < _RTCP_TYPES[0]) | (second > _RTCP_TYPES[1])
-    if event_pts:
-        is_event = np.isin(parsed.pt, np.fromiter(event_pts, dtype=np.uint8))
-        ok &= ~is_event | (parsed.payload_length >= MIN_EVENT_PAYLOAD)
-    return ok, np.asarray(parsed.ssrc, dtype=np.uint32)
+    rule = _second_byte_rules(event_pts)[parsed.pt | (parsed.marker.view(np.uint8) << 7)]
+    ok = (
+        parsed.valid
+        & (lens >= 1)
+        & (lens <= MAX_PACKET_BYTES)
+        & (rule != 1)
+        & ((rule != 2) | (parsed.payload_length >= MIN_EVENT_PAYLOAD))
+    )
+    return ok, parsed.ssrc
 
 
 def describe_source(source: bytes | None, ssrc: int) -> str:
@@ -92,6 +112,19 @@ def describe_source(source: bytes | None, ssrc: int) -> str:
     else:
         host = f"[{ipaddress.IPv6Address(addr)}]"
     return f"{host}:{port} SSRC {ssrc:#010x}"
+
+
+def _select(
+    packets: bytes,
+    lengths: npt.NDArray[np.int32],
+    arrival: npt.NDArray[np.int64],
+    keep: npt.NDArray[np.bool_],
+) -> Chunk | None:
+    """The packets where ``keep`` is true (vectorised: no Python object per packet)."""
+    if not keep.any():
+        return None
+    data = np.frombuffer(packets, dtype=np.uint8)[np.repeat(keep, lengths)]
+    return data.tobytes(), np.ascontiguousarray(lengths[keep]), np.ascontiguousarray(arrival[keep])
 
 
 @dataclass
@@ -135,16 +168,24 @@ class SourceLatch:
     ) -> Filtered:
         """Check and latch one received batch of this leg (in arrival order)."""
         n = len(lengths)
+        if not n:
+            return Filtered(None)
         ok, ssrc = check_packets(packets, lengths, event_pts)
-        invalid = n - int(ok.sum())
-        if not invalid and self.source is not None and not self.held:
-            src = np.frombuffer(sources, dtype=np.uint8).reshape(n, SOURCE_SIZE)
-            latched = np.frombuffer(self.source, dtype=np.uint8)
-            if bool(((src == latched).all(axis=1) & (ssrc == self.ssrc)).all()):
-                # Every packet valid and from the latched source: the batch as it came.
-                if n:
-                    self.last_us = max(self.last_us, int(arrival.max()))
-                return Filtered((packets, lengths, arrival) if n else None)
+        invalid = n - int(np.count_nonzero(ok))
+        if self.source is not None and not self.held:
+            if n == 1:
+                mine = not invalid and sources == self.source and int(ssrc[0]) == self.ssrc
+            else:
+                src = np.frombuffer(sources, dtype=np.uint8).reshape(n, SOURCE_SIZE)
+                latched = np.frombuffer(self.source, dtype=np.uint8)
+                match = (src == latched).all(axis=1) & (ssrc == self.ssrc)
+                mine = bool((match | ~ok).all())
+            if mine:
+                # Every valid packet from the latched source: no per-packet work.
+                self.last_us = max(self.last_us, int(arrival.max()))
+                if not invalid:
+                    return Filtered((packets, lengths, arrival))
+                return Filtered(_select(packets, lengths, arrival, ok), invalid=invalid)
         return self._slow(packets, lengths, arrival, sources, ok, ssrc, invalid)
 
     def _slow(
