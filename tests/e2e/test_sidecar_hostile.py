@@ -15,6 +15,7 @@ because ffmpeg cannot be made to send an empty datagram or a second SSRC.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -36,8 +37,8 @@ from tests.e2e.sidecar_procs import (
     wait_sealed,
 )
 from tests.e2e.test_sidecar import _bursts, _exported, _offset
-from tests.servers import Proc, start_server
-from tests.sidecar.rxkit import rtp
+from tests.servers import Proc, run_cli, start_server
+from tests.sidecar.rxkit import rtp, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -199,3 +200,45 @@ def test_failover_to_a_new_sender_after_silence_is_recorded(tmp_path: Path) -> N
     assert agent["rtp"].get("ssrc_changes") == 1, agent
     assert call_info(data, "hostile-failover")["call_id"] == "hostile-failover"
     assert cli(data, "verify", "hostile-failover").returncode == 0
+
+
+def test_a_sealed_call_id_on_a_fresh_sidecar_fails_alone(tmp_path: Path) -> None:
+    """Issue 9's first report: restart a sidecar (fresh spool), `call start` an id the
+    server has already sealed, send RTP: the receive thread died of EBADF and every
+    later `call start` answered "the sidecar is shutting down". Now that call fails
+    alone (or its start is refused) and the next call is recorded."""
+    data = tmp_path / "data"
+    server = start_server(data)
+    pkts = _packets(clicks(2.0, [0.5, 1.5]), 0x1001, 1)
+    s = _udp()
+    try:
+        first = start_sidecar(server.address, tmp_path / "spool1", rtp_range(), tmp_path)
+        try:
+            ports = call_start(first, "reused")
+            _send_paced(s, ports["agent"], pkts, time.monotonic())
+            call_stop(first, "reused")
+            wait_sealed(first, "reused", timeout=60)
+        finally:
+            assert first.stop() == 0
+        second = start_sidecar(server.address, tmp_path / "spool2", rtp_range(), tmp_path)
+        try:
+            p = run_cli(
+                "call", "start", "--sidecar", second.address, "--call-id", "reused", ok=False
+            )
+            if p.returncode == 0:  # accepted: it meets the server's seal while receiving
+                _send_paced(s, json.loads(p.stdout)["agent"], pkts, time.monotonic())
+                wait_for(
+                    lambda: "reused: receiving failed" in second.output(),
+                    "the reused call's failure",
+                )
+            ports = call_start(second, "after")
+            _send_paced(s, ports["agent"], pkts, time.monotonic())
+            call_stop(second, "after")
+            wait_sealed(second, "after", timeout=60)
+        finally:
+            assert second.stop() == 0
+    finally:
+        s.close()
+        server.stop()
+    after = call_info(data, "after")
+    assert after["state"] == "sealed" and after["seconds"] >= 2.0, after
