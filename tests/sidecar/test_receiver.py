@@ -211,3 +211,23 @@ def test_rtp_parse_agrees_on_the_malformed_set() -> None:
     offs = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
     assert not _rtp.parse(b"".join(bad), offs, lens).valid.any()
     assert struct.calcsize("!BBHII") == 12
+
+
+def test_a_call_that_cannot_be_watched_is_refused_and_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    bad, good = new_call(tmp_path, "bad", legs=2), new_call(tmp_path, "good")
+    assert bad.legs[1].sock is not None
+    bad.legs[1].sock.close()  # fileno -1: epoll refuses it
+    tx = sender()
+    with receiver() as rx:
+        with pytest.raises((ValueError, OSError)):
+            rx.add(bad)
+        assert rx.receiver.is_alive()
+        rx.add(good)
+        tx.sendto(rtp(0, 9), ("127.0.0.1", good.legs[0].port))
+        tx.sendto(rtp(0, 8), ("127.0.0.1", bad.legs[0].port))  # not watched
+        wait_for(lambda: len(spooled(good)) == 1, "the good call's packet")
+        rx.stop_call(bad)  # not receiving: nothing to do
+    assert spooled(bad) == [] and rx.failed == []
+    tx.close()

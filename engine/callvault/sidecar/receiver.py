@@ -98,16 +98,25 @@ class Receiver(threading.Thread):
         return fut
 
     def add(self, call: Call) -> None:
-        """(receive thread) Start receiving on the call's sockets."""
+        """(receive thread) Start receiving on the call's sockets (none watched if one
+        cannot be: the error goes to the requester)."""
         self._calls.append(call)
-        for leg in call.legs:
-            if leg.index < len(call.start.legs):
-                declared = call.start.legs[leg.index].event_payload_types
-                if declared:
-                    leg.event_pts = frozenset(int(pt) for pt in declared)
-            if leg.sock is not None:
-                self._fds[leg.sock.fileno()] = (call, leg)
-                self._epoll.register(leg.sock.fileno(), select.EPOLLIN)
+        try:
+            for leg in call.legs:
+                if leg.index < len(call.start.legs):
+                    declared = call.start.legs[leg.index].event_payload_types
+                    if declared:
+                        leg.event_pts = frozenset(int(pt) for pt in declared)
+                if leg.sock is not None:
+                    self._fds[leg.sock.fileno()] = (call, leg)
+                    self._epoll.register(leg.sock.fileno(), select.EPOLLIN)
+        except BaseException:
+            for leg in call.legs:
+                if leg.sock is not None and self._fds.pop(leg.sock.fileno(), None) is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        self._epoll.unregister(leg.sock.fileno())
+            self._calls.remove(call)
+            raise
 
     def stop_call(self, call: Call) -> None:
         """(receive thread) Drain and close the call's sockets and flush what they held.
