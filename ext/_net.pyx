@@ -16,12 +16,18 @@ after the first socket asks, from a work queue; a datagram arriving before
 then is stamped when it is read: keep one timestamping socket open, as the
 sidecar does.) A datagram longer than ``max_size`` arrives truncated
 (MSG_TRUNC): it is dropped from the batch and counted in ``truncated``.
+
+``recv_batch_from`` is ``recv_batch`` plus each datagram's source address
+(what the sidecar's source latching needs), again as ONE bytes object:
+``SOURCE_SIZE`` (18) bytes per datagram, the 16-byte IPv6 address (an IPv4
+source as its IPv4-mapped form ``::ffff:a.b.c.d``) then the 2-byte port,
+big-endian.
 """
 import numpy as np
 cimport numpy as cnp
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport EAGAIN, EINTR, errno
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memmove, memset
 
@@ -44,6 +50,11 @@ cdef extern from "<time.h>" nogil:
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    struct sockaddr_storage:
+        sa_family_t ss_family
+    int AF_INET
+    int AF_INET6
     struct msghdr:
         void *msg_name
         socklen_t msg_namelen
@@ -72,7 +83,24 @@ cdef extern from "<sys/socket.h>" nogil:
     int MSG_DONTWAIT
     int MSG_TRUNC
 
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        uint32_t s_addr
+    struct sockaddr_in:
+        sa_family_t sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    struct in6_addr:
+        uint8_t s6_addr[16]
+    struct sockaddr_in6:
+        sa_family_t sin6_family
+        uint16_t sin6_port
+        in6_addr sin6_addr
+
 # ---------------------------------------------------------------------------
+
+# Bytes per datagram in recv_batch_from's ``sources``: IPv6 address (16) + port (2).
+SOURCE_SIZE = 18
 
 # Room for one SCM_TIMESTAMPNS message (CMSG_SPACE(16) is 32 on 64-bit Linux),
 # with slack for a second control message the kernel might add.
@@ -80,6 +108,7 @@ cdef enum:
     CONTROL_SIZE = 64
     # The largest batch one call takes (recvmmsg's vlen is bounded by UIO_MAXIOV).
     MAX_PACKETS = 1024
+    SOURCE_BYTES = 18  # SOURCE_SIZE
 
 
 cdef int64_t _now_us() nogil:
@@ -110,6 +139,18 @@ def recv_batch(int fd, int max_packets=256, int max_size=2048):
     array, microseconds since the Unix epoch) and how many datagrams were longer
     than ``max_size`` (dropped, not in the batch). Nothing queued: an empty batch.
     Raises OSError for a socket error other than EAGAIN/EINTR."""
+    packets, lengths, arrival, truncated, _ = _recv(fd, max_packets, max_size, False)
+    return packets, lengths, arrival, truncated
+
+
+def recv_batch_from(int fd, int max_packets=256, int max_size=2048):
+    """``recv_batch`` plus where each datagram came from: returns ``(packets, lengths,
+    arrival_us, truncated, sources)``, ``sources`` holding ``SOURCE_SIZE`` bytes per
+    kept datagram (16-byte IPv6 or IPv4-mapped address, 2-byte big-endian port)."""
+    return _recv(fd, max_packets, max_size, True)
+
+
+cdef tuple _recv(int fd, int max_packets, int max_size, bint want_sources):
     if not 1 <= max_packets <= MAX_PACKETS:
         raise ValueError(f"max_packets {max_packets}: must be 1 to {MAX_PACKETS}")
     if not 1 <= max_size <= 65535:
@@ -121,15 +162,24 @@ def recv_batch(int fd, int max_packets=256, int max_size=2048):
     cdef iovec *iov = <iovec *>malloc(slots * sizeof(iovec))
     cdef int32_t *lens = <int32_t *>malloc(slots * sizeof(int32_t))
     cdef int64_t *stamps = <int64_t *>malloc(slots * sizeof(int64_t))
+    cdef sockaddr_storage *names = NULL
+    cdef uint8_t *srcs = NULL
+    if want_sources:
+        names = <sockaddr_storage *>malloc(slots * sizeof(sockaddr_storage))
+        srcs = <uint8_t *>malloc(slots * SOURCE_BYTES)
     if data == NULL or control == NULL or msgs == NULL or iov == NULL or lens == NULL \
-            or stamps == NULL:
+            or stamps == NULL or (want_sources and (names == NULL or srcs == NULL)):
         free(data); free(control); free(msgs); free(iov); free(lens); free(stamps)
+        free(names); free(srcs)
         raise MemoryError()
     cdef int n = 0, err = 0, i, kept = 0, truncated = 0
     cdef size_t total = 0
     cdef int64_t fallback
     cdef cmsghdr *c
     cdef timespec *ts
+    cdef uint8_t *src
+    cdef sockaddr_in *v4
+    cdef sockaddr_in6 *v6
     try:
         with nogil:
             memset(msgs, 0, slots * sizeof(mmsghdr))
@@ -140,6 +190,9 @@ def recv_batch(int fd, int max_packets=256, int max_size=2048):
                 msgs[i].msg_hdr.msg_iovlen = 1
                 msgs[i].msg_hdr.msg_control = control + <size_t>i * CONTROL_SIZE
                 msgs[i].msg_hdr.msg_controllen = CONTROL_SIZE
+                if want_sources:
+                    msgs[i].msg_hdr.msg_name = &names[i]
+                    msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
             while True:
                 n = recvmmsg(fd, msgs, max_packets, MSG_DONTWAIT, NULL)
                 if n >= 0:
@@ -164,6 +217,19 @@ def recv_batch(int fd, int max_packets=256, int max_size=2048):
                         stamps[kept] = <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
                         break
                     c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)
+                if want_sources:
+                    src = srcs + <size_t>kept * SOURCE_BYTES
+                    memset(src, 0, SOURCE_BYTES)
+                    if names[i].ss_family == AF_INET6:
+                        v6 = <sockaddr_in6 *>&names[i]
+                        memcpy(src, v6.sin6_addr.s6_addr, 16)
+                        memcpy(src + 16, &v6.sin6_port, 2)
+                    elif names[i].ss_family == AF_INET:
+                        v4 = <sockaddr_in *>&names[i]
+                        src[10] = 0xFF
+                        src[11] = 0xFF
+                        memcpy(src + 12, &v4.sin_addr.s_addr, 4)
+                        memcpy(src + 16, &v4.sin_port, 2)
                 if total != <size_t>i * max_size:
                     memmove(data + total, data + <size_t>i * max_size, msgs[i].msg_len)
                 total += msgs[i].msg_len
@@ -176,9 +242,12 @@ def recv_batch(int fd, int max_packets=256, int max_size=2048):
         if kept:
             memcpy(cnp.PyArray_DATA(lengths), lens, kept * sizeof(int32_t))
             memcpy(cnp.PyArray_DATA(arrival), stamps, kept * sizeof(int64_t))
-        return packets, lengths, arrival, truncated
+        sources = PyBytes_FromStringAndSize(<char *>srcs, kept * SOURCE_BYTES) \
+            if want_sources else None
+        return packets, lengths, arrival, truncated, sources
     finally:
         free(data); free(control); free(msgs); free(iov); free(lens); free(stamps)
+        free(names); free(srcs)
 
 
 def send_batch(int fd, const uint8_t[::1] packets not None, const int32_t[::1] lengths not None):

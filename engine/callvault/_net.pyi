@@ -3,11 +3,16 @@
 import numpy as np
 import numpy.typing as npt
 
+SOURCE_SIZE: int  # bytes per datagram in recv_batch_from's sources (address 16 + port 2)
+
 def now_us() -> int: ...
 def enable_timestamps(fd: int) -> None: ...
 def recv_batch(
     fd: int, max_packets: int = 256, max_size: int = 2048
 ) -> tuple[bytes, npt.NDArray[np.int32], npt.NDArray[np.int64], int]: ...
+def recv_batch_from(
+    fd: int, max_packets: int = 256, max_size: int = 2048
+) -> tuple[bytes, npt.NDArray[np.int32], npt.NDArray[np.int64], int, bytes]: ...
 def send_batch(
     fd: int, packets: bytes | bytearray | memoryview, lengths: npt.NDArray[np.int32]
 ) -> int: ...

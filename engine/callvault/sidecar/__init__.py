@@ -12,7 +12,9 @@ Modules, by role:
   and the control API's refusal (:class:`SidecarError`).
 - :mod:`~callvault.sidecar.receiver`: the receive thread (:class:`Receiver`): epoll
   over every call's sockets, recvmmsg with kernel arrival stamps, one batch per leg
-  every ``FLUSH_MS`` appended to the spool.
+  every ``FLUSH_MS`` appended to the spool; one call's failure stays that call's.
+- :mod:`~callvault.sidecar.latch`: what a leg accepts: the server's RTP checks
+  before anything is spooled, source latching and the re-latch rule.
 - :mod:`~callvault.sidecar.spool`: the per-call store-and-forward spool
   (docs/format.md section 9).
 - :mod:`~callvault.sidecar.forwarder`: the link to the server (:class:`Forwarder`),

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from callvault_client._pb import callvault_pb2 as pb
 
 from callvault.errors import CallvaultError
+from callvault.sidecar.latch import DEFAULT_EVENT_PT, SourceLatch
 from callvault.sidecar.spool import Spool
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ class SidecarError(CallvaultError):
 
 @dataclass
 class Leg:
+    """One leg: its UDP port and socket, the packets received since the last flush,
+    what the receive thread refused (docs/server.md, "What the sidecar accepts") and
+    its latched source. The counters count since the sidecar (re)started."""
+
     name: str
     index: int
     port: int
@@ -41,6 +46,11 @@ class Leg:
     pending: list[tuple[bytes, npt.NDArray[np.int32], npt.NDArray[np.int64]]] = field(
         default_factory=list
     )
+    invalid: int = 0  # refused by the sidecar's packet check: never spooled nor forwarded
+    foreign: int = 0  # valid, but from a source other than the latched one: dropped
+    relatches: int = 0  # times a new source (or a new SSRC) was latched
+    event_pts: frozenset[int] = frozenset({DEFAULT_EVENT_PT})  # RFC 4733 payload types
+    latch: SourceLatch = field(default_factory=SourceLatch)
 
 
 class Call:

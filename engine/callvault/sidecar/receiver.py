@@ -3,7 +3,16 @@
 ``FLUSH_MS`` (and at a call's stop) each leg's pending packets become one batch
 appended to the call's spool, then the call's forwarder is woken. Changes to the
 set of sockets run in this thread (submitted through an eventfd), so a stop never
-races a flush."""
+races a flush.
+
+Every datagram is checked before it is kept (callvault.sidecar.latch: the server's
+RTP checks, then the leg's latched source); what fails is counted on the leg
+(``Leg.invalid``, ``Leg.foreign``) and dropped, never spooled nor forwarded.
+
+One call's failure stays that call's: when reading or flushing a call raises (its
+spool closed or deleted, a full disk), the thread closes that call's sockets, hands
+the call and the exception to ``on_call_failed`` and carries on with every other
+call; it never dies of one call."""
 
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ from callvault import _net
 from callvault.media.batch import first_sample_bound
 from callvault.media.packets import PacketRun
 from callvault.sidecar.call import Call, Leg, SidecarError
+from callvault.sidecar.latch import describe_source
 from callvault.timeline import FRAME_MS
 
 log = logging.getLogger(__name__)
@@ -75,6 +85,7 @@ class Receiver(threading.Thread):
         self._on_call_failed = on_call_failed
         self.packets = 0
         self.flushes = 0
+        self.failed_calls = 0
 
     # -- requests run in this thread ----------------------------------------
 
@@ -87,25 +98,69 @@ class Receiver(threading.Thread):
         return fut
 
     def add(self, call: Call) -> None:
-        """(receive thread) Start receiving on the call's sockets."""
+        """(receive thread) Start receiving on the call's sockets (none watched if one
+        cannot be: the error goes to the requester)."""
         self._calls.append(call)
-        for leg in call.legs:
-            if leg.sock is not None:
-                self._fds[leg.sock.fileno()] = (call, leg)
-                self._epoll.register(leg.sock.fileno(), select.EPOLLIN)
+        try:
+            for leg in call.legs:
+                if leg.index < len(call.start.legs):
+                    declared = call.start.legs[leg.index].event_payload_types
+                    if declared:
+                        leg.event_pts = frozenset(int(pt) for pt in declared)
+                if leg.sock is not None:
+                    self._fds[leg.sock.fileno()] = (call, leg)
+                    self._epoll.register(leg.sock.fileno(), select.EPOLLIN)
+        except BaseException:
+            for leg in call.legs:
+                if leg.sock is not None and self._fds.pop(leg.sock.fileno(), None) is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        self._epoll.unregister(leg.sock.fileno())
+            self._calls.remove(call)
+            raise
 
     def stop_call(self, call: Call) -> None:
-        """(receive thread) Drain and close the call's sockets and flush what they held."""
-        for leg in call.legs:
-            if leg.sock is not None:
-                fd = leg.sock.fileno()
-                self._read(fd, call, leg, drain=True)
-                self._epoll.unregister(fd)
-                del self._fds[fd]
-                leg.sock.close()
-                leg.sock = None
-        self._flush(call)
+        """(receive thread) Drain and close the call's sockets and flush what they held.
+        If that fails, the call is failed (``on_call_failed``) and the error raised."""
+        if call not in self._calls:
+            return  # failed earlier: its sockets are closed already
+        try:
+            for leg in call.legs:
+                if leg.sock is not None:
+                    self._read(leg.sock.fileno(), call, leg, drain=True)
+            self._flush(call)
+        except Exception as e:
+            self._fail(call, e)
+            raise
+        self._close_sockets(call)
         self._calls.remove(call)
+
+    def _close_sockets(self, call: Call) -> None:
+        """Stop watching and close the call's sockets; what a candidate source held goes."""
+        for leg in call.legs:
+            leg.foreign += leg.latch.drop_candidate()
+            if leg.sock is None:
+                continue
+            fd = leg.sock.fileno()
+            if self._fds.pop(fd, None) is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._epoll.unregister(fd)
+            leg.sock.close()
+            leg.sock = None
+
+    def _fail(self, call: Call, exc: Exception) -> None:
+        """(receive thread) Reading or flushing ``call`` raised: close its sockets, drop
+        what it had pending, stop serving it and tell ``on_call_failed``."""
+        log.error("%s: receiving failed, the call stops here: %s", call.call_id, exc)
+        self.failed_calls += 1
+        self._close_sockets(call)
+        for leg in call.legs:
+            leg.pending = []
+        if call in self._calls:
+            self._calls.remove(call)
+        try:
+            self._on_call_failed(call, exc)
+        except Exception:  # the owner's bug must not take the other calls down
+            log.exception("%s: on_call_failed raised", call.call_id)
 
     # -- the loop ------------------------------------------------------------
 
@@ -121,39 +176,28 @@ class Receiver(threading.Thread):
                     call, leg = self._fds[fd]
                     try:
                         self._read(fd, call, leg, drain=False)
-                    except Exception as e:  # this call alone fails
+                    except Exception as e:
                         self._fail(call, e)
             now = time.monotonic()
             if now >= next_flush:
                 for call in list(self._calls):
                     try:
                         self._flush(call)
-                    except Exception as e:  # this call alone fails
+                    except Exception as e:
                         self._fail(call, e)
                 next_flush = max(next_flush + period, now)
         # SIGTERM: what the sockets hold goes to the spools; they are closed.
         for call in list(self._calls):
-            for leg in call.legs:
-                if leg.sock is not None:
-                    self._read(leg.sock.fileno(), call, leg, drain=True)
-                    leg.sock.close()
-                    leg.sock = None
-            self._flush(call)
+            try:
+                for leg in call.legs:
+                    if leg.sock is not None:
+                        self._read(leg.sock.fileno(), call, leg, drain=True)
+                self._flush(call)
+            except Exception as e:
+                self._fail(call, e)
+            else:
+                self._close_sockets(call)
         self._serve_requests()
-
-    def _fail(self, call: Call, exc: BaseException) -> None:
-        """Reading or flushing ``call`` raised: drop its sockets, tell the owner."""
-        for leg in call.legs:
-            if leg.sock is not None:
-                fd = leg.sock.fileno()
-                if self._fds.pop(fd, None) is not None:
-                    self._epoll.unregister(fd)
-                leg.sock.close()
-                leg.sock = None
-            leg.pending = []
-        if call in self._calls:
-            self._calls.remove(call)
-        self._on_call_failed(call, exc)
 
     def _serve_requests(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -174,7 +218,7 @@ class Receiver(threading.Thread):
     def _read(self, fd: int, call: Call, leg: Leg, *, drain: bool) -> None:
         for _ in range(1 << 30 if drain else 8):
             try:
-                packets, lengths, arrival, truncated = _net.recv_batch(
+                packets, lengths, arrival, truncated, sources = _net.recv_batch_from(
                     fd, RECV_PACKETS, RECV_MAX_SIZE
                 )
             except OSError as e:
@@ -182,10 +226,40 @@ class Receiver(threading.Thread):
                 return
             if truncated:
                 call.truncated += truncated
+                leg.invalid += truncated
             if len(lengths):
-                leg.pending.append((packets, lengths, arrival))
                 call.packets += len(lengths)
                 self.packets += len(lengths)
+                before = (leg.latch.source, leg.latch.ssrc)
+                got = leg.latch.filter(packets, lengths, arrival, sources, leg.event_pts)
+                if got.invalid and not leg.invalid:
+                    log.warning(
+                        "%s leg %s: refusing packets that are not valid RTP (counted in "
+                        "invalid_packets, not forwarded)",
+                        call.call_id,
+                        leg.name,
+                    )
+                if got.foreign and not leg.foreign:
+                    log.warning(
+                        "%s leg %s: dropping packets from sources other than %s (counted "
+                        "in foreign_packets)",
+                        call.call_id,
+                        leg.name,
+                        describe_source(leg.latch.source, leg.latch.ssrc),
+                    )
+                leg.invalid += got.invalid
+                leg.foreign += got.foreign
+                if got.relatches:
+                    leg.relatches += got.relatches
+                    log.warning(
+                        "%s leg %s: source changed from %s to %s",
+                        call.call_id,
+                        leg.name,
+                        describe_source(*before),
+                        describe_source(leg.latch.source, leg.latch.ssrc),
+                    )
+                if got.chunk is not None:
+                    leg.pending.append(got.chunk)
             if len(lengths) < RECV_PACKETS:
                 return
 
