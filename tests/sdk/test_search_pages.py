@@ -292,3 +292,26 @@ def test_leg_summary_reads_gap_reasons_and_unsupported_codec() -> None:
     # a summary sealed before gaps had a reason: they were losses
     old = leg_summary({"gaps": [{"start_frame": 1, "frames": 1}]})
     assert old.gaps[0].reason == pb.GAP_REASON_LOST
+
+
+def test_call_state_enum_for_open_and_erased_calls(client: Client) -> None:
+    """The enum follows the state string through a call's life (tenant t2, last:
+    it changes the tenant's calls)."""
+    start = T0 + 20 * MIN
+    pcm = sample.dialogue(0.4, seed=5)[0]
+    plan = sample.LegPlan(law=PT_PCMU, ssrc=9)
+    packets = [
+        (round(at * 1e6), 0, p) for at, p in sample.rtp_packets(pcm, plan, t0=start / 1e6, seed=2)
+    ]
+    rec = client.record("p-open", ("agent",), tenant="t2", start_us=start)
+    remote.send_call(rec, packets, 1)
+    assert rec.acks.wait(0, timeout=60)  # the first batch is durable: the call exists
+    info = client.get_call("p-open", tenant="t2")
+    assert (info.state, info.call_state) == ("open", pb.CALL_STATE_OPEN)
+    rec.end(timeout=60)
+    assert client.get_call("p-open", tenant="t2").call_state == pb.CALL_STATE_SEALED
+    client.erase("p-a", "test", tenant="t2")
+    info = client.get_call("p-a", tenant="t2")
+    assert (info.state, info.call_state) == ("erased", pb.CALL_STATE_ERASED)
+    states = {c.call_id: c.call_state for c in client.search_all(tenant="t2")}
+    assert states["p-a"] == pb.CALL_STATE_ERASED and states["p-b"] == pb.CALL_STATE_SEALED
