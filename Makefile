@@ -28,6 +28,8 @@ sysdeps:
 
 # The SDK (clients/python, callvault-client) first: the server imports its
 # generated stubs. Both editable, so `make build` regenerates in place.
+# grpcio-tools is build time only (the stubs): here and in the dev extra,
+# never a runtime dependency of either package.
 $(VENV)/.installed: pyproject.toml setup.py clients/python/pyproject.toml | sysdeps
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel grpcio-tools

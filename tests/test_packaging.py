@@ -89,3 +89,31 @@ def test_wheel_serves_and_answers_ls(wheel_venv: Path, served: Proc, tmp_path: P
     assert p.returncode == 0, p.stderr
     calls = json.loads(p.stdout)
     assert [c["call_id"] for c in calls] == ["w1"]
+
+
+def test_build_tools_and_scipy_are_not_runtime_dependencies(
+    wheel_venv: Path, tmp_path: Path
+) -> None:
+    """grpcio-tools only generates the stubs at build time, and scipy gave way to soxr
+    for the WAV resampler: installing the wheels pulls in neither, and a 44.1 kHz
+    WAV is still read as 8 kHz."""
+    script = (
+        "import importlib.util, json, wave, numpy as np\n"
+        "from callvault.media import wav\n"
+        "with wave.open('in.wav', 'wb') as w:\n"
+        "    w.setnchannels(1); w.setsampwidth(2); w.setframerate(44100)\n"
+        "    t = np.arange(44100) / 44100\n"
+        "    w.writeframes((8000 * np.sin(2 * np.pi * 440 * t)).astype('<i2').tobytes())\n"
+        "pcm = wav.read_mono('in.wav')\n"
+        "peak = int(np.argmax(np.abs(np.fft.rfft(pcm.astype(float)))))\n"
+        "print(json.dumps({'n': len(pcm), 'peak_hz': peak * 8000 / len(pcm),\n"
+        "    'found': [m for m in ('grpc_tools', 'scipy') if importlib.util.find_spec(m)]}))\n"
+    )
+    p = subprocess.run(
+        [str(wheel_venv / "bin" / "python"), "-c", script],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_clean_env(),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["found"] == []
+    assert out["n"] == 8000 and abs(out["peak_hz"] - 440) < 2

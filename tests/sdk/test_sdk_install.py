@@ -4,6 +4,7 @@ protobuf pulled by pip, no numpy, no Cython, no callvault) talks to a real serve
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,9 +22,17 @@ pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
+
+def _clean_env() -> dict[str, str]:
+    """The environment without PYTHONPATH: the fresh venv must use what it installed,
+    not the repository's sources a developer's PYTHONPATH points at."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
 SCRIPT = r"""
 import json, struct, sys
-from callvault_client import Client, errors
+from datetime import datetime, timezone
+from callvault_client import Client, errors, pb
 
 address, out = sys.argv[1], sys.argv[2]
 with Client(address) as c:
@@ -44,8 +53,11 @@ with Client(address) as c:
                  [1_800_000_000_000_000 + 20_000 * (i + 1) for i in range(50)])
     sealed = rec.end(timeout=120)
     verified = [r.ok for r in c.verify(["fresh-1"])]
+    since = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    newest = [(i.call_id, pb.CallState.Name(i.call_state))
+              for i in c.search_all(since=since, order="newest", page_size=1)]
 print(json.dumps({"calls": stats.calls, "ann": calls, "size": size, "not_found": not_found,
-                  "frames": sealed.frames, "verified": verified,
+                  "frames": sealed.frames, "verified": verified, "newest": newest,
                   "modules": sorted(m for m in ("numpy", "Cython", "callvault")
                                     if m in sys.modules)}))
 """
@@ -79,6 +91,7 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         text=True,
         timeout=600,
+        env=_clean_env(),
     )
     assert p.returncode == 0, p.stderr
     return venv
@@ -108,6 +121,7 @@ def test_fresh_venv_has_only_grpcio_and_protobuf(fresh_venv: Path) -> None:
         text=True,
         check=True,
         timeout=60,
+        env=_clean_env(),
     )
     assert json.loads(p.stdout) == ["grpc", "google.protobuf", "callvault_client"]
 
@@ -122,11 +136,14 @@ def test_fresh_venv_client_against_real_server(
         text=True,
         timeout=300,
         cwd=tmp_path,
+        env=_clean_env(),
     )
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert r["calls"] == 1 and r["ann"] == ["c1"] and r["not_found"]
     assert r["size"] == out.stat().st_size and r["modules"] == []
     assert r["frames"] == 50 and r["verified"] == [True]
+    # pages of one call, newest first: fresh-1 (2027) before c1 (the demo capture's date)
+    assert r["newest"] == [["fresh-1", "CALL_STATE_SEALED"], ["c1", "CALL_STATE_SEALED"]]
     ogg = OggOpusReader(out)
     assert ogg.channels == 2 and 2.9 < ogg.duration < 3.1

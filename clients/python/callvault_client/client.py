@@ -10,6 +10,7 @@ given, because a Play that follows a live call runs as long as the call. See
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import tempfile
@@ -33,6 +34,49 @@ ChunkCallback = Callable[[pb.FileChunk], None]
 _META_FIELDS = ("direction", "agent", "skill_group", "customer_number")
 _PLAY_FORMATS = {"opus": pb.OPUS, "pcm": pb.PCM}
 _EXPORT_FORMATS = {"ogg": pb.OGG, "wav": pb.WAV}
+_ORDERS = {"oldest": pb.SEARCH_ORDER_OLDEST_FIRST, "newest": pb.SEARCH_ORDER_NEWEST_FIRST}
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # noqa: UP017 (the SDK runs on 3.10)
+
+Instant = dt.datetime | int
+"""An instant for search bounds: an aware datetime, or µs since the Unix epoch."""
+
+
+def to_us(value: Instant, what: str = "instant") -> int:
+    """µs since the Unix epoch of an aware datetime (exactly), or an int as it is.
+
+    A naive datetime is refused: it names no instant (local time? UTC?), and a
+    search off by the machine's UTC offset would silently miss calls."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"{what} {value.isoformat()} is a naive datetime: give it a time zone, "
+                "e.g. datetime(..., tzinfo=timezone.utc) or .astimezone()"
+            )
+        return (value - _EPOCH) // dt.timedelta(microseconds=1)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{what} must be an aware datetime or an int of µs since the epoch, "
+            f"not {type(value).__name__}"
+        )
+    return value
+
+
+def _bound(value: Instant | None, us: int, name: str) -> int:
+    """since/until (datetime or µs) or the older since_us/until_us keyword; not both."""
+    if value is None:
+        return us
+    if us:
+        raise ValueError(f"give {name} or {name}_us, not both")
+    return to_us(value, name)
+
+
+def _order(value: str | int) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return _ORDERS[value.lower().removesuffix("_first").removesuffix("-first")]
+    except KeyError:
+        raise ValueError(f"order {value!r}: expected one of {', '.join(_ORDERS)}") from None
 
 
 def make_meta(meta: MetaArg) -> pb.CallMeta:
@@ -183,24 +227,62 @@ class Client(_Base):
         )
 
     # -- Archive ------------------------------------------------------------------
+    def _search_request(
+        self,
+        *,
+        tenant: str,
+        since: Instant | None,
+        until: Instant | None,
+        since_us: int,
+        until_us: int,
+        agent: str,
+        skill_group: str,
+        direction: str,
+        tag: str,
+        min_duration_ms: int,
+        max_duration_ms: int,
+        order: str | int,
+    ) -> pb.SearchRequest:
+        return pb.SearchRequest(
+            tenant=tenant,
+            since_us=_bound(since, since_us, "since"),
+            until_us=_bound(until, until_us, "until"),
+            agent=agent,
+            skill_group=skill_group,
+            direction=direction,
+            tag=tag,
+            min_duration_ms=min_duration_ms,
+            max_duration_ms=max_duration_ms,
+            order=_order(order),  # type: ignore[arg-type]
+        )
+
     def search(
         self,
         *,
         tenant: str = "",
-        since_us: int = 0,
-        until_us: int = 0,
+        since: Instant | None = None,
+        until: Instant | None = None,
         agent: str = "",
         skill_group: str = "",
         direction: str = "",
         tag: str = "",
         min_duration_ms: int = 0,
         max_duration_ms: int = 0,
+        order: str | int = "oldest",
         limit: int = 0,
+        since_us: int = 0,
+        until_us: int = 0,
         timeout: Timeout = None,
     ) -> Iterator[pb.CallInfo]:
-        """Calls starting in [since_us, until_us) matching every filter given, newest last."""
-        req = pb.SearchRequest(
+        """Calls starting in [since, until) matching every filter given, as one stream
+        (at most ``limit``; 0: all). ``since``/``until`` are aware datetimes or µs
+        since the epoch (``since_us``/``until_us`` are the older spelling);
+        ``order`` "oldest" (first, the default) or "newest". For pages use
+        :meth:`search_page` or :meth:`search_all`."""
+        req = self._search_request(
             tenant=tenant,
+            since=since,
+            until=until,
             since_us=since_us,
             until_us=until_us,
             agent=agent,
@@ -209,11 +291,100 @@ class Client(_Base):
             tag=tag,
             min_duration_ms=min_duration_ms,
             max_duration_ms=max_duration_ms,
-            limit=limit,
+            order=order,
         )
+        req.limit = limit
         return self._rpc.stream(
             _ARCHIVE + "Search", req, pb.CallInfo, idempotent=True, timeout=timeout
         )
+
+    def search_page(
+        self,
+        *,
+        tenant: str = "",
+        since: Instant | None = None,
+        until: Instant | None = None,
+        agent: str = "",
+        skill_group: str = "",
+        direction: str = "",
+        tag: str = "",
+        min_duration_ms: int = 0,
+        max_duration_ms: int = 0,
+        order: str | int = "oldest",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: Timeout = DEFAULT,
+    ) -> pb.SearchCallsReply:
+        """One page of a search (Archive.SearchCalls): at most ``page_size`` calls
+        (0: the server's default, 100; at most 1000) and ``next_page_token``,
+        empty on the last page. Pass it back as ``page_token`` with the same
+        filters and order to get the next page; calls recorded meanwhile do not
+        shift the pages. Arguments as :meth:`search`."""
+        req = self._search_request(
+            tenant=tenant,
+            since=since,
+            until=until,
+            since_us=0,
+            until_us=0,
+            agent=agent,
+            skill_group=skill_group,
+            direction=direction,
+            tag=tag,
+            min_duration_ms=min_duration_ms,
+            max_duration_ms=max_duration_ms,
+            order=order,
+        )
+        req.page_size = page_size
+        req.page_token = page_token
+        return self._rpc.unary(
+            _ARCHIVE + "SearchCalls", req, pb.SearchCallsReply, idempotent=True, timeout=timeout
+        )
+
+    def search_all(
+        self,
+        *,
+        tenant: str = "",
+        since: Instant | None = None,
+        until: Instant | None = None,
+        agent: str = "",
+        skill_group: str = "",
+        direction: str = "",
+        tag: str = "",
+        min_duration_ms: int = 0,
+        max_duration_ms: int = 0,
+        order: str | int = "oldest",
+        page_size: int = 0,
+        timeout: Timeout = DEFAULT,
+    ) -> Iterator[pb.CallInfo]:
+        """Every call of a search, fetched page by page as the iterator is consumed
+        (one :meth:`search_page` request per page, each with its own deadline and
+        retries), so a long result never holds one stream open. Arguments are
+        checked at once (a naive datetime raises here, not at the first page)."""
+        kw: dict[str, Any] = dict(
+            tenant=tenant,
+            since=None if since is None else to_us(since, "since"),
+            until=None if until is None else to_us(until, "until"),
+            agent=agent,
+            skill_group=skill_group,
+            direction=direction,
+            tag=tag,
+            min_duration_ms=min_duration_ms,
+            max_duration_ms=max_duration_ms,
+            order=_order(order),
+            page_size=page_size,
+            timeout=timeout,
+        )
+
+        def pages() -> Iterator[pb.CallInfo]:
+            token = ""
+            while True:
+                page = self.search_page(page_token=token, **kw)
+                yield from page.calls
+                token = page.next_page_token
+                if not token:
+                    return
+
+        return pages()
 
     def get_call(
         self,

@@ -109,14 +109,16 @@ class RemoteBackend:
         skill_group: str | None,
         tag: str | None,
     ) -> Sequence[CallFields]:
+        # pages (Archive.SearchCalls): each a unary call with a deadline and retries
         return list(
-            self.client.search(
+            self.client.search_all(
                 tenant=tenant,
-                since_us=since_us,
-                until_us=until_us or 0,  # 0: no bound
+                since=since_us,
+                until=until_us or 0,  # 0: no bound
                 agent=agent or "",
                 skill_group=skill_group or "",
                 tag=tag or "",
+                page_size=1000,
             )
         )
 

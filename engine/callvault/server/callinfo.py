@@ -7,12 +7,26 @@ No grpc here: the command line on a local vault imports it without a server.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
+import struct
+from collections.abc import Mapping
+from typing import Any
 
 from callvault_client._pb import callvault_pb2 as pb
 
+from callvault.errors import InputError
 from callvault.store.index import CallEntry
 from callvault.vault import Vault
+
+CALL_STATES = {
+    "open": pb.CALL_STATE_OPEN,
+    "sealed": pb.CALL_STATE_SEALED,
+    "erased": pb.CALL_STATE_ERASED,
+}
+GAP_REASONS = {"lost": pb.GAP_REASON_LOST, "unsupported_codec": pb.GAP_REASON_UNSUPPORTED_CODEC}
 
 
 def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
@@ -23,6 +37,7 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
         tenant=e.tenant,
         call_id=e.call_id,
         state=e.state,
+        call_state=CALL_STATES.get(e.state, pb.CALL_STATE_UNSPECIFIED),
         start_us=e.start_us,
         end_us=e.end_us,
         direction=e.direction,
@@ -49,7 +64,152 @@ def call_detail(
     and, unless the call is erased, its customer number (decrypted)."""
     info = call_info(e, frames)
     if summary and e.state == "sealed":
-        info.summary_json = json.dumps(vault.summary(e.call_id, tenant=e.tenant), sort_keys=True)
+        doc = vault.summary(e.call_id, tenant=e.tenant)
+        info.summary_json = json.dumps(doc, sort_keys=True)
+        info.leg_summaries.extend(leg_summary(leg) for leg in doc.get("legs", []))
     if customer_number and e.state != "erased":
         info.customer_number = vault.customer_number(e.call_id, tenant=e.tenant)
     return info
+
+
+def _uint(value: Any) -> int:
+    """A counter of the summary as an unsigned wire value (absent or null: 0)."""
+    return max(int(value or 0), 0)
+
+
+def leg_summary(leg: Mapping[str, Any]) -> pb.LegSummary:
+    """One leg of the sealed summary (docs/format.md 8.6) as the typed message.
+
+    Keys a summary sealed by an older build lacks read as zero/empty; a gap with
+    no "reason" predates the field and was a loss."""
+    gaps = [
+        pb.LegSummary.Gap(
+            start_frame=_uint(g.get("start_frame")),
+            frames=_uint(g.get("frames")),
+            reason=GAP_REASONS.get(g.get("reason", "lost"), pb.GAP_REASON_UNSPECIFIED),
+            payload_type=_uint(g.get("payload_type")),
+        )
+        for g in leg.get("gaps", [])
+    ]
+
+    def events(items: list[Mapping[str, Any]]) -> list[pb.LegSummary.DtmfEvent]:
+        return [
+            pb.LegSummary.DtmfEvent(
+                digit=str(d.get("digit", "")),
+                start_ms=int(d.get("start_ms") or 0),
+                duration_ms=_uint(d.get("duration_ms")),
+                source=str(d.get("source", "")),
+                volume_dbm0=int(d.get("volume_dbm0") or 0),
+                masked=bool(d.get("masked", False)),
+            )
+            for d in items
+        ]
+
+    level = leg.get("level") or {}
+    rms = level.get("rms_dbfs")
+    unsupported = leg.get("unsupported_codec") or {}
+    return pb.LegSummary(
+        leg=str(leg.get("leg", "")),
+        source=str(leg.get("source", "")),
+        frames=_uint(leg.get("frames")),
+        seconds=float(leg.get("seconds") or 0.0),
+        lost=_uint(leg.get("lost")),
+        late=_uint(leg.get("late")),
+        duplicates=_uint(leg.get("duplicates")),
+        malformed=_uint(leg.get("malformed")),
+        gaps=gaps,
+        telephone_events=events(leg.get("telephone_events", [])),
+        dtmf=events(leg.get("dtmf", [])),
+        voice_frames=_uint(leg.get("voice_frames")),
+        level=pb.LegSummary.Level(
+            rms_dbfs=None if rms is None else float(rms),
+            peak=_uint(level.get("peak")),
+            clipped=_uint(level.get("clipped")),
+        ),
+        bytes=_uint(leg.get("bytes")),
+        rtp={str(k): _uint(v) for k, v in (leg.get("rtp") or {}).items() if isinstance(v, int)},
+        unsupported_codec=pb.LegSummary.UnsupportedCodec(
+            frames=_uint(unsupported.get("frames")),
+            packets=_uint(unsupported.get("packets")),
+            payload_types=[_uint(t) for t in unsupported.get("payload_types", [])],
+        ),
+    )
+
+
+# -- search pages (Archive.SearchCalls) -----------------------------------------------
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+_TOKEN_VERSION = 1
+_TOKEN_HEAD = struct.Struct(">BB16sQ")  # version, order, filter digest, start_us
+MAX_TOKEN_CHARS = 2048  # a token is about 60 characters plus the call id's
+
+
+def page_size(requested: int) -> int:
+    """AIP-158: 0 means the default, above the maximum means the maximum."""
+    return DEFAULT_PAGE_SIZE if requested == 0 else min(requested, MAX_PAGE_SIZE)
+
+
+def newest_first(r: pb.SearchRequest) -> bool:
+    if r.order not in (
+        pb.SEARCH_ORDER_UNSPECIFIED,
+        pb.SEARCH_ORDER_OLDEST_FIRST,
+        pb.SEARCH_ORDER_NEWEST_FIRST,
+    ):
+        raise InputError(
+            f"order {r.order} is not a SearchOrder: expected SEARCH_ORDER_OLDEST_FIRST "
+            "or SEARCH_ORDER_NEWEST_FIRST"
+        )
+    return r.order == pb.SEARCH_ORDER_NEWEST_FIRST
+
+
+def _filters_digest(r: pb.SearchRequest) -> bytes:
+    """What a page token is bound to: every field of the request but the paging ones."""
+    key = [
+        r.tenant or "default",
+        r.since_us,
+        r.until_us,
+        r.agent,
+        r.skill_group,
+        r.direction,
+        r.tag,
+        r.min_duration_ms,
+        r.max_duration_ms,
+        int(newest_first(r)),
+    ]
+    return hashlib.sha256(json.dumps(key).encode()).digest()[:16]
+
+
+def page_token(r: pb.SearchRequest, last: CallEntry) -> str:
+    """The token of the page after ``last`` (the last call of this page)."""
+    raw = (
+        _TOKEN_HEAD.pack(_TOKEN_VERSION, int(newest_first(r)), _filters_digest(r), last.start_us)
+        + last.call_id.encode()
+    )
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def page_cursor(r: pb.SearchRequest) -> tuple[int, str] | None:
+    """The (start_us, call_id) a request's page_token resumes after (None: the first
+    page); InputError when the token is not one this server gave for these filters."""
+    token = r.page_token
+    if not token:
+        return None
+    bad = "page_token is not a next_page_token this server returned"
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InputError(f"{bad} (it is {len(token)} characters long)")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        version, order, digest, start_us = _TOKEN_HEAD.unpack_from(raw)
+        call_id = raw[_TOKEN_HEAD.size :].decode()
+    except (binascii.Error, ValueError, struct.error, UnicodeDecodeError):
+        raise InputError(f"{bad} (it does not decode)") from None
+    if version != _TOKEN_VERSION or not call_id or "\x00" in call_id:
+        raise InputError(f"{bad} (unknown version or no call id)")
+    if order != int(newest_first(r)) or digest != _filters_digest(r):
+        raise InputError(
+            "page_token belongs to a search with other filters or another order: "
+            "repeat the first request's filters and order (only page_size may change), "
+            "or start again without a page_token"
+        )
+    return start_us, call_id

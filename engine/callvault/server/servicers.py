@@ -21,7 +21,7 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
-from callvault.server import playback
+from callvault.server import callinfo, playback
 from callvault.server.callinfo import call_detail, call_info
 from callvault.server.ingest import (
     Batch,
@@ -212,13 +212,15 @@ class ArchiveServicer(pbg.ArchiveServicer):
     def _frames(self, e: CallEntry) -> int:
         return playback.durable_frames(self.vault, self.ingestor, e.call_id, tenant=e.tenant)
 
-    @streaming
-    def Search(self, r: pb.SearchRequest, context: grpc.ServicerContext) -> Iterator[pb.CallInfo]:
+    def _search(
+        self, r: pb.SearchRequest, *, limit: int, after: tuple[int, str] | None
+    ) -> list[CallEntry]:
+        """The calls of a SearchRequest's filters, in its order, past ``after``."""
         if r.until_us and r.until_us <= r.since_us:
             raise InputError(f"until_us {r.until_us} is not after since_us {r.since_us}")
         if r.max_duration_ms and r.max_duration_ms < r.min_duration_ms:
             raise InputError("max_duration_ms is below min_duration_ms")
-        calls = self.vault.list_calls(
+        return self.vault.list_calls(
             tenant=r.tenant or "default",
             since_us=r.since_us,
             until_us=r.until_us or 2**63 - 1,
@@ -228,10 +230,35 @@ class ArchiveServicer(pbg.ArchiveServicer):
             direction=r.direction or None,
             min_duration_us=r.min_duration_ms * 1000,
             max_duration_us=r.max_duration_ms * 1000 if r.max_duration_ms else None,
-            limit=r.limit,
+            limit=limit,
+            reverse=callinfo.newest_first(r),
+            after=after,
         )
-        for e in calls:
+
+    @streaming
+    def Search(self, r: pb.SearchRequest, context: grpc.ServicerContext) -> Iterator[pb.CallInfo]:
+        if r.page_size or r.page_token:
+            raise InputError(
+                "Search streams every match and takes no page_size or page_token: "
+                "use SearchCalls for pages (or limit to cap the stream)"
+            )
+        for e in self._search(r, limit=r.limit, after=None):
             yield call_info(e, self._frames(e))
+
+    @unary
+    def SearchCalls(
+        self, r: pb.SearchRequest, context: grpc.ServicerContext
+    ) -> pb.SearchCallsReply:
+        if r.limit:
+            raise InputError("SearchCalls pages with page_size; limit is for Search only")
+        size = callinfo.page_size(r.page_size)
+        # one more than a page tells whether there is a next page
+        calls = self._search(r, limit=size + 1, after=callinfo.page_cursor(r))
+        page = calls[:size]
+        token = callinfo.page_token(r, page[-1]) if len(calls) > size else ""
+        return pb.SearchCallsReply(
+            calls=[call_info(e, self._frames(e)) for e in page], next_page_token=token
+        )
 
     @unary
     def GetCall(self, r: pb.GetCallRequest, context: grpc.ServicerContext) -> pb.CallInfo:

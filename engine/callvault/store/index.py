@@ -264,10 +264,14 @@ class Index:
         agent: str | None = None,
         skill_group: str | None = None,
         tag: str | None = None,
+        reverse: bool = False,
+        after: tuple[int, str] | None = None,
     ) -> Iterator[CallEntry]:
         """Calls of a tenant started in [since_us, until_us), by one posting list
         (the most selective given: tag, agent, skill group, else time), the other
-        conditions checked on the entries; in start order."""
+        conditions checked on the entries; in (start, call id) order, or the
+        reverse. ``after`` = (start_us, call_id) resumes past that call in the
+        order of the walk (a page cursor: calls added since keep their place)."""
         if tag is not None:
             cf, mid = "tag", _s(tag, "tag")
         elif agent is not None:
@@ -277,19 +281,33 @@ class Index:
         else:
             cf, mid = "time", b""
         prefix = _s(tenant, "tenant") + mid
+        since = max(since_us, 0)
+        until = min(until_us, 2**64 - 1)
+        cursor = None if after is None else prefix + U64.pack(after[0]) + _s(after[1], "call id")
         it = self._views[cf].iter()
-        it.seek(prefix + U64.pack(max(since_us, 0)))
+        if not reverse:
+            first = prefix + U64.pack(since)
+            # cursor + 00 is the least key greater than the cursor
+            it.seek(first if cursor is None else max(first, cursor + b"\x00"))
+        else:
+            last = prefix + U64.pack(until)  # no key equals it (a call id follows)
+            it.seek_for_prev(last if cursor is None else min(last, cursor))
+            if it.valid() and it.key() == cursor:
+                it.prev()
         while it.valid():
             key = it.key()
             if not key.startswith(prefix):
                 break
             start = U64.unpack(key[len(prefix) : len(prefix) + 8])[0]
-            if start >= until_us:
+            if start >= until_us if not reverse else start < since:
                 break
             call_id = key[len(prefix) + 8 : -1].decode()
             entry = self.get_call(tenant, call_id)
-            it.next()
-            if entry is None:
+            if reverse:
+                it.prev()
+            else:
+                it.next()
+            if entry is None or (reverse and start >= until_us):
                 continue
             if agent is not None and entry.agent != agent:
                 continue

@@ -80,10 +80,14 @@ class Reading(VaultState):
         min_duration_us: int = 0,
         max_duration_us: int | None = None,
         limit: int = 0,
+        reverse: bool = False,
+        after: tuple[int, str] | None = None,
     ) -> list[CallEntry]:
         """Calls started in [since_us, until_us) matching every filter given, in start
-        order. Duration bounds apply to ended calls; an open call (no end yet) only
-        matches when neither bound is given."""
+        order (then call id; ``reverse``: newest first). Duration bounds apply to
+        ended calls; an open call (no end yet) only matches when neither bound is
+        given. ``after`` = (start_us, call_id): only calls past that one in this
+        order (a page cursor)."""
         out: list[CallEntry] = []
         for e in self.index.search(
             tenant,
@@ -92,6 +96,8 @@ class Reading(VaultState):
             agent=agent,
             skill_group=skill_group,
             tag=tag,
+            reverse=reverse,
+            after=after,
         ):
             if direction is not None and e.direction != direction:
                 continue
