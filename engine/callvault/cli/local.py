@@ -24,7 +24,9 @@ def connect(args: argparse.Namespace) -> Iterator[LocalBackend]:
 
     if not args.data:
         raise CallvaultError(f"{args.command} needs --data DIR (the vault's data directory)")
-    with Vault.open(args.data, key_file=args.key_file) as v:
+    # reindex rebuilds the index without opening it (it may be damaged)
+    rebuild = args.command == "reindex"
+    with Vault.open(args.data, key_file=args.key_file, rebuild_index=rebuild) as v:
         yield LocalBackend(v)
 
 
@@ -116,7 +118,9 @@ class LocalBackend:
         self.vault.erase(call_id, reason=reason, tenant=tenant)
 
     def reindex(self, progress: Callable[[int], None]) -> int:
-        return self.vault.reindex(progress=progress)
+        # connect() opened the vault with rebuild_index=True: the index was rebuilt
+        progress(self.vault.report.reindexed)
+        return self.vault.report.reindexed
 
     def rotate_key(self) -> tuple[int, int]:
         return self.vault.rotate_key()

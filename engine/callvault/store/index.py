@@ -11,13 +11,16 @@ alone (`callvault --data DIR reindex`).
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rocksdict import DBCompressionType, Options, Rdict, WriteBatch
+from rocksdict import AccessType, DBCompressionType, Options, Rdict, WriteBatch
+
+from callvault.errors import CallvaultError
 
 # 2: the call entry's vault-internal values are fields (docs/format.md 8.4); a
 # version 1 index is read (its entries migrate on load) and marked 2 on open, so
@@ -28,6 +31,35 @@ CFS = ("calls", "records", "time", "agent", "skill", "tag")
 RECORD = struct.Struct(">BBHIQQI")  # leg, type, frames, first frame, segment, offset, length
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
+
+# RocksDB's own info log (DATA/index/LOG): it is rolled to LOG.old.<time> on every
+# open, so without a bound each command run leaves one more file. RocksDB keeps at
+# most LOG_FILES of them (the live one included), each at most LOG_FILE_BYTES.
+LOG_FILES = 3
+LOG_FILE_BYTES = 1 << 20
+
+
+class IndexUnreadable(CallvaultError):
+    """The index cannot be opened (damaged, missing files, or not readable): the
+    message says what RocksDB found and how to rebuild it from the segments."""
+
+
+def _rocksdb_reason(e: BaseException) -> str:
+    # RocksDB's messages repeat their kind ("Corruption: Corruption: ...") and can run
+    # over several lines: the first line, once
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return re.sub(r"^(\w[\w ]*: )\1+", r"\1", text)
+
+
+def index_options() -> Options:
+    """The RocksDB options of every index (read-write or read-only)."""
+    opt = Options(raw_mode=True)
+    opt.create_if_missing(True)
+    opt.create_missing_column_families(True)
+    opt.set_compression_type(DBCompressionType.lz4())
+    opt.set_keep_log_file_num(LOG_FILES)
+    opt.set_max_log_file_size(LOG_FILE_BYTES)
+    return opt
 
 
 def _s(value: str, what: str) -> bytes:
@@ -176,22 +208,53 @@ class Batch:
 class Index:
     """The RocksDB index of one vault (DATA/index)."""
 
-    def __init__(self, path: str | Path) -> None:
-        opt = Options(raw_mode=True)
-        opt.create_if_missing(True)
-        opt.create_missing_column_families(True)
-        opt.set_compression_type(DBCompressionType.lz4())
-        self._db = Rdict(str(path), opt, column_families=dict.fromkeys(CFS, opt))
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """Open the index in ``path`` (created when absent, unless ``read_only``).
+
+        ``read_only`` opens it as RocksDB's read-only instance: no lock, no log, no
+        write to the directory, so it works while another process writes the index
+        and on a full disk; it sees the index as it was when opened. A damaged index
+        (a missing or truncated table file, a bad manifest) raises IndexUnreadable
+        with the command that rebuilds it."""
+        self.path = Path(path)
+        self.read_only = read_only
+        data = self.path.parent
+        if read_only and not (self.path / "CURRENT").exists():
+            raise IndexUnreadable(
+                f"the index {self.path} is missing: rebuild it from the segments with "
+                f"`callvault --data {data} reindex`"
+            )
+        opt = index_options()
+        try:
+            self._db = Rdict(
+                str(self.path),
+                opt,
+                column_families=dict.fromkeys(CFS, opt),
+                access_type=AccessType.read_only() if read_only else AccessType.read_write(),
+            )
+        except Exception as e:  # rocksdict raises a bare Exception with RocksDB's status
+            reason = _rocksdb_reason(e)
+            if "lock" in reason.lower() and "Corruption" not in reason:
+                raise IndexUnreadable(
+                    f"the index {self.path} cannot be opened: {reason} "
+                    "(is another callvault process using this data directory?)"
+                ) from None
+            raise IndexUnreadable(
+                f"the index {self.path} is damaged ({reason}); the segments hold every "
+                f"call: rebuild the index from them with `callvault --data {data} reindex` "
+                "(the damaged index is kept aside as index.backup-<time>)"
+            ) from None
         self._cfs = {name: self._db.get_column_family_handle(name) for name in CFS}
         self._views = {name: self._db.get_column_family(name) for name in CFS}
         raw = self._db.get(b"meta/format")
         version = None if raw is None else U32.unpack(raw)[0]
         if version is not None and version not in READABLE_VERSIONS:
+            self.close()
             raise ValueError(
                 f"index format {version} is not {FORMAT_VERSION}: "
                 "rebuild it with `callvault --data DIR reindex`"
             )
-        if version != FORMAT_VERSION:
+        if version != FORMAT_VERSION and not read_only:
             self._db.put(b"meta/format", U32.pack(FORMAT_VERSION))
 
     def cf(self, name: str) -> Any:
@@ -201,7 +264,13 @@ class Index:
         return Batch(self)
 
     def write(self, batch: Batch) -> None:
+        if self.read_only:
+            raise IndexUnreadable(f"the index {self.path} is open read-only")
         self._db.write(batch._wb)
+
+    def sync(self) -> None:
+        """Make every write so far durable (RocksDB's write-ahead log, fsynced)."""
+        self._db.flush_wal(True)
 
     def close(self) -> None:
         # the column-family views hold the database open: drop them first

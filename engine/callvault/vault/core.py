@@ -35,7 +35,7 @@ from callvault.store import crypto
 from callvault.store import records as rec
 from callvault.store.fs import REAL_FS, FileSystem
 from callvault.store.index import CallEntry, Index
-from callvault.store.segment import RecordRef, SegmentReader, SegmentWriter
+from callvault.store.segment import RecordRef, SegmentReader, SegmentWriter, recover
 from callvault.timeline import (
     FRAME_MS,
     FRAMES_PER_RECORD,
@@ -51,8 +51,8 @@ from callvault.vault.common import (
     now_us,
 )
 from callvault.vault.export import Export
-from callvault.vault.keys import CallKeys
-from callvault.vault.recovery import Indexing
+from callvault.vault.keys import CallKeys, has_vault_data, open_key_file
+from callvault.vault.recovery import Indexing, settle_index_swap
 from callvault.vault.verify import Verification
 
 
@@ -185,42 +185,64 @@ class Vault(Export, Verification, Indexing):
         segment_bytes: int,
         origin: str,
         fs: FileSystem = REAL_FS,
+        create: bool = True,
+        read_only: bool = False,
+        rebuild_index: bool = False,
     ) -> None:
         self.path = path
         self.origin = origin
-        for sub in ("segments", "keys/calls", "log"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
-        # one process per data directory: the segment writer has no lock of its own
-        self._lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise VaultError(
-                f"{path} is open in another process (callvault serve or "
-                "another command); stop it first"
-            ) from None
+        self.read_only = read_only
         self.fs = fs
+        self._lock_fd = -1
+        self._lock = threading.RLock()
+        self._log_lock = threading.RLock()
+        self._open = {}
+        self.report = OpenReport()
+        fresh = not has_vault_data(path)
+        if fresh and (read_only or not create):
+            raise VaultError(f"no vault at {path}")
+        if read_only and rebuild_index:
+            raise ValueError("a read-only vault cannot rebuild its index")
+        if not read_only:
+            for sub in ("segments", "keys/calls", "log"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
+            # one process per data directory: the segment writer has no lock of its own
+            self._lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._lock_fd)
+                raise VaultError(
+                    f"{path} is open in another process (callvault serve or "
+                    "another command); stop it first, or use its --server address"
+                ) from None
         try:
-            self.keys = crypto.KeyFile.open(key_file)
+            self.keys = open_key_file(path, key_file, fresh=fresh, read_only=read_only)
             self.call_keys = CallKeys(path / "keys" / "calls", self.keys)
-            self.index = Index(path / "index")
             self.log = MerkleLog.open(path / "log")
-            self._lock = threading.RLock()
-            self._log_lock = threading.RLock()
-            self._open = {}
-            self.report = OpenReport()
-            known_end = self._recover()
             self._reader = SegmentReader(path / "segments", fs=fs)
-            self._writer = SegmentWriter(
-                path / "segments",
-                fs=fs,
-                segment_bytes=segment_bytes,
-                on_commit=self._on_commit,
-                known_end=known_end,
-            )
-            self.signer = checkpoint.Signer.open(path / "keys", origin)
-            self.checkpoints = checkpoint.CheckpointLog.open(path / "log", self.log, self.signer)
+            if read_only:
+                self.index = Index(path / "index", read_only=True)
+            elif rebuild_index:
+                self.report.truncated = recover(path / "segments", fs=fs).truncated
+                self.report.reindexed = self._rebuild_index(keep_old=True)
+            else:
+                settle_index_swap(path)
+                self.index = Index(path / "index")
+            if not read_only:
+                known_end = self._known_end() if rebuild_index else self._recover()
+                self._writer = SegmentWriter(
+                    path / "segments",
+                    fs=fs,
+                    segment_bytes=segment_bytes,
+                    on_commit=self._on_commit,
+                    known_end=known_end,
+                )
+            if not read_only or (path / "keys" / checkpoint.KEY_FILE).exists():
+                self.signer = checkpoint.Signer.open(path / "keys", origin)
+                self.checkpoints = checkpoint.CheckpointLog.open(
+                    path / "log", self.log, self.signer
+                )
         except BaseException:
             self._release()  # a failed open leaves the directory free for the next one
             raise
@@ -230,7 +252,13 @@ class Vault(Export, Verification, Indexing):
         for part in ("_writer", "log", "index"):
             if hasattr(self, part):
                 getattr(self, part).close()
-        os.close(self._lock_fd)  # releases the flock
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise VaultError(f"{self.path} is open read-only: this needs a read-write open")
 
     @classmethod
     def open(
@@ -241,9 +269,22 @@ class Vault(Export, Verification, Indexing):
         segment_bytes: int = 64 << 20,
         origin: str = "callvault",
         fs: FileSystem = REAL_FS,
+        create: bool = True,
+        read_only: bool = False,
+        rebuild_index: bool = False,
     ) -> Vault:
-        """Open (creating on first use) the vault in ``path``; recovery runs first.
-        ``fs`` is the segment store's file layer (tests pass a fault-injecting one)."""
+        """Open the vault in ``path``; recovery runs first. ``fs`` is the segment
+        store's file layer (tests pass a fault-injecting one).
+
+        ``create``: make a new vault when ``path`` holds none (else VaultError "no
+        vault at PATH"). ``read_only``: open for reading only: no lock, no recovery,
+        no segment writer, no file created or written in ``path`` (a full disk, a
+        read-only mount, or while another process such as `callvault serve` holds
+        the vault); it sees the calls as the index had them when opened; writing
+        verbs raise VaultError. ``rebuild_index``: do not open the index: rebuild it
+        from the segments (what `callvault reindex` does; works on a damaged index,
+        which is kept aside as index.backup-<time>); ``report.reindexed`` is the
+        number of records indexed."""
         p = Path(path)
         return cls(
             p,
@@ -251,6 +292,9 @@ class Vault(Export, Verification, Indexing):
             segment_bytes=segment_bytes,
             origin=origin,
             fs=fs,
+            create=create,
+            read_only=read_only,
+            rebuild_index=rebuild_index,
         )
 
     def close(self) -> None:
@@ -278,6 +322,7 @@ class Vault(Export, Verification, Indexing):
         extra: dict[str, Any] | None = None,
     ) -> CallWriter:
         """Start recording a call; its OPEN record is durable when this returns."""
+        self._writable()
         with self._lock:
             if self.index.get_call(tenant, call_id) is not None or (tenant, call_id) in self._open:
                 raise InputError(f"call {call_id} already exists in tenant {tenant}")
@@ -318,6 +363,7 @@ class Vault(Export, Verification, Indexing):
     def resume_call(self, call_id: str, *, tenant: str = "default") -> CallWriter:
         """Writer of a call left open by an earlier process (a crash or a restart):
         the chain continues from the durable records the index holds."""
+        self._writable()
         with self._lock:
             if (tenant, call_id) in self._open:
                 raise VaultError(f"call {call_id} is already being written in this process")
@@ -398,6 +444,7 @@ class Vault(Export, Verification, Indexing):
 
     def erase(self, call_id: str, *, reason: str, tenant: str = "default") -> None:
         """Crypto-shred a sealed call: its key is destroyed, a tombstone and a log leaf stay."""
+        self._writable()
         e = self.get_call(call_id, tenant=tenant)
         if e.state == "erased":
             raise VaultError(f"call {call_id} is already erased")
@@ -412,6 +459,7 @@ class Vault(Export, Verification, Indexing):
     def rotate_key(self) -> tuple[int, int]:
         """A new key-encryption key; every call's data key re-wrapped under it (no audio
         is rewritten); the old KEKs retired. Returns (new KEK id, keys re-wrapped)."""
+        self._writable()
         with self._lock:
             old = [v.id for v in self.keys.versions()]
             new = self.keys.rotate()
@@ -426,6 +474,7 @@ class Vault(Export, Verification, Indexing):
     def checkpoint(self) -> str:
         """A signed checkpoint of the log as it is now (C2SP signed note), consistent
         with every checkpoint signed before it (CheckpointLog refuses otherwise)."""
+        self._writable()
         with self._lock, self._log_lock:
             return self.checkpoints.sign().decode()
 

@@ -23,6 +23,7 @@ class VaultState:
     """The attributes of a Vault (declared here, set by ``Vault.__init__``)."""
 
     path: Path
+    read_only: bool  # opened with Vault.open(read_only=True): no writes
     fs: FileSystem
     keys: crypto.KeyFile  # the key-encryption keys
     call_keys: CallKeys  # the calls' wrapped data keys
