@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from callvault.media import sample
 from callvault.store.index import LOG_FILES
-from tests.servers import run_cli
+from tests.servers import CLI, run_cli, start_server
 
 
 def cv(data: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -99,7 +100,10 @@ def test_damaged_index_is_refused_with_a_sentence_and_reindex_repairs_it(
         sst.unlink()
     else:
         os.truncate(sst, sst.stat().st_size // 2)
-    for argv in (("--data", str(data), "ls"), ("serve", "--data", str(data), "--listen", "127.0.0.1:0")):
+    for argv in (
+        ("--data", str(data), "ls"),
+        ("serve", "--data", str(data), "--listen", "127.0.0.1:0"),
+    ):
         err = refused(run_cli(*argv, ok=False))
         assert "index" in err and "is damaged" in err
         assert f"callvault --data {data} reindex" in err
@@ -120,3 +124,64 @@ def test_rocksdb_info_logs_are_bounded(data: Path) -> None:
         cv(data, "ls")
     logs = [p.name for p in (data / "index").iterdir() if p.name.startswith("LOG")]
     assert 1 <= len(logs) <= LOG_FILES, logs
+
+
+def _no_writes() -> None:
+    """A full disk, as far as this process can tell: no file may grow past 0 bytes
+    (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write fails with EFBIG)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+def _files(data: Path) -> dict[str, int]:
+    return {str(p.relative_to(data)): p.stat().st_size for p in data.rglob("*") if p.is_file()}
+
+
+def test_read_verbs_answer_on_a_full_disk(data: Path) -> None:
+    before = calls(data)
+    files = _files(data)
+    for verb in (("ls", "--json"), ("info", "d1"), ("verify", "--all")):
+        p = subprocess.run(
+            [*CLI, "--data", str(data), *verb],
+            capture_output=True,
+            text=True,
+            preexec_fn=_no_writes,
+            timeout=300,
+        )
+        assert p.returncode == 0, p.stderr
+        if verb[0] == "ls":
+            assert [r["call_id"] for r in json.loads(p.stdout)] == ["d1", "d2"]
+        if verb[0] == "verify":
+            assert "OK" in p.stdout
+    # a verb that writes is refused with a sentence
+    p = subprocess.run(
+        [*CLI, "--data", str(data), "erase", "d1", "--reason", "test"],
+        capture_output=True,
+        text=True,
+        preexec_fn=_no_writes,
+        timeout=300,
+    )
+    assert "cannot be opened" in refused(p)
+    # nothing was created and nothing grew (rocksdict's own rocksdict-config.json may be
+    # emptied by the failed read-write attempt: it holds no data of ours)
+    after = _files(data)
+    assert set(after) == set(files)
+    assert all(after[k] <= files[k] for k in files)
+    assert calls(data) == before
+
+
+def test_read_verbs_work_while_a_server_holds_the_vault(data: Path, tmp_path: Path) -> None:
+    before = calls(data)
+    server = start_server(data, log_dir=tmp_path)
+    try:
+        assert calls(data) == before
+        assert "d1" in cv(data, "info", "d1").stdout
+        cv(data, "export", "d1", "-o", str(tmp_path / "d1.wav"))
+        assert (tmp_path / "d1.wav").stat().st_size > 44
+        assert "OK" in cv(data, "verify", "--all").stdout
+        err = refused(cv(data, "erase", "d1", "--reason", "test", ok=False))
+        assert "open in another process" in err and "--server" in err
+        # nothing the read-only opens did disturbed the server
+        assert server.alive()
+    finally:
+        assert server.stop() == 0
+    assert calls(data) == before

@@ -17,16 +17,28 @@ if TYPE_CHECKING:
     from callvault.vault import Vault
 
 
+# Verbs that only read: when the vault cannot be opened for writing (another process
+# such as `callvault serve` holds it, or the disk is full or read-only), they open
+# it read-only (Vault.open(read_only=True): no recovery, no file written).
+READ_ONLY_VERBS = frozenset({"ls", "info", "verify", "export", "play"})
+
+
 @contextlib.contextmanager
 def connect(args: argparse.Namespace) -> Iterator[LocalBackend]:
     """The vault in ``--data DIR`` (with ``--key-file``), open while the block runs."""
-    from callvault.vault import Vault
+    from callvault.vault import Vault, VaultUnwritable
 
     if not args.data:
         raise CallvaultError(f"{args.command} needs --data DIR (the vault's data directory)")
     # reindex rebuilds the index without opening it (it may be damaged)
     rebuild = args.command == "reindex"
-    with Vault.open(args.data, key_file=args.key_file, rebuild_index=rebuild) as v:
+    try:
+        v = Vault.open(args.data, key_file=args.key_file, rebuild_index=rebuild)
+    except VaultUnwritable:
+        if args.command not in READ_ONLY_VERBS:
+            raise
+        v = Vault.open(args.data, key_file=args.key_file, read_only=True)
+    with v:
         yield LocalBackend(v)
 
 

@@ -11,8 +11,11 @@ alone (`callvault --data DIR reindex`).
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import struct
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +40,17 @@ U32 = struct.Struct(">I")
 # most LOG_FILES of them (the live one included), each at most LOG_FILE_BYTES.
 LOG_FILES = 3
 LOG_FILE_BYTES = 1 << 20
+CONFIG_FILE = "rocksdict-config.json"  # rocksdict's own (raw mode), in DATA/index
 
 
 class IndexUnreadable(CallvaultError):
-    """The index cannot be opened (damaged, missing files, or not readable): the
-    message says what RocksDB found and how to rebuild it from the segments."""
+    """The index cannot be opened. ``damaged``: RocksDB found it corrupt (a missing or
+    truncated table file, a bad manifest): the message says how to rebuild it from
+    the segments; otherwise the message is RocksDB's reason (a full disk, permissions)."""
+
+    def __init__(self, message: str, *, damaged: bool = True) -> None:
+        super().__init__(message)
+        self.damaged = damaged
 
 
 def _rocksdb_reason(e: BaseException) -> str:
@@ -49,6 +58,27 @@ def _rocksdb_reason(e: BaseException) -> str:
     # over several lines: the first line, once
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return re.sub(r"^(\w[\w ]*: )\1+", r"\1", text)
+
+
+def _shadow_of(path: Path) -> Path:
+    """A temporary directory of symbolic links to the index's files, for a read-only
+    open that writes nothing in DATA: rocksdict writes its rocksdict-config.json on
+    every open, even a read-only one (here a link to /dev/null, which it reads as
+    empty: the options are given), and RocksDB then only reads. The directory is
+    made outside DATA (the system's temporary directory), removed on close."""
+    # an explicit dir: tempfile.gettempdir() probes by writing a file (a full disk)
+    tmp = os.environ.get("TMPDIR") or "/tmp"
+    shadow = Path(tempfile.mkdtemp(prefix="callvault-index-", dir=tmp))
+    try:
+        for name in os.listdir(path):
+            if name in (CONFIG_FILE, "LOCK") or name.startswith("LOG"):
+                continue
+            os.symlink(path / name, shadow / name)
+        os.symlink(os.devnull, shadow / CONFIG_FILE)
+    except BaseException:
+        shutil.rmtree(shadow, ignore_errors=True)
+        raise
+    return shadow
 
 
 def index_options() -> Options:
@@ -225,24 +255,30 @@ class Index:
                 f"`callvault --data {data} reindex`"
             )
         opt = index_options()
+        self._shadow: Path | None = None
+        where = self.path
+        if read_only:
+            opt.set_max_open_files(-1)  # every table file open now: a compaction may remove it
+            self._shadow = where = _shadow_of(self.path)
         try:
             self._db = Rdict(
-                str(self.path),
+                str(where),
                 opt,
                 column_families=dict.fromkeys(CFS, opt),
                 access_type=AccessType.read_only() if read_only else AccessType.read_write(),
             )
         except Exception as e:  # rocksdict raises a bare Exception with RocksDB's status
-            reason = _rocksdb_reason(e)
-            if "lock" in reason.lower() and "Corruption" not in reason:
+            self._drop_shadow()
+            reason = _rocksdb_reason(e).replace(str(where), str(self.path))
+            if "Corruption" not in reason:  # a lock, a full disk, permissions: not damage
                 raise IndexUnreadable(
-                    f"the index {self.path} cannot be opened: {reason} "
-                    "(is another callvault process using this data directory?)"
+                    f"the index {self.path} cannot be opened: {reason}", damaged=False
                 ) from None
             raise IndexUnreadable(
                 f"the index {self.path} is damaged ({reason}); the segments hold every "
                 f"call: rebuild the index from them with `callvault --data {data} reindex` "
-                "(the damaged index is kept aside as index.backup-<time>)"
+                "(the damaged index is kept aside as index.backup-<time>)",
+                damaged=True,
             ) from None
         self._cfs = {name: self._db.get_column_family_handle(name) for name in CFS}
         self._views = {name: self._db.get_column_family(name) for name in CFS}
@@ -279,6 +315,12 @@ class Index:
         self._views.clear()
         self._cfs.clear()
         self._db.close()
+        self._drop_shadow()
+
+    def _drop_shadow(self) -> None:
+        if self._shadow is not None:
+            shutil.rmtree(self._shadow, ignore_errors=True)
+            self._shadow = None
 
     @staticmethod
     def postings(e: CallEntry) -> list[tuple[str, bytes]]:

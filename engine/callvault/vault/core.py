@@ -34,7 +34,7 @@ from callvault.media.packets import PacketRun
 from callvault.store import crypto
 from callvault.store import records as rec
 from callvault.store.fs import REAL_FS, FileSystem
-from callvault.store.index import CallEntry, Index
+from callvault.store.index import CallEntry, Index, IndexUnreadable
 from callvault.store.segment import RecordRef, SegmentReader, SegmentWriter, recover
 from callvault.timeline import (
     FRAME_MS,
@@ -47,7 +47,9 @@ from callvault.vault.common import (
     SUMMARY_AAD,
     Ack,
     OpenReport,
+    VaultBusy,
     VaultError,
+    VaultUnwritable,
     now_us,
 )
 from callvault.vault.export import Export
@@ -212,7 +214,7 @@ class Vault(Export, Verification, Indexing):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(self._lock_fd)
-                raise VaultError(
+                raise VaultBusy(
                     f"{path} is open in another process (callvault serve or "
                     "another command); stop it first, or use its --server address"
                 ) from None
@@ -243,8 +245,17 @@ class Vault(Export, Verification, Indexing):
                 self.checkpoints = checkpoint.CheckpointLog.open(
                     path / "log", self.log, self.signer
                 )
-        except BaseException:
+        except BaseException as e:
             self._release()  # a failed open leaves the directory free for the next one
+            if read_only:
+                raise
+            if isinstance(e, IndexUnreadable) and not e.damaged:
+                raise VaultUnwritable(str(e)) from e
+            if isinstance(e, OSError):
+                where = f" ({e.filename})" if e.filename else ""
+                raise VaultUnwritable(
+                    f"{path} cannot be opened for writing: {e.strerror or e}{where}"
+                ) from e
             raise
 
     def _release(self) -> None:

@@ -111,7 +111,8 @@ class Verification(Reading):
             for d in self.report.damage
         ]
         problems += [Problem("segments", None, str(r)) for r in self.report.replays]
-        self._writer.flush()
+        if not self.read_only:  # a read-only open has no writer (and recovered nothing)
+            self._writer.flush()
         reader = SegmentReader(self.path / "segments", fs=self.fs)  # no cached headers
         try:
             for _ in reader.scan():
