@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from callvault.errors import InputError
+from callvault.errors import CallvaultError, InputError
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint
 from callvault.integrity.log import MerkleLog
@@ -35,7 +35,14 @@ from callvault.store import crypto
 from callvault.store import records as rec
 from callvault.store.fs import REAL_FS, FileSystem
 from callvault.store.index import CallEntry, Index, IndexUnreadable
-from callvault.store.segment import RecordRef, SegmentReader, SegmentWriter, recover
+from callvault.store.segment import (
+    RecordRef,
+    SegmentReader,
+    SegmentWriter,
+    StoreError,
+    recover,
+    segment_path,
+)
 from callvault.timeline import (
     FRAME_MS,
     FRAMES_PER_RECORD,
@@ -58,6 +65,24 @@ from callvault.vault.recovery import Indexing, settle_index_swap
 from callvault.vault.verify import Verification
 
 
+PROBE_BYTES = 1 << 20  # what reopen_writer writes (and removes) to see that writing works
+
+
+def _probe_space(directory: Path) -> None:
+    """Write, fsync and remove PROBE_BYTES in ``directory``: OSError while the disk is
+    full, the directory not writable, or the file size limit below it."""
+    probe = directory / ".probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        block = bytes(64 << 10)
+        for _ in range(PROBE_BYTES // len(block)):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
 class CallWriter:
     """Records of one call, in order. Thread-safe; ``seal`` ends the call."""
 
@@ -72,6 +97,16 @@ class CallWriter:
         self._pending: list[Future[Ack]] = []
         self.frames = [0] * len(entry.legs)  # frames appended per leg
         self.sealed = False
+        # set when the vault's segment writer failed and was reopened: this writer's
+        # chain may count records that were never stored (Vault.reopen_writer)
+        self.broken: str | None = None
+
+    def _usable(self) -> None:
+        if self.broken is not None:
+            raise VaultError(
+                f"call {self.entry.call_id}: {self.broken}; continue it with "
+                "Vault.resume_call (from the records that were stored)"
+            )
 
     @property
     def chain_head(self) -> bytes:
@@ -84,6 +119,7 @@ class CallWriter:
         if not 0 <= leg < len(self.entry.legs):
             raise InputError(f"leg {leg} does not exist (call has {len(self.entry.legs)})")
         with self._lock:
+            self._usable()
             if self.sealed:
                 raise VaultError(f"call {self.entry.call_id} is sealed")
             index = self._chain.count
@@ -133,6 +169,7 @@ class CallWriter:
         """Wait until every record is durable, then seal: returns the seal hash once
         the seal record is durable and its leaf is in the Merkle log."""
         with self._lock:
+            self._usable()
             if self.sealed:
                 raise VaultError(f"call {self.entry.call_id} is already sealed")
             self.sealed = True
@@ -200,6 +237,8 @@ class Vault(Export, Verification, Indexing):
         self._log_lock = threading.RLock()
         self._open = {}
         self.report = OpenReport()
+        self._segment_bytes = segment_bytes
+        self._reopen_error = ""
         fresh = not has_vault_data(path)
         if fresh and (read_only or not create):
             raise VaultError(f"no vault at {path}")
@@ -464,7 +503,112 @@ class Vault(Export, Verification, Indexing):
         if not reason.strip():
             raise InputError("erasure needs a reason")
         body = rec.erase_body(tenant, call_id, time_us=now_us(), reason=reason)
-        self._writer.append(rec.ERASE, body).result()
+        # The commit point is the ERASE record acknowledged: durable, indexed (and its
+        # log leaf synced); only then is the call's key file deleted (_index_committed).
+        # A failure before it is undone: the unacknowledged records are cut from the
+        # segments, so no later recovery applies an erasure reported as failed.
+        try:
+            self._writer.append(rec.ERASE, body).result()
+        except StoreError as e:
+            with self._lock:
+                undone = self._roll_back_unacknowledged()
+            if undone:
+                raise VaultError(
+                    f"erasing call {call_id} failed, nothing was applied (the call is "
+                    f"still sealed and readable): {e}"
+                ) from e
+            raise VaultError(
+                f"erasing call {call_id} failed and its record could not be removed: "
+                f"the next open of the vault may apply it ({e})"
+            ) from e
+        if self.call_keys.path(tenant, call_id).exists():
+            raise VaultError(
+                f"call {call_id} is erased (its tombstone and log leaf are stored) but its "
+                f"key file {self.call_keys.path(tenant, call_id)} could not be deleted: "
+                "delete it"
+            )
+
+    # -- the segment writer's health ----------------------------------------------------
+    @property
+    def writer_error(self) -> str | None:
+        """None while the segment writer works; once it failed for good (a full disk,
+        permission denied, an I/O error), a sentence saying what failed. Every append
+        fails until ``reopen_writer`` succeeds."""
+        if self.read_only:
+            return f"{self.path} is open read-only"
+        failed = self._writer.failed
+        if failed is None:
+            return None
+        text = f"the segment writer failed: {failed}"
+        if self._reopen_error:
+            text += f"; reopening it failed: {self._reopen_error}"
+        return text
+
+    def reopen_writer(self) -> bool:
+        """After the segment writer failed: cut what it never acknowledged from the
+        segments, run recovery and start a new writer. True when writing works again
+        (also when it never failed); False (and ``writer_error`` says why) while the
+        cause remains. Calls being written by this process are dropped from it: their
+        CallWriters raise, and ``resume_call`` continues them from the stored records."""
+        self._writable()
+        with self._lock:
+            if self._writer.failed is None:
+                return True
+            with self._log_lock:
+                try:
+                    self._writer.close()
+                    _probe_space(self.path / "segments")
+                    if not self._roll_back_unacknowledged():
+                        raise VaultError("the unacknowledged records could not be removed")
+                    for w in self._open.values():
+                        w.broken = "the vault's segment writer failed and was reopened"
+                    self._open.clear()
+                    known_end = self._recover()
+                    self._reader.close()
+                    self._reader = SegmentReader(self.path / "segments", fs=self.fs)
+                    writer = SegmentWriter(
+                        self.path / "segments",
+                        fs=self.fs,
+                        segment_bytes=self._segment_bytes,
+                        on_commit=self._on_commit,
+                        known_end=known_end,
+                    )
+                except (OSError, CallvaultError) as e:
+                    self._reopen_error = str(e)
+                    return False
+                self._writer = writer
+                self._reopen_error = ""
+                return True
+
+    def _roll_back_unacknowledged(self) -> bool:
+        """Cut the segments back to the end of the last acknowledged record (the
+        index's meta/end: every acknowledged record is indexed before its ack), after
+        the writer failed: whatever a failed group left in the files (written but not
+        acknowledged) must not be applied by a later recovery. True once that is
+        durable (truncated, fsynced); False if the files could not be changed."""
+        if self._writer.failed is None:
+            return False
+        self._writer.close()  # its committer has stopped: this joins it
+        end = self._known_end()
+        if end is None:
+            return False
+        seg, off = end
+        directory = str(self.path / "segments")
+        try:
+            for sid in self._reader.segments():
+                if sid > seg:
+                    self.fs.remove(segment_path(directory, sid))
+            f = self.fs.open_append(segment_path(directory, seg))
+            try:
+                if f.size() > off:
+                    f.truncate(off)
+                f.fsync()
+            finally:
+                f.close()
+            self.fs.fsync_dir(directory)
+        except OSError:
+            return False
+        return True
 
     # -- keys and the log ----------------------------------------------------------------
     def rotate_key(self) -> tuple[int, int]:

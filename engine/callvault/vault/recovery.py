@@ -6,6 +6,7 @@ the segments alone."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -189,10 +190,11 @@ class Indexing(VaultState):
         batch = self.index.batch()
         cache: _Cache = {}
         log_grew = False
+        erased: list[tuple[str, str]] = []
         for c in committed:
             assert c.body is not None
             try:
-                log_grew |= self._apply(batch, cache, c.ref, c.rtype, c.body)
+                log_grew |= self._apply(batch, cache, c.ref, c.rtype, c.body, erased)
             except Replay as e:
                 if not recovering:  # the vault itself never writes one: stop acking
                     raise
@@ -206,6 +208,11 @@ class Indexing(VaultState):
             self.log.sync()
             batch.put_meta(b"meta/log-size", struct.pack(">Q", self.log.size))
         self.index.write(batch)
+        # the erasures are durable and indexed: only now destroy the keys (a failure
+        # before this point leaves every erased call readable, see Vault.erase)
+        for tenant, call_id in erased:
+            with contextlib.suppress(OSError):  # Vault.erase reports a key file left
+                self.call_keys.destroy(tenant, call_id)
 
     def _entry(self, cache: _Cache, tenant: str, call_id: str) -> CallEntry | None:
         key = (tenant, call_id)
@@ -216,8 +223,17 @@ class Indexing(VaultState):
             cache[key] = e
         return cache[key]
 
-    def _apply(self, batch: Batch, cache: _Cache, ref: RecordRef, rtype: int, raw: bytes) -> bool:
-        """Index one durable record; True if it appended a log leaf."""
+    def _apply(
+        self,
+        batch: Batch,
+        cache: _Cache,
+        ref: RecordRef,
+        rtype: int,
+        raw: bytes,
+        erased: list[tuple[str, str]],
+    ) -> bool:
+        """Index one durable record; True if it appended a log leaf. An erasure's call
+        is added to ``erased``: its key is destroyed once the batch is written."""
         b = rec.parse(rtype, raw)
         if rtype == rec.OPEN:
             meta = b.meta or {}
@@ -276,7 +292,7 @@ class Indexing(VaultState):
         if rtype == rec.ERASE:
             e.state = "erased"
             e.wrapped_key = ""
-            self.call_keys.destroy(b.tenant, b.call_id)
+            erased.append((b.tenant, b.call_id))
             e.erased_us = b.time_us
             e.erase_reason = b.reason
             e.erase_log_index = self._log_leaf(

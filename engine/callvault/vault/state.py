@@ -37,3 +37,5 @@ class VaultState:
     _open: dict[tuple[str, str], CallWriter]  # calls being written by this process
     _reader: SegmentReader
     _writer: SegmentWriter
+    _segment_bytes: int  # of the segment writer (and of one reopened after a failure)
+    _reopen_error: str  # why the last Vault.reopen_writer failed ("" if it did not)
