@@ -64,7 +64,6 @@ from callvault.vault.keys import CallKeys, has_vault_data, open_key_file
 from callvault.vault.recovery import Indexing, settle_index_swap
 from callvault.vault.verify import Verification
 
-
 PROBE_BYTES = 1 << 20  # what reopen_writer writes (and removes) to see that writing works
 
 
