@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from callvault.ids import MAX_ERASE_REASON_BYTES, MAX_TAGS
 from callvault.media import sample
 from callvault.store.index import LOG_FILES
 from tests.servers import CLI, run_cli, start_server
@@ -185,3 +186,23 @@ def test_read_verbs_work_while_a_server_holds_the_vault(data: Path, tmp_path: Pa
     finally:
         assert server.stop() == 0
     assert calls(data) == before
+
+
+def test_metadata_bounds_locally_and_through_the_server(data: Path, pristine: Path) -> None:
+    pcap = str(pristine.parent / "call.pcap")
+    tags = "tags=" + ",".join(f"t{i}" for i in range(MAX_TAGS + 1))
+    err = refused(cv(data, "import", "--call-id", "b1", "--meta", tags, pcap, ok=False))
+    assert f"at most {MAX_TAGS}" in err
+    reason = "r" * (MAX_ERASE_REASON_BYTES + 1)
+    err = refused(cv(data, "erase", "d1", "--reason", reason, ok=False))
+    assert f"at most {MAX_ERASE_REASON_BYTES}" in err
+    server = start_server(data, log_dir=data.parent)
+    try:
+        addr = ("--server", server.address)
+        err = refused(run_cli(*addr, "import", "--call-id", "b1", "--meta", tags, pcap, ok=False))
+        assert f"at most {MAX_TAGS}" in err
+        err = refused(run_cli(*addr, "erase", "d1", "--reason", reason, ok=False))
+        assert f"at most {MAX_ERASE_REASON_BYTES}" in err
+    finally:
+        assert server.stop() == 0
+    assert [c[:2] for c in calls(data)] == [("d1", "sealed"), ("d2", "sealed")]

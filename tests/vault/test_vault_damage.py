@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from callvault.errors import InputError
 from callvault.media import sample
 from callvault.store.index import IndexUnreadable
 from callvault.vault import Vault, VaultBusy, VaultError
@@ -184,3 +185,38 @@ def test_online_reindex_replaces_the_index(data: Path, capture: Path) -> None:
         v.import_call("c3", [str(capture)])  # the writer indexes into the new index
         assert [c.call_id for c in v.list_calls()] == ["c1", "c2", "c3"]
     assert not list(data.glob("index.old-*")) and not (data / "index.new").exists()
+
+
+def test_metadata_and_reason_bounds(data: Path) -> None:
+    from callvault import ids
+
+    big = {
+        "tags": [f"t{i}" for i in range(ids.MAX_TAGS + 1)],
+        "agent": "a" * (ids.MAX_FIELD_BYTES + 1),
+        "customer_number": "5" * (ids.MAX_CUSTOMER_NUMBER_BYTES + 1),
+        "extra": {f"k{i}": "v" for i in range(ids.MAX_EXTRA_KEYS + 1)},
+    }
+    with Vault.open(data) as v:
+        for key, value in big.items():
+            with pytest.raises(InputError, match="at most"):
+                v.open_call("b1", **{key: value})
+        with pytest.raises(InputError, match="at most"):
+            v.open_call("b1", extra={"notes": "x" * ids.MAX_EXTRA_VALUE_BYTES})
+        for bad in (["ok", ""], ["a\x00b"]):
+            with pytest.raises(InputError, match="tag"):
+                v.open_call("b1", tags=bad)
+        with pytest.raises(InputError, match="NUL"):
+            v.open_call("b1", skill_group="s\x00")
+        # at the bounds: accepted
+        w = v.open_call(
+            "b1",
+            tags=["t" * ids.MAX_TAG_BYTES] * ids.MAX_TAGS,
+            agent="a" * ids.MAX_FIELD_BYTES,
+            extra={f"k{i}": "v" for i in range(ids.MAX_EXTRA_KEYS)},
+        )
+        w.seal(frames=0)
+        with pytest.raises(InputError, match=f"at most {ids.MAX_ERASE_REASON_BYTES}"):
+            v.erase("c1", reason="r" * (ids.MAX_ERASE_REASON_BYTES + 1))
+        assert v.get_call("c1").state == "sealed"
+        v.erase("c1", reason="r" * ids.MAX_ERASE_REASON_BYTES)
+        assert v.get_call("c1").state == "erased"

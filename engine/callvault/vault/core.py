@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from callvault.errors import CallvaultError, InputError
+from callvault.ids import check_call_meta, check_erase_reason
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint
 from callvault.integrity.log import MerkleLog
@@ -370,8 +371,17 @@ class Vault(Export, Verification, Indexing):
         legs: Sequence[str] = ("agent", "customer"),
         extra: dict[str, Any] | None = None,
     ) -> CallWriter:
-        """Start recording a call; its OPEN record is durable when this returns."""
+        """Start recording a call; its OPEN record is durable when this returns.
+        Metadata beyond the bounds of callvault.ids (MAX_TAGS, ...) is refused."""
         self._writable()
+        check_call_meta(
+            direction=direction,
+            agent=agent,
+            skill_group=skill_group,
+            customer_number=customer_number,
+            tags=tags,
+            extra=extra,
+        )
         with self._lock:
             if self.index.get_call(tenant, call_id) is not None or (tenant, call_id) in self._open:
                 raise InputError(f"call {call_id} already exists in tenant {tenant}")
@@ -499,8 +509,7 @@ class Vault(Export, Verification, Indexing):
             raise VaultError(f"call {call_id} is already erased")
         if e.state != "sealed" or (tenant, call_id) in self._open:
             raise VaultError(f"call {call_id} is still being recorded: seal it, then erase it")
-        if not reason.strip():
-            raise InputError("erasure needs a reason")
+        check_erase_reason(reason)
         body = rec.erase_body(tenant, call_id, time_us=now_us(), reason=reason)
         # The commit point is the ERASE record acknowledged: durable, indexed (and its
         # log leaf synced); only then is the call's key file deleted (_index_committed).
