@@ -260,7 +260,7 @@ class Vault(Export, Verification, Indexing):
         try:
             self.keys = open_key_file(path, key_file, fresh=fresh, read_only=read_only)
             self.call_keys = CallKeys(path / "keys" / "calls", self.keys)
-            self.log = MerkleLog.open(path / "log")
+            self.log = MerkleLog.open(path / "log", read_only=read_only)
             self._reader = SegmentReader(path / "segments", fs=fs)
             if read_only:
                 self.index = Index(path / "index", read_only=True)
