@@ -226,3 +226,14 @@ def test_metadata_and_reason_bounds(data: Path) -> None:
         assert v.get_call("c1").state == "sealed"
         v.erase("c1", reason="r" * ids.MAX_ERASE_REASON_BYTES)
         assert v.get_call("c1").state == "erased"
+
+
+def test_missing_index_is_refused_not_recreated_empty(data: Path) -> None:
+    import shutil
+
+    shutil.rmtree(data / "index")
+    with pytest.raises(IndexUnreadable, match="is missing.*reindex"):
+        Vault.open(data)
+    assert not (data / "index").exists()
+    with Vault.open(data, rebuild_index=True) as v:
+        assert [c.call_id for c in v.list_calls()] == ["c1", "c2"]

@@ -269,6 +269,14 @@ class Vault(Export, Verification, Indexing):
                 self.report.reindexed = self._rebuild_index(keep_old=True)
             else:
                 settle_index_swap(path)
+                if not fresh and not (path / "index" / "CURRENT").exists():
+                    # an empty new index would hide every call of the closed segments
+                    raise IndexUnreadable(
+                        f"the index {path / 'index'} is missing; the segments hold every "
+                        f"call: rebuild the index from them with "
+                        f"`callvault --data {path} reindex`",
+                        damaged=True,
+                    )
                 self.index = Index(path / "index")
             if not read_only:
                 known_end = self._known_end() if rebuild_index else self._recover()
