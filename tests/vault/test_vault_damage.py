@@ -75,9 +75,9 @@ CHILD = textwrap.dedent(
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         out["reopen"] = v.reopen_writer()
         out["writer_error_after"] = v.writer_error
-        v.import_call("c4", [pcap])
+        v.import_call("c3", [pcap])  # the id the failed import tried is free
         v.erase("c2", reason="asked")
-        out["states"] = {c: v.get_call(c).state for c in ("c1", "c2", "c4")}
+        out["states"] = {c: v.get_call(c).state for c in ("c1", "c2", "c3")}
     print(json.dumps(out))
     """
 )
@@ -99,11 +99,11 @@ def test_failed_erase_is_not_applied_and_the_writer_reopens(data: Path, capture:
     assert out["import_while_full"] != "stored"
     assert out["reopen_while_full"] is False and "File too large" in out["writer_error_while_full"]
     assert out["reopen"] is True and out["writer_error_after"] is None
-    assert out["states"] == {"c1": "sealed", "c2": "erased", "c4": "sealed"}
+    assert out["states"] == {"c1": "sealed", "c2": "erased", "c3": "sealed"}
     # a later open (recovery) does not apply the failed erasure either
     with Vault.open(data) as v:
         assert v.get_call("c1").state == "sealed"
-        assert [c.call_id for c in v.list_calls()] == ["c1", "c2", "c4"]
+        assert [c.call_id for c in v.list_calls()] == ["c1", "c2", "c3"]
         assert v.verify_all() == []
         assert v.export("c1", data.parent / "c1.wav") > 0  # its key is still there
 
@@ -237,3 +237,12 @@ def test_missing_index_is_refused_not_recreated_empty(data: Path) -> None:
     assert not (data / "index").exists()
     with Vault.open(data, rebuild_index=True) as v:
         assert [c.call_id for c in v.list_calls()] == ["c1", "c2"]
+
+
+def test_a_failed_open_call_leaves_the_id_free(data: Path) -> None:
+    with Vault.open(data) as v:
+        v._writer.close()  # a writer that refuses every append, as a failed one does
+        for _ in range(2):  # the second attempt is refused for the same reason, not "exists"
+            with pytest.raises(Exception, match="closed"):
+                v.open_call("again")
+        assert ("default", "again") not in v._open

@@ -424,7 +424,12 @@ class Vault(Export, Verification, Indexing):
             )
             w = CallWriter(self, entry, key, chainmod.Chain(tenant, call_id))
             self._open[(tenant, call_id)] = w
-        self._writer.append(rec.OPEN, body).result()
+        try:
+            self._writer.append(rec.OPEN, body).result()
+        except BaseException:
+            # not opened: the id stays free for a retry (once the writer works again)
+            self._forget(entry)
+            raise
         return w
 
     def resume_call(self, call_id: str, *, tenant: str = "default") -> CallWriter:
@@ -634,7 +639,16 @@ class Vault(Export, Verification, Indexing):
         with self._lock:
             old = [v.id for v in self.keys.versions()]
             new = self.keys.rotate()
-            n = self.call_keys.rewrap(new)
+            try:
+                n = self.call_keys.rewrap(new)
+            except OSError as e:
+                # each key file is replaced atomically and the old KEKs are not retired
+                # yet: every call key still unwraps; a second run finishes the job
+                raise VaultError(
+                    f"key rotation stopped ({e.strerror or e}: {e.filename}): every call "
+                    "key still unwraps (the previous key-encryption keys are kept); "
+                    "run rotate-key again"
+                ) from e
             for kek in old:
                 if kek != new and any(
                     v.id == kek and v.state.name != "RETIRED" for v in self.keys.versions()
