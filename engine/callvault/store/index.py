@@ -2,10 +2,12 @@
 
 Column families, keys, values, the ``default`` family's ``meta/*`` and
 ``leaf/*`` entries and the call entry's JSON: docs/format.md 8.4 (format
-version 1). The index never points past durable bytes: the vault writes each
+version 2). The index never points past durable bytes: the vault writes each
 group commit's batch after the segment fsync and before any acknowledgement
 (callvault.store.segment's on_commit). It can be rebuilt from the segments
-alone (`callvault --data DIR reindex`).
+alone (`callvault --data DIR reindex`, which never opens a damaged index); a
+damaged one is refused with IndexUnreadable saying so. RocksDB's info logs are
+bounded (LOG_FILES, LOG_FILE_BYTES); a read-only open writes nothing in DATA.
 """
 
 from __future__ import annotations
