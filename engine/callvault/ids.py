@@ -10,6 +10,7 @@ own bound on a call id's length, store/crypto.py ``MAX_CALL_ID``, is looser.)
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -109,3 +110,83 @@ def parse_meta(
 def _is_extra_key(key: str) -> bool:
     # "start" and "extra" name something else (a time; the mapping itself)
     return _META_KEY.fullmatch(key) is not None and key not in ("start", "extra")
+
+
+# -- Bounds on call metadata (docs/format.md 8.4) ----------------------------------------
+# Enforced by the vault (Vault.open_call, Vault.erase), so a local import, the server's
+# Ingest stream and the sidecar refuse the same inputs with the same message. Sizes are
+# of the UTF-8 encoding. The metadata is written in the call's OPEN record and in every
+# index entry of the call (and a tag in a posting per tag): unbounded, one CallStart
+# could cost the server memory and the index disk for ever.
+MAX_TAGS = 32  # tags of one call
+MAX_TAG_BYTES = 64  # one tag (non-empty, no NUL)
+MAX_FIELD_BYTES = 256  # agent, skill_group, direction (no NUL)
+MAX_CUSTOMER_NUMBER_BYTES = 64  # the customer number (stored encrypted)
+MAX_EXTRA_KEYS = 32  # extra (free) metadata items
+MAX_EXTRA_KEY_BYTES = 64  # one extra key
+MAX_EXTRA_VALUE_BYTES = 1024  # one extra value, as compact JSON
+MAX_ERASE_REASON_BYTES = 1024  # the reason given for an erasure
+
+
+def _size(value: str) -> int:
+    return len(value.encode("utf-8", "surrogatepass"))
+
+
+def check_call_meta(
+    *,
+    direction: str = "",
+    agent: str = "",
+    skill_group: str = "",
+    customer_number: str = "",
+    tags: Iterable[str] = (),
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """InputError naming the first item of call metadata beyond its bound (above)."""
+    for what, value in (("direction", direction), ("agent", agent), ("skill_group", skill_group)):
+        if not isinstance(value, str):
+            raise InputError(f"{what} must be text, not {type(value).__name__}")
+        if _size(value) > MAX_FIELD_BYTES:
+            raise InputError(f"{what} is {_size(value)} bytes long: at most {MAX_FIELD_BYTES}")
+        if "\x00" in value:
+            raise InputError(f"{what} {value[:40]!r} contains a NUL character")
+    if _size(customer_number) > MAX_CUSTOMER_NUMBER_BYTES:
+        raise InputError(
+            f"customer_number is {_size(customer_number)} bytes long: "
+            f"at most {MAX_CUSTOMER_NUMBER_BYTES}"
+        )
+    tag_list = list(tags)
+    if len(tag_list) > MAX_TAGS:
+        raise InputError(f"{len(tag_list)} tags: a call has at most {MAX_TAGS}")
+    for t in tag_list:
+        if not isinstance(t, str) or not t or "\x00" in t:
+            raise InputError(f"tag {t!r}: a tag is non-empty text without NUL")
+        if _size(t) > MAX_TAG_BYTES:
+            raise InputError(f"tag {t[:40]!r}... is {_size(t)} bytes long: at most {MAX_TAG_BYTES}")
+    items = dict(extra or {})
+    if len(items) > MAX_EXTRA_KEYS:
+        raise InputError(f"{len(items)} extra metadata items: at most {MAX_EXTRA_KEYS}")
+    for k, v in items.items():
+        if not isinstance(k, str) or not k or _size(k) > MAX_EXTRA_KEY_BYTES:
+            raise InputError(
+                f"extra metadata key {str(k)[:40]!r}: 1 to {MAX_EXTRA_KEY_BYTES} bytes of text"
+            )
+        try:
+            n = _size(json.dumps(v, separators=(",", ":"), ensure_ascii=False))
+        except (TypeError, ValueError):
+            raise InputError(f"extra metadata {k!r}: the value is not JSON data") from None
+        if n > MAX_EXTRA_VALUE_BYTES:
+            raise InputError(
+                f"extra metadata {k!r}: the value is {n} bytes long: "
+                f"at most {MAX_EXTRA_VALUE_BYTES}"
+            )
+
+
+def check_erase_reason(reason: str) -> str:
+    """``reason`` if it is a usable erasure reason (non-blank, bounded); InputError else."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise InputError("erasure needs a reason")
+    if _size(reason) > MAX_ERASE_REASON_BYTES:
+        raise InputError(
+            f"the erasure reason is {_size(reason)} bytes long: at most {MAX_ERASE_REASON_BYTES}"
+        )
+    return reason

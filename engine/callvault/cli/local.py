@@ -17,15 +17,23 @@ if TYPE_CHECKING:
     from callvault.vault import Vault
 
 
+# Verbs that only read: when the vault cannot be opened for writing (another process
+# such as `callvault serve` holds it, or the disk is full or read-only), they open
+# it read-only (Vault.open(read_only=True): no recovery, no file written).
+READ_ONLY_VERBS = frozenset({"ls", "info", "verify", "export", "play"})
+
+
 @contextlib.contextmanager
 def connect(args: argparse.Namespace, *, create: bool = False) -> Iterator[LocalBackend]:
     """The vault in ``--data DIR`` (with ``--key-file``), open while the block runs.
 
     Only ``create`` (the verbs that mean it: import, init) makes a new vault; any
     other verb on a directory without one ends with "no vault at DIR", so a typo
-    in ``--data`` never leaves an empty vault behind. A vault another process holds
-    (a server) is named with what to do instead."""
-    from callvault.vault import Vault
+    in ``--data`` never leaves an empty vault behind. The verbs that only read
+    open the vault read-only when it cannot be opened for writing (a server holds
+    it, the disk is full); any other verb on a vault another process holds (a
+    server) is told what to do instead."""
+    from callvault.vault import Vault, VaultUnwritable
 
     if not args.data:
         raise CallvaultError(f"{args.command} needs --data DIR (the vault's data directory)")
@@ -34,8 +42,17 @@ def connect(args: argparse.Namespace, *, create: bool = False) -> Iterator[Local
         raise CallvaultError(
             f"no vault at {data} (create one with: callvault --data {data} init, or import a call)"
         )
-    check_not_in_use(data)
-    with Vault.open(data, key_file=args.key_file) as v:
+    if args.command not in READ_ONLY_VERBS:
+        check_not_in_use(data)
+    # reindex rebuilds the index without opening it (it may be damaged)
+    rebuild = args.command == "reindex"
+    try:
+        v = Vault.open(data, key_file=args.key_file, rebuild_index=rebuild)
+    except VaultUnwritable:
+        if args.command not in READ_ONLY_VERBS:
+            raise
+        v = Vault.open(data, key_file=args.key_file, read_only=True)
+    with v:
         yield LocalBackend(v)
 
 
@@ -262,7 +279,9 @@ class LocalBackend:
         self.vault.erase(call_id, reason=reason, tenant=tenant)
 
     def reindex(self, progress: Callable[[int], None]) -> int:
-        return self.vault.reindex(progress=progress)
+        # connect() opened the vault with rebuild_index=True: the index was rebuilt
+        progress(self.vault.report.reindexed)
+        return self.vault.report.reindexed
 
     def rotate_key(self) -> tuple[int, int]:
         return self.vault.rotate_key()

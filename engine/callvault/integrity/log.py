@@ -106,19 +106,23 @@ class MerkleLog:
     # -- opening -------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> MerkleLog:
-        """Open (creating if needed) the log in directory ``path``; recover a torn tail."""
+    def open(cls, path: str | os.PathLike[str], *, read_only: bool = False) -> MerkleLog:
+        """Open (creating if needed) the log in directory ``path``; recover a torn tail.
+        ``read_only``: create, truncate and write nothing (another process may be
+        appending): a torn tail is left out of the leaves, not cut."""
         directory = Path(path)
-        directory.mkdir(parents=True, exist_ok=True)
         tree = directory / TREE_FILE
-        if not tree.exists():
-            cls._create(tree)
-        fd = os.open(tree, os.O_RDWR)
+        if not read_only:
+            directory.mkdir(parents=True, exist_ok=True)
+            if not tree.exists():
+                cls._create(tree)
+        fd = os.open(tree, os.O_RDONLY if read_only else os.O_RDWR)
         try:
             header = os.pread(fd, HEADER_SIZE, 0)
             cls._check_header(tree, header)
             length = os.fstat(fd).st_size
-            marker_fd = os.open(directory / SYNCED_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            marker_flags = os.O_RDONLY if read_only else os.O_RDWR | os.O_CREAT
+            marker_fd = os.open(directory / SYNCED_FILE, marker_flags, 0o644)
         except BaseException:
             os.close(fd)
             raise
@@ -133,7 +137,7 @@ class MerkleLog:
             log._edge = [
                 (level, log._read_node(level, index)) for level, index in cls._edge_nodes(synced)
             ]
-            log._recover_tail(length)
+            log._recover_tail(length, cut=not read_only)
             return log
         except BaseException:
             os.close(fd)
@@ -183,8 +187,9 @@ class MerkleLog:
     def _edge_nodes(size: int) -> list[tuple[int, int]]:
         return merkle.perfect_subtrees(0, size) if size else []
 
-    def _recover_tail(self, length: int) -> None:
-        """Check records after the synced ones; keep the whole, truncate the torn."""
+    def _recover_tail(self, length: int, cut: bool = True) -> None:
+        """Check records after the synced ones; keep the whole, truncate the torn
+        (with ``cut``; else leave it)."""
         i = self._size
         end = record_offset(i)
         while end < length:
@@ -206,7 +211,7 @@ class MerkleLog:
             end += rec_len
         self._size = i
         truncated = length - end
-        if truncated:
+        if truncated and cut:
             os.ftruncate(self._fd, end)
             os.fsync(self._fd)
         self.recovery = Recovery(self._synced, i, truncated)

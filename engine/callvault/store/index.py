@@ -2,22 +2,30 @@
 
 Column families, keys, values, the ``default`` family's ``meta/*`` and
 ``leaf/*`` entries and the call entry's JSON: docs/format.md 8.4 (format
-version 1). The index never points past durable bytes: the vault writes each
+version 2). The index never points past durable bytes: the vault writes each
 group commit's batch after the segment fsync and before any acknowledgement
 (callvault.store.segment's on_commit). It can be rebuilt from the segments
-alone (`callvault --data DIR reindex`).
+alone (`callvault --data DIR reindex`, which never opens a damaged index); a
+damaged one is refused with IndexUnreadable saying so. RocksDB's info logs are
+bounded (LOG_FILES, LOG_FILE_BYTES); a read-only open writes nothing in DATA.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import struct
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rocksdict import DBCompressionType, Options, Rdict, WriteBatch
+from rocksdict import AccessType, DBCompressionType, Options, Rdict, WriteBatch
+
+from callvault.errors import CallvaultError
 
 # 2: the call entry's vault-internal values are fields (docs/format.md 8.4); a
 # version 1 index is read (its entries migrate on load) and marked 2 on open, so
@@ -28,6 +36,62 @@ CFS = ("calls", "records", "time", "agent", "skill", "tag")
 RECORD = struct.Struct(">BBHIQQI")  # leg, type, frames, first frame, segment, offset, length
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
+
+# RocksDB's own info log (DATA/index/LOG): it is rolled to LOG.old.<time> on every
+# open, so without a bound each command run leaves one more file. RocksDB keeps at
+# most LOG_FILES of them (the live one included), each at most LOG_FILE_BYTES.
+LOG_FILES = 3
+LOG_FILE_BYTES = 1 << 20
+CONFIG_FILE = "rocksdict-config.json"  # rocksdict's own (raw mode), in DATA/index
+
+
+class IndexUnreadable(CallvaultError):
+    """The index cannot be opened. ``damaged``: RocksDB found it corrupt (a missing or
+    truncated table file, a bad manifest): the message says how to rebuild it from
+    the segments; otherwise the message is RocksDB's reason (a full disk, permissions)."""
+
+    def __init__(self, message: str, *, damaged: bool = True) -> None:
+        super().__init__(message)
+        self.damaged = damaged
+
+
+def _rocksdb_reason(e: BaseException) -> str:
+    # RocksDB's messages repeat their kind ("Corruption: Corruption: ...") and can run
+    # over several lines: the first line, once
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return re.sub(r"^(\w[\w ]*: )\1+", r"\1", text)
+
+
+def _shadow_of(path: Path) -> Path:
+    """A temporary directory of symbolic links to the index's files, for a read-only
+    open that writes nothing in DATA: rocksdict writes its rocksdict-config.json on
+    every open, even a read-only one (here a link to /dev/null, which it reads as
+    empty: the options are given), and RocksDB then only reads. The directory is
+    made outside DATA (the system's temporary directory), removed on close."""
+    # an explicit dir: tempfile.gettempdir() probes by writing a file (a full disk)
+    tmp = os.environ.get("TMPDIR") or "/tmp"
+    shadow = Path(tempfile.mkdtemp(prefix="callvault-index-", dir=tmp))
+    try:
+        for name in os.listdir(path):
+            if name in (CONFIG_FILE, "LOCK") or name.startswith("LOG"):
+                continue
+            os.symlink(path / name, shadow / name)
+        os.symlink(os.devnull, shadow / CONFIG_FILE)
+    except BaseException:
+        shutil.rmtree(shadow, ignore_errors=True)
+        raise
+    return shadow
+
+
+def index_options() -> Options:
+    """The RocksDB options of every index (read-write or read-only)."""
+    opt = Options(raw_mode=True)
+    opt.create_if_missing(True)
+    opt.create_missing_column_families(True)
+    opt.set_compression_type(DBCompressionType.lz4())
+    opt.set_keep_log_file_num(LOG_FILES)
+    opt.set_max_log_file_size(LOG_FILE_BYTES)
+    return opt
 
 
 def _s(value: str, what: str) -> bytes:
@@ -176,22 +240,59 @@ class Batch:
 class Index:
     """The RocksDB index of one vault (DATA/index)."""
 
-    def __init__(self, path: str | Path) -> None:
-        opt = Options(raw_mode=True)
-        opt.create_if_missing(True)
-        opt.create_missing_column_families(True)
-        opt.set_compression_type(DBCompressionType.lz4())
-        self._db = Rdict(str(path), opt, column_families=dict.fromkeys(CFS, opt))
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """Open the index in ``path`` (created when absent, unless ``read_only``).
+
+        ``read_only`` opens it as RocksDB's read-only instance: no lock, no log, no
+        write to the directory, so it works while another process writes the index
+        and on a full disk; it sees the index as it was when opened. A damaged index
+        (a missing or truncated table file, a bad manifest) raises IndexUnreadable
+        with the command that rebuilds it."""
+        self.path = Path(path)
+        self.read_only = read_only
+        data = self.path.parent
+        if read_only and not (self.path / "CURRENT").exists():
+            raise IndexUnreadable(
+                f"the index {self.path} is missing: rebuild it from the segments with "
+                f"`callvault --data {data} reindex`"
+            )
+        opt = index_options()
+        self._shadow: Path | None = None
+        where = self.path
+        if read_only:
+            opt.set_max_open_files(-1)  # every table file open now: a compaction may remove it
+            self._shadow = where = _shadow_of(self.path)
+        try:
+            self._db = Rdict(
+                str(where),
+                opt,
+                column_families=dict.fromkeys(CFS, opt),
+                access_type=AccessType.read_only() if read_only else AccessType.read_write(),
+            )
+        except Exception as e:  # rocksdict raises a bare Exception with RocksDB's status
+            self._drop_shadow()
+            reason = _rocksdb_reason(e).replace(str(where), str(self.path))
+            if "Corruption" not in reason:  # a lock, a full disk, permissions: not damage
+                raise IndexUnreadable(
+                    f"the index {self.path} cannot be opened: {reason}", damaged=False
+                ) from None
+            raise IndexUnreadable(
+                f"the index {self.path} is damaged ({reason}); the segments hold every "
+                f"call: rebuild the index from them with `callvault --data {data} reindex` "
+                "(the damaged index is kept aside as index.backup-<time>)",
+                damaged=True,
+            ) from None
         self._cfs = {name: self._db.get_column_family_handle(name) for name in CFS}
         self._views = {name: self._db.get_column_family(name) for name in CFS}
         raw = self._db.get(b"meta/format")
         version = None if raw is None else U32.unpack(raw)[0]
         if version is not None and version not in READABLE_VERSIONS:
+            self.close()
             raise ValueError(
                 f"index format {version} is not {FORMAT_VERSION}: "
                 "rebuild it with `callvault --data DIR reindex`"
             )
-        if version != FORMAT_VERSION:
+        if version != FORMAT_VERSION and not read_only:
             self._db.put(b"meta/format", U32.pack(FORMAT_VERSION))
 
     def cf(self, name: str) -> Any:
@@ -201,7 +302,13 @@ class Index:
         return Batch(self)
 
     def write(self, batch: Batch) -> None:
+        if self.read_only:
+            raise IndexUnreadable(f"the index {self.path} is open read-only")
         self._db.write(batch._wb)
+
+    def sync(self) -> None:
+        """Make every write so far durable (RocksDB's write-ahead log, fsynced)."""
+        self._db.flush_wal(True)
 
     def close(self) -> None:
         # the column-family views hold the database open: drop them first
@@ -210,6 +317,12 @@ class Index:
         self._views.clear()
         self._cfs.clear()
         self._db.close()
+        self._drop_shadow()
+
+    def _drop_shadow(self) -> None:
+        if self._shadow is not None:
+            shutil.rmtree(self._shadow, ignore_errors=True)
+            self._shadow = None
 
     @staticmethod
     def postings(e: CallEntry) -> list[tuple[str, bytes]]:

@@ -24,7 +24,9 @@ from callvault.vault.common import (
     OpenReport,
     Problem,
     Replay,
+    VaultBusy,
     VaultError,
+    VaultUnwritable,
 )
 from callvault.vault.core import CallWriter, Vault
 
@@ -38,5 +40,7 @@ __all__ = [
     "Problem",
     "Replay",
     "Vault",
+    "VaultBusy",
     "VaultError",
+    "VaultUnwritable",
 ]

@@ -17,6 +17,15 @@ class VaultError(CallvaultError):
     """A vault operation cannot be done; the message says why."""
 
 
+class VaultUnwritable(VaultError):
+    """The vault cannot be opened for writing (a full or read-only disk, permissions,
+    or another process holds it: VaultBusy); ``Vault.open(read_only=True)`` may work."""
+
+
+class VaultBusy(VaultUnwritable):
+    """The data directory is open in another process (its LOCK is held)."""
+
+
 class CallNotFound(VaultError):
     pass
 

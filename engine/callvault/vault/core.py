@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from callvault.errors import InputError
+from callvault.errors import CallvaultError, InputError
+from callvault.ids import check_call_meta, check_erase_reason
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint
 from callvault.integrity.log import MerkleLog
@@ -34,8 +35,15 @@ from callvault.media.packets import PacketRun
 from callvault.store import crypto
 from callvault.store import records as rec
 from callvault.store.fs import REAL_FS, FileSystem
-from callvault.store.index import CallEntry, Index
-from callvault.store.segment import RecordRef, SegmentReader, SegmentWriter
+from callvault.store.index import CallEntry, Index, IndexUnreadable
+from callvault.store.segment import (
+    RecordRef,
+    SegmentReader,
+    SegmentWriter,
+    StoreError,
+    recover,
+    segment_path,
+)
 from callvault.timeline import (
     FRAME_MS,
     FRAMES_PER_RECORD,
@@ -47,13 +55,32 @@ from callvault.vault.common import (
     SUMMARY_AAD,
     Ack,
     OpenReport,
+    VaultBusy,
     VaultError,
+    VaultUnwritable,
     now_us,
 )
 from callvault.vault.export import Export
-from callvault.vault.keys import CallKeys
-from callvault.vault.recovery import Indexing
+from callvault.vault.keys import CallKeys, has_vault_data, open_key_file
+from callvault.vault.recovery import Indexing, settle_index_swap
 from callvault.vault.verify import Verification
+
+PROBE_BYTES = 1 << 20  # what reopen_writer writes (and removes) to see that writing works
+
+
+def _probe_space(directory: Path) -> None:
+    """Write, fsync and remove PROBE_BYTES in ``directory``: OSError while the disk is
+    full, the directory not writable, or the file size limit below it."""
+    probe = directory / ".probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        block = bytes(64 << 10)
+        for _ in range(PROBE_BYTES // len(block)):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 class CallWriter:
@@ -70,6 +97,16 @@ class CallWriter:
         self._pending: list[Future[Ack]] = []
         self.frames = [0] * len(entry.legs)  # frames appended per leg
         self.sealed = False
+        # set when the vault's segment writer failed and was reopened: this writer's
+        # chain may count records that were never stored (Vault.reopen_writer)
+        self.broken: str | None = None
+
+    def _usable(self) -> None:
+        if self.broken is not None:
+            raise VaultError(
+                f"call {self.entry.call_id}: {self.broken}; continue it with "
+                "Vault.resume_call (from the records that were stored)"
+            )
 
     @property
     def chain_head(self) -> bytes:
@@ -82,6 +119,7 @@ class CallWriter:
         if not 0 <= leg < len(self.entry.legs):
             raise InputError(f"leg {leg} does not exist (call has {len(self.entry.legs)})")
         with self._lock:
+            self._usable()
             if self.sealed:
                 raise VaultError(f"call {self.entry.call_id} is sealed")
             index = self._chain.count
@@ -131,6 +169,7 @@ class CallWriter:
         """Wait until every record is durable, then seal: returns the seal hash once
         the seal record is durable and its leaf is in the Merkle log."""
         with self._lock:
+            self._usable()
             if self.sealed:
                 raise VaultError(f"call {self.entry.call_id} is already sealed")
             self.sealed = True
@@ -185,44 +224,85 @@ class Vault(Export, Verification, Indexing):
         segment_bytes: int,
         origin: str,
         fs: FileSystem = REAL_FS,
+        create: bool = True,
+        read_only: bool = False,
+        rebuild_index: bool = False,
     ) -> None:
         self.path = path
         self.origin = origin
-        for sub in ("segments", "keys/calls", "log"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
-        # one process per data directory: the segment writer has no lock of its own
-        self._lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise VaultError(
-                f"{path} is open in another process (callvault serve or "
-                "another command); stop it first"
-            ) from None
+        self.read_only = read_only
         self.fs = fs
+        self._lock_fd = -1
+        self._lock = threading.RLock()
+        self._log_lock = threading.RLock()
+        self._open = {}
+        self.report = OpenReport()
+        self._segment_bytes = segment_bytes
+        self._reopen_error = ""
+        fresh = not has_vault_data(path)
+        if fresh and (read_only or not create):
+            raise VaultError(f"no vault at {path}")
+        if read_only and rebuild_index:
+            raise ValueError("a read-only vault cannot rebuild its index")
+        if not read_only:
+            for sub in ("segments", "keys/calls", "log"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
+            # one process per data directory: the segment writer has no lock of its own
+            self._lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._lock_fd)
+                raise VaultBusy(
+                    f"{path} is open in another process (callvault serve or "
+                    "another command); stop it first, or use its --server address"
+                ) from None
         try:
-            self.keys = crypto.KeyFile.open(key_file)
+            self.keys = open_key_file(path, key_file, fresh=fresh, read_only=read_only)
             self.call_keys = CallKeys(path / "keys" / "calls", self.keys)
-            self.index = Index(path / "index")
-            self.log = MerkleLog.open(path / "log")
-            self._lock = threading.RLock()
-            self._log_lock = threading.RLock()
-            self._open = {}
-            self.report = OpenReport()
-            known_end = self._recover()
+            self.log = MerkleLog.open(path / "log", read_only=read_only)
             self._reader = SegmentReader(path / "segments", fs=fs)
-            self._writer = SegmentWriter(
-                path / "segments",
-                fs=fs,
-                segment_bytes=segment_bytes,
-                on_commit=self._on_commit,
-                known_end=known_end,
-            )
-            self.signer = checkpoint.Signer.open(path / "keys", origin)
-            self.checkpoints = checkpoint.CheckpointLog.open(path / "log", self.log, self.signer)
-        except BaseException:
+            if read_only:
+                self.index = Index(path / "index", read_only=True)
+            elif rebuild_index:
+                self.report.truncated = recover(path / "segments", fs=fs).truncated
+                self.report.reindexed = self._rebuild_index(keep_old=True)
+            else:
+                settle_index_swap(path)
+                if not fresh and not (path / "index" / "CURRENT").exists():
+                    # an empty new index would hide every call of the closed segments
+                    raise IndexUnreadable(
+                        f"the index {path / 'index'} is missing; the segments hold every "
+                        f"call: rebuild the index from them with "
+                        f"`callvault --data {path} reindex`",
+                        damaged=True,
+                    )
+                self.index = Index(path / "index")
+            if not read_only:
+                known_end = self._known_end() if rebuild_index else self._recover()
+                self._writer = SegmentWriter(
+                    path / "segments",
+                    fs=fs,
+                    segment_bytes=segment_bytes,
+                    on_commit=self._on_commit,
+                    known_end=known_end,
+                )
+            if not read_only or (path / "keys" / checkpoint.KEY_FILE).exists():
+                self.signer = checkpoint.Signer.open(path / "keys", origin)
+                self.checkpoints = checkpoint.CheckpointLog.open(
+                    path / "log", self.log, self.signer
+                )
+        except BaseException as e:
             self._release()  # a failed open leaves the directory free for the next one
+            if read_only:
+                raise
+            if isinstance(e, IndexUnreadable) and not e.damaged:
+                raise VaultUnwritable(str(e)) from e
+            if isinstance(e, OSError):
+                where = f" ({e.filename})" if e.filename else ""
+                raise VaultUnwritable(
+                    f"{path} cannot be opened for writing: {e.strerror or e}{where}"
+                ) from e
             raise
 
     def _release(self) -> None:
@@ -230,7 +310,13 @@ class Vault(Export, Verification, Indexing):
         for part in ("_writer", "log", "index"):
             if hasattr(self, part):
                 getattr(self, part).close()
-        os.close(self._lock_fd)  # releases the flock
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise VaultError(f"{self.path} is open read-only: this needs a read-write open")
 
     @classmethod
     def open(
@@ -241,9 +327,22 @@ class Vault(Export, Verification, Indexing):
         segment_bytes: int = 64 << 20,
         origin: str = "callvault",
         fs: FileSystem = REAL_FS,
+        create: bool = True,
+        read_only: bool = False,
+        rebuild_index: bool = False,
     ) -> Vault:
-        """Open (creating on first use) the vault in ``path``; recovery runs first.
-        ``fs`` is the segment store's file layer (tests pass a fault-injecting one)."""
+        """Open the vault in ``path``; recovery runs first. ``fs`` is the segment
+        store's file layer (tests pass a fault-injecting one).
+
+        ``create``: make a new vault when ``path`` holds none (else VaultError "no
+        vault at PATH"). ``read_only``: open for reading only: no lock, no recovery,
+        no segment writer, no file created or written in ``path`` (a full disk, a
+        read-only mount, or while another process such as `callvault serve` holds
+        the vault); it sees the calls as the index had them when opened; writing
+        verbs raise VaultError. ``rebuild_index``: do not open the index: rebuild it
+        from the segments (what `callvault reindex` does; works on a damaged index,
+        which is kept aside as index.backup-<time>); ``report.reindexed`` is the
+        number of records indexed."""
         p = Path(path)
         return cls(
             p,
@@ -251,6 +350,9 @@ class Vault(Export, Verification, Indexing):
             segment_bytes=segment_bytes,
             origin=origin,
             fs=fs,
+            create=create,
+            read_only=read_only,
+            rebuild_index=rebuild_index,
         )
 
     def close(self) -> None:
@@ -277,7 +379,17 @@ class Vault(Export, Verification, Indexing):
         legs: Sequence[str] = ("agent", "customer"),
         extra: dict[str, Any] | None = None,
     ) -> CallWriter:
-        """Start recording a call; its OPEN record is durable when this returns."""
+        """Start recording a call; its OPEN record is durable when this returns.
+        Metadata beyond the bounds of callvault.ids (MAX_TAGS, ...) is refused."""
+        self._writable()
+        check_call_meta(
+            direction=direction,
+            agent=agent,
+            skill_group=skill_group,
+            customer_number=customer_number,
+            tags=tags,
+            extra=extra,
+        )
         with self._lock:
             if self.index.get_call(tenant, call_id) is not None or (tenant, call_id) in self._open:
                 raise InputError(f"call {call_id} already exists in tenant {tenant}")
@@ -317,12 +429,18 @@ class Vault(Export, Verification, Indexing):
             )
             w = CallWriter(self, entry, key, chainmod.Chain(tenant, call_id))
             self._open[(tenant, call_id)] = w
-        self._writer.append(rec.OPEN, body).result()
+        try:
+            self._writer.append(rec.OPEN, body).result()
+        except BaseException:
+            # not opened: the id stays free for a retry (once the writer works again)
+            self._forget(entry)
+            raise
         return w
 
     def resume_call(self, call_id: str, *, tenant: str = "default") -> CallWriter:
         """Writer of a call left open by an earlier process (a crash or a restart):
         the chain continues from the durable records the index holds."""
+        self._writable()
         with self._lock:
             if (tenant, call_id) in self._open:
                 raise VaultError(f"call {call_id} is already being written in this process")
@@ -403,24 +521,139 @@ class Vault(Export, Verification, Indexing):
 
     def erase(self, call_id: str, *, reason: str, tenant: str = "default") -> None:
         """Crypto-shred a sealed call: its key is destroyed, a tombstone and a log leaf stay."""
+        self._writable()
         e = self.get_call(call_id, tenant=tenant)
         if e.state == "erased":
             raise VaultError(f"call {call_id} is already erased")
         if e.state != "sealed" or (tenant, call_id) in self._open:
             raise VaultError(f"call {call_id} is still being recorded: seal it, then erase it")
-        if not reason.strip():
-            raise InputError("erasure needs a reason")
+        check_erase_reason(reason)
         body = rec.erase_body(tenant, call_id, time_us=now_us(), reason=reason)
-        self._writer.append(rec.ERASE, body).result()
+        # The commit point is the ERASE record acknowledged: durable, indexed (and its
+        # log leaf synced); only then is the call's key file deleted (_index_committed).
+        # A failure before it is undone: the unacknowledged records are cut from the
+        # segments, so no later recovery applies an erasure reported as failed.
+        try:
+            self._writer.append(rec.ERASE, body).result()
+        except StoreError as e:
+            with self._lock:
+                undone = self._roll_back_unacknowledged()
+            if undone:
+                raise VaultError(
+                    f"erasing call {call_id} failed, nothing was applied (the call is "
+                    f"still sealed and readable): {e}"
+                ) from e
+            raise VaultError(
+                f"erasing call {call_id} failed and its record could not be removed: "
+                f"the next open of the vault may apply it ({e})"
+            ) from e
+        if self.call_keys.path(tenant, call_id).exists():
+            raise VaultError(
+                f"call {call_id} is erased (its tombstone and log leaf are stored) but its "
+                f"key file {self.call_keys.path(tenant, call_id)} could not be deleted: "
+                "delete it"
+            )
+
+    # -- the segment writer's health ----------------------------------------------------
+    @property
+    def writer_error(self) -> str | None:
+        """None while the segment writer works; once it failed for good (a full disk,
+        permission denied, an I/O error), a sentence saying what failed. Every append
+        fails until ``reopen_writer`` succeeds."""
+        if self.read_only:
+            return f"{self.path} is open read-only"
+        failed = self._writer.failed
+        if failed is None:
+            return None
+        text = f"the segment writer failed: {failed}"
+        if self._reopen_error:
+            text += f"; reopening it failed: {self._reopen_error}"
+        return text
+
+    def reopen_writer(self) -> bool:
+        """After the segment writer failed: cut what it never acknowledged from the
+        segments, run recovery and start a new writer. True when writing works again
+        (also when it never failed); False (and ``writer_error`` says why) while the
+        cause remains. Calls being written by this process are dropped from it: their
+        CallWriters raise, and ``resume_call`` continues them from the stored records."""
+        self._writable()
+        with self._lock:
+            if self._writer.failed is None:
+                return True
+            with self._log_lock:
+                try:
+                    self._writer.close()
+                    _probe_space(self.path / "segments")
+                    if not self._roll_back_unacknowledged():
+                        raise VaultError("the unacknowledged records could not be removed")
+                    for w in self._open.values():
+                        w.broken = "the vault's segment writer failed and was reopened"
+                    self._open.clear()
+                    known_end = self._recover()
+                    self._reader.close()
+                    self._reader = SegmentReader(self.path / "segments", fs=self.fs)
+                    writer = SegmentWriter(
+                        self.path / "segments",
+                        fs=self.fs,
+                        segment_bytes=self._segment_bytes,
+                        on_commit=self._on_commit,
+                        known_end=known_end,
+                    )
+                except (OSError, CallvaultError) as e:
+                    self._reopen_error = str(e)
+                    return False
+                self._writer = writer
+                self._reopen_error = ""
+                return True
+
+    def _roll_back_unacknowledged(self) -> bool:
+        """Cut the segments back to the end of the last acknowledged record (the
+        index's meta/end: every acknowledged record is indexed before its ack), after
+        the writer failed: whatever a failed group left in the files (written but not
+        acknowledged) must not be applied by a later recovery. True once that is
+        durable (truncated, fsynced); False if the files could not be changed."""
+        if self._writer.failed is None:
+            return False
+        self._writer.close()  # its committer has stopped: this joins it
+        end = self._known_end()
+        if end is None:
+            return False
+        seg, off = end
+        directory = str(self.path / "segments")
+        try:
+            for sid in self._reader.segments():
+                if sid > seg:
+                    self.fs.remove(segment_path(directory, sid))
+            f = self.fs.open_append(segment_path(directory, seg))
+            try:
+                if f.size() > off:
+                    f.truncate(off)
+                f.fsync()
+            finally:
+                f.close()
+            self.fs.fsync_dir(directory)
+        except OSError:
+            return False
+        return True
 
     # -- keys and the log ----------------------------------------------------------------
     def rotate_key(self) -> tuple[int, int]:
         """A new key-encryption key; every call's data key re-wrapped under it (no audio
         is rewritten); the old KEKs retired. Returns (new KEK id, keys re-wrapped)."""
+        self._writable()
         with self._lock:
             old = [v.id for v in self.keys.versions()]
             new = self.keys.rotate()
-            n = self.call_keys.rewrap(new)
+            try:
+                n = self.call_keys.rewrap(new)
+            except OSError as e:
+                # each key file is replaced atomically and the old KEKs are not retired
+                # yet: every call key still unwraps; a second run finishes the job
+                raise VaultError(
+                    f"key rotation stopped ({e.strerror or e}: {e.filename}): every call "
+                    "key still unwraps (the previous key-encryption keys are kept); "
+                    "run rotate-key again"
+                ) from e
             for kek in old:
                 if kek != new and any(
                     v.id == kek and v.state.name != "RETIRED" for v in self.keys.versions()
@@ -431,6 +664,7 @@ class Vault(Export, Verification, Indexing):
     def checkpoint(self) -> str:
         """A signed checkpoint of the log as it is now (C2SP signed note), consistent
         with every checkpoint signed before it (CheckpointLog refuses otherwise)."""
+        self._writable()
         with self._lock, self._log_lock:
             return self.checkpoints.sign().decode()
 

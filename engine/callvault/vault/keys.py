@@ -7,6 +7,7 @@ files (crypto-shredding); a KEK rotation re-wraps every file."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from callvault.durable import write_atomic
@@ -76,3 +77,46 @@ class CallKeys:
             write_atomic(p, self.keys.rewrap(p.read_bytes(), kek_id))
             n += not p.name.endswith(NUMBER_SUFFIX)
         return n
+
+
+def stored_calls(data: Path) -> int:
+    """How many calls of the vault in ``data`` have a data key (are not erased)."""
+    return sum(1 for _ in (data / "keys" / "calls").glob("*/*.key"))
+
+
+def has_vault_data(data: Path) -> bool:
+    """Whether ``data`` holds a vault's data: a segment file, a call's key file or an
+    index. (Its key file alone is not data: nothing was encrypted with it yet.)"""
+    seg = data / "segments"
+    if seg.is_dir() and any(p.is_file() for p in seg.iterdir()):
+        return True
+    return stored_calls(data) > 0 or any(
+        (data / name).exists() for name in ("index/CURRENT", "index.new")
+    )
+
+
+def open_key_file(data: Path, key_file: Path, *, fresh: bool, read_only: bool) -> crypto.KeyFile:
+    """The vault's key file. A new one (a new KEK) is made only for a brand-new vault
+    (``fresh``: has_vault_data was false before the open); for a vault that holds
+    data, a missing or unreadable key file is an error that says to restore it:
+    a new key would make every stored call undecryptable."""
+    if fresh:
+        if read_only:
+            raise VaultError(f"no vault at {data}")
+        return crypto.KeyFile.open(key_file)
+    n = stored_calls(data)
+    lost = (
+        f"without it the {n} stored call(s) cannot be decrypted"
+        if n
+        else "the vault's data was written under its keys"
+    )
+    if not os.path.lexists(key_file):
+        raise VaultError(f"key file missing: {key_file}; restore it from your backup ({lost})")
+    try:
+        if read_only:  # no lock file, no clean-up: read it as it is
+            return crypto.KeyFile(key_file, crypto.KeyFile._read(key_file))
+        return crypto.KeyFile.open(key_file, create=False)
+    except crypto.KeyFileError as e:
+        if "group or others" in str(e):  # its mode: the message says what to do
+            raise
+        raise VaultError(f"{e}; restore it from your backup ({lost})") from None

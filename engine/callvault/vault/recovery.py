@@ -6,11 +6,14 @@ the segments alone."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import struct
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from callvault.integrity import chain as chainmod
 from callvault.integrity import merkle
@@ -18,10 +21,36 @@ from callvault.integrity.leaves import LEAF_ERASE, LEAF_SEAL, leaf_data
 from callvault.store import records as rec
 from callvault.store.index import Batch, CallEntry, Index, RecordEntry
 from callvault.store.segment import Committed, RecordRef, SegmentReader, StoreError, recover
-from callvault.vault.common import Replay, now_us
+from callvault.vault.common import Replay, VaultError
 from callvault.vault.state import VaultState
 
 _Cache = dict[tuple[str, str], CallEntry]
+
+INDEX_NEW = "index.new"  # an index being rebuilt (docs/format.md 8.4)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def settle_index_swap(data: Path) -> None:
+    """Finish or undo an index rebuild a crash interrupted (run before opening the
+    index). DATA/index.new is renamed to DATA/index only after it is complete, and
+    DATA/index is moved aside only then: so index.new next to an index is an
+    unfinished build (removed), and index.new without an index is a finished build
+    whose swap was cut between its two renames (completed)."""
+    new_dir = data / INDEX_NEW
+    if not new_dir.exists():
+        return
+    if (data / "index").exists():
+        shutil.rmtree(new_dir)
+    else:
+        os.rename(new_dir, data / "index")
+    _fsync_dir(data)
 
 
 class Indexing(VaultState):
@@ -63,33 +92,94 @@ class Indexing(VaultState):
         return 0 if raw is None else int(struct.unpack(">Q", raw)[0])
 
     def reindex(self, progress: Callable[[int], object] | None = None) -> int:
-        """Rebuild the index from the segments alone (the old one is moved aside);
-        returns the number of records indexed."""
+        """Rebuild the index from the segments alone, on an open vault (the old index
+        is replaced once the new one is complete, see ``_rebuild_index``); returns the
+        number of records indexed. (A damaged index cannot be opened at all:
+        ``Vault.open(DIR, rebuild_index=True)`` rebuilds it without opening it.)"""
+        if self.read_only:
+            raise VaultError(f"{self.path} is open read-only: reindex needs a read-write open")
         with self._lock:
             self._writer.flush()
-            self.index.close()
-            old = self.path / f"index.old-{now_us()}"
-            os.replace(self.path / "index", old)
-            self.index = Index(self.path / "index")
-            self._map_log_leaves(0)  # the log's leaves first, so seals find theirs
-            n = 0
-            chunk: list[Committed] = []
-            for ref, rtype, body in self._reader.scan():
-                chunk.append(Committed(ref, rtype, body))
-                if len(chunk) >= 1000:
-                    self._on_commit(chunk)
-                    n += len(chunk)
-                    chunk = []
-                    if progress is not None:
-                        progress(n)
-            self._on_commit(chunk)
-            n += len(chunk)
+            # the committer indexes under _log_lock: holding it, the index ends at
+            # meta/end, and what commits meanwhile is indexed into the new index after
+            with self._log_lock:
+                n = self._rebuild_index(keep_old=False, until=self._known_end(), progress=progress)
             for (tenant, call_id), w in self._open.items():  # calls still being recorded
                 e = self.index.get_call(tenant, call_id)
                 if e is not None:
                     w.entry = e
-            shutil.rmtree(old)
             return n
+
+    def _rebuild_index(
+        self,
+        *,
+        keep_old: bool,
+        until: tuple[int, int] | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
+        """Build a new index from the segments (the records before ``until``, all when
+        None) in DATA/index.new, without reading the current one; then swap: DATA/index
+        is renamed to DATA/index.backup-<UTC time> (``keep_old``: kept, as the index
+        may be damaged and worth a look) or index.old-<time> (removed once the swap
+        is durable), then index.new to index.
+        Crash-safe: index.new is complete and synced before the first rename, and
+        ``settle_index_swap`` (run on every open) finishes or discards a swap a crash
+        interrupted. Leaves ``self.index`` open on the new index."""
+        new_dir = self.path / INDEX_NEW
+        if new_dir.exists():
+            shutil.rmtree(new_dir)  # a build a crash interrupted
+        if hasattr(self, "index"):
+            old_index: Index | None = self.index
+        else:
+            old_index = None
+        self.index = Index(new_dir)
+        try:
+            self._map_log_leaves(0)  # the log's leaves first, so seals find theirs
+            n = 0
+            chunk: list[Committed] = []
+            for ref, rtype, body in self._reader.scan():
+                if until is not None and (ref.segment, ref.offset) >= until:
+                    break
+                chunk.append(Committed(ref, rtype, body))
+                if len(chunk) >= 1000:
+                    self._on_commit(chunk, recovering=True)
+                    n += len(chunk)
+                    chunk = []
+                    if progress is not None:
+                        progress(n)
+            self._on_commit(chunk, recovering=True)
+            n += len(chunk)
+            if progress is not None:
+                progress(n)
+            self.index.sync()
+        except BaseException:
+            self.index.close()
+            if old_index is not None:
+                self.index = old_index
+            else:
+                del self.index
+            raise
+        self.index.close()
+        del self.index
+        if old_index is not None:
+            old_index.close()
+        _fsync_dir(new_dir)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        base = f"index.{'backup' if keep_old else 'old'}-{stamp}"
+        aside = self.path / base
+        k = 1
+        while aside.exists():
+            aside = self.path / f"{base}-{k}"
+            k += 1
+        if (self.path / "index").exists():
+            os.rename(self.path / "index", aside)
+            _fsync_dir(self.path)
+        os.rename(new_dir, self.path / "index")
+        _fsync_dir(self.path)
+        if not keep_old and aside.exists():
+            shutil.rmtree(aside)
+        self.index = Index(self.path / "index")
+        return n
 
     # -- indexing (committer thread, and recovery) --------------------------------------
     def _on_commit(self, committed: list[Committed], recovering: bool = False) -> None:
@@ -100,10 +190,11 @@ class Indexing(VaultState):
         batch = self.index.batch()
         cache: _Cache = {}
         log_grew = False
+        erased: list[tuple[str, str]] = []
         for c in committed:
             assert c.body is not None
             try:
-                log_grew |= self._apply(batch, cache, c.ref, c.rtype, c.body)
+                log_grew |= self._apply(batch, cache, c.ref, c.rtype, c.body, erased)
             except Replay as e:
                 if not recovering:  # the vault itself never writes one: stop acking
                     raise
@@ -117,6 +208,11 @@ class Indexing(VaultState):
             self.log.sync()
             batch.put_meta(b"meta/log-size", struct.pack(">Q", self.log.size))
         self.index.write(batch)
+        # the erasures are durable and indexed: only now destroy the keys (a failure
+        # before this point leaves every erased call readable, see Vault.erase)
+        for tenant, call_id in erased:
+            with contextlib.suppress(OSError):  # Vault.erase reports a key file left
+                self.call_keys.destroy(tenant, call_id)
 
     def _entry(self, cache: _Cache, tenant: str, call_id: str) -> CallEntry | None:
         key = (tenant, call_id)
@@ -127,8 +223,17 @@ class Indexing(VaultState):
             cache[key] = e
         return cache[key]
 
-    def _apply(self, batch: Batch, cache: _Cache, ref: RecordRef, rtype: int, raw: bytes) -> bool:
-        """Index one durable record; True if it appended a log leaf."""
+    def _apply(
+        self,
+        batch: Batch,
+        cache: _Cache,
+        ref: RecordRef,
+        rtype: int,
+        raw: bytes,
+        erased: list[tuple[str, str]],
+    ) -> bool:
+        """Index one durable record; True if it appended a log leaf. An erasure's call
+        is added to ``erased``: its key is destroyed once the batch is written."""
         b = rec.parse(rtype, raw)
         if rtype == rec.OPEN:
             meta = b.meta or {}
@@ -187,7 +292,7 @@ class Indexing(VaultState):
         if rtype == rec.ERASE:
             e.state = "erased"
             e.wrapped_key = ""
-            self.call_keys.destroy(b.tenant, b.call_id)
+            erased.append((b.tenant, b.call_id))
             e.erased_us = b.time_us
             e.erase_reason = b.reason
             e.erase_log_index = self._log_leaf(

@@ -23,6 +23,7 @@ class VaultState:
     """The attributes of a Vault (declared here, set by ``Vault.__init__``)."""
 
     path: Path
+    read_only: bool  # opened with Vault.open(read_only=True): no writes
     fs: FileSystem
     keys: crypto.KeyFile  # the key-encryption keys
     call_keys: CallKeys  # the calls' wrapped data keys
@@ -36,3 +37,5 @@ class VaultState:
     _open: dict[tuple[str, str], CallWriter]  # calls being written by this process
     _reader: SegmentReader
     _writer: SegmentWriter
+    _segment_bytes: int  # of the segment writer (and of one reopened after a failure)
+    _reopen_error: str  # why the last Vault.reopen_writer failed ("" if it did not)

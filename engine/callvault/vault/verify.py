@@ -3,6 +3,7 @@ audio authentication, the seal's leaf in the Merkle log), and the whole vault's.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
 from callvault.errors import CallvaultError
@@ -11,7 +12,7 @@ from callvault.integrity import merkle
 from callvault.integrity.leaves import LEAF_SEAL, leaf_data
 from callvault.store import records as rec
 from callvault.store.index import RecordEntry
-from callvault.store.segment import SegmentReader
+from callvault.store.segment import CorruptRecord, SegmentReader
 from callvault.vault.common import CallNotFound, Problem
 from callvault.vault.reading import Reading
 
@@ -111,11 +112,18 @@ class Verification(Reading):
             for d in self.report.damage
         ]
         problems += [Problem("segments", None, str(r)) for r in self.report.replays]
-        self._writer.flush()
+        if not self.read_only:  # a read-only open has no writer (and recovered nothing)
+            self._writer.flush()
         reader = SegmentReader(self.path / "segments", fs=self.fs)  # no cached headers
+        # read-only (beside a writer, or before recovery): a bad record past what the
+        # index holds is the tail being written, or a torn tail recovery will cut
+        tail = self.index.get_meta(b"meta/end") if self.read_only else None
         try:
             for _ in reader.scan():
                 pass
+        except CorruptRecord as ex:
+            if tail is None or (ex.segment, ex.offset) < struct.unpack(">QQ", tail):
+                problems.append(Problem("segments", None, str(ex)))
         except CallvaultError as ex:
             problems.append(Problem("segments", None, str(ex)))
         finally:
