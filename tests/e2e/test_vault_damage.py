@@ -180,7 +180,7 @@ def test_read_verbs_work_while_a_server_holds_the_vault(data: Path, tmp_path: Pa
         assert (tmp_path / "d1.wav").stat().st_size > 44
         assert "OK" in cv(data, "verify", "--all").stdout
         err = refused(cv(data, "erase", "d1", "--reason", "test", ok=False))
-        assert "open in another process" in err and "--server" in err
+        assert "in use by a running server" in err and "--server" in err
         # nothing the read-only opens did disturbed the server
         assert server.alive()
     finally:
