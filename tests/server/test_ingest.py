@@ -304,7 +304,7 @@ def test_a_callstart_for_a_sealed_call_answers_sealed(feed: Feed, tmp_path: Path
         for _ in range(2):
             s = RecordStream(ingestor)
             out = s.handle(feed.spec("c1"))
-            assert out == [Started(0, True, feed.start_us), sealed]
+            assert out == [Started(0, True, feed.start_us, sealed_before=True), sealed]
             assert s.done
             with pytest.raises(InputError, match="stream is over"):
                 s.handle(feed.batches[0])

@@ -256,6 +256,18 @@ class Vault(Export, Verification, Indexing):
     def close(self) -> None:
         self._release()
 
+    # Writer health (a minimal version added by the ingest lane; lane vault owns it)
+    @property
+    def writer_error(self) -> str | None:
+        """None while the segment writer works; else what failed, as a sentence."""
+        failed = self._writer.failed
+        return None if failed is None else str(failed)
+
+    def reopen_writer(self) -> bool:
+        """Try writing again: True when the writer works (this minimal version only
+        reports; reopening a failed writer is lane vault's)."""
+        return self._writer.failed is None
+
     def __enter__(self) -> Vault:
         return self
 
