@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -251,7 +252,8 @@ def test_an_unexpected_error_is_internal_with_a_sentence(tmp_path: Path) -> None
     srv.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            code, details = status_of(lambda: ch.unary_unary("/callvault.v1.Admin/Stats")(b""))
+            stats_rpc: Any = ch.unary_unary("/callvault.v1.Admin/Stats")
+            code, details = status_of(lambda: stats_rpc(b""))
     finally:
         srv.stop(None)
     assert code == grpc.StatusCode.INTERNAL
