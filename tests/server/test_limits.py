@@ -211,6 +211,18 @@ def test_ids_refuse_nul_and_dot_names(server: Proc, feed: Feed) -> None:
             ),
             "call.tenant '\\x00'",
         ),
+        (lambda: list(archive.Search(pb.SearchRequest(tenant="t\x00"))), "tenant 't\\x00'"),
+        (lambda: list(archive.Search(pb.SearchRequest(agent="a\x00"))), "agent holds a NUL"),
+        (
+            lambda: list(
+                pbg.IntegrityStub(ch).Verify(pb.VerifyRequest(call_ids=["a\x00b"], tenant="x"))
+            ),
+            "call_ids item 'a\\x00b'",
+        ),
+        (
+            lambda: pbg.ArchiveStub(ch).Play(pb.PlayRequest(call=pb.CallRef(call_id=".."))),
+            "call.call_id '..'",
+        ),
         (
             lambda: pbg.AdminStub(ch).Erase(
                 pb.EraseRequest(call=pb.CallRef(call_id="ok"), reason="r" * (2 << 20))

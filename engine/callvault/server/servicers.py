@@ -114,6 +114,15 @@ def _ref(ref: pb.CallRef) -> tuple[str, str]:
     return ref.tenant or "default", ref.call_id
 
 
+def _check_texts(r: Any, *names: str) -> None:
+    """Refuse a request whose tenant is not a tenant or whose text fields hold a NUL
+    (INVALID_ARGUMENT; the index would fail on them later with a Python error)."""
+    if r.tenant:
+        ids.check_call_id(r.tenant, "tenant")
+    for name in names:
+        ids.check_text(getattr(r, name), name, 1 << 16)
+
+
 def _format(value: int, allowed: tuple[int, ...], why: str) -> int:
     """A request's AudioFormat: one of ``allowed``, the first when unset."""
     fmt = value or allowed[0]
@@ -240,6 +249,7 @@ class ArchiveServicer(pbg.ArchiveServicer):
 
     @streaming
     def Search(self, r: pb.SearchRequest, context: grpc.ServicerContext) -> Iterator[pb.CallInfo]:
+        _check_texts(r, "agent", "skill_group", "tag", "direction")
         if r.until_us and r.until_us <= r.since_us:
             raise InputError(f"until_us {r.until_us} is not after since_us {r.since_us}")
         if r.max_duration_ms and r.max_duration_ms < r.min_duration_ms:
@@ -409,6 +419,9 @@ class IntegrityServicer(pbg.IntegrityServicer):
             return
         if not r.call_ids:
             raise InputError("name the calls to verify (call_ids), or set all")
+        _check_texts(r)
+        for call_id in r.call_ids:
+            ids.check_call_id(call_id, "call_ids item")
         for call_id in r.call_ids:
             found = [str(p) for p in self.vault.verify_call(call_id, tenant=r.tenant or "default")]
             yield pb.VerifyResult(what=f"call {call_id}", ok=not found, problems=found)
