@@ -83,7 +83,7 @@ class Limits:
 
     max_open_calls: int = 1000  # calls being recorded at once (RESOURCE_EXHAUSTED beyond)
     call_idle_s: float = 60.0  # a call with no batch this long after its CallStart expires
-    resume_s: float = 600.0  # a call with audio and no stream this long is sealed
+    resume_s: float = 3600.0  # a call with audio and no stream this long is sealed
 
 
 @dataclass(frozen=True)
