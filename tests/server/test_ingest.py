@@ -429,3 +429,29 @@ def test_metadata_and_ids_are_checked_before_a_call_is_kept(feed: Feed, tmp_path
             with pytest.raises(InputError, match=re.escape(text)):
                 ingestor.attach(spec)
         assert ingestor.open_calls() == 0
+
+
+def test_a_resumed_call_never_replayed_is_released_and_resumes_later(
+    feed: Feed, tmp_path: Path, uninterrupted: Packets
+) -> None:
+    """After a restart a CallStart resumes the call from the vault; if its client then
+    stays away resume_s, the call is left open in the vault (nothing to seal from:
+    no batch was replayed) and a later CallStart still resumes it."""
+    from callvault.server.ingest import Limits
+
+    half = len(feed.batches) // 2
+    with server(tmp_path / "vault") as (_, ingestor):
+        s = RecordStream(ingestor)
+        for r in [feed.spec("c1"), *feed.batches[:half]]:
+            s.handle(r)
+        ingestor.shutdown()
+    with server(tmp_path / "vault") as (vault, ingestor):
+        ingestor.limits = Limits(resume_s=600)
+        live, token = ingestor.attach(feed.spec("c1"))
+        assert live.resumed and live.pipes is None
+        ingestor.detach(live, token)
+        assert [w for _, w in ingestor.reap(live.touched + 601)] == ["released"]
+        assert ingestor.open_calls() == 0 and vault.get_call("c1").state == "open"
+        replies = list(RecordStream(ingestor).run(feed.requests("c1"), same))
+        assert isinstance(replies[-1], Sealed)
+        assert stored(vault, "c1") == uninterrupted

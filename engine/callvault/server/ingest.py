@@ -490,6 +490,8 @@ class Ingestor:
                 elif live.attached or now - live.touched < lim.resume_s:
                     continue
                 elif live.pipes is None:  # resumed from the vault, never replayed
+                    assert live.writer is not None
+                    live.writer.release()  # open in the vault as after a restart
                     live.expired = (
                         f"call {cid}: no stream for {lim.resume_s:g} s: left open in the "
                         "vault (a CallStart resumes it)"
