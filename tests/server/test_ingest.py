@@ -442,8 +442,9 @@ def test_a_resumed_call_never_replayed_is_released_and_resumes_later(
     half = len(feed.batches) // 2
     with server(tmp_path / "vault") as (_, ingestor):
         s = RecordStream(ingestor)
-        for r in [feed.spec("c1"), *feed.batches[:half]]:
-            s.handle(r)
+        s.handle(feed.spec("c1"))
+        for b in feed.batches[:half]:
+            s.handle(b)
         ingestor.shutdown()
     with server(tmp_path / "vault") as (vault, ingestor):
         ingestor.limits = Limits(resume_s=600)
