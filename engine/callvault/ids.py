@@ -88,7 +88,7 @@ def parse_meta(
     is kept as extra metadata. A - in KEY reads as _; each KEY may be given once.
     Returns keywords of ``Vault.open_call`` (and keys of the SDK's CallMeta mapping):
     the fields as strings, ``tags`` (a list), ``start_us`` and ``extra`` (a dict) when
-    given."""
+    given; within the bounds of ``check_meta``."""
     known = meta_keys(start=start)
     meta: dict[str, Any] = {}
     seen: set[str] = set()
@@ -111,6 +111,7 @@ def parse_meta(
             meta[k] = v
         else:
             meta.setdefault("extra", {})[k] = v
+    check_meta(meta)
     return meta
 
 

@@ -73,7 +73,10 @@ class LocalBackend:
             "import this recording under a new call id"
         )
         if state != "sealed":
-            raise refused
+            raise CallvaultError(
+                f"call {call_id} already exists ({state}): import this recording under a "
+                "new call id"
+            )
         e = self.vault.get_call(call_id, tenant=tenant)
         call = pipeline.run_call(pipeline.parse_inputs(inputs, legs), pipeline.Settings())
         if [r.name for r in call.legs] != list(e.legs):
