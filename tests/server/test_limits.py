@@ -285,6 +285,8 @@ def test_health_is_not_serving_while_the_segment_writer_failed(tmp_path: Path, f
     try:
         assert health(srv.address) == health_pb2.HealthCheckResponse.SERVING
         assert stats(srv.address).writer_error == ""
+        with grpc.insecure_channel(srv.address) as ch:
+            list(pbg.IngestStub(ch).Record(feed.requests("w0"), timeout=120))
         seg.rename(away)  # the directory is gone: creating the next segment fails
         with grpc.insecure_channel(srv.address) as ch:
             code, details = status_of(
@@ -295,6 +297,21 @@ def test_health_is_not_serving_while_the_segment_writer_failed(tmp_path: Path, f
         why = stats(srv.address).writer_error
         assert "segment writer failed for good" in why and "create segment" in why
         assert "NOT_SERVING" in srv.output()
+        # writes are refused up front (never reported failed after being applied)
+        with grpc.insecure_channel(srv.address) as ch:
+            code, details = status_of(
+                lambda: pbg.IngestStub(ch).Record(feed.requests("w2"), timeout=30)
+            )
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert "the vault cannot store anything now" in details
+            code, details = status_of(
+                lambda: pbg.AdminStub(ch).Erase(
+                    pb.EraseRequest(call=pb.CallRef(call_id="w0"), reason="retention")
+                )
+            )
+            assert code == grpc.StatusCode.UNAVAILABLE
+            info = pbg.ArchiveStub(ch).GetCall(pb.GetCallRequest(call=pb.CallRef(call_id="w0")))
+            assert info.state == "sealed"
     finally:
         if away.exists():
             away.rename(seg)

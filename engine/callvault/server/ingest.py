@@ -69,6 +69,21 @@ class TooManyCalls(CallvaultError):
     """The server records ``max_open_calls`` calls already."""
 
 
+class WriterFailed(CallvaultError):
+    """The vault's segment writer has failed: nothing can be stored until it works."""
+
+
+def check_writer(vault: Vault) -> None:
+    """WriterFailed while the vault cannot write (``Vault.writer_error``): a write is
+    refused up front rather than reported failed after part of it was applied."""
+    why = vault.writer_error
+    if why is not None:
+        raise WriterFailed(
+            f"the vault cannot store anything now ({why}); the server is NOT_SERVING "
+            "until writing works again: retry later"
+        )
+
+
 class CallExpired(CallvaultError):
     """The call was opened but no batch came within ``call_idle_s``: forgotten."""
 
@@ -413,7 +428,10 @@ class Ingestor:
                         )
                         live.owner = token
                         return live, token
+                    check_writer(self.vault)
                     writer = self.vault.resume_call(spec.call_id, tenant=tenant)
+                else:
+                    check_writer(self.vault)
                 live = LiveCall(self.vault, spec, self.settings, writer=writer)
                 self.calls[key] = live
             elif live.spec.recording_id != spec.recording_id:

@@ -44,6 +44,8 @@ from callvault.server.ingest import (
     StreamTakenOver,
     TooManyCalls,
     Unknown,
+    WriterFailed,
+    check_writer,
 )
 from callvault.server.interceptors import MethodLog, Undecodable
 from callvault.store.index import CallEntry
@@ -60,6 +62,7 @@ STATUS: tuple[tuple[type[CallvaultError], grpc.StatusCode], ...] = (
     (StreamTakenOver, grpc.StatusCode.ABORTED),
     (RecordingConflict, grpc.StatusCode.ALREADY_EXISTS),
     (TooManyCalls, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (WriterFailed, grpc.StatusCode.UNAVAILABLE),
     (CallExpired, grpc.StatusCode.FAILED_PRECONDITION),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (OutOfOrder, grpc.StatusCode.FAILED_PRECONDITION),
@@ -460,6 +463,7 @@ class AdminServicer(pbg.AdminServicer):
     def Erase(self, r: pb.EraseRequest, context: grpc.ServicerContext) -> pb.EraseReply:
         tenant, call_id = _ref(r.call)
         ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
+        check_writer(self.vault)
         self.vault.erase(call_id, reason=r.reason, tenant=tenant)
         e = self.vault.get_call(call_id, tenant=tenant)
         return pb.EraseReply(log_index=e.erase_log_index)
@@ -476,5 +480,6 @@ class AdminServicer(pbg.AdminServicer):
 
     @unary
     def RotateKey(self, r: pb.RotateKeyRequest, context: grpc.ServicerContext) -> pb.RotateKeyReply:
+        check_writer(self.vault)
         kek, n = self.vault.rotate_key()
         return pb.RotateKeyReply(kek_id=kek, rewrapped=n)
