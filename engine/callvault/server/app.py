@@ -110,6 +110,7 @@ class Server:
             raise InputError(f"cannot listen on {listen}")
         self._names = names
         self._stopped = threading.Event()
+        self._housekeeper: threading.Thread | None = None
 
     def start(self) -> None:
         self.grpc.start()
@@ -166,6 +167,8 @@ class Server:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._housekeeper is not None:  # no reaping or health changes from here on
+            self._housekeeper.join()
         self.health.enter_graceful_shutdown()
         self.ingestor.shutdown(lambda live, e: log.error("call %s: %s", live.spec.call_id, e))
         self.grpc.stop(self.config.shutdown_grace_s).wait()
