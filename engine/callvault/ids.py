@@ -18,29 +18,37 @@ from typing import Any
 
 from callvault.errors import InputError
 
-CALL_ID_RULE = "1 to 128 characters of letters, digits and . _ : -"
+CALL_ID_RULE = "1 to 128 characters of letters, digits and . _ : -, not . or .."
 LEG_NAME_RULE = "1 to 32 letters, digits, . _ -"
 _CALL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _LEG_NAME = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 
 def is_call_id(value: str) -> bool:
-    """Whether ``value`` is a valid call id (or tenant): the whole string, no newline."""
-    return _CALL_ID.fullmatch(value) is not None
+    """Whether ``value`` is a valid call id (or tenant): the whole string, no newline,
+    no NUL, and not "." or ".." (which name directories, not calls)."""
+    return _CALL_ID.fullmatch(value) is not None and value not in (".", "..")
 
 
 def check_call_id(value: str, what: str = "call_id") -> str:
     """``value`` if it is a valid call id; InputError naming ``what`` otherwise (tenants
     follow the same rule: ``check_call_id(tenant, "tenant")``)."""
     if not is_call_id(value):
-        raise InputError(f"{what} {value!r}: use {CALL_ID_RULE}")
+        raise InputError(f"{what} {_shown(value)}: use {CALL_ID_RULE}")
     return value
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """``value`` quoted for an error message: control characters escaped, cut to
+    ``limit`` characters (a hostile value must not flood a log)."""
+    cut = value if len(value) <= limit else value[:limit]
+    return repr(cut) + (f" (cut; {len(value)} characters)" if len(value) > limit else "")
 
 
 def check_leg_name(name: str) -> str:
     """``name`` if it is a valid leg name; InputError otherwise."""
-    if _LEG_NAME.fullmatch(name) is None:
-        raise InputError(f"leg name {name!r}: use {LEG_NAME_RULE}")
+    if _LEG_NAME.fullmatch(name) is None or name in (".", ".."):
+        raise InputError(f"leg name {_shown(name)}: use {LEG_NAME_RULE}, not . or ..")
     return name
 
 
@@ -81,7 +89,7 @@ def parse_meta(
     is kept as extra metadata. A - in KEY reads as _; each KEY may be given once.
     Returns keywords of ``Vault.open_call`` (and keys of the SDK's CallMeta mapping):
     the fields as strings, ``tags`` (a list), ``start_us`` and ``extra`` (a dict) when
-    given."""
+    given; within the bounds of ``check_meta``."""
     known = meta_keys(start=start)
     meta: dict[str, Any] = {}
     seen: set[str] = set()
@@ -104,6 +112,7 @@ def parse_meta(
             meta[k] = v
         else:
             meta.setdefault("extra", {})[k] = v
+    check_meta(meta)
     return meta
 
 
@@ -190,3 +199,45 @@ def check_erase_reason(reason: str) -> str:
             f"the erasure reason is {_size(reason)} bytes long: at most {MAX_ERASE_REASON_BYTES}"
         )
     return reason
+
+
+# What the server checks on a CallStart before anything of it is kept (the
+# per-item bounds above, and these; docs/server.md "Limits").
+MAX_META_BYTES = 16 << 10  # all the metadata of a call together
+MAX_RECORDING_ID_BYTES = 128  # a CallStart's recording_id
+MAX_REASON_BYTES = MAX_ERASE_REASON_BYTES
+
+
+def check_text(value: str, what: str, limit: int) -> int:
+    """``value``'s size in UTF-8 bytes if it is at most ``limit`` and holds no NUL;
+    InputError naming ``what`` otherwise."""
+    n = len(value.encode("utf-8", "surrogatepass"))
+    if n > limit:
+        raise InputError(f"{what} is {n} bytes: at most {limit} are allowed")
+    if "\0" in value:
+        raise InputError(f"{what} holds a NUL character")
+    return n
+
+
+def check_meta(meta: dict[str, Any]) -> int:
+    """Check call metadata (``parse_meta``'s keys, as a CallStart carries them)
+    against the bounds above; returns its total size in bytes, InputError when a
+    bound is crossed (naming the item and the bound)."""
+    total = 0
+    for k in META_FIELDS:
+        limit = MAX_CUSTOMER_NUMBER_BYTES if k == "customer_number" else MAX_FIELD_BYTES
+        total += check_text(str(meta.get(k) or ""), k, limit)
+    tags = list(meta.get("tags") or ())
+    if len(tags) > MAX_TAGS:
+        raise InputError(f"{len(tags)} tags: at most {MAX_TAGS} are allowed")
+    for i, t in enumerate(tags):
+        total += check_text(str(t), f"tag {i + 1}", MAX_TAG_BYTES)
+    extra = dict(meta.get("extra") or {})
+    if len(extra) > MAX_EXTRA_KEYS:
+        raise InputError(f"{len(extra)} extra keys: at most {MAX_EXTRA_KEYS} are allowed")
+    for k, v in extra.items():
+        total += check_text(str(k), f"extra key {_shown(str(k), 40)}", MAX_EXTRA_KEY_BYTES)
+        total += check_text(str(v), f"extra[{_shown(str(k), 40)}]", MAX_EXTRA_VALUE_BYTES)
+    if total > MAX_META_BYTES:
+        raise InputError(f"the call's metadata is {total} bytes: at most {MAX_META_BYTES}")
+    return total

@@ -98,3 +98,31 @@ def test_meta_with_extra_keys_for_call_start() -> None:
         ids.parse_meta(["queue=7"])
     with pytest.raises(InputError, match="KEY=VALUE"):
         ids.parse_meta(["start=1"])
+
+
+def test_ids_refuse_nul_and_dot_names() -> None:
+    """Issue 9: a NUL in an id or tenant failed deep in the index; "." and ".." were
+    accepted as call ids."""
+    for bad in (".", "..", "a\x00b", "\x00"):
+        assert not ids.is_call_id(bad)
+        with pytest.raises(InputError, match="not . or .."):
+            ids.check_call_id(bad, "tenant")
+        with pytest.raises(InputError, match="leg name"):
+            ids.check_leg_name(bad)
+    assert ids.is_call_id("a.b") and ids.is_call_id("...")
+    with pytest.raises(InputError, match=r"\(cut; 300 characters\)"):
+        ids.check_call_id("x" * 300)
+
+
+def test_meta_is_bounded() -> None:
+    """Issue 9: 100,000 tags and megabytes of metadata were accepted."""
+    tags = ",".join(f"t{i}" for i in range(100_000))
+    with pytest.raises(InputError, match="100000 tags: at most 64"):
+        ids.parse_meta([f"tags={tags}"])
+    with pytest.raises(InputError, match="agent is 300 bytes: at most 256"):
+        ids.parse_meta(["agent=" + "a" * 300])
+    with pytest.raises(InputError, match="extra\\['note'\\] is 2000 bytes"):
+        ids.parse_meta(["note=" + "n" * 2000], extra=True)
+    with pytest.raises(InputError, match="metadata is 20"):
+        ids.check_meta({"extra": {f"k{i}": "v" * 1000 for i in range(20)}})
+    assert ids.check_meta({"agent": "ann", "tags": ["a", "b"]}) == 5

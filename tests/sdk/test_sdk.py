@@ -228,10 +228,14 @@ def test_record_acks_every_batch_then_seals(client: Client) -> None:
 
 
 def test_record_of_a_sealed_call_returns_its_seal(client: Client) -> None:
+    """The same recording (its recording_id) again: Started + Sealed at once; another
+    recording reusing the call id: ALREADY_EXISTS (issue 9: never half-recorded)."""
     packets = call_packets(1.0)
-    first = record(client, "rec-twice", packets)
-    again = record(client, "rec-twice", packets)  # Started + Sealed at once
+    first = record(client, "rec-twice", packets, recording_id="r1")
+    again = record(client, "rec-twice", packets, recording_id="r1")
     assert again.seal == first.seal
+    with pytest.raises(errors.AlreadyExists, match="rec-twice already exists"):
+        record(client, "rec-twice", packets)  # a new Recording: a random recording_id
 
 
 def test_record_bad_call_id_raises_invalid_argument(client: Client) -> None:

@@ -5,6 +5,7 @@ terms (CallSpec, Batch, End), replies as the engine gives them."""
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ import pytest
 
 from callvault.errors import InputError
 from callvault.media import sample
+from callvault.media.batch import LegBatch
 from callvault.server.ingest import (
     Batch,
     CallSpec,
@@ -304,7 +306,7 @@ def test_a_callstart_for_a_sealed_call_answers_sealed(feed: Feed, tmp_path: Path
         for _ in range(2):
             s = RecordStream(ingestor)
             out = s.handle(feed.spec("c1"))
-            assert out == [Started(0, True, feed.start_us), sealed]
+            assert out == [Started(0, True, feed.start_us, sealed_before=True), sealed]
             assert s.done
             with pytest.raises(InputError, match="stream is over"):
                 s.handle(feed.batches[0])
@@ -365,3 +367,92 @@ def test_an_inactive_stream_stops(feed: Feed, tmp_path: Path) -> None:
         assert list(replies) == []
         requests.put(None)
         assert ingestor.get("default", "c1") is not None
+
+
+def test_reap_expires_unfed_calls_and_seals_abandoned_ones(feed: Feed, tmp_path: Path) -> None:
+    """Ingestor.reap against a given clock (issue 9: 5,100 CallStart-only streams left
+    5,232 open calls for good): a call with no batch expires after call_idle_s and
+    nothing of it is stored; a call with audio and no stream is sealed after
+    resume_s with every processed frame; an attached stream keeps its call."""
+    from callvault.server.ingest import CallExpired, Limits
+
+    with server(tmp_path / "vault") as (vault, ingestor):
+        ingestor.limits = Limits(max_open_calls=10, call_idle_s=60, resume_s=600)
+        unfed, t1 = ingestor.attach(feed.spec("unfed"))
+        fed = RecordStream(ingestor)
+        fed.handle(feed.spec("fed"))
+        half = feed.batches[: len(feed.batches) // 2]
+        for b in half:
+            fed.handle(b)
+        assert fed.live is not None
+        t0 = fed.live.touched
+        assert ingestor.reap(t0 + 59) == []
+        assert [(c.spec.call_id, w) for c, w in ingestor.reap(t0 + 61)] == [("unfed", "expired")]
+        with pytest.raises(CallExpired, match="no audio within 60 s"):
+            ingestor.process(unfed, t1, LegBatch.checked(0, 0, b"\x80" * 12, [12], [1], 2))
+        assert ingestor.reap(t0 + 10_000) == []  # "fed" still has its stream
+        ingestor.detach(fed.live, fed.token)
+        gone = fed.live.touched
+        assert ingestor.reap(gone + 599) == []
+        assert [(c.spec.call_id, w) for c, w in ingestor.reap(gone + 601)] == [("fed", "sealed")]
+        assert ingestor.open_calls() == 0 and ingestor.expired_total == 1
+        e = vault.get_call("fed")
+        assert e.state == "sealed" and vault.index.get_call("default", "unfed") is None
+        # every frame the processed batches made final is in the sealed call
+        progress = fed.live.progress(len(half) - 1)
+        frames = (e.end_us - e.start_us) // 20_000
+        assert frames + 1 >= max(progress.durable_frames) > 0
+
+
+def test_max_open_calls_refuses_one_more(feed: Feed, tmp_path: Path) -> None:
+    from callvault.server.ingest import Limits, TooManyCalls
+
+    with server(tmp_path / "vault") as (_, ingestor):
+        ingestor.limits = Limits(max_open_calls=2)
+        ingestor.attach(feed.spec("a"))
+        ingestor.attach(feed.spec("b"))
+        ingestor.attach(feed.spec("a"))  # a reconnect is not one more
+        with pytest.raises(TooManyCalls, match="records 2 calls already"):
+            ingestor.attach(feed.spec("c"))
+
+
+def test_metadata_and_ids_are_checked_before_a_call_is_kept(feed: Feed, tmp_path: Path) -> None:
+    with server(tmp_path / "vault") as (_, ingestor):
+        for spec, text in [
+            (CallSpec("..", "", ("a",)), "call_id '..'"),
+            (CallSpec("x", "\x00", ("a",)), "tenant '\\x00'"),
+            (CallSpec("x", "", (".",)), "leg name '.'"),
+            (CallSpec("x", "", ("a",), meta={"agent": "a" * 300}), "agent is 300 bytes"),
+            (CallSpec("x", "", ("a",), meta={"tags": ["t"] * 65}), "65 tags"),
+            (CallSpec("x", "", ("a",), recording_id="r" * 129), "recording_id is 129"),
+        ]:
+            with pytest.raises(InputError, match=re.escape(text)):
+                ingestor.attach(spec)
+        assert ingestor.open_calls() == 0
+
+
+def test_a_resumed_call_never_replayed_is_released_and_resumes_later(
+    feed: Feed, tmp_path: Path, uninterrupted: Packets
+) -> None:
+    """After a restart a CallStart resumes the call from the vault; if its client then
+    stays away resume_s, the call is left open in the vault (nothing to seal from:
+    no batch was replayed) and a later CallStart still resumes it."""
+    from callvault.server.ingest import Limits
+
+    half = len(feed.batches) // 2
+    with server(tmp_path / "vault") as (_, ingestor):
+        s = RecordStream(ingestor)
+        s.handle(feed.spec("c1"))
+        for b in feed.batches[:half]:
+            s.handle(b)
+        ingestor.shutdown()
+    with server(tmp_path / "vault") as (vault, ingestor):
+        ingestor.limits = Limits(resume_s=600)
+        live, token = ingestor.attach(feed.spec("c1"))
+        assert live.resumed and live.pipes is None
+        ingestor.detach(live, token)
+        assert [w for _, w in ingestor.reap(live.touched + 601)] == ["released"]
+        assert ingestor.open_calls() == 0 and vault.get_call("c1").state == "open"
+        replies = list(RecordStream(ingestor).run(feed.requests("c1"), same))
+        assert isinstance(replies[-1], Sealed)
+        assert stored(vault, "c1") == uninterrupted

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -186,6 +187,7 @@ class Client(_Base):
         meta: MetaArg = None,
         on_ack: Callable[[AckEvent], None] | None = None,
         reconnect_timeout: float | None = 60.0,
+        recording_id: str | None = None,
     ) -> Recording:
         """Start recording a call over an Ingest stream; see :class:`Recording`.
 
@@ -193,10 +195,17 @@ class Client(_Base):
         wall-clock instant of frame 0 (0: the server takes it from the first batch);
         ``on_ack`` is called once per acknowledged batch with its send and ack times;
         after a broken stream the recording reconnects until ``reconnect_timeout``
-        seconds pass without a Started (None: forever)."""
+        seconds pass without a Started (None: forever). ``recording_id`` identifies
+        this recording on every reconnect (default: a random one), so the server tells
+        a resume from another recording that reuses the call id (ALREADY_EXISTS)."""
         specs = [pb.LegSpec(name=leg) if isinstance(leg, str) else leg for leg in legs]
         start = pb.CallStart(
-            call_id=call_id, tenant=tenant, legs=specs, start_us=start_us, meta=make_meta(meta)
+            call_id=call_id,
+            tenant=tenant,
+            legs=specs,
+            start_us=start_us,
+            meta=make_meta(meta),
+            recording_id=secrets.token_hex(16) if recording_id is None else recording_id,
         )
         return self.record_from(start, on_ack=on_ack, reconnect_timeout=reconnect_timeout)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from callvault.cli.common import CallFields
-from callvault.errors import CallvaultError
+from callvault.errors import CallvaultError, InputError
 
 if TYPE_CHECKING:
     from callvault_client import pb
@@ -171,8 +171,54 @@ class LocalBackend:
         legs: Sequence[str] | None,
         meta: dict[str, Any],
     ) -> bytes:
-        _, seal = self.vault.import_call(call_id, inputs, tenant=tenant, legs=legs, **meta)
+        try:
+            _, seal = self.vault.import_call(call_id, inputs, tenant=tenant, legs=legs, **meta)
+        except InputError as e:
+            e_ = self.vault.index.get_call(tenant, call_id)
+            if e_ is None or "already exists" not in str(e):
+                raise
+            return self._same_import(call_id, inputs, tenant=tenant, legs=legs, state=e_.state)
         return seal
+
+    def _same_import(
+        self,
+        call_id: str,
+        inputs: Sequence[str],
+        *,
+        tenant: str,
+        legs: Sequence[str] | None,
+        state: str,
+    ) -> bytes:
+        """The call exists: its seal when it holds what importing ``inputs`` would
+        store (the pipeline is deterministic: the same legs and the same Opus packets,
+        compared packet for packet), CallvaultError otherwise."""
+        import sys
+
+        from callvault.media import pipeline
+
+        refused = CallvaultError(
+            f"call {call_id} already exists ({state}) with different content: "
+            "import this recording under a new call id"
+        )
+        if state != "sealed":
+            raise CallvaultError(
+                f"call {call_id} already exists ({state}): import this recording under a "
+                "new call id"
+            )
+        e = self.vault.get_call(call_id, tenant=tenant)
+        call = pipeline.run_call(pipeline.parse_inputs(inputs, legs), pipeline.Settings())
+        if [r.name for r in call.legs] != list(e.legs):
+            raise refused
+        stored = self.vault.read_packets(call_id, tenant=tenant)
+        for r, (data, lengths) in zip(call.legs, stored, strict=True):
+            new_data, new_lengths = r.packets_all()
+            if bytes(new_data) != bytes(data) or list(new_lengths) != list(lengths):
+                raise refused
+        print(
+            f"callvault: call {call_id} is already stored, identical (nothing imported)",
+            file=sys.stderr,
+        )
+        return bytes.fromhex(e.seal)
 
     def list_calls(
         self,

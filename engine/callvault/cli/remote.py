@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import math
+import struct
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -79,6 +83,8 @@ class RemoteBackend:
         # as pipeline.run_call: a capture's call starts with its first captured sample
         capture_start = min(f.first_sample_us() for f in flows) if flows else None
         start_us = meta.pop("start_us", None)
+        # the start that belongs to the content (given or captured; not the clock's)
+        content_start = start_us if start_us is not None else capture_start
         if start_us is None:
             start_us = capture_start if capture_start is not None else int(time.time() * 1e6)
         packets, specs = leg_packets(leg_inputs, start_us)
@@ -88,7 +94,13 @@ class RemoteBackend:
             shift = start_us - capture_start
             packets = [(at + shift, leg, p) for at, leg, p in packets]
         bar = progress(len(packets), "import", unit="pkt")
-        rec = self.client.record(call_id, specs, tenant=tenant, start_us=start_us, meta=meta)
+        # The recording_id is a digest of what is imported: the same import again is
+        # recognised by the server (resumed, or "sealed before"); a different one
+        # under the same call id is refused (ALREADY_EXISTS).
+        rid = import_digest(specs, start_us, content_start, meta, packets)
+        rec = self.client.record(
+            call_id, specs, tenant=tenant, start_us=start_us, meta=meta, recording_id=rid
+        )
         try:
             send_call(rec, packets, len(specs), progress=bar.update)
             sealed = rec.end()
@@ -97,6 +109,11 @@ class RemoteBackend:
             raise
         finally:
             bar.close()
+        if rec.started is not None and rec.started.sealed_before:
+            print(
+                f"callvault: call {call_id} is already stored, identical (nothing imported)",
+                file=sys.stderr,
+            )
         return sealed.seal
 
     def list_calls(
@@ -316,6 +333,25 @@ def _flush(pending: list[list[Packet]]) -> Iterator[tuple[int, list[Packet]]]:
         if pkts:
             yield leg, list(pkts)
             pkts.clear()
+
+
+def import_digest(
+    legs: Sequence[pb.LegSpec],
+    start_us: int,
+    content_start: int | None,
+    meta: dict[str, Any],
+    packets: Sequence[Packet],
+) -> str:
+    """An import's recording_id: "import:" and the SHA-256 of its legs, start (when
+    given or captured, not taken from the clock), metadata and every packet with its
+    leg and arrival time relative to the start (docs/server.md "Call ids")."""
+    h = hashlib.sha256()
+    head = {"legs": [leg.name for leg in legs], "start_us": content_start, "meta": meta}
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    for at, leg, p in packets:
+        h.update(struct.pack(">qIH", at - start_us, leg, len(p)))
+        h.update(p)
+    return "import:" + h.hexdigest()
 
 
 def send_call(

@@ -9,6 +9,13 @@ server: every RPC, streams included, holds a worker thread while it runs, so
 RESOURCE_EXHAUSTED. SIGTERM (or SIGINT) shuts down gracefully: health goes
 NOT_SERVING, new calls are refused, every open call's encoded audio is made
 durable, in-flight RPCs get ``shutdown_grace_s`` to finish, the vault closes.
+
+Housekeeping runs every ``housekeeping_s`` (1 s) on a thread of its own: the
+Ingestor's time bounds (``Ingestor.reap``: calls never fed expire, calls whose
+stream stayed away are sealed) and the writer's health: while the vault's
+segment writer has failed (``Vault.writer_error``: a full disk, a permission
+denied), every service is NOT_SERVING and ``Vault.reopen_writer`` is tried;
+when it works again, SERVING. Admin.Stats.writer_error says why.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from grpc_reflection.v1alpha import reflection
 
 from callvault.durable import write_atomic
 from callvault.errors import InputError
-from callvault.server.ingest import Ingestor
+from callvault.server.ingest import Ingestor, Limits
 from callvault.server.interceptors import Authenticator, IdentityInterceptor, MethodLog
 from callvault.server.servicers import (
     AdminServicer,
@@ -61,7 +68,11 @@ class Server:
         self.vault = vault
         self.config = config or Config()
         c = self.config
-        self.ingestor = Ingestor(vault, workers=c.ingest_workers)
+        self.ingestor = Ingestor(
+            vault,
+            workers=c.ingest_workers,
+            limits=Limits(c.max_open_calls, c.call_idle_s, c.resume_s),
+        )
         self.methods = MethodLog()
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.grpc = grpc.server(
@@ -99,17 +110,65 @@ class Server:
             raise InputError(f"cannot listen on {listen}")
         self._names = names
         self._stopped = threading.Event()
+        self._housekeeper: threading.Thread | None = None
 
     def start(self) -> None:
         self.grpc.start()
+        self._set_health(serving=True)
+        self._housekeeper = threading.Thread(
+            target=self._housekeeping, name="housekeeping", daemon=True
+        )
+        self._housekeeper.start()
+
+    def _set_health(self, *, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ["", *self._names]:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(name, status)
+
+    def _housekeeping(self) -> None:
+        """Every ``housekeeping_s`` until stop: reap, then check the writer."""
+        serving = True
+        while not self._stopped.wait(self.config.housekeeping_s):
+            try:
+                for live, what in self.ingestor.reap():
+                    log.info("call %s: %s (ingest limits)", live.spec.call_id, what)
+                serving = self._check_writer(serving)
+            except Exception:  # housekeeping must go on; say what failed
+                log.exception("housekeeping failed")
+
+    def _check_writer(self, serving: bool) -> bool:
+        """NOT_SERVING while the segment writer has failed (reopening it each time);
+        SERVING again once it works. Returns whether it serves now."""
+        if self.vault.writer_error is None:
+            if not serving:
+                log.info("SERVING again: the segment writer works")
+                self._set_health(serving=True)
+            return True
+        if serving:
+            log.error("NOT_SERVING: %s", self.vault.writer_error)
+            self._set_health(serving=False)
+        try:
+            ok = self.vault.reopen_writer()
+        except Exception as e:
+            log.error("reopening the segment writer failed: %s", e)
+            ok = False
+        if ok and self.vault.writer_error is None and not self._stopped.is_set():
+            log.info("SERVING again: the segment writer works")
+            self._set_health(serving=True)
+            return True
+        return False
 
     def stop(self) -> None:
         """Graceful: NOT_SERVING, refuse new calls, store open calls' audio, drain."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._housekeeper is not None:  # no reaping or health changes from here on
+            self._housekeeper.join()
         self.health.enter_graceful_shutdown()
         self.ingestor.shutdown(lambda live, e: log.error("call %s: %s", live.spec.call_id, e))
         self.grpc.stop(self.config.shutdown_grace_s).wait()

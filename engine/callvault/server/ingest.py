@@ -20,7 +20,13 @@ bookkeeping that makes a stream resumable:
 ``Ingestor`` is the registry of live calls of one server: a stream attaches
 to a call (taking it over from a stale stream: reconnects), supervisors
 follow a call's durable position (``wait_durable``), and shutdown makes what
-every call has encoded durable.
+every call has encoded durable. Its bounds (``Limits``, docs/server.md
+"Limits"): at most ``max_open_calls`` calls at once; a call that received no
+batch within ``call_idle_s`` of its CallStart expires (nothing of it was
+stored); a call with audio whose stream is gone is kept ``resume_s`` for a
+reconnect, then sealed with everything the server processed (acknowledged
+audio is never dropped). ``reap`` applies the two time bounds; the server runs
+it every second.
 
 ``RecordStream`` is one Record stream's state machine, in the engine's terms
 (requests ``CallSpec``, ``Batch``, ``End``; replies ``Started``, ``Progress``
@@ -59,6 +65,42 @@ class OutOfOrder(InputError):
     pass
 
 
+class TooManyCalls(CallvaultError):
+    """The server records ``max_open_calls`` calls already."""
+
+
+class WriterFailed(CallvaultError):
+    """The vault's segment writer has failed: nothing can be stored until it works."""
+
+
+def check_writer(vault: Vault) -> None:
+    """WriterFailed while the vault cannot write (``Vault.writer_error``): a write is
+    refused up front rather than reported failed after part of it was applied."""
+    why = vault.writer_error
+    if why is not None:
+        raise WriterFailed(
+            f"the vault cannot store anything now ({why}); the server is NOT_SERVING "
+            "until writing works again: retry later"
+        )
+
+
+class CallExpired(CallvaultError):
+    """The call was opened but no batch came within ``call_idle_s``: forgotten."""
+
+
+class RecordingConflict(InputError):
+    """A CallStart names a call that another recording made (or is making)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The Ingestor's bounds (docs/server.md "Limits")."""
+
+    max_open_calls: int = 1000  # calls being recorded at once (RESOURCE_EXHAUSTED beyond)
+    call_idle_s: float = 60.0  # a call with no batch this long after its CallStart expires
+    resume_s: float = 3600.0  # a call with audio and no stream this long is sealed
+
+
 @dataclass(frozen=True)
 class CallSpec:
     """What a CallStart says."""
@@ -69,11 +111,16 @@ class CallSpec:
     start_us: int = 0
     event_payload_types: tuple[tuple[int, ...], ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
+    # the client's identity of this recording (the same on every reconnect); "" = none
+    recording_id: str = ""
 
     def check(self) -> None:
+        """Every field against its rule and bound (ids.py), before anything is kept."""
         ids.check_call_id(self.call_id)
         if self.tenant:
             ids.check_call_id(self.tenant, "tenant")
+        ids.check_text(self.recording_id, "recording_id", ids.MAX_RECORDING_ID_BYTES)
+        ids.check_meta(self.meta)
         if not 1 <= len(self.legs) <= MAX_LEGS:
             raise InputError(f"a call has 1 or {MAX_LEGS} legs, not {len(self.legs)}")
         for name in self.legs:
@@ -134,6 +181,11 @@ class LiveCall:
         self.last_future: Future[Ack] | None = None
         self.packets = 0
         self.error: BaseException | None = None
+        # for Ingestor.reap: whether a stream is attached, since when it is not (or
+        # since the CallStart), and why the call was let go (None while it is live)
+        self.attached = False
+        self.touched = time.monotonic()
+        self.expired: str | None = None
 
     # -- stream attachment -------------------------------------------------------------
     def check_owner(self, token: int) -> None:
@@ -148,6 +200,8 @@ class LiveCall:
         earlier ones resolve before it), or None when nothing is pending."""
         with self.lock:
             self.check_owner(token)
+            if self.expired is not None:
+                raise CallExpired(self.expired)
             if self.sealed is not None:
                 raise VaultError(f"call {self.spec.call_id} is sealed")
             if batch.seq < self.next_seq:
@@ -256,6 +310,8 @@ class LiveCall:
             self.check_owner(token)
             if self.sealed is not None:
                 return self.sealed
+            if self.expired is not None:
+                raise CallExpired(self.expired)
             if batches != self.next_seq:
                 raise InputError(
                     f"CallEnd says {batches} batches were sent but the server has "
@@ -271,9 +327,10 @@ class LiveCall:
                 self._take(leg, final=True)
                 summaries.append(p.result.summary())
             writer = self.writer
-        seal = writer.seal(
-            summary={"legs": summaries}, frames=total, end_us=self.start_us + frames_us(total)
-        )
+        summary: dict[str, Any] = {"legs": summaries}
+        if self.spec.recording_id:
+            summary["recording_id"] = self.spec.recording_id
+        seal = writer.seal(summary=summary, frames=total, end_us=self.start_us + frames_us(total))
         entry = self.vault.get_call(self.spec.call_id, tenant=self.tenant)
         with self.changed:
             self.durable = [total + 1] * len(self.durable)  # + the encoder flush packet
@@ -302,9 +359,19 @@ class Ingestor:
         """LiveCall.process on a worker thread (see __init__); waits for it."""
         return self.workers.submit(live.process, token, batch).result()
 
-    def __init__(self, vault: Vault, settings: Settings | None = None, *, workers: int = 0) -> None:
+    def __init__(
+        self,
+        vault: Vault,
+        settings: Settings | None = None,
+        *,
+        workers: int = 0,
+        limits: Limits | None = None,
+    ) -> None:
         self.vault = vault
         self.settings = settings or Settings()
+        self.limits = limits or Limits()
+        self.expired_total = 0  # calls expired unfed (reap)
+        self.resume_sealed_total = 0  # calls sealed by reap after resume_s without a stream
         # Batches are processed (jitter buffer, DSP, Opus) on a few worker threads, not
         # on the RPC threads: with a thread per stream, dozens of threads taking turns
         # at the GIL around every libopus call made each batch wait for the GIL far
@@ -337,6 +404,11 @@ class Ingestor:
             token = self._tokens
             live = self.calls.get(key)
             if live is None:
+                if len(self.calls) >= self.limits.max_open_calls:
+                    raise TooManyCalls(
+                        f"the server records {len(self.calls)} calls already "
+                        f"(max_open_calls): retry when one has ended"
+                    )
                 entry = self.vault.index.get_call(tenant, spec.call_id)
                 writer = None
                 if entry is not None:
@@ -346,6 +418,7 @@ class Ingestor:
                             f"{', '.join(entry.legs)}, not {', '.join(spec.legs)}"
                         )
                     if entry.state != "open":
+                        self._same_recording(spec, self._sealed_recording_id(entry), entry.state)
                         live = LiveCall(self.vault, spec, self.settings)
                         frames = (entry.end_us - entry.start_us) // FRAME_US
                         live.sealed = (
@@ -355,18 +428,106 @@ class Ingestor:
                         )
                         live.owner = token
                         return live, token
+                    check_writer(self.vault)
                     writer = self.vault.resume_call(spec.call_id, tenant=tenant)
+                else:
+                    check_writer(self.vault)
                 live = LiveCall(self.vault, spec, self.settings, writer=writer)
                 self.calls[key] = live
+            elif live.spec.recording_id != spec.recording_id:
+                self._same_recording(spec, live.spec.recording_id, "being recorded")
             elif list(live.spec.legs) != list(spec.legs):
                 raise InputError(
                     f"call {spec.call_id} is being recorded with legs "
                     f"{', '.join(live.spec.legs)}, not {', '.join(spec.legs)}"
                 )
         with live.lock:
+            if live.expired is not None:  # reaped in between: a new call
+                return self.attach(spec)
             live.owner = token
             live.attachments += 1
+            live.attached = True
+            live.touched = time.monotonic()
         return live, token
+
+    def _sealed_recording_id(self, entry: Any) -> str:
+        """The recording_id a sealed call was recorded with ("" for none, or when the
+        call is erased: its summary can no longer be read)."""
+        if entry.state != "sealed":
+            return ""
+        rid = self.vault.summary(entry.call_id, tenant=entry.tenant).get("recording_id", "")
+        return rid if isinstance(rid, str) else ""
+
+    @staticmethod
+    def _same_recording(spec: CallSpec, recorded: str, state: str) -> None:
+        """RecordingConflict unless ``spec`` comes from the recording that made the call
+        (equal recording_id, "" for both included): a call id names one recording."""
+        if spec.recording_id == recorded:
+            return
+        raise RecordingConflict(
+            f"call {spec.call_id} already exists ({state}) and was recorded by another "
+            "recording (its recording_id differs): a call id names one recording; "
+            "record this one under a new call id"
+        )
+
+    def detach(self, live: LiveCall, token: int) -> None:
+        """The stream ``token`` ended (closed, left, idle or failed): if it still owned
+        the call, the call waits for a reconnect from now on (``reap``)."""
+        with live.lock:
+            if live.owner == token and live.attached:
+                live.attached = False
+                live.touched = time.monotonic()
+
+    def reap(self, now: float | None = None) -> list[tuple[LiveCall, str]]:
+        """Apply the time bounds (``Limits``) once: a call that got no batch within
+        ``call_idle_s`` of its CallStart is forgotten (nothing of it was stored); a
+        call with audio whose stream has been gone ``resume_s`` is sealed with what
+        was processed; one resumed from the vault but not yet replayed is left open
+        in the vault (a later CallStart resumes it). Returns (call, what was done)."""
+        now = time.monotonic() if now is None else now
+        lim = self.limits
+        with self.lock:
+            calls = list(self.calls.values())
+        done: list[tuple[LiveCall, str]] = []
+        for live in calls:
+            if not live.lock.acquire(blocking=False):
+                continue  # busy with a batch: not idle
+            try:
+                if live.sealed is not None or live.expired is not None:
+                    continue
+                cid = live.spec.call_id
+                if live.writer is None and live.pipes is None:  # never fed: nothing stored
+                    if now - live.touched < lim.call_idle_s:
+                        continue
+                    live.expired = (
+                        f"call {cid}: no audio within {lim.call_idle_s:g} s of its CallStart: "
+                        "expired, nothing was stored (send a CallStart again to record it)"
+                    )
+                    self.expired_total += 1
+                    what = "expired"
+                elif live.attached or now - live.touched < lim.resume_s:
+                    continue
+                elif live.pipes is None:  # resumed from the vault, never replayed
+                    assert live.writer is not None
+                    live.writer.release()  # open in the vault as after a restart
+                    live.expired = (
+                        f"call {cid}: no stream for {lim.resume_s:g} s: left open in the "
+                        "vault (a CallStart resumes it)"
+                    )
+                    what = "released"
+                else:
+                    try:
+                        live.end(live.owner, live.next_seq)
+                    except Exception as e:  # keep reaping the others; the call stays
+                        done.append((live, f"not sealed: {e}"))
+                        continue
+                    self.resume_sealed_total += 1
+                    what = "sealed"
+                self.finished(live)  # under live.lock: attach sees it gone or expired
+            finally:
+                live.lock.release()
+            done.append((live, what))
+        return done
 
     def count(self, packets: int, nbytes: int) -> None:
         now = time.monotonic()
@@ -465,6 +626,7 @@ class Started:
     resume_from_seq: int
     resumed: bool  # the call existed already (reconnect, restart or sealed)
     start_us: int  # frame 0's instant, 0 until the first batch
+    sealed_before: bool = False  # the call was sealed already: Sealed follows
 
 
 @dataclass(frozen=True)
@@ -519,6 +681,7 @@ class RecordStream:
                     resume_from_seq=call.next_seq,
                     resumed=call.resumed or call.attachments > 1 or call.sealed is not None,
                     start_us=call.start_us,
+                    sealed_before=call.sealed is not None,
                 )
             ]
             if call.sealed is not None:
@@ -601,11 +764,22 @@ class RecordStream:
                 self.events.put(("gone", e))
 
         threading.Thread(target=read, name="ingest-reader", daemon=True).start()
+        try:
+            yield from self._loop(decode, active)
+        finally:
+            if self.live is not None:
+                self.ingestor.detach(self.live, self.token)
+
+    def _loop(
+        self, decode: Callable[[Any], Request], active: Callable[[], bool]
+    ) -> Iterator[Reply]:
         last_req = time.monotonic()
         while active():
             try:
                 got = [self.events.get(timeout=POLL_S)]
             except queue.Empty:
+                if self.live is not None and self.live.expired is not None:
+                    raise CallExpired(self.live.expired) from None
                 if time.monotonic() - last_req > self.idle_s:
                     raise StreamIdle(
                         f"no message for {self.idle_s:g} s: stream closed "

@@ -163,6 +163,21 @@ class IdentityInterceptor(grpc.ServerInterceptor):
         except GeneratorExit:
             outcome = "CANCELLED"
             raise
+        except Exception:
+            code = _outcome(context, "")
+            if code:  # the handler aborted with a status of its own
+                outcome = code
+                raise
+            # anything else is our bug: logged here in full, and the caller gets a
+            # sentence of ours with INTERNAL, never grpcio's UNKNOWN with a Python repr
+            ref = f"{time.time_ns() // 1000:x}"
+            log.exception("%s failed unexpectedly (error %s)", method, ref)
+            outcome = "INTERNAL"
+            context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"the server failed to handle {method.rsplit('/', 1)[-1]}: an internal "
+                f"error, logged on the server as error {ref}",
+            )
         except BaseException:
             outcome = _outcome(context, "ERROR")
             raise

@@ -19,17 +19,21 @@ import grpc
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
+from callvault import ids
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
 from callvault.server import callinfo, playback
 from callvault.server.callinfo import call_detail, call_info
 from callvault.server.ingest import (
     Batch,
+    CallExpired,
     CallSpec,
     End,
     Ingestor,
+    Limits,
     OutOfOrder,
     Progress,
+    RecordingConflict,
     RecordStream,
     Reply,
     Request,
@@ -38,7 +42,10 @@ from callvault.server.ingest import (
     StoreFailed,
     StreamIdle,
     StreamTakenOver,
+    TooManyCalls,
     Unknown,
+    WriterFailed,
+    check_writer,
 )
 from callvault.server.interceptors import MethodLog, Undecodable
 from callvault.store.index import CallEntry
@@ -53,6 +60,10 @@ T = TypeVar("T")
 STATUS: tuple[tuple[type[CallvaultError], grpc.StatusCode], ...] = (
     (CallNotFound, grpc.StatusCode.NOT_FOUND),
     (StreamTakenOver, grpc.StatusCode.ABORTED),
+    (RecordingConflict, grpc.StatusCode.ALREADY_EXISTS),
+    (TooManyCalls, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (WriterFailed, grpc.StatusCode.UNAVAILABLE),
+    (CallExpired, grpc.StatusCode.FAILED_PRECONDITION),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (OutOfOrder, grpc.StatusCode.FAILED_PRECONDITION),
     (StreamIdle, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -100,7 +111,19 @@ def streaming(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
 def _ref(ref: pb.CallRef) -> tuple[str, str]:
     if not ref.call_id:
         raise InputError("call.call_id is required")
+    ids.check_call_id(ref.call_id, "call.call_id")
+    if ref.tenant:
+        ids.check_call_id(ref.tenant, "call.tenant")
     return ref.tenant or "default", ref.call_id
+
+
+def _check_texts(r: Any, *names: str) -> None:
+    """Refuse a request whose tenant is not a tenant or whose text fields hold a NUL
+    (INVALID_ARGUMENT; the index would fail on them later with a Python error)."""
+    if r.tenant:
+        ids.check_call_id(r.tenant, "tenant")
+    for name in names:
+        ids.check_text(getattr(r, name), name, 1 << 16)
 
 
 def _format(value: int, allowed: tuple[int, ...], why: str) -> int:
@@ -123,8 +146,19 @@ class Config:
         self.segment_bytes: int = int(kw.pop("segment_bytes", 64 << 20))
         # threads that run batches through the pipelines; 0 = CPUs + 1
         self.ingest_workers: int = int(kw.pop("ingest_workers", 0))
+        # Ingest bounds (ingest.Limits; docs/server.md "Limits")
+        d = Limits()
+        self.max_open_calls: int = int(kw.pop("max_open_calls", d.max_open_calls))
+        self.call_idle_s: float = float(kw.pop("call_idle_s", d.call_idle_s))
+        self.resume_s: float = float(kw.pop("resume_s", d.resume_s))
+        # how often the reaper and the writer-health check run
+        self.housekeeping_s: float = float(kw.pop("housekeeping_s", 1.0))
         if kw:
             raise InputError(f"unknown server setting(s): {', '.join(sorted(kw))}")
+        if self.max_open_calls < 1 or min(self.call_idle_s, self.resume_s) <= 0:
+            raise InputError("max_open_calls, call_idle_s and resume_s must be positive")
+        if self.housekeeping_s <= 0:
+            raise InputError("housekeeping_s must be positive")
         if self.workers < self.max_concurrent_rpcs:
             raise InputError(
                 "workers must be at least max_concurrent_rpcs (each stream holds a worker thread)"
@@ -173,6 +207,7 @@ def _spec(s: pb.CallStart) -> CallSpec:
         "extra": dict(m.extra),
     }
     return CallSpec(
+        recording_id=s.recording_id,
         call_id=s.call_id,
         tenant=s.tenant,
         legs=legs,
@@ -195,7 +230,10 @@ def _ingest_reply(r: Reply) -> pb.IngestReply:
     if isinstance(r, Started):
         return pb.IngestReply(
             started=pb.Started(
-                resume_from_seq=r.resume_from_seq, resumed=r.resumed, start_us=r.start_us
+                resume_from_seq=r.resume_from_seq,
+                resumed=r.resumed,
+                start_us=r.start_us,
+                sealed_before=r.sealed_before,
             )
         )
     # log_index is unsigned on the wire
@@ -216,6 +254,7 @@ class ArchiveServicer(pbg.ArchiveServicer):
         self, r: pb.SearchRequest, *, limit: int, after: tuple[int, str] | None
     ) -> list[CallEntry]:
         """The calls of a SearchRequest's filters, in its order, past ``after``."""
+        _check_texts(r, "agent", "skill_group", "tag", "direction")
         if r.until_us and r.until_us <= r.since_us:
             raise InputError(f"until_us {r.until_us} is not after since_us {r.since_us}")
         if r.max_duration_ms and r.max_duration_ms < r.min_duration_ms:
@@ -418,6 +457,9 @@ class IntegrityServicer(pbg.IntegrityServicer):
             return
         if not r.call_ids:
             raise InputError("name the calls to verify (call_ids), or set all")
+        _check_texts(r)
+        for call_id in r.call_ids:
+            ids.check_call_id(call_id, "call_ids item")
         for call_id in r.call_ids:
             found = [str(p) for p in self.vault.verify_call(call_id, tenant=r.tenant or "default")]
             yield pb.VerifyResult(what=f"call {call_id}", ok=not found, problems=found)
@@ -447,11 +489,16 @@ class AdminServicer(pbg.AdminServicer):
             uptime_s=time.monotonic() - self.started,
             streams=self.methods.active,
             rpcs=self.methods.counts(),
+            writer_error=self.vault.writer_error or "",
+            expired_calls=self.ingestor.expired_total,
+            resume_sealed_calls=self.ingestor.resume_sealed_total,
         )
 
     @unary
     def Erase(self, r: pb.EraseRequest, context: grpc.ServicerContext) -> pb.EraseReply:
         tenant, call_id = _ref(r.call)
+        ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
+        check_writer(self.vault)
         self.vault.erase(call_id, reason=r.reason, tenant=tenant)
         e = self.vault.get_call(call_id, tenant=tenant)
         return pb.EraseReply(log_index=e.erase_log_index)
@@ -468,5 +515,6 @@ class AdminServicer(pbg.AdminServicer):
 
     @unary
     def RotateKey(self, r: pb.RotateKeyRequest, context: grpc.ServicerContext) -> pb.RotateKeyReply:
+        check_writer(self.vault)
         kek, n = self.vault.rotate_key()
         return pb.RotateKeyReply(kek_id=kek, rewrapped=n)

@@ -148,6 +148,11 @@ class CallWriter:
             self._pending.append(out)
             return out
 
+    def release(self) -> None:
+        """Stop writing the call without sealing it (added by the ingest lane): it stays
+        open in the vault, as after a restart, and ``Vault.resume_call`` takes it up."""
+        self._vault._forget(self.entry)
+
     def append_leg(
         self, leg: int, lengths: npt.NDArray[np.int32], packets: bytes, first_frame: int = 0
     ) -> list[Future[Ack]]:
