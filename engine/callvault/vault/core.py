@@ -621,11 +621,16 @@ class Vault(Export, Verification, Indexing):
             return False
         self._writer.close()  # its committer has stopped: this joins it
         end = self._known_end()
-        if end is None:
-            return False
-        seg, off = end
         directory = str(self.path / "segments")
         try:
+            if end is None:
+                # nothing was ever acknowledged (meta/end is written before the first
+                # ack): no segment holds anything to keep
+                for sid in self._reader.segments():
+                    self.fs.remove(segment_path(directory, sid))
+                self.fs.fsync_dir(directory)
+                return True
+            seg, off = end
             for sid in self._reader.segments():
                 if sid > seg:
                     self.fs.remove(segment_path(directory, sid))
