@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from callvault import rtpdefs
 from callvault.media.rtppack import PT_CN, PT_PCMU, build_packet, pack_batch, telephone_event
 
 RATE = 8000
@@ -218,26 +219,24 @@ def run(
     )
 
 
-DROP_KEYS = (
-    "malformed",
-    "duplicates",
-    "late",
-    "unsupported_payload_type",
-    "stale_ssrc",
-    "inconsistent",
-    "overlap",
-)
+DROP_KEYS = rtpdefs.DROP_KEYS
 
 
 def check_accounting(stats: dict[str, int]) -> None:
     """Every packet is counted exactly once: accepted or one drop reason."""
     assert stats["accepted"] == (
-        stats["audio_packets"] + stats["comfort_noise_packets"] + stats["telephone_event_packets"]
+        stats["audio_packets"]
+        + stats["comfort_noise_packets"]
+        + stats["telephone_event_packets"]
+        + stats["unsupported_packets"]
     )
     assert stats["packets"] == stats["accepted"] + sum(stats[k] for k in DROP_KEYS), stats
     assert stats["malformed"] == sum(v for k, v in stats.items() if k.startswith("malformed_"))
     assert stats["frames"] == (
-        stats["audio_frames"] + stats["lost_frames"] + stats["silence_frames"]
+        stats["audio_frames"]
+        + stats["lost_frames"]
+        + stats["silence_frames"]
+        + stats["unsupported_frames"]
     )
 
 
@@ -247,7 +246,7 @@ def check_frames(r: Result) -> None:
     assert np.array_equal(r.index, np.arange(n)), "frame indexes not consecutive from 0"
     assert r.pcm.shape == (n, FRAME) and r.pcm.dtype == np.int16
     assert r.kind.shape == (n,) and r.kind.dtype == np.uint8
-    assert bool((r.kind <= 2).all())
+    assert bool((r.kind <= 3).all())
     assert r.stats["frames"] == n
 
 
