@@ -264,6 +264,7 @@ cdef struct Held:
     int valid
     Hdr h  # poff = 0: the payload is in Leg.held_buf
     int64_t arrival_us, a, span
+    int64_t accepted  # the accepted count when it was held: the current stream went on if it grew
     int kind, new, stat
 
 cdef struct Leg:
@@ -725,18 +726,29 @@ cdef void event(Leg *L, const uint8_t *buf, int64_t po, int64_t ext_ts, int64_t 
     L.n_ev += 1
 
 
+cdef inline int64_t ahead(Leg *L, int kind) noexcept nogil:
+    """How far a span of this kind may end ahead of its arrival position."""
+    cdef int64_t x
+    if L.settling and kind != K_EVENT:
+        return L.lead  # an early (bursty) sender is still being settled
+    # a settled stream is ahead of arrival by at most -dref, its pending lag, and drift
+    # (under a frame); an event reports its duration so far: it ends when it is sent
+    x = L.f + L.lag + (-L.dref if L.dref < 0 else 0)
+    return x if x < L.lead else L.lead
+
+
 cdef int consistent(Leg *L, Hdr *h, int64_t a, int64_t span) noexcept nogil:
     """Does this packet confirm the held one (same source, near in sequence and time)?"""
     cdef Held *H = &L.held
     cdef int64_t dseq, dts, delay
-    if not H.valid or H.h.ssrc != h.ssrc:
-        return 0
+    if not H.valid or H.h.ssrc != h.ssrc or H.accepted != L.stats[S_ACCEPTED]:
+        return 0  # another source, or the current stream went on after it
     dseq = <int16_t>(<uint16_t>(h.seq - H.h.seq))
     if dseq == 0 or dseq > PROBATION_SEQ or dseq < -PROBATION_SEQ:
         return 0
     dts = <int32_t>(h.ts - H.h.ts)
     delay = (a - H.a) - (dts + span - H.span)
-    return -L.reset <= delay <= L.reset
+    return -L.lead <= delay <= L.lead
 
 
 cdef void hold(Leg *L, const uint8_t *buf, Hdr *h, int64_t arrival_us, int64_t a, int kind,
@@ -761,6 +773,7 @@ cdef void hold(Leg *L, const uint8_t *buf, Hdr *h, int64_t arrival_us, int64_t a
     H.kind = kind
     H.new = new
     H.stat = S_UNCONFIRMED_SSRC if new == NEW_SSRC else S_TS_JUMP
+    H.accepted = L.stats[S_ACCEPTED]
     L.stats[H.stat] += 1
 
 
@@ -795,6 +808,9 @@ cdef void place(Leg *L, const uint8_t *buf, Hdr *h, int64_t arrival_us, int kind
                 return
     if new and not forced and a - L.last_a <= L.lead:
         # the current stream is live: a new stream needs a second packet to confirm it
+        if kind == K_EVENT:  # an event never starts a stream while one is live
+            L.stats[S_UNCONFIRMED_SSRC if new == NEW_SSRC else S_EVENT_SPAN] += 1
+            return
         if consistent(L, h, a, span):
             L.held.valid = 0
             L.stats[L.held.stat] -= 1
@@ -821,17 +837,16 @@ cdef void place(Leg *L, const uint8_t *buf, Hdr *h, int64_t arrival_us, int kind
     if L.tag[slot] == ext_seq:
         L.stats[S_DUP] += 1
         return
-    if not anchor and ext_ts + L.offset + L.lag + span - a > L.lead:
-        # ends further ahead of its arrival than any sender can be: a wild timestamp
+    if L.settling and not anchor and (a - L.anchor_a > L.window or L.base > L.s_lo):
+        L.settling = 0
+    if not anchor and ext_ts + L.offset + L.lag + span - a > ahead(L, kind):
+        # ends further ahead of its arrival than its sender can be: a wild timestamp
         L.stats[S_EVENT_SPAN if kind == K_EVENT else S_TS_JUMP] += 1
         return
     if L.settling and not anchor:
-        if a - L.anchor_a > L.window or L.base > L.s_lo:
-            L.settling = 0
-        else:
-            delay = a - (ext_ts + L.offset + span)
-            if delay < L.dref:
-                settle(L, delay)
+        delay = a - (ext_ts + L.offset + span)
+        if delay < L.dref:
+            settle(L, delay)
     pos = ext_ts + L.offset + L.lag
     base = L.base
     p = <int64_t>(<uint64_t>(ext_seq - 1) & (SEQ_SLOTS - 1))
@@ -857,7 +872,7 @@ cdef void place(Leg *L, const uint8_t *buf, Hdr *h, int64_t arrival_us, int kind
             take = pos - base if pos > base else 0
         pos -= take
     end = pos + span
-    if end - a > L.lead:
+    if end - a > ahead(L, kind):
         L.stats[S_EVENT_SPAN if kind == K_EVENT else S_TS_JUMP] += 1
         return
     if (end <= base) if span else (pos < base):

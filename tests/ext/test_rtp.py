@@ -469,6 +469,119 @@ def test_old_sequence_with_wild_timestamp_is_inconsistent(impl: ModuleType) -> N
     assert r.stats["inconsistent"] == 1 and r.stats["resets"] == 0
 
 
+# -- timeline bounds: a hostile network never stretches a call (issue 9, section 0) ---------------
+
+
+def mixed_in(pkts: list[Arrived], bad: list[bytes], seed: int) -> list[Arrived]:
+    """``bad`` packets arriving at random times over the span of ``pkts``."""
+    rng = random.Random(seed)
+    t0, t1 = pkts[0].arrival_us, pkts[-1].arrival_us
+    extra = [Arrived(b, rng.randrange(t0 + 1, t1), "bad") for b in bad]
+    return sorted(pkts + extra, key=lambda p: p.arrival_us)
+
+
+def test_random_timestamp_events_do_not_stretch_the_call(impl: ModuleType) -> None:
+    """The report: 2,000 RFC 4733 packets with random timestamps turned a 3 s call into
+    2,800 s. They are dropped (never a new stream, never a span beyond the arrival)."""
+    s = Sender()
+    talk(s, 150)
+    rng = random.Random(5)
+    bad = [
+        build_packet(
+            101,
+            rng.randrange(65536),
+            rng.getrandbits(32),
+            s.ssrc,
+            telephone_event(rng.randrange(16), end=False, volume=10, duration=rng.randrange(65536)),
+        )
+        for _ in range(2000)
+    ]
+    r = feed(impl, mixed_in(deliver(s), bad, 5), batch=200)
+    assert len(r.index) == 150
+    assert r.stats["resets"] == 0 and r.stats["audio_packets"] == 150
+    assert r.stats["event_span"] + r.stats["timestamp_jump"] + r.stats["inconsistent"] > 1900
+
+
+@pytest.mark.parametrize("what", ["csrc15", "extension_past_end", "odd_sizes"])
+def test_strange_packets_do_not_stretch_the_call(impl: ModuleType, what: str) -> None:
+    s = Sender()
+    talk(s, 100)
+    rng = random.Random(6)
+    bad = []
+    for _ in range(500):
+        ts, seq, body = (
+            rng.getrandbits(32),
+            rng.randrange(65536),
+            rng.randbytes(rng.randrange(1, 900)),
+        )
+        ssrc = rng.choice([s.ssrc, rng.getrandbits(32)])
+        if what == "csrc15":
+            bad.append(build_packet(PT_PCMU, seq, ts, ssrc, body, csrcs=list(range(15))))
+        elif what == "extension_past_end":
+            p = bytearray(build_packet(PT_PCMU, seq, ts, ssrc, body, extension=(0xBEDE, b"")))
+            p[14:16] = (0xFFFF).to_bytes(2, "big")
+            bad.append(bytes(p))
+        else:
+            bad.append(build_packet(PT_PCMU, seq, ts, ssrc, body[: rng.randrange(0, 40) * 2 + 1]))
+    r = feed(impl, mixed_in(deliver(s), bad, 6), batch=50)
+    assert len(r.index) == 100 and r.stats["audio_packets"] == 100
+    assert r.stats["resets"] == 0 and r.stats["ssrc_changes"] == 0
+    assert np.array_equal(flat(r), decoded([ramp_payload(k) for k in range(100)]))
+
+
+def test_single_packet_of_a_new_ssrc_is_not_confirmed(impl: ModuleType) -> None:
+    s = Sender()
+    talk(s, 40)
+    pkts = deliver(s)
+    pkts.insert(
+        20, Arrived(build_packet(PT_PCMU, 9, 99, 0xBAD, b"\x05" * 800), pkts[20].arrival_us, "x")
+    )
+    r = feed(impl, pkts)
+    assert r.stats["unconfirmed_ssrc"] == 1 and r.stats["ssrc_changes"] == 0
+    assert len(r.index) == 40
+    assert np.array_equal(flat(r), decoded([ramp_payload(k) for k in range(40)]))
+
+
+def test_event_ending_after_its_arrival_is_dropped(impl: ModuleType) -> None:
+    """An event whose duration says 5 s when it is sent a moment after it started."""
+    s = Sender()
+    talk(s, 20)
+    ev = telephone_event(5, end=False, volume=10, duration=40_000)
+    pkt = build_packet(101, s.seq, s.ts, s.ssrc, ev)
+    s.seq += 1
+    talk(s, 20, start=20)
+    pkts = deliver(s)
+    pkts.insert(20, Arrived(pkt, pkts[20].arrival_us - 1, "event"))
+    r = feed(impl, pkts)
+    assert r.stats["event_span"] == 1 and r.events == [] and len(r.index) == 40
+
+
+def test_audio_ahead_of_a_settled_stream_is_a_timestamp_jump(impl: ModuleType) -> None:
+    """A packet of the stream claiming samples 250 ms after its arrival (within the 3 s reset
+    tolerance) is dropped, so the call ends with its wall clock, not 250 ms later."""
+    s = Sender()
+    talk(s, 60)
+    pkts = deliver(s)
+    last = pkts[-1]
+    ahead = build_packet(PT_PCMU, s.seq, s.ts + 2000, s.ssrc, ramp_payload(99))
+    pkts.append(Arrived(ahead, last.arrival_us + 1, "ahead"))
+    r = feed(impl, pkts)
+    assert r.stats["timestamp_jump"] == 1 and len(r.index) == 60
+
+
+def test_restart_of_the_same_ssrc_after_silence_anchors_at_once(impl: ModuleType) -> None:
+    """A stream that went quiet (longer than the window) may restart with any timestamp: its
+    first packet anchors, nothing is held."""
+    s = Sender()
+    talk(s, 20)
+    s.silence_gap(8000)
+    s.ts = (s.ts + 8000 * 3600) & 0xFFFFFFFF
+    talk(s, 20, start=20)
+    r = feed(impl, deliver(s), end_us=round(s.t_us))
+    assert r.stats["resets"] == 1 and r.stats["timestamp_jump"] == 0
+    assert len(r.index) == 90 and int((r.kind == AUDIO).sum()) >= 40
+
+
 # -- packet sizes ------------------------------------------------------------------------
 
 

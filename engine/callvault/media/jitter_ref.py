@@ -210,7 +210,7 @@ class JitterBuffer:
         self._last_a = 0  # arrival position of the stream's last accepted packet
         # a packet that would start a new stream while the current one is live, held until
         # a consistent packet confirms it: (payload, arrival_us, marker, pt, seq, ts, ssrc,
-        # kind, span, a, new, stat)
+        # kind, span, a, new, stat, accepted count when held)
         self._held: tuple[Any, ...] | None = None
         # anchor settling (see _settle)
         self._settling = False
@@ -538,8 +538,8 @@ class JitterBuffer:
     def _consistent(self, ssrc: int, seq: int, ts: int, a: int, span: int) -> bool:
         """Does this packet confirm the held one (same source, near in sequence and time)?"""
         h = self._held
-        if h is None or h[6] != ssrc:
-            return False
+        if h is None or h[6] != ssrc or h[12] != self._stats["accepted"]:
+            return False  # another source, or the current stream went on after it
         d = (seq - h[4]) & 0xFFFF
         dseq = d - 0x10000 if d >= 0x8000 else d
         if dseq == 0 or dseq > PROBATION_SEQ or dseq < -PROBATION_SEQ:
@@ -547,7 +547,15 @@ class JitterBuffer:
         d = (ts - h[5]) & 0xFFFFFFFF
         dts = d - (1 << 32) if d >= (1 << 31) else d
         delay = (a - h[9]) - (dts + span - h[8])
-        return -self._reset_samples <= delay <= self._reset_samples
+        return -self._lead <= delay <= self._lead
+
+    def _ahead(self, kind: int) -> int:
+        """How far a span of this kind may end ahead of its arrival position."""
+        if self._settling and kind != _KIND_EVENT:
+            return self._lead  # an early (bursty) sender is still being settled
+        # a settled stream is ahead of arrival by at most -dref, its pending lag, and drift
+        # (under a frame); an event reports its duration so far: it ends when it is sent
+        return min(self._lead, self._f + self._lag + max(0, -self._dref))
 
     def _place(
         self,
@@ -593,19 +601,24 @@ class JitterBuffer:
                     return
         if new and not forced and a - self._last_a <= self._lead:
             # the current stream is live: a new stream needs a second packet to confirm it
+            if kind == _KIND_EVENT:  # an event never starts a stream while one is live
+                stats["unconfirmed_ssrc" if new == _NEW_SSRC else "event_span"] += 1
+                return
             if self._consistent(ssrc, seq, ts, a, span):
                 h = self._held
                 assert h is not None
                 self._held = None
                 stats[h[11]] -= 1
-                self._place(h[0], h[1], h[2], h[3], h[4], h[5], h[6], 0, len(h[0]), h[7], h[8], h[10])
+                self._place(
+                    h[0], h[1], h[2], h[3], h[4], h[5], h[6], 0, len(h[0]), h[7], h[8], h[10]
+                )
                 self._place(buf, arrival_us, marker, pt, seq, ts, ssrc, po, plen, kind, span, 0)
                 return
             stat = "unconfirmed_ssrc" if new == _NEW_SSRC else "timestamp_jump"
             stats[stat] += 1
             self._held = (
                 bytes(buf[po : po + plen]), arrival_us, marker, pt, seq, ts, ssrc, kind, span,
-                a, new, stat,
+                a, new, stat, stats["accepted"],
             )  # fmt: skip
             return
         if new == _NEW_SSRC:
@@ -625,17 +638,20 @@ class JitterBuffer:
         if self._tag[slot] == ext_seq:
             stats["duplicates"] += 1
             return
-        if not anchor and ext_ts + self._offset + self._lag + span - a > self._lead:
-            # ends further ahead of its arrival than any sender can be: a wild timestamp
+        if (
+            self._settling
+            and not anchor
+            and (a - self._anchor_a > self._window or self._base > self._s_lo)
+        ):
+            self._settling = False
+        if not anchor and ext_ts + self._offset + self._lag + span - a > self._ahead(kind):
+            # ends further ahead of its arrival than its sender can be: a wild timestamp
             stats["event_span" if kind == _KIND_EVENT else "timestamp_jump"] += 1
             return
         if self._settling and not anchor:
-            if a - self._anchor_a > self._window or self._base > self._s_lo:
-                self._settling = False
-            else:
-                delay = a - (ext_ts + self._offset + span)
-                if delay < self._dref:
-                    self._settle(delay)
+            delay = a - (ext_ts + self._offset + span)
+            if delay < self._dref:
+                self._settle(delay)
         pos = ext_ts + self._offset + self._lag
         base = self._base
         p = (ext_seq - 1) & (SEQ_SLOTS - 1)
@@ -657,7 +673,7 @@ class JitterBuffer:
             take = max(0, min(take, self._lag, pos - base))
             pos -= take
         end = pos + span
-        if end - a > self._lead:
+        if end - a > self._ahead(kind):
             stats["event_span" if kind == _KIND_EVENT else "timestamp_jump"] += 1
             return
         if (end <= base) if span else (pos < base):
