@@ -177,6 +177,8 @@ class Result:
     stats: dict[str, int]
     gaps: list[tuple[int, int]]
     events: list[tuple[int, str, int, int, int]]
+    unsupported: list[tuple[int, int, int]] = field(default_factory=list)
+    unsupported_payload_types: list[int] = field(default_factory=list)
 
 
 def run(
@@ -216,6 +218,8 @@ def run(
         stats=jb.stats,
         gaps=jb.gaps,
         events=[(e.event, e.digit, e.start_ms, e.duration_ms, e.volume) for e in jb.events],
+        unsupported=jb.unsupported,
+        unsupported_payload_types=jb.unsupported_payload_types,
     )
 
 
@@ -296,6 +300,11 @@ def random_scenario(rng: random.Random) -> tuple[list[Arrived], int]:
                 Sent(build_packet(18, s.seq, s.ts, s.ssrc, b"g729"), round(s.t_us), "g729")
             )
             s.audio(rng.randbytes(ptime))
+        elif r < 0.053:  # a run of G.722 (no decoder: unsupported codec frames)
+            law, s.pt = s.pt, 9
+            for _ in range(rng.randrange(1, 8)):
+                s.audio(rng.randbytes(ptime))
+            s.pt = law
         else:
             s.audio(rng.randbytes(ptime))
     sent = sorted(s.out + extra, key=lambda p: p.send_us)

@@ -21,6 +21,7 @@ from tests.rtpstreams import (
     Arrived,
     Result,
     Sender,
+    Sent,
     check_accounting,
     check_frames,
     network,
@@ -28,6 +29,7 @@ from tests.rtpstreams import (
 )
 
 AUDIO, LOST, SILENCE = _rtp.FRAME_AUDIO, _rtp.FRAME_LOST, _rtp.FRAME_SILENCE
+UNSUPPORTED = _rtp.FRAME_UNSUPPORTED
 
 
 @pytest.fixture(params=[_rtp, jitter_ref], ids=["cython", "reference"])
@@ -633,6 +635,49 @@ def test_unsupported_payload_type_dropped(impl: ModuleType, pt: int) -> None:
     )
     r = feed(impl, pkts, end_us=round(s.t_us))
     assert r.stats["unsupported_payload_type"] == 1 and r.stats["audio_packets"] == 10
+
+
+@pytest.mark.parametrize("pt", [9, 18, 3, 96])
+def test_unsupported_codec_frames_are_their_own_kind(impl: ModuleType, pt: int) -> None:
+    """Audio in a payload type with no decoder is placed on the timeline as FRAME_UNSUPPORTED
+    (zeros, in ``unsupported`` with its payload type), never as silence or loss."""
+    s = Sender()
+    talk(s, 10)
+    s.pt = pt
+    # 20 ms of the codec: G.722 1 byte a tick, G.729 10 bytes / 80 ticks, GSM 33 / 160
+    size = {9: FRAME, 18: 20, 3: 33}.get(pt, 77)
+    for _ in range(10):
+        seq, ts = s._next()
+        s._advance(FRAME)
+        s.ts = (s.ts + FRAME) & 0xFFFFFFFF
+        s.out.append(Sent(build_packet(pt, seq, ts, s.ssrc, b"\x55" * size), round(s.t_us)))
+    s.pt = PT_PCMU
+    talk(s, 10, start=20)
+    r = feed(impl, deliver(s), end_us=round(s.t_us))
+    assert r.kind.tolist() == [AUDIO] * 10 + [UNSUPPORTED] * 10 + [AUDIO] * 10
+    assert not r.pcm[10:20].any() and r.gaps == []
+    assert r.unsupported == [(10, 10, pt)] and r.unsupported_payload_types == [pt]
+    st = r.stats
+    assert st["unsupported_payload_type"] == 10 and st["unsupported_packets"] == 10
+    assert st["unsupported_frames"] == 10 and st["silence_frames"] == 0 and st["lost_frames"] == 0
+
+
+def test_audio_wins_over_unsupported_codec_in_a_frame(impl: ModuleType) -> None:
+    s = Sender()
+    talk(s, 5)
+    pkts = deliver(s)
+    # the same span sent again as G.722 with new sequence numbers: audio stays audio
+    dup = [
+        Arrived(
+            build_packet(9, 5000 + k, 50_000 + FRAME * k, s.ssrc, b"\x01" * FRAME),
+            p.arrival_us + 1,
+            "g722",
+        )
+        for k, p in enumerate(pkts)
+    ]
+    r = feed(impl, sorted(pkts + dup, key=lambda p: p.arrival_us))
+    assert bool((r.kind == AUDIO).all()) and r.unsupported == []
+    assert np.array_equal(flat(r), decoded([ramp_payload(k) for k in range(5)]))
 
 
 # -- telephone events ------------------------------------------------------------------------

@@ -31,6 +31,7 @@ proto messages into these and back, and errors into status codes.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -44,11 +45,13 @@ from callvault import ids
 from callvault.errors import CallvaultError, InputError
 from callvault.media.batch import LegBatch
 from callvault.media.packets import PacketRun
-from callvault.media.pipeline import LegPipeline, Settings
+from callvault.media.pipeline import RECORDED_CODECS, LegPipeline, Settings
 from callvault.timeline import FRAME_US, FRAMES_PER_RECORD, frames_us
 from callvault.vault import Ack, CallWriter, Vault, VaultError
 
 MAX_LEGS = 2
+
+log = logging.getLogger("callvault.server")
 
 
 class StreamTakenOver(VaultError):
@@ -134,6 +137,9 @@ class LiveCall:
         self.last_future: Future[Ack] | None = None
         self.packets = 0
         self.error: BaseException | None = None
+        # packets per leg in a codec callvault does not record (WARNING once per call)
+        self.unsupported = [0] * nlegs
+        self.unsupported_frames = 0  # sealed as unsupported codec (known at the seal)
 
     # -- stream attachment -------------------------------------------------------------
     def check_owner(self, token: int) -> None:
@@ -162,10 +168,29 @@ class LiveCall:
             assert self.pipes is not None
             run = batch.run
             self.pipes[batch.leg].push_rtp(run.data, run.offsets, run.lengths, batch.arrival_us)
+            self._check_codec(batch.leg)
             self.next_seq += 1
             self.packets += len(batch.lengths)
             self._take(batch.leg)
             return self.last_future
+
+    def _check_codec(self, leg: int) -> None:
+        """Audio in a codec callvault does not record is loud: a WARNING, once per call."""
+        assert self.pipes is not None
+        pipe = self.pipes[leg]
+        n = pipe.jb.stats["unsupported_payload_type"]
+        if n != self.unsupported[leg] and not any(self.unsupported):
+            pts = ", ".join(map(str, pipe.jb.unsupported_payload_types)) or "?"
+            log.warning(
+                "call %s/%s leg %s: RTP in an unsupported codec (payload type %s) is recorded "
+                "as unsupported_codec frames, not audio; callvault records %s",
+                self.tenant,
+                self.spec.call_id,
+                pipe.result.name,
+                pts,
+                RECORDED_CODECS,
+            )
+        self.unsupported[leg] = n
 
     def _begin(self, start_us: int) -> None:
         """The first batch (or an end with none): the timeline's origin is known, the
@@ -270,6 +295,7 @@ class LiveCall:
                 p.finish(total_frames=total)
                 self._take(leg, final=True)
                 summaries.append(p.result.summary())
+            self.unsupported_frames = sum(s["unsupported_codec"]["frames"] for s in summaries)
             writer = self.writer
         seal = writer.seal(
             summary={"legs": summaries}, frames=total, end_us=self.start_us + frames_us(total)
@@ -300,7 +326,14 @@ class Ingestor:
 
     def process(self, live: LiveCall, token: int, batch: LegBatch) -> Future[Ack] | None:
         """LiveCall.process on a worker thread (see __init__); waits for it."""
-        return self.workers.submit(live.process, token, batch).result()
+        before = sum(live.unsupported)
+        fut = self.workers.submit(live.process, token, batch).result()
+        after = sum(live.unsupported)
+        if after != before:  # Admin.Stats: StatsReply 13-14
+            with self.lock:
+                self.unsupported_codec["calls"] += before == 0
+                self.unsupported_codec["packets"] += after - before
+        return fut
 
     def __init__(self, vault: Vault, settings: Settings | None = None, *, workers: int = 0) -> None:
         self.vault = vault
@@ -321,6 +354,8 @@ class Ingestor:
         self.batches_total = 0
         self.bytes_total = 0
         self._rate: list[tuple[float, int, int]] = []  # (time, packets, bytes) samples
+        # audio in codecs callvault does not record, since the server started (StatsReply 13-15)
+        self.unsupported_codec = {"calls": 0, "packets": 0, "frames": 0}
         self.accepting = True
 
     def attach(self, spec: CallSpec) -> tuple[LiveCall, int]:
@@ -389,6 +424,8 @@ class Ingestor:
 
     def finished(self, live: LiveCall) -> None:
         with self.lock:
+            self.unsupported_codec["frames"] += live.unsupported_frames  # StatsReply 15
+            live.unsupported_frames = 0
             key = (live.tenant, live.spec.call_id)
             if self.calls.get(key) is live:
                 del self.calls[key]

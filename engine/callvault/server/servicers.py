@@ -412,6 +412,9 @@ class AdminServicer(pbg.AdminServicer):
             uptime_s=time.monotonic() - self.started,
             streams=self.methods.active,
             rpcs=self.methods.counts(),
+            unsupported_codec_calls=self.ingestor.unsupported_codec["calls"],
+            unsupported_codec_packets=self.ingestor.unsupported_codec["packets"],
+            unsupported_codec_frames=self.ingestor.unsupported_codec["frames"],
         )
 
     @unary
