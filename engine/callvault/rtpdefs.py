@@ -41,6 +41,9 @@ PT_PCMU = 0  # RFC 3551 mu-law
 PT_PCMA = 8  # RFC 3551 A-law
 PT_CN = 13  # RFC 3389 comfort noise
 
+# What callvault records (the jitter buffer's decoders), in the words of its messages.
+RECORDED_CODECS = "G.711 (PCMU, PT 0 / PCMA, PT 8)"
+
 # How long an RTP packet of a payload type no decoder handles lasts on the
 # timeline (the jitter buffer marks that span "unsupported codec" rather than
 # silence or loss): RTP clock ticks per payload byte as (numerator, denominator)

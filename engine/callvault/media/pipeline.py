@@ -31,6 +31,7 @@ from callvault import _dsp, _opus, _rtp
 from callvault.errors import InputError
 from callvault.media import capture, ogg, wav
 from callvault.media.packets import PacketRun
+from callvault.rtpdefs import RECORDED_CODECS
 from callvault.timeline import FRAME_SAMPLES, frames_seconds, samples_ms
 
 FRAME = FRAME_SAMPLES  # samples per frame; importers may prefer callvault.timeline
@@ -142,9 +143,6 @@ class LegResult:
     def packets_all(self) -> tuple[bytes, npt.NDArray[np.int32]]:
         """``opus_run()`` as ``(data, lengths)``."""
         return self.opus_run().astuple()
-
-
-RECORDED_CODECS = "G.711 (PCMU, payload type 0; PCMA, payload type 8)"
 
 
 def leg_unsupported_reason(summary: dict[str, Any]) -> str | None:

@@ -45,7 +45,8 @@ from callvault import ids
 from callvault.errors import CallvaultError, InputError
 from callvault.media.batch import LegBatch
 from callvault.media.packets import PacketRun
-from callvault.media.pipeline import RECORDED_CODECS, LegPipeline, Settings
+from callvault.media.pipeline import LegPipeline, Settings
+from callvault.rtpdefs import RECORDED_CODECS
 from callvault.timeline import FRAME_US, FRAMES_PER_RECORD, frames_us
 from callvault.vault import Ack, CallWriter, Vault, VaultError
 
