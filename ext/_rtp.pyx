@@ -23,8 +23,10 @@ duration for an RFC 4733 event. The first packet of a stream is anchored
 from its arrival time: a = round((arrival_us - call_start_us) * rate / 1e6)
 and the span is placed to END at a (a packet leaves the sender when its
 last sample was captured; anchoring its end keeps legs with different
-packet sizes aligned), but never before the newest span already placed
-(``pos = max(a - len, newest)``), so a new stream continues the timeline.
+packet sizes aligned), but never before the newest span already placed,
+so a new stream continues the timeline, unless that would end it more than
+the lead after its arrival (*Bounds*):
+``pos = max(a - len, min(newest, a + lead - len))``.
 Every later packet of the stream is placed by its RTP timestamp:
 ``pos = ext_ts + offset`` (plus a drift ``lag``, below); early packets of
 the stream's first window may still move the anchor (*Settling*). Anchors happen at the first packet, at an SSRC
@@ -40,9 +42,61 @@ together without effect on positions.
 position (``a - end``, after drift correction normally within tens of ms),
 its timestamp cannot be believed. If its sequence number is newer than the
 highest (or more than 100 behind, RFC 3550 A.1 MAX_MISORDER: a restart) the
-stream is re-anchored from arrival (``resets``); otherwise it is an old
-packet with a wild timestamp and is dropped (``inconsistent``). So a bogus
-timestamp never produces more filler than the real time that passed.
+stream is re-anchored from arrival (``resets``, subject to *Bounds*);
+otherwise it is an old packet with a wild timestamp and is dropped
+(``inconsistent``). So a bogus timestamp never produces more filler than the
+real time that passed.
+
+*Bounds* (a hostile network never stretches a call). The *lead* is
+max(window, F): how far after its arrival position a span may end.
+(1) New streams. A packet that would start a new stream (an SSRC change, or
+a reset) while the current stream is *live* (a packet of it was accepted
+within the lead before this one's arrival) is not believed at once: it is
+held (a copy, counted in ``unconfirmed_ssrc`` for a new SSRC, else in
+``timestamp_jump``) and replaces any packet held before. The next packet
+that would start a new stream confirms it when it has the same SSRC, a
+sequence number within 8 of it (not equal), ``(a - a_held) - (dts + len -
+len_held)`` within the lead (dts: the signed 32-bit timestamp difference),
+and no packet was accepted since it was held; then the held packet's count
+is taken back, it anchors the stream as above (``ssrc_changes`` or
+``resets``), and the confirming packet follows. A single packet with a
+random SSRC or timestamp is therefore dropped; a real re-INVITE or restart
+loses nothing. A stream that is not live (nothing accepted for more than
+the lead) is replaced at once, as the first stream is started. An RFC 4733
+event never starts a stream while one is live (dropped: ``unconfirmed_ssrc``
+for a new SSRC, else ``event_span``). (2) Spans ahead of arrival. A packet
+of the current stream whose span would end more than its *ahead* bound
+after its arrival position (checked with the mapping before settling, and
+again where it is placed) is dropped, counted in ``event_span`` for an event
+and in ``timestamp_jump`` otherwise. The bound is the lead while the stream
+is settling (an early, bursty sender); once settled it is F plus the pending
+drift lag plus ``-dref`` (how early the settled sender was found to be),
+never above the lead; for an event it is always the latter (an event
+reports its duration so far: it ends when it is sent). (3) Anchors never end
+a span more than the lead after arrival (above). Together: ``newest`` never
+exceeds the largest arrival position plus the lead, so a leg lasts at most
+its wall-clock span (its last arrival, or ``flush``'s ``end_us``) plus the
+lead, whatever timestamps, SSRCs and event durations arrive. Malformed
+packets (too short, CSRC list or extension past the end, bad padding, bad
+version, empty) are counted by reason and never touch the timeline. A packet
+with the stream's own SSRC, its next sequence numbers and a plausible
+timestamp cannot be told from the stream here (the sidecar's source
+latching keeps other sources out).
+
+*Codecs.* Audio is decoded through a table of payload type -> decoder
+(``DECODER``: PCMU 0 and PCMA 8, one byte a sample); a codec is one more
+entry and its decode step. Comfort noise (13) and the declared event types
+are not audio. Any other payload type is *unsupported*: its packets
+(counted in ``unsupported_payload_type`` when seen) are placed like audio,
+with a span from ``rtpdefs.UNSUPPORTED_TICKS_PER_BYTE`` (G.722 a byte a
+tick; G.729, GSM, G.723.1, G.728 and DVI4 by their fixed rates) or one
+frame a packet for any other type, and mark their samples unsupported where
+no audio was written (the ring's pcm slot holds the payload type). A frame
+with decoded audio is FRAME_AUDIO; else a frame with an unsupported sample
+is FRAME_UNSUPPORTED (zeros; counted in ``unsupported_frames``; runs of
+``(start_frame, frames, payload_type)`` in ``unsupported``, never in
+``gaps``); concealment stops there as after silence. Accepted such packets
+count in ``unsupported_packets`` (part of ``accepted``).
 
 *Window and finality.* ``newest`` is the largest span end placed so far.
 After each packet, every frame that ends at or before

@@ -3,8 +3,9 @@
 Same API and the same outputs bit for bit as the Cython module (checked by
 tests/ext/test_jitter_differential.py); it is the readable reference and the
 benchmark baseline. The timeline model (anchoring, wrap, window, late and
-duplicate rules, settling, drift) is described once, in the docstring of ext/_rtp.pyx;
-the function names and the order of steps below follow that file.
+duplicate rules, settling, drift, bounds, codecs) is described once, in the
+docstring of ext/_rtp.pyx; the function names and the order of steps below
+follow that file.
 """
 
 from __future__ import annotations
