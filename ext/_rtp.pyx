@@ -23,8 +23,10 @@ duration for an RFC 4733 event. The first packet of a stream is anchored
 from its arrival time: a = round((arrival_us - call_start_us) * rate / 1e6)
 and the span is placed to END at a (a packet leaves the sender when its
 last sample was captured; anchoring its end keeps legs with different
-packet sizes aligned), but never before the newest span already placed
-(``pos = max(a - len, newest)``), so a new stream continues the timeline.
+packet sizes aligned), but never before the newest span already placed,
+so a new stream continues the timeline, unless that would end it more than
+the lead after its arrival (*Bounds*):
+``pos = max(a - len, min(newest, a + lead - len))``.
 Every later packet of the stream is placed by its RTP timestamp:
 ``pos = ext_ts + offset`` (plus a drift ``lag``, below); early packets of
 the stream's first window may still move the anchor (*Settling*). Anchors happen at the first packet, at an SSRC
@@ -40,9 +42,61 @@ together without effect on positions.
 position (``a - end``, after drift correction normally within tens of ms),
 its timestamp cannot be believed. If its sequence number is newer than the
 highest (or more than 100 behind, RFC 3550 A.1 MAX_MISORDER: a restart) the
-stream is re-anchored from arrival (``resets``); otherwise it is an old
-packet with a wild timestamp and is dropped (``inconsistent``). So a bogus
-timestamp never produces more filler than the real time that passed.
+stream is re-anchored from arrival (``resets``, subject to *Bounds*);
+otherwise it is an old packet with a wild timestamp and is dropped
+(``inconsistent``). So a bogus timestamp never produces more filler than the
+real time that passed.
+
+*Bounds* (a hostile network never stretches a call). The *lead* is
+max(window, F): how far after its arrival position a span may end.
+(1) New streams. A packet that would start a new stream (an SSRC change, or
+a reset) while the current stream is *live* (a packet of it was accepted
+within the lead before this one's arrival) is not believed at once: it is
+held (a copy, counted in ``unconfirmed_ssrc`` for a new SSRC, else in
+``timestamp_jump``) and replaces any packet held before. The next packet
+that would start a new stream confirms it when it has the same SSRC, a
+sequence number within 8 of it (not equal), ``(a - a_held) - (dts + len -
+len_held)`` within the lead (dts: the signed 32-bit timestamp difference),
+and no packet was accepted since it was held; then the held packet's count
+is taken back, it anchors the stream as above (``ssrc_changes`` or
+``resets``), and the confirming packet follows. A single packet with a
+random SSRC or timestamp is therefore dropped; a real re-INVITE or restart
+loses nothing. A stream that is not live (nothing accepted for more than
+the lead) is replaced at once, as the first stream is started. An RFC 4733
+event never starts a stream while one is live (dropped: ``unconfirmed_ssrc``
+for a new SSRC, else ``event_span``). (2) Spans ahead of arrival. A packet
+of the current stream whose span would end more than its *ahead* bound
+after its arrival position (checked with the mapping before settling, and
+again where it is placed) is dropped, counted in ``event_span`` for an event
+and in ``timestamp_jump`` otherwise. The bound is the lead while the stream
+is settling (an early, bursty sender); once settled it is F plus the pending
+drift lag plus ``-dref`` (how early the settled sender was found to be),
+never above the lead; for an event it is always the latter (an event
+reports its duration so far: it ends when it is sent). (3) Anchors never end
+a span more than the lead after arrival (above). Together: ``newest`` never
+exceeds the largest arrival position plus the lead, so a leg lasts at most
+its wall-clock span (its last arrival, or ``flush``'s ``end_us``) plus the
+lead, whatever timestamps, SSRCs and event durations arrive. Malformed
+packets (too short, CSRC list or extension past the end, bad padding, bad
+version, empty) are counted by reason and never touch the timeline. A packet
+with the stream's own SSRC, its next sequence numbers and a plausible
+timestamp cannot be told from the stream here (the sidecar's source
+latching keeps other sources out).
+
+*Codecs.* Audio is decoded through a table of payload type -> decoder
+(``DECODER``: PCMU 0 and PCMA 8, one byte a sample); a codec is one more
+entry and its decode step. Comfort noise (13) and the declared event types
+are not audio. Any other payload type is *unsupported*: its packets
+(counted in ``unsupported_payload_type`` when seen) are placed like audio,
+with a span from ``rtpdefs.UNSUPPORTED_TICKS_PER_BYTE`` (G.722 a byte a
+tick; G.729, GSM, G.723.1, G.728 and DVI4 by their fixed rates) or one
+frame a packet for any other type, and mark their samples unsupported where
+no audio was written (the ring's pcm slot holds the payload type). A frame
+with decoded audio is FRAME_AUDIO; else a frame with an unsupported sample
+is FRAME_UNSUPPORTED (zeros; counted in ``unsupported_frames``; runs of
+``(start_frame, frames, payload_type)`` in ``unsupported``, never in
+``gaps``); concealment stops there as after silence. Accepted such packets
+count in ``unsupported_packets`` (part of ``accepted``).
 
 *Window and finality.* ``newest`` is the largest span end placed so far.
 After each packet, every frame that ends at or before
@@ -156,6 +210,7 @@ from callvault.rtpdefs import (
     Frames,
     ParsedPackets,
     TelephoneEvent,
+    UNSUPPORTED_TICKS_PER_BYTE,
     check_batch,
     check_options,
     event_digit,
@@ -168,17 +223,36 @@ cdef enum:
     KIND_AUDIO = 0  # FRAME_AUDIO
     KIND_LOST = 1  # FRAME_LOST
     KIND_SILENCE = 2  # FRAME_SILENCE
+    KIND_UNSUPPORTED = 3  # FRAME_UNSUPPORTED
 
 FRAME_AUDIO = KIND_AUDIO
 FRAME_LOST = KIND_LOST
 FRAME_SILENCE = KIND_SILENCE
-assert (FRAME_AUDIO, FRAME_LOST, FRAME_SILENCE) == (
-    rtpdefs.FRAME_AUDIO, rtpdefs.FRAME_LOST, rtpdefs.FRAME_SILENCE
+FRAME_UNSUPPORTED = KIND_UNSUPPORTED
+assert (FRAME_AUDIO, FRAME_LOST, FRAME_SILENCE, FRAME_UNSUPPORTED) == (
+    rtpdefs.FRAME_AUDIO, rtpdefs.FRAME_LOST, rtpdefs.FRAME_SILENCE, rtpdefs.FRAME_UNSUPPORTED
 )
 
 cdef int16_t ULAW[256]
 cdef int16_t ALAW[256]
 cv_g711_tables(ULAW, ALAW)
+
+# The decoders: payload type -> expansion table (one byte, one sample at 8 kHz);
+# NULL: no decoder (placed as "unsupported codec" unless CN or a declared event).
+cdef const int16_t *DECODER[128]
+for _p in range(128):
+    DECODER[_p] = NULL
+DECODER[0] = &ULAW[0]
+DECODER[8] = &ALAW[0]
+# ticks per payload byte of unsupported payload types (rtpdefs.UNSUPPORTED_TICKS_PER_BYTE)
+cdef int64_t UNSUP_NUM[128]
+cdef int64_t UNSUP_DEN[128]
+for _p in range(128):
+    UNSUP_NUM[_p] = 0
+    UNSUP_DEN[_p] = 1
+for _p, (_num, _den) in UNSUPPORTED_TICKS_PER_BYTE.items():
+    UNSUP_NUM[_p] = _num
+    UNSUP_DEN[_p] = _den
 
 cdef enum:
     PT_PCMU = 0  # RFC 3551 mu-law
@@ -187,9 +261,14 @@ cdef enum:
     ST_EMPTY = 0
     ST_AUDIO = 1
     ST_SILENT = 2
+    ST_UNSUP = 3  # audio in a codec no decoder handles; the pcm slot holds its payload type
     K_AUDIO = 0
     K_CN = 1
     K_EVENT = 2
+    K_UNSUPPORTED = 3
+    NEW_SSRC = 1  # a packet would start a new stream: a new SSRC ...
+    NEW_RESET = 2  # ... or a timestamp jump of the same SSRC (a restart)
+    PROBATION_SEQ = 8  # a held new-stream packet is confirmed by one this close in sequence
     SEQ_SLOTS = 1024  # remembered packets per stream (duplicates, neighbours); power of two
     CHUNK_FRAMES = 25  # spans are written in chunks of this many frames
     RESET_SECONDS = 3  # |arrival - RTP position| beyond this is a reset, not jitter
@@ -205,9 +284,11 @@ cdef enum:
     S_MAL0, S_MAL1, S_MAL2, S_MAL3, S_MAL4, S_MAL5, S_MAL6,
     S_DUP, S_LATE, S_UNSUPPORTED, S_STALE, S_INCONSISTENT, S_OVERLAP, S_LATE_PARTIAL, S_MARKER,
     S_FRAMES, S_AUDIO_FRAMES, S_LOST_FRAMES, S_SILENCE_FRAMES, S_PARTIAL_FRAMES, S_SSRC_CHANGES,
-    S_PT_CHANGES, S_RESETS, S_DRIFT, S_DRIFT_DROPPED, S_ANCHOR, NSTATS
+    S_PT_CHANGES, S_RESETS, S_DRIFT, S_DRIFT_DROPPED, S_ANCHOR,
+    S_TS_JUMP, S_EVENT_SPAN, S_UNCONFIRMED_SSRC, S_UNSUP_PACKETS, S_UNSUP_FRAMES, NSTATS
 
 assert len(STAT_KEYS) == NSTATS, "stat enum out of step with rtpdefs.STAT_KEYS"
+assert STAT_KEYS[S_TS_JUMP] == "timestamp_jump" and STAT_KEYS[S_UNSUP_FRAMES] == "unsupported_frames"
 assert len(MALFORMED_REASONS) == 7
 assert (PT_PCMU, PT_PCMA, PT_CN) == (rtpdefs.PT_PCMU, rtpdefs.PT_PCMA, rtpdefs.PT_CN)
 
@@ -232,8 +313,17 @@ cdef struct Ev:
     int64_t dur
     int64_t vol
 
+cdef struct Held:
+    # a packet that would start a new stream while the current one is live (see Bounds)
+    int valid
+    Hdr h  # poff = 0: the payload is in Leg.held_buf
+    int64_t arrival_us, a, span
+    int64_t accepted  # the accepted count when it was held: the current stream went on if it grew
+    int kind, new, stat
+
 cdef struct Leg:
     int64_t start_us, clock, f, window, chunk, ring, reset, dblock, drift_threshold, lag_wait
+    int64_t lead  # a span may end at most this far ahead of its arrival position
     int conceal
     uint8_t evpt[128]
     int16_t *pcm
@@ -254,6 +344,13 @@ cdef struct Leg:
     int64_t sshift[SEQ_SLOTS]  # pos - ext_ts the packet was placed with
     int64_t send[SEQ_SLOTS]
     int last_pt
+    int64_t last_a  # arrival position of the stream's last accepted packet
+    Held held
+    uint8_t *held_buf
+    int64_t held_cap
+    int64_t *unsup  # runs of FRAME_UNSUPPORTED: start, frames, payload type
+    int64_t n_unsup, cap_unsup
+    uint8_t unsup_pt[128]  # payload types of accepted unsupported packets
     int blk_active
     int64_t blk_start, blk_min
     int16_t *last
@@ -371,13 +468,41 @@ cdef void add_gap(Leg *L, int64_t idx) noexcept nogil:
     L.n_gaps += 1
 
 
+cdef void add_unsup(Leg *L, int64_t idx, int64_t pt) noexcept nogil:
+    cdef int64_t cap
+    cdef int64_t *u
+    cdef int64_t k = 3 * L.n_unsup
+    if L.n_unsup and L.unsup[k - 3] + L.unsup[k - 2] == idx and L.unsup[k - 1] == pt:
+        L.unsup[k - 2] += 1
+        return
+    if L.n_unsup == L.cap_unsup:
+        cap = L.cap_unsup * 2 if L.cap_unsup else 8
+        u = <int64_t *>realloc(L.unsup, cap * 3 * sizeof(int64_t))
+        if u == NULL:
+            L.oom = 1
+            return
+        L.unsup = u
+        L.cap_unsup = cap
+    L.unsup[k] = idx
+    L.unsup[k + 1] = 1
+    L.unsup[k + 2] = pt
+    L.n_unsup += 1
+
+
 cdef void emit_frame(Leg *L) noexcept nogil:
-    cdef int64_t f = L.f, j, s = L.base % L.ring
+    cdef int64_t f = L.f, j, s = L.base % L.ring, upt = 0
     cdef uint8_t *st = L.st + s
     cdef int16_t *pcm = L.pcm + s
-    cdef int has_audio = 0, has_empty = 0, kind
+    cdef int has_audio = 0, has_empty = 0, has_unsup = 0, kind
     cdef int32_t g
     cdef int16_t *out = out_slot(L)
+    cdef const uint8_t *u = <const uint8_t *>memchr(st, ST_UNSUP, f)
+    if u != NULL:
+        has_unsup = 1
+        upt = pcm[u - st]
+        for j in range(u - st, f):
+            if st[j] == ST_UNSUP:
+                pcm[j] = 0  # the slot held the payload type, not a sample
     has_audio = memchr(st, ST_AUDIO, f) != NULL  # libc's memchr scans 32 bytes at a time
     has_empty = memchr(st, ST_EMPTY, f) != NULL
     if has_audio:
@@ -392,6 +517,14 @@ cdef void emit_frame(Leg *L) noexcept nogil:
         if has_empty:  # part of the frame was lost: it is in a gap too
             L.stats[S_PARTIAL_FRAMES] += 1
             add_gap(L, L.base / f)
+    elif has_unsup:
+        kind = KIND_UNSUPPORTED
+        if out != NULL:
+            memset(out, 0, f * sizeof(int16_t))
+        L.have_last = 0
+        L.lost_run = 0
+        L.stats[S_UNSUP_FRAMES] += 1
+        add_unsup(L, L.base / f, upt)
     elif has_empty:
         kind = KIND_LOST
         if out != NULL:
@@ -484,6 +617,27 @@ cdef void write_audio(Leg *L, int64_t pos, int64_t end, const uint8_t *payload,
         c = ce
 
 
+cdef void write_unsupported(Leg *L, int64_t pos, int64_t end, int16_t pt,
+                            int64_t final) noexcept nogil:
+    """Mark the span as audio in an unsupported codec where no audio was written."""
+    cdef int64_t c = pos if pos > L.base else L.base, ce, t, k, j
+    while c < end:
+        t = floor_frame(L, c)
+        advance(L, final if final < t else t)
+        ce = c + L.chunk
+        if ce > end:
+            ce = end
+        j = c % L.ring
+        for k in range(ce - c):
+            if L.st[j] != ST_AUDIO:
+                L.pcm[j] = pt
+                L.st[j] = ST_UNSUP
+            j += 1
+            if j == L.ring:
+                j = 0
+        c = ce
+
+
 cdef int all_audio(Leg *L, int64_t lo, int64_t hi) noexcept nogil:
     cdef int64_t k, j, s
     if hi > L.base + L.ring:
@@ -501,7 +655,12 @@ cdef int all_audio(Leg *L, int64_t lo, int64_t hi) noexcept nogil:
 cdef void start_stream(Leg *L, uint32_t ssrc, int64_t seq, int64_t ts, int64_t a,
                        int64_t span) noexcept nogil:
     cdef int k
-    cdef int64_t pos = a - span if a - span > L.newest else L.newest
+    # after the newest span, but never ending more than the lead ahead of arrival
+    cdef int64_t pos = L.newest
+    if pos > a + L.lead - span:
+        pos = a + L.lead - span
+    if pos < a - span:
+        pos = a - span
     L.has_stream = 1
     L.ssrc = ssrc
     L.gen += 1
@@ -517,6 +676,7 @@ cdef void start_stream(Leg *L, uint32_t ssrc, int64_t seq, int64_t ts, int64_t a
     L.s_floor = L.newest
     L.dref = a - (pos + span)  # 0 unless the anchor had to continue after the newest span
     L.lag = 0
+    L.last_a = a
 
 
 cdef void settle(Leg *L, int64_t delay) noexcept nogil:
@@ -620,50 +780,74 @@ cdef void event(Leg *L, const uint8_t *buf, int64_t po, int64_t ext_ts, int64_t 
     L.n_ev += 1
 
 
-cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arrival_us) noexcept nogil:
-    cdef Hdr h
-    cdef int r, kind, anchor = 0
-    cdef int64_t span, a, ext_seq, ext_ts, d, delay, pos, end, slot, base, prev_newest, final, p, nx
-    cdef int64_t take = 0, k, j
-    L.stats[S_PACKETS] += 1
-    L.stats[S_BYTES] += n
-    r = parse_one(buf, off, n, &h)
-    if r:
-        L.stats[S_MALFORMED] += 1
-        L.stats[S_MALFORMED + r] += 1
-        return
-    if h.pt == PT_PCMU or h.pt == PT_PCMA:
-        kind = K_AUDIO
-        span = h.plen
-    elif h.pt == PT_CN:
-        kind = K_CN
-        span = 0
-    elif L.evpt[h.pt]:
-        if h.plen < 4:
-            L.stats[S_MALFORMED] += 1
-            L.stats[S_MAL6] += 1
+cdef inline int64_t ahead(Leg *L, int kind) noexcept nogil:
+    """How far a span of this kind may end ahead of its arrival position."""
+    cdef int64_t x
+    if L.settling and kind != K_EVENT:
+        return L.lead  # an early (bursty) sender is still being settled
+    # a settled stream is ahead of arrival by at most -dref, its pending lag, and drift
+    # (under a frame); an event reports its duration so far: it ends when it is sent
+    x = L.f + L.lag + (-L.dref if L.dref < 0 else 0)
+    return x if x < L.lead else L.lead
+
+
+cdef int consistent(Leg *L, Hdr *h, int64_t a, int64_t span) noexcept nogil:
+    """Does this packet confirm the held one (same source, near in sequence and time)?"""
+    cdef Held *H = &L.held
+    cdef int64_t dseq, dts, delay
+    if not H.valid or H.h.ssrc != h.ssrc or H.accepted != L.stats[S_ACCEPTED]:
+        return 0  # another source, or the current stream went on after it
+    dseq = <int16_t>(<uint16_t>(h.seq - H.h.seq))
+    if dseq == 0 or dseq > PROBATION_SEQ or dseq < -PROBATION_SEQ:
+        return 0
+    dts = <int32_t>(h.ts - H.h.ts)
+    delay = (a - H.a) - (dts + span - H.span)
+    return -L.lead <= delay <= L.lead
+
+
+cdef void hold(Leg *L, const uint8_t *buf, Hdr *h, int64_t arrival_us, int64_t a, int kind,
+               int64_t span, int new) noexcept nogil:
+    """Keep a copy of a packet that would start a new stream, counted as dropped until confirmed."""
+    cdef Held *H = &L.held
+    cdef uint8_t *b
+    if h.plen > L.held_cap:
+        b = <uint8_t *>realloc(L.held_buf, h.plen)
+        if b == NULL:
+            L.oom = 1
             return
-        kind = K_EVENT
-        span = (<int64_t>buf[h.poff + 2] << 8) | buf[h.poff + 3]
-    else:
-        L.stats[S_UNSUPPORTED] += 1
-        return
+        L.held_buf = b
+        L.held_cap = h.plen
+    memcpy(L.held_buf, buf + h.poff, h.plen)
+    H.valid = 1
+    H.h = h[0]
+    H.h.poff = 0
+    H.arrival_us = arrival_us
+    H.a = a
+    H.span = span
+    H.kind = kind
+    H.new = new
+    H.stat = S_UNCONFIRMED_SSRC if new == NEW_SSRC else S_TS_JUMP
+    H.accepted = L.stats[S_ACCEPTED]
+    L.stats[H.stat] += 1
+
+
+cdef void place(Leg *L, const uint8_t *buf, Hdr *h, int64_t arrival_us, int kind, int64_t span,
+                int forced) noexcept nogil:
+    """Place one parsed packet (``forced``: a confirmed held packet, anchoring its stream)."""
+    cdef int anchor = 0, new = forced
+    cdef int64_t a, ext_seq = 0, ext_ts = 0, d, delay, pos, end, slot, base, prev_newest, final
+    cdef int64_t p, nx, take = 0, k, j
+    cdef Hdr hh
     a = arrival_pos(L, arrival_us)
-    if not L.has_stream:
+    if forced:
+        pass
+    elif not L.has_stream:
         anchor = 1
     elif h.ssrc != L.ssrc:
         if L.prev_valid and h.ssrc == L.prev_ssrc and a - L.switch_a <= L.window:
             L.stats[S_STALE] += 1
             return
-        L.prev_ssrc = L.ssrc
-        L.prev_valid = 1
-        L.switch_a = a
-        L.stats[S_SSRC_CHANGES] += 1
-        anchor = 1
-    if anchor:
-        ext_seq = h.seq
-        ext_ts = h.ts
-        start_stream(L, h.ssrc, h.seq, h.ts, a, span)
+        new = NEW_SSRC
     else:
         d = <int16_t>(<uint16_t>(h.seq - <uint32_t>(<uint64_t>L.max_seq)))
         ext_seq = L.max_seq + d
@@ -672,25 +856,51 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
         delay = a - (ext_ts + L.offset + span)
         if delay > L.reset or delay < -L.reset:
             if ext_seq > L.max_seq or ext_seq < L.max_seq - MAX_MISORDER:
-                L.stats[S_RESETS] += 1
-                anchor = 1
-                ext_seq = h.seq
-                ext_ts = h.ts
-                start_stream(L, h.ssrc, h.seq, h.ts, a, span)
+                new = NEW_RESET
             else:
                 L.stats[S_INCONSISTENT] += 1
                 return
+    if new and not forced and a - L.last_a <= L.lead:
+        # the current stream is live: a new stream needs a second packet to confirm it
+        if kind == K_EVENT:  # an event never starts a stream while one is live
+            L.stats[S_UNCONFIRMED_SSRC if new == NEW_SSRC else S_EVENT_SPAN] += 1
+            return
+        if consistent(L, h, a, span):
+            L.held.valid = 0
+            L.stats[L.held.stat] -= 1
+            hh = L.held.h
+            place(L, L.held_buf, &hh, L.held.arrival_us, L.held.kind, L.held.span, L.held.new)
+            place(L, buf, h, arrival_us, kind, span, 0)
+            return
+        hold(L, buf, h, arrival_us, a, kind, span, new)
+        return
+    if new == NEW_SSRC:
+        L.prev_ssrc = L.ssrc
+        L.prev_valid = 1
+        L.switch_a = a
+        L.stats[S_SSRC_CHANGES] += 1
+        anchor = 1
+    elif new == NEW_RESET:
+        L.stats[S_RESETS] += 1
+        anchor = 1
+    if anchor:
+        ext_seq = h.seq
+        ext_ts = h.ts
+        start_stream(L, h.ssrc, h.seq, h.ts, a, span)
     slot = <int64_t>(<uint64_t>ext_seq & (SEQ_SLOTS - 1))
     if L.tag[slot] == ext_seq:
         L.stats[S_DUP] += 1
         return
+    if L.settling and not anchor and (a - L.anchor_a > L.window or L.base > L.s_lo):
+        L.settling = 0
+    if not anchor and ext_ts + L.offset + L.lag + span - a > ahead(L, kind):
+        # ends further ahead of its arrival than its sender can be: a wild timestamp
+        L.stats[S_EVENT_SPAN if kind == K_EVENT else S_TS_JUMP] += 1
+        return
     if L.settling and not anchor:
-        if a - L.anchor_a > L.window or L.base > L.s_lo:
-            L.settling = 0
-        else:
-            delay = a - (ext_ts + L.offset + span)
-            if delay < L.dref:
-                settle(L, delay)
+        delay = a - (ext_ts + L.offset + span)
+        if delay < L.dref:
+            settle(L, delay)
     pos = ext_ts + L.offset + L.lag
     base = L.base
     p = <int64_t>(<uint64_t>(ext_seq - 1) & (SEQ_SLOTS - 1))
@@ -716,6 +926,9 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
             take = pos - base if pos > base else 0
         pos -= take
     end = pos + span
+    if end - a > ahead(L, kind):
+        L.stats[S_EVENT_SPAN if kind == K_EVENT else S_TS_JUMP] += 1
+        return
     if (end <= base) if span else (pos < base):
         L.stats[S_LATE] += 1
         return
@@ -724,6 +937,7 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
         L.stats[S_OVERLAP] += 1
         return
     L.stats[S_ACCEPTED] += 1
+    L.last_a = a
     if take:
         L.lag -= take
         k = pos % L.ring
@@ -743,8 +957,11 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
         L.last_pt = h.pt
     elif kind == K_CN:
         L.stats[S_CN] += 1
-    else:
+    elif kind == K_EVENT:
         L.stats[S_EVENT] += 1
+    else:
+        L.stats[S_UNSUP_PACKETS] += 1
+        L.unsup_pt[h.pt] = 1
     if ext_seq > L.max_seq:
         L.max_seq = ext_seq
         L.ref_ts = ext_ts
@@ -763,15 +980,54 @@ cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arr
     elif L.tag[p] == ext_seq - 1 and L.send[p] < pos:
         cover_silent(L, L.send[p], pos, final)
     if kind == K_AUDIO:
-        write_audio(L, pos, end, buf + h.poff, &ULAW[0] if h.pt == PT_PCMU else &ALAW[0], final,
-                    pos >= prev_newest)
+        write_audio(L, pos, end, buf + h.poff, DECODER[h.pt], final, pos >= prev_newest)
     elif kind == K_EVENT:
         cover_silent(L, pos, end, final)
         event(L, buf, h.poff, ext_ts, pos, span)
+    elif kind == K_UNSUPPORTED:
+        write_unsupported(L, pos, end, <int16_t>h.pt, final)
     if L.tag[nx] == ext_seq + 1 and L.sstart[nx] > end:
         cover_silent(L, end, L.sstart[nx], final)
     advance(L, final)
     drift(L, a, ext_ts + L.offset + span)  # the delay against the RTP mapping, lag aside
+
+
+cdef void packet(Leg *L, const uint8_t *buf, int64_t off, int64_t n, int64_t arrival_us) noexcept nogil:
+    cdef Hdr h
+    cdef int r, kind
+    cdef int64_t span
+    L.stats[S_PACKETS] += 1
+    L.stats[S_BYTES] += n
+    r = parse_one(buf, off, n, &h)
+    if r:
+        L.stats[S_MALFORMED] += 1
+        L.stats[S_MALFORMED + r] += 1
+        return
+    if DECODER[h.pt] != NULL:
+        kind = K_AUDIO
+        span = h.plen
+    elif h.pt == PT_CN:
+        kind = K_CN
+        span = 0
+    elif L.evpt[h.pt]:
+        if h.plen < 4:
+            L.stats[S_MALFORMED] += 1
+            L.stats[S_MAL6] += 1
+            return
+        kind = K_EVENT
+        span = (<int64_t>buf[h.poff + 2] << 8) | buf[h.poff + 3]
+    else:
+        L.stats[S_UNSUPPORTED] += 1
+        kind = K_UNSUPPORTED
+        if UNSUP_NUM[h.pt]:
+            span = h.plen * UNSUP_NUM[h.pt] // UNSUP_DEN[h.pt]
+            if span < 1:
+                span = 1
+            if span > 0xFFFF:
+                span = 0xFFFF
+        else:
+            span = L.f
+    place(L, buf, &h, arrival_us, kind, span, 0)
 
 
 def parse(data, offsets, lengths):
@@ -840,6 +1096,7 @@ cdef class JitterBuffer:
         L.chunk = CHUNK_FRAMES * L.f
         L.ring = L.f * (-(-L.window // L.f) + CHUNK_FRAMES + 2)
         L.reset = RESET_SECONDS * clock_rate
+        L.lead = L.window if L.window > L.f else L.f
         L.dblock = DRIFT_BLOCK_SECONDS * clock_rate
         L.drift_threshold = L.f // DRIFT_THRESHOLD_DIV
         L.lag_wait = DRIFT_WAIT_MS * clock_rate // 1000
@@ -861,6 +1118,8 @@ cdef class JitterBuffer:
             free(L.st)
             free(L.last)
             free(L.gaps)
+            free(L.unsup)
+            free(L.held_buf)
             free(L.ev)
             free(L.out_pcm)
             free(L.out_kind)
@@ -956,6 +1215,17 @@ cdef class JitterBuffer:
     def gaps(self):
         cdef Leg *L = self.L
         return [(int(L.gaps[2 * i]), int(L.gaps[2 * i + 1])) for i in range(L.n_gaps)]
+
+    @property
+    def unsupported(self):
+        cdef Leg *L = self.L
+        return [(int(L.unsup[3 * i]), int(L.unsup[3 * i + 1]), int(L.unsup[3 * i + 2]))
+                for i in range(L.n_unsup)]
+
+    @property
+    def unsupported_payload_types(self):
+        cdef Leg *L = self.L
+        return [p for p in range(128) if L.unsup_pt[p]]
 
     @property
     def events(self):

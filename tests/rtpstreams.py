@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from callvault import rtpdefs
 from callvault.media.rtppack import PT_CN, PT_PCMU, build_packet, pack_batch, telephone_event
 
 RATE = 8000
@@ -176,6 +177,8 @@ class Result:
     stats: dict[str, int]
     gaps: list[tuple[int, int]]
     events: list[tuple[int, str, int, int, int]]
+    unsupported: list[tuple[int, int, int]] = field(default_factory=list)
+    unsupported_payload_types: list[int] = field(default_factory=list)
 
 
 def run(
@@ -215,29 +218,29 @@ def run(
         stats=jb.stats,
         gaps=jb.gaps,
         events=[(e.event, e.digit, e.start_ms, e.duration_ms, e.volume) for e in jb.events],
+        unsupported=jb.unsupported,
+        unsupported_payload_types=jb.unsupported_payload_types,
     )
 
 
-DROP_KEYS = (
-    "malformed",
-    "duplicates",
-    "late",
-    "unsupported_payload_type",
-    "stale_ssrc",
-    "inconsistent",
-    "overlap",
-)
+DROP_KEYS = rtpdefs.DROP_KEYS
 
 
 def check_accounting(stats: dict[str, int]) -> None:
     """Every packet is counted exactly once: accepted or one drop reason."""
     assert stats["accepted"] == (
-        stats["audio_packets"] + stats["comfort_noise_packets"] + stats["telephone_event_packets"]
+        stats["audio_packets"]
+        + stats["comfort_noise_packets"]
+        + stats["telephone_event_packets"]
+        + stats["unsupported_packets"]
     )
     assert stats["packets"] == stats["accepted"] + sum(stats[k] for k in DROP_KEYS), stats
     assert stats["malformed"] == sum(v for k, v in stats.items() if k.startswith("malformed_"))
     assert stats["frames"] == (
-        stats["audio_frames"] + stats["lost_frames"] + stats["silence_frames"]
+        stats["audio_frames"]
+        + stats["lost_frames"]
+        + stats["silence_frames"]
+        + stats["unsupported_frames"]
     )
 
 
@@ -247,7 +250,7 @@ def check_frames(r: Result) -> None:
     assert np.array_equal(r.index, np.arange(n)), "frame indexes not consecutive from 0"
     assert r.pcm.shape == (n, FRAME) and r.pcm.dtype == np.int16
     assert r.kind.shape == (n,) and r.kind.dtype == np.uint8
-    assert bool((r.kind <= 2).all())
+    assert bool((r.kind <= 3).all())
     assert r.stats["frames"] == n
 
 
@@ -297,6 +300,11 @@ def random_scenario(rng: random.Random) -> tuple[list[Arrived], int]:
                 Sent(build_packet(18, s.seq, s.ts, s.ssrc, b"g729"), round(s.t_us), "g729")
             )
             s.audio(rng.randbytes(ptime))
+        elif r < 0.053:  # a run of G.722 (no decoder: unsupported codec frames)
+            law, s.pt = s.pt, 9
+            for _ in range(rng.randrange(1, 8)):
+                s.audio(rng.randbytes(ptime))
+            s.pt = law
         else:
             s.audio(rng.randbytes(ptime))
     sent = sorted(s.out + extra, key=lambda p: p.send_us)

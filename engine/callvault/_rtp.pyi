@@ -9,6 +9,7 @@ from callvault.rtpdefs import TelephoneEvent as TelephoneEvent
 FRAME_AUDIO: int
 FRAME_LOST: int
 FRAME_SILENCE: int
+FRAME_UNSUPPORTED: int
 MALFORMED_REASONS: tuple[str, ...]
 STAT_KEYS: tuple[str, ...]
 
@@ -32,5 +33,9 @@ class JitterBuffer:
     def stats(self) -> dict[str, int]: ...
     @property
     def gaps(self) -> list[tuple[int, int]]: ...
+    @property
+    def unsupported(self) -> list[tuple[int, int, int]]: ...
+    @property
+    def unsupported_payload_types(self) -> list[int]: ...
     @property
     def events(self) -> list[TelephoneEvent]: ...

@@ -23,6 +23,7 @@ from callvault.timeline import FRAMES_PER_SECOND
 FRAME_AUDIO = 0  # the frame holds received audio (missing samples in it are zeros)
 FRAME_LOST = 1  # filled because packets were lost (a sequence gap)
 FRAME_SILENCE = 2  # the sender was silent: DTX gap, comfort noise, event, before the first packet
+FRAME_UNSUPPORTED = 3  # the sender sent audio in a codec no decoder handles (zeros, not silence)
 
 # Reasons a packet is malformed; parse() reports 1 + the index (0 = valid).
 MALFORMED_REASONS: tuple[str, ...] = (
@@ -39,6 +40,23 @@ MALFORMED_REASONS: tuple[str, ...] = (
 PT_PCMU = 0  # RFC 3551 mu-law
 PT_PCMA = 8  # RFC 3551 A-law
 PT_CN = 13  # RFC 3389 comfort noise
+
+# What callvault records (the jitter buffer's decoders), in the words of its messages.
+RECORDED_CODECS = "G.711 (PCMU, PT 0 / PCMA, PT 8)"
+
+# How long an RTP packet of a payload type no decoder handles lasts on the
+# timeline (the jitter buffer marks that span "unsupported codec" rather than
+# silence or loss): RTP clock ticks per payload byte as (numerator, denominator)
+# for the RFC 3551 static types with a fixed bit rate at an 8000 Hz RTP clock;
+# any other type lasts one frame a packet.
+UNSUPPORTED_TICKS_PER_BYTE: dict[int, tuple[int, int]] = {
+    3: (160, 33),  # GSM 06.10: 33 bytes per 20 ms
+    4: (10, 1),  # G.723.1 at 6.3 kbit/s: 24 bytes per 30 ms
+    5: (2, 1),  # DVI4 at 8 kHz: 4 bits a sample
+    9: (1, 1),  # G.722: 64 kbit/s, RTP clock 8000 Hz by RFC 3551's historical rule
+    15: (4, 1),  # G.728: 16 kbit/s
+    18: (8, 1),  # G.729: 10 bytes per 10 ms
+}
 
 _DIGITS = "0123456789*#ABCD"  # RFC 4733 3.2: events 0..15
 
@@ -181,7 +199,7 @@ STAT_KEYS: tuple[str, ...] = (
     *(f"malformed_{r}" for r in MALFORMED_REASONS),
     "duplicates",
     "late",
-    "unsupported_payload_type",
+    "unsupported_payload_type",  # packets of a payload type no decoder handles (any fate)
     "stale_ssrc",
     "inconsistent",
     "overlap",
@@ -198,6 +216,25 @@ STAT_KEYS: tuple[str, ...] = (
     "drift_adjustments",
     "drift_dropped_samples",
     "anchor_adjustments",
+    # timeline bounds (ext/_rtp.pyx "Bounds"): dropped, each a drop reason
+    "timestamp_jump",  # span beyond the lead of its arrival, or a jump never confirmed
+    "event_span",  # an RFC 4733 event whose span ends beyond the lead of its arrival
+    "unconfirmed_ssrc",  # a new SSRC while the stream was live, never confirmed
+    "unsupported_packets",  # accepted packets of an unsupported payload type
+    "unsupported_frames",  # FRAME_UNSUPPORTED frames
+)
+
+# Stats that are reasons a packet was dropped (each packet is accepted or has one).
+DROP_KEYS: tuple[str, ...] = (
+    "malformed",
+    "duplicates",
+    "late",
+    "stale_ssrc",
+    "inconsistent",
+    "overlap",
+    "timestamp_jump",
+    "event_span",
+    "unconfirmed_ssrc",
 )
 
 

@@ -32,6 +32,8 @@ def assert_same(a: Result, b: Result) -> None:
     assert a.stats == b.stats
     assert a.gaps == b.gaps
     assert a.events == b.events
+    assert a.unsupported == b.unsupported
+    assert a.unsupported_payload_types == b.unsupported_payload_types
     assert np.array_equal(a.index, b.index)
     assert np.array_equal(a.kind, b.kind)
     assert np.array_equal(a.pcm, b.pcm)

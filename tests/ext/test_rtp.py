@@ -21,6 +21,7 @@ from tests.rtpstreams import (
     Arrived,
     Result,
     Sender,
+    Sent,
     check_accounting,
     check_frames,
     network,
@@ -28,6 +29,7 @@ from tests.rtpstreams import (
 )
 
 AUDIO, LOST, SILENCE = _rtp.FRAME_AUDIO, _rtp.FRAME_LOST, _rtp.FRAME_SILENCE
+UNSUPPORTED = _rtp.FRAME_UNSUPPORTED
 
 
 @pytest.fixture(params=[_rtp, jitter_ref], ids=["cython", "reference"])
@@ -442,7 +444,8 @@ def test_single_bogus_timestamp_does_not_move_the_leg(impl: ModuleType) -> None:
     bad[4:8] = (12345).to_bytes(4, "big")
     pkts[20] = Arrived(bytes(bad), pkts[20].arrival_us, "bogus")
     r = feed(impl, pkts, end_us=round(s.t_us))
-    assert r.stats["resets"] == 2 and len(r.index) == 40  # away and back again
+    # a single wild timestamp is a timestamp jump: dropped, never confirmed, never a reset
+    assert r.stats["resets"] == 0 and r.stats["timestamp_jump"] == 1 and len(r.index) == 40
     assert np.array_equal(
         r.pcm[30:], decoded([ramp_payload(k) for k in range(30, 40)]).reshape(10, FRAME)
     )
@@ -466,6 +469,119 @@ def test_old_sequence_with_wild_timestamp_is_inconsistent(impl: ModuleType) -> N
     pkts.insert(15, Arrived(bytes(bad), pkts[14].arrival_us, "bogus"))
     r = feed(impl, pkts, end_us=round(s.t_us))
     assert r.stats["inconsistent"] == 1 and r.stats["resets"] == 0
+
+
+# -- timeline bounds: a hostile network never stretches a call (issue 9, section 0) ---------------
+
+
+def mixed_in(pkts: list[Arrived], bad: list[bytes], seed: int) -> list[Arrived]:
+    """``bad`` packets arriving at random times over the span of ``pkts``."""
+    rng = random.Random(seed)
+    t0, t1 = pkts[0].arrival_us, pkts[-1].arrival_us
+    extra = [Arrived(b, rng.randrange(t0 + 1, t1), "bad") for b in bad]
+    return sorted(pkts + extra, key=lambda p: p.arrival_us)
+
+
+def test_random_timestamp_events_do_not_stretch_the_call(impl: ModuleType) -> None:
+    """The report: 2,000 RFC 4733 packets with random timestamps turned a 3 s call into
+    2,800 s. They are dropped (never a new stream, never a span beyond the arrival)."""
+    s = Sender()
+    talk(s, 150)
+    rng = random.Random(5)
+    bad = [
+        build_packet(
+            101,
+            rng.randrange(65536),
+            rng.getrandbits(32),
+            s.ssrc,
+            telephone_event(rng.randrange(16), end=False, volume=10, duration=rng.randrange(65536)),
+        )
+        for _ in range(2000)
+    ]
+    r = feed(impl, mixed_in(deliver(s), bad, 5), batch=200)
+    assert len(r.index) == 150
+    assert r.stats["resets"] == 0 and r.stats["audio_packets"] == 150
+    assert r.stats["event_span"] + r.stats["timestamp_jump"] + r.stats["inconsistent"] > 1900
+
+
+@pytest.mark.parametrize("what", ["csrc15", "extension_past_end", "odd_sizes"])
+def test_strange_packets_do_not_stretch_the_call(impl: ModuleType, what: str) -> None:
+    s = Sender()
+    talk(s, 100)
+    rng = random.Random(6)
+    bad = []
+    for _ in range(500):
+        ts, seq, body = (
+            rng.getrandbits(32),
+            rng.randrange(65536),
+            rng.randbytes(rng.randrange(1, 900)),
+        )
+        ssrc = rng.choice([s.ssrc, rng.getrandbits(32)])
+        if what == "csrc15":
+            bad.append(build_packet(PT_PCMU, seq, ts, ssrc, body, csrcs=list(range(15))))
+        elif what == "extension_past_end":
+            p = bytearray(build_packet(PT_PCMU, seq, ts, ssrc, body, extension=(0xBEDE, b"")))
+            p[14:16] = (0xFFFF).to_bytes(2, "big")
+            bad.append(bytes(p))
+        else:
+            bad.append(build_packet(PT_PCMU, seq, ts, ssrc, body[: rng.randrange(0, 40) * 2 + 1]))
+    r = feed(impl, mixed_in(deliver(s), bad, 6), batch=50)
+    assert len(r.index) == 100 and r.stats["audio_packets"] == 100
+    assert r.stats["resets"] == 0 and r.stats["ssrc_changes"] == 0
+    assert np.array_equal(flat(r), decoded([ramp_payload(k) for k in range(100)]))
+
+
+def test_single_packet_of_a_new_ssrc_is_not_confirmed(impl: ModuleType) -> None:
+    s = Sender()
+    talk(s, 40)
+    pkts = deliver(s)
+    pkts.insert(
+        20, Arrived(build_packet(PT_PCMU, 9, 99, 0xBAD, b"\x05" * 800), pkts[20].arrival_us, "x")
+    )
+    r = feed(impl, pkts)
+    assert r.stats["unconfirmed_ssrc"] == 1 and r.stats["ssrc_changes"] == 0
+    assert len(r.index) == 40
+    assert np.array_equal(flat(r), decoded([ramp_payload(k) for k in range(40)]))
+
+
+def test_event_ending_after_its_arrival_is_dropped(impl: ModuleType) -> None:
+    """An event whose duration says 5 s when it is sent a moment after it started."""
+    s = Sender()
+    talk(s, 20)
+    ev = telephone_event(5, end=False, volume=10, duration=40_000)
+    pkt = build_packet(101, s.seq, s.ts, s.ssrc, ev)
+    s.seq += 1
+    talk(s, 20, start=20)
+    pkts = deliver(s)
+    pkts.insert(20, Arrived(pkt, pkts[20].arrival_us - 1, "event"))
+    r = feed(impl, pkts)
+    assert r.stats["event_span"] == 1 and r.events == [] and len(r.index) == 40
+
+
+def test_audio_ahead_of_a_settled_stream_is_a_timestamp_jump(impl: ModuleType) -> None:
+    """A packet of the stream claiming samples 250 ms after its arrival (within the 3 s reset
+    tolerance) is dropped, so the call ends with its wall clock, not 250 ms later."""
+    s = Sender()
+    talk(s, 60)
+    pkts = deliver(s)
+    last = pkts[-1]
+    ahead = build_packet(PT_PCMU, s.seq, s.ts + 2000, s.ssrc, ramp_payload(99))
+    pkts.append(Arrived(ahead, last.arrival_us + 1, "ahead"))
+    r = feed(impl, pkts)
+    assert r.stats["timestamp_jump"] == 1 and len(r.index) == 60
+
+
+def test_restart_of_the_same_ssrc_after_silence_anchors_at_once(impl: ModuleType) -> None:
+    """A stream that went quiet (longer than the window) may restart with any timestamp: its
+    first packet anchors, nothing is held."""
+    s = Sender()
+    talk(s, 20)
+    s.silence_gap(8000)
+    s.ts = (s.ts + 8000 * 3600) & 0xFFFFFFFF
+    talk(s, 20, start=20)
+    r = feed(impl, deliver(s), end_us=round(s.t_us))
+    assert r.stats["resets"] == 1 and r.stats["timestamp_jump"] == 0
+    assert len(r.index) == 90 and int((r.kind == AUDIO).sum()) >= 40
 
 
 # -- packet sizes ------------------------------------------------------------------------
@@ -519,6 +635,49 @@ def test_unsupported_payload_type_dropped(impl: ModuleType, pt: int) -> None:
     )
     r = feed(impl, pkts, end_us=round(s.t_us))
     assert r.stats["unsupported_payload_type"] == 1 and r.stats["audio_packets"] == 10
+
+
+@pytest.mark.parametrize("pt", [9, 18, 3, 96])
+def test_unsupported_codec_frames_are_their_own_kind(impl: ModuleType, pt: int) -> None:
+    """Audio in a payload type with no decoder is placed on the timeline as FRAME_UNSUPPORTED
+    (zeros, in ``unsupported`` with its payload type), never as silence or loss."""
+    s = Sender()
+    talk(s, 10)
+    s.pt = pt
+    # 20 ms of the codec: G.722 1 byte a tick, G.729 10 bytes / 80 ticks, GSM 33 / 160
+    size = {9: FRAME, 18: 20, 3: 33}.get(pt, 77)
+    for _ in range(10):
+        seq, ts = s._next()
+        s._advance(FRAME)
+        s.ts = (s.ts + FRAME) & 0xFFFFFFFF
+        s.out.append(Sent(build_packet(pt, seq, ts, s.ssrc, b"\x55" * size), round(s.t_us)))
+    s.pt = PT_PCMU
+    talk(s, 10, start=20)
+    r = feed(impl, deliver(s), end_us=round(s.t_us))
+    assert r.kind.tolist() == [AUDIO] * 10 + [UNSUPPORTED] * 10 + [AUDIO] * 10
+    assert not r.pcm[10:20].any() and r.gaps == []
+    assert r.unsupported == [(10, 10, pt)] and r.unsupported_payload_types == [pt]
+    st = r.stats
+    assert st["unsupported_payload_type"] == 10 and st["unsupported_packets"] == 10
+    assert st["unsupported_frames"] == 10 and st["silence_frames"] == 0 and st["lost_frames"] == 0
+
+
+def test_audio_wins_over_unsupported_codec_in_a_frame(impl: ModuleType) -> None:
+    s = Sender()
+    talk(s, 5)
+    pkts = deliver(s)
+    # the same span sent again as G.722 with new sequence numbers: audio stays audio
+    dup = [
+        Arrived(
+            build_packet(9, 5000 + k, 50_000 + FRAME * k, s.ssrc, b"\x01" * FRAME),
+            p.arrival_us + 1,
+            "g722",
+        )
+        for k, p in enumerate(pkts)
+    ]
+    r = feed(impl, sorted(pkts + dup, key=lambda p: p.arrival_us))
+    assert bool((r.kind == AUDIO).all()) and r.unsupported == []
+    assert np.array_equal(flat(r), decoded([ramp_payload(k) for k in range(5)]))
 
 
 # -- telephone events ------------------------------------------------------------------------

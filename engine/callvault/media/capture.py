@@ -29,6 +29,7 @@ from callvault.errors import InputError
 from callvault.media.batch import AUDIO_PTS, first_sample_bound
 from callvault.media.packets import PacketRun
 from callvault.media.rtppack import PT_CN, Batch, pack_batch
+from callvault.rtpdefs import RECORDED_CODECS
 
 __all__ = [
     "Capture",
@@ -254,5 +255,5 @@ def check_audio(flow: RtpFlow) -> None:
     if others:
         raise InputError(
             f"unsupported codec on {flow.label}: {describe_payload_types(others)}; "
-            "callvault records G.711 (PCMU, PT 0 / PCMA, PT 8)"
+            f"callvault records {RECORDED_CODECS}"
         )

@@ -3,8 +3,9 @@
 Same API and the same outputs bit for bit as the Cython module (checked by
 tests/ext/test_jitter_differential.py); it is the readable reference and the
 benchmark baseline. The timeline model (anchoring, wrap, window, late and
-duplicate rules, settling, drift) is described once, in the docstring of ext/_rtp.pyx;
-the function names and the order of steps below follow that file.
+duplicate rules, settling, drift, bounds, codecs) is described once, in the
+docstring of ext/_rtp.pyx; the function names and the order of steps below
+follow that file.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from callvault.rtpdefs import (
     FRAME_AUDIO,
     FRAME_LOST,
     FRAME_SILENCE,
+    FRAME_UNSUPPORTED,
     MALFORMED_REASONS,
     PT_CN,
     PT_PCMA,
     PT_PCMU,
     STAT_KEYS,
+    UNSUPPORTED_TICKS_PER_BYTE,
     Frames,
     ParsedPackets,
     TelephoneEvent,
@@ -36,6 +39,7 @@ __all__ = [
     "FRAME_AUDIO",
     "FRAME_LOST",
     "FRAME_SILENCE",
+    "FRAME_UNSUPPORTED",
     "MALFORMED_REASONS",
     "STAT_KEYS",
     "Frames",
@@ -48,16 +52,22 @@ __all__ = [
 _EMPTY = 0  # ring sample state: nothing known
 _AUDIO = 1  # ring sample state: decoded audio
 _SILENT = 2  # ring sample state: the sender was silent here
+_UNSUP = 3  # ring sample state: audio in a codec no decoder handles (the pcm slot holds its PT)
 
 _KIND_AUDIO = 0
 _KIND_CN = 1
 _KIND_EVENT = 2
+_KIND_UNSUPPORTED = 3
+
+_NEW_SSRC = 1  # a packet would start a new stream: a new SSRC ...
+_NEW_RESET = 2  # ... or a timestamp jump of the same SSRC (a restart)
 
 RESET_SECONDS = 3  # |arrival - RTP position| beyond this is a reset, not jitter
 DRIFT_BLOCK_SECONDS = 2  # the minimum delay is taken over blocks this long (arrival time)
 DRIFT_THRESHOLD_DIV = 4  # the mapping moves when the delay is off by more than a frame / 4
 DRIFT_WAIT_MS = 500  # after a backward drift step, wait this long for sender silence to absorb it
 MAX_MISORDER = 100  # RFC 3550 A.1: a sequence this far behind the highest is not a restart
+PROBATION_SEQ = 8  # a held new-stream packet is confirmed by one this close in sequence
 SEQ_SLOTS = 1024  # remembered packets per stream (duplicates, neighbours); power of two
 CHUNK_FRAMES = 25  # a packet or filler range is written in chunks of this many frames
 CONCEAL_GAIN_Q15 = (24576, 16384, 8192, 0)  # gain of the 1st, 2nd, 3rd, 4th+ lost frame
@@ -88,6 +98,11 @@ def _alaw(a: int) -> int:
 
 _ULAW = np.array([_ulaw(i) for i in range(256)], dtype=np.int16)
 _ALAW = np.array([_alaw(i) for i in range(256)], dtype=np.int16)
+
+# The decoders: payload type -> expansion table (one byte, one sample at 8 kHz).
+# A payload type that is not here, not comfort noise and not a declared event is
+# placed on the timeline as "unsupported codec" (FRAME_UNSUPPORTED).
+DECODERS: dict[int, npt.NDArray[np.int16]] = {PT_PCMU: _ULAW, PT_PCMA: _ALAW}
 
 
 def _fdiv(a: int, b: int) -> int:
@@ -171,6 +186,7 @@ class JitterBuffer:
         self._pcm = np.zeros(self._ring, dtype=np.int16)
         self._st = np.zeros(self._ring, dtype=np.uint8)
         self._reset_samples = RESET_SECONDS * clock_rate
+        self._lead = max(self._window, self._f)  # a span may end at most this far ahead of arrival
         self._drift_block = DRIFT_BLOCK_SECONDS * clock_rate
         self._drift_threshold = self._f // DRIFT_THRESHOLD_DIV
         self._lag_wait = DRIFT_WAIT_MS * clock_rate // 1000
@@ -192,6 +208,11 @@ class JitterBuffer:
         self._send = [0] * SEQ_SLOTS
         self._sshift = [0] * SEQ_SLOTS  # pos - ext_ts the packet was placed with
         self._last_pt = -1
+        self._last_a = 0  # arrival position of the stream's last accepted packet
+        # a packet that would start a new stream while the current one is live, held until
+        # a consistent packet confirms it: (payload, arrival_us, marker, pt, seq, ts, ssrc,
+        # kind, span, a, new, stat, accepted count when held)
+        self._held: tuple[Any, ...] | None = None
         # anchor settling (see _settle)
         self._settling = False
         self._anchor_a = 0  # arrival position of the stream's anchor packet
@@ -211,6 +232,8 @@ class JitterBuffer:
         # outputs
         self._stats = dict.fromkeys(STAT_KEYS, 0)
         self._gaps: list[list[int]] = []
+        self._unsup: list[list[int]] = []  # start frame, frames, payload type
+        self._unsup_pts: set[int] = set()
         self._events: list[list[int]] = []  # gen, ext_ts, code, start_pos, dur, vol
         self._out_pcm: list[npt.NDArray[np.int16]] = []
         self._out_kind: list[int] = []
@@ -252,6 +275,14 @@ class JitterBuffer:
         return [(g[0], g[1]) for g in self._gaps]
 
     @property
+    def unsupported(self) -> list[tuple[int, int, int]]:
+        return [(u[0], u[1], u[2]) for u in self._unsup]
+
+    @property
+    def unsupported_payload_types(self) -> list[int]:
+        return sorted(self._unsup_pts)
+
+    @property
     def events(self) -> list[TelephoneEvent]:
         c = self._clock
         return [
@@ -291,6 +322,11 @@ class JitterBuffer:
         pcm = self._pcm[s : s + f]
         idx = self._base // f
         stats = self._stats
+        unsup = st == _UNSUP
+        has_unsup = bool(unsup.any())
+        upt = int(pcm[int(np.argmax(unsup))]) if has_unsup else 0
+        if has_unsup:
+            pcm[unsup] = 0  # the slot held the payload type, not a sample
         if (st == _AUDIO).any():
             kind = FRAME_AUDIO
             out = pcm.copy()
@@ -301,6 +337,17 @@ class JitterBuffer:
             if (st == _EMPTY).any():  # part of the frame was lost: it is in a gap too
                 stats["partial_frames"] += 1
                 self._add_gap(idx)
+        elif has_unsup:
+            kind = FRAME_UNSUPPORTED
+            out = np.zeros(f, dtype=np.int16)
+            self._have_last = False
+            self._lost_run = 0
+            stats["unsupported_frames"] += 1
+            u = self._unsup
+            if u and u[-1][0] + u[-1][1] == idx and u[-1][2] == upt:
+                u[-1][1] += 1
+            else:
+                u.append([idx, 1, upt])
         elif (st == _EMPTY).any():
             kind = FRAME_LOST
             if self._conceal and self._have_last:
@@ -369,13 +416,27 @@ class JitterBuffer:
                 st[free] = _AUDIO
             c = ce
 
+    def _write_unsupported(self, pos: int, end: int, pt: int, final: int) -> None:
+        """Mark the span as audio in an unsupported codec where no audio was written."""
+        c = max(pos, self._base)
+        while c < end:
+            self._advance(min(final, self._floor_frame(c)))
+            ce = min(c + self._chunk, end)
+            for a, b, _ in self._slots(c, ce):
+                st = self._st[a:b]
+                free = st != _AUDIO
+                self._pcm[a:b][free] = pt
+                st[free] = _UNSUP
+            c = ce
+
     def _all_audio(self, lo: int, hi: int) -> bool:
         if hi > self._base + self._ring:
             return False
         return all(bool((self._st[a:b] == _AUDIO).all()) for a, b, _ in self._slots(lo, hi))
 
     def _start_stream(self, ssrc: int, seq: int, ts: int, a: int, span: int) -> None:
-        pos = max(a - span, self._newest)
+        # after the newest span, but never ending more than the lead ahead of arrival
+        pos = max(a - span, min(self._newest, a + self._lead - span))
         self._has_stream = True
         self._ssrc = ssrc
         self._gen += 1
@@ -390,6 +451,7 @@ class JitterBuffer:
         self._s_floor = self._newest
         self._dref = a - (pos + span)  # 0 unless the anchor had to continue after the newest span
         self._lag = 0
+        self._last_a = a
 
     def _settle(self, delay: int) -> None:
         """A packet of a settling stream arrived ``dref - delay`` samples early: move the stream."""
@@ -454,7 +516,7 @@ class JitterBuffer:
             stats["malformed"] += 1
             stats["malformed_" + MALFORMED_REASONS[r - 1]] += 1
             return
-        if pt in (PT_PCMU, PT_PCMA):
+        if pt in DECODERS:
             kind = _KIND_AUDIO
             span = plen
         elif pt == PT_CN:
@@ -469,24 +531,63 @@ class JitterBuffer:
             span = (buf[po + 2] << 8) | buf[po + 3]
         else:
             stats["unsupported_payload_type"] += 1
-            return
+            kind = _KIND_UNSUPPORTED
+            num, den = UNSUPPORTED_TICKS_PER_BYTE.get(pt, (0, 1))
+            span = min(max(plen * num // den, 1), 0xFFFF) if num else self._f
+        self._place(buf, arrival_us, marker, pt, seq, ts, ssrc, po, plen, kind, span, 0)
+
+    def _consistent(self, ssrc: int, seq: int, ts: int, a: int, span: int) -> bool:
+        """Does this packet confirm the held one (same source, near in sequence and time)?"""
+        h = self._held
+        if h is None or h[6] != ssrc or h[12] != self._stats["accepted"]:
+            return False  # another source, or the current stream went on after it
+        d = (seq - h[4]) & 0xFFFF
+        dseq = d - 0x10000 if d >= 0x8000 else d
+        if dseq == 0 or dseq > PROBATION_SEQ or dseq < -PROBATION_SEQ:
+            return False
+        d = (ts - h[5]) & 0xFFFFFFFF
+        dts = d - (1 << 32) if d >= (1 << 31) else d
+        delay = (a - h[9]) - (dts + span - h[8])
+        return -self._lead <= delay <= self._lead
+
+    def _ahead(self, kind: int) -> int:
+        """How far a span of this kind may end ahead of its arrival position."""
+        if self._settling and kind != _KIND_EVENT:
+            return self._lead  # an early (bursty) sender is still being settled
+        # a settled stream is ahead of arrival by at most -dref, its pending lag, and drift
+        # (under a frame); an event reports its duration so far: it ends when it is sent
+        return min(self._lead, self._f + self._lag + max(0, -self._dref))
+
+    def _place(
+        self,
+        buf: bytes,
+        arrival_us: int,
+        marker: int,
+        pt: int,
+        seq: int,
+        ts: int,
+        ssrc: int,
+        po: int,
+        plen: int,
+        kind: int,
+        span: int,
+        forced: int,
+    ) -> None:
+        """Place one parsed packet (``forced``: a confirmed held packet, anchoring its stream)."""
+        stats = self._stats
         a = self._arrival_pos(arrival_us)
         anchor = False
-        if not self._has_stream:
+        new = forced
+        ext_seq = ext_ts = 0
+        if forced:
+            pass
+        elif not self._has_stream:
             anchor = True
         elif ssrc != self._ssrc:
             if self._prev_valid and ssrc == self._prev_ssrc and a - self._switch_a <= self._window:
                 stats["stale_ssrc"] += 1
                 return
-            self._prev_ssrc = self._ssrc
-            self._prev_valid = True
-            self._switch_a = a
-            stats["ssrc_changes"] += 1
-            anchor = True
-        if anchor:
-            ext_seq = seq
-            ext_ts = ts
-            self._start_stream(ssrc, seq, ts, a, span)
+            new = _NEW_SSRC
         else:
             d = (seq - self._max_seq) & 0xFFFF
             ext_seq = self._max_seq + (d - 0x10000 if d >= 0x8000 else d)
@@ -495,25 +596,63 @@ class JitterBuffer:
             delay = a - (ext_ts + self._offset + span)
             if delay > self._reset_samples or delay < -self._reset_samples:
                 if ext_seq > self._max_seq or ext_seq < self._max_seq - MAX_MISORDER:
-                    stats["resets"] += 1
-                    anchor = True
-                    ext_seq = seq
-                    ext_ts = ts
-                    self._start_stream(ssrc, seq, ts, a, span)
+                    new = _NEW_RESET
                 else:
                     stats["inconsistent"] += 1
                     return
+        if new and not forced and a - self._last_a <= self._lead:
+            # the current stream is live: a new stream needs a second packet to confirm it
+            if kind == _KIND_EVENT:  # an event never starts a stream while one is live
+                stats["unconfirmed_ssrc" if new == _NEW_SSRC else "event_span"] += 1
+                return
+            if self._consistent(ssrc, seq, ts, a, span):
+                h = self._held
+                assert h is not None
+                self._held = None
+                stats[h[11]] -= 1
+                self._place(
+                    h[0], h[1], h[2], h[3], h[4], h[5], h[6], 0, len(h[0]), h[7], h[8], h[10]
+                )
+                self._place(buf, arrival_us, marker, pt, seq, ts, ssrc, po, plen, kind, span, 0)
+                return
+            stat = "unconfirmed_ssrc" if new == _NEW_SSRC else "timestamp_jump"
+            stats[stat] += 1
+            self._held = (
+                bytes(buf[po : po + plen]), arrival_us, marker, pt, seq, ts, ssrc, kind, span,
+                a, new, stat, stats["accepted"],
+            )  # fmt: skip
+            return
+        if new == _NEW_SSRC:
+            self._prev_ssrc = self._ssrc
+            self._prev_valid = True
+            self._switch_a = a
+            stats["ssrc_changes"] += 1
+            anchor = True
+        elif new == _NEW_RESET:
+            stats["resets"] += 1
+            anchor = True
+        if anchor:
+            ext_seq = seq
+            ext_ts = ts
+            self._start_stream(ssrc, seq, ts, a, span)
         slot = ext_seq & (SEQ_SLOTS - 1)
         if self._tag[slot] == ext_seq:
             stats["duplicates"] += 1
             return
+        if (
+            self._settling
+            and not anchor
+            and (a - self._anchor_a > self._window or self._base > self._s_lo)
+        ):
+            self._settling = False
+        if not anchor and ext_ts + self._offset + self._lag + span - a > self._ahead(kind):
+            # ends further ahead of its arrival than its sender can be: a wild timestamp
+            stats["event_span" if kind == _KIND_EVENT else "timestamp_jump"] += 1
+            return
         if self._settling and not anchor:
-            if a - self._anchor_a > self._window or self._base > self._s_lo:
-                self._settling = False
-            else:
-                delay = a - (ext_ts + self._offset + span)
-                if delay < self._dref:
-                    self._settle(delay)
+            delay = a - (ext_ts + self._offset + span)
+            if delay < self._dref:
+                self._settle(delay)
         pos = ext_ts + self._offset + self._lag
         base = self._base
         p = (ext_seq - 1) & (SEQ_SLOTS - 1)
@@ -535,6 +674,9 @@ class JitterBuffer:
             take = max(0, min(take, self._lag, pos - base))
             pos -= take
         end = pos + span
+        if end - a > self._ahead(kind):
+            stats["event_span" if kind == _KIND_EVENT else "timestamp_jump"] += 1
+            return
         if (end <= base) if span else (pos < base):
             stats["late"] += 1
             return
@@ -543,6 +685,7 @@ class JitterBuffer:
             return
         # accepted
         stats["accepted"] += 1
+        self._last_a = a
         if take:
             self._lag -= take
             # audio the packet cannot write there any more
@@ -560,8 +703,11 @@ class JitterBuffer:
             self._last_pt = pt
         elif kind == _KIND_CN:
             stats["comfort_noise_packets"] += 1
-        else:
+        elif kind == _KIND_EVENT:
             stats["telephone_event_packets"] += 1
+        else:
+            stats["unsupported_packets"] += 1
+            self._unsup_pts.add(pt)
         if ext_seq > self._max_seq:
             self._max_seq = ext_seq
             self._ref_ts = ext_ts
@@ -580,12 +726,12 @@ class JitterBuffer:
         elif self._tag[p] == ext_seq - 1 and self._send[p] < pos:
             self._cover_silent(self._send[p], pos, final)
         if kind == _KIND_AUDIO:
-            self._write_audio(
-                pos, end, buf[po : po + plen], _ULAW if pt == PT_PCMU else _ALAW, final
-            )
+            self._write_audio(pos, end, buf[po : po + plen], DECODERS[pt], final)
         elif kind == _KIND_EVENT:
             self._cover_silent(pos, end, final)
             self._event(buf, po, ext_ts, pos, span)
+        elif kind == _KIND_UNSUPPORTED:
+            self._write_unsupported(pos, end, pt, final)
         if self._tag[nx] == ext_seq + 1 and self._sstart[nx] > end:
             self._cover_silent(end, self._sstart[nx], final)
         self._advance(final)

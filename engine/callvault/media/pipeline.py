@@ -4,6 +4,13 @@
               -> DtmfDetector (ext/_dsp, optional PCI masking) -> Vad, levels
               -> Opus Encoder (ext/_opus), one packet per 20 ms frame
 
+The jitter buffer decodes through a table of payload type -> decoder (G.711
+PCMU 0 and PCMA 8 today, ``_rtp.DECODER`` / ``jitter_ref.DECODERS``): a codec
+is one more entry there. Audio in any other payload type (not comfort noise,
+not a declared RFC 4733 event) is not silence: its frames are zeros marked
+"unsupported codec", reported in the leg summary's gaps with their payload
+type and in its ``unsupported_codec`` totals (docs/format.md 8.6).
+
 Both legs of a call share ``call_start_us`` and are flushed to the same end,
 so they have the same number of frames and frame n of each leg is the same
 20 ms of the call: a dual-track Ogg pairs them with no re-encoding.
@@ -24,6 +31,7 @@ from callvault import _dsp, _opus, _rtp
 from callvault.errors import InputError
 from callvault.media import capture, ogg, wav
 from callvault.media.packets import PacketRun
+from callvault.rtpdefs import RECORDED_CODECS
 from callvault.timeline import FRAME_SAMPLES, frames_seconds, samples_ms
 
 FRAME = FRAME_SAMPLES  # samples per frame; importers may prefer callvault.timeline
@@ -66,7 +74,10 @@ class LegResult:
     opus_bytes: int = 0
     voice_frames: int = 0
     rtp: dict[str, int] = field(default_factory=dict)
-    gaps: list[tuple[int, int]] = field(default_factory=list)
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # loss: (start frame, frames)
+    # audio in a codec no decoder handles: (start frame, frames, payload type)
+    unsupported: list[tuple[int, int, int]] = field(default_factory=list)
+    unsupported_payload_types: list[int] = field(default_factory=list)
     telephone_events: list[dict[str, Any]] = field(default_factory=list)
     dtmf: list[dict[str, Any]] = field(default_factory=list)
     sumsq: float = 0.0
@@ -86,7 +97,12 @@ class LegResult:
             "late": self.rtp.get("late", 0),
             "duplicates": self.rtp.get("duplicates", 0),
             "malformed": self.rtp.get("malformed", 0),
-            "gaps": [{"start_frame": s, "frames": n} for s, n in self.gaps],
+            "gaps": self.gap_list(),
+            "unsupported_codec": {
+                "frames": sum(n for _, n, _ in self.unsupported),
+                "packets": self.rtp.get("unsupported_payload_type", 0),
+                "payload_types": list(self.unsupported_payload_types),
+            },
             "telephone_events": self.telephone_events,
             "dtmf": self.dtmf,
             "voice_frames": self.voice_frames,
@@ -98,6 +114,22 @@ class LegResult:
             "bytes": self.opus_bytes,
             "rtp": self.rtp,
         }
+
+    def gap_list(self) -> list[dict[str, Any]]:
+        """Loss and unsupported-codec runs, by start frame (docs/format.md 8.6)."""
+        gaps: list[dict[str, Any]] = [
+            {"start_frame": s, "frames": n, "reason": "lost"} for s, n in self.gaps
+        ]
+        gaps += [
+            {"start_frame": s, "frames": n, "reason": "unsupported_codec", "payload_type": pt}
+            for s, n, pt in self.unsupported
+        ]
+        gaps.sort(key=lambda g: int(g["start_frame"]))
+        return gaps
+
+    def unsupported_reason(self) -> str | None:
+        """A sentence when the leg received RTP but none of it in a recorded codec."""
+        return leg_unsupported_reason(self.summary())
 
     def pcm_all(self) -> npt.NDArray[np.int16]:
         if not self.pcm:
@@ -111,6 +143,21 @@ class LegResult:
     def packets_all(self) -> tuple[bytes, npt.NDArray[np.int32]]:
         """``opus_run()`` as ``(data, lengths)``."""
         return self.opus_run().astuple()
+
+
+def leg_unsupported_reason(summary: dict[str, Any]) -> str | None:
+    """For a sealed leg summary (LegResult.summary, docs/format.md 8.6): a sentence when the
+    leg received audio packets but every one was in a codec callvault does not record."""
+    rtp = summary.get("rtp") or {}
+    unsup = summary.get("unsupported_codec") or {}
+    if not unsup.get("packets") or rtp.get("audio_packets", 0):
+        return None
+    pts = ", ".join(str(p) for p in unsup.get("payload_types") or []) or "?"
+    return (
+        f"leg {summary.get('leg')}: every audio packet was in an unsupported codec "
+        f"(payload type {pts}; {unsup.get('frames', 0)} frames recorded as unsupported, "
+        f"not as audio); callvault records {RECORDED_CODECS}"
+    )
 
 
 class LegPipeline:
@@ -209,6 +256,8 @@ class LegPipeline:
         r = self.result
         r.rtp = dict(self.jb.stats)
         r.gaps = [(int(s), int(n)) for s, n in self.jb.gaps]
+        r.unsupported = [(int(s), int(n), int(pt)) for s, n, pt in self.jb.unsupported]
+        r.unsupported_payload_types = [int(p) for p in self.jb.unsupported_payload_types]
         r.telephone_events = [
             {
                 "digit": e.digit,

@@ -37,6 +37,7 @@ proto messages into these and back, and errors into status codes.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -51,10 +52,13 @@ from callvault.errors import CallvaultError, InputError
 from callvault.media.batch import LegBatch
 from callvault.media.packets import PacketRun
 from callvault.media.pipeline import LegPipeline, Settings
+from callvault.rtpdefs import RECORDED_CODECS
 from callvault.timeline import FRAME_US, FRAMES_PER_RECORD, frames_us
 from callvault.vault import Ack, CallWriter, Vault, VaultError
 
 MAX_LEGS = 2
+
+log = logging.getLogger("callvault.server")
 
 
 class StreamTakenOver(VaultError):
@@ -186,6 +190,9 @@ class LiveCall:
         self.attached = False
         self.touched = time.monotonic()
         self.expired: str | None = None
+        # packets per leg in a codec callvault does not record (WARNING once per call)
+        self.unsupported = [0] * nlegs
+        self.unsupported_frames = 0  # sealed as unsupported codec (known at the seal)
 
     # -- stream attachment -------------------------------------------------------------
     def check_owner(self, token: int) -> None:
@@ -216,10 +223,29 @@ class LiveCall:
             assert self.pipes is not None
             run = batch.run
             self.pipes[batch.leg].push_rtp(run.data, run.offsets, run.lengths, batch.arrival_us)
+            self._check_codec(batch.leg)
             self.next_seq += 1
             self.packets += len(batch.lengths)
             self._take(batch.leg)
             return self.last_future
+
+    def _check_codec(self, leg: int) -> None:
+        """Audio in a codec callvault does not record is loud: a WARNING, once per call."""
+        assert self.pipes is not None
+        pipe = self.pipes[leg]
+        n = pipe.jb.stats["unsupported_payload_type"]
+        if n != self.unsupported[leg] and not any(self.unsupported):
+            pts = ", ".join(map(str, pipe.jb.unsupported_payload_types)) or "?"
+            log.warning(
+                "call %s/%s leg %s: RTP in an unsupported codec (payload type %s) is recorded "
+                "as unsupported_codec frames, not audio; callvault records %s",
+                self.tenant,
+                self.spec.call_id,
+                pipe.result.name,
+                pts,
+                RECORDED_CODECS,
+            )
+        self.unsupported[leg] = n
 
     def _begin(self, start_us: int) -> None:
         """The first batch (or an end with none): the timeline's origin is known, the
@@ -326,6 +352,7 @@ class LiveCall:
                 p.finish(total_frames=total)
                 self._take(leg, final=True)
                 summaries.append(p.result.summary())
+            self.unsupported_frames = sum(s["unsupported_codec"]["frames"] for s in summaries)
             writer = self.writer
         summary: dict[str, Any] = {"legs": summaries}
         if self.spec.recording_id:
@@ -357,7 +384,14 @@ class Ingestor:
 
     def process(self, live: LiveCall, token: int, batch: LegBatch) -> Future[Ack] | None:
         """LiveCall.process on a worker thread (see __init__); waits for it."""
-        return self.workers.submit(live.process, token, batch).result()
+        before = sum(live.unsupported)
+        fut = self.workers.submit(live.process, token, batch).result()
+        after = sum(live.unsupported)
+        if after != before:  # Admin.Stats: StatsReply 13-14
+            with self.lock:
+                self.unsupported_codec["calls"] += before == 0
+                self.unsupported_codec["packets"] += after - before
+        return fut
 
     def __init__(
         self,
@@ -388,6 +422,8 @@ class Ingestor:
         self.batches_total = 0
         self.bytes_total = 0
         self._rate: list[tuple[float, int, int]] = []  # (time, packets, bytes) samples
+        # audio in codecs callvault does not record, since the server started (StatsReply 13-15)
+        self.unsupported_codec = {"calls": 0, "packets": 0, "frames": 0}
         self.accepting = True
 
     def attach(self, spec: CallSpec) -> tuple[LiveCall, int]:
@@ -550,6 +586,8 @@ class Ingestor:
 
     def finished(self, live: LiveCall) -> None:
         with self.lock:
+            self.unsupported_codec["frames"] += live.unsupported_frames  # StatsReply 15
+            live.unsupported_frames = 0
             key = (live.tenant, live.spec.call_id)
             if self.calls.get(key) is live:
                 del self.calls[key]
