@@ -9,7 +9,7 @@ PCMU 0 and PCMA 8 today, ``_rtp.DECODER`` / ``jitter_ref.DECODERS``): a codec
 is one more entry there. Audio in any other payload type (not comfort noise,
 not a declared RFC 4733 event) is not silence: its frames are zeros marked
 "unsupported codec", reported in the leg summary's gaps with their payload
-type and in its ``unsupported_codec`` totals (docs/format.md 8.6).
+type and in its ``unsupported_codec`` totals (docs/format.md 1.1).
 
 Both legs of a call share ``call_start_us`` and are flushed to the same end,
 so they have the same number of frames and frame n of each leg is the same
@@ -116,7 +116,7 @@ class LegResult:
         }
 
     def gap_list(self) -> list[dict[str, Any]]:
-        """Loss and unsupported-codec runs, by start frame (docs/format.md 8.6)."""
+        """Loss and unsupported-codec runs, by start frame (docs/format.md 1.1)."""
         gaps: list[dict[str, Any]] = [
             {"start_frame": s, "frames": n, "reason": "lost"} for s, n in self.gaps
         ]
@@ -146,7 +146,7 @@ class LegResult:
 
 
 def leg_unsupported_reason(summary: dict[str, Any]) -> str | None:
-    """For a sealed leg summary (LegResult.summary, docs/format.md 8.6): a sentence when the
+    """For a sealed leg summary (LegResult.summary, docs/format.md 1.1): a sentence when the
     leg received audio packets but every one was in a codec callvault does not record."""
     rtp = summary.get("rtp") or {}
     unsup = summary.get("unsupported_codec") or {}

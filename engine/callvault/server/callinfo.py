@@ -78,7 +78,7 @@ def _uint(value: Any) -> int:
 
 
 def leg_summary(leg: Mapping[str, Any]) -> pb.LegSummary:
-    """One leg of the sealed summary (docs/format.md 8.6) as the typed message.
+    """One leg of the sealed summary (docs/format.md 1.1) as the typed message.
 
     Keys a summary sealed by an older build lacks read as zero/empty; a gap with
     no "reason" predates the field and was a loss."""
