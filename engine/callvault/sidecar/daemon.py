@@ -397,17 +397,21 @@ class Sidecar:
             except Exception as e:  # the final flush or the END record could not be written
                 self._fail(call, f"the spool could not be written at the stop: {e}", delete=False)
             else:
+                problem = call.codec_problem()
                 log.info(
-                    "call %s stopped: %d packets, %d batches",
+                    "call %s stopped: %d packets, %d batches%s",
                     call.call_id,
                     call.packets,
                     call.spool.batches,
+                    f" ({problem})" if problem else "",
                 )
         return pb.StopCallReply(
             packets=call.packets,
             batches=call.spool.batches,
             state=call.state,
             reason=call.reason,
+            legs=[leg.describe() for leg in call.legs],
+            codec_problem=call.codec_problem(),
         )
 
     def _stop_in_receiver(self, call: Call) -> None:
