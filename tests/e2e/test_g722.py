@@ -10,6 +10,7 @@ non-zero with the reason, locally and through ``--server``.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -27,7 +28,6 @@ from tests.cli.test_cli_transcode import clicks
 from tests.e2e.sidecar_procs import (
     call_info,
     call_start,
-    call_stop,
     cli,
     ffmpeg_sender,
     rtp_range,
@@ -86,8 +86,30 @@ def test_g722_leg_through_the_sidecar_is_sealed_as_unsupported_codec(tmp_path: P
             for s in senders:
                 s.kill()
         time.sleep(0.3)
-        call_stop(sidecar, "g722-1")
-        wait_sealed(sidecar, "g722-1")
+        # `call stop` is loud: the agent leg had packets, none in a recorded codec.
+        stop = run_cli(
+            "call", "stop", "--sidecar", sidecar.address, "--call-id", "g722-1", ok=False
+        )
+        problem = (
+            "leg agent: every packet was in a codec callvault does not record "
+            "(payload type 9: G.722); nothing of this leg is recorded"
+        )
+        assert stop.returncode == 1, stop.stdout + stop.stderr
+        assert stop.stderr.startswith(f"callvault: error: {problem}"), stop.stderr
+        out = json.loads(stop.stdout)
+        assert out["codec_problem"] == problem and out["state"] == "forwarding", out
+        agent_rx, customer_rx = out["legs"]["agent"], out["legs"]["customer"]
+        assert agent_rx["recorded_packets"] == 0 and list(agent_rx["unsupported_packets"]) == ["9"]
+        assert agent_rx["unsupported_packets"]["9"] > 0, agent_rx
+        assert customer_rx["recorded_packets"] > 0 and customer_rx["unsupported_packets"] == {}
+        sealed = wait_sealed(sidecar, "g722-1")  # the call is sealed all the same
+        assert sealed.codec_problem == problem
+        ls = json.loads(run_cli("call", "ls", "--sidecar", sidecar.address, "--json").stdout)
+        (row,) = ls["calls"]
+        assert row["state"] == "sealed" and row["codec_problem"] == problem
+        assert row["legs"] == out["legs"]
+        table = run_cli("call", "ls", "--sidecar", sidecar.address).stdout
+        assert f"agent:PT9x{agent_rx['unsupported_packets']['9']}" in table, table
         st = stats(server.address)
         assert st.unsupported_codec_calls == 1
         assert st.unsupported_codec_packets > 0
@@ -95,6 +117,14 @@ def test_g722_leg_through_the_sidecar_is_sealed_as_unsupported_codec(tmp_path: P
     finally:
         assert sidecar.stop() == 0
         server.stop()
+    side_log = sidecar.output()
+    side_warnings = [  # once per call at WARNING (and in the INFO line of the stop)
+        line
+        for line in side_log.splitlines()
+        if "a codec callvault does not record" in line and " WARNING " in line
+    ]
+    assert len(side_warnings) == 1, side_log
+    assert "g722-1 leg agent" in side_warnings[0] and "9: G.722" in side_warnings[0]
     log = server.output()
     warnings = [line for line in log.splitlines() if "unsupported codec" in line]
     assert len(warnings) == 1 and "WARNING" in warnings[0], log

@@ -10,6 +10,8 @@ sample); a burst sent at ``t`` must be found at ``o + t``.
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 import time
@@ -19,6 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from callvault_client import Client
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
@@ -289,6 +292,11 @@ def test_sidecar_sigkilled_mid_call_keeps_its_spool(tmp_path: Path) -> None:
         time.sleep(0.3)
         call_stop(sidecar, "e2e-sckill")
         wait_sealed(sidecar, "e2e-sckill")
+        # The restarted sidecar resumed the call with the recording_id it drew at the
+        # start and spooled (another one would be refused ALREADY_EXISTS by the server).
+        with Client(server.address) as c:
+            summary = json.loads(c.get_call("e2e-sckill", include_summary=True).summary_json)
+        assert re.fullmatch(r"sidecar:[0-9a-f]{32}", summary["recording_id"]), summary
     finally:
         sidecar.stop()
         server.stop()

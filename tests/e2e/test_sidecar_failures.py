@@ -81,9 +81,11 @@ def test_a_call_id_the_server_has_sealed_fails_alone_on_a_fresh_sidecar(tmp_path
         server = start_server(tmp_path / "data", port=server.port, log_dir=logs)
         send_rtp(ports, 1.0, seed=2)
         failed = wait_state(sidecar, "X1", "failed")
-        # (Sealed answered while receiving, or the server's own refusal of the start.)
-        assert "X1" in failed.reason and any(
-            w in failed.reason for w in ("already", "exists", "sealed")
+        # The server's own refusal: this sidecar's recording_id is not the one X1 was
+        # recorded with (a permanent ALREADY_EXISTS, never retried).
+        assert failed.reason.startswith(
+            "the server refused the call: ALREADY_EXISTS: call X1 already exists (sealed) "
+            "and was recorded by another recording"
         ), failed.reason
         assert not list((tmp_path / "spool-b").glob("*X1*")), "the refused call's spool stays"
 

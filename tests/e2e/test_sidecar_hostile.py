@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -79,10 +80,11 @@ def _run_call(
     plan: dict[
         str, list[tuple[socket.socket, list[tuple[float, bytes]], float, dict[int, list[bytes]]]]
     ],
-) -> tuple[Path, Proc]:
+) -> tuple[Path, Proc, dict[str, Any]]:
     """Start server and sidecar, start the call, run the senders (per leg name: socket,
     packets, start offset in seconds, extra datagrams), stop the call and wait until it
-    is sealed; returns (data dir, stopped sidecar)."""
+    is sealed; returns (data dir, stopped sidecar, the call's row of `call ls --json`
+    once sealed)."""
     data = tmp / "data"
     server = start_server(data)
     sidecar = start_sidecar(server.address, tmp / "spool", rtp_range(), tmp)
@@ -101,10 +103,12 @@ def _run_call(
         time.sleep(0.3)
         call_stop(sidecar, call_id)
         wait_sealed(sidecar, call_id, timeout=60)
+        ls = run_cli("call", "ls", "--sidecar", sidecar.address, "--json")
+        (row,) = (c for c in json.loads(ls.stdout)["calls"] if c["call_id"] == call_id)
     finally:
         assert sidecar.stop() == 0
         server.stop()
-    return data, sidecar
+    return data, sidecar, row
 
 
 SECONDS = 4.0
@@ -122,7 +126,7 @@ def test_an_empty_datagram_is_refused_and_the_call_seals_with_all_its_audio(
         40: [b""],  # the issue's datagram
         80: [rtp(1, 0x1001, first=0x8F, payload=b"\xff" * 8), rtp(2, 0x1001, first=0x40)],
     }
-    data, sidecar = _run_call(
+    data, sidecar, row = _run_call(
         tmp_path,
         "hostile-empty",
         {"agent": [(a, agent, 0.0, bad)], "customer": [(c, customer, 0.0, {})]},
@@ -130,6 +134,13 @@ def test_an_empty_datagram_is_refused_and_the_call_seals_with_all_its_audio(
     a.close()
     c.close()
     assert "refusing packets that are not valid RTP" in sidecar.output()
+    # `call ls --json` counts the three refused datagrams, and every packet kept
+    assert (row["state"], row["invalid_packets"], row["foreign_packets"]) == ("sealed", 3, 0)
+    assert row["packets"] == len(agent) + len(customer) + 3, row
+    assert {n: leg["recorded_packets"] for n, leg in row["legs"].items()} == {
+        "agent": len(agent),
+        "customer": len(customer),
+    }, row
     pcm, duration, info = _exported(tmp_path, data, "hostile-empty")
     oa = _offset(_bursts(pcm[:, 0]), AGENT)
     oc = _offset(_bursts(pcm[:, 1]), CUSTOMER)
@@ -155,7 +166,7 @@ def test_a_second_sender_on_a_leg_port_is_not_recorded(tmp_path: Path) -> None:
     attacker = _packets(tone, 0x6666, 3)
     customer = _packets(clicks(SECONDS, CUSTOMER, hz=700.0), 0x2002, 2)
     v, x, c = _udp(), _udp(), _udp()
-    data, sidecar = _run_call(
+    data, sidecar, row = _run_call(
         tmp_path,
         "hostile-tone",
         {
@@ -170,6 +181,9 @@ def test_a_second_sender_on_a_leg_port_is_not_recorded(tmp_path: Path) -> None:
     assert _tone_share(pcm[:, 0], 400.0) > 0.5
     _offset(_bursts(pcm[:, 0]), AGENT)  # every burst where it was sent, nothing else loud
     assert "dropping packets from sources other than 127.0.0.1:" in sidecar.output()
+    # `call ls --json`: every one of the attacker's packets counted foreign, none invalid
+    assert (row["invalid_packets"], row["foreign_packets"]) == (0, len(attacker)), row
+    assert row["legs"]["agent"]["recorded_packets"] == len(victim), row
     agent = next(leg for leg in info["legs_detail"] if leg["leg"] == "agent")
     assert agent["rtp"].get("ssrc_changes", 0) == 0, agent
 
@@ -182,7 +196,7 @@ def test_failover_to_a_new_sender_after_silence_is_recorded(tmp_path: Path) -> N
     second = _packets(clicks(2.0, [0.5, 1.5], hz=400.0), 0x7007, 4)
     customer = _packets(clicks(4.0 + gap, [1.0, 3.0]), 0x2002, 2)
     a1, a2, c = _udp(), _udp(), _udp()
-    data, sidecar = _run_call(
+    data, sidecar, row = _run_call(
         tmp_path,
         "hostile-failover",
         {
@@ -193,6 +207,9 @@ def test_failover_to_a_new_sender_after_silence_is_recorded(tmp_path: Path) -> N
     for s in (a1, a2, c):
         s.close()
     assert "source changed from 127.0.0.1:" in sidecar.output()
+    # a legitimate failover drops nothing: both senders' packets are kept
+    assert (row["invalid_packets"], row["foreign_packets"]) == (0, 0), row
+    assert row["legs"]["agent"]["recorded_packets"] == len(first) + len(second), row
     pcm, _, info = _exported(tmp_path, data, "hostile-failover")
     sent = [0.5, 1.5, 2.0 + gap + 0.5, 2.0 + gap + 1.5]
     _offset(_bursts(pcm[:, 0]), sent)

@@ -5,6 +5,7 @@ that spool forwards every packet; a missing key file stops the sidecar with a cl
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import stat
@@ -12,9 +13,13 @@ import struct
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from callvault_client import Client
+from callvault_client._pb import callvault_pb2 as pb
 
-from callvault.sidecar.spool import KEY_FILE
+from callvault import _net
+from callvault.sidecar.spool import KEY_FILE, Spool, load_sidecar_key, spool_name
 from tests.e2e.sidecar_procs import (
     call_info,
     call_start,
@@ -121,3 +126,53 @@ def test_missing_key_file_with_spooled_calls_is_an_error(tmp_path: Path) -> None
     assert "sidecar.key is missing but 1 spooled call" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
     assert not (spool / KEY_FILE).exists()  # never a new key
+
+
+def test_a_spool_from_before_recording_ids_is_still_forwarded(tmp_path: Path) -> None:
+    """A call spooled by a sidecar that sent no recording_id (its CallStart has "") is
+    forwarded by today's sidecar as it was spooled, and the server seals it; a call
+    started now carries a "sidecar:" recording_id."""
+    root = tmp_path / "spool"
+    start = pb.CallStart(call_id="old-1", legs=[pb.LegSpec(name="agent")])
+    assert start.recording_id == ""
+    now = _net.now_us()
+    spool = Spool.create(
+        root,
+        spool_name("", "old-1"),
+        start.SerializeToString(),
+        [40000],
+        now,
+        key=load_sidecar_key(root),
+    )
+    spool.set_start_us(now)
+    pkts = [
+        struct.pack("!BBHII", 0x80, 0, 1000 + i, 160 * i, 0x1000) + _payload(0)
+        for i in range(PACKETS)
+    ]
+    spool.append(
+        0,
+        b"".join(pkts),
+        np.array([len(p) for p in pkts], np.int32),
+        np.array([now + 20_000 * i for i in range(PACKETS)], np.int64),
+    )
+    spool.finish()
+    spool.close()
+    data = tmp_path / "data"
+    server = start_server(data)
+    sidecar = start_sidecar(server.address, root, rtp_range(), tmp_path)
+    try:
+        wait_sealed(sidecar, "old-1")
+        ports = call_start(sidecar, "new-1")
+        call_stop(sidecar, "new-1")
+        wait_sealed(sidecar, "new-1")
+        with Client(server.address) as c:
+            old = json.loads(c.get_call("old-1", include_summary=True).summary_json)
+            new = json.loads(c.get_call("new-1", include_summary=True).summary_json)
+    finally:
+        assert sidecar.stop() == 0
+        server.stop()
+    assert set(ports) == {"agent", "customer"}
+    assert "recording_id" not in old or old["recording_id"] == ""
+    assert new["recording_id"].startswith("sidecar:") and len(new["recording_id"]) == 40
+    info = call_info(data, "old-1")
+    assert info["state"] == "sealed" and abs(info["seconds"] - PACKETS / 50) <= 0.04, info

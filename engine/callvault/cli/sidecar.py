@@ -10,8 +10,10 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from callvault import ids
 from callvault.cli.common import leg_names
@@ -126,10 +128,29 @@ def cmd_call_stop(args: argparse.Namespace) -> int:
         out["state"] = reply.state
     if reply.reason:
         out["reason"] = reply.reason
+    out["legs"] = _legs(reply.legs)
+    if reply.codec_problem:
+        out["codec_problem"] = reply.codec_problem
     print(json.dumps(out), flush=True)
     if reply.state == "failed":
         raise CallvaultError(f"call {args.call_id} failed: {reply.reason}")
+    if reply.codec_problem:  # sealed all the same, its span an unsupported-codec gap
+        raise CallvaultError(reply.codec_problem)
     return 0
+
+
+def _legs(legs: Iterable[Any]) -> dict[str, dict[str, object]]:
+    """SidecarLeg messages as JSON: leg name -> recorded packets and the packets per
+    unsupported payload type (keys are the payload types, as strings)."""
+    return {
+        leg.name: {
+            "recorded_packets": leg.recorded_packets,
+            "unsupported_packets": {
+                str(pt): n for pt, n in sorted(leg.unsupported_packets.items())
+            },
+        }
+        for leg in legs
+    }
 
 
 def _health(address: str) -> str:
@@ -143,6 +164,16 @@ def _health(address: str) -> str:
         except grpc.RpcError as e:
             return f"UNKNOWN ({e.code().name})"
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(r.status))
+
+
+def _unsupported_cell(legs: Iterable[Any]) -> str:
+    """``customer:PT9x150`` per leg and unsupported payload type; ``-`` for none."""
+    cells = [
+        f"{leg.name}:PT{pt}x{n}"
+        for leg in legs
+        for pt, n in sorted(leg.unsupported_packets.items())
+    ]
+    return ",".join(cells) or "-"
 
 
 def cmd_call_ls(args: argparse.Namespace) -> int:
@@ -175,6 +206,8 @@ def cmd_call_ls(args: argparse.Namespace) -> int:
             "acked": c.acked_seq,
             "connected": c.connected,
             "spool_bytes": c.spool_bytes,
+            "legs": _legs(c.legs),
+            "codec_problem": c.codec_problem,
         }
         for c in calls
     ]
@@ -188,7 +221,17 @@ def cmd_call_ls(args: argparse.Namespace) -> int:
     )
     if not rows:
         return 0
-    head = ("CALL", "STATE", "PACKETS", "INVALID", "FOREIGN", "BATCHES", "ACKED", "REASON")
+    head = (
+        "CALL",
+        "STATE",
+        "PACKETS",
+        "INVALID",
+        "FOREIGN",
+        "UNSUPPORTED",
+        "BATCHES",
+        "ACKED",
+        "REASON",
+    )
     table = [
         (
             (f"{r['tenant']}/" if r["tenant"] else "") + str(r["call_id"]),
@@ -196,11 +239,12 @@ def cmd_call_ls(args: argparse.Namespace) -> int:
             str(r["packets"]),
             str(r["invalid_packets"]),
             str(r["foreign_packets"]),
+            _unsupported_cell(c.legs),
             str(r["batches"]),
             str(r["acked"]),
-            str(r["reason"]),
+            str(r["reason"] or r["codec_problem"]),
         )
-        for r in rows
+        for r, c in zip(rows, calls, strict=True)
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *table, strict=True)]
     for line in (head, *table):

@@ -16,13 +16,60 @@ import numpy.typing as npt
 from callvault_client._pb import callvault_pb2 as pb
 
 from callvault.errors import CallvaultError
+from callvault.media.jitter_ref import DECODERS
+from callvault.rtpdefs import PT_CN
 from callvault.sidecar.latch import DEFAULT_EVENT_PT, SourceLatch
 from callvault.sidecar.spool import Spool
 
 if TYPE_CHECKING:
     from callvault.sidecar.forwarder import Forwarder
 
-# What StartCall accepts as a call id (the server's rule, callvault.server.ingest).
+# Payload types every leg records: the jitter buffer's decoders (its table, G.711 PCMU 0
+# and PCMA 8) and comfort noise; a leg's declared telephone-event types come on top.
+RECORDED_PTS: frozenset[int] = frozenset(DECODERS) | {PT_CN}
+
+# Names of the RFC 3551 static payload types, for the messages about unsupported ones.
+PT_NAMES: dict[int, str] = {
+    0: "PCMU",
+    3: "GSM",
+    4: "G.723",
+    5: "DVI4",
+    6: "DVI4",
+    7: "LPC",
+    8: "PCMA",
+    9: "G.722",
+    10: "L16",
+    11: "L16",
+    12: "QCELP",
+    13: "CN",
+    14: "MPA",
+    15: "G.728",
+    16: "DVI4",
+    17: "DVI4",
+    18: "G.729",
+    25: "CelB",
+    26: "JPEG",
+    28: "nv",
+    31: "H.261",
+    32: "MPV",
+    33: "MP2T",
+    34: "H.263",
+}
+
+
+def payload_type_name(pt: int) -> str:
+    """``9: G.722``; ``101: dynamic`` for 96 to 127, ``40: unassigned`` for the rest."""
+    return f"{pt}: " + PT_NAMES.get(pt, "dynamic" if 96 <= pt <= 127 else "unassigned")
+
+
+def payload_types(packets: bytes, lengths: npt.NDArray[np.int32]) -> npt.NDArray[np.int64]:
+    """Packets per RTP payload type (128 counts) of valid RTP packets (12 bytes or more),
+    concatenated in ``packets`` with ``lengths``."""
+    if not len(lengths):
+        return np.zeros(128, np.int64)
+    ends = np.cumsum(lengths, dtype=np.int64)
+    second = np.frombuffer(packets, np.uint8)[ends - lengths + 1]
+    return np.bincount(second & 0x7F, minlength=128).astype(np.int64)
 
 
 class SidecarError(CallvaultError):
@@ -51,6 +98,58 @@ class Leg:
     relatches: int = 0  # times a new source (or a new SSRC) was latched
     event_pts: frozenset[int] = frozenset({DEFAULT_EVENT_PT})  # RFC 4733 payload types
     latch: SourceLatch = field(default_factory=SourceLatch)
+    # Packets kept (spooled and forwarded) per RTP payload type, 0 to 127.
+    pt_packets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(128, np.int64))
+
+    def recorded_pts(self) -> frozenset[int]:
+        """The payload types this leg records: RECORDED_PTS and its telephone events."""
+        return RECORDED_PTS | self.event_pts
+
+    def count_payload_types(self, packets: bytes, lengths: npt.NDArray[np.int32]) -> list[int]:
+        """Count kept packets by payload type; returns the unsupported payload types
+        among them that this leg had not seen before."""
+        counts = payload_types(packets, lengths)
+        recorded = self.recorded_pts()
+        new = [
+            int(pt)
+            for pt in np.flatnonzero(counts)
+            if int(pt) not in recorded and not self.pt_packets[pt]
+        ]
+        self.pt_packets += counts
+        return new
+
+    def recorded_packets(self) -> int:
+        """Packets in a payload type the leg records."""
+        return int(sum(int(self.pt_packets[pt]) for pt in self.recorded_pts() if 0 <= pt < 128))
+
+    def unsupported(self) -> dict[int, int]:
+        """Packets per payload type the leg does not record (a codec without a decoder)."""
+        recorded = self.recorded_pts()
+        return {
+            int(pt): int(self.pt_packets[pt])
+            for pt in np.flatnonzero(self.pt_packets)
+            if int(pt) not in recorded
+        }
+
+    def unrecorded_reason(self) -> str:
+        """A sentence when the leg received packets but none in a codec callvault records
+        (the server seals its span as unsupported-codec gaps); "" otherwise."""
+        unsupported = self.unsupported()
+        if not unsupported or self.recorded_packets():
+            return ""
+        pts = ", ".join(payload_type_name(pt) for pt in sorted(unsupported))
+        s = "s" if len(unsupported) > 1 else ""
+        return (
+            f"leg {self.name}: every packet was in a codec callvault does not record "
+            f"(payload type{s} {pts}); nothing of this leg is recorded"
+        )
+
+    def describe(self) -> pb.SidecarLeg:
+        return pb.SidecarLeg(
+            name=self.name,
+            recorded_packets=self.recorded_packets(),
+            unsupported_packets=self.unsupported(),
+        )
 
 
 class Call:
@@ -72,6 +171,7 @@ class Call:
         # Why the call failed (state "failed") or ended short; empty when all is well.
         self.reason = ""
         self.sync_failed = False  # an fsync of its spool failed (logged once)
+        self.codec_warned = False  # an unsupported payload type was logged (once a call)
 
     @property
     def connected(self) -> bool:
@@ -115,7 +215,14 @@ class Call:
             invalid_packets=sum(int(getattr(leg, "invalid", 0)) for leg in self.legs),
             foreign_packets=sum(int(getattr(leg, "foreign", 0)) for leg in self.legs),
             spool_bytes=self.spool_bytes() if self.state != "sealed" else 0,
+            legs=[leg.describe() for leg in self.legs],
+            codec_problem=self.codec_problem(),
         )
+
+    def codec_problem(self) -> str:
+        """Each leg's ``unrecorded_reason``, joined by "; " ("" when every leg that
+        received packets received some in a recorded codec)."""
+        return "; ".join(r for r in (leg.unrecorded_reason() for leg in self.legs) if r)
 
     def call_start(self) -> pb.CallStart:
         start = pb.CallStart()

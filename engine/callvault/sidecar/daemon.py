@@ -10,6 +10,13 @@ On start the sidecar recovers its spool directory: calls not stopped get
 their UDP ports back (same numbers, so senders keep sending) and keep
 receiving; stopped ones keep forwarding until sealed.
 
+Each call's CallStart carries a ``recording_id`` drawn at ``call start``
+(:func:`new_recording_id`) and spooled with it (in the encrypted CALL record), so a
+restarted sidecar resumes its own call on the server, and a call id the server
+holds from another recording is refused by the server (ALREADY_EXISTS, a refusal
+for good: the call fails with the server's message). Spools written before the
+recording_id existed keep "" (which resumes what was recorded with "").
+
 Failures end one call, never the sidecar. A call fails (state ``failed``, with a
 ``reason`` shown by ``call stop``, ``call ls`` and logged at ERROR once) when:
 
@@ -40,6 +47,7 @@ import errno
 import functools
 import logging
 import os
+import secrets
 import socket
 import threading
 from collections.abc import Callable
@@ -63,6 +71,15 @@ SYNC_S = 1.0  # spool fsync period (a power cut loses at most this much)
 KEEP_SEALED = 1000  # sealed or failed calls remembered (ListCalls, duplicate start)
 START_CHECK_S = 2.0  # StartCall asks the server whether the call id exists, this long
 HEALTH_PROBE = ".health-probe"  # written and removed in the spool directory by check_health
+RECORDING_ID_PREFIX = "sidecar:"  # a call's CallStart.recording_id: this and 128 random bits
+
+
+def new_recording_id() -> str:
+    """A call's ``CallStart.recording_id`` (docs/server.md "Call ids: one recording
+    each"): ``sidecar:`` and 32 hex digits, drawn at ``call start`` and kept in the
+    call's spooled CallStart, so every stream of this call (after reconnects and
+    sidecar restarts) resumes it, and no other recording of the same call id can."""
+    return RECORDING_ID_PREFIX + secrets.token_hex(16)
 
 
 class Sidecar:
@@ -285,6 +302,7 @@ class Sidecar:
                 tenant=req.tenant,
                 meta=req.meta,
                 legs=[pb.LegSpec(name=n) for n in legs],
+                recording_id=new_recording_id(),
             )
             try:
                 spool = Spool.create(
@@ -379,17 +397,21 @@ class Sidecar:
             except Exception as e:  # the final flush or the END record could not be written
                 self._fail(call, f"the spool could not be written at the stop: {e}", delete=False)
             else:
+                problem = call.codec_problem()
                 log.info(
-                    "call %s stopped: %d packets, %d batches",
+                    "call %s stopped: %d packets, %d batches%s",
                     call.call_id,
                     call.packets,
                     call.spool.batches,
+                    f" ({problem})" if problem else "",
                 )
         return pb.StopCallReply(
             packets=call.packets,
             batches=call.spool.batches,
             state=call.state,
             reason=call.reason,
+            legs=[leg.describe() for leg in call.legs],
+            codec_problem=call.codec_problem(),
         )
 
     def _stop_in_receiver(self, call: Call) -> None:

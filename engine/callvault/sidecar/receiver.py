@@ -7,7 +7,10 @@ races a flush.
 
 Every datagram is checked before it is kept (callvault.sidecar.latch: the server's
 RTP checks, then the leg's latched source); what fails is counted on the leg
-(``Leg.invalid``, ``Leg.foreign``) and dropped, never spooled nor forwarded.
+(``Leg.invalid``, ``Leg.foreign``) and dropped, never spooled nor forwarded. What
+is kept is counted per payload type (``Leg.pt_packets``); the first packet of a call
+in a payload type its leg does not record (no decoder, not comfort noise, not a
+declared telephone event) is logged at WARNING, once per call.
 
 One call's failure stays that call's: when reading or flushing a call raises (its
 spool closed or deleted, a full disk), the thread closes that call's sockets, hands
@@ -34,7 +37,8 @@ import numpy as np
 from callvault import _net
 from callvault.media.batch import first_sample_bound
 from callvault.media.packets import PacketRun
-from callvault.sidecar.call import Call, Leg, SidecarError
+from callvault.rtpdefs import RECORDED_CODECS
+from callvault.sidecar.call import Call, Leg, SidecarError, payload_type_name
 from callvault.sidecar.latch import describe_source
 from callvault.timeline import FRAME_MS
 
@@ -260,6 +264,19 @@ class Receiver(threading.Thread):
                     )
                 if got.chunk is not None:
                     leg.pending.append(got.chunk)
+                    unsupported = leg.count_payload_types(got.chunk[0], got.chunk[1])
+                    if unsupported and not call.codec_warned:
+                        call.codec_warned = True
+                        log.warning(
+                            "%s leg %s: packets in a codec callvault does not record "
+                            "(payload type %s; it records %s): recorded as an "
+                            "unsupported-codec gap, not as audio (counted per leg in "
+                            "call ls)",
+                            call.call_id,
+                            leg.name,
+                            ", ".join(payload_type_name(pt) for pt in unsupported),
+                            RECORDED_CODECS,
+                        )
             if len(lengths) < RECV_PACKETS:
                 return
 
