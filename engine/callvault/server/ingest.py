@@ -335,6 +335,7 @@ class LiveCall:
                 tags=m.get("tags", ()),
                 legs=self.spec.legs,
                 extra=m.get("extra") or {},
+                recording_id=self.spec.recording_id,
             )
         except InputError:
             raise
@@ -551,6 +552,8 @@ class Ingestor:
                         )
                         live.owner = token
                         return live, token
+                    if entry.recording_id is not None:  # kept since it was opened
+                        self._same_recording(spec, entry.recording_id, "open")
                     check_writer(self.vault)
                     writer = self.vault.resume_call(spec.call_id, tenant=tenant)
                 else:
