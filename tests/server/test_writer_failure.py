@@ -153,3 +153,40 @@ def test_a_raw_stream_gets_unavailable_and_resumes_from_started(
         if away.exists():
             away.rename(seg)
         srv.stop()
+
+
+def test_a_quiet_call_whose_writer_broke_is_told_and_resumes(
+    tmp_path: Path, feed: Feed, reference: Packets
+) -> None:
+    """A call that sends nothing while another call's write fails the writer: once the
+    writer is reopened its CallWriter is broken; its stream is told (UNAVAILABLE)
+    without having to send, and its resend completes it."""
+    srv = serve(tmp_path)
+    seg = tmp_path / "data" / "segments"
+    away = tmp_path / "data" / "segments.away"
+    try:
+        s = Stream(srv.address)
+        s.start(feed.start("Q1"))
+        s.send_acked(feed.batches[: len(feed.batches) // 2])
+        seg.rename(away)
+        with grpc.insecure_channel(srv.address) as ch:  # another call fails the writer
+            code, _ = status_of(lambda: pbg.IngestStub(ch).Record(feed.requests("W"), timeout=60))
+        assert code == grpc.StatusCode.UNAVAILABLE
+        eventually(lambda: health(srv.address) == NOT_SERVING)
+        away.rename(seg)
+        eventually(lambda: health(srv.address) == SERVING)
+        with pytest.raises(grpc.RpcError) as err:
+            while True:
+                s.next()  # nothing sent: the server ends the stream by itself
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "call Q1: storing it failed" in str(err.value.details())
+        s.close()
+        with grpc.insecure_channel(srv.address) as ch:
+            replies = list(pbg.IngestStub(ch).Record(feed.requests("Q1"), timeout=120))
+        assert replies[0].started.resumed and replies[0].started.resume_from_seq == 0
+        assert replies[-1].WhichOneof("msg") == "sealed"
+        assert stored(tmp_path / "data", "Q1") == reference
+    finally:
+        if away.exists():
+            away.rename(seg)
+        srv.stop()

@@ -935,6 +935,8 @@ class RecordStream:
             except queue.Empty:
                 if self.live is not None and self.live.expired is not None:
                     raise CallExpired(self.live.expired) from None
+                if self.live is not None and (why := self.live.interrupted()) is not None:
+                    raise self.live._interrupt(why) from None  # a quiet call's writer broke
                 if time.monotonic() - last_req > self.idle_s:
                     raise StreamIdle(
                         f"no message for {self.idle_s:g} s: stream closed "
