@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from callvault.errors import InputError
-from callvault.media import capture
+from callvault.media import capture, pipeline
 from callvault.media.rtppack import build_packet
 from callvault.media.sample import LegPlan, _ipv4_udp, write_capture
 
@@ -191,3 +191,77 @@ def test_unsupported_codec_is_named(tmp_path: Path) -> None:
     flow = capture.read_capture(path).flows[0]
     with pytest.raises(InputError, match=r"unsupported codec .*G729 \(PT 18\)"):
         capture.check_audio(flow)
+
+
+# -- dynamic payload types: RFC 4733 events only when they look like events ---------------
+
+
+def _opus_like(path: Path, *, with_pcmu: bool = False) -> Path:
+    """A leg whose dynamic PT 111 carries Opus-like payloads (sizes 1 to 120 bytes,
+    a few of them 4 bytes, timestamps 20 ms apart at 48 kHz), optionally between
+    PCMU packets on the same flow."""
+    rng = np.random.default_rng(5)
+    frames = []
+    for i in range(100):
+        if with_pcmu and i % 2 == 0:
+            pkt = build_packet(0, i, i * 160, 9, bytes(160))
+        else:
+            n = 4 if i % 25 == 0 else int(rng.integers(1, 121))  # DTX-sized ones too
+            pkt = build_packet(111, i, i * 960, 9, rng.bytes(n))
+        frames.append(
+            (1.0 + i * 0.02, ETH + _ipv4_udp(("10.0.0.1", 4000), ("10.0.0.2", 5000), pkt))
+        )
+    _write_frames(path, frames, capture.LINKTYPE_ETHERNET)
+    return path
+
+
+def test_a_dynamic_type_with_codec_payloads_is_an_unsupported_codec(tmp_path: Path) -> None:
+    path = _opus_like(tmp_path / "opus.pcap")
+    flow = capture.read_capture(path).flows[0]
+    assert flow.payload_types == {111: 100}
+    assert flow.event_payload_types() == ()  # not taken for telephone events
+    with pytest.raises(InputError, match=r"unsupported codec on .*dynamic \(PT 111\)"):
+        capture.check_audio(flow)
+    # the import of the capture fails with that reason (never silence)
+    with pytest.raises(InputError, match=r"unsupported codec .*PT 111.*callvault records"):
+        pipeline.parse_inputs([str(path)])
+
+
+def test_codec_packets_on_a_dynamic_type_beside_audio_are_counted_unsupported(
+    tmp_path: Path,
+) -> None:
+    path = _opus_like(tmp_path / "mixed.pcap", with_pcmu=True)
+    legs = pipeline.parse_inputs([str(path)])
+    assert legs[0].flow is not None and legs[0].flow.event_payload_types() == ()
+    s = pipeline.run_call(legs, pipeline.Settings(), encode=False).legs[0].summary()
+    assert s["unsupported_codec"]["packets"] == 50
+    assert s["unsupported_codec"]["payload_types"] == [111]
+    assert s["telephone_events"] == []  # codec bytes are never read as events
+
+
+def test_real_events_on_pt_101_still_record_their_dtmf(tmp_path: Path) -> None:
+    path = tmp_path / "dtmf.pcap"
+    write_capture(path, [(_tone(3.0), LegPlan(dtmf=((1.0, "4"), (2.0, "2"))))])
+    flow = capture.read_capture(path).flows[0]
+    assert flow.event_payload_types() == (101,)
+    capture.check_audio(flow)
+    legs = pipeline.parse_inputs([str(path)])
+    s = pipeline.run_call(legs, pipeline.Settings(), encode=False).legs[0].summary()
+    assert [e["digit"] for e in s["telephone_events"]] == ["4", "2"]
+    assert s["unsupported_codec"]["packets"] == 0
+
+
+def test_an_events_only_flow_is_not_an_unsupported_codec(tmp_path: Path) -> None:
+    body = struct.pack("!BBH", 5, 10, 160)  # RFC 4733 2.3: event 5, volume 10
+    frames = [
+        (
+            1.0 + i * 0.02,
+            ETH + _ipv4_udp(("10.0.0.1", 1), ("10.0.0.2", 2), build_packet(101, i, 800, 7, body)),
+        )
+        for i in range(5)
+    ]
+    path = tmp_path / "events.pcap"
+    _write_frames(path, frames, capture.LINKTYPE_ETHERNET)
+    flow = capture.read_capture(path).flows[0]
+    assert flow.event_payload_types() == (101,)
+    capture.check_audio(flow)  # no audio, but nothing unsupported either

@@ -456,3 +456,35 @@ def test_a_resumed_call_never_replayed_is_released_and_resumes_later(
         replies = list(RecordStream(ingestor).run(feed.requests("c1"), same))
         assert isinstance(replies[-1], Sealed)
         assert stored(vault, "c1") == uninterrupted
+
+
+def test_an_open_call_of_an_older_vault_resumes_for_any_recording(
+    feed: Feed, tmp_path: Path, uninterrupted: Packets
+) -> None:
+    """A call opened without a kept recording_id (an older version, or not through
+    Ingest) is resumed by the first CallStart whatever its recording_id, as before;
+    one opened through Ingest keeps it, and only that recording resumes it."""
+    from dataclasses import replace
+
+    from callvault.server.ingest import RecordingConflict
+
+    with Vault.open(tmp_path / "vault") as vault:
+        w = vault.open_call("old", legs=feed.legs, start_us=feed.start_us)
+        w.release()
+        assert vault.get_call("old").recording_id is None
+    half = len(feed.batches) // 2
+    with server(tmp_path / "vault") as (vault, ingestor):
+        s = RecordStream(ingestor)
+        s.handle(replace(feed.spec("new"), recording_id="rec-A"))
+        for b in feed.batches[:half]:
+            s.handle(b)
+        ingestor.shutdown()
+    with server(tmp_path / "vault") as (vault, ingestor):
+        assert vault.get_call("new").recording_id == "rec-A"
+        with pytest.raises(RecordingConflict, match=r"call new already exists \(open\)"):
+            ingestor.attach(replace(feed.spec("new"), recording_id="rec-B"))
+        requests = [replace(feed.spec("old"), recording_id="any"), *feed.requests("old")[1:]]
+        replies = list(RecordStream(ingestor).run(requests, same))
+        assert isinstance(replies[0], Started) and replies[0].resumed
+        assert isinstance(replies[-1], Sealed)
+        assert stored(vault, "old") == uninterrupted

@@ -395,3 +395,43 @@ def test_import_of_an_existing_call_id_compares_content(
     finally:
         if srv is not None:
             srv.stop()
+
+
+def test_after_a_restart_only_the_same_recording_resumes_an_open_call(
+    tmp_path: Path, feed: Feed
+) -> None:
+    """The recording_id is kept with the open call in the vault (OPEN record, call
+    entry): after a SIGKILL another recording under the call id is refused, the
+    recording that opened it resumes and seals."""
+
+    def start(rid: str) -> pb.IngestRequest:
+        req = feed.start("RR1")
+        req.start.recording_id = rid
+        return req
+
+    srv = serve(tmp_path)
+    s = Stream(srv.address)
+    s.start(start("rec-A"))
+    ack = s.send_acked(feed.batches[: len(feed.batches) // 2])
+    assert min(ack.durable_frames) >= 50  # the call is open in the vault with audio
+    srv.kill()
+    s.close()
+    srv = serve(tmp_path)
+    try:
+        with grpc.insecure_channel(srv.address) as ch:
+            stub = pbg.IngestStub(ch)
+            code, details = status_of(lambda: stub.Record(iter([start("rec-B")]), timeout=30))
+            assert code == grpc.StatusCode.ALREADY_EXISTS, details
+            assert "call RR1 already exists (open)" in details
+            code, _ = status_of(lambda: stub.Record(iter([start("")]), timeout=30))
+            assert code == grpc.StatusCode.ALREADY_EXISTS
+            reqs = [start("rec-A"), *list(feed.requests("RR1"))[1:]]
+            replies = list(stub.Record(iter(reqs), timeout=120))
+            assert replies[0].started.resumed and replies[0].started.resume_from_seq == 0
+            assert replies[-1].WhichOneof("msg") == "sealed"
+            info = pbg.ArchiveStub(ch).GetCall(
+                pb.GetCallRequest(call=pb.CallRef(call_id="RR1"), include_summary=True)
+            )
+        assert json.loads(info.summary_json)["recording_id"] == "rec-A"
+    finally:
+        srv.stop()

@@ -60,6 +60,14 @@ MIN_RTP_PACKETS = 3
 # RFC 3551 names of static payload types, for the error message.
 KNOWN_PT_NAMES = {0: "PCMU", 3: "GSM", 4: "G723", 8: "PCMA", 9: "G722", 13: "CN", 18: "G729"}
 
+# RFC 4733 2.3: a telephone-event payload is one 4-byte event (event code, E/R/volume,
+# duration). A dynamic payload type is taken for events only when at least this share
+# of its packets carry exactly such a payload; otherwise it is a codec callvault does
+# not record (Opus, G.722 on a dynamic type...). The share, not "all", so that a few
+# damaged packets do not turn a leg's DTMF into an unsupported codec.
+EVENT_PAYLOAD_BYTES = 4
+EVENT_SHARE = 0.9
+
 FlowKey = tuple[str, int, str, int]
 
 
@@ -72,6 +80,8 @@ class RtpFlow:
     arrival_us: list[int] = field(default_factory=list)
     payload_types: dict[int, int] = field(default_factory=dict)
     ssrcs: list[int] = field(default_factory=list)
+    # per dynamic payload type (96-127): packets whose payload is one RFC 4733 event
+    event_like: dict[int, int] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -93,8 +103,16 @@ class RtpFlow:
         return self.first_us if bound is None else min(bound, self.first_us)
 
     def event_payload_types(self) -> tuple[int, ...]:
-        """Dynamic PTs used for RFC 4733 events: always 4-byte payloads, no SDP needed."""
-        return tuple(sorted(pt for pt in self.payload_types if 96 <= pt <= 127))
+        """Dynamic PTs used for RFC 4733 events, known without SDP by their payloads:
+        at least EVENT_SHARE of the type's packets hold one 4-byte event (RFC 4733
+        2.3). Any other dynamic type is a codec callvault does not record."""
+        return tuple(
+            sorted(
+                pt
+                for pt, n in self.payload_types.items()
+                if 96 <= pt <= 127 and self.event_like.get(pt, 0) >= EVENT_SHARE * n
+            )
+        )
 
     def audio_packets(self) -> int:
         return sum(n for pt, n in self.payload_types.items() if pt in AUDIO_PTS)
@@ -181,6 +199,20 @@ def _udp(etype: int, packet: bytes) -> tuple[FlowKey, bytes] | str:
     return (src, sport, dst, dport), udp[8:ulen]
 
 
+def _rtp_payload_bytes(packet: bytes) -> int | None:
+    """The length of an RTP packet's payload (after CSRCs, the header extension and
+    before padding), or None when the header does not fit in the packet."""
+    size = 12 + 4 * (packet[0] & 0x0F)
+    if packet[0] & 0x10:  # header extension: 4 bytes, then its length in words
+        if len(packet) < size + 4:
+            return None
+        size += 4 + 4 * struct.unpack_from("!H", packet, size + 2)[0]
+    end = len(packet)
+    if packet[0] & 0x20:  # padding: its count is the last byte
+        end -= packet[-1]
+    return end - size if end >= size else None
+
+
 def _looks_like_rtp(payload: bytes) -> bool:
     # RTP version 2, and not RTCP (packet types 192..223 sit where RTP has M+PT).
     return len(payload) >= 12 and payload[0] >> 6 == 2 and not 192 <= payload[1] <= 223
@@ -233,6 +265,8 @@ def read_capture(path: str | Path) -> Capture:
         flow.arrival_us.append(ts_us)
         pt = payload[1] & 0x7F
         flow.payload_types[pt] = flow.payload_types.get(pt, 0) + 1
+        if pt >= 96 and _rtp_payload_bytes(payload) == EVENT_PAYLOAD_BYTES:
+            flow.event_like[pt] = flow.event_like.get(pt, 0) + 1
         ssrc = struct.unpack_from("!I", payload, 8)[0]
         if not flow.ssrcs or flow.ssrcs[-1] != ssrc:
             flow.ssrcs.append(ssrc)
@@ -248,10 +282,13 @@ def describe_payload_types(pts: dict[int, int]) -> str:
 
 
 def check_audio(flow: RtpFlow) -> None:
-    """Raise InputError when a flow carries no audio callvault can decode."""
+    """Raise InputError when a flow carries no audio callvault can decode: its
+    payload types are codecs callvault does not record (a dynamic type counts as a
+    codec unless its packets look like RFC 4733 events: ``event_payload_types``)."""
     if flow.audio_packets():
         return
-    others = {pt: n for pt, n in flow.payload_types.items() if pt != PT_CN and pt < 96}
+    events = flow.event_payload_types()
+    others = {pt: n for pt, n in flow.payload_types.items() if pt != PT_CN and pt not in events}
     if others:
         raise InputError(
             f"unsupported codec on {flow.label}: {describe_payload_types(others)}; "

@@ -26,7 +26,11 @@ batch within ``call_idle_s`` of its CallStart expires (nothing of it was
 stored); a call with audio whose stream is gone is kept ``resume_s`` for a
 reconnect, then sealed with everything the server processed (acknowledged
 audio is never dropped). ``reap`` applies the two time bounds; the server runs
-it every second.
+it every second. A call whose storing failed (the vault's segment writer
+failed: ``LiveCall.interrupted``) answers its stream UNAVAILABLE; the next
+CallStart of the same recording, once the writer works again, replaces it by a
+call resumed from the vault's stored records (replayed from seq 0, as after a
+restart), so nothing acknowledged is lost and nothing is stored twice.
 
 ``RecordStream`` is one Record stream's state machine, in the engine's terms
 (requests ``CallSpec``, ``Batch``, ``End``; replies ``Started``, ``Progress``
@@ -86,6 +90,21 @@ def check_writer(vault: Vault) -> None:
             f"the vault cannot store anything now ({why}); the server is NOT_SERVING "
             "until writing works again: retry later"
         )
+
+
+class CallInterrupted(WriterFailed):
+    """Storing a live call failed (the segment writer failed): what the call encoded
+    past its durable records is gone from this server's memory; a new CallStart
+    resumes it from the stored records (``Vault.resume_call``) and the client's
+    resend from ``Started.resume_from_seq`` completes it."""
+
+
+def interrupted_text(call_id: str, why: str) -> str:
+    return (
+        f"call {call_id}: storing it failed ({why}); nothing acknowledged is lost: "
+        "reconnect with the same CallStart once the server is SERVING again and resend "
+        "from Started.resume_from_seq (the call resumes from what was stored)"
+    )
 
 
 class CallExpired(CallvaultError):
@@ -193,6 +212,38 @@ class LiveCall:
         # packets per leg in a codec callvault does not record (WARNING once per call)
         self.unsupported = [0] * nlegs
         self.unsupported_frames = 0  # sealed as unsupported codec (known at the seal)
+        # why storing the call failed (the segment writer failed), None while it works:
+        # this LiveCall is then done for; Ingestor.attach replaces it by one resumed
+        # from the vault (the durable records), which the client's resend completes
+        self.failed: str | None = None
+
+    def interrupted(self) -> str | None:
+        """Why this call can no longer be written (``failed``, a record that did not
+        become durable, or its CallWriter broken by ``Vault.reopen_writer``); None
+        while it can."""
+        if self.failed is not None:
+            return self.failed
+        if self.error is not None:
+            return str(self.error)
+        if self.writer is not None and self.writer.broken is not None:
+            return self.writer.broken
+        return None
+
+    def _interrupt(self, why: str) -> CallInterrupted:
+        """Mark the call failed; the error to raise to its stream."""
+        if self.failed is None:
+            self.failed = why
+            log.warning("call %s/%s: %s", self.tenant, self.spec.call_id, why)
+        return CallInterrupted(interrupted_text(self.spec.call_id, self.failed))
+
+    def _check_writable(self) -> None:
+        """CallInterrupted when the call cannot be written any more: the vault's
+        segment writer failed (its unacknowledged records are lost) or did so before."""
+        why = self.interrupted()
+        if why is None and self.vault.writer_error is not None and self.writer is not None:
+            why = self.vault.writer_error
+        if why is not None:
+            raise self._interrupt(why)
 
     # -- stream attachment -------------------------------------------------------------
     def check_owner(self, token: int) -> None:
@@ -213,6 +264,7 @@ class LiveCall:
                 raise VaultError(f"call {self.spec.call_id} is sealed")
             if batch.seq < self.next_seq:
                 return self.last_future  # a resend: already processed
+            self._check_writable()
             if batch.seq > self.next_seq:
                 raise OutOfOrder(
                     f"batch {batch.seq} arrived but batch {self.next_seq} is "
@@ -251,20 +303,9 @@ class LiveCall:
         """The first batch (or an end with none): the timeline's origin is known, the
         call is opened in the vault (unless resumed) and the legs' pipelines made."""
         self.start_us = start_us
-        m = self.spec.meta
         if self.writer is None:
-            self.writer = self.vault.open_call(
-                self.spec.call_id,
-                tenant=self.tenant,
-                start_us=self.start_us,
-                direction=m.get("direction", ""),
-                agent=m.get("agent", ""),
-                skill_group=m.get("skill_group", ""),
-                customer_number=m.get("customer_number", ""),
-                tags=m.get("tags", ()),
-                legs=self.spec.legs,
-                extra=m.get("extra") or {},
-            )
+            check_writer(self.vault)
+            self.writer = self._open_call()
             self.chain_head = self.writer.chain_head
         pts = list(self.spec.event_payload_types) + [()] * len(self.spec.legs)
         self.pipes = [
@@ -277,6 +318,32 @@ class LiveCall:
             )
             for i, name in enumerate(self.spec.legs)
         ]
+
+    def _open_call(self) -> CallWriter:
+        """The call opened in the vault; WriterFailed (nothing opened: the id stays
+        free) when the OPEN record could not be stored."""
+        m = self.spec.meta
+        try:
+            return self.vault.open_call(
+                self.spec.call_id,
+                tenant=self.tenant,
+                start_us=self.start_us,
+                direction=m.get("direction", ""),
+                agent=m.get("agent", ""),
+                skill_group=m.get("skill_group", ""),
+                customer_number=m.get("customer_number", ""),
+                tags=m.get("tags", ()),
+                legs=self.spec.legs,
+                extra=m.get("extra") or {},
+                recording_id=self.spec.recording_id,
+            )
+        except InputError:
+            raise
+        except CallvaultError as e:
+            raise WriterFailed(
+                f"call {self.spec.call_id} could not be opened ({e}); nothing of it was "
+                "stored: retry once the server is SERVING again"
+            ) from e
 
     def _take(self, leg: int, final: bool = False) -> None:
         """Move the leg's new Opus packets into records cut at multiples of
@@ -306,7 +373,12 @@ class LiveCall:
             return
         assert self.writer is not None
         part = PacketRun.concat(self.pending[leg])
-        fut = self.writer.append(leg, self.pending_first[leg], part.lengths, part.data)
+        try:
+            fut = self.writer.append(leg, self.pending_first[leg], part.lengths, part.data)
+        except InputError:
+            raise
+        except CallvaultError as e:  # broken by reopen_writer, or the writer closed
+            raise self._interrupt(str(e)) from e
         self.pending[leg] = []
         fut.add_done_callback(self._on_durable)
         self.last_future = fut
@@ -343,6 +415,7 @@ class LiveCall:
                     f"CallEnd says {batches} batches were sent but the server has "
                     f"processed {self.next_seq}: send the missing ones first"
                 )
+            self._check_writable()
             if self.pipes is None:  # a call with no RTP at all: an empty recording
                 self._begin(self.start_us or end_us or time.time_ns() // 1000)
             assert self.pipes is not None and self.writer is not None
@@ -357,7 +430,14 @@ class LiveCall:
         summary: dict[str, Any] = {"legs": summaries}
         if self.spec.recording_id:
             summary["recording_id"] = self.spec.recording_id
-        seal = writer.seal(summary=summary, frames=total, end_us=self.start_us + frames_us(total))
+        try:
+            seal = writer.seal(
+                summary=summary, frames=total, end_us=self.start_us + frames_us(total)
+            )
+        except InputError:
+            raise
+        except CallvaultError as e:  # a record or the seal was not stored
+            raise self._interrupt(str(e)) from e
         entry = self.vault.get_call(self.spec.call_id, tenant=self.tenant)
         with self.changed:
             self.durable = [total + 1] * len(self.durable)  # + the encoder flush packet
@@ -370,7 +450,7 @@ class LiveCall:
         FRAMES_PER_RECORD frames); what the jitter buffer still holds is replayed
         when the client resends."""
         with self.lock:
-            if self.pipes is None or self.sealed is not None:
+            if self.pipes is None or self.sealed is not None or self.interrupted():
                 return
             for leg in range(len(self.pipes)):
                 self._take(leg, final=True)
@@ -439,6 +519,14 @@ class Ingestor:
             self._tokens += 1
             token = self._tokens
             live = self.calls.get(key)
+            if live is not None and live.interrupted() is not None:
+                # storing it failed (the segment writer failed): continued from what
+                # the vault stored, as after a restart, once the writer works again
+                if live.spec.recording_id != spec.recording_id:
+                    self._same_recording(spec, live.spec.recording_id, "being recorded")
+                check_writer(self.vault)
+                self._drop_interrupted(live)
+                live = None
             if live is None:
                 if len(self.calls) >= self.limits.max_open_calls:
                     raise TooManyCalls(
@@ -464,6 +552,8 @@ class Ingestor:
                         )
                         live.owner = token
                         return live, token
+                    if entry.recording_id is not None:  # kept since it was opened
+                        self._same_recording(spec, entry.recording_id, "open")
                     check_writer(self.vault)
                     writer = self.vault.resume_call(spec.call_id, tenant=tenant)
                 else:
@@ -485,6 +575,22 @@ class Ingestor:
             live.attached = True
             live.touched = time.monotonic()
         return live, token
+
+    def _drop_interrupted(self, live: LiveCall) -> None:
+        """Forget a call whose storing failed (under ``self.lock``); its CallWriter,
+        unless ``Vault.reopen_writer`` dropped it already, is released so that
+        ``resume_call`` can take the call up from its stored records."""
+        log.info(
+            "call %s/%s: resumed from what was stored (storing it failed: %s)",
+            live.tenant,
+            live.spec.call_id,
+            live.interrupted(),
+        )
+        w = live.writer
+        if w is not None and w.broken is None:
+            w.release()
+        self.unsupported_codec["frames"] += live.unsupported_frames
+        del self.calls[(live.tenant, live.spec.call_id)]
 
     def _sealed_recording_id(self, entry: Any) -> str:
         """The recording_id a sealed call was recorded with ("" for none, or when the
@@ -543,6 +649,15 @@ class Ingestor:
                     what = "expired"
                 elif live.attached or now - live.touched < lim.resume_s:
                     continue
+                elif live.interrupted() is not None:  # storing it failed: nothing to seal
+                    if live.writer is not None and live.writer.broken is None:
+                        live.writer.release()
+                    live.expired = (
+                        f"call {cid}: storing it failed and no stream came back for "
+                        f"{lim.resume_s:g} s: left open in the vault with what was stored "
+                        "(a CallStart resumes it)"
+                    )
+                    what = "released"
                 elif live.pipes is None:  # resumed from the vault, never replayed
                     assert live.writer is not None
                     live.writer.release()  # open in the vault as after a restart
@@ -627,7 +742,9 @@ class StreamIdle(CallvaultError):
 
 
 class StoreFailed(CallvaultError):
-    """Storing the call's records failed (the vault reported an error)."""
+    """Storing the call's records failed (the vault reported an error). Ingest now
+    raises CallInterrupted (UNAVAILABLE: the call resumes) for this; kept for the
+    status table."""
 
 
 @dataclass(frozen=True)
@@ -763,12 +880,12 @@ class RecordStream:
 
     def ack(self) -> Progress | None:
         """The Ack due (for every batch acknowledged since the last Ack), or None;
-        StoreFailed when the vault failed to store the call."""
+        CallInterrupted (UNAVAILABLE) when the vault failed to store the call."""
         if self.ack_to <= self.acked:
             return None
         assert self.live is not None
-        if self.live.error is not None:
-            raise StoreFailed(f"storing the call failed: {self.live.error}")
+        if self.live.error is not None:  # the segment writer failed: resume the call
+            raise self.live._interrupt(str(self.live.error))
         self.acked = self.ack_to
         return self.live.progress(self.ack_to)
 
@@ -818,6 +935,8 @@ class RecordStream:
             except queue.Empty:
                 if self.live is not None and self.live.expired is not None:
                     raise CallExpired(self.live.expired) from None
+                if self.live is not None and (why := self.live.interrupted()) is not None:
+                    raise self.live._interrupt(why) from None  # a quiet call's writer broke
                 if time.monotonic() - last_req > self.idle_s:
                     raise StreamIdle(
                         f"no message for {self.idle_s:g} s: stream closed "

@@ -149,6 +149,9 @@ class CallEntry:
     log_index: int = -1  # the seal's leaf in the Merkle log
     end_us: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # the user's, as given
+    # the recording (CallStart.recording_id) that opened the call; None: not known
+    # (a call opened by an older version, or not through Ingest)
+    recording_id: str | None = None
     # the vault's own, from the SEAL and ERASE records:
     manifest_ref: tuple[int, int, int] | None = None  # the SEAL record (segment, offset, length)
     erased_us: int = 0

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from callvault.errors import CallvaultError, InputError
-from callvault.ids import check_call_meta, check_erase_reason
+from callvault.ids import MAX_RECORDING_ID_BYTES, check_call_meta, check_erase_reason, check_text
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint
 from callvault.integrity.log import MerkleLog
@@ -383,10 +383,16 @@ class Vault(Export, Verification, Indexing):
         tags: Sequence[str] = (),
         legs: Sequence[str] = ("agent", "customer"),
         extra: dict[str, Any] | None = None,
+        recording_id: str | None = None,
     ) -> CallWriter:
         """Start recording a call; its OPEN record is durable when this returns.
-        Metadata beyond the bounds of callvault.ids (MAX_TAGS, ...) is refused."""
+        Metadata beyond the bounds of callvault.ids (MAX_TAGS, ...) is refused.
+        ``recording_id``: the recording that opens the call (Ingest's
+        CallStart.recording_id), kept in the OPEN record and the call entry so that
+        after a restart only that recording resumes the call (None: not kept)."""
         self._writable()
+        if recording_id is not None:
+            check_text(recording_id, "recording_id", MAX_RECORDING_ID_BYTES)
         check_call_meta(
             direction=direction,
             agent=agent,
@@ -418,6 +424,8 @@ class Vault(Export, Verification, Indexing):
                 "customer_number_sealed": sealed_number,
                 "extra": extra or {},
             }
+            if recording_id is not None:
+                meta["recording_id"] = recording_id
             start = start_us if start_us is not None else now_us()
             body = rec.open_body(tenant, call_id, start, meta)
             entry = CallEntry(
@@ -431,6 +439,7 @@ class Vault(Export, Verification, Indexing):
                 legs=list(legs),
                 customer_number_sealed=sealed_number,
                 extra=extra or {},
+                recording_id=recording_id,
             )
             w = CallWriter(self, entry, key, chainmod.Chain(tenant, call_id))
             self._open[(tenant, call_id)] = w

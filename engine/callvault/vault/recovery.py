@@ -249,6 +249,7 @@ class Indexing(VaultState):
                 customer_number_sealed=meta.get("customer_number_sealed", ""),
                 extra=meta.get("extra", {}),
                 chain_head=chainmod.genesis(b.tenant, b.call_id).hex(),
+                recording_id=rid if isinstance(rid := meta.get("recording_id"), str) else None,
             )
             if self._entry(cache, b.tenant, b.call_id) is not None:
                 raise Replay(ref, f"a second open record of call {b.call_id}")
