@@ -28,18 +28,21 @@ sender's report read and the spools checked.
                            each leg's 150 in one sendmmsg, leg after leg (all
                            of it fits in the socket buffers: nothing may be
                            lost); the receiver reads while they come.
-      ours                 Receiver as it is: callvault._net.recv_batch
+      ours                 Receiver as it is: callvault._net.recv_batch_from
                            (recvmmsg, up to RECV_PACKETS per call, kernel
-                           arrival stamps) on each epoll readiness.
+                           arrival stamps, sources) on each epoll readiness,
+                           then the checks and source latching (latch.py).
       peer recvfrom        the plain-Python way in the same Receiver (a
-                           subclass overriding only Receiver._read): per
-                           datagram sock.recvfrom(RECV_MAX_SIZE) until
-                           BlockingIOError (at most as many as ours reads per
-                           readiness), arrival = time.time_ns() per datagram
-                           (recvfrom gives no kernel stamp); the datagrams of
-                           one readiness joined into the same (packets,
-                           lengths, arrival) tuple ours makes. Same epoll
-                           loop, same flush, same spool appends.
+                           subclass overriding only Receiver._recv, its one
+                           socket read): per datagram
+                           sock.recvfrom(RECV_MAX_SIZE) until BlockingIOError
+                           or RECV_PACKETS datagrams (as many as ours reads
+                           per call), arrival = time.time_ns() per datagram
+                           (recvfrom gives no kernel stamp), the source
+                           address packed as ours gives it; joined into the
+                           same (packets, lengths, arrival, truncated,
+                           sources) tuple. Same epoll loop, same checks and
+                           source latching, same flush, same spool appends.
 
 The timer is CPU, not wall time: time.process_time of the receiving process
 (the pytest process: the receiver thread, plus the main thread polling the
@@ -62,6 +65,7 @@ each, then ROUNDS rounds, the order rotated each round.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import shutil
 import socket
@@ -96,7 +100,6 @@ HOST = "127.0.0.1"
 ROUNDS = 4
 WARMUP = 1
 STALL_S = 2.0  # no packet spooled for this long after the sender ended: loss
-PEER_MAX_READS = 8 * 256  # what Receiver._read takes per readiness at most (8 x RECV_PACKETS)
 
 
 def packet(leg: int, seq: int) -> bytes:
@@ -166,33 +169,43 @@ def sender_main(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------
 
 
+def _source(addr: tuple[Any, ...]) -> bytes:
+    """A recvfrom address as the 18 bytes _net.recv_batch_from gives per datagram
+    (16-byte IPv6 or IPv4-mapped address, 2-byte big-endian port)."""
+    ip = ipaddress.ip_address(addr[0])
+    if isinstance(ip, ipaddress.IPv4Address):
+        ip = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
+    return ip.packed + int(addr[1]).to_bytes(2, "big")
+
+
 def recvfrom_receiver(sidecar: ModuleType) -> type:
-    """The peer: sidecar.Receiver with _read done per datagram with sock.recvfrom."""
+    """The peer: sidecar.Receiver with its one socket read (Receiver._recv) done per
+    datagram with sock.recvfrom; checks, latching, flush and spool are ours."""
     base: Any = sidecar.Receiver
+    recv_packets = sidecar.RECV_PACKETS
 
     class RecvfromReceiver(base):
-        def _read(self, fd: int, call: Any, leg: Any, *, drain: bool) -> None:
+        def _recv(self, fd: int, leg: Any) -> tuple[bytes, Any, Any, int, bytes]:
             sock: socket.socket = leg.sock
             chunks: list[bytes] = []
             stamps: list[int] = []
-            for _ in range(1 << 30 if drain else PEER_MAX_READS):
+            sources: list[bytes] = []
+            for _ in range(recv_packets):
                 try:
-                    data, _addr = sock.recvfrom(sidecar.RECV_MAX_SIZE)
+                    data, addr = sock.recvfrom(sidecar.RECV_MAX_SIZE)
                 except BlockingIOError:
                     break
                 chunks.append(data)
                 stamps.append(time.time_ns() // 1000)
-            if chunks:
-                n = len(chunks)
-                leg.pending.append(
-                    (
-                        b"".join(chunks),
-                        np.fromiter(map(len, chunks), np.int32, n),
-                        np.array(stamps, np.int64),
-                    )
-                )
-                call.packets += n
-                self.packets += n
+                sources.append(_source(addr))
+            n = len(chunks)
+            return (
+                b"".join(chunks),
+                np.fromiter(map(len, chunks), np.int32, n),
+                np.array(stamps, np.int64),
+                0,
+                b"".join(sources),
+            )
 
     return RecvfromReceiver
 
@@ -205,6 +218,10 @@ def bind(sidecar: ModuleType, net: ModuleType) -> socket.socket:
     sock.setblocking(False)
     net.enable_timestamps(sock.fileno())
     return sock
+
+
+def _receive_failed(call: Any, exc: BaseException) -> None:
+    raise AssertionError(f"the receiver failed call {call.call_id}: {exc!r}")
 
 
 @dataclass
@@ -240,7 +257,8 @@ class Side:
         root = self.root / f"round{self.made}"
         self.made += 1
         root.mkdir(parents=True)
-        receiver = self.receiver_class(lambda call: None)
+        receiver = self.receiver_class(lambda call: None, _receive_failed)
+        key = spool_mod.load_sidecar_key(root)  # spools encrypted, as the sidecar's are
         receiver.start()
         calls = []
         for i in range(CALLS):
@@ -255,6 +273,7 @@ class Side:
                 start.SerializeToString(),
                 ports,
                 net.now_us(),
+                key=key,
             )
             call = sidecar.Call(spool)
             for leg, sock in zip(call.legs, socks, strict=True):
@@ -377,7 +396,8 @@ def check(r: Round, report: dict[str, Any]) -> None:
     assert got == r.expected, f"lost {r.expected - got} of {r.expected} packets"
     assert sum(c.truncated for c in r.calls) == 0
     for ci, call in enumerate(r.calls):
-        spool = spool_mod.Spool.open(call.spool.directory)
+        key = spool_mod.load_sidecar_key(call.spool.directory.parent)
+        spool = spool_mod.Spool.open(call.spool.directory, key=key)
         try:
             assert spool.start_us is not None
             assert spool.packets == LEGS * PACKETS_PER_LEG

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from callvault.errors import InputError
-from callvault.media.batch import LegBatch, first_sample_bound
+from callvault.media.batch import MAX_START_LEAD_US, LegBatch, first_sample_bound
 from callvault.media.packets import PacketRun
 from callvault.media.rtppack import PT_CN, PT_PCMU, build_packet
 
@@ -29,6 +29,28 @@ def test_first_sample_bound_is_earliest_arrival_minus_rtp_time() -> None:
     # timestamps wrapping past 2**32 change nothing
     run, arrival = _leg(5, ts0=2**32 - 300)
     assert first_sample_bound(run.data, run.lengths, arrival) == T0
+
+
+@pytest.mark.parametrize("ahead", [480_000, 8_000_000, 2**31 - 1, 2**32 - 160 * 7])
+def test_a_forged_timestamp_never_moves_the_start_back(ahead: int) -> None:
+    """Issue 9 (re-test): one packet of the stream's SSRC whose timestamp ran N samples
+    ahead moved the call start back N/8000 s (480,000: a 62 s call of 2 s of audio;
+    random 32-bit timestamps: a call that never sealed)."""
+    run, arrival = _leg(5)
+    forged = build_packet(PT_PCMU, 99, (1000 + 160 * 2 + ahead) % 2**32, 0xAB, bytes(160))
+    pkts = [run[i] for i in range(5)]
+    pkts.insert(3, forged)
+    forged_run = PacketRun.of(pkts)
+    arrivals = np.insert(arrival, 3, arrival[2])
+    assert first_sample_bound(forged_run.data, forged_run.lengths, arrivals) == T0
+
+
+def test_a_bursting_sender_still_sets_the_start() -> None:
+    """ffmpeg's RTP muxer sends its first 0.5 s at once: those packets count."""
+    run, arrival = _leg(50)
+    arrival[:] = T0 + 20_000  # all 50 packets (1 s of audio) arrive with the first
+    assert first_sample_bound(run.data, run.lengths, arrival) == T0 + 20_000 - 1_000_000
+    assert MAX_START_LEAD_US >= 1_000_000
 
 
 def test_first_sample_bound_without_audio() -> None:

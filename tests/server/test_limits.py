@@ -435,3 +435,63 @@ def test_after_a_restart_only_the_same_recording_resumes_an_open_call(
         assert json.loads(info.summary_json)["recording_id"] == "rec-A"
     finally:
         srv.stop()
+
+
+# -- the call start against forged timestamps (issue 9 re-test) ----------------------------
+
+
+def _forged_stream(
+    call_id: str, forged: list[int], start_us: int = 0
+) -> Iterator[pb.IngestRequest]:
+    """2 s of one PCMU leg, 100 batches of one 20 ms packet; the first batches also carry
+    a packet of the same SSRC whose timestamp runs ``forged[i]`` samples ahead."""
+    from callvault.media.rtppack import PT_PCMU, build_packet
+
+    yield pb.IngestRequest(
+        start=pb.CallStart(call_id=call_id, legs=[pb.LegSpec(name="a")], start_us=start_us)
+    )
+    t0 = 1_700_000_000_000_000
+    audio = bytes(range(256))[:160]
+    for i in range(100):
+        pkts = [build_packet(PT_PCMU, 100 + i, 1000 + 160 * i, 0x77, audio)]
+        if i < len(forged):
+            ts = (1000 + 160 * i + forged[i]) % 2**32
+            pkts.append(build_packet(PT_PCMU, 100 + i, ts, 0x77, audio))
+        yield pb.IngestRequest(
+            batch=pb.RtpBatch(
+                seq=i,
+                leg=0,
+                packets=b"".join(pkts),
+                lengths=[len(p) for p in pkts],
+                arrival_us=[t0 + 20_000 * (i + 1)] * len(pkts),
+            )
+        )
+    yield pb.IngestRequest(end=pb.CallEnd(batches=100))
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [[8_000_000], [480_000], [0x9E3779B9 * (i + 1) % 2**32 for i in range(150)]],
+    ids=["1000s-ahead", "60s-ahead", "random-32bit"],
+)
+def test_forged_timestamps_in_the_first_batch_never_stretch_the_call(
+    server: Proc, forged: list[int]
+) -> None:
+    """One packet 8,000,000 samples ahead in the first batch made a 2 s call 1,002 s
+    long; random 32-bit timestamps made the server grow to 5.9 GB and never seal."""
+    with grpc.insecure_channel(server.address) as ch:
+        replies = list(pbg.IngestStub(ch).Record(_forged_stream("forged", forged), timeout=60))
+    sealed = replies[-1]
+    assert sealed.WhichOneof("msg") == "sealed", replies
+    assert abs(sealed.sealed.frames - 100) <= 16, sealed  # 2 s, plus at most the window
+
+
+def test_a_start_hours_before_the_first_audio_is_refused(server: Proc) -> None:
+    t0 = 1_700_000_000_000_000
+    early = t0 - 5 * 3_600_000_000
+    with grpc.insecure_channel(server.address) as ch:
+        code, details = status_of(
+            lambda: pbg.IngestStub(ch).Record(_forged_stream("early", [], early), timeout=60)
+        )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "before the call's first audio sample: at most 3600 s" in details

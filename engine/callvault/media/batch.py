@@ -26,6 +26,17 @@ from callvault.timeline import SAMPLE_RATE
 AUDIO_PTS = (PT_PCMU, PT_PCMA)
 
 
+# How far ahead of real time a sender may send its audio (bursts: ffmpeg's RTP muxer
+# sends its first 0.5 s at once by default) for a packet to count in the call-start
+# rule. A packet whose timestamp runs further ahead than that is not believed (the
+# jitter buffer drops it too: ``timestamp_jump``), so one forged timestamp cannot
+# move a call's start back by hours and fill them with silence.
+MAX_START_LEAD_US = 2_000_000
+# How long before its first audio a call may start when the client names the start
+# (CallStart.start_us): the leading silence is filled frame by frame.
+MAX_LEADING_SILENCE_US = 3_600_000_000
+
+
 def first_sample_bound(
     packets: bytes, lengths: npt.NDArray[np.int32], arrival_us: npt.NDArray[np.int64]
 ) -> int | None:
@@ -36,7 +47,10 @@ def first_sample_bound(
     packet of the first packet's SSRC bounds the capture time of that first
     sample: its arrival minus the RTP time from the first packet's start to its
     own end. The earliest bound wins (senders that burst, like ffmpeg's RTP
-    muxer, send audio ahead of its time)."""
+    muxer, send audio ahead of its time), over the packets whose audio runs at
+    most ``MAX_START_LEAD_US`` further ahead of the first packet's than their
+    arrival does (the first packet always counts): the start is never earlier
+    than the first packet's own bound minus that lead."""
     if not len(lengths):
         return None
     run = PacketRun(packets, lengths)
@@ -52,7 +66,10 @@ def first_sample_bound(
         - 2**31
         + parsed.payload_length[audio].astype(np.int64)
     )  # samples, wrap-safe
-    return int(np.min(arrival_us[audio] - span * 1_000_000 // SAMPLE_RATE))
+    bounds = arrival_us[audio] - span * 1_000_000 // SAMPLE_RATE
+    # ahead of the first packet's bound by more than the lead: not believed
+    plausible = bounds >= bounds[0] - MAX_START_LEAD_US
+    return int(np.min(bounds[plausible]))
 
 
 MAX_PACKETS_PER_BATCH = 20_000

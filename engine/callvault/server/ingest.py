@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 
 from callvault import ids
 from callvault.errors import CallvaultError, InputError
-from callvault.media.batch import LegBatch
+from callvault.media.batch import MAX_LEADING_SILENCE_US, LegBatch
 from callvault.media.packets import PacketRun
 from callvault.media.pipeline import LegPipeline, Settings
 from callvault.rtpdefs import RECORDED_CODECS
@@ -271,7 +271,16 @@ class LiveCall:
                     "next (batches are sent in order, none skipped)"
                 )
             if self.pipes is None:
-                self._begin(self.start_us or batch.first_sample_us())
+                first_us = batch.first_sample_us()
+                if self.writer is None and self.start_us:
+                    lead = first_us - self.start_us
+                    if lead > MAX_LEADING_SILENCE_US:
+                        raise InputError(
+                            f"start_us is {lead / 1e6:.0f} s before the call's first audio "
+                            f"sample: at most {MAX_LEADING_SILENCE_US // 1_000_000} s "
+                            "(0 lets the server take the first sample's time)"
+                        )
+                self._begin(self.start_us or first_us)
             assert self.pipes is not None
             run = batch.run
             self.pipes[batch.leg].push_rtp(run.data, run.offsets, run.lengths, batch.arrival_us)

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 
 from callvault import _net
 from callvault.media.batch import first_sample_bound
@@ -50,6 +51,8 @@ RECV_MAX_SIZE = 65535  # the largest UDP payload: nothing real is truncated
 RCVBUF = 1 << 20  # per leg socket: ~6 s of G.711 at 20 ms, bursts included
 
 T = TypeVar("T")
+# (packets, lengths, arrival_us, truncated, sources) as _net.recv_batch_from gives them
+RecvResult = tuple[bytes, npt.NDArray[np.int32], npt.NDArray[np.int64], int, bytes]
 
 
 def bind_udp(host: str, port: int) -> socket.socket:
@@ -219,12 +222,17 @@ class Receiver(threading.Thread):
         os.eventfd_write(self._wake, 1)
         self.join()
 
+    def _recv(self, fd: int, leg: Leg) -> RecvResult:
+        """Up to RECV_PACKETS datagrams waiting on ``fd`` (``_net.recv_batch_from``:
+        recvmmsg with kernel arrival stamps and each datagram's source); the one
+        place the receiver reads a socket (benchmarks/bench_sidecar.py's peer
+        overrides only this)."""
+        return _net.recv_batch_from(fd, RECV_PACKETS, RECV_MAX_SIZE)
+
     def _read(self, fd: int, call: Call, leg: Leg, *, drain: bool) -> None:
         for _ in range(1 << 30 if drain else 8):
             try:
-                packets, lengths, arrival, truncated, sources = _net.recv_batch_from(
-                    fd, RECV_PACKETS, RECV_MAX_SIZE
-                )
+                packets, lengths, arrival, truncated, sources = self._recv(fd, leg)
             except OSError as e:
                 log.warning("%s leg %s: receive failed: %s", call.call_id, leg.name, e)
                 return
