@@ -287,3 +287,32 @@ def test_metadata_over_the_servers_bounds_is_refused_at_start_call(tmp_path: Pat
     finally:
         sidecar.stop()
         server.stop()
+
+
+def test_call_ls_table_columns_are_separated(tmp_path: Path) -> None:
+    """`call ls`'s header used to run its last two words together ("ACKEDREASON"):
+    every column, the reason too, is two spaces from the one before it."""
+    logs = tmp_path / "logs"
+    server = start_server(tmp_path / "data", log_dir=logs)
+    sidecar = start_sidecar(server.address, tmp_path / "spool", rtp_range(), logs)
+    try:
+        ports = call_start(sidecar, "open-1")
+        send_rtp(ports, 0.5)
+        lines = run_cli("call", "ls", "--sidecar", sidecar.address).stdout.splitlines()
+        call_stop(sidecar, "open-1")
+    finally:
+        sidecar.stop()
+        server.stop()
+    head = lines[1]
+    words = ["CALL", "STATE", "PACKETS", "INVALID", "FOREIGN", "UNSUPPORTED", "BATCHES"]
+    assert head.split() == [*words, "ACKED", "REASON"], lines
+    assert "  REASON" in head and head.index("REASON") == head.index("ACKED") + len("ACKED") + 2
+    rows = {line.split()[0]: line for line in lines[2:]}
+    row = rows["default/open-1"]
+    assert row.split()[1] == "receiving" and int(row.split()[2]) > 0, lines
+    for row in rows.values():
+        assert len(row.split()) == len(words) + 1, row  # no reason: nothing after ACKED
+        # each value starts under its header word
+        for w in ["STATE", "PACKETS", "ACKED"]:
+            i = head.index(w)
+            assert row[i - 2 : i] == "  " and row[i] != " ", (head, row)
