@@ -21,6 +21,8 @@ from pathlib import Path
 import grpc
 import pytest
 from callvault_client import Client, SidecarClient, errors
+from callvault_client._pb import callvault_pb2 as pb
+from callvault_client._pb import callvault_pb2_grpc as pbg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.e2e.sidecar_procs import (
@@ -251,3 +253,66 @@ def test_one_empty_datagram_never_keeps_a_call_forwarding(tmp_path: Path) -> Non
     log = sidecar.output()
     assert log.count("stream lost") == 0, log
     assert "Traceback" not in log, log
+
+
+def test_metadata_over_the_servers_bounds_is_refused_at_start_call(tmp_path: Path) -> None:
+    """StartCall over raw gRPC (no CLI or SDK checks in front) with metadata the server
+    would refuse: INVALID_ARGUMENT naming the bound, and no port taken (the range has
+    room for one two-leg call, which a good call gets afterwards)."""
+    logs = tmp_path / "logs"
+    server = start_server(tmp_path / "data", log_dir=logs)
+    sidecar = start_sidecar(server.address, tmp_path / "spool", rtp_range(4), logs)
+    try:
+        with grpc.insecure_channel(sidecar.address) as ch:
+            stub = pbg.SidecarStub(ch)
+            for meta, message in [
+                (pb.CallMeta(tags=[f"t{i}" for i in range(100_000)]), "100000 tags: at most 32"),
+                (pb.CallMeta(customer_number="5" * 100), "customer_number is 100 bytes"),
+                (
+                    pb.CallMeta(extra={f"k{i}": "v" * 1000 for i in range(30)}),
+                    "the call's metadata is 30",
+                ),
+                (pb.CallMeta(agent="a\0b"), "agent holds a NUL"),
+            ]:
+                with pytest.raises(grpc.RpcError) as e:
+                    stub.StartCall(pb.StartCallRequest(call_id="c1", meta=meta), timeout=30)
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
+                assert message in (e.value.details() or ""), e.value.details()
+            assert list(stub.ListCalls(pb.ListCallsRequest(), timeout=10).calls) == []
+            ok = pb.CallMeta(agent="ann", tags=["vip"], customer_number="+15551234567")
+            ports = stub.StartCall(pb.StartCallRequest(call_id="c1", meta=ok), timeout=30).ports
+            assert len(ports) == 2
+            stub.StopCall(pb.StopCallRequest(call_id="c1"), timeout=30)
+        wait_sealed(sidecar, "c1")
+    finally:
+        sidecar.stop()
+        server.stop()
+
+
+def test_call_ls_table_columns_are_separated(tmp_path: Path) -> None:
+    """`call ls`'s header used to run its last two words together ("ACKEDREASON"):
+    every column, the reason too, is two spaces from the one before it."""
+    logs = tmp_path / "logs"
+    server = start_server(tmp_path / "data", log_dir=logs)
+    sidecar = start_sidecar(server.address, tmp_path / "spool", rtp_range(), logs)
+    try:
+        ports = call_start(sidecar, "open-1")
+        send_rtp(ports, 0.5)
+        lines = run_cli("call", "ls", "--sidecar", sidecar.address).stdout.splitlines()
+        call_stop(sidecar, "open-1")
+    finally:
+        sidecar.stop()
+        server.stop()
+    head = lines[1]
+    words = ["CALL", "STATE", "PACKETS", "INVALID", "FOREIGN", "UNSUPPORTED", "BATCHES"]
+    assert head.split() == [*words, "ACKED", "REASON"], lines
+    assert "  REASON" in head and head.index("REASON") == head.index("ACKED") + len("ACKED") + 2
+    rows = {line.split()[0]: line for line in lines[2:]}
+    row = rows["default/open-1"]
+    assert row.split()[1] == "receiving" and int(row.split()[2]) > 0, lines
+    for row in rows.values():
+        assert len(row.split()) == len(words) + 1, row  # no reason: nothing after ACKED
+        # each value starts under its header word
+        for w in ["STATE", "PACKETS", "ACKED"]:
+            i = head.index(w)
+            assert row[i - 2 : i] == "  " and row[i] != " ", (head, row)

@@ -176,8 +176,44 @@ class CallFields(Protocol):
     def extra(self) -> Mapping[str, Any]: ...
 
 
-def print_calls(calls: Sequence[CallFields], *, as_json: bool) -> None:
-    """What `ls` prints."""
+def unsupported_codec(legs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """What `ls` says of a sealed call's audio in codecs callvault does not record,
+    from its per-leg summaries (docs/format.md 1.1, "unsupported_codec"): the legs
+    that had such packets, their payload types and the frames recorded as
+    unsupported (silence) over all legs; None when there was none."""
+    names: list[str] = []
+    pts: set[int] = set()
+    frames = 0
+    for leg in legs:
+        u = leg.get("unsupported_codec") or {}
+        if not (u.get("packets") or u.get("frames")):
+            continue
+        names.append(str(leg.get("leg", "?")))
+        pts.update(int(p) for p in u.get("payload_types") or [])
+        frames += int(u.get("frames") or 0)
+    if not names:
+        return None
+    return {"legs": names, "payload_types": sorted(pts), "frames": frames}
+
+
+def codec_flag(u: Mapping[str, Any] | None) -> str:
+    """The `ls` table's mark of a call with unsupported-codec audio:
+    ``!codec agent:PT9`` (each such leg, and the payload types), else ""."""
+    if not u:
+        return ""
+    pts = "+".join(f"PT{p}" for p in u["payload_types"]) or "PT?"
+    return f"!codec {','.join(u['legs'])}:{pts}"
+
+
+def print_calls(
+    calls: Sequence[CallFields],
+    *,
+    as_json: bool,
+    unsupported: Mapping[str, dict[str, Any]] | None = None,
+) -> None:
+    """What `ls` prints. ``unsupported``: call id -> unsupported_codec() of the
+    sealed calls that had audio in a codec callvault does not record."""
+    unsupported = unsupported or {}
     if as_json:
         json.dump(
             [
@@ -192,6 +228,7 @@ def print_calls(calls: Sequence[CallFields], *, as_json: bool) -> None:
                     "tags": list(e.tags),
                     "extra": {str(k): str(v) for k, v in e.extra.items()},
                     "state": e.state,
+                    "unsupported_codec": unsupported.get(e.call_id),
                 }
                 for e in calls
             ],
@@ -202,10 +239,12 @@ def print_calls(calls: Sequence[CallFields], *, as_json: bool) -> None:
         return
     for e in calls:
         secs = f"{(e.end_us - e.start_us) / 1e6:8.1f}s" if e.end_us else "    open "
-        print(
+        flag = codec_flag(unsupported.get(e.call_id))
+        line = (
             f"{e.call_id:<24} {iso(e.start_us)} {secs} {e.state:<7} {e.agent or '-':<12} "
             f"{','.join(e.tags)}"
         )
+        print(f"{line}  {flag}" if flag else line)
 
 
 def print_info(doc: dict[str, Any], *, as_json: bool) -> None:

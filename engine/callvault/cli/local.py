@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
@@ -44,16 +46,69 @@ def connect(args: argparse.Namespace, *, create: bool = False) -> Iterator[Local
         )
     if args.command not in READ_ONLY_VERBS:
         check_not_in_use(data)
+    # A vault this run makes is removed again when the verb fails before the vault
+    # holds anything (an import of a file that is no capture leaves no directory).
+    made = _Made(data, args.key_file) if create and not is_vault(data) else None
     # reindex rebuilds the index without opening it (it may be damaged)
     rebuild = args.command == "reindex"
     try:
-        v = Vault.open(data, key_file=args.key_file, rebuild_index=rebuild)
-    except VaultUnwritable:
-        if args.command not in READ_ONLY_VERBS:
-            raise
-        v = Vault.open(data, key_file=args.key_file, read_only=True)
-    with v:
-        yield LocalBackend(v)
+        try:
+            v = Vault.open(data, key_file=args.key_file, rebuild_index=rebuild)
+        except VaultUnwritable:
+            if args.command not in READ_ONLY_VERBS:
+                raise
+            v = Vault.open(data, key_file=args.key_file, read_only=True)
+    except BaseException:
+        if made is not None:
+            made.remove()
+        raise
+    empty = False
+    try:
+        with v:
+            try:
+                yield LocalBackend(v)
+            except BaseException:
+                empty = made is not None and _holds_nothing(v)
+                raise
+    finally:
+        if empty and made is not None:
+            made.remove()
+
+
+def _holds_nothing(v: Vault) -> bool:
+    """Whether the vault has no call and no log leaf (False when it cannot tell)."""
+    try:
+        return v.stats()["calls"] == 0 and v.log_size() == 0
+    except Exception:
+        return False
+
+
+class _Made:
+    """What opening a new vault in ``data`` may create, noted before it does: the
+    directory itself (and missing parents) or, in an existing directory that holds
+    no vault, the entries it lacks; and a key file that is not there yet."""
+
+    def __init__(self, data: Path, key_file: str | None) -> None:
+        top = data.absolute()
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        self.top: Path | None = None if data.exists() else top
+        self.data = data
+        self.before = set(os.listdir(data)) if data.is_dir() else set()
+        self.key_file = Path(key_file) if key_file and not Path(key_file).exists() else None
+
+    def remove(self) -> None:
+        if self.top is not None:
+            shutil.rmtree(self.top, ignore_errors=True)
+        elif self.data.is_dir():
+            for name in set(os.listdir(self.data)) - self.before:
+                path = self.data / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        if self.key_file is not None:
+            self.key_file.unlink(missing_ok=True)
 
 
 # What every vault directory holds once a vault was opened there (vault/core.py).
@@ -238,6 +293,10 @@ class LocalBackend:
             skill_group=skill_group,
             tag=tag,
         )
+
+    def leg_summaries(self, call_id: str, *, tenant: str) -> list[dict[str, Any]]:
+        legs: list[dict[str, Any]] = self.vault.summary(call_id, tenant=tenant).get("legs", [])
+        return legs
 
     def call_detail(self, call_id: str, *, tenant: str) -> pb.CallInfo:
         from callvault.server.callinfo import call_detail

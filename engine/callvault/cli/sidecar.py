@@ -246,7 +246,10 @@ def cmd_call_ls(args: argparse.Namespace) -> int:
         )
         for r, c in zip(rows, calls, strict=True)
     ]
+    # every column but the last (the reason, a sentence) padded to its widest cell,
+    # two spaces between columns
     widths = [max(len(x) for x in col) for col in zip(head, *table, strict=True)]
     for line in (head, *table):
-        print("  ".join(x.ljust(w) for x, w in zip(line[:-1], widths[:-1], strict=True)) + line[-1])
+        cells = [x.ljust(w) for x, w in zip(line[:-1], widths[:-1], strict=True)]
+        print("  ".join([*cells, line[-1]]).rstrip())
     return 0

@@ -31,6 +31,7 @@ from callvault.cli.common import (
     print_info,
     progress,
     refuse_terminal,
+    unsupported_codec,
 )
 from callvault.errors import CallvaultError
 from callvault.timeline import frames_seconds
@@ -99,6 +100,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     since_us = args.since or 0  # when_us made them µs
     until_us = args.until
+    if until_us is not None and until_us <= since_us:  # before asking a vault or server
+        since = iso(since_us) if args.since is not None else "the beginning (no --since)"
+        raise CallvaultError(
+            f"--until ({iso(until_us)}) is not after --since ({since}): "
+            "ls lists the calls started at or after --since and before --until"
+        )
     with connect(args) as b:
         calls = b.list_calls(
             tenant=args.tenant,
@@ -108,7 +115,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
             skill_group=args.skill_group,
             tag=args.tag,
         )
-    print_calls(calls, as_json=args.json)
+        # A sealed call's summary says whether a leg had audio in a codec callvault
+        # does not record (issue 9 section 2: shown in info and ls). It is read per
+        # sealed call (locally the sealed summary, through --server one GetCall
+        # without the customer number); open calls have no summary yet and erased
+        # ones none any more.
+        unsupported: dict[str, dict[str, Any]] = {}
+        for e in calls:
+            if e.state == "sealed":
+                u = unsupported_codec(b.leg_summaries(e.call_id, tenant=args.tenant))
+                if u is not None:
+                    unsupported[e.call_id] = u
+    print_calls(calls, as_json=args.json, unsupported=unsupported)
     return 0
 
 

@@ -52,6 +52,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from callvault_client import Client
@@ -80,6 +81,18 @@ def new_recording_id() -> str:
     call's spooled CallStart, so every stream of this call (after reconnects and
     sidecar restarts) resumes it, and no other recording of the same call id can."""
     return RECORDING_ID_PREFIX + secrets.token_hex(16)
+
+
+def meta_dict(m: pb.CallMeta) -> dict[str, Any]:
+    """A CallMeta as ids.check_meta reads it (as the server reads a CallStart's)."""
+    return {
+        "direction": m.direction,
+        "agent": m.agent,
+        "skill_group": m.skill_group,
+        "customer_number": m.customer_number,
+        "tags": list(m.tags),
+        "extra": dict(m.extra),
+    }
 
 
 class Sidecar:
@@ -275,6 +288,7 @@ class Sidecar:
                 ids.check_call_id(req.tenant, "tenant")
             for name in legs:
                 ids.check_leg_name(name)
+            ids.check_meta(meta_dict(req.meta))  # the server's own bounds, before a port
         except InputError as e:
             raise SidecarError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         if not 1 <= len(legs) <= 2 or len(set(legs)) != len(legs):
