@@ -86,6 +86,9 @@ def test_ls_marks_a_call_with_an_unsupported_codec_locally(
     run_cli("--data", data, "import", str(mixed), "--call-id", "mixed", "--meta", "tags=vip")
     run_cli("--data", data, "import", str(clean), "--call-id", "clean")
     _check_ls_shows_the_codec(["--data", data])
+    # sealed in the manifest: a rebuilt index still knows it
+    run_cli("--data", data, "reindex")
+    _check_ls_shows_the_codec(["--data", data])
 
 
 def test_ls_marks_a_call_with_an_unsupported_codec_through_a_server(

@@ -44,11 +44,6 @@ class Backend(Protocol):
         tag: str | None,
     ) -> Sequence[CallFields]: ...
 
-    def leg_summaries(self, call_id: str, *, tenant: str) -> list[dict[str, Any]]:
-        """A sealed call's per-leg summaries (docs/format.md 1.1, the "legs" of the
-        sealed summary); `ls` reads each sealed call's to flag unsupported codecs."""
-        ...
-
     def call_detail(self, call_id: str, *, tenant: str) -> pb.CallInfo:
         """The call's CallInfo with its summary and (unless erased) customer number;
         ``frames`` is the sealed length (0 while open)."""

@@ -176,24 +176,16 @@ class CallFields(Protocol):
     def extra(self) -> Mapping[str, Any]: ...
 
 
-def unsupported_codec(legs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """What `ls` says of a sealed call's audio in codecs callvault does not record,
-    from its per-leg summaries (docs/format.md 1.1, "unsupported_codec"): the legs
-    that had such packets, their payload types and the frames recorded as
-    unsupported (silence) over all legs; None when there was none."""
-    names: list[str] = []
-    pts: set[int] = set()
-    frames = 0
-    for leg in legs:
-        u = leg.get("unsupported_codec") or {}
-        if not (u.get("packets") or u.get("frames")):
-            continue
-        names.append(str(leg.get("leg", "?")))
-        pts.update(int(p) for p in u.get("payload_types") or [])
-        frames += int(u.get("frames") or 0)
-    if not names:
+def unsupported_codec(e: Any) -> dict[str, Any] | None:
+    """What `ls` says of a sealed call's audio in codecs callvault does not record
+    (``pipeline.call_unsupported_codec``, sealed in the manifest): from a CallEntry
+    (``unsupported_codec``) or a CallInfo (its ``unsupported_codec`` message)."""
+    u = getattr(e, "unsupported_codec", None)
+    if u is None or isinstance(u, dict):
+        return u
+    if not u.legs:  # the message's default: none
         return None
-    return {"legs": names, "payload_types": sorted(pts), "frames": frames}
+    return {"legs": list(u.legs), "payload_types": list(u.payload_types), "frames": u.frames}
 
 
 def codec_flag(u: Mapping[str, Any] | None) -> str:

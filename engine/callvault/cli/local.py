@@ -294,10 +294,6 @@ class LocalBackend:
             tag=tag,
         )
 
-    def leg_summaries(self, call_id: str, *, tenant: str) -> list[dict[str, Any]]:
-        legs: list[dict[str, Any]] = self.vault.summary(call_id, tenant=tenant).get("legs", [])
-        return legs
-
     def call_detail(self, call_id: str, *, tenant: str) -> pb.CallInfo:
         from callvault.server.callinfo import call_detail
 

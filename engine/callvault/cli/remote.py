@@ -139,15 +139,6 @@ class RemoteBackend:
             )
         )
 
-    def leg_summaries(self, call_id: str, *, tenant: str) -> list[dict[str, Any]]:
-        # GetCall(include_summary) without the customer number: `ls` needs no
-        # personal data, only the sealed summary (docs/format.md 1.1).
-        info = self.client.get_call(call_id, tenant=tenant, include_summary=True)
-        if not info.summary_json:
-            return []
-        legs: list[dict[str, Any]] = json.loads(info.summary_json).get("legs", [])
-        return legs
-
     def call_detail(self, call_id: str, *, tenant: str) -> pb.CallInfo:
         return self.client.get_call(
             call_id, tenant=tenant, include_summary=True, include_customer_number=True

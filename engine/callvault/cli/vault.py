@@ -115,17 +115,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
             skill_group=args.skill_group,
             tag=args.tag,
         )
-        # A sealed call's summary says whether a leg had audio in a codec callvault
-        # does not record (issue 9 section 2: shown in info and ls). It is read per
-        # sealed call (locally the sealed summary, through --server one GetCall
-        # without the customer number); open calls have no summary yet and erased
-        # ones none any more.
+        # Whether a sealed call had audio in a codec callvault does not record (issue
+        # 9 section 2: shown in info and ls) is in its manifest (docs/format.md 8.5),
+        # so the index entry and CallInfo carry it: no summary read per call.
         unsupported: dict[str, dict[str, Any]] = {}
         for e in calls:
-            if e.state == "sealed":
-                u = unsupported_codec(b.leg_summaries(e.call_id, tenant=args.tenant))
-                if u is not None:
-                    unsupported[e.call_id] = u
+            u = unsupported_codec(e)
+            if u is not None:
+                unsupported[e.call_id] = u
     print_calls(calls, as_json=args.json, unsupported=unsupported)
     return 0
 

@@ -145,6 +145,27 @@ class LegResult:
         return self.opus_run().astuple()
 
 
+def call_unsupported_codec(legs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """A call's audio in codecs callvault does not record, from its per-leg summaries
+    (docs/format.md 1.1, "unsupported_codec"): the legs that had such packets, their
+    payload types and the frames recorded as unsupported over all legs; None when
+    there was none. Sealed in the manifest (8.5) so ``ls`` shows it without the
+    summary."""
+    names: list[str] = []
+    pts: set[int] = set()
+    frames = 0
+    for leg in legs:
+        u = leg.get("unsupported_codec") or {}
+        if not (u.get("packets") or u.get("frames")):
+            continue
+        names.append(str(leg.get("leg", "?")))
+        pts.update(int(p) for p in u.get("payload_types") or [])
+        frames += int(u.get("frames") or 0)
+    if not names:
+        return None
+    return {"legs": names, "payload_types": sorted(pts), "frames": frames}
+
+
 def leg_unsupported_reason(summary: dict[str, Any]) -> str | None:
     """For a sealed leg summary (LegResult.summary, docs/format.md 1.1): a sentence when the
     leg received audio packets but every one was in a codec callvault does not record."""

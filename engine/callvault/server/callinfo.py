@@ -33,7 +33,7 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
     """The entry's fields, ``frames`` per leg, and of ``extra`` the caller's scalar keys."""
     extra = {str(k): str(v) for k, v in e.extra.items() if not isinstance(v, list | dict)}
     erased = e.state == "erased"
-    return pb.CallInfo(
+    info = pb.CallInfo(
         tenant=e.tenant,
         call_id=e.call_id,
         state=e.state,
@@ -55,6 +55,12 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
         erase_reason=e.erase_reason if erased else "",
         erase_log_index=e.erase_log_index if erased else -1,
     )
+    u = e.unsupported_codec
+    if u is not None and e.state == "sealed":
+        info.unsupported_codec.legs.extend(u["legs"])
+        info.unsupported_codec.payload_types.extend(u["payload_types"])
+        info.unsupported_codec.frames = u["frames"]
+    return info
 
 
 def call_detail(

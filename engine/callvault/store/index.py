@@ -152,6 +152,9 @@ class CallEntry:
     # the recording (CallStart.recording_id) that opened the call; None: not known
     # (a call opened by an older version, or not through Ingest)
     recording_id: str | None = None
+    # the manifest's "unsupported_codec" (docs/format.md 8.5): audio in codecs callvault
+    # does not record; None: none (or sealed before the manifest said so)
+    unsupported_codec: dict[str, Any] | None = None
     # the vault's own, from the SEAL and ERASE records:
     manifest_ref: tuple[int, int, int] | None = None  # the SEAL record (segment, offset, length)
     erased_us: int = 0

@@ -32,6 +32,7 @@ from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint
 from callvault.integrity.log import MerkleLog
 from callvault.media.packets import PacketRun
+from callvault.media.pipeline import call_unsupported_codec
 from callvault.store import crypto
 from callvault.store import records as rec
 from callvault.store.fs import REAL_FS, FileSystem
@@ -196,6 +197,7 @@ class CallWriter:
             frames if frames is not None else max(self.frames, default=0),
             end,
             self._chain.count,
+            call_unsupported_codec((summary or {}).get("legs", [])),
         )
         seal = self._chain.seal(manifest)
         body = rec.seal_body(
@@ -476,7 +478,13 @@ class Vault(Export, Verification, Indexing):
             self._open.pop((e.tenant, e.call_id), None)
 
     def _manifest(
-        self, e: CallEntry, sealed_summary: str, frames: int, end_us: int, count: int
+        self,
+        e: CallEntry,
+        sealed_summary: str,
+        frames: int,
+        end_us: int,
+        count: int,
+        unsupported_codec: dict[str, Any] | None = None,
     ) -> bytes:
         doc = {
             "version": 1,
@@ -500,6 +508,8 @@ class Vault(Export, Verification, Indexing):
             },
             "summary_sealed": sealed_summary,
         }
+        if unsupported_codec is not None:  # only then: other manifests stay as they were
+            doc["unsupported_codec"] = unsupported_codec
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     def import_call(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import struct
@@ -286,6 +287,7 @@ class Indexing(VaultState):
             e.seal = b.seal.hex()
             e.end_us = b.end_us
             e.manifest_ref = (ref.segment, ref.offset, ref.length)
+            e.unsupported_codec = json.loads(b.manifest).get("unsupported_codec")
             e.log_index = self._log_leaf(
                 batch, leaf_data(LEAF_SEAL, b.tenant, b.call_id, b.seal, b.end_us)
             )
