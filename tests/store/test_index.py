@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from callvault.store.index import FORMAT_VERSION, U32, CallEntry, Index, RecordEntry
+from callvault.store.index import FORMAT_VERSION, U32, CallEntry, Index, RecordEntry, call_key
 
 
 def _call(tenant: str, call_id: str, start: int, **kw: object) -> CallEntry:
@@ -90,19 +90,23 @@ def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
         Index(tmp_path / "ix")
 
 
-def test_a_version_1_index_is_read_and_marked_2(tmp_path: Path) -> None:
-    """Entries of index version 1 still load; the marker moves to 2 so that a build
-    that knows only version 1 refuses the index (it could not read new entries)."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_index_is_read_and_marked_current(tmp_path: Path, version: int) -> None:
+    """Entries of an older index version still load (version 2 entries have no
+    recording_id or unsupported_codec); the marker moves to the current version so
+    that a build that knows only the older one refuses the index (it could not read
+    new entries)."""
     ix = Index(tmp_path / "ix")
-    ix._db.put(b"meta/format", U32.pack(1))
-    b = ix.batch()
-    b.put_call(_call("t", "c", 5))
-    ix.write(b)
+    ix._db.put(b"meta/format", U32.pack(version))
+    doc = json.loads(_call("t", "c", 5).pack())
+    del doc["recording_id"], doc["unsupported_codec"]  # what version 2 wrote
+    ix._views["calls"][call_key("t", "c")] = json.dumps(doc).encode()
     ix.close()
     ix = Index(tmp_path / "ix")
-    assert ix.get_call("t", "c") is not None
+    e = ix.get_call("t", "c")
+    assert e is not None and e.recording_id is None and e.unsupported_codec is None
     raw = ix._db.get(b"meta/format")
-    assert raw is not None and U32.unpack(raw)[0] == FORMAT_VERSION == 2
+    assert raw is not None and U32.unpack(raw)[0] == FORMAT_VERSION == 3
     ix.close()
 
 
