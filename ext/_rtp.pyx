@@ -1065,6 +1065,46 @@ def parse(data, offsets, lengths):
     return out
 
 
+def check_datagrams(const uint8_t[::1] data, const int32_t[::1] lengths,
+                    const uint8_t[::1] rules, int min_event_payload, int max_length):
+    """The sidecar's check of received datagrams (back to back in ``data``) in one
+    pass: ``(ok, ssrc, pt)``. A datagram is ok when ``parse`` finds it well formed
+    (the same ``parse_one``), its length is 1 to ``max_length``, and by
+    ``rules[second byte]`` (256 entries: 0 pass, 1 refuse, 2 an RFC 4733 event that
+    needs ``min_event_payload`` payload bytes). ``ssrc`` and ``pt`` are each
+    datagram's header fields (0 when too short to have them)."""
+    if rules.shape[0] != 256:
+        raise ValueError("rules needs 256 entries (one per second byte)")
+    cdef Py_ssize_t i, n = lengths.shape[0]
+    ok = np.zeros(n, dtype=np.bool_)
+    ssrc = np.zeros(n, dtype=np.uint32)
+    pt = np.zeros(n, dtype=np.uint8)
+    cdef uint8_t[::1] okv = ok.view(np.uint8)
+    cdef uint32_t[::1] sv = ssrc
+    cdef uint8_t[::1] pv = pt
+    cdef const uint8_t *bp = &data[0] if data.shape[0] else NULL
+    cdef int64_t off = 0, total = data.shape[0]
+    cdef int64_t ln
+    cdef int rule
+    cdef bint bad = False
+    cdef Hdr h
+    with nogil:
+        for i in range(n):
+            ln = lengths[i]
+            if ln < 0 or off + ln > total:
+                bad = True
+                break
+            if parse_one(bp, off, ln, &h) == 0 and 1 <= ln <= max_length:
+                rule = rules[(h.marker << 7) | h.pt]
+                okv[i] = rule == 0 or (rule == 2 and h.plen >= min_event_payload)
+            sv[i] = h.ssrc
+            pv[i] = h.pt
+            off += ln
+    if bad or off != total:
+        raise ValueError("the lengths do not add up to the data")
+    return ok, ssrc, pt
+
+
 cdef inline bint _is_vector(object a, int typenum):
     """A C-contiguous 1-D numpy array of exactly this dtype (readable in place)."""
     return (cnp.PyArray_Check(a) and cnp.PyArray_NDIM(<cnp.ndarray>a) == 1

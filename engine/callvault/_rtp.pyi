@@ -2,6 +2,9 @@
 
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from callvault.rtpdefs import Frames as Frames
 from callvault.rtpdefs import ParsedPackets as ParsedPackets
 from callvault.rtpdefs import TelephoneEvent as TelephoneEvent
@@ -14,6 +17,13 @@ MALFORMED_REASONS: tuple[str, ...]
 STAT_KEYS: tuple[str, ...]
 
 def parse(data: bytes | bytearray | memoryview, offsets: Any, lengths: Any) -> ParsedPackets: ...
+def check_datagrams(
+    data: bytes | bytearray | memoryview,
+    lengths: npt.NDArray[np.int32],
+    rules: npt.NDArray[np.uint8],
+    min_event_payload: int,
+    max_length: int,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint32], npt.NDArray[np.uint8]]: ...
 
 class JitterBuffer:
     def __init__(

@@ -226,3 +226,64 @@ def test_fuzz_nothing_malformed_or_foreign_gets_through() -> None:
     assert [p for p in kept if p in real_set] == real
     # At least every datagram with no room for a payload was counted invalid.
     assert invalid >= sum(1 for x, _ in stream if len(x) <= 12) > 0
+
+
+def test_the_c_check_is_the_parse_and_the_rules_it_replaced() -> None:
+    """check_packets runs one C pass (_rtp.check_datagrams); on fuzzed datagrams it
+    decides exactly as the vectorised rule it replaced: _rtp.parse's valid, the batch's
+    length bounds, RTCP refused, events needing MIN_EVENT_PAYLOAD bytes."""
+    from callvault import _rtp
+    from callvault.media.batch import MAX_PACKET_BYTES
+    from callvault.sidecar.latch import MIN_EVENT_PAYLOAD, check_packets
+
+    rng = np.random.default_rng(11)
+    pkts: list[bytes] = []
+    for i in range(5000):
+        p = bytearray(rtp(i, 0x4242, bytes(rng.integers(0, 256, 160, dtype=np.uint8))))
+        kind = i % 5
+        if kind == 1:
+            p = p[: int(rng.integers(0, len(p)))]
+        elif kind == 2:
+            for _ in range(int(rng.integers(1, 4))):
+                p[int(rng.integers(0, 12))] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 3:  # events (PT 101, short or not) and RTCP-looking packets
+            p[1] = int(rng.choice([101, 101 | 0x80, 200, 201]))
+            p = p[: 12 + int(rng.integers(0, 8))]
+        elif kind == 4:
+            p = bytearray(rng.integers(0, 256, int(rng.integers(0, 30)), dtype=np.uint8))
+        pkts.append(bytes(p))
+    lens = np.array([len(p) for p in pkts], np.int32)
+    data = b"".join(pkts)
+    ok, ssrc = check_packets(data, lens, EVENTS)
+    offsets = np.concatenate([[0], np.cumsum(lens[:-1], dtype=np.int64)])
+    parsed = _rtp.parse(data, offsets, lens)
+    second = parsed.pt | (parsed.marker.view(np.uint8) << 7)
+    rtcp = (second >= 192) & (second <= 223)
+    event = np.isin(parsed.pt, list(EVENTS)) & ~rtcp
+    want = (
+        parsed.valid
+        & (lens >= 1)
+        & (lens <= MAX_PACKET_BYTES)
+        & ~rtcp
+        & (~event | (parsed.payload_length >= MIN_EVENT_PAYLOAD))
+    )
+    assert ok.tolist() == want.tolist()
+    assert ssrc.tolist() == parsed.ssrc.tolist()
+    assert 0 < int(ok.sum()) < len(pkts)
+
+
+def test_counting_one_packet_is_counting_a_batch_of_one() -> None:
+    """The real-time case (one packet per read) skips the arrays; same counts."""
+    from callvault.sidecar.call import Leg
+
+    fast, slow = Leg("a", 0, 0), Leg("a", 0, 0)
+    pkts = [rtp(i, 1, b"\x00" * 160) for i in range(3)]
+    g722 = bytearray(pkts[2])
+    g722[1] = 9
+    pkts[2] = bytes(g722)
+    got_fast = [fast.count_payload_types(p, np.array([len(p)], np.int32)) for p in pkts]
+    lens = np.array([len(p) for p in pkts], np.int32)
+    got_slow = slow.count_payload_types(b"".join(pkts), lens)  # one batch of three
+    assert got_fast == [[], [], [9]] and got_slow == [9]
+    assert fast.pt_packets.tolist() == slow.pt_packets.tolist()
+    assert fast.recorded_packets() == 2 and fast.unsupported() == {9: 1}

@@ -108,6 +108,11 @@ class Leg:
     def count_payload_types(self, packets: bytes, lengths: npt.NDArray[np.int32]) -> list[int]:
         """Count kept packets by payload type; returns the unsupported payload types
         among them that this leg had not seen before."""
+        if len(lengths) == 1 and len(packets) >= 12:  # the real-time case: no arrays
+            pt = packets[1] & 0x7F
+            seen = self.pt_packets[pt]
+            self.pt_packets[pt] = seen + 1
+            return [pt] if not seen and pt not in self.recorded_pts() else []
         counts = payload_types(packets, lengths)
         recorded = self.recorded_pts()
         new = [

@@ -65,9 +65,6 @@ def _second_byte_rules(event_pts: frozenset[int]) -> npt.NDArray[np.uint8]:
     return rules
 
 
-_ZERO_OFFSET = np.zeros(1, dtype=np.int64)
-
-
 def check_packets(
     packets: bytes, lengths: npt.NDArray[np.int32], event_pts: frozenset[int]
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint32]]:
@@ -75,31 +72,21 @@ def check_packets(
 
     A datagram passes when the server would take it as a packet: its length is 1 to
     ``MAX_PACKET_BYTES`` (the server refuses a batch holding any other length) and
-    the server's RTP parse (``callvault._rtp.parse``, the check its jitter buffer
-    applies) finds it well formed (version 2, CSRC list, header extension and
-    padding inside the datagram, a non-empty payload); an RFC 4733 event (one of
+    the server's RTP parse (``callvault._rtp.check_datagrams``: one C pass with the
+    header parse that ``_rtp.parse`` and the jitter buffer use) finds it well formed
+    (version 2, CSRC list, header extension and padding inside the datagram, a
+    non-empty payload); an RFC 4733 event (one of
     ``event_pts``) needs a payload of 4 bytes or more; RTCP (second byte 192 to
     223, RFC 5761) is refused. Payload types the server does not decode pass: it
     records them as an unsupported-codec gap, which the sealed call must show."""
-    lens = np.asarray(lengths, dtype=np.int32)
-    n = len(lens)
-    if not n:
+    lens = np.ascontiguousarray(lengths, dtype=np.int32)
+    if not len(lens):
         return np.zeros(0, np.bool_), np.zeros(0, np.uint32)
-    if n == 1:
-        offsets = _ZERO_OFFSET
-    else:
-        offsets = np.zeros(n, dtype=np.int64)
-        np.cumsum(lens[:-1], out=offsets[1:])
-    parsed = _rtp.parse(packets, offsets, lens)
-    rule = _second_byte_rules(event_pts)[parsed.pt | (parsed.marker.view(np.uint8) << 7)]
-    ok = (
-        parsed.valid
-        & (lens >= 1)
-        & (lens <= MAX_PACKET_BYTES)
-        & (rule != 1)
-        & ((rule != 2) | (parsed.payload_length >= MIN_EVENT_PAYLOAD))
+    # one C pass over the datagrams with the jitter buffer's own header parse
+    ok, ssrc, _ = _rtp.check_datagrams(
+        packets, lens, _second_byte_rules(event_pts), MIN_EVENT_PAYLOAD, MAX_PACKET_BYTES
     )
-    return ok, parsed.ssrc
+    return ok, ssrc
 
 
 def describe_source(source: bytes | None, ssrc: int) -> str:
