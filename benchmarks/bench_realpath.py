@@ -23,12 +23,14 @@
                             A level passes when:
                               - the sender sent every packet (no send error);
                               - every call is sealed on the server, each leg with
-                                exactly CALL_SECONDS x 50 frames received and
-                                `lost` == 0 (GetCall include_summary:
-                                legs[].rtp.frames, legs[].lost; legs[].frames,
-                                the leg's span on the call's 20 ms grid, is that
-                                or one more, as a leg staggered against the
-                                call's first packet straddles one more frame);
+                                exactly CALL_SECONDS x 50 packets recorded as
+                                audio and nothing lost (GetCall include_summary:
+                                legs[].rtp.audio_packets, legs[].lost,
+                                legs[].rtp.lost_frames); its frames
+                                (legs[].frames, legs[].rtp.frames: its span on
+                                the call's 20 ms grid) CALL_SECONDS x 50 or one
+                                more, as a leg staggered against the call's
+                                first packet straddles one more grid frame;
                               - every call was seen sealed within SEAL_LIMIT_S of
                                 its stop_call being sent (ListCalls polled every
                                 POLL_S, so to within POLL_S);
@@ -214,14 +216,17 @@ class Poller:
 
 
 def leg_complete(leg: dict[str, Any], expected: int) -> bool:
-    """A sealed leg holds its whole duration: the frames its accepted packets carried
-    (rtp.frames) are exactly ``expected``, none lost, and the leg's span on the call's
-    20 ms grid (frames) is ``expected`` or one more (a leg staggered against the
-    call's first packet straddles one more grid frame)."""
+    """A sealed leg holds its whole duration: every packet sent was recorded as audio
+    (rtp.audio_packets == ``expected``), nothing lost (lost and rtp.lost_frames 0),
+    and the leg spans ``expected`` frames of the call's 20 ms grid, or one more: a
+    leg whose packets are not aligned with the call's grid (legs staggered against
+    the call's first packet) straddles one more grid frame (rtp.frames, frames)."""
     rtp = leg.get("rtp", {})
     return (
-        int(rtp.get("frames", -1)) == expected
+        int(rtp.get("audio_packets", -1)) == expected
         and int(leg["lost"]) == 0
+        and int(rtp.get("lost_frames", -1)) == 0
+        and expected <= int(rtp.get("frames", -1)) <= expected + 1
         and expected <= int(leg["frames"]) <= expected + 1
     )
 

@@ -21,7 +21,9 @@ means nothing) and "ceiling" (the C loop over libopus whose median gives the
 Opus-only ceiling) go to a "Concurrent real-time calls" section
 (benchmarks/bench_server.py): N, the ceiling, N / ceiling, ack latency p99
 and server CPU per level, and the playback ratio of the workload the
-capacity benchmark names in extra_info["playback"].
+capacity benchmark names in extra_info["playback"]. A capacity benchmark
+tagged path="sidecar" (benchmarks/bench_realpath.py) gets its own section:
+N, calls per core, server and sidecar CPU per dual-track call-second, per level.
 """
 
 from __future__ import annotations
@@ -317,7 +319,9 @@ def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
         ceil = next((b for b in w.capacity if b.info.get("side") == "ceiling"), None)
         if cap is None and ceil is None:
             continue
-        out += ["", "## Concurrent real-time calls", ""]
+        via_sidecar = cap is not None and cap.info.get("path") == "sidecar"
+        title = "through the sidecar (the real path)" if via_sidecar else "(SDK batches)"
+        out += ["", f"## Concurrent real-time calls {title}", ""]
         ceiling = None
         if ceil is not None:
             per_s = ceil.median / float(ceil.info["audio_seconds"])
@@ -335,6 +339,9 @@ def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
             out.append("- Capacity search: not run in this run (or its check failed).")
             continue
         info = cap.info
+        if via_sidecar:
+            out += realpath_lines(info, ceiling)
+            continue
         levels: list[dict[str, Any]] = info.get("levels", [])
         by_calls = {int(lv["calls"]): lv for lv in levels}
         n = int(info.get("max_calls", 0))
@@ -392,6 +399,69 @@ def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
                 f"{seconds(max(lv['gen_lag_p99_s'], 0.0))} | "
                 f"{'; '.join(lv['reasons']) or '-'} |"
             )
+    return out
+
+
+def realpath_lines(info: dict[str, Any], ceiling: float | None) -> list[str]:
+    """The capacity search through `callvault sidecar` (benchmarks/bench_realpath.py):
+    N, calls per core, each process's CPU per dual-track call-second, per level."""
+    out: list[str] = []
+    levels: list[dict[str, Any]] = info.get("levels", [])
+    by_calls = {int(lv["calls"]): lv for lv in levels}
+    n = int(info.get("max_calls", 0))
+    fail = info.get("first_failing_calls")
+    at_n = by_calls.get(n)
+    ratio = f"; N / ceiling = {n / ceiling:.2f}" if ceiling else ""
+    out.append(
+        f"- **N = {n}** concurrent dual-track calls, each {info['call_seconds']:g} s of "
+        f"RTP through `callvault sidecar` into `callvault serve`, every frame stored, "
+        f"sealed within {info['seal_limit_s']:g} s of the stop, ack p99 < "
+        f"{info['p99_limit_s']:g} s{ratio}."
+    )
+    if at_n is not None:
+        per_core = at_n["calls_per_core"]
+        vs = f" ({per_core / ceiling:.2f} of the Opus-only ceiling)" if ceiling else ""
+        out.append(
+            f"- At N = {n}: **{per_core:.1f} calls per core**{vs}; server "
+            f"**{at_n['server_cpu_ms_per_call_s']:.1f} ms** and sidecar "
+            f"**{at_n['sidecar_cpu_ms_per_call_s']:.1f} ms** of CPU per dual-track "
+            f"call-second; ack p99 {seconds(at_n['ack_p99_s'])}; sealed at most "
+            f"{seconds(at_n['seal_after_stop_max_s'])} after the stop."
+        )
+    if fail is not None and int(fail) in by_calls:
+        f = by_calls[int(fail)]
+        out.append(
+            f"- First failing level, {fail} calls: {'; '.join(f['reasons'])}. Saturated "
+            f"first: {saturated(f, 0.020)}."
+        )
+    elif n and fail is None:
+        out.append("- No level failed within the search's limits: N is a lower bound.")
+    out += [
+        "",
+        f"What: {info.get('what', '')}. Levels in the order run (ramp, then bisection). "
+        "CPU = utime + stime over the streaming window (/proc/PID/stat) / wall time, in "
+        "cores; per call-second = cores x 1000 / N; calls per core = N / (server + "
+        "sidecar cores). Ack latency: ListCalls polled every "
+        f"{seconds(float(info.get('poll_s', 0.1)))}, per batch the first poll that "
+        "shows it acknowledged minus the first that shows it spooled. Sender lag = how "
+        "late the sender process sent against its schedule.",
+        "",
+        "| calls | result | server CPU (cores) | sidecar CPU (cores) | server ms / "
+        "call-s | sidecar ms / call-s | calls per core | ack p99 | sealed after stop "
+        "(max) | sender lag p99 (CPU cores) | machine busy (cores) | why it failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lv in levels:
+        out.append(
+            f"| {lv['calls']} | {'pass' if lv['passed'] else '**fail**'} | "
+            f"{lv['server_cpu_cores']:.2f} | {lv['sidecar_cpu_cores']:.2f} | "
+            f"{lv['server_cpu_ms_per_call_s']:.1f} | {lv['sidecar_cpu_ms_per_call_s']:.1f} | "
+            f"{lv['calls_per_core']:.1f} | {seconds(lv['ack_p99_s'])} | "
+            f"{seconds(lv['seal_after_stop_max_s'])} | "
+            f"{seconds(max(lv['gen_lag_p99_s'], 0.0))} ({lv['gen_cpu_cores']:.2f}) | "
+            f"{lv['machine_busy_cores']:.2f} of {lv['machine_cores']} | "
+            f"{'; '.join(lv['reasons']) or '-'} |"
+        )
     return out
 
 
