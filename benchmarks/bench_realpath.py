@@ -9,7 +9,7 @@
                             a level fails, then bisection to +-2 calls), each on
                             a fresh `callvault serve` (tests/servers.py) and a
                             fresh `callvault sidecar` (tests/e2e/sidecar_procs.py:
-                            --server, --rtp with 2N + 16 ports, --listen,
+                            --server, --rtp with 4N + 16 ports (an even RTP port and its RTCP neighbour per leg), --listen,
                             --spool), both real processes. The N calls are
                             started through the sidecar's control API
                             (callvault_client.SidecarClient.start_call); ONE
@@ -247,7 +247,7 @@ def run_level(calls: int, workdir: Path, audio: tuple[Path, int]) -> Level:
     sender: subprocess.Popen[str] | None = None
     poller: Poller | None = None
     try:
-        sidecar = start_sidecar(server.address, d / "spool", rtp_range(2 * calls + 16), d)
+        sidecar = start_sidecar(server.address, d / "spool", rtp_range(4 * calls + 16), d)
         ids = [f"real-{calls}-{i:04d}" for i in range(calls)]
         legs: list[list[int]] = []
         with SidecarClient(sidecar.address, timeout=30.0) as sc:
