@@ -9,7 +9,8 @@
                             a level fails, then bisection to +-2 calls), each on
                             a fresh `callvault serve` (tests/servers.py) and a
                             fresh `callvault sidecar` (tests/e2e/sidecar_procs.py:
-                            --server, --rtp with 4N + 16 ports (an even RTP port and its RTCP neighbour per leg), --listen,
+                            --server, --rtp with 4N + 16 ports: an even RTP
+                            port and its RTCP neighbour per leg, --listen,
                             --spool), both real processes. The N calls are
                             started through the sidecar's control API
                             (callvault_client.SidecarClient.start_call); ONE
