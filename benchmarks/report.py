@@ -420,7 +420,13 @@ def realpath_lines(info: dict[str, Any], ceiling: float | None) -> list[str]:
     )
     if at_n is not None:
         per_core = at_n["calls_per_core"]
-        vs = f" ({per_core / ceiling:.2f} of the Opus-only ceiling)" if ceiling else ""
+        per_core_ceiling = ceiling / int(info["cores"]) if ceiling else None
+        vs = (
+            f" ({per_core / per_core_ceiling:.2f} x the Opus-only ceiling's "
+            f"{per_core_ceiling:.0f} per core)"
+            if per_core_ceiling
+            else ""
+        )
         out.append(
             f"- At N = {n}: **{per_core:.1f} calls per core**{vs}; server "
             f"**{at_n['server_cpu_ms_per_call_s']:.1f} ms** and sidecar "
