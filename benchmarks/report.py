@@ -291,12 +291,12 @@ def busy(level: dict[str, Any]) -> str:
     )
 
 
-def saturated(level: dict[str, Any], batch_s: float) -> str:
-    """Which side ran out at a failing level: the generators if they sent late by more
-    than a batch interval (p99), else the server (with what the machine had left)."""
+def saturated(level: dict[str, Any], batch_s: float, who: str = "the load generators") -> str:
+    """Which side ran out at a failing level: the senders (``who``) if they sent late by
+    more than a batch interval (p99), else the server (with what the machine had left)."""
     if level["gen_lag_p99_s"] > batch_s:
         return (
-            f"the load generators (they sent late: lag p99 {seconds(level['gen_lag_p99_s'])}"
+            f"{who} (late: lag p99 {seconds(level['gen_lag_p99_s'])}"
             f" > the {seconds(batch_s)} batch interval)"
         )
     idle = ""
@@ -306,7 +306,7 @@ def saturated(level: dict[str, Any], batch_s: float) -> str:
             f"of {level['machine_cores']} cores idle"
         )
     return (
-        f"the server ({level['server_cpu_cores']:.2f} cores; the generators kept their "
+        f"the server ({level['server_cpu_cores']:.2f} cores; {who} kept to their "
         f"schedule, lag p99 {seconds(max(level['gen_lag_p99_s'], 0.0))}{idle})"
     )
 
@@ -438,7 +438,7 @@ def realpath_lines(info: dict[str, Any], ceiling: float | None) -> list[str]:
         f = by_calls[int(fail)]
         out.append(
             f"- First failing level, {fail} calls: {'; '.join(f['reasons'])}. Saturated "
-            f"first: {saturated(f, 0.020)}."
+            f"first: {saturated(f, 0.020, 'the sender process')}."
         )
     elif n and fail is None:
         out.append("- No level failed within the search's limits: N is a lower bound.")
