@@ -94,6 +94,7 @@ from benchmarks.bench_server import (
     machine_ticks,
     opus_settings,
     percentile,
+    ramp_and_bisect,
     tag,
 )
 from benchmarks.conftest import OpusLoop, need
@@ -413,23 +414,13 @@ def search(workdir: Path, audio: tuple[Path, int]) -> list[Level]:
         )
         return lv
 
-    def budget_left() -> bool:
-        return len(levels) < MAX_LEVELS and time.monotonic() - began < SEARCH_BUDGET_S
-
-    good, bad = 0, None
-    n = FIRST_LEVEL
-    while n <= MAX_LEVEL and budget_left():
-        if level(n).passed:
-            good, n = n, n * 2
-        else:
-            bad = n
-            break
-    while bad is not None and bad - good > BISECT_STEP and budget_left():
-        mid = (good + bad) // 2
-        if level(mid).passed:
-            good = mid
-        else:
-            bad = mid
+    ramp_and_bisect(
+        lambda n: level(n).passed,
+        first=FIRST_LEVEL,
+        max_level=MAX_LEVEL,
+        step=lambda good: BISECT_STEP,
+        budget_left=lambda: len(levels) < MAX_LEVELS and time.monotonic() - began < SEARCH_BUDGET_S,
+    )
     return levels
 
 

@@ -68,7 +68,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -334,6 +334,34 @@ def run_level(calls: int, workdir: Path, audio: tuple[Path, int]) -> Level:
         server.stop()
 
 
+def ramp_and_bisect(
+    passes: Callable[[int], bool],
+    *,
+    first: int,
+    max_level: int,
+    step: Callable[[int], int],
+    budget_left: Callable[[], bool],
+) -> None:
+    """The capacity search of every real-time benchmark: run levels doubling from
+    ``first`` until one fails (or ``max_level``), then bisect between the last pass
+    and the first failure until they are ``step(last pass)`` calls apart, while
+    ``budget_left()``."""
+    good, bad = 0, None
+    n = first
+    while n <= max_level and budget_left():
+        if passes(n):
+            good, n = n, n * 2
+        else:
+            bad = n
+            break
+    while bad is not None and bad - good > step(good) and budget_left():
+        mid = (good + bad) // 2
+        if passes(mid):
+            good = mid
+        else:
+            bad = mid
+
+
 def search(workdir: Path, audio: tuple[Path, int]) -> list[Level]:
     """Double from FIRST_LEVEL until a level fails, then bisect between the last pass
     and the first failure to a step of 1/8 of the pass (at least 2 calls)."""
@@ -354,23 +382,13 @@ def search(workdir: Path, audio: tuple[Path, int]) -> list[Level]:
         )
         return lv
 
-    def budget_left() -> bool:
-        return len(levels) < MAX_LEVELS and time.monotonic() - began < SEARCH_BUDGET_S
-
-    good, bad = 0, None
-    n = FIRST_LEVEL
-    while n <= MAX_LEVEL and budget_left():
-        if level(n).passed:
-            good, n = n, n * 2
-        else:
-            bad = n
-            break
-    while bad is not None and bad - good > max(2, good // 8) and budget_left():
-        mid = (good + bad) // 2
-        if level(mid).passed:
-            good = mid
-        else:
-            bad = mid
+    ramp_and_bisect(
+        lambda n: level(n).passed,
+        first=FIRST_LEVEL,
+        max_level=MAX_LEVEL,
+        step=lambda good: max(2, good // 8),
+        budget_left=lambda: len(levels) < MAX_LEVELS and time.monotonic() - began < SEARCH_BUDGET_S,
+    )
     return levels
 
 
