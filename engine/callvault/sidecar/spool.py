@@ -38,7 +38,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import stat
 import struct
 import threading
 from collections.abc import Iterator, Sequence
@@ -104,7 +103,7 @@ def load_sidecar_key(root: Path) -> bytes:
     _private_dir(root)
     p = root / KEY_FILE
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        data = crypto.read_private_file(p, "sidecar key file", "the spooled audio")
     except FileNotFoundError:
         spooled = [d for d in list_spools(root) if _version(d) == VERSION]
         if spooled:
@@ -126,22 +125,8 @@ def load_sidecar_key(root: Path) -> bytes:
             os.close(fd)
         fsync_dir(root)
         return data[_SK_HEADER.size : _SK_HEADER.size + crypto.KEY_BYTES]
-    except OSError as e:
-        raise SpoolKeyError(f"sidecar key file {p} cannot be opened: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SpoolKeyError(f"sidecar key file {p} is not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            raise SpoolKeyError(
-                f"sidecar key file {p} has mode {mode:04o}: group or others may read it, so"
-                f" the spooled audio must be treated as exposed. If it was not, restrict it"
-                f" with `chmod 600 {p}` and start again"
-            )
-        data = os.read(fd, _SK_SIZE + 1)
-    finally:
-        os.close(fd)
+    except crypto.KeyFileError as e:
+        raise SpoolKeyError(str(e)) from None
     magic, version, _ = _SK_HEADER.unpack_from(data.ljust(_SK_HEADER.size, b"\0"))
     if (
         len(data) != _SK_SIZE

@@ -116,6 +116,37 @@ class KeyFileError(CryptoError):
     """The key file cannot be used (permissions, damage, unknown version)."""
 
 
+def read_private_file(path: Path, what: str, exposed: str) -> bytes:
+    """The bytes of a key file only its owner may read: a regular file (not followed
+    through a symlink) with no group or other permission bits. KeyFileError naming
+    ``what`` (e.g. "key file") otherwise; ``exposed`` says what must then be treated
+    as exposed. FileNotFoundError passes through: what a missing file means is the
+    caller's."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise KeyFileError(f"{what} {path} cannot be opened: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{what} {path} is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise KeyFileError(
+                f"{what} {path} has mode {mode:04o}: group or others may access it,"
+                f" so {exposed} must be treated as exposed. If it was not, restrict it"
+                f" to its owner with `chmod 600 {path}` and start again"
+            )
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 class KeyMissing(CallvaultError, LookupError):
     """The KEK a wrapped key names is not in the key file, or was retired."""
 
@@ -423,28 +454,10 @@ class KeyFile:
     @staticmethod
     def _read(path: Path) -> list[_Kek]:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            data = read_private_file(path, "key file", "its keys")
         except FileNotFoundError:
             raise KeyFileError(f"key file {path} does not exist") from None
-        except OSError as e:
-            raise KeyFileError(f"key file {path} cannot be opened: {e.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise KeyFileError(f"key file {path} is not a regular file")
-            mode = stat.S_IMODE(st.st_mode)
-            if mode & 0o077:
-                raise KeyFileError(
-                    f"key file {path} has mode {mode:04o}: group or others may access it,"
-                    f" so its keys must be treated as exposed. If they were not, restrict it"
-                    f" to its owner with `chmod 600 {path}` and start again"
-                )
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-        return _decode_keyfile(b"".join(chunks), path)
+        return _decode_keyfile(data, path)
 
     @staticmethod
     def _write(path: Path, keks: list[_Kek]) -> None:
