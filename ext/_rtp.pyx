@@ -288,6 +288,7 @@ cdef enum:
     S_TS_JUMP, S_EVENT_SPAN, S_UNCONFIRMED_SSRC, S_UNSUP_PACKETS, S_UNSUP_FRAMES, NSTATS
 
 assert len(STAT_KEYS) == NSTATS, "stat enum out of step with rtpdefs.STAT_KEYS"
+_STAT_INDEX = {k: i for i, k in enumerate(STAT_KEYS)}
 assert STAT_KEYS[S_TS_JUMP] == "timestamp_jump" and STAT_KEYS[S_UNSUP_FRAMES] == "unsupported_frames"
 assert len(MALFORMED_REASONS) == 7
 assert (PT_PCMU, PT_PCMA, PT_CN) == (rtpdefs.PT_PCMU, rtpdefs.PT_PCMA, rtpdefs.PT_CN)
@@ -1250,6 +1251,11 @@ cdef class JitterBuffer:
     def stats(self):
         cdef Leg *L = self.L
         return {k: int(L.stats[i]) for i, k in enumerate(STAT_KEYS)}
+
+    def stat(self, key):
+        """One counter of ``stats`` (without building the whole dict: ingest reads
+        one per batch)."""
+        return int(self.L.stats[_STAT_INDEX[key]])
 
     @property
     def gaps(self):

@@ -1091,3 +1091,27 @@ def test_extension_does_not_load_its_twin() -> None:
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     loaded = out.stdout.strip()
     assert "callvault.media" not in loaded and "callvault.rtpdefs" in loaded
+
+
+def test_one_stat_is_the_stats_entry() -> None:
+    """JitterBuffer.stat(key) (what ingest reads per batch) equals stats[key], in both
+    implementations; an unknown key is a KeyError."""
+    from callvault import _rtp, rtpdefs
+    from callvault.media import jitter_ref
+    from callvault.media.packets import PacketRun
+    from callvault.media.rtppack import build_packet
+
+    run = PacketRun.of(
+        [build_packet(9 if i % 3 else 0, i, 160 * i, 7, bytes(160)) for i in range(9)]
+    )
+    arrival = np.array([1_700_000_000_000_000 + 20_000 * (i + 1) for i in range(9)], np.int64)
+    for jb in (
+        _rtp.JitterBuffer(call_start_us=1_700_000_000_000_000),
+        jitter_ref.JitterBuffer(call_start_us=1_700_000_000_000_000),
+    ):
+        jb.push(run.data, run.offsets, run.lengths, arrival)
+        stats = jb.stats
+        assert stats["unsupported_payload_type"] == 6
+        assert all(jb.stat(k) == stats[k] for k in rtpdefs.STAT_KEYS)
+        with pytest.raises(KeyError):
+            jb.stat("no such counter")

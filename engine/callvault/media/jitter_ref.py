@@ -270,6 +270,9 @@ class JitterBuffer:
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
 
+    def stat(self, key: str) -> int:
+        return self._stats[key]
+
     @property
     def gaps(self) -> list[tuple[int, int]]:
         return [(g[0], g[1]) for g in self._gaps]

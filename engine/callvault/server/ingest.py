@@ -294,7 +294,7 @@ class LiveCall:
         """Audio in a codec callvault does not record is loud: a WARNING, once per call."""
         assert self.pipes is not None
         pipe = self.pipes[leg]
-        n = pipe.jb.stats["unsupported_payload_type"]
+        n = pipe.jb.stat("unsupported_payload_type")
         if n != self.unsupported[leg] and not any(self.unsupported):
             pts = ", ".join(map(str, pipe.jb.unsupported_payload_types)) or "?"
             log.warning(
