@@ -35,6 +35,7 @@ EXTENSIONS = {
     "_rtp": Extension("callvault._rtp", ["ext/_rtp.pyx"], **COMMON),
     "_dsp": Extension("callvault._dsp", ["ext/_dsp.pyx"], **COMMON),
     "_net": Extension("callvault._net", ["ext/_net.pyx"], **COMMON),
+    "_pcap": Extension("callvault._pcap", ["ext/_pcap.pyx"], **COMMON),
     "_opus": Extension(
         "callvault._opus",
         ["ext/_opus.pyx"],
