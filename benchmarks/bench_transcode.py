@@ -25,16 +25,53 @@ ours reports the call's length for both legs.
 
 Ours and ffmpeg run interleaved, round by round, in one loop
 (conftest.Interleaved): ours, ffmpeg; ffmpeg, ours; ours, ffmpeg.
+
+The offline path against a plain C pipeline (issue 10, section 4), CPU time
+(time.process_time of this process: every thread of ours, and the C peer
+called in-process through ctypes), the same 10-minute pcap, one loop:
+
+    offline_transcode_cpu  ours: callvault.cli.transcode as above (Settings()).
+                          Target: <= 1.3x the C pipeline.
+    offline_import_cpu     ours: `callvault import` of the pcap into a fresh
+                          vault (Vault.open, import_call, close: transcode,
+                          encrypted records, index, seal). Target: <= 1.3x.
+    offline_transcode_no_dtx_replacement_cpu
+                          ours: the transcode with dtx_packet_bytes=0 (libopus's
+                          TOC-only DTX packets kept, not re-encoded): not the
+                          product, the measure of what the DTX replacement's
+                          second encode costs. No target.
+      peer C pipeline     benchmarks/c/pipeline.c (built here with gcc -O2
+                          against the system libopus): reads the whole pcap,
+                          link/IP/UDP/RTP headers, flows, a simple de-jitter
+                          (sort by sequence per SSRC run, place by timestamp
+                          from the run's first arrival), G.711 decode by table,
+                          an energy VAD like _dsp.Vad (voice 12 kb/s, silence
+                          8 kb/s), libopus with the product's settings
+                          (complexity, DTX, VBR, VoIP), both legs to the same
+                          length plus a flush frame; packets to a buffer, no
+                          container. It does less than ours (no Ogg, DTMF
+                          detector, levels, concealment, DTX replacement,
+                          hostile-input bounds). Checked: its G.711 tables are
+                          callvault._g711's, its legs, frames, voice frames and
+                          Opus bytes are within a few percent of ours.
+
+The three ours and the C pipeline run interleaved, round by round; each
+workload's peer test files the same C rounds.
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import itertools
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from benchmarks.conftest import CallFiles, Interleaved, Round, Side, Tag, need, sides
@@ -166,3 +203,247 @@ def test_transcode_peer_ffmpeg(
         command=" ".join(shown + ["out.ogg"]),
     )
     check_output(outputs / "ffmpeg.ogg", call_files.seconds)
+
+
+# -- the offline path against a plain C pipeline (CPU time) -------------------------------
+
+OFFLINE_TARGET = 1.3  # issue 10, section 4: import / transcode <= 1.3x the C pipeline
+HERE = Path(__file__).resolve().parent
+
+
+class PipelineStats(ctypes.Structure):
+    """benchmarks/c/pipeline.c's cv_pipeline_stats."""
+
+    _fields_ = [
+        (name, ctypes.c_int64)
+        for name in (
+            "legs",
+            "frames",
+            "rtp_packets",
+            "placed",
+            "opus_packets",
+            "opus_bytes",
+            "voice_frames",
+            "dtx_packets",
+        )
+    ]
+
+    def asdict(self) -> dict[str, int]:
+        return {name: int(getattr(self, name)) for name, _ in self._fields_}
+
+
+@pytest.fixture(scope="module")
+def c_pipeline(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    """benchmarks/c/pipeline.c compiled against the system libopus (gcc -O2)."""
+    gcc, pkg = shutil.which("gcc"), shutil.which("pkg-config")
+    if gcc is None or pkg is None:
+        pytest.fail("gcc and pkg-config are needed for the C peer (make sysdeps)", pytrace=False)
+    flags = subprocess.run(
+        [pkg, "--cflags", "--libs", "opus"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    out = tmp_path_factory.mktemp("c") / "libcv_pipeline.so"
+    src = HERE / "c" / "pipeline.c"
+    cc = subprocess.run(
+        [gcc, "-O2", "-shared", "-fPIC", "-o", str(out), str(src), *flags, "-lm"],
+        capture_output=True,
+        text=True,
+    )
+    if cc.returncode:
+        pytest.fail(f"cannot build benchmarks/c/pipeline.c:\n{cc.stderr}", pytrace=False)
+    lib = ctypes.CDLL(str(out))
+    lib.cv_bench_pipeline.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_double,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.POINTER(PipelineStats),
+    ]
+    lib.cv_bench_pipeline.restype = ctypes.c_int
+    lib.cv_bench_g711_tables.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.cv_bench_g711_tables.restype = None
+    return lib
+
+
+def run_c_pipeline(lib: ctypes.CDLL, capture: Path, settings: Any) -> dict[str, int]:
+    """The C pipeline over ``capture`` at ``settings`` (pipeline.Settings); its stats."""
+    st = PipelineStats()
+    rc = lib.cv_bench_pipeline(
+        str(capture).encode(),
+        settings.bitrate,
+        settings.silence_bitrate or 0,
+        settings.vad_threshold_db,
+        settings.complexity,
+        int(settings.dtx),
+        1,  # VBR, as callvault._opus.Encoder
+        ctypes.byref(st),
+    )
+    if rc != 0:
+        raise RuntimeError(f"benchmarks/c/pipeline.c failed: {rc}")
+    return st.asdict()
+
+
+@pytest.fixture(scope="module")
+def offline_last() -> dict[str, Any]:
+    """What each side of the offline loop returned in its last round, by side."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def offline_rounds(
+    call_files: CallFiles,
+    settings: Any,
+    outputs: Path,
+    c_pipeline: ctypes.CDLL,
+    tmp_path_factory: pytest.TempPathFactory,
+    offline_last: dict[str, Any],
+) -> Interleaved:
+    """The three ours and the C pipeline, round by round in one loop, ROUNDS rounds."""
+    capture = call_files.capture
+    vaults = tmp_path_factory.mktemp("vaults")
+    counter = itertools.count()
+
+    def transcode(s: Any, name: str) -> Round:
+        cli = need("callvault.cli")
+        return Round(cli.transcode, setup=lambda: ([str(capture)], str(outputs / name), s))
+
+    def c_round(lib: ctypes.CDLL, path: Path, s: Any) -> dict[str, int]:
+        offline_last["c"] = run_c_pipeline(lib, path, s)
+        return offline_last["c"]
+
+    def import_round() -> Round:
+        vault = need("callvault.vault")
+
+        def run(path: Path) -> dict[str, Any]:
+            with vault.Vault.open(path) as v:
+                entry, seal = v.import_call("offline", [str(capture)], settings=settings)
+                return {"state": entry.state, "records": entry.records, "seal": seal.hex()}
+
+        def fresh() -> tuple[Path]:
+            return (vaults / f"v{next(counter)}",)
+
+        return Round(run, setup=fresh, teardown=lambda path: shutil.rmtree(path))
+
+    plain = dataclasses.replace(settings, dtx_packet_bytes=0)
+    return Interleaved(
+        {
+            "transcode": lambda: transcode(settings, "offline.ogg"),
+            "import": import_round,
+            "no_dtx_replacement": lambda: transcode(plain, "offline-plain.ogg"),
+            "c": lambda: Round(c_round, setup=lambda: (c_pipeline, capture, settings)),
+        },
+        rounds=ROUNDS,
+    )
+
+
+def _offline_side(
+    benchmark: Any, workload: Tag, offline_rounds: Interleaved, name: str, call_files: CallFiles
+) -> Side:
+    return sides(benchmark, workload, offline_rounds, name, call_seconds=call_files.seconds)
+
+
+C_PEER = (
+    "plain C pipeline (benchmarks/c/pipeline.c: pcap, flows, sort by sequence, G.711, "
+    "energy VAD, libopus at the same settings; CPU time)"
+)
+
+
+def _what(call_files: CallFiles, what: str) -> str:
+    return (
+        f"{what} of a {call_files.seconds:g} s two-leg call ({call_files.packets:,} RTP "
+        "packets in one pcap), CPU time of the process (all its threads)"
+    )
+
+
+def _check_ours_like_c(summary: dict[str, Any], c: dict[str, int]) -> None:
+    """The C pipeline did comparable work: as many legs and frames, about as many voice
+    frames and Opus bytes."""
+    legs = summary["legs"]
+    assert c["legs"] == len(legs) == 2
+    assert abs(c["frames"] - legs[0]["frames"]) <= 2, (c, legs[0]["frames"])
+    assert c["opus_packets"] == 2 * (c["frames"] + 1)
+    voice = sum(leg["voice_frames"] for leg in legs)
+    assert abs(c["voice_frames"] - voice) <= 0.05 * voice, (c["voice_frames"], voice)
+    opus = sum(leg["bytes"] for leg in legs)
+    assert abs(c["opus_bytes"] - opus) <= 0.1 * opus, (c["opus_bytes"], opus)
+
+
+@pytest.mark.benchmark(timer=time.process_time)
+def test_offline_transcode_ours(
+    benchmark: Any,
+    workload: Tag,
+    offline_rounds: Interleaved,
+    call_files: CallFiles,
+    offline_last: dict[str, Any],
+) -> None:
+    side = _offline_side(benchmark, workload, offline_rounds, "offline_transcode_cpu", call_files)
+    summary = side("ours", "transcode", what=_what(call_files, "`callvault transcode`"))
+    assert summary["channels"] == ["agent", "customer"]
+    assert call_files.seconds <= summary["seconds"] < call_files.seconds + 0.5
+    _check_ours_like_c(summary, offline_last["c"])
+
+
+@pytest.mark.benchmark(timer=time.process_time)
+def test_offline_import_ours(
+    benchmark: Any, workload: Tag, offline_rounds: Interleaved, call_files: CallFiles
+) -> None:
+    side = _offline_side(benchmark, workload, offline_rounds, "offline_import_cpu", call_files)
+    out = side("ours", "import", what=_what(call_files, "`callvault import` into a fresh vault"))
+    assert out["state"] == "sealed" and out["records"] > 0 and len(out["seal"]) == 64
+
+
+@pytest.mark.benchmark(timer=time.process_time)
+def test_offline_no_dtx_replacement_ours(
+    benchmark: Any, workload: Tag, offline_rounds: Interleaved, call_files: CallFiles
+) -> None:
+    side = _offline_side(
+        benchmark, workload, offline_rounds, "offline_transcode_no_dtx_replacement_cpu", call_files
+    )
+    summary = side(
+        "ours",
+        "no_dtx_replacement",
+        what=_what(
+            call_files,
+            "`callvault transcode` with dtx_packet_bytes=0 (DTX packets not re-encoded; "
+            "not the product: the share of the replacement)",
+        ),
+    )
+    assert call_files.seconds <= summary["seconds"] < call_files.seconds + 0.5
+
+
+@pytest.mark.benchmark(timer=time.process_time)
+@pytest.mark.parametrize(
+    "name, target",
+    [
+        ("offline_transcode_cpu", True),
+        ("offline_import_cpu", True),
+        ("offline_transcode_no_dtx_replacement_cpu", False),
+    ],
+)
+def test_offline_peer_c_pipeline(
+    benchmark: Any,
+    workload: Tag,
+    offline_rounds: Interleaved,
+    call_files: CallFiles,
+    c_pipeline: ctypes.CDLL,
+    name: str,
+    target: bool,
+) -> None:
+    facts: dict[str, Any] = {"peer": C_PEER}
+    if target:
+        facts |= {"target": f"<= {OFFLINE_TARGET}x the C pipeline", "max_ratio": OFFLINE_TARGET}
+    c = _offline_side(benchmark, workload, offline_rounds, name, call_files)("peer", "c", **facts)
+    benchmark.extra_info["c_pipeline"] = c
+    assert c["legs"] == 2 and c["frames"] >= call_files.seconds * 50 - 1
+    # its G.711 tables are callvault's decoder's
+    ulaw, alaw = np.zeros(256, np.int16), np.zeros(256, np.int16)
+    c_pipeline.cv_bench_g711_tables(ulaw.ctypes.data, alaw.ctypes.data)
+    g711 = need("callvault._g711")
+    every = bytes(range(256))
+    assert np.array_equal(ulaw, g711.decode(every, g711.PCMU))
+    assert np.array_equal(alaw, g711.decode(every, g711.PCMA))
+    # every audio packet of the capture was decoded onto a timeline but the few lost
+    # to the demo call's loss bursts and late packets
+    assert c["placed"] >= 0.99 * c["rtp_packets"] - 50
