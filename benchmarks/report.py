@@ -24,6 +24,12 @@ and server CPU per level, and the playback ratio of the workload the
 capacity benchmark names in extra_info["playback"]. A capacity benchmark
 tagged path="sidecar" (benchmarks/bench_realpath.py) gets its own section:
 N, calls per core, server and sidecar CPU per dual-track call-second, per level.
+
+The offline workloads (benchmarks/bench_transcode.py: offline_transcode_cpu,
+offline_import_cpu, offline_transcode_no_dtx_replacement_cpu, each against the
+same plain C pipeline) get an "Offline path" section: each ratio against the
+target, and the share of the transcode's CPU that the DTX replacement's
+second encode takes (the transcode with and without it, same run).
 """
 
 from __future__ import annotations
@@ -204,6 +210,7 @@ def render(run: dict[str, Any], workloads: list[Workload], source: str) -> str:
             f"{ratio} | {r.target} | {r.met} |"
         )
     lines += sizes_table(workloads)
+    lines += offline_section(table)
     lines += capacity_section(workloads, table)
     if run.get("failed"):
         lines += [
@@ -278,6 +285,59 @@ def sizes_table(workloads: list[Workload]) -> list[str]:
             lines.append(f"\n{note}")
         lines.append("")
     return lines[:-1]
+
+
+OFFLINE = {
+    "offline_transcode_cpu": "`callvault transcode`",
+    "offline_import_cpu": "`callvault import` (fresh vault)",
+    "offline_transcode_no_dtx_replacement_cpu": "`transcode` without the DTX replacement",
+}
+
+
+def offline_section(table: list[Row]) -> list[str]:
+    """The "Offline path" section: import / transcode CPU against the plain C pipeline."""
+    by_name = {r.workload: r for r in table if r.workload in OFFLINE and r.ratio is not None}
+    if not by_name:
+        return []
+    out = [
+        "",
+        "## Offline path against a plain C pipeline (CPU time)",
+        "",
+        "CPU seconds of this process (time.process_time, every thread) per round, medians "
+        "of interleaved rounds; the C pipeline (benchmarks/c/pipeline.c) runs in the same "
+        "process through ctypes.",
+        "",
+    ]
+    for name, label in OFFLINE.items():
+        r = by_name.get(name)
+        if r is None or r.ours is None or r.peer is None:
+            out.append(f"- {label}: not measured in this run (or its checks failed).")
+            continue
+        target = f"; target {r.target}: {r.met}" if r.target != "-" else ""
+        out.append(
+            f"- {label}: **{r.ours.median:.2f} s** against the C pipeline's "
+            f"{r.peer.median:.2f} s = **{r.ratio:.3g}x**{target}."
+        )
+    full, plain = (
+        by_name.get("offline_transcode_cpu"),
+        by_name.get("offline_transcode_no_dtx_replacement_cpu"),
+    )
+    if full is not None and plain is not None and full.ours and plain.ours and full.peer:
+        extra = full.ours.median - plain.ours.median
+        out.append(
+            f"- The DTX replacement (a second encode of the DTX frames, media/pipeline.py): "
+            f"{extra:.2f} s, {100 * extra / full.ours.median:.1f} % of the transcode's CPU "
+            f"({extra / full.peer.median:.3f}x the C pipeline)."
+        )
+    c = next((r.peer.info.get("c_pipeline") for r in by_name.values() if r.peer), None)
+    if c:
+        out.append(
+            f"- The C pipeline's last round: {c['legs']} legs of {c['frames']:,} frames, "
+            f"{c['placed']:,} of {c['rtp_packets']:,} RTP packets decoded onto the "
+            f"timelines, {c['voice_frames']:,} voice frames, {c['opus_packets']:,} Opus "
+            f"packets, {c['opus_bytes']:,} bytes ({c['dtx_packets']:,} DTX)."
+        )
+    return out
 
 
 def busy(level: dict[str, Any]) -> str:
