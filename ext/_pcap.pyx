@@ -1,8 +1,8 @@
 # cython: language_level=3
 """Capture reader: a whole pcap or pcapng file's RTP flows in one pass in C.
 
-``scan(buf, min_packets)`` walks the capture in ``buf`` (the file's bytes,
-e.g. an mmap) with the GIL released: the file framing (classic pcap in either
+``scan(buf, min_packets)`` walks the capture in ``buf`` (the file's bytes)
+with the GIL released: the file framing (classic pcap in either
 byte order, microsecond, nanosecond or Kuznetzov's modified headers; pcapng
 sections, interface description blocks with their own link type, timestamp
 resolution and offset, enhanced and obsolete packet blocks), the link layer,
@@ -344,14 +344,15 @@ cdef int scan_pcap(Scan *s, bint big, bint nano, int64_t header) noexcept nogil:
 
 cdef int64_t ng_time_us(const Iface *i, uint64_t t) noexcept nogil:
     """A pcapng timestamp (``t`` units of the interface's resolution) in microseconds."""
-    cdef int64_t per = i.units, q, r
+    # unsigned arithmetic: a hostile time or offset wraps (defined), never traps
+    cdef uint64_t offset = <uint64_t>i.offset_s * 1000000ULL, q, r
     if i.pow2:
-        return <int64_t>llround(<double>t / pow(2.0, i.exponent) * 1e6) + i.offset_s * 1000000
-    if per <= 1000000:
-        return <int64_t>t * (1000000 // per) + i.offset_s * 1000000
-    q = per // 1000000
-    r = <int64_t>(t % <uint64_t>q)
-    return <int64_t>(t // <uint64_t>q) + (1 if 2 * r >= q else 0) + i.offset_s * 1000000
+        return <int64_t>(<uint64_t>llround(<double>t / pow(2.0, i.exponent) * 1e6) + offset)
+    if i.units <= 1000000:
+        return <int64_t>(t * <uint64_t>(1000000 // i.units) + offset)
+    q = <uint64_t>(i.units // 1000000)
+    r = t % q
+    return <int64_t>(t // q + (1 if 2 * r >= q else 0) + offset)
 
 
 cdef void read_idb_options(const uint8_t *b, int64_t n, bint big, Iface *i) noexcept nogil:

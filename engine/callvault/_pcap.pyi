@@ -1,7 +1,5 @@
 """Stub of the compiled callvault._pcap (ext/_pcap.pyx): pcap/pcapng capture reader."""
 
-import mmap
-
 import numpy as np
 import numpy.typing as npt
 
@@ -22,4 +20,4 @@ ScanResult = tuple[
     int,
 ]
 
-def scan(buf: bytes | bytearray | memoryview | mmap.mmap, min_packets: int = 1) -> ScanResult: ...
+def scan(buf: bytes | bytearray | memoryview, min_packets: int = 1) -> ScanResult: ...

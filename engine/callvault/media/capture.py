@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,31 +172,22 @@ def _flow_key(key: bytes) -> FlowKey:
 
 
 def _scan(path: Path) -> _pcap.ScanResult:
-    """The reader's result for the file (mapped, not read, when it can be)."""
+    """The reader's result for the file. The file is read whole (not mapped: a file
+    cut while it is mapped would kill the process with SIGBUS)."""
     try:
-        f = path.open("rb")
+        with path.open("rb") as f:
+            data = f.read()
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from e
-    with f:
-        try:
-            try:
-                view: mmap.mmap | bytes = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            except (ValueError, OSError):  # empty, or not a regular file (a pipe)
-                view = f.read()
-        except OSError as e:
-            raise InputError(f"cannot read {path}: {e.strerror}") from e
-        try:
-            return _pcap.scan(view, MIN_RTP_PACKETS)
-        except ValueError as e:
-            raise InputError(f"{path} is not a pcap or pcapng capture ({e})") from e
-        except LookupError as e:
-            raise InputError(
-                f"unsupported capture link type {e.args[0]} (supported: Ethernet, "
-                "Linux cooked v1/v2, raw IP, BSD loopback)"
-            ) from e
-        finally:
-            if isinstance(view, mmap.mmap):
-                view.close()
+    try:
+        return _pcap.scan(data, MIN_RTP_PACKETS)
+    except ValueError as e:
+        raise InputError(f"{path} is not a pcap or pcapng capture ({e})") from e
+    except LookupError as e:
+        raise InputError(
+            f"unsupported capture link type {e.args[0]} (supported: Ethernet, "
+            "Linux cooked v1/v2, raw IP, BSD loopback)"
+        ) from e
 
 
 def read_capture(path: str | Path) -> Capture:
