@@ -229,7 +229,7 @@ class PipelineStats(ctypes.Structure):
     ]
 
     def asdict(self) -> dict[str, int]:
-        return {name: int(getattr(self, name)) for name, _ in self._fields_}
+        return {f[0]: int(getattr(self, f[0])) for f in self._fields_}
 
 
 @pytest.fixture(scope="module")
