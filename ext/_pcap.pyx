@@ -65,6 +65,10 @@ DEF S_NOT_RTP = 7
 DEF S_UNKNOWN_IF = 8
 DEF N_REASONS = 9
 
+class UnsupportedLinkType(Exception):
+    """A frame of a link type this reader does not parse; ``args[0]`` is the link type."""
+
+
 # scan's internal results
 DEF OK = 0
 DEF E_NOMEM = -1
@@ -454,8 +458,8 @@ def scan(const uint8_t[::1] buf not None, int min_packets=1):
     source and destination address (16 bytes each, IPv4 in the first 4), source
     and destination port (big-endian); ``skipped`` counts frames by
     ``SKIP_REASONS``; ``datagrams`` counts UDP datagrams. Raises ValueError when
-    ``buf`` is not a pcap or pcapng capture, LookupError(link type) at the first
-    frame of a link type this reader does not parse, MemoryError.
+    ``buf`` is not a pcap or pcapng capture, UnsupportedLinkType(link type) at the
+    first frame of a link type this reader does not parse, MemoryError.
     """
     cdef Scan s
     cdef int64_t size = buf.shape[0]
@@ -505,7 +509,7 @@ def scan(const uint8_t[::1] buf not None, int min_packets=1):
         if rc == E_NOMEM:
             raise MemoryError()
         if rc == E_LINKTYPE:
-            raise LookupError(s.bad_linktype)
+            raise UnsupportedLinkType(s.bad_linktype)
         return _collect(&s, min_packets, "pcap" if kind == 1 else "pcapng")
     finally:
         free(ifaces)

@@ -5,6 +5,8 @@ import numpy.typing as npt
 
 SKIP_REASONS: tuple[str, ...]
 
+class UnsupportedLinkType(Exception): ...
+
 # (format, data, lengths, arrival_us, pt, ssrc, event_like, bounds, keys, skipped, datagrams)
 ScanResult = tuple[
     str,

@@ -183,7 +183,7 @@ def _scan(path: Path) -> _pcap.ScanResult:
         return _pcap.scan(data, MIN_RTP_PACKETS)
     except ValueError as e:
         raise InputError(f"{path} is not a pcap or pcapng capture ({e})") from e
-    except LookupError as e:
+    except _pcap.UnsupportedLinkType as e:
         raise InputError(
             f"unsupported capture link type {e.args[0]} (supported: Ethernet, "
             "Linux cooked v1/v2, raw IP, BSD loopback)"
