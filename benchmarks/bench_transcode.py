@@ -53,7 +53,7 @@ called in-process through ctypes), the same 10-minute pcap, one loop:
                           detector, levels, concealment, DTX replacement,
                           hostile-input bounds). Checked: its G.711 tables are
                           callvault._g711's, its legs, frames, voice frames and
-                          Opus bytes are within a few percent of ours.
+                          Opus bytes are within 10 % of ours.
 
 The three ours and the C pipeline run interleaved, round by round; each
 workload's peer test files the same C rounds.
@@ -358,14 +358,15 @@ def _what(call_files: CallFiles, what: str) -> str:
 
 
 def _check_ours_like_c(summary: dict[str, Any], c: dict[str, int]) -> None:
-    """The C pipeline did comparable work: as many legs and frames, about as many voice
-    frames and Opus bytes."""
+    """The C pipeline did comparable work: as many legs and frames, voice frames and Opus
+    bytes within 10 % of ours (its VAD starts from silence where ours conceals losses:
+    a 20 s call differs by 8 %, the 10-minute one by 0.3 %)."""
     legs = summary["legs"]
     assert c["legs"] == len(legs) == 2
     assert abs(c["frames"] - legs[0]["frames"]) <= 2, (c, legs[0]["frames"])
     assert c["opus_packets"] == 2 * (c["frames"] + 1)
     voice = sum(leg["voice_frames"] for leg in legs)
-    assert abs(c["voice_frames"] - voice) <= 0.05 * voice, (c["voice_frames"], voice)
+    assert abs(c["voice_frames"] - voice) <= 0.1 * voice, (c["voice_frames"], voice)
     opus = sum(leg["bytes"] for leg in legs)
     assert abs(c["opus_bytes"] - opus) <= 0.1 * opus, (c["opus_bytes"], opus)
 
@@ -417,9 +418,9 @@ def test_offline_no_dtx_replacement_ours(
 @pytest.mark.parametrize(
     "name, target",
     [
-        ("offline_transcode_cpu", True),
-        ("offline_import_cpu", True),
-        ("offline_transcode_no_dtx_replacement_cpu", False),
+        pytest.param("offline_transcode_cpu", True, id="transcode"),
+        pytest.param("offline_import_cpu", True, id="import"),
+        pytest.param("offline_transcode_no_dtx_replacement_cpu", False, id="no_dtx_replacement"),
     ],
 )
 def test_offline_peer_c_pipeline(
