@@ -35,6 +35,15 @@ EXTENSIONS = {
     "_rtp": Extension("callvault._rtp", ["ext/_rtp.pyx"], **COMMON),
     "_dsp": Extension("callvault._dsp", ["ext/_dsp.pyx"], **COMMON),
     "_net": Extension("callvault._net", ["ext/_net.pyx"], **COMMON),
+    # the leg's whole audio path per batch; cimports _rtp, _dsp and _opus
+    # (ext/callvault/*.pxd), so it is built after them
+    "_leg": Extension(
+        "callvault._leg",
+        ["ext/_leg.pyx"],
+        include_dirs=COMMON["include_dirs"] + [f[2:] for f in OPUS_CFLAGS],
+        define_macros=COMMON["define_macros"],
+        extra_compile_args=COMMON["extra_compile_args"],
+    ),
     "_opus": Extension(
         "callvault._opus",
         ["ext/_opus.pyx"],
