@@ -387,9 +387,7 @@ class LegPipeline:
     # -- the step path (core=False): the same chain, one Python call a step ----------------
     def _dsp(self, pcm: npt.NDArray[np.int16], first_index: int) -> None:
         if first_index != self._next_index:
-            raise AssertionError(
-                f"timeline hole: frame {first_index}, expected {self._next_index}"
-            )
+            raise AssertionError(f"timeline hole: frame {first_index}, expected {self._next_index}")
         self._next_index += len(pcm)
         out, events = self.dtmf.process(np.ascontiguousarray(pcm), first_index)
         self._after_dsp(out, events)
