@@ -62,8 +62,8 @@ def rtp_leg(pcm: npt.NDArray[np.int16], leg: int, seed: int) -> tuple[bytes, Any
             continue
         ssrc, seq0 = (0x1000 + leg, 100) if i < n // 2 else (0x2000 + leg, 5000)
         p = build_packet(0, seq0 + i, 160 * i + 7, ssrc, ulaw[160 * i : 160 * i + 160])
-        arrival = 1_000_000 + (i + 1) * 20_000 + int(rng.integers(0, 15_000))
-        pkts.append((arrival, p))
+        at = 1_000_000 + (i + 1) * 20_000 + int(rng.integers(0, 15_000))
+        pkts.append((at, p))
     pkts.sort(key=lambda x: x[0])
     data = b"".join(p for _, p in pkts)
     lengths = np.array([len(p) for _, p in pkts], dtype=np.int32)
