@@ -69,7 +69,7 @@ def leg_batches(legs: list[npt.NDArray[np.int16]], per_batch: int) -> list[Any]:
     LegBatch = need("callvault.media.batch").LegBatch
     ulaw = [g711.encode(x, g711.PCMU) for x in legs]
     frames = len(ulaw[0]) // FRAME_SAMPLES
-    out = []
+    out: list[Any] = []
     for lo in range(0, frames, per_batch):
         for leg, data in enumerate(ulaw):
             idx = range(lo, min(frames, lo + per_batch))
