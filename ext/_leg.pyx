@@ -35,6 +35,7 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memmove, memset
 
 from callvault._dsp cimport FRAME, HOLD_FRAMES, DtmfDetector, Vad, batch_stats, dbfs
+from g711 cimport cv_alaw_encode, cv_ulaw_encode
 from callvault._opus cimport Encoder
 from callvault._rtp cimport JitterBuffer
 
@@ -45,6 +46,9 @@ cnp.import_array()
 
 cdef enum:
     MAX_PACKET = 4000  # what libopus may write for one frame (ext/_opus.pyx)
+    LAW_NONE = 0
+    LAW_ULAW = 1  # ext/_g711.pyx PCMU
+    LAW_ALAW = 2  # ext/_g711.pyx PCMA
     OK = 0
     E_NOMEM = -1
     E_ENCODE = -2
@@ -83,9 +87,10 @@ cdef int grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, Py_ssize_t item) noe
 cdef class LegCore:
     """One leg's jitter buffer, DSP and encoders driven from C (see the module docstring).
 
-    ``encoder`` None: no encoding (frames and counters only); ``noise`` None: DTX
-    packets are kept as libopus made them; ``silence_bitrate`` <= 0: every frame
-    at ``bitrate``. The objects belong to the core from then on (one thread at a
+    ``encoder`` None: no encoding (frames and counters only), or with ``g711_law``
+    (``_g711.PCMU`` / ``PCMA``) each frame stored as a 160-byte G.711 packet
+    instead of Opus (a non-Opus store); ``noise`` None: DTX packets are kept as
+    libopus made them; ``silence_bitrate`` <= 0: every frame at ``bitrate``. The objects belong to the core from then on (one thread at a
     time, as each of them)."""
 
     cdef readonly JitterBuffer jb
@@ -95,6 +100,7 @@ cdef class LegCore:
     cdef Encoder noise
     cdef int32_t bitrate, silence_bitrate, dtx_bytes, dtx_max
     cdef bint keep_pcm, finished
+    cdef int law
     # packets encoded and not taken yet
     cdef unsigned char *pk
     cdef Py_ssize_t pk_used, pk_cap
@@ -124,9 +130,18 @@ cdef class LegCore:
 
     def __cinit__(self, JitterBuffer jb not None, DtmfDetector dtmf not None, Vad vad not None,
                   Encoder encoder=None, Encoder noise=None, *, int bitrate=12000,
-                  int silence_bitrate=0, int dtx_bytes=0, int dtx_max=2, bint keep_pcm=False):
+                  int silence_bitrate=0, int dtx_bytes=0, int dtx_max=2, bint keep_pcm=False,
+                  g711_law=None):
         if noise is not None and (encoder is None or not 1 <= dtx_bytes <= MAX_PACKET):
             raise ValueError("a noise encoder needs the encoder and dtx_bytes in 1..4000")
+        if g711_law is not None:
+            from callvault import _g711
+            if encoder is not None:
+                raise ValueError("frames are stored either as Opus (encoder) or as G.711")
+            laws = {_g711.PCMU: LAW_ULAW, _g711.PCMA: LAW_ALAW}
+            if g711_law not in laws:
+                raise ValueError(f"g711_law must be _g711.PCMU or _g711.PCMA, not {g711_law!r}")
+            self.law = laws[g711_law]
         self.jb = jb
         self.dtmf = dtmf
         self.vad = vad
@@ -219,6 +234,29 @@ cdef class LegCore:
             self.n_pcm += n
         if self.enc is not None:
             return self._encode(x, self.voice, n)
+        if self.law != LAW_NONE:
+            return self._g711(x, n)
+        return OK
+
+    cdef int _g711(self, const int16_t *x, Py_ssize_t n) noexcept nogil:
+        """n frames as n packets of FRAME G.711 bytes each."""
+        cdef Py_ssize_t i, j
+        cdef unsigned char *out
+        if grow(<void **>&self.pk, &self.pk_cap, self.pk_used + n * FRAME, 1) < 0 or \
+                grow(<void **>&self.lens, &self.cap_lens, self.n_pk + n, sizeof(int32_t)) < 0:
+            return E_NOMEM
+        out = self.pk + self.pk_used
+        if self.law == LAW_ULAW:
+            for j in range(n * FRAME):
+                out[j] = cv_ulaw_encode(x[j])
+        else:
+            for j in range(n * FRAME):
+                out[j] = cv_alaw_encode(x[j])
+        for i in range(n):
+            self.lens[self.n_pk + i] = FRAME
+        self.n_pk += n
+        self.pk_used += n * FRAME
+        self.opus_bytes += n * FRAME
         return OK
 
     cdef int _event_room(self, Py_ssize_t need) noexcept nogil:

@@ -35,6 +35,7 @@ class LegCore:
         dtx_bytes: int = 0,
         dtx_max: int = 2,
         keep_pcm: bool = False,
+        g711_law: int | None = None,
     ) -> None: ...
     def push_rtp(
         self, data: bytes | bytearray | memoryview, offsets: Any, lengths: Any, arrival_us: Any

@@ -162,6 +162,37 @@ def test_core_without_encoder_keeps_pcm(rtp: list[tuple[bytes, Any, Any, Any]]) 
     assert all(not r.packets and r.pcm_all().size == r.frames * 160 for r in core)
 
 
+@pytest.mark.parametrize("law", [_g711.PCMU, _g711.PCMA])
+def test_core_stores_g711_frames(law: int, rtp: list[tuple[bytes, Any, Any, Any]]) -> None:
+    """The non-Opus store (g711_law): one 160-byte G.711 packet per frame, what the
+    frames decode from, byte for byte as the step path stores them."""
+    results = []
+    for core in (True, False):
+        p = LegPipeline(
+            "leg0",
+            "test",
+            Settings(mask_dtmf=True),
+            call_start_us=1_000_000,
+            keep_pcm=True,
+            core=core,
+            g711_law=law,
+        )
+        data, offsets, lengths, arrival = rtp[0]
+        for lo in range(0, len(lengths), 3):
+            p.push_rtp(data, offsets[lo : lo + 3], lengths[lo : lo + 3], arrival[lo : lo + 3])
+        p.finish(total_frames=p.drain())
+        results.append(p.result)
+    same(results[:1], results[1:])
+    r = results[0]
+    run = r.opus_run()
+    assert len(run) == r.frames and set(run.lengths.tolist()) == {160}
+    assert r.opus_bytes == 160 * r.frames and len(r.dtmf) == 6
+    pcm = r.pcm_all()
+    assert np.array_equal(_g711.encode(pcm, law), run.data)
+    # G.711 of G.711-decoded audio: decoding gives the frames back within a step
+    assert np.abs(_g711.decode(run.data, law).astype(np.int32) - pcm).max() <= 1024
+
+
 def test_core_matches_step_path_on_wav_legs(
     legs: list[npt.NDArray[np.int16]], tmp_path: Path
 ) -> None:

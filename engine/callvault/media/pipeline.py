@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from callvault import _dsp, _leg, _opus, _rtp
+from callvault import _dsp, _g711, _leg, _opus, _rtp
 from callvault.errors import InputError
 from callvault.media import capture, ogg, wav
 from callvault.media.packets import PacketRun
@@ -202,7 +202,15 @@ class LegPipeline:
         encode: bool = True,
         keep_pcm: bool = False,
         core: bool = True,
+        g711_law: int | None = None,
     ) -> None:
+        """``g711_law`` (``_g711.PCMU`` / ``PCMA``): the leg's frames are stored as
+        160-byte G.711 packets, one per frame, instead of Opus (no encoder, no flush
+        packet; ``result.packets`` / ``take_packets`` carry them, ``opus_bytes``
+        counts their bytes)."""
+        if g711_law is not None:
+            encode = False
+        self.g711_law = g711_law
         self.result = LegResult(name, source)
         self.settings = settings
         self.jb = _rtp.JitterBuffer(
@@ -243,6 +251,7 @@ class LegPipeline:
                 dtx_bytes=settings.dtx_packet_bytes,
                 dtx_max=ogg.DTX_MAX_BYTES,
                 keep_pcm=keep_pcm,
+                g711_law=g711_law,
             )
             if core
             else None
@@ -421,6 +430,10 @@ class LegPipeline:
             r.pcm.append(pcm.copy())
         if self.encoder is not None:
             self._encode(pcm, voice)
+        elif self.g711_law is not None:
+            data = _g711.encode(np.ascontiguousarray(pcm).reshape(-1), self.g711_law)
+            r.packets.append((data, np.full(len(pcm), FRAME_SAMPLES, dtype=np.int32)))
+            r.opus_bytes += len(data)
 
     def _encode(self, pcm: npt.NDArray[np.int16], voice: npt.NDArray[np.uint8]) -> None:
         """Encode runs of voice / silent frames, each at its bitrate."""
