@@ -35,8 +35,9 @@ EXTENSIONS = {
     "_rtp": Extension("callvault._rtp", ["ext/_rtp.pyx"], **COMMON),
     "_dsp": Extension("callvault._dsp", ["ext/_dsp.pyx"], **COMMON),
     "_net": Extension("callvault._net", ["ext/_net.pyx"], **COMMON),
-    # the leg's whole audio path per batch; cimports _rtp, _dsp and _opus
-    # (ext/callvault/*.pxd), so it is built after them
+    # the leg's whole audio path per batch, in C: cimports the classes of _rtp, _dsp
+    # and _opus through their declarations in ext/callvault/*.pxd (Cython finds a
+    # module's .pxd under its package name: callvault/_rtp.pxd in an include dir)
     "_leg": Extension(
         "callvault._leg",
         ["ext/_leg.pyx"],
