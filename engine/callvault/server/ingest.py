@@ -16,6 +16,10 @@ bookkeeping that makes a stream resumable:
   frames below each leg's durable position are recomputed (bit for bit the
   same) and not stored again; the rest is stored as it comes. ``Started``
   tells the client where to resend from.
+* A batch's audio work is one C call (``LegPipeline.push_batch``, ext/_leg.pyx)
+  with the GIL released, under the call's own lock: calls processed on
+  different threads use different cores. Encoded packets wait in the pipeline
+  until a record is full (``_take``); nothing per packet is made in Python.
 
 ``Ingestor`` is the registry of live calls of one server: a stream attaches
 to a call (taking it over from a stale stream: reconnects), supervisors
