@@ -7,6 +7,7 @@ digits, WAV input, and every setting that changes the chain."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,26 @@ def test_core_refuses_a_bad_batch_and_keeps_going(rtp: list[tuple[bytes, Any, An
     ref = LegPipeline("leg0", "test", Settings(), call_start_us=1_000_000, core=False)
     ref.push_rtp(data, offsets, lengths, arrival)
     assert p.finish().opus_run() == ref.finish().opus_run()
+
+
+def test_cores_on_two_threads_match_one_thread(rtp: list[tuple[bytes, Any, Any, Any]]) -> None:
+    """The server runs different calls' batches on different threads, the audio work
+    without the GIL: legs pushed from two threads at once give the packets of one thread."""
+    ref = run_rtp(rtp, Settings(mask_dtmf=True), core=True, batch=1)
+    got: dict[int, list[pipeline.LegResult]] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            got[i] = run_rtp(rtp, Settings(mask_dtmf=True), core=True, batch=1)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(2):
+        same(got[i], ref)
