@@ -7,9 +7,10 @@
 ``LegPipeline`` runs that chain through ``callvault._leg.LegCore`` (ext/_leg.pyx):
 one C call per batch, the GIL released over all of it, packets and counters kept
 in C until taken (``take_packets``) or the leg ends (``finish`` fills the
-``LegResult``). ``core=False`` runs the same steps one Python call at a time
-(the reference the core is tested against, tests/media/test_pipeline_core.py,
-and the path for a leg that stores something else than Opus).
+``LegResult``). ``core=False`` runs the same steps one Python call at a time:
+the reference the core is tested against (tests/media/test_pipeline_core.py),
+and a place for a step the core does not have yet. Besides Opus, the core can
+store each frame as G.711 (``g711_law``: lane "peak"'s non-Opus store).
 
 The jitter buffer decodes through a table of payload type -> decoder (G.711
 PCMU 0 and PCMA 8 today, ``_rtp.DECODER`` / ``jitter_ref.DECODERS``): a codec
@@ -264,7 +265,7 @@ class LegPipeline:
 
     @property
     def packets_ready(self) -> int:
-        """Opus packets encoded and not taken yet (``take_packets``)."""
+        """Packets (Opus, or G.711 with ``g711_law``) made and not taken yet."""
         n = sum(len(ln) for _, ln in self.result.packets) if self.result.packets else 0
         return n + (self.core.packets if self.core is not None else 0)
 
