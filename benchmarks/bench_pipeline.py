@@ -5,7 +5,9 @@ audio path against Opus alone.
     pipeline_batch_5frames  sample.dialogue as 20 ms PCMU RTP, arrival times
                             paced 20 ms apart) fed to ``LiveCall.process``
                             (server/ingest.py), the path every Ingest batch
-                            takes in `callvault serve`, one leg batch at a
+                            takes in `callvault serve` from the wire's
+                            RtpBatch message (LegBatch.checked, then
+                            LiveCall.process), one leg batch at a
                             time, the legs interleaved, with 1 packet per
                             batch (what the sidecar forwards every 20 ms) or 5
                             (a 100 ms window). Behind it: the leg pipeline's
@@ -22,11 +24,18 @@ audio path against Opus alone.
                             server's voice settings: 8 kHz mono VoIP 20 ms,
                             12 kb/s VBR, complexity 8, DTX) encoding both legs,
                             one call per leg per round.
-                            Target: ours <= 1.25x the C loop (the audio path
-                            costs little beyond Opus itself).
+                            Target: ours <= 1.3x the C loop: the audio path
+                            costs little beyond Opus itself. What it does cost:
+                            the DTX replacement, a second encode of the 12 %
+                            of frames that end in DTX (about 1.12x,
+                            docs/opus-silence.md), then the jitter buffer,
+                            DSP, records and Python per batch (about 0.05x at
+                            5 packets a batch, 0.1x at 1).
 
 Timer: CPU time of this process (time.process_time: every thread, the vault's
-committer included), so other jobs on the shared machine do not count; the
+committer included), so other jobs on the shared machine count less (they still
+slow both sides down: on this 2-core machine at load 7 the ratio moved between
+1.19 and 1.36 from run to run); the
 sides run interleaved round by round (conftest.Interleaved). The report adds
 the CPU per dual-track call-second of each side.
 """
@@ -51,7 +60,7 @@ pytestmark = pytest.mark.benchmark(timer=time.process_time, max_time=3.0)
 SECONDS = 10.0
 T0_US = 1_800_000_000_000_000
 NAMES = {1: "pipeline_batch_1frame", 5: "pipeline_batch_5frames"}
-MAX_RATIO = 1.25
+MAX_RATIO = 1.3
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +72,11 @@ def legs(
 
 
 def leg_batches(legs: list[npt.NDArray[np.int16]], per_batch: int) -> list[Any]:
-    """The call's RTP as Ingest batches of ``per_batch`` packets, legs interleaved."""
+    """The call's RTP as Ingest's RtpBatch messages of ``per_batch`` packets, legs
+    interleaved."""
     g711 = need("callvault._g711")
     rtppack = need("callvault.media.rtppack")
-    LegBatch = need("callvault.media.batch").LegBatch
+    pb = need("callvault_client._pb.callvault_pb2")
     ulaw = [g711.encode(x, g711.PCMU) for x in legs]
     frames = len(ulaw[0]) // FRAME_SAMPLES
     out: list[Any] = []
@@ -85,7 +95,13 @@ def leg_batches(legs: list[npt.NDArray[np.int16]], per_batch: int) -> list[Any]:
             ]
             arrival = [T0_US + (i + 1) * 20_000 + 400 * leg for i in idx]
             out.append(
-                LegBatch.checked(len(out), leg, b"".join(pk), [len(p) for p in pk], arrival, 2)
+                pb.RtpBatch(
+                    seq=len(out),
+                    leg=leg,
+                    packets=b"".join(pk),
+                    lengths=[len(p) for p in pk],
+                    arrival_us=arrival,
+                )
             )
     return out
 
@@ -123,13 +139,14 @@ def server() -> Iterator[Server]:
 
 def ours(server: Server, batches: list[Any]) -> Any:
     sealed: list[dict[str, Any]] = []
+    checked = need("callvault.media.batch").LegBatch.checked
 
     def setup() -> tuple[Any, int]:
         return server.attach()
 
     def run(live: Any, token: int) -> int:
-        for b in batches:
-            live.process(token, b)
+        for b in batches:  # as RecordStream.handle hands them to the call
+            live.process(token, checked(b.seq, b.leg, b.packets, b.lengths, b.arrival_us, 2))
         return len(batches)
 
     def teardown(live: Any, token: int) -> None:
