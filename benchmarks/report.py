@@ -254,8 +254,9 @@ def pipeline_section(workloads: list[Workload]) -> list[str]:
         "",
         "## Per-batch audio path (server)",
         "",
-        "`LiveCall.process` per leg batch (jitter buffer, DTMF, VAD, levels, Opus with the "
-        "voice/silence bitrates, DTX replacement, records into a real vault) against the "
+        "`LegBatch.checked` and `LiveCall.process` per leg batch from the wire's RtpBatch "
+        "(jitter buffer, DTMF, VAD, levels, Opus with the voice/silence bitrates, DTX "
+        "replacement, records into a real vault) against the "
         "plain C loop over libopus encoding the same two legs (Opus alone); CPU time of the "
         "process, medians of interleaved rounds (benchmarks/bench_pipeline.py).",
         "",
