@@ -36,6 +36,16 @@ EXTENSIONS = {
     "_dsp": Extension("callvault._dsp", ["ext/_dsp.pyx"], **COMMON),
     "_net": Extension("callvault._net", ["ext/_net.pyx"], **COMMON),
     "_pcap": Extension("callvault._pcap", ["ext/_pcap.pyx"], **COMMON),
+    # the leg's whole audio path per batch, in C: cimports the classes of _rtp, _dsp
+    # and _opus through their declarations in ext/callvault/*.pxd (Cython finds a
+    # module's .pxd under its package name: callvault/_rtp.pxd in an include dir)
+    "_leg": Extension(
+        "callvault._leg",
+        ["ext/_leg.pyx"],
+        include_dirs=COMMON["include_dirs"] + [f[2:] for f in OPUS_CFLAGS],
+        define_macros=COMMON["define_macros"],
+        extra_compile_args=COMMON["extra_compile_args"],
+    ),
     "_opus": Extension(
         "callvault._opus",
         ["ext/_opus.pyx"],

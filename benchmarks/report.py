@@ -30,6 +30,10 @@ offline_import_cpu, offline_transcode_no_dtx_replacement_cpu, each against the
 same plain C pipeline) get an "Offline path" section: each ratio against the
 target, and the share of the transcode's CPU that the DTX replacement's
 second encode takes (the transcode with and without it, same run).
+
+Workloads whose "ours" is tagged cpu_per_call_second (benchmarks/bench_pipeline.py,
+timed in CPU seconds) also get a "Per-batch audio path" section: ours and each
+peer in CPU ms per dual-track call-second, and their ratio.
 """
 
 from __future__ import annotations
@@ -212,6 +216,7 @@ def render(run: dict[str, Any], workloads: list[Workload], source: str) -> str:
     lines += sizes_table(workloads)
     lines += offline_section(table)
     lines += capacity_section(workloads, table)
+    lines += pipeline_section(workloads)
     if run.get("failed"):
         lines += [
             "",
@@ -242,6 +247,39 @@ def render(run: dict[str, Any], workloads: list[Workload], source: str) -> str:
             if "command" in b.info:
                 lines.append(f"  Peer command: `{b.info['command']}`.")
     return "\n".join(lines) + "\n"
+
+
+def pipeline_section(workloads: list[Workload]) -> list[str]:
+    """The "Per-batch audio path" section (benchmarks/bench_pipeline.py): CPU per
+    dual-track call-second of the server's per-leg-batch path and of Opus alone."""
+    found = [
+        w for w in workloads if w.ours and w.peers and w.ours[0].info.get("cpu_per_call_second")
+    ]
+    if not found:
+        return []
+    out = [
+        "",
+        "## Per-batch audio path (server)",
+        "",
+        "`LegBatch.checked` and `LiveCall.process` per leg batch from the wire's RtpBatch "
+        "(jitter buffer, DTMF, VAD, levels, Opus with the voice/silence bitrates, DTX "
+        "replacement, records into a real vault) against the "
+        "plain C loop over libopus encoding the same two legs (Opus alone); CPU time of the "
+        "process, medians of interleaved rounds (benchmarks/bench_pipeline.py).",
+        "",
+        "| packets per leg batch | ours, CPU ms per dual-track call-second | Opus alone "
+        "(C loop) | ratio |",
+        "|---|---|---|---|",
+    ]
+    for w in found:
+        ours = w.ours[0]
+        secs = float(ours.info.get("call_seconds") or 1.0)
+        for p in w.peers:
+            out.append(
+                f"| {w.name} | {1000 * ours.median / secs:.2f} | "
+                f"{1000 * p.median / secs:.2f} | {ours.median / p.median:.2f}x |"
+            )
+    return out
 
 
 def sizes_table(workloads: list[Workload]) -> list[str]:

@@ -107,16 +107,9 @@ from libc.string cimport memcpy, memmove, memset
 
 cnp.import_array()
 
-cdef enum:
-    FRAME = 160           # samples per 20 ms frame at 8 kHz
-    BLOCK = 80            # DTMF analysis sub-block: 10 ms, half a frame
-    NFILT = 24            # 8 nominal DTMF frequencies + 2 probes each
-    CONFIRM_BLOCKS = 3    # consecutive blocks to confirm a digit (Q.24 40/23 ms)
-    END_MISSES = 3        # blocks without the digit that end it (Q.24 pause 40 ms)
-    GUARD = 80            # masked samples either side of a digit (one block)
-    HOLD_FRAMES = 2       # masking delay: (CONFIRM_BLOCKS + 1) * BLOCK / FRAME
-    HOLD_SAMPLES = 480    # (HOLD_FRAMES + 1) * FRAME
-    MAX_WINDOW = 3000     # Vad floor window, frames (60 s)
+# The constants (FRAME, BLOCK, NFILT, CONFIRM_BLOCKS, END_MISSES, GUARD, HOLD_FRAMES,
+# HOLD_SAMPLES, MAX_WINDOW), the Thresholds struct and the detectors' attributes are
+# declared in ext/callvault/_dsp.pxd (ext/_leg.pyx runs the loops below from C).
 
 FRAME_SAMPLES = FRAME
 BLOCK_SAMPLES = BLOCK
@@ -142,16 +135,6 @@ class DtmfEvent(NamedTuple):
     digit: str
     start_sample: int
     end_sample: int
-
-
-cdef struct Thresholds:
-    double coef[NFILT]
-    double window[BLOCK]        # Hamming, for the level and twist filters
-    double min_power            # on the Hamming-windowed filters
-    double twist_normal
-    double twist_reverse
-    double rel_peak
-    double ratio
 
 
 cdef int analyze_block(const int16_t *x, const Thresholds *t) noexcept nogil:
@@ -214,29 +197,6 @@ cdef int analyze_block(const int16_t *x, const Thresholds *t) noexcept nogil:
 
 cdef class DtmfDetector:
     """In-band DTMF detector with optional masking; see the module docstring."""
-
-    cdef bint masking
-    cdef Thresholds t
-    # timeline
-    cdef bint started
-    cdef int64_t pos            # absolute sample position of the next block
-    # digit state machine
-    cdef int cur                # confirmed digit, -1 if none
-    cdef int64_t start          # its first sample
-    cdef int64_t last_end       # end of its last matching block
-    cdef int miss               # consecutive blocks without it
-    cdef int cand               # candidate digit, -1 if none
-    cdef int cand_run           # consecutive blocks of the candidate
-    cdef int64_t cand_start
-    # held-back frames (masking only)
-    cdef int16_t hold[HOLD_SAMPLES]
-    cdef int hold_count
-    cdef int64_t hold_start     # absolute sample position of hold[0]
-    # events of the current call (C arrays owned by process/flush)
-    cdef int8_t *ev_digit
-    cdef int64_t *ev_start
-    cdef int64_t *ev_end
-    cdef Py_ssize_t ev_n, ev_cap
 
     def __cinit__(self, bint mask=False):
         cdef int k
@@ -332,14 +292,14 @@ cdef class DtmfDetector:
             self.cand_run = 0
             self._zero(self.start - GUARD, be)
 
-    cdef Py_ssize_t _run(self, const int16_t[:, ::1] pcm, int16_t *out) noexcept nogil:
-        """Analyse every frame; with masking, write released frames to out.
+    cdef Py_ssize_t _run(self, const int16_t *pcm, Py_ssize_t n, int16_t *out) noexcept nogil:
+        """Analyse n frames at pcm; with masking, write released frames to out.
         Returns the number of frames written."""
-        cdef Py_ssize_t i, n = pcm.shape[0], written = 0
+        cdef Py_ssize_t i, written = 0
         cdef const int16_t *frame
         cdef int b, d
         for i in range(n):
-            frame = &pcm[i, 0]
+            frame = pcm + i * FRAME
             if self.masking:
                 memcpy(&self.hold[self.hold_count * FRAME], frame, FRAME * sizeof(int16_t))
                 if self.hold_count == 0:
@@ -356,6 +316,18 @@ cdef class DtmfDetector:
                 self.hold_count -= 1
                 self.hold_start += FRAME
         return written
+
+    cdef int _begin(self, long long first_index) except -1:
+        if first_index < 0:
+            raise ValueError(f"first_index {first_index} is negative")
+        if self.started and first_index * FRAME != self.pos:
+            raise ValueError(
+                f"frames must be contiguous: got frame {first_index}, "
+                f"expected {self.pos // FRAME}")
+        if not self.started:
+            self.started = True
+            self.pos = first_index * FRAME
+        return 0
 
     cdef list _take_events(self):
         cdef Py_ssize_t i
@@ -387,15 +359,7 @@ cdef class DtmfDetector:
         cdef const int16_t[:, ::1] view = _frames(pcm)
         cdef Py_ssize_t n = view.shape[0], n_out = 0, written
         cdef int16_t *o = NULL
-        if first_index < 0:
-            raise ValueError(f"first_index {first_index} is negative")
-        if self.started and first_index * FRAME != self.pos:
-            raise ValueError(
-                f"frames must be contiguous: got frame {first_index}, "
-                f"expected {self.pos // FRAME}")
-        if not self.started:
-            self.started = True
-            self.pos = first_index * FRAME
+        self._begin(first_index)
         if self.masking:
             n_out = max(0, self.hold_count + n - HOLD_FRAMES)
             out = np.empty((n_out, FRAME), dtype=np.int16)
@@ -408,7 +372,7 @@ cdef class DtmfDetector:
         self._events_begin(2 * n // CONFIRM_BLOCKS + 2)
         try:
             with nogil:
-                written = self._run(view, o)
+                written = self._run(&view[0, 0] if n else NULL, n, o)
             assert not self.masking or written == n_out
             events = self._take_events()
         finally:
@@ -451,14 +415,6 @@ cdef class Vad:
     """Energy voice-activity detector with a minimum-statistics noise floor
     and hangover; see the module docstring."""
 
-    cdef double threshold
-    cdef double min_level
-    cdef int hang_frames
-    cdef int window
-    cdef double *ring           # frame levels (dBFS) of the last `window` frames
-    cdef int ring_len, ring_pos
-    cdef int hang               # hangover frames left
-
     def __cinit__(self, double threshold_db=9.0, int hangover_ms=200,
                   int floor_window_ms=1000, double min_level_dbfs=-55.0):
         if not threshold_db > 0.0:
@@ -500,36 +456,43 @@ cdef class Vad:
     def process(self, pcm):
         """(n, 160) int16 -> uint8[n], 1 = voice."""
         cdef const int16_t[:, ::1] view = _frames(pcm)
-        cdef Py_ssize_t i, n = view.shape[0]
+        cdef Py_ssize_t n = view.shape[0]
         out = np.empty(n, dtype=np.uint8)
         cdef uint8_t[::1] o = out
+        if n:
+            with nogil:
+                self._run(&view[0, 0], n, &o[0])
+        return out
+
+    cdef void _run(self, const int16_t *pcm, Py_ssize_t n, uint8_t *out) noexcept nogil:
+        cdef Py_ssize_t i
         cdef int j, k
         cdef int64_t acc
         cdef double level, floor
-        with nogil:
-            for i in range(n):
-                acc = 0
-                for j in range(FRAME):
-                    acc += <int64_t>view[i, j] * view[i, j]
-                level = (10.0 * log10(<double>acc / (FRAME * FULL_SCALE * FULL_SCALE))
-                         if acc > 0 else -INFINITY)
-                self.ring[self.ring_pos] = level
-                self.ring_pos = (self.ring_pos + 1) % self.window
-                if self.ring_len < self.window:
-                    self.ring_len += 1
-                floor = INFINITY
-                for k in range(self.ring_len):
-                    if self.ring[k] < floor:
-                        floor = self.ring[k]
-                if level > self.min_level and level > floor + self.threshold:
-                    self.hang = self.hang_frames
-                    o[i] = 1
-                elif self.hang > 0:
-                    self.hang -= 1
-                    o[i] = 1
-                else:
-                    o[i] = 0
-        return out
+        cdef const int16_t *x
+        for i in range(n):
+            x = pcm + i * FRAME
+            acc = 0
+            for j in range(FRAME):
+                acc += <int64_t>x[j] * x[j]
+            level = (10.0 * log10(<double>acc / (FRAME * FULL_SCALE * FULL_SCALE))
+                     if acc > 0 else -INFINITY)
+            self.ring[self.ring_pos] = level
+            self.ring_pos = (self.ring_pos + 1) % self.window
+            if self.ring_len < self.window:
+                self.ring_len += 1
+            floor = INFINITY
+            for k in range(self.ring_len):
+                if self.ring[k] < floor:
+                    floor = self.ring[k]
+            if level > self.min_level and level > floor + self.threshold:
+                self.hang = self.hang_frames
+                out[i] = 1
+            elif self.hang > 0:
+                self.hang -= 1
+                out[i] = 1
+            else:
+                out[i] = 0
 
 
 cdef inline void _frame_stats(const int16_t *x, int64_t *acc, int32_t *peak,
@@ -554,6 +517,17 @@ cdef inline double _dbfs(int64_t acc, Py_ssize_t samples) noexcept nogil:
     return 10.0 * log10(<double>acc / (<double>samples * FULL_SCALE * FULL_SCALE))
 
 
+cdef void batch_stats(const int16_t *x, Py_ssize_t n, int64_t *acc, int32_t *peak,
+                      int64_t *clipped) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        _frame_stats(x + i * FRAME, acc, peak, clipped)
+
+
+cdef double dbfs(int64_t acc, Py_ssize_t samples) noexcept nogil:
+    return _dbfs(acc, samples)
+
+
 def levels(pcm):
     """(n, 160) int16 -> (rms dBFS over the batch, peak |x|, clipped count)."""
     cdef const int16_t[:, ::1] view = _frames(pcm)
@@ -562,8 +536,8 @@ def levels(pcm):
     cdef int32_t peak = 0
     cdef double rms_db
     with nogil:
-        for i in range(n):
-            _frame_stats(&view[i, 0], &acc, &peak, &clipped)
+        if n:
+            batch_stats(&view[0, 0], n, &acc, &peak, &clipped)
         rms_db = _dbfs(acc, n * FRAME)
     return rms_db, int(peak), int(clipped)
 

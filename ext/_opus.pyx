@@ -66,11 +66,7 @@ cdef class Encoder:
     (tests/ext/test_opus.py::test_clean_speech_pesq_at_12kbps, docs/opus-silence.md).
     """
 
-    cdef OpusEncoder *st
-    cdef readonly int sample_rate
-    cdef readonly int channels
-    cdef readonly int frame_size
-    cdef readonly str application
+    # attributes: ext/callvault/_opus.pxd
 
     def __cinit__(self):
         self.st = NULL
@@ -132,6 +128,18 @@ cdef class Encoder:
             rc = opus_encoder_ctl(self.st, request, &value)
         check(rc, f"opus_encoder_ctl({name})")
         return value
+
+    cdef int c_encode(self, const int16_t *pcm, unsigned char *out,
+                      int32_t max_bytes) noexcept nogil:
+        return opus_encode(self.st, pcm, self.frame_size, out, max_bytes)
+
+    cdef int32_t c_bitrate(self) noexcept nogil:
+        cdef int32_t value = 0
+        cdef int rc = opus_encoder_ctl(self.st, OPUS_GET_BITRATE_REQUEST, &value)
+        return rc if rc < 0 else value
+
+    cdef int c_set_bitrate(self, int32_t value) noexcept nogil:
+        return opus_encoder_ctl(self.st, OPUS_SET_BITRATE_REQUEST, value)
 
     @property
     def lookahead(self) -> int:

@@ -1116,8 +1116,7 @@ cdef inline bint _is_vector(object a, int typenum):
 cdef class JitterBuffer:
     """One leg: RTP packets in, 20 ms frames on the call timeline out (see the module docstring)."""
 
-    cdef Leg *L
-    cdef bint closed
+    # attributes (L, closed): ext/callvault/_rtp.pxd
 
     def __cinit__(self, *, call_start_us, window_ms=300, fill="silence",
                   event_payload_types=(101,), clock_rate=SAMPLE_RATE):
@@ -1179,6 +1178,27 @@ cdef class JitterBuffer:
             memcpy(cnp.PyArray_DATA(pcm), L.out_pcm, n * L.f * sizeof(int16_t))
             memcpy(cnp.PyArray_DATA(kind), L.out_kind, n)
         return Frames(np.arange(first, first + n, dtype=np.int64), pcm, kind)
+
+    cdef int c_push(self, const uint8_t *bp, Py_ssize_t blen, const int64_t *o,
+                    const int32_t *l, const int64_t *t, Py_ssize_t n) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef int64_t first = self.L.base // self.L.f
+        for i in range(n):
+            if o[i] < 0 or l[i] < 0 or o[i] + l[i] > blen:
+                return -1
+        for i in range(n):
+            packet(self.L, bp, o[i], l[i], t[i])
+        return -2 if self.L.oom else 0
+
+    cdef int64_t c_output(self, const int16_t **pcm) noexcept nogil:
+        pcm[0] = self.L.out_pcm
+        return self.L.n_out
+
+    cdef int64_t c_first_frame(self) noexcept nogil:
+        return self.L.base // self.L.f - self.L.n_out
+
+    cdef void c_clear_output(self) noexcept nogil:
+        self.L.n_out = 0
 
     def push(self, data, offsets, lengths, arrival_us):
         """Feed one batch; returns the frames that became final with it."""

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from callvault.errors import InputError
-from callvault.media.batch import MAX_START_LEAD_US, LegBatch, first_sample_bound
+from callvault.media.batch import (
+    MAX_PACKET_BYTES,
+    MAX_START_LEAD_US,
+    SMALL_BATCH,
+    LegBatch,
+    first_sample_bound,
+)
 from callvault.media.packets import PacketRun
 from callvault.media.rtppack import PT_CN, PT_PCMU, build_packet
 
@@ -91,3 +97,26 @@ def test_checked_refuses_inconsistent_batches(change: dict[str, object], message
     args.update(change)
     with pytest.raises(InputError, match=message):
         LegBatch.checked(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("packets", [3, SMALL_BATCH, SMALL_BATCH + 1, 500])
+@pytest.mark.parametrize("bad", [None, "sum", "length", "arrival"])
+def test_checked_small_and_large_batches_alike(packets: int, bad: str | None) -> None:
+    """Batches up to SMALL_BATCH packets are checked with builtins, larger ones with
+    numpy: the same batch, the same refusals."""
+    run, arrival = _leg(packets)
+    lengths, arrivals, data = run.lengths.tolist(), arrival.tolist(), run.data
+    if bad == "sum":
+        data = data[:-1]
+    elif bad == "length":
+        lengths[-1] = MAX_PACKET_BYTES + 1
+    elif bad == "arrival":
+        arrivals[packets // 2] = -5
+    if bad is None:
+        b = LegBatch.checked(1, 0, data, lengths, arrivals, legs=1)
+        assert b.run == run and b.arrival_us.tolist() == arrival.tolist()
+        assert b.lengths.dtype == np.int32 and b.arrival_us.dtype == np.int64
+    else:
+        message = {"sum": "add up to", "length": "must be 1 to", "arrival": "since the epoch"}
+        with pytest.raises(InputError, match=message[bad]):
+            LegBatch.checked(1, 0, data, lengths, arrivals, legs=1)

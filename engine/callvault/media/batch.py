@@ -74,6 +74,7 @@ def first_sample_bound(
 
 MAX_PACKETS_PER_BATCH = 20_000
 MAX_PACKET_BYTES = 65_535
+SMALL_BATCH = 64  # packets: LegBatch.checked checks fewer with builtins
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,23 @@ class LegBatch:
             raise InputError(
                 f"batch {seq}: {len(lengths)} lengths but {len(arrival_us)} "
                 "arrival times (one per packet)"
+            )
+        if len(lengths) <= SMALL_BATCH and not isinstance(lengths, np.ndarray):
+            # a batch every 20-100 ms per leg: the same checks with builtins, which
+            # cost a few microseconds where numpy's reductions cost about 15
+            ln = list(lengths)
+            at = list(arrival_us)
+            if min(ln) <= 0 or max(ln) > MAX_PACKET_BYTES:
+                raise InputError(f"batch {seq}: packet lengths must be 1 to {MAX_PACKET_BYTES}")
+            if sum(ln) != len(packets):
+                raise InputError(
+                    f"batch {seq}: lengths add up to {sum(ln)} bytes but "
+                    f"packets holds {len(packets)}"
+                )
+            if min(at) <= 0:
+                raise InputError(f"batch {seq}: arrival_us must be microseconds since the epoch")
+            return cls(
+                seq, leg, packets, np.array(ln, dtype=np.int32), np.array(at, dtype=np.int64)
             )
         lens = np.asarray(lengths, dtype=np.int64)
         if int(lens.min()) <= 0 or int(lens.max()) > MAX_PACKET_BYTES:

@@ -721,9 +721,11 @@ def replace_dtx(
 ) -> PacketRun:
     """``run`` (one mono leg, one packet per frame) with each TOC-only DTX packet replaced
     by ``encoder``'s packet of at most ``max_bytes`` for the same frame of ``pcm``
-    (frames x samples). The one DTX replacer: the pipeline calls it as it encodes (with
-    the frames it encoded and a noise encoder that lives as long as the leg), dtx_safe
-    on stored packets (with the frames libopus decodes from them)."""
+    (frames x samples). The DTX replacer of the pipeline's step path (with the frames
+    it encoded and a noise encoder that lives as long as the leg) and of dtx_safe (stored
+    packets, with the frames libopus decodes from them). The pipeline's C core
+    (ext/_leg.pyx) does the same in the encode loop, packet by packet, with the same
+    noise encoder calls: the same bytes (tests/media/test_pipeline_core.py)."""
     dtx = np.flatnonzero(run.lengths <= DTX_MAX_BYTES)
     if not len(dtx):
         return run

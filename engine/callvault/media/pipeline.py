@@ -4,6 +4,14 @@
               -> DtmfDetector (ext/_dsp, optional PCI masking) -> Vad, levels
               -> Opus Encoder (ext/_opus), one packet per 20 ms frame
 
+``LegPipeline`` runs that chain through ``callvault._leg.LegCore`` (ext/_leg.pyx):
+one C call per batch, the GIL released over all of it, packets and counters kept
+in C until taken (``take_packets``) or the leg ends (``finish`` fills the
+``LegResult``). ``core=False`` runs the same steps one Python call at a time:
+the reference the core is tested against (tests/media/test_pipeline_core.py),
+and a place for a step the core does not have yet. Besides Opus, the core can
+store each frame as G.711 (``g711_law``: lane "peak"'s non-Opus store).
+
 The jitter buffer decodes through a table of payload type -> decoder (G.711
 PCMU 0 and PCMA 8 today, ``_rtp.DECODER`` / ``jitter_ref.DECODERS``): a codec
 is one more entry there. Audio in any other payload type (not comfort noise,
@@ -27,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from callvault import _dsp, _opus, _rtp
+from callvault import _dsp, _g711, _leg, _opus, _rtp
 from callvault.errors import InputError
 from callvault.media import capture, ogg, wav
 from callvault.media.packets import PacketRun
@@ -194,7 +202,16 @@ class LegPipeline:
         event_payload_types: Sequence[int] = (101,),
         encode: bool = True,
         keep_pcm: bool = False,
+        core: bool = True,
+        g711_law: int | None = None,
     ) -> None:
+        """``g711_law`` (``_g711.PCMU`` / ``PCMA``): the leg's frames are stored as
+        160-byte G.711 packets, one per frame, instead of Opus (no encoder, no flush
+        packet; ``result.packets`` / ``take_packets`` carry them, ``opus_bytes``
+        counts their bytes)."""
+        if g711_law is not None:
+            encode = False
+        self.g711_law = g711_law
         self.result = LegResult(name, source)
         self.settings = settings
         self.jb = _rtp.JitterBuffer(
@@ -221,8 +238,52 @@ class LegPipeline:
             else None
         )
         self.keep_pcm = keep_pcm
-        self.next_index = 0  # next frame index the DSP stage expects
+        self._next_index = 0  # next frame index the DSP stage expects (step path)
         self._drained = False
+        self.core = (
+            _leg.LegCore(
+                self.jb,
+                self.dtmf,
+                self.vad,
+                self.encoder,
+                self.noise_encoder,
+                bitrate=settings.bitrate,
+                silence_bitrate=settings.silence_bitrate or 0,
+                dtx_bytes=settings.dtx_packet_bytes,
+                dtx_max=ogg.DTX_MAX_BYTES,
+                keep_pcm=keep_pcm,
+                g711_law=g711_law,
+            )
+            if core
+            else None
+        )
+
+    @property
+    def next_index(self) -> int:
+        """The next frame index the DSP stage expects (frames through it so far)."""
+        return self.core.next_index if self.core is not None else self._next_index
+
+    @property
+    def packets_ready(self) -> int:
+        """Packets (Opus, or G.711 with ``g711_law``) made and not taken yet."""
+        n = sum(len(ln) for _, ln in self.result.packets) if self.result.packets else 0
+        return n + (self.core.packets if self.core is not None else 0)
+
+    def take_packets(self, n: int | None = None) -> PacketRun:
+        """The first ``n`` packets not taken yet (all with None), in frame order; what
+        is taken is no longer in ``result.packets``."""
+        r = self.result
+        if r.packets:  # the step path, or the rest once finish() moved it here
+            run = r.opus_run()
+            r.packets.clear()
+            if n is not None and n < len(run):
+                r.packets.append(run[n:].astuple())
+                run = run[:n]
+            return run
+        if self.core is None:
+            return PacketRun.checked_by_caller(b"", np.zeros(0, dtype=np.int32))
+        data, lengths = self.core.take_packets(-1 if n is None else n)
+        return PacketRun.checked_by_caller(data, lengths)
 
     @property
     def pre_skip(self) -> int:
@@ -235,9 +296,24 @@ class LegPipeline:
         lengths: npt.NDArray[np.int32],
         arrival_us: npt.NDArray[np.int64],
     ) -> None:
+        if self.core is not None:
+            if self.core.push_rtp(data, offsets, lengths, arrival_us):
+                self._take_events()
+            return
         frames = self.jb.push(data, offsets, lengths, arrival_us)
         if len(frames):
             self._dsp(frames.pcm, int(frames.index[0]))
+
+    def push_batch(
+        self, data: bytes, lengths: npt.NDArray[np.int32], arrival_us: npt.NDArray[np.int64]
+    ) -> None:
+        """``push_rtp`` for packets back to back (an Ingest batch): no offsets needed."""
+        if self.core is not None:
+            if self.core.push_batch(data, lengths, arrival_us):
+                self._take_events()
+            return
+        run = PacketRun(data, lengths)
+        self.push_rtp(run.data, run.offsets, run.lengths, arrival_us)
 
     def push_pcm(self, pcm: npt.NDArray[np.int16]) -> None:
         """Samples already on the timeline (WAV legs); a partial last frame is zero-padded."""
@@ -245,14 +321,14 @@ class LegPipeline:
         if pad:
             pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)])
         if len(pcm):
-            self._dsp(pcm.reshape(-1, FRAME_SAMPLES), self.next_index)
+            self._frames(pcm.reshape(-1, FRAME_SAMPLES), self.next_index)
 
     def drain(self, end_us: int | None = None) -> int:
         """Flush the jitter buffer (to its last audio, or filled to end_us); frames so far."""
         if self.jb.stats["packets"] and not self._drained:
             frames = self.jb.flush(end_us)
             if len(frames):
-                self._dsp(frames.pcm, int(frames.index[0]))
+                self._frames(frames.pcm, int(frames.index[0]))
             self._take_rtp_metadata()
         self._drained = True
         return self.next_index
@@ -261,10 +337,15 @@ class LegPipeline:
         """Drain the jitter buffer and the DSP, padding with silence to total_frames."""
         self.drain(end_us)
         if total_frames is not None and total_frames > self.next_index:
-            self._dsp(
+            self._frames(
                 np.zeros((total_frames - self.next_index, FRAME_SAMPLES), dtype=np.int16),
                 self.next_index,
             )
+        if self.core is not None:
+            self.core.finish()
+            self._take_events()
+            self._take_core_result()
+            return self.result
         pcm, events = self.dtmf.flush()
         self._after_dsp(pcm, events)
         if self.encoder is not None:
@@ -290,17 +371,40 @@ class LegPipeline:
             for e in self.jb.events
         ]
 
+    def _frames(self, pcm: npt.NDArray[np.int16], first_index: int) -> None:
+        """Frames on the timeline (the jitter buffer's, WAV input, padding) to the DSP."""
+        if self.core is not None:
+            if self.core.push_frames(pcm, first_index):
+                self._take_events()
+        else:
+            self._dsp(pcm, first_index)
+
+    def _take_events(self) -> None:
+        assert self.core is not None
+        self._add_events(self.core.take_events())
+
+    def _take_core_result(self) -> None:
+        """The core's counters, kept frames and last packets into the LegResult."""
+        assert self.core is not None
+        c, r = self.core, self.result
+        r.frames, r.voice_frames, r.opus_bytes = c.frames, c.voice_frames, c.opus_bytes
+        r.sumsq, r.peak, r.clipped = c.sumsq, c.peak, c.clipped
+        if self.keep_pcm:
+            r.pcm.append(c.take_pcm())
+        if c.packets:
+            r.packets.append(c.take_packets())
+
+    # -- the step path (core=False): the same chain, one Python call a step ----------------
     def _dsp(self, pcm: npt.NDArray[np.int16], first_index: int) -> None:
-        if first_index != self.next_index:
-            raise AssertionError(f"timeline hole: frame {first_index}, expected {self.next_index}")
-        self.next_index += len(pcm)
+        if first_index != self._next_index:
+            raise AssertionError(f"timeline hole: frame {first_index}, expected {self._next_index}")
+        self._next_index += len(pcm)
         out, events = self.dtmf.process(np.ascontiguousarray(pcm), first_index)
         self._after_dsp(out, events)
 
-    def _after_dsp(self, pcm: npt.NDArray[np.int16], events: Sequence[Any]) -> None:
-        r = self.result
+    def _add_events(self, events: Sequence[Any]) -> None:
         for e in events:
-            r.dtmf.append(
+            self.result.dtmf.append(
                 {
                     "digit": e.digit,
                     "start_ms": samples_ms(e.start_sample),
@@ -309,6 +413,10 @@ class LegPipeline:
                     "masked": self.settings.mask_dtmf,
                 }
             )
+
+    def _after_dsp(self, pcm: npt.NDArray[np.int16], events: Sequence[Any]) -> None:
+        r = self.result
+        self._add_events(events)
         if not len(pcm):
             return
         r.frames += len(pcm)
@@ -323,6 +431,10 @@ class LegPipeline:
             r.pcm.append(pcm.copy())
         if self.encoder is not None:
             self._encode(pcm, voice)
+        elif self.g711_law is not None:
+            data = _g711.encode(np.ascontiguousarray(pcm).reshape(-1), self.g711_law)
+            r.packets.append((data, np.full(len(pcm), FRAME_SAMPLES, dtype=np.int32)))
+            r.opus_bytes += len(data)
 
     def _encode(self, pcm: npt.NDArray[np.int16], voice: npt.NDArray[np.uint8]) -> None:
         """Encode runs of voice / silent frames, each at its bitrate."""

@@ -16,6 +16,10 @@ bookkeeping that makes a stream resumable:
   frames below each leg's durable position are recomputed (bit for bit the
   same) and not stored again; the rest is stored as it comes. ``Started``
   tells the client where to resend from.
+* A batch's audio work is one C call (``LegPipeline.push_batch``, ext/_leg.pyx)
+  with the GIL released, under the call's own lock: calls processed on
+  different threads use different cores. Encoded packets wait in the pipeline
+  until a record is full (``_take``); nothing per packet is made in Python.
 
 ``Ingestor`` is the registry of live calls of one server: a stream attaches
 to a call (taking it over from a stale stream: reconnects), supervisors
@@ -193,9 +197,10 @@ class LiveCall:
         self.durable = list(self.skip)
         self.chain_records = writer.entry.records if writer is not None else 0
         self.chain_head = writer.chain_head if writer is not None else b""
-        self.encoded = [0] * nlegs  # frames encoded per leg (packets taken)
-        self.pending: list[list[PacketRun]] = [[] for _ in range(nlegs)]
-        self.pending_first = [0] * nlegs
+        # frames per leg whose packets were taken from the pipeline (stored, or skipped
+        # as durable before a restart); the packets after them wait in the pipeline
+        # (LegPipeline.take_packets) until a record is full
+        self.encoded = [0] * nlegs
         self.pipes: list[LegPipeline] | None = None
         self.next_seq = 0
         self.owner = 0  # the attached stream's token
@@ -282,8 +287,7 @@ class LiveCall:
                         )
                 self._begin(self.start_us or first_us)
             assert self.pipes is not None
-            run = batch.run
-            self.pipes[batch.leg].push_rtp(run.data, run.offsets, run.lengths, batch.arrival_us)
+            self.pipes[batch.leg].push_batch(batch.packets, batch.lengths, batch.arrival_us)
             self._check_codec(batch.leg)
             self.next_seq += 1
             self.packets += len(batch.lengths)
@@ -355,40 +359,37 @@ class LiveCall:
             ) from e
 
     def _take(self, leg: int, final: bool = False) -> None:
-        """Move the leg's new Opus packets into records cut at multiples of
-        FRAMES_PER_RECORD frames (packet i of the leg is frame i)."""
+        """Store the leg's new Opus packets in records cut at multiples of
+        FRAMES_PER_RECORD frames (packet i of the leg is frame i); with ``final``,
+        the rest too. Packets short of a record stay in the pipeline."""
         assert self.pipes is not None
-        r = self.pipes[leg].result
-        run = r.opus_run()
-        r.packets.clear()
-        first = self.encoded[leg]  # the frame of run[0]
-        self.encoded[leg] += len(run)
-        # frames durable before a restart are recomputed, not stored twice
-        lo = max(0, self.skip[leg] - first)
-        while lo < len(run):
-            f = first + lo
-            hi = min(len(run), lo + FRAMES_PER_RECORD - f % FRAMES_PER_RECORD)
-            if not self.pending[leg]:
-                self.pending_first[leg] = f
-            self.pending[leg].append(run if hi - lo == len(run) else run[lo:hi])
-            if (first + hi) % FRAMES_PER_RECORD == 0:
-                self._flush(leg)
-            lo = hi
-        if final:
-            self._flush(leg)
+        pipe = self.pipes[leg]
+        while ready := pipe.packets_ready:
+            f = self.encoded[leg]  # the frame of the next packet
+            if f < self.skip[leg]:
+                # frames durable before a restart are recomputed, not stored twice
+                n = min(ready, self.skip[leg] - f)
+                pipe.take_packets(n)
+                self.encoded[leg] += n
+                continue
+            n = FRAMES_PER_RECORD - f % FRAMES_PER_RECORD
+            if ready < n:
+                if not final:
+                    return
+                n = ready
+            part = pipe.take_packets(n)
+            self.encoded[leg] += n
+            self._flush(leg, f, part)
 
-    def _flush(self, leg: int) -> None:
-        if not self.pending[leg]:
-            return
+    def _flush(self, leg: int, first: int, part: PacketRun) -> None:
+        """Append one record: the leg's packets of frames first.. ."""
         assert self.writer is not None
-        part = PacketRun.concat(self.pending[leg])
         try:
-            fut = self.writer.append(leg, self.pending_first[leg], part.lengths, part.data)
+            fut = self.writer.append(leg, first, part.lengths, part.data)
         except InputError:
             raise
         except CallvaultError as e:  # broken by reopen_writer, or the writer closed
             raise self._interrupt(str(e)) from e
-        self.pending[leg] = []
         fut.add_done_callback(self._on_durable)
         self.last_future = fut
 
