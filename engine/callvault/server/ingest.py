@@ -383,7 +383,14 @@ class LiveCall:
         assert self.writer is not None
         part = PacketRun.concat(self.pending[leg])
         try:
-            fut = self.writer.append(leg, self.pending_first[leg], part.lengths, part.data)
+            assert self.pipes is not None
+            fut = self.writer.append(
+                leg,
+                self.pending_first[leg],
+                part.lengths,
+                part.data,
+                self.pipes[leg].store_codec_byte,
+            )
         except InputError:
             raise
         except CallvaultError as e:  # broken by reopen_writer, or the writer closed

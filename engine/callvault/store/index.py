@@ -162,6 +162,12 @@ class CallEntry:
     erased_us: int = 0
     erase_reason: str = ""
     erase_log_index: int = -1  # the erasure's leaf in the Merkle log
+    # how the audio is stored (docs/format.md 8.5, 8.10): "opus" (recorded in Opus),
+    # "raw" (G.711, sealed, not compacted yet), "compacted" (raw turned into Opus)
+    storage: str = "opus"
+    transcode_ref: tuple[int, int, int] | None = None  # the TRANSCODE record
+    transcode_log_index: int = -1  # the transcoding leaf in the Merkle log
+    compact_next: int = 0  # the next chain index compaction may use (never reused)
 
     def pack(self) -> bytes:
         # vars(), not asdict(): asdict deep-copies, and this runs once per call per group
@@ -175,6 +181,8 @@ class CallEntry:
         ref = doc.get("manifest_ref")
         if ref is not None:
             doc["manifest_ref"] = tuple(ref)
+        if doc.get("transcode_ref") is not None:
+            doc["transcode_ref"] = tuple(doc["transcode_ref"])
         return cls(**doc)
 
 
@@ -242,6 +250,11 @@ class Batch:
         self._wb.put(
             record_key(tenant, call_id, chain_index), entry.pack(), self._index.cf("records")
         )
+        self.count += 1
+
+    def delete_record(self, tenant: str, call_id: str, chain_index: int) -> None:
+        """Drop a record from the index (compaction: the raw records it replaced)."""
+        self._wb.delete(record_key(tenant, call_id, chain_index), self._index.cf("records"))
         self.count += 1
 
 
