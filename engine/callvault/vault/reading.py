@@ -174,15 +174,20 @@ class Reading(VaultState):
             return rec.parse(rec.AUDIO, self._body(r)).codec
         return rec.CODEC_OPUS
 
+    def leg_laws(self, e: CallEntry) -> list[int]:
+        """Per leg of a raw call, its G.711 law (RTP payload type 0 or 8) from its first
+        record (a leg keeps one law); PCMU for a leg with no record yet."""
+        laws: list[int | None] = [None] * len(e.legs)
+        for _, r in self.audio_records(e):
+            if laws[r.leg] is None:
+                laws[r.leg] = rec.g711_law(rec.parse(rec.AUDIO, self._body(r)).codec)
+                if all(x is not None for x in laws):
+                    break
+        return [0 if x is None else x for x in laws]
+
     def is_raw(self, e: CallEntry) -> bool:
         """Whether the call's audio is G.711 (peak mode, not compacted yet)."""
-        if e.storage != "opus":
-            return e.storage == "raw"
-        return e.state == "open" and self.stored_codec(e) in rec.RAW_CODECS
-
-    def storage_state(self, e: CallEntry) -> str:
-        """"opus", "raw" or "compacted" (``callvault info``, ``ls --json``)."""
-        return "raw" if e.storage == "opus" and self.is_raw(e) else e.storage
+        return e.storage == "raw"
 
     def transcoding(self, e: CallEntry) -> tuple[rec.Body, dict[str, Any]]:
         """A compacted call's TRANSCODE record and its document (docs/format.md 8.5)."""

@@ -275,6 +275,8 @@ class Indexing(VaultState):
                 )
             e.chain_head = chainmod.link(bytes.fromhex(e.chain_head), b.chain_index, raw).hex()
             e.records += 1
+            if b.codec in rec.RAW_CODECS:
+                e.storage = "raw"  # peak mode: known from the first G.711 record
             batch.put_record(
                 b.tenant,
                 b.call_id,
