@@ -228,7 +228,7 @@ def _check_transcoding(
     t = proof.get("transcode")
     if not isinstance(t, dict):
         r.fail("proof.json has no transcoding leaf")
-        return doc  # type: ignore[no-any-return]
+        return doc
     leaf = transcode_leaf(
         tenant, call_id, raw_head, bytes.fromhex(opus["head"]), raw_doc, int(t["time_us"])
     )
@@ -248,7 +248,7 @@ def _check_transcoding(
         )
     except merkle.ProofError as e:
         r.fail(f"transcoding inclusion proof: {e}")
-    return doc  # type: ignore[no-any-return]
+    return doc
 
 
 def _check_raw_audio(

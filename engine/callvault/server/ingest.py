@@ -42,7 +42,6 @@ proto messages into these and back, and errors into status codes.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import os
 import queue

@@ -38,6 +38,7 @@ def g711_law(codec: int) -> int:
         return 8
     raise FormatError(f"audio codec {codec} is not G.711")
 
+
 _U64 = struct.Struct(">Q")
 _AUDIO = struct.Struct(">BBIIH")  # leg, codec, chain index, first frame, frames
 _SEAL = struct.Struct(">I32s32sQ")  # count, head, seal, end_us

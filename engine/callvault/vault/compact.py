@@ -76,11 +76,15 @@ def encode_pcm_legs(pcm: Sequence[npt.NDArray[np.int16]], settings: Settings) ->
     return out
 
 
-def encode_g711_legs(laws: Sequence[int], datas: Sequence[bytes], settings: Settings) -> list[Packets]:
+def encode_g711_legs(
+    laws: Sequence[int], datas: Sequence[bytes], settings: Settings
+) -> list[Packets]:
     """``encode_pcm_legs`` of G.711 legs (what a worker process runs)."""
     from callvault import _g711
 
-    return encode_pcm_legs([_g711.decode(d, law) for law, d in zip(laws, datas, strict=True)], settings)
+    return encode_pcm_legs(
+        [_g711.decode(d, law) for law, d in zip(laws, datas, strict=True)], settings
+    )
 
 
 @dataclass
@@ -215,7 +219,12 @@ class Compactor:
     start, from a scan of the index. ``paused``: nothing new starts."""
 
     def __init__(
-        self, vault: Any, *, workers: int = 1, settings: Settings | None = None, paused: bool = False
+        self,
+        vault: Any,
+        *,
+        workers: int = 1,
+        settings: Settings | None = None,
+        paused: bool = False,
     ) -> None:
         self.vault = vault
         self.workers = max(1, workers)
@@ -261,7 +270,9 @@ class Compactor:
             return not self._queue and not self._busy
 
     def _encode(self, laws: Sequence[int], datas: Sequence[bytes], s: Settings) -> list[Packets]:
-        out: list[Packets] = self._procs.submit(encode_g711_legs, list(laws), list(datas), s).result()
+        out: list[Packets] = self._procs.submit(
+            encode_g711_legs, list(laws), list(datas), s
+        ).result()
         return out
 
     def _one(self, key: tuple[str, str]) -> None:
