@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,11 @@ def _stats(server: Proc) -> pb.StatsReply:
 def _ls(server: Proc) -> dict[str, dict[str, Any]]:
     p = run_cli("--server", server.address, "ls", "--json")
     return {c["call_id"]: c for c in json.loads(p.stdout)}
+
+
+def _wav(path: Path) -> bytes:
+    with wave.open(str(path)) as w:
+        return w.readframes(w.getnframes())
 
 
 def _record(sidecar: Proc, ids: list[str]) -> None:
@@ -99,6 +105,7 @@ def test_g711_ingest_then_compaction_through_the_sidecar(tmp_path: Path) -> None
         run_cli("--server", server.address, "export", "peak-1", "-o", str(tmp_path / "r.wav"))
         run_cli("--server", server.address, "export", "peak-1", "-o", str(tmp_path / "r.ogg"))
         run_cli("--server", server.address, "play", "peak-1", "-o", str(tmp_path / "p.wav"))
+        assert _wav(tmp_path / "p.wav") == _wav(tmp_path / "r.wav")  # both: the G.711 decoded
         v = run_cli("--server", server.address, "verify", "peak-1")
         assert "OK" in v.stdout
         run_cli("--server", server.address, "bundle", "peak-2", "-o", str(tmp_path / "b-raw"))

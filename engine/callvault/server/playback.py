@@ -81,11 +81,15 @@ def play(
         raise VaultError(f"call {call_id} was erased: its audio is gone")
     start = from_ms // FRAME_MS
     stop = None if to_ms is None else -(-to_ms // FRAME_MS)
-    if vault.is_raw(e):  # peak mode, not compacted yet: G.711 records
+    live = ingestor.get(tenant, call_id) if ingestor is not None else None
+    being_raw = live is not None and live.settings.store_codec == "g711"
+    if vault.is_raw(e) or being_raw:  # peak mode, not compacted yet: G.711 records
         raw = _opus_chunks(
             vault, ingestor, call_id, tenant, start, stop, chunk, follow, active, flush=False
         )
         laws = vault.leg_laws(e)
+        if live is not None and live.pipes is not None:  # being recorded: its legs' laws
+            laws = [p.law if p.law is not None else laws[g] for g, p in enumerate(live.pipes)]
         yield from (_g711_pcm_chunks(raw, laws) if pcm else _encoded_chunks(raw, laws))
         return
     if pcm:
