@@ -13,6 +13,7 @@ import pytest
 from callvault import _g711
 from callvault.integrity.bundle import verify_bundle
 from callvault.media import ogg, sample
+from callvault.media.packets import PacketRun
 from callvault.media.pipeline import Settings
 from callvault.store import records as rec
 from callvault.vault import Vault, VaultError
@@ -203,4 +204,25 @@ def test_worker_encoding_equals_in_process(capture: Path, tmp_path: Path) -> Non
     a = encode_g711_legs([x for x, _ in legs], [d for _, d in legs], Settings())
     b = encode_g711_legs([x for x, _ in legs], [d for _, d in legs], Settings())
     assert all(x[0] == y[0] and np.array_equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
+    v.close()
+
+
+def test_compacted_call_is_the_opus_call_of_the_same_packets(tmp_path: Path, capture: Path) -> None:
+    """Frames that were wire audio are stored exactly (G.711 decoded, then encoded in the
+    same law again, is exact), so compaction codes them as live Opus ingest does: the
+    product's quality, packet for packet. Frames the call filled (the silence before a
+    leg's first packet and after its last, concealment) are requantized to the leg's
+    law: A-law has no zero (silence becomes +-8, -72 dBFS), so those packets differ on
+    the PCMA leg; on the PCMU leg (silence is exact) every packet is the same."""
+    v = Vault.open(tmp_path / "data")
+    v.import_call("raw", [str(capture)], settings=G711)
+    v.import_call("opus", [str(capture)])
+    compact_call(v, "raw")
+    got, want = v.read_packets("raw"), v.read_packets("opus")
+    assert got[0][0] == want[0][0] and np.array_equal(got[0][1], want[0][1])  # PCMU leg
+    a, b = PacketRun(*got[1]), PacketRun(*want[1])
+    differ = [i for i in range(len(b)) if a[i] != b[i]]
+    assert len(a) == len(b) and len(differ) <= 10  # the filled edges of the PCMA leg only
+    summary = v.summary("opus")["legs"][1]
+    assert summary["lost"] == 0
     v.close()
