@@ -226,3 +226,31 @@ def test_compacted_call_is_the_opus_call_of_the_same_packets(tmp_path: Path, cap
     summary = v.summary("opus")["legs"][1]
     assert summary["lost"] == 0
     v.close()
+
+
+def test_compactor_survives_a_killed_worker(tmp_path: Path, capture: Path) -> None:
+    """The server's Compactor: worker processes encode, this process appends. A worker
+    killed (SIGKILL) breaks the pool: a new one is made and the call compacted."""
+    import os
+    import signal
+    import time
+
+    from callvault.vault.compact import Compactor
+
+    v = Vault.open(tmp_path / "data")
+    v.import_call("a", [str(capture)], settings=G711)
+    c = Compactor(v, workers=1)
+    try:
+        c.start()
+        assert c.wait_idle(120) and v.get_call("a").storage == "compacted"
+        for pid in list(c._procs._processes):  # noqa: SLF001 (the pool's worker pids)
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        v.import_call("b", [str(capture)], settings=G711)  # the seal queues it
+        assert c.wait_idle(120)
+        assert v.get_call("b").storage == "compacted" and v.verify_call("b") == []
+        assert c.failed == 0 and c.compacted == 2
+        assert ("default", "b") in c._retried  # noqa: SLF001 (it met the broken pool)
+    finally:
+        c.stop()
+        v.close()

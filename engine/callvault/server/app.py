@@ -80,7 +80,6 @@ class Server:
             self.ingestor.auto_opus_calls = c.auto_opus_calls
         # peak mode: sealed raw (G.711) calls are compacted to Opus in the background
         self.compactor = Compactor(vault, workers=c.compact_workers, paused=c.compact_paused)
-        vault.on_raw_sealed = self.compactor.notify
         self.methods = MethodLog()
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.grpc = grpc.server(

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,13 +238,20 @@ class Compactor:
         self.compacted = 0
         self.failed = 0
         self.last_error = ""
-        self._procs = ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
-        )
+        self._procs = self._pool()
+        self._retried: set[tuple[str, str]] = set()
         self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="compact")
         self._main = threading.Thread(target=self._run, name="compactor", daemon=True)
 
+    def _pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+        )
+
     def start(self) -> None:
+        """Queue every sealed raw call of the vault, and each one sealed from now on
+        (``Vault.on_raw_sealed``), then start compacting."""
+        self.vault.on_raw_sealed = self.notify
         for key in raw_calls(self.vault):
             self._queue.setdefault(key, 0)
         self._main.start()
@@ -270,18 +278,33 @@ class Compactor:
             return not self._queue and not self._busy
 
     def _encode(self, laws: Sequence[int], datas: Sequence[bytes], s: Settings) -> list[Packets]:
-        out: list[Packets] = self._procs.submit(
-            encode_g711_legs, list(laws), list(datas), s
-        ).result()
+        procs = self._procs
+        try:
+            out: list[Packets] = procs.submit(encode_g711_legs, list(laws), list(datas), s).result()
+        except BrokenProcessPool:
+            # a worker died (killed, out of memory): a new pool for the next calls
+            with self._cond:
+                if self._procs is procs:
+                    self._procs = self._pool()
+            raise
         return out
 
     def _one(self, key: tuple[str, str]) -> None:
         tenant, call_id = key
+        requeue = False
         try:
             compact_call(
                 self.vault, call_id, tenant=tenant, settings=self.settings, encode=self._encode
             )
             self.compacted += 1
+        except BrokenProcessPool as ex:  # its worker died: once more, in a new pool
+            with self._cond:
+                requeue = key not in self._retried
+                self._retried.add(key)
+            if not requeue:
+                self.failed += 1
+                self.last_error = f"{call_id}: {ex}"
+            log.warning("compaction of %s/%s: a worker process died (%s)", tenant, call_id, ex)
         except Exception as ex:  # noqa: BLE001 (a call that fails stays raw, readable)
             self.failed += 1
             self.last_error = f"{call_id}: {ex}"
@@ -289,6 +312,8 @@ class Compactor:
         finally:
             with self._cond:
                 self._busy.discard(key)
+                if requeue:
+                    self._queue.setdefault(key, 0)
                 self._cond.notify_all()
 
     def _run(self) -> None:

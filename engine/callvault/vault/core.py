@@ -767,12 +767,18 @@ class Vault(Export, Verification, Indexing):
             return self.log.size
 
     def stats(self) -> dict[str, int]:
-        """Calls in the index, segment bytes, free disk and log size."""
-        calls = sum(1 for t in self.index.tenants() for _ in self.index.search(t))
+        """Calls in the index (and of them the raw ones: peak mode, not compacted yet),
+        segment bytes, free disk and log size."""
+        calls = raw = 0
+        for t in self.index.tenants():
+            for e in self.index.search(t):
+                calls += 1
+                raw += e.storage == "raw"
         stored = sum(p.stat().st_size for p in (self.path / "segments").glob("*") if p.is_file())
         st = os.statvfs(self.path)
         return {
             "calls": calls,
+            "raw_calls": raw,
             "stored_bytes": stored,
             "free_disk_bytes": st.f_bavail * st.f_frsize,
             "log_size": self.log_size(),
