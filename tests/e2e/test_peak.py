@@ -167,3 +167,51 @@ def test_burst_beyond_the_opus_bound_ends_all_in_opus(tmp_path: Path) -> None:
             idx = [i for i, _ in v.index.records("default", cid)]
             assert min(idx) >= e.records  # no raw record is referenced
     v.close()
+
+
+def test_server_sigkilled_while_compacting_loses_nothing(tmp_path: Path) -> None:
+    """Raw calls stored (a local import in G.711), then a server whose compactor works
+    on them is SIGKILLed at several moments, and restarted: every call ends compacted,
+    each verifies, and none was lost or left half compacted."""
+    from callvault.media import sample
+    from callvault.media.pipeline import Settings
+    from callvault.vault import Vault
+
+    cap = tmp_path / "call.pcap"
+    agent, customer = sample.dialogue(6.0)
+    sample.write_capture(
+        cap,
+        [
+            (agent, sample.LegPlan(ssrc=1, src=("10.0.0.1", 4000), dst=("10.0.0.2", 5000))),
+            (
+                customer,
+                sample.LegPlan(law=8, ssrc=2, src=("10.0.0.2", 5002), dst=("10.0.0.1", 4002)),
+            ),
+        ],
+    )
+    data = tmp_path / "data"
+    ids = [f"k{i}" for i in range(8)]
+    v = Vault.open(data)
+    for cid in ids:
+        v.import_call(cid, [str(cap)], settings=Settings(store_codec="g711"))
+    v.close()
+    for delay in (0.2, 0.6, 1.0):
+        server = start_server(data, args=_config(tmp_path, compact_workers=1))
+        time.sleep(delay)
+        server.kill()
+        v = Vault.open(data)  # recovery: each call raw or compacted, and whole
+        for cid in ids:
+            assert v.get_call(cid).storage in ("raw", "compacted")
+            assert v.verify_call(cid) == [], cid
+        v.close()
+    server = start_server(data, args=_config(tmp_path, compact_workers=2))
+    try:
+        _wait_compacted(server, ids)
+    finally:
+        server.stop()
+    v = Vault.open(data)
+    for cid in ids:
+        e = v.get_call(cid)
+        assert e.storage == "compacted" and v.verify_call(cid) == []
+        assert min(i for i, _ in v.index.records("default", cid)) >= e.records
+    v.close()

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -207,11 +208,20 @@ def raw_calls(vault: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _worker_init() -> None:
-    """A worker process encodes only: it ignores SIGINT (the parent stops it)."""
+def _worker_init(parent: int) -> None:
+    """A worker process encodes only: it ignores SIGINT (the parent stops it), and it
+    exits when its parent is gone (a SIGKILLed server leaves no encoder behind: the
+    pool's queues do not tell a worker that waits for work)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class Compactor:
@@ -245,7 +255,10 @@ class Compactor:
 
     def _pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(os.getpid(),),  # not the worker's getppid(): its parent may be gone
         )
 
     def start(self) -> None:
