@@ -245,6 +245,7 @@ class Compactor:
         self._queue: dict[tuple[str, str], int] = {}  # (tenant, call) -> frames (0: unknown)
         self._busy: set[tuple[str, str]] = set()
         self._stop = False
+        self._scanned = False  # the index scanned for raw calls (by the compactor thread)
         self.compacted = 0
         self.failed = 0
         self.last_error = ""
@@ -265,9 +266,7 @@ class Compactor:
         """Queue every sealed raw call of the vault, and each one sealed from now on
         (``Vault.on_raw_sealed``), then start compacting."""
         self.vault.on_raw_sealed = self.notify
-        for key in raw_calls(self.vault):
-            self._queue.setdefault(key, 0)
-        self._main.start()
+        self._main.start()  # scans the index first (not here: a large vault takes a while)
 
     def notify(self, tenant: str, call_id: str, frames: int = 0) -> None:
         """A raw call was sealed: queue it."""
@@ -288,7 +287,7 @@ class Compactor:
 
     def idle(self) -> bool:
         with self._cond:
-            return not self._queue and not self._busy
+            return self._scanned and not self._queue and not self._busy
 
     def _encode(self, laws: Sequence[int], datas: Sequence[bytes], s: Settings) -> list[Packets]:
         procs = self._procs
@@ -330,6 +329,16 @@ class Compactor:
                 self._cond.notify_all()
 
     def _run(self) -> None:
+        try:
+            found = raw_calls(self.vault)
+        except Exception as ex:  # noqa: BLE001 (the vault closed under it; say so)
+            log.warning("the compactor could not list the raw calls: %s", ex)
+            found = []
+        with self._cond:
+            for key in found:
+                self._queue.setdefault(key, 0)
+            self._scanned = True
+            self._cond.notify_all()
         while True:
             with self._cond:
                 while not self._stop and (
@@ -347,7 +356,7 @@ class Compactor:
         """Until nothing is queued or running (tests); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._busy:
+            while not self._scanned or self._queue or self._busy:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
