@@ -117,6 +117,32 @@ def compact_call(
     that runs in a worker process). ``step`` is called at each step ("encoded",
     "opus-record" after each Opus record is durable, "opus-written",
     "transcode-written"): the crash tests kill the process there."""
+    key = (id(vault), tenant, call_id)
+    with _active_lock:
+        if key in _active:
+            raise VaultError(f"call {call_id} is being compacted already")
+        _active.add(key)
+    try:
+        return _compact(vault, call_id, tenant, settings, encode, step)
+    finally:
+        with _active_lock:
+            _active.discard(key)
+
+
+# the calls being compacted in this process (two compactions of one call at once would
+# pick the same chain indexes: the vault's LOCK rules out another process)
+_active: set[tuple[int, str, str]] = set()
+_active_lock = threading.Lock()
+
+
+def _compact(
+    vault: Any,
+    call_id: str,
+    tenant: str,
+    settings: Settings | None,
+    encode: Encode,
+    step: Callable[[str], object] | None,
+) -> Compacted:
     vault._writable()
     s = settings or Settings()
     e: CallEntry = vault.get_call(call_id, tenant=tenant)
