@@ -31,8 +31,9 @@ from callvault.errors import CallvaultError
 # entry gained `recording_id` and `unsupported_codec` (absent in older entries: their
 # defaults); 4: peak mode's `storage`, `transcode_ref`, `transcode_log_index` and
 # `compact_next` (docs/format.md 8.10; absent: the defaults). An older index is read
-# (its entries migrate on load) and marked with this version on open, so that a build that knows only an older one refuses it
-# (with the reindex sentence) instead of failing on an entry field it does not know.
+# (its entries migrate on load) and marked with this version on open, so that a build
+# that knows only an older one refuses it (with the reindex sentence) instead of
+# failing on an entry field it does not know.
 FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 CFS = ("calls", "records", "time", "agent", "skill", "tag")
