@@ -254,3 +254,28 @@ def test_compactor_survives_a_killed_worker(tmp_path: Path, capture: Path) -> No
     finally:
         c.stop()
         v.close()
+
+
+def test_erasure_during_compaction_drops_the_compaction(tmp_path: Path, capture: Path) -> None:
+    """A call erased between its Opus records and its TRANSCODE record: the compaction's
+    records are dead (ignored when indexed), the erasure stands, the vault goes on."""
+    v = Vault.open(tmp_path / "data")
+    v.import_call("r", [str(capture)], settings=G711)
+
+    def erase_now(step: str) -> None:
+        if step == "opus-written":
+            v.erase("r", reason="customer asked")
+
+    with pytest.raises(VaultError, match="dropped"):
+        compact_call(v, "r", step=erase_now)
+    e = v.get_call("r")
+    assert e.state == "erased" and e.storage == "raw" and e.transcode_log_index == -1
+    assert v.verify_call("r") == []
+    v.import_call("after", [str(capture)], settings=G711)  # the writer goes on
+    compact_call(v, "after")
+    assert v.verify_call("after") == []
+    entry = v.get_call("r")
+    v.close()
+    v = Vault.open(tmp_path / "data", rebuild_index=True)
+    assert v.get_call("r") == entry
+    v.close()
