@@ -234,9 +234,12 @@ def leg_complete(leg: dict[str, Any], expected: int) -> bool:
 
 
 # -- one level --------------------------------------------------------------------------
-def run_level(calls: int, workdir: Path, audio: tuple[Path, int]) -> Level:
+def run_level(
+    calls: int, workdir: Path, audio: tuple[Path, int], server_config: dict[str, Any] | None = None
+) -> Level:
     """One level: a fresh server and sidecar, ``calls`` calls sent in real time by one
-    sender process, stopped, sealed, then checked."""
+    sender process, stopped, sealed, then checked. ``server_config``: the server's
+    --config settings (the G.711 mode's; None: the defaults)."""
     from callvault_client import Client, SidecarClient
 
     from tests.e2e.sidecar_procs import rtp_range, start_sidecar
@@ -244,7 +247,11 @@ def run_level(calls: int, workdir: Path, audio: tuple[Path, int]) -> Level:
 
     d = workdir / f"level-{calls}"
     d.mkdir(parents=True)
-    server = start_server(d / "data", log_dir=d)
+    args: tuple[str, ...] = ()
+    if server_config is not None:
+        (d / "config.json").write_text(json.dumps(server_config))
+        args = ("--config", str(d / "config.json"))
+    server = start_server(d / "data", log_dir=d, args=args)
     sidecar = None
     sender: subprocess.Popen[str] | None = None
     poller: Poller | None = None
@@ -393,14 +400,19 @@ def run_level(calls: int, workdir: Path, audio: tuple[Path, int]) -> Level:
         server.stop()
 
 
-def search(workdir: Path, audio: tuple[Path, int]) -> list[Level]:
-    """Double from FIRST_LEVEL until a level fails, then bisect between the last pass
+def search(
+    workdir: Path,
+    audio: tuple[Path, int],
+    server_config: dict[str, Any] | None = None,
+    first: int = FIRST_LEVEL,
+) -> list[Level]:
+    """Double from ``first`` until a level fails, then bisect between the last pass
     and the first failure to BISECT_STEP calls."""
     levels: list[Level] = []
     began = time.monotonic()
 
     def level(n: int) -> Level:
-        lv = run_level(n, workdir, audio)
+        lv = run_level(n, workdir, audio, server_config)
         levels.append(lv)
         f = lv.figures
         print(
@@ -416,7 +428,7 @@ def search(workdir: Path, audio: tuple[Path, int]) -> list[Level]:
 
     ramp_and_bisect(
         lambda n: level(n).passed,
-        first=FIRST_LEVEL,
+        first=first,
         max_level=MAX_LEVEL,
         step=lambda good: BISECT_STEP,
         budget_left=lambda: len(levels) < MAX_LEVELS and time.monotonic() - began < SEARCH_BUDGET_S,
@@ -461,3 +473,54 @@ def test_realpath_calls(
         }
     )
     assert best >= FIRST_LEVEL, f"no level passed: {[lv.reasons for lv in levels]}"
+
+
+# -- peak mode: the same search, the server storing G.711 (issue 10, section 3) --------
+REALPATH_G711 = "realpath_calls_g711"
+G711_CONFIG = {"ingest_codec": "g711", "compact_paused": True}
+G711_FIRST_LEVEL = 16
+
+
+def test_realpath_calls_g711(
+    benchmark: Any,
+    tmp_path: Path,
+    audio_file: tuple[Path, int],  # noqa: F811
+) -> None:
+    """realpath_calls with the server in peak mode: --config ingest_codec g711 (each
+    leg's de-jittered frames stored as G.711, no Opus encoding at ingest) and the
+    compactor paused, so the figures are ingest's alone. Everything else (sender,
+    sidecar, pass criteria, figures) is realpath_calls'. Target: >= 400 dual-track
+    calls per core."""
+    need("callvault.server.app")
+    need("callvault.sidecar")
+    tag(
+        benchmark,
+        REALPATH_G711,
+        "capacity",
+        path="sidecar",
+        server_config=G711_CONFIG,
+        call_seconds=CALL_SECONDS,
+        batch_ms=20,
+        p99_limit_s=P99_LIMIT_S,
+        seal_limit_s=SEAL_LIMIT_S,
+        poll_s=POLL_S,
+        cores=os.cpu_count() or 1,
+        what=f"as {REALPATH}, the server storing G.711 (peak mode, compactor paused)",
+    )
+    levels: list[Level] = benchmark.pedantic(
+        search,
+        args=(tmp_path, audio_file, G711_CONFIG, G711_FIRST_LEVEL),
+        rounds=1,
+        iterations=1,
+    )
+    passed = [lv.calls for lv in levels if lv.passed]
+    failed = [lv.calls for lv in levels if not lv.passed]
+    best = max(passed, default=0)
+    benchmark.extra_info.update(
+        {
+            "levels": [{"passed": lv.passed, "reasons": lv.reasons, **lv.figures} for lv in levels],
+            "max_calls": best,
+            "first_failing_calls": min((n for n in failed if n > best), default=None),
+        }
+    )
+    assert best >= G711_FIRST_LEVEL, f"no level passed: {[lv.reasons for lv in levels]}"

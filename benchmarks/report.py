@@ -419,6 +419,8 @@ def capacity_section(workloads: list[Workload], table: list[Row]) -> list[str]:
             continue
         via_sidecar = cap is not None and cap.info.get("path") == "sidecar"
         title = "through the sidecar (the real path)" if via_sidecar else "(SDK batches)"
+        if cap is not None and cap.info.get("server_config"):  # realpath_calls_g711
+            title += f", server --config {json.dumps(cap.info['server_config'])}"
         out += ["", f"## Concurrent real-time calls {title}", ""]
         ceiling = None
         if ceil is not None:

@@ -154,6 +154,18 @@ cdef class LegCore:
         self.keep_pcm = keep_pcm
         self.events = []
 
+    def set_g711_law(self, g711_law):
+        """Peak mode: the G.711 law of a leg whose law is known only from its first
+        audio packet; allowed only before the first frame (packets already stored keep
+        one law)."""
+        from callvault import _g711
+        laws = {_g711.PCMU: LAW_ULAW, _g711.PCMA: LAW_ALAW}
+        if self.law == LAW_NONE or g711_law not in laws:
+            raise ValueError("set_g711_law: a G.711 core and _g711.PCMU or _g711.PCMA")
+        if self.next_index or self.n_pk:
+            raise ValueError("set_g711_law: frames are stored already")
+        self.law = laws[g711_law]
+
     def __dealloc__(self):
         if self.dtmf is not None and self.dtmf.ev_digit == self.ev_digit:
             self._detach_events()

@@ -221,6 +221,8 @@ def print_calls(
                     "extra": {str(k): str(v) for k, v in e.extra.items()},
                     "state": e.state,
                     "unsupported_codec": unsupported.get(e.call_id),
+                    # peak mode: "opus", "raw" (G.711, not compacted yet), "compacted"
+                    "storage": getattr(e, "storage", "") or None,
                 }
                 for e in calls
             ],

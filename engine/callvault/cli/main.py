@@ -204,6 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("call_id", metavar="CALL_ID", help="the call")
     v.add_argument("--reason", required=True, help="why (kept in the tombstone and the log)")
     v.set_defaults(func=vault.cmd_erase)
+    v = _verb(
+        sub,
+        "compact",
+        "turn sealed raw (G.711, peak mode) calls of --data DIR into Opus",
+        "Compaction (docs/format.md 8.10) of a local vault's sealed raw calls: the "
+        "named ones, or every one; a server compacts its own in the background.",
+    )
+    v.add_argument("call_ids", nargs="*", metavar="CALL_ID", help="the calls (default: all raw)")
+    v.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="encoder processes (CPUs)"
+    )
+    v.set_defaults(func=vault.cmd_compact)
     v = _verb(sub, "reindex", "rebuild the index from the segments")
     v.set_defaults(func=vault.cmd_reindex)
     v = _verb(sub, "rotate-key", "new key-encryption key; re-wrap every data key")

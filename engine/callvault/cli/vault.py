@@ -147,7 +147,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         "chain_head": e.chain_head.hex(),
         "seal": e.seal.hex() or None,
         "log_index": e.log_index if e.log_index >= 0 else None,
+        # peak mode: "opus", "raw" (G.711, not compacted yet), "compacted" (then the
+        # transcoding leaf's index in the log)
+        "storage": e.storage or None,
     }
+    if e.storage == "compacted":
+        doc["transcode_log_index"] = e.transcode_log_index
     if not erased:
         doc["customer_number"] = e.customer_number
     if e.seal:
@@ -318,6 +323,43 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         finally:
             bar.close()
     print(f"index rebuilt from the segments: {n} records")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """`callvault --data DIR compact [CALL_ID...]`: local only (a server compacts
+    its own calls; its Admin.Stats shows the backlog)."""
+    from callvault.vault import Vault
+    from callvault.vault.compact import Compactor, compact_call
+
+    if getattr(args, "server", None):
+        raise CallvaultError(
+            "compact works on a local vault (--data DIR); a server compacts its raw calls "
+            "itself (see `callvault --server ADDR stats`: compact_backlog_calls)"
+        )
+    if not args.data:
+        raise CallvaultError("compact needs --data DIR")
+    if args.workers < 1:
+        raise CallvaultError("--workers must be at least 1")
+    with Vault.open(args.data, key_file=args.key_file, create=False) as v:
+        if args.call_ids:
+            for cid in args.call_ids:
+                r = compact_call(v, cid, tenant=args.tenant)
+                print(
+                    f"{cid}: compacted, {r.raw_bytes} bytes of G.711 in {r.raw_records} "
+                    f"records -> {r.opus_bytes} bytes of Opus in {r.opus_records} records "
+                    f"(transcoding leaf {r.log_index})"
+                )
+            return 0
+        c = Compactor(v, workers=args.workers)
+        try:
+            c.start()
+            c.wait_idle(float("inf"))
+        finally:
+            c.stop()
+        print(f"{c.compacted} call(s) compacted, {c.failed} failed")
+        if c.failed:
+            raise CallvaultError(f"compaction failed: {c.last_error}")
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from callvault.errors import CallvaultError
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint, merkle
-from callvault.integrity.leaves import LEAF_SEAL, leaf_data
+from callvault.integrity.leaves import LEAF_SEAL, leaf_data, transcode_leaf
 from callvault.media import ogg
 from callvault.media.packets import PacketRun
 from callvault.store import crypto
@@ -36,13 +36,15 @@ from callvault.store import records as rec
 #: The files a bundle may hold (docs/format.md 8.9); ``records/`` holds 000000, 000001, ...
 BUNDLE_FILES = (
     "call.key",
-    "call.ogg",
+    "call.ogg",  # call.wav instead for a raw (G.711, peak mode) call
+    "call.wav",
     "chain.json",
     "checkpoint.txt",
     "customer-number.key",  # only in a bundle asked for with the customer number
     "manifest.json",
     "proof.json",
     "public-key.txt",
+    "transcode.json",  # only for a compacted call: its transcoding document
 )
 _RECORD_NAME = re.compile(r"[0-9]{6}")
 
@@ -182,6 +184,107 @@ class BundleReport:
         self.failures.append(what)
 
 
+def _check_transcoding(
+    r: BundleReport,
+    d: Path,
+    cp: checkpoint.Checkpoint,
+    tenant: str,
+    call_id: str,
+    m: Mapping[str, object],
+    chain_doc: Mapping[str, object],
+    proof: Mapping[str, object],
+    bodies: list[bytes],
+) -> dict[str, object] | None:
+    """A compacted call's lineage (docs/verify-bundle.md step 3b): the seal over the raw
+    chain head named by transcode.json, the Opus chain from that head through the
+    records, and the transcoding leaf in the signed tree. Returns the document."""
+    raw_doc = (d / "transcode.json").read_bytes()
+    doc = json.loads(raw_doc)
+    raw, opus = doc["raw"], doc["opus"]
+    raw_head = bytes.fromhex(raw["head"])
+    first, count = int(opus["first_index"]), int(opus["count"])
+    manifest = (d / "manifest.json").read_bytes()
+    seal = bytes.fromhex(str(chain_doc["seal"]))
+    if int(raw["count"]) != m["records"] or raw["seal"] != chain_doc["seal"]:
+        r.fail("transcode.json names another raw chain than the manifest and seal")
+    if chainmod.seal(raw_head, int(raw["count"]), manifest) != seal:
+        r.fail("the seal does not commit to the raw chain head of transcode.json")
+    else:
+        r.checked.append(f"seal over the raw chain ({raw['count']} records) and the manifest")
+    names = sorted(p.name for p in (d / "records").iterdir())
+    if names != [f"{i:06d}" for i in range(first, first + len(names))]:
+        r.fail(f"records/ is not a gapless sequence from {first:06d}")
+    c = chainmod.Chain(tenant, call_id, raw_head, first)
+    heads = [str(h) for h in chain_doc["heads"]]  # type: ignore[attr-defined]
+    for k, body in enumerate(bodies):
+        c.append(body)
+        if k >= len(heads) or c.head.hex() != heads[k]:
+            r.fail(f"chain: record {first + k} does not match the recorded chain link")
+            break
+    if len(bodies) != count or c.head.hex() != opus["head"]:
+        r.fail("the Opus records do not make the chain transcode.json commits to")
+    else:
+        r.checked.append(f"Opus chain of {count} records from the raw chain's head")
+    t = proof.get("transcode")
+    if not isinstance(t, dict):
+        r.fail("proof.json has no transcoding leaf")
+        return doc
+    leaf = transcode_leaf(
+        tenant, call_id, raw_head, bytes.fromhex(opus["head"]), raw_doc, int(t["time_us"])
+    )
+    if bytes.fromhex(t["leaf"]) != leaf:
+        r.fail("the transcoding leaf does not commit to this call's chains and settings")
+    try:
+        merkle.verify_inclusion(
+            int(t["leaf_index"]),
+            cp.size,
+            merkle.leaf_hash(leaf),
+            [bytes.fromhex(h) for h in t["inclusion"]],
+            cp.root,
+        )
+        r.checked.append(
+            f"transcoding is leaf {t['leaf_index']} of the signed tree "
+            f"(encoder {json.dumps(doc['encoder'], sort_keys=True)})"
+        )
+    except merkle.ProofError as e:
+        r.fail(f"transcoding inclusion proof: {e}")
+    return doc
+
+
+def _check_raw_audio(
+    r: BundleReport, d: Path, m: Mapping[str, object], bodies: list[bytes], key: bytes
+) -> None:
+    """A raw call's call.wav must be its G.711 records decoded, byte for byte."""
+    import tempfile
+
+    import numpy as np
+
+    from callvault import _g711
+    from callvault.media import wav
+
+    if (d / "call.ogg").exists():
+        r.fail("call.ogg is in the bundle of a raw call (it has call.wav)")
+        return
+    legs_doc = m["legs"]
+    assert isinstance(legs_doc, list)
+    frames = int(str(m["frames"]))
+    pcm = [np.zeros(frames * rec.G711_FRAME_BYTES, dtype=np.int16) for _ in legs_doc]
+    for body in bodies:
+        b = rec.parse(rec.AUDIO, body)
+        _, data = b.decrypt_audio(key)
+        lo = b.first_frame * rec.G711_FRAME_BYTES
+        pcm[b.leg][lo : lo + len(data)] = _g711.decode(data, rec.g711_law(b.codec))[
+            : len(pcm[b.leg]) - lo
+        ]
+    with tempfile.TemporaryDirectory() as tmp:
+        want = Path(tmp) / "call.wav"
+        wav.write(want, pcm)
+        if want.read_bytes() != (d / "call.wav").read_bytes():
+            r.fail("call.wav is not the G.711 audio sealed in the records")
+            return
+    r.checked.append("call.wav is exactly the sealed G.711 audio, decoded")
+
+
 def verify_bundle(
     directory: str | os.PathLike[str], *, public_key: str | None = None
 ) -> BundleReport:
@@ -213,22 +316,29 @@ def verify_bundle(
             r.fail("manifest.json names another call than chain.json")
         files = sorted((d / "records").iterdir())
         bodies = [p.read_bytes() for p in files]
-        if [p.name for p in files] != [f"{i:06d}" for i in range(len(files))]:
-            r.fail("records/ is not a gapless sequence 000000, 000001, ...")
-        try:
-            chainmod.verify(
-                tenant,
-                call_id,
-                bodies,
-                heads=[bytes.fromhex(h) for h in chain_doc["heads"]],
-                expect_count=int(m["records"]),
-                manifest=manifest,
-                expect_seal=bytes.fromhex(chain_doc["seal"]),
-            )
-            r.checked.append(f"chain of {len(bodies)} records and the seal")
-        except chainmod.ChainError as e:
-            r.fail(f"chain: {e}")
         proof = json.loads((d / "proof.json").read_text())
+        tpath = d / "transcode.json"
+        tdoc: dict[str, object] | None = None
+        if tpath.exists():  # a compacted call: Opus records chained on from the raw head
+            tdoc = _check_transcoding(r, d, cp, tenant, call_id, m, chain_doc, proof, bodies)
+            if (d / "call.wav").exists():
+                r.fail("call.wav is in the bundle of a compacted call (it has call.ogg)")
+        else:
+            if [p.name for p in files] != [f"{i:06d}" for i in range(len(files))]:
+                r.fail("records/ is not a gapless sequence 000000, 000001, ...")
+            try:
+                chainmod.verify(
+                    tenant,
+                    call_id,
+                    bodies,
+                    heads=[bytes.fromhex(h) for h in chain_doc["heads"]],
+                    expect_count=int(m["records"]),
+                    manifest=manifest,
+                    expect_seal=bytes.fromhex(chain_doc["seal"]),
+                )
+                r.checked.append(f"chain of {len(bodies)} records and the seal")
+            except chainmod.ChainError as e:
+                r.fail(f"chain: {e}")
         leaf = bytes.fromhex(proof["leaf"])
         want_leaf = leaf_data(
             LEAF_SEAL, tenant, call_id, bytes.fromhex(chain_doc["seal"]), int(m["end_us"])
@@ -250,9 +360,17 @@ def verify_bundle(
             r.fail(f"inclusion proof: {e}")
         key = bytes.fromhex((d / "call.key").read_text().strip())
         _check_number_key(r, d, tenant, call_id, m)
+        if (m.get("codec") or {}).get("name") == "g711" and tdoc is None:
+            _check_raw_audio(r, d, m, bodies, key)
+            return r
+        if tdoc is not None:  # the Ogg headers follow the transcoding's codec
+            m = {**m, "codec": tdoc["codec"]}
         legs: list[list[tuple[int, PacketRun]]] = [[] for _ in m["legs"]]
         for body in bodies:
             b = rec.parse(rec.AUDIO, body)
+            if b.codec != rec.CODEC_OPUS:
+                r.fail(f"record {b.chain_index} is not Opus (codec {b.codec})")
+                return r
             lengths, packets = b.decrypt_audio(key)
             legs[b.leg].append((b.first_frame, PacketRun(packets, lengths)))
         raw_ogg = (d / "call.ogg").read_bytes()

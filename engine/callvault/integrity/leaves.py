@@ -6,15 +6,28 @@ with no RocksDB and no vault open.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 from callvault.store import records as rec
 
 LEAF_TAG = b"callvault-leaf-v1"
-LEAF_SEAL, LEAF_ERASE = 1, 2
+LEAF_SEAL, LEAF_ERASE, LEAF_TRANSCODE = 1, 2, 3
 
 
 def leaf_data(kind: int, tenant: str, call_id: str, value: bytes, time_us: int) -> bytes:
     """A Merkle log leaf (docs/format.md 8.7): what a seal or erasure commits to."""
     head = rec.header(tenant, call_id)[1:]
     return LEAF_TAG + bytes([kind]) + head + value + struct.pack(">Q", time_us)
+
+
+def transcode_leaf(
+    tenant: str, call_id: str, raw_head: bytes, opus_head: bytes, doc: bytes, time_us: int
+) -> bytes:
+    """The transcoding leaf (kind 3, docs/format.md 8.7): compaction of the call's raw
+    chain (head ``raw_head``) into the Opus records ending at ``opus_head``, with the
+    transcoding document ``doc`` (encoder settings, counts), at ``time_us``."""
+    if len(raw_head) != 32 or len(opus_head) != 32:
+        raise ValueError("chain heads are 32 bytes")
+    value = raw_head + opus_head + hashlib.sha256(doc).digest()
+    return leaf_data(LEAF_TRANSCODE, tenant, call_id, value, time_us)

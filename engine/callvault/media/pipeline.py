@@ -69,6 +69,11 @@ class Settings:
     # 80 ms; tests/media/test_quality.py: better PESQ-NB than silence at 2 % burst
     # loss) or "silence". Either way the gaps are in the metadata.
     fill: str = "conceal"
+    # What ingest stores (docs/server.md "Settings", ingest_codec): "opus", or "g711":
+    # each leg's de-jittered frames as G.711 in its wire law (160 bytes per frame,
+    # docs/format.md 8.5), turned into Opus later by the compactor (vault/compact.py).
+    # Not an encoder setting: the compactor encodes with the others.
+    store_codec: str = "opus"
 
 
 @dataclass
@@ -80,6 +85,7 @@ class LegResult:
     # one Opus packet per frame, plus a last one that flushes the encoder
     packets: list[tuple[bytes, npt.NDArray[np.int32]]] = field(default_factory=list)
     opus_bytes: int = 0
+    codec: int = 1  # the AUDIO records' codec byte (docs/format.md 8.5): 1 Opus, 2/3 G.711
     voice_frames: int = 0
     rtp: dict[str, int] = field(default_factory=dict)
     gaps: list[tuple[int, int]] = field(default_factory=list)  # loss: (start frame, frames)
@@ -222,6 +228,14 @@ class LegPipeline:
         )
         self.dtmf = _dsp.DtmfDetector(mask=settings.mask_dtmf)
         self.vad = _dsp.Vad(threshold_db=settings.vad_threshold_db)
+        if settings.store_codec not in ("opus", "g711"):
+            raise ValueError(f"store_codec {settings.store_codec!r}: expected opus or g711")
+        # peak mode: frames stored as G.711 in the leg's wire law, fixed by the first
+        # audio packet (PCMU when the leg has none before its first frame)
+        self.raw = encode and settings.store_codec == "g711"
+        self.law: int | None = None
+        if self.raw:
+            encode = False
         self.encoder = (
             _opus.Encoder(
                 bitrate=settings.bitrate, complexity=settings.complexity, dtx=settings.dtx
@@ -252,7 +266,8 @@ class LegPipeline:
                 dtx_bytes=settings.dtx_packet_bytes,
                 dtx_max=ogg.DTX_MAX_BYTES,
                 keep_pcm=keep_pcm,
-                g711_law=g711_law,
+                # raw (peak mode): PCMU until the first audio packet says (set_g711_law)
+                g711_law=_g711.PCMU if self.raw else g711_law,
             )
             if core
             else None
@@ -289,6 +304,28 @@ class LegPipeline:
     def pre_skip(self) -> int:
         return self.encoder.lookahead if self.encoder is not None else 0
 
+    @property
+    def store_codec_byte(self) -> int:
+        """The AUDIO records' codec byte of this leg (docs/format.md 8.5)."""
+        if not self.raw:
+            return 1  # records.CODEC_OPUS
+        return 3 if self.law == _g711.PCMA else 2  # records.CODEC_PCMA / CODEC_PCMU
+
+    def _detect_law(
+        self, data: bytes, offsets: npt.NDArray[np.int64], lengths: npt.NDArray[np.int32]
+    ) -> None:
+        """Peak mode: the leg's G.711 law from its first PCMU or PCMA packet."""
+        ok = np.asarray(lengths) >= 12
+        if not ok.any():
+            return
+        buf = np.frombuffer(data, dtype=np.uint8)
+        pts = buf[np.asarray(offsets)[ok] + 1] & 0x7F
+        hit = np.flatnonzero((pts == _g711.PCMU) | (pts == _g711.PCMA))
+        if len(hit):
+            self.law = int(pts[hit[0]])
+            if self.core is not None:
+                self.core.set_g711_law(self.law)
+
     def push_rtp(
         self,
         data: bytes,
@@ -296,6 +333,8 @@ class LegPipeline:
         lengths: npt.NDArray[np.int32],
         arrival_us: npt.NDArray[np.int64],
     ) -> None:
+        if self.raw and self.law is None and self.next_index == 0:
+            self._detect_law(data, offsets, lengths)
         if self.core is not None:
             if self.core.push_rtp(data, offsets, lengths, arrival_us):
                 self._take_events()
@@ -308,6 +347,9 @@ class LegPipeline:
         self, data: bytes, lengths: npt.NDArray[np.int32], arrival_us: npt.NDArray[np.int64]
     ) -> None:
         """``push_rtp`` for packets back to back (an Ingest batch): no offsets needed."""
+        if self.raw and self.law is None and self.next_index == 0:
+            run = PacketRun(data, lengths)
+            self._detect_law(run.data, run.offsets, run.lengths)
         if self.core is not None:
             if self.core.push_batch(data, lengths, arrival_us):
                 self._take_events()
@@ -341,6 +383,7 @@ class LegPipeline:
                 np.zeros((total_frames - self.next_index, FRAME_SAMPLES), dtype=np.int16),
                 self.next_index,
             )
+        self.result.codec = self.store_codec_byte
         if self.core is not None:
             self.core.finish()
             self._take_events()
@@ -435,6 +478,17 @@ class LegPipeline:
             data = _g711.encode(np.ascontiguousarray(pcm).reshape(-1), self.g711_law)
             r.packets.append((data, np.full(len(pcm), FRAME_SAMPLES, dtype=np.int32)))
             r.opus_bytes += len(data)
+        elif self.raw:
+            self._store_g711(pcm)
+
+    def _store_g711(self, pcm: npt.NDArray[np.int16]) -> None:
+        """Peak mode: the frames as G.711, one 160-byte packet per frame."""
+        if self.law is None:
+            self.law = _g711.PCMU
+        self.result.codec = self.store_codec_byte
+        data = _g711.encode(np.ascontiguousarray(pcm).reshape(-1), self.law)
+        self.result.packets.append((data, np.full(len(pcm), FRAME_SAMPLES, dtype=np.int32)))
+        self.result.opus_bytes += len(data)
 
     def _encode(self, pcm: npt.NDArray[np.int16], voice: npt.NDArray[np.uint8]) -> None:
         """Encode runs of voice / silent frames, each at its bitrate."""

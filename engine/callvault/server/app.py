@@ -38,6 +38,7 @@ from grpc_reflection.v1alpha import reflection
 
 from callvault.durable import write_atomic
 from callvault.errors import InputError
+from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits
 from callvault.server.interceptors import Authenticator, IdentityInterceptor, MethodLog
 from callvault.server.servicers import (
@@ -48,6 +49,7 @@ from callvault.server.servicers import (
     IntegrityServicer,
 )
 from callvault.vault import Vault
+from callvault.vault.compact import Compactor
 
 log = logging.getLogger("callvault.server")
 SERVICES = ("Ingest", "Archive", "Integrity", "Admin")
@@ -70,9 +72,14 @@ class Server:
         c = self.config
         self.ingestor = Ingestor(
             vault,
+            Settings(store_codec="g711" if c.ingest_codec == "g711" else "opus"),
             workers=c.ingest_workers,
             limits=Limits(c.max_open_calls, c.call_idle_s, c.resume_s),
         )
+        if c.ingest_codec == "auto":
+            self.ingestor.auto_opus_calls = c.auto_opus_calls
+        # peak mode: sealed raw (G.711) calls are compacted to Opus in the background
+        self.compactor = Compactor(vault, workers=c.compact_workers, paused=c.compact_paused)
         self.methods = MethodLog()
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.grpc = grpc.server(
@@ -88,9 +95,9 @@ class Server:
         pbg.add_IngestServicer_to_server(IngestServicer(self.ingestor, c), self.grpc)
         pbg.add_ArchiveServicer_to_server(ArchiveServicer(vault, self.ingestor), self.grpc)
         pbg.add_IntegrityServicer_to_server(IntegrityServicer(vault), self.grpc)
-        pbg.add_AdminServicer_to_server(
-            AdminServicer(vault, self.ingestor, self.methods), self.grpc
-        )
+        admin = AdminServicer(vault, self.ingestor, self.methods)
+        admin.compactor = self.compactor
+        pbg.add_AdminServicer_to_server(admin, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
         reflection.enable_server_reflection(
@@ -113,6 +120,7 @@ class Server:
         self._housekeeper: threading.Thread | None = None
 
     def start(self) -> None:
+        self.compactor.start()
         self.grpc.start()
         self._set_health(serving=True)
         self._housekeeper = threading.Thread(
@@ -174,6 +182,7 @@ class Server:
         self.grpc.stop(self.config.shutdown_grace_s).wait()
         self.ingestor.shutdown()  # what streams processed while draining
         self.ingestor.workers.shutdown()
+        self.compactor.stop()  # a compaction running finishes (or a crash would cut it)
         self.vault.close()
 
     def wait(self) -> None:

@@ -54,6 +54,8 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
         erased_us=e.erased_us if erased else 0,
         erase_reason=e.erase_reason if erased else "",
         erase_log_index=e.erase_log_index if erased else -1,
+        storage=e.storage,
+        transcode_log_index=e.transcode_log_index if e.storage == "compacted" else -1,
     )
     u = e.unsupported_codec
     if u is not None and e.state == "sealed":

@@ -45,6 +45,7 @@ proto messages into these and back, and errors into status codes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -385,7 +386,10 @@ class LiveCall:
         """Append one record: the leg's packets of frames first.. ."""
         assert self.writer is not None
         try:
-            fut = self.writer.append(leg, first, part.lengths, part.data)
+            assert self.pipes is not None
+            fut = self.writer.append(
+                leg, first, part.lengths, part.data, self.pipes[leg].store_codec_byte
+            )
         except InputError:
             raise
         except CallvaultError as e:  # broken by reopen_writer, or the writer closed
@@ -515,6 +519,24 @@ class Ingestor:
         # audio in codecs callvault does not record, since the server started (StatsReply 13-15)
         self.unsupported_codec = {"calls": 0, "packets": 0, "frames": 0}
         self.accepting = True
+        # ingest_codec auto (docs/server.md): calls encoded to Opus at once beyond
+        # which a new call is stored as G.711 (0: off)
+        self.auto_opus_calls = 0
+
+    def _call_settings(self, writer: CallWriter | None) -> Settings:
+        """A starting call's settings: peak mode (docs/server.md "Settings",
+        ingest_codec): a resumed call goes on storing what it stored; with
+        ``auto_opus_calls`` (ingest_codec auto) a new call is stored as G.711 while
+        that many calls are being encoded to Opus already. Under ``self.lock``."""
+        s = self.settings
+        if writer is not None:
+            codec = "g711" if writer.raw else "opus"
+            return s if codec == s.store_codec else dataclasses.replace(s, store_codec=codec)
+        if self.auto_opus_calls and s.store_codec == "opus":
+            opus = sum(1 for c in self.calls.values() if c.settings.store_codec == "opus")
+            if opus >= self.auto_opus_calls:
+                return dataclasses.replace(s, store_codec="g711")
+        return s
 
     def attach(self, spec: CallSpec) -> tuple[LiveCall, int]:
         """The call a CallStart names: live already (a reconnect: the new stream takes
@@ -568,7 +590,7 @@ class Ingestor:
                     writer = self.vault.resume_call(spec.call_id, tenant=tenant)
                 else:
                     check_writer(self.vault)
-                live = LiveCall(self.vault, spec, self.settings, writer=writer)
+                live = LiveCall(self.vault, spec, self._call_settings(writer), writer=writer)
                 self.calls[key] = live
             elif live.spec.recording_id != spec.recording_id:
                 self._same_recording(spec, live.spec.recording_id, "being recorded")

@@ -81,6 +81,17 @@ def play(
         raise VaultError(f"call {call_id} was erased: its audio is gone")
     start = from_ms // FRAME_MS
     stop = None if to_ms is None else -(-to_ms // FRAME_MS)
+    live = ingestor.get(tenant, call_id) if ingestor is not None else None
+    being_raw = live is not None and live.settings.store_codec == "g711"
+    if vault.is_raw(e) or being_raw:  # peak mode, not compacted yet: G.711 records
+        raw = _opus_chunks(
+            vault, ingestor, call_id, tenant, start, stop, chunk, follow, active, flush=False
+        )
+        laws = vault.leg_laws(e)
+        if live is not None and live.pipes is not None:  # being recorded: its legs' laws
+            laws = [p.law if p.law is not None else laws[g] for g, p in enumerate(live.pipes)]
+        yield from (_g711_pcm_chunks(raw, laws) if pcm else _encoded_chunks(raw, laws))
+        return
     if pcm:
         warm = max(0, start - WARMUP_FRAMES)
         packets = _opus_chunks(vault, ingestor, call_id, tenant, warm, stop, chunk, follow, active)
@@ -104,15 +115,17 @@ def _opus_chunks(
     chunk: int,
     follow: bool,
     active: Callable[[], bool],
+    *,
+    flush: bool = True,
 ) -> Iterator[Chunk]:
     pos = start
     while active():
         e = vault.get_call(call_id, tenant=tenant)
         sealed = e.state != "open"
         avail = durable_frames(vault, ingestor, call_id, tenant=tenant)
-        if sealed:
+        if sealed and flush:
             avail += 1  # the encoder's flush packet (frame = length) goes too: PCM needs it
-        end = avail if stop is None else min(avail, stop + (1 if sealed else 0))
+        end = avail if stop is None else min(avail, stop + (1 if sealed and flush else 0))
         if pos < end:
             for first, legs in vault.iter_frames(
                 call_id, tenant=tenant, from_frame=pos, to_frame=end, chunk=chunk
@@ -127,6 +140,46 @@ def _opus_chunks(
             time.sleep(0.2)  # open, but no stream is recording it right now
             continue
         _wait_durable(live, pos)
+
+
+def _g711_pcm_chunks(chunks: Iterator[Chunk], laws: list[int]) -> Iterator[Chunk]:
+    """A raw call's G.711 chunks as PCM: decoded exactly, no codec delay."""
+    from callvault import _g711
+
+    for c in chunks:
+        out: list[LegData] = []
+        for g, (data, _lengths) in enumerate(c.legs):
+            out.append((_g711.decode(data, laws[g]).astype("<i2").tobytes(), None))
+        yield Chunk(c.first_frame, c.frames, out, c.live)
+
+
+def _encoded_chunks(chunks: Iterator[Chunk], laws: list[int]) -> Iterator[Chunk]:
+    """A raw call's G.711 chunks as Opus packets, encoded on the fly at the product's
+    settings from the first frame played (the first chunk carries the pre-skip);
+    after a sealed call's last frame, the encoders' flush packets."""
+    from callvault import _g711
+    from callvault.media.pipeline import LegPipeline, Settings
+
+    pipes = [LegPipeline("leg", "play", Settings()) for _ in laws]
+    first = True
+    last: Chunk | None = None
+    for c in chunks:
+        legs: list[LegData] = []
+        for g, (data, _lengths) in enumerate(c.legs):
+            pipes[g].push_pcm(_g711.decode(data, laws[g]))
+            r = pipes[g].result
+            run = r.opus_run()
+            r.packets.clear()
+            legs.append(run.astuple())
+        yield Chunk(c.first_frame, c.frames, legs, c.live, OPUS_PRE_SKIP_48K if first else 0)
+        first = False
+        last = c
+    if last is not None and not last.live:
+        legs = []
+        for p in pipes:
+            p.finish()
+            legs.append(p.result.opus_run().astuple())
+        yield Chunk(last.first_frame + last.frames, 1, legs, False)
 
 
 def _wait_durable(live: LiveCall, pos: int, timeout: float = 1.0) -> None:

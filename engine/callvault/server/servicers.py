@@ -9,6 +9,7 @@ people.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -153,12 +154,21 @@ class Config:
         self.resume_s: float = float(kw.pop("resume_s", d.resume_s))
         # how often the reaper and the writer-health check run
         self.housekeeping_s: float = float(kw.pop("housekeeping_s", 1.0))
+        # peak mode (docs/server.md "Settings"): what ingest stores, and the compactor
+        self.ingest_codec: str = str(kw.pop("ingest_codec", "opus"))
+        self.auto_opus_calls: int = int(kw.pop("auto_opus_calls", 16 * (os.cpu_count() or 1)))
+        self.compact_workers: int = int(kw.pop("compact_workers", 1))
+        self.compact_paused: bool = bool(kw.pop("compact_paused", False))
         if kw:
             raise InputError(f"unknown server setting(s): {', '.join(sorted(kw))}")
         if self.max_open_calls < 1 or min(self.call_idle_s, self.resume_s) <= 0:
             raise InputError("max_open_calls, call_idle_s and resume_s must be positive")
         if self.housekeeping_s <= 0:
             raise InputError("housekeeping_s must be positive")
+        if self.ingest_codec not in ("opus", "g711", "auto"):
+            raise InputError(f"ingest_codec {self.ingest_codec!r}: opus, g711 or auto")
+        if self.compact_workers < 1 or self.auto_opus_calls < 0:
+            raise InputError("compact_workers must be at least 1, auto_opus_calls at least 0")
         if self.workers < self.max_concurrent_rpcs:
             raise InputError(
                 "workers must be at least max_concurrent_rpcs (each stream holds a worker thread)"
@@ -471,6 +481,7 @@ class AdminServicer(pbg.AdminServicer):
         self.ingestor = ingestor
         self.methods = methods
         self.started = time.monotonic()
+        self.compactor: Any = None  # vault.compact.Compactor, set by the server (peak mode)
 
     @unary
     def Stats(self, r: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsReply:
@@ -495,7 +506,22 @@ class AdminServicer(pbg.AdminServicer):
             unsupported_codec_calls=self.ingestor.unsupported_codec["calls"],
             unsupported_codec_packets=self.ingestor.unsupported_codec["packets"],
             unsupported_codec_frames=self.ingestor.unsupported_codec["frames"],
+            **self._compactor_stats(),
         )
+
+    def _compactor_stats(self) -> dict[str, Any]:
+        """StatsReply 22-26: the compactor's backlog (peak mode)."""
+        c = self.compactor
+        if c is None:
+            return {"compactor_paused": True}
+        calls, seconds = c.backlog()
+        return {
+            "compact_backlog_calls": calls,
+            "compact_backlog_seconds": seconds,
+            "compacted_calls": c.compacted,
+            "compact_failed_calls": c.failed,
+            "compactor_paused": c.paused,
+        }
 
     @unary
     def Erase(self, r: pb.EraseRequest, context: grpc.ServicerContext) -> pb.EraseReply:

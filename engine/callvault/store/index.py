@@ -29,11 +29,13 @@ from callvault.errors import CallvaultError
 
 # 2: the call entry's vault-internal values are fields (docs/format.md 8.4); 3: the
 # entry gained `recording_id` and `unsupported_codec` (absent in older entries: their
-# defaults). An older index is read (its entries migrate on load) and marked with
-# this version on open, so that a build that knows only an older one refuses it
-# (with the reindex sentence) instead of failing on an entry field it does not know.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# defaults); 4: peak mode's `storage`, `transcode_ref`, `transcode_log_index` and
+# `compact_next` (docs/format.md 8.10; absent: the defaults). An older index is read
+# (its entries migrate on load) and marked with this version on open, so that a build
+# that knows only an older one refuses it (with the reindex sentence) instead of
+# failing on an entry field it does not know.
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 CFS = ("calls", "records", "time", "agent", "skill", "tag")
 RECORD = struct.Struct(">BBHIQQI")  # leg, type, frames, first frame, segment, offset, length
 U64 = struct.Struct(">Q")
@@ -162,6 +164,12 @@ class CallEntry:
     erased_us: int = 0
     erase_reason: str = ""
     erase_log_index: int = -1  # the erasure's leaf in the Merkle log
+    # how the audio is stored (docs/format.md 8.5, 8.10): "opus" (recorded in Opus),
+    # "raw" (G.711, sealed, not compacted yet), "compacted" (raw turned into Opus)
+    storage: str = "opus"
+    transcode_ref: tuple[int, int, int] | None = None  # the TRANSCODE record
+    transcode_log_index: int = -1  # the transcoding leaf in the Merkle log
+    compact_next: int = 0  # the next chain index compaction may use (never reused)
 
     def pack(self) -> bytes:
         # vars(), not asdict(): asdict deep-copies, and this runs once per call per group
@@ -175,6 +183,8 @@ class CallEntry:
         ref = doc.get("manifest_ref")
         if ref is not None:
             doc["manifest_ref"] = tuple(ref)
+        if doc.get("transcode_ref") is not None:
+            doc["transcode_ref"] = tuple(doc["transcode_ref"])
         return cls(**doc)
 
 
@@ -242,6 +252,11 @@ class Batch:
         self._wb.put(
             record_key(tenant, call_id, chain_index), entry.pack(), self._index.cf("records")
         )
+        self.count += 1
+
+    def delete_record(self, tenant: str, call_id: str, chain_index: int) -> None:
+        """Drop a record from the index (compaction: the raw records it replaced)."""
+        self._wb.delete(record_key(tenant, call_id, chain_index), self._index.cf("records"))
         self.count += 1
 
 

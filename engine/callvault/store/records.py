@@ -20,9 +20,24 @@ from callvault.errors import FormatError
 from callvault.store import crypto
 
 BODY_VERSION = 1
-OPEN, AUDIO, SEAL, ERASE = 1, 2, 3, 4
+OPEN, AUDIO, SEAL, ERASE, TRANSCODE = 1, 2, 3, 4, 5
 CODEC_OPUS = 1  # Opus, 8 kHz input, 20 ms frames, one packet per frame
-NAMES = {OPEN: "open", AUDIO: "audio", SEAL: "seal", ERASE: "erase"}
+# G.711 as the wire carried it (peak mode, docs/format.md 8.5): 160 bytes per 20 ms frame
+CODEC_PCMU = 2  # G.711 mu-law
+CODEC_PCMA = 3  # G.711 A-law
+RAW_CODECS = (CODEC_PCMU, CODEC_PCMA)
+G711_FRAME_BYTES = 160
+NAMES = {OPEN: "open", AUDIO: "audio", SEAL: "seal", ERASE: "erase", TRANSCODE: "transcode"}
+
+
+def g711_law(codec: int) -> int:
+    """The G.711 law (RTP payload type: 0 PCMU, 8 PCMA) of a raw codec byte."""
+    if codec == CODEC_PCMU:
+        return 0
+    if codec == CODEC_PCMA:
+        return 8
+    raise FormatError(f"audio codec {codec} is not G.711")
+
 
 _U64 = struct.Struct(">Q")
 _AUDIO = struct.Struct(">BBIIH")  # leg, codec, chain index, first frame, frames
@@ -76,9 +91,11 @@ class Body:
     seal: bytes = b""
     end_us: int = 0
     manifest: bytes = b""
-    # ERASE
+    # ERASE (and TRANSCODE: its time)
     time_us: int = 0
     reason: str = ""
+    # TRANSCODE: the transcoding document (canonical JSON, docs/format.md 8.5)
+    doc: bytes = b""
 
     def decrypt_audio(self, key: crypto.DataKey | bytes) -> tuple[npt.NDArray[np.int32], bytes]:
         """Decrypt an AUDIO body: (packet lengths, packets)."""
@@ -122,13 +139,16 @@ def audio_body(
     first_frame: int,
     lengths: npt.NDArray[np.int32],
     packets: bytes,
+    codec: int = CODEC_OPUS,
 ) -> bytes:
     n = len(lengths)
     if not 0 < n < 65536:
         raise ValueError(f"a record holds 1 to 65535 frames, not {n}")
     if int(np.asarray(lengths).max()) > 0xFFFF:
         raise ValueError("an Opus packet longer than 65535 bytes")
-    head = header(tenant, call_id) + _AUDIO.pack(leg, CODEC_OPUS, chain_index, first_frame, n)
+    if codec not in (CODEC_OPUS, *RAW_CODECS):
+        raise ValueError(f"unknown audio codec {codec}")
+    head = header(tenant, call_id) + _AUDIO.pack(leg, codec, chain_index, first_frame, n)
     plain = np.asarray(lengths, dtype=">u2").tobytes() + packets
     return head + crypto.encrypt_record(
         key,
@@ -148,6 +168,11 @@ def seal_body(
 
 def erase_body(tenant: str, call_id: str, *, time_us: int, reason: str) -> bytes:
     return header(tenant, call_id) + _U64.pack(time_us) + reason.encode()
+
+
+def transcode_body(tenant: str, call_id: str, *, time_us: int, doc: bytes) -> bytes:
+    """TRANSCODE: compaction replaced the call's raw records (docs/format.md 8.5)."""
+    return header(tenant, call_id) + _U64.pack(time_us) + doc
 
 
 def parse(rtype: int, raw: bytes) -> Body:
@@ -175,6 +200,10 @@ def parse(rtype: int, raw: bytes) -> Body:
         elif rtype == ERASE:
             (b.time_us,) = _U64.unpack_from(raw, pos)
             b.reason = raw[pos + 8 :].decode()
+        elif rtype == TRANSCODE:
+            (b.time_us,) = _U64.unpack_from(raw, pos)
+            b.doc = raw[pos + 8 :]
+            json.loads(b.doc)
         else:
             raise FormatError(f"unknown record type {rtype}")
         return b

@@ -18,7 +18,7 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,7 @@ class CallWriter:
         self._lock = threading.Lock()
         self._pending: list[Future[Ack]] = []
         self.frames = [0] * len(entry.legs)  # frames appended per leg
+        self.raw = False  # a G.711 record was appended (peak mode): sealed as raw
         self.sealed = False
         # set when the vault's segment writer failed and was reopened: this writer's
         # chain may count records that were never stored (Vault.reopen_writer)
@@ -114,9 +115,15 @@ class CallWriter:
         return self._chain.head
 
     def append(
-        self, leg: int, first_frame: int, lengths: npt.NDArray[np.int32], packets: bytes
+        self,
+        leg: int,
+        first_frame: int,
+        lengths: npt.NDArray[np.int32],
+        packets: bytes,
+        codec: int = rec.CODEC_OPUS,
     ) -> Future[Ack]:
-        """Store one leg's Opus packets for frames first_frame.. (one record)."""
+        """Store one leg's Opus packets (or, ``codec`` PCMU/PCMA, G.711 frames of 160
+        bytes) for frames first_frame.. (one record)."""
         if not 0 <= leg < len(self.entry.legs):
             raise InputError(f"leg {leg} does not exist (call has {len(self.entry.legs)})")
         with self._lock:
@@ -133,7 +140,10 @@ class CallWriter:
                 first_frame=first_frame,
                 lengths=lengths,
                 packets=packets,
+                codec=codec,
             )
+            if codec in rec.RAW_CODECS:
+                self.raw = True
             head = self._chain.append(body)
             self.frames[leg] = max(self.frames[leg], first_frame + len(lengths))
             inner = self._vault._writer.append(rec.AUDIO, body)
@@ -155,14 +165,19 @@ class CallWriter:
         self._vault._forget(self.entry)
 
     def append_leg(
-        self, leg: int, lengths: npt.NDArray[np.int32], packets: bytes, first_frame: int = 0
+        self,
+        leg: int,
+        lengths: npt.NDArray[np.int32],
+        packets: bytes,
+        first_frame: int = 0,
+        codec: int = rec.CODEC_OPUS,
     ) -> list[Future[Ack]]:
         """A whole leg's packets, cut into records of FRAMES_PER_RECORD frames."""
         run = PacketRun(packets, lengths)
         futures = []
         for lo in range(0, len(run), FRAMES_PER_RECORD):
             part = run[lo : lo + FRAMES_PER_RECORD]
-            futures.append(self.append(leg, first_frame + lo, part.lengths, part.data))
+            futures.append(self.append(leg, first_frame + lo, part.lengths, part.data, codec))
         return futures
 
     def seal(
@@ -198,6 +213,7 @@ class CallWriter:
             end,
             self._chain.count,
             call_unsupported_codec((summary or {}).get("legs", [])),
+            raw=self.raw,
         )
         seal = self._chain.seal(manifest)
         body = rec.seal_body(
@@ -211,6 +227,9 @@ class CallWriter:
         )
         self._vault._writer.append(rec.SEAL, body).result()
         self._vault._forget(e)
+        hook = self._vault.on_raw_sealed
+        if self.raw and hook is not None:  # peak mode: the compactor takes it from here
+            hook(e.tenant, e.call_id, frames if frames is not None else max(self.frames))
         return seal
 
 
@@ -243,6 +262,9 @@ class Vault(Export, Verification, Indexing):
         self._lock = threading.RLock()
         self._log_lock = threading.RLock()
         self._open = {}
+        # called (tenant, call_id, frames) when a raw (G.711) call is sealed: the
+        # server's compactor (vault/compact.py) queues it
+        self.on_raw_sealed: Callable[[str, str, int], object] | None = None
         self.report = OpenReport()
         self._segment_bytes = segment_bytes
         self._reopen_error = ""
@@ -470,6 +492,7 @@ class Vault(Export, Verification, Indexing):
                 chainmod.Chain(tenant, call_id, bytes.fromhex(e.chain_head), e.records),
             )
             w.frames = self.durable_frames(call_id, tenant=tenant)
+            w.raw = self.stored_codec(e) in rec.RAW_CODECS
             self._open[(tenant, call_id)] = w
             return w
 
@@ -485,7 +508,17 @@ class Vault(Export, Verification, Indexing):
         end_us: int,
         count: int,
         unsupported_codec: dict[str, Any] | None = None,
+        *,
+        raw: bool = False,
     ) -> bytes:
+        codec: dict[str, Any] = {
+            "name": "opus",
+            "sample_rate": SAMPLE_RATE,
+            "frame_ms": FRAME_MS,
+            "pre_skip": OPUS_PRE_SKIP_48K,
+        }
+        if raw:  # peak mode: G.711 records (each says its law), no encoder delay
+            codec = {"name": "g711", "sample_rate": SAMPLE_RATE, "frame_ms": FRAME_MS}
         doc = {
             "version": 1,
             "tenant": e.tenant,
@@ -500,12 +533,7 @@ class Vault(Export, Verification, Indexing):
             "customer_number_sealed": e.customer_number_sealed,
             "frames": frames,
             "records": count,
-            "codec": {
-                "name": "opus",
-                "sample_rate": SAMPLE_RATE,
-                "frame_ms": FRAME_MS,
-                "pre_skip": OPUS_PRE_SKIP_48K,
-            },
+            "codec": codec,
             "summary_sealed": sealed_summary,
         }
         if unsupported_codec is not None:  # only then: other manifests stay as they were
@@ -533,7 +561,7 @@ class Vault(Export, Verification, Indexing):
         w = self.open_call(call_id, tenant=tenant, legs=[r.name for r in call.legs], **meta)
         for i, r in enumerate(call.legs):
             data, lengths = r.packets_all()
-            w.append_leg(i, lengths, data)
+            w.append_leg(i, lengths, data, codec=r.codec)
         seal = w.seal(
             summary={"legs": [r.summary() for r in call.legs]},
             frames=call.frames,
@@ -739,12 +767,18 @@ class Vault(Export, Verification, Indexing):
             return self.log.size
 
     def stats(self) -> dict[str, int]:
-        """Calls in the index, segment bytes, free disk and log size."""
-        calls = sum(1 for t in self.index.tenants() for _ in self.index.search(t))
+        """Calls in the index (and of them the raw ones: peak mode, not compacted yet),
+        segment bytes, free disk and log size."""
+        calls = raw = 0
+        for t in self.index.tenants():
+            for e in self.index.search(t):
+                calls += 1
+                raw += e.storage == "raw"
         stored = sum(p.stat().st_size for p in (self.path / "segments").glob("*") if p.is_file())
         st = os.statvfs(self.path)
         return {
             "calls": calls,
+            "raw_calls": raw,
             "stored_bytes": stored,
             "free_disk_bytes": st.f_bavail * st.f_frsize,
             "log_size": self.log_size(),

@@ -65,7 +65,18 @@ class Export(Reading):
                 f"--from {from_s} / --to {to_s}: empty range of a "
                 f"{frames_seconds(frames):.2f} s call"
             )
-        legs = self.read_packets(call_id, tenant=tenant, from_frame=lo, to_frame=hi + 1)
+        if self.is_raw(entry):
+            # peak mode, not compacted yet: WAV is the G.711 decoded (exact); Ogg Opus is
+            # encoded here, as the compactor will (the same settings, docs/format.md 8.10)
+            from callvault.media.pipeline import Settings
+            from callvault.vault.compact import encode_pcm_legs
+
+            pcm = self.read_pcm(call_id, tenant=tenant, from_frame=lo, to_frame=hi)
+            if format == "wav":
+                return wav.write(Path(out), pcm)
+            legs = encode_pcm_legs(pcm, Settings())
+        else:
+            legs = self.read_packets(call_id, tenant=tenant, from_frame=lo, to_frame=hi + 1)
         if format == "wav":
             pcm = []
             for data, lengths in legs:

@@ -157,11 +157,91 @@ class Reading(VaultState):
             aad=rec.call_aad(tenant, call_id),
         ).decode()
 
+    def audio_records(self, e: CallEntry) -> Iterator[tuple[int, RecordEntry]]:
+        """(chain index, entry) of the audio records that make the call now: for a raw
+        call its first ``records`` (Opus records a compaction wrote past them are not
+        the call until its TRANSCODE record, docs/format.md 8.10); else all of them
+        (a compacted call's index holds only its Opus records)."""
+        for i, r in self.index.records(e.tenant, e.call_id):
+            if e.storage == "raw" and i >= e.records:
+                return
+            yield i, r
+
+    def stored_codec(self, e: CallEntry) -> int:
+        """The codec byte of the call's first audio record (docs/format.md 8.5):
+        records.CODEC_OPUS, or CODEC_PCMU / CODEC_PCMA (peak mode); Opus when none."""
+        for _, r in self.audio_records(e):
+            return rec.parse(rec.AUDIO, self._body(r)).codec
+        return rec.CODEC_OPUS
+
+    def leg_laws(self, e: CallEntry) -> list[int]:
+        """Per leg of a raw call, its G.711 law (RTP payload type 0 or 8) from its first
+        record (a leg keeps one law); PCMU for a leg with no record yet."""
+        laws: list[int | None] = [None] * len(e.legs)
+        for _, r in self.audio_records(e):
+            if laws[r.leg] is None:
+                laws[r.leg] = rec.g711_law(rec.parse(rec.AUDIO, self._body(r)).codec)
+                if all(x is not None for x in laws):
+                    break
+        return [0 if x is None else x for x in laws]
+
+    def is_raw(self, e: CallEntry) -> bool:
+        """Whether the call's audio is G.711 (peak mode, not compacted yet)."""
+        return e.storage == "raw"
+
+    def transcoding(self, e: CallEntry) -> tuple[rec.Body, dict[str, Any]]:
+        """A compacted call's TRANSCODE record and its document (docs/format.md 8.5)."""
+        if e.transcode_ref is None:
+            raise VaultError(f"call {e.call_id} is not compacted")
+        rtype, raw = self._reader.read(RecordRef(*e.transcode_ref))
+        b = rec.parse(rtype, raw)
+        doc: dict[str, Any] = json.loads(b.doc)
+        return b, doc
+
+    def read_g711(
+        self, e: CallEntry, from_frame: int = 0, to_frame: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """Per leg of a raw call, (law, G.711 bytes) of frames [from_frame, to_frame)
+        (what is stored; frames no record holds are not there)."""
+        key = self.call_keys.get(e.tenant, e.call_id)
+        legs: list[list[bytes]] = [[] for _ in e.legs]
+        laws = [0] * len(e.legs)
+        have = [from_frame] * len(e.legs)
+        for _, r in self.audio_records(e):
+            g = r.leg
+            if r.first_frame + r.frames <= have[g] or (
+                to_frame is not None and r.first_frame >= to_frame
+            ):
+                continue
+            b = rec.parse(rec.AUDIO, self._body(r))
+            _, data = b.decrypt_audio(key)
+            laws[g] = rec.g711_law(b.codec)
+            lo = max(have[g] - r.first_frame, 0)
+            hi = r.frames if to_frame is None else min(r.frames, to_frame - r.first_frame)
+            if lo >= hi:
+                continue
+            have[g] = r.first_frame + hi
+            legs[g].append(data[lo * rec.G711_FRAME_BYTES : hi * rec.G711_FRAME_BYTES])
+        return [(laws[g], b"".join(parts)) for g, parts in enumerate(legs)]
+
+    def read_pcm(
+        self, call_id: str, *, tenant: str = "default", from_frame: int = 0, to_frame: int
+    ) -> list[npt.NDArray[np.int16]]:
+        """Per leg, the PCM of a raw call's frames [from_frame, to_frame): G.711 decoded
+        (exact: no codec delay)."""
+        from callvault import _g711
+
+        e = self.get_call(call_id, tenant=tenant)
+        return [
+            _g711.decode(data, law)
+            for law, data in self.read_g711(e, from_frame=from_frame, to_frame=to_frame)
+        ]
+
     def durable_frames(self, call_id: str, *, tenant: str = "default") -> list[int]:
         """Per leg, how many frames from 0 the call's durable records cover."""
         e = self.get_call(call_id, tenant=tenant)
         out = [0] * len(e.legs)
-        for _, r in self.index.records(tenant, call_id):
+        for _, r in self.audio_records(e):
             if r.leg < len(out):
                 out[r.leg] = max(out[r.leg], r.first_frame + r.frames)
         return out
@@ -170,7 +250,7 @@ class Reading(VaultState):
         self, call_id: str, *, tenant: str = "default"
     ) -> Iterator[tuple[int, RecordEntry, bytes]]:
         """(chain index, index entry, stored body) of a call's audio records."""
-        for i, entry in self.index.records(tenant, call_id):
+        for i, entry in self.audio_records(self.get_call(call_id, tenant=tenant)):
             yield i, entry, self._body(entry)
 
     def _runs(
@@ -181,7 +261,7 @@ class Reading(VaultState):
         each once, and cut to the range and past what their leg already gave."""
         key = self.call_keys.get(e.tenant, e.call_id)
         have = [from_frame] * len(e.legs)  # the frame after the last one read, per leg
-        for _, r in self.index.records(e.tenant, e.call_id):
+        for _, r in self.audio_records(e):
             g = r.leg
             if r.first_frame + r.frames <= have[g] or r.first_frame >= to_frame:
                 continue
@@ -234,7 +314,9 @@ class Reading(VaultState):
         e = self.get_call(call_id, tenant=tenant)
         total = to_frame
         if total is None:
-            total = self.manifest(call_id, tenant=tenant)["frames"] + 1  # + the flush packet
+            total = self.manifest(call_id, tenant=tenant)["frames"]
+            if e.storage != "raw":
+                total += 1  # + the Opus encoder's flush packet
         runs: list[collections.deque[_Run]] = [collections.deque() for _ in e.legs]
         for g, _, run in self._runs(e, from_frame, total):
             runs[g].append(run)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from callvault.integrity import chain as chainmod
 from callvault.integrity import merkle
-from callvault.integrity.leaves import LEAF_ERASE, LEAF_SEAL, leaf_data
+from callvault.integrity.leaves import LEAF_ERASE, LEAF_SEAL, leaf_data, transcode_leaf
 from callvault.store import records as rec
 from callvault.store.index import Batch, CallEntry, Index, RecordEntry
 from callvault.store.segment import Committed, RecordRef, SegmentReader, StoreError, recover
@@ -262,6 +262,8 @@ class Indexing(VaultState):
                 f"{rec.NAMES[rtype]} record of unknown call {b.call_id} "
                 f"at segment {ref.segment} offset {ref.offset}"
             )
+        if rtype in (rec.AUDIO, rec.TRANSCODE) and e.state != "open" and e.storage == "raw":
+            return self._apply_compaction(batch, e, ref, b)
         if e.state != "open" and rtype != rec.ERASE:
             raise Replay(ref, f"{rec.NAMES[rtype]} record of call {b.call_id} after its seal")
         if rtype == rec.AUDIO:
@@ -273,6 +275,8 @@ class Indexing(VaultState):
                 )
             e.chain_head = chainmod.link(bytes.fromhex(e.chain_head), b.chain_index, raw).hex()
             e.records += 1
+            if b.codec in rec.RAW_CODECS:
+                e.storage = "raw"  # peak mode: known from the first G.711 record
             batch.put_record(
                 b.tenant,
                 b.call_id,
@@ -287,7 +291,11 @@ class Indexing(VaultState):
             e.seal = b.seal.hex()
             e.end_us = b.end_us
             e.manifest_ref = (ref.segment, ref.offset, ref.length)
-            e.unsupported_codec = json.loads(b.manifest).get("unsupported_codec")
+            doc = json.loads(b.manifest)
+            e.unsupported_codec = doc.get("unsupported_codec")
+            if (doc.get("codec") or {}).get("name") == "g711":
+                e.storage = "raw"  # peak mode: the compactor turns it into Opus later
+                e.compact_next = max(e.compact_next, b.count)
             e.log_index = self._log_leaf(
                 batch, leaf_data(LEAF_SEAL, b.tenant, b.call_id, b.seal, b.end_us)
             )
@@ -310,6 +318,59 @@ class Indexing(VaultState):
             )
             return True
         return False
+
+    def _apply_compaction(self, batch: Batch, e: CallEntry, ref: RecordRef, b: rec.Body) -> bool:
+        """Compaction of a sealed raw call (vault/compact.py, docs/format.md 8.10).
+
+        An Opus AUDIO record is indexed under its chain index (past every index the
+        call used; never reused) but the call stays raw: readers of a raw call take
+        only its first ``records`` records. The TRANSCODE record makes the call
+        compacted: the raw records (and those of an attempt a crash cut short) leave
+        the index, its leaf goes into the log. A compaction record of an erased call
+        is dead: ignored."""
+        if e.state == "erased":
+            return False
+        if b.rtype == rec.AUDIO:
+            floor = max(e.records, e.compact_next)
+            if b.codec != rec.CODEC_OPUS or b.chain_index < floor:
+                raise Replay(
+                    ref,
+                    f"audio record {b.chain_index} of sealed call {b.call_id} is not a "
+                    f"compaction record (Opus, chain index {floor} or more)",
+                )
+            e.compact_next = b.chain_index + 1
+            batch.put_record(
+                b.tenant,
+                b.call_id,
+                b.chain_index,
+                RecordEntry(
+                    b.leg, b.rtype, b.frames, b.first_frame, ref.segment, ref.offset, ref.length
+                ),
+            )
+            return False
+        doc = json.loads(b.doc)
+        raw, opus = doc["raw"], doc["opus"]
+        first = int(opus["first_index"])
+        if first < int(raw["count"]) or first + int(opus["count"]) > e.compact_next:
+            raise Replay(ref, f"transcode record of call {b.call_id} names records it lacks")
+        for i in range(first):  # the raw records, and those of a cut-short attempt
+            batch.delete_record(b.tenant, b.call_id, i)
+        e.storage = "compacted"
+        e.records = int(raw["count"])
+        e.chain_head = str(raw["head"])
+        e.transcode_ref = (ref.segment, ref.offset, ref.length)
+        e.transcode_log_index = self._log_leaf(
+            batch,
+            transcode_leaf(
+                b.tenant,
+                b.call_id,
+                bytes.fromhex(raw["head"]),
+                bytes.fromhex(opus["head"]),
+                b.doc,
+                b.time_us,
+            ),
+        )
+        return True
 
     def _log_leaf(self, batch: Batch, data: bytes) -> int:
         """Append a leaf once (a re-indexed seal finds its leaf already there)."""

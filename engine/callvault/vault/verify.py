@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from callvault.errors import CallvaultError
 from callvault.integrity import chain as chainmod
 from callvault.integrity import merkle
-from callvault.integrity.leaves import LEAF_SEAL, leaf_data
+from callvault.integrity.leaves import LEAF_SEAL, leaf_data, transcode_leaf
 from callvault.store import records as rec
-from callvault.store.index import RecordEntry
+from callvault.store.index import CallEntry, RecordEntry
 from callvault.store.segment import CorruptRecord, SegmentReader
 from callvault.vault.common import CallNotFound, Problem
 from callvault.vault.reading import Reading
@@ -28,6 +28,8 @@ class Verification(Reading):
             e = self.get_call(call_id, tenant=tenant)
         except CallNotFound as ex:
             return [Problem(what, None, str(ex))]
+        if e.storage == "compacted":
+            return self._verify_compacted(e, what)
         bodies: list[bytes] = []
         expected = 0
         for i, _entry, raw in self._safe_records(tenant, call_id, problems, what):
@@ -84,11 +86,66 @@ class Verification(Reading):
                 problems.append(Problem(what, None, "the seal is not in the Merkle log"))
         return problems
 
+    def _verify_compacted(self, e: CallEntry, what: str) -> list[Problem]:
+        """A compacted call (docs/format.md 8.10): the seal over the raw chain head and
+        count, the seal's leaf; the Opus chain from the raw head through the records
+        to the transcoding document's head; the transcoding leaf in the log; the
+        audio authenticates."""
+        problems: list[Problem] = []
+        tenant, call_id = e.tenant, e.call_id
+        try:
+            tb, doc = self.transcoding(e)
+            raw, opus = doc["raw"], doc["opus"]
+            first, count = int(opus["first_index"]), int(opus["count"])
+            raw_head = bytes.fromhex(raw["head"])
+            mb = self._seal_record(e)
+            if (mb.count, mb.head) != (int(raw["count"]), raw_head):
+                problems.append(Problem(what, None, "the transcoding names another raw chain"))
+            if chainmod.seal(raw_head, mb.count, mb.manifest) != mb.seal or mb.seal.hex() != e.seal:
+                problems.append(Problem(what, None, "the seal does not match the raw chain"))
+            c = chainmod.Chain(tenant, call_id, raw_head, first)
+            bodies = []
+            for i, _entry, body in self._safe_records(tenant, call_id, problems, what):
+                if i != c.count:
+                    problems.append(Problem(what, c.count, f"missing from the index (next is {i})"))
+                    c.count = i
+                b = rec.parse(rec.AUDIO, body)
+                if (b.tenant, b.call_id, b.chain_index) != (tenant, call_id, i):
+                    problems.append(Problem(what, i, "record belongs elsewhere (spliced)"))
+                c.append(body)
+                bodies.append(body)
+            if c.count - first != count or c.head.hex() != opus["head"]:
+                problems.append(
+                    Problem(what, None, "the Opus records do not make the transcoded chain")
+                )
+            if not problems:
+                key = self.call_keys.get(tenant, call_id)
+                for body in bodies:
+                    rec.parse(rec.AUDIO, body).decrypt_audio(key)
+            leaves = [
+                (e.log_index, leaf_data(LEAF_SEAL, tenant, call_id, mb.seal, mb.end_us), "seal"),
+                (
+                    e.transcode_log_index,
+                    transcode_leaf(
+                        tenant, call_id, raw_head, bytes.fromhex(opus["head"]), tb.doc, tb.time_us
+                    ),
+                    "transcoding",
+                ),
+            ]
+            for index, data, name in leaves:
+                if not 0 <= index < self.log.size or self.log.leaf_hash(index) != merkle.leaf_hash(
+                    data
+                ):
+                    problems.append(Problem(what, None, f"the {name} is not in the Merkle log"))
+        except (CallvaultError, KeyError, ValueError) as ex:
+            problems.append(Problem(what, None, str(ex)))
+        return problems
+
     def _safe_records(
         self, tenant: str, call_id: str, problems: list[Problem], what: str
     ) -> Iterator[tuple[int, RecordEntry, bytes]]:
         """stored_records, a record that cannot be read added to ``problems``."""
-        for i, entry in self.index.records(tenant, call_id):
+        for i, entry in self.audio_records(self.get_call(call_id, tenant=tenant)):
             try:
                 raw = self._body(entry)
             except CallvaultError as ex:
