@@ -90,7 +90,7 @@ def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
         Index(tmp_path / "ix")
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_older_index_is_read_and_marked_current(tmp_path: Path, version: int) -> None:
     """Entries of an older index version still load (version 2 entries have no
     recording_id or unsupported_codec); the marker moves to the current version so
@@ -106,7 +106,7 @@ def test_an_older_index_is_read_and_marked_current(tmp_path: Path, version: int)
     e = ix.get_call("t", "c")
     assert e is not None and e.recording_id is None and e.unsupported_codec is None
     raw = ix._db.get(b"meta/format")
-    assert raw is not None and U32.unpack(raw)[0] == FORMAT_VERSION == 3
+    assert raw is not None and U32.unpack(raw)[0] == FORMAT_VERSION == 4
     ix.close()
 
 

@@ -75,6 +75,7 @@ class Indexing(VaultState):
                 Committed(ref, rtype, reader.read(ref)[1]) for ref, rtype in report.records
             ]
             self._on_commit(committed, recovering=True)
+            self._end_recovery()
             self.report.reindexed = len(committed) - len(self.report.replays)
         return known_end
 
@@ -99,7 +100,7 @@ class Indexing(VaultState):
         ``Vault.open(DIR, rebuild_index=True)`` rebuilds it without opening it.)"""
         if self.read_only:
             raise VaultError(f"{self.path} is open read-only: reindex needs a read-write open")
-        with self._lock:
+        with self._lock, self._reclaim_lock:
             self._writer.flush()
             # the committer indexes under _log_lock: holding it, the index ends at
             # meta/end, and what commits meanwhile is indexed into the new index after
@@ -149,6 +150,7 @@ class Indexing(VaultState):
                     if progress is not None:
                         progress(n)
             self._on_commit(chunk, recovering=True)
+            self._end_recovery()
             n += len(chunk)
             if progress is not None:
                 progress(n)
@@ -265,6 +267,14 @@ class Indexing(VaultState):
         if e.state != "open" and rtype != rec.ERASE:
             raise Replay(ref, f"{rec.NAMES[rtype]} record of call {b.call_id} after its seal")
         if rtype == rec.AUDIO:
+            if b.chain_index > e.records and recovering and e.state == "open":
+                # records before it were reclaimed (an erased call's, docs/format.md
+                # 8.10): held until the call's erasure; reported if none comes
+                self._gaps.setdefault((b.tenant, b.call_id), []).append(
+                    (ref, f"audio record {b.chain_index} of call {b.call_id} where "
+                     f"record {e.records} comes next")
+                )
+                return False
             if b.chain_index != e.records:  # each index is written once, in order
                 raise Replay(
                     ref,
@@ -296,6 +306,7 @@ class Indexing(VaultState):
             e.state = "erased"
             e.wrapped_key = ""
             erased.append((b.tenant, b.call_id))
+            self._drop_erased_audio(batch, e)
             e.erased_us = b.time_us
             e.erase_reason = b.reason
             e.erase_log_index = self._log_leaf(
@@ -310,6 +321,34 @@ class Indexing(VaultState):
             )
             return True
         return False
+
+    def _drop_erased_audio(self, batch: Batch, e: CallEntry) -> None:
+        """An erased call's audio records are dead (docs/format.md 8.10): the index lets
+        go of them (their bytes counted as dead in their segments) and keeps the chain's
+        count and head as sealed (the SEAL record has them), whether or not the records
+        are still stored: a reindex after a reclaim gives the same entry."""
+        refs: dict[int, tuple[int, int]] = {
+            i: (r.segment, r.length) for i, r in self.index.records(e.tenant, e.call_id)
+        }
+        for i, r in batch.records_put.get((e.tenant, e.call_id), {}).items():
+            refs[i] = (r.segment, r.length)
+        for ref, _why in self._gaps.pop((e.tenant, e.call_id), []):
+            batch.add_dead(ref.segment, ref.length)  # held back by a reindex: never put
+        for i, (segment, length) in sorted(refs.items()):
+            batch.delete_record(e.tenant, e.call_id, i)
+            batch.add_dead(segment, length)
+        if e.manifest_ref is not None:
+            rtype, raw = self._reader.read(RecordRef(*e.manifest_ref))
+            sb = rec.parse(rtype, raw)
+            e.records, e.chain_head = sb.count, sb.head.hex()
+
+    def _end_recovery(self) -> None:
+        """Audio records held back by a recovery or reindex whose call was not erased
+        after all: reported as before (Replay), never indexed."""
+        for held in self._gaps.values():
+            for ref, why in held:
+                self.report.replays.append(Replay(ref, why))
+        self._gaps.clear()
 
     def _log_leaf(self, batch: Batch, data: bytes) -> int:
         """Append a leaf once (a re-indexed seal finds its leaf already there)."""
