@@ -101,8 +101,8 @@ class ReclaimResult:
     """What a reclaim run did (and what is left to do)."""
 
     bytes_freed: int = 0
-    segments_removed: int = 0  # removed whole: nothing in them was live
-    segments_rewritten: int = 0  # replaced by a copy of their live records
+    segments_removed: int = 0  # removed: nothing in them was live
+    segments_rewritten: int = 0  # removed, their live records copied
     segments_written: int = 0  # the copies
     records_moved: int = 0
     reclaimable_bytes: int = 0  # dead bytes counted in the remaining segments
@@ -185,6 +185,7 @@ class Reclaiming(Indexing):
 
     _reclaim_lock: threading.Lock  # one run at a time; reindex and reopen_writer take it
     _reclaimed_last: ReclaimResult | None
+    _empty: set[int]  # the run's segments with no live record
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -313,6 +314,7 @@ class Reclaiming(Indexing):
         step: list[int] = []
         kept: list[tuple[RecordRef, int, bytes]] = []
         size = 0
+        self._empty: set[int] = set()
         for seg in run:
             mine = [
                 (ref, rtype, raw)
@@ -320,6 +322,8 @@ class Reclaiming(Indexing):
                 if live.live(ref, rtype, raw)
             ]
             n = sum(ref.length for ref, _, _ in mine)
+            if not mine:
+                self._empty.add(seg)
             if step and size + n > self._segment_bytes:
                 self._step(step, kept, result)
                 step, kept, size = [], [], 0
@@ -364,8 +368,9 @@ class Reclaiming(Indexing):
         _crash_point("indexed")
         self._remove_members(journal)
         result.bytes_freed += journal.freed
-        result.segments_removed += len(members) if new is None else 0
-        result.segments_rewritten += len(members) if new is not None else 0
+        empty = sum(1 for m in members if m in self._empty)
+        result.segments_removed += empty  # nothing in it was live
+        result.segments_rewritten += len(members) - empty
         result.segments_written += new is not None
         result.records_moved += moved
 

@@ -139,8 +139,12 @@ class Indexing(VaultState):
             self._map_log_leaves(0)  # the log's leaves first, so seals find theirs
             n = 0
             chunk: list[Committed] = []
+            # ``until`` is in a segment the writer wrote; a rewrite's segment stands
+            # before it in the store's order even with a higher id (docs/format.md 8.2)
+            rank = {seg: i for i, seg in enumerate(self._reader.segments())}
+            stop = None if until is None else (rank.get(until[0], len(rank)), until[1])
             for ref, rtype, body in self._reader.scan():
-                if until is not None and (ref.segment, ref.offset) >= until:
+                if stop is not None and (rank.get(ref.segment, len(rank)), ref.offset) >= stop:
                     break
                 chunk.append(Committed(ref, rtype, body))
                 if len(chunk) >= 1000:
@@ -197,7 +201,7 @@ class Indexing(VaultState):
         for c in committed:
             assert c.body is not None
             try:
-                log_grew |= self._apply(batch, cache, c.ref, c.rtype, c.body, erased)
+                log_grew |= self._apply(batch, cache, c.ref, c.rtype, c.body, erased, recovering)
             except Replay as e:
                 if not recovering:  # the vault itself never writes one: stop acking
                     raise
@@ -234,9 +238,13 @@ class Indexing(VaultState):
         rtype: int,
         raw: bytes,
         erased: list[tuple[str, str]],
+        recovering: bool = False,
     ) -> bool:
         """Index one durable record; True if it appended a log leaf. An erasure's call
-        is added to ``erased``: its key is destroyed once the batch is written."""
+        is added to ``erased``: its key is destroyed once the batch is written.
+        ``recovering`` (recovery, reindex): an audio record after a gap is held back
+        (``_gaps``) instead of refused, as the records before it may have been
+        reclaimed (its call erased later in the segments)."""
         b = rec.parse(rtype, raw)
         if rtype == rec.OPEN:
             meta = b.meta or {}

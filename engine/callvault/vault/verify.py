@@ -164,7 +164,12 @@ class Verification(Reading):
                 for _ in reader.scan():
                     pass
         except CorruptRecord as ex:
-            if tail is None or (ex.segment, ex.offset) < struct.unpack(">QQ", tail):
+            end_seg, end_off = struct.unpack(">QQ", tail) if tail is not None else (0, 0)
+            rank = {seg: i for i, seg in enumerate(reader.segments())}  # the store's order
+            if tail is None or (rank.get(ex.segment, -1), ex.offset) < (
+                rank.get(end_seg, len(rank)),
+                end_off,
+            ):
                 problems.append(Problem("segments", None, str(ex)))
         except CallvaultError as ex:
             problems.append(Problem("segments", None, str(ex)))
