@@ -50,6 +50,7 @@ BACKEND_VERBS = (
     "reindex",
     "rotate-key",
     "stats",
+    "reclaim",
 )
 
 
@@ -318,6 +319,22 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         finally:
             bar.close()
     print(f"index rebuilt from the segments: {n} records")
+    return 0
+
+
+def cmd_reclaim(args: argparse.Namespace) -> int:
+    with connect(args) as b:
+        done = b.reclaim(threshold=args.threshold, scan=args.scan)
+    if args.json:
+        json.dump(done, sys.stdout, indent=2)
+        print()
+        return 0
+    print(
+        f"{done['bytes_freed']} bytes reclaimed: {done['segments_removed']} segment(s) "
+        f"removed, {done['segments_rewritten']} rewritten into {done['segments_written']} "
+        f"({done['records_moved']} records moved); {done['reclaimable_bytes']} bytes "
+        "counted dead remain"
+    )
     return 0
 
 

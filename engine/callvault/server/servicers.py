@@ -153,12 +153,20 @@ class Config:
         self.resume_s: float = float(kw.pop("resume_s", d.resume_s))
         # how often the reaper and the writer-health check run
         self.housekeeping_s: float = float(kw.pop("housekeeping_s", 1.0))
+        # the scheduled reclaim (docs/format.md 8.10): every reclaim_interval_s (0: never)
+        # rewrite closed segments at least reclaim_threshold dead
+        self.reclaim_interval_s: float = float(kw.pop("reclaim_interval_s", 600.0))
+        self.reclaim_threshold: float = float(kw.pop("reclaim_threshold", 0.5))
         if kw:
             raise InputError(f"unknown server setting(s): {', '.join(sorted(kw))}")
         if self.max_open_calls < 1 or min(self.call_idle_s, self.resume_s) <= 0:
             raise InputError("max_open_calls, call_idle_s and resume_s must be positive")
         if self.housekeeping_s <= 0:
             raise InputError("housekeeping_s must be positive")
+        if self.reclaim_interval_s < 0 or not 0 < self.reclaim_threshold <= 1:
+            raise InputError(
+                "reclaim_interval_s must be >= 0 (0: never) and reclaim_threshold in (0, 1]"
+            )
         if self.workers < self.max_concurrent_rpcs:
             raise InputError(
                 "workers must be at least max_concurrent_rpcs (each stream holds a worker thread)"
@@ -466,10 +474,19 @@ class IntegrityServicer(pbg.IntegrityServicer):
 
 
 class AdminServicer(pbg.AdminServicer):
-    def __init__(self, vault: Vault, ingestor: Ingestor, methods: MethodLog) -> None:
+    def __init__(
+        self,
+        vault: Vault,
+        ingestor: Ingestor,
+        methods: MethodLog,
+        config: Config | None = None,
+        reclaim_error: Callable[[], str] = lambda: "",
+    ) -> None:
         self.vault = vault
         self.ingestor = ingestor
         self.methods = methods
+        self.config = config or Config()
+        self.reclaim_error = reclaim_error  # the scheduled reclaim's last failure
         self.started = time.monotonic()
 
     @unary
@@ -495,6 +512,9 @@ class AdminServicer(pbg.AdminServicer):
             unsupported_codec_calls=self.ingestor.unsupported_codec["calls"],
             unsupported_codec_packets=self.ingestor.unsupported_codec["packets"],
             unsupported_codec_frames=self.ingestor.unsupported_codec["frames"],
+            reclaimable_bytes=s["reclaimable_bytes"],
+            reclaimed_bytes=s["reclaimed_bytes"],
+            reclaim_error=self.reclaim_error(),
         )
 
     @unary
@@ -515,6 +535,15 @@ class AdminServicer(pbg.AdminServicer):
                 "stop the server and run `callvault --data DIR reindex`)"
             )
         return pb.ReindexReply(records=self.vault.reindex())
+
+    @unary
+    def Reclaim(self, r: pb.ReclaimRequest, context: grpc.ServicerContext) -> pb.ReclaimReply:
+        threshold = r.threshold or self.config.reclaim_threshold
+        if not 0 < threshold <= 1:
+            raise InputError(f"threshold must be in (0, 1], not {r.threshold}")
+        check_writer(self.vault)
+        done = self.vault.reclaim(threshold=threshold, scan=r.scan)
+        return pb.ReclaimReply(**done.as_dict())
 
     @unary
     def RotateKey(self, r: pb.RotateKeyRequest, context: grpc.ServicerContext) -> pb.RotateKeyReply:

@@ -234,6 +234,7 @@ class Reclaiming(Indexing):
         threshold: float = DEFAULT_THRESHOLD,
         scan: bool = False,
         liveness: Liveness | None = None,
+        stop: threading.Event | None = None,
     ) -> ReclaimResult:
         """Remove the closed segments whose records are all dead and rewrite those at
         least ``threshold`` dead (0 < threshold <= 1, of the segment's bytes): their
@@ -242,7 +243,7 @@ class Reclaiming(Indexing):
         dead bytes (records dead for reasons the index did not count: a reindex's
         replays, an index older than format 4) instead of using the index's counters.
         Ingest goes on meanwhile (the committer waits only for each step's index
-        batch). Refused while the vault has damage (opening reported it): reindex or
+        batch); ``stop`` set ends the run after the step it is in. Refused while the vault has damage (opening reported it): reindex or
         repair first, so nothing the index lost is taken for dead."""
         self._check_writable()
         if not 0 < threshold <= 1:
@@ -259,7 +260,9 @@ class Reclaiming(Indexing):
                 raise VaultError(f"the segment writer failed: {self._writer.failed}")
             self._reader.release_retired()  # the previous run's files: nobody reads them now
             for run in self._plan(threshold, scan, live, result):
-                self._rewrite(run, live, result)
+                if stop is not None and stop.is_set():
+                    break
+                self._rewrite(run, live, result, stop)
             result.reclaimable_bytes = self.reclaimable_bytes()
             result.reclaimed_bytes = self.reclaimed_bytes()
             self._reclaimed_last = result
@@ -309,7 +312,13 @@ class Reclaiming(Indexing):
             runs.append(current)
         return runs
 
-    def _rewrite(self, run: list[int], live: Liveness, result: ReclaimResult) -> None:
+    def _rewrite(
+        self,
+        run: list[int],
+        live: Liveness,
+        result: ReclaimResult,
+        stop: threading.Event | None = None,
+    ) -> None:
         """Rewrite one run, cut into steps whose copies fit a segment."""
         step: list[int] = []
         kept: list[tuple[RecordRef, int, bytes]] = []
@@ -327,6 +336,8 @@ class Reclaiming(Indexing):
             if step and size + n > self._segment_bytes:
                 self._step(step, kept, result)
                 step, kept, size = [], [], 0
+                if stop is not None and stop.is_set():
+                    return
             step.append(seg)
             kept.extend(mine)
             size += n
