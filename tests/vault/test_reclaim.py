@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from callvault.store.segment import SegmentReader
 from callvault.vault import Vault, VaultError
 
 SEGMENT_BYTES = 32 << 10  # small: a call spans several segments
@@ -67,7 +66,8 @@ def audio(v: Vault) -> dict[str, Any]:
     for e in v.list_calls():
         if e.state != "erased":
             out[e.call_id] = [
-                (data, lengths.tolist()) for data, lengths in v.read_packets(e.call_id, to_frame=10**6)
+                (data, lengths.tolist())
+                for data, lengths in v.read_packets(e.call_id, to_frame=10**6)
             ]
     return out
 
@@ -115,7 +115,9 @@ def test_an_erased_call_is_reclaimed_and_the_others_stay(data: Path) -> None:
         assert entries(v, moved_ok=True) == before and audio(v) == sound
         assert v.verify_call("b") == [] and v.verify_all() == []
         e = v.get_call("b")
-        assert e.state == "erased" and e.records == 320 and list(v.index.records("default", "b")) == []
+        assert (
+            e.state == "erased" and e.records == 320 and list(v.index.records("default", "b")) == []
+        )
         with pytest.raises(VaultError, match="destroyed"):
             v.read_packets("b")
         assert v.reclaim().bytes_freed == 0  # nothing left above the threshold
@@ -191,9 +193,7 @@ def test_reclaim_beside_a_call_being_recorded(data: Path) -> None:
             for leg in (0, 1):
                 w.append(leg, first, *packets("live", leg, first, PER_RECORD)).result()
         w.seal(summary={"legs": []}, frames=400)
-        expect = [
-            packets("live", leg, 0, 400)[1] for leg in (0, 1)
-        ]
+        expect = [packets("live", leg, 0, 400)[1] for leg in (0, 1)]
         assert [d for d, _ in v.read_packets("live", to_frame=400)] == expect
         assert v.verify_all() == []
     check_reindex_equal(data)

@@ -125,9 +125,7 @@ class Server:
         )
         self._housekeeper.start()
         if self.config.reclaim_interval_s > 0:
-            self._reclaimer = threading.Thread(
-                target=self._reclaiming, name="reclaim", daemon=True
-            )
+            self._reclaimer = threading.Thread(target=self._reclaiming, name="reclaim", daemon=True)
             self._reclaimer.start()
 
     def _set_health(self, *, serving: bool) -> None:

@@ -302,7 +302,9 @@ def _record_at(data: bytes | memoryview, pos: int) -> tuple[int, int] | str:
     return (rtype, length)
 
 
-def _unsupported(rtype: int, flags: int, reserved: int, pos: int = 0, length: int = 0) -> str | None:
+def _unsupported(
+    rtype: int, flags: int, reserved: int, pos: int = 0, length: int = 0
+) -> str | None:
     """Why a CRC-valid record at ``pos`` (its body ``length`` bytes) is not allowed,
     or None. The origin record is allowed as a segment's first record only."""
     if rtype == 0:

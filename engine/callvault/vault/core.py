@@ -220,9 +220,10 @@ class Vault(Export, Verification, Reclaiming):
 
     Its parts, each a module of this package: indexing and recovery
     (recovery.Indexing), reclaiming space (reclaim.Reclaiming), reading
-    (reading.Reading), verify (verify.Verification), export (export.Export), the calls' key files (keys.CallKeys, ``call_keys``);
-    here: opening, the write path (open_call, CallWriter, erase), key rotation
-    and the Merkle log's checkpoints and proofs."""
+    (reading.Reading), verify (verify.Verification), export (export.Export), the
+    calls' key files (keys.CallKeys, ``call_keys``); here: opening, the write path
+    (open_call, CallWriter, erase), key rotation and the Merkle log's checkpoints and
+    proofs."""
 
     def __init__(
         self,

@@ -73,7 +73,7 @@ _CRASH_AT = os.environ.get("CALLVAULT_RECLAIM_CRASH", "")
 
 
 def _crash_point(step: str) -> None:
-    if _CRASH_AT == step:
+    if step == _CRASH_AT:
         os.kill(os.getpid(), 9)
 
 
@@ -196,7 +196,9 @@ class Reclaiming(Indexing):
         return self.path / JOURNAL
 
     # -- what the index lets go of ---------------------------------------------------
-    def drop_records(self, call_id: str, chain_indexes: list[int], *, tenant: str = "default") -> int:
+    def drop_records(
+        self, call_id: str, chain_indexes: list[int], *, tenant: str = "default"
+    ) -> int:
         """The index stops referencing these audio records of a call (a compaction that
         replaced them, issue 10's peak mode): they become dead, and a reclaim removes
         them. Returns the bytes let go of. The caller keeps what reindex needs to
@@ -243,8 +245,9 @@ class Reclaiming(Indexing):
         dead bytes (records dead for reasons the index did not count: a reindex's
         replays, an index older than format 4) instead of using the index's counters.
         Ingest goes on meanwhile (the committer waits only for each step's index
-        batch); ``stop`` set ends the run after the step it is in. Refused while the vault has damage (opening reported it): reindex or
-        repair first, so nothing the index lost is taken for dead."""
+        batch); ``stop`` set ends the run after the step it is in. Refused while the
+        vault has damage (opening reported it): reindex or repair first, so nothing
+        the index lost is taken for dead."""
         self._check_writable()
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], not {threshold}")

@@ -279,8 +279,11 @@ class Indexing(VaultState):
                 # records before it were reclaimed (an erased call's, docs/format.md
                 # 8.10): held until the call's erasure; reported if none comes
                 self._gaps.setdefault((b.tenant, b.call_id), []).append(
-                    (ref, f"audio record {b.chain_index} of call {b.call_id} where "
-                     f"record {e.records} comes next")
+                    (
+                        ref,
+                        f"audio record {b.chain_index} of call {b.call_id} where "
+                        f"record {e.records} comes next",
+                    )
                 )
                 return False
             if b.chain_index != e.records:  # each index is written once, in order
