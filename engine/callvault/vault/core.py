@@ -551,7 +551,9 @@ class Vault(Export, Verification, Reclaiming):
         return entry, seal
 
     def erase(self, call_id: str, *, reason: str, tenant: str = "default") -> None:
-        """Crypto-shred a sealed call: its key is destroyed, a tombstone and a log leaf stay."""
+        """Crypto-shred a sealed call: its key is destroyed, a tombstone and a log leaf
+        stay; its audio records are dead (the index lets go of them, a reclaim frees
+        them: docs/format.md 8.10)."""
         self._writable()
         e = self.get_call(call_id, tenant=tenant)
         if e.state == "erased":

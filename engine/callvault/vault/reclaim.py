@@ -423,6 +423,8 @@ class Reclaiming(Indexing):
         ``index``: the index is open and is re-pointed too, else files only, for a
         reindex). Returns what was done, or None when there was nothing to do."""
         d = self.path / "segments"
+        with contextlib.suppress(FileNotFoundError):  # a journal write a crash cut
+            os.unlink(self._journal_path.with_name(JOURNAL + ".tmp"))
         raw = None
         with contextlib.suppress(FileNotFoundError):
             raw = self._journal_path.read_bytes()
