@@ -1,8 +1,9 @@
 """The vault's index: RocksDB (rocksdict) column families, one WriteBatch per group commit.
 
-Column families, keys, values, the ``default`` family's ``meta/*`` and
-``leaf/*`` entries and the call entry's JSON: docs/format.md 8.4 (format
-version 2). The index never points past durable bytes: the vault writes each
+Column families, keys, values, the ``default`` family's ``meta/*``, ``leaf/*``
+and ``dead/*`` entries and the call entry's JSON: docs/format.md 8.4 (format
+version 4; ``dead/*``, the bytes of records the index let go of per segment, is
+what a reclaim reads: 8.10). The index never points past durable bytes: the vault writes each
 group commit's batch after the segment fsync and before any acknowledgement
 (callvault.store.segment's on_commit). It can be rebuilt from the segments
 alone (`callvault --data DIR reindex`, which never opens a damaged index); a
