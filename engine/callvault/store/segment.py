@@ -86,6 +86,7 @@ __all__ = [
     "remove_unpublished",
     "segment_origin",
     "segment_path",
+    "unpublished_path",
     "write_copy",
 ]
 
