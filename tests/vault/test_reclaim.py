@@ -373,3 +373,25 @@ def test_reclaim_killed_while_a_call_is_recorded(tmp_path: Path) -> None:
     with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
         assert acked > 10 and v.reclaimed_bytes() > 0  # the children did both
     check_reindex_equal(data)
+
+
+def test_a_read_in_progress_reads_on_across_a_rewrite(data: Path) -> None:
+    """A reader that took the call's references before the rewrite (a playback walks
+    the index lazily) still reads every packet: the removed files stay open in the
+    vault's reader until the next run."""
+    with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
+        record(v, ["keep", "gone"], frames=800)
+        record(v, ["tail"], frames=40)
+        v.erase("gone", reason="r")
+        expect = audio(v)["keep"]
+        chunks = v.iter_frames("keep", to_frame=800, chunk=50)
+        first = next(chunks)
+        assert v.reclaim(threshold=0.3).segments_rewritten >= 2
+        rest = list(chunks)
+        got = [first, *rest]
+        for leg in (0, 1):
+            data_ = b"".join(c[1][leg][0] for c in got)
+            assert data_ == expect[leg][0]
+        assert audio(v)["keep"] == expect  # and read afresh from the copies
+        v.reclaim(threshold=0.3)  # the next run closes the removed files
+        assert v._reader._retired == set()
