@@ -173,6 +173,8 @@ def _repoint(
     c = calls.get(key) or index.get_call(b.tenant, b.call_id)
     if c is None or c.manifest_ref is None or c.manifest_ref[0] not in old_segments:
         return False
+    if b.seal.hex() != c.seal:  # not the call's seal (a replayed copy): never pointed at
+        return False
     if old is not None and tuple(c.manifest_ref) != tuple(old):
         return False
     c.manifest_ref = (new.segment, new.offset, new.length)
