@@ -160,6 +160,7 @@ class Indexing(VaultState):
                 progress(n)
             self.index.sync()
         except BaseException:
+            self._gaps.clear()
             self.index.close()
             if old_index is not None:
                 self.index = old_index
