@@ -395,3 +395,24 @@ def test_a_read_in_progress_reads_on_across_a_rewrite(data: Path) -> None:
         assert audio(v)["keep"] == expect  # and read afresh from the copies
         v.reclaim(threshold=0.3)  # the next run closes the removed files
         assert v._reader._retired == set()
+
+
+def test_copies_do_not_pile_up(data: Path) -> None:
+    """Each run leaves a small copy (what stays of an erased call: its OPEN and SEAL
+    records); the next runs merge the small copies next to each other (and to the
+    segments they rewrite) instead of keeping one more file each."""
+    with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
+        for i in range(8):
+            record(v, [f"g{i}"], frames=1600)
+        record(v, ["tail"], frames=40)
+        sound = audio(v)
+        small = []
+        for i in range(8):
+            v.erase(f"g{i}", reason="r")
+            assert v.reclaim(threshold=0.3).bytes_freed > 0
+            after = v._reader.segments()
+            small.append(len([s for s in after[:-1] if v._reader.size(s) < SEGMENT_BYTES // 4]))
+        assert max(small) <= 2, small  # merged, not one more per run
+        assert audio(v) == {"tail": sound["tail"]} and v.verify_all() == []
+        assert v.reclaim(threshold=0.3).bytes_freed == 0  # and it settles
+    check_reindex_equal(data)

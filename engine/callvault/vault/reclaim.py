@@ -65,6 +65,9 @@ JOURNAL = "reclaim"  # DATA/reclaim: the rewrite in progress (docs/format.md 8.1
 RECLAIMED = b"meta/reclaimed"  # u64: bytes reclaimed over the vault's life
 RECLAIM_SERIAL = b"meta/reclaim-serial"  # u64: the last rewrite whose index batch is written
 DEFAULT_THRESHOLD = 0.5  # a closed segment at least half dead is rewritten
+# a closed segment smaller than segment_bytes / SMALL (an earlier run's copy) is merged
+# with its picked or small neighbours, so copies do not pile up run after run
+SMALL = 4
 _U64 = struct.Struct(">Q")
 
 # Test hook: the SIGKILL crash tests stop a run at a named step (see tests/vault/
@@ -188,6 +191,7 @@ class Reclaiming(Indexing):
     _reclaim_lock: threading.Lock  # one run at a time; reindex and reopen_writer take it
     _reclaimed_last: ReclaimResult | None
     _empty: set[int]  # the run's segments with no live record
+    _picked: set[int]  # the segments dead enough to be rewritten (not only small)
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -283,11 +287,21 @@ class Reclaiming(Indexing):
         if end is None:
             return []
         limit = order.index(end[0]) if end[0] in order else len(order)
+        self._picked = set()
         dead = self.index.dead_bytes()
         runs: list[list[int]] = []
         current: list[int] = []
+        wanted = False  # the current run has a segment picked, or two small ones
+        small_segs: set[int] = set()
+
+        def close_run() -> None:
+            nonlocal current, wanted
+            if wanted:
+                runs.append(current)
+            current, wanted = [], False
+
         for seg in order[:limit]:
-            picked = False
+            picked = small = False
             try:
                 if self._reader.closed(seg):
                     size = self._reader.size(seg)
@@ -304,17 +318,24 @@ class Reclaiming(Indexing):
                         overhead += ORIGIN_RECORD_SIZE
                     # all dead, or at least the threshold of its records' bytes
                     picked = d > 0 and d >= threshold * (size - overhead)
+                    # a small segment (an earlier run's copy) joins its neighbours
+                    small = size < self._segment_bytes // SMALL
+
                 else:
                     result.skipped.append(f"segment {seg:016x} is not closed")
             except CallvaultError as e:
                 result.skipped.append(f"segment {seg:016x}: {e}")
             if picked:
+                self._picked.add(seg)
+            if picked or small:
                 current.append(seg)
-            elif current:
-                runs.append(current)
-                current = []
-        if current:
-            runs.append(current)
+                smalls = sum(1 for m in current if m in small_segs) + small
+                wanted = wanted or picked or smalls >= 2
+                if small:
+                    small_segs.add(seg)
+            else:
+                close_run()
+        close_run()
         return runs
 
     def _rewrite(
@@ -339,7 +360,7 @@ class Reclaiming(Indexing):
             if not mine:
                 self._empty.add(seg)
             if step and size + n > self._segment_bytes:
-                self._step(step, kept, result)
+                self._flush(step, kept, result)
                 step, kept, size = [], [], 0
                 if stop is not None and stop.is_set():
                     return
@@ -347,7 +368,15 @@ class Reclaiming(Indexing):
             kept.extend(mine)
             size += n
         if step:
-            self._step(step, kept, result)
+            self._flush(step, kept, result)
+
+    def _flush(
+        self, members: list[int], kept: list[tuple[RecordRef, int, bytes]], result: ReclaimResult
+    ) -> None:
+        """Do a step, unless it would only copy one small segment as it is."""
+        if len(members) == 1 and members[0] not in self._picked and members[0] not in self._empty:
+            return
+        self._step(members, kept, result)
 
     def _step(
         self, members: list[int], kept: list[tuple[RecordRef, int, bytes]], result: ReclaimResult
