@@ -10,8 +10,9 @@ and the records a compaction dropped (``Vault.drop_records``) are dead. Later po
 
 A run (``Vault.reclaim``) looks at the closed segments before the one the index's
 known end is in (everything in them is indexed), picks those whose dead bytes (the
-index's ``dead/<segment>`` counters, or a full scan) reach the threshold, and handles
-each run of consecutive picks (in the store's order) as one step:
+index's ``dead/<segment>`` counters, or a full scan) reach the threshold (small
+segments, earlier runs' copies, join the picks next to them), and handles each run of
+consecutive picks (in the store's order) in steps whose copies fit a segment:
 
 1. the live records of the run are copied, as they are, into a new segment
    ``<N>.seg.tmp`` (an id the writer will never use) that starts with an origin record
