@@ -156,7 +156,9 @@ def _repoint(
     old: RecordRef | None = None,
 ) -> bool:
     """Point the index entry of a copied record at its copy ``new``, if it still
-    references the record in one of ``old_segments`` (at ``old`` when given)."""
+    references the record in one of ``old_segments`` (at ``old`` when given). Every
+    index value holding a record's place is handled here (AUDIO entries, a SEAL's
+    manifest_ref): a new one must be added, or a rewrite leaves it dangling."""
     if rtype not in (rec.AUDIO, rec.SEAL):
         return False
     b = rec.parse(rtype, raw)
