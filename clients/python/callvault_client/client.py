@@ -679,6 +679,20 @@ class Client(_Base):
             timeout=timeout,
         )
 
+    def reclaim(
+        self, *, threshold: float = 0.0, scan: bool = False, timeout: Timeout = DEFAULT
+    ) -> pb.ReclaimReply:
+        """Reclaim the space of dead records (erased audio, dropped records): segments
+        at least ``threshold`` dead rewritten (0: the server's setting); ``scan`` reads
+        every closed segment instead of the index's counters. Safe to retry."""
+        return self._rpc.unary(
+            _ADMIN + "Reclaim",
+            pb.ReclaimRequest(threshold=threshold, scan=scan),
+            pb.ReclaimReply,
+            idempotent=True,
+            timeout=timeout,
+        )
+
     def rotate_key(self, *, timeout: Timeout = DEFAULT) -> pb.RotateKeyReply:
         """A new key-encryption key; every data key re-wrapped (never retried)."""
         return self._rpc.unary(

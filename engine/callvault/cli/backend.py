@@ -90,6 +90,11 @@ class Backend(Protocol):
         """Rebuild the index; ``progress(records so far)`` where the backend can tell."""
         ...
 
+    def reclaim(self, *, threshold: float, scan: bool) -> dict[str, int]:
+        """Free the space of dead records (threshold 0: the default); the counters of
+        ReclaimReply by name."""
+        ...
+
     def rotate_key(self) -> tuple[int, int]:
         """A new key-encryption key: (its id, call keys re-wrapped)."""
         ...

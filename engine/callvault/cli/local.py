@@ -389,3 +389,8 @@ class LocalBackend:
 
     def stats(self) -> dict[str, Any]:
         return dict(self.vault.stats())
+
+    def reclaim(self, *, threshold: float, scan: bool) -> dict[str, int]:
+        from callvault.vault.reclaim import DEFAULT_THRESHOLD
+
+        return self.vault.reclaim(threshold=threshold or DEFAULT_THRESHOLD, scan=scan).as_dict()

@@ -20,6 +20,17 @@ def _serve(args: argparse.Namespace) -> int:
     return int(cmd_serve(args))
 
 
+def _threshold(text: str) -> float:
+    """--threshold: a fraction in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1] (e.g. 0.5)")
+    return value
+
+
 def _verb(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
@@ -218,6 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=vault.cmd_compact)
     v = _verb(sub, "reindex", "rebuild the index from the segments")
     v.set_defaults(func=vault.cmd_reindex)
+    v = _verb(
+        sub,
+        "reclaim",
+        "free the space of dead records (erased calls' audio)",
+        "Remove the closed segments whose records are all dead (an erased call's "
+        "audio, records a compaction dropped) and rewrite those at least THRESHOLD "
+        "dead: their live records are copied into a new segment first. Crash-safe; a "
+        "server runs it every reclaim_interval_s (docs/format.md 8.10).",
+    )
+    v.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=0.0,
+        help="rewrite a segment at least this fraction dead, in (0, 1] "
+        "(default 0.5; a server's reclaim_threshold)",
+    )
+    v.add_argument(
+        "--scan",
+        action="store_true",
+        help="read every closed segment to find dead records (not only the counted ones)",
+    )
+    v.add_argument("--json", action="store_true", help="the counters as JSON")
+    v.set_defaults(func=vault.cmd_reclaim)
     v = _verb(sub, "rotate-key", "new key-encryption key; re-wrap every data key")
     v.set_defaults(func=vault.cmd_rotate_key)
     v = _verb(

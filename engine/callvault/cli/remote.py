@@ -241,6 +241,10 @@ class RemoteBackend:
         r = self.client.rotate_key(timeout=None)
         return r.kek_id, r.rewrapped
 
+    def reclaim(self, *, threshold: float, scan: bool) -> dict[str, int]:
+        r = self.client.reclaim(threshold=threshold, scan=scan, timeout=None)
+        return {f.name: getattr(r, f.name) for f in r.DESCRIPTOR.fields}
+
     def stats(self) -> dict[str, Any]:
         r = self.client.stats()
         out: dict[str, Any] = {}

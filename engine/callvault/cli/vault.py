@@ -50,6 +50,7 @@ BACKEND_VERBS = (
     "reindex",
     "rotate-key",
     "stats",
+    "reclaim",
 )
 
 
@@ -360,6 +361,19 @@ def cmd_compact(args: argparse.Namespace) -> int:
         print(f"{c.compacted} call(s) compacted, {c.failed} failed")
         if c.failed:
             raise CallvaultError(f"compaction failed: {c.last_error}")
+def cmd_reclaim(args: argparse.Namespace) -> int:
+    with connect(args) as b:
+        done = b.reclaim(threshold=args.threshold, scan=args.scan)
+    if args.json:
+        json.dump(done, sys.stdout, indent=2)
+        print()
+        return 0
+    print(
+        f"{done['bytes_freed']} bytes reclaimed: {done['segments_removed']} segment(s) "
+        f"removed, {done['segments_rewritten']} rewritten into {done['segments_written']} "
+        f"({done['records_moved']} records moved); {done['reclaimable_bytes']} bytes "
+        "counted dead remain"
+    )
     return 0
 
 

@@ -95,7 +95,9 @@ class Server:
         pbg.add_IngestServicer_to_server(IngestServicer(self.ingestor, c), self.grpc)
         pbg.add_ArchiveServicer_to_server(ArchiveServicer(vault, self.ingestor), self.grpc)
         pbg.add_IntegrityServicer_to_server(IntegrityServicer(vault), self.grpc)
-        admin = AdminServicer(vault, self.ingestor, self.methods)
+        admin = AdminServicer(
+            vault, self.ingestor, self.methods, c, reclaim_error=lambda: self.reclaim_error
+        )
         admin.compactor = self.compactor
         pbg.add_AdminServicer_to_server(admin, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -118,6 +120,8 @@ class Server:
         self._names = names
         self._stopped = threading.Event()
         self._housekeeper: threading.Thread | None = None
+        self._reclaimer: threading.Thread | None = None
+        self.reclaim_error = ""  # why the last scheduled reclaim failed (Admin.Stats)
 
     def start(self) -> None:
         self.compactor.start()
@@ -127,6 +131,9 @@ class Server:
             target=self._housekeeping, name="housekeeping", daemon=True
         )
         self._housekeeper.start()
+        if self.config.reclaim_interval_s > 0:
+            self._reclaimer = threading.Thread(target=self._reclaiming, name="reclaim", daemon=True)
+            self._reclaimer.start()
 
     def _set_health(self, *, serving: bool) -> None:
         status = (
@@ -147,6 +154,30 @@ class Server:
                 serving = self._check_writer(serving)
             except Exception:  # housekeeping must go on; say what failed
                 log.exception("housekeeping failed")
+
+    def _reclaiming(self) -> None:
+        """Every ``reclaim_interval_s`` until stop: reclaim the space of dead records
+        (docs/format.md 8.10); ingest goes on meanwhile. A failure is logged and kept
+        for Admin.Stats (``reclaim_error``); the next run tries again."""
+        while not self._stopped.wait(self.config.reclaim_interval_s):
+            if self.vault.writer_error is not None:
+                continue  # the housekeeper reopens it first
+            try:
+                done = self.vault.reclaim(
+                    threshold=self.config.reclaim_threshold, stop=self._stopped
+                )
+            except Exception as e:
+                self.reclaim_error = str(e) or type(e).__name__
+                log.error("scheduled reclaim failed: %s", self.reclaim_error)
+                continue
+            self.reclaim_error = ""
+            if done.bytes_freed:
+                log.info(
+                    "reclaimed %d bytes (%d segment(s) removed, %d rewritten)",
+                    done.bytes_freed,
+                    done.segments_removed,
+                    done.segments_rewritten,
+                )
 
     def _check_writer(self, serving: bool) -> bool:
         """NOT_SERVING while the segment writer has failed (reopening it each time);
@@ -177,6 +208,8 @@ class Server:
         self._stopped.set()
         if self._housekeeper is not None:  # no reaping or health changes from here on
             self._housekeeper.join()
+        if self._reclaimer is not None:  # a run stops after the step it is in
+            self._reclaimer.join()
         self.health.enter_graceful_shutdown()
         self.ingestor.shutdown(lambda live, e: log.error("call %s: %s", live.spec.call_id, e))
         self.grpc.stop(self.config.shutdown_grace_s).wait()

@@ -159,6 +159,10 @@ class Config:
         self.auto_opus_calls: int = int(kw.pop("auto_opus_calls", 16 * (os.cpu_count() or 1)))
         self.compact_workers: int = int(kw.pop("compact_workers", 1))
         self.compact_paused: bool = bool(kw.pop("compact_paused", False))
+        # the scheduled reclaim (docs/format.md 8.10): every reclaim_interval_s (0: never)
+        # rewrite closed segments at least reclaim_threshold dead
+        self.reclaim_interval_s: float = float(kw.pop("reclaim_interval_s", 600.0))
+        self.reclaim_threshold: float = float(kw.pop("reclaim_threshold", 0.5))
         if kw:
             raise InputError(f"unknown server setting(s): {', '.join(sorted(kw))}")
         if self.max_open_calls < 1 or min(self.call_idle_s, self.resume_s) <= 0:
@@ -169,6 +173,10 @@ class Config:
             raise InputError(f"ingest_codec {self.ingest_codec!r}: opus, g711 or auto")
         if self.compact_workers < 1 or self.auto_opus_calls < 0:
             raise InputError("compact_workers must be at least 1, auto_opus_calls at least 0")
+        if self.reclaim_interval_s < 0 or not 0 < self.reclaim_threshold <= 1:
+            raise InputError(
+                "reclaim_interval_s must be >= 0 (0: never) and reclaim_threshold in (0, 1]"
+            )
         if self.workers < self.max_concurrent_rpcs:
             raise InputError(
                 "workers must be at least max_concurrent_rpcs (each stream holds a worker thread)"
@@ -476,10 +484,19 @@ class IntegrityServicer(pbg.IntegrityServicer):
 
 
 class AdminServicer(pbg.AdminServicer):
-    def __init__(self, vault: Vault, ingestor: Ingestor, methods: MethodLog) -> None:
+    def __init__(
+        self,
+        vault: Vault,
+        ingestor: Ingestor,
+        methods: MethodLog,
+        config: Config | None = None,
+        reclaim_error: Callable[[], str] = lambda: "",
+    ) -> None:
         self.vault = vault
         self.ingestor = ingestor
         self.methods = methods
+        self.config = config or Config()
+        self.reclaim_error = reclaim_error  # the scheduled reclaim's last failure
         self.started = time.monotonic()
         self.compactor: Any = None  # vault.compact.Compactor, set by the server (peak mode)
 
@@ -507,6 +524,9 @@ class AdminServicer(pbg.AdminServicer):
             unsupported_codec_packets=self.ingestor.unsupported_codec["packets"],
             unsupported_codec_frames=self.ingestor.unsupported_codec["frames"],
             **self._compactor_stats(),
+            reclaimable_bytes=s["reclaimable_bytes"],
+            reclaimed_bytes=s["reclaimed_bytes"],
+            reclaim_error=self.reclaim_error(),
         )
 
     def _compactor_stats(self) -> dict[str, Any]:
@@ -541,6 +561,15 @@ class AdminServicer(pbg.AdminServicer):
                 "stop the server and run `callvault --data DIR reindex`)"
             )
         return pb.ReindexReply(records=self.vault.reindex())
+
+    @unary
+    def Reclaim(self, r: pb.ReclaimRequest, context: grpc.ServicerContext) -> pb.ReclaimReply:
+        threshold = r.threshold or self.config.reclaim_threshold
+        if not 0 < threshold <= 1:
+            raise InputError(f"threshold must be in (0, 1], not {r.threshold}")
+        check_writer(self.vault)
+        done = self.vault.reclaim(threshold=threshold, scan=r.scan)
+        return pb.ReclaimReply(**done.as_dict())
 
     @unary
     def RotateKey(self, r: pb.RotateKeyRequest, context: grpc.ServicerContext) -> pb.RotateKeyReply:

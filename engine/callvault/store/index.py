@@ -1,8 +1,9 @@
 """The vault's index: RocksDB (rocksdict) column families, one WriteBatch per group commit.
 
-Column families, keys, values, the ``default`` family's ``meta/*`` and
-``leaf/*`` entries and the call entry's JSON: docs/format.md 8.4 (format
-version 2). The index never points past durable bytes: the vault writes each
+Column families, keys, values, the ``default`` family's ``meta/*``, ``leaf/*``
+and ``dead/*`` entries and the call entry's JSON: docs/format.md 8.4 (format
+version 4; ``dead/*``, the bytes of records the index let go of per segment, is
+what a reclaim reads: 8.10). The index never points past durable bytes: the vault writes each
 group commit's batch after the segment fsync and before any acknowledgement
 (callvault.store.segment's on_commit). It can be rebuilt from the segments
 alone (`callvault --data DIR reindex`, which never opens a damaged index); a
@@ -29,17 +30,21 @@ from callvault.errors import CallvaultError
 
 # 2: the call entry's vault-internal values are fields (docs/format.md 8.4); 3: the
 # entry gained `recording_id` and `unsupported_codec` (absent in older entries: their
-# defaults); 4: peak mode's `storage`, `transcode_ref`, `transcode_log_index` and
-# `compact_next` (docs/format.md 8.10; absent: the defaults). An older index is read
-# (its entries migrate on load) and marked with this version on open, so that a build
-# that knows only an older one refuses it (with the reindex sentence) instead of
-# failing on an entry field it does not know.
+# defaults). An older index is read (its entries migrate on load) and marked with
+# this version on open, so that a build that knows only an older one refuses it
+# (with the reindex sentence) instead of failing on an entry field it does not know.
+# 4: peak mode's `storage`, `transcode_ref`, `transcode_log_index` and
+# `compact_next` (docs/format.md 8.10; absent: the defaults), and an erased call
+# keeps no `records` entries (its audio records are dead, their bytes counted under
+# `dead/<segment>`: docs/format.md 8.4, 8.10); an older index is migrated on open
+# (its erased calls' entries deleted and counted) in the batch that marks it 4.
 FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 CFS = ("calls", "records", "time", "agent", "skill", "tag")
 RECORD = struct.Struct(">BBHIQQI")  # leg, type, frames, first frame, segment, offset, length
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
+DEAD = b"dead/"  # default family: dead/ + u64 segment -> u64 dead bytes (docs/format.md 8.4)
 
 # RocksDB's own info log (DATA/index/LOG): it is rolled to LOG.old.<time> on every
 # open, so without a bound each command run leaves one more file. RocksDB keeps at
@@ -229,6 +234,11 @@ class Batch:
         self._index = index
         self._wb = WriteBatch(raw_mode=True)
         self.count = 0
+        # the records put in this batch, per call (a call's erasure in the same batch
+        # finds them here: the batch cannot be read)
+        self.records_put: dict[tuple[str, str], dict[int, RecordEntry]] = {}
+        self.dead: dict[int, int] = {}  # dead bytes added per segment
+        self.gone: set[int] = set()  # segments whose counter is deleted
 
     def put_call(self, entry: CallEntry, *, previous: CallEntry | None = None) -> None:
         ix = self._index
@@ -252,12 +262,24 @@ class Batch:
         self._wb.put(
             record_key(tenant, call_id, chain_index), entry.pack(), self._index.cf("records")
         )
+        self.records_put.setdefault((tenant, call_id), {})[chain_index] = entry
         self.count += 1
 
     def delete_record(self, tenant: str, call_id: str, chain_index: int) -> None:
-        """Drop a record from the index (compaction: the raw records it replaced)."""
+        """The index stops referencing the record: it is dead (docs/format.md 8.10)."""
         self._wb.delete(record_key(tenant, call_id, chain_index), self._index.cf("records"))
+        self.records_put.get((tenant, call_id), {}).pop(chain_index, None)
         self.count += 1
+
+    def add_dead(self, segment: int, nbytes: int) -> None:
+        """``nbytes`` more of ``segment`` are dead records (added to ``dead/<segment>``
+        when the batch is written)."""
+        self.dead[segment] = self.dead.get(segment, 0) + nbytes
+
+    def forget_segment(self, segment: int) -> None:
+        """The segment is gone (reclaimed): its dead-bytes counter goes with it."""
+        self.dead.pop(segment, None)
+        self.gone.add(segment)
 
 
 class Index:
@@ -316,7 +338,9 @@ class Index:
                 "rebuild it with `callvault --data DIR reindex`"
             )
         if version != FORMAT_VERSION and not read_only:
-            self._db.put(b"meta/format", U32.pack(FORMAT_VERSION))
+            b = self._migrate_erased() if version is not None else self.batch()
+            b.put_meta(b"meta/format", U32.pack(FORMAT_VERSION))
+            self.write(b)
 
     def cf(self, name: str) -> Any:
         return self._cfs[name]
@@ -325,9 +349,53 @@ class Index:
         return Batch(self)
 
     def write(self, batch: Batch) -> None:
+        """Apply the batch atomically. Its dead-bytes increments are read-modify-write:
+        the vault writes its batches one at a time (under its log lock)."""
         if self.read_only:
             raise IndexUnreadable(f"the index {self.path} is open read-only")
+        for seg in batch.gone:
+            batch._wb.delete(DEAD + U64.pack(seg))
+        for seg, n in batch.dead.items():
+            if n:
+                batch._wb.put(DEAD + U64.pack(seg), U64.pack(self.dead_bytes_of(seg) + n))
         self._db.write(batch._wb)
+
+    def dead_bytes_of(self, segment: int) -> int:
+        raw = self._db.get(DEAD + U64.pack(segment))
+        return 0 if raw is None else int(U64.unpack(raw)[0])
+
+    def dead_bytes(self) -> dict[int, int]:
+        """``dead/<segment>``: per segment, the bytes of the records the index let go
+        of (erased calls' audio, dropped records): what a reclaim can free."""
+        out: dict[int, int] = {}
+        it = self._db.iter()
+        it.seek(DEAD)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(DEAD):
+                break
+            out[U64.unpack(key[len(DEAD) :])[0]] = U64.unpack(it.value())[0]
+            it.next()
+        return out
+
+    def record(self, tenant: str, call_id: str, chain_index: int) -> RecordEntry | None:
+        raw = self._views["records"].get(record_key(tenant, call_id, chain_index))
+        return None if raw is None else RecordEntry.unpack(raw)
+
+    def _migrate_erased(self) -> Batch:
+        """A batch that deletes the `records` entries of every erased call (an index
+        older than format 4 kept them) and counts their bytes as dead."""
+        b = self.batch()
+        it = self._views["calls"].iter()
+        it.seek_to_first()
+        while it.valid():
+            e = CallEntry.unpack(it.value())
+            if e.state == "erased":
+                for i, r in self.records(e.tenant, e.call_id):
+                    b.delete_record(e.tenant, e.call_id, i)
+                    b.add_dead(r.segment, r.length)
+            it.next()
+        return b
 
     def sync(self) -> None:
         """Make every write so far durable (RocksDB's write-ahead log, fsynced)."""

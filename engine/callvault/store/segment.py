@@ -67,7 +67,10 @@ from callvault.errors import CallvaultError
 from callvault.store.fs import REAL_FS, File, FileSystem
 
 __all__ = [
+    "FOOTER_RECORD_SIZE",
     "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "ORIGIN_RECORD_SIZE",
     "MAX_BODY",
     "Committed",
     "CorruptRecord",
@@ -78,8 +81,13 @@ __all__ = [
     "SegmentWriter",
     "StoreError",
     "TornTail",
+    "publish_copy",
     "recover",
+    "remove_unpublished",
+    "segment_origin",
     "segment_path",
+    "unpublished_path",
+    "write_copy",
 ]
 
 FORMAT_VERSION = 1
@@ -99,11 +107,17 @@ MAX_BODY = 16 << 20
 # Types 0xF0..0xFF belong to the store; callers use 1..0xEF.
 FIRST_STORE_TYPE = 0xF0
 TYPE_FOOTER = 0xFF
+# The first record of a segment written by a rewrite (docs/format.md 8.2, 8.10): the
+# place of its records in the store's order (the id of the first segment they came from)
+TYPE_ORIGIN = 0xFE
+ORIGIN_BODY = struct.Struct("<Q")
+ORIGIN_RECORD_SIZE = RECORD_HEADER_SIZE + ORIGIN_BODY.size
 FOOTER_BODY = struct.Struct("<QQQQ")  # segment_id, record_count, data_end, closed_us
 FOOTER_RECORD_SIZE = RECORD_HEADER_SIZE + FOOTER_BODY.size
 # Smaller segments would hold almost nothing but headers and footers.
 MIN_SEGMENT_BYTES = 256
 _SEGMENT_NAME = re.compile(r"^([0-9a-f]{16})\.seg$")
+UNPUBLISHED = ".tmp"  # a rewrite's segment being written: <id>.seg.tmp (never listed)
 
 
 class StoreError(CallvaultError):
@@ -193,6 +207,53 @@ def _list_segments(fs: FileSystem, directory: str) -> list[int]:
     return sorted(ids)
 
 
+def segment_origin(data: bytes | memoryview, segment: int) -> int:
+    """The origin of a segment from its first bytes (at least HEADER_SIZE +
+    ORIGIN_RECORD_SIZE of them when there are that many): the ``origin`` of its origin
+    record (a rewrite's segment), else its own id."""
+    if len(data) < HEADER_SIZE + ORIGIN_RECORD_SIZE:
+        return segment
+    found = _record_at(data[: HEADER_SIZE + ORIGIN_RECORD_SIZE], HEADER_SIZE)
+    if isinstance(found, str) or found != (TYPE_ORIGIN, ORIGIN_BODY.size):
+        return segment
+    _crc, _len, _t, flags, reserved = RECORD_HEADER.unpack_from(data, HEADER_SIZE)
+    if flags or reserved:
+        return segment
+    (origin,) = ORIGIN_BODY.unpack_from(data, HEADER_SIZE + RECORD_HEADER_SIZE)
+    return int(origin)
+
+
+def _ordered(fs: FileSystem, directory: str, ids: list[int] | None = None) -> list[int]:
+    return [seg for _, seg in _ordered_keys(fs, directory, ids)]
+
+
+def _ordered_keys(
+    fs: FileSystem, directory: str, ids: list[int] | None = None
+) -> list[tuple[int, int]]:
+    """Segment ids in the store's order (docs/format.md 8.2): by (origin, id). A
+    segment a rewrite wrote takes the place of the segments its records came from, so
+    the records keep the order they were written in; every other segment's origin is
+    its id. A segment that cannot be read keeps its id as its place (recovery reports
+    it)."""
+    if ids is None:
+        ids = _list_segments(fs, directory)
+    keys = []
+    for seg in ids:
+        origin = seg
+        try:
+            f = fs.open_read(segment_path(directory, seg))
+        except OSError:
+            pass
+        else:
+            try:
+                origin = segment_origin(f.pread(HEADER_SIZE + ORIGIN_RECORD_SIZE, 0), seg)
+            finally:
+                f.close()
+        keys.append((origin, seg))
+    keys.sort()
+    return keys
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -242,11 +303,17 @@ def _record_at(data: bytes | memoryview, pos: int) -> tuple[int, int] | str:
     return (rtype, length)
 
 
-def _unsupported(rtype: int, flags: int, reserved: int) -> str | None:
+def _unsupported(
+    rtype: int, flags: int, reserved: int, pos: int = 0, length: int = 0
+) -> str | None:
+    """Why a CRC-valid record at ``pos`` (its body ``length`` bytes) is not allowed,
+    or None. The origin record is allowed as a segment's first record only."""
     if rtype == 0:
         return "record type 0 is invalid"
     if flags != 0 or reserved != 0:
         return f"record flags {flags:#x} / reserved {reserved:#x} not allowed in version 1"
+    if rtype == TYPE_ORIGIN and pos == HEADER_SIZE and length == ORIGIN_BODY.size:
+        return None
     if rtype >= FIRST_STORE_TYPE and rtype != TYPE_FOOTER:
         return f"reserved store record type {rtype:#x}"
     return None
@@ -332,7 +399,7 @@ def _scan_segment(data: bytes, segment: int) -> _Scan:
         rtype, length = found
         _crc, _len, _t, flags, reserved = RECORD_HEADER.unpack_from(data, pos)
         end = pos + RECORD_HEADER_SIZE + length
-        bad = _unsupported(rtype, flags, reserved)
+        bad = _unsupported(rtype, flags, reserved, pos, length)
         if bad is None and rtype == TYPE_FOOTER:
             bad = _footer_problem(memoryview(data)[pos + RECORD_HEADER_SIZE : end], segment, pos, n)
             if bad is None:
@@ -340,6 +407,8 @@ def _scan_segment(data: bytes, segment: int) -> _Scan:
                 return scan
         if bad is not None:
             scan.damage.append(Damage(segment, pos, bad, end if end < n else None))
+        elif rtype == TYPE_ORIGIN:
+            pass  # the store's own: not a caller record
         else:
             scan.records.append((RecordRef(segment, pos, end - pos), rtype))
             scan.count += 1
@@ -439,8 +508,8 @@ class SegmentWriter:
         ids = _list_segments(self._fs, self._dir)
         if not ids:
             return
-        last = ids[-1]
-        self._next_id = last + 1
+        self._next_id = ids[-1] + 1
+        last = _ordered(self._fs, self._dir, ids)[-1]  # the tail: last in the store's order
         f = self._fs.open_append(segment_path(self._dir, last))
         try:
             size = f.size()
@@ -491,6 +560,14 @@ class SegmentWriter:
         if failed is not None:
             future.set_exception(failed)  # outside the lock: callbacks run here
         return future
+
+    def reserve_id(self) -> int:
+        """A new segment id that this writer will never use (for a rewrite's segment,
+        docs/format.md 8.10)."""
+        with self._cond:
+            sid = self._next_id
+            self._next_id += 1
+            return sid
 
     def flush(self) -> None:
         """Wait until everything appended so far is durable (StoreError if it failed)."""
@@ -645,8 +722,9 @@ class SegmentWriter:
                 self._file.close()
                 self._file = None
             if self._file is None:
-                self._segment = self._next_id
-                self._next_id += 1
+                with self._cond:  # reserve_id takes ids from other threads
+                    self._segment = self._next_id
+                    self._next_id += 1
                 self._what = f"create segment {self._segment:016x}"
                 self._file = self._fs.create(segment_path(self._dir, self._segment))
                 parts.append(_file_header(self._segment, _now_us()))
@@ -686,9 +764,40 @@ class SegmentReader:
         self._fs = fs
         self._lock = threading.Lock()
         self._files: dict[int, File] = {}
+        self._retired: set[int] = set()
 
     def segments(self) -> list[int]:
-        return _list_segments(self._fs, self._dir)
+        """The segment ids in the store's order (by origin, then id: docs/format.md 8.2)."""
+        return _ordered(self._fs, self._dir)
+
+    def origin(self, segment: int) -> int:
+        """The segment's place in the store's order (its id unless a rewrite wrote it)."""
+        f = self._open(segment)
+        return segment_origin(f.pread(HEADER_SIZE + ORIGIN_RECORD_SIZE, 0), segment)
+
+    def size(self, segment: int) -> int:
+        return self._open(segment).size()
+
+    def closed(self, segment: int) -> bool:
+        """True if the segment ends with its footer (it is never written again)."""
+        f = self._open(segment)
+        return _is_closed(f, segment, f.size())
+
+    def retire(self, segment: int) -> None:
+        """Keep the segment's file open (reads by reference still find its records)
+        before it is removed: a reader that took a reference before the index moved
+        it reads on; ``release_retired`` closes such files (their space is freed then)."""
+        with contextlib.suppress(StoreError):
+            self._open(segment)
+        with self._lock:
+            self._retired.add(segment)
+
+    def release_retired(self) -> None:
+        with self._lock:
+            files = [self._files.pop(s) for s in self._retired if s in self._files]
+            self._retired.clear()
+        for f in files:
+            f.close()
 
     def _open(self, segment: int) -> File:
         with self._lock:
@@ -775,14 +884,15 @@ class SegmentReader:
             found = _record_at(data, 0)
             if isinstance(found, str):
                 raise CorruptRecord(segment, pos, found)
-            bad = _unsupported(rtype, flags, reserved)
+            bad = _unsupported(rtype, flags, reserved, pos, length)
             if bad is None and rtype == TYPE_FOOTER:
                 bad = _footer_problem(data[RECORD_HEADER_SIZE:], segment, pos, size)
                 if bad is None:
                     return
             if bad is not None:
                 raise CorruptRecord(segment, pos, bad)
-            yield RecordRef(segment, pos, len(data)), rtype, data[RECORD_HEADER_SIZE:]
+            if rtype != TYPE_ORIGIN:
+                yield RecordRef(segment, pos, len(data)), rtype, data[RECORD_HEADER_SIZE:]
             pos += len(data)
 
     def close(self) -> None:
@@ -814,26 +924,34 @@ def recover(
     See the module doc, "Recovery contract"."""
     d = os.fspath(directory)
     report = RecoveryReport()
-    ids = _list_segments(fs, d)
+    keys = _ordered_keys(fs, d)  # the store's order: a rewrite's segment stands at its origin
+    ids = [seg for _, seg in keys]
+    end_key: tuple[float, int] | None = None
+    if known_end is not None:
+        # the known end is in a segment the writer wrote (its origin is its id); one
+        # that is missing (damage, below) stands where it would be
+        at = (known_end[0], known_end[0])
+        if at in keys:
+            end_key = (float(keys.index(at)), known_end[1])
+        else:
+            end_key = (sum(1 for k in keys if k < at) - 0.5, known_end[1])
     for i, seg in enumerate(ids):
         last = i == len(ids) - 1
         path = segment_path(d, seg)
         f = fs.open_append(path) if last else fs.open_read(path)
         try:
             size = f.size()
-            wanted = known_end is not None and seg >= known_end[0]
+            wanted = end_key is not None and i >= end_key[0]
             if _is_closed(f, seg, size) and not wanted:
                 report.segments.append(seg)
                 continue
             scan = _scan_segment(f.pread(size, 0), seg)
             report.scanned.append(seg)
             report.damage.extend(scan.damage)
-            if known_end is None:
+            if end_key is None:
                 report.records.extend(scan.records)
             else:
-                report.records.extend(
-                    r for r in scan.records if (r[0].segment, r[0].offset) >= known_end
-                )
+                report.records.extend(r for r in scan.records if (i, r[0].offset) >= end_key)
             removed = False
             if scan.torn is not None:
                 off, reason = scan.torn
@@ -841,7 +959,7 @@ def recover(
                     report.damage.append(
                         Damage(seg, off, f"{reason} (not the last segment: never truncated)", None)
                     )
-                elif known_end is not None and (seg, off) < known_end:
+                elif end_key is not None and (i, off) < end_key:
                     report.damage.append(
                         Damage(
                             seg,
@@ -876,3 +994,77 @@ def recover(
         )
     report.damage.sort(key=lambda dmg: (dmg.segment, dmg.offset))
     return report
+
+
+# ---------------------------------------------------------------------------
+# Rewrite (docs/format.md 8.10): a closed segment holding copies of records
+
+
+def unpublished_path(directory: str | os.PathLike[str], segment: int) -> str:
+    return segment_path(directory, segment) + UNPUBLISHED
+
+
+def write_copy(
+    directory: str | os.PathLike[str],
+    segment: int,
+    origin: int,
+    records: list[tuple[int, bytes]],
+    *,
+    fs: FileSystem = REAL_FS,
+) -> list[RecordRef]:
+    """Write ``records`` ((type, body), copied as they are) into a new closed segment
+    ``segment`` whose origin record says ``origin``, under its unpublished name
+    (``<id>.seg.tmp``, never listed), and fsync it; returns the records' references
+    in it. ``publish_copy`` then gives it its name."""
+    d = os.fspath(directory)
+    tmp = unpublished_path(d, segment)
+    with contextlib.suppress(FileNotFoundError):
+        fs.remove(tmp)  # left by an earlier attempt that crashed
+    f = fs.create(tmp)
+    try:
+        parts: list[bytes] = [_file_header(segment, _now_us())]
+        parts.extend(_frame(TYPE_ORIGIN, ORIGIN_BODY.pack(origin)))
+        size = HEADER_SIZE + ORIGIN_RECORD_SIZE
+        refs = []
+        for rtype, body in records:
+            if not 1 <= rtype < FIRST_STORE_TYPE:
+                raise ValueError(f"not a caller record type: {rtype}")
+            parts.extend(_frame(rtype, body))
+            n = RECORD_HEADER_SIZE + len(body)
+            refs.append(RecordRef(segment, size, n))
+            size += n
+        parts.extend(_frame(TYPE_FOOTER, FOOTER_BODY.pack(segment, len(refs), size, _now_us())))
+        view = memoryview(b"".join(parts))
+        while view:
+            n = f.write(view)
+            if n <= 0:
+                raise OSError(f"write returned {n}")
+            view = view[n:]
+        f.fsync()
+    finally:
+        f.close()
+    return refs
+
+
+def publish_copy(
+    directory: str | os.PathLike[str], segment: int, *, fs: FileSystem = REAL_FS
+) -> None:
+    """Rename a segment ``write_copy`` wrote to its name; the directory fsynced."""
+    d = os.fspath(directory)
+    fs.rename(unpublished_path(d, segment), segment_path(d, segment))
+    fs.fsync_dir(d)
+
+
+def remove_unpublished(directory: str | os.PathLike[str], *, fs: FileSystem = REAL_FS) -> int:
+    """Remove the unpublished segments (``<id>.seg.tmp``) a crash left; how many."""
+    d = os.fspath(directory)
+    if not fs.isdir(d):
+        return 0
+    n = 0
+    for name in fs.listdir(d):
+        if name.endswith(".seg" + UNPUBLISHED) and _SEGMENT_NAME.match(name[: -len(UNPUBLISHED)]):
+            fs.remove(os.path.join(d, name))
+            n += 1
+    if n:
+        fs.fsync_dir(d)
+    return n

@@ -79,3 +79,4 @@ class OpenReport:
     damage: list[Any] = field(default_factory=list)
     reindexed: int = 0
     replays: list[Replay] = field(default_factory=list)
+    reclaim: str | None = None  # a reclaim a crash interrupted, finished or undone

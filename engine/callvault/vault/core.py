@@ -63,7 +63,8 @@ from callvault.vault.common import (
 )
 from callvault.vault.export import Export
 from callvault.vault.keys import CallKeys, has_vault_data, open_key_file
-from callvault.vault.recovery import Indexing, settle_index_swap
+from callvault.vault.reclaim import Reclaiming
+from callvault.vault.recovery import settle_index_swap
 from callvault.vault.verify import Verification
 
 PROBE_BYTES = 1 << 20  # what reopen_writer writes (and removes) to see that writing works
@@ -233,14 +234,15 @@ class CallWriter:
         return seal
 
 
-class Vault(Export, Verification, Indexing):
+class Vault(Export, Verification, Reclaiming):
     """The embedded engine on one data directory. Use ``Vault.open(path)``.
 
     Its parts, each a module of this package: indexing and recovery
-    (recovery.Indexing), reading (reading.Reading), verify (verify.Verification),
-    export (export.Export), the calls' key files (keys.CallKeys, ``call_keys``);
-    here: opening, the write path (open_call, CallWriter, erase), key rotation
-    and the Merkle log's checkpoints and proofs."""
+    (recovery.Indexing), reclaiming space (reclaim.Reclaiming), reading
+    (reading.Reading), verify (verify.Verification), export (export.Export), the
+    calls' key files (keys.CallKeys, ``call_keys``); here: opening, the write path
+    (open_call, CallWriter, erase), key rotation and the Merkle log's checkpoints and
+    proofs."""
 
     def __init__(
         self,
@@ -265,6 +267,9 @@ class Vault(Export, Verification, Indexing):
         # called (tenant, call_id, frames) when a raw (G.711) call is sealed: the
         # server's compactor (vault/compact.py) queues it
         self.on_raw_sealed: Callable[[str, str, int], object] | None = None
+        self._gaps = {}
+        self._reclaim_lock = threading.Lock()
+        self._reclaimed_last = None
         self.report = OpenReport()
         self._segment_bytes = segment_bytes
         self._reopen_error = ""
@@ -294,6 +299,7 @@ class Vault(Export, Verification, Indexing):
             if read_only:
                 self.index = Index(path / "index", read_only=True)
             elif rebuild_index:
+                self.report.reclaim = self.resolve_reclaim(index=False)
                 self.report.truncated = recover(path / "segments", fs=fs).truncated
                 self.report.reindexed = self._rebuild_index(keep_old=True)
             else:
@@ -307,6 +313,7 @@ class Vault(Export, Verification, Indexing):
                         damaged=True,
                     )
                 self.index = Index(path / "index")
+                self.report.reclaim = self.resolve_reclaim(index=True)
             if not read_only:
                 known_end = self._known_end() if rebuild_index else self._recover()
                 self._writer = SegmentWriter(
@@ -336,7 +343,7 @@ class Vault(Export, Verification, Indexing):
 
     def _release(self) -> None:
         """Close what is open (all of it, or what a failed open got to) and unlock."""
-        for part in ("_writer", "log", "index"):
+        for part in ("_writer", "log", "index", "_reader"):
             if hasattr(self, part):
                 getattr(self, part).close()
         if self._lock_fd >= 0:
@@ -572,7 +579,9 @@ class Vault(Export, Verification, Indexing):
         return entry, seal
 
     def erase(self, call_id: str, *, reason: str, tenant: str = "default") -> None:
-        """Crypto-shred a sealed call: its key is destroyed, a tombstone and a log leaf stay."""
+        """Crypto-shred a sealed call: its key is destroyed, a tombstone and a log leaf
+        stay; its audio records are dead (the index lets go of them, a reclaim frees
+        them: docs/format.md 8.10)."""
         self._writable()
         e = self.get_call(call_id, tenant=tenant)
         if e.state == "erased":
@@ -629,7 +638,7 @@ class Vault(Export, Verification, Indexing):
         cause remains. Calls being written by this process are dropped from it: their
         CallWriters raise, and ``resume_call`` continues them from the stored records."""
         self._writable()
-        with self._lock:
+        with self._lock, self._reclaim_lock:
             if self._writer.failed is None:
                 return True
             with self._log_lock:
@@ -678,8 +687,9 @@ class Vault(Export, Verification, Indexing):
                 self.fs.fsync_dir(directory)
                 return True
             seg, off = end
-            for sid in self._reader.segments():
-                if sid > seg:
+            order = self._reader.segments()  # the store's order (docs/format.md 8.2)
+            if seg in order:
+                for sid in order[order.index(seg) + 1 :]:
                     self.fs.remove(segment_path(directory, sid))
             f = self.fs.open_append(segment_path(directory, seg))
             try:
@@ -768,7 +778,8 @@ class Vault(Export, Verification, Indexing):
 
     def stats(self) -> dict[str, int]:
         """Calls in the index (and of them the raw ones: peak mode, not compacted yet),
-        segment bytes, free disk and log size."""
+        segment bytes, free disk, log size, and the bytes a reclaim can free and has
+        freed (docs/format.md 8.10)."""
         calls = raw = 0
         for t in self.index.tenants():
             for e in self.index.search(t):
@@ -782,4 +793,6 @@ class Vault(Export, Verification, Indexing):
             "stored_bytes": stored,
             "free_disk_bytes": st.f_bavail * st.f_frsize,
             "log_size": self.log_size(),
+            "reclaimable_bytes": self.reclaimable_bytes(),
+            "reclaimed_bytes": self.reclaimed_bytes(),
         }

@@ -75,6 +75,7 @@ class Indexing(VaultState):
                 Committed(ref, rtype, reader.read(ref)[1]) for ref, rtype in report.records
             ]
             self._on_commit(committed, recovering=True)
+            self._end_recovery()
             self.report.reindexed = len(committed) - len(self.report.replays)
         return known_end
 
@@ -99,7 +100,7 @@ class Indexing(VaultState):
         ``Vault.open(DIR, rebuild_index=True)`` rebuilds it without opening it.)"""
         if self.read_only:
             raise VaultError(f"{self.path} is open read-only: reindex needs a read-write open")
-        with self._lock:
+        with self._lock, self._reclaim_lock:
             self._writer.flush()
             # the committer indexes under _log_lock: holding it, the index ends at
             # meta/end, and what commits meanwhile is indexed into the new index after
@@ -138,8 +139,12 @@ class Indexing(VaultState):
             self._map_log_leaves(0)  # the log's leaves first, so seals find theirs
             n = 0
             chunk: list[Committed] = []
+            # ``until`` is in a segment the writer wrote; a rewrite's segment stands
+            # before it in the store's order even with a higher id (docs/format.md 8.2)
+            rank = {seg: i for i, seg in enumerate(self._reader.segments())}
+            stop = None if until is None else (rank.get(until[0], len(rank)), until[1])
             for ref, rtype, body in self._reader.scan():
-                if until is not None and (ref.segment, ref.offset) >= until:
+                if stop is not None and (rank.get(ref.segment, len(rank)), ref.offset) >= stop:
                     break
                 chunk.append(Committed(ref, rtype, body))
                 if len(chunk) >= 1000:
@@ -149,11 +154,13 @@ class Indexing(VaultState):
                     if progress is not None:
                         progress(n)
             self._on_commit(chunk, recovering=True)
+            self._end_recovery()
             n += len(chunk)
             if progress is not None:
                 progress(n)
             self.index.sync()
         except BaseException:
+            self._gaps.clear()
             self.index.close()
             if old_index is not None:
                 self.index = old_index
@@ -195,7 +202,7 @@ class Indexing(VaultState):
         for c in committed:
             assert c.body is not None
             try:
-                log_grew |= self._apply(batch, cache, c.ref, c.rtype, c.body, erased)
+                log_grew |= self._apply(batch, cache, c.ref, c.rtype, c.body, erased, recovering)
             except Replay as e:
                 if not recovering:  # the vault itself never writes one: stop acking
                     raise
@@ -232,9 +239,13 @@ class Indexing(VaultState):
         rtype: int,
         raw: bytes,
         erased: list[tuple[str, str]],
+        recovering: bool = False,
     ) -> bool:
         """Index one durable record; True if it appended a log leaf. An erasure's call
-        is added to ``erased``: its key is destroyed once the batch is written."""
+        is added to ``erased``: its key is destroyed once the batch is written.
+        ``recovering`` (recovery, reindex): an audio record after a gap is held back
+        (``_gaps``) instead of refused, as the records before it may have been
+        reclaimed (its call erased later in the segments)."""
         b = rec.parse(rtype, raw)
         if rtype == rec.OPEN:
             meta = b.meta or {}
@@ -267,6 +278,17 @@ class Indexing(VaultState):
         if e.state != "open" and rtype != rec.ERASE:
             raise Replay(ref, f"{rec.NAMES[rtype]} record of call {b.call_id} after its seal")
         if rtype == rec.AUDIO:
+            if b.chain_index > e.records and recovering and e.state == "open":
+                # records before it were reclaimed (an erased call's, docs/format.md
+                # 8.10): held until the call's erasure; reported if none comes
+                self._gaps.setdefault((b.tenant, b.call_id), []).append(
+                    (
+                        ref,
+                        f"audio record {b.chain_index} of call {b.call_id} where "
+                        f"record {e.records} comes next",
+                    )
+                )
+                return False
             if b.chain_index != e.records:  # each index is written once, in order
                 raise Replay(
                     ref,
@@ -304,6 +326,7 @@ class Indexing(VaultState):
             e.state = "erased"
             e.wrapped_key = ""
             erased.append((b.tenant, b.call_id))
+            self._drop_erased_audio(batch, e)
             e.erased_us = b.time_us
             e.erase_reason = b.reason
             e.erase_log_index = self._log_leaf(
@@ -353,8 +376,15 @@ class Indexing(VaultState):
         first = int(opus["first_index"])
         if first < int(raw["count"]) or first + int(opus["count"]) > e.compact_next:
             raise Replay(ref, f"transcode record of call {b.call_id} names records it lacks")
-        for i in range(first):  # the raw records, and those of a cut-short attempt
+        # the raw records, and those of a cut-short attempt, leave the index: dead
+        # (their bytes counted, docs/format.md 8.10), a reclaim frees them
+        places = {i: (r.segment, r.length) for i, r in self.index.records(b.tenant, b.call_id)}
+        for i, r in batch.records_put.get((b.tenant, b.call_id), {}).items():
+            places[i] = (r.segment, r.length)
+        for i in range(first):
             batch.delete_record(b.tenant, b.call_id, i)
+            if i in places:
+                batch.add_dead(*places[i])
         e.storage = "compacted"
         e.records = int(raw["count"])
         e.chain_head = str(raw["head"])
@@ -371,6 +401,33 @@ class Indexing(VaultState):
             ),
         )
         return True
+    def _drop_erased_audio(self, batch: Batch, e: CallEntry) -> None:
+        """An erased call's audio records are dead (docs/format.md 8.10): the index lets
+        go of them (their bytes counted as dead in their segments) and keeps the chain's
+        count and head as sealed (the SEAL record has them), whether or not the records
+        are still stored: a reindex after a reclaim gives the same entry."""
+        refs: dict[int, tuple[int, int]] = {
+            i: (r.segment, r.length) for i, r in self.index.records(e.tenant, e.call_id)
+        }
+        for i, r in batch.records_put.get((e.tenant, e.call_id), {}).items():
+            refs[i] = (r.segment, r.length)
+        for ref, _why in self._gaps.pop((e.tenant, e.call_id), []):
+            batch.add_dead(ref.segment, ref.length)  # held back by a reindex: never put
+        for i, (segment, length) in sorted(refs.items()):
+            batch.delete_record(e.tenant, e.call_id, i)
+            batch.add_dead(segment, length)
+        if e.manifest_ref is not None:
+            rtype, raw = self._reader.read(RecordRef(*e.manifest_ref))
+            sb = rec.parse(rtype, raw)
+            e.records, e.chain_head = sb.count, sb.head.hex()
+
+    def _end_recovery(self) -> None:
+        """Audio records held back by a recovery or reindex whose call was not erased
+        after all: reported as before (Replay), never indexed."""
+        for held in self._gaps.values():
+            for ref, why in held:
+                self.report.replays.append(Replay(ref, why))
+        self._gaps.clear()
 
     def _log_leaf(self, batch: Batch, data: bytes) -> int:
         """Append a leaf once (a re-indexed seal finds its leaf already there)."""

@@ -11,7 +11,7 @@ from callvault.integrity.log import MerkleLog
 from callvault.store import crypto
 from callvault.store.fs import FileSystem
 from callvault.store.index import Index
-from callvault.store.segment import SegmentReader, SegmentWriter
+from callvault.store.segment import RecordRef, SegmentReader, SegmentWriter
 from callvault.vault.common import OpenReport
 from callvault.vault.keys import CallKeys
 
@@ -39,3 +39,8 @@ class VaultState:
     _writer: SegmentWriter
     _segment_bytes: int  # of the segment writer (and of one reopened after a failure)
     _reopen_error: str  # why the last Vault.reopen_writer failed ("" if it did not)
+    # one reclaim run at a time; reindex, reopen_writer and verify's segment scan take it
+    _reclaim_lock: threading.Lock
+    # audio records a recovery or reindex holds back until their call's erasure
+    # (records before them were reclaimed): (ref, why) per call
+    _gaps: dict[tuple[str, str], list[tuple[RecordRef, str]]]

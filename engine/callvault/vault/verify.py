@@ -3,13 +3,14 @@ audio authentication, the seal's leaf in the Merkle log), and the whole vault's.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterator
 
 from callvault.errors import CallvaultError
 from callvault.integrity import chain as chainmod
 from callvault.integrity import merkle
-from callvault.integrity.leaves import LEAF_SEAL, leaf_data, transcode_leaf
+from callvault.integrity.leaves import LEAF_ERASE, LEAF_SEAL, leaf_data, transcode_leaf
 from callvault.store import records as rec
 from callvault.store.index import CallEntry, RecordEntry
 from callvault.store.segment import CorruptRecord, SegmentReader
@@ -28,6 +29,8 @@ class Verification(Reading):
             e = self.get_call(call_id, tenant=tenant)
         except CallNotFound as ex:
             return [Problem(what, None, str(ex))]
+        if e.state == "erased":
+            return self._verify_erased(e, what)
         if e.storage == "compacted":
             return self._verify_compacted(e, what)
         bodies: list[bytes] = []
@@ -141,6 +144,44 @@ class Verification(Reading):
             problems.append(Problem(what, None, str(ex)))
         return problems
 
+    def _verify_erased(self, e: CallEntry, what: str) -> list[Problem]:
+        """An erased call: its audio is shredded and dead (a reclaim may have removed
+        it, docs/format.md 8.10), so what is checked is what stays: the SEAL record
+        (its seal recomputed from the head, count and manifest it holds, equal to the
+        index's), the seal's leaf and the erasure's leaf in the Merkle log."""
+        problems: list[Problem] = []
+        if not e.seal or e.manifest_ref is None:
+            return [Problem(what, None, "erased, but its seal is not in the index")]
+        try:
+            mb = self._seal_record(e)
+        except CallvaultError as ex:
+            return [Problem(what, None, f"its seal record cannot be read: {ex}")]
+        if (mb.tenant, mb.call_id) != (e.tenant, e.call_id):
+            problems.append(Problem(what, None, "its seal record belongs elsewhere"))
+        if chainmod.seal(mb.head, mb.count, mb.manifest) != mb.seal or mb.seal.hex() != e.seal:
+            problems.append(Problem(what, None, "its seal record does not verify"))
+        if (mb.count, mb.head.hex()) != (e.records, e.chain_head):
+            problems.append(Problem(what, None, "the index's chain disagrees with the seal"))
+        leaves = (
+            (e.log_index, leaf_data(LEAF_SEAL, e.tenant, e.call_id, mb.seal, mb.end_us), "seal"),
+            (
+                e.erase_log_index,
+                leaf_data(
+                    LEAF_ERASE,
+                    e.tenant,
+                    e.call_id,
+                    hashlib.sha256(e.erase_reason.encode()).digest(),
+                    e.erased_us,
+                ),
+                "erasure",
+            ),
+        )
+        for index, data, name in leaves:
+            leaf = merkle.leaf_hash(data)
+            if not 0 <= index < self.log.size or self.log.leaf_hash(index) != leaf:
+                problems.append(Problem(what, None, f"the {name} is not in the Merkle log"))
+        return problems
+
     def _safe_records(
         self, tenant: str, call_id: str, problems: list[Problem], what: str
     ) -> Iterator[tuple[int, RecordEntry, bytes]]:
@@ -176,10 +217,16 @@ class Verification(Reading):
         # index holds is the tail being written, or a torn tail recovery will cut
         tail = self.index.get_meta(b"meta/end") if self.read_only else None
         try:
-            for _ in reader.scan():
-                pass
+            with self._reclaim_lock:  # no segment removed under the scan
+                for _ in reader.scan():
+                    pass
         except CorruptRecord as ex:
-            if tail is None or (ex.segment, ex.offset) < struct.unpack(">QQ", tail):
+            end_seg, end_off = struct.unpack(">QQ", tail) if tail is not None else (0, 0)
+            rank = {seg: i for i, seg in enumerate(reader.segments())}  # the store's order
+            if tail is None or (rank.get(ex.segment, -1), ex.offset) < (
+                rank.get(end_seg, len(rank)),
+                end_off,
+            ):
                 problems.append(Problem("segments", None, str(ex)))
         except CallvaultError as ex:
             problems.append(Problem("segments", None, str(ex)))
