@@ -179,32 +179,55 @@ def _source(addr: tuple[Any, ...]) -> bytes:
 
 
 def recvfrom_receiver(sidecar: ModuleType) -> type:
-    """The peer: sidecar.Receiver with its one socket read (Receiver._recv) done per
-    datagram with sock.recvfrom; checks, latching, flush and spool are ours."""
+    """The peer: sidecar.Receiver with its one socket read (Receiver._drain) done per
+    datagram with sock.recvfrom; the tick, checks, latching, flush and spool are ours."""
     base: Any = sidecar.Receiver
-    recv_packets = sidecar.RECV_PACKETS
+    rx = need("callvault.sidecar.receiver")
+    limit = rx.RECV_PACKETS * rx.RECV_ROUNDS
 
     class RecvfromReceiver(base):
-        def _recv(self, fd: int, leg: Any) -> tuple[bytes, Any, Any, int, bytes]:
-            sock: socket.socket = leg.sock
+        def _drain(self, watch: Any, rounds: int) -> tuple[Any, ...]:
             chunks: list[bytes] = []
             stamps: list[int] = []
             sources: list[bytes] = []
-            for _ in range(recv_packets):
-                try:
-                    data, addr = sock.recvfrom(sidecar.RECV_MAX_SIZE)
-                except BlockingIOError:
-                    break
-                chunks.append(data)
-                stamps.append(time.time_ns() // 1000)
-                sources.append(_source(addr))
+            counts = np.zeros(len(watch.pairs), np.int32)
+            for i, (_, leg) in enumerate(watch.pairs):
+                sock: socket.socket = leg.sock
+                for _ in range(limit if rounds > 0 else 1 << 30):
+                    try:
+                        data, addr = sock.recvfrom(sidecar.RECV_MAX_SIZE)
+                    except BlockingIOError:
+                        break
+                    chunks.append(data)
+                    stamps.append(time.time_ns() // 1000)
+                    sources.append(_source(addr))
+                    counts[i] += 1
             n = len(chunks)
+            lengths = np.fromiter(map(len, chunks), np.int32, n)
+            src = b"".join(sources)
+            # the source-latch fast path's test, as MultiRecv.recv makes it
+            fd_of = np.repeat(np.arange(len(counts)), counts)
+            ssrc = np.array(
+                [int.from_bytes(c[8:12], "big") if len(c) >= 12 else -1 for c in chunks],
+                np.int64,
+            )
+            want = np.frombuffer(bytes(watch.source), np.uint8).reshape(-1, 18)[fd_of]
+            got = np.frombuffer(src, np.uint8).reshape(n, 18)
+            mine = (
+                watch.latched[fd_of].astype(bool)
+                & (got == want).all(axis=1)
+                & (ssrc == watch.ssrc[fd_of])
+            )
+            zeros = np.zeros(len(counts), np.int32)
             return (
                 b"".join(chunks),
-                np.fromiter(map(len, chunks), np.int32, n),
+                lengths,
                 np.array(stamps, np.int64),
-                0,
-                b"".join(sources),
+                src,
+                counts,
+                zeros,
+                zeros,
+                mine,
             )
 
     return RecvfromReceiver
