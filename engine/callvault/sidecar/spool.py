@@ -18,9 +18,11 @@ every batch of a call until then, because a restarted server answers
 ``Started.resume_from_seq = 0`` and replays the call from its first batch.
 
 Writer contract: a spool is created whole (written, fsynced and renamed into
-place), so a directory without its CALL record never exists. Every record is
-one ``write(2)`` on an O_APPEND descriptor as soon as it is made: it is in
-the OS the moment ``append`` returns and survives a SIGKILL of the sidecar.
+place), so a directory without its CALL record never exists. Records are
+written with ``write(2)`` on an O_APPEND descriptor as soon as they are made
+(``append_batches``: the batches of one receive tick, one per leg, in one
+write): they are in the OS the moment ``append``/``append_batches`` returns
+and survive a SIGKILL of the sidecar.
 Durability against a power cut is the caller's timer: ``sync()`` fsyncs when
 something was written since the last one (the sidecar calls it every second,
 at a call's end and on SIGTERM); ``end()`` fsyncs itself.
@@ -72,7 +74,7 @@ FILE_HEADER_SIZE_V2 = _FILE_HEADER.size + _WRAPPED_SIZE + _U32.size
 _AAD_KEY = b"cvspool2/key"  # context of the wrapped data key
 _AAD_RECORD = b"cvspool2/rec"  # + type u8 (+ the BATCH header) for record blobs
 REC_CALL, REC_START, REC_BATCH, REC_END = 1, 2, 3, 4
-MAX_RECORD = 64 << 20  # a batch is ~20 ms of one leg; anything this large is damage
+MAX_RECORD = 64 << 20  # a batch is ~100 ms of one leg; anything this large is damage
 
 SPOOL_FILE = "spool"
 ACKED_FILE = "acked"
