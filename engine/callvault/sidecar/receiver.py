@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -54,7 +55,7 @@ import numpy.typing as npt
 from callvault import _net, _rtp
 from callvault.media.batch import MAX_PACKET_BYTES, MAX_PACKETS_PER_BATCH, first_sample_bound
 from callvault.rtpdefs import RECORDED_CODECS
-from callvault.sidecar.call import Call, Leg, SidecarError, payload_type_name
+from callvault.sidecar.call import RECORDED_PTS, Call, Leg, SidecarError, payload_type_name
 from callvault.sidecar.latch import (
     MIN_EVENT_PAYLOAD,
     SOURCE_SIZE,
@@ -107,6 +108,15 @@ def bind_udp(host: str, port: int) -> socket.socket:
     return sock
 
 
+@functools.lru_cache(maxsize=64)
+def _unrecorded(event_pts: frozenset[int] = frozenset()) -> npt.NDArray[np.bool_]:
+    """Per payload type 0 to 127: True where a leg with these telephone-event types
+    does not record it (Leg.recorded_pts)."""
+    row = np.ones(128, np.bool_)
+    row[[pt for pt in RECORDED_PTS | event_pts if 0 <= pt < 128]] = False
+    return row
+
+
 class Watch:
     """The legs one tick reads, in call order (a call's legs adjacent), and what the
     C call needs of them: their fds, whether each leg's source-latch fast path is on
@@ -137,10 +147,12 @@ class Watch:
             else second_byte_rules(frozenset())
         )
         # per leg and payload type: True where the leg does not record it
-        self.unrecorded = np.ones((n, 128), np.bool_)
+        self.unrecorded = np.stack([_unrecorded(pts) for pts in order] or [_unrecorded()])[
+            self.rows
+        ]
         for i, (_, leg) in enumerate(pairs):
-            self.unrecorded[i, [pt for pt in leg.recorded_pts() if 0 <= pt < 128]] = False
-            self.sync(i)
+            if leg.latch.source is not None:
+                self.sync(i)
 
     def sync(self, i: int) -> None:
         """Take leg ``i``'s latch state (after its SourceLatch ran)."""
