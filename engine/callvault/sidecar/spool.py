@@ -74,6 +74,8 @@ FILE_HEADER_SIZE_V2 = _FILE_HEADER.size + _WRAPPED_SIZE + _U32.size
 _AAD_KEY = b"cvspool2/key"  # context of the wrapped data key
 _AAD_RECORD = b"cvspool2/rec"  # + type u8 (+ the BATCH header) for record blobs
 REC_CALL, REC_START, REC_BATCH, REC_END = 1, 2, 3, 4
+_TYPE_BATCH = bytes((REC_BATCH,))
+_AAD_BATCH = _AAD_RECORD + _TYPE_BATCH  # + the BATCH header: _record_aad(REC_BATCH, head)
 MAX_RECORD = 64 << 20  # a batch is ~100 ms of one leg; anything this large is damage
 
 SPOOL_FILE = "spool"
@@ -421,7 +423,7 @@ class Spool:
             if self.start_us is None:
                 raise ValueError(f"{self.directory}: set_start_us before the first batch")
             first = len(self._offsets)
-            records = []
+            records: list[bytes] = []
             offsets = []
             pos = self._size
             packets_in = 0
@@ -431,12 +433,14 @@ class Spool:
                 payload = b"".join((_le(lengths, _U4), _le(arrival_us, _I8), packets))
                 if self._data_key is not None:
                     payload = crypto.encrypt_blob(
-                        self._data_key, plaintext=payload, aad=_record_aad(REC_BATCH, head)
+                        self._data_key, plaintext=payload, aad=_AAD_BATCH + head
                     )
-                rec = _record(REC_BATCH, head + payload)
-                records.append(rec)
+                # _record(REC_BATCH, head + payload) without joining head and payload
+                pre = _U32.pack(len(head) + len(payload)) + _TYPE_BATCH
+                crc = crc32c(payload, crc32c(head, crc32c(pre)))
+                records += (_U32.pack(crc), pre, head, payload)
                 offsets.append(pos)
-                pos += len(rec)
+                pos += _RECORD.size + len(head) + len(payload)
                 packets_in += n
             data = b"".join(records)
             _write_all(self._fd, data)
