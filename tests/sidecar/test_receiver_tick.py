@@ -271,3 +271,62 @@ def test_a_failing_calls_stop_drops_what_its_sockets_hold(tmp_path: Path) -> Non
     assert call.spool.batches == 0 and call.packets == 4 and flushed == []
     assert call.legs[0].sock is None
     tx.close()
+
+
+def test_a_socket_closed_under_the_receiver_fails_its_call_alone(tmp_path: Path) -> None:
+    """The watch's descriptor numbers are checked every tick: a socket closed
+    elsewhere (its number free for another file) is never read; its call fails with
+    EBADF and the others go on."""
+    import errno
+
+    a, b = new_call(tmp_path, "A"), new_call(tmp_path, "B")
+    failed: list[tuple[Call, BaseException]] = []
+    rx = Receiver(lambda c: None, lambda c, e: failed.append((c, e)))
+    rx.add(a)
+    rx.add(b)
+    tx = sender()
+    tx.sendto(rtp(0, 1), ("127.0.0.1", a.legs[0].port))
+    tx.sendto(rtp(0, 2), ("127.0.0.1", b.legs[0].port))
+    _settle()
+    rx._tick()
+    assert a.legs[0].sock is not None
+    a.legs[0].sock.close()
+    reuse = bind_udp("127.0.0.1", 0)  # may take the closed descriptor's number
+    tx.sendto(rtp(9, 9), reuse.getsockname())
+    tx.sendto(rtp(1, 2), ("127.0.0.1", b.legs[0].port))
+    _settle()
+    rx._tick()
+    assert [c for c, _ in failed] == [a]
+    err = failed[0][1]
+    assert isinstance(err, OSError) and err.errno == errno.EBADF
+    assert spooled(a) == [rtp(0, 1)] and spooled(b) == [rtp(0, 2), rtp(1, 2)]
+    assert len(_net.recv_batch(reuse.fileno())[1]) == 1  # nobody else read it
+    rx.stop_call(b)
+    reuse.close()
+    tx.close()
+
+
+def test_a_call_whose_latching_raises_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = new_call(tmp_path, "A"), new_call(tmp_path, "B")
+    failed: list[tuple[Call, BaseException]] = []
+    flushed: list[list[Call]] = []
+    rx = Receiver(lambda c: None, lambda c, e: failed.append((c, e)), on_flushed=flushed.append)
+    rx.add(a)
+    rx.add(b)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("latch bug")
+
+    monkeypatch.setattr(a.legs[0].latch, "filter", broken)
+    tx = sender()
+    tx.sendto(rtp(0, 1), ("127.0.0.1", a.legs[0].port))
+    tx.sendto(rtp(0, 2), ("127.0.0.1", b.legs[0].port))
+    _settle()
+    rx._tick()
+    assert [(c, str(e)) for c, e in failed] == [(a, "latch bug")]
+    assert a.legs[0].sock is None and spooled(a) == []
+    assert flushed == [[b]] and spooled(b) == [rtp(0, 2)]
+    rx.stop_call(b)
+    tx.close()

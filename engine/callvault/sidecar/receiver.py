@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -126,12 +127,14 @@ class Watch:
     def __init__(self, pairs: list[tuple[Call, Leg]]) -> None:
         n = len(pairs)
         self.pairs = pairs
+        self.socks = [leg.sock for _, leg in pairs]
         fds = []
         for _, leg in pairs:
             fd = leg.sock.fileno() if leg.sock is not None else -1
             if fd < 0:
                 raise ValueError(f"leg {leg.name}: its socket is closed")
             fds.append(fd)
+        self._fd_list = fds
         self.fds = np.array(fds, np.int32)
         self.latched = np.zeros(n, np.uint8)
         self.source = bytearray(n * SOURCE_SIZE)
@@ -153,6 +156,14 @@ class Watch:
         for i, (_, leg) in enumerate(pairs):
             if leg.latch.source is not None:
                 self.sync(i)
+
+    def stale(self) -> bool:
+        """A leg's socket was replaced or closed since (its descriptor number could
+        name another file now): the watch must be rebuilt before it is read."""
+        return any(
+            sock is None or leg.sock is not sock or sock.fileno() != fd
+            for (_, leg), sock, fd in zip(self.pairs, self.socks, self._fd_list, strict=True)
+        )
 
     def sync(self, i: int) -> None:
         """Take leg ``i``'s latch state (after its SourceLatch ran)."""
@@ -221,6 +232,7 @@ class Receiver(threading.Thread):
         self.packets = 0
         self.flushes = 0
         self.ticks = 0
+        self.tick_errors = 0
         self.failed_calls = 0
 
     # -- requests run in this thread ----------------------------------------
@@ -325,8 +337,15 @@ class Receiver(threading.Thread):
 
     def _tick(self) -> None:
         self.ticks += 1
-        if self._calls:
+        if not self._calls:
+            return
+        try:
             self._receive(self._calls, rounds=RECV_ROUNDS, fail=True)
+        except Exception:  # not one call's: the thread carries on, the next tick retries
+            self.tick_errors += 1
+            if self.tick_errors % 600 == 1:  # the first, then once a minute at most
+                log.exception("receive tick failed (%d times so far)", self.tick_errors)
+            self._watch = None
 
     # -- reading, checking, latching, flushing ------------------------------------
 
@@ -342,31 +361,45 @@ class Receiver(threading.Thread):
         the others go on; else the exception propagates (one call: stop_call)."""
         main = calls is self._calls
         watch = self._watch if main else None
-        if watch is None:
+        if watch is None or watch.stale():
+            for call in list(calls):
+                if any(leg.sock is not None and leg.sock.fileno() < 0 for leg in call.legs):
+                    closed = OSError(
+                        errno.EBADF, "a socket of the call was closed under the receiver"
+                    )
+                    if not fail:
+                        raise closed
+                    self._fail(call, closed)
             watch = Watch([(c, leg) for c in calls for leg in c.legs if leg.sock is not None])
             if main:
                 self._watch = watch
         if not len(watch.fds):
             return
         flushed: list[Call] = []
-        for call, batches in self._collect(watch, rounds).items():
-            if not batches or not keep:
+        failed: dict[Call, Exception] = {}
+        for call, batches in self._collect(watch, rounds, failed).items():
+            if call in failed or not batches or not keep:
                 continue
             try:
                 self._flush(call, batches)
             except Exception as e:
-                if not fail:
-                    raise
-                self._fail(call, e)
+                failed[call] = e
                 continue
             flushed.append(call)
+        for call, exc in failed.items():
+            if not fail:
+                raise exc
+            self._fail(call, exc)
         if not main:
             self._watch = None  # a latch may have changed under the main watch
         if flushed:
             self._notify(flushed)
 
-    def _collect(self, watch: Watch, rounds: int) -> dict[Call, list[Batch]]:
-        """Drain the watch's sockets; per call, the batches of its legs (in leg order)."""
+    def _collect(
+        self, watch: Watch, rounds: int, failed: dict[Call, Exception]
+    ) -> dict[Call, list[Batch]]:
+        """Drain the watch's sockets; per call, the batches of its legs (in leg order).
+        A call whose latching raised is put in ``failed`` with the exception."""
         packets, lengths, arrival, sources, counts, truncated, errors, mine = self._drain(
             watch, rounds
         )
@@ -419,13 +452,17 @@ class Receiver(threading.Thread):
                 leg.pt_packets += pt_counts[i]
                 b0, b1 = int(offsets[s]), int(offsets[e])
                 batches.append((leg.index, mv[b0:b1], lengths[s:e], arrival[s:e]))
-            else:
-                chunk = self._latch(
-                    call,
-                    leg,
-                    (bytes(mv[int(offsets[s]) : int(offsets[e])]), lengths[s:e], arrival[s:e]),
-                    sources[s * SOURCE_SIZE : e * SOURCE_SIZE],
-                )
+            elif call not in failed:
+                try:
+                    chunk = self._latch(
+                        call,
+                        leg,
+                        (bytes(mv[int(offsets[s]) : int(offsets[e])]), lengths[s:e], arrival[s:e]),
+                        sources[s * SOURCE_SIZE : e * SOURCE_SIZE],
+                    )
+                except Exception as exc:  # one call's, never the others'
+                    failed[call] = exc
+                    continue
                 watch.sync(i)
                 if chunk is not None:
                     batches.append((leg.index, *chunk))
