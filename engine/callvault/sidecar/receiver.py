@@ -313,7 +313,10 @@ class Receiver(threading.Thread):
         # SIGTERM: what the sockets hold goes to the spools; they are closed.
         calls = list(self._calls)
         if calls:
-            self._receive(calls, rounds=0, fail=True)
+            try:
+                self._receive(calls, rounds=0, fail=True)
+            except Exception:
+                log.exception("receiving at shutdown failed; the spools keep what they hold")
         for call in calls:
             if call in self._calls:
                 self._close_sockets(call)
