@@ -4,14 +4,15 @@ What `callvault sidecar` does per RTP packet before forwarding it: 50 calls
 (100 legs, one UDP socket each on 127.0.0.1, bound as Sidecar._bind binds
 them: SO_RCVBUF = sidecar.RCVBUF, non-blocking, SO_TIMESTAMPNS) receive
 172-byte G.711 RTP packets (12-byte header + 160 bytes, 20 ms), which become
-one batch per leg every sidecar.FLUSH_MS appended to the call's spool (real
-files in a temporary directory, callvault.sidecar.spool). Driven through the real
-classes: callvault.sidecar.Receiver (its epoll thread, its run loop, its
-flush) over callvault.sidecar.Call objects on callvault.sidecar.spool.Spool, the
-calls added through Receiver.submit as Sidecar.start_call adds them. Left
-out: the gRPC control API and the forwarders (on_first_flush does nothing),
-and the sidecar's 1 s fsync thread (records are in the OS on append, as in
-the sidecar; fsync is I/O, not this path's CPU).
+one batch per leg every sidecar.FLUSH_MS (the receiver's tick, 100 ms)
+appended to the call's spool (real files in a temporary directory,
+callvault.sidecar.spool). Driven through the real classes:
+callvault.sidecar.Receiver (its thread, its run loop, its tick and flush) over
+callvault.sidecar.Call objects on callvault.sidecar.spool.Spool, the calls
+added through Receiver.submit as Sidecar.start_call adds them. Left out: the
+gRPC control API and the forwarders (on_first_flush does nothing), and the
+sidecar's 1 s fsync thread (records are in the OS on append, as in the
+sidecar; fsync is I/O, not this path's CPU).
 
 The packets come from a separate process (this file run as
 `python -m benchmarks.bench_sidecar send ...`), one connected UDP socket per
@@ -28,21 +29,22 @@ sender's report read and the spools checked.
                            each leg's 150 in one sendmmsg, leg after leg (all
                            of it fits in the socket buffers: nothing may be
                            lost); the receiver reads while they come.
-      ours                 Receiver as it is: callvault._net.recv_batch_from
-                           (recvmmsg, up to RECV_PACKETS per call, kernel
-                           arrival stamps, sources) on each epoll readiness,
-                           then the checks and source latching (latch.py).
+      ours                 Receiver as it is: each tick, every leg socket
+                           drained in one C call (callvault._net.MultiRecv:
+                           recvmmsg per socket, kernel arrival stamps,
+                           sources, the latched-source test), one
+                           check_datagrams for all of them, the latch fast
+                           path, one spool write per call.
       peer recvfrom        the plain-Python way in the same Receiver (a
-                           subclass overriding only Receiver._recv, its one
-                           socket read): per datagram
-                           sock.recvfrom(RECV_MAX_SIZE) until BlockingIOError
-                           or RECV_PACKETS datagrams (as many as ours reads
-                           per call), arrival = time.time_ns() per datagram
-                           (recvfrom gives no kernel stamp), the source
-                           address packed as ours gives it; joined into the
-                           same (packets, lengths, arrival, truncated,
-                           sources) tuple. Same epoll loop, same checks and
-                           source latching, same flush, same spool appends.
+                           subclass overriding only Receiver._drain, its one
+                           socket read): per leg socket, per datagram
+                           sock.recvfrom(RECV_MAX_SIZE) until BlockingIOError,
+                           arrival = time.time_ns() per datagram (recvfrom
+                           gives no kernel stamp), the source address packed
+                           as ours gives it, the latched-source test in numpy;
+                           joined into the same tuple MultiRecv.recv gives.
+                           Same tick, same checks and source latching, same
+                           flush, same spool appends.
 
 The timer is CPU, not wall time: time.process_time of the receiving process
 (the pytest process: the receiver thread, plus the main thread polling the
@@ -179,32 +181,55 @@ def _source(addr: tuple[Any, ...]) -> bytes:
 
 
 def recvfrom_receiver(sidecar: ModuleType) -> type:
-    """The peer: sidecar.Receiver with its one socket read (Receiver._recv) done per
-    datagram with sock.recvfrom; checks, latching, flush and spool are ours."""
+    """The peer: sidecar.Receiver with its one socket read (Receiver._drain) done per
+    datagram with sock.recvfrom; the tick, checks, latching, flush and spool are ours."""
     base: Any = sidecar.Receiver
-    recv_packets = sidecar.RECV_PACKETS
+    rx = need("callvault.sidecar.receiver")
+    limit = rx.RECV_PACKETS * rx.RECV_ROUNDS
 
     class RecvfromReceiver(base):
-        def _recv(self, fd: int, leg: Any) -> tuple[bytes, Any, Any, int, bytes]:
-            sock: socket.socket = leg.sock
+        def _drain(self, watch: Any, rounds: int) -> tuple[Any, ...]:
             chunks: list[bytes] = []
             stamps: list[int] = []
             sources: list[bytes] = []
-            for _ in range(recv_packets):
-                try:
-                    data, addr = sock.recvfrom(sidecar.RECV_MAX_SIZE)
-                except BlockingIOError:
-                    break
-                chunks.append(data)
-                stamps.append(time.time_ns() // 1000)
-                sources.append(_source(addr))
+            counts = np.zeros(len(watch.pairs), np.int32)
+            for i, (_, leg) in enumerate(watch.pairs):
+                sock: socket.socket = leg.sock
+                for _ in range(limit if rounds > 0 else 1 << 30):
+                    try:
+                        data, addr = sock.recvfrom(sidecar.RECV_MAX_SIZE)
+                    except BlockingIOError:
+                        break
+                    chunks.append(data)
+                    stamps.append(time.time_ns() // 1000)
+                    sources.append(_source(addr))
+                    counts[i] += 1
             n = len(chunks)
+            lengths = np.fromiter(map(len, chunks), np.int32, n)
+            src = b"".join(sources)
+            # the source-latch fast path's test, as MultiRecv.recv makes it
+            fd_of = np.repeat(np.arange(len(counts)), counts)
+            ssrc = np.array(
+                [int.from_bytes(c[8:12], "big") if len(c) >= 12 else -1 for c in chunks],
+                np.int64,
+            )
+            want = np.frombuffer(bytes(watch.source), np.uint8).reshape(-1, 18)[fd_of]
+            got = np.frombuffer(src, np.uint8).reshape(n, 18)
+            mine = (
+                watch.latched[fd_of].astype(bool)
+                & (got == want).all(axis=1)
+                & (ssrc == watch.ssrc[fd_of])
+            )
+            zeros = np.zeros(len(counts), np.int32)
             return (
                 b"".join(chunks),
-                np.fromiter(map(len, chunks), np.int32, n),
+                lengths,
                 np.array(stamps, np.int64),
-                0,
-                b"".join(sources),
+                src,
+                counts,
+                zeros,
+                zeros,
+                mine,
             )
 
     return RecvfromReceiver
@@ -459,13 +484,18 @@ def run_side(benchmark: Any, w: Workload, kind: str) -> None:
     benchmark.extra_info.update(side.summary())
 
 
+def _flush_ms() -> int:
+    flush_ms: int = need("callvault.sidecar").FLUSH_MS
+    return flush_ms
+
+
 WHAT = {
     NAME: f"{CALLS} calls x {LEGS} legs (UDP sockets), {PACKETS_PER_LEG} G.711 RTP "
     f"packets of {12 + PAYLOAD} bytes per leg in real time (20 ms, 3 s), flushed "
-    f"every {PTIME_MS} ms into spool files; time = receiving process CPU",
+    "every {flush} ms into spool files; time = receiving process CPU",
     NAME_BURST: f"{CALLS} calls x {LEGS} legs (UDP sockets), {PACKETS_PER_LEG} G.711 RTP "
     f"packets of {12 + PAYLOAD} bytes per leg sent as fast as sendmmsg goes, "
-    f"flushed every {PTIME_MS} ms into spool files; time = receiving process CPU",
+    "flushed every {flush} ms into spool files; time = receiving process CPU",
 }
 
 
@@ -476,7 +506,7 @@ def tag_ours(workload: Tag, benchmark: Any, name: str) -> None:
         "ours",
         units=CALLS * LEGS * PACKETS_PER_LEG,
         unit="packet (CPU)",
-        what=WHAT[name],
+        what=WHAT[name].format(flush=_flush_ms()),
     )
 
 

@@ -28,8 +28,8 @@ cimport numpy as cnp
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
-from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memmove, memset
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 cnp.import_array()
 
@@ -295,3 +295,246 @@ def send_batch(int fd, const uint8_t[::1] packets not None, const int32_t[::1] l
         return sent
     finally:
         free(msgs); free(iov)
+
+
+# ---------------------------------------------------------------------------
+# Many sockets in one call: the sidecar's tick
+# ---------------------------------------------------------------------------
+
+cdef enum:
+    GROW_PACKETS = 1024  # first capacity of the output arrays (doubled as needed)
+
+
+cdef class MultiRecv:
+    """Drain many UDP sockets in one call (the sidecar's receive tick): for each fd in
+    turn, ``recvmmsg(2)`` (MSG_DONTWAIT, kernel arrival stamps, sources) until the
+    socket is empty, all with the GIL released, into buffers this object keeps between
+    calls (no allocation per call once warm). No Python object is made per packet.
+
+    ``recv(fds, latched, latched_source, latched_ssrc, max_rounds)`` returns
+    ``(packets, lengths, arrival_us, sources, counts, truncated, errors, mine)``:
+
+    - ``packets`` (bytes, back to back), ``lengths`` (int32), ``arrival_us`` (int64,
+      the kernel's SO_TIMESTAMPNS stamp, else CLOCK_REALTIME when the recvmmsg that
+      read it returned) and ``sources`` (``SOURCE_SIZE`` bytes each) of every datagram
+      read, fd after fd in the order of ``fds``, each fd's in arrival order, exactly
+      as ``recv_batch_from`` gives them;
+    - ``counts[i]``: how many of them came from ``fds[i]`` (so fd ``i``'s datagrams
+      are the ``counts[i]`` after those of ``fds[:i]``); ``truncated[i]``: datagrams
+      longer than ``max_size`` read from it (dropped, as ``recv_batch`` drops them);
+      ``errors[i]``: the errno of a failed recvmmsg on it (0 if none; its datagrams
+      read before the error are kept);
+    - ``mine``: per datagram, whether ``latched[i]`` is set for its fd and the
+      datagram comes from ``latched_source[18 i : 18 i + 18]`` with RTP SSRC (bytes 8
+      to 11, big-endian; the datagram needs 12 bytes or more) ``latched_ssrc[i]``: the
+      source-latch fast path's test, no validity check (that is
+      ``callvault._rtp.check_datagrams``).
+
+    Each fd is read at most ``max_rounds`` recvmmsg calls of ``slots`` datagrams per
+    call (a socket flooded faster than it is read cannot hold the tick forever;
+    what is left is read at the next one); ``max_rounds`` <= 0 reads until empty."""
+
+    cdef int slots
+    cdef int max_size
+    cdef uint8_t *slot_data
+    cdef uint8_t *control
+    cdef mmsghdr *msgs
+    cdef iovec *iov
+    cdef sockaddr_storage *names
+    # outputs, grown by doubling, kept between calls
+    cdef uint8_t *out
+    cdef size_t out_cap
+    cdef int32_t *lens
+    cdef int64_t *stamps
+    cdef uint8_t *srcs
+    cdef uint8_t *mine
+    cdef size_t pk_cap
+
+    def __cinit__(self, int slots=256, int max_size=65535):
+        if not 1 <= slots <= MAX_PACKETS:
+            raise ValueError(f"slots {slots}: must be 1 to {MAX_PACKETS}")
+        if not 1 <= max_size <= 65535:
+            raise ValueError(f"max_size {max_size}: must be 1 to 65535")
+        self.slots = slots
+        self.max_size = max_size
+        # slots x max_size bytes of address space; the kernel backs only the pages
+        # datagrams are written to (a slot's first page for small RTP packets)
+        self.slot_data = <uint8_t *>malloc(<size_t>slots * <size_t>max_size)
+        self.control = <uint8_t *>malloc(<size_t>slots * CONTROL_SIZE)
+        self.msgs = <mmsghdr *>malloc(<size_t>slots * sizeof(mmsghdr))
+        self.iov = <iovec *>malloc(<size_t>slots * sizeof(iovec))
+        self.names = <sockaddr_storage *>malloc(<size_t>slots * sizeof(sockaddr_storage))
+        self.out_cap = GROW_PACKETS * 256
+        self.pk_cap = GROW_PACKETS
+        self.out = <uint8_t *>malloc(self.out_cap)
+        self.lens = <int32_t *>malloc(self.pk_cap * sizeof(int32_t))
+        self.stamps = <int64_t *>malloc(self.pk_cap * sizeof(int64_t))
+        self.srcs = <uint8_t *>malloc(self.pk_cap * SOURCE_BYTES)
+        self.mine = <uint8_t *>malloc(self.pk_cap)
+        if self.slot_data == NULL or self.control == NULL or self.msgs == NULL \
+                or self.iov == NULL or self.names == NULL or self.out == NULL \
+                or self.lens == NULL or self.stamps == NULL or self.srcs == NULL \
+                or self.mine == NULL:
+            raise MemoryError()
+        cdef int i
+        memset(self.msgs, 0, <size_t>slots * sizeof(mmsghdr))
+        for i in range(slots):
+            self.iov[i].iov_base = self.slot_data + <size_t>i * max_size
+            self.iov[i].iov_len = max_size
+            self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
+            self.msgs[i].msg_hdr.msg_iovlen = 1
+            self.msgs[i].msg_hdr.msg_control = self.control + <size_t>i * CONTROL_SIZE
+            self.msgs[i].msg_hdr.msg_controllen = CONTROL_SIZE
+            self.msgs[i].msg_hdr.msg_name = &self.names[i]
+            self.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+
+    def __dealloc__(self):
+        free(self.slot_data); free(self.control); free(self.msgs); free(self.iov)
+        free(self.names); free(self.out); free(self.lens); free(self.stamps)
+        free(self.srcs); free(self.mine)
+
+    cdef bint _grow_packets(self, size_t need) noexcept nogil:
+        cdef size_t cap = self.pk_cap
+        while cap < need:
+            cap *= 2
+        if cap == self.pk_cap:
+            return True
+        cdef int32_t *lens = <int32_t *>realloc(self.lens, cap * sizeof(int32_t))
+        if lens == NULL:
+            return False
+        self.lens = lens
+        cdef int64_t *stamps = <int64_t *>realloc(self.stamps, cap * sizeof(int64_t))
+        if stamps == NULL:
+            return False
+        self.stamps = stamps
+        cdef uint8_t *srcs = <uint8_t *>realloc(self.srcs, cap * SOURCE_BYTES)
+        if srcs == NULL:
+            return False
+        self.srcs = srcs
+        cdef uint8_t *mine = <uint8_t *>realloc(self.mine, cap)
+        if mine == NULL:
+            return False
+        self.mine = mine
+        self.pk_cap = cap
+        return True
+
+    cdef bint _grow_out(self, size_t need) noexcept nogil:
+        cdef size_t cap = self.out_cap
+        while cap < need:
+            cap *= 2
+        if cap == self.out_cap:
+            return True
+        cdef uint8_t *out = <uint8_t *>realloc(self.out, cap)
+        if out == NULL:
+            return False
+        self.out = out
+        self.out_cap = cap
+        return True
+
+    def recv(self, const int32_t[::1] fds not None, const uint8_t[::1] latched not None,
+             const uint8_t[::1] latched_source not None,
+             const uint32_t[::1] latched_ssrc not None, int max_rounds=0):
+        cdef Py_ssize_t nfds = fds.shape[0]
+        if latched.shape[0] != nfds or latched_ssrc.shape[0] != nfds \
+                or latched_source.shape[0] != nfds * SOURCE_BYTES:
+            raise ValueError("latched, latched_source and latched_ssrc need one entry per fd")
+        counts = np.zeros(nfds, dtype=np.int32)
+        truncs = np.zeros(nfds, dtype=np.int32)
+        errs = np.zeros(nfds, dtype=np.int32)
+        cdef int32_t[::1] cv = counts
+        cdef int32_t[::1] tv = truncs
+        cdef int32_t[::1] ev = errs
+        cdef size_t npk = 0, total = 0, base
+        cdef Py_ssize_t f
+        cdef int fd, n, i, err, rounds, slots = self.slots, max_size = self.max_size
+        cdef int64_t now
+        cdef cmsghdr *c
+        cdef timespec *ts
+        cdef uint8_t *src
+        cdef const uint8_t *want
+        cdef const uint8_t *pkt
+        cdef uint32_t ssrc
+        cdef sockaddr_in *v4
+        cdef sockaddr_in6 *v6
+        cdef bint oom = False
+        cdef unsigned int ln
+        with nogil:
+            for f in range(nfds):
+                fd = fds[f]
+                rounds = 0
+                while max_rounds <= 0 or rounds < max_rounds:
+                    rounds += 1
+                    n = recvmmsg(fd, self.msgs, slots, MSG_DONTWAIT, NULL)
+                    if n < 0:
+                        err = errno
+                        if err == EINTR:
+                            continue
+                        if err != EAGAIN:
+                            ev[f] = err
+                        break
+                    now = _now_us()
+                    if not self._grow_packets(npk + <size_t>n):
+                        oom = True
+                        break
+                    for i in range(n):
+                        if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                            tv[f] += 1
+                            continue
+                        ln = self.msgs[i].msg_len
+                        if not self._grow_out(total + ln):
+                            oom = True
+                            break
+                        self.lens[npk] = <int32_t>ln
+                        self.stamps[npk] = now
+                        c = CMSG_FIRSTHDR(&self.msgs[i].msg_hdr)
+                        while c != NULL:
+                            if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
+                                ts = <timespec *>CMSG_DATA(c)
+                                self.stamps[npk] = <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+                                break
+                            c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
+                        src = self.srcs + npk * SOURCE_BYTES
+                        memset(src, 0, SOURCE_BYTES)
+                        if self.names[i].ss_family == AF_INET6:
+                            v6 = <sockaddr_in6 *>&self.names[i]
+                            memcpy(src, v6.sin6_addr.s6_addr, 16)
+                            memcpy(src + 16, &v6.sin6_port, 2)
+                        elif self.names[i].ss_family == AF_INET:
+                            v4 = <sockaddr_in *>&self.names[i]
+                            src[10] = 0xFF
+                            src[11] = 0xFF
+                            memcpy(src + 12, &v4.sin_addr.s_addr, 4)
+                            memcpy(src + 16, &v4.sin_port, 2)
+                        pkt = self.slot_data + <size_t>i * max_size
+                        memcpy(self.out + total, pkt, ln)
+                        self.mine[npk] = 0
+                        if latched[f] and ln >= 12:
+                            want = &latched_source[f * SOURCE_BYTES]
+                            ssrc = ((<uint32_t>pkt[8] << 24) | (<uint32_t>pkt[9] << 16)
+                                    | (<uint32_t>pkt[10] << 8) | <uint32_t>pkt[11])
+                            self.mine[npk] = ssrc == latched_ssrc[f] \
+                                and memcmp(src, want, SOURCE_BYTES) == 0
+                        total += ln
+                        npk += 1
+                        cv[f] += 1
+                    # what recvmmsg wrote into the headers it used, back for the next
+                    for i in range(n):
+                        self.msgs[i].msg_hdr.msg_controllen = CONTROL_SIZE
+                        self.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+                        self.msgs[i].msg_hdr.msg_flags = 0
+                    if oom or n < slots:
+                        break
+                if oom:
+                    break
+        if oom:
+            raise MemoryError("MultiRecv could not grow its buffers")
+        packets = PyBytes_FromStringAndSize(<char *>self.out, total)
+        lengths = np.empty(npk, dtype=np.int32)
+        arrival = np.empty(npk, dtype=np.int64)
+        mine = np.empty(npk, dtype=np.bool_)
+        if npk:
+            memcpy(cnp.PyArray_DATA(lengths), self.lens, npk * sizeof(int32_t))
+            memcpy(cnp.PyArray_DATA(arrival), self.stamps, npk * sizeof(int64_t))
+            memcpy(cnp.PyArray_DATA(mine), self.mine, npk)
+        sources = PyBytes_FromStringAndSize(<char *>self.srcs, npk * SOURCE_BYTES)
+        return packets, lengths, arrival, sources, counts, truncs, errs, mine

@@ -1067,16 +1067,33 @@ def parse(data, offsets, lengths):
 
 
 def check_datagrams(const uint8_t[::1] data, const int32_t[::1] lengths,
-                    const uint8_t[::1] rules, int min_event_payload, int max_length):
+                    const uint8_t[::1] rules, int min_event_payload, int max_length,
+                    const int32_t[::1] rows=None):
     """The sidecar's check of received datagrams (back to back in ``data``) in one
     pass: ``(ok, ssrc, pt)``. A datagram is ok when ``parse`` finds it well formed
     (the same ``parse_one``), its length is 1 to ``max_length``, and by
     ``rules[second byte]`` (256 entries: 0 pass, 1 refuse, 2 an RFC 4733 event that
     needs ``min_event_payload`` payload bytes). ``ssrc`` and ``pt`` are each
-    datagram's header fields (0 when too short to have them)."""
-    if rules.shape[0] != 256:
-        raise ValueError("rules needs 256 entries (one per second byte)")
+    datagram's header fields (0 when too short to have them).
+
+    With ``rows`` (one int32 per datagram), ``rules`` holds several tables of 256
+    entries back to back and datagram ``i`` is checked by table ``rows[i]`` (the
+    sidecar checks many legs, each with its own telephone-event types, in one
+    call)."""
     cdef Py_ssize_t i, n = lengths.shape[0]
+    cdef Py_ssize_t tables = rules.shape[0] // 256
+    if rows is None:
+        if rules.shape[0] != 256:
+            raise ValueError("rules needs 256 entries (one per second byte)")
+    else:
+        if rules.shape[0] != tables * 256 or tables == 0:
+            raise ValueError("rules needs 256 entries per table")
+        if rows.shape[0] != n:
+            raise ValueError("rows needs one table number per datagram")
+        for i in range(n):
+            if not 0 <= rows[i] < tables:
+                raise ValueError(f"rows[{i}] = {rows[i]}: there are {tables} tables")
+    cdef bint has_rows = rows is not None
     ok = np.zeros(n, dtype=np.bool_)
     ssrc = np.zeros(n, dtype=np.uint32)
     pt = np.zeros(n, dtype=np.uint8)
@@ -1096,7 +1113,7 @@ def check_datagrams(const uint8_t[::1] data, const int32_t[::1] lengths,
                 bad = True
                 break
             if parse_one(bp, off, ln, &h) == 0 and 1 <= ln <= max_length:
-                rule = rules[(h.marker << 7) | h.pt]
+                rule = rules[(rows[i] << 8 if has_rows else 0) | (h.marker << 7) | h.pt]
                 okv[i] = rule == 0 or (rule == 2 and h.plen >= min_event_payload)
             sv[i] = h.ssrc
             pv[i] = h.pt

@@ -16,3 +16,25 @@ def recv_batch_from(
 def send_batch(
     fd: int, packets: bytes | bytearray | memoryview, lengths: npt.NDArray[np.int32]
 ) -> int: ...
+
+class MultiRecv:
+    """Drain many UDP sockets in one call (recvmmsg each, buffers kept between calls)."""
+
+    def __init__(self, slots: int = 256, max_size: int = 65535) -> None: ...
+    def recv(
+        self,
+        fds: npt.NDArray[np.int32],
+        latched: npt.NDArray[np.uint8],
+        latched_source: bytes | bytearray,
+        latched_ssrc: npt.NDArray[np.uint32],
+        max_rounds: int = 0,
+    ) -> tuple[
+        bytes,
+        npt.NDArray[np.int32],
+        npt.NDArray[np.int64],
+        bytes,
+        npt.NDArray[np.int32],
+        npt.NDArray[np.int32],
+        npt.NDArray[np.int32],
+        npt.NDArray[np.bool_],
+    ]: ...

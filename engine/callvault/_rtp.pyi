@@ -23,6 +23,7 @@ def check_datagrams(
     rules: npt.NDArray[np.uint8],
     min_event_payload: int,
     max_length: int,
+    rows: npt.NDArray[np.int32] | None = None,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint32], npt.NDArray[np.uint8]]: ...
 
 class JitterBuffer:

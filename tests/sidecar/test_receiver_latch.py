@@ -287,3 +287,43 @@ def test_counting_one_packet_is_counting_a_batch_of_one() -> None:
     assert got_fast == [[], [], [9]] and got_slow == [9]
     assert fast.pt_packets.tolist() == slow.pt_packets.tolist()
     assert fast.recorded_packets() == 2 and fast.unsupported() == {9: 1}
+
+
+def test_one_check_with_a_table_per_datagram_is_each_tables_own_check() -> None:
+    """check_datagrams with ``rows`` (the receiver's tick: legs with different
+    telephone-event types in one call) decides each datagram as a call with its own
+    table would; a row outside the tables is refused."""
+    import pytest
+
+    from callvault import _rtp
+    from callvault.media.batch import MAX_PACKET_BYTES
+    from callvault.sidecar.latch import MIN_EVENT_PAYLOAD, second_byte_rules
+
+    rng = np.random.default_rng(13)
+    kinds = [frozenset({101}), frozenset({96, 97}), frozenset()]
+    rules = np.concatenate([second_byte_rules(k) for k in kinds])
+    pkts = []
+    for i in range(3000):
+        p = bytearray(rtp(i, 7, bytes(int(rng.integers(1, 9)))))
+        p[1] = int(rng.choice([0, 8, 96, 97, 101, 101 | 0x80, 200]))
+        pkts.append(bytes(p))
+    lens = np.array([len(p) for p in pkts], np.int32)
+    data = b"".join(pkts)
+    rows = rng.integers(0, len(kinds), len(pkts)).astype(np.int32)
+    ok, ssrc, pt = _rtp.check_datagrams(
+        data, lens, rules, MIN_EVENT_PAYLOAD, MAX_PACKET_BYTES, rows
+    )
+    for r, k in enumerate(kinds):
+        alone, _, _ = _rtp.check_datagrams(
+            data, lens, second_byte_rules(k), MIN_EVENT_PAYLOAD, MAX_PACKET_BYTES
+        )
+        assert ok[rows == r].tolist() == alone[rows == r].tolist()
+    assert 0 < int(ok.sum()) < len(pkts) and (ssrc == 7).all()
+    with pytest.raises(ValueError):
+        _rtp.check_datagrams(
+            data, lens, rules, 4, MAX_PACKET_BYTES, np.full(len(pkts), 3, np.int32)
+        )
+    with pytest.raises(ValueError):
+        _rtp.check_datagrams(data, lens, rules, 4, MAX_PACKET_BYTES, rows[:-1])
+    with pytest.raises(ValueError):
+        _rtp.check_datagrams(data, lens, rules, 4, MAX_PACKET_BYTES)  # 3 tables, no rows

@@ -289,3 +289,41 @@ def test_encrypted_spool_torn_tail_and_altered_records(tmp_path: Path) -> None:
     with pytest.raises(CryptoError, match="failed authentication"):
         r.read(3)
     assert r.read(4).packets == _batch(4)[0]
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_batches_appended_together_are_one_write_and_read_back_alone(
+    tmp_path: Path, encrypted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """append_batches (the receiver's tick: both legs of a call at once) writes its
+    records with one write(2) and they read back, and reopen, as if appended one by one;
+    a batch that does not add up refuses the whole call and appends nothing."""
+    key = load_sidecar_key(tmp_path) if encrypted else None
+    s = Spool.create(tmp_path, spool_name("", "tick"), START, [1, 2], 5, key=key)
+    s.set_start_us(1_700_000_000_000_000)
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    assert s.append_batches([(0, *_batch(0)), (1, *_batch(1, 3))]) == [0, 1]
+    assert len(writes) == 1
+    packets, lengths, arrival = _batch(2)
+    assert s.append_batches([(1, memoryview(packets), lengths, arrival)]) == [2]
+    with pytest.raises(ValueError):
+        s.append_batches([(0, *_batch(3)), (1, b"short", np.array([6], np.int32), arrival[:1])])
+    assert s.batches == 3 and len(writes) == 2
+    monkeypatch.undo()
+    s.close()
+    r = Spool.open(tmp_path / spool_name("", "tick"), key=key)
+    assert r.batches == 3 and r.dropped_bytes == 0 and r.packets == 5 + 3 + 5
+    for seq, (leg, i, n) in enumerate([(0, 0, 5), (1, 1, 3), (1, 2, 5)]):
+        b = r.read(seq)
+        want = _batch(i, n)
+        assert (b.seq, b.leg, b.packets) == (seq, leg, want[0])
+        assert b.lengths.tolist() == want[1].tolist()
+        assert b.arrival_us.tolist() == want[2].tolist()
+    r.close()

@@ -10,9 +10,10 @@ Modules, by role:
 - :mod:`~callvault.sidecar.addresses`: ``--server``/``--listen``/``--rtp`` parsing.
 - :mod:`~callvault.sidecar.call`: one call's shared state (:class:`Call`, :class:`Leg`)
   and the control API's refusal (:class:`SidecarError`).
-- :mod:`~callvault.sidecar.receiver`: the receive thread (:class:`Receiver`): epoll
-  over every call's sockets, recvmmsg with kernel arrival stamps, one batch per leg
-  every ``FLUSH_MS`` appended to the spool; one call's failure stays that call's.
+- :mod:`~callvault.sidecar.receiver`: the receive thread (:class:`Receiver`): a tick
+  every ``FLUSH_MS`` drains every call's sockets in one C call (recvmmsg, kernel
+  arrival stamps), checks and latches them, and appends one batch per leg to each
+  call's spool; one call's failure stays that call's.
 - :mod:`~callvault.sidecar.latch`: what a leg accepts: the server's RTP checks
   before anything is spooled, source latching and the re-latch rule.
 - :mod:`~callvault.sidecar.spool`: the per-call store-and-forward spool

@@ -82,20 +82,18 @@ class SidecarError(CallvaultError):
 
 @dataclass
 class Leg:
-    """One leg: its UDP port and socket, the packets received since the last flush,
-    what the receive thread refused (docs/server.md, "What the sidecar accepts") and
-    its latched source. The counters count since the sidecar (re)started."""
+    """One leg: its UDP port and socket, what the receive thread refused
+    (docs/server.md, "What the sidecar accepts") and its latched source. The
+    counters count since the sidecar (re)started."""
 
     name: str
     index: int
     port: int
     sock: socket.socket | None = None
-    pending: list[tuple[bytes, npt.NDArray[np.int32], npt.NDArray[np.int64]]] = field(
-        default_factory=list
-    )
     invalid: int = 0  # refused by the sidecar's packet check: never spooled nor forwarded
     foreign: int = 0  # valid, but from a source other than the latched one: dropped
     relatches: int = 0  # times a new source (or a new SSRC) was latched
+    recv_errors: int = 0  # reads of its socket that failed (the first one is logged)
     event_pts: frozenset[int] = frozenset({DEFAULT_EVENT_PT})  # RFC 4733 payload types
     latch: SourceLatch = field(default_factory=SourceLatch)
     # Packets kept (spooled and forwarded) per RTP payload type, 0 to 127.

@@ -530,14 +530,10 @@ class Sidecar:
     def _drop_in_receiver(self, call: Call) -> None:
         """(receive thread) Stop receiving a failed call: its sockets are drained and
         closed (what they held is dropped with the call)."""
-        for leg in call.legs:
-            leg.pending = []
         try:
-            self.receiver.stop_call(call)
+            self.receiver.stop_call(call, keep=False)
         except Exception as e:  # the sockets are closed before the flush that raised
             log.warning("call %s: stopping its receiving: %s", call.call_id, e)
-        for leg in call.legs:
-            leg.pending = []
 
     def sealed(self, call: Call, sealed: pb.Sealed) -> None:
         """The server sealed the call: its spool goes."""

@@ -54,7 +54,7 @@ Chunk = tuple[bytes, npt.NDArray[np.int32], npt.NDArray[np.int64]]
 
 
 @functools.lru_cache(maxsize=64)
-def _second_byte_rules(event_pts: frozenset[int]) -> npt.NDArray[np.uint8]:
+def second_byte_rules(event_pts: frozenset[int]) -> npt.NDArray[np.uint8]:
     """Per value of an RTP packet's second byte (marker << 7 | payload type): 0 passes,
     1 is refused (RTCP), 2 is an RFC 4733 event (needs MIN_EVENT_PAYLOAD bytes)."""
     rules = np.zeros(256, dtype=np.uint8)
@@ -84,7 +84,7 @@ def check_packets(
         return np.zeros(0, np.bool_), np.zeros(0, np.uint32)
     # one C pass over the datagrams with the jitter buffer's own header parse
     ok, ssrc, _ = _rtp.check_datagrams(
-        packets, lens, _second_byte_rules(event_pts), MIN_EVENT_PAYLOAD, MAX_PACKET_BYTES
+        packets, lens, second_byte_rules(event_pts), MIN_EVENT_PAYLOAD, MAX_PACKET_BYTES
     )
     return ok, ssrc
 

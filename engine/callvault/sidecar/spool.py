@@ -18,9 +18,11 @@ every batch of a call until then, because a restarted server answers
 ``Started.resume_from_seq = 0`` and replays the call from its first batch.
 
 Writer contract: a spool is created whole (written, fsynced and renamed into
-place), so a directory without its CALL record never exists. Every record is
-one ``write(2)`` on an O_APPEND descriptor as soon as it is made: it is in
-the OS the moment ``append`` returns and survives a SIGKILL of the sidecar.
+place), so a directory without its CALL record never exists. Records are
+written with ``write(2)`` on an O_APPEND descriptor as soon as they are made
+(``append_batches``: the batches of one receive tick, one per leg, in one
+write): they are in the OS the moment ``append``/``append_batches`` returns
+and survive a SIGKILL of the sidecar.
 Durability against a power cut is the caller's timer: ``sync()`` fsyncs when
 something was written since the last one (the sidecar calls it every second,
 at a call's end and on SIGTERM); ``end()`` fsyncs itself.
@@ -72,7 +74,9 @@ FILE_HEADER_SIZE_V2 = _FILE_HEADER.size + _WRAPPED_SIZE + _U32.size
 _AAD_KEY = b"cvspool2/key"  # context of the wrapped data key
 _AAD_RECORD = b"cvspool2/rec"  # + type u8 (+ the BATCH header) for record blobs
 REC_CALL, REC_START, REC_BATCH, REC_END = 1, 2, 3, 4
-MAX_RECORD = 64 << 20  # a batch is ~20 ms of one leg; anything this large is damage
+_TYPE_BATCH = bytes((REC_BATCH,))
+_AAD_BATCH = _AAD_RECORD + _TYPE_BATCH  # + the BATCH header: _record_aad(REC_BATCH, head)
+MAX_RECORD = 64 << 20  # a batch is ~100 ms of one leg; anything this large is damage
 
 SPOOL_FILE = "spool"
 ACKED_FILE = "acked"
@@ -181,6 +185,19 @@ def _file_header(wrapped: bytes | None) -> bytes:
 
 def _record_aad(kind: int, clear: bytes = b"") -> bytes:
     return _AAD_RECORD + bytes((kind,)) + clear
+
+
+_U4 = np.dtype("<u4")
+_I8 = np.dtype("<i8")
+
+
+def _le(a: npt.NDArray[np.integer], dtype: np.dtype[np.integer]) -> bytes:
+    """``a``'s values as ``dtype`` (little-endian) bytes; no conversion when ``a``
+    holds them that way already (int32 lengths as u4: the same bytes, never
+    negative)."""
+    if a.dtype.itemsize == dtype.itemsize and a.dtype.kind in "iu" and a.dtype.str[0] == "<":
+        return a.tobytes()
+    return a.astype(dtype).tobytes()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -375,34 +392,63 @@ class Spool:
     def append(
         self,
         leg: int,
-        packets: bytes,
+        packets: bytes | memoryview,
         lengths: npt.NDArray[np.int32],
         arrival_us: npt.NDArray[np.int64],
     ) -> int:
         """Append one batch of ``leg``; returns its seq. In the OS when this returns."""
-        n = len(lengths)
-        if len(arrival_us) != n or int(np.sum(lengths, dtype=np.int64)) != len(packets):
-            raise ValueError(
-                "a batch needs one length and one arrival per packet, sum(lengths) == len(packets)"
-            )
+        return self.append_batches([(leg, packets, lengths, arrival_us)])[0]
+
+    def append_batches(
+        self,
+        batches: Sequence[
+            tuple[int, bytes | memoryview, npt.NDArray[np.int32], npt.NDArray[np.int64]]
+        ],
+    ) -> list[int]:
+        """Append ``(leg, packets, lengths, arrival_us)`` batches in order, as one
+        ``write(2)`` (the receiver's tick: both legs of a call at once); returns their
+        seqs. In the OS when this returns; a write that fails leaves none of them
+        counted (the reader drops a torn tail)."""
+        for _, packets, lengths, arrival_us in batches:
+            if len(arrival_us) != len(lengths) or int(
+                np.add.reduce(lengths, dtype=np.int64)
+            ) != len(packets):
+                raise ValueError(
+                    "a batch needs one length and one arrival per packet,"
+                    " sum(lengths) == len(packets)"
+                )
         with self._lock:
             if self.end is not None:
                 raise ValueError(f"{self.directory}: the call has ended")
             if self.start_us is None:
                 raise ValueError(f"{self.directory}: set_start_us before the first batch")
-            seq = len(self._offsets)
-            head = _BATCH.pack(seq, leg, n)
-            payload = b"".join(
-                (lengths.astype("<u4").tobytes(), arrival_us.astype("<i8").tobytes(), packets)
-            )
-            if self._data_key is not None:
-                payload = crypto.encrypt_blob(
-                    self._data_key, plaintext=payload, aad=_record_aad(REC_BATCH, head)
-                )
-            body = head + payload
-            self._offsets.append(self._append(REC_BATCH, body))
-            self.packets += n
-            return seq
+            first = len(self._offsets)
+            records: list[bytes] = []
+            offsets = []
+            pos = self._size
+            packets_in = 0
+            for i, (leg, packets, lengths, arrival_us) in enumerate(batches):
+                n = len(lengths)
+                head = _BATCH.pack(first + i, leg, n)
+                payload = b"".join((_le(lengths, _U4), _le(arrival_us, _I8), packets))
+                if self._data_key is not None:
+                    payload = crypto.encrypt_blob(
+                        self._data_key, plaintext=payload, aad=_AAD_BATCH + head
+                    )
+                # _record(REC_BATCH, head + payload) without joining head and payload
+                pre = _U32.pack(len(head) + len(payload)) + _TYPE_BATCH
+                crc = crc32c(payload, crc32c(head, crc32c(pre)))
+                records += (_U32.pack(crc), pre, head, payload)
+                offsets.append(pos)
+                pos += _RECORD.size + len(head) + len(payload)
+                packets_in += n
+            data = b"".join(records)
+            _write_all(self._fd, data)
+            self._size += len(data)
+            self._dirty = True
+            self._offsets.extend(offsets)
+            self.packets += packets_in
+            return list(range(first, first + len(batches)))
 
     def finish(self, end_us: int = 0) -> End:
         """Append the END record (batches = every batch appended) and fsync."""
