@@ -282,8 +282,7 @@ class Uplink:
             return
         self._last_loss = (what, now)
         log.warning(
-            "uplink to the server lost (%s); reconnecting (first in %.1f s, then backing "
-            "off to %.0f s)",
+            "uplink: stream lost (%s); reconnecting (first in %.1f s, then backing off to %.0f s)",
             what,
             delay,
             BACKOFF_S[1],
