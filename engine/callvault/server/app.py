@@ -174,6 +174,7 @@ class Server:
         self.grpc.stop(self.config.shutdown_grace_s).wait()
         self.ingestor.shutdown()  # what streams processed while draining
         self.ingestor.workers.shutdown()
+        self.ingestor.waiters.shutdown()
         self.vault.close()
 
     def wait(self) -> None:

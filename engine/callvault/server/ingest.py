@@ -62,6 +62,7 @@ from callvault.timeline import FRAME_US, FRAMES_PER_RECORD, frames_us
 from callvault.vault import Ack, CallWriter, Vault, VaultError
 
 MAX_LEGS = 2
+WAITERS = 64  # threads on which RecordCalls' calls wait for the committer (Ingestor.waiters)
 
 log = logging.getLogger("callvault.server")
 
@@ -512,6 +513,9 @@ class Ingestor:
         self.workers = ThreadPoolExecutor(
             workers or (os.cpu_count() or 2) + 1, thread_name_prefix="ingest"
         )
+        # RecordCalls: a message's calls whose items wait for the vault's committer
+        # (a first batch, a seal) run here, each on a thread, so the waits overlap
+        self.waiters = ThreadPoolExecutor(WAITERS, thread_name_prefix="ingest-wait")
         self.lock = threading.Lock()
         self.calls: dict[tuple[str, str], LiveCall] = {}
         self._tokens = 0
@@ -1168,7 +1172,13 @@ class MuxStream:
         groups: dict[int, list[Request]] = {}
         for item in items:
             groups.setdefault(item.slot, []).append(item.req)
-        work = list(groups.items())
+        work: list[tuple[int, list[Request]]] = []
+        waits = []
+        for slot, reqs in groups.items():
+            if self._waits(slot, reqs):  # on a thread of its own: the waits overlap
+                waits.append(self.ingestor.waiters.submit(self._run_groups, [(slot, reqs)]))
+            else:
+                work.append((slot, reqs))
         out: list[MuxEvent] = []
         if self.pool is not None and self.chunks > 1 and len(work) > 1:
             n = min(self.chunks, len(work))
@@ -1177,6 +1187,7 @@ class MuxStream:
             results = [self._run_groups(parts[0])] + [f.result() for f in futs]
         else:
             results = [self._run_groups(work)]
+        results.extend(f.result() for f in waits)
         for res in results:
             for slot, session, events in res:
                 out.extend(events)
@@ -1189,6 +1200,17 @@ class MuxStream:
             self.ingestor.count(packets, nbytes, batches)
         out.extend(self.acks())
         return out
+
+    def _waits(self, slot: int, reqs: list[Request]) -> bool:
+        """Whether a slot's items wait for the vault's committer: a CallStart (a resumed
+        call is read from the vault), a call's first batch (its OPEN record is made
+        durable) or an End (the seal is). Such groups run on ``Ingestor.waiters``, each
+        on a thread, so that the calls of one message wait for ONE group commit, not
+        one after the other."""
+        session = self.sessions.get(slot)
+        if session is None or session.live is None or session.live.writer is None:
+            return True
+        return any(isinstance(r, (End, CallSpec)) for r in reqs)
 
     def _run_groups(
         self, work: list[tuple[int, list[Request]]]
