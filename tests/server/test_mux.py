@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from callvault.server.ingest import (
     MuxStream,
     OutOfOrder,
     Progress,
+    Request,
     Sealed,
     Started,
     StreamTakenOver,
@@ -42,8 +43,8 @@ uninterrupted = test_ingest.uninterrupted
 pytestmark = pytest.mark.timeout(300)
 
 
-def items(slot: int, reqs: list[object]) -> list[MuxItem]:
-    return [MuxItem(slot, r) for r in reqs]  # type: ignore[arg-type]
+def items(slot: int, reqs: Sequence[Request]) -> list[MuxItem]:
+    return [MuxItem(slot, r) for r in reqs]
 
 
 def interleave(*streams: list[MuxItem], per: int = 3) -> Iterator[list[MuxItem]]:
@@ -180,7 +181,8 @@ def test_a_bad_callstart_unknown_slots_and_reuse_fail_their_slot_only(
         [(_, f1)] = stream.handle([MuxItem(1, feed.spec("z"))])
         assert isinstance(f1, CallFailed) and "holds a call already" in str(f1.error)
         assert stream.sessions == {}  # the slot's call let go (it stays open, detached)
-        assert ingestor.get("", "ok") is not None and not ingestor.get("", "ok").attached
+        ok = ingestor.get("", "ok")
+        assert ok is not None and not ok.attached
 
 
 def test_a_new_stream_takes_a_call_over_and_resends_are_skipped(
@@ -263,4 +265,5 @@ def test_acks_of_records_made_durable_later_come_between_messages(
         q.put(None)
         assert list(replies) == []
         assert ingestor.mux_counts() == (0, 0)
-        assert not ingestor.get("", "a1").attached  # detached, still open
+        a1 = ingestor.get("", "a1")
+        assert a1 is not None and not a1.attached  # detached, still open

@@ -32,11 +32,14 @@ CallStart of the same recording, once the writer works again, replaces it by a
 call resumed from the vault's stored records (replayed from seq 0, as after a
 restart), so nothing acknowledged is lost and nothing is stored twice.
 
-``RecordStream`` is one Record stream's state machine, in the engine's terms
-(requests ``CallSpec``, ``Batch``, ``End``; replies ``Started``, ``Progress``
-= an Ack, ``Sealed``): the first request is a CallStart, batches go to the
-call in order, acks are coalesced, an End seals. The servicer only turns
-proto messages into these and back, and errors into status codes.
+``CallSession`` is one call's state machine on one stream, in the engine's
+terms (requests ``CallSpec``, ``Batch``, ``End``; replies ``Started``,
+``Progress`` = an Ack, ``Sealed``): the first request is a CallStart, batches
+go to the call in order, acks are coalesced, an End seals. ``RecordStream`` is
+a Record stream (one session); ``MuxStream`` a RecordCalls stream (a session
+per slot, many calls; a call's error fails its slot only, ``CallFailed``).
+The servicer only turns proto messages into these and back, and errors into
+status codes.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The sidecar itself (:class:`Sidecar`): the calls, their UDP ports and spools, the
-receive thread, the forwarders and the spool fsync timer; what the control API
+receive thread, the uplink (one stream to the server carrying every call, with a
+forwarder per call: callvault.sidecar.forwarder) and the spool fsync timer; what the control API
 asks of it (start, stop, list calls); recovery of the spool directory on start.
 
 Spool durability policy: every record is written to the OS at once (a SIGKILL
