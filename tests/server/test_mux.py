@@ -203,7 +203,8 @@ def test_a_new_stream_takes_a_call_over_and_resends_are_skipped(
         ev = by_slot(old.handle(items(1, [feed.batches[half]]) + items(2, [feed.batches[half]])))
         [f] = ev[1]
         assert isinstance(f, CallFailed) and isinstance(f.error, StreamTakenOver)
-        assert [type(r) for r in ev[2]] == [Progress]
+        # t2 goes on (its Ack now, or in a later reply once its record is durable)
+        assert all(isinstance(r, Progress) for r in ev.get(2, []))
         # the whole call again from 0: what was processed is skipped
         ev = by_slot(new.handle(items(7, [*feed.batches, End(len(feed.batches))])))
         assert isinstance(ev[7][-1], Sealed)
