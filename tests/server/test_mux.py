@@ -21,6 +21,7 @@ from callvault.server.ingest import (
     CallFailed,
     CallSpec,
     End,
+    Leave,
     Limits,
     MuxEvent,
     MuxItem,
@@ -268,3 +269,20 @@ def test_acks_of_records_made_durable_later_come_between_messages(
         assert ingestor.mux_counts() == (0, 0)
         a1 = ingestor.get("", "a1")
         assert a1 is not None and not a1.attached  # detached, still open
+
+
+def test_leave_lets_a_call_go_and_keeps_it_open(feed: Feed, tmp_path: Path) -> None:
+    """IngestMuxLeave (the sidecar stopped forwarding a call): the slot ends with the
+    last Ack due, the call stays open on the server, detached (the reaper's resume_s
+    applies), and a new CallStart resumes it."""
+    half = len(feed.batches) // 2
+    with server(tmp_path / "vault") as (_, ingestor):
+        stream = MuxStream(ingestor)
+        stream.handle(items(1, [feed.spec("l1"), *feed.batches[:half]]))
+        ev = stream.handle([MuxItem(1, Leave())])
+        assert all(isinstance(r, Progress) for _, r in ev)
+        assert stream.sessions == {} and stream.handle([MuxItem(1, feed.batches[half])]) == []
+        live = ingestor.get("", "l1")
+        assert live is not None and not live.attached and live.sealed is None
+        [(_, started)] = MuxStream(ingestor).handle(items(2, [feed.spec("l1")]))
+        assert isinstance(started, Started) and started.resume_from_seq == half

@@ -806,11 +806,16 @@ class End:
 
 
 @dataclass(frozen=True)
+class Leave:
+    """RecordCalls: the client lets the slot's call go (it stays open, detached)."""
+
+
+@dataclass(frozen=True)
 class Unknown:
     """A request that holds none of CallStart, batch and CallEnd."""
 
 
-Request = CallSpec | Batch | End | Unknown
+Request = CallSpec | Batch | End | Leave | Unknown
 
 
 @dataclass(frozen=True)
@@ -1254,6 +1259,10 @@ class MuxStream:
                     raise InputError(
                         f"slot {slot} holds a call already: a CallStart takes a new slot"
                     )
+                if isinstance(req, Leave):  # the client lets the call go
+                    events.extend((slot, r) for r in session.closed())
+                    session.detach()
+                    break
                 events.extend((slot, r) for r in session.handle(req))
                 if session.done:
                     break

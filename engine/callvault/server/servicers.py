@@ -32,6 +32,7 @@ from callvault.server.ingest import (
     CallSpec,
     End,
     Ingestor,
+    Leave,
     Limits,
     MuxEvent,
     MuxItem,
@@ -229,6 +230,8 @@ def _mux_request(item: pb.IngestMux | Undecodable) -> list[MuxItem]:
             req = _spec(it.start)
         elif which == "end":
             req = End(it.end.batches, it.end.end_us)
+        elif which == "leave":
+            req = Leave()
         else:
             req = Unknown()
         out.append(MuxItem(it.slot, req))

@@ -178,6 +178,7 @@ class Uplink:
         self.wakeup = threading.Event()  # something to send (or a retry time passed)
         self.calls: list[Forwarder] = []
         self.slots: dict[int, Forwarder] = {}  # slot -> forwarder, this stream's
+        self.leaving: list[int] = []  # slots to let go on this stream (IngestMuxLeave)
         self.epoch = 0  # which stream is current; an older stream's generator stops
         self.next_slot = 0
         self.closed = False
@@ -198,8 +199,13 @@ class Uplink:
         self.wakeup.set()
 
     def remove(self, f: Forwarder) -> None:
+        """Forward the call no more; a call the server holds on this stream is let go
+        (an IngestMuxLeave: it stays open there, detached, as when a stream closes)."""
         with self.lock:
+            if f.state in ("starting", "up") and self.slots.get(f.slot) is f:
+                self.leaving.append(f.slot)
             self._drop(f)
+        self.wakeup.set()
 
     def _drop(self, f: Forwarder) -> None:
         """(lock) The call is no longer forwarded (sealed, refused, failed, stopped)."""
@@ -235,6 +241,7 @@ class Uplink:
                 self.epoch += 1
                 epoch = self.epoch
                 self.slots.clear()
+                self.leaving.clear()
                 for f in self.calls:  # every call starts again on the new stream
                     f.state, f.retry_at = "idle", 0.0
                 self.up = False
@@ -327,6 +334,7 @@ class Uplink:
         with self.lock:
             if self.epoch != epoch:
                 return [], False
+            leaving, self.leaving = self.leaving, []
             for f in self.calls:
                 if f.state == "idle" and f.retry_at <= now:
                     self.next_slot += 1
@@ -350,6 +358,8 @@ class Uplink:
         size = 0
         total = 0
         more = False
+        for slot in leaving:
+            msg.items.add(slot=slot, leave=pb.IngestMuxLeave())
         for slot, start in starts:
             msg.items.add(slot=slot, start=start)
             size += start.ByteSize() + 8
