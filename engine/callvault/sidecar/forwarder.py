@@ -373,7 +373,7 @@ class Uplink:
                 item = msg.items.add(slot=slot)
                 try:
                     n = f.source.fill(item.batch, seq)
-                except (OSError, IndexError) as e:  # the spool went (sealed, failed) meanwhile
+                except Exception as e:  # the spool went (sealed, failed) meanwhile
                     del msg.items[-1]
                     log.debug("%s: batch %d not read: %s", f.call.call_id, seq, e)
                     break
