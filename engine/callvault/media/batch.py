@@ -76,6 +76,9 @@ MAX_PACKETS_PER_BATCH = 20_000
 MAX_PACKET_BYTES = 65_535
 
 
+SMALL_BATCH = 32  # LegBatch.checked checks batches of up to this many packets without numpy
+
+
 @dataclass(frozen=True)
 class LegBatch:
     """One leg's RTP packets as Ingest's RtpBatch carries them (docs/format.md section
@@ -111,18 +114,29 @@ class LegBatch:
                 f"batch {seq}: {len(lengths)} lengths but {len(arrival_us)} "
                 "arrival times (one per packet)"
             )
-        lens = np.asarray(lengths, dtype=np.int64)
-        if int(lens.min()) <= 0 or int(lens.max()) > MAX_PACKET_BYTES:
+        if len(lengths) <= SMALL_BATCH:  # the real-time case: no numpy reductions
+            low, high, total = min(lengths), max(lengths), sum(lengths)
+            first = min(arrival_us)
+        else:
+            lens = np.asarray(lengths, dtype=np.int64)
+            low, high, total = int(lens.min()), int(lens.max()), int(lens.sum())
+            first = int(np.min(np.asarray(arrival_us, dtype=np.int64)))
+        if low <= 0 or high > MAX_PACKET_BYTES:
             raise InputError(f"batch {seq}: packet lengths must be 1 to {MAX_PACKET_BYTES}")
-        if int(lens.sum()) != len(packets):
+        if total != len(packets):
             raise InputError(
-                f"batch {seq}: lengths add up to {int(lens.sum())} bytes but "
-                f"packets holds {len(packets)}"
+                f"batch {seq}: lengths add up to {total} bytes but packets holds {len(packets)}"
             )
-        arr = np.asarray(arrival_us, dtype=np.int64)
-        if int(arr.min()) <= 0:
+        if first <= 0:
             raise InputError(f"batch {seq}: arrival_us must be microseconds since the epoch")
-        return cls(seq, leg, packets, lens.astype(np.int32), arr)
+        n = len(lengths)  # fromiter: a protobuf container is no buffer numpy can take
+        return cls(
+            seq,
+            leg,
+            packets,
+            np.fromiter(lengths, dtype=np.int32, count=n),
+            np.fromiter(arrival_us, dtype=np.int64, count=n),
+        )
 
     @cached_property
     def run(self) -> PacketRun:
