@@ -180,6 +180,7 @@ class Uplink:
         self.slots: dict[int, Forwarder] = {}  # slot -> forwarder, this stream's
         self.leaving: list[int] = []  # slots to let go on this stream (IngestMuxLeave)
         self.epoch = 0  # which stream is current; an older stream's generator stops
+        self.half_closed = 0  # the epoch of the last stream we half-closed (no call)
         self.next_slot = 0
         self.closed = False
         self.streams = 0  # streams opened
@@ -267,14 +268,17 @@ class Uplink:
                     f.state = "idle"
                 if self.closed:
                     return
-                if lost is None and not self.calls:
+                if lost is None and self.half_closed == epoch and not self.calls:
                     continue  # we half-closed with nothing to forward: wait for a call
+            if lost is None and self.half_closed == epoch:
+                delay = self.rpc.backoff.delay(0)  # a call came as we half-closed
+            else:
                 if lost is None:
                     lost = errors.ProtocolError(
                         "the server ended the uplink stream", method=_METHOD
                     )
-            delay = self.rpc.backoff.delay(attempt)
-            self._log_loss(lost, delay)
+                delay = self.rpc.backoff.delay(attempt)
+                self._log_loss(lost, delay)
             with self.lock:  # the pause; close() ends it
                 self.ready.wait_for(lambda: self.closed, delay)
             attempt += 1
@@ -308,6 +312,7 @@ class Uplink:
                 if not self.calls:
                     idle_since = idle_since if idle_since is not None else now
                     if now - idle_since >= IDLE_CLOSE_S:
+                        self.half_closed = epoch
                         return
                 else:
                     idle_since = None
