@@ -245,3 +245,34 @@ def test_health_says_why_when_the_receive_thread_is_gone(tmp_path: Path) -> None
         assert e.value.code == grpc.StatusCode.UNAVAILABLE
     finally:
         sidecar.shutdown()
+
+
+def test_the_uplink_closes_when_idle_and_reopens_for_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One stream carries the calls; with none left for IDLE_CLOSE_S the uplink
+    half-closes it (the server counts no RecordCalls stream), and the next call opens
+    a new one."""
+    from callvault.sidecar import forwarder
+
+    monkeypatch.setattr(forwarder, "IDLE_CLOSE_S", 0.5)
+    server = start_server(tmp_path / "data")
+    sidecar = Sidecar(server.address, "127.0.0.1", 40050, 40069, tmp_path / "spool")
+    sidecar.start()
+    try:
+        with Client(server.address) as client:
+            for n, call_id in enumerate(("i1", "i2"), start=1):
+                ports = sidecar.start_call(pb.StartCallRequest(call_id=call_id))
+                send_rtp(ports, 0.5, seed=n)
+                assert client.stats().mux_streams == 1
+                sidecar.stop_call(pb.StopCallRequest(call_id=call_id))
+                _wait_state(sidecar, call_id, "sealed")
+                deadline = time.monotonic() + 30
+                while client.stats().mux_streams:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+                assert sidecar.uplink.streams == n
+                assert client.get_call(call_id).state == "sealed"
+    finally:
+        sidecar.shutdown()
+        server.stop()
