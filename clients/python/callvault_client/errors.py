@@ -139,6 +139,17 @@ _BY_CODE: dict[grpc.StatusCode, type[CallvaultClientError]] = {
 }
 
 
+def from_status(
+    code: grpc.StatusCode | int, message: str, method: str = ""
+) -> CallvaultClientError:
+    """The SDK error for a status given as a code (or its number, as in an
+    IngestMuxError) and a message."""
+    if isinstance(code, int):
+        code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+    cls = _BY_CODE.get(code, CallvaultClientError)
+    return cls(message or code.name.lower().replace("_", " "), code=code, method=method)
+
+
 def from_rpc_error(e: grpc.RpcError, method: str = "") -> CallvaultClientError:
     """The SDK error for a failed RPC (``e`` is also a ``grpc.Call``)."""
     code_fn = getattr(e, "code", None)
@@ -171,4 +182,5 @@ __all__ = [
     "Unimplemented",
     "Unknown",
     "from_rpc_error",
+    "from_status",
 ]

@@ -361,6 +361,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
         print(f"{c.compacted} call(s) compacted, {c.failed} failed")
         if c.failed:
             raise CallvaultError(f"compaction failed: {c.last_error}")
+    return 0
+
+
 def cmd_reclaim(args: argparse.Namespace) -> int:
     with connect(args) as b:
         done = b.reclaim(threshold=args.threshold, scan=args.scan)

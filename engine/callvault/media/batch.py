@@ -74,7 +74,9 @@ def first_sample_bound(
 
 MAX_PACKETS_PER_BATCH = 20_000
 MAX_PACKET_BYTES = 65_535
-SMALL_BATCH = 64  # packets: LegBatch.checked checks fewer with builtins
+# LegBatch.checked checks batches of up to this many packets with builtins (a batch
+# every 20-100 ms per leg: a few microseconds where numpy's reductions cost about 15)
+SMALL_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -112,35 +114,29 @@ class LegBatch:
                 f"batch {seq}: {len(lengths)} lengths but {len(arrival_us)} "
                 "arrival times (one per packet)"
             )
-        if len(lengths) <= SMALL_BATCH and not isinstance(lengths, np.ndarray):
-            # a batch every 20-100 ms per leg: the same checks with builtins, which
-            # cost a few microseconds where numpy's reductions cost about 15
-            ln = list(lengths)
-            at = list(arrival_us)
-            if min(ln) <= 0 or max(ln) > MAX_PACKET_BYTES:
-                raise InputError(f"batch {seq}: packet lengths must be 1 to {MAX_PACKET_BYTES}")
-            if sum(ln) != len(packets):
-                raise InputError(
-                    f"batch {seq}: lengths add up to {sum(ln)} bytes but "
-                    f"packets holds {len(packets)}"
-                )
-            if min(at) <= 0:
-                raise InputError(f"batch {seq}: arrival_us must be microseconds since the epoch")
-            return cls(
-                seq, leg, packets, np.array(ln, dtype=np.int32), np.array(at, dtype=np.int64)
-            )
-        lens = np.asarray(lengths, dtype=np.int64)
-        if int(lens.min()) <= 0 or int(lens.max()) > MAX_PACKET_BYTES:
+        if len(lengths) <= SMALL_BATCH:  # the real-time case: no numpy reductions
+            low, high, total = min(lengths), max(lengths), sum(lengths)
+            first = min(arrival_us)
+        else:
+            lens = np.asarray(lengths, dtype=np.int64)
+            low, high, total = int(lens.min()), int(lens.max()), int(lens.sum())
+            first = int(np.min(np.asarray(arrival_us, dtype=np.int64)))
+        if low <= 0 or high > MAX_PACKET_BYTES:
             raise InputError(f"batch {seq}: packet lengths must be 1 to {MAX_PACKET_BYTES}")
-        if int(lens.sum()) != len(packets):
+        if total != len(packets):
             raise InputError(
-                f"batch {seq}: lengths add up to {int(lens.sum())} bytes but "
-                f"packets holds {len(packets)}"
+                f"batch {seq}: lengths add up to {total} bytes but packets holds {len(packets)}"
             )
-        arr = np.asarray(arrival_us, dtype=np.int64)
-        if int(arr.min()) <= 0:
+        if first <= 0:
             raise InputError(f"batch {seq}: arrival_us must be microseconds since the epoch")
-        return cls(seq, leg, packets, lens.astype(np.int32), arr)
+        n = len(lengths)  # fromiter: a protobuf container is no buffer numpy can take
+        return cls(
+            seq,
+            leg,
+            packets,
+            np.fromiter(lengths, dtype=np.int32, count=n),
+            np.fromiter(arrival_us, dtype=np.int64, count=n),
+        )
 
     @cached_property
     def run(self) -> PacketRun:

@@ -216,6 +216,7 @@ class Server:
         self.ingestor.shutdown()  # what streams processed while draining
         self.ingestor.workers.shutdown()
         self.compactor.stop()  # a compaction running finishes (or a crash would cut it)
+        self.ingestor.waiters.shutdown()
         self.vault.close()
 
     def wait(self) -> None:

@@ -36,11 +36,14 @@ CallStart of the same recording, once the writer works again, replaces it by a
 call resumed from the vault's stored records (replayed from seq 0, as after a
 restart), so nothing acknowledged is lost and nothing is stored twice.
 
-``RecordStream`` is one Record stream's state machine, in the engine's terms
-(requests ``CallSpec``, ``Batch``, ``End``; replies ``Started``, ``Progress``
-= an Ack, ``Sealed``): the first request is a CallStart, batches go to the
-call in order, acks are coalesced, an End seals. The servicer only turns
-proto messages into these and back, and errors into status codes.
+``CallSession`` is one call's state machine on one stream, in the engine's
+terms (requests ``CallSpec``, ``Batch``, ``End``; replies ``Started``,
+``Progress`` = an Ack, ``Sealed``): the first request is a CallStart, batches
+go to the call in order, acks are coalesced, an End seals. ``RecordStream`` is
+a Record stream (one session); ``MuxStream`` a RecordCalls stream (a session
+per slot, many calls; a call's error fails its slot only, ``CallFailed``).
+The servicer only turns proto messages into these and back, and errors into
+status codes.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import os
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -66,6 +70,7 @@ from callvault.timeline import FRAME_US, FRAMES_PER_RECORD, frames_us
 from callvault.vault import Ack, CallWriter, Vault, VaultError
 
 MAX_LEGS = 2
+WAITERS = 64  # threads on which RecordCalls' calls wait for the committer (Ingestor.waiters)
 
 log = logging.getLogger("callvault.server")
 
@@ -476,10 +481,17 @@ class LiveCall:
 class Ingestor:
     """The live calls of one server."""
 
-    def process(self, live: LiveCall, token: int, batch: LegBatch) -> Future[Ack] | None:
-        """LiveCall.process on a worker thread (see __init__); waits for it."""
+    def process(
+        self, live: LiveCall, token: int, batch: LegBatch, *, inline: bool = False
+    ) -> Future[Ack] | None:
+        """LiveCall.process on a worker thread (see __init__: a Record stream), or on
+        the calling thread (``inline``: a RecordCalls stream, whose thread serves many
+        calls); waits for it."""
         before = sum(live.unsupported)
-        fut = self.workers.submit(live.process, token, batch).result()
+        if inline:
+            fut = live.process(token, batch)
+        else:
+            fut = self.workers.submit(live.process, token, batch).result()
         after = sum(live.unsupported)
         if after != before:  # Admin.Stats: StatsReply 13-14
             with self.lock:
@@ -509,6 +521,9 @@ class Ingestor:
         self.workers = ThreadPoolExecutor(
             workers or (os.cpu_count() or 2) + 1, thread_name_prefix="ingest"
         )
+        # RecordCalls: a message's calls whose items wait for the vault's committer
+        # (a first batch, a seal) run here, each on a thread, so the waits overlap
+        self.waiters = ThreadPoolExecutor(WAITERS, thread_name_prefix="ingest-wait")
         self.lock = threading.Lock()
         self.calls: dict[tuple[str, str], LiveCall] = {}
         self._tokens = 0
@@ -522,6 +537,7 @@ class Ingestor:
         # ingest_codec auto (docs/server.md): calls encoded to Opus at once beyond
         # which a new call is stored as G.711 (0: off)
         self.auto_opus_calls = 0
+        self.mux: set[Any] = set()  # open RecordCalls streams (MuxStream)
 
     def _call_settings(self, writer: CallWriter | None) -> Settings:
         """A starting call's settings: peak mode (docs/server.md "Settings",
@@ -537,6 +553,20 @@ class Ingestor:
             if opus >= self.auto_opus_calls:
                 return dataclasses.replace(s, store_codec="g711")
         return s
+
+    def mux_opened(self, stream: Any) -> None:
+        with self.lock:
+            self.mux.add(stream)
+
+    def mux_closed(self, stream: Any) -> None:
+        with self.lock:
+            self.mux.discard(stream)
+
+    def mux_counts(self) -> tuple[int, int]:
+        """(RecordCalls streams open, calls bound to them): StatsReply 19-20."""
+        with self.lock:
+            streams = list(self.mux)
+        return len(streams), sum(s.calls() for s in streams)
 
     def attach(self, spec: CallSpec) -> tuple[LiveCall, int]:
         """The call a CallStart names: live already (a reconnect: the new stream takes
@@ -712,11 +742,11 @@ class Ingestor:
             done.append((live, what))
         return done
 
-    def count(self, packets: int, nbytes: int) -> None:
+    def count(self, packets: int, nbytes: int, batches: int = 1) -> None:
         now = time.monotonic()
         with self.lock:
             self.packets_total += packets
-            self.batches_total += 1
+            self.batches_total += batches
             self.bytes_total += nbytes
             self._rate.append((now, self.packets_total, self.bytes_total))
             while self._rate and now - self._rate[0][0] > 10.0:
@@ -799,11 +829,16 @@ class End:
 
 
 @dataclass(frozen=True)
+class Leave:
+    """RecordCalls: the client lets the slot's call go (it stays open, detached)."""
+
+
+@dataclass(frozen=True)
 class Unknown:
     """A request that holds none of CallStart, batch and CallEnd."""
 
 
-Request = CallSpec | Batch | End | Unknown
+Request = CallSpec | Batch | End | Leave | Unknown
 
 
 @dataclass(frozen=True)
@@ -828,39 +863,52 @@ class Sealed:
 Reply = Started | Progress | Sealed
 
 
-class RecordStream:
-    """One Record stream (docs/server.md, "Recording"): ``handle`` takes one request
-    and gives the replies due at once; ``ack`` gives the coalesced Ack; ``run`` drives
-    the whole stream from an iterator of requests.
+class CallSession:
+    """One call on one stream: the per-call state machine that Record (one session per
+    stream, ``RecordStream``) and RecordCalls (a session per slot, ``MuxStream``) share.
 
-    * The first request is a CallStart: the stream attaches to the call (a live call
-      is taken over, an open one resumed by replay, a sealed one answered with Started
-      and Sealed at once, which ends the stream).
-    * Batches go to the call in seq order (a resend is skipped, a gap refused).
-      Batch S is acknowledged once it is processed and every record it completed is
-      durable; one Ack answers every batch acknowledged since the last one.
-    * An End drains the legs and seals: the last Ack, Sealed, and the stream ends.
-    * The client half-closing or leaving ends the stream; the call stays open.
-    """
+    * A CallStart attaches the session to its call (a live call is taken over, an open
+      one resumed by replay, a sealed one answered with Started and Sealed at once,
+      which ends the session).
+    * Batches go to the call in seq order (a resend is skipped, a gap refused). Batch
+      S is acknowledged once it is processed and every record it completed is durable:
+      ``ack_to`` is the highest such seq; a batch whose records are still being written
+      is acknowledged when their future resolves, through ``on_durable(session, seq)``
+      (called on the vault's committer thread: it only hands the seq to the stream's
+      thread, which calls ``acknowledged``). ``ack`` gives one Ack for every batch
+      acknowledged since the last one.
+    * An End drains the legs and seals: the last Ack, Sealed; the session is done.
 
-    def __init__(self, ingestor: Ingestor, *, idle_s: float = 120.0) -> None:
+    ``inline``: batches run on the calling thread (RecordCalls: its stream's thread or
+    the chunk of the message it is given) rather than handed to the Ingestor's worker
+    threads one by one (Record)."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        on_durable: Callable[[CallSession, int], None],
+        *,
+        inline: bool = False,
+    ) -> None:
         self.ingestor = ingestor
-        self.idle_s = idle_s
+        self.on_durable = on_durable
+        self.inline = inline
         self.live: LiveCall | None = None
-        self.token = 0  # this stream's token on the call (a later stream takes over)
-        self.done = False  # the stream is over: sealed, or the client left
+        self.token = 0  # this session's token on the call (a later stream takes over)
+        self.done = False  # sealed, or its stream left
         self.ack_to = -1  # the highest seq acknowledged so far
         self.acked = -1  # the highest seq an Ack was given for
-        # requests, the end of them, and batches that became durable ("ack", seq)
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.packets = 0  # RTP packets and bytes of the batches processed (stats)
+        self.nbytes = 0
+        self.batches = 0
 
     def handle(self, req: Request) -> list[Reply]:
         """Take one request; the replies due at once (a batch's Ack comes by ``ack``)."""
         if self.done:
-            raise InputError("the Record stream is over")
+            raise InputError("the call's stream is over")
         if isinstance(req, CallSpec):
             if self.live is not None:
-                raise InputError("a second CallStart on one stream")
+                raise InputError("a second CallStart for one call on one stream")
             call, self.token = self.ingestor.attach(req)
             self.live = call
             out: list[Reply] = [
@@ -877,13 +925,15 @@ class RecordStream:
             return out
         live = self.live
         if live is None:
-            raise InputError("the first message of a Record stream must be a CallStart")
+            raise InputError("a call's first message must be a CallStart")
         if isinstance(req, Batch):
             batch = LegBatch.checked(
                 req.seq, req.leg, req.packets, req.lengths, req.arrival_us, len(live.spec.legs)
             )
-            fut = self.ingestor.process(live, self.token, batch)
-            self.ingestor.count(len(batch.lengths), len(batch.packets))
+            fut = self.ingestor.process(live, self.token, batch, inline=self.inline)
+            self.packets += len(batch.lengths)
+            self.nbytes += len(batch.packets)
+            self.batches += 1
             if fut is None or fut.done():
                 self.ack_to = max(self.ack_to, batch.seq)
             else:
@@ -898,22 +948,28 @@ class RecordStream:
             self.ingestor.finished(live)
             self.done = True
             return out
-        raise InputError("an IngestRequest must hold start, batch or end")
+        raise InputError("an Ingest message must hold start, batch or end")
 
     def _ack_when_done(self, seq: int) -> Callable[[Any], None]:
         def done(_fut: Any) -> None:
-            self.events.put(("ack", seq))
+            self.on_durable(self, seq)
 
         return done
 
+    def take_counts(self) -> tuple[int, int, int]:
+        """(packets, bytes, batches) processed since the last call (Ingestor.count)."""
+        got = (self.packets, self.nbytes, self.batches)
+        self.packets = self.nbytes = self.batches = 0
+        return got
+
     def acknowledged(self, seq: int) -> None:
-        """Batch ``seq``'s records became durable (its future's ("ack", seq) event)."""
+        """Batch ``seq``'s records became durable (``on_durable`` handed it over)."""
         self.ack_to = max(self.ack_to, seq)
 
     def ack(self) -> Progress | None:
         """The Ack due (for every batch acknowledged since the last Ack), or None;
         CallInterrupted (UNAVAILABLE) when the vault failed to store the call."""
-        if self.ack_to <= self.acked:
+        if self.ack_to <= self.acked or self.done:
             return None
         assert self.live is not None
         if self.live.error is not None:  # the segment writer failed: resume the call
@@ -921,14 +977,94 @@ class RecordStream:
         self.acked = self.ack_to
         return self.live.progress(self.ack_to)
 
+    def check_quiet(self) -> None:
+        """Raise what a call that gets no message learns only by looking: it expired
+        (CallExpired) or storing it failed (CallInterrupted)."""
+        live = self.live
+        if live is None or self.done:
+            return
+        if live.expired is not None:
+            raise CallExpired(live.expired)
+        if (why := live.interrupted()) is not None:
+            raise live._interrupt(why)  # a quiet call's writer broke
+
     def closed(self) -> list[Reply]:
-        """The client half-closed or left: the stream ends, the call stays open (a
+        """The stream ends (the client half-closed or left): the call stays open (a
         CallStart on a new stream resumes it); the last Ack due, if any."""
         self.done = True
         if self.live is not None and self.ack_to > self.acked:
             self.acked = self.ack_to
             return [self.live.progress(self.ack_to)]
         return []
+
+    def detach(self) -> None:
+        """The stream let the call go (ended, failed, or the call failed on it)."""
+        self.done = True
+        if self.live is not None:
+            self.ingestor.detach(self.live, self.token)
+
+
+class RecordStream:
+    """One Record stream (docs/server.md, "Recording"): one ``CallSession``, requests
+    read on a thread of their own. ``handle`` takes one request and gives the replies
+    due at once; ``ack`` gives the coalesced Ack; ``run`` drives the whole stream from
+    an iterator of requests.
+
+    * The first request is a CallStart; batches follow in seq order; an End seals
+      (the last Ack, Sealed, and the stream ends). See ``CallSession``.
+    * The client half-closing or leaving ends the stream; the call stays open.
+    """
+
+    def __init__(self, ingestor: Ingestor, *, idle_s: float = 120.0) -> None:
+        self.ingestor = ingestor
+        self.idle_s = idle_s
+        self.session = CallSession(ingestor, self._durable)
+        # requests, the end of them, and batches that became durable ("ack", seq)
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    @property
+    def live(self) -> LiveCall | None:
+        return self.session.live
+
+    @property
+    def token(self) -> int:
+        return self.session.token
+
+    @property
+    def done(self) -> bool:
+        return self.session.done
+
+    def _durable(self, _session: CallSession, seq: int) -> None:
+        self.events.put(("ack", seq))
+
+    def handle(self, req: Request) -> list[Reply]:
+        """Take one request; the replies due at once (a batch's Ack comes by ``ack``)."""
+        if self.session.done:
+            raise InputError("the Record stream is over")
+        if self.session.live is None and not isinstance(req, CallSpec):
+            raise InputError("the first message of a Record stream must be a CallStart")
+        if isinstance(req, CallSpec) and self.session.live is not None:
+            raise InputError("a second CallStart on one stream")
+        if isinstance(req, Unknown):
+            raise InputError("an IngestRequest must hold start, batch or end")
+        out = self.session.handle(req)
+        if isinstance(req, Batch):
+            self.ingestor.count(*self.session.take_counts())
+        return out
+
+    def acknowledged(self, seq: int) -> None:
+        """Batch ``seq``'s records became durable (its future's ("ack", seq) event)."""
+        self.session.acknowledged(seq)
+
+    def ack(self) -> Progress | None:
+        """The Ack due (for every batch acknowledged since the last Ack), or None;
+        CallInterrupted (UNAVAILABLE) when the vault failed to store the call."""
+        return self.session.ack()
+
+    def closed(self) -> list[Reply]:
+        """The client half-closed or left: the stream ends, the call stays open (a
+        CallStart on a new stream resumes it); the last Ack due, if any."""
+        return self.session.closed()
 
     def run(
         self,
@@ -941,16 +1077,7 @@ class RecordStream:
         turns each into a Request when its turn comes), and the replies yielded, until
         the stream ends or ``active()`` turns false. StreamIdle when no request came
         for ``idle_s`` seconds."""
-
-        def read() -> None:
-            try:
-                for req in requests:
-                    self.events.put(("req", req))
-                self.events.put(("eof", None))
-            except Exception as e:  # the client went away
-                self.events.put(("gone", e))
-
-        threading.Thread(target=read, name="ingest-reader", daemon=True).start()
+        read_requests(requests, self.events)
         try:
             yield from self._loop(decode, active)
         finally:
@@ -965,10 +1092,7 @@ class RecordStream:
             try:
                 got = [self.events.get(timeout=POLL_S)]
             except queue.Empty:
-                if self.live is not None and self.live.expired is not None:
-                    raise CallExpired(self.live.expired) from None
-                if self.live is not None and (why := self.live.interrupted()) is not None:
-                    raise self.live._interrupt(why) from None  # a quiet call's writer broke
+                self.session.check_quiet()
                 if time.monotonic() - last_req > self.idle_s:
                     raise StreamIdle(
                         f"no message for {self.idle_s:g} s: stream closed "
@@ -978,11 +1102,7 @@ class RecordStream:
             # Everything already queued is handled together and answered with ONE Ack:
             # each reply costs a blocking send through grpcio's single event thread,
             # so under load the acks coalesce instead of queueing up.
-            while True:
-                try:
-                    got.append(self.events.get_nowait())
-                except queue.Empty:
-                    break
+            drain(self.events, got)
             for kind, item in got:
                 if kind == "ack":
                     self.acknowledged(item)
@@ -997,3 +1117,306 @@ class RecordStream:
             a = self.ack()
             if a is not None:
                 yield a
+
+
+def read_requests(requests: Iterable[Any], events: queue.Queue[tuple[str, Any]]) -> None:
+    """Read a stream's requests on a thread of their own into ``events``: ("req", r)
+    each, then ("eof", None) or ("gone", error) when the client left."""
+
+    def read() -> None:
+        try:
+            for req in requests:
+                events.put(("req", req))
+            events.put(("eof", None))
+        except Exception as e:  # the client went away
+            events.put(("gone", e))
+
+    threading.Thread(target=read, name="ingest-reader", daemon=True).start()
+
+
+def drain(events: queue.Queue[tuple[str, Any]], got: list[tuple[str, Any]]) -> None:
+    """Append to ``got`` every event already queued."""
+    while True:
+        try:
+            got.append(events.get_nowait())
+        except queue.Empty:
+            return
+
+
+# -- one RecordCalls stream: many calls ----------------------------------------------------
+RECENT_SLOTS = 4096  # ended slots remembered per stream (their late items are ignored)
+
+
+@dataclass(frozen=True)
+class MuxItem:
+    """One item of an IngestMux message: a request for the call bound to ``slot``."""
+
+    slot: int
+    req: Request
+
+
+@dataclass(frozen=True)
+class CallFailed:
+    """The slot's call failed on this stream (``error``: what Record would have ended
+    its stream with); the slot ends, the call stays open on the server."""
+
+    error: BaseException
+
+
+MuxEvent = tuple[int, Reply | CallFailed]
+
+
+class MuxStream:
+    """One RecordCalls stream (docs/server.md, "Recording"): a ``CallSession`` per
+    slot. ``handle`` takes one message's items and gives the events due: each slot's
+    Started / Sealed / CallFailed, then one coalesced Ack per call that progressed;
+    ``run`` drives the whole stream.
+
+    A message is processed on the stream's own thread with no hand-off per batch:
+    its items are grouped per slot (each slot's items in order), and when it holds
+    several calls and ``pool`` is given, the groups are split into ``chunks`` chunks
+    run at once (one on this thread, the others on the pool), so batches whose C
+    work releases the GIL use several cores. A call's error fails that slot only."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        *,
+        idle_s: float = 120.0,
+        pool: ThreadPoolExecutor | None = None,
+        chunks: int = 1,
+    ) -> None:
+        self.ingestor = ingestor
+        self.idle_s = idle_s
+        self.pool = pool
+        self.chunks = max(1, chunks)
+        self.sessions: dict[int, CallSession] = {}
+        self.ended: OrderedDict[int, None] = OrderedDict()  # recently ended slots
+        self.slot_of: dict[int, int] = {}  # id(session) -> slot
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.done = False
+
+    # -- one message -----------------------------------------------------------------
+    def handle(self, items: Sequence[MuxItem]) -> list[MuxEvent]:
+        """Process one message's items; the events due (Acks of records still being
+        written come later, by ``acks``)."""
+        groups: dict[int, list[Request]] = {}
+        for item in items:
+            groups.setdefault(item.slot, []).append(item.req)
+        work: list[tuple[int, list[Request]]] = []
+        waits = []
+        for slot, reqs in groups.items():
+            if self._waits(slot, reqs):  # on a thread of its own: the waits overlap
+                waits.append(self.ingestor.waiters.submit(self._run_groups, [(slot, reqs)]))
+            else:
+                work.append((slot, reqs))
+        out: list[MuxEvent] = []
+        if self.pool is not None and self.chunks > 1 and len(work) > 1:
+            n = min(self.chunks, len(work))
+            parts = [work[i::n] for i in range(n)]
+            futs = [self.pool.submit(self._run_groups, part) for part in parts[1:]]
+            results = [self._run_groups(parts[0])] + [f.result() for f in futs]
+        else:
+            results = [self._run_groups(work)]
+        results.extend(f.result() for f in waits)
+        for res in results:
+            for slot, session, events in res:
+                out.extend(events)
+                self._settle(slot, session, events)
+        packets = nbytes = batches = 0
+        for session in self.sessions.values():
+            p, b, n = session.take_counts()
+            packets, nbytes, batches = packets + p, nbytes + b, batches + n
+        if batches:
+            self.ingestor.count(packets, nbytes, batches)
+        out.extend(self.acks())
+        return out
+
+    def _waits(self, slot: int, reqs: list[Request]) -> bool:
+        """Whether a slot's items wait for the vault's committer: a CallStart (a resumed
+        call is read from the vault), a call's first batch (its OPEN record is made
+        durable) or an End (the seal is). Such groups run on ``Ingestor.waiters``, each
+        on a thread, so that the calls of one message wait for ONE group commit, not
+        one after the other."""
+        session = self.sessions.get(slot)
+        if session is None or session.live is None or session.live.writer is None:
+            return True
+        return any(isinstance(r, (End, CallSpec)) for r in reqs)
+
+    def _run_groups(
+        self, work: list[tuple[int, list[Request]]]
+    ) -> list[tuple[int, CallSession | None, list[MuxEvent]]]:
+        return [(slot, *self._run_slot(slot, reqs)) for slot, reqs in work]
+
+    def _run_slot(
+        self, slot: int, reqs: list[Request]
+    ) -> tuple[CallSession | None, list[MuxEvent]]:
+        """One slot's items of a message, in order (any thread: touches only this
+        slot's session; ``_settle`` files the result on the stream's thread)."""
+        session = self.sessions.get(slot)
+        events: list[MuxEvent] = []
+        # late items of a call that ended on this stream: ignored, unless a new call
+        # is started on the slot (refused: slots are not reused)
+        if (
+            session is None
+            and slot in self.ended
+            and not any(isinstance(r, CallSpec) for r in reqs)
+        ):
+            return None, events
+        try:
+            for req in reqs:
+                if isinstance(req, Unknown):
+                    raise InputError("an IngestMuxItem must hold start, batch or end")
+                if session is None:
+                    if slot in self.ended:
+                        raise InputError(
+                            f"slot {slot} was used by a call that ended on this stream: "
+                            "a CallStart takes a slot never used on the stream"
+                        )
+                    if not isinstance(req, CallSpec):
+                        raise InputError(
+                            f"slot {slot} holds no call: its first item must be a CallStart"
+                        )
+                    session = CallSession(self.ingestor, self._durable, inline=True)
+                elif isinstance(req, CallSpec):
+                    raise InputError(
+                        f"slot {slot} holds a call already: a CallStart takes a new slot"
+                    )
+                if isinstance(req, Leave):  # the client lets the call go
+                    events.extend((slot, r) for r in session.closed())
+                    session.detach()
+                    break
+                events.extend((slot, r) for r in session.handle(req))
+                if session.done:
+                    break
+        except Exception as e:  # this call only: the stream and the other calls go on
+            if not isinstance(e, CallvaultError):
+                log.exception("slot %d: processing its items failed", slot)
+            events.append((slot, CallFailed(e)))
+            if session is not None:
+                session.detach()
+                session.done = True
+        return session, events
+
+    def _settle(self, slot: int, session: CallSession | None, events: list[MuxEvent]) -> None:
+        """(stream thread) File a slot's outcome: bound, or ended (Sealed or failed)."""
+        if session is None:
+            if events:  # refused before anything was bound
+                self._end_slot(slot)
+            return
+        if session.done:
+            self.sessions.pop(slot, None)
+            self.slot_of.pop(id(session), None)
+            self._end_slot(slot)
+        elif slot not in self.sessions:
+            self.sessions[slot] = session
+            self.slot_of[id(session)] = slot
+
+    def _end_slot(self, slot: int) -> None:
+        self.ended[slot] = None
+        while len(self.ended) > RECENT_SLOTS:
+            self.ended.popitem(last=False)
+
+    def _durable(self, session: CallSession, seq: int) -> None:
+        self.events.put(("ack", (session, seq)))
+
+    def acks(self) -> list[MuxEvent]:
+        """One Ack per call with batches acknowledged since its last Ack (a call whose
+        storing failed fails instead: CallInterrupted)."""
+        out: list[MuxEvent] = []
+        for slot, session in list(self.sessions.items()):
+            try:
+                a = session.ack()
+            except CallvaultError as e:
+                out.append((slot, CallFailed(e)))
+                session.detach()
+                self._settle(slot, session, [])
+                continue
+            if a is not None:
+                out.append((slot, a))
+        return out
+
+    def check_quiet(self) -> list[MuxEvent]:
+        """Calls that expired or whose storing failed while they got no message."""
+        out: list[MuxEvent] = []
+        for slot, session in list(self.sessions.items()):
+            try:
+                session.check_quiet()
+            except CallvaultError as e:
+                out.append((slot, CallFailed(e)))
+                session.detach()
+                self._settle(slot, session, [])
+        return out
+
+    def closed(self) -> list[MuxEvent]:
+        """The client half-closed or left: every call stays open; the last Acks due."""
+        self.done = True
+        out: list[MuxEvent] = []
+        for slot, session in self.sessions.items():
+            out.extend((slot, r) for r in session.closed())
+        return out
+
+    def detach_all(self) -> None:
+        for session in self.sessions.values():
+            session.detach()
+
+    def calls(self) -> int:
+        return len(self.sessions)
+
+    # -- the whole stream ------------------------------------------------------------
+    def run(
+        self,
+        requests: Iterable[T],
+        decode: Callable[[T], Sequence[MuxItem]],
+        *,
+        active: Callable[[], bool] = lambda: True,
+    ) -> Iterator[list[MuxEvent]]:
+        """The whole stream: ``requests`` (messages) are read on a thread of their own,
+        ``decode`` turns each into its items when its turn comes (what it raises ends
+        the stream: a message that cannot be read concerns every call), and each
+        message's events are yielded as one list, as are Acks that became due
+        meanwhile; until the client half-closes or leaves, or ``active()`` turns
+        false. StreamIdle when no message came for ``idle_s`` seconds."""
+        read_requests(requests, self.events)
+        self.ingestor.mux_opened(self)
+        try:
+            yield from self._loop(decode, active)
+        finally:
+            self.detach_all()
+            self.ingestor.mux_closed(self)
+
+    def _loop(
+        self, decode: Callable[[Any], Sequence[MuxItem]], active: Callable[[], bool]
+    ) -> Iterator[list[MuxEvent]]:
+        last_req = last_check = time.monotonic()
+        while active():
+            try:
+                got = [self.events.get(timeout=POLL_S)]
+            except queue.Empty:
+                got = []
+            drain(self.events, got)
+            out: list[MuxEvent] = []
+            for kind, item in got:
+                if kind == "ack":
+                    session, seq = item
+                    session.acknowledged(seq)
+                    continue
+                if kind != "req":  # the client half-closed or left; the calls stay open
+                    out.extend(self.closed())
+                    if out:
+                        yield out
+                    return
+                last_req = time.monotonic()
+                out.extend(self.handle(decode(item)))
+            out.extend(self.acks())
+            now = time.monotonic()
+            if now - last_check >= POLL_S:
+                last_check = now
+                out.extend(self.check_quiet())
+                if now - last_req > self.idle_s:
+                    raise StreamIdle(
+                        f"no message for {self.idle_s:g} s: stream closed (its calls stay "
+                        "open: reconnect and send each CallStart again to resume them)"
+                    )
+            if out:
+                yield out

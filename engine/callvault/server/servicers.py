@@ -28,10 +28,15 @@ from callvault.server.callinfo import call_detail, call_info
 from callvault.server.ingest import (
     Batch,
     CallExpired,
+    CallFailed,
     CallSpec,
     End,
     Ingestor,
+    Leave,
     Limits,
+    MuxEvent,
+    MuxItem,
+    MuxStream,
     OutOfOrder,
     Progress,
     RecordingConflict,
@@ -75,13 +80,21 @@ STATUS: tuple[tuple[type[CallvaultError], grpc.StatusCode], ...] = (
 )
 
 
-def fail(context: grpc.ServicerContext, e: BaseException) -> NoReturn:
-    """Abort the RPC with the status an engine error means (STATUS)."""
+def status_of(e: BaseException) -> grpc.StatusCode | None:
+    """The status an engine error means (STATUS); None for what is not one."""
     for kind, code in STATUS:
         if isinstance(e, kind):
             if kind is InputError and "already exists" in str(e):
-                code = grpc.StatusCode.ALREADY_EXISTS
-            context.abort(code, str(e))
+                return grpc.StatusCode.ALREADY_EXISTS
+            return code
+    return None
+
+
+def fail(context: grpc.ServicerContext, e: BaseException) -> NoReturn:
+    """Abort the RPC with the status an engine error means (STATUS)."""
+    code = status_of(e)
+    if code is not None:
+        context.abort(code, str(e))
     raise e
 
 
@@ -147,6 +160,10 @@ class Config:
         self.segment_bytes: int = int(kw.pop("segment_bytes", 64 << 20))
         # threads that run batches through the pipelines; 0 = CPUs + 1
         self.ingest_workers: int = int(kw.pop("ingest_workers", 0))
+        # RecordCalls: a message's calls are split into this many chunks processed at
+        # once (one on the stream's thread, the others on the ingest workers);
+        # 0 = CPUs, 1 = all on the stream's thread
+        self.ingest_mux_chunks: int = int(kw.pop("ingest_mux_chunks", 1))
         # Ingest bounds (ingest.Limits; docs/server.md "Limits")
         d = Limits()
         self.max_open_calls: int = int(kw.pop("max_open_calls", d.max_open_calls))
@@ -177,6 +194,8 @@ class Config:
             raise InputError(
                 "reclaim_interval_s must be >= 0 (0: never) and reclaim_threshold in (0, 1]"
             )
+        if self.ingest_mux_chunks < 0 or self.ingest_workers < 0:
+            raise InputError("ingest_workers and ingest_mux_chunks must be 0 or more")
         if self.workers < self.max_concurrent_rpcs:
             raise InputError(
                 "workers must be at least max_concurrent_rpcs (each stream holds a worker thread)"
@@ -184,7 +203,8 @@ class Config:
 
 
 class IngestServicer(pbg.IngestServicer):
-    """Ingest.Record: proto <-> the engine's RecordStream (ingest.py)."""
+    """Ingest.Record and Ingest.RecordCalls: proto <-> the engine's RecordStream and
+    MuxStream (ingest.py)."""
 
     def __init__(self, ingestor: Ingestor, config: Config) -> None:
         self.ingestor = ingestor
@@ -197,6 +217,63 @@ class IngestServicer(pbg.IngestServicer):
         stream = RecordStream(self.ingestor, idle_s=self.config.ingest_idle_s)
         for reply in stream.run(request_iterator, _ingest_request, active=context.is_active):
             yield _ingest_reply(reply)
+
+    @streaming
+    def RecordCalls(
+        self, request_iterator: Iterator[pb.IngestMux], context: grpc.ServicerContext
+    ) -> Iterator[pb.IngestMuxReply]:
+        chunks = self.config.ingest_mux_chunks or os.cpu_count() or 1
+        stream = MuxStream(
+            self.ingestor,
+            idle_s=self.config.ingest_idle_s,
+            pool=self.ingestor.workers if chunks > 1 else None,
+            chunks=chunks,
+        )
+        for events in stream.run(request_iterator, _mux_request, active=context.is_active):
+            yield _mux_reply(events)
+
+
+def _mux_request(item: pb.IngestMux | Undecodable) -> list[MuxItem]:
+    if isinstance(item, Undecodable):
+        raise InputError(item.message("/callvault.v1.Ingest/RecordCalls"))
+    out = []
+    for it in item.items:
+        which = it.WhichOneof("msg")
+        req: Request
+        if which == "batch":
+            b = it.batch
+            req = Batch(b.seq, b.leg, b.packets, b.lengths, b.arrival_us)
+        elif which == "start":
+            req = _spec(it.start)
+        elif which == "end":
+            req = End(it.end.batches, it.end.end_us)
+        elif which == "leave":
+            req = Leave()
+        else:
+            req = Unknown()
+        out.append(MuxItem(it.slot, req))
+    return out
+
+
+def _mux_reply(events: list[MuxEvent]) -> pb.IngestMuxReply:
+    out = pb.IngestMuxReply()
+    for slot, r in events:
+        ev = out.events.add(slot=slot)
+        if isinstance(r, Progress):
+            a = ev.ack
+            a.seq = r.seq
+            a.durable_frames.extend(r.durable_frames)
+            a.chain_records = r.chain_records
+            a.chain_head = r.chain_head
+        elif isinstance(r, CallFailed):
+            code = status_of(r.error) or grpc.StatusCode.INTERNAL
+            ev.error.code = code.value[0]
+            ev.error.message = str(r.error) or type(r.error).__name__
+        elif isinstance(r, Started):
+            ev.started.CopyFrom(_ingest_reply(r).started)
+        else:
+            ev.sealed.CopyFrom(_ingest_reply(r).sealed)
+    return out
 
 
 def _ingest_request(item: pb.IngestRequest | Undecodable) -> Request:
@@ -504,6 +581,7 @@ class AdminServicer(pbg.AdminServicer):
     def Stats(self, r: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsReply:
         s = self.vault.stats()
         pps, bps = self.ingestor.rates()
+        mux_streams, mux_calls = self.ingestor.mux_counts()
         return pb.StatsReply(
             calls=s["calls"],
             open_calls=self.ingestor.open_calls(),
@@ -527,6 +605,8 @@ class AdminServicer(pbg.AdminServicer):
             reclaimable_bytes=s["reclaimable_bytes"],
             reclaimed_bytes=s["reclaimed_bytes"],
             reclaim_error=self.reclaim_error(),
+            mux_streams=mux_streams,
+            mux_calls=mux_calls,
         )
 
     def _compactor_stats(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 This package owns the sidecar: receiving each call's RTP on UDP ports of its
 own, spooling it to disk before anything else (store and forward), forwarding
-it to a callvault server over Ingest.Record until the server seals the call,
+it to a callvault server over Ingest.RecordCalls until the server seals the call,
 and the control API (gRPC ``callvault.v1.Sidecar``) a PBX drives it with.
 
 Modules, by role:
@@ -18,11 +18,13 @@ Modules, by role:
   before anything is spooled, source latching and the re-latch rule.
 - :mod:`~callvault.sidecar.spool`: the per-call store-and-forward spool
   (docs/format.md section 9).
-- :mod:`~callvault.sidecar.forwarder`: the link to the server (:class:`Forwarder`),
-  one per call: the SDK's ``Recording`` (the Ingest.Record resume protocol) fed
-  from the call's spool, reconnecting forever after transient errors; a refusal for
-  good ends the call (state ``failed``, with its reason); the spool goes only after
-  Sealed or such a refusal.
+- :mod:`~callvault.sidecar.forwarder`: the link to the server: ONE :class:`Uplink`
+  per sidecar, a single Ingest.RecordCalls stream carrying every call (each call's
+  new batches, read from its spool, sent together per window), and a
+  :class:`Forwarder` per call (its slot and resume state on that stream; the
+  Ingest.Record resume protocol per call), reconnecting forever after transient
+  errors; a refusal for good ends the call alone (state ``failed``, with its
+  reason); the spool goes only after Sealed or such a refusal.
 - :mod:`~callvault.sidecar.daemon`: :class:`Sidecar`, which owns the calls, ports,
   spools, receiver and forwarders, recovers the spool directory on start, ends a
   call that fails (alone) and answers health.

@@ -182,7 +182,8 @@ class Call:
         return self.forwarder is not None and self.forwarder.connected
 
     def wake(self) -> None:
-        """The spool grew or ended: the forwarder may send."""
+        """The spool grew or ended: the uplink may send (it gathers every call's new
+        batches into its next message)."""
         forwarder = self.forwarder
         if forwarder is not None:
             forwarder.wake()

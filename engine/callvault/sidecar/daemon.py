@@ -1,5 +1,6 @@
 """The sidecar itself (:class:`Sidecar`): the calls, their UDP ports and spools, the
-receive thread, the forwarders and the spool fsync timer; what the control API
+receive thread, the uplink (one stream to the server carrying every call, with a
+forwarder per call: callvault.sidecar.forwarder) and the spool fsync timer; what the control API
 asks of it (start, stop, list calls); recovery of the spool directory on start.
 
 Spool durability policy: every record is written to the OS at once (a SIGKILL
@@ -62,7 +63,7 @@ from callvault_client._pb import callvault_pb2 as pb
 from callvault import _net, ids
 from callvault.errors import CallvaultError, InputError
 from callvault.sidecar.call import Call, SidecarError
-from callvault.sidecar.forwarder import BACKOFF_S, Forwarder
+from callvault.sidecar.forwarder import BACKOFF_S, Forwarder, Uplink
 from callvault.sidecar.receiver import Receiver, bind_udp
 from callvault.sidecar.spool import Spool, list_spools, load_sidecar_key, spool_name
 
@@ -144,6 +145,8 @@ class Sidecar:
         self.unhealthy: str | None = None
         self.on_health: Callable[[bool], None] | None = None
         self._syncer = threading.Thread(target=self._sync_loop, name="sidecar-sync", daemon=True)
+        # The one stream to the server that carries every call (forwarder.py).
+        self.uplink = Uplink(self)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -191,9 +194,7 @@ class Sidecar:
             call.spool.sync()
         with self.lock:
             self.closing.set()
-            forwarders = [c.forwarder for c in self.calls.values() if c.forwarder is not None]
-        for forwarder in forwarders:
-            forwarder.stop()
+        self.uplink.close()
         self.client.close()
         self._stamp_keeper.close()
 
@@ -458,7 +459,7 @@ class Sidecar:
         with self.lock:  # the receive thread (first flush) and start() (recovery) may race
             if call.forwarder is not None or self.closing.is_set() or call.state == "failed":
                 return
-            call.forwarder = Forwarder(self, call)
+            call.forwarder = Forwarder(self.uplink, call)
         call.forwarder.start()
 
     # -- failures of one call -------------------------------------------------------
