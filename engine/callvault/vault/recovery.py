@@ -401,6 +401,7 @@ class Indexing(VaultState):
             ),
         )
         return True
+
     def _drop_erased_audio(self, batch: Batch, e: CallEntry) -> None:
         """An erased call's audio records are dead (docs/format.md 8.10): the index lets
         go of them (their bytes counted as dead in their segments) and keeps the chain's
