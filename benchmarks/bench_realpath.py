@@ -98,6 +98,7 @@ from benchmarks.bench_server import (
     tag,
 )
 from benchmarks.conftest import OpusLoop, need
+from callvault.sidecar.receiver import FLUSH_MS
 from callvault.timeline import SAMPLE_RATE
 
 HERE = Path(__file__).resolve().parent
@@ -449,7 +450,7 @@ def test_realpath_calls(
         "capacity",
         path="sidecar",
         call_seconds=CALL_SECONDS,
-        batch_ms=20,  # the sidecar forwards each leg every 20 ms
+        batch_ms=FLUSH_MS,  # the sidecar's window: one batch per leg per tick
         p99_limit_s=P99_LIMIT_S,
         seal_limit_s=SEAL_LIMIT_S,
         poll_s=POLL_S,
@@ -500,7 +501,7 @@ def test_realpath_calls_g711(
         path="sidecar",
         server_config=G711_CONFIG,
         call_seconds=CALL_SECONDS,
-        batch_ms=20,
+        batch_ms=FLUSH_MS,
         p99_limit_s=P99_LIMIT_S,
         seal_limit_s=SEAL_LIMIT_S,
         poll_s=POLL_S,
@@ -524,3 +525,32 @@ def test_realpath_calls_g711(
         }
     )
     assert best >= G711_FIRST_LEVEL, f"no level passed: {[lv.reasons for lv in levels]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One level by hand, without pytest: ``python -m benchmarks.bench_realpath N
+    [--config JSON]`` runs N calls through fresh real processes (as a level of the
+    search does) and prints whether it passed, why not, and its figures as JSON."""
+    import argparse
+    import tempfile
+
+    from callvault import _g711
+    from callvault.media import sample
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_realpath")
+    ap.add_argument("calls", type=int)
+    ap.add_argument("--config", default=None, help="the server's --config settings, as JSON")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="realpath-") as tmp:
+        legs = sample.dialogue(30.0)
+        enc = [_g711.encode(np.ascontiguousarray(x), _g711.PCMU) for x in legs]
+        path = Path(tmp) / "legs.ulaw"
+        path.write_bytes(enc[0] + enc[1])
+        config = json.loads(args.config) if args.config else None
+        lv = run_level(args.calls, Path(tmp), (path, len(enc[0])), config)
+    print(json.dumps({"calls": lv.calls, "passed": lv.passed, "reasons": lv.reasons, **lv.figures}))
+    return 0 if lv.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -61,6 +61,32 @@ def test_round_trip(tmp_path: Path) -> None:
         assert b.arrival_us.tolist() == arrival.tolist()
 
 
+def _on_disk(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+
+
+@pytest.mark.parametrize("cut", [0, 9])
+def test_stored_bytes_is_what_the_directory_holds(tmp_path: Path, cut: int) -> None:
+    """ListCalls' spool_bytes comes from memory (no directory scan per call and poll):
+    it must equal the files' sizes through appends, acks, a reopen after a torn tail
+    and the delete."""
+    s = _filled(tmp_path, 4)
+    d = tmp_path / spool_name("acme", "c-1")
+    assert s.stored_bytes == _on_disk(d) > 0
+    s.set_acked(2)
+    assert s.stored_bytes == _on_disk(d)
+    s.close()
+    if cut:
+        os.truncate(d / SPOOL_FILE, (d / SPOOL_FILE).stat().st_size - cut)
+    r = Spool.open(d)
+    assert r.stored_bytes == _on_disk(d)
+    r.append_batches([(0, *_batch(4))])
+    r.finish(end_us=5)
+    assert r.stored_bytes == _on_disk(d)
+    r.delete()
+    assert r.stored_bytes == 0 and not d.exists()
+
+
 def test_resume_from_seq(tmp_path: Path) -> None:
     s = _filled(tmp_path, 12)
     assert [b.seq for b in s.read_from(7)] == [7, 8, 9, 10, 11]

@@ -162,8 +162,9 @@ class Config:
         self.ingest_workers: int = int(kw.pop("ingest_workers", 0))
         # RecordCalls: a message's calls are split into this many chunks processed at
         # once (one on the stream's thread, the others on the ingest workers);
-        # 0 = CPUs, 1 = all on the stream's thread
-        self.ingest_mux_chunks: int = int(kw.pop("ingest_mux_chunks", 1))
+        # 0 = CPUs (the default: the per-batch audio work runs without the GIL, so
+        # every core records), 1 = all on the stream's thread
+        self.ingest_mux_chunks: int = int(kw.pop("ingest_mux_chunks", 0))
         # Ingest bounds (ingest.Limits; docs/server.md "Limits")
         d = Limits()
         self.max_open_calls: int = int(kw.pop("max_open_calls", d.max_open_calls))

@@ -5,7 +5,6 @@ and the control API's refusal (:class:`SidecarError`)."""
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -194,15 +193,7 @@ class Call:
 
     def spool_bytes(self) -> int:
         """Bytes the call's spool holds on disk (0 once it is deleted)."""
-        total = 0
-        try:
-            with os.scandir(self.spool.directory) as entries:
-                for entry in entries:
-                    if entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
-        except OSError:
-            return 0
-        return total
+        return self.spool.stored_bytes
 
     def describe(self) -> pb.SidecarCall:
         # Leg.invalid / Leg.foreign are the receiver's counters (0 where it keeps none).

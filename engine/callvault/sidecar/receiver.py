@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 # One tick (read every socket, one batch per leg per call, one spool write per call)
 # every FLUSH_MS: docs/server.md, "The sidecar's receive path", has the measurements
 # this was chosen by (CPU per packet against acknowledgement latency).
-FLUSH_MS = 100
+FLUSH_MS = 200
 RECV_PACKETS = 256  # datagrams per recvmmsg
 RECV_MAX_SIZE = 65535  # the largest UDP payload: nothing real is truncated
 RECV_ROUNDS = 64  # recvmmsg calls per socket per tick at most (16,384 datagrams)

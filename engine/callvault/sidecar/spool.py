@@ -226,6 +226,8 @@ class Spool:
         self.end: End | None = None
         self.dropped_bytes = 0
         self.acked = 0
+        self._acked_written = False  # the acked file exists (stored_bytes)
+        self._deleted = False
         self.packets = 0  # RTP packets in all batches
 
     # -- creating and opening ---------------------------------------------
@@ -461,6 +463,15 @@ class Spool:
         assert self.end is not None
         return self.end
 
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes the spool holds on disk, kept in memory (ListCalls asks for every call
+        several times a second): the spool file's records (with a torn tail its scan
+        cut off) and the ``acked`` hint once written; 0 once deleted."""
+        if self._deleted:
+            return 0
+        return self._size + (_ACKED.size if self._acked_written else 0)
+
     def sync(self) -> bool:
         """fsync if anything was written since the last sync; True if it did."""
         with self._lock:
@@ -485,6 +496,7 @@ class Spool:
             return
         try:
             os.pwrite(fd, data, 0)
+            self._acked_written = True
         finally:
             os.close(fd)
 
@@ -493,6 +505,7 @@ class Spool:
             data = (self.directory / ACKED_FILE).read_bytes()
         except FileNotFoundError:
             return 0
+        self._acked_written = True
         if len(data) != _ACKED.size:
             return 0
         acked, crc = _ACKED.unpack(data)
@@ -553,6 +566,7 @@ class Spool:
 
     def delete(self) -> None:
         """Remove the spool (the server sealed the call)."""
+        self._deleted = True
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
         fsync_dir(self.directory.parent)
