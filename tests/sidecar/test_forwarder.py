@@ -276,3 +276,40 @@ def test_the_uplink_closes_when_idle_and_reopens_for_the_next_call(
     finally:
         sidecar.shutdown()
         server.stop()
+
+
+def test_a_server_without_record_calls_is_named_and_the_call_stays_spooled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server older than the sidecar (a real gRPC server that serves no Ingest):
+    the uplink says so at ERROR, once, and keeps the call spooled, never failed."""
+    from concurrent import futures
+
+    root = tmp_path / "spool"
+    root.mkdir()
+    batches = spooled_call(root, "old-1").batches
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    caplog.set_level(logging.INFO, logger="callvault.sidecar")
+    sidecar = Sidecar(f"127.0.0.1:{port}", "127.0.0.1", 40010, 40019, root)
+    sidecar.start()
+    try:
+        deadline = time.monotonic() + 30
+        said: list[str] = []
+        while not said and time.monotonic() < deadline:
+            said = [
+                r.getMessage()
+                for r in caplog.records
+                if r.levelno == logging.ERROR and "Ingest.RecordCalls" in r.getMessage()
+            ]
+            time.sleep(0.05)
+        assert said and "older than this sidecar" in said[0]
+        time.sleep(2.5)  # more attempts: still the one ERROR, the call kept
+        assert len([r for r in caplog.records if "Ingest.RecordCalls" in r.getMessage()]) == 1
+        (call,) = sidecar.list_calls()
+        assert call.state == "forwarding" and call.batches == batches
+        assert (root / spool_name("", "old-1")).exists()
+    finally:
+        sidecar.shutdown()
+        server.stop(None)

@@ -292,6 +292,17 @@ class Uplink:
         if last is not None and last[0] == what and now - last[1] < LOG_AGAIN_S:
             return
         self._last_loss = (what, now)
+        if e.code == grpc.StatusCode.UNIMPLEMENTED:
+            # a server older than this sidecar: no Ingest.RecordCalls. Nothing is lost
+            # (the spools keep every call) but nothing lands until the server is upgraded.
+            log.error(
+                "uplink: the server does not serve Ingest.RecordCalls (%s): it is older "
+                "than this sidecar; upgrade it. Calls stay spooled and are forwarded "
+                "once it does (retrying every %.0f s)",
+                what,
+                BACKOFF_S[1],
+            )
+            return
         log.warning(
             "uplink: stream lost (%s); reconnecting (first in %.1f s, then backing off to %.0f s)",
             what,
