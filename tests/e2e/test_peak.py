@@ -141,11 +141,21 @@ def test_burst_beyond_the_opus_bound_ends_all_in_opus(tmp_path: Path) -> None:
     """The issue's burst, scaled down: ingest_codec auto with a bound of 2 calls in Opus,
     a burst of 4 calls at once (twice that): the calls past the bound are stored as
     G.711; once idle, the compactor leaves every call in Opus, verified, and the raw
-    records unreferenced by the index (dead: space a segment GC reclaims)."""
+    records unreferenced by the index (dead) and their space reclaimed (small segments,
+    so that the raw records lie in closed ones), every call verifying after the reclaim
+    and after a reindex."""
     data = tmp_path / "data"
     ids = [f"burst-{i}" for i in range(4)]
     server = start_server(
-        data, args=_config(tmp_path, ingest_codec="auto", auto_opus_calls=2, compact_workers=1)
+        data,
+        args=_config(
+            tmp_path,
+            ingest_codec="auto",
+            auto_opus_calls=2,
+            compact_workers=1,
+            segment_bytes=64 << 10,
+            reclaim_interval_s=0,
+        ),
     )
     sidecar = start_sidecar(server.address, tmp_path / "spool", rtp_range(), tmp_path)
     try:
@@ -166,7 +176,26 @@ def test_burst_beyond_the_opus_bound_ends_all_in_opus(tmp_path: Path) -> None:
         if e.storage == "compacted":
             idx = [i for i, _ in v.index.records("default", cid)]
             assert min(idx) >= e.records  # no raw record is referenced
+    # the two raw calls' G.711 (16,000 bytes per second of call, both legs) is counted
+    # dead, then freed
+    raw = [v.get_call(c) for c in ids if v.get_call(c).storage == "compacted"]
+    g711 = sum((e.end_us - e.start_us) * 16_000 // 1_000_000 for e in raw)
+    dead = v.reclaimable_bytes()
+    assert 0.95 * g711 <= dead <= 1.2 * g711, (dead, g711)
+    before = sum(p.stat().st_size for p in (data / "segments").glob("*.seg"))
+    done = v.reclaim(threshold=0.01)
+    after = sum(p.stat().st_size for p in (data / "segments").glob("*.seg"))
+    # all of it but what lies in the segment still open (at most 64 KiB)
+    assert done.bytes_freed > 0 and before - after >= dead - (96 << 10), (dead, done)
+    assert v.reclaimable_bytes() <= 64 << 10
+    for cid in ids:
+        assert v.verify_call(cid) == [], cid
     v.close()
+    with Vault.open(data, rebuild_index=True) as again:
+        assert not again.report.replays and not again.report.damage, again.report
+        for cid in ids:
+            assert again.get_call(cid).storage in ("opus", "compacted")
+            assert again.verify_call(cid) == [], cid
 
 
 def test_server_sigkilled_while_compacting_loses_nothing(tmp_path: Path) -> None:

@@ -385,6 +385,10 @@ class Indexing(VaultState):
             batch.delete_record(b.tenant, b.call_id, i)
             if i in places:
                 batch.add_dead(*places[i])
+        # raw records a recovery or reindex held back because earlier ones were
+        # reclaimed (a partly rewritten raw chain): dead as well, never indexed
+        for held, _why in self._gaps.pop((b.tenant, b.call_id), []):
+            batch.add_dead(held.segment, held.length)
         e.storage = "compacted"
         e.records = int(raw["count"])
         e.chain_head = str(raw["head"])
