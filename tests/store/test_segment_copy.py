@@ -1,4 +1,4 @@
-"""A rewrite's segment (docs/format.md 8.2, 8.10): written unpublished, published by a
+"""A rewrite's segment (docs/format.md 8.2, 8.11): written unpublished, published by a
 rename, read in the store's order (by origin), never taken for the tail or for records
 past the known end; leftovers removed."""
 

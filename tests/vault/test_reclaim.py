@@ -1,4 +1,4 @@
-"""Reclaiming the space of dead records (docs/format.md 8.10) on a real vault: erased
+"""Reclaiming the space of dead records (docs/format.md 8.11) on a real vault: erased
 calls' audio and dropped records freed, everything else intact and verifying, the
 index rebuilt by reindex equal to the one the reclaim left, crash points (SIGKILL of a
 child process at each step of a rewrite)."""

@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Remove the closed segments whose records are all dead (an erased call's "
         "audio, records a compaction dropped) and rewrite those at least THRESHOLD "
         "dead: their live records are copied into a new segment first. Crash-safe; a "
-        "server runs it every reclaim_interval_s (docs/format.md 8.10).",
+        "server runs it every reclaim_interval_s (docs/format.md 8.11).",
     )
     v.add_argument(
         "--threshold",

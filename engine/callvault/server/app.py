@@ -157,7 +157,7 @@ class Server:
 
     def _reclaiming(self) -> None:
         """Every ``reclaim_interval_s`` until stop: reclaim the space of dead records
-        (docs/format.md 8.10); ingest goes on meanwhile. A failure is logged and kept
+        (docs/format.md 8.11); ingest goes on meanwhile. A failure is logged and kept
         for Admin.Stats (``reclaim_error``); the next run tries again."""
         while not self._stopped.wait(self.config.reclaim_interval_s):
             if self.vault.writer_error is not None:

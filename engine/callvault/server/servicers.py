@@ -177,7 +177,7 @@ class Config:
         self.auto_opus_calls: int = int(kw.pop("auto_opus_calls", 16 * (os.cpu_count() or 1)))
         self.compact_workers: int = int(kw.pop("compact_workers", 1))
         self.compact_paused: bool = bool(kw.pop("compact_paused", False))
-        # the scheduled reclaim (docs/format.md 8.10): every reclaim_interval_s (0: never)
+        # the scheduled reclaim (docs/format.md 8.11): every reclaim_interval_s (0: never)
         # rewrite closed segments at least reclaim_threshold dead
         self.reclaim_interval_s: float = float(kw.pop("reclaim_interval_s", 600.0))
         self.reclaim_threshold: float = float(kw.pop("reclaim_threshold", 0.5))

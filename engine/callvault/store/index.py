@@ -3,7 +3,7 @@
 Column families, keys, values, the ``default`` family's ``meta/*``, ``leaf/*``
 and ``dead/*`` entries and the call entry's JSON: docs/format.md 8.4 (format
 version 4; ``dead/*``, the bytes of records the index let go of per segment, is
-what a reclaim reads: 8.10). The index never points past durable bytes: the vault writes each
+what a reclaim reads: 8.11). The index never points past durable bytes: the vault writes each
 group commit's batch after the segment fsync and before any acknowledgement
 (callvault.store.segment's on_commit). It can be rebuilt from the segments
 alone (`callvault --data DIR reindex`, which never opens a damaged index); a
@@ -36,7 +36,7 @@ from callvault.errors import CallvaultError
 # 4: peak mode's `storage`, `transcode_ref`, `transcode_log_index` and
 # `compact_next` (docs/format.md 8.10; absent: the defaults), and an erased call
 # keeps no `records` entries (its audio records are dead, their bytes counted under
-# `dead/<segment>`: docs/format.md 8.4, 8.10); an older index is migrated on open
+# `dead/<segment>`: docs/format.md 8.4, 8.11); an older index is migrated on open
 # (its erased calls' entries deleted and counted) in the batch that marks it 4.
 FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
@@ -266,7 +266,7 @@ class Batch:
         self.count += 1
 
     def delete_record(self, tenant: str, call_id: str, chain_index: int) -> None:
-        """The index stops referencing the record: it is dead (docs/format.md 8.10)."""
+        """The index stops referencing the record: it is dead (docs/format.md 8.11)."""
         self._wb.delete(record_key(tenant, call_id, chain_index), self._index.cf("records"))
         self.records_put.get((tenant, call_id), {}).pop(chain_index, None)
         self.count += 1

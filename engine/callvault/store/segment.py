@@ -107,7 +107,7 @@ MAX_BODY = 16 << 20
 # Types 0xF0..0xFF belong to the store; callers use 1..0xEF.
 FIRST_STORE_TYPE = 0xF0
 TYPE_FOOTER = 0xFF
-# The first record of a segment written by a rewrite (docs/format.md 8.2, 8.10): the
+# The first record of a segment written by a rewrite (docs/format.md 8.2, 8.11): the
 # place of its records in the store's order (the id of the first segment they came from)
 TYPE_ORIGIN = 0xFE
 ORIGIN_BODY = struct.Struct("<Q")
@@ -563,7 +563,7 @@ class SegmentWriter:
 
     def reserve_id(self) -> int:
         """A new segment id that this writer will never use (for a rewrite's segment,
-        docs/format.md 8.10)."""
+        docs/format.md 8.11)."""
         with self._cond:
             sid = self._next_id
             self._next_id += 1
@@ -997,7 +997,7 @@ def recover(
 
 
 # ---------------------------------------------------------------------------
-# Rewrite (docs/format.md 8.10): a closed segment holding copies of records
+# Rewrite (docs/format.md 8.11): a closed segment holding copies of records
 
 
 def unpublished_path(directory: str | os.PathLike[str], segment: int) -> str:

@@ -581,7 +581,7 @@ class Vault(Export, Verification, Reclaiming):
     def erase(self, call_id: str, *, reason: str, tenant: str = "default") -> None:
         """Crypto-shred a sealed call: its key is destroyed, a tombstone and a log leaf
         stay; its audio records are dead (the index lets go of them, a reclaim frees
-        them: docs/format.md 8.10)."""
+        them: docs/format.md 8.11)."""
         self._writable()
         e = self.get_call(call_id, tenant=tenant)
         if e.state == "erased":
@@ -779,7 +779,7 @@ class Vault(Export, Verification, Reclaiming):
     def stats(self) -> dict[str, int]:
         """Calls in the index (and of them the raw ones: peak mode, not compacted yet),
         segment bytes, free disk, log size, and the bytes a reclaim can free and has
-        freed (docs/format.md 8.10)."""
+        freed (docs/format.md 8.11)."""
         calls = raw = 0
         for t in self.index.tenants():
             for e in self.index.search(t):

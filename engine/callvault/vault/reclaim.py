@@ -1,5 +1,5 @@
 """Reclaiming space: which stored records are live, and the segment rewrite (GC) that
-removes the dead ones, crash-safe (docs/format.md 8.10).
+removes the dead ones, crash-safe (docs/format.md 8.11).
 
 Liveness is defined in one place, :class:`Liveness`: an AUDIO record is live while the
 index's ``records`` family references it at exactly its place; every other record
@@ -62,7 +62,7 @@ from callvault.store.segment import (
 from callvault.vault.common import CallNotFound, VaultError
 from callvault.vault.recovery import Indexing
 
-JOURNAL = "reclaim"  # DATA/reclaim: the rewrite in progress (docs/format.md 8.10)
+JOURNAL = "reclaim"  # DATA/reclaim: the rewrite in progress (docs/format.md 8.11)
 RECLAIMED = b"meta/reclaimed"  # u64: bytes reclaimed over the vault's life
 RECLAIM_SERIAL = b"meta/reclaim-serial"  # u64: the last rewrite whose index batch is written
 DEFAULT_THRESHOLD = 0.5  # a closed segment at least half dead is rewritten
@@ -83,7 +83,7 @@ def _crash_point(step: str) -> None:
 
 class Liveness:
     """Which stored records the vault still needs: the one definition (docs/format.md
-    8.10). Subclass and override ``live`` (calling it for what the subclass does not
+    8.11). Subclass and override ``live`` (calling it for what the subclass does not
     decide) to let a policy kill more records; never keep fewer than the index needs."""
 
     def __init__(self, index: Index) -> None:
@@ -260,7 +260,7 @@ class Reclaiming(Indexing):
         """Remove the closed segments whose records are all dead and rewrite those at
         least ``threshold`` dead (0 < threshold <= 1, of the segment's bytes): their
         live records copied into a new segment, the index re-pointed, then the old files
-        removed (docs/format.md 8.10). ``scan`` reads every closed segment to find its
+        removed (docs/format.md 8.11). ``scan`` reads every closed segment to find its
         dead bytes (records dead for reasons the index did not count: a reindex's
         replays, an index older than format 4) instead of using the index's counters.
         Ingest goes on meanwhile (the committer waits only for each step's index

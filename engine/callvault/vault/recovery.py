@@ -280,7 +280,7 @@ class Indexing(VaultState):
         if rtype == rec.AUDIO:
             if b.chain_index > e.records and recovering and e.state == "open":
                 # records before it were reclaimed (an erased call's, docs/format.md
-                # 8.10): held until the call's erasure; reported if none comes
+                # 8.11): held until the call's erasure; reported if none comes
                 self._gaps.setdefault((b.tenant, b.call_id), []).append(
                     (
                         ref,
@@ -377,7 +377,7 @@ class Indexing(VaultState):
         if first < int(raw["count"]) or first + int(opus["count"]) > e.compact_next:
             raise Replay(ref, f"transcode record of call {b.call_id} names records it lacks")
         # the raw records, and those of a cut-short attempt, leave the index: dead
-        # (their bytes counted, docs/format.md 8.10), a reclaim frees them
+        # (their bytes counted, docs/format.md 8.11), a reclaim frees them
         places = {i: (r.segment, r.length) for i, r in self.index.records(b.tenant, b.call_id)}
         for i, r in batch.records_put.get((b.tenant, b.call_id), {}).items():
             places[i] = (r.segment, r.length)
@@ -407,7 +407,7 @@ class Indexing(VaultState):
         return True
 
     def _drop_erased_audio(self, batch: Batch, e: CallEntry) -> None:
-        """An erased call's audio records are dead (docs/format.md 8.10): the index lets
+        """An erased call's audio records are dead (docs/format.md 8.11): the index lets
         go of them (their bytes counted as dead in their segments) and keeps the chain's
         count and head as sealed (the SEAL record has them), whether or not the records
         are still stored: a reindex after a reclaim gives the same entry."""

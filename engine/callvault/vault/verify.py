@@ -146,7 +146,7 @@ class Verification(Reading):
 
     def _verify_erased(self, e: CallEntry, what: str) -> list[Problem]:
         """An erased call: its audio is shredded and dead (a reclaim may have removed
-        it, docs/format.md 8.10), so what is checked is what stays: the SEAL record
+        it, docs/format.md 8.11), so what is checked is what stays: the SEAL record
         (its seal recomputed from the head, count and manifest it holds, equal to the
         index's), the seal's leaf and the erasure's leaf in the Merkle log."""
         problems: list[Problem] = []
