@@ -89,7 +89,12 @@ def run_child(directory: Path, child: int, delay: float) -> list[tuple[RecordRef
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=delay)  # returns early only if the child died on its own
         proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
+        # read through the same buffered reader as the readline above: communicate()
+        # reads the raw pipe and would miss what readline buffered past "ready" (a
+        # first acknowledgement cut in two). The child is dead: both reads end at EOF.
+        out = proc.stdout.read()
+        err = proc.stderr.read() if proc.stderr else b""
+        proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
