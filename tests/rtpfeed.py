@@ -64,3 +64,36 @@ def capture_feed(path: Path, per_batch: int = 10) -> Feed:
         for i, (_, leg, pk, arr) in enumerate(cut)
     ]
     return Feed(start, ["agent", "customer"][: len(flows)], batches)
+
+
+def write_two_law_capture(path: Path, seconds: float) -> Path:
+    """A two-leg call of ``seconds`` (callvault.media.sample's dialogue) as a capture:
+    the agent in PCMU, the customer in PCMA, so a test sees both G.711 laws."""
+    from callvault.media import sample
+
+    agent, customer = sample.dialogue(seconds)
+    sample.write_capture(
+        path,
+        [
+            (agent, sample.LegPlan(ssrc=1, src=("10.0.0.1", 4000), dst=("10.0.0.2", 5000))),
+            (
+                customer,
+                sample.LegPlan(law=8, ssrc=2, src=("10.0.0.2", 5002), dst=("10.0.0.1", 4002)),
+            ),
+        ],
+    )
+    return path
+
+
+# per leg: its stored packets (data, lengths), as Vault.read_packets gives them
+Packets = list[tuple[bytes, list[int]]]
+
+
+def imported_packets(capture_path: Path, vault_dir: Path) -> Packets:
+    """What a local import of the capture stores: per leg, its Opus packets (the
+    reference a recording through Ingest must equal byte for byte)."""
+    from callvault.vault import Vault
+
+    with Vault.open(vault_dir) as v:
+        v.import_call("ref", [str(capture_path)])
+        return [(d, ln.tolist()) for d, ln in v.read_packets("ref")]

@@ -15,29 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from callvault.media import ogg, sample
+from callvault.media import ogg
 from callvault.media.pipeline import Settings
 from callvault.vault import Vault
 from callvault.vault.compact import compact_call
+from tests.rtpfeed import write_two_law_capture
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    p = tmp_path_factory.mktemp("cap") / "call.pcap"
-    agent, customer = sample.dialogue(4.0)
-    sample.write_capture(
-        p,
-        [
-            (agent, sample.LegPlan(ssrc=1, src=("10.0.0.1", 4000), dst=("10.0.0.2", 5000))),
-            (
-                customer,
-                sample.LegPlan(law=8, ssrc=2, src=("10.0.0.2", 5002), dst=("10.0.0.1", 4002)),
-            ),
-        ],
-    )
-    return p
+    return write_two_law_capture(tmp_path_factory.mktemp("cap") / "call.pcap", 4.0)
 
 
 def _child(data: Path, call_id: str, step: str, n: int) -> subprocess.CompletedProcess[str]:

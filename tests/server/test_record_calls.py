@@ -18,12 +18,11 @@ from callvault_client._pb import callvault_pb2 as pb
 
 from callvault.media import sample
 from callvault.vault import Vault
-from tests.rtpfeed import Feed, capture_feed
+from tests.rtpfeed import Feed, Packets, capture_feed, imported_packets
 from tests.servers import Proc, start_server
 
 pytestmark = pytest.mark.timeout(300)
 
-Packets = list[tuple[bytes, list[int]]]
 METHOD = "/callvault.v1.Ingest/RecordCalls"
 
 
@@ -42,9 +41,7 @@ def feed(capture: Path) -> Feed:
 @pytest.fixture(scope="module")
 def reference(capture: Path, tmp_path_factory: pytest.TempPathFactory) -> Packets:
     """What a local import of the capture stores: per leg, its Opus packets."""
-    with Vault.open(tmp_path_factory.mktemp("ref") / "vault") as v:
-        v.import_call("ref", [str(capture)])
-        return [(d, ln.tolist()) for d, ln in v.read_packets("ref")]
+    return imported_packets(capture, tmp_path_factory.mktemp("ref") / "vault")
 
 
 def stored(data: Path, call_id: str) -> Packets:

@@ -21,12 +21,11 @@ from grpc_health.v1 import health_pb2
 
 from callvault.media import sample
 from callvault.vault import Vault
-from tests.rtpfeed import Feed, capture_feed
+from tests.rtpfeed import Feed, Packets, capture_feed, imported_packets
 from tests.server.test_limits import eventually, health
 from tests.server.test_server import Stream, status_of
 from tests.servers import Proc, run_cli, start_server
 
-Packets = list[tuple[bytes, list[int]]]
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -46,9 +45,7 @@ def feed(capture: Path) -> Feed:
 @pytest.fixture(scope="module")
 def reference(capture: Path, tmp_path_factory: pytest.TempPathFactory) -> Packets:
     """What a local import of the capture stores: per leg, its Opus packets."""
-    with Vault.open(tmp_path_factory.mktemp("ref") / "vault") as v:
-        v.import_call("ref", [str(capture)])
-        return [(d, ln.tolist()) for d, ln in v.read_packets("ref")]
+    return imported_packets(capture, tmp_path_factory.mktemp("ref") / "vault")
 
 
 def serve(tmp_path: Path) -> Proc:

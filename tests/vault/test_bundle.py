@@ -14,28 +14,17 @@ import pytest
 
 from callvault import _opus
 from callvault.integrity.bundle import verify_bundle
-from callvault.media import ogg, sample
+from callvault.media import ogg
 from callvault.store import crypto
 from callvault.store import records as rec
 from callvault.vault import Vault, VaultError
 from callvault.vault.bundle import write_bundle
+from tests.rtpfeed import write_two_law_capture
 
 
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    p = tmp_path_factory.mktemp("cap") / "call.pcap"
-    agent, customer = sample.dialogue(3.0)
-    sample.write_capture(
-        p,
-        [
-            (agent, sample.LegPlan(ssrc=1, src=("10.0.0.1", 4000), dst=("10.0.0.2", 5000))),
-            (
-                customer,
-                sample.LegPlan(law=8, ssrc=2, src=("10.0.0.2", 5002), dst=("10.0.0.1", 4002)),
-            ),
-        ],
-    )
-    return p
+    return write_two_law_capture(tmp_path_factory.mktemp("cap") / "call.pcap", 3.0)
 
 
 @pytest.fixture
