@@ -95,6 +95,7 @@ from benchmarks.bench_server import (
     opus_settings,
     percentile,
     ramp_and_bisect,
+    record_levels,
     tag,
 )
 from benchmarks.conftest import OpusLoop, need
@@ -462,18 +463,7 @@ def test_realpath_calls(
     levels: list[Level] = benchmark.pedantic(
         search, args=(tmp_path, audio_file), rounds=1, iterations=1
     )
-    passed = [lv.calls for lv in levels if lv.passed]
-    failed = [lv.calls for lv in levels if not lv.passed]
-    best = max(passed, default=0)
-    first_fail = min((n for n in failed if n > best), default=None)
-    benchmark.extra_info.update(
-        {
-            "levels": [{"passed": lv.passed, "reasons": lv.reasons, **lv.figures} for lv in levels],
-            "max_calls": best,
-            "first_failing_calls": first_fail,
-        }
-    )
-    assert best >= FIRST_LEVEL, f"no level passed: {[lv.reasons for lv in levels]}"
+    record_levels(benchmark, levels, FIRST_LEVEL)
 
 
 # -- peak mode: the same search, the server storing G.711 (issue 10, section 3) --------
@@ -514,17 +504,7 @@ def test_realpath_calls_g711(
         rounds=1,
         iterations=1,
     )
-    passed = [lv.calls for lv in levels if lv.passed]
-    failed = [lv.calls for lv in levels if not lv.passed]
-    best = max(passed, default=0)
-    benchmark.extra_info.update(
-        {
-            "levels": [{"passed": lv.passed, "reasons": lv.reasons, **lv.figures} for lv in levels],
-            "max_calls": best,
-            "first_failing_calls": min((n for n in failed if n > best), default=None),
-        }
-    )
-    assert best >= G711_FIRST_LEVEL, f"no level passed: {[lv.reasons for lv in levels]}"
+    record_levels(benchmark, levels, G711_FIRST_LEVEL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -196,6 +196,23 @@ def audio_file(
     return path, len(legs[0])
 
 
+def record_levels(benchmark: Any, levels: list[Level], first_level: int) -> None:
+    """A capacity search's levels into extra_info (figures per level, the largest N
+    that passed, the first N above it that failed). A search that never passed its
+    first level found nothing to report: it fails loudly."""
+    passed = [lv.calls for lv in levels if lv.passed]
+    failed = [lv.calls for lv in levels if not lv.passed]
+    best = max(passed, default=0)
+    benchmark.extra_info.update(
+        {
+            "levels": [{"passed": lv.passed, "reasons": lv.reasons, **lv.figures} for lv in levels],
+            "max_calls": best,
+            "first_failing_calls": min((n for n in failed if n > best), default=None),
+        }
+    )
+    assert best >= first_level, f"no level passed: {[lv.reasons for lv in levels]}"
+
+
 def generators_for(calls: int) -> int:
     return max(1, min(MAX_GENERATORS, -(-calls // CALLS_PER_GENERATOR)))
 
@@ -412,19 +429,7 @@ def test_server_realtime_calls(
     levels: list[Level] = benchmark.pedantic(
         search, args=(tmp_path, audio_file), rounds=1, iterations=1
     )
-    passed = [lv.calls for lv in levels if lv.passed]
-    failed = [lv.calls for lv in levels if not lv.passed]
-    best = max(passed, default=0)
-    first_fail = min((n for n in failed if n > best), default=None)
-    benchmark.extra_info.update(
-        {
-            "levels": [{"passed": lv.passed, "reasons": lv.reasons, **lv.figures} for lv in levels],
-            "max_calls": best,
-            "first_failing_calls": first_fail,
-        }
-    )
-    # A search that never passed its first level found nothing to report: fail loudly.
-    assert best >= FIRST_LEVEL, f"no level passed: {[lv.reasons for lv in levels]}"
+    record_levels(benchmark, levels, FIRST_LEVEL)
 
 
 # -- playback vs a bare grpcio stream -----------------------------------------------------

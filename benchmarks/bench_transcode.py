@@ -74,7 +74,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.conftest import CallFiles, Interleaved, Round, Side, Tag, need, sides
+from benchmarks.conftest import (
+    CallFiles,
+    Interleaved,
+    Round,
+    Side,
+    Tag,
+    build_c_peer,
+    need,
+    sides,
+)
 
 NAME = "transcode_10min_dual_leg"
 ROUNDS = 3
@@ -235,22 +244,7 @@ class PipelineStats(ctypes.Structure):
 @pytest.fixture(scope="module")
 def c_pipeline(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     """benchmarks/c/pipeline.c compiled against the system libopus (gcc -O2)."""
-    gcc, pkg = shutil.which("gcc"), shutil.which("pkg-config")
-    if gcc is None or pkg is None:
-        pytest.fail("gcc and pkg-config are needed for the C peer (make sysdeps)", pytrace=False)
-    flags = subprocess.run(
-        [pkg, "--cflags", "--libs", "opus"], check=True, capture_output=True, text=True
-    ).stdout.split()
-    out = tmp_path_factory.mktemp("c") / "libcv_pipeline.so"
-    src = HERE / "c" / "pipeline.c"
-    cc = subprocess.run(
-        [gcc, "-O2", "-shared", "-fPIC", "-o", str(out), str(src), *flags, "-lm"],
-        capture_output=True,
-        text=True,
-    )
-    if cc.returncode:
-        pytest.fail(f"cannot build benchmarks/c/pipeline.c:\n{cc.stderr}", pytrace=False)
-    lib = ctypes.CDLL(str(out))
+    lib = build_c_peer(tmp_path_factory.mktemp("c"), "pipeline.c", "-lm")
     lib.cv_bench_pipeline.argtypes = [
         ctypes.c_char_p,
         ctypes.c_int,

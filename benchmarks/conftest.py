@@ -410,24 +410,31 @@ class OpusLoop:
         return used
 
 
-@pytest.fixture(scope="session")
-def opus_c_loop(tmp_path_factory: pytest.TempPathFactory) -> OpusLoop:
-    """benchmarks/c/opus_loop.c compiled against the system libopus, as a ctypes function."""
+def build_c_peer(directory: Path, source: str, *libs: str) -> ctypes.CDLL:
+    """benchmarks/c/``source`` compiled against the system libopus (gcc -O2, shared, plus
+    ``libs``) into ``directory`` and loaded; a missing compiler or a build error fails
+    the benchmark with the reason."""
     gcc, pkg = shutil.which("gcc"), shutil.which("pkg-config")
     if gcc is None or pkg is None:
         pytest.fail("gcc and pkg-config are needed for the C peer (make sysdeps)", pytrace=False)
     flags = subprocess.run(
         [pkg, "--cflags", "--libs", "opus"], check=True, capture_output=True, text=True
     ).stdout.split()
-    out = tmp_path_factory.mktemp("c") / "libcv_opus_loop.so"
+    out = directory / f"libcv_{Path(source).stem}.so"
     cc = subprocess.run(
-        [gcc, "-O2", "-shared", "-fPIC", "-o", str(out), str(HERE / "c" / "opus_loop.c"), *flags],
+        [gcc, "-O2", "-shared", "-fPIC", "-o", str(out), str(HERE / "c" / source), *flags, *libs],
         capture_output=True,
         text=True,
     )
     if cc.returncode:
-        pytest.fail(f"cannot build benchmarks/c/opus_loop.c:\n{cc.stderr}", pytrace=False)
-    lib = ctypes.CDLL(str(out))
+        pytest.fail(f"cannot build benchmarks/c/{source}:\n{cc.stderr}", pytrace=False)
+    return ctypes.CDLL(str(out))
+
+
+@pytest.fixture(scope="session")
+def opus_c_loop(tmp_path_factory: pytest.TempPathFactory) -> OpusLoop:
+    """benchmarks/c/opus_loop.c compiled against the system libopus, as a ctypes function."""
+    lib = build_c_peer(tmp_path_factory.mktemp("c"), "opus_loop.c")
     fn = lib.cv_bench_encode
     fn.argtypes = [
         ctypes.c_void_p,
