@@ -26,9 +26,11 @@ EXT = ROOT / "ext"
 
 # level of each top-level part of callvault; a part may import strictly lower levels
 LEVELS = {
-    "cli": 5,
-    "server": 4,
-    "sidecar": 4,
+    "cli": 6,
+    "server": 5,
+    "sidecar": 5,
+    "access": 4,  # identities, tokens, roles, audit trail (over the vault)
+    "lifecycle": 4,  # recording rules, consent (over the vault)
     "vault": 3,
     "store": 2,
     "integrity": 2,

@@ -247,7 +247,8 @@ def test_an_unexpected_error_is_internal_with_a_sentence(tmp_path: Path) -> None
     interceptor chain on a real gRPC server, with one handler that fails)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from callvault.server.interceptors import Authenticator, IdentityInterceptor, MethodLog
+    from callvault.access.identity import OpenAuthenticator
+    from callvault.server.interceptors import IdentityInterceptor, MethodLog
 
     def broken(request: bytes, context: grpc.ServicerContext) -> bytes:
         raise KeyError("secret-internal-detail")
@@ -257,7 +258,7 @@ def test_an_unexpected_error_is_internal_with_a_sentence(tmp_path: Path) -> None
     )
     methods = MethodLog()
     srv = grpc.server(
-        ThreadPoolExecutor(2), interceptors=[IdentityInterceptor(Authenticator(), methods)]
+        ThreadPoolExecutor(2), interceptors=[IdentityInterceptor(OpenAuthenticator(), methods)]
     )
     srv.add_generic_rpc_handlers([handler])
     port = srv.add_insecure_port("127.0.0.1:0")

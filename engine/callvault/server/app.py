@@ -36,11 +36,12 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from callvault.access.identity import Authenticator, OpenAuthenticator
 from callvault.durable import write_atomic
 from callvault.errors import InputError
 from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits
-from callvault.server.interceptors import Authenticator, IdentityInterceptor, MethodLog
+from callvault.server.interceptors import IdentityInterceptor, MethodLog
 from callvault.server.servicers import (
     AdminServicer,
     ArchiveServicer,
@@ -84,7 +85,7 @@ class Server:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.grpc = grpc.server(
             ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="rpc"),
-            interceptors=[IdentityInterceptor(auth or Authenticator(), self.methods)],
+            interceptors=[IdentityInterceptor(auth or OpenAuthenticator(), self.methods)],
             options=[
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", c.max_message_bytes),

@@ -1,12 +1,13 @@
-"""The interceptor chain every RPC passes: who is calling, may they, and a log of it.
+"""The interceptor chain every RPC passes: who is calling, may they, and a log of it
+(docs/access.md).
 
-Today there is one local identity with every role (the server trusts whoever
-reaches its port: bind it to loopback or a private network, or use TLS).
-Access control is the next step, and it plugs in here: an ``Authenticator``
-turns the call's credentials (TLS client certificate, metadata token) into an
-``Identity``, and ``authorize`` checks the method's permission (``PERMISSIONS``)
-against the identity's roles before the servicer runs. Servicers read the
-caller with ``current_identity()``.
+An ``Authenticator`` (callvault.access.identity) turns the call's credentials
+(TLS client certificate, metadata token) into an ``Identity``, or the RPC ends
+UNAUTHENTICATED; ``authorize`` checks the method's permission (``PERMISSIONS``)
+against the identity's role (``ROLE_PERMISSIONS``) before the servicer runs.
+Every RPC, allowed or denied, is an ``access.context.Rpc`` handed to each audit
+sink (``on_end``) when it ends. Servicers read the caller with
+``current_identity()`` and add to the RPC's audit with ``access.context.note_*``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+from callvault.access import context as rpcctx
+from callvault.access.context import current_identity as current_identity
+from callvault.access.identity import Authenticator, Identity, Unauthenticated
 
 log = logging.getLogger("callvault.server")
 
@@ -48,22 +52,10 @@ PERMISSIONS: dict[str, str] = {
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 ALL = frozenset(PERMISSIONS.values())
 
-
-@dataclass(frozen=True)
-class Identity:
-    name: str
-    permissions: frozenset[str]
-    tenants: frozenset[str] | None = None  # None = every tenant
-
-
-LOCAL = Identity("local", ALL)
-
-
-class Authenticator:
-    """Credentials -> Identity. The local one: everyone is the local identity."""
-
-    def identify(self, context: grpc.ServicerContext) -> Identity:
-        return LOCAL
+# What each role may (docs/access.md has the method x role matrix this table makes).
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "admin": ALL,
+}
 
 
 def authorize(identity: Identity, method: str) -> str | None:
@@ -73,21 +65,12 @@ def authorize(identity: Identity, method: str) -> str | None:
     need = PERMISSIONS.get(method)
     if need is None:
         return f"{method} is not a callvault method"
-    if need not in identity.permissions:
-        return f"{identity.name} may not {need} ({method})"
+    if need not in ROLE_PERMISSIONS.get(identity.role, frozenset()):
+        return f"{identity.name} (role {identity.role}) may not {need} ({method})"
     return None
 
 
-_current = threading.local()
-
-
-def current_identity() -> Identity:
-    """The caller of the RPC this thread serves (grpc's sync server runs an RPC,
-    response stream included, on one pool thread; the interceptor sets this first)."""
-    ident: Identity | None = getattr(_current, "identity", None)
-    if ident is None:
-        raise RuntimeError("no RPC identity on this thread")
-    return ident
+AuditSink = Callable[[rpcctx.Rpc, str], None]
 
 
 class MethodLog:
@@ -118,9 +101,16 @@ class MethodLog:
 class IdentityInterceptor(grpc.ServerInterceptor):
     """Identity, authorization and the method log around every handler."""
 
-    def __init__(self, auth: Authenticator, methods: MethodLog) -> None:
+    def __init__(
+        self,
+        auth: Authenticator,
+        methods: MethodLog,
+        on_end: list[AuditSink] | None = None,
+    ) -> None:
         self.auth = auth
         self.methods = methods
+        # called with the RPC and its outcome when it ends, allowed or denied
+        self.on_end: list[AuditSink] = list(on_end or [])
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
@@ -139,25 +129,50 @@ class IdentityInterceptor(grpc.ServerInterceptor):
             return handler._replace(unary_stream=self._stream(handler.unary_stream, method))
         return handler._replace(stream_stream=self._stream(handler.stream_stream, method))
 
-    def _enter(self, request: Any, context: grpc.ServicerContext, method: str) -> Identity:
-        """Who calls; aborts with PERMISSION_DENIED if they may not call ``method``,
-        INVALID_ARGUMENT if the request does not parse."""
-        ident = self.auth.identify(context)
-        _current.identity = ident
+    def _finish(self, rpc: rpcctx.Rpc, outcome: str) -> None:
+        rpcctx.end()
+        for sink in self.on_end:
+            try:
+                sink(rpc, outcome)
+            except Exception:
+                log.exception("the audit of %s failed", rpc.method)
+
+    def _refuse(
+        self, rpc: rpcctx.Rpc, context: grpc.ServicerContext, code: grpc.StatusCode, why: str
+    ) -> None:
+        rpc.detail = why
+        self.methods.end(rpc.method, code.name, self.methods.begin(), rpc.identity.name)
+        self._finish(rpc, code.name)
+        context.abort(code, why)
+
+    def _enter(self, request: Any, context: grpc.ServicerContext, method: str) -> rpcctx.Rpc:
+        """Who calls; aborts with UNAUTHENTICATED if the credentials are not good,
+        PERMISSION_DENIED if the caller may not call ``method``, INVALID_ARGUMENT if
+        the request does not parse. Every refusal is audited too."""
+        peer = context.peer() or ""
+        try:
+            ident = self.auth.identify(context)
+        except Unauthenticated as e:
+            anon = Identity("(unauthenticated)", "", None, "none")
+            self._refuse(
+                rpcctx.Rpc(anon, method, peer), context, grpc.StatusCode.UNAUTHENTICATED, str(e)
+            )
+            raise  # not reached: abort raises
+        rpc = rpcctx.Rpc(ident, method, peer)
+        rpcctx.begin(rpc)
         why = authorize(ident, method)
         if why is not None:
-            self.methods.end(method, "PERMISSION_DENIED", self.methods.begin(), ident.name)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            self._refuse(rpc, context, grpc.StatusCode.PERMISSION_DENIED, why)
         if isinstance(request, Undecodable):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(method))
-        return ident
+            self._refuse(rpc, context, grpc.StatusCode.INVALID_ARGUMENT, request.message(method))
+        return rpc
 
     @contextlib.contextmanager
     def _logged(self, request: Any, context: grpc.ServicerContext, method: str) -> Iterator[None]:
         """The handler's run (the ``with`` block), admitted by ``_enter`` and counted in
         the method log with its outcome: OK, CANCELLED (a stream the client left) or
         the status it ended with."""
-        ident = self._enter(request, context, method)
+        rpc = self._enter(request, context, method)
         started = self.methods.begin()
         outcome = "OK"
         try:
@@ -184,7 +199,8 @@ class IdentityInterceptor(grpc.ServerInterceptor):
             outcome = _outcome(context, "ERROR")
             raise
         finally:
-            self.methods.end(method, outcome, started, ident.name)
+            self.methods.end(method, outcome, started, rpc.identity.name)
+            self._finish(rpc, outcome)
 
     def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Any:

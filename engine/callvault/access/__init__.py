@@ -1,0 +1,1 @@
+"""Who may do what (docs/access.md): identities, tokens, roles, tenants, audit trail."""
