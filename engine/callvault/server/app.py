@@ -26,6 +26,7 @@ import logging
 import signal
 import sys
 import threading
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -225,11 +226,14 @@ class Server:
 
 
 def load_config(path: str | None) -> Config:
+    """``--config FILE``: TOML (settings at the top, then the policy's sections such
+    as ``[recording]``), or JSON (an object of the same) when FILE ends in .json."""
     if not path:
         return Config()
     try:
-        doc: Any = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
+        text = Path(path).read_text()
+        doc: Any = json.loads(text) if path.endswith(".json") else tomllib.loads(text)
+    except (OSError, ValueError) as e:  # tomllib's error names the line and column
         raise InputError(f"--config {path}: {e}") from None
     if not isinstance(doc, dict):
         raise InputError(f"--config {path}: expected a JSON object of settings")

@@ -148,8 +148,11 @@ def _format(value: int, allowed: tuple[int, ...], why: str) -> int:
     return fmt
 
 
+POLICY_SECTIONS = ("recording", "regions", "dtmf", "audit", "access")
+
+
 class Config:
-    """Server settings (`callvault serve --config FILE`, JSON; docs/server.md)."""
+    """Server settings (`callvault serve --config FILE`, TOML or JSON; docs/server.md)."""
 
     def __init__(self, **kw: Any) -> None:
         self.max_message_bytes: int = int(kw.pop("max_message_bytes", 8 << 20))
@@ -181,6 +184,10 @@ class Config:
         # rewrite closed segments at least reclaim_threshold dead
         self.reclaim_interval_s: float = float(kw.pop("reclaim_interval_s", 600.0))
         self.reclaim_threshold: float = float(kw.pop("reclaim_threshold", 0.5))
+        # the policy sections (docs/access.md), each read by its owner:
+        # recording + regions (lifecycle.rules), dtmf (PCI), audit (anomaly rules),
+        # access (identities)
+        self.policy: dict[str, Any] = {k: kw.pop(k) for k in POLICY_SECTIONS if k in kw}
         if kw:
             raise InputError(f"unknown server setting(s): {', '.join(sorted(kw))}")
         if self.max_open_calls < 1 or min(self.call_idle_s, self.resume_s) <= 0:
