@@ -158,7 +158,7 @@ class IdentityInterceptor(grpc.ServerInterceptor):
                 rpcctx.Rpc(anon, method, peer), context, grpc.StatusCode.UNAUTHENTICATED, str(e)
             )
             raise  # not reached: abort raises
-        rpc = rpcctx.Rpc(ident, method, peer)
+        rpc = rpcctx.Rpc(ident, method, peer, reason=_reason(context))
         rpcctx.begin(rpc)
         why = authorize(ident, method)
         if why is not None:
@@ -215,6 +215,16 @@ class IdentityInterceptor(grpc.ServerInterceptor):
                 yield from behavior(request, context)
 
         return run
+
+
+REASON_KEY = "callvault-reason"  # metadata: the caller's stated reason (audited)
+
+
+def _reason(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REASON_KEY and isinstance(value, str):
+            return value[:1024]
+    return ""
 
 
 class Undecodable:
