@@ -1,4 +1,5 @@
-"""Merkle log leaves: what a seal or an erasure commits to (docs/format.md 8.7).
+"""Merkle log leaves: what a seal, an erasure, a transcoding or the audit trail's head
+commits to (docs/format.md 8.7).
 
 Apart from the vault so that the offline bundle verifier rebuilds a seal's leaf
 with no RocksDB and no vault open.
@@ -12,7 +13,7 @@ import struct
 from callvault.store import records as rec
 
 LEAF_TAG = b"callvault-leaf-v1"
-LEAF_SEAL, LEAF_ERASE, LEAF_TRANSCODE = 1, 2, 3
+LEAF_SEAL, LEAF_ERASE, LEAF_TRANSCODE, LEAF_AUDIT = 1, 2, 3, 4
 
 
 def leaf_data(kind: int, tenant: str, call_id: str, value: bytes, time_us: int) -> bytes:
@@ -31,3 +32,14 @@ def transcode_leaf(
         raise ValueError("chain heads are 32 bytes")
     value = raw_head + opus_head + hashlib.sha256(doc).digest()
     return leaf_data(LEAF_TRANSCODE, tenant, call_id, value, time_us)
+
+
+def audit_leaf(count: int, head: bytes, time_us: int) -> bytes:
+    """The audit leaf (kind 4, docs/format.md 8.7 and 8.12): the audit trail's first
+    ``count`` entries, whose chain head is ``head``, committed at ``time_us``. It names
+    no call."""
+    if len(head) != 32 or count < 1:
+        raise ValueError("an audit leaf commits to at least one entry and a 32-byte head")
+    return LEAF_TAG + bytes([LEAF_AUDIT]) + struct.pack(">Q", count) + head + struct.pack(
+        ">Q", time_us
+    )

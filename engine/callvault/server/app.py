@@ -37,12 +37,13 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from callvault.access import audit
 from callvault.access.identity import Authenticator, OpenAuthenticator
 from callvault.durable import write_atomic
 from callvault.errors import InputError
 from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits
-from callvault.server.interceptors import IdentityInterceptor, MethodLog
+from callvault.server.interceptors import PERMISSIONS, IdentityInterceptor, MethodLog
 from callvault.server.servicers import (
     AdminServicer,
     ArchiveServicer,
@@ -83,10 +84,20 @@ class Server:
         # peak mode: sealed raw (G.711) calls are compacted to Opus in the background
         self.compactor = Compactor(vault, workers=c.compact_workers, paused=c.compact_paused)
         self.methods = MethodLog()
+        # every RPC's audit entry (docs/access.md "Audit trail"); its head goes into
+        # the Merkle log at each checkpoint and at shutdown (docs/format.md 8.12)
+        self.audit = audit.open_for_server(
+            vault.path / "audit", c.policy.get("audit"), list(PERMISSIONS), log_size=vault.log_size()
+        )
+        vault.before_checkpoint.append(lambda: self.audit.commit_leaf(vault.append_leaf))
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.grpc = grpc.server(
             ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="rpc"),
-            interceptors=[IdentityInterceptor(auth or OpenAuthenticator(), self.methods)],
+            interceptors=[
+                IdentityInterceptor(
+                    auth or OpenAuthenticator(), self.methods, on_end=[self.audit.sink]
+                )
+            ],
             options=[
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", c.max_message_bytes),
@@ -101,6 +112,7 @@ class Server:
             vault, self.ingestor, self.methods, c, reclaim_error=lambda: self.reclaim_error
         )
         admin.compactor = self.compactor
+        admin.audit = self.audit
         pbg.add_AdminServicer_to_server(admin, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
@@ -219,6 +231,8 @@ class Server:
         self.ingestor.workers.shutdown()
         self.compactor.stop()  # a compaction running finishes (or a crash would cut it)
         self.ingestor.waiters.shutdown()
+        self.audit.commit_leaf(self.vault.append_leaf)  # the last entries, in the log
+        self.audit.close()
         self.vault.close()
 
     def wait(self) -> None:

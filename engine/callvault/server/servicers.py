@@ -21,6 +21,7 @@ from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
 from callvault import ids
+from callvault.access.audit import AuditTrail
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
 from callvault.server import callinfo, playback
@@ -53,7 +54,7 @@ from callvault.server.ingest import (
     WriterFailed,
     check_writer,
 )
-from callvault.server.interceptors import MethodLog, Undecodable
+from callvault.server.interceptors import MethodLog, Undecodable, current_identity
 from callvault.store.index import CallEntry
 from callvault.vault import CallNotFound, Vault, VaultError
 
@@ -584,6 +585,7 @@ class AdminServicer(pbg.AdminServicer):
         self.reclaim_error = reclaim_error  # the scheduled reclaim's last failure
         self.started = time.monotonic()
         self.compactor: Any = None  # vault.compact.Compactor, set by the server (peak mode)
+        self.audit: AuditTrail | None = None  # the server's audit trail (access.audit)
 
     @unary
     def Stats(self, r: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsReply:
@@ -615,7 +617,53 @@ class AdminServicer(pbg.AdminServicer):
             reclaim_error=self.reclaim_error(),
             mux_streams=mux_streams,
             mux_calls=mux_calls,
+            **self._audit_stats(),
         )
+
+    def _audit_stats(self) -> dict[str, Any]:
+        """StatsReply 40-42: the audit trail."""
+        trail = self.audit
+        if trail is None:
+            return {}
+        return {
+            "audit_entries": trail.count,
+            "audit_alerts": trail.alerts,
+            "audit_error": trail.error,
+        }
+
+    @streaming
+    def Audit(self, r: pb.AuditRequest, context: grpc.ServicerContext) -> Iterator[pb.AuditEntry]:
+        """The trail's entries that match (docs/access.md "Audit trail"); an identity of
+        a tenant sees only its tenant's (access.audit.tenant_view)."""
+        from callvault.access import audit
+
+        if self.audit is None:
+            raise VaultError("this server keeps no audit trail")
+        for name in ("call_id", "tenant"):
+            if getattr(r, name):
+                ids.check_call_id(getattr(r, name), name)
+        ids.check_text(r.identity, "identity", 1 << 10)
+        want = audit.Filter(
+            call_id=r.call_id,
+            tenant=r.tenant,
+            identity=r.identity,
+            since_us=r.since_us,
+            until_us=r.until_us,
+            kind=r.kind,
+            after_seq=r.after_seq,
+        )
+        tenant = current_identity().tenant
+        n = 0
+        for e in self.audit.entries():
+            if not want.matches(e):
+                continue
+            doc = audit.tenant_view(e.doc, tenant)
+            if doc is None:
+                continue
+            yield audit_entry(doc, e.hash)
+            n += 1
+            if r.limit and n >= r.limit:
+                return
 
     def _compactor_stats(self) -> dict[str, Any]:
         """StatsReply 22-26: the compactor's backlog (peak mode)."""
@@ -664,3 +712,29 @@ class AdminServicer(pbg.AdminServicer):
         check_writer(self.vault)
         kek, n = self.vault.rotate_key()
         return pb.RotateKeyReply(kek_id=kek, rewrapped=n)
+
+
+def audit_entry(doc: dict[str, Any], h: bytes) -> pb.AuditEntry:
+    """An audit entry (docs/format.md 8.12) on the wire."""
+    ident = doc.get("identity") or {}
+    return pb.AuditEntry(
+        seq=doc["seq"],
+        time_us=doc["time_us"],
+        kind=doc.get("kind", ""),
+        identity=ident.get("name") or "",
+        role=ident.get("role") or "",
+        identity_tenant=ident.get("tenant") or "",
+        via=ident.get("via") or "",
+        method=doc.get("method", ""),
+        calls=[pb.CallRef(tenant=t, call_id=c) for t, c in doc.get("calls", [])],
+        outcome=doc.get("outcome", ""),
+        audio_seconds=doc.get("audio_seconds", 0.0),
+        audio_bytes=doc.get("audio_bytes", 0),
+        peer=doc.get("peer", ""),
+        reason=doc.get("reason", ""),
+        detail=doc.get("detail", ""),
+        rule=doc.get("rule", ""),
+        cause=doc.get("cause", 0),
+        started_us=doc.get("started_us", 0),
+        hash=h,
+    )

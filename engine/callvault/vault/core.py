@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -267,6 +268,9 @@ class Vault(Export, Verification, Reclaiming):
         # called (tenant, call_id, frames) when a raw (G.711) call is sealed: the
         # server's compactor (vault/compact.py) queues it
         self.on_raw_sealed: Callable[[str, str, int], object] | None = None
+        # called before each checkpoint is signed (the server's audit trail puts its
+        # head in the log here: docs/format.md 8.12)
+        self.before_checkpoint: list[Callable[[], object]] = []
         self._gaps = {}
         self._reclaim_lock = threading.Lock()
         self._reclaimed_last = None
@@ -732,8 +736,26 @@ class Vault(Export, Verification, Reclaiming):
         """A signed checkpoint of the log as it is now (C2SP signed note), consistent
         with every checkpoint signed before it (CheckpointLog refuses otherwise)."""
         self._writable()
+        for hook in list(self.before_checkpoint):
+            hook()
         with self._lock, self._log_lock:
             return self.checkpoints.sign().decode()
+
+    def append_leaf(self, data: bytes, before: Callable[[int], object] | None = None) -> int:
+        """Append a leaf that no record of the segments holds (the audit trail's head,
+        kind 4: docs/format.md 8.12), sync the log and index it; returns its index.
+        ``before(index)`` runs first, under the log's lock, with the index it will get."""
+        self._writable()
+        with self._log_lock:
+            index = self.log.size
+            if before is not None:
+                before(index)
+            batch = self.index.batch()
+            self._log_leaf(batch, data)
+            self.log.sync()
+            batch.put_meta(b"meta/log-size", struct.pack(">Q", self.log.size))
+            self.index.write(batch)
+            return index
 
     def inclusion_proof(
         self, leaf_index: int, tree_size: int = 0
