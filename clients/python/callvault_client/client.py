@@ -660,6 +660,35 @@ class Client(_Base):
             _ADMIN + "Stats", pb.StatsRequest(), pb.StatsReply, idempotent=True, timeout=timeout
         )
 
+    def audit(
+        self,
+        *,
+        call_id: str = "",
+        tenant: str = "",
+        identity: str = "",
+        since: Instant | None = None,
+        until: Instant | None = None,
+        kind: str = "",
+        after_seq: int = 0,
+        limit: int = 0,
+        timeout: Timeout = None,
+    ) -> Iterator[pb.AuditEntry]:
+        """The audit trail's entries that match every filter, oldest first (the
+        "audit" permission; an identity of a tenant sees its tenant's only)."""
+        req = pb.AuditRequest(
+            call_id=call_id,
+            tenant=tenant,
+            identity=identity,
+            since_us=0 if since is None else to_us(since, "since"),
+            until_us=0 if until is None else to_us(until, "until"),
+            kind=kind,
+            after_seq=after_seq,
+            limit=limit,
+        )
+        return self._rpc.stream(
+            _ADMIN + "Audit", req, pb.AuditEntry, idempotent=True, timeout=timeout
+        )
+
     def erase(
         self, call_id: str, reason: str, *, tenant: str = "", timeout: Timeout = DEFAULT
     ) -> pb.EraseReply:

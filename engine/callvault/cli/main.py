@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from callvault import __version__, ids
-from callvault.cli import media, sidecar, vault
+from callvault.cli import audit, media, sidecar, vault
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
 
@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--json", action="store_true", help="print JSON")
     v.set_defaults(func=vault.cmd_stats)
+    audit.add_parser(sub, _verb)
 
     t = _verb(
         sub,
