@@ -51,6 +51,7 @@ _LEAF = struct.Struct(">QQ32sQI")  # log index, count, head, time µs, CRC-32C o
 CHAIN_TAG = b"callvault-audit-v1"
 GENESIS = bytes(32)  # h_0
 SYNC_MODES = ("group", "always")
+UNAUDITED = ("/grpc.health.v1.", "/grpc.reflection.")  # as interceptors.OPEN_PREFIXES
 
 
 def link(prev: bytes, entry: bytes) -> bytes:
@@ -332,7 +333,11 @@ class AuditTrail:
 
     # -- appending ------------------------------------------------------------------------
     def sink(self, rpc: Rpc, outcome: str) -> None:
-        """The interceptor's audit sink (server/interceptors.py ``on_end``)."""
+        """The interceptor's audit sink (server/interceptors.py ``on_end``). Health
+        checks and reflection (open to every caller, they touch no call and reveal
+        nothing; load balancers poll them) are not audited."""
+        if rpc.method.startswith(UNAUDITED):
+            return
         self.append(rpc_doc(rpc, outcome))
 
     def append(self, doc: dict[str, Any]) -> dict[str, Any] | None:

@@ -200,6 +200,8 @@ class IdentityInterceptor(grpc.ServerInterceptor):
             outcome = _outcome(context, "ERROR")
             raise
         finally:
+            if outcome == "OK" and not context.is_active():
+                outcome = "CANCELLED"  # a handler that ended quietly as the client left
             self.methods.end(method, outcome, started, rpc.identity.name)
             self._finish(rpc, outcome)
 
