@@ -82,7 +82,11 @@ def test_entries_hold_every_field_and_survive_reopening(tmp_path: Path) -> None:
     assert d["identity"] == {"name": "ann", "role": "qa", "tenant": "t1", "via": "token:a1"}
     assert (d["method"], d["outcome"], d["calls"]) == (PLAY, "OK", [["t1", "c1"]])
     assert (d["audio_seconds"], d["audio_bytes"]) == (12.346, 4000)
-    assert (d["peer"], d["reason"], d["time_us"]) == ("ipv4:127.0.0.1:5555", "ticket 7", clock.us - 1)
+    assert (d["peer"], d["reason"], d["time_us"]) == (
+        "ipv4:127.0.0.1:5555",
+        "ticket 7",
+        clock.us - 1,
+    )
     assert got[1].doc["identity"]["tenant"] is None and got[1].doc["outcome"] == "UNAUTHENTICATED"
     again = audit.AuditTrail(tmp_path, clock=clock)
     assert (again.count, again.head) == (2, head)
@@ -154,8 +158,11 @@ def test_the_head_is_a_merkle_leaf_and_a_rechained_trail_is_caught(tmp_path: Pat
         assert audit.verify(d, vault.log).problems == []
         # entry 8 altered and every link after it recomputed: the frames and links all
         # check, but the head at 10 is not the one the log holds
-        rewrite(d, lambda x: dict(x, identity=dict(x["identity"], name="eve"))
-                if x["seq"] == 8 else x, rechain=True)
+        rewrite(
+            d,
+            lambda x: dict(x, identity=dict(x["identity"], name="eve")) if x["seq"] == 8 else x,
+            rechain=True,
+        )
         r = audit.verify(d, vault.log)
         assert len(r.problems) == 1 and r.first_bad == 6
         assert "entries 1..10" in str(r.problems[0]) and "6..10" in str(r.problems[0])
@@ -231,7 +238,10 @@ def test_anomaly_rules_fire_on_the_injected_clock(tmp_path: Path) -> None:
     assert trail.alerts == 2
     trail.close()
     alerts = [e.doc for e in audit.read_entries(tmp_path) if e.doc["kind"] == "alert"]
-    assert [(a["rule"], a["cause"]) for a in alerts] == [("bulk-listen", 6), ("after-hours-export", 10)]
+    assert [(a["rule"], a["cause"]) for a in alerts] == [
+        ("bulk-listen", 6),
+        ("after-hours-export", 10),
+    ]
     assert "ann touched 4 distinct calls" in alerts[0]["detail"]
     assert "19:30" in alerts[1]["detail"] and alerts[1]["identity"]["name"] == "ann"
     assert audit.verify(tmp_path).problems == []
@@ -247,8 +257,10 @@ def test_anomaly_rules_fire_on_the_injected_clock(tmp_path: Path) -> None:
         ({"name": "r", "method": "play", "max_calls": 3}, "needs per"),
         ({"name": "r", "method": "play"}, "either max_calls and per, or outside"),
         ({"name": "r", "method": "export", "outside": "8-19"}, "not working hours"),
-        ({"name": "r", "method": "export", "outside": "08:00-19:00", "timezone": "Mars/Base"},
-         "'Mars/Base' is not known"),
+        (
+            {"name": "r", "method": "export", "outside": "08:00-19:00", "timezone": "Mars/Base"},
+            "'Mars/Base' is not known",
+        ),
         ({"name": "r", "method": "play", "max_calls": 3, "per": "1h", "color": 1}, "unknown key"),
     ],
 )

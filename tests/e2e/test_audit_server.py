@@ -84,9 +84,9 @@ def test_every_rpc_makes_exactly_one_entry_with_its_fields(server: Server) -> No
     made += 1
     # a malformed request: bytes that are no GetCallRequest
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
-        raw = ch.unary_unary("/callvault.v1.Archive/GetCall")
+        raw: grpc.UnaryUnaryMultiCallable = ch.unary_unary("/callvault.v1.Archive/GetCall")
         with pytest.raises(grpc.RpcError) as e:
-            raw(b"\xff\xff\xff", metadata=[(WHO, "root/admin/")], timeout=10)
+            raw(b"\xff\xff\xff", metadata=((WHO, "root/admin/"),), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         made += 1
         # a stream the client cancels: an Ingest stream that never sends
@@ -97,8 +97,8 @@ def test_every_rpc_makes_exactly_one_entry_with_its_fields(server: Server) -> No
             return
             yield b""
 
-        rec = ch.stream_stream("/callvault.v1.Ingest/Record")
-        call = rec(nothing(), metadata=[(WHO, "rec/admin/")])
+        rec: grpc.StreamStreamMultiCallable = ch.stream_stream("/callvault.v1.Ingest/Record")
+        call = rec(nothing(), metadata=((WHO, "rec/admin/"),))
         time.sleep(0.5)
         call.cancel()
         gate.set()
@@ -165,8 +165,17 @@ def test_trail_through_kill_restart_proofs_tamper_and_alerts(tmp_path: Path) -> 
     data = tmp_path / "data"
     bad = tmp_path / "bad.toml"
     bad.write_text('[[audit.anomaly]]\nname = "x"\nmethod = "play"\nmax_calls = 0\nper = "1h"\n')
-    p = run_cli("serve", "--data", str(data), "--listen", "127.0.0.1:0", "--config", str(bad),
-                ok=False, timeout=120)
+    p = run_cli(
+        "serve",
+        "--data",
+        str(data),
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        str(bad),
+        ok=False,
+        timeout=120,
+    )
     assert p.returncode == 1 and "rule 'x'" in p.stderr and "at least 1" in p.stderr
     cfg = tmp_path / "policy.toml"
     cfg.write_text(

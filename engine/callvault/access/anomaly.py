@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, time, timezone
+from datetime import UTC, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -41,7 +41,7 @@ class Rule:
     per_us: int = 0
     start: time | None = None  # working hours [start, end) in ``zone``
     end: time | None = None
-    zone: Any = timezone.utc
+    zone: Any = UTC
     # max_calls: per identity, (time_us, tenant, call_id) in the window, last alert time
     seen: dict[str, deque[tuple[int, str, str]]] = field(default_factory=dict)
     fired: dict[str, int] = field(default_factory=dict)
@@ -157,7 +157,7 @@ def parse_rules(tables: Any, known_methods: list[str]) -> Rules:
         if unknown:
             raise InputError(f"{what}: unknown key(s) {', '.join(unknown)}")
         if "method" not in t:
-            raise InputError(f"{what}: needs a method (e.g. method = \"play\")")
+            raise InputError(f'{what}: needs a method (e.g. method = "play")')
         rule = Rule(name, _methods(t["method"], what, known_methods))
         windowed = "max_calls" in t or "per" in t
         if windowed == ("outside" in t):
@@ -184,6 +184,8 @@ def parse_rules(tables: Any, known_methods: list[str]) -> Rules:
             try:
                 rule.zone = ZoneInfo(str(tz))
             except (ZoneInfoNotFoundError, ValueError):
-                raise InputError(f"{what}: timezone {tz!r} is not known (e.g. Europe/Berlin)")
+                raise InputError(
+                    f"{what}: timezone {tz!r} is not known (e.g. Europe/Berlin)"
+                ) from None
         rules.append(rule)
     return Rules(rules)

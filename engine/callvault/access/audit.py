@@ -484,11 +484,9 @@ def read_entries(directory: Path, *, end: int | None = None) -> Iterator[Entry]:
     """The trail's entries oldest first, up to byte ``end`` (None: the last whole
     frame; a frame being written, or a torn tail, ends the reading quietly)."""
     path = directory / TRAIL_FILE
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
+    if not path.exists():
         return
-    with f:
+    with open(path, "rb") as f:
         _check_header(f.read(HEADER_SIZE), path)
         off, seq = HEADER_SIZE, 1
         chunk = b""
@@ -533,7 +531,8 @@ class Verified:
 
 
 class LeafHashes(Protocol):
-    size: int
+    @property
+    def size(self) -> int: ...
 
     def leaf_hash(self, index: int) -> bytes: ...
 
@@ -556,17 +555,17 @@ def verify(directory: Path, log_leaves: LeafHashes | None = None) -> Verified:
     scan = _scan(data, HEADER_SIZE, 1)
     h = GENESIS
     heads = [GENESIS]  # heads[n] = h_n recomputed
-    for e in scan.entries:
-        h = link(h, canonical(e.doc))
-        if h != e.hash:
+    for ent in scan.entries:
+        h = link(h, canonical(ent.doc))
+        if h != ent.hash:
             out.problems.append(
                 Finding(
-                    e.seq,
-                    f"audit entry {e.seq} (byte {e.offset}): its hash link is wrong "
+                    ent.seq,
+                    f"audit entry {ent.seq} (byte {ent.offset}): its hash link is wrong "
                     "(the entry or the one before it was altered)",
                 )
             )
-            h = e.hash  # go on from what is stored: later links are checked on their own
+            h = ent.hash  # go on from what is stored: later links are checked on their own
         heads.append(h)
     out.entries, out.head = len(scan.entries), h
     synced, _, _ = _read_synced(directory / SYNCED_FILE)
@@ -644,7 +643,11 @@ def open_for_server(
         raise InputError(f"[audit]: unknown key(s) {', '.join(unknown)}")
     sync = section.get("sync", "group")
     interval = section.get("sync_interval_ms", 50)
-    if not isinstance(interval, int | float) or isinstance(interval, bool) or not 1 <= interval <= 1000:
+    if (
+        not isinstance(interval, int | float)
+        or isinstance(interval, bool)
+        or not 1 <= interval <= 1000
+    ):
         raise InputError(f"[audit] sync_interval_ms {interval!r}: a number of ms in 1..1000")
     rules = parse_rules(section.get("anomaly"), known_methods)
     return AuditTrail(

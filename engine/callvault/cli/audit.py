@@ -72,8 +72,8 @@ def _entries(args: argparse.Namespace, tenant: str) -> Iterator[dict[str, Any]]:
             until_us=args.until or 0,
             kind=args.kind or "",
         )
-    except InputError as e:
-        raise CallvaultError(str(e)) from None
+    except InputError as err:
+        raise CallvaultError(str(err)) from None
     if args.server:
         from callvault.cli import remote
 

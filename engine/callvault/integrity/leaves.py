@@ -40,6 +40,10 @@ def audit_leaf(count: int, head: bytes, time_us: int) -> bytes:
     no call."""
     if len(head) != 32 or count < 1:
         raise ValueError("an audit leaf commits to at least one entry and a 32-byte head")
-    return LEAF_TAG + bytes([LEAF_AUDIT]) + struct.pack(">Q", count) + head + struct.pack(
-        ">Q", time_us
+    return (
+        LEAF_TAG
+        + bytes([LEAF_AUDIT])
+        + struct.pack(">Q", count)
+        + head
+        + struct.pack(">Q", time_us)
     )

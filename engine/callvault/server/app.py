@@ -87,7 +87,10 @@ class Server:
         # every RPC's audit entry (docs/access.md "Audit trail"); its head goes into
         # the Merkle log at each checkpoint and at shutdown (docs/format.md 8.12)
         self.audit = audit.open_for_server(
-            vault.path / "audit", c.policy.get("audit"), list(PERMISSIONS), log_size=vault.log_size()
+            vault.path / "audit",
+            c.policy.get("audit"),
+            list(PERMISSIONS),
+            log_size=vault.log_size(),
         )
         vault.before_checkpoint.append(lambda: self.audit.commit_leaf(vault.append_leaf))
         self.health = health.HealthServicer(experimental_non_blocking=True)
