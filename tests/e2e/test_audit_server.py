@@ -6,7 +6,6 @@ SIGKILL, tampering caught by `audit verify`, anomaly rules in the policy."""
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -89,19 +88,19 @@ def test_every_rpc_makes_exactly_one_entry_with_its_fields(server: Server) -> No
             raw(b"\xff\xff\xff", metadata=((WHO, "root/admin/"),), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         made += 1
-        # a stream the client cancels: an Ingest stream that never sends
-        gate = threading.Event()
-
-        def nothing() -> Iterator[bytes]:
-            gate.wait()
-            return
-            yield b""
-
-        rec: grpc.StreamStreamMultiCallable = ch.stream_stream("/callvault.v1.Ingest/Record")
-        call = rec(nothing(), metadata=((WHO, "rec/admin/"),))
-        time.sleep(0.5)
-        call.cancel()
-        gate.set()
+    # a stream the client leaves: Audit's entries (a KiB each) fill the flow-control
+    # window while the client reads one, then it cancels
+    with client(server, "bulk/admin/", reason="x" * 1024) as c:
+        for _ in range(150):
+            c.stats()
+        made += 150
+    wait_count(server, made)
+    opts = [("grpc.http2.bdp_probe", 0)]
+    with Client(f"127.0.0.1:{server.port}", metadata=[(WHO, "root/admin/")], options=opts) as c:
+        stream = c.audit()
+        assert next(stream).seq == 1
+        time.sleep(0.5)  # the server blocks sending, its window full
+        stream.close()  # the SDK cancels the RPC
         made += 1
     wait_count(server, made)
     server.audit.flush()
@@ -117,7 +116,8 @@ def test_every_rpc_makes_exactly_one_entry_with_its_fields(server: Server) -> No
         ("bob", "Stats", "PERMISSION_DENIED"),
         ("(unauthenticated)", "Stats", "UNAUTHENTICATED"),
         ("root", "GetCall", "INVALID_ARGUMENT"),
-        ("rec", "Record", "CANCELLED"),
+        *[("bulk", "Stats", "OK")] * 150,
+        ("root", "Audit", "CANCELLED"),
     ]
     assert all(d["peer"].startswith("ipv4:127.0.0.1:") for d in docs)
     assert [d["reason"] for d in docs[:4]] == ["INC-7"] * 4 and docs[4]["reason"] == ""
