@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -97,7 +98,7 @@ def test_every_rpc_makes_exactly_one_entry_with_its_fields(server: Server) -> No
     wait_count(server, made)
     opts = [("grpc.http2.bdp_probe", 0)]
     with Client(f"127.0.0.1:{server.port}", metadata=[(WHO, "root/admin/")], options=opts) as c:
-        stream = c.audit()
+        stream = cast(Generator[Any, None, None], c.audit())  # the SDK's streams are generators
         assert next(stream).seq == 1
         time.sleep(0.5)  # the server blocks sending, its window full
         stream.close()  # the SDK cancels the RPC
