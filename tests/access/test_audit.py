@@ -183,13 +183,17 @@ def test_a_leaf_record_whose_leaf_never_landed_is_cut(tmp_path: Path) -> None:
         trail = audit.AuditTrail(d, log_size=vault.log_size())
         fill(trail, 2)
 
-        def crash(data: bytes, before: Any) -> int:
-            before(vault.log_size())  # the record is written, then the process dies
-            raise OSError("killed")
+        def failing(data: bytes, before: Any) -> int:
+            before(vault.log_size())  # the record is written, then the log fails
+            raise OSError("disk on fire")
 
-        assert trail.commit_leaf(crash) is None and "killed" in trail.error
+        assert trail.commit_leaf(failing) is None and "disk on fire" in trail.error
+        assert audit.read_leaves(d) == ([], "")  # its record is cut at once
         trail.close()
-        assert len(audit.read_leaves(d)[0]) == 1
+        # a kill between the record and the leaf leaves a record the log does not reach
+        raw = struct.pack(">QQ32sQ", vault.log_size(), 2, trail.head, 5)
+        (d / audit.LEAVES_FILE).write_bytes(raw + struct.pack(">I", crc32c(raw)))
+        assert len(audit.verify(d, vault.log).problems) == 1  # "not in the Merkle log"
         trail = audit.AuditTrail(d, log_size=vault.log_size())
         assert trail.leaves == [] and audit.read_leaves(d) == ([], "")
         assert trail.commit_leaf(vault.append_leaf) is not None

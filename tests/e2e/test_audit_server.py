@@ -144,10 +144,11 @@ def test_a_tenant_auditor_sees_only_its_tenant(server: Server) -> None:
         assert [e.identity for e in mine] == ["ann", "cid"]
         assert all(e.identity_tenant == "t1" for e in mine)
         assert [e.identity for e in c.audit(identity="bob")] == []
+        assert [e.identity for e in c.audit(identity="cid")] == ["cid"]
     with client(server, "root/admin/") as c:
         every = list(c.audit())
         # the platform admin sees all, the auditor's own Audit RPC included
-        assert [e.identity for e in every] == ["ann", "bob", "cid", "aud", "aud"]
+        assert [e.identity for e in every] == ["ann", "bob", "cid", "aud", "aud", "aud"]
         assert [e.seq for e in c.audit(after_seq=2, limit=2)] == [3, 4]
         assert len(every[0].hash) == 32
     with client(server, "ann/recorder/t1") as c, pytest.raises(CallvaultClientError) as e:

@@ -18,6 +18,7 @@ whole window has passed. Times are the entries' ``time_us`` (the trail's clock).
 from __future__ import annotations
 
 import re
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
@@ -91,11 +92,13 @@ class Rules:
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
+        self._lock = threading.Lock()  # RPCs end on many threads at once
 
     def observe(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
         alerts = []
         for rule in self.rules:
-            why = rule.check(doc)
+            with self._lock:
+                why = rule.check(doc)
             if why is not None:
                 alerts.append(
                     {

@@ -31,7 +31,7 @@ from crc32c import crc32c
 
 from callvault.access.context import Rpc
 from callvault.durable import fsync_dir
-from callvault.errors import CallvaultError, FormatError, InputError
+from callvault.errors import FormatError, InputError
 from callvault.integrity import merkle
 from callvault.integrity.leaves import audit_leaf
 
@@ -449,10 +449,12 @@ class AuditTrail:
 
             try:
                 append_leaf(audit_leaf(count, head, t), before=before)
-            except (OSError, CallvaultError) as e:
-                # the record without its leaf is cut on the next open (log_size)
+            except Exception as e:  # a checkpoint or a shutdown goes on without it
                 self.error = f"putting the audit trail's head in the Merkle log failed: {e}"
                 log.error("%s", self.error)
+                if made:  # its record without its leaf: cut (else the next open cuts it)
+                    with contextlib.suppress(OSError):
+                        os.truncate(self.directory / LEAVES_FILE, len(self.leaves) * _LEAF.size)
                 return None
             self.leaves.extend(made)
             return made[0] if made else None
