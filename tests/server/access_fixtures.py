@@ -100,9 +100,7 @@ class Outcome:
     replies: list[Any]
 
 
-def invoke(
-    channel: grpc.Channel, method: str, request: Any, metadata: Metadata
-) -> Outcome:
+def invoke(channel: grpc.Channel, method: str, request: Any, metadata: Metadata) -> Outcome:
     """Call ``method`` ("/callvault.v1.Service/Method") with ``request`` (a message, or
     a list of messages for a client stream) whatever its kind; the status and replies."""
     service, name = method.rsplit("/", 2)[1:]
@@ -114,17 +112,29 @@ def invoke(
         if md.client_streaming:
             reqs = iter(request)
             if md.server_streaming:
-                replies = list(channel.stream_stream(method, ser, out_cls.FromString)(
-                    reqs, metadata=metadata, timeout=30))
+                replies = list(
+                    channel.stream_stream(method, ser, out_cls.FromString)(
+                        reqs, metadata=tuple(metadata), timeout=30
+                    )
+                )
             else:
-                replies = [channel.stream_unary(method, ser, out_cls.FromString)(
-                    reqs, metadata=metadata, timeout=30)]
+                replies = [
+                    channel.stream_unary(method, ser, out_cls.FromString)(
+                        reqs, metadata=tuple(metadata), timeout=30
+                    )
+                ]
         elif md.server_streaming:
-            replies = list(channel.unary_stream(method, ser, out_cls.FromString)(
-                request, metadata=metadata, timeout=30))
+            replies = list(
+                channel.unary_stream(method, ser, out_cls.FromString)(
+                    request, metadata=tuple(metadata), timeout=30
+                )
+            )
         else:
-            replies = [channel.unary_unary(method, ser, out_cls.FromString)(
-                request, metadata=metadata, timeout=30)]
+            replies = [
+                channel.unary_unary(method, ser, out_cls.FromString)(
+                    request, metadata=tuple(metadata), timeout=30
+                )
+            ]
     except grpc.RpcError as e:
         return Outcome(e.code(), e.details() or "", replies)
     return Outcome(grpc.StatusCode.OK, "", replies)

@@ -23,7 +23,6 @@ from tests.server.access_fixtures import (
     AccessServer,
     MakeIdentity,
     Outcome,
-    identities,  # noqa: F401 (a fixture)
     invoke,
     populate,
     serve,
@@ -53,7 +52,9 @@ class Legal:
         self.ch = channel
         self.ids = identities
 
-    def md(self, name: str, role: str = "legal", tenant: str | None = "t1") -> list[tuple[str, str]]:
+    def md(
+        self, name: str, role: str = "legal", tenant: str | None = "t1"
+    ) -> list[tuple[str, str]]:
         return self.ids(name, role, tenant)
 
     def request(self, name: str, call_id: str = "own", reason: str = "subpoena") -> Outcome:
@@ -73,7 +74,7 @@ class Legal:
 
 
 @pytest.fixture
-def legal(channel: grpc.Channel, identities: MakeIdentity) -> Legal:  # noqa: F811
+def legal(channel: grpc.Channel, identities: MakeIdentity) -> Legal:
     return Legal(channel, identities)
 
 
@@ -102,10 +103,16 @@ def test_request_approve_export_once(legal: Legal) -> None:
     refused(legal.export("bob", rid), "only they use it")  # the approver does not export
     refused(legal.export("ann", rid, call_id="other"), "is for call own, not other")
     files = ok(legal.export("ann", rid)).replies
-    assert files and files[0].name == "call.ogg" and sum(len(f.data) for f in files) == files[0].size
+    assert (
+        files and files[0].name == "call.ogg" and sum(len(f.data) for f in files) == files[0].size
+    )
     refused(legal.export("ann", rid), "used already")
     refused(legal.bundle("ann", rid), "used already")
-    listed = ok(invoke(legal.ch, P + "ListExportRequests", pb.ListExportRequestsRequest(), legal.md("carol")))
+    listed = ok(
+        invoke(
+            legal.ch, P + "ListExportRequests", pb.ListExportRequestsRequest(), legal.md("carol")
+        )
+    )
     mine = [r for r in listed.replies[0].requests if r.id == rid]
     assert [(r.state, r.used_for, r.used_by) for r in mine] == [("used", "export", "ann")]
 
@@ -138,7 +145,10 @@ def test_other_tenants_and_roles(legal: Legal) -> None:
     assert ghost.details == "no export request xr-0000000000000000"
     refused(legal.approve(legal.md("quinn", "qa"), rid))  # the role table
     listed = invoke(
-        legal.ch, P + "ListExportRequests", pb.ListExportRequestsRequest(), legal.md("tom", "legal", "t2")
+        legal.ch,
+        P + "ListExportRequests",
+        pb.ListExportRequestsRequest(),
+        legal.md("tom", "legal", "t2"),
     )
     assert list(ok(listed).replies[0].requests) == []
     no_reason = legal.request("ann", reason="  ")

@@ -20,10 +20,9 @@ import grpc
 import pytest
 from callvault_client._pb import callvault_pb2 as pb
 
-from callvault.access.identity import ROLES
+from callvault.access.identity import ROLES, Identity
 from callvault.media import sample
 from callvault.server.interceptors import PERMISSIONS, ROLE_PERMISSIONS, authorize
-from callvault.access.identity import Identity
 from tests.server.access_fixtures import (
     AGENT,
     OPEN_CALL,
@@ -31,7 +30,6 @@ from tests.server.access_fixtures import (
     MakeIdentity,
     Metadata,
     Outcome,
-    identities,  # noqa: F401 (a fixture)
     invoke,
     populate,
     request_of,
@@ -187,7 +185,10 @@ def denied(o: Outcome, what: str) -> None:
 @pytest.mark.parametrize("role", ROLE_COLUMNS)
 @pytest.mark.parametrize("method", sorted(MATRIX))
 def test_cell(
-    method: str, role: str, channel: grpc.Channel, identities: MakeIdentity  # noqa: F811
+    method: str,
+    role: str,
+    channel: grpc.Channel,
+    identities: MakeIdentity,
 ) -> None:
     cell = MATRIX[method][1][role]
     if not served(method):
@@ -235,7 +236,8 @@ def test_no_credentials_is_unauthenticated(channel: grpc.Channel) -> None:
 
 
 def test_a_qa_plays_audio_and_the_supervisor_listens_live(
-    channel: grpc.Channel, identities: MakeIdentity  # noqa: F811
+    channel: grpc.Channel,
+    identities: MakeIdentity,
 ) -> None:
     """Allowed audio is audio: qa's Play of a sealed call returns the call's frames;
     the supervisor's Play of the open call is allowed (nothing durable yet)."""

@@ -19,7 +19,6 @@ from tests.server.access_fixtures import (
     AccessServer,
     MakeIdentity,
     Metadata,
-    identities,  # noqa: F401 (a fixture)
     invoke,
     populate,
     serve,
@@ -46,7 +45,7 @@ def channel(world: AccessServer) -> Iterator[grpc.Channel]:
 
 
 @pytest.fixture(scope="module")
-def admin1(identities: MakeIdentity) -> Metadata:  # noqa: F811
+def admin1(identities: MakeIdentity) -> Metadata:
     """The most an identity of tenant t1 can do: an admin, with a reason."""
     return identities("admin-1", "admin", "t1") + REASON
 
@@ -85,7 +84,8 @@ def test_another_tenants_call_is_not_found_as_a_missing_one(
 
 
 def test_the_call_of_t2_is_still_there_for_its_own_tenant(
-    channel: grpc.Channel, identities: MakeIdentity  # noqa: F811
+    channel: grpc.Channel,
+    identities: MakeIdentity,
 ) -> None:
     """The NOT_FOUND above is isolation, not an erasure by the Erase attempt."""
     o = invoke(
@@ -121,7 +121,10 @@ def test_verify_names_another_tenants_call_as_missing(
 ) -> None:
     def verify(call_id: str) -> list[tuple[str, bool, list[str]]]:
         o = invoke(
-            channel, P + "Integrity/Verify", pb.VerifyRequest(tenant="t2", call_ids=[call_id]), admin1
+            channel,
+            P + "Integrity/Verify",
+            pb.VerifyRequest(tenant="t2", call_ids=[call_id]),
+            admin1,
         )
         assert o.code == grpc.StatusCode.OK, o.details
         return [(r.what, r.ok, list(r.problems)) for r in o.replies]
@@ -135,14 +138,19 @@ def test_verify_names_another_tenants_call_as_missing(
 
 
 def test_stats_count_only_the_callers_tenant(
-    channel: grpc.Channel, admin1: Metadata, identities: MakeIdentity  # noqa: F811
+    channel: grpc.Channel,
+    admin1: Metadata,
+    identities: MakeIdentity,
 ) -> None:
     t1 = invoke(channel, P + "Admin/Stats", pb.StatsRequest(), admin1).replies[0]
     t2 = invoke(
         channel, P + "Admin/Stats", pb.StatsRequest(), identities("it-2", "it", "t2")
     ).replies[0]
     everyone = invoke(
-        channel, P + "Admin/Stats", pb.StatsRequest(), [("x-callvault-test-identity", "root|admin|")]
+        channel,
+        P + "Admin/Stats",
+        pb.StatsRequest(),
+        [("x-callvault-test-identity", "root|admin|")],
     ).replies[0]
     assert (t1.tenant, t1.calls) == ("t1", len(T1_CALLS))
     assert (t2.tenant, t2.calls) == ("t2", 1)
@@ -171,7 +179,7 @@ def test_tenant_identities_ask_proofs_by_call(channel: grpc.Channel, admin1: Met
 
 def test_a_tenant_recorder_records_into_its_tenant_only(
     channel: grpc.Channel,
-    identities: MakeIdentity,  # noqa: F811
+    identities: MakeIdentity,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     capture = tmp_path_factory.mktemp("rec") / "call.pcap"

@@ -112,7 +112,9 @@ class ExportRequests:
         with self.lock:
             r = self._get(identity, req_id)
             if identity.role not in APPROVERS:
-                raise AccessDenied(f"{identity.name} (role {identity.role}) may not approve exports")
+                raise AccessDenied(
+                    f"{identity.name} (role {identity.role}) may not approve exports"
+                )
             if identity.name == r.requested_by:
                 raise AccessDenied(
                     f"export request {req_id} was made by {identity.name}: another legal or "

@@ -442,9 +442,7 @@ class ArchiveServicer(pbg.ArchiveServicer):
         self.ingestor = ingestor
         c = config or Config()
         # four-eyes export requests (docs/access.md), shared with IntegrityServicer
-        self.exports = exports or ExportRequests(
-            vault.path / "access", ttl_s=c.export_approval_s
-        )
+        self.exports = exports or ExportRequests(vault.path / "access", ttl_s=c.export_approval_s)
 
     def _frames(self, e: CallEntry) -> int:
         return playback.durable_frames(self.vault, self.ingestor, e.call_id, tenant=e.tenant)
