@@ -89,7 +89,7 @@ def check(
         verb = {PLAY: "play", EXPORT: "export", BUNDLE: "bundle"}[method]
         return (
             f"{identity.name} (role {role}) reaches audio only with a stated reason: "
-            f"give --reason TEXT (`callvault --reason TEXT {verb} ...`; SDK metadata "
+            f"give --reason TEXT (`callvault {verb} CALL ... --reason TEXT`; SDK metadata "
             "callvault-reason), it goes into the audit trail"
         )
     if method != PLAY and role in NEEDS_APPROVAL and not approval:
