@@ -194,9 +194,23 @@ def test_a_tenant_recorder_records_into_its_tenant_only(
     refused = invoke(channel, P + "Ingest/Record", reqs, rec)
     assert refused.code == grpc.StatusCode.PERMISSION_DENIED
     assert refused.details == "sidecar-1 records for tenant t1, not t2 (call rec-2)"
-    mux = pb.IngestMux(items=[pb.IngestMuxItem(slot=1, start=reqs[0].start)])
-    refused = invoke(channel, P + "Ingest/RecordCalls", [mux], rec)
-    assert refused.code == grpc.StatusCode.PERMISSION_DENIED
+    # RecordCalls: that call fails, the stream and its other calls go on
+    mine = pb.CallStart()
+    mine.CopyFrom(reqs[0].start)
+    mine.tenant, mine.call_id = "", "rec-3"
+    mux = pb.IngestMux(
+        items=[
+            pb.IngestMuxItem(slot=1, start=reqs[0].start),
+            pb.IngestMuxItem(slot=2, start=mine),
+        ]
+    )
+    o = invoke(channel, P + "Ingest/RecordCalls", [mux], rec)
+    assert o.code == grpc.StatusCode.OK, o.details
+    events = {e.slot: e for r in o.replies for e in r.events}
+    assert events[1].WhichOneof("msg") == "error"
+    assert events[1].error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert events[1].error.message == "sidecar-1 records for tenant t1, not t2 (call rec-2)"
+    assert events[2].WhichOneof("msg") == "started"
     root = [("x-callvault-test-identity", "root|admin|")]
     where = invoke(channel, P + "Archive/GetCall", pb.GetCallRequest(call=ref("rec-1", "t1")), root)
     assert where.code == grpc.StatusCode.OK and where.replies[0].state == "sealed"

@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -373,16 +374,27 @@ def _ingest_request(item: pb.IngestRequest | Undecodable, who: Identity = OPEN) 
     return Unknown()
 
 
+@dataclass(frozen=True)
+class RefusedSpec(CallSpec):
+    """A CallStart the caller may not make: the ingestor's ``check`` refuses it with
+    PERMISSION_DENIED before anything is kept (that call only, on RecordCalls)."""
+
+    refusal: str = ""
+
+    def check(self) -> None:
+        raise AccessDenied(self.refusal)
+
+
 def _spec(s: pb.CallStart, who: Identity = OPEN) -> CallSpec:
     """The engine's CallSpec of a CallStart; its tenant scoped by the caller: a tenant
     recorder records in its own tenant (an empty tenant is its tenant) and another
-    tenant is PERMISSION_DENIED, which ends the stream (docs/access.md "Tenants")."""
+    tenant is PERMISSION_DENIED (docs/access.md "Tenants")."""
     tenant = policy.tenant_of(who, s.tenant)
+    refusal = ""
     if tenant is None:
-        raise AccessDenied(
-            f"{who.name} records for tenant {who.tenant}, not {s.tenant} (call {s.call_id})"
-        )
-    if who.tenant is None:
+        tenant = s.tenant
+        refusal = f"{who.name} records for tenant {who.tenant}, not {s.tenant} (call {s.call_id})"
+    elif who.tenant is None:
         tenant = s.tenant  # as before: empty is "default", checked by the ingestor
     legs = tuple(leg.name for leg in s.legs)
     m = s.meta
@@ -394,7 +406,7 @@ def _spec(s: pb.CallStart, who: Identity = OPEN) -> CallSpec:
         "tags": list(m.tags),
         "extra": dict(m.extra),
     }
-    return CallSpec(
+    fields: dict[str, Any] = dict(
         recording_id=s.recording_id,
         call_id=s.call_id,
         tenant=tenant,
@@ -403,6 +415,7 @@ def _spec(s: pb.CallStart, who: Identity = OPEN) -> CallSpec:
         event_payload_types=tuple(tuple(leg.event_payload_types) for leg in s.legs),
         meta=meta,
     )
+    return RefusedSpec(refusal=refusal, **fields) if refusal else CallSpec(**fields)
 
 
 def _ingest_reply(r: Reply) -> pb.IngestReply:
