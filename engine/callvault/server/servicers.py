@@ -535,14 +535,15 @@ class ArchiveServicer(pbg.ArchiveServicer):
 
     @streaming
     def Play(self, r: pb.PlayRequest, context: grpc.ServicerContext) -> Iterator[pb.PlayChunk]:
-        who, e = _lookup(self.vault, r.call)
-        _allow(who, policy.PLAY, e)
-        tenant, call_id = e.tenant, e.call_id
+        _ref(r.call)
         fmt = _format(
             r.format,
             (pb.OPUS, pb.PCM),
             "Play streams OPUS or PCM (OGG and WAV files come from Export)",
         )
+        who, e = _lookup(self.vault, r.call)
+        _allow(who, policy.PLAY, e)
+        tenant, call_id = e.tenant, e.call_id
         chunks = playback.play(
             self.vault,
             self.ingestor,
@@ -600,6 +601,10 @@ class ArchiveServicer(pbg.ArchiveServicer):
     def RequestExport(
         self, r: pb.RequestExportRequest, context: grpc.ServicerContext
     ) -> pb.ExportRequestInfo:
+        _ref(r.call)
+        if not r.reason.strip():
+            raise InputError("an export request needs a reason (--reason TEXT)")
+        ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
         who, e = _lookup(self.vault, r.call)
         req = self.exports.request(who, e.tenant, e.call_id, r.reason)
         rpcctx.note_detail(f"export request {req.id}")
@@ -858,9 +863,10 @@ class AdminServicer(pbg.AdminServicer):
 
     @unary
     def Erase(self, r: pb.EraseRequest, context: grpc.ServicerContext) -> pb.EraseReply:
+        _ref(r.call)  # the request's shape first, then whether the caller sees the call
+        ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
         _, e = _lookup(self.vault, r.call)
         tenant, call_id = e.tenant, e.call_id
-        ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
         check_writer(self.vault)
         self.vault.erase(call_id, reason=r.reason, tenant=tenant)
         e = self.vault.get_call(call_id, tenant=tenant)
