@@ -17,6 +17,7 @@ from callvault_client._pb import callvault_pb2 as pb
 from callvault.access.exports import ExportRequests, RequestNotFound
 from callvault.access.identity import Identity
 from callvault.access.policy import AccessDenied
+from callvault.errors import InputError
 from callvault.media import sample
 from callvault.server.servicers import Config
 from tests.server.access_fixtures import (
@@ -196,3 +197,10 @@ def test_a_damaged_store_is_an_error_not_an_empty_one(tmp_path: Path) -> None:
     (tmp_path / "export-requests.json").write_text("{not json")
     with pytest.raises(Exception, match="cannot read the export requests"):
         ExportRequests(tmp_path)
+
+
+def test_the_time_limit_is_a_positive_setting() -> None:
+    assert Config().export_approval_s == 24 * 3600
+    for bad in (0, -1):
+        with pytest.raises(InputError, match="export_approval_s must be positive"):
+            Config(export_approval_s=bad)
