@@ -5,6 +5,7 @@ SIGKILL, tampering caught by `audit verify`, anomaly rules in the policy."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Generator, Iterator
@@ -129,6 +130,7 @@ def test_every_rpc_makes_exactly_one_entry_with_its_fields(server: Server) -> No
         "via": "test:ann",
     }
     assert "may not" in docs[4]["detail"] and "not a valid protobuf" in docs[7]["detail"]
+    assert docs[1]["calls"] == [["default", "nope"]] and docs[0]["calls"] == []
     assert [d["seq"] for d in docs] == list(range(1, made + 1))
     with client(server, "root/admin/") as c:
         s = c.stats()
@@ -225,7 +227,10 @@ def test_trail_through_kill_restart_proofs_tamper_and_alerts(tmp_path: Path) -> 
         ok = run_cli("--data", str(data), "audit", "verify")
         assert "audit trail OK: 14 entries, 2 audit leaves checked" in ok.stdout
         js = run_cli("--data", str(data), "audit", "--json", "--call", "nope").stdout
-        assert js == ""  # GetCall of an unknown call names no call (the roles lane notes calls)
+        on_nope = [json.loads(x) for x in js.splitlines()]  # the GetCall noted its call
+        assert [(d["seq"], d["outcome"], d["calls"]) for d in on_nope] == [
+            (7, "NOT_FOUND", [["default", "nope"]])
+        ]
         js = run_cli("--data", str(data), "audit", "--json", "--kind", "rpc").stdout
         assert len(js.splitlines()) == 9
     finally:
