@@ -246,3 +246,29 @@ def test_trail_through_kill_restart_proofs_tamper_and_alerts(tmp_path: Path) -> 
     bad_run = run_cli("--data", str(data), "audit", "verify", ok=False)
     assert bad_run.returncode == 1
     assert "PROBLEM audit entry 7" in bad_run.stdout and "first bad entry: 7" in bad_run.stdout
+
+
+def test_audio_played_and_exported_is_in_the_trail(tmp_path: Path) -> None:
+    from callvault.media import sample
+
+    capture = tmp_path / "call.pcap"
+    sample.demo_capture(capture, seconds=3.0)
+    with Vault.open(tmp_path / "data") as v:
+        v.import_call("c1", [str(capture)], tenant="t1")
+    s = Server(Vault.open(tmp_path / "data"), "127.0.0.1:0", auth=HeaderAuthenticator())
+    s.start()
+    try:
+        with client(s, "root/admin/", reason="QA-1") as c:
+            frames = c.get_call("c1", tenant="t1").frames
+            chunks = list(c.play("c1", tenant="t1", format="pcm"))
+            size = sum(len(ch.data) for ch in c.export_chunks("c1", tenant="t1"))
+        wait_count(s, 3)
+    finally:
+        s.stop()
+    info, play, export = (e.doc for e in audit.read_entries(tmp_path / "data" / "audit"))
+    assert [d["calls"] for d in (info, play, export)] == [[["t1", "c1"]]] * 3
+    assert (info["audio_seconds"], info["audio_bytes"]) == (0.0, 0)
+    assert len(chunks) > 0 and play["audio_seconds"] == pytest.approx(frames * 0.02)
+    assert play["audio_bytes"] == frames * 160 * 2 * 2  # PCM16, two legs
+    assert export["audio_seconds"] == pytest.approx(frames * 0.02, abs=0.02)
+    assert export["audio_bytes"] == size and export["reason"] == "QA-1"
