@@ -13,6 +13,7 @@ from callvault.store import records as rec
 
 LEAF_TAG = b"callvault-leaf-v1"
 LEAF_SEAL, LEAF_ERASE, LEAF_TRANSCODE = 1, 2, 3
+LEAF_TENANT_ERASE = 6  # 4 and 5 are the audit's and the recording rules'
 
 
 def leaf_data(kind: int, tenant: str, call_id: str, value: bytes, time_us: int) -> bytes:
@@ -31,3 +32,11 @@ def transcode_leaf(
         raise ValueError("chain heads are 32 bytes")
     value = raw_head + opus_head + hashlib.sha256(doc).digest()
     return leaf_data(LEAF_TRANSCODE, tenant, call_id, value, time_us)
+
+
+def tenant_erase_leaf(tenant: str, reason: str, time_us: int) -> bytes:
+    """The leaf of a tenant's erasure (kind 6, docs/format.md 8.7): the leaf layout
+    with an empty call id (c = 0), the value SHA-256 of the reason, the record's time."""
+    value = hashlib.sha256(reason.encode()).digest()
+    head = rec.tenant_erase_body(tenant, time_us=0, reason="")[1:-8]  # t, tenant, c = 0
+    return LEAF_TAG + bytes([LEAF_TENANT_ERASE]) + head + value + struct.pack(">Q", time_us)
