@@ -47,6 +47,7 @@ PERMISSIONS: dict[str, str] = {
     "/callvault.v1.Admin/Reindex": "admin",
     "/callvault.v1.Admin/RotateKey": "admin",
     "/callvault.v1.Admin/Reclaim": "admin",
+    "/callvault.v1.Admin/EraseTenant": "tenants",  # platform identities only (servicer)
 }
 # Health and reflection are open to every caller.
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")

@@ -21,6 +21,7 @@ from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
 from callvault import ids
+from callvault.access import context as rpcctx
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
 from callvault.server import callinfo, playback
@@ -658,6 +659,30 @@ class AdminServicer(pbg.AdminServicer):
         check_writer(self.vault)
         done = self.vault.reclaim(threshold=threshold, scan=r.scan)
         return pb.ReclaimReply(**done.as_dict())
+
+    @unary
+    def EraseTenant(
+        self, r: pb.EraseTenantRequest, context: grpc.ServicerContext
+    ) -> pb.EraseTenantReply:
+        """Erase a whole tenant (docs/format.md 8.6); platform identities only."""
+        rpc = rpcctx.current()
+        if rpc is not None and rpc.identity.tenant is not None:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{rpc.identity.name} belongs to tenant {rpc.identity.tenant}: only a "
+                "platform identity may erase a tenant",
+            )
+        if not r.tenant:
+            raise InputError("tenant is required")
+        ids.check_call_id(r.tenant, "tenant")
+        ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
+        check_writer(self.vault)
+        # refused while the ingestor records a call of the tenant (its writer is open)
+        doc = self.vault.erase_tenant(r.tenant, reason=r.reason)
+        rpcctx.note_detail(f"tenant {r.tenant} erased ({doc['calls']} calls)")
+        return pb.EraseTenantReply(
+            calls=doc["calls"], log_index=doc["log_index"], time_us=doc["time_us"]
+        )
 
     @unary
     def RotateKey(self, r: pb.RotateKeyRequest, context: grpc.ServicerContext) -> pb.RotateKeyReply:

@@ -455,7 +455,7 @@ class Vault(Export, Verification, Reclaiming):
         with self._lock:
             if self.index.get_call(tenant, call_id) is not None or (tenant, call_id) in self._open:
                 raise InputError(f"call {call_id} already exists in tenant {tenant}")
-            self._refuse_erased_tenant(tenant)
+            self.check_tenant(tenant)
             key = self.call_keys.create(tenant, call_id)
             sealed_number = ""
             if customer_number:  # under its own key: a bundle ships the data key
@@ -511,7 +511,7 @@ class Vault(Export, Verification, Reclaiming):
             if (tenant, call_id) in self._open:
                 raise VaultError(f"call {call_id} is already being written in this process")
             e = self.get_call(call_id, tenant=tenant)
-            self._refuse_erased_tenant(tenant)
+            self.check_tenant(tenant)
             if e.state != "open":
                 raise VaultError(f"call {call_id} is {e.state}: it cannot be resumed")
             w = CallWriter(
@@ -641,7 +641,8 @@ class Vault(Export, Verification, Reclaiming):
     def _tenant_erased(self, tenant: str) -> bool:
         return hasattr(self, "index") and self.index.tenant_erasure(tenant) is not None
 
-    def _refuse_erased_tenant(self, tenant: str) -> None:
+    def check_tenant(self, tenant: str) -> None:
+        """TenantErased if ``tenant`` was erased (it takes no new calls)."""
         if self._tenant_erased(tenant):
             raise TenantErased(f"tenant {tenant} was erased: it takes no new calls")
 
@@ -708,7 +709,7 @@ class Vault(Export, Verification, Reclaiming):
         self._writable()
         check_call_id(tenant, "tenant")
         with self._lock:  # no call of the tenant is opened meanwhile
-            self._refuse_erased_tenant(tenant)
+            self.check_tenant(tenant)
             calls = set(self.index.call_ids(tenant))
             calls.update(c for t, c in self._open if t == tenant)
             try:
