@@ -285,6 +285,8 @@ from callvault.vault import Vault
 v = Vault.open(sys.argv[1], segment_bytes=int(sys.argv[2]))
 if sys.argv[3] == "erase":
     v.erase_tenant("t1", reason="killed midway")
+elif sys.argv[3] == "master":
+    v.rotate_key()
 else:
     v.rotate_tenant_key("t1")
 print("DONE", flush=True)
@@ -334,12 +336,15 @@ def test_a_tenant_erase_killed_at_each_step_is_finished_on_open(data: Path, step
             assert v.log_size() == 4  # three seals and the tenant's erasure, once
 
 
-def test_a_tenant_rotation_killed_midway_loses_no_key(data: Path) -> None:
+@pytest.mark.parametrize(
+    "step", ["tenant-rotate-generation", "tenant-rotate-rewrapped", "tenant-rotate-all-rewrapped"]
+)
+def test_a_tenant_rotation_killed_midway_loses_no_key(data: Path, step: str) -> None:
     with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
         sound = {t: audio(v, t) for t in ("t1", "t2")}
-    p = run_child(data, "rotate", "tenant-rotate-rewrapped")
+    p = run_child(data, "rotate", step)
     assert p.returncode == -9, p.stdout + p.stderr
-    # one key file re-wrapped under generation 2, the others still under 1: both kept
+    # key files under generation 2 and under 1 (none, some or all): both kept
     assert sorted(p.name for p in tenant_dir(data, "t1").iterdir()) == [
         "00000001.kek",
         "00000002.kek",
@@ -350,3 +355,22 @@ def test_a_tenant_rotation_killed_midway_loses_no_key(data: Path) -> None:
         assert v.rotate_tenant_key("t1") == (3, 4)  # run again: finished
         assert sorted(p.name for p in tenant_dir(data, "t1").iterdir()) == ["00000003.kek"]
         assert {t: audio(v, t) for t in ("t1", "t2")} == sound and v.verify_all() == []
+
+
+@pytest.mark.parametrize("step", ["master-rotate-call-rewrapped", "master-rotate-tenant-rewrapped"])
+def test_a_master_rotation_of_an_old_vault_killed_midway_loses_no_key(
+    data: Path, step: str
+) -> None:
+    make_old_format(data)  # version 1 call keys to re-wrap ...
+    with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
+        record(v, "t2", ["new"])  # ... and t2's KEK
+        sound = {t: audio(v, t) for t in ("t1", "t2")}
+    p = run_child(data, "master", step)
+    assert p.returncode == -9, p.stdout + p.stderr
+    with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
+        assert [k.state.name for k in v.keys.versions()] == ["PREVIOUS", "ACTIVE"]
+        assert {t: audio(v, t) for t in ("t1", "t2")} == sound and v.verify_all() == []
+        assert v.rotate_key() == (3, 1 + 6)  # run again: t2's KEK and the 6 old files
+        assert [k.state.name for k in v.keys.versions()] == ["RETIRED", "RETIRED", "ACTIVE"]
+        assert {t: audio(v, t) for t in ("t1", "t2")} == sound and v.verify_all() == []
+        assert v.customer_number("new", tenant="t2") == "+15550000000"

@@ -152,6 +152,8 @@ class TenantKeks:
             for p in sorted(self.directory.glob("*/*" + KEK_SUFFIX)):
                 write_atomic(p, self.keys.rewrap(p.read_bytes(), kek_id), 0o600)
                 n += 1
+                if n == 1:
+                    crash_point("master-rotate-tenant-rewrapped")
         return n
 
 
@@ -258,6 +260,8 @@ class CallKeys:
                 continue  # under its tenant's KEK
             write_atomic(p, self.keys.rewrap(wrapped, kek_id))
             n += 1
+            if n == 1:
+                crash_point("master-rotate-call-rewrapped")
         if n == 0:
             self.mark_v2_only()
         return n
@@ -274,6 +278,7 @@ class CallKeys:
         and every generation is kept); a second run finishes the job. Returns (new
         generation, key files re-wrapped)."""
         gen, kek = self.tenants.add_generation(tenant)
+        crash_point("tenant-rotate-generation")
         n = 0
         for call_id in call_ids:
             for p in (self.path(tenant, call_id), self.number_path(tenant, call_id)):
@@ -286,6 +291,7 @@ class CallKeys:
                 n += 1
                 if n == 1:
                     crash_point("tenant-rotate-rewrapped")
+        crash_point("tenant-rotate-all-rewrapped")
         self.tenants.drop_generations(tenant, gen)
         return gen, n
 

@@ -115,6 +115,7 @@ class Indexing(VaultState):
             # meta/end, and what commits meanwhile is indexed into the new index after
             with self._log_lock:
                 n = self._rebuild_index(keep_old=False, until=self._known_end(), progress=progress)
+                self._finish_tenant_erasures()  # the rebuilt tombstones say so again
             for (tenant, call_id), w in self._open.items():  # calls still being recorded
                 e = self.index.get_call(tenant, call_id)
                 if e is not None:
