@@ -62,6 +62,14 @@ def test_tenant_verbs_on_a_vault_directory(tmp_path: Path, capture: Path) -> Non
     assert (tmp_path / "c.ogg").stat().st_size > 1000
     out = run_cli(*cv, "verify", "--all").stdout
     assert out.startswith("OK")
+    # another tenant's bundle is made and verifies offline (the log holds t1's leaf)
+    run_cli(*cv, "--tenant", "t2", "bundle", "c", "-o", str(tmp_path / "c.bundle"))
+    key = tmp_path / "log.pub"
+    key.write_text(run_cli(*cv, "checkpoint", "--public-key").stderr)
+    p = run_cli("verify-bundle", str(tmp_path / "c.bundle"), "--public-key", str(key))
+    assert "bundle verifies" in p.stdout
+    p = run_cli(*cv, "--tenant", "t1", "bundle", "a", "-o", str(tmp_path / "a.bundle"), ok=False)
+    assert p.returncode == 1 and "erased" in p.stderr
 
 
 def test_tenant_erase_through_a_server(tmp_path: Path, capture: Path) -> None:

@@ -58,6 +58,7 @@ class TenantKeks:
         self.keys = keys
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, int], bytes] = {}
+        self._active: dict[str, int] = {}  # tenant -> its newest generation (this process)
 
     def dir(self, tenant: str) -> Path:
         return self.directory / hashlib.sha256(tenant.encode()).hexdigest()
@@ -89,13 +90,17 @@ class TenantKeks:
     def active(self, tenant: str) -> tuple[int, bytes]:
         """(generation, KEK) that wraps the tenant's new call keys; the tenant's first
         KEK is made (durable) on its first call."""
-        gens = self.generations(tenant)
-        if not gens:
-            return self.add_generation(tenant)
-        kek = self.kek(tenant, gens[-1])
+        gen = self._active.get(tenant)
+        if gen is None:
+            gens = self.generations(tenant)
+            if not gens:
+                return self.add_generation(tenant)
+            gen = gens[-1]
+        kek = self.kek(tenant, gen)
         if kek is None:  # removed meanwhile: only an erasure removes the newest
             raise TenantErased(f"tenant {tenant}: its key-encryption key was destroyed")
-        return gens[-1], kek
+        self._active[tenant] = gen
+        return gen, kek
 
     def add_generation(self, tenant: str) -> tuple[int, bytes]:
         """A new generation of the tenant's KEK, durable when this returns."""
@@ -109,6 +114,7 @@ class TenantKeks:
                 fsync_dir(d.parent)
             write_atomic(self.path(tenant, gen), self.keys.wrap(kek), 0o600)
             self._cache[(tenant, gen)] = kek
+            self._active[tenant] = gen
             return gen, kek
 
     def drop_generations(self, tenant: str, below: int) -> None:
@@ -131,6 +137,7 @@ class TenantKeks:
                 n += 1
             for key in [k for k in self._cache if k[0] == tenant]:
                 del self._cache[key]
+            self._active.pop(tenant, None)
             if self.dir(tenant).is_dir():
                 fsync_dir(self.dir(tenant))
             return n
