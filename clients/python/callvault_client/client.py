@@ -748,6 +748,17 @@ class Client(_Base):
             _ADMIN + "Erase", req, pb.EraseReply, idempotent=False, timeout=timeout
         )
 
+    def erase_tenant(
+        self, tenant: str, reason: str, *, timeout: Timeout = DEFAULT
+    ) -> pb.EraseTenantReply:
+        """Erase a whole tenant: its key-encryption key is destroyed, every call of it
+        unreadable; a platform identity only (never retried: twice is
+        FailedPrecondition)."""
+        req = pb.EraseTenantRequest(tenant=tenant, reason=reason)
+        return self._rpc.unary(
+            _ADMIN + "EraseTenant", req, pb.EraseTenantReply, idempotent=False, timeout=timeout
+        )
+
     def reindex(self, *, timeout: Timeout = DEFAULT) -> pb.ReindexReply:
         """Rebuild the server's index from its segments (never retried)."""
         return self._rpc.unary(

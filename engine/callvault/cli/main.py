@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from callvault import __version__, ids
-from callvault.cli import audit, media, sidecar, vault
+from callvault.cli import audit, media, sidecar, tenant, vault
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
 
@@ -259,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--json", action="store_true", help="the counters as JSON")
     v.set_defaults(func=vault.cmd_reclaim)
-    v = _verb(sub, "rotate-key", "new key-encryption key; re-wrap every data key")
+    v = _verb(sub, "rotate-key", "new master key-encryption key; re-wrap the tenants' keys")
     v.set_defaults(func=vault.cmd_rotate_key)
+    tenant.add_parser(sub, _verb)
     v = _verb(
         sub,
         "stats",

@@ -14,6 +14,7 @@ from callvault.store import records as rec
 
 LEAF_TAG = b"callvault-leaf-v1"
 LEAF_SEAL, LEAF_ERASE, LEAF_TRANSCODE, LEAF_AUDIT = 1, 2, 3, 4
+LEAF_TENANT_ERASE = 6  # 5 is the recording rules'
 
 
 def leaf_data(kind: int, tenant: str, call_id: str, value: bytes, time_us: int) -> bytes:
@@ -47,3 +48,11 @@ def audit_leaf(count: int, head: bytes, time_us: int) -> bytes:
         + head
         + struct.pack(">Q", time_us)
     )
+
+
+def tenant_erase_leaf(tenant: str, reason: str, time_us: int) -> bytes:
+    """The leaf of a tenant's erasure (kind 6, docs/format.md 8.7): the leaf layout
+    with an empty call id (c = 0), the value SHA-256 of the reason, the record's time."""
+    value = hashlib.sha256(reason.encode()).digest()
+    head = rec.tenant_erase_body(tenant, time_us=0, reason="")[1:-8]  # t, tenant, c = 0
+    return LEAF_TAG + bytes([LEAF_TENANT_ERASE]) + head + value + struct.pack(">Q", time_us)

@@ -940,6 +940,24 @@ class AdminServicer(pbg.AdminServicer):
         return pb.ReclaimReply(**done.as_dict())
 
     @unary
+    def EraseTenant(
+        self, r: pb.EraseTenantRequest, context: grpc.ServicerContext
+    ) -> pb.EraseTenantReply:
+        """Erase a whole tenant (docs/format.md 8.6); platform identities only."""
+        _platform_only(_who(), "erase a tenant")
+        if not r.tenant:
+            raise InputError("tenant is required")
+        ids.check_call_id(r.tenant, "tenant")
+        ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
+        check_writer(self.vault)
+        # refused while the ingestor records a call of the tenant (its writer is open)
+        doc = self.vault.erase_tenant(r.tenant, reason=r.reason)
+        rpcctx.note_detail(f"tenant {r.tenant} erased ({doc['calls']} calls)")
+        return pb.EraseTenantReply(
+            calls=doc["calls"], log_index=doc["log_index"], time_us=doc["time_us"]
+        )
+
+    @unary
     def RotateKey(self, r: pb.RotateKeyRequest, context: grpc.ServicerContext) -> pb.RotateKeyReply:
         _platform_only(_who(), "rotate-key")
         check_writer(self.vault)
