@@ -13,6 +13,7 @@ from callvault.store import records as rec
 
 LEAF_TAG = b"callvault-leaf-v1"
 LEAF_SEAL, LEAF_ERASE, LEAF_TRANSCODE = 1, 2, 3
+LEAF_DECISION = 5  # a call not recorded (docs/format.md 8.13)
 
 
 def leaf_data(kind: int, tenant: str, call_id: str, value: bytes, time_us: int) -> bytes:
@@ -31,3 +32,9 @@ def transcode_leaf(
         raise ValueError("chain heads are 32 bytes")
     value = raw_head + opus_head + hashlib.sha256(doc).digest()
     return leaf_data(LEAF_TRANSCODE, tenant, call_id, value, time_us)
+
+
+def decision_leaf(tenant: str, call_id: str, doc: bytes, time_us: int) -> bytes:
+    """The decision leaf (kind 5, docs/format.md 8.13): the call was not recorded, for
+    the reasons in ``doc`` (the DECISION record's canonical JSON), at ``time_us``."""
+    return leaf_data(LEAF_DECISION, tenant, call_id, hashlib.sha256(doc).digest(), time_us)
