@@ -23,7 +23,7 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 from callvault import ids
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
-from callvault.server import callinfo, playback
+from callvault.server import callinfo, decisions, playback
 from callvault.server.callinfo import call_detail, call_info
 from callvault.server.ingest import (
     Batch,
@@ -226,6 +226,11 @@ class IngestServicer(pbg.IngestServicer):
         for reply in stream.run(request_iterator, _ingest_request, active=context.is_active):
             yield _ingest_reply(reply)
 
+    @unary
+    def Decide(self, r: pb.CallStart, context: grpc.ServicerContext) -> pb.CallDecision:
+        d, log_index, time_us = self.ingestor.decide(_spec(r))
+        return decisions.decision_pb(d, log_index=log_index, time_us=time_us)
+
     @streaming
     def RecordCalls(
         self, request_iterator: Iterator[pb.IngestMux], context: grpc.ServicerContext
@@ -317,6 +322,8 @@ def _spec(s: pb.CallStart) -> CallSpec:
         start_us=s.start_us,
         event_payload_types=tuple(tuple(leg.event_payload_types) for leg in s.legs),
         meta=meta,
+        region=s.region,
+        consent=decisions.consent_name(s.consent),
     )
 
 
@@ -331,14 +338,15 @@ def _ingest_reply(r: Reply) -> pb.IngestReply:
             )
         )
     if isinstance(r, Started):
-        return pb.IngestReply(
-            started=pb.Started(
-                resume_from_seq=r.resume_from_seq,
-                resumed=r.resumed,
-                start_us=r.start_us,
-                sealed_before=r.sealed_before,
-            )
+        started = pb.Started(
+            resume_from_seq=r.resume_from_seq,
+            resumed=r.resumed,
+            start_us=r.start_us,
+            sealed_before=r.sealed_before,
         )
+        if r.decision is not None:
+            started.decision.CopyFrom(decisions.decision_pb(r.decision))
+        return pb.IngestReply(started=started)
     # log_index is unsigned on the wire
     return pb.IngestReply(
         sealed=pb.Sealed(seal=r.seal, frames=r.frames, log_index=max(r.log_index, 0))
@@ -384,8 +392,25 @@ class ArchiveServicer(pbg.ArchiveServicer):
                 "Search streams every match and takes no page_size or page_token: "
                 "use SearchCalls for pages (or limit to cap the stream)"
             )
+        if r.decisions:  # calls not recorded (docs/access.md "Recording rules")
+            yield from self._decisions(r)
+            return
         for e in self._search(r, limit=r.limit, after=None):
             yield call_info(e, self._frames(e))
+
+    def _decisions(self, r: pb.SearchRequest) -> Iterator[pb.CallInfo]:
+        if r.until_us and r.until_us <= r.since_us:
+            raise InputError(f"until_us {r.until_us} is not after since_us {r.since_us}")
+        found = self.vault.index.decisions(
+            r.tenant or "default",
+            since_us=r.since_us,
+            until_us=r.until_us or 2**63 - 1,
+            reverse=callinfo.newest_first(r),
+        )
+        for n, d in enumerate(found):
+            if r.limit and n >= r.limit:
+                return
+            yield decisions.decision_info(d)
 
     @unary
     def SearchCalls(
@@ -393,6 +418,8 @@ class ArchiveServicer(pbg.ArchiveServicer):
     ) -> pb.SearchCallsReply:
         if r.limit:
             raise InputError("SearchCalls pages with page_size; limit is for Search only")
+        if r.decisions:
+            raise InputError("decisions are listed by Search (one stream), not SearchCalls")
         size = callinfo.page_size(r.page_size)
         # one more than a page tells whether there is a next page
         calls = self._search(r, limit=size + 1, after=callinfo.page_cursor(r))
@@ -405,6 +432,10 @@ class ArchiveServicer(pbg.ArchiveServicer):
     @unary
     def GetCall(self, r: pb.GetCallRequest, context: grpc.ServicerContext) -> pb.CallInfo:
         tenant, call_id = _ref(r.call)
+        if self.vault.index.get_call(tenant, call_id) is None:
+            d = self.vault.get_decision(call_id, tenant=tenant)
+            if d is not None:  # not recorded: its decision, not NOT_FOUND
+                return decisions.decision_info(d)
         e = self.vault.get_call(call_id, tenant=tenant)
         return call_detail(
             self.vault,
