@@ -278,6 +278,9 @@ class RecordingPolicy:
     default_region: str = ""
     key: bytes = b""  # the recording key (sampling and VIP hashes)
     vip: VipList | None = None
+    # a [recording] or [regions] section was given: decisions are kept with the calls
+    # (without one every call is recorded and nothing about it is added)
+    configured: bool = False
 
     @classmethod
     def parse(
@@ -364,7 +367,8 @@ class RecordingPolicy:
                 vip.hashes()
             except (InputError, OSError, UnicodeDecodeError) as e:
                 raise PolicyError(f"[recording] vip_file: {e}") from None
-        return cls(record, rules, default, regions, default_region, key, vip)
+        configured = "recording" in policy or "regions" in policy
+        return cls(record, rules, default, regions, default_region, key, vip, configured)
 
     def region_of(self, region: str) -> tuple[str, str]:
         """(region, its consent rule); InputError for a region not in the policy. With

@@ -658,7 +658,8 @@ class Ingestor:
                     check_writer(self.vault)
                 live = LiveCall(self.vault, spec, self._call_settings(writer), writer=writer)
                 if decision is not None:
-                    live.decision = decision[0]
+                    # kept with the call when the server has a policy
+                    live.decision = decision[0] if self.policy.configured else None
                 elif entry is not None and entry.decision:
                     live.decision = Decision.from_doc(entry.decision)
                 self.calls[key] = live
