@@ -119,6 +119,7 @@ def test_declined_all_party_is_not_recorded_and_decision_is_listed(
         # unknown consent in an all-party region: not recorded either
         r = record(server.address, feed, "ca-unknown", region="ca")
         assert not r[0].started.decision.recorded
+        assert c.stats().not_recorded_calls == 2  # a retry stores no second decision
     server.stop()
     assert server.data is not None
     assert audio_records(server.data, "ca-declined") == 0
@@ -202,3 +203,47 @@ def test_bad_policy_is_refused_at_start(tmp_path: Path) -> None:
     )
     assert p.returncode != 0 and "[regions.ca] consent" in p.stderr, p.stderr
     assert sys.executable  # the CLI ran under this interpreter's venv
+
+
+SAMPLING = """
+[recording]
+record = "rules"
+default = "skip"
+key_file = "{key}"
+
+[[recording.rule]]
+name = "qa-20"
+percent = 20
+action = "record"
+"""
+
+
+def test_sampling_20_percent_over_500_calls_same_on_a_second_server(tmp_path: Path) -> None:
+    """Decide (what a CallStart would be answered) for 500 call ids: 20 % +/- 3 %
+    recorded; a second server sharing the recording key decides every id the same,
+    and a retry on the first one too (the decisions are stored)."""
+    key = tmp_path / "recording.key"
+    key.write_bytes(bytes(range(32)))  # a fixed key: the share is a property of the ids
+    key.chmod(0o600)
+    (tmp_path / "sample.toml").write_text(SAMPLING.format(key=key))
+    ids = [f"s-{i:04d}" for i in range(500)]
+    decided: list[list[bool]] = []
+    for name in ("a", "b"):
+        srv = start_server(tmp_path / name, args=("--config", str(tmp_path / "sample.toml")))
+        try:
+            with Client(srv.address) as c:
+                got = [
+                    c.decide(pb.CallStart(call_id=i, legs=[pb.LegSpec(name="a")])).recorded
+                    for i in ids
+                ]
+                assert got == [
+                    c.decide(pb.CallStart(call_id=i, legs=[pb.LegSpec(name="a")])).recorded
+                    for i in ids[:50]
+                ] + got[50:]
+                assert len(list(c.search(decisions=True))) == got.count(False)
+            decided.append(got)
+        finally:
+            srv.stop()
+    share = sum(decided[0]) / len(ids)
+    assert 0.17 <= share <= 0.23, share
+    assert decided[0] == decided[1]

@@ -637,6 +637,7 @@ class AdminServicer(pbg.AdminServicer):
             writer_error=self.vault.writer_error or "",
             expired_calls=self.ingestor.expired_total,
             resume_sealed_calls=self.ingestor.resume_sealed_total,
+            not_recorded_calls=self.ingestor.not_recorded_total,
             unsupported_codec_calls=self.ingestor.unsupported_codec["calls"],
             unsupported_codec_packets=self.ingestor.unsupported_codec["packets"],
             unsupported_codec_frames=self.ingestor.unsupported_codec["frames"],
