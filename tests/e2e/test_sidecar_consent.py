@@ -56,7 +56,9 @@ def _spool_files(spool: Path, call_id: str) -> list[Path]:
     return [p for p in d.rglob("*") if p.is_file()] if d.exists() else []
 
 
-def _start(sidecar_addr: str, call_id: str, *extra: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+def _start(
+    sidecar_addr: str, call_id: str, *extra: str, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
     return run_cli(
         "call", "start", "--sidecar", sidecar_addr, "--call-id", call_id, *extra, ok=ok, timeout=60
     )
@@ -65,7 +67,9 @@ def _start(sidecar_addr: str, call_id: str, *extra: str, ok: bool = True) -> sub
 def _ffmpeg(tmp: Path, ports: dict[str, int], seconds: float = 2.0) -> None:
     senders = []
     for i, (name, port) in enumerate(ports.items()):
-        wav.write(tmp / f"{name}.wav", [clicks(seconds, [0.5, 1.2], hz=500.0 + 200 * i).astype(np.int16)])
+        wav.write(
+            tmp / f"{name}.wav", [clicks(seconds, [0.5, 1.2], hz=500.0 + 200 * i).astype(np.int16)]
+        )
         senders.append(ffmpeg_sender(tmp / f"{name}.wav", port))
     try:
         for s in senders:
@@ -164,7 +168,9 @@ def test_sidecar_without_its_server_never_spools_a_call_that_may_be_declined(
     server = None
     try:
         for consent in ("declined", "unknown"):
-            p = _start(sidecar.address, f"x-{consent}", "--region", "ca", "--consent", consent, ok=False)
+            p = _start(
+                sidecar.address, f"x-{consent}", "--region", "ca", "--consent", consent, ok=False
+            )
             assert p.returncode == 1 and "UNAVAILABLE" not in p.stdout
             assert f"consent {consent} may be recorded" in p.stderr, p.stderr
             assert not (spool / spool_name("", f"x-{consent}")).exists()

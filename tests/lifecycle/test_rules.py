@@ -86,7 +86,9 @@ def test_consent_by_region() -> None:
     assert p.decide(call(region="uk", consent="declined")).recorded
     assert p.decide(call(region="x", consent="declined")).recorded
     # an unknown region, or none without a default_region: refused naming the regions
-    with pytest.raises(InputError, match="region 'fr' is unknown: the server's regions are ca, uk, x"):
+    with pytest.raises(
+        InputError, match="region 'fr' is unknown: the server's regions are ca, uk, x"
+    ):
         p.decide(call(region="fr"))
     with pytest.raises(InputError, match="names no region"):
         p.decide(call())
@@ -119,7 +121,9 @@ def test_sampling_20_percent_of_500_calls_deterministic() -> None:
     assert 0.17 <= share <= 0.23, share
     # a retry, and another server with the same key, decide the same
     assert [policy(SAMPLE).decide(call(i)).recorded for i in ids] == first
-    assert [p.decide(call(i)).rule for i in ids if p.decide(call(i)).recorded] == ["qa-sample"] * sum(first)
+    assert [p.decide(call(i)).rule for i in ids if p.decide(call(i)).recorded] == [
+        "qa-sample"
+    ] * sum(first)
     # a different key samples other calls (nobody can pick ids that dodge it without it)
     other = [policy(SAMPLE, key=bytes(32)).decide(call(i)).recorded for i in ids]
     assert other != first

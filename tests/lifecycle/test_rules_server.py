@@ -185,8 +185,16 @@ def test_bad_policy_is_refused_at_start(tmp_path: Path) -> None:
         "percent = 120\n"
     )
     p = subprocess.run(
-        [*CLI, "serve", "--data", str(tmp_path / "d"), "--listen", "127.0.0.1:0",
-         "--config", str(tmp_path / "bad.toml")],
+        [
+            *CLI,
+            "serve",
+            "--data",
+            str(tmp_path / "d"),
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            str(tmp_path / "bad.toml"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -195,8 +203,16 @@ def test_bad_policy_is_refused_at_start(tmp_path: Path) -> None:
     assert "[[recording.rule]] #1 (s): percent 120 is outside 0 to 100" in p.stderr
     (tmp_path / "bad2.toml").write_text('[regions.ca]\nconsent = "two-party"\n')
     p = subprocess.run(
-        [*CLI, "serve", "--data", str(tmp_path / "d"), "--listen", "127.0.0.1:0",
-         "--config", str(tmp_path / "bad2.toml")],
+        [
+            *CLI,
+            "serve",
+            "--data",
+            str(tmp_path / "d"),
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            str(tmp_path / "bad2.toml"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -236,10 +252,14 @@ def test_sampling_20_percent_over_500_calls_same_on_a_second_server(tmp_path: Pa
                     c.decide(pb.CallStart(call_id=i, legs=[pb.LegSpec(name="a")])).recorded
                     for i in ids
                 ]
-                assert got == [
-                    c.decide(pb.CallStart(call_id=i, legs=[pb.LegSpec(name="a")])).recorded
-                    for i in ids[:50]
-                ] + got[50:]
+                assert (
+                    got
+                    == [
+                        c.decide(pb.CallStart(call_id=i, legs=[pb.LegSpec(name="a")])).recorded
+                        for i in ids[:50]
+                    ]
+                    + got[50:]
+                )
                 assert len(list(c.search(decisions=True))) == got.count(False)
             decided.append(got)
         finally:

@@ -811,9 +811,7 @@ def consent_enum(consent: str | int) -> int:
     try:
         return int(CONSENTS[consent])
     except KeyError:
-        raise ValueError(
-            f"consent {consent!r}: granted, declined or unknown"
-        ) from None
+        raise ValueError(f"consent {consent!r}: granted, declined or unknown") from None
 
 
 def _safe_name(name: str) -> Path:

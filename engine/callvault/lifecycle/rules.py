@@ -25,6 +25,7 @@ list's hashes: customer numbers are never stored in clear (``VipList``,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -129,10 +130,8 @@ def load_key(path: Path, *, create: bool) -> bytes:
         if not create:
             raise InputError(f"no recording key at {path}") from None
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
             write_atomic(path, secrets.token_bytes(KEY_BYTES), exclusive=True)
-        except FileExistsError:
-            pass
         key = path.read_bytes()
     if len(key) != KEY_BYTES:
         raise InputError(f"recording key {path}: {len(key)} bytes, expected {KEY_BYTES}")
@@ -333,8 +332,7 @@ class RecordingPolicy:
             consent = body.get("consent")
             if consent not in REGION_CONSENT:
                 raise PolicyError(
-                    f"[regions.{name}] consent: one of {', '.join(REGION_CONSENT)}, "
-                    f"got {consent!r}"
+                    f"[regions.{name}] consent: one of {', '.join(REGION_CONSENT)}, got {consent!r}"
                 )
             regions[str(name)] = consent
         default_region = rec.get("default_region", "")

@@ -40,8 +40,8 @@ from grpc_reflection.v1alpha import reflection
 from callvault.access.identity import Authenticator, OpenAuthenticator
 from callvault.durable import write_atomic
 from callvault.errors import InputError
-from callvault.media.pipeline import Settings
 from callvault.lifecycle.rules import RecordingPolicy
+from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits
 from callvault.server.interceptors import IdentityInterceptor, MethodLog
 from callvault.server.servicers import (

@@ -18,7 +18,11 @@ CONSENT_NAMES = {
     pb.CONSENT_DECLINED: "declined",
     pb.CONSENT_UNKNOWN: "unknown",
 }
-CONSENT_VALUES = {"granted": pb.CONSENT_GRANTED, "declined": pb.CONSENT_DECLINED, "unknown": pb.CONSENT_UNKNOWN}
+CONSENT_VALUES = {
+    "granted": pb.CONSENT_GRANTED,
+    "declined": pb.CONSENT_DECLINED,
+    "unknown": pb.CONSENT_UNKNOWN,
+}
 
 
 def consent_name(value: int) -> str:

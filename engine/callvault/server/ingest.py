@@ -641,7 +641,9 @@ class Ingestor:
                     if entry.state != "open":
                         self._same_recording(spec, self._sealed_recording_id(entry), entry.state)
                         live = LiveCall(self.vault, spec, self.settings)
-                        live.decision = Decision.from_doc(entry.decision) if entry.decision else None
+                        live.decision = (
+                            Decision.from_doc(entry.decision) if entry.decision else None
+                        )
                         frames = (entry.end_us - entry.start_us) // FRAME_US
                         live.sealed = (
                             bytes.fromhex(entry.seal) if entry.seal else b"",
@@ -702,7 +704,11 @@ class Ingestor:
             ) from e
         self.not_recorded_total += 1
         log.info(
-            "call %s/%s: not recorded (%s: %s)", tenant, spec.call_id, d.doc.get("rule"), d.doc.get("reason")
+            "call %s/%s: not recorded (%s: %s)",
+            tenant,
+            spec.call_id,
+            d.doc.get("rule"),
+            d.doc.get("reason"),
         )
         return Decision.from_doc(d.doc), d.log_index
 

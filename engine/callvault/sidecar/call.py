@@ -1,7 +1,8 @@
 """One call on the sidecar: its spool, its legs (UDP ports and sockets), counters and
 state (``receiving`` -> ``forwarding`` -> ``sealed``, or ``failed`` from either with a
-``reason``, or ``not_recorded`` when the server's Started says so), shared by the receive thread, the call's forwarder and the control API;
-and the control API's refusal (:class:`SidecarError`)."""
+``reason``, or ``not_recorded`` when the server's Started says so), shared by the
+receive thread, the call's forwarder and the control API; a call the server does not
+record (:class:`UnrecordedCall`); and the control API's refusal (:class:`SidecarError`)."""
 
 from __future__ import annotations
 
