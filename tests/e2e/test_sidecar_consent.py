@@ -111,6 +111,9 @@ def test_declined_all_party_consent_stores_no_audio_anywhere(tmp_path: Path) -> 
             run_cli("call", "stop", "--sidecar", sidecar.address, "--call-id", "no-1").stdout
         )
         assert stopped["state"] == "not_recorded" and "consent" in stopped["reason"]
+        # the call id is decided: starting it again is refused (granted or not)
+        again = _start(sidecar.address, "no-1", "--region", "ca", "--consent", "granted", ok=False)
+        assert again.returncode == 1 and "(not_recorded)" in again.stderr, again.stderr
         # the decision: remote ls --decisions, info
         out = run_cli("--server", server.address, "ls", "--decisions", "--json").stdout
         rows = json.loads(out)

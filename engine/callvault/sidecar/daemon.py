@@ -339,7 +339,7 @@ class Sidecar:
                 )
             self._reserved.add(key)  # while its ports are bound and its spool made
         try:
-            self._check_server(req.tenant, req.call_id)
+            unreachable = self._check_server(req.tenant, req.call_id)
             start = pb.CallStart(
                 call_id=req.call_id,
                 tenant=req.tenant,
@@ -349,7 +349,7 @@ class Sidecar:
                 region=req.region,
                 consent=req.consent,
             )
-            decision = self._decide(start)
+            decision = self._decide(start, unreachable)
             bound = self._allocate(len(legs))
             if decision is not None and not decision.recorded:
                 unrecorded = UnrecordedCall(start, bound, decision)
@@ -407,12 +407,17 @@ class Sidecar:
             reply.decision.CopyFrom(decision)
         return reply
 
-    def _decide(self, start: pb.CallStart) -> pb.CallDecision | None:
+    def _decide(
+        self, start: pb.CallStart, unreachable: client_errors.CallvaultClientError | None
+    ) -> pb.CallDecision | None:
         """The server's decision on the call (Ingest.Decide), or None when it cannot be
-        asked within START_CHECK_S and the call's consent is GRANTED or unspecified
-        (it is spooled; a not-recorded Started later drops it). DECLINED or UNKNOWN
-        consent without a decision is refused: such audio is never spooled."""
+        asked within START_CHECK_S (``unreachable``: the id check found it so already)
+        and the call's consent is GRANTED or unspecified (it is spooled; a not-recorded
+        Started later drops it). DECLINED or UNKNOWN consent without a decision is
+        refused: such audio is never spooled."""
         try:
+            if unreachable is not None:
+                raise unreachable
             return self.client.decide(start, timeout=START_CHECK_S)
         except client_errors.InvalidArgument as e:  # an unknown region, say
             raise SidecarError(
@@ -438,14 +443,15 @@ class Sidecar:
             )
             return None
 
-    def _check_server(self, tenant: str, call_id: str) -> None:
-        """Refuse a call id the server already has (ALREADY_EXISTS) or refuses
-        (INVALID_ARGUMENT); a server that cannot be asked within START_CHECK_S lets
-        the call start (its forwarder ends it if the server refuses it later)."""
+    def _check_server(self, tenant: str, call_id: str) -> client_errors.CallvaultClientError | None:
+        """Refuse a call id the server already has (ALREADY_EXISTS; one it decided not
+        to record included) or refuses (INVALID_ARGUMENT); a server that cannot be
+        asked within START_CHECK_S lets the call start (its forwarder ends it if the
+        server refuses it later): the error is returned (``_decide`` asks no more)."""
         try:
             info = self.client.get_call(call_id, tenant=tenant, timeout=START_CHECK_S)
         except client_errors.NotFound:
-            return
+            return None
         except client_errors.InvalidArgument as e:
             raise SidecarError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"the server refuses call {call_id}: {e.message}"
@@ -458,10 +464,13 @@ class Sidecar:
                 e.code.name,
                 e.message,
             )
-            return
-        what = {"sealed": "sealed", "open": "being recorded", "erased": "erased"}.get(
-            info.state, info.state
-        )
+            return e
+        what = {
+            "sealed": "sealed",
+            "open": "being recorded",
+            "erased": "erased",
+            "not_recorded": "decided not recorded",
+        }.get(info.state, info.state)
         raise SidecarError(
             grpc.StatusCode.ALREADY_EXISTS,
             f"call {call_id} already exists on the server ({what}"
