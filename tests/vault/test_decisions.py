@@ -64,3 +64,19 @@ def test_decision_is_durable_provable_and_rebuilt(tmp_path: Path) -> None:
     with Vault.open(data, rebuild_index=True) as v:
         got = v.get_decision("no-1", tenant="t1")
         assert got is not None and got.doc == DOC and got.log_index == d.log_index
+
+
+def test_decisions_listed_by_time_both_ways(tmp_path: Path) -> None:
+    with Vault.open(tmp_path / "v") as v:
+        made = [v.record_decision(f"d-{i}", DOC, tenant="t1") for i in range(5)]
+        v.record_decision("other", DOC, tenant="t10")  # a tenant whose name extends t1's
+        times = [d.time_us for d in made]
+        assert [d.call_id for d in v.index.decisions("t1")] == [f"d-{i}" for i in range(5)]
+        assert [d.call_id for d in v.index.decisions("t1", reverse=True)] == [
+            f"d-{i}" for i in reversed(range(5))
+        ]
+        window = v.index.decisions("t1", since_us=times[1], until_us=times[3])
+        assert [d.call_id for d in window] == ["d-1", "d-2"]
+        window = v.index.decisions("t1", since_us=times[1], until_us=times[3], reverse=True)
+        assert [d.call_id for d in window] == ["d-2", "d-1"]
+        assert [d.call_id for d in v.index.decisions("t10")] == ["other"]
