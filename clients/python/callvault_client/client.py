@@ -24,6 +24,7 @@ from callvault_client._channel import DEFAULT, Metadata, Pem, Rpc, Timeout
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client.recording import AckEvent, BatchSource, Recording
 
+_INGEST = "/callvault.v1.Ingest/"
 _ARCHIVE = "/callvault.v1.Archive/"
 _INTEGRITY = "/callvault.v1.Integrity/"
 _ADMIN = "/callvault.v1.Admin/"
@@ -188,6 +189,8 @@ class Client(_Base):
         on_ack: Callable[[AckEvent], None] | None = None,
         reconnect_timeout: float | None = 60.0,
         recording_id: str | None = None,
+        region: str = "",
+        consent: str | int = "",
     ) -> Recording:
         """Start recording a call over an Ingest stream; see :class:`Recording`.
 
@@ -197,7 +200,9 @@ class Client(_Base):
         after a broken stream the recording reconnects until ``reconnect_timeout``
         seconds pass without a Started (None: forever). ``recording_id`` identifies
         this recording on every reconnect (default: a random one), so the server tells
-        a resume from another recording that reuses the call id (ALREADY_EXISTS)."""
+        a resume from another recording that reuses the call id (ALREADY_EXISTS).
+        ``region`` and ``consent`` ("granted", "declined", "unknown") are for the
+        server's recording policy: ``Recording.recorded`` says what it decided."""
         specs = [pb.LegSpec(name=leg) if isinstance(leg, str) else leg for leg in legs]
         start = pb.CallStart(
             call_id=call_id,
@@ -206,6 +211,8 @@ class Client(_Base):
             start_us=start_us,
             meta=make_meta(meta),
             recording_id=secrets.token_hex(16) if recording_id is None else recording_id,
+            region=region,
+            consent=consent_enum(consent),  # type: ignore[arg-type]
         )
         return self.record_from(start, on_ack=on_ack, reconnect_timeout=reconnect_timeout)
 
@@ -233,6 +240,13 @@ class Client(_Base):
             retry=retry,
             on_reply=on_reply,
             on_lost=on_lost,
+        )
+
+    def decide(self, start: pb.CallStart, *, timeout: Timeout = DEFAULT) -> pb.CallDecision:
+        """Ingest.Decide: whether the server's recording policy records the call of this
+        CallStart (a call not recorded gets its decision entry stored). Not retried."""
+        return self._rpc.unary(
+            _INGEST + "Decide", start, pb.CallDecision, idempotent=False, timeout=timeout
         )
 
     # -- Archive ------------------------------------------------------------------
@@ -282,12 +296,14 @@ class Client(_Base):
         since_us: int = 0,
         until_us: int = 0,
         timeout: Timeout = None,
+        decisions: bool = False,
     ) -> Iterator[pb.CallInfo]:
         """Calls starting in [since, until) matching every filter given, as one stream
         (at most ``limit``; 0: all). ``since``/``until`` are aware datetimes or µs
         since the epoch (``since_us``/``until_us`` are the older spelling);
         ``order`` "oldest" (first, the default) or "newest". For pages use
-        :meth:`search_page` or :meth:`search_all`."""
+        :meth:`search_page` or :meth:`search_all`. ``decisions``: the calls NOT
+        recorded (their decision entries, state "not_recorded") instead of calls."""
         req = self._search_request(
             tenant=tenant,
             since=since,
@@ -303,6 +319,7 @@ class Client(_Base):
             order=order,
         )
         req.limit = limit
+        req.decisions = decisions
         return self._rpc.stream(
             _ARCHIVE + "Search", req, pb.CallInfo, idempotent=True, timeout=timeout
         )
@@ -808,15 +825,42 @@ class SidecarClient(_Base):
         tenant: str = "",
         meta: MetaArg = None,
         timeout: Timeout = DEFAULT,
+        region: str = "",
+        consent: str | int = "",
     ) -> dict[str, int]:
-        """Allocate one UDP port per leg; returns {leg name: port}. Not retried."""
-        req = pb.StartCallRequest(
-            call_id=call_id, tenant=tenant, legs=list(legs), meta=make_meta(meta)
-        )
-        reply = self._rpc.unary(
-            _SIDECAR + "StartCall", req, pb.StartCallReply, idempotent=False, timeout=timeout
+        """Allocate one UDP port per leg; returns {leg name: port}. Not retried.
+        ``region`` and ``consent`` ("granted", "declined", "unknown") are for the
+        server's recording policy; a call it does not record gets ports too, and its
+        RTP is dropped (``list_calls`` shows it "not_recorded"; the whole reply, with
+        the decision: :meth:`start_call_reply`)."""
+        reply = self.start_call_reply(
+            call_id, legs, tenant=tenant, meta=meta, timeout=timeout, region=region, consent=consent
         )
         return dict(reply.ports)
+
+    def start_call_reply(
+        self,
+        call_id: str,
+        legs: Sequence[str] = ("agent", "customer"),
+        *,
+        tenant: str = "",
+        meta: MetaArg = None,
+        timeout: Timeout = DEFAULT,
+        region: str = "",
+        consent: str | int = "",
+    ) -> pb.StartCallReply:
+        """:meth:`start_call`'s whole reply: the ports and the server's decision."""
+        req = pb.StartCallRequest(
+            call_id=call_id,
+            tenant=tenant,
+            legs=list(legs),
+            meta=make_meta(meta),
+            region=region,
+            consent=consent_enum(consent),  # type: ignore[arg-type]
+        )
+        return self._rpc.unary(
+            _SIDECAR + "StartCall", req, pb.StartCallReply, idempotent=False, timeout=timeout
+        )
 
     def stop_call(
         self, call_id: str, *, tenant: str = "", timeout: Timeout = DEFAULT
@@ -839,6 +883,25 @@ class SidecarClient(_Base):
             timeout=timeout,
         )
         return list(reply.calls)
+
+
+CONSENTS = {
+    "": pb.CONSENT_UNSPECIFIED,
+    "granted": pb.CONSENT_GRANTED,
+    "declined": pb.CONSENT_DECLINED,
+    "unknown": pb.CONSENT_UNKNOWN,
+}
+
+
+def consent_enum(consent: str | int) -> int:
+    """A consent as the wire's enum: "granted", "declined", "unknown" ("" unset) or
+    the number itself."""
+    if isinstance(consent, int):
+        return consent
+    try:
+        return int(CONSENTS[consent])
+    except KeyError:
+        raise ValueError(f"consent {consent!r}: granted, declined or unknown") from None
 
 
 def _safe_name(name: str) -> Path:

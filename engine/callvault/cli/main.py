@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from callvault import __version__, ids
-from callvault.cli import audit, media, sidecar, tenant, vault
+from callvault.cli import audit, media, sidecar, tenant, vault, vip
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
 
@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--skill-group", help="only this skill group's calls")
     v.add_argument("--tag", help="only calls with this tag")
     v.add_argument("--json", action="store_true", help="print JSON (with extra metadata)")
+    v.add_argument(
+        "--decisions",
+        action="store_true",
+        help="list the calls NOT recorded (the recording policy's decisions, by decision "
+        "time) instead of calls",
+    )
     v.set_defaults(func=vault.cmd_ls)
     v = _verb(sub, "info", "a call's metadata, gaps, DTMF and quality counters")
     v.add_argument("call_id", metavar="CALL_ID", help="the call")
@@ -395,6 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"call metadata (repeat): KEY one of {', '.join(ids.meta_keys())} (tags: a,b) "
         "or any other KEY (kept as extra)",
     )
+    cs.add_argument(
+        "--region",
+        metavar="NAME",
+        help="the call's region: a [regions.NAME] of the server's policy (its default_region)",
+    )
+    cs.add_argument(
+        "--consent",
+        choices=("granted", "declined", "unknown"),
+        help="what the customer said when asked to be recorded (unknown)",
+    )
     cs.set_defaults(func=sidecar.cmd_call_start)
     cp = _verb(csub, "stop", "stop receiving; the sidecar seals the call on the server")
     cp.add_argument(
@@ -408,6 +424,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cl.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     cl.set_defaults(func=sidecar.cmd_call_ls)
+
+    vp = _verb(
+        sub,
+        "vip",
+        "the VIP customer numbers of the recording rules (stored as keyed hashes)",
+        "Add, remove or list the VIP customer numbers that [[recording.rule]] vip = true "
+        "matches. Numbers are stored only as keyed hashes (HMAC under the vault's "
+        "recording key, DATA/keys/recording.key) in DATA/keys/vip-hashes; a running "
+        "server rereads the file when it changes. Needs --data DIR.",
+    )
+    vsub = vp.add_subparsers(dest="vip_command", required=True, metavar="ACTION")
+    for name, what in (("add", "add numbers"), ("rm", "remove numbers")):
+        va = _verb(vsub, name, what)
+        va.add_argument("numbers", nargs="*", metavar="NUMBER", help="customer numbers")
+        va.add_argument(
+            "--from",
+            dest="from_file",
+            metavar="FILE",
+            help="read numbers from FILE, one a line ('-': stdin; keeps them out of ps)",
+        )
+        va.set_defaults(func=vip.cmd_vip)
+    vl = _verb(vsub, "ls", "list the stored hashes (numbers are not stored)")
+    vl.add_argument("--check", metavar="NUMBER", help="only say whether NUMBER is a VIP")
+    vl.set_defaults(func=vip.cmd_vip)
 
     d = _verb(sub, "demo", "make a sample call and transcode it (make run)")
     d.add_argument("--data", default=".data", help="directory for the demo's files")

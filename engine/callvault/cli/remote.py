@@ -141,6 +141,15 @@ class RemoteBackend:
             )
         )
 
+    def list_decisions(
+        self, *, tenant: str, since_us: int, until_us: int | None
+    ) -> Sequence[pb.CallInfo]:
+        return list(
+            self.client.search(
+                tenant=tenant, since_us=since_us, until_us=until_us or 0, decisions=True
+            )
+        )
+
     def call_detail(self, call_id: str, *, tenant: str) -> pb.CallInfo:
         return self.client.get_call(
             call_id, tenant=tenant, include_summary=True, include_customer_number=True

@@ -105,10 +105,26 @@ def cmd_call_start(args: argparse.Namespace) -> int:
     meta = ids.parse_meta(args.meta, extra=True)
     with SidecarClient(args.sidecar) as client:
         try:
-            ports = client.start_call(args.call_id, legs, tenant=tenant, meta=meta, timeout=30)
+            reply = client.start_call_reply(
+                args.call_id,
+                legs,
+                tenant=tenant,
+                meta=meta,
+                timeout=30,
+                region=args.region or "",
+                consent=args.consent or "",
+            )
         except CallvaultClientError as e:
             raise CallvaultError(f"sidecar {args.sidecar}: {e.message}") from e
-    print(json.dumps({name: ports[name] for name in legs or ports}))
+    ports = dict(reply.ports)
+    print(json.dumps({name: ports[name] for name in legs or ports}), flush=True)
+    if reply.HasField("decision") and not reply.decision.recorded:
+        # the ports exist (the PBX may send to them); the sidecar drops what arrives
+        print(
+            f"callvault: call {args.call_id} is not recorded ({reply.decision.rule}: "
+            f"{reply.decision.reason}); its RTP is dropped",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -14,7 +14,8 @@ from callvault.store import records as rec
 
 LEAF_TAG = b"callvault-leaf-v1"
 LEAF_SEAL, LEAF_ERASE, LEAF_TRANSCODE, LEAF_AUDIT = 1, 2, 3, 4
-LEAF_TENANT_ERASE = 6  # 5 is the recording rules'
+LEAF_DECISION = 5  # a call not recorded (docs/format.md 8.13)
+LEAF_TENANT_ERASE = 6  # a whole tenant erased (docs/format.md 8.6)
 
 
 def leaf_data(kind: int, tenant: str, call_id: str, value: bytes, time_us: int) -> bytes:
@@ -56,3 +57,9 @@ def tenant_erase_leaf(tenant: str, reason: str, time_us: int) -> bytes:
     value = hashlib.sha256(reason.encode()).digest()
     head = rec.tenant_erase_body(tenant, time_us=0, reason="")[1:-8]  # t, tenant, c = 0
     return LEAF_TAG + bytes([LEAF_TENANT_ERASE]) + head + value + struct.pack(">Q", time_us)
+
+
+def decision_leaf(tenant: str, call_id: str, doc: bytes, time_us: int) -> bytes:
+    """The decision leaf (kind 5, docs/format.md 8.13): the call was not recorded, for
+    the reasons in ``doc`` (the DECISION record's canonical JSON), at ``time_us``."""
+    return leaf_data(LEAF_DECISION, tenant, call_id, hashlib.sha256(doc).digest(), time_us)

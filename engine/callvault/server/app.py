@@ -41,6 +41,7 @@ from callvault.access import audit
 from callvault.access.identity import Authenticator, OpenAuthenticator
 from callvault.durable import write_atomic
 from callvault.errors import InputError
+from callvault.lifecycle.rules import RecordingPolicy
 from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits
 from callvault.server.interceptors import PERMISSIONS, IdentityInterceptor, MethodLog
@@ -78,6 +79,9 @@ class Server:
             Settings(store_codec="g711" if c.ingest_codec == "g711" else "opus"),
             workers=c.ingest_workers,
             limits=Limits(c.max_open_calls, c.call_idle_s, c.resume_s),
+            # [recording] and [regions] (docs/access.md "Recording rules"): a bad
+            # policy is refused here, before the server listens
+            policy=RecordingPolicy.parse(c.policy, data_dir=vault.path),
         )
         if c.ingest_codec == "auto":
             self.ingestor.auto_opus_calls = c.auto_opus_calls

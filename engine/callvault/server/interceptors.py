@@ -34,6 +34,7 @@ log = logging.getLogger("callvault.server")
 PERMISSIONS: dict[str, str] = {
     "/callvault.v1.Ingest/Record": "record",
     "/callvault.v1.Ingest/RecordCalls": "record",
+    "/callvault.v1.Ingest/Decide": "record",
     "/callvault.v1.Archive/Search": "metadata",
     "/callvault.v1.Archive/SearchCalls": "metadata",
     "/callvault.v1.Archive/GetCall": "metadata",

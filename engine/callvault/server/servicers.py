@@ -30,7 +30,7 @@ from callvault.access.identity import OPEN, Identity
 from callvault.access.policy import AccessDenied
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
-from callvault.server import callinfo, playback
+from callvault.server import callinfo, decisions, playback
 from callvault.server.callinfo import call_detail, call_info
 from callvault.server.ingest import (
     Batch,
@@ -301,6 +301,11 @@ class IngestServicer(pbg.IngestServicer):
         for reply in stream.run(request_iterator, decode, active=context.is_active):
             yield _ingest_reply(reply)
 
+    @unary
+    def Decide(self, r: pb.CallStart, context: grpc.ServicerContext) -> pb.CallDecision:
+        d, log_index, time_us = self.ingestor.decide(_spec(r))
+        return decisions.decision_pb(d, log_index=log_index, time_us=time_us)
+
     @streaming
     def RecordCalls(
         self, request_iterator: Iterator[pb.IngestMux], context: grpc.ServicerContext
@@ -415,6 +420,8 @@ def _spec(s: pb.CallStart, who: Identity = OPEN) -> CallSpec:
         start_us=s.start_us,
         event_payload_types=tuple(tuple(leg.event_payload_types) for leg in s.legs),
         meta=meta,
+        region=s.region,
+        consent=decisions.consent_name(s.consent),
     )
     return RefusedSpec(refusal=refusal, **fields) if refusal else CallSpec(**fields)
 
@@ -430,14 +437,15 @@ def _ingest_reply(r: Reply) -> pb.IngestReply:
             )
         )
     if isinstance(r, Started):
-        return pb.IngestReply(
-            started=pb.Started(
-                resume_from_seq=r.resume_from_seq,
-                resumed=r.resumed,
-                start_us=r.start_us,
-                sealed_before=r.sealed_before,
-            )
+        started = pb.Started(
+            resume_from_seq=r.resume_from_seq,
+            resumed=r.resumed,
+            start_us=r.start_us,
+            sealed_before=r.sealed_before,
         )
+        if r.decision is not None:
+            started.decision.CopyFrom(decisions.decision_pb(r.decision))
+        return pb.IngestReply(started=started)
     # log_index is unsigned on the wire
     return pb.IngestReply(
         sealed=pb.Sealed(seal=r.seal, frames=r.frames, log_index=max(r.log_index, 0))
@@ -505,8 +513,29 @@ class ArchiveServicer(pbg.ArchiveServicer):
                 "Search streams every match and takes no page_size or page_token: "
                 "use SearchCalls for pages (or limit to cap the stream)"
             )
+        if r.decisions:  # calls not recorded (docs/access.md "Recording rules")
+            yield from self._decisions(r)
+            return
         for e in self._search(r, limit=r.limit, after=None):
             yield call_info(e, self._frames(e))
+
+    def _decisions(self, r: pb.SearchRequest) -> Iterator[pb.CallInfo]:
+        if r.until_us and r.until_us <= r.since_us:
+            raise InputError(f"until_us {r.until_us} is not after since_us {r.since_us}")
+        who = _who()
+        tenant = policy.tenant_of(who, r.tenant)
+        if tenant is None or who.role == "agent":  # another tenant's; agents: own calls
+            return
+        found = self.vault.index.decisions(
+            tenant,
+            since_us=r.since_us,
+            until_us=r.until_us or 2**63 - 1,
+            reverse=callinfo.newest_first(r),
+        )
+        for n, d in enumerate(found):
+            if r.limit and n >= r.limit:
+                return
+            yield decisions.decision_info(d)
 
     @unary
     def SearchCalls(
@@ -514,6 +543,8 @@ class ArchiveServicer(pbg.ArchiveServicer):
     ) -> pb.SearchCallsReply:
         if r.limit:
             raise InputError("SearchCalls pages with page_size; limit is for Search only")
+        if r.decisions:
+            raise InputError("decisions are listed by Search (one stream), not SearchCalls")
         size = callinfo.page_size(r.page_size)
         # one more than a page tells whether there is a next page
         calls = self._search(r, limit=size + 1, after=callinfo.page_cursor(r))
@@ -525,6 +556,13 @@ class ArchiveServicer(pbg.ArchiveServicer):
 
     @unary
     def GetCall(self, r: pb.GetCallRequest, context: grpc.ServicerContext) -> pb.CallInfo:
+        who, tenant, call_id = _scoped(r.call)
+        if self.vault.index.get_call(tenant, call_id) is None:
+            d = self.vault.get_decision(call_id, tenant=tenant)
+            # not recorded: its decision, not NOT_FOUND (a decision names no agent:
+            # an agent identity sees none)
+            if d is not None and who.role != "agent":
+                return decisions.decision_info(d)
         _, e = _lookup(self.vault, r.call)
         return call_detail(
             self.vault,
@@ -825,6 +863,7 @@ class AdminServicer(pbg.AdminServicer):
             writer_error=self.vault.writer_error or "",
             expired_calls=self.ingestor.expired_total,
             resume_sealed_calls=self.ingestor.resume_sealed_total,
+            not_recorded_calls=self.ingestor.not_recorded_total,
             unsupported_codec_calls=self.ingestor.unsupported_codec["calls"],
             unsupported_codec_packets=self.ingestor.unsupported_codec["packets"],
             unsupported_codec_frames=self.ingestor.unsupported_codec["frames"],

@@ -33,7 +33,7 @@ class SidecarServicer(pbg.SidecarServicer):
         request: pb.StartCallRequest,  # noqa: N802 (gRPC's name)
         context: grpc.ServicerContext,
     ) -> pb.StartCallReply:
-        return pb.StartCallReply(ports=self._run(context, lambda: self.sidecar.start_call(request)))
+        return self._run(context, lambda: self.sidecar.start_call_reply(request))
 
     def StopCall(
         self,

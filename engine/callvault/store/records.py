@@ -21,8 +21,10 @@ from callvault.store import crypto
 
 BODY_VERSION = 1
 OPEN, AUDIO, SEAL, ERASE, TRANSCODE = 1, 2, 3, 4, 5
-# 6 is the rules lane's (a recording decision); 7 erases a whole tenant (docs/format.md 8.6)
+# 7 erases a whole tenant (docs/format.md 8.6)
 TENANT_ERASE = 7
+# a call the recording policy did not record (docs/format.md 8.13): metadata only
+DECISION = 6
 CODEC_OPUS = 1  # Opus, 8 kHz input, 20 ms frames, one packet per frame
 # G.711 as the wire carried it (peak mode, docs/format.md 8.5): 160 bytes per 20 ms frame
 CODEC_PCMU = 2  # G.711 mu-law
@@ -36,6 +38,7 @@ NAMES = {
     ERASE: "erase",
     TRANSCODE: "transcode",
     TENANT_ERASE: "tenant erase",
+    DECISION: "decision",
 }
 
 
@@ -103,7 +106,8 @@ class Body:
     # ERASE (and TRANSCODE: its time)
     time_us: int = 0
     reason: str = ""
-    # TRANSCODE: the transcoding document (canonical JSON, docs/format.md 8.5)
+    # TRANSCODE: the transcoding document (canonical JSON, docs/format.md 8.5);
+    # DECISION: the decision (canonical JSON, docs/format.md 8.13)
     doc: bytes = b""
 
     def decrypt_audio(self, key: crypto.DataKey | bytes) -> tuple[npt.NDArray[np.int32], bytes]:
@@ -190,6 +194,12 @@ def transcode_body(tenant: str, call_id: str, *, time_us: int, doc: bytes) -> by
     return header(tenant, call_id) + _U64.pack(time_us) + doc
 
 
+def decision_body(tenant: str, call_id: str, *, time_us: int, doc: bytes) -> bytes:
+    """DECISION: the call is not recorded; ``doc`` the decision (canonical JSON,
+    docs/format.md 8.13)."""
+    return header(tenant, call_id) + _U64.pack(time_us) + doc
+
+
 def parse(rtype: int, raw: bytes) -> Body:
     """Parse a body of the given record type; FormatError when malformed."""
     try:
@@ -217,7 +227,7 @@ def parse(rtype: int, raw: bytes) -> Body:
         elif rtype in (ERASE, TENANT_ERASE):
             (b.time_us,) = _U64.unpack_from(raw, pos)
             b.reason = raw[pos + 8 :].decode()
-        elif rtype == TRANSCODE:
+        elif rtype in (TRANSCODE, DECISION):
             (b.time_us,) = _U64.unpack_from(raw, pos)
             b.doc = raw[pos + 8 :]
             json.loads(b.doc)

@@ -43,7 +43,7 @@ from callvault.media.pipeline import call_unsupported_codec
 from callvault.store import crypto
 from callvault.store import records as rec
 from callvault.store.fs import REAL_FS, FileSystem
-from callvault.store.index import CallEntry, Index, IndexUnreadable
+from callvault.store.index import CallEntry, DecisionEntry, Index, IndexUnreadable
 from callvault.store.segment import (
     RecordRef,
     SegmentReader,
@@ -285,6 +285,7 @@ class Vault(Export, Verification, Reclaiming):
         self.before_checkpoint: list[Callable[[], object]] = []
         self._gaps = {}
         self._reclaim_lock = threading.Lock()
+        self._decision_lock = threading.Lock()
         self._reclaimed_last = None
         self.report = OpenReport()
         self._segment_bytes = segment_bytes
@@ -439,8 +440,11 @@ class Vault(Export, Verification, Reclaiming):
         legs: Sequence[str] = ("agent", "customer"),
         extra: dict[str, Any] | None = None,
         recording_id: str | None = None,
+        decision: dict[str, Any] | None = None,
     ) -> CallWriter:
         """Start recording a call; its OPEN record is durable when this returns.
+        ``decision``: the recording policy's (lifecycle.rules.Decision.doc()), kept in
+        the OPEN record and the call entry (docs/format.md 8.13).
         Metadata beyond the bounds of callvault.ids (MAX_TAGS, ...) is refused.
         ``recording_id``: the recording that opens the call (Ingest's
         CallStart.recording_id), kept in the OPEN record and the call entry so that
@@ -460,6 +464,11 @@ class Vault(Export, Verification, Reclaiming):
             if self.index.get_call(tenant, call_id) is not None or (tenant, call_id) in self._open:
                 raise InputError(f"call {call_id} already exists in tenant {tenant}")
             self.check_tenant(tenant)
+            if self.index.get_decision(tenant, call_id) is not None:
+                raise InputError(
+                    f"call {call_id} of tenant {tenant} was decided not recorded (its "
+                    "decision entry is stored): a call id names one call"
+                )
             key = self.call_keys.create(tenant, call_id)
             sealed_number = ""
             if customer_number:  # under its own key: a bundle ships the data key
@@ -482,6 +491,8 @@ class Vault(Export, Verification, Reclaiming):
             }
             if recording_id is not None:
                 meta["recording_id"] = recording_id
+            if decision is not None:
+                meta["decision"] = decision
             start = start_us if start_us is not None else now_us()
             body = rec.open_body(tenant, call_id, start, meta)
             entry = CallEntry(
@@ -496,6 +507,7 @@ class Vault(Export, Verification, Reclaiming):
                 customer_number_sealed=sealed_number,
                 extra=extra or {},
                 recording_id=recording_id,
+                decision=decision,
             )
             w = CallWriter(self, entry, key, chainmod.Chain(tenant, call_id))
             self._open[(tenant, call_id)] = w
@@ -506,6 +518,36 @@ class Vault(Export, Verification, Reclaiming):
             self._forget(entry)
             raise
         return w
+
+    def record_decision(
+        self, call_id: str, decision: dict[str, Any], *, tenant: str = "default"
+    ) -> DecisionEntry:
+        """Store that a call is not recorded (a DECISION record, docs/format.md 8.13:
+        the decision's document, no audio, no customer number), durable, indexed and a
+        leaf of the Merkle log when this returns. A call that has a decision already
+        keeps it (returned as stored); one that exists is refused (InputError)."""
+        self._writable()
+        if decision.get("recorded", False):
+            raise ValueError("a DECISION record is for a call that is not recorded")
+        doc = json.dumps(decision, sort_keys=True, separators=(",", ":")).encode()
+        with self._decision_lock:
+            old = self.index.get_decision(tenant, call_id)
+            if old is not None:
+                return old
+            with self._lock:
+                if self.index.get_call(tenant, call_id) is not None or (
+                    (tenant, call_id) in self._open
+                ):
+                    raise InputError(f"call {call_id} already exists in tenant {tenant}")
+            body = rec.decision_body(tenant, call_id, time_us=now_us(), doc=doc)
+            self._writer.append(rec.DECISION, body).result()
+            stored = self.index.get_decision(tenant, call_id)
+            assert stored is not None
+            return stored
+
+    def get_decision(self, call_id: str, *, tenant: str = "default") -> DecisionEntry | None:
+        """The DECISION entry of a call that was not recorded, or None."""
+        return self.index.get_decision(tenant, call_id)
 
     def resume_call(self, call_id: str, *, tenant: str = "default") -> CallWriter:
         """Writer of a call left open by an earlier process (a crash or a restart):

@@ -21,12 +21,13 @@ from callvault.integrity import merkle
 from callvault.integrity.leaves import (
     LEAF_ERASE,
     LEAF_SEAL,
+    decision_leaf,
     leaf_data,
     tenant_erase_leaf,
     transcode_leaf,
 )
 from callvault.store import records as rec
-from callvault.store.index import Batch, CallEntry, Index, RecordEntry
+from callvault.store.index import Batch, CallEntry, DecisionEntry, Index, RecordEntry
 from callvault.store.segment import Committed, RecordRef, SegmentReader, StoreError, recover
 from callvault.vault.common import Replay, VaultError
 from callvault.vault.keys import crash_point
@@ -310,11 +311,31 @@ class Indexing(VaultState):
                 extra=meta.get("extra", {}),
                 chain_head=chainmod.genesis(b.tenant, b.call_id).hex(),
                 recording_id=rid if isinstance(rid := meta.get("recording_id"), str) else None,
+                decision=dec if isinstance(dec := meta.get("decision"), dict) else None,
             )
             if self._entry(cache, b.tenant, b.call_id) is not None:
                 raise Replay(ref, f"a second open record of call {b.call_id}")
+            if self._decided(batch, b.tenant, b.call_id):
+                raise Replay(ref, f"an open record of call {b.call_id}, decided not recorded")
             cache[(b.tenant, b.call_id)] = opened
             return False
+        if rtype == rec.DECISION:  # a call not recorded (docs/format.md 8.13)
+            if self._entry(cache, b.tenant, b.call_id) is not None:
+                raise Replay(ref, f"a decision record of call {b.call_id}, which is recorded")
+            if self._decided(batch, b.tenant, b.call_id):
+                raise Replay(ref, f"a second decision record of call {b.call_id}")
+            d = DecisionEntry(
+                b.tenant,
+                b.call_id,
+                b.time_us,
+                json.loads(b.doc),
+                ref=(ref.segment, ref.offset, ref.length),
+            )
+            d.log_index = self._log_leaf(
+                batch, decision_leaf(b.tenant, b.call_id, b.doc, b.time_us)
+            )
+            batch.put_decision(d)
+            return True
         e = self._entry(cache, b.tenant, b.call_id)
         if e is None:
             raise StoreError(
@@ -424,6 +445,12 @@ class Indexing(VaultState):
             e.erase_log_index = leaf
         erased.append((b.tenant, ""))
         return True
+
+    def _decided(self, batch: Batch, tenant: str, call_id: str) -> bool:
+        """Whether the call has a DECISION entry (indexed, or in this batch)."""
+        return (tenant, call_id) in batch.decisions_put or (
+            self.index.get_decision(tenant, call_id) is not None
+        )
 
     def _apply_compaction(self, batch: Batch, e: CallEntry, ref: RecordRef, b: rec.Body) -> bool:
         """Compaction of a sealed raw call (vault/compact.py, docs/format.md 8.10).
