@@ -337,3 +337,29 @@ def print_summary(s: dict[str, Any]) -> None:
             f"duplicates {leg['duplicates']}, gaps {len(leg['gaps'])}, "
             f"DTMF {digits or '-'}, {leg['bytes']} bytes"
         )
+
+
+# -- credentials ---------------------------------------------------------------------
+
+TOKEN_ENV = "CALLVAULT_TOKEN"
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """The API token to send: ``--token``, else the first line of ``--token-file``,
+    else $CALLVAULT_TOKEN; None when there is none. CallvaultError for a token file
+    that cannot be read (never quoting its contents)."""
+    import os
+
+    token = getattr(args, "token", None)
+    if token:
+        return str(token).strip()
+    path = getattr(args, "token_file", None)
+    if path:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError as e:
+            raise CallvaultError(f"--token-file {path}: {e.strerror or e}") from None
+        if not text:
+            raise CallvaultError(f"--token-file {path} is empty")
+        return text.splitlines()[0].strip()
+    return os.environ.get(TOKEN_ENV) or None

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from callvault import __version__, ids
-from callvault.cli import media, sidecar, vault
+from callvault.cli import media, sidecar, tokens, vault
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
 
@@ -40,6 +40,18 @@ def _verb(
     """A verb: ``summary`` in the verb list, ``description`` (default: the summary)
     at the top of `callvault VERB --help`."""
     return sub.add_parser(name, help=summary, description=description or summary + ".")
+
+
+def _token_flags(parser: argparse.ArgumentParser, what: str, default: object = None) -> None:
+    """--token and --token-file (else $CALLVAULT_TOKEN: cli.common.resolve_token).
+    ``default`` argparse.SUPPRESS on a sub-verb keeps the value given before it."""
+    parser.add_argument("--token", metavar="TOKEN", default=default, help=what)
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=default,
+        help="read the token from FILE (its first line); else $CALLVAULT_TOKEN",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="with --tls-cert: its private key (PEM)",
     )
+    _token_flags(p, "with --server: send this API token (cvt_...)")
     p.add_argument(
         "--key-file", metavar="FILE", help="the key-encryption key file (default DIR/keys/kek)"
     )
@@ -322,6 +335,22 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM)")
     sv.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM)")
     sv.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by this CA (PEM; with --tls-cert)",
+    )
+    sv.add_argument(
+        "--identities",
+        metavar="FILE",
+        help="map client certificates (CN, SAN DNS or URI) to identities (TOML, "
+        "docs/format.md 10.2)",
+    )
+    sv.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        help="allow a non-loopback --listen without TLS (tokens and audio in clear)",
+    )
+    sv.add_argument(
         "--port-file",
         metavar="FILE",
         help="write the bound port here once serving (for scripts and tests)",
@@ -367,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="TLS to the server, trusting this CA certificate (PEM)",
     )
+    sc.add_argument(
+        "--token-file",
+        dest="upstream_token_file",
+        metavar="FILE",
+        help="the server token (role recorder) the sidecar sends; else $CALLVAULT_TOKEN",
+    )
     sc.set_defaults(func=sidecar.cmd_sidecar)
 
     ca = _verb(sub, "call", "start, stop or list the calls recorded by a sidecar")
@@ -386,19 +421,23 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"call metadata (repeat): KEY one of {', '.join(ids.meta_keys())} (tags: a,b) "
         "or any other KEY (kept as extra)",
     )
+    _token_flags(cs, "the sidecar's control token", argparse.SUPPRESS)
     cs.set_defaults(func=sidecar.cmd_call_start)
     cp = _verb(csub, "stop", "stop receiving; the sidecar seals the call on the server")
     cp.add_argument(
         "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"
     )
     cp.add_argument("--call-id", required=True, help="the call")
+    _token_flags(cp, "the sidecar's control token", argparse.SUPPRESS)
     cp.set_defaults(func=sidecar.cmd_call_stop)
     cl = _verb(csub, "ls", "the sidecar's health, spool backlog and calls (state, reason, packets)")
     cl.add_argument(
         "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"
     )
     cl.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    _token_flags(cl, "the sidecar's control token", argparse.SUPPRESS)
     cl.set_defaults(func=sidecar.cmd_call_ls)
+    tokens.add_parser(sub, _verb)
 
     d = _verb(sub, "demo", "make a sample call and transcode it (make run)")
     d.add_argument("--data", default=".data", help="directory for the demo's files")

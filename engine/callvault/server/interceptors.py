@@ -47,6 +47,9 @@ PERMISSIONS: dict[str, str] = {
     "/callvault.v1.Admin/Reindex": "admin",
     "/callvault.v1.Admin/RotateKey": "admin",
     "/callvault.v1.Admin/Reclaim": "admin",
+    "/callvault.v1.Admin/CreateToken": "tokens",
+    "/callvault.v1.Admin/ListTokens": "tokens",
+    "/callvault.v1.Admin/RevokeToken": "tokens",
 }
 # Health and reflection are open to every caller.
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")

@@ -108,7 +108,10 @@ class Sidecar:
         spool_root: Path,
         *,
         tls_ca: bytes | None = None,
+        token: str | None = None,
     ) -> None:
+        """``token``: the server token (role recorder) sent on the uplink and the
+        GetCall probe ("" or None: none)."""
         self.upstream = upstream
         self.rtp_host = rtp_host
         self.port_range = (port_min, port_max)
@@ -133,7 +136,9 @@ class Sidecar:
         ]
         # The SDK's client of the server, with these channel options over its
         # defaults and the forwarders' reconnect backoff.
-        self.client = Client(upstream, tls_ca=tls_ca, backoff=BACKOFF_S, options=options)
+        self.client = Client(
+            upstream, tls_ca=tls_ca, backoff=BACKOFF_S, options=options, token=token or ""
+        )
         # Linux turns receive timestamping on for the whole stack asynchronously when
         # the first socket asks; until then datagrams are stamped when read. One
         # socket asking for the sidecar's whole life keeps it on, so a new call's
