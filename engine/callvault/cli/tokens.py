@@ -34,12 +34,16 @@ def _where(args: argparse.Namespace) -> str:
     return "data" if args.data else "server"
 
 
-def _store(args: argparse.Namespace, where: str) -> Any:
+def _store(args: argparse.Namespace, where: str, *, create: bool = False) -> Any:
+    """The store of --data DIR or --spool DIR; ``create``: the directory may be new
+    (the first token is made before the first `serve` or `sidecar`)."""
     from callvault.access.tokens import TokenStore
 
     root = Path(args.spool if where == "spool" else args.data)
-    if not root.is_dir():
-        raise CallvaultError(f"{root} is not a directory (the {where} directory)")
+    if root.exists() and not root.is_dir():
+        raise CallvaultError(f"{root} is not a directory")
+    if not create and not root.is_dir():
+        raise CallvaultError(f"{root} does not exist (the --{where} directory)")
     return TokenStore(root / "access")
 
 
@@ -86,7 +90,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
             )
         text, tid, expires_us = reply.token, reply.info.id, reply.info.expires_us
     else:
-        text, info = _store(args, where).create(args.name, role, tenant, expires_s)
+        text, info = _store(args, where, create=True).create(args.name, role, tenant, expires_s)
         tid, expires_us = info.id, info.expires_us or 0
     print(text, flush=True)
     scope = f"tenant {tenant}" if tenant else "platform (every tenant)"
