@@ -57,6 +57,9 @@ def _token_flags(parser: argparse.ArgumentParser, what: str, default: object = N
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="callvault",
+        # no abbreviations of the global options: a verb's --to would be ambiguous
+        # with --token/--token-file (argparse matches prefixes across the whole line)
+        allow_abbrev=False,
         description="Record, store, prove and play calls. Vault verbs run on the vault in "
         "--data DIR, or on a server with --server HOST:PORT.",
     )
