@@ -267,3 +267,37 @@ def test_identities_file_errors_are_clear(tmp_path: Path) -> None:
         "serve", "--data", str(tmp_path / "d"), "--identities", str(bad), ok=False, timeout=60
     )
     assert p.returncode == 1 and "--tls-client-ca" in p.stderr
+
+
+def _non_loopback_ip() -> str | None:
+    """This machine's address on its default route (no packet is sent), if any."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        ip = str(s.getsockname()[0])
+    return None if ip.startswith("127.") else ip
+
+
+def test_open_mode_refuses_callers_off_loopback(tmp_path: Path) -> None:
+    ip = _non_loopback_ip()
+    if ip is None:
+        pytest.skip("no non-loopback address on this machine")
+    proc = spawn(
+        "insecure",
+        ["serve", "--data", str(tmp_path / "d"), "--listen", "0.0.0.0:0", "--insecure-listen"],
+        tmp_path,
+    )
+    try:
+        with (
+            Client(f"{ip}:{proc.port}", retries=20, backoff=(0.05, 0.5)) as c,
+            pytest.raises(errors.Unauthenticated, match="answers only callers on loopback"),
+        ):
+            c.stats()
+        with Client(proc.address) as c:  # the same server over loopback: admin
+            assert c.stats().calls == 0
+    finally:
+        proc.stop()
