@@ -301,3 +301,16 @@ def test_open_mode_refuses_callers_off_loopback(tmp_path: Path) -> None:
             assert c.stats().calls == 0
     finally:
         proc.stop()
+
+
+def test_a_token_that_cannot_be_sent_is_refused_before_connecting(tmp_path: Path) -> None:
+    tf = tmp_path / "t"
+    tf.write_text("")
+    for args, why in (
+        (("--token", "cvt_a b"), "--token: a token is one word"),
+        (("--token-file", str(tf)), "is empty"),
+        (("--token-file", str(tmp_path / "missing")), "No such file"),
+    ):
+        p = run_cli("--server", "127.0.0.1:1", *args, "ls", ok=False, timeout=60)
+        assert p.returncode == 1 and why in p.stderr and "Traceback" not in p.stderr
+        assert "cvt_a b" not in p.stderr

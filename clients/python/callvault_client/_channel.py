@@ -85,6 +85,11 @@ def read_pem(value: Pem | None) -> bytes | None:
     return Path(value).read_bytes()
 
 
+def valid_token_text(token: str) -> bool:
+    """Whether ``token`` can travel as metadata: one word of printable ASCII."""
+    return bool(token) and token.isascii() and token.isprintable() and " " not in token
+
+
 def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """The metadata that carries a token: ``authorization: Bearer <token>``, sent with
     every call. ``token=None`` takes $CALLVAULT_TOKEN (if set); ``""`` sends none.
@@ -97,8 +102,8 @@ def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     token = token.strip()
     if not token:
         return ()
-    if any(c.isspace() for c in token) or not token.isprintable():
-        raise ValueError("a token is one word of printable characters")
+    if not valid_token_text(token):
+        raise ValueError("a token is one word of printable ASCII characters (cvt_...)")
     return ((AUTH_KEY, f"Bearer {token}"),)
 
 

@@ -350,16 +350,24 @@ def resolve_token(args: argparse.Namespace) -> str | None:
     that cannot be read (never quoting its contents)."""
     import os
 
+    from callvault_client._channel import valid_token_text
+
     token = getattr(args, "token", None)
-    if token:
-        return str(token).strip()
     path = getattr(args, "token_file", None)
-    if path:
+    if token:
+        token, where = str(token).strip(), "--token"
+    elif path:
         try:
-            text = Path(path).read_text().strip()
+            text = Path(path).read_text(errors="replace").strip()
         except OSError as e:
             raise CallvaultError(f"--token-file {path}: {e.strerror or e}") from None
         if not text:
             raise CallvaultError(f"--token-file {path} is empty")
-        return text.splitlines()[0].strip()
-    return os.environ.get(TOKEN_ENV) or None
+        token, where = text.splitlines()[0].strip(), f"--token-file {path}"
+    else:
+        token, where = (os.environ.get(TOKEN_ENV) or "").strip(), f"${TOKEN_ENV}"
+        if not token:
+            return None
+    if not valid_token_text(token):
+        raise CallvaultError(f"{where}: a token is one word of printable ASCII (cvt_...)")
+    return token
