@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def cli_ls(
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Proc:
+def server(tmp_path: Path) -> Iterator[Proc]:
     proc = start_server(tmp_path / "data")
     yield proc
     proc.stop()
@@ -182,25 +183,31 @@ def test_mtls_maps_certificates_to_identities(tmp_path: Path) -> None:
         ops = issue(tmp_path, ca, "ops", "ops-console")
         pbx = issue(tmp_path, ca, "pbx1", "whatever", uris=("spiffe://acme/pbx1",))
         nobody = issue(tmp_path, ca, "nobody", "intruder", dns=("intruder.example",))
-        tls = {"tls_ca": ca.cert}
         with Client(
-            proc.address, tls_cert=ops.cert, tls_key=ops.key, retries=30, backoff=(0.05, 0.5), **tls
+            proc.address,
+            tls_cert=ops.cert,
+            tls_key=ops.key,
+            retries=30,
+            backoff=(0.05, 0.5),
+            tls_ca=ca.cert,
         ) as c:
             assert c.stats().calls == 0
             made = c.create_token("viaops", "qa", tenant="t1")
         with (
-            Client(proc.address, tls_cert=pbx.cert, tls_key=pbx.key, **tls) as c,
+            Client(proc.address, tls_cert=pbx.cert, tls_key=pbx.key, tls_ca=ca.cert) as c,
             pytest.raises(errors.PermissionDenied, match="tenant t1"),
         ):
             c.create_token("x", "qa", tenant="t2")
         with (
-            Client(proc.address, tls_cert=nobody.cert, tls_key=nobody.key, **tls) as c,
+            Client(proc.address, tls_cert=nobody.cert, tls_key=nobody.key, tls_ca=ca.cert) as c,
             pytest.raises(errors.Unauthenticated, match="CN=intruder, DNS:intruder.example"),
         ):
             c.stats()
         # a token wins over the certificate; a bad one is not rescued by it
         with (
-            Client(proc.address, tls_cert=ops.cert, tls_key=ops.key, token="cvt_x", **tls) as c,
+            Client(
+                proc.address, tls_cert=ops.cert, tls_key=ops.key, token="cvt_x", tls_ca=ca.cert
+            ) as c,
             pytest.raises(errors.Unauthenticated, match="malformed"),
         ):
             c.stats()
@@ -230,9 +237,11 @@ def test_mtls_maps_certificates_to_identities(tmp_path: Path) -> None:
         (tmp_path / "other").mkdir()
         stranger_ca = make_ca(tmp_path / "other", "ca")
         stranger = issue(tmp_path / "other", stranger_ca, "stranger", "ops-console")
-        for kw in ({}, {"tls_cert": stranger.cert, "tls_key": stranger.key}):
+        for cert, key in ((None, None), (stranger.cert, stranger.key)):
             with (
-                Client(proc.address, retries=0, timeout=5, **tls, **kw) as c,
+                Client(
+                    proc.address, retries=0, timeout=5, tls_ca=ca.cert, tls_cert=cert, tls_key=key
+                ) as c,
                 pytest.raises((errors.Unavailable, errors.DeadlineExceeded)),
             ):
                 c.stats()
