@@ -457,6 +457,7 @@ class Client(_Base):
         timeout: Timeout = None,
         include_metadata: bool = False,
         include_customer_number: bool = False,
+        approval: str = "",
     ) -> Iterator[pb.FileChunk]:
         """The raw Export stream (see :meth:`export` to write a file)."""
         req = pb.ExportRequest(
@@ -466,6 +467,7 @@ class Client(_Base):
             to_ms=to_ms,
             include_metadata=include_metadata,
             include_customer_number=include_customer_number,
+            approval=approval,
         )
         return self._rpc.stream(
             _ARCHIVE + "Export", req, pb.FileChunk, idempotent=True, timeout=timeout
@@ -484,12 +486,14 @@ class Client(_Base):
         timeout: Timeout = None,
         include_metadata: bool = False,
         include_customer_number: bool = False,
+        approval: str = "",
     ) -> int:
         """Write a sealed call (or [from_ms, to_ms) of it) to ``out`` as Ogg Opus or WAV.
 
         An Ogg file names the call in its comments; ``include_metadata`` and
         ``include_customer_number`` add the call's metadata and customer number
-        (personal data: off unless asked).
+        (personal data: off unless asked). ``approval``: the id of an approved export
+        request of the call (four-eyes export, the legal role: :meth:`request_export`).
 
         ``format`` defaults from the file name (.wav: WAV, else Ogg). The file
         appears whole or not at all (written to a temporary file beside it, then
@@ -507,6 +511,7 @@ class Client(_Base):
             timeout=timeout,
             include_metadata=include_metadata,
             include_customer_number=include_customer_number,
+            approval=approval,
         )
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
@@ -520,6 +525,47 @@ class Client(_Base):
             Path(tmp).unlink(missing_ok=True)
             raise
         return n
+
+    # -- Four-eyes export (docs/access.md) -------------------------------------------
+    def request_export(
+        self, call_id: str, reason: str, *, tenant: str = "", timeout: Timeout = DEFAULT
+    ) -> pb.ExportRequestInfo:
+        """Ask to export a call (legal role): a pending request; another legal or admin
+        identity approves it (:meth:`approve_export`), then pass its ``id`` as
+        ``approval`` to :meth:`export` or :meth:`get_bundle`, once. Never retried."""
+        req = pb.RequestExportRequest(
+            call=pb.CallRef(tenant=tenant, call_id=call_id), reason=reason
+        )
+        return self._rpc.unary(
+            _ARCHIVE + "RequestExport",
+            req,
+            pb.ExportRequestInfo,
+            idempotent=False,
+            timeout=timeout,
+        )
+
+    def approve_export(
+        self, request_id: str, *, timeout: Timeout = DEFAULT
+    ) -> pb.ExportRequestInfo:
+        """Approve another identity's export request (four eyes). Never retried."""
+        return self._rpc.unary(
+            _ARCHIVE + "ApproveExport",
+            pb.ApproveExportRequest(id=request_id),
+            pb.ExportRequestInfo,
+            idempotent=False,
+            timeout=timeout,
+        )
+
+    def list_export_requests(self, *, timeout: Timeout = DEFAULT) -> list[pb.ExportRequestInfo]:
+        """The export requests this identity may see, oldest first."""
+        reply = self._rpc.unary(
+            _ARCHIVE + "ListExportRequests",
+            pb.ListExportRequestsRequest(),
+            pb.ListExportRequestsReply,
+            idempotent=True,
+            timeout=timeout,
+        )
+        return list(reply.requests)
 
     # -- Integrity ----------------------------------------------------------------
     def get_checkpoint(self, *, timeout: Timeout = DEFAULT) -> pb.Checkpoint:
@@ -579,11 +625,13 @@ class Client(_Base):
         tenant: str = "",
         include_customer_number: bool = False,
         timeout: Timeout = None,
+        approval: str = "",
     ) -> Iterator[pb.FileChunk]:
         """The raw GetBundle stream (see :meth:`get_bundle`)."""
         req = pb.GetBundleRequest(
             call=pb.CallRef(tenant=tenant, call_id=call_id),
             include_customer_number=include_customer_number,
+            approval=approval,
         )
         return self._rpc.stream(
             _INTEGRITY + "GetBundle", req, pb.FileChunk, idempotent=True, timeout=timeout
@@ -598,6 +646,7 @@ class Client(_Base):
         include_customer_number: bool = False,
         progress: ChunkCallback | None = None,
         timeout: Timeout = None,
+        approval: str = "",
     ) -> dict[str, int]:
         """Write a sealed call's export bundle into the new directory ``directory``;
         with ``include_customer_number`` it also holds the key of the customer number.
@@ -628,6 +677,7 @@ class Client(_Base):
                         tenant=tenant,
                         include_customer_number=include_customer_number,
                         timeout=timeout,
+                        approval=approval,
                     ),
                     open_file,
                     progress,

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from callvault import __version__, ids
 from callvault.cli import media, sidecar, tokens, vault
@@ -94,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-file", metavar="FILE", help="the key-encryption key file (default DIR/keys/kek)"
     )
     p.add_argument(
-        "--tenant", default="default", metavar="NAME", help="tenant of the calls (default)"
+        "--tenant",
+        metavar="NAME",
+        help="tenant of the calls (default: default; with --server, the identity's own)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -173,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Ogg: also the customer number as a comment (personal data)",
     )
+    _access_options(v, approval=True)
     v.set_defaults(func=vault.cmd_export)
     v = _verb(
         sub,
@@ -200,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a call still being recorded: keep playing as it is recorded (--server only)",
     )
+    _access_options(v, approval=False)
     v.set_defaults(func=vault.cmd_play)
 
     v = _verb(sub, "verify", "check calls' records, chains, seals and log leaves")
@@ -217,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also ship the key of the call's customer number (without it the bundle"
         " cannot reveal the number)",
     )
+    _access_options(v, approval=True)
     v.set_defaults(func=vault.cmd_bundle)
+    _export_request_verbs(sub)
     v = _verb(sub, "verify-bundle", "check a bundle offline")
     v.add_argument("directory", metavar="DIR", help="the bundle's directory")
     v.add_argument("--public-key", metavar="FILE", help="the log's verifier key you trust")
@@ -451,6 +458,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _access_options(v: argparse.ArgumentParser, *, approval: bool) -> None:
+    """--reason (and --approval) of the audio verbs (docs/access.md)."""
+    v.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help="with --server: why you reach this audio (audited; an admin must give one)",
+    )
+    if approval:
+        v.add_argument(
+            "--approval",
+            metavar="REQ",
+            help="with --server: an approved export request of this call (four-eyes export)",
+        )
+
+
+def _export_request_verbs(sub: Any) -> None:
+    """Four-eyes export (docs/access.md): request, approve, list; --server only."""
+    from callvault.cli import remote
+
+    v = _verb(
+        sub,
+        "export-request",
+        "ask to export a call (legal): another identity approves it",
+        "Ask to export a call, with a reason (the legal role). Prints the request's id; a "
+        "different legal or admin identity approves it with export-approve, then export or "
+        "bundle the call once with --approval ID. --server only.",
+    )
+    v.add_argument("call_id", metavar="CALL_ID", help="the call")
+    v.add_argument("--reason", required=True, metavar="TEXT", help="why (audited)")
+    v.set_defaults(func=remote.cmd_export_request)
+    v = _verb(sub, "export-approve", "approve another identity's export request (four eyes)")
+    v.add_argument("request_id", metavar="REQ", help="the request's id (xr-...)")
+    v.set_defaults(func=remote.cmd_export_approve)
+    v = _verb(sub, "export-requests", "list the export requests you may see, oldest first")
+    v.add_argument("--json", action="store_true", help="print JSON")
+    v.set_defaults(func=remote.cmd_export_requests)
+
+
 # The exit status when the reader of stdout goes away (`callvault info X | head`): as
 # git's, which dies of SIGPIPE (128 + 13), and without a word.
 EXIT_BROKEN_PIPE = 128 + 13
@@ -465,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in vault.BACKEND_VERBS and getattr(args, "server", None) and args.data:
             raise CallvaultError("give --data DIR or --server ADDR, not both")
+        if args.tenant is None:  # a server scopes an empty tenant by the caller's identity
+            args.tenant = "" if getattr(args, "server", None) else "default"
         rc = int(args.func(args))
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return rc

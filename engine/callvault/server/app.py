@@ -115,8 +115,9 @@ class Server:
             maximum_concurrent_rpcs=c.max_concurrent_rpcs,
         )
         pbg.add_IngestServicer_to_server(IngestServicer(self.ingestor, c), self.grpc)
-        pbg.add_ArchiveServicer_to_server(ArchiveServicer(vault, self.ingestor), self.grpc)
-        pbg.add_IntegrityServicer_to_server(IntegrityServicer(vault), self.grpc)
+        archive = ArchiveServicer(vault, self.ingestor, c)
+        pbg.add_ArchiveServicer_to_server(archive, self.grpc)
+        pbg.add_IntegrityServicer_to_server(IntegrityServicer(vault, archive.exports), self.grpc)
         admin = _Admin(
             vault, self.ingestor, self.methods, c, reclaim_error=lambda: self.reclaim_error
         )
