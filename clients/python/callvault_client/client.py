@@ -714,6 +714,35 @@ class Client(_Base):
             _ADMIN + "Stats", pb.StatsRequest(), pb.StatsReply, idempotent=True, timeout=timeout
         )
 
+    def audit(
+        self,
+        *,
+        call_id: str = "",
+        tenant: str = "",
+        identity: str = "",
+        since: Instant | None = None,
+        until: Instant | None = None,
+        kind: str = "",
+        after_seq: int = 0,
+        limit: int = 0,
+        timeout: Timeout = None,
+    ) -> Iterator[pb.AuditEntry]:
+        """The audit trail's entries that match every filter, oldest first (the
+        "audit" permission; an identity of a tenant sees its tenant's only)."""
+        req = pb.AuditRequest(
+            call_id=call_id,
+            tenant=tenant,
+            identity=identity,
+            since_us=0 if since is None else to_us(since, "since"),
+            until_us=0 if until is None else to_us(until, "until"),
+            kind=kind,
+            after_seq=after_seq,
+            limit=limit,
+        )
+        return self._rpc.stream(
+            _ADMIN + "Audit", req, pb.AuditEntry, idempotent=True, timeout=timeout
+        )
+
     def erase(
         self, call_id: str, reason: str, *, tenant: str = "", timeout: Timeout = DEFAULT
     ) -> pb.EraseReply:
@@ -721,6 +750,17 @@ class Client(_Base):
         req = pb.EraseRequest(call=pb.CallRef(tenant=tenant, call_id=call_id), reason=reason)
         return self._rpc.unary(
             _ADMIN + "Erase", req, pb.EraseReply, idempotent=False, timeout=timeout
+        )
+
+    def erase_tenant(
+        self, tenant: str, reason: str, *, timeout: Timeout = DEFAULT
+    ) -> pb.EraseTenantReply:
+        """Erase a whole tenant: its key-encryption key is destroyed, every call of it
+        unreadable; a platform identity only (never retried: twice is
+        FailedPrecondition)."""
+        req = pb.EraseTenantRequest(tenant=tenant, reason=reason)
+        return self._rpc.unary(
+            _ADMIN + "EraseTenant", req, pb.EraseTenantReply, idempotent=False, timeout=timeout
         )
 
     def reindex(self, *, timeout: Timeout = DEFAULT) -> pb.ReindexReply:

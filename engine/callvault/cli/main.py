@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from callvault import __version__, ids
-from callvault.cli import media, sidecar, tokens, vault
+from callvault.cli import audit, media, sidecar, tenant, tokens, vault
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
 
@@ -275,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--json", action="store_true", help="the counters as JSON")
     v.set_defaults(func=vault.cmd_reclaim)
-    v = _verb(sub, "rotate-key", "new key-encryption key; re-wrap every data key")
+    v = _verb(sub, "rotate-key", "new master key-encryption key; re-wrap the tenants' keys")
     v.set_defaults(func=vault.cmd_rotate_key)
+    tenant.add_parser(sub, _verb)
     v = _verb(
         sub,
         "stats",
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--json", action="store_true", help="print JSON")
     v.set_defaults(func=vault.cmd_stats)
+    audit.add_parser(sub, _verb)
 
     t = _verb(
         sub,

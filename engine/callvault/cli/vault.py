@@ -383,7 +383,10 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
 def cmd_rotate_key(args: argparse.Namespace) -> int:
     with connect(args) as b:
         kek_id, n = b.rotate_key()
-    print(f"key-encryption key {kek_id} active; {n} call key(s) re-wrapped, no audio rewritten")
+    print(
+        f"key-encryption key {kek_id} active; {n} wrapped key(s) re-wrapped (the tenants' "
+        "keys, and call keys from before per-tenant keys), no audio rewritten"
+    )
     return 0
 
 

@@ -44,6 +44,7 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from callvault.access import audit
 from callvault.access.authn import CredentialAuthenticator, load_identities
 from callvault.access.identity import Authenticator, OpenAuthenticator
 from callvault.access.tokens import TokenStore
@@ -51,7 +52,7 @@ from callvault.durable import write_atomic
 from callvault.errors import InputError
 from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits
-from callvault.server.interceptors import IdentityInterceptor, MethodLog
+from callvault.server.interceptors import PERMISSIONS, IdentityInterceptor, MethodLog
 from callvault.server.servicers import (
     AdminServicer,
     ArchiveServicer,
@@ -103,10 +104,23 @@ class Server:
         # peak mode: sealed raw (G.711) calls are compacted to Opus in the background
         self.compactor = Compactor(vault, workers=c.compact_workers, paused=c.compact_paused)
         self.methods = MethodLog()
+        # every RPC's audit entry (docs/access.md "Audit trail"); its head goes into
+        # the Merkle log at each checkpoint and at shutdown (docs/format.md 8.12)
+        self.audit = audit.open_for_server(
+            vault.path / "audit",
+            c.policy.get("audit"),
+            list(PERMISSIONS),
+            log_size=vault.log_size(),
+        )
+        vault.before_checkpoint.append(lambda: self.audit.commit_leaf(vault.append_leaf))
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.grpc = grpc.server(
             ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="rpc"),
-            interceptors=[IdentityInterceptor(auth or OpenAuthenticator(), self.methods)],
+            interceptors=[
+                IdentityInterceptor(
+                    auth or OpenAuthenticator(), self.methods, on_end=[self.audit.sink]
+                )
+            ],
             options=[
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", c.max_message_bytes),
@@ -123,6 +137,7 @@ class Server:
         )
         admin.token_store = tokens
         admin.compactor = self.compactor
+        admin.audit = self.audit
         pbg.add_AdminServicer_to_server(admin, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
@@ -247,6 +262,8 @@ class Server:
         self.ingestor.workers.shutdown()
         self.compactor.stop()  # a compaction running finishes (or a crash would cut it)
         self.ingestor.waiters.shutdown()
+        self.audit.commit_leaf(self.vault.append_leaf)  # the last entries, in the log
+        self.audit.close()
         self.vault.close()
 
     def wait(self) -> None:
@@ -302,6 +319,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.tls_cert:
         tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())
     client_ca = Path(args.tls_client_ca).read_bytes() if args.tls_client_ca else None
+    if client_ca and tls is None:
+        raise InputError("--tls-client-ca needs --tls-cert and --tls-key")
     if args.identities and not client_ca:
         raise InputError("--identities maps client certificates: give --tls-client-ca too")
     certs = load_identities(args.identities) if args.identities else []

@@ -68,6 +68,7 @@ from callvault.media.pipeline import LegPipeline, Settings
 from callvault.rtpdefs import RECORDED_CODECS
 from callvault.timeline import FRAME_US, FRAMES_PER_RECORD, frames_us
 from callvault.vault import Ack, CallWriter, Vault, VaultError
+from callvault.vault.keys import TenantErased
 
 MAX_LEGS = 2
 WAITERS = 64  # threads on which RecordCalls' calls wait for the committer (Ingestor.waiters)
@@ -356,7 +357,7 @@ class LiveCall:
                 extra=m.get("extra") or {},
                 recording_id=self.spec.recording_id,
             )
-        except InputError:
+        except (InputError, TenantErased):  # the tenant was erased meanwhile: for good
             raise
         except CallvaultError as e:
             raise WriterFailed(
@@ -590,6 +591,7 @@ class Ingestor:
                 self._drop_interrupted(live)
                 live = None
             if live is None:
+                self.vault.check_tenant(tenant)  # an erased tenant takes no new calls
                 if len(self.calls) >= self.limits.max_open_calls:
                     raise TooManyCalls(
                         f"the server records {len(self.calls)} calls already "

@@ -56,6 +56,7 @@ PERMISSIONS: dict[str, str] = {
     "/callvault.v1.Admin/ListTokens": "tokens",
     "/callvault.v1.Admin/RevokeToken": "tokens",
     "/callvault.v1.Admin/Audit": "audit",
+    "/callvault.v1.Admin/EraseTenant": "tenants",  # platform identities only (servicer)
 }
 # Health and reflection are open to every caller. The Sidecar service is not served
 # here: the sidecar's control API has its own tokens (docs/access.md).
@@ -220,6 +221,8 @@ class IdentityInterceptor(grpc.ServerInterceptor):
             outcome = _outcome(context, "ERROR")
             raise
         finally:
+            if outcome == "OK" and not context.is_active():
+                outcome = "CANCELLED"  # a handler that ended quietly as the client left
             self.methods.end(method, outcome, started, rpc.identity.name)
             self._finish(rpc, outcome)
 

@@ -24,6 +24,7 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 from callvault import ids
 from callvault.access import context as rpcctx
 from callvault.access import policy
+from callvault.access.audit import AuditTrail
 from callvault.access.exports import ExportRequest, ExportRequests, RequestNotFound
 from callvault.access.identity import OPEN, Identity
 from callvault.access.policy import AccessDenied
@@ -59,7 +60,7 @@ from callvault.server.ingest import (
     WriterFailed,
     check_writer,
 )
-from callvault.server.interceptors import MethodLog, Undecodable
+from callvault.server.interceptors import MethodLog, Undecodable, current_identity
 from callvault.store.index import CallEntry
 from callvault.timeline import FRAME_US
 from callvault.vault import CallNotFound, Vault, VaultError
@@ -798,6 +799,7 @@ class AdminServicer(pbg.AdminServicer):
         self.reclaim_error = reclaim_error  # the scheduled reclaim's last failure
         self.started = time.monotonic()
         self.compactor: Any = None  # vault.compact.Compactor, set by the server (peak mode)
+        self.audit: AuditTrail | None = None  # the server's audit trail (access.audit)
 
     @unary
     def Stats(self, r: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsReply:
@@ -832,7 +834,51 @@ class AdminServicer(pbg.AdminServicer):
             reclaim_error=self.reclaim_error(),
             mux_streams=mux_streams,
             mux_calls=mux_calls,
+            **self._audit_stats(),
         )
+
+    def _audit_stats(self) -> dict[str, Any]:
+        """StatsReply 40-42: the audit trail."""
+        trail = self.audit
+        if trail is None:
+            return {}
+        return {
+            "audit_entries": trail.count,
+            "audit_alerts": trail.alerts,
+            "audit_error": trail.error,
+        }
+
+    @streaming
+    def Audit(self, r: pb.AuditRequest, context: grpc.ServicerContext) -> Iterator[pb.AuditEntry]:
+        """The trail's entries that match (docs/access.md "Audit trail"); an identity of
+        a tenant sees only its tenant's (access.audit.tenant_view)."""
+        from callvault.access import audit
+
+        if self.audit is None:
+            raise VaultError("this server keeps no audit trail")
+        for name in ("call_id", "tenant"):
+            if getattr(r, name):
+                ids.check_call_id(getattr(r, name), name)
+        ids.check_text(r.identity, "identity", 1 << 10)
+        want = audit.Filter(
+            call_id=r.call_id,
+            tenant=r.tenant,
+            identity=r.identity,
+            since_us=r.since_us,
+            until_us=r.until_us,
+            kind=r.kind,
+            after_seq=r.after_seq,
+        )
+        tenant = current_identity().tenant
+        n = 0
+        for e in self.audit.entries():
+            doc = audit.tenant_view(e.doc, tenant)  # filters apply to what it may see
+            if doc is None or not want.matches(audit.Entry(e.seq, e.hash, doc, e.offset)):
+                continue
+            yield audit_entry(doc, e.hash)
+            n += 1
+            if r.limit and n >= r.limit:
+                return
 
     def _tenant_stats(self, tenant: str) -> pb.StatsReply:
         """A tenant identity's Stats: its calls and open calls; the server-wide figures
@@ -894,8 +940,52 @@ class AdminServicer(pbg.AdminServicer):
         return pb.ReclaimReply(**done.as_dict())
 
     @unary
+    def EraseTenant(
+        self, r: pb.EraseTenantRequest, context: grpc.ServicerContext
+    ) -> pb.EraseTenantReply:
+        """Erase a whole tenant (docs/format.md 8.6); platform identities only."""
+        _platform_only(_who(), "erase a tenant")
+        if not r.tenant:
+            raise InputError("tenant is required")
+        ids.check_call_id(r.tenant, "tenant")
+        ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
+        check_writer(self.vault)
+        # refused while the ingestor records a call of the tenant (its writer is open)
+        doc = self.vault.erase_tenant(r.tenant, reason=r.reason)
+        rpcctx.note_detail(f"tenant {r.tenant} erased ({doc['calls']} calls)")
+        return pb.EraseTenantReply(
+            calls=doc["calls"], log_index=doc["log_index"], time_us=doc["time_us"]
+        )
+
+    @unary
     def RotateKey(self, r: pb.RotateKeyRequest, context: grpc.ServicerContext) -> pb.RotateKeyReply:
         _platform_only(_who(), "rotate-key")
         check_writer(self.vault)
         kek, n = self.vault.rotate_key()
         return pb.RotateKeyReply(kek_id=kek, rewrapped=n)
+
+
+def audit_entry(doc: dict[str, Any], h: bytes) -> pb.AuditEntry:
+    """An audit entry (docs/format.md 8.12) on the wire."""
+    ident = doc.get("identity") or {}
+    return pb.AuditEntry(
+        seq=doc["seq"],
+        time_us=doc["time_us"],
+        kind=doc.get("kind", ""),
+        identity=ident.get("name") or "",
+        role=ident.get("role") or "",
+        identity_tenant=ident.get("tenant") or "",
+        via=ident.get("via") or "",
+        method=doc.get("method", ""),
+        calls=[pb.CallRef(tenant=t, call_id=c) for t, c in doc.get("calls", [])],
+        outcome=doc.get("outcome", ""),
+        audio_seconds=doc.get("audio_seconds", 0.0),
+        audio_bytes=doc.get("audio_bytes", 0),
+        peer=doc.get("peer", ""),
+        reason=doc.get("reason", ""),
+        detail=doc.get("detail", ""),
+        rule=doc.get("rule", ""),
+        cause=doc.get("cause", 0),
+        started_us=doc.get("started_us", 0),
+        hash=h,
+    )

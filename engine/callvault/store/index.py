@@ -45,6 +45,8 @@ RECORD = struct.Struct(">BBHIQQI")  # leg, type, frames, first frame, segment, o
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
 DEAD = b"dead/"  # default family: dead/ + u64 segment -> u64 dead bytes (docs/format.md 8.4)
+# default family: tenant-erased/ + tenant (UTF-8) -> JSON of the tenant's erasure (8.4, 8.6)
+TENANT_ERASED = b"tenant-erased/"
 
 # RocksDB's own info log (DATA/index/LOG): it is rolled to LOG.old.<time> on every
 # open, so without a bound each command run leaves one more file. RocksDB keeps at
@@ -239,6 +241,7 @@ class Batch:
         self.records_put: dict[tuple[str, str], dict[int, RecordEntry]] = {}
         self.dead: dict[int, int] = {}  # dead bytes added per segment
         self.gone: set[int] = set()  # segments whose counter is deleted
+        self.tenants_erased: set[str] = set()  # tenants whose tombstone this batch puts
 
     def put_call(self, entry: CallEntry, *, previous: CallEntry | None = None) -> None:
         ix = self._index
@@ -263,6 +266,13 @@ class Batch:
             record_key(tenant, call_id, chain_index), entry.pack(), self._index.cf("records")
         )
         self.records_put.setdefault((tenant, call_id), {})[chain_index] = entry
+        self.count += 1
+
+    def put_tenant_erasure(self, tenant: str, doc: dict[str, Any]) -> None:
+        """The tombstone of an erased tenant (docs/format.md 8.4): ``time_us``,
+        ``reason``, ``log_index`` (its leaf), ``keys_destroyed`` (the erasure finished)."""
+        self._wb.put(TENANT_ERASED + tenant.encode(), json.dumps(doc, sort_keys=True).encode())
+        self.tenants_erased.add(tenant)
         self.count += 1
 
     def delete_record(self, tenant: str, call_id: str, chain_index: int) -> None:
@@ -431,6 +441,41 @@ class Index:
     def get_meta(self, key: bytes) -> bytes | None:
         value: bytes | None = self._db.get(key)
         return value
+
+    def tenant_erasure(self, tenant: str) -> dict[str, Any] | None:
+        """The tombstone of ``tenant`` if it was erased (Batch.put_tenant_erasure)."""
+        raw = self._db.get(TENANT_ERASED + tenant.encode())
+        if raw is None:
+            return None
+        doc: dict[str, Any] = json.loads(raw)
+        return doc
+
+    def tenant_erasures(self) -> dict[str, dict[str, Any]]:
+        """Every erased tenant's tombstone."""
+        out: dict[str, dict[str, Any]] = {}
+        it = self._db.iter()
+        it.seek(TENANT_ERASED)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(TENANT_ERASED):
+                break
+            out[key[len(TENANT_ERASED) :].decode()] = json.loads(it.value())
+            it.next()
+        return out
+
+    def call_ids(self, tenant: str) -> list[str]:
+        """Every call id of the tenant in the index (all states), in key order."""
+        prefix = _s(tenant, "tenant")
+        out: list[str] = []
+        it = self._views["calls"].iter()
+        it.seek(prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            out.append(key[len(prefix) : -1].decode())
+            it.next()
+        return out
 
     def get_call(self, tenant: str, call_id: str) -> CallEntry | None:
         raw = self._views["calls"].get(call_key(tenant, call_id))
