@@ -2,10 +2,8 @@
 server: `export-request`, `export-approve`, `export-requests`, `export/bundle
 --approval`, `--reason`, and `--tenant` left to the identity on a server.
 
-The command runs in this process (callvault.cli.main) so that the identity it calls
-as comes from tests/server/access_fixtures.py (the stand-in for tokens until the
-identity lane's `--token` merges: then these commands take `--token` instead of the
-patched metadata)."""
+The command runs in this process (callvault.cli.main) with `--token`: the identity's
+real token from tests/server/access_fixtures.py (the one source of credentials)."""
 
 from __future__ import annotations
 
@@ -15,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from callvault.cli import remote
 from callvault.cli.main import main
 from callvault.media import sample
 from callvault.media.ogg import OggOpusReader
-from tests.server import access_fixtures
-from tests.server.access_fixtures import AccessServer, MakeIdentity, populate, serve
+from tests.server.access_fixtures import AccessServer, populate, serve, token_for
 
-identities = access_fixtures.identities  # the fixture: the one source of credentials
 Run = Callable[..., tuple[int, str, str]]
 
 
@@ -36,22 +31,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AccessServer]:
 
 
 @pytest.fixture
-def run(
-    world: AccessServer,
-    identities: MakeIdentity,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> Run:
+def run(world: AccessServer, capsys: pytest.CaptureFixture[str]) -> Run:
     """run(name, role, *args) -> (exit status, stdout, stderr) of `callvault --server
-    ADDR ARGS...` as that identity of tenant t1."""
-    own = remote.access_metadata
+    ADDR --token TOKEN ARGS...` as that identity of tenant t1."""
 
     def as_(name: str, role: str, *args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(
-            remote, "access_metadata", lambda a: own(a) + identities(name, role, "t1")
-        )
         capsys.readouterr()
-        rc = main(["--server", world.address, *args])
+        token = token_for(name, role, "t1")
+        rc = main(["--server", world.address, "--token", token, *args])
         out, err = capsys.readouterr()
         return rc, out, err
 

@@ -1,7 +1,8 @@
 """The audit trail through real servers, the SDK and the CLI (docs/access.md "Audit
-trail"): one entry per RPC of every kind, tenant-scoped reading, the head in the
-Merkle log with an inclusion proof against a signed checkpoint, a torn tail after
-SIGKILL, tampering caught by `audit verify`, anomaly rules in the policy."""
+trail"), callers with real tokens: one entry per RPC of every kind, tenant-scoped
+reading, the head in the Merkle log with an inclusion proof against a signed
+checkpoint, a torn tail after SIGKILL, tampering caught by `audit verify`, anomaly
+rules in the policy."""
 
 from __future__ import annotations
 
@@ -19,26 +20,29 @@ from callvault_client import Client
 from callvault_client.errors import CallvaultClientError
 
 from callvault.access import audit
-from callvault.access.identity import Identity, Unauthenticated
+from callvault.access.authn import CredentialAuthenticator
 from callvault.integrity import checkpoint, merkle
 from callvault.server import interceptors
 from callvault.server.app import Server
 from callvault.vault import Vault
+from tests.server.access_fixtures import STORE, token_for
 from tests.servers import run_cli, start_server
 
-WHO = "x-test-identity"  # this test's credentials: "name/role/tenant"
+
+def token(who: str) -> str:
+    """The real token of "name/role/tenant" (tenant empty: platform), minted once in
+    the access tests' token store (tests/server/access_fixtures.py)."""
+    name, role, tenant = who.split("/")
+    return token_for(name, role, tenant or None)
 
 
-class HeaderAuthenticator:
-    """An Authenticator (access.identity) reading the identity from a metadata header:
-    the identity lane's tokens and certificates plug in at the same interface."""
+def auth_md(who: str) -> tuple[str, str]:
+    return ("authorization", f"Bearer {token(who)}")
 
-    def identify(self, context: grpc.ServicerContext) -> Identity:
-        for key, value in context.invocation_metadata() or ():
-            if key == WHO:
-                name, role, tenant = str(value).split("/")
-                return Identity(name, role, tenant or None, f"test:{name}")
-        raise Unauthenticated("no credentials")
+
+def authenticator() -> CredentialAuthenticator:
+    """The server's real authenticator over the access tests' token store."""
+    return CredentialAuthenticator(STORE)
 
 
 @pytest.fixture
@@ -46,14 +50,14 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     # the roles lane's table gives auditors "audit"; here only that cell is needed
     monkeypatch.setitem(interceptors.ROLE_PERMISSIONS, "auditor", frozenset({"audit"}))
     vault = Vault.open(tmp_path / "data")
-    s = Server(vault, "127.0.0.1:0", auth=HeaderAuthenticator())
+    s = Server(vault, "127.0.0.1:0", auth=authenticator())
     s.start()
     yield s
     s.stop()
 
 
 def client(s: Server, who: str | None, reason: str = "") -> Client:
-    md = [(WHO, who)] if who else []
+    md = [auth_md(who)] if who else []
     if reason:
         md.append(("callvault-reason", reason))
     return Client(f"127.0.0.1:{s.port}", metadata=md, retries=0)
@@ -87,7 +91,7 @@ def test_every_rpc_makes_exactly_one_entry_with_its_fields(server: Server) -> No
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         raw: grpc.UnaryUnaryMultiCallable = ch.unary_unary("/callvault.v1.Archive/GetCall")
         with pytest.raises(grpc.RpcError) as e:
-            raw(b"\xff\xff\xff", metadata=((WHO, "root/admin/"),), timeout=10)
+            raw(b"\xff\xff\xff", metadata=(auth_md("root/admin/"),), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         made += 1
     # a stream the client leaves: Audit's entries (a KiB each) fill the flow-control
@@ -98,7 +102,7 @@ def test_every_rpc_makes_exactly_one_entry_with_its_fields(server: Server) -> No
         made += 150
     wait_count(server, made)
     opts = [("grpc.http2.bdp_probe", 0)]
-    with Client(f"127.0.0.1:{server.port}", metadata=[(WHO, "root/admin/")], options=opts) as c:
+    with Client(f"127.0.0.1:{server.port}", metadata=[auth_md("root/admin/")], options=opts) as c:
         stream = cast(Generator[Any, None, None], c.audit())  # the SDK's streams are generators
         assert next(stream).seq == 1
         time.sleep(0.5)  # the server blocks sending, its window full
@@ -127,7 +131,7 @@ def test_every_rpc_makes_exactly_one_entry_with_its_fields(server: Server) -> No
         "name": "ann",
         "role": "recorder",
         "tenant": "t1",
-        "via": "test:ann",
+        "via": f"token:{token('ann/recorder/t1').split('_')[1]}",
     }
     assert "may not" in docs[4]["detail"] and "not a valid protobuf" in docs[7]["detail"]
     assert docs[1]["calls"] == [["default", "nope"]] and docs[0]["calls"] == []
@@ -255,7 +259,7 @@ def test_audio_played_and_exported_is_in_the_trail(tmp_path: Path) -> None:
     sample.demo_capture(capture, seconds=3.0)
     with Vault.open(tmp_path / "data") as v:
         v.import_call("c1", [str(capture)], tenant="t1")
-    s = Server(Vault.open(tmp_path / "data"), "127.0.0.1:0", auth=HeaderAuthenticator())
+    s = Server(Vault.open(tmp_path / "data"), "127.0.0.1:0", auth=authenticator())
     s.start()
     try:
         with client(s, "root/admin/", reason="QA-1") as c:

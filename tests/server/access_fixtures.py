@@ -1,16 +1,17 @@
 """Identities for the access tests: ONE place that turns (name, role, tenant) into
 the credentials a call carries, and the server that accepts them.
 
-STAND-IN: until the identity lane's tokens merge, ``StandInAuthenticator`` reads
-the identity from the metadata ``x-callvault-test-identity`` ("name|role|tenant",
-tenant empty = platform). After the merge, the coordinator swaps ``identities``
-(mint a real token per identity and send it as the SDK/CLI does) and
-``access_server`` (the server built with the real authenticator); the tests use
-nothing else.
+Real tokens: ``identities`` mints a token per identity (once, cached) in one token
+store shared by every server ``serve`` starts, whose authenticator is the server's
+own (callvault.access.authn.CredentialAuthenticator), and the calls send it as the
+SDK and the CLI do (metadata ``authorization: Bearer <token>``). The store is
+configured from the start (a bootstrap token, revoked), so no server here is ever
+in open mode.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,27 +22,30 @@ import pytest
 from callvault_client._pb import callvault_pb2 as pb
 from google.protobuf import message_factory
 
-from callvault.access.identity import ROLES, Identity, Unauthenticated
+from callvault.access.authn import CredentialAuthenticator
+from callvault.access.tokens import TokenStore
 from callvault.server.app import Server
 from callvault.server.servicers import Config
 from callvault.vault import Vault
 
-KEY = "x-callvault-test-identity"
 Metadata = list[tuple[str, str]]
 MakeIdentity = Callable[[str, str, "str | None"], Metadata]
 
+STORE = TokenStore(Path(tempfile.mkdtemp(prefix="callvault-access-tests-")) / "access")
+STORE.create("bootstrap", "admin", None)
+STORE.revoke("bootstrap")  # configured for good: never open mode
+_minted: dict[tuple[str, str, str | None], str] = {}
 
-class StandInAuthenticator:
-    """The caller named in metadata KEY; UNAUTHENTICATED without it."""
 
-    def identify(self, context: grpc.ServicerContext) -> Identity:
-        for key, value in context.invocation_metadata() or ():
-            if key == KEY and isinstance(value, str):
-                name, role, tenant = value.split("|")
-                if role not in ROLES:
-                    raise Unauthenticated(f"unknown role {role}")
-                return Identity(name, role, tenant or None, f"test:{name}")
-        raise Unauthenticated("no credentials: give a token")
+def token_for(name: str, role: str, tenant: str | None) -> str:
+    """The token of this identity in STORE (made once). A name is unique among active
+    tokens: another identity of the same name is revoked first."""
+    key = (name, role, tenant)
+    if key not in _minted:
+        for other in [k for k in _minted if k[0] == name]:
+            STORE.revoke(_minted.pop(other).split("_")[1])
+        _minted[key], _ = STORE.create(name, role, tenant)
+    return _minted[key]
 
 
 @dataclass
@@ -55,16 +59,18 @@ class AccessServer:
 def identities() -> MakeIdentity:
     """(name, role, tenant | None) -> the metadata a call of that identity carries."""
 
-    def make(name: str, role: str, tenant: str | None) -> Metadata:
-        return [(KEY, f"{name}|{role}|{tenant or ''}")]
+    return metadata_of
 
-    return make
+
+def metadata_of(name: str, role: str, tenant: str | None) -> Metadata:
+    """The metadata a call of this identity carries (what ``identities`` gives)."""
+    return [("authorization", f"Bearer {token_for(name, role, tenant)}")]
 
 
 def serve(data: Path, config: Config | None = None) -> Iterator[AccessServer]:
     """A real server on loopback over the vault at ``data``, requiring identities."""
     vault = Vault.open(data)
-    server = Server(vault, "127.0.0.1:0", config, auth=StandInAuthenticator())
+    server = Server(vault, "127.0.0.1:0", config, auth=CredentialAuthenticator(STORE))
     server.start()
     try:
         yield AccessServer(f"127.0.0.1:{server.port}", data, server)

@@ -20,6 +20,7 @@ from tests.server.access_fixtures import (
     MakeIdentity,
     Metadata,
     invoke,
+    metadata_of,
     populate,
     serve,
 )
@@ -111,7 +112,7 @@ def test_search_returns_only_the_callers_tenant(channel: grpc.Channel, admin1: M
         channel,
         P + "Archive/Search",
         pb.SearchRequest(tenant="t2"),
-        [("x-callvault-test-identity", "root|admin|")],
+        metadata_of("root", "admin", None),
     )
     assert [c.call_id for c in platform.replies] == ["foreign"]
 
@@ -150,7 +151,7 @@ def test_stats_count_only_the_callers_tenant(
         channel,
         P + "Admin/Stats",
         pb.StatsRequest(),
-        [("x-callvault-test-identity", "root|admin|")],
+        metadata_of("root", "admin", None),
     ).replies[0]
     assert (t1.tenant, t1.calls) == ("t1", len(T1_CALLS))
     assert (t2.tenant, t2.calls) == ("t2", 1)
@@ -211,7 +212,7 @@ def test_a_tenant_recorder_records_into_its_tenant_only(
     assert events[1].error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
     assert events[1].error.message == "sidecar-1 records for tenant t1, not t2 (call rec-2)"
     assert events[2].WhichOneof("msg") == "started"
-    root = [("x-callvault-test-identity", "root|admin|")]
+    root = metadata_of("root", "admin", None)
     where = invoke(channel, P + "Archive/GetCall", pb.GetCallRequest(call=ref("rec-1", "t1")), root)
     assert where.code == grpc.StatusCode.OK and where.replies[0].state == "sealed"
     for tenant in ("t2", "default"):

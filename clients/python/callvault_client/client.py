@@ -129,6 +129,7 @@ class _Base:
         backoff: tuple[float, float] = (0.1, 5.0),
         metadata: Metadata = (),
         options: Sequence[tuple[str, Any]] = (),
+        token: str | None = None,
     ) -> None:
         self._rpc = Rpc(
             address,
@@ -141,6 +142,7 @@ class _Base:
             backoff=backoff,
             metadata=metadata,
             options=options,
+            token=token,
         )
 
     @property
@@ -165,10 +167,12 @@ class _Base:
 class Client(_Base):
     """A connection to a callvault server.
 
-    ``Client(address, tls_ca=..., tls_cert=..., tls_key=..., timeout=30.0, retries=3,
-    metadata=(), options=())``: an insecure channel unless a TLS option is given
-    (``tls_ca`` trusts that CA instead of the system roots; ``tls_cert``/``tls_key``
-    present a client certificate). ``timeout`` is the default deadline of unary
+    ``Client(address, token=None, tls_ca=..., tls_cert=..., tls_key=..., timeout=30.0,
+    retries=3, metadata=(), options=())``: an insecure channel unless a TLS option is
+    given (``tls_ca`` trusts that CA instead of the system roots; ``tls_cert``/``tls_key``
+    present a client certificate). ``token``: an API token (``cvt_...``) sent with every
+    call as ``authorization: Bearer <token>``; None takes $CALLVAULT_TOKEN when set,
+    "" sends none. ``timeout`` is the default deadline of unary
     calls in seconds (None: none); ``retries`` how often an idempotent call is
     retried on UNAVAILABLE; ``metadata`` is sent with every call; ``options`` are
     extra grpc channel options. Use it as a context manager or call ``close()``.
@@ -799,6 +803,47 @@ class Client(_Base):
             idempotent=True,
             timeout=timeout,
         )
+
+    def create_token(
+        self,
+        name: str,
+        role: str,
+        *,
+        tenant: str = "",
+        platform: bool = False,
+        expires_s: int = 0,
+        timeout: Timeout = DEFAULT,
+    ) -> pb.CreateTokenReply:
+        """A new API token (``reply.token`` is its text: shown once). ``tenant`` ""
+        is "default"; ``platform``: every tenant; ``expires_s`` 0: never. Not retried."""
+        req = pb.CreateTokenRequest(
+            name=name, role=role, tenant=tenant, platform=platform, expires_s=expires_s
+        )
+        return self._rpc.unary(
+            _ADMIN + "CreateToken", req, pb.CreateTokenReply, idempotent=False, timeout=timeout
+        )
+
+    def list_tokens(self, *, timeout: Timeout = DEFAULT) -> list[pb.TokenInfo]:
+        """Every token the caller may see (never their secrets)."""
+        reply = self._rpc.unary(
+            _ADMIN + "ListTokens",
+            pb.ListTokensRequest(),
+            pb.ListTokensReply,
+            idempotent=True,
+            timeout=timeout,
+        )
+        return list(reply.tokens)
+
+    def revoke_token(self, id_or_name: str, *, timeout: Timeout = DEFAULT) -> list[pb.TokenInfo]:
+        """Revoke the token with this id, else every unrevoked one of this name."""
+        reply = self._rpc.unary(
+            _ADMIN + "RevokeToken",
+            pb.RevokeTokenRequest(token=id_or_name),
+            pb.RevokeTokenReply,
+            idempotent=True,
+            timeout=timeout,
+        )
+        return list(reply.revoked)
 
     def rotate_key(self, *, timeout: Timeout = DEFAULT) -> pb.RotateKeyReply:
         """A new key-encryption key; every data key re-wrapped (never retried)."""

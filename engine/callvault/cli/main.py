@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from callvault import __version__, ids
-from callvault.cli import audit, media, sidecar, tenant, vault, vip
+from callvault.cli import audit, media, sidecar, tenant, tokens, vault, vip
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
 
@@ -43,9 +43,24 @@ def _verb(
     return sub.add_parser(name, help=summary, description=description or summary + ".")
 
 
+def _token_flags(parser: argparse.ArgumentParser, what: str, default: object = None) -> None:
+    """--token and --token-file (else $CALLVAULT_TOKEN: cli.common.resolve_token).
+    ``default`` argparse.SUPPRESS on a sub-verb keeps the value given before it."""
+    parser.add_argument("--token", metavar="TOKEN", default=default, help=what)
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=default,
+        help="read the token from FILE (its first line); else $CALLVAULT_TOKEN",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="callvault",
+        # no abbreviations of the global options: a verb's --to would be ambiguous
+        # with --token/--token-file (argparse matches prefixes across the whole line)
+        allow_abbrev=False,
         description="Record, store, prove and play calls. Vault verbs run on the vault in "
         "--data DIR, or on a server with --server HOST:PORT.",
     )
@@ -75,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="with --tls-cert: its private key (PEM)",
     )
+    _token_flags(p, "with --server: send this API token (cvt_...)")
     p.add_argument(
         "--key-file", metavar="FILE", help="the key-encryption key file (default DIR/keys/kek)"
     )
@@ -337,6 +353,22 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM)")
     sv.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM)")
     sv.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by this CA (PEM; with --tls-cert)",
+    )
+    sv.add_argument(
+        "--identities",
+        metavar="FILE",
+        help="map client certificates (CN, SAN DNS or URI) to identities (TOML, "
+        "docs/format.md 10.2)",
+    )
+    sv.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        help="allow a non-loopback --listen without TLS (tokens and audio in clear)",
+    )
+    sv.add_argument(
         "--port-file",
         metavar="FILE",
         help="write the bound port here once serving (for scripts and tests)",
@@ -382,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="TLS to the server, trusting this CA certificate (PEM)",
     )
+    sc.add_argument(
+        "--token-file",
+        dest="upstream_token_file",
+        metavar="FILE",
+        help="the server token (role recorder) the sidecar sends; else $CALLVAULT_TOKEN",
+    )
     sc.set_defaults(func=sidecar.cmd_sidecar)
 
     ca = _verb(sub, "call", "start, stop or list the calls recorded by a sidecar")
@@ -411,19 +449,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("granted", "declined", "unknown"),
         help="what the customer said when asked to be recorded (unknown)",
     )
+    _token_flags(cs, "the sidecar's control token", argparse.SUPPRESS)
     cs.set_defaults(func=sidecar.cmd_call_start)
     cp = _verb(csub, "stop", "stop receiving; the sidecar seals the call on the server")
     cp.add_argument(
         "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"
     )
     cp.add_argument("--call-id", required=True, help="the call")
+    _token_flags(cp, "the sidecar's control token", argparse.SUPPRESS)
     cp.set_defaults(func=sidecar.cmd_call_stop)
     cl = _verb(csub, "ls", "the sidecar's health, spool backlog and calls (state, reason, packets)")
     cl.add_argument(
         "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"
     )
     cl.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    _token_flags(cl, "the sidecar's control token", argparse.SUPPRESS)
     cl.set_defaults(func=sidecar.cmd_call_ls)
+    tokens.add_parser(sub, _verb)
 
     vp = _verb(
         sub,

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Literal
 from callvault_client import Client, Recording, pb
 from callvault_client.errors import CallvaultClientError
 
-from callvault.cli.common import CallFields, progress
+from callvault.cli.common import CallFields, progress, resolve_token
 from callvault.errors import CallvaultError
 
 # Packets per RtpBatch: big enough that per-message overhead is small, small
@@ -38,14 +38,16 @@ BATCH_SPAN_US = 1_000_000
 
 @contextlib.contextmanager
 def connect(args: argparse.Namespace) -> Iterator[RemoteBackend]:
-    """A client of ``--server`` (TLS with ``--tls-ca``/``--tls-cert``/``--tls-key``),
-    open while the block runs. The SDK's errors, and OSErrors (a TLS file that cannot
+    """A client of ``--server`` (TLS with ``--tls-ca``/``--tls-cert``/``--tls-key``;
+    a token from ``--token``, ``--token-file`` or $CALLVAULT_TOKEN), open while the
+    block runs. The SDK's errors, and OSErrors (a TLS file that cannot
     be read, an output that cannot be written), leave the block as CallvaultError."""
     if bool(getattr(args, "client_cert", None)) != bool(getattr(args, "client_key", None)):
         raise CallvaultError("a client certificate needs both --tls-cert and --tls-key")
     try:
         with Client(
             args.server,
+            token=resolve_token(args) or "",
             tls_ca=getattr(args, "tls_ca", None),
             tls_cert=getattr(args, "client_cert", None),
             tls_key=getattr(args, "client_key", None),

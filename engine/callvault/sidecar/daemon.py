@@ -119,7 +119,10 @@ class Sidecar:
         spool_root: Path,
         *,
         tls_ca: bytes | None = None,
+        token: str | None = None,
     ) -> None:
+        """``token``: the server token (role recorder) sent on the uplink and the
+        GetCall probe ("" or None: none)."""
         self.upstream = upstream
         self.rtp_host = rtp_host
         self.port_range = (port_min, port_max)
@@ -149,7 +152,10 @@ class Sidecar:
         ]
         # The SDK's client of the server, with these channel options over its
         # defaults and the forwarders' reconnect backoff.
-        self.client = Client(upstream, tls_ca=tls_ca, backoff=BACKOFF_S, options=options)
+        self.client = Client(
+            upstream, tls_ca=tls_ca, backoff=BACKOFF_S, options=options, token=token or ""
+        )
+        self._probe_denied = False  # GetCall refused by the server's role matrix (logged once)
         # Linux turns receive timestamping on for the whole stack asynchronously when
         # the first socket asks; until then datagrams are stamped when read. One
         # socket asking for the sidecar's whole life keeps it on, so a new call's
@@ -456,6 +462,17 @@ class Sidecar:
             raise SidecarError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"the server refuses call {call_id}: {e.message}"
             ) from None
+        except client_errors.PermissionDenied as e:
+            # a recorder identity may record but not read (docs/access.md): the
+            # server refuses a taken call id when the call is forwarded instead
+            if not self._probe_denied:
+                self._probe_denied = True
+                log.info(
+                    "the server does not let this sidecar ask whether it has a call id "
+                    "(%s); a call id it has already is refused when forwarded",
+                    e.message,
+                )
+            return None
         except client_errors.CallvaultClientError as e:
             log.warning(
                 "call %s: the server cannot say whether it has this call id (%s: %s); "
