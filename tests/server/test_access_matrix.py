@@ -20,6 +20,7 @@ import grpc
 import pytest
 from callvault_client._pb import callvault_pb2 as pb
 
+from callvault.access import audit
 from callvault.access.identity import ROLES, Identity
 from callvault.media import sample
 from callvault.server.interceptors import PERMISSIONS, ROLE_PERMISSIONS, authorize
@@ -36,6 +37,7 @@ from tests.server.access_fixtures import (
     serve,
     served,
 )
+from tests.servers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "access.md"
@@ -95,10 +97,33 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AccessServer]:
     yield from serve(tmp / "vault")
 
 
+class Counting(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Counts every RPC this module's channel starts (the calls made, client side),
+    for the audit trail's count (test_every_call_is_one_audit_entry)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _count(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.calls += 1
+        return continuation(details, request)
+
+    intercept_unary_unary = intercept_unary_stream = _count
+    intercept_stream_unary = intercept_stream_stream = _count
+
+
+COUNTING = Counting()
+
+
 @pytest.fixture(scope="module")
 def channel(world: AccessServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(world.address) as ch:
-        yield ch
+        yield grpc.intercept_channel(ch, COUNTING)
 
 
 def ref(call_id: str, tenant: str = "") -> pb.CallRef:
@@ -248,3 +273,24 @@ def test_a_qa_plays_audio_and_the_supervisor_listens_live(
     assert info.frames > 100 and sum(c.frames for c in o.replies) == info.frames
     live = d.call(PREFIX + "Archive/Play", d.who("supervisor"), call_id=OPEN_CALL[1])
     assert live.code == grpc.StatusCode.OK, live.details
+
+
+def test_every_call_is_one_audit_entry_and_tampering_is_caught(world: AccessServer) -> None:
+    """Last in this module: every RPC the matrix made (allowed or refused, counted on
+    the client's side) is exactly one entry of the server's audit trail, and a byte
+    changed in one entry is named by `callvault audit verify`."""
+    assert COUNTING.calls > 8 * len(MATRIX)  # the whole matrix ran before this test
+    world.server.stop()  # the trail synced and its head committed to the log
+    entries = [e for e in audit.read_entries(world.data / "audit") if e.doc["kind"] == "rpc"]
+    assert len(entries) == COUNTING.calls
+    ok = run_cli("--data", str(world.data), "audit", "verify")
+    assert "audit trail OK" in ok.stdout
+    victim = entries[len(entries) // 2]
+    trail = world.data / "audit" / "trail"
+    raw = bytearray(trail.read_bytes())
+    at = raw.index(b'"method"', victim.offset) + len('"method":"')
+    raw[at + 1] ^= 0x01  # one bit of the method's name
+    trail.write_bytes(bytes(raw))
+    bad = run_cli("--data", str(world.data), "audit", "verify", ok=False)
+    assert bad.returncode == 1
+    assert f"first bad entry: {victim.doc['seq']}" in bad.stdout, bad.stdout
