@@ -113,8 +113,17 @@ class Counting(
         self.calls += 1
         return continuation(details, request)
 
-    intercept_unary_unary = intercept_unary_stream = _count
-    intercept_stream_unary = intercept_stream_stream = _count
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return self._count(continuation, details, request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return self._count(continuation, details, request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return self._count(continuation, details, requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return self._count(continuation, details, requests)
 
 
 COUNTING = Counting()
