@@ -25,6 +25,10 @@ OPUS_SET_BITRATE when it differs, at the start of each run), and every packet
 of at most ``dtx_max`` bytes (libopus DTX) replaced at once by the noise
 encoder's packet for the same frame, capped at ``dtx_bytes``
 (media/ogg.replace_dtx, docs/opus-silence.md).
+
+PCI pause (``set_mute``): frames in the muted spans are zeroed before the DTMF
+stage, so nothing of them reaches the detector, the levels or the encoder; the
+step path zeroes the same frames (media/pipeline.py ``LegPipeline._dsp``).
 """
 import numpy as np
 cimport numpy as cnp
@@ -121,6 +125,12 @@ cdef class LegCore:
     cdef int err_code
     cdef int64_t err_frame
     cdef list events
+    # PCI pause: half-open frame spans [mute[2k], mute[2k + 1]) stored as silence, and
+    # the scratch copy of a batch some of whose frames are zeroed
+    cdef int64_t *mute
+    cdef Py_ssize_t n_mute, cap_mute
+    cdef int16_t *quiet
+    cdef Py_ssize_t cap_quiet
     # what the leg summary needs (LegResult): frames through the DSP, voice frames,
     # levels (sum of squares as media/pipeline.py adds it up, peak |x|, clipped
     # samples), Opus bytes; the next frame index the DSP expects
@@ -177,6 +187,20 @@ cdef class LegCore:
         free(self.ev_digit)
         free(self.ev_start)
         free(self.ev_end)
+        free(self.mute)
+        free(self.quiet)
+
+    def set_mute(self, spans):
+        """The frames to store as silence (PCI pause): ``spans`` is a sequence of
+        (start, end) half-open frame ranges, replacing the ones given before; frames
+        through the DSP already keep what they were."""
+        a = np.ascontiguousarray(np.asarray(spans, dtype=np.int64).reshape(-1, 2))
+        cdef Py_ssize_t n = a.shape[0]
+        if grow(<void **>&self.mute, &self.cap_mute, 2 * n + 2, sizeof(int64_t)) < 0:
+            raise MemoryError("set_mute: the leg's buffers could not grow")
+        if n:
+            memcpy(self.mute, cnp.PyArray_DATA(a), 2 * n * sizeof(int64_t))
+        self.n_mute = n
 
     # -- the chain, in C ---------------------------------------------------------------
     cdef int _encode(self, const int16_t *x, const uint8_t *voice, Py_ssize_t n) noexcept nogil:
@@ -283,14 +307,37 @@ cdef class LegCore:
         self.cap_ev = c1  # the same doubling from the same capacity: c1 == c2 == c3
         return 0
 
+    cdef const int16_t *_muted(self, const int16_t *x, Py_ssize_t n, int64_t first) noexcept nogil:
+        """``x``, or a copy with the frames of the muted spans zeroed; NULL: no memory."""
+        cdef Py_ssize_t k
+        cdef int64_t lo, hi
+        cdef bint copied = False
+        for k in range(self.n_mute):
+            lo = self.mute[2 * k] if self.mute[2 * k] > first else first
+            hi = self.mute[2 * k + 1] if self.mute[2 * k + 1] < first + n else first + n
+            if lo >= hi:
+                continue
+            if not copied:
+                if grow(<void **>&self.quiet, &self.cap_quiet, n * FRAME, sizeof(int16_t)) < 0:
+                    return NULL
+                memcpy(self.quiet, x, n * FRAME * sizeof(int16_t))
+                copied = True
+            memset(self.quiet + (lo - first) * FRAME, 0, (hi - lo) * FRAME * sizeof(int16_t))
+        return self.quiet if copied else x
+
     cdef int _dsp(self, const int16_t *x, Py_ssize_t n, int64_t first) noexcept nogil:
-        """n frames on the timeline from frame ``first``: DTMF, then the rest."""
+        """n frames on the timeline from frame ``first``: the muted spans zeroed, DTMF,
+        then the rest."""
         cdef Py_ssize_t n_out, cap
         if n == 0:
             return OK
         if first != self.next_index:
             self.err_frame = first
             return E_HOLE
+        if self.n_mute:
+            x = self._muted(x, n, first)
+            if x == NULL:
+                return E_NOMEM
         self.next_index += n
         if not self.dtmf.started:
             self.dtmf.started = True

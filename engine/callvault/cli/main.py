@@ -393,6 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("--call-id", required=True, help="the call")
     cp.set_defaults(func=sidecar.cmd_call_stop)
+    for verb, what in (
+        ("pause", "PCI pause: from now the call's RTP is discarded and stored as silence"),
+        ("resume", "end a PCI pause: RTP arriving from now is recorded again"),
+    ):
+        cq = _verb(csub, verb, what)
+        cq.add_argument(
+            "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"
+        )
+        cq.add_argument("--call-id", required=True, help="the call")
+        cq.set_defaults(func=sidecar.cmd_call_pause, pause=verb == "pause")
     cl = _verb(csub, "ls", "the sidecar's health, spool backlog and calls (state, reason, packets)")
     cl.add_argument(
         "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"

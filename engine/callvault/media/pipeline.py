@@ -19,6 +19,13 @@ not a declared RFC 4733 event) is not silence: its frames are zeros marked
 "unsupported codec", reported in the leg summary's gaps with their payload
 type and in its ``unsupported_codec`` totals (docs/format.md 1.1).
 
+PCI (docs/format.md 1.1, 1.2): ``Settings.mask_dtmf`` zeroes in-band DTMF tones
+in the stored audio (RFC 4733 events are never rendered into audio: the jitter
+buffer keeps their span silent unless audio covers it); ``Settings.keep_digits``
+False seals where DTMF occurred but not which digits (``digits_kept``);
+``LegPipeline.set_paused`` stores spans of frames as silence (a PCI pause),
+before the DTMF stage, and keeps them out of the leg's gaps and loss.
+
 Both legs of a call share ``call_start_us`` and are flushed to the same end,
 so they have the same number of frames and frame n of each leg is the same
 20 ms of the call: a dual-track Ogg pairs them with no re-encoding.
@@ -43,6 +50,9 @@ from callvault.rtpdefs import RECORDED_CODECS
 from callvault.timeline import FRAME_SAMPLES, frames_seconds, samples_ms
 
 FRAME = FRAME_SAMPLES  # samples per frame; importers may prefer callvault.timeline
+# Loss touching a paused span within this many frames (200 ms: one of ffmpeg's 182 ms
+# packets) is the pause's doing, not the network's (LegResult.lost_runs).
+PAUSE_EDGE_FRAMES = 10
 LEG_NAMES = ("agent", "customer")
 
 
@@ -64,6 +74,10 @@ class Settings:
     # decodes the stored packets alike; 0 keeps libopus's TOC-only packets.
     dtx_packet_bytes: int = 15
     mask_dtmf: bool = False
+    # Digits of DTMF (in-band and RFC 4733) in the leg summary; False keeps only that
+    # a digit occurred, where and how long (the server's and `import`'s default:
+    # [dtmf] keep_digits, docs/format.md 1.1 "digits_kept").
+    keep_digits: bool = True
     window_ms: int = 300  # jitter-buffer reordering window
     # What fills lost frames: "conceal" (the last frame repeated, fading out over
     # 80 ms; tests/media/test_quality.py: better PESQ-NB than silence at 2 % burst
@@ -97,28 +111,36 @@ class LegResult:
     sumsq: float = 0.0
     peak: int = 0
     clipped: int = 0
+    keep_digits: bool = True
+    # PCI pauses: (start frame, frames) stored as silence, never loss
+    paused: list[tuple[int, int]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         n = self.frames * FRAME_SAMPLES
         rms = 10 * math.log10(self.sumsq / n / 32768.0**2) if n and self.sumsq > 0 else None
+        gaps = self.gap_list()
+        lost = sum(int(g["frames"]) for g in gaps if g["reason"] == "lost")
         return {
             "leg": self.name,
             "source": self.source,
             "frames": self.frames,
             "seconds": frames_seconds(self.frames),
             # frames touched by loss: wholly lost ones and partly received ones
-            "lost": sum(n for _, n in self.gaps),
+            # (paused frames are not loss)
+            "lost": lost,
             "late": self.rtp.get("late", 0),
             "duplicates": self.rtp.get("duplicates", 0),
             "malformed": self.rtp.get("malformed", 0),
-            "gaps": self.gap_list(),
+            "gaps": gaps,
             "unsupported_codec": {
                 "frames": sum(n for _, n, _ in self.unsupported),
                 "packets": self.rtp.get("unsupported_payload_type", 0),
                 "payload_types": list(self.unsupported_payload_types),
             },
-            "telephone_events": self.telephone_events,
-            "dtmf": self.dtmf,
+            "telephone_events": self._events(self.telephone_events),
+            "dtmf": self._events(self.dtmf),
+            "digits_kept": self.keep_digits,
+            **({"paused_edge_frames": self.lost_runs()[1]} if self.paused else {}),
             "voice_frames": self.voice_frames,
             "level": {
                 "rms_dbfs": None if rms is None else round(rms, 2),
@@ -129,15 +151,42 @@ class LegResult:
             "rtp": self.rtp,
         }
 
+    def _events(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """DTMF events as sealed: without their digit unless ``keep_digits``."""
+        if self.keep_digits:
+            return events
+        return [{k: v for k, v in e.items() if k != "digit"} for e in events]
+
+    def lost_runs(self) -> tuple[list[tuple[int, int]], int]:
+        """The loss runs (start, frames) outside the paused spans, and the frames of
+        loss next to a span (at most ``PAUSE_EDGE_FRAMES`` either side, touching it)
+        that the pause made: a packet that arrived after the pause instant, whose
+        audio lay before it, was discarded (and likewise at the resume)."""
+        runs = outside(self.gaps, self.paused)
+        edge = [(s - PAUSE_EDGE_FRAMES, PAUSE_EDGE_FRAMES) for s, _ in self.paused]
+        edge += [(s + n, PAUSE_EDGE_FRAMES) for s, n in self.paused]
+        touching = [
+            (a, n)
+            for a, n in runs
+            if any(a + n == s or a == s + k for s, k in self.paused)
+        ]
+        cut = outside(touching, edge)
+        kept = [r for r in runs if r not in touching] + cut
+        kept.sort()
+        return kept, sum(n for _, n in touching) - sum(n for _, n in cut)
+
     def gap_list(self) -> list[dict[str, Any]]:
-        """Loss and unsupported-codec runs, by start frame (docs/format.md 1.1)."""
+        """Loss and unsupported-codec runs, by start frame (docs/format.md 1.1); the
+        frames of paused spans are cut out of them (a pause is not loss), and so is
+        the loss the pause made at its edges (``lost_runs``)."""
         gaps: list[dict[str, Any]] = [
-            {"start_frame": s, "frames": n, "reason": "lost"} for s, n in self.gaps
+            {"start_frame": s, "frames": n, "reason": "lost"} for s, n in self.lost_runs()[0]
         ]
-        gaps += [
-            {"start_frame": s, "frames": n, "reason": "unsupported_codec", "payload_type": pt}
-            for s, n, pt in self.unsupported
-        ]
+        for s0, n0, pt in self.unsupported:
+            gaps += [
+                {"start_frame": s, "frames": n, "reason": "unsupported_codec", "payload_type": pt}
+                for s, n in outside([(s0, n0)], self.paused)
+            ]
         gaps.sort(key=lambda g: int(g["start_frame"]))
         return gaps
 
@@ -157,6 +206,26 @@ class LegResult:
     def packets_all(self) -> tuple[bytes, npt.NDArray[np.int32]]:
         """``opus_run()`` as ``(data, lengths)``."""
         return self.opus_run().astuple()
+
+
+def outside(
+    runs: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The (start, frames) runs with the frames of ``spans`` (start, frames) cut out."""
+    out = [(int(s), int(s) + int(n)) for s, n in runs if n > 0]
+    for ps, pn in spans:
+        pe = ps + pn
+        cut: list[tuple[int, int]] = []
+        for a, b in out:
+            if b <= ps or a >= pe:
+                cut.append((a, b))
+                continue
+            if a < ps:
+                cut.append((a, ps))
+            if b > pe:
+                cut.append((pe, b))
+        out = cut
+    return [(a, b - a) for a, b in out]
 
 
 def call_unsupported_codec(legs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -218,7 +287,8 @@ class LegPipeline:
         if g711_law is not None:
             encode = False
         self.g711_law = g711_law
-        self.result = LegResult(name, source)
+        self.result = LegResult(name, source, keep_digits=settings.keep_digits)
+        self._mute: list[tuple[int, int]] = []  # PCI pause: [start, end) frame spans
         self.settings = settings
         self.jb = _rtp.JitterBuffer(
             call_start_us=call_start_us,
@@ -272,6 +342,18 @@ class LegPipeline:
             if core
             else None
         )
+
+    def set_paused(self, spans: Sequence[tuple[int, int | None]]) -> None:
+        """PCI pause: frames [start, end) of each span are stored as silence (end None:
+        paused until further notice), replacing the spans given before. Frames through
+        the DSP already (below ``next_index``) keep what they were: a caller starts a
+        span at ``next_index`` at the earliest. The closed spans go in the summary as
+        ``paused`` and out of its gaps."""
+        big = 2**62
+        self._mute = [(int(a), big if b is None else int(b)) for a, b in spans]
+        self.result.paused = [(a, b - a) for a, b in self._mute if b != big and b > a]
+        if self.core is not None:
+            self.core.set_mute(self._mute)
 
     @property
     def next_index(self) -> int:
@@ -442,6 +524,14 @@ class LegPipeline:
         if first_index != self._next_index:
             raise AssertionError(f"timeline hole: frame {first_index}, expected {self._next_index}")
         self._next_index += len(pcm)
+        end = first_index + len(pcm)
+        copied = False
+        for a, b in self._mute:  # PCI pause: as LegCore._muted
+            lo, hi = max(a, first_index), min(b, end)
+            if lo < hi:
+                if not copied:
+                    pcm, copied = np.array(pcm, dtype=np.int16), True
+                pcm[lo - first_index : hi - first_index] = 0
         out, events = self.dtmf.process(np.ascontiguousarray(pcm), first_index)
         self._after_dsp(out, events)
 

@@ -1,5 +1,5 @@
 """The sidecar's control API: gRPC ``callvault.v1.Sidecar`` (StartCall, StopCall,
-ListCalls). Translation only: the logic is in :class:`callvault.sidecar.daemon.Sidecar`,
+ListCalls, PauseCall, ResumeCall). Translation only: the logic is in :class:`callvault.sidecar.daemon.Sidecar`,
 whose refusals (:class:`SidecarError`) become the gRPC status they name."""
 
 from __future__ import annotations
@@ -41,6 +41,20 @@ class SidecarServicer(pbg.SidecarServicer):
         context: grpc.ServicerContext,
     ) -> pb.StopCallReply:
         return self._run(context, lambda: self.sidecar.stop_call(request))
+
+    def PauseCall(
+        self,
+        request: pb.PauseCallRequest,  # noqa: N802
+        context: grpc.ServicerContext,
+    ) -> pb.PauseCallReply:
+        return self._run(context, lambda: self.sidecar.pause_call(request, True))
+
+    def ResumeCall(
+        self,
+        request: pb.PauseCallRequest,  # noqa: N802
+        context: grpc.ServicerContext,
+    ) -> pb.PauseCallReply:
+        return self._run(context, lambda: self.sidecar.pause_call(request, False))
 
     def ListCalls(
         self,
