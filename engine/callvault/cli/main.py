@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from callvault import __version__, ids
 from callvault.cli import media, sidecar, vault
+from callvault.cli import scan as scan_cli
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
 
@@ -103,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--legs", metavar="NAME,NAME", help="names of a capture's streams in order (agent,customer)"
     )
     v.add_argument(
+        "--mask-dtmf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="PCI: mask in-band DTMF tones in the stored audio, as the server does live "
+        "(default: on; --no-mask-dtmf stores them, e.g. to check `scan`); with --data only",
+    )
+    v.add_argument(
+        "--keep-digits",
+        action="store_true",
+        help="keep the DTMF digits in the call's summary (default: only where DTMF "
+        "occurred, never which digits); with --data only",
+    )
+    v.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="a .pcap/.pcapng capture, or LEG=FILE.wav"
     )
     v.set_defaults(func=vault.cmd_import)
@@ -120,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("call_id", metavar="CALL_ID", help="the call")
     v.add_argument("--json", action="store_true", help="print JSON (every summary counter)")
     v.set_defaults(func=vault.cmd_info)
+    v = _verb(sub, "scan", "report DTMF-like tones left in a stored call (PCI)", scan_cli.SCAN_DOC)
+    v.add_argument("call_id", metavar="CALL_ID", help="the call")
+    v.add_argument("--json", action="store_true", help="print JSON (hits and thresholds)")
+    v.set_defaults(func=scan_cli.cmd_scan)
     v = _verb(
         sub,
         "export",

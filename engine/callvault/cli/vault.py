@@ -51,6 +51,7 @@ BACKEND_VERBS = (
     "rotate-key",
     "stats",
     "reclaim",
+    "scan",
 )
 
 
@@ -92,7 +93,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     check_inputs(args.inputs)
     with connect(args, create=True) as b:
         seal = b.import_call(
-            args.call_id, args.inputs, tenant=args.tenant, legs=leg_names(args.legs), meta=meta
+            args.call_id,
+            args.inputs,
+            tenant=args.tenant,
+            legs=leg_names(args.legs),
+            meta=meta,
+            mask_dtmf=args.mask_dtmf,
+            keep_digits=args.keep_digits,
         )
     print(f"{args.call_id} sealed {seal.hex()}")
     return 0

@@ -665,7 +665,10 @@ class Ingestor:
         limits: Limits | None = None,
     ) -> None:
         self.vault = vault
-        self.settings = settings or Settings()
+        # the product's live defaults: DTMF masked, digits not kept ([dtmf] policy)
+        self.settings = settings or Settings(**dtmf_settings(None))
+        if self.settings.keep_digits:
+            log.info("DTMF digits are kept in the calls' summaries ([dtmf] keep_digits)")
         self.limits = limits or Limits()
         self.expired_total = 0  # calls expired unfed (reap)
         self.resume_sealed_total = 0  # calls sealed by reap after resume_s without a stream

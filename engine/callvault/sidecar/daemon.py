@@ -456,7 +456,9 @@ class Sidecar:
         no_audio = call.spool.start_us is None
         if no_audio:
             call.spool.set_start_us(call.spool.created_us)
-        call.spool.finish()
+        # PCI: stopped while paused, no audio came since: the call (and its pause) lasts
+        # to the stop, not to the last audio before the pause
+        call.spool.finish(_net.now_us() if call.spool.paused else 0)
         call.wake()
         if no_audio:
             self._start_forwarder(call)
