@@ -59,6 +59,7 @@ cdef enum:
     E_NOISE = -3
     E_BITRATE = -4
     E_HOLE = -5
+    E_DTX = -6
 
 cdef int16_t SILENT_FRAME[FRAME]
 memset(SILENT_FRAME, 0, sizeof(SILENT_FRAME))
@@ -131,6 +132,11 @@ cdef class LegCore:
     cdef Py_ssize_t n_mute, cap_mute
     cdef int16_t *quiet
     cdef Py_ssize_t cap_quiet
+    # the encoder runs with DTX (as made); over muted frames DTX is switched off, so
+    # that their silence is coded by real packets of the encoder itself: a DTX packet
+    # replaced by the noise encoder's, then the encoder's own again, decodes to loud
+    # bursts after abrupt digital silence (its state and the decoder's differ)
+    cdef bint dtx_on, dtx_held
     # what the leg summary needs (LegResult): frames through the DSP, voice frames,
     # levels (sum of squares as media/pipeline.py adds it up, peak |x|, clipped
     # samples), Opus bytes; the next frame index the DSP expects
@@ -163,6 +169,7 @@ cdef class LegCore:
         self.dtx_max = dtx_max
         self.keep_pcm = keep_pcm
         self.events = []
+        self.dtx_on = encoder is not None and encoder.dtx
 
     def set_g711_law(self, g711_law):
         """Peak mode: the G.711 law of a leg whose law is known only from its first
@@ -203,14 +210,32 @@ cdef class LegCore:
         self.n_mute = n
 
     # -- the chain, in C ---------------------------------------------------------------
+    cdef bint _frame_muted(self, int64_t f) noexcept nogil:
+        cdef Py_ssize_t k
+        for k in range(self.n_mute):
+            if self.mute[2 * k] <= f < self.mute[2 * k + 1]:
+                return True
+        return False
+
     cdef int _encode(self, const int16_t *x, const uint8_t *voice, Py_ssize_t n) noexcept nogil:
-        """Encode n frames, each run of voice / silent frames at its bitrate, and
-        replace DTX packets with the noise encoder's."""
+        """Encode n frames (the last n of ``frames``), each run of voice / silent frames
+        at its bitrate, DTX off over muted frames, and replace DTX packets with the
+        noise encoder's."""
         cdef Py_ssize_t i
         cdef int32_t rate, cur
         cdef int rc
+        cdef bint m
         cdef unsigned char *out
         for i in range(n):
+            if self.dtx_on and (self.n_mute or self.dtx_held):
+                m = self._frame_muted(self.frames - n + i)
+                if m != self.dtx_held:
+                    rc = self.enc.c_set_dtx(0 if m else 1)
+                    if rc < 0:
+                        self.err_code = rc
+                        self.err_frame = i
+                        return E_DTX
+                    self.dtx_held = m
             if i == 0 or (self.silence_bitrate > 0 and voice[i] != voice[i - 1]):
                 rate = self.bitrate if self.silence_bitrate <= 0 or voice[i] else self.silence_bitrate
                 cur = self.enc.c_bitrate()
@@ -383,7 +408,8 @@ cdef class LegCore:
             raise AssertionError(
                 f"timeline hole: frame {self.err_frame}, expected {self.next_index}")
         fn = {E_ENCODE: "opus_encode", E_NOISE: "opus_encode (DTX replacement)",
-              E_BITRATE: "opus_encoder_ctl(OPUS_SET_BITRATE)"}[rc]
+              E_BITRATE: "opus_encoder_ctl(OPUS_SET_BITRATE)",
+              E_DTX: "opus_encoder_ctl(OPUS_SET_DTX)"}[rc]
         raise CodecError(f"{fn} (frame {self.err_frame})", self.err_code, "libopus error")
 
     cdef int _open(self) except -1:

@@ -50,9 +50,10 @@ from callvault.rtpdefs import RECORDED_CODECS
 from callvault.timeline import FRAME_SAMPLES, frames_seconds, samples_ms
 
 FRAME = FRAME_SAMPLES  # samples per frame; importers may prefer callvault.timeline
-# Loss touching a paused span within this many frames (200 ms: one of ffmpeg's 182 ms
-# packets) is the pause's doing, not the network's (LegResult.lost_runs).
-PAUSE_EDGE_FRAMES = 10
+# Loss within this many frames of a paused span (300 ms, the jitter window: a packet
+# of up to that much audio, like ffmpeg's 182 ms ones, discarded at the pause or the
+# resume) is the pause's doing, not the network's (LegResult.lost_runs).
+PAUSE_EDGE_FRAMES = 15
 LEG_NAMES = ("agent", "customer")
 
 
@@ -159,21 +160,15 @@ class LegResult:
 
     def lost_runs(self) -> tuple[list[tuple[int, int]], int]:
         """The loss runs (start, frames) outside the paused spans, and the frames of
-        loss next to a span (at most ``PAUSE_EDGE_FRAMES`` either side, touching it)
-        that the pause made: a packet that arrived after the pause instant, whose
-        audio lay before it, was discarded (and likewise at the resume)."""
+        loss within ``PAUSE_EDGE_FRAMES`` before or after a span, which the pause made
+        (a packet that arrived after the pause instant, its audio before it, was
+        discarded; a sender's packet may hold 180 ms of audio, sent ahead or late):
+        counted in ``paused_edge_frames``, not as loss."""
         runs = outside(self.gaps, self.paused)
-        edge = [(s - PAUSE_EDGE_FRAMES, PAUSE_EDGE_FRAMES) for s, _ in self.paused]
-        edge += [(s + n, PAUSE_EDGE_FRAMES) for s, n in self.paused]
-        touching = [
-            (a, n)
-            for a, n in runs
-            if any(a + n == s or a == s + k for s, k in self.paused)
-        ]
-        cut = outside(touching, edge)
-        kept = [r for r in runs if r not in touching] + cut
-        kept.sort()
-        return kept, sum(n for _, n in touching) - sum(n for _, n in cut)
+        edges = [(s - PAUSE_EDGE_FRAMES, PAUSE_EDGE_FRAMES) for s, _ in self.paused]
+        edges += [(s + n, PAUSE_EDGE_FRAMES) for s, n in self.paused]
+        kept = outside(runs, edges)
+        return kept, sum(n for _, n in runs) - sum(n for _, n in kept)
 
     def gap_list(self) -> list[dict[str, Any]]:
         """Loss and unsupported-codec runs, by start frame (docs/format.md 1.1); the
@@ -289,6 +284,7 @@ class LegPipeline:
         self.g711_law = g711_law
         self.result = LegResult(name, source, keep_digits=settings.keep_digits)
         self._mute: list[tuple[int, int]] = []  # PCI pause: [start, end) frame spans
+        self._dtx_held = False  # the step path's encoder has DTX off (paused frames)
         self.settings = settings
         self.jb = _rtp.JitterBuffer(
             call_start_us=call_start_us,
@@ -581,21 +577,29 @@ class LegPipeline:
         self.result.opus_bytes += len(data)
 
     def _encode(self, pcm: npt.NDArray[np.int16], voice: npt.NDArray[np.uint8]) -> None:
-        """Encode runs of voice / silent frames, each at its bitrate."""
+        """Encode runs of voice / silent frames, each at its bitrate; over paused frames
+        with DTX off (as LegCore._encode: the silence coded by the encoder's own real
+        packets, never a DTX packet replaced by the noise encoder's)."""
         assert self.encoder is not None
         s = self.settings
-        if s.silence_bitrate is None:
-            runs = [(0, len(pcm), s.bitrate)]
-        else:
-            edges = np.flatnonzero(np.diff(voice.astype(np.int8))) + 1
-            bounds = [0, *edges.tolist(), len(pcm)]
-            runs = [
-                (a, b, s.bitrate if voice[a] else s.silence_bitrate)
-                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-            ]
-        for a, b, rate in runs:
+        n = len(pcm)
+        cuts = set() if s.silence_bitrate is None else set(
+            (np.flatnonzero(np.diff(voice.astype(np.int8))) + 1).tolist()
+        )
+        muted = np.zeros(n, dtype=np.bool_)
+        if s.dtx and (self._mute or self._dtx_held):
+            idx = np.arange(self.result.frames - n, self.result.frames)
+            for lo, hi in self._mute:
+                muted |= (idx >= lo) & (idx < hi)
+            cuts.update((np.flatnonzero(np.diff(muted.astype(np.int8))) + 1).tolist())
+        bounds = [0, *sorted(cuts), n]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            rate = s.bitrate if s.silence_bitrate is None or voice[a] else s.silence_bitrate
             if self.encoder.bitrate != rate:
                 self.encoder.bitrate = rate
+            if s.dtx and bool(muted[a]) != self._dtx_held:
+                self.encoder.dtx = not muted[a]
+                self._dtx_held = bool(muted[a])
             run = PacketRun(*self.encoder.encode_frames(pcm[a:b]))
             if self.noise_encoder is not None:
                 # TOC-only DTX packets never leave the pipeline (Settings.dtx_packet_bytes)
