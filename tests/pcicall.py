@@ -15,7 +15,12 @@ from callvault.rtpdefs import PT_PCMA, PT_PCMU
 
 SECONDS = 10.0
 # (at seconds, digit, ms, dBm0 per tone): in the agent's audio
-INBAND = ((2.0, "4", 100, -12.0), (2.4, "1", 80, -16.0), (6.0, "9", 90, -20.0), (6.4, "#", 120, -10.0))
+INBAND = (
+    (2.0, "4", 100, -12.0),
+    (2.4, "1", 80, -16.0),
+    (6.0, "9", 90, -20.0),
+    (6.4, "#", 120, -10.0),
+)
 RFC4733 = ((4.0, "7"), (4.5, "3"))  # on the customer leg
 KEYS = "123A456B789C*0#D"
 

@@ -94,7 +94,7 @@ def test_pause_resume_through_ffmpeg_rtp(tmp_path: Path) -> None:
     assert [(s.start_frame, s.frames) for s in info.paused] == [(a, b - a)]
     # at least 2 s in, at least 1.5 s long (the CLI's own start-up adds to both), and
     # over before the senders' end: audio on both sides of it
-    assert 100 <= a and 75 <= b - a and b + 30 <= info.frames, (a, b, info.frames)
+    assert a >= 100 and b - a >= 75 and b + 30 <= info.frames, (a, b, info.frames)
     summary = json.loads(info.summary_json)
     assert summary["paused"] == [{"start_frame": a, "frames": b - a}]
     for leg in info.leg_summaries:
@@ -124,8 +124,9 @@ def _send_pcicall(ports: dict[str, int]) -> None:
     in-band digits in its audio, the customer's RFC 4733 events instead of its audio."""
     agent, customer = pcicall.legs(pcicall.SECONDS)
     legs = [
-        sample.rtp_packets(agent, sample.LegPlan(law=PT_PCMU, ssrc=0x11, jitter_ms=0), t0=0.0,
-                           seed=1),
+        sample.rtp_packets(
+            agent, sample.LegPlan(law=PT_PCMU, ssrc=0x11, jitter_ms=0), t0=0.0, seed=1
+        ),
         sample.rtp_packets(
             customer,
             sample.LegPlan(law=PT_PCMA, ssrc=0x22, jitter_ms=0, dtmf=pcicall.RFC4733),
@@ -180,9 +181,7 @@ def test_live_dtmf_masked_and_digits_withheld(tmp_path: Path, keep_digits: bool)
     assert len(customer["telephone_events"]) == len(pcicall.RFC4733)
     if keep_digits:
         assert [e["digit"] for e in agent["dtmf"]] == [d for _, d, _, _ in pcicall.INBAND]
-        assert [e["digit"] for e in customer["telephone_events"]] == [
-            d for _, d in pcicall.RFC4733
-        ]
+        assert [e["digit"] for e in customer["telephone_events"]] == [d for _, d in pcicall.RFC4733]
         assert agent["digits_kept"] and customer["digits_kept"]
     else:
         for e in agent["dtmf"] + customer["telephone_events"]:

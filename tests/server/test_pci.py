@@ -61,8 +61,10 @@ def paused_requests(
     """CallStart, the batches with a Pause / Resume put where a sidecar puts them
     (before the first batch with a packet that arrived at or after the instant), seqs
     renumbered, CallEnd."""
-    marks = sorted([(start_us + int(a * 1e6), True) for a, _ in spans] +
-                   [(start_us + int(b * 1e6), False) for _, b in spans])
+    marks = sorted(
+        [(start_us + int(a * 1e6), True) for a, _ in spans]
+        + [(start_us + int(b * 1e6), False) for _, b in spans]
+    )
     out: list[Request] = [CallSpec(call_id, "", ("agent", "customer"), start_us=start_us)]
     seq = 0
     for b in batches:
@@ -82,7 +84,8 @@ def paused_requests(
 def silent(x: np.ndarray) -> bool:
     """Decoded Opus of digital silence (the encoder codes paused frames with DTX off:
     ext/_leg.pyx): within a few LSB of zero, past the codec's fade of what came before
-    (the span's first 2 frames) and its onset of what comes after (the last 10 ms: its lookahead)."""
+    (the span's first 2 frames) and its onset of what comes after (the last 10 ms, its
+    lookahead)."""
     y = x.astype(np.float64)
     return bool(np.abs(y).max() <= 64 and np.sqrt(np.mean(y**2)) <= 4)
 
@@ -122,8 +125,11 @@ def test_pause_is_silence_on_both_legs_marked_and_not_loss(
         # no gap inside or near the span; the rest of the loss as without the pause
         for g in leg["gaps"]:
             assert g["start_frame"] + g["frames"] <= a - 15 or g["start_frame"] >= b + 15, g
-        far = [g for g in ref_leg["gaps"] if g["start_frame"] + g["frames"] <= a - 15
-               or g["start_frame"] >= b + 15]
+        far = [
+            g
+            for g in ref_leg["gaps"]
+            if g["start_frame"] + g["frames"] <= a - 15 or g["start_frame"] >= b + 15
+        ]
         assert leg["gaps"] == far
         # and the audio outside the span (beyond the jitter window) is unchanged
         n = (a - 20) * 160

@@ -339,9 +339,7 @@ def print_summary(s: dict[str, Any]) -> None:
     )
     for leg in s["legs"]:
         events = leg["telephone_events"] + leg["dtmf"]
-        digits = "".join(
-            e.get("digit") or "?" for e in sorted(events, key=lambda e: e["start_ms"])
-        )
+        digits = "".join(e.get("digit") or "?" for e in sorted(events, key=lambda e: e["start_ms"]))
         print(
             f"  {leg['leg']:<9} frames {leg['frames']}, lost {leg['lost']}, late {leg['late']}, "
             f"duplicates {leg['duplicates']}, gaps {len(leg['gaps'])}, "

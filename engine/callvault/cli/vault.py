@@ -166,9 +166,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if e.seal:
         doc["seconds"] = frames_seconds(e.frames)
     if e.state == "sealed":  # PCI (docs/format.md 1.1): pauses, DTMF and its digits
-        doc["paused"] = [
-            {"start_frame": p.start_frame, "frames": p.frames} for p in e.paused
-        ]
+        doc["paused"] = [{"start_frame": p.start_frame, "frames": p.frames} for p in e.paused]
         doc["dtmf_events"] = e.dtmf_events
         doc["digits_kept"] = e.digits_kept
     if e.summary_json:  # a sealed call's, not an erased one's

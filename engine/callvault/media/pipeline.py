@@ -583,8 +583,10 @@ class LegPipeline:
         assert self.encoder is not None
         s = self.settings
         n = len(pcm)
-        cuts = set() if s.silence_bitrate is None else set(
-            (np.flatnonzero(np.diff(voice.astype(np.int8))) + 1).tolist()
+        cuts = (
+            set()
+            if s.silence_bitrate is None
+            else set((np.flatnonzero(np.diff(voice.astype(np.int8))) + 1).tolist())
         )
         muted = np.zeros(n, dtype=np.bool_)
         if s.dtx and (self._mute or self._dtx_held):

@@ -66,7 +66,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
+
+import numpy as np
 
 from callvault import ids
 from callvault.errors import CallvaultError, InputError
@@ -75,8 +77,6 @@ from callvault.media.packets import PacketRun
 from callvault.media.pipeline import LegPipeline, Settings
 from callvault.rtpdefs import RECORDED_CODECS
 from callvault.timeline import FRAME_US, FRAMES_PER_RECORD, frames_us
-
-import numpy as np
 from callvault.vault import Ack, CallWriter, Vault, VaultError
 
 MAX_LEGS = 2
@@ -181,7 +181,14 @@ class CallSpec:
 DTMF_POLICY_KEYS = ("mask", "keep_digits")
 
 
-def dtmf_settings(section: Any) -> dict[str, bool]:
+class DtmfSettings(TypedDict):
+    """The Settings fields of the [dtmf] policy section."""
+
+    mask_dtmf: bool
+    keep_digits: bool
+
+
+def dtmf_settings(section: Any) -> DtmfSettings:
     """The ``[dtmf]`` policy section (Config.policy["dtmf"]; docs/access.md "PCI") as
     Settings fields: ``mask`` (default true: in-band DTMF is masked in the stored
     audio) and ``keep_digits`` (default false: the summary keeps where DTMF occurred,
@@ -195,11 +202,11 @@ def dtmf_settings(section: Any) -> dict[str, bool]:
         raise InputError(
             f"policy [dtmf]: unknown key(s) {', '.join(unknown)} (expected mask, keep_digits)"
         )
-    out = {"mask_dtmf": section.get("mask", True), "keep_digits": section.get("keep_digits", False)}
-    for key, value in zip(DTMF_POLICY_KEYS, out.values(), strict=True):
+    mask, keep = section.get("mask", True), section.get("keep_digits", False)
+    for key, value in zip(DTMF_POLICY_KEYS, (mask, keep), strict=True):
         if not isinstance(value, bool):
             raise InputError(f"policy [dtmf] {key} = {value!r}: expected true or false")
-    return out
+    return DtmfSettings(mask_dtmf=mask, keep_digits=keep)
 
 
 @dataclass(frozen=True)

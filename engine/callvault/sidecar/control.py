@@ -1,6 +1,7 @@
 """The sidecar's control API: gRPC ``callvault.v1.Sidecar`` (StartCall, StopCall,
-ListCalls, PauseCall, ResumeCall). Translation only: the logic is in :class:`callvault.sidecar.daemon.Sidecar`,
-whose refusals (:class:`SidecarError`) become the gRPC status they name."""
+ListCalls, PauseCall, ResumeCall). Translation only: the logic is in
+:class:`callvault.sidecar.daemon.Sidecar`, whose refusals (:class:`SidecarError`) become
+the gRPC status they name."""
 
 from __future__ import annotations
 

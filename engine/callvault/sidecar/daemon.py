@@ -441,8 +441,9 @@ class Sidecar:
             )
         fut = self.receiver.submit(lambda: self.receiver.pause_call(call, pause))
         at_us, seq, dropped = fut.result(timeout=30)
-        log.info("call %s %s at %d (seq %d)", call.call_id, "paused" if pause else "resumed",
-                 at_us, seq)
+        log.info(
+            "call %s %s at %d (seq %d)", call.call_id, "paused" if pause else "resumed", at_us, seq
+        )
         return pb.PauseCallReply(at_us=at_us, seq=seq, dropped_packets=dropped)
 
     def _stop_in_receiver(self, call: Call) -> None:
