@@ -71,12 +71,11 @@ def call_detail(
     """``call_info`` with what GetCall adds on request: a sealed call's summary (JSON)
     and, unless the call is erased, its customer number (decrypted)."""
     info = call_info(e, frames)
-    if e.state == "sealed":
+    if summary and e.state == "sealed":
         doc = vault.summary(e.call_id, tenant=e.tenant)
+        info.summary_json = json.dumps(doc, sort_keys=True)
+        info.leg_summaries.extend(leg_summary(leg) for leg in doc.get("legs", []))
         pci_fields(info, doc)
-        if summary:
-            info.summary_json = json.dumps(doc, sort_keys=True)
-            info.leg_summaries.extend(leg_summary(leg) for leg in doc.get("legs", []))
     if customer_number and e.state != "erased":
         info.customer_number = vault.customer_number(e.call_id, tenant=e.tenant)
     return info
