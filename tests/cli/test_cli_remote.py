@@ -208,7 +208,8 @@ def test_admin_verbs(tmp_path: Path) -> None:
     try:
         remote(server, "import", "--call-id", "e1", str(tmp_path / "call.pcap"))
         assert remote(server, "rotate-key").stdout == (
-            "key-encryption key 2 active; 1 call key(s) re-wrapped, no audio rewritten\n"
+            "key-encryption key 2 active; 1 wrapped key(s) re-wrapped (the tenants' keys,"
+            " and call keys from before per-tenant keys), no audio rewritten\n"
         )
         assert remote(server, "reindex").stdout.startswith("index rebuilt from the segments: ")
         assert remote(server, "erase", "e1", "--reason", "test").stdout == (

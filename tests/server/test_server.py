@@ -204,7 +204,8 @@ def test_search_get_call_and_proofs(server: Proc, capture: Path) -> None:
         assert [leg["leg"] for leg in summary["legs"]] == ["agent", "customer"]
         integ = pbg.IntegrityStub(ch)
         cp = integ.GetCheckpoint(pb.GetCheckpointRequest())
-        assert cp.tree_size == 2 and cp.note.startswith("callvault\n2\n")
+        # the two seals, then the audit trail's head (leaf kind 4: docs/format.md 8.12)
+        assert cp.tree_size == 3 and cp.note.startswith("callvault\n3\n")
         proof = integ.GetInclusionProof(pb.InclusionProofRequest(call=pb.CallRef(call_id="s2")))
         assert proof.leaf_index == 1 and proof.root_hash == cp.root_hash
         from callvault.integrity import merkle
@@ -214,7 +215,7 @@ def test_search_get_call_and_proofs(server: Proc, capture: Path) -> None:
         )
         cons = integ.GetConsistencyProof(pb.ConsistencyProofRequest(old_size=1))
         assert cons.new_root == cp.root_hash
-        merkle.verify_consistency(1, 2, cons.old_root, cons.new_root, list(cons.path))
+        merkle.verify_consistency(1, 3, cons.old_root, cons.new_root, list(cons.path))
         results = list(integ.Verify(pb.VerifyRequest(all=True)))
         assert [(r.what, r.ok) for r in results] == [
             ("segments", True),
@@ -226,7 +227,8 @@ def test_search_get_call_and_proofs(server: Proc, capture: Path) -> None:
         }
         assert {"manifest.json", "call.ogg", "proof.json", "checkpoint.txt"} <= files
         st = pbg.AdminStub(ch).Stats(pb.StatsRequest())
-        assert st.calls == 2 and st.open_calls == 0 and st.log_size == 2
+        # and a second audit leaf, made by the bundle's checkpoint
+        assert st.calls == 2 and st.open_calls == 0 and st.log_size == 4
         assert st.packets_total == 2 * sum(len(b.lengths) for b in feed.batches)
         assert st.stored_bytes > 0 and st.free_disk_bytes > 0
         # the interceptor chain's method log

@@ -55,6 +55,9 @@ DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
+TOKEN_ENV = "CALLVAULT_TOKEN"  # the token when none is given (token=None)
+AUTH_KEY = "authorization"  # metadata: "Bearer <token>"
+
 Pem = bytes | str | os.PathLike[str]
 Metadata = Sequence[tuple[str, str | bytes]]
 _M = TypeVar("_M", bound=Message)
@@ -80,6 +83,28 @@ def read_pem(value: Pem | None) -> bytes | None:
     if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
         return value.encode()
     return Path(value).read_bytes()
+
+
+def valid_token_text(token: str) -> bool:
+    """Whether ``token`` can travel as metadata: one word of printable ASCII."""
+    return bool(token) and token.isascii() and token.isprintable() and " " not in token
+
+
+def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata that carries a token: ``authorization: Bearer <token>``, sent with
+    every call. ``token=None`` takes $CALLVAULT_TOKEN (if set); ``""`` sends none.
+
+    Plain metadata rather than grpc call credentials: grpc refuses call credentials
+    on an insecure channel, and a server on loopback without TLS takes tokens too.
+    Without TLS the token crosses the network in clear: use TLS off loopback."""
+    if token is None:
+        token = os.environ.get(TOKEN_ENV, "")
+    token = token.strip()
+    if not token:
+        return ()
+    if not valid_token_text(token):
+        raise ValueError("a token is one word of printable ASCII characters (cvt_...)")
+    return ((AUTH_KEY, f"Bearer {token}"),)
 
 
 def make_channel(
@@ -160,6 +185,7 @@ class Rpc:
         backoff: tuple[float, float] = (0.1, 5.0),
         metadata: Metadata = (),
         options: Sequence[tuple[str, Any]] = (),
+        token: str | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -167,7 +193,10 @@ class Rpc:
         self.timeout = timeout
         self.retries = retries
         self.backoff = Backoff(*backoff)
-        self.metadata: tuple[tuple[str, str | bytes], ...] = tuple(metadata)
+        self.metadata: tuple[tuple[str, str | bytes], ...] = (
+            *token_metadata(token),
+            *tuple(metadata),
+        )
         self.channel = make_channel(
             address,
             tls_ca=tls_ca,

@@ -24,6 +24,7 @@ from callvault_client._channel import DEFAULT, Metadata, Pem, Rpc, Timeout
 from callvault_client._pb import callvault_pb2 as pb
 from callvault_client.recording import AckEvent, BatchSource, Recording
 
+_INGEST = "/callvault.v1.Ingest/"
 _ARCHIVE = "/callvault.v1.Archive/"
 _INTEGRITY = "/callvault.v1.Integrity/"
 _ADMIN = "/callvault.v1.Admin/"
@@ -128,6 +129,7 @@ class _Base:
         backoff: tuple[float, float] = (0.1, 5.0),
         metadata: Metadata = (),
         options: Sequence[tuple[str, Any]] = (),
+        token: str | None = None,
     ) -> None:
         self._rpc = Rpc(
             address,
@@ -140,6 +142,7 @@ class _Base:
             backoff=backoff,
             metadata=metadata,
             options=options,
+            token=token,
         )
 
     @property
@@ -164,10 +167,12 @@ class _Base:
 class Client(_Base):
     """A connection to a callvault server.
 
-    ``Client(address, tls_ca=..., tls_cert=..., tls_key=..., timeout=30.0, retries=3,
-    metadata=(), options=())``: an insecure channel unless a TLS option is given
-    (``tls_ca`` trusts that CA instead of the system roots; ``tls_cert``/``tls_key``
-    present a client certificate). ``timeout`` is the default deadline of unary
+    ``Client(address, token=None, tls_ca=..., tls_cert=..., tls_key=..., timeout=30.0,
+    retries=3, metadata=(), options=())``: an insecure channel unless a TLS option is
+    given (``tls_ca`` trusts that CA instead of the system roots; ``tls_cert``/``tls_key``
+    present a client certificate). ``token``: an API token (``cvt_...``) sent with every
+    call as ``authorization: Bearer <token>``; None takes $CALLVAULT_TOKEN when set,
+    "" sends none. ``timeout`` is the default deadline of unary
     calls in seconds (None: none); ``retries`` how often an idempotent call is
     retried on UNAVAILABLE; ``metadata`` is sent with every call; ``options`` are
     extra grpc channel options. Use it as a context manager or call ``close()``.
@@ -188,6 +193,8 @@ class Client(_Base):
         on_ack: Callable[[AckEvent], None] | None = None,
         reconnect_timeout: float | None = 60.0,
         recording_id: str | None = None,
+        region: str = "",
+        consent: str | int = "",
     ) -> Recording:
         """Start recording a call over an Ingest stream; see :class:`Recording`.
 
@@ -197,7 +204,9 @@ class Client(_Base):
         after a broken stream the recording reconnects until ``reconnect_timeout``
         seconds pass without a Started (None: forever). ``recording_id`` identifies
         this recording on every reconnect (default: a random one), so the server tells
-        a resume from another recording that reuses the call id (ALREADY_EXISTS)."""
+        a resume from another recording that reuses the call id (ALREADY_EXISTS).
+        ``region`` and ``consent`` ("granted", "declined", "unknown") are for the
+        server's recording policy: ``Recording.recorded`` says what it decided."""
         specs = [pb.LegSpec(name=leg) if isinstance(leg, str) else leg for leg in legs]
         start = pb.CallStart(
             call_id=call_id,
@@ -206,6 +215,8 @@ class Client(_Base):
             start_us=start_us,
             meta=make_meta(meta),
             recording_id=secrets.token_hex(16) if recording_id is None else recording_id,
+            region=region,
+            consent=consent_enum(consent),  # type: ignore[arg-type]
         )
         return self.record_from(start, on_ack=on_ack, reconnect_timeout=reconnect_timeout)
 
@@ -233,6 +244,13 @@ class Client(_Base):
             retry=retry,
             on_reply=on_reply,
             on_lost=on_lost,
+        )
+
+    def decide(self, start: pb.CallStart, *, timeout: Timeout = DEFAULT) -> pb.CallDecision:
+        """Ingest.Decide: whether the server's recording policy records the call of this
+        CallStart (a call not recorded gets its decision entry stored). Not retried."""
+        return self._rpc.unary(
+            _INGEST + "Decide", start, pb.CallDecision, idempotent=False, timeout=timeout
         )
 
     # -- Archive ------------------------------------------------------------------
@@ -282,12 +300,14 @@ class Client(_Base):
         since_us: int = 0,
         until_us: int = 0,
         timeout: Timeout = None,
+        decisions: bool = False,
     ) -> Iterator[pb.CallInfo]:
         """Calls starting in [since, until) matching every filter given, as one stream
         (at most ``limit``; 0: all). ``since``/``until`` are aware datetimes or µs
         since the epoch (``since_us``/``until_us`` are the older spelling);
         ``order`` "oldest" (first, the default) or "newest". For pages use
-        :meth:`search_page` or :meth:`search_all`."""
+        :meth:`search_page` or :meth:`search_all`. ``decisions``: the calls NOT
+        recorded (their decision entries, state "not_recorded") instead of calls."""
         req = self._search_request(
             tenant=tenant,
             since=since,
@@ -303,6 +323,7 @@ class Client(_Base):
             order=order,
         )
         req.limit = limit
+        req.decisions = decisions
         return self._rpc.stream(
             _ARCHIVE + "Search", req, pb.CallInfo, idempotent=True, timeout=timeout
         )
@@ -453,6 +474,7 @@ class Client(_Base):
         timeout: Timeout = None,
         include_metadata: bool = False,
         include_customer_number: bool = False,
+        approval: str = "",
     ) -> Iterator[pb.FileChunk]:
         """The raw Export stream (see :meth:`export` to write a file)."""
         req = pb.ExportRequest(
@@ -462,6 +484,7 @@ class Client(_Base):
             to_ms=to_ms,
             include_metadata=include_metadata,
             include_customer_number=include_customer_number,
+            approval=approval,
         )
         return self._rpc.stream(
             _ARCHIVE + "Export", req, pb.FileChunk, idempotent=True, timeout=timeout
@@ -480,12 +503,14 @@ class Client(_Base):
         timeout: Timeout = None,
         include_metadata: bool = False,
         include_customer_number: bool = False,
+        approval: str = "",
     ) -> int:
         """Write a sealed call (or [from_ms, to_ms) of it) to ``out`` as Ogg Opus or WAV.
 
         An Ogg file names the call in its comments; ``include_metadata`` and
         ``include_customer_number`` add the call's metadata and customer number
-        (personal data: off unless asked).
+        (personal data: off unless asked). ``approval``: the id of an approved export
+        request of the call (four-eyes export, the legal role: :meth:`request_export`).
 
         ``format`` defaults from the file name (.wav: WAV, else Ogg). The file
         appears whole or not at all (written to a temporary file beside it, then
@@ -503,6 +528,7 @@ class Client(_Base):
             timeout=timeout,
             include_metadata=include_metadata,
             include_customer_number=include_customer_number,
+            approval=approval,
         )
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
@@ -516,6 +542,47 @@ class Client(_Base):
             Path(tmp).unlink(missing_ok=True)
             raise
         return n
+
+    # -- Four-eyes export (docs/access.md) -------------------------------------------
+    def request_export(
+        self, call_id: str, reason: str, *, tenant: str = "", timeout: Timeout = DEFAULT
+    ) -> pb.ExportRequestInfo:
+        """Ask to export a call (legal role): a pending request; another legal or admin
+        identity approves it (:meth:`approve_export`), then pass its ``id`` as
+        ``approval`` to :meth:`export` or :meth:`get_bundle`, once. Never retried."""
+        req = pb.RequestExportRequest(
+            call=pb.CallRef(tenant=tenant, call_id=call_id), reason=reason
+        )
+        return self._rpc.unary(
+            _ARCHIVE + "RequestExport",
+            req,
+            pb.ExportRequestInfo,
+            idempotent=False,
+            timeout=timeout,
+        )
+
+    def approve_export(
+        self, request_id: str, *, timeout: Timeout = DEFAULT
+    ) -> pb.ExportRequestInfo:
+        """Approve another identity's export request (four eyes). Never retried."""
+        return self._rpc.unary(
+            _ARCHIVE + "ApproveExport",
+            pb.ApproveExportRequest(id=request_id),
+            pb.ExportRequestInfo,
+            idempotent=False,
+            timeout=timeout,
+        )
+
+    def list_export_requests(self, *, timeout: Timeout = DEFAULT) -> list[pb.ExportRequestInfo]:
+        """The export requests this identity may see, oldest first."""
+        reply = self._rpc.unary(
+            _ARCHIVE + "ListExportRequests",
+            pb.ListExportRequestsRequest(),
+            pb.ListExportRequestsReply,
+            idempotent=True,
+            timeout=timeout,
+        )
+        return list(reply.requests)
 
     # -- Integrity ----------------------------------------------------------------
     def get_checkpoint(self, *, timeout: Timeout = DEFAULT) -> pb.Checkpoint:
@@ -575,11 +642,13 @@ class Client(_Base):
         tenant: str = "",
         include_customer_number: bool = False,
         timeout: Timeout = None,
+        approval: str = "",
     ) -> Iterator[pb.FileChunk]:
         """The raw GetBundle stream (see :meth:`get_bundle`)."""
         req = pb.GetBundleRequest(
             call=pb.CallRef(tenant=tenant, call_id=call_id),
             include_customer_number=include_customer_number,
+            approval=approval,
         )
         return self._rpc.stream(
             _INTEGRITY + "GetBundle", req, pb.FileChunk, idempotent=True, timeout=timeout
@@ -594,6 +663,7 @@ class Client(_Base):
         include_customer_number: bool = False,
         progress: ChunkCallback | None = None,
         timeout: Timeout = None,
+        approval: str = "",
     ) -> dict[str, int]:
         """Write a sealed call's export bundle into the new directory ``directory``;
         with ``include_customer_number`` it also holds the key of the customer number.
@@ -624,6 +694,7 @@ class Client(_Base):
                         tenant=tenant,
                         include_customer_number=include_customer_number,
                         timeout=timeout,
+                        approval=approval,
                     ),
                     open_file,
                     progress,
@@ -660,6 +731,35 @@ class Client(_Base):
             _ADMIN + "Stats", pb.StatsRequest(), pb.StatsReply, idempotent=True, timeout=timeout
         )
 
+    def audit(
+        self,
+        *,
+        call_id: str = "",
+        tenant: str = "",
+        identity: str = "",
+        since: Instant | None = None,
+        until: Instant | None = None,
+        kind: str = "",
+        after_seq: int = 0,
+        limit: int = 0,
+        timeout: Timeout = None,
+    ) -> Iterator[pb.AuditEntry]:
+        """The audit trail's entries that match every filter, oldest first (the
+        "audit" permission; an identity of a tenant sees its tenant's only)."""
+        req = pb.AuditRequest(
+            call_id=call_id,
+            tenant=tenant,
+            identity=identity,
+            since_us=0 if since is None else to_us(since, "since"),
+            until_us=0 if until is None else to_us(until, "until"),
+            kind=kind,
+            after_seq=after_seq,
+            limit=limit,
+        )
+        return self._rpc.stream(
+            _ADMIN + "Audit", req, pb.AuditEntry, idempotent=True, timeout=timeout
+        )
+
     def erase(
         self, call_id: str, reason: str, *, tenant: str = "", timeout: Timeout = DEFAULT
     ) -> pb.EraseReply:
@@ -667,6 +767,17 @@ class Client(_Base):
         req = pb.EraseRequest(call=pb.CallRef(tenant=tenant, call_id=call_id), reason=reason)
         return self._rpc.unary(
             _ADMIN + "Erase", req, pb.EraseReply, idempotent=False, timeout=timeout
+        )
+
+    def erase_tenant(
+        self, tenant: str, reason: str, *, timeout: Timeout = DEFAULT
+    ) -> pb.EraseTenantReply:
+        """Erase a whole tenant: its key-encryption key is destroyed, every call of it
+        unreadable; a platform identity only (never retried: twice is
+        FailedPrecondition)."""
+        req = pb.EraseTenantRequest(tenant=tenant, reason=reason)
+        return self._rpc.unary(
+            _ADMIN + "EraseTenant", req, pb.EraseTenantReply, idempotent=False, timeout=timeout
         )
 
     def reindex(self, *, timeout: Timeout = DEFAULT) -> pb.ReindexReply:
@@ -693,6 +804,47 @@ class Client(_Base):
             timeout=timeout,
         )
 
+    def create_token(
+        self,
+        name: str,
+        role: str,
+        *,
+        tenant: str = "",
+        platform: bool = False,
+        expires_s: int = 0,
+        timeout: Timeout = DEFAULT,
+    ) -> pb.CreateTokenReply:
+        """A new API token (``reply.token`` is its text: shown once). ``tenant`` ""
+        is "default"; ``platform``: every tenant; ``expires_s`` 0: never. Not retried."""
+        req = pb.CreateTokenRequest(
+            name=name, role=role, tenant=tenant, platform=platform, expires_s=expires_s
+        )
+        return self._rpc.unary(
+            _ADMIN + "CreateToken", req, pb.CreateTokenReply, idempotent=False, timeout=timeout
+        )
+
+    def list_tokens(self, *, timeout: Timeout = DEFAULT) -> list[pb.TokenInfo]:
+        """Every token the caller may see (never their secrets)."""
+        reply = self._rpc.unary(
+            _ADMIN + "ListTokens",
+            pb.ListTokensRequest(),
+            pb.ListTokensReply,
+            idempotent=True,
+            timeout=timeout,
+        )
+        return list(reply.tokens)
+
+    def revoke_token(self, id_or_name: str, *, timeout: Timeout = DEFAULT) -> list[pb.TokenInfo]:
+        """Revoke the token with this id, else every unrevoked one of this name."""
+        reply = self._rpc.unary(
+            _ADMIN + "RevokeToken",
+            pb.RevokeTokenRequest(token=id_or_name),
+            pb.RevokeTokenReply,
+            idempotent=True,
+            timeout=timeout,
+        )
+        return list(reply.revoked)
+
     def rotate_key(self, *, timeout: Timeout = DEFAULT) -> pb.RotateKeyReply:
         """A new key-encryption key; every data key re-wrapped (never retried)."""
         return self._rpc.unary(
@@ -718,15 +870,42 @@ class SidecarClient(_Base):
         tenant: str = "",
         meta: MetaArg = None,
         timeout: Timeout = DEFAULT,
+        region: str = "",
+        consent: str | int = "",
     ) -> dict[str, int]:
-        """Allocate one UDP port per leg; returns {leg name: port}. Not retried."""
-        req = pb.StartCallRequest(
-            call_id=call_id, tenant=tenant, legs=list(legs), meta=make_meta(meta)
-        )
-        reply = self._rpc.unary(
-            _SIDECAR + "StartCall", req, pb.StartCallReply, idempotent=False, timeout=timeout
+        """Allocate one UDP port per leg; returns {leg name: port}. Not retried.
+        ``region`` and ``consent`` ("granted", "declined", "unknown") are for the
+        server's recording policy; a call it does not record gets ports too, and its
+        RTP is dropped (``list_calls`` shows it "not_recorded"; the whole reply, with
+        the decision: :meth:`start_call_reply`)."""
+        reply = self.start_call_reply(
+            call_id, legs, tenant=tenant, meta=meta, timeout=timeout, region=region, consent=consent
         )
         return dict(reply.ports)
+
+    def start_call_reply(
+        self,
+        call_id: str,
+        legs: Sequence[str] = ("agent", "customer"),
+        *,
+        tenant: str = "",
+        meta: MetaArg = None,
+        timeout: Timeout = DEFAULT,
+        region: str = "",
+        consent: str | int = "",
+    ) -> pb.StartCallReply:
+        """:meth:`start_call`'s whole reply: the ports and the server's decision."""
+        req = pb.StartCallRequest(
+            call_id=call_id,
+            tenant=tenant,
+            legs=list(legs),
+            meta=make_meta(meta),
+            region=region,
+            consent=consent_enum(consent),  # type: ignore[arg-type]
+        )
+        return self._rpc.unary(
+            _SIDECAR + "StartCall", req, pb.StartCallReply, idempotent=False, timeout=timeout
+        )
 
     def stop_call(
         self, call_id: str, *, tenant: str = "", timeout: Timeout = DEFAULT
@@ -768,6 +947,25 @@ class SidecarClient(_Base):
             timeout=timeout,
         )
         return list(reply.calls)
+
+
+CONSENTS = {
+    "": pb.CONSENT_UNSPECIFIED,
+    "granted": pb.CONSENT_GRANTED,
+    "declined": pb.CONSENT_DECLINED,
+    "unknown": pb.CONSENT_UNKNOWN,
+}
+
+
+def consent_enum(consent: str | int) -> int:
+    """A consent as the wire's enum: "granted", "declined", "unknown" ("" unset) or
+    the number itself."""
+    if isinstance(consent, int):
+        return consent
+    try:
+        return int(CONSENTS[consent])
+    except KeyError:
+        raise ValueError(f"consent {consent!r}: granted, declined or unknown") from None
 
 
 def _safe_name(name: str) -> Path:

@@ -199,6 +199,13 @@ class Recording:
     def sealed(self) -> pb.Sealed | None:
         return self._sealed
 
+    @property
+    def recorded(self) -> bool:
+        """False once the server said its recording policy does not record this call
+        (Started.decision): Sealed follows at once, and batches are not stored."""
+        s = self.started
+        return s is None or not s.HasField("decision") or s.decision.recorded
+
     # -- the caller's side --------------------------------------------------------
     def send(
         self, leg: int, packets: bytes, lengths: Sequence[int], arrival_us: Sequence[int]

@@ -48,6 +48,13 @@ class Backend(Protocol):
         tag: str | None,
     ) -> Sequence[CallFields]: ...
 
+    def list_decisions(
+        self, *, tenant: str, since_us: int, until_us: int | None
+    ) -> Sequence[pb.CallInfo]:
+        """The calls not recorded (DECISION entries) decided in the range, as CallInfo
+        of state "not_recorded" with their ``decision``."""
+        ...
+
     def call_detail(self, call_id: str, *, tenant: str) -> pb.CallInfo:
         """The call's CallInfo with its summary and (unless erased) customer number;
         ``frames`` is the sealed length (0 while open)."""

@@ -345,3 +345,37 @@ def print_summary(s: dict[str, Any]) -> None:
             f"duplicates {leg['duplicates']}, gaps {len(leg['gaps'])}, "
             f"DTMF {digits or '-'}, {leg['bytes']} bytes"
         )
+
+
+# -- credentials ---------------------------------------------------------------------
+
+TOKEN_ENV = "CALLVAULT_TOKEN"
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """The API token to send: ``--token``, else the first line of ``--token-file``,
+    else $CALLVAULT_TOKEN; None when there is none. CallvaultError for a token file
+    that cannot be read (never quoting its contents)."""
+    import os
+
+    from callvault_client._channel import valid_token_text
+
+    token = getattr(args, "token", None)
+    path = getattr(args, "token_file", None)
+    if token:
+        token, where = str(token).strip(), "--token"
+    elif path:
+        try:
+            text = Path(path).read_text(errors="replace").strip()
+        except OSError as e:
+            raise CallvaultError(f"--token-file {path}: {e.strerror or e}") from None
+        if not text:
+            raise CallvaultError(f"--token-file {path} is empty")
+        token, where = text.splitlines()[0].strip(), f"--token-file {path}"
+    else:
+        token, where = (os.environ.get(TOKEN_ENV) or "").strip(), f"${TOKEN_ENV}"
+        if not token:
+            return None
+    if not valid_token_text(token):
+        raise CallvaultError(f"{where}: a token is one word of printable ASCII (cvt_...)")
+    return token

@@ -306,9 +306,24 @@ class LocalBackend:
             tag=tag,
         )
 
+    def list_decisions(
+        self, *, tenant: str, since_us: int, until_us: int | None
+    ) -> Sequence[pb.CallInfo]:
+        from callvault.server.decisions import decision_info
+
+        found = self.vault.index.decisions(
+            tenant, since_us=since_us, until_us=2**63 - 1 if until_us is None else until_us
+        )
+        return [decision_info(d) for d in found]
+
     def call_detail(self, call_id: str, *, tenant: str) -> pb.CallInfo:
         from callvault.server.callinfo import call_detail
+        from callvault.server.decisions import decision_info
 
+        if self.vault.index.get_call(tenant, call_id) is None:
+            d = self.vault.get_decision(call_id, tenant=tenant)
+            if d is not None:  # not recorded: its decision
+                return decision_info(d)
         e = self.vault.get_call(call_id, tenant=tenant)
         frames = int(self.vault.manifest(e.call_id, tenant=e.tenant)["frames"]) if e.seal else 0
         return call_detail(self.vault, e, frames, summary=True, customer_number=True)

@@ -7,9 +7,10 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from callvault import __version__, ids
-from callvault.cli import media, sidecar, vault
+from callvault.cli import audit, media, sidecar, tenant, tokens, vault, vip
 from callvault.cli import scan as scan_cli
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
@@ -43,9 +44,24 @@ def _verb(
     return sub.add_parser(name, help=summary, description=description or summary + ".")
 
 
+def _token_flags(parser: argparse.ArgumentParser, what: str, default: object = None) -> None:
+    """--token and --token-file (else $CALLVAULT_TOKEN: cli.common.resolve_token).
+    ``default`` argparse.SUPPRESS on a sub-verb keeps the value given before it."""
+    parser.add_argument("--token", metavar="TOKEN", default=default, help=what)
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=default,
+        help="read the token from FILE (its first line); else $CALLVAULT_TOKEN",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="callvault",
+        # no abbreviations of the global options: a verb's --to would be ambiguous
+        # with --token/--token-file (argparse matches prefixes across the whole line)
+        allow_abbrev=False,
         description="Record, store, prove and play calls. Vault verbs run on the vault in "
         "--data DIR, or on a server with --server HOST:PORT.",
     )
@@ -75,11 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="with --tls-cert: its private key (PEM)",
     )
+    _token_flags(p, "with --server: send this API token (cvt_...)")
     p.add_argument(
         "--key-file", metavar="FILE", help="the key-encryption key file (default DIR/keys/kek)"
     )
     p.add_argument(
-        "--tenant", default="default", metavar="NAME", help="tenant of the calls (default)"
+        "--tenant",
+        metavar="NAME",
+        help="tenant of the calls (default: default; with --server, the identity's own)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -129,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--skill-group", help="only this skill group's calls")
     v.add_argument("--tag", help="only calls with this tag")
     v.add_argument("--json", action="store_true", help="print JSON (with extra metadata)")
+    v.add_argument(
+        "--decisions",
+        action="store_true",
+        help="list the calls NOT recorded (the recording policy's decisions, by decision "
+        "time) instead of calls",
+    )
     v.set_defaults(func=vault.cmd_ls)
     v = _verb(sub, "info", "a call's metadata, gaps, DTMF and quality counters")
     v.add_argument("call_id", metavar="CALL_ID", help="the call")
@@ -175,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Ogg: also the customer number as a comment (personal data)",
     )
+    _access_options(v, approval=True)
     v.set_defaults(func=vault.cmd_export)
     v = _verb(
         sub,
@@ -202,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a call still being recorded: keep playing as it is recorded (--server only)",
     )
+    _access_options(v, approval=False)
     v.set_defaults(func=vault.cmd_play)
 
     v = _verb(sub, "verify", "check calls' records, chains, seals and log leaves")
@@ -219,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also ship the key of the call's customer number (without it the bundle"
         " cannot reveal the number)",
     )
+    _access_options(v, approval=True)
     v.set_defaults(func=vault.cmd_bundle)
+    _export_request_verbs(sub)
     v = _verb(sub, "verify-bundle", "check a bundle offline")
     v.add_argument("directory", metavar="DIR", help="the bundle's directory")
     v.add_argument("--public-key", metavar="FILE", help="the log's verifier key you trust")
@@ -270,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--json", action="store_true", help="the counters as JSON")
     v.set_defaults(func=vault.cmd_reclaim)
-    v = _verb(sub, "rotate-key", "new key-encryption key; re-wrap every data key")
+    v = _verb(sub, "rotate-key", "new master key-encryption key; re-wrap the tenants' keys")
     v.set_defaults(func=vault.cmd_rotate_key)
+    tenant.add_parser(sub, _verb)
     v = _verb(
         sub,
         "stats",
@@ -280,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--json", action="store_true", help="print JSON")
     v.set_defaults(func=vault.cmd_stats)
+    audit.add_parser(sub, _verb)
 
     t = _verb(
         sub,
@@ -340,6 +371,22 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM)")
     sv.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM)")
     sv.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by this CA (PEM; with --tls-cert)",
+    )
+    sv.add_argument(
+        "--identities",
+        metavar="FILE",
+        help="map client certificates (CN, SAN DNS or URI) to identities (TOML, "
+        "docs/format.md 10.2)",
+    )
+    sv.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        help="allow a non-loopback --listen without TLS (tokens and audio in clear)",
+    )
+    sv.add_argument(
         "--port-file",
         metavar="FILE",
         help="write the bound port here once serving (for scripts and tests)",
@@ -385,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="TLS to the server, trusting this CA certificate (PEM)",
     )
+    sc.add_argument(
+        "--token-file",
+        dest="upstream_token_file",
+        metavar="FILE",
+        help="the server token (role recorder) the sidecar sends; else $CALLVAULT_TOKEN",
+    )
     sc.set_defaults(func=sidecar.cmd_sidecar)
 
     ca = _verb(sub, "call", "start, stop or list the calls recorded by a sidecar")
@@ -404,12 +457,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"call metadata (repeat): KEY one of {', '.join(ids.meta_keys())} (tags: a,b) "
         "or any other KEY (kept as extra)",
     )
+    cs.add_argument(
+        "--region",
+        metavar="NAME",
+        help="the call's region: a [regions.NAME] of the server's policy (its default_region)",
+    )
+    cs.add_argument(
+        "--consent",
+        choices=("granted", "declined", "unknown"),
+        help="what the customer said when asked to be recorded (unknown)",
+    )
+    _token_flags(cs, "the sidecar's control token", argparse.SUPPRESS)
     cs.set_defaults(func=sidecar.cmd_call_start)
     cp = _verb(csub, "stop", "stop receiving; the sidecar seals the call on the server")
     cp.add_argument(
         "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"
     )
     cp.add_argument("--call-id", required=True, help="the call")
+    _token_flags(cp, "the sidecar's control token", argparse.SUPPRESS)
     cp.set_defaults(func=sidecar.cmd_call_stop)
     for verb, what in (
         ("pause", "PCI pause: from now the call's RTP is discarded and stored as silence"),
@@ -420,13 +485,40 @@ def build_parser() -> argparse.ArgumentParser:
             "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"
         )
         cq.add_argument("--call-id", required=True, help="the call")
+        _token_flags(cq, "the sidecar's control token", argparse.SUPPRESS)
         cq.set_defaults(func=sidecar.cmd_call_pause, pause=verb == "pause")
     cl = _verb(csub, "ls", "the sidecar's health, spool backlog and calls (state, reason, packets)")
     cl.add_argument(
         "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"
     )
     cl.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    _token_flags(cl, "the sidecar's control token", argparse.SUPPRESS)
     cl.set_defaults(func=sidecar.cmd_call_ls)
+    tokens.add_parser(sub, _verb)
+
+    vp = _verb(
+        sub,
+        "vip",
+        "the VIP customer numbers of the recording rules (stored as keyed hashes)",
+        "Add, remove or list the VIP customer numbers that [[recording.rule]] vip = true "
+        "matches. Numbers are stored only as keyed hashes (HMAC under the vault's "
+        "recording key, DATA/keys/recording.key) in DATA/keys/vip-hashes; a running "
+        "server rereads the file when it changes. Needs --data DIR.",
+    )
+    vsub = vp.add_subparsers(dest="vip_command", required=True, metavar="ACTION")
+    for name, what in (("add", "add numbers"), ("rm", "remove numbers")):
+        va = _verb(vsub, name, what)
+        va.add_argument("numbers", nargs="*", metavar="NUMBER", help="customer numbers")
+        va.add_argument(
+            "--from",
+            dest="from_file",
+            metavar="FILE",
+            help="read numbers from FILE, one a line ('-': stdin; keeps them out of ps)",
+        )
+        va.set_defaults(func=vip.cmd_vip)
+    vl = _verb(vsub, "ls", "list the stored hashes (numbers are not stored)")
+    vl.add_argument("--check", metavar="NUMBER", help="only say whether NUMBER is a VIP")
+    vl.set_defaults(func=vip.cmd_vip)
 
     d = _verb(sub, "demo", "make a sample call and transcode it (make run)")
     d.add_argument("--data", default=".data", help="directory for the demo's files")
@@ -435,6 +527,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=media.cmd_demo)
     return p
+
+
+def _access_options(v: argparse.ArgumentParser, *, approval: bool) -> None:
+    """--reason (and --approval) of the audio verbs (docs/access.md)."""
+    v.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help="with --server: why you reach this audio (audited; an admin must give one)",
+    )
+    if approval:
+        v.add_argument(
+            "--approval",
+            metavar="REQ",
+            help="with --server: an approved export request of this call (four-eyes export)",
+        )
+
+
+def _export_request_verbs(sub: Any) -> None:
+    """Four-eyes export (docs/access.md): request, approve, list; --server only."""
+    from callvault.cli import remote
+
+    v = _verb(
+        sub,
+        "export-request",
+        "ask to export a call (legal): another identity approves it",
+        "Ask to export a call, with a reason (the legal role). Prints the request's id; a "
+        "different legal or admin identity approves it with export-approve, then export or "
+        "bundle the call once with --approval ID. --server only.",
+    )
+    v.add_argument("call_id", metavar="CALL_ID", help="the call")
+    v.add_argument("--reason", required=True, metavar="TEXT", help="why (audited)")
+    v.set_defaults(func=remote.cmd_export_request)
+    v = _verb(sub, "export-approve", "approve another identity's export request (four eyes)")
+    v.add_argument("request_id", metavar="REQ", help="the request's id (xr-...)")
+    v.set_defaults(func=remote.cmd_export_approve)
+    v = _verb(sub, "export-requests", "list the export requests you may see, oldest first")
+    v.add_argument("--json", action="store_true", help="print JSON")
+    v.set_defaults(func=remote.cmd_export_requests)
 
 
 # The exit status when the reader of stdout goes away (`callvault info X | head`): as
@@ -451,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in vault.BACKEND_VERBS and getattr(args, "server", None) and args.data:
             raise CallvaultError("give --data DIR or --server ADDR, not both")
+        if args.tenant is None:  # a server scopes an empty tenant by the caller's identity
+            args.tenant = "" if getattr(args, "server", None) else "default"
         rc = int(args.func(args))
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return rc

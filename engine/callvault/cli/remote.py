@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Literal
 from callvault_client import Client, Recording, pb
 from callvault_client.errors import CallvaultClientError
 
-from callvault.cli.common import CallFields, progress
+from callvault.cli.common import CallFields, progress, resolve_token
 from callvault.errors import CallvaultError
 
 # Packets per RtpBatch: big enough that per-message overhead is small, small
@@ -38,19 +38,22 @@ BATCH_SPAN_US = 1_000_000
 
 @contextlib.contextmanager
 def connect(args: argparse.Namespace) -> Iterator[RemoteBackend]:
-    """A client of ``--server`` (TLS with ``--tls-ca``/``--tls-cert``/``--tls-key``),
-    open while the block runs. The SDK's errors, and OSErrors (a TLS file that cannot
+    """A client of ``--server`` (TLS with ``--tls-ca``/``--tls-cert``/``--tls-key``;
+    a token from ``--token``, ``--token-file`` or $CALLVAULT_TOKEN), open while the
+    block runs. The SDK's errors, and OSErrors (a TLS file that cannot
     be read, an output that cannot be written), leave the block as CallvaultError."""
     if bool(getattr(args, "client_cert", None)) != bool(getattr(args, "client_key", None)):
         raise CallvaultError("a client certificate needs both --tls-cert and --tls-key")
     try:
         with Client(
             args.server,
+            token=resolve_token(args) or "",
             tls_ca=getattr(args, "tls_ca", None),
             tls_cert=getattr(args, "client_cert", None),
             tls_key=getattr(args, "client_key", None),
+            metadata=access_metadata(args),
         ) as client:
-            yield RemoteBackend(client)
+            yield RemoteBackend(client, approval=getattr(args, "approval", None) or "")
     except CallvaultClientError as e:
         raise CallvaultError(f"{args.server}: {e.message}") from e
     except BrokenPipeError:
@@ -63,8 +66,9 @@ def connect(args: argparse.Namespace) -> Iterator[RemoteBackend]:
 class RemoteBackend:
     """callvault.cli.backend.Backend on a server's Client."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, approval: str = "") -> None:
         self.client = client
+        self.approval = approval  # export/bundle --approval REQ (four-eyes export)
 
     def import_call(
         self,
@@ -147,6 +151,15 @@ class RemoteBackend:
             )
         )
 
+    def list_decisions(
+        self, *, tenant: str, since_us: int, until_us: int | None
+    ) -> Sequence[pb.CallInfo]:
+        return list(
+            self.client.search(
+                tenant=tenant, since_us=since_us, until_us=until_us or 0, decisions=True
+            )
+        )
+
     def call_detail(self, call_id: str, *, tenant: str) -> pb.CallInfo:
         return self.client.get_call(
             call_id, tenant=tenant, include_summary=True, include_customer_number=True
@@ -178,6 +191,7 @@ class RemoteBackend:
                 to_ms=to_ms,
                 include_metadata=metadata,
                 include_customer_number=customer_number,
+                approval=self.approval,
             ):
                 out.write(chunk.data)
                 n += len(chunk.data)
@@ -195,6 +209,7 @@ class RemoteBackend:
                 progress=on_chunk,
                 include_metadata=metadata,
                 include_customer_number=customer_number,
+                approval=self.approval,
             )
         finally:
             bar.close()
@@ -230,6 +245,7 @@ class RemoteBackend:
                 tenant=tenant,
                 include_customer_number=with_customer_number,
                 progress=on_chunk,
+                approval=self.approval,
             )
         finally:
             bar.close()
@@ -385,3 +401,86 @@ def send_call(
         if progress is not None:
             progress(len(pkts))
     return n
+
+
+# -- access: the caller's stated reason, four-eyes export (docs/access.md) -------------
+
+
+def access_metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """What every RPC of this command carries for access control: the stated reason
+    (``--reason``: play, export, bundle, erase), metadata ``callvault-reason``."""
+    reason = getattr(args, "reason", None)
+    return [("callvault-reason", reason)] if reason else []
+
+
+def _request_row(r: pb.ExportRequestInfo) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "tenant": r.tenant,
+        "call_id": r.call_id,
+        "state": r.state,
+        "reason": r.reason,
+        "requested_by": r.requested_by,
+        "requested_us": r.requested_us,
+        "approved_by": r.approved_by,
+        "approved_us": r.approved_us,
+        "expires_us": r.expires_us,
+        "used_by": r.used_by,
+        "used_us": r.used_us,
+        "used_for": r.used_for,
+    }
+
+
+def _utc(us: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(us / 1e6)) if us else "-"
+
+
+def _server_only(args: argparse.Namespace, verb: str) -> None:
+    if not getattr(args, "server", None):
+        raise CallvaultError(f"{verb} asks a server: give --server HOST:PORT")
+
+
+def cmd_export_request(args: argparse.Namespace) -> int:
+    """`export-request CALL --reason TEXT`: prints the request's id."""
+    _server_only(args, "export-request")
+    with connect(args) as b:
+        r = b.client.request_export(args.call_id, args.reason, tenant=args.tenant)
+    print(r.id)
+    print(
+        f"callvault: export request {r.id} for call {r.call_id} is pending: another legal or "
+        f"admin identity runs `callvault export-approve {r.id}`",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_export_approve(args: argparse.Namespace) -> int:
+    _server_only(args, "export-approve")
+    with connect(args) as b:
+        r = b.client.approve_export(args.request_id)
+    print(
+        f"approved {r.id}: one export of call {r.call_id} by {r.requested_by} until "
+        f"{_utc(r.expires_us)} (`callvault export {r.call_id} --approval {r.id} ...`)"
+    )
+    return 0
+
+
+def cmd_export_requests(args: argparse.Namespace) -> int:
+    _server_only(args, "export-requests")
+    with connect(args) as b:
+        rows = [_request_row(r) for r in b.client.list_export_requests()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        print(
+            f"{r['id']}  {r['state']:<8}  {r['tenant']}/{r['call_id']}  by {r['requested_by']}"
+            f"  {_utc(r['requested_us'])}"
+            + (
+                f"  approved by {r['approved_by']} until {_utc(r['expires_us'])}"
+                if r["approved_by"]
+                else ""
+            )
+            + f"  reason: {r['reason']}"
+        )
+    return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from callvault import ids
-from callvault.cli.common import leg_names
+from callvault.cli.common import TOKEN_ENV, leg_names, resolve_token
 from callvault.durable import write_atomic
 from callvault.errors import CallvaultError
 
@@ -43,12 +43,24 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         tls_ca = Path(ca).read_bytes() if ca else None
     except OSError as e:
         raise CallvaultError(f"--tls-ca {ca}: {e.strerror}") from None
-    sidecar = Sidecar(args.upstream, rtp_host, lo, hi, Path(args.spool), tls_ca=tls_ca)
+    from callvault.access.authn import CredentialAuthenticator
+    from callvault.access.tokens import TokenStore
+    from callvault.sidecar.control import ControlAuth
+
+    token = resolve_token(argparse.Namespace(token_file=args.upstream_token_file))
+    sidecar = Sidecar(args.upstream, rtp_host, lo, hi, Path(args.spool), tls_ca=tls_ca, token=token)
+    store = TokenStore(Path(args.spool) / "access")
+    control_auth = CredentialAuthenticator(
+        store, create_hint=f"callvault token create --spool {args.spool} --name NAME"
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     sidecar.start()
-    server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="control"))
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=8, thread_name_prefix="control"),
+        interceptors=[ControlAuth(control_auth)],
+    )
     pbg.add_SidecarServicer_to_server(SidecarServicer(sidecar), server)
     # grpc.health.v1 for "" and callvault.v1.Sidecar: NOT_SERVING while the receive
     # thread is dead or the spool directory cannot be written (checked every second).
@@ -71,6 +83,16 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         sidecar.shutdown()
         raise CallvaultError(f"--listen {args.listen}: cannot bind")
     server.start()
+    if control_auth.is_open():
+        log.warning(
+            "OPEN MODE: the control API has no tokens (%s): every caller on loopback may "
+            "start and stop calls, others are refused. Create one: callvault token create "
+            "--spool %s --name NAME",
+            store.dir,
+            args.spool,
+        )
+    if not token:
+        log.info("no server token (--token-file, $%s): the server must be in open mode", TOKEN_ENV)
     if args.port_file:
         write_atomic(Path(args.port_file), f"{port}\n".encode(), mode=0o644)
     log.info(
@@ -103,12 +125,28 @@ def cmd_call_start(args: argparse.Namespace) -> int:
     for name in legs:
         ids.check_leg_name(name)
     meta = ids.parse_meta(args.meta, extra=True)
-    with SidecarClient(args.sidecar) as client:
+    with SidecarClient(args.sidecar, token=resolve_token(args) or "") as client:
         try:
-            ports = client.start_call(args.call_id, legs, tenant=tenant, meta=meta, timeout=30)
+            reply = client.start_call_reply(
+                args.call_id,
+                legs,
+                tenant=tenant,
+                meta=meta,
+                timeout=30,
+                region=args.region or "",
+                consent=args.consent or "",
+            )
         except CallvaultClientError as e:
             raise CallvaultError(f"sidecar {args.sidecar}: {e.message}") from e
-    print(json.dumps({name: ports[name] for name in legs or ports}))
+    ports = dict(reply.ports)
+    print(json.dumps({name: ports[name] for name in legs or ports}), flush=True)
+    if reply.HasField("decision") and not reply.decision.recorded:
+        # the ports exist (the PBX may send to them); the sidecar drops what arrives
+        print(
+            f"callvault: call {args.call_id} is not recorded ({reply.decision.rule}: "
+            f"{reply.decision.reason}); its RTP is dropped",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -116,7 +154,7 @@ def cmd_call_stop(args: argparse.Namespace) -> int:
     from callvault_client import SidecarClient
     from callvault_client.errors import CallvaultClientError
 
-    with SidecarClient(args.sidecar) as client:
+    with SidecarClient(args.sidecar, token=resolve_token(args) or "") as client:
         try:
             reply = client.stop_call(
                 args.call_id, tenant=getattr(args, "tenant", "") or "", timeout=60
@@ -145,7 +183,7 @@ def cmd_call_pause(args: argparse.Namespace) -> int:
     from callvault_client.errors import CallvaultClientError
 
     tenant = getattr(args, "tenant", "") or ""
-    with SidecarClient(args.sidecar) as client:
+    with SidecarClient(args.sidecar, token=resolve_token(args) or "") as client:
         try:
             if args.pause:
                 reply = client.pause_call(args.call_id, tenant=tenant, timeout=30)
@@ -201,7 +239,7 @@ def cmd_call_ls(args: argparse.Namespace) -> int:
     from callvault_client import SidecarClient
     from callvault_client.errors import CallvaultClientError
 
-    with SidecarClient(args.sidecar) as client:
+    with SidecarClient(args.sidecar, token=resolve_token(args) or "") as client:
         try:
             calls = client.list_calls(timeout=30)
         except CallvaultClientError as e:

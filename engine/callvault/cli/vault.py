@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from callvault import ids
 from callvault.cli.backend import Backend
@@ -35,6 +35,9 @@ from callvault.cli.common import (
 )
 from callvault.errors import CallvaultError
 from callvault.timeline import frames_seconds
+
+if TYPE_CHECKING:
+    from callvault_client import pb
 
 # The verbs that run on a backend: `--data DIR` or `--server HOST:PORT`.
 BACKEND_VERBS = (
@@ -114,6 +117,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
             f"--until ({iso(until_us)}) is not after --since ({since}): "
             "ls lists the calls started at or after --since and before --until"
         )
+    if args.decisions:
+        with connect(args) as b:
+            decided = b.list_decisions(tenant=args.tenant, since_us=since_us, until_us=until_us)
+        print_decisions(decided, as_json=args.json)
+        return 0
     with connect(args) as b:
         calls = b.list_calls(
             tenant=args.tenant,
@@ -135,9 +143,40 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_decisions(decided: Sequence[pb.CallInfo], *, as_json: bool) -> None:
+    """What `ls --decisions` prints: the calls not recorded, by decision time."""
+    from callvault.server.decisions import consent_name
+
+    rows = [
+        {
+            "call_id": i.call_id,
+            "decided": iso(i.decision.time_us),
+            "decided_us": i.decision.time_us,
+            "rule": i.decision.rule,
+            "region": i.decision.region,
+            "consent": consent_name(i.decision.consent),
+            "reason": i.decision.reason,
+            "log_index": i.decision.log_index,
+        }
+        for i in decided
+    ]
+    if as_json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return
+    for r in rows:
+        print(
+            f"{r['call_id']:<24} {r['decided']} not-recorded {r['rule']:<12} "
+            f"{r['region'] or '-':<8} {r['consent']:<8} {r['reason']}"
+        )
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     with connect(args) as b:
         e = b.call_detail(args.call_id, tenant=args.tenant)
+    if e.state == "not_recorded":  # a DECISION entry: no audio, no metadata
+        print_info(_decision_doc(e), as_json=args.json)
+        return 0
     erased = e.state == "erased"
     doc: dict[str, Any] = {
         "call_id": e.call_id,
@@ -173,8 +212,28 @@ def cmd_info(args: argparse.Namespace) -> int:
         doc["legs_detail"] = json.loads(e.summary_json).get("legs", [])
     if erased:
         doc["erased"] = {"at": iso(e.erased_us), "reason": e.erase_reason}
+    if e.HasField("decision"):
+        doc["decision"] = _decision_doc(e)["decision"]
     print_info(doc, as_json=args.json)
     return 0
+
+
+def _decision_doc(e: pb.CallInfo) -> dict[str, Any]:
+    from callvault.server.decisions import consent_name
+
+    d = e.decision
+    out: dict[str, Any] = {
+        "recorded": d.recorded,
+        "rule": d.rule,
+        "reason": d.reason,
+        "region": d.region,
+        "consent": consent_name(d.consent),
+    }
+    if not d.recorded:
+        out["decided"] = iso(d.time_us)
+        out["log_index"] = d.log_index
+        return {"call_id": e.call_id, "tenant": e.tenant, "state": e.state, "decision": out}
+    return {"decision": out}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -394,7 +453,10 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
 def cmd_rotate_key(args: argparse.Namespace) -> int:
     with connect(args) as b:
         kek_id, n = b.rotate_key()
-    print(f"key-encryption key {kek_id} active; {n} call key(s) re-wrapped, no audio rewritten")
+    print(
+        f"key-encryption key {kek_id} active; {n} wrapped key(s) re-wrapped (the tenants' "
+        "keys, and call keys from before per-tenant keys), no audio rewritten"
+    )
     return 0
 
 

@@ -1,7 +1,14 @@
 """`callvault serve`: the vault over gRPC (docs/server.md).
 
     callvault serve --data DIR --listen HOST:PORT [--config FILE]
-                    [--tls-cert F --tls-key F] [--port-file F]
+                    [--tls-cert F --tls-key F [--tls-client-ca F] [--identities F]]
+                    [--insecure-listen] [--port-file F]
+
+Who calls (callvault.access.authn): a token (DATA/access/, `callvault token`), a
+client certificate (``--tls-client-ca``, mapped by ``--identities``), or, while
+no identity is configured at all, open mode for loopback callers (a WARNING at
+start). Without TLS the server listens on loopback only, unless
+``--insecure-listen``.
 
 One process per data directory (the vault's LOCK). grpcio's thread-pool
 server: every RPC, streams included, holds a worker thread while it runs, so
@@ -37,12 +44,16 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from callvault.access import audit
+from callvault.access.authn import CredentialAuthenticator, load_identities
 from callvault.access.identity import Authenticator, OpenAuthenticator
+from callvault.access.tokens import TokenStore
 from callvault.durable import write_atomic
 from callvault.errors import InputError
+from callvault.lifecycle.rules import RecordingPolicy
 from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits, dtmf_settings
-from callvault.server.interceptors import IdentityInterceptor, MethodLog
+from callvault.server.interceptors import PERMISSIONS, IdentityInterceptor, MethodLog
 from callvault.server.servicers import (
     AdminServicer,
     ArchiveServicer,
@@ -50,11 +61,17 @@ from callvault.server.servicers import (
     IngestServicer,
     IntegrityServicer,
 )
+from callvault.server.tokens import TokenAdmin
 from callvault.vault import Vault
 from callvault.vault.compact import Compactor
 
 log = logging.getLogger("callvault.server")
 SERVICES = ("Ingest", "Archive", "Integrity", "Admin")
+ACCESS_DIR = "access"  # DATA/access: the token store (docs/format.md 10.1)
+
+
+class _Admin(TokenAdmin, AdminServicer):
+    """The Admin service: the servicer's RPCs and the token RPCs (server/tokens.py)."""
 
 
 class Server:
@@ -68,7 +85,12 @@ class Server:
         *,
         tls: tuple[bytes, bytes] | None = None,
         auth: Authenticator | None = None,
+        client_ca: bytes | None = None,
+        tokens: TokenStore | None = None,
     ) -> None:
+        """``tls``: (certificate chain, key) PEM; ``client_ca``: with it, clients must
+        present a certificate this CA signed. ``tokens``: the store Admin's token
+        RPCs change (the authenticator reads its own)."""
         self.vault = vault
         self.config = config or Config()
         c = self.config
@@ -80,16 +102,32 @@ class Server:
             ),
             workers=c.ingest_workers,
             limits=Limits(c.max_open_calls, c.call_idle_s, c.resume_s),
+            # [recording] and [regions] (docs/access.md "Recording rules"): a bad
+            # policy is refused here, before the server listens
+            policy=RecordingPolicy.parse(c.policy, data_dir=vault.path),
         )
         if c.ingest_codec == "auto":
             self.ingestor.auto_opus_calls = c.auto_opus_calls
         # peak mode: sealed raw (G.711) calls are compacted to Opus in the background
         self.compactor = Compactor(vault, workers=c.compact_workers, paused=c.compact_paused)
         self.methods = MethodLog()
+        # every RPC's audit entry (docs/access.md "Audit trail"); its head goes into
+        # the Merkle log at each checkpoint and at shutdown (docs/format.md 8.12)
+        self.audit = audit.open_for_server(
+            vault.path / "audit",
+            c.policy.get("audit"),
+            list(PERMISSIONS),
+            log_size=vault.log_size(),
+        )
+        vault.before_checkpoint.append(lambda: self.audit.commit_leaf(vault.append_leaf))
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.grpc = grpc.server(
             ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="rpc"),
-            interceptors=[IdentityInterceptor(auth or OpenAuthenticator(), self.methods)],
+            interceptors=[
+                IdentityInterceptor(
+                    auth or OpenAuthenticator(), self.methods, on_end=[self.audit.sink]
+                )
+            ],
             options=[
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", c.max_message_bytes),
@@ -98,12 +136,15 @@ class Server:
             maximum_concurrent_rpcs=c.max_concurrent_rpcs,
         )
         pbg.add_IngestServicer_to_server(IngestServicer(self.ingestor, c), self.grpc)
-        pbg.add_ArchiveServicer_to_server(ArchiveServicer(vault, self.ingestor), self.grpc)
-        pbg.add_IntegrityServicer_to_server(IntegrityServicer(vault), self.grpc)
-        admin = AdminServicer(
+        archive = ArchiveServicer(vault, self.ingestor, c)
+        pbg.add_ArchiveServicer_to_server(archive, self.grpc)
+        pbg.add_IntegrityServicer_to_server(IntegrityServicer(vault, archive.exports), self.grpc)
+        admin = _Admin(
             vault, self.ingestor, self.methods, c, reclaim_error=lambda: self.reclaim_error
         )
+        admin.token_store = tokens
         admin.compactor = self.compactor
+        admin.audit = self.audit
         pbg.add_AdminServicer_to_server(admin, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
@@ -115,8 +156,14 @@ class Server:
             ],
             self.grpc,
         )
+        if client_ca is not None and tls is None:
+            raise InputError("--tls-client-ca needs --tls-cert and --tls-key")
         if tls is not None:
-            creds = grpc.ssl_server_credentials([(tls[1], tls[0])])
+            creds = grpc.ssl_server_credentials(
+                [(tls[1], tls[0])],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
             self.port = self.grpc.add_secure_port(listen, creds)
         else:
             self.port = self.grpc.add_insecure_port(listen)
@@ -222,6 +269,8 @@ class Server:
         self.ingestor.workers.shutdown()
         self.compactor.stop()  # a compaction running finishes (or a crash would cut it)
         self.ingestor.waiters.shutdown()
+        self.audit.commit_leaf(self.vault.append_leaf)  # the last entries, in the log
+        self.audit.close()
         self.vault.close()
 
     def wait(self) -> None:
@@ -243,6 +292,26 @@ def load_config(path: str | None) -> Config:
     return Config(**doc)
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def is_loopback_host(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def check_listen(listen: str, *, tls: bool, insecure: bool) -> None:
+    """Without TLS, loopback only unless ``--insecure-listen``: tokens and audio would
+    cross the network in clear."""
+    host = listen.rpartition(":")[0]
+    if tls or insecure or is_loopback_host(host):
+        return
+    raise InputError(
+        f"--listen {listen} is not a loopback address and the server has no TLS: give "
+        "--tls-cert and --tls-key (and --tls-client-ca for client certificates), or "
+        "--insecure-listen to serve in clear anyway (tokens and audio unencrypted)"
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # INFO: one access-log line per RPC (caller, method, outcome, duration)
     logging.basicConfig(
@@ -256,6 +325,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError("TLS needs both --tls-cert and --tls-key")
     if args.tls_cert:
         tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())
+    client_ca = Path(args.tls_client_ca).read_bytes() if args.tls_client_ca else None
+    if client_ca and tls is None:
+        raise InputError("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.identities and not client_ca:
+        raise InputError("--identities maps client certificates: give --tls-client-ca too")
+    certs = load_identities(args.identities) if args.identities else []
+    check_listen(args.listen, tls=tls is not None, insecure=args.insecure_listen)
+    store = TokenStore(Path(args.data) / ACCESS_DIR)
+    auth = CredentialAuthenticator(
+        store,
+        certs,
+        client_ca=client_ca is not None,
+        create_hint=f"callvault --data {args.data} token create --name NAME --role admin "
+        "--platform",
+    )
     vault = Vault.open(args.data, key_file=args.key_file, segment_bytes=config.segment_bytes)
     r = vault.report
     if r.truncated or r.damage or r.reindexed or r.replays:
@@ -265,7 +349,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        server = Server(vault, args.listen, config, tls=tls)
+        server = Server(
+            vault, args.listen, config, tls=tls, auth=auth, client_ca=client_ca, tokens=store
+        )
     except BaseException:
         vault.close()
         raise
@@ -283,6 +369,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    if auth.is_open():
+        log.warning(
+            "OPEN MODE: no identities are configured (no token in %s, no --tls-client-ca): "
+            "every caller on loopback is an admin, others are refused. Create the first "
+            "token: callvault --data %s token create --name NAME --role admin --platform",
+            store.dir,
+            args.data,
+        )
     if args.port_file:
         write_atomic(Path(args.port_file), f"{server.port}\n".encode())
     while not stop.wait(1.0):

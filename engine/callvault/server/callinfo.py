@@ -18,6 +18,8 @@ from typing import Any
 from callvault_client._pb import callvault_pb2 as pb
 
 from callvault.errors import InputError
+from callvault.lifecycle.rules import Decision
+from callvault.server.decisions import decision_pb
 from callvault.store.index import CallEntry
 from callvault.vault import Vault
 
@@ -25,6 +27,7 @@ CALL_STATES = {
     "open": pb.CALL_STATE_OPEN,
     "sealed": pb.CALL_STATE_SEALED,
     "erased": pb.CALL_STATE_ERASED,
+    "not_recorded": pb.CALL_STATE_NOT_RECORDED,
 }
 GAP_REASONS = {"lost": pb.GAP_REASON_LOST, "unsupported_codec": pb.GAP_REASON_UNSUPPORTED_CODEC}
 
@@ -57,6 +60,8 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
         storage=e.storage,
         transcode_log_index=e.transcode_log_index if e.storage == "compacted" else -1,
     )
+    if e.decision:  # the recording policy's (docs/access.md "Recording rules")
+        info.decision.CopyFrom(decision_pb(Decision.from_doc(e.decision)))
     u = e.unsupported_codec
     if u is not None and e.state == "sealed":
         info.unsupported_codec.legs.extend(u["legs"])

@@ -72,12 +72,14 @@ import numpy as np
 
 from callvault import ids
 from callvault.errors import CallvaultError, InputError
+from callvault.lifecycle.rules import RECORD_ALL, CallFacts, Decision, RecordingPolicy
 from callvault.media.batch import MAX_LEADING_SILENCE_US, LegBatch
 from callvault.media.packets import PacketRun
 from callvault.media.pipeline import LegPipeline, Settings
 from callvault.rtpdefs import RECORDED_CODECS
 from callvault.timeline import FRAME_US, FRAMES_PER_RECORD, frames_us
 from callvault.vault import Ack, CallWriter, Vault, VaultError
+from callvault.vault.keys import TenantErased
 
 MAX_LEGS = 2
 WAITERS = 64  # threads on which RecordCalls' calls wait for the committer (Ingestor.waiters)
@@ -156,6 +158,22 @@ class CallSpec:
     meta: dict[str, Any] = field(default_factory=dict)
     # the client's identity of this recording (the same on every reconnect); "" = none
     recording_id: str = ""
+    # for the recording policy (lifecycle.rules): the call's region and consent
+    region: str = ""
+    consent: str = "unknown"  # granted | declined | unknown
+
+    def facts(self) -> CallFacts:
+        m = self.meta
+        return CallFacts(
+            tenant=self.tenant or "default",
+            call_id=self.call_id,
+            direction=str(m.get("direction", "")),
+            agent=str(m.get("agent", "")),
+            skill_group=str(m.get("skill_group", "")),
+            customer_number=str(m.get("customer_number", "")),
+            region=self.region,
+            consent=self.consent,
+        )
 
     def check(self) -> None:
         """Every field against its rule and bound (ids.py), before anything is kept."""
@@ -275,6 +293,9 @@ class LiveCall:
         self.owner = 0  # the attached stream's token
         self.attachments = 0  # streams that attached so far
         self.sealed: tuple[bytes, int, int] | None = None  # (seal, frames, log index)
+        # the recording policy's decision (kept in the OPEN record); a call not recorded
+        # is never live: attach answers it as sealed (seal b"", its DECISION leaf)
+        self.decision: Decision | None = None
         self.last_future: Future[Ack] | None = None
         self.packets = 0
         self.error: BaseException | None = None
@@ -516,8 +537,9 @@ class LiveCall:
                 legs=self.spec.legs,
                 extra=m.get("extra") or {},
                 recording_id=self.spec.recording_id,
+                decision=self.decision.doc() if self.decision is not None else None,
             )
-        except InputError:
+        except (InputError, TenantErased):  # the tenant was erased meanwhile: for good
             raise
         except CallvaultError as e:
             raise WriterFailed(
@@ -670,8 +692,12 @@ class Ingestor:
         *,
         workers: int = 0,
         limits: Limits | None = None,
+        policy: RecordingPolicy | None = None,
     ) -> None:
         self.vault = vault
+        # what gets recorded (lifecycle.rules; docs/access.md "Recording rules")
+        self.policy = policy or RECORD_ALL
+        self.not_recorded_total = 0  # CallStarts answered "not recorded" (decisions)
         # the product's live defaults: DTMF masked, digits not kept ([dtmf] policy)
         self.settings = settings or Settings(**dtmf_settings(None))
         if self.settings.keep_digits:
@@ -757,6 +783,7 @@ class Ingestor:
                 self._drop_interrupted(live)
                 live = None
             if live is None:
+                self.vault.check_tenant(tenant)  # an erased tenant takes no new calls
                 if len(self.calls) >= self.limits.max_open_calls:
                     raise TooManyCalls(
                         f"the server records {len(self.calls)} calls already "
@@ -764,6 +791,16 @@ class Ingestor:
                     )
                 entry = self.vault.index.get_call(tenant, spec.call_id)
                 writer = None
+                decision = None
+                if entry is None:
+                    decision = self._decide_new(spec, tenant)
+                    if not decision[0].recorded:  # never live: answered as sealed
+                        live = LiveCall(self.vault, spec, self.settings)
+                        live.decision = decision[0]
+                        log_index = decision[1]
+                        live.sealed = (b"", 0, log_index)
+                        live.owner = token
+                        return live, token
                 if entry is not None:
                     if list(entry.legs) != list(spec.legs):
                         raise InputError(
@@ -773,6 +810,9 @@ class Ingestor:
                     if entry.state != "open":
                         self._same_recording(spec, self._sealed_recording_id(entry), entry.state)
                         live = LiveCall(self.vault, spec, self.settings)
+                        live.decision = (
+                            Decision.from_doc(entry.decision) if entry.decision else None
+                        )
                         frames = (entry.end_us - entry.start_us) // FRAME_US
                         live.sealed = (
                             bytes.fromhex(entry.seal) if entry.seal else b"",
@@ -788,6 +828,11 @@ class Ingestor:
                 else:
                     check_writer(self.vault)
                 live = LiveCall(self.vault, spec, self._call_settings(writer), writer=writer)
+                if decision is not None:
+                    # kept with the call when the server has a policy
+                    live.decision = decision[0] if self.policy.configured else None
+                elif entry is not None and entry.decision:
+                    live.decision = Decision.from_doc(entry.decision)
                 self.calls[key] = live
             elif live.spec.recording_id != spec.recording_id:
                 self._same_recording(spec, live.spec.recording_id, "being recorded")
@@ -804,6 +849,56 @@ class Ingestor:
             live.attached = True
             live.touched = time.monotonic()
         return live, token
+
+    def _decide_new(self, spec: CallSpec, tenant: str) -> tuple[Decision, int]:
+        """The recording policy on a call this server has not got (neither live nor
+        in the index): (decision, its DECISION leaf or -1). A call decided not
+        recorded before keeps that decision (its DECISION entry); one decided now is
+        stored as a DECISION entry before this returns. InputError: an unknown region."""
+        stored = self.vault.index.get_decision(tenant, spec.call_id)
+        if stored is not None:
+            return Decision.from_doc(stored.doc), stored.log_index
+        decision = self.policy.decide(spec.facts())
+        if decision.recorded:
+            return decision, -1
+        check_writer(self.vault)
+        try:
+            d = self.vault.record_decision(spec.call_id, decision.doc(), tenant=tenant)
+        except InputError:
+            raise
+        except CallvaultError as e:
+            raise WriterFailed(
+                f"call {spec.call_id} is not to be recorded but its decision could not be "
+                f"stored ({e}): retry once the server is SERVING again"
+            ) from e
+        self.not_recorded_total += 1
+        log.info(
+            "call %s/%s: not recorded (%s: %s)",
+            tenant,
+            spec.call_id,
+            d.doc.get("rule"),
+            d.doc.get("reason"),
+        )
+        return Decision.from_doc(d.doc), d.log_index
+
+    def decide(self, spec: CallSpec) -> tuple[Decision, int, int]:
+        """Ingest.Decide: what a CallStart of ``spec`` would be answered, before any of
+        its audio exists: (decision, its DECISION leaf or -1, the decision's time or 0).
+        A call not recorded gets its DECISION entry stored now; a call that exists is
+        recorded (with the decision it was opened with, when it has one)."""
+        spec.check()
+        tenant = spec.tenant or "default"
+        with self.lock:
+            live = self.calls.get((tenant, spec.call_id))
+            if live is not None:
+                return live.decision or _recorded_before(), -1, 0
+            entry = self.vault.index.get_call(tenant, spec.call_id)
+            if entry is not None:
+                d = Decision.from_doc(entry.decision) if entry.decision else _recorded_before()
+                return d, -1, 0
+            decision, leaf = self._decide_new(spec, tenant)
+            stored = self.vault.index.get_decision(tenant, spec.call_id)
+            return decision, leaf, stored.time_us if stored is not None else 0
 
     def _drop_interrupted(self, live: LiveCall) -> None:
         """Forget a call whose storing failed (under ``self.lock``); its CallWriter,
@@ -957,6 +1052,10 @@ class Ingestor:
                     on_error(live, e)
 
 
+def _recorded_before() -> Decision:
+    return Decision(True, "", "the call exists (recorded before decisions were kept)")
+
+
 class ShuttingDown(VaultError):
     pass
 
@@ -1016,6 +1115,8 @@ class Started:
     resumed: bool  # the call existed already (reconnect, restart or sealed)
     start_us: int  # frame 0's instant, 0 until the first batch
     sealed_before: bool = False  # the call was sealed already: Sealed follows
+    # the recording policy's decision; not recorded: Sealed follows (no seal)
+    decision: Decision | None = None
 
 
 @dataclass(frozen=True)
@@ -1083,7 +1184,9 @@ class CallSession:
                     resume_from_seq=call.next_seq,
                     resumed=call.resumed or call.attachments > 1 or call.sealed is not None,
                     start_us=call.start_us,
-                    sealed_before=call.sealed is not None,
+                    sealed_before=call.sealed is not None
+                    and (call.decision is None or call.decision.recorded),
+                    decision=call.decision,
                 )
             ]
             if call.sealed is not None:

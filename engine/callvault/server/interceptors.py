@@ -28,33 +28,56 @@ from callvault.access.identity import Authenticator, Identity, Unauthenticated
 
 log = logging.getLogger("callvault.server")
 
-# What each method needs (DESIGN.md "Roles"): checked by authorize().
+# What each method needs: checked by authorize(). docs/access.md has the method x
+# role matrix these two tables make (tests/server/test_access_matrix.py reads it and
+# drives every cell), and the rules that depend on the request (access/policy.py).
 PERMISSIONS: dict[str, str] = {
     "/callvault.v1.Ingest/Record": "record",
     "/callvault.v1.Ingest/RecordCalls": "record",
+    "/callvault.v1.Ingest/Decide": "record",
     "/callvault.v1.Archive/Search": "metadata",
     "/callvault.v1.Archive/SearchCalls": "metadata",
     "/callvault.v1.Archive/GetCall": "metadata",
     "/callvault.v1.Archive/Play": "listen",
     "/callvault.v1.Archive/Export": "export",
+    "/callvault.v1.Archive/RequestExport": "export-request",
+    "/callvault.v1.Archive/ApproveExport": "export-approve",
+    "/callvault.v1.Archive/ListExportRequests": "export-list",
     "/callvault.v1.Integrity/GetCheckpoint": "proofs",
     "/callvault.v1.Integrity/GetInclusionProof": "proofs",
     "/callvault.v1.Integrity/GetConsistencyProof": "proofs",
     "/callvault.v1.Integrity/GetBundle": "export",
     "/callvault.v1.Integrity/Verify": "proofs",
-    "/callvault.v1.Admin/Stats": "health",
+    "/callvault.v1.Admin/Stats": "stats",
     "/callvault.v1.Admin/Erase": "erase",
-    "/callvault.v1.Admin/Reindex": "admin",
-    "/callvault.v1.Admin/RotateKey": "admin",
-    "/callvault.v1.Admin/Reclaim": "admin",
+    "/callvault.v1.Admin/Reindex": "maintain",
+    "/callvault.v1.Admin/Reclaim": "maintain",
+    "/callvault.v1.Admin/RotateKey": "keys",
+    "/callvault.v1.Admin/CreateToken": "tokens",
+    "/callvault.v1.Admin/ListTokens": "tokens",
+    "/callvault.v1.Admin/RevokeToken": "tokens",
+    "/callvault.v1.Admin/Audit": "audit",
+    "/callvault.v1.Admin/EraseTenant": "tenants",  # platform identities only (servicer)
 }
-# Health and reflection are open to every caller.
+# Health and reflection are open to every caller. The Sidecar service is not served
+# here: the sidecar's control API has its own tokens (docs/access.md).
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 ALL = frozenset(PERMISSIONS.values())
 
-# What each role may (docs/access.md has the method x role matrix this table makes).
+# What each role may: the only place (docs/access.md "Roles"). Audio needs more
+# than the permission for some roles (a reason, an approval, a sealed call):
+# access/policy.py, asked by the servicers.
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
-    "admin": ALL,
+    "recorder": frozenset({"record"}),
+    "agent": frozenset({"metadata"}),  # own calls only (policy.visible)
+    "qa": frozenset({"metadata", "listen"}),  # sealed calls only (policy.check)
+    "supervisor": frozenset({"metadata", "listen"}),  # live too
+    "legal": frozenset(
+        {"metadata", "listen", "export", "export-request", "export-approve", "export-list"}
+    ),
+    "it": frozenset({"metadata", "stats"}),  # never audio
+    "auditor": frozenset({"proofs", "audit", "export-list"}),
+    "admin": ALL,  # audio only with a reason (policy.check)
 }
 
 
@@ -199,6 +222,8 @@ class IdentityInterceptor(grpc.ServerInterceptor):
             outcome = _outcome(context, "ERROR")
             raise
         finally:
+            if outcome == "OK" and not context.is_active():
+                outcome = "CANCELLED"  # a handler that ended quietly as the client left
             self.methods.end(method, outcome, started, rpc.identity.name)
             self._finish(rpc, outcome)
 

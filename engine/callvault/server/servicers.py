@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -21,9 +22,15 @@ from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
 from callvault import ids
+from callvault.access import context as rpcctx
+from callvault.access import policy
+from callvault.access.audit import AuditTrail
+from callvault.access.exports import ExportRequest, ExportRequests, RequestNotFound
+from callvault.access.identity import OPEN, Identity
+from callvault.access.policy import AccessDenied
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
-from callvault.server import callinfo, playback
+from callvault.server import callinfo, decisions, playback
 from callvault.server.callinfo import call_detail, call_info
 from callvault.server.ingest import (
     Batch,
@@ -54,9 +61,11 @@ from callvault.server.ingest import (
     WriterFailed,
     check_writer,
 )
-from callvault.server.interceptors import MethodLog, Undecodable
+from callvault.server.interceptors import MethodLog, Undecodable, current_identity
 from callvault.store.index import CallEntry
+from callvault.timeline import FRAME_US
 from callvault.vault import CallNotFound, Vault, VaultError
+from callvault.vault.common import Problem
 
 CHUNK_BYTES = 1 << 20
 T = TypeVar("T")
@@ -66,6 +75,8 @@ T = TypeVar("T")
 # (subclasses before their bases).
 STATUS: tuple[tuple[type[CallvaultError], grpc.StatusCode], ...] = (
     (CallNotFound, grpc.StatusCode.NOT_FOUND),
+    (RequestNotFound, grpc.StatusCode.NOT_FOUND),
+    (AccessDenied, grpc.StatusCode.PERMISSION_DENIED),
     (StreamTakenOver, grpc.StatusCode.ABORTED),
     (RecordingConflict, grpc.StatusCode.ALREADY_EXISTS),
     (TooManyCalls, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -132,6 +143,64 @@ def _ref(ref: pb.CallRef) -> tuple[str, str]:
     return ref.tenant or "default", ref.call_id
 
 
+def _who() -> Identity:
+    """The caller of the RPC this thread serves (the interceptor's); OPEN outside one."""
+    rpc = rpcctx.current()
+    return rpc.identity if rpc is not None else OPEN
+
+
+def _reason() -> str:
+    rpc = rpcctx.current()
+    return rpc.reason if rpc is not None else ""
+
+
+def _scoped(ref: pb.CallRef) -> tuple[Identity, str, str]:
+    """(caller, tenant, call_id) of a call reference, the tenant scoped by the caller
+    (docs/access.md "Tenants"): a tenant identity naming another tenant gets exactly
+    the NOT_FOUND of a call that does not exist."""
+    _ref(ref)  # the shape
+    who = _who()
+    tenant = policy.tenant_of(who, ref.tenant)
+    if tenant is None:
+        rpcctx.note_call(ref.tenant, ref.call_id)
+        raise policy.not_found(ref.call_id, ref.tenant)
+    rpcctx.note_call(tenant, ref.call_id)
+    return who, tenant, ref.call_id
+
+
+def _lookup(vault: Vault, ref: pb.CallRef) -> tuple[Identity, CallEntry]:
+    """The call a request names, as the caller may see it (else NOT_FOUND, the same
+    message as for a call that does not exist: policy.visible)."""
+    who, tenant, call_id = _scoped(ref)
+    e = vault.get_call(call_id, tenant=tenant)
+    if not policy.visible(who, e):
+        raise policy.not_found(call_id, tenant)
+    return who, e
+
+
+def _allow(who: Identity, method: str, e: CallEntry | None, approval: str = "") -> None:
+    """PERMISSION_DENIED unless access.policy.check allows ``method`` on ``e`` now."""
+    why = policy.check(who, method, e, reason=_reason(), approval=approval)
+    if why is not None:
+        raise AccessDenied(why)
+
+
+def _platform_only(who: Identity, what: str) -> None:
+    """Operations on the whole vault (every tenant): platform identities only."""
+    if who.tenant is not None:
+        raise AccessDenied(
+            f"{who.name} belongs to tenant {who.tenant}: {what} acts on every tenant, "
+            "a platform identity's (no tenant) to do"
+        )
+
+
+def _seconds(e: CallEntry, from_ms: int = 0, to_ms: int = 0) -> float:
+    """Seconds of a sealed call's audio in [from_ms, to_ms) (0: to the end)."""
+    length_ms = max(0, e.end_us - e.start_us) // 1000
+    end = min(to_ms, length_ms) if to_ms else length_ms
+    return max(0, end - from_ms) / 1000
+
+
 def _check_texts(r: Any, *names: str) -> None:
     """Refuse a request whose tenant is not a tenant or whose text fields hold a NUL
     (INVALID_ARGUMENT; the index would fail on them later with a Python error)."""
@@ -185,6 +254,8 @@ class Config:
         # rewrite closed segments at least reclaim_threshold dead
         self.reclaim_interval_s: float = float(kw.pop("reclaim_interval_s", 600.0))
         self.reclaim_threshold: float = float(kw.pop("reclaim_threshold", 0.5))
+        # four-eyes export (docs/access.md): how long an approved request may be used
+        self.export_approval_s: float = float(kw.pop("export_approval_s", 24 * 3600.0))
         # the policy sections (docs/access.md), each read by its owner:
         # recording + regions (lifecycle.rules), dtmf (PCI), audit (anomaly rules),
         # access (identities)
@@ -203,6 +274,8 @@ class Config:
             raise InputError(
                 "reclaim_interval_s must be >= 0 (0: never) and reclaim_threshold in (0, 1]"
             )
+        if self.export_approval_s <= 0:
+            raise InputError("export_approval_s must be positive")
         if self.ingest_mux_chunks < 0 or self.ingest_workers < 0:
             raise InputError("ingest_workers and ingest_mux_chunks must be 0 or more")
         if self.workers < self.max_concurrent_rpcs:
@@ -223,9 +296,16 @@ class IngestServicer(pbg.IngestServicer):
     def Record(
         self, request_iterator: Iterator[pb.IngestRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.IngestReply]:
+        who = _who()
         stream = RecordStream(self.ingestor, idle_s=self.config.ingest_idle_s)
-        for reply in stream.run(request_iterator, _ingest_request, active=context.is_active):
+        decode = lambda item: _ingest_request(item, who)  # noqa: E731
+        for reply in stream.run(request_iterator, decode, active=context.is_active):
             yield _ingest_reply(reply)
+
+    @unary
+    def Decide(self, r: pb.CallStart, context: grpc.ServicerContext) -> pb.CallDecision:
+        d, log_index, time_us = self.ingestor.decide(_spec(r))
+        return decisions.decision_pb(d, log_index=log_index, time_us=time_us)
 
     @streaming
     def RecordCalls(
@@ -238,11 +318,13 @@ class IngestServicer(pbg.IngestServicer):
             pool=self.ingestor.workers if chunks > 1 else None,
             chunks=chunks,
         )
-        for events in stream.run(request_iterator, _mux_request, active=context.is_active):
+        who = _who()
+        decode = lambda item: _mux_request(item, who)  # noqa: E731
+        for events in stream.run(request_iterator, decode, active=context.is_active):
             yield _mux_reply(events)
 
 
-def _mux_request(item: pb.IngestMux | Undecodable) -> list[MuxItem]:
+def _mux_request(item: pb.IngestMux | Undecodable, who: Identity = OPEN) -> list[MuxItem]:
     if isinstance(item, Undecodable):
         raise InputError(item.message("/callvault.v1.Ingest/RecordCalls"))
     out = []
@@ -253,7 +335,7 @@ def _mux_request(item: pb.IngestMux | Undecodable) -> list[MuxItem]:
             b = it.batch
             req = Batch(b.seq, b.leg, b.packets, b.lengths, b.arrival_us)
         elif which == "start":
-            req = _spec(it.start)
+            req = _spec(it.start, who)
         elif which == "end":
             req = End(it.end.batches, it.end.end_us)
         elif which == "leave":
@@ -288,12 +370,12 @@ def _mux_reply(events: list[MuxEvent]) -> pb.IngestMuxReply:
     return out
 
 
-def _ingest_request(item: pb.IngestRequest | Undecodable) -> Request:
+def _ingest_request(item: pb.IngestRequest | Undecodable, who: Identity = OPEN) -> Request:
     if isinstance(item, Undecodable):
         raise InputError(item.message("/callvault.v1.Ingest/Record"))
     which = item.WhichOneof("msg")
     if which == "start":
-        return _spec(item.start)
+        return _spec(item.start, who)
     if which == "batch":
         b = item.batch
         return Batch(b.seq, b.leg, b.packets, b.lengths, b.arrival_us)
@@ -305,7 +387,28 @@ def _ingest_request(item: pb.IngestRequest | Undecodable) -> Request:
     return Unknown()
 
 
-def _spec(s: pb.CallStart) -> CallSpec:
+@dataclass(frozen=True)
+class RefusedSpec(CallSpec):
+    """A CallStart the caller may not make: the ingestor's ``check`` refuses it with
+    PERMISSION_DENIED before anything is kept (that call only, on RecordCalls)."""
+
+    refusal: str = ""
+
+    def check(self) -> None:
+        raise AccessDenied(self.refusal)
+
+
+def _spec(s: pb.CallStart, who: Identity = OPEN) -> CallSpec:
+    """The engine's CallSpec of a CallStart; its tenant scoped by the caller: a tenant
+    recorder records in its own tenant (an empty tenant is its tenant) and another
+    tenant is PERMISSION_DENIED (docs/access.md "Tenants")."""
+    tenant = policy.tenant_of(who, s.tenant)
+    refusal = ""
+    if tenant is None:
+        tenant = s.tenant
+        refusal = f"{who.name} records for tenant {who.tenant}, not {s.tenant} (call {s.call_id})"
+    elif who.tenant is None:
+        tenant = s.tenant  # as before: empty is "default", checked by the ingestor
     legs = tuple(leg.name for leg in s.legs)
     m = s.meta
     meta: dict[str, Any] = {
@@ -316,15 +419,18 @@ def _spec(s: pb.CallStart) -> CallSpec:
         "tags": list(m.tags),
         "extra": dict(m.extra),
     }
-    return CallSpec(
+    fields: dict[str, Any] = dict(
         recording_id=s.recording_id,
         call_id=s.call_id,
-        tenant=s.tenant,
+        tenant=tenant,
         legs=legs,
         start_us=s.start_us,
         event_payload_types=tuple(tuple(leg.event_payload_types) for leg in s.legs),
         meta=meta,
+        region=s.region,
+        consent=decisions.consent_name(s.consent),
     )
+    return RefusedSpec(refusal=refusal, **fields) if refusal else CallSpec(**fields)
 
 
 def _ingest_reply(r: Reply) -> pb.IngestReply:
@@ -338,14 +444,15 @@ def _ingest_reply(r: Reply) -> pb.IngestReply:
             )
         )
     if isinstance(r, Started):
-        return pb.IngestReply(
-            started=pb.Started(
-                resume_from_seq=r.resume_from_seq,
-                resumed=r.resumed,
-                start_us=r.start_us,
-                sealed_before=r.sealed_before,
-            )
+        started = pb.Started(
+            resume_from_seq=r.resume_from_seq,
+            resumed=r.resumed,
+            start_us=r.start_us,
+            sealed_before=r.sealed_before,
         )
+        if r.decision is not None:
+            started.decision.CopyFrom(decisions.decision_pb(r.decision))
+        return pb.IngestReply(started=started)
     # log_index is unsigned on the wire
     return pb.IngestReply(
         sealed=pb.Sealed(seal=r.seal, frames=r.frames, log_index=max(r.log_index, 0))
@@ -353,9 +460,18 @@ def _ingest_reply(r: Reply) -> pb.IngestReply:
 
 
 class ArchiveServicer(pbg.ArchiveServicer):
-    def __init__(self, vault: Vault, ingestor: Ingestor) -> None:
+    def __init__(
+        self,
+        vault: Vault,
+        ingestor: Ingestor,
+        config: Config | None = None,
+        exports: ExportRequests | None = None,
+    ) -> None:
         self.vault = vault
         self.ingestor = ingestor
+        c = config or Config()
+        # four-eyes export requests (docs/access.md), shared with IntegrityServicer
+        self.exports = exports or ExportRequests(vault.path / "access", ttl_s=c.export_approval_s)
 
     def _frames(self, e: CallEntry) -> int:
         return playback.durable_frames(self.vault, self.ingestor, e.call_id, tenant=e.tenant)
@@ -363,17 +479,27 @@ class ArchiveServicer(pbg.ArchiveServicer):
     def _search(
         self, r: pb.SearchRequest, *, limit: int, after: tuple[int, str] | None
     ) -> list[CallEntry]:
-        """The calls of a SearchRequest's filters, in its order, past ``after``."""
+        """The calls of a SearchRequest's filters, in its order, past ``after``: the
+        caller's tenant only (another tenant's: none), an agent's own calls only."""
         _check_texts(r, "agent", "skill_group", "tag", "direction")
         if r.until_us and r.until_us <= r.since_us:
             raise InputError(f"until_us {r.until_us} is not after since_us {r.since_us}")
         if r.max_duration_ms and r.max_duration_ms < r.min_duration_ms:
             raise InputError("max_duration_ms is below min_duration_ms")
-        return self.vault.list_calls(
-            tenant=r.tenant or "default",
+        who = _who()
+        tenant = policy.tenant_of(who, r.tenant)
+        agent = r.agent or None
+        if who.role == "agent":
+            if agent not in (None, who.name):
+                return []
+            agent = who.name
+        if tenant is None:
+            return []
+        found = self.vault.list_calls(
+            tenant=tenant,
             since_us=r.since_us,
             until_us=r.until_us or 2**63 - 1,
-            agent=r.agent or None,
+            agent=agent,
             skill_group=r.skill_group or None,
             tag=r.tag or None,
             direction=r.direction or None,
@@ -383,6 +509,9 @@ class ArchiveServicer(pbg.ArchiveServicer):
             reverse=callinfo.newest_first(r),
             after=after,
         )
+        for e in found:
+            rpcctx.note_call(e.tenant, e.call_id)
+        return found
 
     @streaming
     def Search(self, r: pb.SearchRequest, context: grpc.ServicerContext) -> Iterator[pb.CallInfo]:
@@ -391,8 +520,29 @@ class ArchiveServicer(pbg.ArchiveServicer):
                 "Search streams every match and takes no page_size or page_token: "
                 "use SearchCalls for pages (or limit to cap the stream)"
             )
+        if r.decisions:  # calls not recorded (docs/access.md "Recording rules")
+            yield from self._decisions(r)
+            return
         for e in self._search(r, limit=r.limit, after=None):
             yield call_info(e, self._frames(e))
+
+    def _decisions(self, r: pb.SearchRequest) -> Iterator[pb.CallInfo]:
+        if r.until_us and r.until_us <= r.since_us:
+            raise InputError(f"until_us {r.until_us} is not after since_us {r.since_us}")
+        who = _who()
+        tenant = policy.tenant_of(who, r.tenant)
+        if tenant is None or who.role == "agent":  # another tenant's; agents: own calls
+            return
+        found = self.vault.index.decisions(
+            tenant,
+            since_us=r.since_us,
+            until_us=r.until_us or 2**63 - 1,
+            reverse=callinfo.newest_first(r),
+        )
+        for n, d in enumerate(found):
+            if r.limit and n >= r.limit:
+                return
+            yield decisions.decision_info(d)
 
     @unary
     def SearchCalls(
@@ -400,6 +550,8 @@ class ArchiveServicer(pbg.ArchiveServicer):
     ) -> pb.SearchCallsReply:
         if r.limit:
             raise InputError("SearchCalls pages with page_size; limit is for Search only")
+        if r.decisions:
+            raise InputError("decisions are listed by Search (one stream), not SearchCalls")
         size = callinfo.page_size(r.page_size)
         # one more than a page tells whether there is a next page
         calls = self._search(r, limit=size + 1, after=callinfo.page_cursor(r))
@@ -411,8 +563,14 @@ class ArchiveServicer(pbg.ArchiveServicer):
 
     @unary
     def GetCall(self, r: pb.GetCallRequest, context: grpc.ServicerContext) -> pb.CallInfo:
-        tenant, call_id = _ref(r.call)
-        e = self.vault.get_call(call_id, tenant=tenant)
+        who, tenant, call_id = _scoped(r.call)
+        if self.vault.index.get_call(tenant, call_id) is None:
+            d = self.vault.get_decision(call_id, tenant=tenant)
+            # not recorded: its decision, not NOT_FOUND (a decision names no agent:
+            # an agent identity sees none)
+            if d is not None and who.role != "agent":
+                return decisions.decision_info(d)
+        _, e = _lookup(self.vault, r.call)
         return call_detail(
             self.vault,
             e,
@@ -423,12 +581,15 @@ class ArchiveServicer(pbg.ArchiveServicer):
 
     @streaming
     def Play(self, r: pb.PlayRequest, context: grpc.ServicerContext) -> Iterator[pb.PlayChunk]:
-        tenant, call_id = _ref(r.call)
+        _ref(r.call)
         fmt = _format(
             r.format,
             (pb.OPUS, pb.PCM),
             "Play streams OPUS or PCM (OGG and WAV files come from Export)",
         )
+        who, e = _lookup(self.vault, r.call)
+        _allow(who, policy.PLAY, e)
+        tenant, call_id = e.tenant, e.call_id
         chunks = playback.play(
             self.vault,
             self.ingestor,
@@ -447,17 +608,20 @@ class ArchiveServicer(pbg.ArchiveServicer):
             )
             for data, lengths in c.legs:
                 out.legs.add(data=data, lengths=[] if lengths is None else lengths.tolist())
+            # the audit: seconds of the call's timeline sent (every leg at once)
+            rpcctx.note_audio(c.frames * FRAME_US / 1e6, sum(len(d) for d, _ in c.legs))
             yield out
 
     @streaming
     def Export(self, r: pb.ExportRequest, context: grpc.ServicerContext) -> Iterator[pb.FileChunk]:
-        tenant, call_id = _ref(r.call)
         fmt = _format(
             r.format, (pb.OGG, pb.WAV), "Export writes OGG or WAV files (OPUS and PCM are for Play)"
         )
         if r.to_ms and r.to_ms <= r.from_ms:
             raise InputError(f"to_ms {r.to_ms} is not after from_ms {r.from_ms}")
-        e = self.vault.get_call(call_id, tenant=tenant)
+        who, e = _lookup(self.vault, r.call)
+        _allow(who, policy.EXPORT, e, r.approval)
+        tenant, call_id = e.tenant, e.call_id
         if e.state != "sealed":
             raise VaultError(
                 f"call {call_id} is {e.state}: only sealed calls are exported "
@@ -474,7 +638,69 @@ class ArchiveServicer(pbg.ArchiveServicer):
                 metadata=r.include_metadata,
                 customer_number=r.include_customer_number,
             )
+            if r.approval:  # spent before the first byte goes out
+                _use_approval(self.exports, who, r.approval, e, "export")
+            rpcctx.note_audio(_seconds(e, r.from_ms, r.to_ms), out.stat().st_size)
             yield from _file_chunks(out, out.name)
+
+    @unary
+    def RequestExport(
+        self, r: pb.RequestExportRequest, context: grpc.ServicerContext
+    ) -> pb.ExportRequestInfo:
+        _ref(r.call)
+        if not r.reason.strip():
+            raise InputError("an export request needs a reason (--reason TEXT)")
+        ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
+        who, e = _lookup(self.vault, r.call)
+        req = self.exports.request(who, e.tenant, e.call_id, r.reason)
+        rpcctx.note_detail(f"export request {req.id}")
+        return _request_info(req)
+
+    @unary
+    def ApproveExport(
+        self, r: pb.ApproveExportRequest, context: grpc.ServicerContext
+    ) -> pb.ExportRequestInfo:
+        if not r.id:
+            raise InputError("id (the export request's) is required")
+        ids.check_text(r.id, "id", 256)
+        req = self.exports.approve(_who(), r.id)
+        rpcctx.note_call(req.tenant, req.call_id)
+        rpcctx.note_detail(f"export request {req.id} approved")
+        return _request_info(req)
+
+    @unary
+    def ListExportRequests(
+        self, r: pb.ListExportRequestsRequest, context: grpc.ServicerContext
+    ) -> pb.ListExportRequestsReply:
+        return pb.ListExportRequestsReply(
+            requests=[_request_info(x) for x in self.exports.visible_to(_who())]
+        )
+
+
+def _use_approval(
+    exports: ExportRequests, who: Identity, approval: str, e: CallEntry, what: str
+) -> None:
+    ids.check_text(approval, "approval", 256)
+    exports.use(who, approval, e.tenant, e.call_id, what)
+    rpcctx.note_detail(f"export request {approval} used ({what})")
+
+
+def _request_info(r: ExportRequest) -> pb.ExportRequestInfo:
+    return pb.ExportRequestInfo(
+        id=r.id,
+        tenant=r.tenant,
+        call_id=r.call_id,
+        reason=r.reason,
+        requested_by=r.requested_by,
+        requested_us=r.requested_us,
+        approved_by=r.approved_by,
+        approved_us=r.approved_us,
+        expires_us=r.expires_us,
+        used_us=r.used_us,
+        used_by=r.used_by,
+        used_for=r.used_for,
+        state=r.state(time.time_ns() // 1000),
+    )
 
 
 def _file_chunks(path: Path, name: str) -> Iterator[pb.FileChunk]:
@@ -492,8 +718,9 @@ def _file_chunks(path: Path, name: str) -> Iterator[pb.FileChunk]:
 
 
 class IntegrityServicer(pbg.IntegrityServicer):
-    def __init__(self, vault: Vault) -> None:
+    def __init__(self, vault: Vault, exports: ExportRequests | None = None) -> None:
         self.vault = vault
+        self.exports = exports or ExportRequests(vault.path / "access")
 
     @unary
     def GetCheckpoint(
@@ -514,12 +741,18 @@ class IntegrityServicer(pbg.IntegrityServicer):
     ) -> pb.InclusionProof:
         which = r.WhichOneof("leaf")
         if which == "call":
-            tenant, call_id = _ref(r.call)
-            e = self.vault.get_call(call_id, tenant=tenant)
+            _, e = _lookup(self.vault, r.call)
             if e.log_index < 0:
-                raise VaultError(f"call {call_id} is not sealed: it has no log leaf yet")
+                raise VaultError(f"call {e.call_id} is not sealed: it has no log leaf yet")
             index = e.log_index
         elif which == "leaf_index":
+            who = _who()
+            if who.tenant is not None:
+                raise AccessDenied(
+                    f"{who.name} belongs to tenant {who.tenant}: the log is shared by every "
+                    "tenant, so a tenant identity asks the proof of a call (call), not of "
+                    "a leaf index"
+                )
             index = r.leaf_index
         else:
             raise InputError("name the leaf: call or leaf_index")
@@ -543,22 +776,35 @@ class IntegrityServicer(pbg.IntegrityServicer):
     ) -> Iterator[pb.FileChunk]:
         from callvault.vault.bundle import write_bundle
 
-        tenant, call_id = _ref(r.call)
+        who, e = _lookup(self.vault, r.call)
+        _allow(who, policy.BUNDLE, e, r.approval)
         with tempfile.TemporaryDirectory(prefix="callvault-bundle-") as tmp:
             d = write_bundle(
                 self.vault,
-                call_id,
+                e.call_id,
                 Path(tmp) / "bundle",
-                tenant=tenant,
+                tenant=e.tenant,
                 with_customer_number=r.include_customer_number,
             )
-            for p in sorted(x for x in d.rglob("*") if x.is_file()):
+            files = sorted(x for x in d.rglob("*") if x.is_file())
+            if r.approval:  # spent before the first byte goes out
+                _use_approval(self.exports, who, r.approval, e, "bundle")
+            rpcctx.note_audio(_seconds(e), sum(p.stat().st_size for p in files))
+            for p in files:
                 yield from _file_chunks(p, p.relative_to(d).as_posix())
 
     @streaming
     def Verify(
         self, r: pb.VerifyRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.VerifyResult]:
+        who = _who()
+        if r.all and who.tenant is not None:
+            # a tenant's own calls; the segments are every tenant's (docs/access.md)
+            for e in self.vault.list_calls(tenant=who.tenant):
+                rpcctx.note_call(e.tenant, e.call_id)
+                found = [str(p) for p in self.vault.verify_call(e.call_id, tenant=e.tenant)]
+                yield pb.VerifyResult(what=f"call {e.call_id}", ok=not found, problems=found)
+            return
         if r.all:
             for what, problems in self.vault.verify_parts():
                 yield pb.VerifyResult(
@@ -570,8 +816,15 @@ class IntegrityServicer(pbg.IntegrityServicer):
         _check_texts(r)
         for call_id in r.call_ids:
             ids.check_call_id(call_id, "call_ids item")
+        tenant = policy.tenant_of(who, r.tenant)
         for call_id in r.call_ids:
-            found = [str(p) for p in self.vault.verify_call(call_id, tenant=r.tenant or "default")]
+            rpcctx.note_call(tenant or r.tenant, call_id)
+            if tenant is None:  # another tenant's: as a call that does not exist
+                what = f"call {call_id}"
+                gone = Problem(what, None, str(policy.not_found(call_id, r.tenant)))
+                yield pb.VerifyResult(what=what, ok=False, problems=[str(gone)])
+                continue
+            found = [str(p) for p in self.vault.verify_call(call_id, tenant=tenant)]
             yield pb.VerifyResult(what=f"call {call_id}", ok=not found, problems=found)
 
 
@@ -591,9 +844,13 @@ class AdminServicer(pbg.AdminServicer):
         self.reclaim_error = reclaim_error  # the scheduled reclaim's last failure
         self.started = time.monotonic()
         self.compactor: Any = None  # vault.compact.Compactor, set by the server (peak mode)
+        self.audit: AuditTrail | None = None  # the server's audit trail (access.audit)
 
     @unary
     def Stats(self, r: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsReply:
+        who = _who()
+        if who.tenant is not None:
+            return self._tenant_stats(who.tenant)
         s = self.vault.stats()
         pps, bps = self.ingestor.rates()
         mux_streams, mux_calls = self.ingestor.mux_counts()
@@ -613,6 +870,7 @@ class AdminServicer(pbg.AdminServicer):
             writer_error=self.vault.writer_error or "",
             expired_calls=self.ingestor.expired_total,
             resume_sealed_calls=self.ingestor.resume_sealed_total,
+            not_recorded_calls=self.ingestor.not_recorded_total,
             unsupported_codec_calls=self.ingestor.unsupported_codec["calls"],
             unsupported_codec_packets=self.ingestor.unsupported_codec["packets"],
             unsupported_codec_frames=self.ingestor.unsupported_codec["frames"],
@@ -622,6 +880,63 @@ class AdminServicer(pbg.AdminServicer):
             reclaim_error=self.reclaim_error(),
             mux_streams=mux_streams,
             mux_calls=mux_calls,
+            **self._audit_stats(),
+        )
+
+    def _audit_stats(self) -> dict[str, Any]:
+        """StatsReply 40-42: the audit trail."""
+        trail = self.audit
+        if trail is None:
+            return {}
+        return {
+            "audit_entries": trail.count,
+            "audit_alerts": trail.alerts,
+            "audit_error": trail.error,
+        }
+
+    @streaming
+    def Audit(self, r: pb.AuditRequest, context: grpc.ServicerContext) -> Iterator[pb.AuditEntry]:
+        """The trail's entries that match (docs/access.md "Audit trail"); an identity of
+        a tenant sees only its tenant's (access.audit.tenant_view)."""
+        from callvault.access import audit
+
+        if self.audit is None:
+            raise VaultError("this server keeps no audit trail")
+        for name in ("call_id", "tenant"):
+            if getattr(r, name):
+                ids.check_call_id(getattr(r, name), name)
+        ids.check_text(r.identity, "identity", 1 << 10)
+        want = audit.Filter(
+            call_id=r.call_id,
+            tenant=r.tenant,
+            identity=r.identity,
+            since_us=r.since_us,
+            until_us=r.until_us,
+            kind=r.kind,
+            after_seq=r.after_seq,
+        )
+        tenant = current_identity().tenant
+        n = 0
+        for e in self.audit.entries():
+            doc = audit.tenant_view(e.doc, tenant)  # filters apply to what it may see
+            if doc is None or not want.matches(audit.Entry(e.seq, e.hash, doc, e.offset)):
+                continue
+            yield audit_entry(doc, e.hash)
+            n += 1
+            if r.limit and n >= r.limit:
+                return
+
+    def _tenant_stats(self, tenant: str) -> pb.StatsReply:
+        """A tenant identity's Stats: its calls and open calls; the server-wide figures
+        are not kept per tenant and stay 0 (they would tell of other tenants)."""
+        calls = self.vault.list_calls(tenant=tenant)
+        with self.ingestor.lock:
+            live = sum(1 for t, _c in self.ingestor.calls if t == tenant)
+        return pb.StatsReply(
+            tenant=tenant,
+            calls=len(calls),
+            open_calls=live,
+            uptime_s=time.monotonic() - self.started,
         )
 
     def _compactor_stats(self) -> dict[str, Any]:
@@ -640,8 +955,10 @@ class AdminServicer(pbg.AdminServicer):
 
     @unary
     def Erase(self, r: pb.EraseRequest, context: grpc.ServicerContext) -> pb.EraseReply:
-        tenant, call_id = _ref(r.call)
+        _ref(r.call)  # the request's shape first, then whether the caller sees the call
         ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
+        _, e = _lookup(self.vault, r.call)
+        tenant, call_id = e.tenant, e.call_id
         check_writer(self.vault)
         self.vault.erase(call_id, reason=r.reason, tenant=tenant)
         e = self.vault.get_call(call_id, tenant=tenant)
@@ -649,6 +966,7 @@ class AdminServicer(pbg.AdminServicer):
 
     @unary
     def Reindex(self, r: pb.ReindexRequest, context: grpc.ServicerContext) -> pb.ReindexReply:
+        _platform_only(_who(), "reindex")
         n = self.ingestor.open_calls()
         if n:
             raise VaultError(
@@ -659,6 +977,7 @@ class AdminServicer(pbg.AdminServicer):
 
     @unary
     def Reclaim(self, r: pb.ReclaimRequest, context: grpc.ServicerContext) -> pb.ReclaimReply:
+        _platform_only(_who(), "reclaim")
         threshold = r.threshold or self.config.reclaim_threshold
         if not 0 < threshold <= 1:
             raise InputError(f"threshold must be in (0, 1], not {r.threshold}")
@@ -667,7 +986,52 @@ class AdminServicer(pbg.AdminServicer):
         return pb.ReclaimReply(**done.as_dict())
 
     @unary
+    def EraseTenant(
+        self, r: pb.EraseTenantRequest, context: grpc.ServicerContext
+    ) -> pb.EraseTenantReply:
+        """Erase a whole tenant (docs/format.md 8.6); platform identities only."""
+        _platform_only(_who(), "erase a tenant")
+        if not r.tenant:
+            raise InputError("tenant is required")
+        ids.check_call_id(r.tenant, "tenant")
+        ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
+        check_writer(self.vault)
+        # refused while the ingestor records a call of the tenant (its writer is open)
+        doc = self.vault.erase_tenant(r.tenant, reason=r.reason)
+        rpcctx.note_detail(f"tenant {r.tenant} erased ({doc['calls']} calls)")
+        return pb.EraseTenantReply(
+            calls=doc["calls"], log_index=doc["log_index"], time_us=doc["time_us"]
+        )
+
+    @unary
     def RotateKey(self, r: pb.RotateKeyRequest, context: grpc.ServicerContext) -> pb.RotateKeyReply:
+        _platform_only(_who(), "rotate-key")
         check_writer(self.vault)
         kek, n = self.vault.rotate_key()
         return pb.RotateKeyReply(kek_id=kek, rewrapped=n)
+
+
+def audit_entry(doc: dict[str, Any], h: bytes) -> pb.AuditEntry:
+    """An audit entry (docs/format.md 8.12) on the wire."""
+    ident = doc.get("identity") or {}
+    return pb.AuditEntry(
+        seq=doc["seq"],
+        time_us=doc["time_us"],
+        kind=doc.get("kind", ""),
+        identity=ident.get("name") or "",
+        role=ident.get("role") or "",
+        identity_tenant=ident.get("tenant") or "",
+        via=ident.get("via") or "",
+        method=doc.get("method", ""),
+        calls=[pb.CallRef(tenant=t, call_id=c) for t, c in doc.get("calls", [])],
+        outcome=doc.get("outcome", ""),
+        audio_seconds=doc.get("audio_seconds", 0.0),
+        audio_bytes=doc.get("audio_bytes", 0),
+        peer=doc.get("peer", ""),
+        reason=doc.get("reason", ""),
+        detail=doc.get("detail", ""),
+        rule=doc.get("rule", ""),
+        cause=doc.get("cause", 0),
+        started_us=doc.get("started_us", 0),
+        hash=h,
+    )

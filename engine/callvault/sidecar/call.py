@@ -1,7 +1,8 @@
 """One call on the sidecar: its spool, its legs (UDP ports and sockets), counters and
 state (``receiving`` -> ``forwarding`` -> ``sealed``, or ``failed`` from either with a
-``reason``), shared by the receive thread, the call's forwarder and the control API;
-and the control API's refusal (:class:`SidecarError`)."""
+``reason``, or ``not_recorded`` when the server's Started says so), shared by the
+receive thread, the call's forwarder and the control API; a call the server does not
+record (:class:`UnrecordedCall`); and the control API's refusal (:class:`SidecarError`)."""
 
 from __future__ import annotations
 
@@ -225,3 +226,50 @@ class Call:
         start.CopyFrom(self.start)
         start.start_us = self.spool.start_us or 0
         return start
+
+
+class UnrecordedCall:
+    """A call the server's recording policy does not record (its decision came at
+    StartCall, Ingest.Decide): its UDP ports are bound, so no other call gets them
+    while the PBX still sends this one's RTP, but never read (what arrives stays in
+    the kernel's socket buffer until ``close`` discards it); no spool, nothing on disk,
+    nothing forwarded. State ``not_recorded`` until ``call stop`` closes the ports."""
+
+    def __init__(
+        self,
+        start: pb.CallStart,
+        bound: list[tuple[int, socket.socket]],
+        decision: pb.CallDecision,
+    ) -> None:
+        self.start = start
+        self.tenant = start.tenant
+        self.call_id = start.call_id
+        self.names = [leg.name for leg in start.legs]
+        self.socks = [s for _, s in bound]
+        self.port_numbers = [p for p, _ in bound]
+        self.decision = decision
+        self.state = "not_recorded"
+        self.stopped = False  # call stop closed its ports
+        self.reason = f"not recorded by the server's policy ({decision.rule}: {decision.reason})"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.tenant or "default", self.call_id)
+
+    def ports(self) -> dict[str, int]:
+        return dict(zip(self.names, self.port_numbers, strict=True))
+
+    def close(self) -> None:
+        self.stopped = True
+        for s in self.socks:
+            s.close()
+
+    def describe(self) -> pb.SidecarCall:
+        return pb.SidecarCall(
+            call_id=self.call_id,
+            tenant=self.tenant,
+            ports=self.ports(),
+            state=self.state,
+            reason=self.reason,
+            legs=[pb.SidecarLeg(name=n) for n in self.names],
+        )

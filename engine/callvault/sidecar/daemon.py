@@ -36,6 +36,17 @@ and a call id the server already has (Archive.GetCall, ALREADY_EXISTS); when the
 server cannot be asked within ``START_CHECK_S`` the call is accepted and the
 forwarder's refusal path ends it if the server turns it down later.
 
+Recording rules and consent (docs/access.md "Recording rules"): StartCall asks the
+server's decision (Ingest.Decide, within ``START_CHECK_S``) before any audio exists.
+A call the server does not record is an :class:`UnrecordedCall`: its ports are bound
+(so no later call gets them while the PBX still sends this one's RTP) but never read,
+and it has no spool. While the server cannot decide, a call whose consent is
+DECLINED or UNKNOWN is refused (UNAVAILABLE): the sidecar never spools audio of a
+call that may turn out not to be recorded; a GRANTED one (or one that says
+nothing, as before consent existed) starts and is spooled, and if the server's
+Started then says not recorded, the call ends ``not_recorded``: its RTP is dropped
+and its spool deleted.
+
 Health (:meth:`Sidecar.check_health`, every ``SYNC_S``): NOT_SERVING while the
 receive thread is dead or the spool directory cannot be written.
 """
@@ -62,7 +73,7 @@ from callvault_client._pb import callvault_pb2 as pb
 
 from callvault import _net, ids
 from callvault.errors import CallvaultError, InputError
-from callvault.sidecar.call import Call, SidecarError
+from callvault.sidecar.call import Call, SidecarError, UnrecordedCall
 from callvault.sidecar.forwarder import BACKOFF_S, Forwarder, Uplink
 from callvault.sidecar.receiver import Receiver, bind_udp
 from callvault.sidecar.spool import Spool, list_spools, load_sidecar_key, spool_name
@@ -108,7 +119,10 @@ class Sidecar:
         spool_root: Path,
         *,
         tls_ca: bytes | None = None,
+        token: str | None = None,
     ) -> None:
+        """``token``: the server token (role recorder) sent on the uplink and the
+        GetCall probe ("" or None: none)."""
         self.upstream = upstream
         self.rtp_host = rtp_host
         self.port_range = (port_min, port_max)
@@ -120,6 +134,11 @@ class Sidecar:
         self.lock = threading.Lock()
         self.calls: dict[tuple[str, str], Call] = {}
         self.sealed_keys: collections.OrderedDict[tuple[str, str], Call] = collections.OrderedDict()
+        # calls the server's policy does not record (decided at StartCall): ports only,
+        # until stopped; the last KEEP_SEALED stopped ones are remembered
+        self.unrecorded: collections.OrderedDict[tuple[str, str], UnrecordedCall] = (
+            collections.OrderedDict()
+        )
         self._next_port = 0  # index into the range's even ports
         self._reserved: set[tuple[str, str]] = set()
         self.closing = threading.Event()
@@ -133,7 +152,10 @@ class Sidecar:
         ]
         # The SDK's client of the server, with these channel options over its
         # defaults and the forwarders' reconnect backoff.
-        self.client = Client(upstream, tls_ca=tls_ca, backoff=BACKOFF_S, options=options)
+        self.client = Client(
+            upstream, tls_ca=tls_ca, backoff=BACKOFF_S, options=options, token=token or ""
+        )
+        self._probe_denied = False  # GetCall refused by the server's role matrix (logged once)
         # Linux turns receive timestamping on for the whole stack asynchronously when
         # the first socket asks; until then datagrams are stamped when read. One
         # socket asking for the sidecar's whole life keeps it on, so a new call's
@@ -194,6 +216,9 @@ class Sidecar:
             call.spool.sync()
         with self.lock:
             self.closing.set()
+            unrecorded = list(self.unrecorded.values())
+        for u in unrecorded:
+            u.close()
         self.uplink.close()
         self.client.close()
         self._stamp_keeper.close()
@@ -282,6 +307,11 @@ class Sidecar:
     # -- control -------------------------------------------------------------------
 
     def start_call(self, req: pb.StartCallRequest) -> dict[str, int]:
+        """StartCall's ports (leg name -> UDP port); see ``start_call_reply``."""
+        return dict(self.start_call_reply(req).ports)
+
+    def start_call_reply(self, req: pb.StartCallRequest) -> pb.StartCallReply:
+        """StartCall: the call's ports, and the server's decision when it gave one."""
         legs = list(req.legs) or ["agent", "customer"]
         try:
             ids.check_call_id(req.call_id)
@@ -301,8 +331,13 @@ class Sidecar:
             raise SidecarError(grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down")
         key = (req.tenant or "default", req.call_id)
         with self.lock:
-            if key in self.calls or key in self.sealed_keys or key in self._reserved:
-                state = self.calls.get(key) or self.sealed_keys.get(key)
+            if (
+                key in self.calls
+                or key in self.sealed_keys
+                or key in self._reserved
+                or key in self.unrecorded
+            ):
+                state = self.calls.get(key) or self.sealed_keys.get(key) or self.unrecorded.get(key)
                 raise SidecarError(
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"call {req.call_id} is already on this sidecar"
@@ -310,15 +345,30 @@ class Sidecar:
                 )
             self._reserved.add(key)  # while its ports are bound and its spool made
         try:
-            self._check_server(req.tenant, req.call_id)
-            bound = self._allocate(len(legs))
+            unreachable = self._check_server(req.tenant, req.call_id)
             start = pb.CallStart(
                 call_id=req.call_id,
                 tenant=req.tenant,
                 meta=req.meta,
                 legs=[pb.LegSpec(name=n) for n in legs],
                 recording_id=new_recording_id(),
+                region=req.region,
+                consent=req.consent,
             )
+            decision = self._decide(start, unreachable)
+            bound = self._allocate(len(legs))
+            if decision is not None and not decision.recorded:
+                unrecorded = UnrecordedCall(start, bound, decision)
+                with self.lock:
+                    self.unrecorded[key] = unrecorded
+                log.info(
+                    "call %s not recorded (%s: %s): ports %s bound, its RTP dropped",
+                    req.call_id,
+                    decision.rule,
+                    decision.reason,
+                    ", ".join(str(p) for p, _ in bound),
+                )
+                return pb.StartCallReply(ports=unrecorded.ports(), decision=decision)
             try:
                 spool = Spool.create(
                     self.spool_root,
@@ -358,20 +408,71 @@ class Sidecar:
             req.call_id,
             ", ".join(f"{leg.name} udp/{leg.port}" for leg in call.legs),
         )
-        return {leg.name: leg.port for leg in call.legs}
+        reply = pb.StartCallReply(ports={leg.name: leg.port for leg in call.legs})
+        if decision is not None:
+            reply.decision.CopyFrom(decision)
+        return reply
 
-    def _check_server(self, tenant: str, call_id: str) -> None:
-        """Refuse a call id the server already has (ALREADY_EXISTS) or refuses
-        (INVALID_ARGUMENT); a server that cannot be asked within START_CHECK_S lets
-        the call start (its forwarder ends it if the server refuses it later)."""
+    def _decide(
+        self, start: pb.CallStart, unreachable: client_errors.CallvaultClientError | None
+    ) -> pb.CallDecision | None:
+        """The server's decision on the call (Ingest.Decide), or None when it cannot be
+        asked within START_CHECK_S (``unreachable``: the id check found it so already)
+        and the call's consent is GRANTED or unspecified (it is spooled; a not-recorded
+        Started later drops it). DECLINED or UNKNOWN consent without a decision is
+        refused: such audio is never spooled."""
+        try:
+            if unreachable is not None:
+                raise unreachable
+            return self.client.decide(start, timeout=START_CHECK_S)
+        except client_errors.InvalidArgument as e:  # an unknown region, say
+            raise SidecarError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the server refuses call {start.call_id}: {e.message}",
+            ) from None
+        except client_errors.CallvaultClientError as e:
+            if start.consent in (pb.CONSENT_DECLINED, pb.CONSENT_UNKNOWN):
+                consent = "declined" if start.consent == pb.CONSENT_DECLINED else "unknown"
+                raise SidecarError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"call {start.call_id}: the server cannot say whether a call with "
+                    f"consent {consent} may be recorded ({e.code.name}: {e.message}); "
+                    "not started, nothing of it is spooled: start it again once the "
+                    "server is reachable",
+                ) from None
+            log.warning(
+                "call %s: the server cannot decide whether it is recorded (%s: %s); "
+                "started and spooled, dropped if the server says not recorded",
+                start.call_id,
+                e.code.name,
+                e.message,
+            )
+            return None
+
+    def _check_server(self, tenant: str, call_id: str) -> client_errors.CallvaultClientError | None:
+        """Refuse a call id the server already has (ALREADY_EXISTS; one it decided not
+        to record included) or refuses (INVALID_ARGUMENT); a server that cannot be
+        asked within START_CHECK_S lets the call start (its forwarder ends it if the
+        server refuses it later): the error is returned (``_decide`` asks no more)."""
         try:
             info = self.client.get_call(call_id, tenant=tenant, timeout=START_CHECK_S)
         except client_errors.NotFound:
-            return
+            return None
         except client_errors.InvalidArgument as e:
             raise SidecarError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"the server refuses call {call_id}: {e.message}"
             ) from None
+        except client_errors.PermissionDenied as e:
+            # a recorder identity may record but not read (docs/access.md): the
+            # server refuses a taken call id when the call is forwarded instead
+            if not self._probe_denied:
+                self._probe_denied = True
+                log.info(
+                    "the server does not let this sidecar ask whether it has a call id "
+                    "(%s); a call id it has already is refused when forwarded",
+                    e.message,
+                )
+            return None
         except client_errors.CallvaultClientError as e:
             log.warning(
                 "call %s: the server cannot say whether it has this call id (%s: %s); "
@@ -380,10 +481,13 @@ class Sidecar:
                 e.code.name,
                 e.message,
             )
-            return
-        what = {"sealed": "sealed", "open": "being recorded", "erased": "erased"}.get(
-            info.state, info.state
-        )
+            return e
+        what = {
+            "sealed": "sealed",
+            "open": "being recorded",
+            "erased": "erased",
+            "not_recorded": "decided not recorded",
+        }.get(info.state, info.state)
         raise SidecarError(
             grpc.StatusCode.ALREADY_EXISTS,
             f"call {call_id} already exists on the server ({what}"
@@ -403,6 +507,16 @@ class Sidecar:
         return call
 
     def stop_call(self, req: pb.StopCallRequest) -> pb.StopCallReply:
+        with self.lock:
+            unrecorded = self.unrecorded.get((req.tenant or "default", req.call_id))
+        if unrecorded is not None:
+            unrecorded.close()  # its ports: nothing was ever read from them
+            with self.lock:
+                self.unrecorded.move_to_end(unrecorded.key)
+                stopped = [k for k, u in self.unrecorded.items() if u.stopped]
+                for k in stopped[: max(0, len(stopped) - KEEP_SEALED)]:
+                    del self.unrecorded[k]
+            return pb.StopCallReply(state=unrecorded.state, reason=unrecorded.reason)
         call = self._lookup(req.tenant, req.call_id)
         if call.state == "receiving":
             try:
@@ -467,7 +581,14 @@ class Sidecar:
     def list_calls(self) -> list[pb.SidecarCall]:
         with self.lock:
             calls = list(self.calls.values()) + list(self.sealed_keys.values())
-        return [c.describe() for c in calls]
+            unrecorded = list(self.unrecorded.values())
+        return [c.describe() for c in calls] + [u.describe() for u in unrecorded]
+
+    def _remember(self, call: Call) -> None:
+        """(lock) An ended call joins the last KEEP_SEALED ended ones."""
+        self.sealed_keys[call.key] = call
+        while len(self.sealed_keys) > KEEP_SEALED:
+            self.sealed_keys.popitem(last=False)
 
     # -- forwarding ----------------------------------------------------------------
 
@@ -500,8 +621,25 @@ class Sidecar:
         and its spool is deleted."""
         self._fail(call, reason, delete=True)
 
+    def not_recorded(self, call: Call, decision: pb.CallDecision) -> None:
+        """(forwarder) The server's Started said the call is not recorded (its policy;
+        a call started while the server could not decide): its RTP is dropped from now
+        on and its spool deleted; state ``not_recorded``."""
+        self._fail(
+            call,
+            f"not recorded by the server's policy ({decision.rule}: {decision.reason})",
+            delete=True,
+            state="not_recorded",
+        )
+
     def _fail(
-        self, call: Call, reason: str, *, delete: bool, in_receiver: bool | None = None
+        self,
+        call: Call,
+        reason: str,
+        *,
+        delete: bool,
+        in_receiver: bool | None = None,
+        state: str = "failed",
     ) -> None:
         """Mark ``call`` failed (once; a sealed call stays sealed) and release it in a
         thread of its own: stopped in the receive thread (when it still receives and
@@ -509,12 +647,15 @@ class Sidecar:
         (``delete``) or ended and closed, the call moved to the remembered ended
         calls. Never blocks the calling thread (the receiver's or a forwarder's)."""
         with self.lock:
-            if call.state in ("failed", "sealed"):
+            if call.state in ("failed", "sealed", "not_recorded"):
                 return
             receiving = call.state == "receiving" if in_receiver is None else in_receiver
-            call.state = "failed"
+            call.state = state
             call.reason = reason
-        log.error("call %s failed: %s", call.call_id, reason)
+        if state == "failed":
+            log.error("call %s failed: %s", call.call_id, reason)
+        else:
+            log.info("call %s: %s; its RTP dropped, its spool deleted", call.call_id, reason)
         threading.Thread(
             target=self._release,
             args=(call, delete, receiving),
@@ -543,9 +684,7 @@ class Sidecar:
             log.warning("call %s: spool %s: %s", call.call_id, call.spool.directory, e)
         with self.lock:
             self.calls.pop(call.key, None)
-            self.sealed_keys[call.key] = call
-            while len(self.sealed_keys) > KEEP_SEALED:
-                self.sealed_keys.popitem(last=False)
+            self._remember(call)
 
     def _drop_in_receiver(self, call: Call) -> None:
         """(receive thread) Stop receiving a failed call: its sockets are drained and
@@ -565,11 +704,9 @@ class Sidecar:
             sealed.seal.hex(),
         )
         with self.lock:
-            if call.state == "failed":
+            if call.state in ("failed", "not_recorded"):
                 return
             call.state = "sealed"
             self.calls.pop(call.key, None)
-            self.sealed_keys[call.key] = call
-            while len(self.sealed_keys) > KEEP_SEALED:
-                self.sealed_keys.popitem(last=False)
+            self._remember(call)
         call.spool.delete()

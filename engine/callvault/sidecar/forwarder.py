@@ -149,6 +149,9 @@ class Forwarder:
         self.attempt = 0  # losses since the last Started (the backoff's exponent)
         self.starts = 0  # CallStarts sent for this call (every stream, every retry)
         self._last_loss: tuple[str, float] | None = None  # (what, when) last logged
+        # the server's Started said the call is not recorded (its policy): its Sealed
+        # (which follows at once) drops the call instead of sealing it
+        self.decision: pb.CallDecision | None = None
 
     @property
     def connected(self) -> bool:
@@ -469,7 +472,9 @@ class Uplink:
         for f, reason in refused:
             self.sidecar.refused(f.call, reason)
         for f, s in sealed:
-            if f.call.state == "receiving":
+            if f.decision is not None:  # not recorded: RTP dropped, spool deleted
+                self.sidecar.not_recorded(f.call, f.decision)
+            elif f.call.state == "receiving":
                 # Our CallEnd was never sent: the server had this call id sealed already.
                 self.sidecar.refused(
                     f.call,
@@ -483,6 +488,8 @@ class Uplink:
     def _started(self, f: Forwarder, started: pb.Started) -> None:
         """(lock) The server Started the call on this stream: resend from its resume."""
         call = f.call
+        if started.HasField("decision") and not started.decision.recorded:
+            f.decision = started.decision
         resume = started.resume_from_seq
         if resume > call.spool.batches:
             # a spool that lost its unsynced tail (power cut) while the server kept what

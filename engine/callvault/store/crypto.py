@@ -12,6 +12,13 @@ call's records and metadata are encrypted with it (AES-256-GCM:
 *wrapped* under a **KEK**; the KEKs live in one **key file** (:class:`KeyFile`)
 whose path the vault passes in.
 
+Per-tenant KEKs (docs/format.md 8.6): the vault gives each tenant its own KEK
+(``callvault.vault.keys.TenantKeks``), itself stored wrapped under the key file's
+active KEK exactly like a data key (version 1); new data keys are wrapped under
+their tenant's KEK (:func:`wrap_tenant`, version 2, which names the generation of
+the tenant's KEK instead of a key-file KEK). Destroying a tenant's KEK shreds
+every call of the tenant at once.
+
 Rotation: :meth:`KeyFile.rotate` adds a new active KEK; older KEKs stay in the
 file (state ``previous``) and still unwrap. :meth:`KeyFile.rewrap` moves a
 wrapped key to the active KEK without touching any audio (45 bytes per call).
@@ -104,6 +111,9 @@ __all__ = [
     "encrypt_record",
     "new_data_key",
     "record_nonce",
+    "unwrap_tenant",
+    "wrap_tenant",
+    "wrapped_header",
     "wrapped_kek_id",
 ]
 
@@ -166,7 +176,8 @@ _KF_ENTRY = struct.Struct(">IB3sQQ32s")  # id, state, reserved, created, retired
 _KF_DIGEST = 32
 KEYFILE_MODE = 0o600
 
-WRAP_VERSION = 1
+WRAP_VERSION = 1  # wrapped under a KEK of the key file (the master KEKs)
+WRAP_VERSION_TENANT = 2  # wrapped under a generation of the call's tenant's KEK
 _WRAP_HEADER = struct.Struct(">BI")  # version, KEK id
 _WRAPPED_KEY_BYTES = KEY_BYTES + 8  # RFC 3394 adds one 64-bit block.
 WRAPPED_BYTES = _WRAP_HEADER.size + _WRAPPED_KEY_BYTES
@@ -350,14 +361,54 @@ def decrypt_blob(key: DataKey | bytes, *, blob: bytes, aad: bytes) -> bytes:
 # Key file
 
 
-def wrapped_kek_id(wrapped: bytes) -> int:
-    """The id of the KEK a wrapped data key was wrapped under (to find what to rewrap)."""
+def wrapped_header(wrapped: bytes) -> tuple[int, int]:
+    """(version, KEK id) of a wrapped key: version 1 names a KEK of the key file,
+    version 2 a generation of the tenant's KEK (docs/format.md 8.6)."""
     if len(wrapped) != WRAPPED_BYTES:
         raise CryptoError(f"wrapped key is {len(wrapped)} bytes, expected {WRAPPED_BYTES}")
     version, kek_id = _WRAP_HEADER.unpack_from(wrapped)
+    if version not in (WRAP_VERSION, WRAP_VERSION_TENANT):
+        raise CryptoError(
+            f"wrapped key has version {version}; this build reads {WRAP_VERSION}"
+            f" and {WRAP_VERSION_TENANT}"
+        )
+    return int(version), int(kek_id)
+
+
+def wrapped_kek_id(wrapped: bytes) -> int:
+    """The id of the key-file KEK a wrapped data key was wrapped under (to find what
+    to rewrap); CryptoError for a key wrapped under a tenant KEK (version 2)."""
+    version, kek_id = wrapped_header(wrapped)
     if version != WRAP_VERSION:
         raise CryptoError(f"wrapped key has version {version}; this build reads {WRAP_VERSION}")
-    return int(kek_id)
+    return kek_id
+
+
+def wrap_tenant(kek: bytes, generation: int, data_key: DataKey | bytes) -> bytes:
+    """A data key wrapped under generation ``generation`` of a tenant's KEK ``kek``
+    (version 2, 45 bytes; docs/format.md 8.6)."""
+    if len(kek) != KEY_BYTES:
+        raise InputError(f"a KEK is {KEY_BYTES} bytes")
+    if not 1 <= generation <= 0xFFFF_FFFF:
+        raise InputError(f"tenant KEK generation {generation} outside 1..2**32-1")
+    return _WRAP_HEADER.pack(WRAP_VERSION_TENANT, generation) + aes_key_wrap(
+        kek, _key_bytes(data_key)
+    )
+
+
+def unwrap_tenant(kek: bytes, wrapped: bytes) -> bytes:
+    """Inverse of :func:`wrap_tenant` (the caller found ``kek`` by the generation in
+    :func:`wrapped_header`); CryptoError if the wrapped key was altered."""
+    version, generation = wrapped_header(wrapped)
+    if version != WRAP_VERSION_TENANT:
+        raise CryptoError(f"wrapped key has version {version}, not a tenant KEK's")
+    try:
+        return aes_key_unwrap(kek, wrapped[_WRAP_HEADER.size :])
+    except InvalidUnwrap:
+        raise CryptoError(
+            f"wrapped key (tenant KEK generation {generation}) failed its integrity check:"
+            " the wrapped key was altered or its generation changed"
+        ) from None
 
 
 def _encode_keyfile(keks: list[_Kek]) -> bytes:

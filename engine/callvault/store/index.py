@@ -45,6 +45,8 @@ RECORD = struct.Struct(">BBHIQQI")  # leg, type, frames, first frame, segment, o
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
 DEAD = b"dead/"  # default family: dead/ + u64 segment -> u64 dead bytes (docs/format.md 8.4)
+# default family: tenant-erased/ + tenant (UTF-8) -> JSON of the tenant's erasure (8.4, 8.6)
+TENANT_ERASED = b"tenant-erased/"
 
 # RocksDB's own info log (DATA/index/LOG): it is rolled to LOG.old.<time> on every
 # open, so without a bound each command run leaves one more file. RocksDB keeps at
@@ -175,6 +177,9 @@ class CallEntry:
     transcode_ref: tuple[int, int, int] | None = None  # the TRANSCODE record
     transcode_log_index: int = -1  # the transcoding leaf in the Merkle log
     compact_next: int = 0  # the next chain index compaction may use (never reused)
+    # the recording policy's decision (the OPEN record's "decision", docs/format.md
+    # 8.13): recorded, rule, reason, region, consent; None: recorded before decisions
+    decision: dict[str, Any] | None = None
 
     def pack(self) -> bytes:
         # vars(), not asdict(): asdict deep-copies, and this runs once per call per group
@@ -227,6 +232,41 @@ def _posting(tenant: str, value: str | None, what: str, start_us: int, call_id: 
     return _s(tenant, "tenant") + mid + U64.pack(start_us) + _s(call_id, "call id")
 
 
+DECISION = b"decision/"  # default family: decision/ + tenant 00 call id 00 -> JSON
+DECISION_TIME = b"dtime/"  # default family: dtime/ + tenant 00 u64 time call id 00 -> ""
+
+
+@dataclass
+class DecisionEntry:
+    """A call the recording policy did not record (a DECISION record, docs/format.md
+    8.13): the decision's document, its time and its leaf in the Merkle log."""
+
+    tenant: str
+    call_id: str
+    time_us: int
+    doc: dict[str, Any]  # recorded (false), rule, reason, region, consent
+    log_index: int = -1
+    ref: tuple[int, int, int] | None = None  # the DECISION record (segment, offset, length)
+
+    def pack(self) -> bytes:
+        return json.dumps(vars(self), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> DecisionEntry:
+        doc = json.loads(raw)
+        if doc.get("ref") is not None:
+            doc["ref"] = tuple(doc["ref"])
+        return cls(**doc)
+
+
+def decision_key(tenant: str, call_id: str) -> bytes:
+    return DECISION + call_key(tenant, call_id)
+
+
+def _decision_posting(tenant: str, time_us: int, call_id: str) -> bytes:
+    return DECISION_TIME + _s(tenant, "tenant") + U64.pack(time_us) + _s(call_id, "call id")
+
+
 class Batch:
     """The index writes of one group commit, applied atomically by Index.write."""
 
@@ -239,6 +279,8 @@ class Batch:
         self.records_put: dict[tuple[str, str], dict[int, RecordEntry]] = {}
         self.dead: dict[int, int] = {}  # dead bytes added per segment
         self.gone: set[int] = set()  # segments whose counter is deleted
+        self.tenants_erased: set[str] = set()  # tenants whose tombstone this batch puts
+        self.decisions_put: dict[tuple[str, str], DecisionEntry] = {}
 
     def put_call(self, entry: CallEntry, *, previous: CallEntry | None = None) -> None:
         ix = self._index
@@ -265,10 +307,24 @@ class Batch:
         self.records_put.setdefault((tenant, call_id), {})[chain_index] = entry
         self.count += 1
 
+    def put_tenant_erasure(self, tenant: str, doc: dict[str, Any]) -> None:
+        """The tombstone of an erased tenant (docs/format.md 8.4): ``time_us``,
+        ``reason``, ``log_index`` (its leaf), ``keys_destroyed`` (the erasure finished)."""
+        self._wb.put(TENANT_ERASED + tenant.encode(), json.dumps(doc, sort_keys=True).encode())
+        self.tenants_erased.add(tenant)
+        self.count += 1
+
     def delete_record(self, tenant: str, call_id: str, chain_index: int) -> None:
         """The index stops referencing the record: it is dead (docs/format.md 8.11)."""
         self._wb.delete(record_key(tenant, call_id, chain_index), self._index.cf("records"))
         self.records_put.get((tenant, call_id), {}).pop(chain_index, None)
+        self.count += 1
+
+    def put_decision(self, d: DecisionEntry) -> None:
+        """A call not recorded (docs/format.md 8.13): its entry and its time posting."""
+        self._wb.put(decision_key(d.tenant, d.call_id), d.pack())
+        self._wb.put(_decision_posting(d.tenant, d.time_us, d.call_id), b"")
+        self.decisions_put[(d.tenant, d.call_id)] = d
         self.count += 1
 
     def add_dead(self, segment: int, nbytes: int) -> None:
@@ -432,9 +488,77 @@ class Index:
         value: bytes | None = self._db.get(key)
         return value
 
+    def tenant_erasure(self, tenant: str) -> dict[str, Any] | None:
+        """The tombstone of ``tenant`` if it was erased (Batch.put_tenant_erasure)."""
+        raw = self._db.get(TENANT_ERASED + tenant.encode())
+        if raw is None:
+            return None
+        doc: dict[str, Any] = json.loads(raw)
+        return doc
+
+    def tenant_erasures(self) -> dict[str, dict[str, Any]]:
+        """Every erased tenant's tombstone."""
+        out: dict[str, dict[str, Any]] = {}
+        it = self._db.iter()
+        it.seek(TENANT_ERASED)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(TENANT_ERASED):
+                break
+            out[key[len(TENANT_ERASED) :].decode()] = json.loads(it.value())
+            it.next()
+        return out
+
+    def call_ids(self, tenant: str) -> list[str]:
+        """Every call id of the tenant in the index (all states), in key order."""
+        prefix = _s(tenant, "tenant")
+        out: list[str] = []
+        it = self._views["calls"].iter()
+        it.seek(prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            out.append(key[len(prefix) : -1].decode())
+            it.next()
+        return out
+
     def get_call(self, tenant: str, call_id: str) -> CallEntry | None:
         raw = self._views["calls"].get(call_key(tenant, call_id))
         return None if raw is None else CallEntry.unpack(raw)
+
+    def get_decision(self, tenant: str, call_id: str) -> DecisionEntry | None:
+        raw = self._db.get(decision_key(tenant, call_id))
+        return None if raw is None else DecisionEntry.unpack(raw)
+
+    def decisions(
+        self, tenant: str, *, since_us: int = 0, until_us: int = 2**63 - 1, reverse: bool = False
+    ) -> Iterator[DecisionEntry]:
+        """A tenant's decisions (calls not recorded) made in [since_us, until_us), by
+        time then call id (or the reverse)."""
+        prefix = DECISION_TIME + _s(tenant, "tenant")
+        it = self._db.iter()
+        if reverse:
+            it.seek_for_prev(prefix + U64.pack(min(max(until_us, 0), 2**64 - 1)))
+        else:
+            it.seek(prefix + U64.pack(max(since_us, 0)))
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            t = U64.unpack(key[len(prefix) : len(prefix) + 8])[0]
+            if (t >= until_us) if not reverse else (t < since_us):
+                break
+            call_id = key[len(prefix) + 8 : -1].decode()
+            if reverse:
+                it.prev()
+            else:
+                it.next()
+            if reverse and t >= until_us:
+                continue
+            d = self.get_decision(tenant, call_id)
+            if d is not None:
+                yield d
 
     def tenants(self) -> list[str]:
         """Every tenant with a call, in key order (one seek per tenant)."""

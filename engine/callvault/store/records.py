@@ -21,13 +21,25 @@ from callvault.store import crypto
 
 BODY_VERSION = 1
 OPEN, AUDIO, SEAL, ERASE, TRANSCODE = 1, 2, 3, 4, 5
+# 7 erases a whole tenant (docs/format.md 8.6)
+TENANT_ERASE = 7
+# a call the recording policy did not record (docs/format.md 8.13): metadata only
+DECISION = 6
 CODEC_OPUS = 1  # Opus, 8 kHz input, 20 ms frames, one packet per frame
 # G.711 as the wire carried it (peak mode, docs/format.md 8.5): 160 bytes per 20 ms frame
 CODEC_PCMU = 2  # G.711 mu-law
 CODEC_PCMA = 3  # G.711 A-law
 RAW_CODECS = (CODEC_PCMU, CODEC_PCMA)
 G711_FRAME_BYTES = 160
-NAMES = {OPEN: "open", AUDIO: "audio", SEAL: "seal", ERASE: "erase", TRANSCODE: "transcode"}
+NAMES = {
+    OPEN: "open",
+    AUDIO: "audio",
+    SEAL: "seal",
+    ERASE: "erase",
+    TRANSCODE: "transcode",
+    TENANT_ERASE: "tenant erase",
+    DECISION: "decision",
+}
 
 
 def g711_law(codec: int) -> int:
@@ -94,7 +106,8 @@ class Body:
     # ERASE (and TRANSCODE: its time)
     time_us: int = 0
     reason: str = ""
-    # TRANSCODE: the transcoding document (canonical JSON, docs/format.md 8.5)
+    # TRANSCODE: the transcoding document (canonical JSON, docs/format.md 8.5);
+    # DECISION: the decision (canonical JSON, docs/format.md 8.13)
     doc: bytes = b""
 
     def decrypt_audio(self, key: crypto.DataKey | bytes) -> tuple[npt.NDArray[np.int32], bytes]:
@@ -170,8 +183,20 @@ def erase_body(tenant: str, call_id: str, *, time_us: int, reason: str) -> bytes
     return header(tenant, call_id) + _U64.pack(time_us) + reason.encode()
 
 
+def tenant_erase_body(tenant: str, *, time_us: int, reason: str) -> bytes:
+    """TENANT_ERASE: every call of the tenant erased, its KEK destroyed (docs/format.md
+    8.6). The common header with an empty call id (c = 0): the record is the tenant's."""
+    return bytes([BODY_VERSION]) + _id(tenant) + b"\x00" + _U64.pack(time_us) + reason.encode()
+
+
 def transcode_body(tenant: str, call_id: str, *, time_us: int, doc: bytes) -> bytes:
     """TRANSCODE: compaction replaced the call's raw records (docs/format.md 8.5)."""
+    return header(tenant, call_id) + _U64.pack(time_us) + doc
+
+
+def decision_body(tenant: str, call_id: str, *, time_us: int, doc: bytes) -> bytes:
+    """DECISION: the call is not recorded; ``doc`` the decision (canonical JSON,
+    docs/format.md 8.13)."""
     return header(tenant, call_id) + _U64.pack(time_us) + doc
 
 
@@ -187,6 +212,8 @@ def parse(rtype: int, raw: bytes) -> Body:
         if len(tenant.encode()) != t or len(call_id.encode()) != c:
             raise FormatError("record body ends inside its header")
         pos = 3 + t + c
+        if (c == 0) != (rtype == TENANT_ERASE):
+            raise FormatError("a call id is 1 to 255 bytes (empty only in a tenant erase)")
         b = Body(rtype, tenant, call_id, raw)
         if rtype == OPEN:
             (b.start_us,) = _U64.unpack_from(raw, pos)
@@ -197,10 +224,10 @@ def parse(rtype: int, raw: bytes) -> Body:
         elif rtype == SEAL:
             b.count, b.head, b.seal, b.end_us = _SEAL.unpack_from(raw, pos)
             b.manifest = raw[pos + _SEAL.size :]
-        elif rtype == ERASE:
+        elif rtype in (ERASE, TENANT_ERASE):
             (b.time_us,) = _U64.unpack_from(raw, pos)
             b.reason = raw[pos + 8 :].decode()
-        elif rtype == TRANSCODE:
+        elif rtype in (TRANSCODE, DECISION):
             (b.time_us,) = _U64.unpack_from(raw, pos)
             b.doc = raw[pos + 8 :]
             json.loads(b.doc)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -27,7 +28,13 @@ import numpy as np
 import numpy.typing as npt
 
 from callvault.errors import CallvaultError, InputError
-from callvault.ids import MAX_RECORDING_ID_BYTES, check_call_meta, check_erase_reason, check_text
+from callvault.ids import (
+    MAX_RECORDING_ID_BYTES,
+    check_call_id,
+    check_call_meta,
+    check_erase_reason,
+    check_text,
+)
 from callvault.integrity import chain as chainmod
 from callvault.integrity import checkpoint
 from callvault.integrity.log import MerkleLog
@@ -36,7 +43,7 @@ from callvault.media.pipeline import call_unsupported_codec
 from callvault.store import crypto
 from callvault.store import records as rec
 from callvault.store.fs import REAL_FS, FileSystem
-from callvault.store.index import CallEntry, Index, IndexUnreadable
+from callvault.store.index import CallEntry, DecisionEntry, Index, IndexUnreadable
 from callvault.store.segment import (
     RecordRef,
     SegmentReader,
@@ -62,7 +69,13 @@ from callvault.vault.common import (
     now_us,
 )
 from callvault.vault.export import Export
-from callvault.vault.keys import CallKeys, has_vault_data, open_key_file
+from callvault.vault.keys import (
+    CallKeys,
+    TenantErased,
+    TenantKeks,
+    has_vault_data,
+    open_key_file,
+)
 from callvault.vault.reclaim import Reclaiming
 from callvault.vault.recovery import settle_index_swap
 from callvault.vault.verify import Verification
@@ -267,8 +280,12 @@ class Vault(Export, Verification, Reclaiming):
         # called (tenant, call_id, frames) when a raw (G.711) call is sealed: the
         # server's compactor (vault/compact.py) queues it
         self.on_raw_sealed: Callable[[str, str, int], object] | None = None
+        # called before each checkpoint is signed (the server's audit trail puts its
+        # head in the log here: docs/format.md 8.12)
+        self.before_checkpoint: list[Callable[[], object]] = []
         self._gaps = {}
         self._reclaim_lock = threading.Lock()
+        self._decision_lock = threading.Lock()
         self._reclaimed_last = None
         self.report = OpenReport()
         self._segment_bytes = segment_bytes
@@ -279,7 +296,7 @@ class Vault(Export, Verification, Reclaiming):
         if read_only and rebuild_index:
             raise ValueError("a read-only vault cannot rebuild its index")
         if not read_only:
-            for sub in ("segments", "keys/calls", "log"):
+            for sub in ("segments", "keys/calls", "keys/tenants", "log"):
                 (path / sub).mkdir(parents=True, exist_ok=True)
             # one process per data directory: the segment writer has no lock of its own
             self._lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
@@ -293,7 +310,14 @@ class Vault(Export, Verification, Reclaiming):
                 ) from None
         try:
             self.keys = open_key_file(path, key_file, fresh=fresh, read_only=read_only)
-            self.call_keys = CallKeys(path / "keys" / "calls", self.keys)
+            self.call_keys = CallKeys(
+                path / "keys" / "calls",
+                self.keys,
+                TenantKeks(path / "keys" / "tenants", self.keys),
+                erased=self._tenant_erased,
+            )
+            if fresh:  # every call key of this vault is under its tenant's KEK
+                self.call_keys.mark_v2_only()
             self.log = MerkleLog.open(path / "log", read_only=read_only)
             self._reader = SegmentReader(path / "segments", fs=fs)
             if read_only:
@@ -316,6 +340,7 @@ class Vault(Export, Verification, Reclaiming):
                 self.report.reclaim = self.resolve_reclaim(index=True)
             if not read_only:
                 known_end = self._known_end() if rebuild_index else self._recover()
+                self._finish_tenant_erasures()  # a tenant erasure a crash cut short
                 self._writer = SegmentWriter(
                     path / "segments",
                     fs=fs,
@@ -415,8 +440,11 @@ class Vault(Export, Verification, Reclaiming):
         legs: Sequence[str] = ("agent", "customer"),
         extra: dict[str, Any] | None = None,
         recording_id: str | None = None,
+        decision: dict[str, Any] | None = None,
     ) -> CallWriter:
         """Start recording a call; its OPEN record is durable when this returns.
+        ``decision``: the recording policy's (lifecycle.rules.Decision.doc()), kept in
+        the OPEN record and the call entry (docs/format.md 8.13).
         Metadata beyond the bounds of callvault.ids (MAX_TAGS, ...) is refused.
         ``recording_id``: the recording that opens the call (Ingest's
         CallStart.recording_id), kept in the OPEN record and the call entry so that
@@ -435,6 +463,12 @@ class Vault(Export, Verification, Reclaiming):
         with self._lock:
             if self.index.get_call(tenant, call_id) is not None or (tenant, call_id) in self._open:
                 raise InputError(f"call {call_id} already exists in tenant {tenant}")
+            self.check_tenant(tenant)
+            if self.index.get_decision(tenant, call_id) is not None:
+                raise InputError(
+                    f"call {call_id} of tenant {tenant} was decided not recorded (its "
+                    "decision entry is stored): a call id names one call"
+                )
             key = self.call_keys.create(tenant, call_id)
             sealed_number = ""
             if customer_number:  # under its own key: a bundle ships the data key
@@ -457,6 +491,8 @@ class Vault(Export, Verification, Reclaiming):
             }
             if recording_id is not None:
                 meta["recording_id"] = recording_id
+            if decision is not None:
+                meta["decision"] = decision
             start = start_us if start_us is not None else now_us()
             body = rec.open_body(tenant, call_id, start, meta)
             entry = CallEntry(
@@ -471,6 +507,7 @@ class Vault(Export, Verification, Reclaiming):
                 customer_number_sealed=sealed_number,
                 extra=extra or {},
                 recording_id=recording_id,
+                decision=decision,
             )
             w = CallWriter(self, entry, key, chainmod.Chain(tenant, call_id))
             self._open[(tenant, call_id)] = w
@@ -482,6 +519,36 @@ class Vault(Export, Verification, Reclaiming):
             raise
         return w
 
+    def record_decision(
+        self, call_id: str, decision: dict[str, Any], *, tenant: str = "default"
+    ) -> DecisionEntry:
+        """Store that a call is not recorded (a DECISION record, docs/format.md 8.13:
+        the decision's document, no audio, no customer number), durable, indexed and a
+        leaf of the Merkle log when this returns. A call that has a decision already
+        keeps it (returned as stored); one that exists is refused (InputError)."""
+        self._writable()
+        if decision.get("recorded", False):
+            raise ValueError("a DECISION record is for a call that is not recorded")
+        doc = json.dumps(decision, sort_keys=True, separators=(",", ":")).encode()
+        with self._decision_lock:
+            old = self.index.get_decision(tenant, call_id)
+            if old is not None:
+                return old
+            with self._lock:
+                if self.index.get_call(tenant, call_id) is not None or (
+                    (tenant, call_id) in self._open
+                ):
+                    raise InputError(f"call {call_id} already exists in tenant {tenant}")
+            body = rec.decision_body(tenant, call_id, time_us=now_us(), doc=doc)
+            self._writer.append(rec.DECISION, body).result()
+            stored = self.index.get_decision(tenant, call_id)
+            assert stored is not None
+            return stored
+
+    def get_decision(self, call_id: str, *, tenant: str = "default") -> DecisionEntry | None:
+        """The DECISION entry of a call that was not recorded, or None."""
+        return self.index.get_decision(tenant, call_id)
+
     def resume_call(self, call_id: str, *, tenant: str = "default") -> CallWriter:
         """Writer of a call left open by an earlier process (a crash or a restart):
         the chain continues from the durable records the index holds."""
@@ -490,6 +557,7 @@ class Vault(Export, Verification, Reclaiming):
             if (tenant, call_id) in self._open:
                 raise VaultError(f"call {call_id} is already being written in this process")
             e = self.get_call(call_id, tenant=tenant)
+            self.check_tenant(tenant)
             if e.state != "open":
                 raise VaultError(f"call {call_id} is {e.state}: it cannot be resumed")
             w = CallWriter(
@@ -615,6 +683,90 @@ class Vault(Export, Verification, Reclaiming):
                 "delete it"
             )
 
+    # -- tenants: erasure and KEK rotation (docs/format.md 8.6) -----------------------------
+    def _tenant_erased(self, tenant: str) -> bool:
+        return hasattr(self, "index") and self.index.tenant_erasure(tenant) is not None
+
+    def check_tenant(self, tenant: str) -> None:
+        """TenantErased if ``tenant`` was erased (it takes no new calls)."""
+        if self._tenant_erased(tenant):
+            raise TenantErased(f"tenant {tenant} was erased: it takes no new calls")
+
+    def tenant_erasure(self, tenant: str) -> dict[str, Any] | None:
+        """The tombstone of an erased tenant (time_us, reason, log_index,
+        keys_destroyed), None if the tenant was not erased."""
+        return self.index.tenant_erasure(tenant)
+
+    def erase_tenant(self, tenant: str, *, reason: str) -> dict[str, Any]:
+        """Erase a whole tenant by destroying its KEK: every call of the tenant becomes
+        unreadable at once. In the order of a call's erasure: the TENANT_ERASE record
+        (the tombstone) durable, indexed (every call of the tenant erased in the index,
+        their audio dead) and its log leaf synced; only then the tenant's KEK and its
+        calls' key files destroyed (a crash in between: the next open finishes it).
+        The tenant takes no new call afterwards. Refused while this process records a
+        call of the tenant. Returns the tombstone (with ``calls``: how many calls the
+        erasure ended)."""
+        self._writable()
+        check_call_id(tenant, "tenant")
+        check_erase_reason(reason)
+        with self._lock:
+            if self._tenant_erased(tenant):
+                raise TenantErased(f"tenant {tenant} is already erased")
+            recording = sorted(c for t, c in self._open if t == tenant)
+            if recording:
+                raise VaultError(
+                    f"tenant {tenant} has {len(recording)} call(s) being recorded "
+                    f"({', '.join(recording[:3])}): stop them, then erase the tenant"
+                )
+            live = sum(
+                1
+                for c in self.index.call_ids(tenant)
+                if (e := self.index.get_call(tenant, c)) is not None and e.state != "erased"
+            )
+            body = rec.tenant_erase_body(tenant, time_us=now_us(), reason=reason)
+            try:
+                self._writer.append(rec.TENANT_ERASE, body).result()
+            except StoreError as e:
+                undone = self._roll_back_unacknowledged()
+                if undone:
+                    raise VaultError(
+                        f"erasing tenant {tenant} failed, nothing was applied: {e}"
+                    ) from e
+                raise VaultError(
+                    f"erasing tenant {tenant} failed and its record could not be removed: "
+                    f"the next open of the vault may apply it ({e})"
+                ) from e
+        doc = self.index.tenant_erasure(tenant)
+        assert doc is not None
+        if not doc.get("keys_destroyed"):
+            raise VaultError(
+                f"tenant {tenant} is erased (its tombstone and log leaf are stored, its "
+                "calls are erased in the index) but its keys could not all be destroyed "
+                f"(under {self.call_keys.tenants.dir(tenant)}): reopen the vault to finish"
+            )
+        return {**doc, "calls": live}
+
+    def rotate_tenant_key(self, tenant: str) -> tuple[int, int]:
+        """A new generation of the tenant's KEK; every key file of the tenant's calls
+        re-wrapped under it (calls recorded before per-tenant KEKs are moved to it);
+        then the older generations destroyed. No audio is rewritten. Crash-safe (each
+        file replaced atomically, older generations kept until every key is
+        re-wrapped: run it again to finish). Returns (generation, key files re-wrapped)."""
+        self._writable()
+        check_call_id(tenant, "tenant")
+        with self._lock:  # no call of the tenant is opened meanwhile
+            self.check_tenant(tenant)
+            calls = set(self.index.call_ids(tenant))
+            calls.update(c for t, c in self._open if t == tenant)
+            try:
+                return self.call_keys.rotate_tenant(tenant, sorted(calls))
+            except OSError as e:
+                raise VaultError(
+                    f"rotating tenant {tenant}'s key stopped ({e.strerror or e}: "
+                    f"{e.filename}): every call key still unwraps (the older generations "
+                    "are kept); run it again"
+                ) from e
+
     # -- the segment writer's health ----------------------------------------------------
     @property
     def writer_error(self) -> str | None:
@@ -705,14 +857,17 @@ class Vault(Export, Verification, Reclaiming):
 
     # -- keys and the log ----------------------------------------------------------------
     def rotate_key(self) -> tuple[int, int]:
-        """A new key-encryption key; every call's data key re-wrapped under it (no audio
-        is rewritten); the old KEKs retired. Returns (new KEK id, keys re-wrapped)."""
+        """A new master key-encryption key (of the key file); the tenants' KEKs re-wrapped
+        under it (and the data keys of calls recorded before per-tenant KEKs: no
+        per-call work otherwise; no audio is rewritten); the old master KEKs retired.
+        Returns (new KEK id, wrapped keys re-wrapped)."""
         self._writable()
         with self._lock:
             old = [v.id for v in self.keys.versions()]
             new = self.keys.rotate()
             try:
-                n = self.call_keys.rewrap(new)
+                # the tenants' KEKs, and the call keys wrapped before per-tenant KEKs
+                n = self.call_keys.tenants.rewrap(new) + self.call_keys.rewrap(new)
             except OSError as e:
                 # each key file is replaced atomically and the old KEKs are not retired
                 # yet: every call key still unwraps; a second run finishes the job
@@ -732,8 +887,26 @@ class Vault(Export, Verification, Reclaiming):
         """A signed checkpoint of the log as it is now (C2SP signed note), consistent
         with every checkpoint signed before it (CheckpointLog refuses otherwise)."""
         self._writable()
+        for hook in list(self.before_checkpoint):
+            hook()
         with self._lock, self._log_lock:
             return self.checkpoints.sign().decode()
+
+    def append_leaf(self, data: bytes, before: Callable[[int], object] | None = None) -> int:
+        """Append a leaf that no record of the segments holds (the audit trail's head,
+        kind 4: docs/format.md 8.12), sync the log and index it; returns its index.
+        ``before(index)`` runs first, under the log's lock, with the index it will get."""
+        self._writable()
+        with self._log_lock:
+            index = self.log.size
+            if before is not None:
+                before(index)
+            batch = self.index.batch()
+            self._log_leaf(batch, data)
+            self.log.sync()
+            batch.put_meta(b"meta/log-size", struct.pack(">Q", self.log.size))
+            self.index.write(batch)
+            return index
 
     def inclusion_proof(
         self, leaf_index: int, tree_size: int = 0

@@ -4,7 +4,8 @@ removes the dead ones, crash-safe (docs/format.md 8.11).
 Liveness is defined in one place, :class:`Liveness`: an AUDIO record is live while the
 index's ``records`` family references it at exactly its place; every other record
 (OPEN, SEAL, ERASE, and any later call-level record type) is kept, as ``reindex``
-rebuilds the calls from them. So an erased call's audio (the erasure lets go of it)
+rebuilds the calls from them. So an erased call's audio (the erasure, or its tenant's
+erasure, lets go of it)
 and the records a compaction dropped (``Vault.drop_records``) are dead. Later policies
 (disposal) extend it by subclassing and passing the instance to ``Vault.reclaim``.
 

@@ -18,16 +18,26 @@ from pathlib import Path
 
 from callvault.integrity import chain as chainmod
 from callvault.integrity import merkle
-from callvault.integrity.leaves import LEAF_ERASE, LEAF_SEAL, leaf_data, transcode_leaf
+from callvault.integrity.leaves import (
+    LEAF_ERASE,
+    LEAF_SEAL,
+    decision_leaf,
+    leaf_data,
+    tenant_erase_leaf,
+    transcode_leaf,
+)
 from callvault.store import records as rec
-from callvault.store.index import Batch, CallEntry, Index, RecordEntry
+from callvault.store.index import Batch, CallEntry, DecisionEntry, Index, RecordEntry
 from callvault.store.segment import Committed, RecordRef, SegmentReader, StoreError, recover
 from callvault.vault.common import Replay, VaultError
+from callvault.vault.keys import crash_point
 from callvault.vault.state import VaultState
 
 _Cache = dict[tuple[str, str], CallEntry]
 
-INDEX_NEW = "index.new"  # an index being rebuilt (docs/format.md 8.4)
+INDEX_NEW = "index.new"
+# the erase_reason of a call erased with its tenant: this, then the tenant erasure's reason
+TENANT_ERASED_REASON = "tenant erased: "  # an index being rebuilt (docs/format.md 8.4)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -106,6 +116,7 @@ class Indexing(VaultState):
             # meta/end, and what commits meanwhile is indexed into the new index after
             with self._log_lock:
                 n = self._rebuild_index(keep_old=False, until=self._known_end(), progress=progress)
+                self._finish_tenant_erasures()  # the rebuilt tombstones say so again
             for (tenant, call_id), w in self._open.items():  # calls still being recorded
                 e = self.index.get_call(tenant, call_id)
                 if e is not None:
@@ -220,7 +231,43 @@ class Indexing(VaultState):
         # before this point leaves every erased call readable, see Vault.erase)
         for tenant, call_id in erased:
             with contextlib.suppress(OSError):  # Vault.erase reports a key file left
+                if call_id:
+                    self.call_keys.destroy(tenant, call_id)
+                else:  # a tenant's erasure (Vault.erase_tenant reports what is left)
+                    self._finish_tenant_erasure(tenant)
+
+    def _finish_tenant_erasure(self, tenant: str) -> None:
+        """The key destruction of an erased tenant, once its tombstone is indexed
+        (docs/format.md 8.6): every generation of its KEK (from then on none of its
+        calls can be decrypted), the key files of its calls (version 1 keys, recorded
+        before per-tenant KEKs, are not under the tenant's KEK), its directory; then
+        the tombstone says ``keys_destroyed``. Idempotent: the open of the vault runs
+        it again for a tombstone without ``keys_destroyed`` (a crash cut it short).
+        The caller holds the log lock (or the vault is being opened)."""
+        crash_point("tenant-erase-indexed")
+        self.call_keys.tenants.destroy(tenant)
+        crash_point("tenant-erase-kek-destroyed")
+        dirs: set[Path] = set()
+        for call_id in self.index.call_ids(tenant):
+            p = self.call_keys.path(tenant, call_id)
+            if p.exists() or self.call_keys.number_path(tenant, call_id).exists():
                 self.call_keys.destroy(tenant, call_id)
+                dirs.add(p.parent)
+        for d in sorted(dirs):
+            _fsync_dir(d)
+        self.call_keys.tenants.remove(tenant)
+        doc = self.index.tenant_erasure(tenant)
+        if doc is not None and not doc.get("keys_destroyed"):
+            doc["keys_destroyed"] = True
+            b = self.index.batch()
+            b.put_tenant_erasure(tenant, doc)
+            self.index.write(b)
+
+    def _finish_tenant_erasures(self) -> None:
+        """On open: finish the key destruction of every erased tenant a crash cut short."""
+        for tenant, doc in self.index.tenant_erasures().items():
+            if not doc.get("keys_destroyed"):
+                self._finish_tenant_erasure(tenant)
 
     def _entry(self, cache: _Cache, tenant: str, call_id: str) -> CallEntry | None:
         key = (tenant, call_id)
@@ -247,6 +294,8 @@ class Indexing(VaultState):
         (``_gaps``) instead of refused, as the records before it may have been
         reclaimed (its call erased later in the segments)."""
         b = rec.parse(rtype, raw)
+        if rtype == rec.TENANT_ERASE:
+            return self._apply_tenant_erase(batch, cache, ref, b, erased)
         if rtype == rec.OPEN:
             meta = b.meta or {}
             opened = CallEntry(
@@ -262,11 +311,31 @@ class Indexing(VaultState):
                 extra=meta.get("extra", {}),
                 chain_head=chainmod.genesis(b.tenant, b.call_id).hex(),
                 recording_id=rid if isinstance(rid := meta.get("recording_id"), str) else None,
+                decision=dec if isinstance(dec := meta.get("decision"), dict) else None,
             )
             if self._entry(cache, b.tenant, b.call_id) is not None:
                 raise Replay(ref, f"a second open record of call {b.call_id}")
+            if self._decided(batch, b.tenant, b.call_id):
+                raise Replay(ref, f"an open record of call {b.call_id}, decided not recorded")
             cache[(b.tenant, b.call_id)] = opened
             return False
+        if rtype == rec.DECISION:  # a call not recorded (docs/format.md 8.13)
+            if self._entry(cache, b.tenant, b.call_id) is not None:
+                raise Replay(ref, f"a decision record of call {b.call_id}, which is recorded")
+            if self._decided(batch, b.tenant, b.call_id):
+                raise Replay(ref, f"a second decision record of call {b.call_id}")
+            d = DecisionEntry(
+                b.tenant,
+                b.call_id,
+                b.time_us,
+                json.loads(b.doc),
+                ref=(ref.segment, ref.offset, ref.length),
+            )
+            d.log_index = self._log_leaf(
+                batch, decision_leaf(b.tenant, b.call_id, b.doc, b.time_us)
+            )
+            batch.put_decision(d)
+            return True
         e = self._entry(cache, b.tenant, b.call_id)
         if e is None:
             raise StoreError(
@@ -341,6 +410,47 @@ class Indexing(VaultState):
             )
             return True
         return False
+
+    def _apply_tenant_erase(
+        self,
+        batch: Batch,
+        cache: _Cache,
+        ref: RecordRef,
+        b: rec.Body,
+        erased: list[tuple[str, str]],
+    ) -> bool:
+        """A tenant's erasure (docs/format.md 8.6): its leaf (kind 6) in the log, its
+        tombstone in the index, every call of the tenant erased in the index (their
+        audio dead, as for a call's erasure); its keys are destroyed once the batch is
+        written (``erased`` gets (tenant, ""))."""
+        crash_point("tenant-erase-durable")  # fsynced, not indexed (tests)
+        if self.index.tenant_erasure(b.tenant) is not None or b.tenant in batch.tenants_erased:
+            raise Replay(ref, f"a second erasure of tenant {b.tenant}")
+        leaf = self._log_leaf(batch, tenant_erase_leaf(b.tenant, b.reason, b.time_us))
+        batch.put_tenant_erasure(
+            b.tenant,
+            {"time_us": b.time_us, "reason": b.reason, "log_index": leaf, "keys_destroyed": False},
+        )
+        call_ids = set(self.index.call_ids(b.tenant))
+        call_ids.update(c for t, c in cache if t == b.tenant)
+        for call_id in sorted(call_ids):
+            e = self._entry(cache, b.tenant, call_id)
+            if e is None or e.state == "erased":
+                continue  # erased before: its own tombstone and leaf stay
+            e.state = "erased"
+            e.wrapped_key = ""
+            self._drop_erased_audio(batch, e)
+            e.erased_us = b.time_us
+            e.erase_reason = TENANT_ERASED_REASON + b.reason
+            e.erase_log_index = leaf
+        erased.append((b.tenant, ""))
+        return True
+
+    def _decided(self, batch: Batch, tenant: str, call_id: str) -> bool:
+        """Whether the call has a DECISION entry (indexed, or in this batch)."""
+        return (tenant, call_id) in batch.decisions_put or (
+            self.index.get_decision(tenant, call_id) is not None
+        )
 
     def _apply_compaction(self, batch: Batch, e: CallEntry, ref: RecordRef, b: rec.Body) -> bool:
         """Compaction of a sealed raw call (vault/compact.py, docs/format.md 8.10).

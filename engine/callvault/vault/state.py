@@ -41,6 +41,7 @@ class VaultState:
     _reopen_error: str  # why the last Vault.reopen_writer failed ("" if it did not)
     # one reclaim run at a time; reindex, reopen_writer and verify's segment scan take it
     _reclaim_lock: threading.Lock
+    _decision_lock: threading.Lock  # DECISION records: one call decided once
     # audio records a recovery or reindex holds back until their call's erasure
     # (records before them were reclaimed): (ref, why) per call
     _gaps: dict[tuple[str, str], list[tuple[RecordRef, str]]]

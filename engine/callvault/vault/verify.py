@@ -6,11 +6,18 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 from callvault.errors import CallvaultError
 from callvault.integrity import chain as chainmod
 from callvault.integrity import merkle
-from callvault.integrity.leaves import LEAF_ERASE, LEAF_SEAL, leaf_data, transcode_leaf
+from callvault.integrity.leaves import (
+    LEAF_ERASE,
+    LEAF_SEAL,
+    leaf_data,
+    tenant_erase_leaf,
+    transcode_leaf,
+)
 from callvault.store import records as rec
 from callvault.store.index import CallEntry, RecordEntry
 from callvault.store.segment import CorruptRecord, SegmentReader
@@ -150,6 +157,10 @@ class Verification(Reading):
         (its seal recomputed from the head, count and manifest it holds, equal to the
         index's), the seal's leaf and the erasure's leaf in the Merkle log."""
         problems: list[Problem] = []
+        tomb = self.index.tenant_erasure(e.tenant)
+        with_tenant = tomb is not None and e.erase_log_index == tomb["log_index"]
+        if with_tenant and (not e.seal or e.manifest_ref is None):
+            return self._verify_tenant_leaf(e, what, tomb)  # erased while open
         if not e.seal or e.manifest_ref is None:
             return [Problem(what, None, "erased, but its seal is not in the index")]
         try:
@@ -162,7 +173,7 @@ class Verification(Reading):
             problems.append(Problem(what, None, "its seal record does not verify"))
         if (mb.count, mb.head.hex()) != (e.records, e.chain_head):
             problems.append(Problem(what, None, "the index's chain disagrees with the seal"))
-        leaves = (
+        leaves: tuple[tuple[int, bytes, str], ...] = (
             (e.log_index, leaf_data(LEAF_SEAL, e.tenant, e.call_id, mb.seal, mb.end_us), "seal"),
             (
                 e.erase_log_index,
@@ -176,11 +187,25 @@ class Verification(Reading):
                 "erasure",
             ),
         )
+        if with_tenant:  # erased with its tenant: the tenant erasure's leaf (kind 6)
+            leaves = leaves[:1]
+            problems += self._verify_tenant_leaf(e, what, tomb)
         for index, data, name in leaves:
             leaf = merkle.leaf_hash(data)
             if not 0 <= index < self.log.size or self.log.leaf_hash(index) != leaf:
                 problems.append(Problem(what, None, f"the {name} is not in the Merkle log"))
         return problems
+
+    def _verify_tenant_leaf(self, e: CallEntry, what: str, tomb: Any) -> list[Problem]:
+        """A call erased with its tenant (docs/format.md 8.6): the tenant erasure's
+        leaf is in the log at the tombstone's index."""
+        data = tenant_erase_leaf(e.tenant, str(tomb["reason"]), int(tomb["time_us"]))
+        index = int(tomb["log_index"])
+        if not 0 <= index < self.log.size or self.log.leaf_hash(index) != merkle.leaf_hash(data):
+            return [
+                Problem(what, None, f"the erasure of tenant {e.tenant} is not in the Merkle log")
+            ]
+        return []
 
     def _safe_records(
         self, tenant: str, call_id: str, problems: list[Problem], what: str
