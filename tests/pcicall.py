@@ -30,11 +30,16 @@ def pair(digit: str) -> tuple[float, float]:
     return FREQUENCIES[i // 4], FREQUENCIES[4 + i % 4]
 
 
-def tone(digit: str, ms: float, dbm0: float) -> npt.NDArray[np.float64]:
+def tone(
+    digit: str, ms: float, dbm0: float, high_dbm0: float | None = None
+) -> npt.NDArray[np.float64]:
+    """The digit's two tones, ``ms`` long, each at ``dbm0`` (the high one at
+    ``high_dbm0`` when given: twist)."""
     lo, hi = pair(digit)
     t = np.arange(int(ms * 8)) / 8000
     a = ZERO_DBM0 * 10 ** (dbm0 / 20)
-    return a * (np.sin(2 * np.pi * lo * t) + np.sin(2 * np.pi * hi * t))
+    b = a if high_dbm0 is None else ZERO_DBM0 * 10 ** (high_dbm0 / 20)
+    return a * np.sin(2 * np.pi * lo * t) + b * np.sin(2 * np.pi * hi * t)
 
 
 def legs(seconds: float = SECONDS) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]:
