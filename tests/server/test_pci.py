@@ -231,3 +231,29 @@ def test_paused_frames_are_zeros_on_both_paths(mask: bool) -> None:
         out.append((x, r.packets_all()))
     assert np.array_equal(out[0][0], out[1][0])
     assert out[0][1][0] == out[1][1][0]
+
+
+def test_call_info_pci_fields_old_and_new_summaries() -> None:
+    """CallInfo 35-37 from a sealed summary: a summary from before digits were withheld
+    (no digits_kept) kept its digits and still reads so."""
+    from callvault_client._pb import callvault_pb2 as pb
+
+    from callvault.server.callinfo import leg_summary, pci_fields
+
+    old = {"legs": [{"leg": "a", "telephone_events": [{"digit": "4", "start_ms": 20}]}]}
+    info = pb.CallInfo()
+    pci_fields(info, old)
+    assert info.digits_kept and info.dtmf_events == 1 and not info.paused
+    assert leg_summary(old["legs"][0]).telephone_events[0].digit == "4"
+    new = {
+        "legs": [
+            {"leg": "a", "digits_kept": False, "dtmf": [{"start_ms": 20, "masked": True}]},
+            {"leg": "b", "digits_kept": False, "telephone_events": [{"start_ms": 90}]},
+        ],
+        "paused": [{"start_frame": 100, "frames": 75}],
+    }
+    info = pb.CallInfo()
+    pci_fields(info, new)
+    assert not info.digits_kept and info.dtmf_events == 2
+    assert [(p.start_frame, p.frames) for p in info.paused] == [(100, 75)]
+    assert leg_summary(new["legs"][0]).dtmf[0].digit == ""
