@@ -245,15 +245,12 @@ def test_call_info_pci_fields_old_and_new_summaries() -> None:
     pci_fields(info, old)
     assert info.digits_kept and info.dtmf_events == 1 and not info.paused
     assert leg_summary(old["legs"][0]).telephone_events[0].digit == "4"
-    new = {
-        "legs": [
-            {"leg": "a", "digits_kept": False, "dtmf": [{"start_ms": 20, "masked": True}]},
-            {"leg": "b", "digits_kept": False, "telephone_events": [{"start_ms": 90}]},
-        ],
-        "paused": [{"start_frame": 100, "frames": 75}],
-    }
+    legs: list[dict[str, Any]] = [
+        {"leg": "a", "digits_kept": False, "dtmf": [{"start_ms": 20, "masked": True}]},
+        {"leg": "b", "digits_kept": False, "telephone_events": [{"start_ms": 90}]},
+    ]
     info = pb.CallInfo()
-    pci_fields(info, new)
+    pci_fields(info, {"legs": legs, "paused": [{"start_frame": 100, "frames": 75}]})
     assert not info.digits_kept and info.dtmf_events == 2
     assert [(p.start_frame, p.frames) for p in info.paused] == [(100, 75)]
-    assert leg_summary(new["legs"][0]).dtmf[0].digit == ""
+    assert leg_summary(legs[0]).dtmf[0].digit == ""
