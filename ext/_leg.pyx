@@ -25,6 +25,10 @@ OPUS_SET_BITRATE when it differs, at the start of each run), and every packet
 of at most ``dtx_max`` bytes (libopus DTX) replaced at once by the noise
 encoder's packet for the same frame, capped at ``dtx_bytes``
 (media/ogg.replace_dtx, docs/opus-silence.md).
+
+PCI pause (``set_mute``): frames in the muted spans are zeroed before the DTMF
+stage, so nothing of them reaches the detector, the levels or the encoder; the
+step path zeroes the same frames (media/pipeline.py ``LegPipeline._dsp``).
 """
 import numpy as np
 cimport numpy as cnp
@@ -55,6 +59,7 @@ cdef enum:
     E_NOISE = -3
     E_BITRATE = -4
     E_HOLE = -5
+    E_DTX = -6
 
 cdef int16_t SILENT_FRAME[FRAME]
 memset(SILENT_FRAME, 0, sizeof(SILENT_FRAME))
@@ -121,6 +126,17 @@ cdef class LegCore:
     cdef int err_code
     cdef int64_t err_frame
     cdef list events
+    # PCI pause: half-open frame spans [mute[2k], mute[2k + 1]) stored as silence, and
+    # the scratch copy of a batch some of whose frames are zeroed
+    cdef int64_t *mute
+    cdef Py_ssize_t n_mute, cap_mute
+    cdef int16_t *quiet
+    cdef Py_ssize_t cap_quiet
+    # the encoder runs with DTX (as made); over muted frames DTX is switched off, so
+    # that their silence is coded by real packets of the encoder itself: a DTX packet
+    # replaced by the noise encoder's, then the encoder's own again, decodes to loud
+    # bursts after abrupt digital silence (its state and the decoder's differ)
+    cdef bint dtx_on, dtx_held
     # what the leg summary needs (LegResult): frames through the DSP, voice frames,
     # levels (sum of squares as media/pipeline.py adds it up, peak |x|, clipped
     # samples), Opus bytes; the next frame index the DSP expects
@@ -153,6 +169,7 @@ cdef class LegCore:
         self.dtx_max = dtx_max
         self.keep_pcm = keep_pcm
         self.events = []
+        self.dtx_on = encoder is not None and encoder.dtx
 
     def set_g711_law(self, g711_law):
         """Peak mode: the G.711 law of a leg whose law is known only from its first
@@ -177,16 +194,48 @@ cdef class LegCore:
         free(self.ev_digit)
         free(self.ev_start)
         free(self.ev_end)
+        free(self.mute)
+        free(self.quiet)
+
+    def set_mute(self, spans):
+        """The frames to store as silence (PCI pause): ``spans`` is a sequence of
+        (start, end) half-open frame ranges, replacing the ones given before; frames
+        through the DSP already keep what they were."""
+        a = np.ascontiguousarray(np.asarray(spans, dtype=np.int64).reshape(-1, 2))
+        cdef Py_ssize_t n = a.shape[0]
+        if grow(<void **>&self.mute, &self.cap_mute, 2 * n + 2, sizeof(int64_t)) < 0:
+            raise MemoryError("set_mute: the leg's buffers could not grow")
+        if n:
+            memcpy(self.mute, cnp.PyArray_DATA(a), 2 * n * sizeof(int64_t))
+        self.n_mute = n
 
     # -- the chain, in C ---------------------------------------------------------------
+    cdef bint _frame_muted(self, int64_t f) noexcept nogil:
+        cdef Py_ssize_t k
+        for k in range(self.n_mute):
+            if self.mute[2 * k] <= f < self.mute[2 * k + 1]:
+                return True
+        return False
+
     cdef int _encode(self, const int16_t *x, const uint8_t *voice, Py_ssize_t n) noexcept nogil:
-        """Encode n frames, each run of voice / silent frames at its bitrate, and
-        replace DTX packets with the noise encoder's."""
+        """Encode n frames (the last n of ``frames``), each run of voice / silent frames
+        at its bitrate, DTX off over muted frames, and replace DTX packets with the
+        noise encoder's."""
         cdef Py_ssize_t i
         cdef int32_t rate, cur
         cdef int rc
+        cdef bint m
         cdef unsigned char *out
         for i in range(n):
+            if self.dtx_on and (self.n_mute or self.dtx_held):
+                m = self._frame_muted(self.frames - n + i)
+                if m != self.dtx_held:
+                    rc = self.enc.c_set_dtx(0 if m else 1)
+                    if rc < 0:
+                        self.err_code = rc
+                        self.err_frame = i
+                        return E_DTX
+                    self.dtx_held = m
             if i == 0 or (self.silence_bitrate > 0 and voice[i] != voice[i - 1]):
                 rate = self.bitrate if self.silence_bitrate <= 0 or voice[i] else self.silence_bitrate
                 cur = self.enc.c_bitrate()
@@ -283,14 +332,37 @@ cdef class LegCore:
         self.cap_ev = c1  # the same doubling from the same capacity: c1 == c2 == c3
         return 0
 
+    cdef const int16_t *_muted(self, const int16_t *x, Py_ssize_t n, int64_t first) noexcept nogil:
+        """``x``, or a copy with the frames of the muted spans zeroed; NULL: no memory."""
+        cdef Py_ssize_t k
+        cdef int64_t lo, hi
+        cdef bint copied = False
+        for k in range(self.n_mute):
+            lo = self.mute[2 * k] if self.mute[2 * k] > first else first
+            hi = self.mute[2 * k + 1] if self.mute[2 * k + 1] < first + n else first + n
+            if lo >= hi:
+                continue
+            if not copied:
+                if grow(<void **>&self.quiet, &self.cap_quiet, n * FRAME, sizeof(int16_t)) < 0:
+                    return NULL
+                memcpy(self.quiet, x, n * FRAME * sizeof(int16_t))
+                copied = True
+            memset(self.quiet + (lo - first) * FRAME, 0, (hi - lo) * FRAME * sizeof(int16_t))
+        return self.quiet if copied else x
+
     cdef int _dsp(self, const int16_t *x, Py_ssize_t n, int64_t first) noexcept nogil:
-        """n frames on the timeline from frame ``first``: DTMF, then the rest."""
+        """n frames on the timeline from frame ``first``: the muted spans zeroed, DTMF,
+        then the rest."""
         cdef Py_ssize_t n_out, cap
         if n == 0:
             return OK
         if first != self.next_index:
             self.err_frame = first
             return E_HOLE
+        if self.n_mute:
+            x = self._muted(x, n, first)
+            if x == NULL:
+                return E_NOMEM
         self.next_index += n
         if not self.dtmf.started:
             self.dtmf.started = True
@@ -336,7 +408,8 @@ cdef class LegCore:
             raise AssertionError(
                 f"timeline hole: frame {self.err_frame}, expected {self.next_index}")
         fn = {E_ENCODE: "opus_encode", E_NOISE: "opus_encode (DTX replacement)",
-              E_BITRATE: "opus_encoder_ctl(OPUS_SET_BITRATE)"}[rc]
+              E_BITRATE: "opus_encoder_ctl(OPUS_SET_BITRATE)",
+              E_DTX: "opus_encoder_ctl(OPUS_SET_DTX)"}[rc]
         raise CodecError(f"{fn} (frame {self.err_frame})", self.err_code, "libopus error")
 
     cdef int _open(self) except -1:

@@ -141,6 +141,9 @@ cdef class Encoder:
     cdef int c_set_bitrate(self, int32_t value) noexcept nogil:
         return opus_encoder_ctl(self.st, OPUS_SET_BITRATE_REQUEST, value)
 
+    cdef int c_set_dtx(self, int value) noexcept nogil:
+        return opus_encoder_ctl(self.st, OPUS_SET_DTX_REQUEST, value)
+
     @property
     def lookahead(self) -> int:
         """Encoder delay in samples at 48 kHz (the Ogg Opus pre-skip, RFC 7845 4.2)."""

@@ -22,3 +22,5 @@ cdef class Encoder:
     # OPUS_GET_BITRATE / OPUS_SET_BITRATE: the value, or a libopus error code (< 0)
     cdef int32_t c_bitrate(self) noexcept nogil
     cdef int c_set_bitrate(self, int32_t value) noexcept nogil
+    # OPUS_SET_DTX (0 or 1): 0, or a libopus error code (< 0)
+    cdef int c_set_dtx(self, int value) noexcept nogil

@@ -282,7 +282,7 @@ def test_info_prints_dtmf_events_with_times(tmp_path: Path) -> None:
     cap = tmp_path / "call.pcap"
     run_cli("sample", "-o", str(cap))  # 30 s with two RFC 4733 digits
     data = tmp_path / "v"
-    cv(data, "import", "--call-id", "d1", str(cap))
+    cv(data, "import", "--call-id", "d1", "--keep-digits", str(cap))  # digits: PCI opt-in
     legs = json.loads(cv(data, "info", "d1", "--json").stdout)["legs_detail"]
     events = [e for leg in legs for e in leg["telephone_events"]]
     assert len(events) >= 2

@@ -918,6 +918,25 @@ class SidecarClient(_Base):
             _SIDECAR + "StopCall", req, pb.StopCallReply, idempotent=False, timeout=timeout
         )
 
+    def pause_call(
+        self, call_id: str, *, tenant: str = "", timeout: Timeout = DEFAULT
+    ) -> pb.PauseCallReply:
+        """PCI pause: from now the call's RTP is discarded (never spooled) and its span
+        recorded as silence, marked "paused". Not retried."""
+        req = pb.PauseCallRequest(call_id=call_id, tenant=tenant)
+        return self._rpc.unary(
+            _SIDECAR + "PauseCall", req, pb.PauseCallReply, idempotent=False, timeout=timeout
+        )
+
+    def resume_call(
+        self, call_id: str, *, tenant: str = "", timeout: Timeout = DEFAULT
+    ) -> pb.PauseCallReply:
+        """The end of a PCI pause: RTP arriving from now is recorded again. Not retried."""
+        req = pb.PauseCallRequest(call_id=call_id, tenant=tenant)
+        return self._rpc.unary(
+            _SIDECAR + "ResumeCall", req, pb.PauseCallReply, idempotent=False, timeout=timeout
+        )
+
     def list_calls(self, *, timeout: Timeout = DEFAULT) -> list[pb.SidecarCall]:
         """The sidecar's calls and their forwarding state."""
         reply = self._rpc.unary(

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -231,6 +231,31 @@ class Recording:
                     )
                 )
             )
+            self._sent_at[seq] = time.monotonic()
+            self._cond.notify_all()
+        return seq
+
+    def pause(self, at_us: int = 0) -> int:
+        """PCI pause from ``at_us`` (the clock of the batches' arrival_us; 0 = the
+        latest arrival sent): packets arriving from then are discarded by the server and
+        the span stored as silence (docs/format.md 1.2). Takes a seq; returns it."""
+        return self._control(pause=pb.Pause(at_us=at_us))
+
+    def resume(self, at_us: int = 0) -> int:
+        """The end of the pause (``pause``); returns its seq."""
+        return self._control(resume=pb.Resume(at_us=at_us))
+
+    def _control(self, **kw: Any) -> int:
+        if self._source is not None:
+            raise RuntimeError(f"call {self.call_id}: its batches come from its source")
+        with self._cond:
+            self._raise_if_failed()
+            if self._end is not None:
+                raise RuntimeError(f"call {self.call_id}: pause or resume after end")
+            seq = len(self._batches)
+            req = pb.IngestRequest(**kw)
+            getattr(req, next(iter(kw))).seq = seq
+            self._batches.append(req)
             self._sent_at[seq] = time.monotonic()
             self._cond.notify_all()
         return seq

@@ -28,9 +28,13 @@ class Backend(Protocol):
         tenant: str,
         legs: Sequence[str] | None,
         meta: dict[str, Any],
+        mask_dtmf: bool = True,
+        keep_digits: bool = False,
     ) -> bytes:
         """Store a call from captures or WAV legs; returns its seal once sealed.
-        ``meta`` is what callvault.ids.parse_meta returns (with start)."""
+        ``meta`` is what callvault.ids.parse_meta returns (with start). PCI: in-band
+        DTMF masked (``mask_dtmf``), digits kept in the summary (``keep_digits``); a
+        server applies its own [dtmf] policy instead."""
         ...
 
     def list_calls(

@@ -254,6 +254,13 @@ def print_info(doc: dict[str, Any], *, as_json: bool) -> None:
             for leg in val:
                 for line in leg_lines(leg):
                     print(line)
+        elif k == "paused" and val:  # PCI pauses: silence on every leg, not loss
+            spans = [
+                f"{_clock(p['start_frame'] * FRAME_MS)}-"
+                f"{_clock((p['start_frame'] + p['frames']) * FRAME_MS)} ({p['frames']} frames)"
+                for p in val
+            ]
+            print(f"paused: {', '.join(spans)} (silence on every leg)")
         elif val is None or val == "" or val == [] or val == {}:
             continue  # nothing to say
         elif isinstance(val, list):
@@ -312,10 +319,11 @@ def leg_lines(leg: dict[str, Any]) -> list[str]:
         leg.get("telephone_events", []) + leg.get("dtmf", []), key=lambda e: e["start_ms"]
     )
     if events:
+        # digits withheld (digits_kept false, the default): "digit at", never which
         out.append(
-            "    DTMF "
+            ("    DTMF " if leg.get("digits_kept", True) else "    DTMF (digits not kept) ")
             + ", ".join(
-                f"{e['digit']} at {_clock(e['start_ms'])}"
+                f"{e.get('digit') or 'digit'} at {_clock(e['start_ms'])}"
                 + (f" ({e['duration_ms']} ms)" if e.get("duration_ms") else "")
                 for e in events
             )
@@ -331,7 +339,7 @@ def print_summary(s: dict[str, Any]) -> None:
     )
     for leg in s["legs"]:
         events = leg["telephone_events"] + leg["dtmf"]
-        digits = "".join(e["digit"] for e in sorted(events, key=lambda e: e["start_ms"]))
+        digits = "".join(e.get("digit") or "?" for e in sorted(events, key=lambda e: e["start_ms"]))
         print(
             f"  {leg['leg']:<9} frames {leg['frames']}, lost {leg['lost']}, late {leg['late']}, "
             f"duplicates {leg['duplicates']}, gaps {len(leg['gaps'])}, "

@@ -225,14 +225,23 @@ class LocalBackend:
         tenant: str,
         legs: Sequence[str] | None,
         meta: dict[str, Any],
+        mask_dtmf: bool = True,
+        keep_digits: bool = False,
     ) -> bytes:
+        from callvault.media import pipeline
+
+        settings = pipeline.Settings(mask_dtmf=mask_dtmf, keep_digits=keep_digits)
         try:
-            _, seal = self.vault.import_call(call_id, inputs, tenant=tenant, legs=legs, **meta)
+            _, seal = self.vault.import_call(
+                call_id, inputs, tenant=tenant, legs=legs, settings=settings, **meta
+            )
         except InputError as e:
             e_ = self.vault.index.get_call(tenant, call_id)
             if e_ is None or "already exists" not in str(e):
                 raise
-            return self._same_import(call_id, inputs, tenant=tenant, legs=legs, state=e_.state)
+            return self._same_import(
+                call_id, inputs, tenant=tenant, legs=legs, state=e_.state, settings=settings
+            )
         return seal
 
     def _same_import(
@@ -243,6 +252,7 @@ class LocalBackend:
         tenant: str,
         legs: Sequence[str] | None,
         state: str,
+        settings: Any = None,
     ) -> bytes:
         """The call exists: its seal when it holds what importing ``inputs`` would
         store (the pipeline is deterministic: the same legs and the same Opus packets,
@@ -261,7 +271,9 @@ class LocalBackend:
                 "new call id"
             )
         e = self.vault.get_call(call_id, tenant=tenant)
-        call = pipeline.run_call(pipeline.parse_inputs(inputs, legs), pipeline.Settings())
+        call = pipeline.run_call(
+            pipeline.parse_inputs(inputs, legs), settings or pipeline.Settings()
+        )
         if [r.name for r in call.legs] != list(e.legs):
             raise refused
         stored = self.vault.read_packets(call_id, tenant=tenant)

@@ -11,6 +11,7 @@ from typing import Any
 
 from callvault import __version__, ids
 from callvault.cli import audit, media, sidecar, tenant, tokens, vault, vip
+from callvault.cli import scan as scan_cli
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
 
@@ -122,6 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--legs", metavar="NAME,NAME", help="names of a capture's streams in order (agent,customer)"
     )
     v.add_argument(
+        "--mask-dtmf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="PCI: mask in-band DTMF tones in the stored audio, as the server does live "
+        "(default: on; --no-mask-dtmf stores them, e.g. to check `scan`); with --data only",
+    )
+    v.add_argument(
+        "--keep-digits",
+        action="store_true",
+        help="keep the DTMF digits in the call's summary (default: only where DTMF "
+        "occurred, never which digits); with --data only",
+    )
+    v.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="a .pcap/.pcapng capture, or LEG=FILE.wav"
     )
     v.set_defaults(func=vault.cmd_import)
@@ -145,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("call_id", metavar="CALL_ID", help="the call")
     v.add_argument("--json", action="store_true", help="print JSON (every summary counter)")
     v.set_defaults(func=vault.cmd_info)
+    v = _verb(sub, "scan", "report DTMF-like tones left in a stored call (PCI)", scan_cli.SCAN_DOC)
+    v.add_argument("call_id", metavar="CALL_ID", help="the call")
+    v.add_argument("--json", action="store_true", help="print JSON (hits and thresholds)")
+    v.set_defaults(func=scan_cli.cmd_scan)
     v = _verb(
         sub,
         "export",
@@ -458,6 +476,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--call-id", required=True, help="the call")
     _token_flags(cp, "the sidecar's control token", argparse.SUPPRESS)
     cp.set_defaults(func=sidecar.cmd_call_stop)
+    for verb, what in (
+        ("pause", "PCI pause: from now the call's RTP is discarded and stored as silence"),
+        ("resume", "end a PCI pause: RTP arriving from now is recorded again"),
+    ):
+        cq = _verb(csub, verb, what)
+        cq.add_argument(
+            "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"
+        )
+        cq.add_argument("--call-id", required=True, help="the call")
+        _token_flags(cq, "the sidecar's control token", argparse.SUPPRESS)
+        cq.set_defaults(func=sidecar.cmd_call_pause, pause=verb == "pause")
     cl = _verb(csub, "ls", "the sidecar's health, spool backlog and calls (state, reason, packets)")
     cl.add_argument(
         "--sidecar", required=True, metavar="HOST:PORT", help="the sidecar's control API"

@@ -78,8 +78,16 @@ class RemoteBackend:
         tenant: str,
         legs: Sequence[str] | None,
         meta: dict[str, Any],
+        mask_dtmf: bool = True,
+        keep_digits: bool = False,
     ) -> bytes:
         from callvault.media import pipeline
+
+        if not mask_dtmf or keep_digits:
+            raise CallvaultError(
+                "import --server: DTMF masking and digits are the server's [dtmf] policy "
+                "(mask, keep_digits); --no-mask-dtmf and --keep-digits apply to --data only"
+            )
 
         meta = dict(meta)
         leg_inputs = pipeline.parse_inputs(inputs, legs)

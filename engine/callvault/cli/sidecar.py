@@ -177,6 +177,27 @@ def cmd_call_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_call_pause(args: argparse.Namespace) -> int:
+    """`call pause` / `call resume` (PCI): prints {"paused"|"resumed": at_us, "seq": n}."""
+    from callvault_client import SidecarClient
+    from callvault_client.errors import CallvaultClientError
+
+    tenant = getattr(args, "tenant", "") or ""
+    with SidecarClient(args.sidecar, token=resolve_token(args) or "") as client:
+        try:
+            if args.pause:
+                reply = client.pause_call(args.call_id, tenant=tenant, timeout=30)
+            else:
+                reply = client.resume_call(args.call_id, tenant=tenant, timeout=30)
+        except CallvaultClientError as e:
+            raise CallvaultError(f"sidecar {args.sidecar}: {e.message}") from e
+    out: dict[str, object] = {"paused" if args.pause else "resumed": reply.at_us, "seq": reply.seq}
+    if not args.pause:
+        out["dropped_packets"] = reply.dropped_packets
+    print(json.dumps(out), flush=True)
+    return 0
+
+
 def _legs(legs: Iterable[Any]) -> dict[str, dict[str, object]]:
     """SidecarLeg messages as JSON: leg name -> recorded packets and the packets per
     unsupported payload type (keys are the payload types, as strings)."""

@@ -54,6 +54,7 @@ BACKEND_VERBS = (
     "rotate-key",
     "stats",
     "reclaim",
+    "scan",
 )
 
 
@@ -95,7 +96,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     check_inputs(args.inputs)
     with connect(args, create=True) as b:
         seal = b.import_call(
-            args.call_id, args.inputs, tenant=args.tenant, legs=leg_names(args.legs), meta=meta
+            args.call_id,
+            args.inputs,
+            tenant=args.tenant,
+            legs=leg_names(args.legs),
+            meta=meta,
+            mask_dtmf=args.mask_dtmf,
+            keep_digits=args.keep_digits,
         )
     print(f"{args.call_id} sealed {seal.hex()}")
     return 0
@@ -197,6 +204,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         doc["customer_number"] = e.customer_number
     if e.seal:
         doc["seconds"] = frames_seconds(e.frames)
+    if e.state == "sealed":  # PCI (docs/format.md 1.1): pauses, DTMF and its digits
+        doc["paused"] = [{"start_frame": p.start_frame, "frames": p.frames} for p in e.paused]
+        doc["dtmf_events"] = e.dtmf_events
+        doc["digits_kept"] = e.digits_kept
     if e.summary_json:  # a sealed call's, not an erased one's
         doc["legs_detail"] = json.loads(e.summary_json).get("legs", [])
     if erased:

@@ -19,6 +19,13 @@ not a declared RFC 4733 event) is not silence: its frames are zeros marked
 "unsupported codec", reported in the leg summary's gaps with their payload
 type and in its ``unsupported_codec`` totals (docs/format.md 1.1).
 
+PCI (docs/format.md 1.1, 1.2): ``Settings.mask_dtmf`` zeroes in-band DTMF tones
+in the stored audio (RFC 4733 events are never rendered into audio: the jitter
+buffer keeps their span silent unless audio covers it); ``Settings.keep_digits``
+False seals where DTMF occurred but not which digits (``digits_kept``);
+``LegPipeline.set_paused`` stores spans of frames as silence (a PCI pause),
+before the DTMF stage, and keeps them out of the leg's gaps and loss.
+
 Both legs of a call share ``call_start_us`` and are flushed to the same end,
 so they have the same number of frames and frame n of each leg is the same
 20 ms of the call: a dual-track Ogg pairs them with no re-encoding.
@@ -43,6 +50,10 @@ from callvault.rtpdefs import RECORDED_CODECS
 from callvault.timeline import FRAME_SAMPLES, frames_seconds, samples_ms
 
 FRAME = FRAME_SAMPLES  # samples per frame; importers may prefer callvault.timeline
+# Loss within this many frames of a paused span (300 ms, the jitter window: a packet
+# of up to that much audio, like ffmpeg's 182 ms ones, discarded at the pause or the
+# resume) is the pause's doing, not the network's (LegResult.lost_runs).
+PAUSE_EDGE_FRAMES = 15
 LEG_NAMES = ("agent", "customer")
 
 
@@ -64,6 +75,10 @@ class Settings:
     # decodes the stored packets alike; 0 keeps libopus's TOC-only packets.
     dtx_packet_bytes: int = 15
     mask_dtmf: bool = False
+    # Digits of DTMF (in-band and RFC 4733) in the leg summary; False keeps only that
+    # a digit occurred, where and how long (the server's and `import`'s default:
+    # [dtmf] keep_digits, docs/format.md 1.1 "digits_kept").
+    keep_digits: bool = True
     window_ms: int = 300  # jitter-buffer reordering window
     # What fills lost frames: "conceal" (the last frame repeated, fading out over
     # 80 ms; tests/media/test_quality.py: better PESQ-NB than silence at 2 % burst
@@ -97,28 +112,36 @@ class LegResult:
     sumsq: float = 0.0
     peak: int = 0
     clipped: int = 0
+    keep_digits: bool = True
+    # PCI pauses: (start frame, frames) stored as silence, never loss
+    paused: list[tuple[int, int]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         n = self.frames * FRAME_SAMPLES
         rms = 10 * math.log10(self.sumsq / n / 32768.0**2) if n and self.sumsq > 0 else None
+        gaps = self.gap_list()
+        lost = sum(int(g["frames"]) for g in gaps if g["reason"] == "lost")
         return {
             "leg": self.name,
             "source": self.source,
             "frames": self.frames,
             "seconds": frames_seconds(self.frames),
             # frames touched by loss: wholly lost ones and partly received ones
-            "lost": sum(n for _, n in self.gaps),
+            # (paused frames are not loss)
+            "lost": lost,
             "late": self.rtp.get("late", 0),
             "duplicates": self.rtp.get("duplicates", 0),
             "malformed": self.rtp.get("malformed", 0),
-            "gaps": self.gap_list(),
+            "gaps": gaps,
             "unsupported_codec": {
                 "frames": sum(n for _, n, _ in self.unsupported),
                 "packets": self.rtp.get("unsupported_payload_type", 0),
                 "payload_types": list(self.unsupported_payload_types),
             },
-            "telephone_events": self.telephone_events,
-            "dtmf": self.dtmf,
+            "telephone_events": self._events(self.telephone_events),
+            "dtmf": self._events(self.dtmf),
+            "digits_kept": self.keep_digits,
+            **({"paused_edge_frames": self.lost_runs()[1]} if self.paused else {}),
             "voice_frames": self.voice_frames,
             "level": {
                 "rms_dbfs": None if rms is None else round(rms, 2),
@@ -129,15 +152,36 @@ class LegResult:
             "rtp": self.rtp,
         }
 
+    def _events(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """DTMF events as sealed: without their digit unless ``keep_digits``."""
+        if self.keep_digits:
+            return events
+        return [{k: v for k, v in e.items() if k != "digit"} for e in events]
+
+    def lost_runs(self) -> tuple[list[tuple[int, int]], int]:
+        """The loss runs (start, frames) outside the paused spans, and the frames of
+        loss within ``PAUSE_EDGE_FRAMES`` before or after a span, which the pause made
+        (a packet that arrived after the pause instant, its audio before it, was
+        discarded; a sender's packet may hold 180 ms of audio, sent ahead or late):
+        counted in ``paused_edge_frames``, not as loss."""
+        runs = outside(self.gaps, self.paused)
+        edges = [(s - PAUSE_EDGE_FRAMES, PAUSE_EDGE_FRAMES) for s, _ in self.paused]
+        edges += [(s + n, PAUSE_EDGE_FRAMES) for s, n in self.paused]
+        kept = outside(runs, edges)
+        return kept, sum(n for _, n in runs) - sum(n for _, n in kept)
+
     def gap_list(self) -> list[dict[str, Any]]:
-        """Loss and unsupported-codec runs, by start frame (docs/format.md 1.1)."""
+        """Loss and unsupported-codec runs, by start frame (docs/format.md 1.1); the
+        frames of paused spans are cut out of them (a pause is not loss), and so is
+        the loss the pause made at its edges (``lost_runs``)."""
         gaps: list[dict[str, Any]] = [
-            {"start_frame": s, "frames": n, "reason": "lost"} for s, n in self.gaps
+            {"start_frame": s, "frames": n, "reason": "lost"} for s, n in self.lost_runs()[0]
         ]
-        gaps += [
-            {"start_frame": s, "frames": n, "reason": "unsupported_codec", "payload_type": pt}
-            for s, n, pt in self.unsupported
-        ]
+        for s0, n0, pt in self.unsupported:
+            gaps += [
+                {"start_frame": s, "frames": n, "reason": "unsupported_codec", "payload_type": pt}
+                for s, n in outside([(s0, n0)], self.paused)
+            ]
         gaps.sort(key=lambda g: int(g["start_frame"]))
         return gaps
 
@@ -157,6 +201,26 @@ class LegResult:
     def packets_all(self) -> tuple[bytes, npt.NDArray[np.int32]]:
         """``opus_run()`` as ``(data, lengths)``."""
         return self.opus_run().astuple()
+
+
+def outside(
+    runs: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The (start, frames) runs with the frames of ``spans`` (start, frames) cut out."""
+    out = [(int(s), int(s) + int(n)) for s, n in runs if n > 0]
+    for ps, pn in spans:
+        pe = ps + pn
+        cut: list[tuple[int, int]] = []
+        for a, b in out:
+            if b <= ps or a >= pe:
+                cut.append((a, b))
+                continue
+            if a < ps:
+                cut.append((a, ps))
+            if b > pe:
+                cut.append((pe, b))
+        out = cut
+    return [(a, b - a) for a, b in out]
 
 
 def call_unsupported_codec(legs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -218,7 +282,9 @@ class LegPipeline:
         if g711_law is not None:
             encode = False
         self.g711_law = g711_law
-        self.result = LegResult(name, source)
+        self.result = LegResult(name, source, keep_digits=settings.keep_digits)
+        self._mute: list[tuple[int, int]] = []  # PCI pause: [start, end) frame spans
+        self._dtx_held = False  # the step path's encoder has DTX off (paused frames)
         self.settings = settings
         self.jb = _rtp.JitterBuffer(
             call_start_us=call_start_us,
@@ -272,6 +338,18 @@ class LegPipeline:
             if core
             else None
         )
+
+    def set_paused(self, spans: Sequence[tuple[int, int | None]]) -> None:
+        """PCI pause: frames [start, end) of each span are stored as silence (end None:
+        paused until further notice), replacing the spans given before. Frames through
+        the DSP already (below ``next_index``) keep what they were: a caller starts a
+        span at ``next_index`` at the earliest. The closed spans go in the summary as
+        ``paused`` and out of its gaps."""
+        big = 2**62
+        self._mute = [(int(a), big if b is None else int(b)) for a, b in spans]
+        self.result.paused = [(a, b - a) for a, b in self._mute if b != big and b > a]
+        if self.core is not None:
+            self.core.set_mute(self._mute)
 
     @property
     def next_index(self) -> int:
@@ -442,6 +520,14 @@ class LegPipeline:
         if first_index != self._next_index:
             raise AssertionError(f"timeline hole: frame {first_index}, expected {self._next_index}")
         self._next_index += len(pcm)
+        end = first_index + len(pcm)
+        copied = False
+        for a, b in self._mute:  # PCI pause: as LegCore._muted
+            lo, hi = max(a, first_index), min(b, end)
+            if lo < hi:
+                if not copied:
+                    pcm, copied = np.array(pcm, dtype=np.int16), True
+                pcm[lo - first_index : hi - first_index] = 0
         out, events = self.dtmf.process(np.ascontiguousarray(pcm), first_index)
         self._after_dsp(out, events)
 
@@ -491,21 +577,31 @@ class LegPipeline:
         self.result.opus_bytes += len(data)
 
     def _encode(self, pcm: npt.NDArray[np.int16], voice: npt.NDArray[np.uint8]) -> None:
-        """Encode runs of voice / silent frames, each at its bitrate."""
+        """Encode runs of voice / silent frames, each at its bitrate; over paused frames
+        with DTX off (as LegCore._encode: the silence coded by the encoder's own real
+        packets, never a DTX packet replaced by the noise encoder's)."""
         assert self.encoder is not None
         s = self.settings
-        if s.silence_bitrate is None:
-            runs = [(0, len(pcm), s.bitrate)]
-        else:
-            edges = np.flatnonzero(np.diff(voice.astype(np.int8))) + 1
-            bounds = [0, *edges.tolist(), len(pcm)]
-            runs = [
-                (a, b, s.bitrate if voice[a] else s.silence_bitrate)
-                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-            ]
-        for a, b, rate in runs:
+        n = len(pcm)
+        cuts = (
+            set()
+            if s.silence_bitrate is None
+            else set((np.flatnonzero(np.diff(voice.astype(np.int8))) + 1).tolist())
+        )
+        muted = np.zeros(n, dtype=np.bool_)
+        if s.dtx and (self._mute or self._dtx_held):
+            idx = np.arange(self.result.frames - n, self.result.frames)
+            for lo, hi in self._mute:
+                muted |= (idx >= lo) & (idx < hi)
+            cuts.update((np.flatnonzero(np.diff(muted.astype(np.int8))) + 1).tolist())
+        bounds = [0, *sorted(cuts), n]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            rate = s.bitrate if s.silence_bitrate is None or voice[a] else s.silence_bitrate
             if self.encoder.bitrate != rate:
                 self.encoder.bitrate = rate
+            if s.dtx and bool(muted[a]) != self._dtx_held:
+                self.encoder.dtx = not muted[a]
+                self._dtx_held = bool(muted[a])
             run = PacketRun(*self.encoder.encode_frames(pcm[a:b]))
             if self.noise_encoder is not None:
                 # TOC-only DTX packets never leave the pipeline (Settings.dtx_packet_bytes)

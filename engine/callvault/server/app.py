@@ -52,7 +52,7 @@ from callvault.durable import write_atomic
 from callvault.errors import InputError
 from callvault.lifecycle.rules import RecordingPolicy
 from callvault.media.pipeline import Settings
-from callvault.server.ingest import Ingestor, Limits
+from callvault.server.ingest import Ingestor, Limits, dtmf_settings
 from callvault.server.interceptors import PERMISSIONS, IdentityInterceptor, MethodLog
 from callvault.server.servicers import (
     AdminServicer,
@@ -96,7 +96,10 @@ class Server:
         c = self.config
         self.ingestor = Ingestor(
             vault,
-            Settings(store_codec="g711" if c.ingest_codec == "g711" else "opus"),
+            Settings(
+                store_codec="g711" if c.ingest_codec == "g711" else "opus",
+                **dtmf_settings(c.policy.get("dtmf")),  # PCI: [dtmf] mask, keep_digits
+            ),
             workers=c.ingest_workers,
             limits=Limits(c.max_open_calls, c.call_idle_s, c.resume_s),
             # [recording] and [regions] (docs/access.md "Recording rules"): a bad

@@ -80,9 +80,23 @@ def call_detail(
         doc = vault.summary(e.call_id, tenant=e.tenant)
         info.summary_json = json.dumps(doc, sort_keys=True)
         info.leg_summaries.extend(leg_summary(leg) for leg in doc.get("legs", []))
+        pci_fields(info, doc)
     if customer_number and e.state != "erased":
         info.customer_number = vault.customer_number(e.call_id, tenant=e.tenant)
     return info
+
+
+def pci_fields(info: pb.CallInfo, doc: Mapping[str, Any]) -> None:
+    """CallInfo 35-37 from a sealed summary (docs/format.md 1.1): the paused spans,
+    whether the DTMF digits were kept (a summary from before ``digits_kept`` kept
+    them) and how many DTMF events there were."""
+    for p in doc.get("paused") or []:
+        info.paused.add(start_frame=_uint(p.get("start_frame")), frames=_uint(p.get("frames")))
+    legs = doc.get("legs") or []
+    info.digits_kept = all(bool(leg.get("digits_kept", True)) for leg in legs)
+    info.dtmf_events = sum(
+        len(leg.get("dtmf") or []) + len(leg.get("telephone_events") or []) for leg in legs
+    )
 
 
 def _uint(value: Any) -> int:

@@ -36,6 +36,14 @@ CallStart of the same recording, once the writer works again, replaces it by a
 call resumed from the vault's stored records (replayed from seq 0, as after a
 restart), so nothing acknowledged is lost and nothing is stored twice.
 
+PCI pause (docs/format.md 1.2): a ``Control`` (Ingest Pause / Resume) takes a seq of
+the batch sequence, so it is processed in order with the batches, resent and replayed
+with them. ``LiveCall`` keeps the call's pauses; a batch's packets that arrived
+within one are discarded before the jitter buffer sees them, and the pipelines
+store the span's frames as silence (``LegPipeline.set_paused``) from the first
+frame not yet processed, so the span sealed in the summary (``paused``) is exactly
+the frames that were silenced, on every leg.
+
 ``CallSession`` is one call's state machine on one stream, in the engine's
 terms (requests ``CallSpec``, ``Batch``, ``End``; replies ``Started``,
 ``Progress`` = an Ack, ``Sealed``): the first request is a CallStart, batches
@@ -58,7 +66,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
+
+import numpy as np
 
 from callvault import ids
 from callvault.errors import CallvaultError, InputError
@@ -186,6 +196,59 @@ class CallSpec:
                     raise InputError(f"event payload type {pt}: dynamic types are 96 to 127")
 
 
+DTMF_POLICY_KEYS = ("mask", "keep_digits")
+
+
+class DtmfSettings(TypedDict):
+    """The Settings fields of the [dtmf] policy section."""
+
+    mask_dtmf: bool
+    keep_digits: bool
+
+
+def dtmf_settings(section: Any) -> DtmfSettings:
+    """The ``[dtmf]`` policy section (Config.policy["dtmf"]; docs/access.md "PCI") as
+    Settings fields: ``mask`` (default true: in-band DTMF is masked in the stored
+    audio) and ``keep_digits`` (default false: the summary keeps where DTMF occurred,
+    never the digits). InputError for anything else."""
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise InputError("policy [dtmf] must be a table (mask, keep_digits)")
+    unknown = sorted(set(section) - set(DTMF_POLICY_KEYS))
+    if unknown:
+        raise InputError(
+            f"policy [dtmf]: unknown key(s) {', '.join(unknown)} (expected mask, keep_digits)"
+        )
+    mask, keep = section.get("mask", True), section.get("keep_digits", False)
+    for key, value in zip(DTMF_POLICY_KEYS, (mask, keep), strict=True):
+        if not isinstance(value, bool):
+            raise InputError(f"policy [dtmf] {key} = {value!r}: expected true or false")
+    return DtmfSettings(mask_dtmf=mask, keep_digits=keep)
+
+
+@dataclass(frozen=True)
+class Control:
+    """An Ingest Pause (``pause`` True) or Resume: a seq of the batch sequence and the
+    instant (the clock of arrival_us; 0 = the latest arrival processed)."""
+
+    seq: int
+    pause: bool
+    at_us: int = 0
+
+
+@dataclass
+class Pause:
+    """One PCI pause of a live call: instants (µs, the arrival clock) and the frame
+    span it silences (``start`` None until the timeline's origin is known; ``end``
+    None while paused)."""
+
+    at_us: int
+    until_us: int | None = None
+    start: int | None = None
+    end: int | None = None
+
+
 @dataclass
 class Progress:
     """What an Ack says."""
@@ -248,6 +311,11 @@ class LiveCall:
         # this LiveCall is then done for; Ingestor.attach replaces it by one resumed
         # from the vault (the durable records), which the client's resend completes
         self.failed: str | None = None
+        # PCI pauses in order (the last one open while paused), the latest arrival
+        # processed (a Pause or Resume at 0 means then) and the packets discarded
+        self.pauses: list[Pause] = []
+        self.last_arrival_us = 0
+        self.paused_packets = 0
 
     def interrupted(self) -> str | None:
         """Why this call can no longer be written (``failed``, a record that did not
@@ -314,12 +382,104 @@ class LiveCall:
                         )
                 self._begin(self.start_us or first_us)
             assert self.pipes is not None
-            self.pipes[batch.leg].push_batch(batch.packets, batch.lengths, batch.arrival_us)
+            self.last_arrival_us = max(self.last_arrival_us, int(batch.arrival_us.max()))
+            batch = self._unpaused(batch)
+            if len(batch.lengths):
+                self.pipes[batch.leg].push_batch(batch.packets, batch.lengths, batch.arrival_us)
             self._check_codec(batch.leg)
             self.next_seq += 1
             self.packets += len(batch.lengths)
             self._take(batch.leg)
             return self.last_future
+
+    def _unpaused(self, batch: LegBatch) -> LegBatch:
+        """The batch without its packets that arrived within a pause (discarded before
+        the jitter buffer decodes anything of them)."""
+        if not self.pauses:
+            return batch
+        at = batch.arrival_us
+        drop = np.zeros(len(at), dtype=np.bool_)
+        for p in self.pauses:
+            drop |= (at >= p.at_us) & (at < (p.until_us if p.until_us is not None else 2**62))
+        n = int(drop.sum())
+        if not n:
+            return batch
+        self.paused_packets += n
+        keep = ~drop
+        run = batch.run
+        buf = np.frombuffer(run.data, dtype=np.uint8)
+        mask = np.repeat(keep, run.lengths)
+        return LegBatch(
+            batch.seq,
+            batch.leg,
+            buf[mask].tobytes(),
+            batch.lengths[keep],
+            batch.arrival_us[keep],
+        )
+
+    def control(self, token: int, ctl: Control) -> Future[Ack] | None:
+        """An Ingest Pause or Resume, in seq order with the batches (a resend is
+        skipped, a gap refused); returns as ``process``."""
+        with self.lock:
+            self.check_owner(token)
+            if self.expired is not None:
+                raise CallExpired(self.expired)
+            if self.sealed is not None:
+                raise VaultError(f"call {self.spec.call_id} is sealed")
+            if ctl.seq < self.next_seq:
+                return self.last_future  # a resend: already processed
+            self._check_writable()
+            if ctl.seq > self.next_seq:
+                raise OutOfOrder(
+                    f"{'pause' if ctl.pause else 'resume'} {ctl.seq} arrived but batch "
+                    f"{self.next_seq} is next (batches are sent in order, none skipped)"
+                )
+            if ctl.at_us < 0:
+                raise InputError(f"{'pause' if ctl.pause else 'resume'} at_us is negative")
+            at = ctl.at_us or self.last_arrival_us or self.start_us
+            paused = bool(self.pauses) and self.pauses[-1].until_us is None
+            if ctl.pause:
+                if paused:
+                    raise InputError(f"call {self.spec.call_id} is paused already")
+                self.pauses.append(Pause(at))
+            else:
+                if not paused:
+                    raise InputError(f"call {self.spec.call_id} is not paused: nothing to resume")
+                p = self.pauses[-1]
+                p.until_us = max(at, p.at_us)
+            self._place_pauses()
+            self.next_seq += 1
+            return self.last_future
+
+    def _frame_at(self, at_us: int, up: bool) -> int:
+        """The frame boundary at or before (``up``: at or after) an instant."""
+        d = at_us - self.start_us
+        return max(0, -(-d // FRAME_US) if up else d // FRAME_US)
+
+    def _place_pauses(self, end_frame: int | None = None) -> None:
+        """Give each pause its frame span once the timeline's origin is known, never
+        before a frame some leg has processed already, and hand the spans to the legs'
+        pipelines. ``end_frame``: the call ends here (an open pause ends with it)."""
+        if self.pipes is None or not self.pauses:
+            return
+        done = max(p.next_index for p in self.pipes)
+        for p in self.pauses:
+            if p.start is None:
+                p.start = max(self._frame_at(p.at_us, False), done)
+            if p.end is None and p.until_us is not None:
+                p.end = max(self._frame_at(p.until_us, True), p.start, done)
+            if p.end is None and end_frame is not None:
+                p.end = max(end_frame, p.start)
+        for pipe in self.pipes:
+            pipe.set_paused([(p.start, p.end) for p in self.pauses if p.start is not None])
+
+    def paused_spans(self) -> list[dict[str, int]]:
+        """The sealed summary's "paused": closed spans of at least one frame."""
+        return [
+            {"start_frame": p.start, "frames": p.end - p.start}
+            for p in self.pauses
+            if p.start is not None and p.end is not None and p.end > p.start
+        ]
 
     def _check_codec(self, leg: int) -> None:
         """Audio in a codec callvault does not record is loud: a WARNING, once per call."""
@@ -358,6 +518,7 @@ class LiveCall:
             )
             for i, name in enumerate(self.spec.legs)
         ]
+        self._place_pauses()
 
     def _open_call(self) -> CallWriter:
         """The call opened in the vault; WriterFailed (nothing opened: the id stays
@@ -461,6 +622,7 @@ class LiveCall:
                 self._begin(self.start_us or end_us or time.time_ns() // 1000)
             assert self.pipes is not None and self.writer is not None
             total = max(p.drain(end_us or None) for p in self.pipes)
+            self._place_pauses(end_frame=total)
             summaries = []
             for leg, p in enumerate(self.pipes):
                 p.finish(total_frames=total)
@@ -469,6 +631,8 @@ class LiveCall:
             self.unsupported_frames = sum(s["unsupported_codec"]["frames"] for s in summaries)
             writer = self.writer
         summary: dict[str, Any] = {"legs": summaries}
+        if self.pauses:
+            summary["paused"] = self.paused_spans()
         if self.spec.recording_id:
             summary["recording_id"] = self.spec.recording_id
         try:
@@ -534,7 +698,10 @@ class Ingestor:
         # what gets recorded (lifecycle.rules; docs/access.md "Recording rules")
         self.policy = policy or RECORD_ALL
         self.not_recorded_total = 0  # CallStarts answered "not recorded" (decisions)
-        self.settings = settings or Settings()
+        # the product's live defaults: DTMF masked, digits not kept ([dtmf] policy)
+        self.settings = settings or Settings(**dtmf_settings(None))
+        if self.settings.keep_digits:
+            log.info("DTMF digits are kept in the calls' summaries ([dtmf] keep_digits)")
         self.limits = limits or Limits()
         self.expired_total = 0  # calls expired unfed (reap)
         self.resume_sealed_total = 0  # calls sealed by reap after resume_s without a stream
@@ -937,7 +1104,7 @@ class Unknown:
     """A request that holds none of CallStart, batch and CallEnd."""
 
 
-Request = CallSpec | Batch | End | Leave | Unknown
+Request = CallSpec | Batch | Control | End | Leave | Unknown
 
 
 @dataclass(frozen=True)
@@ -1042,6 +1209,13 @@ class CallSession:
             else:
                 fut.add_done_callback(self._ack_when_done(batch.seq))
             return []
+        if isinstance(req, Control):
+            fut = live.control(self.token, req)
+            if fut is None or fut.done():
+                self.ack_to = max(self.ack_to, req.seq)
+            else:
+                fut.add_done_callback(self._ack_when_done(req.seq))
+            return []
         if isinstance(req, End):
             sealed = live.end(self.token, req.batches, req.end_us)
             out = []
@@ -1051,7 +1225,7 @@ class CallSession:
             self.ingestor.finished(live)
             self.done = True
             return out
-        raise InputError("an Ingest message must hold start, batch or end")
+        raise InputError("an Ingest message must hold start, batch, pause, resume or end")
 
     def _ack_when_done(self, seq: int) -> Callable[[Any], None]:
         def done(_fut: Any) -> None:

@@ -37,6 +37,7 @@ from callvault.server.ingest import (
     CallExpired,
     CallFailed,
     CallSpec,
+    Control,
     End,
     Ingestor,
     Leave,
@@ -339,6 +340,9 @@ def _mux_request(item: pb.IngestMux | Undecodable, who: Identity = OPEN) -> list
             req = End(it.end.batches, it.end.end_us)
         elif which == "leave":
             req = Leave()
+        elif which in ("pause", "resume"):  # PCI (lane pci)
+            c = getattr(it, which)
+            req = Control(c.seq, which == "pause", c.at_us)
         else:
             req = Unknown()
         out.append(MuxItem(it.slot, req))
@@ -377,6 +381,9 @@ def _ingest_request(item: pb.IngestRequest | Undecodable, who: Identity = OPEN) 
         return Batch(b.seq, b.leg, b.packets, b.lengths, b.arrival_us)
     if which == "end":
         return End(item.end.batches, item.end.end_us)
+    if which in ("pause", "resume"):  # PCI (lane pci)
+        c = getattr(item, which)
+        return Control(c.seq, which == "pause", c.at_us)
     return Unknown()
 
 

@@ -175,6 +175,7 @@ class Call:
         self.reason = ""
         self.sync_failed = False  # an fsync of its spool failed (logged once)
         self.codec_warned = False  # an unsupported payload type was logged (once a call)
+        self.paused_packets = 0  # PCI: packets discarded while paused (never spooled)
 
     @property
     def connected(self) -> bool:

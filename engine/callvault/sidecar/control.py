@@ -1,10 +1,11 @@
 """The sidecar's control API: gRPC ``callvault.v1.Sidecar`` (StartCall, StopCall,
-ListCalls). Translation only: the logic is in :class:`callvault.sidecar.daemon.Sidecar`,
-whose refusals (:class:`SidecarError`) become the gRPC status they name.
+ListCalls, PauseCall, ResumeCall). Translation only: the logic is in
+:class:`callvault.sidecar.daemon.Sidecar`, whose refusals (:class:`SidecarError`)
+become the gRPC status they name.
 
 :class:`ControlAuth` admits a control call only with a token of the sidecar's own
 store (SPOOL/access, `callvault token create --spool SPOOL`): every valid token may
-start, stop and list calls. While that store never had a token the API is open to
+start, stop, pause, resume and list calls. While that store never had a token the API is open to
 callers on loopback (a WARNING at start), as a server's. Health is open to all."""
 
 from __future__ import annotations
@@ -79,6 +80,20 @@ class SidecarServicer(pbg.SidecarServicer):
         context: grpc.ServicerContext,
     ) -> pb.StopCallReply:
         return self._run(context, lambda: self.sidecar.stop_call(request))
+
+    def PauseCall(
+        self,
+        request: pb.PauseCallRequest,  # noqa: N802
+        context: grpc.ServicerContext,
+    ) -> pb.PauseCallReply:
+        return self._run(context, lambda: self.sidecar.pause_call(request, True))
+
+    def ResumeCall(
+        self,
+        request: pb.PauseCallRequest,  # noqa: N802
+        context: grpc.ServicerContext,
+    ) -> pb.PauseCallReply:
+        return self._run(context, lambda: self.sidecar.pause_call(request, False))
 
     def ListCalls(
         self,

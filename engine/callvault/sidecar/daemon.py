@@ -543,6 +543,23 @@ class Sidecar:
             codec_problem=call.codec_problem(),
         )
 
+    def pause_call(self, req: pb.PauseCallRequest, pause: bool) -> pb.PauseCallReply:
+        """PCI pause (``pause``) or resume of a receiving call: done in the receive
+        thread (``Receiver.pause_call``), in order with the call's batches."""
+        call = self._lookup(req.tenant, req.call_id)
+        what = "pause" if pause else "resume"
+        if call.state != "receiving":
+            raise SidecarError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"call {call.call_id} is {call.state}, not receiving: nothing to {what}",
+            )
+        fut = self.receiver.submit(lambda: self.receiver.pause_call(call, pause))
+        at_us, seq, dropped = fut.result(timeout=30)
+        log.info(
+            "call %s %s at %d (seq %d)", call.call_id, "paused" if pause else "resumed", at_us, seq
+        )
+        return pb.PauseCallReply(at_us=at_us, seq=seq, dropped_packets=dropped)
+
     def _stop_in_receiver(self, call: Call) -> None:
         if call.state != "receiving":
             return
@@ -554,7 +571,9 @@ class Sidecar:
         no_audio = call.spool.start_us is None
         if no_audio:
             call.spool.set_start_us(call.spool.created_us)
-        call.spool.finish()
+        # PCI: stopped while paused, no audio came since: the call (and its pause) lasts
+        # to the stop, not to the last audio before the pause
+        call.spool.finish(_net.now_us() if call.spool.paused else 0)
         call.wake()
         if no_audio:
             self._start_forwarder(call)

@@ -37,6 +37,7 @@ CallStart again and a resume. What the uplink does:
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -47,7 +48,7 @@ from callvault_client import errors
 from callvault_client._pb import callvault_pb2 as pb
 
 from callvault.sidecar.call import Call
-from callvault.sidecar.spool import Spool
+from callvault.sidecar.spool import CONTROL_LEGS, LEG_PAUSE, Spool
 
 if TYPE_CHECKING:
     from callvault.sidecar.daemon import Sidecar
@@ -81,6 +82,23 @@ class SpoolSource:
     def fill(self, out: pb.RtpBatch, seq: int) -> int:
         """Batch ``seq`` into ``out``; its size on the wire, roughly."""
         b = self.spool.read(seq)
+        out.seq = b.seq
+        out.leg = b.leg
+        out.packets = b.packets
+        out.lengths.extend(b.lengths.tolist())
+        out.arrival_us.extend(b.arrival_us.tolist())
+        return len(b.packets) + 12 * len(b.lengths) + 16
+
+    def fill_item(self, item: pb.IngestMuxItem, seq: int) -> int:
+        """Item ``seq`` of the call's sequence into ``item``: its batch, or a PCI Pause
+        or Resume (a spooled control record, docs/format.md 9); its size, roughly."""
+        b = self.spool.read(seq)
+        if b.leg in CONTROL_LEGS:
+            (at_us,) = struct.unpack("<q", b.packets)
+            ctl = item.pause if b.leg == LEG_PAUSE else item.resume
+            ctl.seq, ctl.at_us = b.seq, at_us
+            return 24
+        out = item.batch
         out.seq = b.seq
         out.leg = b.leg
         out.packets = b.packets
@@ -391,7 +409,7 @@ class Uplink:
                     msg, size = pb.IngestMux(), 0
                 item = msg.items.add(slot=slot)
                 try:
-                    n = f.source.fill(item.batch, seq)
+                    n = f.source.fill_item(item, seq)
                 except Exception as e:  # the spool went (sealed, failed) meanwhile
                     del msg.items[-1]
                     log.debug("%s: batch %d not read: %s", f.call.call_id, seq, e)

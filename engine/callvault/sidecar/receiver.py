@@ -273,6 +273,32 @@ class Receiver(threading.Thread):
         self._calls.remove(call)
         self._watch = None
 
+    def pause_call(self, call: Call, pause: bool) -> tuple[int, int, int]:
+        """(receive thread) PCI pause or resume: what the sockets hold goes first (to
+        the spool before a pause; discarded before a resume, still paused), then the
+        Pause / Resume record at this instant (the clock of arrival_us) takes the
+        next seq. While paused, ``_flush`` discards the call's packets: card-entry
+        audio is never spooled. Returns (at_us, seq, packets discarded so far)."""
+        if call not in self._calls:
+            raise SidecarError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"call {call.call_id} is not receiving"
+            )
+        if call.spool.paused == pause:
+            raise SidecarError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"call {call.call_id} is {'paused already' if pause else 'not paused'}",
+            )
+        self._receive([call], rounds=0, fail=False)
+        at_us = _net.now_us()
+        first = call.spool.start_us is None
+        if first:  # paused before any audio: the call starts with the pause
+            call.spool.set_start_us(at_us)
+        seq = call.spool.append_control(pause, at_us)
+        if first:
+            self._on_first_flush(call)
+        self._notify([call])
+        return at_us, seq, call.paused_packets
+
     def _close_sockets(self, call: Call) -> None:
         """Stop reading and close the call's sockets; what a candidate source held goes."""
         for leg in call.legs:
@@ -540,7 +566,11 @@ class Receiver(threading.Thread):
             )
 
     def _flush(self, call: Call, batches: list[Batch]) -> None:
-        """The call's batches (one per leg) appended to its spool in one write."""
+        """The call's batches (one per leg) appended to its spool in one write; none
+        while the call is paused (PCI: discarded, counted in ``paused_packets``)."""
+        if call.spool.paused:
+            call.paused_packets += sum(len(ln) for _, _, ln, _ in batches)
+            return
         first = call.spool.start_us is None
         if first:
             bounds = [first_sample_bound(bytes(p), ln, ar) for _, p, ln, ar in batches]

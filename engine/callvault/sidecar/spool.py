@@ -76,6 +76,11 @@ _AAD_RECORD = b"cvspool2/rec"  # + type u8 (+ the BATCH header) for record blobs
 REC_CALL, REC_START, REC_BATCH, REC_END = 1, 2, 3, 4
 _TYPE_BATCH = bytes((REC_BATCH,))
 _AAD_BATCH = _AAD_RECORD + _TYPE_BATCH  # + the BATCH header: _record_aad(REC_BATCH, head)
+# PCI pause (docs/format.md 9): a BATCH record with one of these legs and no packets is
+# an Ingest Pause or Resume taking its seq; its payload is the instant (i64, µs)
+LEG_PAUSE = 0xFFFF_FFFE
+LEG_RESUME = 0xFFFF_FFFF
+CONTROL_LEGS = (LEG_PAUSE, LEG_RESUME)
 MAX_RECORD = 64 << 20  # a batch is ~100 ms of one leg; anything this large is damage
 
 SPOOL_FILE = "spool"
@@ -229,6 +234,7 @@ class Spool:
         self._acked_written = False  # the acked file exists (stored_bytes)
         self._deleted = False
         self.packets = 0  # RTP packets in all batches
+        self.paused = False  # the last PCI control record was a Pause
 
     # -- creating and opening ---------------------------------------------
 
@@ -359,9 +365,11 @@ class Spool:
                 return False
             self.start_us = _I64.unpack(body)[0]
         elif kind == REC_BATCH:
-            seq, _, count = _BATCH.unpack_from(body)
+            seq, leg, count = _BATCH.unpack_from(body)
             if seq != len(self._offsets) or self.start_us is None:
                 return False
+            if leg in CONTROL_LEGS:
+                self.paused = leg == LEG_PAUSE
             self._offsets.append(pos)
             self.packets += count
         elif kind == REC_END:
@@ -451,6 +459,25 @@ class Spool:
             self._offsets.extend(offsets)
             self.packets += packets_in
             return list(range(first, first + len(batches)))
+
+    def append_control(self, pause: bool, at_us: int) -> int:
+        """Append a PCI Pause (``pause``) or Resume at ``at_us``, in order with the
+        batches; returns its seq. In the OS when this returns."""
+        with self._lock:
+            if self.end is not None:
+                raise ValueError(f"{self.directory}: the call has ended")
+            if self.start_us is None:
+                raise ValueError(f"{self.directory}: set_start_us before the first batch")
+            seq = len(self._offsets)
+            head = _BATCH.pack(seq, LEG_PAUSE if pause else LEG_RESUME, 0)
+            payload = _I64.pack(at_us)
+            if self._data_key is not None:
+                payload = crypto.encrypt_blob(
+                    self._data_key, plaintext=payload, aad=_AAD_BATCH + head
+                )
+            self._offsets.append(self._append(REC_BATCH, head + payload))
+            self.paused = pause
+            return seq
 
     def finish(self, end_us: int = 0) -> End:
         """Append the END record (batches = every batch appended) and fsync."""
