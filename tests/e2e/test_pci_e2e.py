@@ -189,3 +189,18 @@ def test_live_dtmf_masked_and_digits_withheld(tmp_path: Path, keep_digits: bool)
         assert "digits not kept" in text
         for _, d, _, _ in pcicall.INBAND:
             assert f"{d} at " not in text
+    # the policy's use is audited: the ingest stream it applied to, and each
+    # disclosure of digits (info's GetCall with the summary)
+    trail = [
+        json.loads(x)
+        for x in run_cli("--data", str(data), "audit", "--json").stdout.split("\n")
+        if x.strip()
+    ]
+    details = [(d["method"].rsplit("/", 1)[-1], d.get("detail", "")) for d in trail]
+    kept = [m for m, t in details if "kept by the policy [dtmf] keep_digits" in t]
+    shown = [m for m, t in details if "DTMF digits disclosed" in t]
+    if keep_digits:
+        assert "RecordCalls" in kept and set(kept) <= {"RecordCalls", "Record"}
+        assert shown and set(shown) == {"GetCall"}
+    else:
+        assert kept == [] and shown == []

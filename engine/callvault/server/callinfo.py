@@ -17,6 +17,7 @@ from typing import Any
 
 from callvault_client._pb import callvault_pb2 as pb
 
+from callvault.access import context as rpcctx
 from callvault.errors import InputError
 from callvault.lifecycle.rules import Decision
 from callvault.server.decisions import decision_pb
@@ -97,6 +98,11 @@ def pci_fields(info: pb.CallInfo, doc: Mapping[str, Any]) -> None:
     info.dtmf_events = sum(
         len(leg.get("dtmf") or []) + len(leg.get("telephone_events") or []) for leg in legs
     )
+    events = [ev for leg in legs for k in ("dtmf", "telephone_events") for ev in leg.get(k) or []]
+    if any("digit" in ev for ev in events):
+        # digits are card numbers unless a policy says otherwise: their disclosure is
+        # in the RPC's audit entry (docs/access.md "PCI")
+        rpcctx.note_detail("DTMF digits disclosed (in the call's summary)")
 
 
 def _uint(value: Any) -> int:

@@ -297,10 +297,17 @@ class IngestServicer(pbg.IngestServicer):
         self, request_iterator: Iterator[pb.IngestRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.IngestReply]:
         who = _who()
+        self._note_digits_kept()
         stream = RecordStream(self.ingestor, idle_s=self.config.ingest_idle_s)
         decode = lambda item: _ingest_request(item, who)  # noqa: E731
         for reply in stream.run(request_iterator, decode, active=context.is_active):
             yield _ingest_reply(reply)
+
+    def _note_digits_kept(self) -> None:
+        """The policy that keeps DTMF digits (PCI: docs/access.md "PCI") is audited on
+        every ingest stream it applies to."""
+        if self.ingestor.settings.keep_digits:
+            rpcctx.note_detail("DTMF digits of its calls kept by the policy [dtmf] keep_digits")
 
     @unary
     def Decide(self, r: pb.CallStart, context: grpc.ServicerContext) -> pb.CallDecision:
@@ -319,6 +326,7 @@ class IngestServicer(pbg.IngestServicer):
             chunks=chunks,
         )
         who = _who()
+        self._note_digits_kept()
         decode = lambda item: _mux_request(item, who)  # noqa: E731
         for events in stream.run(request_iterator, decode, active=context.is_active):
             yield _mux_reply(events)
