@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,16 @@ def test_no_sidecar_is_a_clear_error(verb: str) -> None:
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.startswith(f"callvault: error: sidecar {address}: "), p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_sidecar_control_listens_on_loopback_unless_told(tmp_path: Path) -> None:
+    """The control API has no TLS: a non-loopback --listen is refused before anything
+    starts (no spool made), naming both ways out."""
+    spool = tmp_path / "spool"
+    p = run_cli(
+        "sidecar", "--server", "127.0.0.1:1", "--rtp", "127.0.0.1:40000-40010",
+        "--listen", "0.0.0.0:0", "--spool", str(spool), ok=False, timeout=60,
+    )  # fmt: skip
+    assert p.returncode != 0
+    assert "not a loopback address" in p.stderr and "--insecure-listen" in p.stderr
+    assert not spool.exists()

@@ -415,7 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen",
         default="127.0.0.1:7444",
         metavar="HOST:PORT",
-        help="control API address (call start / call stop)",
+        help="control API address (call start / call stop); loopback unless --insecure-listen",
+    )
+    sc.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        help="allow a non-loopback control --listen (it has no TLS: control tokens in clear)",
     )
     sc.add_argument(
         "--spool",

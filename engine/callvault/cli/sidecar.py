@@ -38,6 +38,15 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     parse_address(args.upstream, "--server")
     rtp_host, lo, hi = parse_rtp_range(args.rtp)
     parse_address(args.listen, "--listen")
+    from callvault.server.app import is_loopback_host
+
+    if not args.insecure_listen and not is_loopback_host(args.listen.rpartition(":")[0]):
+        # the control API has no TLS: its tokens would cross the network in clear
+        raise CallvaultError(
+            f"--listen {args.listen} is not a loopback address and the control API has no "
+            "TLS: put the sidecar beside its PBX (loopback), or give --insecure-listen to "
+            "take control tokens in clear anyway"
+        )
     ca = getattr(args, "upstream_tls_ca", None)
     try:
         tls_ca = Path(ca).read_bytes() if ca else None
