@@ -5,6 +5,7 @@ and a running server."""
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 from pathlib import Path
 
@@ -145,3 +146,23 @@ def test_a_damaged_file_is_an_error_not_an_empty_store(tmp_path: Path) -> None:
         store.verify(text)
     with pytest.raises(InputError):
         store.configured()
+
+
+def test_a_vanished_token_file_never_opens_the_store_again(tmp_path: Path) -> None:
+    """Once the store held a token, this process stays configured (no open mode) even if
+    the file is deleted or its directory replaced by a file; until then a missing
+    directory is simply no tokens, never an exception."""
+    d = tmp_path / "access"
+    store = TokenStore(d)
+    assert not store.configured()
+    token, _ = store.create("ann", "qa", "t1")
+    assert store.configured()
+    (d / "tokens.json").unlink()
+    assert store.configured()
+    with pytest.raises(Unauthenticated):
+        store.verify(token)  # the file is gone: the token is unknown now
+    shutil.rmtree(d)  # the lock file too
+    d.write_bytes(b"")  # a file where the directory was
+    fresh = TokenStore(d)
+    assert not fresh.configured() and fresh.list() == []
+    assert store.configured()

@@ -192,7 +192,14 @@ class CredentialAuthenticator:
         if token is not None:
             if self.store is None:
                 raise Unauthenticated("this server takes no tokens")
-            return self.store.verify(token)
+            try:
+                return self.store.verify(token)
+            except InputError as e:  # the token file cannot be read: fail closed
+                log.error("%s", e)
+                raise Unauthenticated(
+                    "the server cannot check tokens now (its token file cannot be read: "
+                    "see its log)"
+                ) from None
         subject = cert_subject(context.auth_context() or {})
         if subject is not None:
             for entry in self.certs:

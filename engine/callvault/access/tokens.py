@@ -127,6 +127,7 @@ class TokenStore:
         self._lock = threading.Lock()
         self._sig: tuple[int, int, int] | None = None
         self._tokens: dict[str, TokenInfo] = {}
+        self._ever = False  # configured() was once true (it stays so)
 
     def now_us(self) -> int:
         return int(self.clock() * 1_000_000)
@@ -136,8 +137,10 @@ class TokenStore:
         """The file's tokens by id (empty when there is no file)."""
         try:
             raw = self.path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return {}
+        except OSError as e:  # permissions, I/O: never taken for "no tokens"
+            raise InputError(f"the token file {self.path} cannot be read: {e.strerror}") from None
         try:
             doc = json.loads(raw)
             if doc.get("version") != VERSION:
@@ -153,8 +156,10 @@ class TokenStore:
     def _signature(self) -> tuple[int, int, int] | None:
         try:
             st = os.stat(self.path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no file, or no directory
             return None
+        except OSError as e:
+            raise InputError(f"the token file {self.path} cannot be read: {e.strerror}") from None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def tokens(self) -> dict[str, TokenInfo]:
@@ -169,7 +174,11 @@ class TokenStore:
     def configured(self) -> bool:
         """Whether the store has ever had a token (revoked and expired ones count:
         revoking the last token never opens a server)."""
-        return bool(self.tokens())
+        if not self._ever:
+            # sticky in this process: a token file that vanishes (deleted, its
+            # directory replaced) never opens a running server or sidecar
+            self._ever = bool(self.tokens())
+        return self._ever
 
     def list(self) -> builtins.list[TokenInfo]:
         return sorted(self.tokens().values(), key=lambda t: (t.created_us, t.id))
