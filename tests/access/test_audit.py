@@ -296,3 +296,22 @@ def test_filters_and_tenant_views(tmp_path: Path) -> None:
     assert audit.tenant_view(entries[1].doc, "t3") is None
     with pytest.raises(InputError):
         audit.Filter(kind="other")
+
+
+def test_a_tenant_sees_its_identities_and_platform_access_to_its_calls_only() -> None:
+    """Another tenant's identity naming this tenant's call (it got NOT_FOUND) is not
+    shown to this tenant: its name, address and reason are the other tenant's."""
+    from callvault.access.audit import tenant_view
+
+    def entry(tenant: str | None, calls: list[list[str]]) -> dict[str, object]:
+        ident = {"name": "x", "role": "qa", "tenant": tenant, "via": "token:1"}
+        return {"kind": "rpc", "identity": ident, "calls": calls, "peer": "ipv4:10.0.0.9:1"}
+
+    mine = entry("t1", [["t1", "a"]])
+    probe = entry("t2", [["t1", "a"]])
+    platform = entry(None, [["t1", "a"], ["t2", "b"]])
+    assert tenant_view(mine, "t1") == mine
+    assert tenant_view(probe, "t1") is None
+    assert tenant_view(platform, "t1") == dict(platform, calls=[["t1", "a"]])
+    assert tenant_view(platform, "t3") is None
+    assert tenant_view(probe, None) == probe

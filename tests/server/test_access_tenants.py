@@ -221,3 +221,31 @@ def test_a_tenant_recorder_records_into_its_tenant_only(
                 channel, P + "Archive/GetCall", pb.GetCallRequest(call=ref(call_id, tenant)), root
             )
             assert o.code == grpc.StatusCode.NOT_FOUND, (tenant, call_id)
+
+
+def test_a_tenant_recorder_asks_decisions_in_its_tenant_only(
+    world: AccessServer, channel: grpc.Channel, identities: MakeIdentity
+) -> None:
+    """Ingest.Decide is scoped like a CallStart: a t1 recorder naming t2 is refused and
+    nothing is decided (stored) in t2; its own tenant is answered."""
+    rec = identities("sidecar-1", "recorder", "t1")
+    start = pb.CallStart(call_id="decide-x", tenant="t2", consent=pb.CONSENT_DECLINED)
+    start.legs.add(name="agent")
+    o = invoke(channel, "/callvault.v1.Ingest/Decide", start, rec)
+    assert o.code == grpc.StatusCode.PERMISSION_DENIED, o.details
+    vault = world.server.vault
+    assert vault.index.get_decision("t2", "decide-x") is None
+    start.tenant = ""
+    o = invoke(channel, "/callvault.v1.Ingest/Decide", start, rec)
+    assert o.code == grpc.StatusCode.OK, o.details
+
+
+def test_health_is_open_without_credentials(channel: grpc.Channel) -> None:
+    """A load balancer's probe carries no token: health answers it (open, as
+    docs/access.md says), where any callvault method is UNAUTHENTICATED."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    o = invoke(channel, "/callvault.v1.Admin/Stats", pb.StatsRequest(), [])
+    assert o.code == grpc.StatusCode.UNAUTHENTICATED

@@ -699,11 +699,14 @@ class Filter:
 
 def tenant_view(doc: dict[str, Any], tenant: str | None) -> dict[str, Any] | None:
     """The entry as an identity of ``tenant`` may see it (None: a platform identity,
-    every entry whole): entries of the tenant's identities and entries touching its
-    calls, other tenants' calls left out; None when it may not see the entry at all."""
+    every entry whole): entries of the tenant's identities, and platform identities'
+    entries touching its calls, other tenants' calls left out; None when it may not
+    see the entry at all. Another tenant's identity naming this tenant's calls (it got
+    NOT_FOUND) stays out: its name, address and reason are the other tenant's."""
     if tenant is None:
         return doc
     calls = [[t, c] for t, c in doc.get("calls", []) if t == tenant]
-    if (doc.get("identity") or {}).get("tenant") != tenant and not calls:
-        return None
-    return dict(doc, calls=calls)
+    caller = (doc.get("identity") or {}).get("tenant")
+    if caller == tenant or (caller is None and calls and doc.get("kind") != "alert"):
+        return dict(doc, calls=calls)
+    return None

@@ -237,7 +237,8 @@ class TokenStore:
         self, name: str, role: str, tenant: str | None, expires_s: int | None = None
     ) -> tuple[str, TokenInfo]:
         """A new token: (its text, shown once; what the store keeps). A name is
-        unique among the tokens neither revoked nor expired."""
+        unique in its tenant (platform tokens: among themselves) among the tokens
+        neither revoked nor expired; another tenant's names are not revealed."""
         check_name(name)
         check_role(role)
         check_tenant(tenant)
@@ -246,7 +247,7 @@ class TokenStore:
         with self._changing() as tokens:
             now = self.now_us()
             for t in tokens.values():
-                if t.name == name and t.state(now) == "active":
+                if t.name == name and t.tenant == tenant and t.state(now) == "active":
                     raise InputError(
                         f"a token named {name} exists (id {t.id}); revoke it first or "
                         "choose another name"

@@ -94,6 +94,9 @@ def authorize(identity: Identity, method: str) -> str | None:
 
 
 AuditSink = Callable[[rpcctx.Rpc, str], None]
+# the caller of a refused RPC whose credentials failed, and of health/reflection
+UNAUTHENTICATED = Identity("(unauthenticated)", "", None, "none")
+ANONYMOUS = Identity("(anonymous)", "", None, "none")
 
 
 class MethodLog:
@@ -174,11 +177,14 @@ class IdentityInterceptor(grpc.ServerInterceptor):
         the request does not parse. Every refusal is audited too."""
         peer = context.peer() or ""
         try:
-            ident = self.auth.identify(context)
+            # health and reflection are open: a load balancer's probe has no token
+            ident = ANONYMOUS if method.startswith(OPEN_PREFIXES) else self.auth.identify(context)
         except Unauthenticated as e:
-            anon = Identity("(unauthenticated)", "", None, "none")
             self._refuse(
-                rpcctx.Rpc(anon, method, peer), context, grpc.StatusCode.UNAUTHENTICATED, str(e)
+                rpcctx.Rpc(UNAUTHENTICATED, method, peer),
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                str(e),
             )
             raise  # not reached: abort raises
         rpc = rpcctx.Rpc(ident, method, peer, reason=_reason(context))

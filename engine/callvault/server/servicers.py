@@ -311,7 +311,7 @@ class IngestServicer(pbg.IngestServicer):
 
     @unary
     def Decide(self, r: pb.CallStart, context: grpc.ServicerContext) -> pb.CallDecision:
-        d, log_index, time_us = self.ingestor.decide(_spec(r))
+        d, log_index, time_us = self.ingestor.decide(_spec(r, _who()))
         return decisions.decision_pb(d, log_index=log_index, time_us=time_us)
 
     @streaming
@@ -332,7 +332,7 @@ class IngestServicer(pbg.IngestServicer):
             yield _mux_reply(events)
 
 
-def _mux_request(item: pb.IngestMux | Undecodable, who: Identity = OPEN) -> list[MuxItem]:
+def _mux_request(item: pb.IngestMux | Undecodable, who: Identity) -> list[MuxItem]:
     if isinstance(item, Undecodable):
         raise InputError(item.message("/callvault.v1.Ingest/RecordCalls"))
     out = []
@@ -378,7 +378,7 @@ def _mux_reply(events: list[MuxEvent]) -> pb.IngestMuxReply:
     return out
 
 
-def _ingest_request(item: pb.IngestRequest | Undecodable, who: Identity = OPEN) -> Request:
+def _ingest_request(item: pb.IngestRequest | Undecodable, who: Identity) -> Request:
     if isinstance(item, Undecodable):
         raise InputError(item.message("/callvault.v1.Ingest/Record"))
     which = item.WhichOneof("msg")
@@ -406,7 +406,7 @@ class RefusedSpec(CallSpec):
         raise AccessDenied(self.refusal)
 
 
-def _spec(s: pb.CallStart, who: Identity = OPEN) -> CallSpec:
+def _spec(s: pb.CallStart, who: Identity) -> CallSpec:
     """The engine's CallSpec of a CallStart; its tenant scoped by the caller: a tenant
     recorder records in its own tenant (an empty tenant is its tenant) and another
     tenant is PERMISSION_DENIED (docs/access.md "Tenants")."""

@@ -527,6 +527,7 @@ class Vault(Export, Verification, Reclaiming):
         leaf of the Merkle log when this returns. A call that has a decision already
         keeps it (returned as stored); one that exists is refused (InputError)."""
         self._writable()
+        self.check_tenant(tenant)  # an erased tenant takes no new decisions either
         if decision.get("recorded", False):
             raise ValueError("a DECISION record is for a call that is not recorded")
         doc = json.dumps(decision, sort_keys=True, separators=(",", ":")).encode()
