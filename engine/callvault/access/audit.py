@@ -244,6 +244,9 @@ class AuditTrail:
         self._sync_lock = threading.Lock()  # one fsync + marker at a time
         self._leaf_lock = threading.Lock()
         self.error = ""  # why the last append or fsync failed (Admin.Stats)
+        # the last append failed: the server serves no audio until one works again
+        # (server/app.py: every access to audio must be in the trail)
+        self.failing = False
         self.alerts = 0  # alert entries appended since open
         self.truncated = 0  # bytes of torn tail cut on open
         directory.mkdir(parents=True, exist_ok=True)
@@ -370,8 +373,12 @@ class AuditTrail:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, self._end)
                 self.error = f"appending audit entry {entry['seq']} failed: {e}"
+                self.failing = True
                 log.error("%s", self.error)
                 return None
+            if self.failing:
+                self.failing = False
+                log.warning("the audit trail is written again (entry %d)", entry["seq"])
             self._end += len(data)
             self.count, self.head = entry["seq"], h
         if self.sync_mode == "always":

@@ -67,6 +67,7 @@ from callvault.vault.compact import Compactor
 
 log = logging.getLogger("callvault.server")
 SERVICES = ("Ingest", "Archive", "Integrity", "Admin")
+AUDIO_PERMISSIONS = ("listen", "export")  # Play; Export and GetBundle
 ACCESS_DIR = "access"  # DATA/access: the token store (docs/format.md 10.1)
 
 
@@ -125,7 +126,10 @@ class Server:
             ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="rpc"),
             interceptors=[
                 IdentityInterceptor(
-                    auth or OpenAuthenticator(), self.methods, on_end=[self.audit.sink]
+                    auth or OpenAuthenticator(),
+                    self.methods,
+                    on_end=[self.audit.sink],
+                    gate=self._audio_gate,
                 )
             ],
             options=[
@@ -174,6 +178,17 @@ class Server:
         self._housekeeper: threading.Thread | None = None
         self._reclaimer: threading.Thread | None = None
         self.reclaim_error = ""  # why the last scheduled reclaim failed (Admin.Stats)
+
+    def _audio_gate(self, method: str) -> str | None:
+        """Every access to audio is audited: while the trail cannot be written (its
+        last append failed), Play, Export and GetBundle are UNAVAILABLE. The refusals'
+        own entries are tried, so the first that is written opens audio again."""
+        if PERMISSIONS.get(method) in AUDIO_PERMISSIONS and self.audit.failing:
+            return (
+                f"the audit trail cannot be written ({self.audit.error}): audio is not "
+                "served until every access to it can be audited; try again later"
+            )
+        return None
 
     def start(self) -> None:
         self.compactor.start()

@@ -132,11 +132,14 @@ class IdentityInterceptor(grpc.ServerInterceptor):
         auth: Authenticator,
         methods: MethodLog,
         on_end: list[AuditSink] | None = None,
+        gate: Callable[[str], str | None] | None = None,
     ) -> None:
         self.auth = auth
         self.methods = methods
         # called with the RPC and its outcome when it ends, allowed or denied
         self.on_end: list[AuditSink] = list(on_end or [])
+        # why an allowed method cannot be served now (UNAVAILABLE), or None
+        self.gate = gate
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
@@ -192,6 +195,9 @@ class IdentityInterceptor(grpc.ServerInterceptor):
         why = authorize(ident, method)
         if why is not None:
             self._refuse(rpc, context, grpc.StatusCode.PERMISSION_DENIED, why)
+        why = self.gate(method) if self.gate is not None else None
+        if why is not None:
+            self._refuse(rpc, context, grpc.StatusCode.UNAVAILABLE, why)
         if isinstance(request, Undecodable):
             self._refuse(rpc, context, grpc.StatusCode.INVALID_ARGUMENT, request.message(method))
         return rpc
