@@ -36,6 +36,7 @@ from tests.server.access_fixtures import (
     request_of,
     serve,
     served,
+    token_for,
 )
 from tests.servers import run_cli
 
@@ -104,7 +105,8 @@ class Counting(
     grpc.StreamStreamClientInterceptor,
 ):
     """Counts every RPC this module's channel starts (the calls made, client side),
-    for the audit trail's count (test_every_call_is_one_audit_entry)."""
+    for the audit trail's count (test_every_call_is_one_audit_entry); the SDK test's
+    calls are added by hand."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -282,6 +284,40 @@ def test_a_qa_plays_audio_and_the_supervisor_listens_live(
     assert info.frames > 100 and sum(c.frames for c in o.replies) == info.frames
     live = d.call(PREFIX + "Archive/Play", d.who("supervisor"), call_id=OPEN_CALL[1])
     assert live.code == grpc.StatusCode.OK, live.details
+
+
+@pytest.mark.parametrize("role", ROLE_COLUMNS)
+def test_the_sdk_with_a_token_of_each_role(role: str, world: AccessServer, tmp_path: Path) -> None:
+    """The SDK's own credential path (``Client(address, token=...)``, as a user runs
+    it) for each role over the SDK's verbs, refused or allowed as the matrix says
+    (without a reason or an approval: those cells are refusals here)."""
+    from callvault_client import Client
+    from callvault_client.errors import CallvaultClientError, PermissionDenied
+
+    name = AGENT if role == "agent" else f"{role}-sdk"
+    token = token_for(name, role, "t1")
+    calls: dict[str, Any] = {
+        "Archive/GetCall": lambda c: c.get_call("own", tenant="t1"),
+        "Archive/Search": lambda c: list(c.search(tenant="t1")),
+        "Archive/Play": lambda c: list(c.play("own", tenant="t1", format="pcm")),
+        "Archive/Export": lambda c: c.export("own", tmp_path / "own.ogg", tenant="t1"),
+        "Integrity/GetCheckpoint": lambda c: c.get_checkpoint(),
+        "Integrity/Verify": lambda c: list(c.verify(["own"], tenant="t1")),
+        "Admin/Stats": lambda c: c.stats(),
+        "Admin/Audit": lambda c: list(c.audit(limit=5)),
+    }
+    with Client(world.address, token=token) as c:
+        for method, call in calls.items():
+            cell = MATRIX[PREFIX + method][1][role]
+            COUNTING.calls += 1  # one RPC, for the audit count (no retry: none is UNAVAILABLE)
+            try:
+                call(c)
+            except PermissionDenied as e:
+                assert cell in ("no", "reason", "approval"), f"{method} as {role}: {e}"
+                continue
+            except CallvaultClientError as e:  # any other refusal is a test failure
+                raise AssertionError(f"{method} as {role} ({cell}): {e}") from e
+            assert cell in ("yes", "own", "sealed"), f"{method} as {role} ({cell}) allowed"
 
 
 def test_every_call_is_one_audit_entry_and_tampering_is_caught(world: AccessServer) -> None:
