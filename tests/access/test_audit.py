@@ -315,3 +315,46 @@ def test_a_tenant_sees_its_identities_and_platform_access_to_its_calls_only() ->
     assert tenant_view(platform, "t1") == dict(platform, calls=[["t1", "a"]])
     assert tenant_view(platform, "t3") is None
     assert tenant_view(probe, None) == probe
+
+
+def test_verify_accounts_for_every_log_leaf(tmp_path: Path) -> None:
+    """Every leaf of the Merkle log is a call's (seal, erasure, transcoding), a decision's, a tenant
+    erasure's or an audit leaf record: `audit verify` is OK on such a vault, and names
+    the leaves left unaccounted when the audit leaf records are removed (what one would
+    do to hide a rewritten trail)."""
+    from callvault_client import Client
+
+    from callvault.media import sample
+    from callvault.media.pipeline import Settings
+    from callvault.server.app import Server
+    from callvault.vault.compact import compact_call
+    from tests.servers import run_cli
+
+    data = tmp_path / "data"
+    capture = tmp_path / "call.pcap"
+    sample.demo_capture(capture, seconds=1.0)
+    with Vault.open(data) as v:
+        for call_id in ("a", "b"):
+            v.import_call(call_id, [str(capture)])
+        v.erase("b", reason="test")
+        v.import_call("c", [str(capture)], tenant="t9")
+        v.erase_tenant("t9", reason="test")
+        v.record_decision("d", {"recorded": False, "rule": "consent"}, tenant="t1")
+        # peak mode: a raw call compacted (a seal leaf, then a transcoding leaf)
+        v.import_call("r", [str(capture)], settings=Settings(store_codec="g711"))
+        compact_call(v, "r")
+    server = Server(Vault.open(data), "127.0.0.1:0")
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{server.port}") as c:
+            c.get_call("a")
+            c.get_checkpoint()  # an audit leaf
+            c.get_call("a")
+    finally:
+        server.stop()  # another audit leaf
+    ok = run_cli("--data", str(data), "audit", "verify")
+    assert "audit trail OK" in ok.stdout and "2 audit leaves checked" in ok.stdout, ok.stdout
+    (data / "audit" / "leaves").unlink()
+    bad = run_cli("--data", str(data), "audit", "verify", ok=False)
+    assert bad.returncode == 1
+    assert bad.stdout.count("nor an audit leaf record") == 2, bad.stdout

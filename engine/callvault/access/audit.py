@@ -546,9 +546,16 @@ class LeafHashes(Protocol):
     def leaf_hash(self, index: int) -> bytes: ...
 
 
-def verify(directory: Path, log_leaves: LeafHashes | None = None) -> Verified:
+def verify(
+    directory: Path,
+    log_leaves: LeafHashes | None = None,
+    claimed: Callable[[], set[int]] | None = None,
+) -> Verified:
     """Check every frame and every link of the trail, the marker, and (with the vault's
-    Merkle log) that each audit leaf in the log matches the trail's head at its count."""
+    Merkle log) that each audit leaf in the log matches the trail's head at its count.
+    With ``claimed`` (the log indices the vault's index accounts for: store.index
+    ``log_leaves``), every other leaf of the log must be one of the trail's leaf
+    records: a leaf record removed (to hide a rewritten trail) is named."""
     out = Verified()
     path = directory / TRAIL_FILE
     try:
@@ -627,7 +634,35 @@ def verify(directory: Path, log_leaves: LeafHashes | None = None) -> Verified:
                 )
             )
         prev = r.count
+    if log_leaves is not None and claimed is not None:
+        out.problems.extend(_unaccounted(log_leaves.size, {r.log_index for r in leaves}, claimed))
     return out
+
+
+def _unaccounted(
+    size: int, audit_leaves: set[int], claimed: Callable[[], set[int]]
+) -> list[Finding]:
+    """The log leaves below ``size`` that are neither the vault's (``claimed``) nor an
+    audit leaf record. A leaf being indexed right now (a server running) is claimed a
+    moment later: what is left is asked once more after a second."""
+    left = set(range(size)) - audit_leaves - claimed()
+    if left:
+        time.sleep(1.0)
+        left -= claimed()
+    return [
+        Finding(
+            0,
+            f"Merkle log leaf {i} is neither a call's, a decision's or a tenant's (the "
+            "index) nor an audit leaf record: an audit leaf record was removed (the "
+            "trail may have been rewritten), or the index lost a leaf (`callvault "
+            "verify --all`)",
+        )
+        for i in sorted(left)[:20]
+    ] + (
+        [Finding(0, f"... and {len(left) - 20} more unaccounted log leaves")]
+        if len(left) > 20
+        else []
+    )
 
 
 POLICY_KEYS = {"sync", "sync_interval_ms", "anomaly"}

@@ -108,6 +108,7 @@ def _audit_dir(args: argparse.Namespace) -> Path:
 def _verify(args: argparse.Namespace) -> int:
     from callvault.access import audit
     from callvault.integrity.log import MerkleLog
+    from callvault.store.index import Index
 
     if args.server:
         raise CallvaultError(
@@ -117,8 +118,20 @@ def _verify(args: argparse.Namespace) -> int:
     directory = _audit_dir(args)
     log_dir = Path(args.data) / "log"
     if (log_dir / "tree").exists():
+        index_dir = Path(args.data) / "index"
+
+        def claimed() -> set[int]:
+            # a read-only index sees the index as it is when opened: opened per ask
+            if not (index_dir / "CURRENT").exists():
+                return set()
+            idx = Index(index_dir, read_only=True)
+            try:
+                return idx.log_leaves()
+            finally:
+                idx.close()
+
         with MerkleLog.open(log_dir, read_only=True) as lg:
-            result = audit.verify(directory, lg)
+            result = audit.verify(directory, lg, claimed)
     else:
         result = audit.verify(directory, None)
     if args.json:

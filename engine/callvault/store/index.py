@@ -509,6 +509,31 @@ class Index:
             it.next()
         return out
 
+    def log_leaves(self) -> set[int]:
+        """Every Merkle log index the index accounts for: calls' seal, erasure and
+        transcoding leaves, decisions' leaves and tenant erasures' leaves (the audit
+        trail keeps its own: access.audit ``verify`` accounts for the whole log)."""
+        out: set[int] = set()
+        it = self._views["calls"].iter()
+        it.seek_to_first()
+        while it.valid():
+            e = CallEntry.unpack(it.value())
+            out.update(i for i in (e.log_index, e.erase_log_index, e.transcode_log_index) if i >= 0)
+            it.next()
+        it = self._db.iter()
+        it.seek(DECISION)
+        while it.valid() and it.key().startswith(DECISION):
+            d = DecisionEntry.unpack(it.value())
+            if d.log_index >= 0:
+                out.add(d.log_index)
+            it.next()
+        out.update(
+            int(doc["log_index"])
+            for doc in self.tenant_erasures().values()
+            if int(doc.get("log_index", -1)) >= 0
+        )
+        return out
+
     def call_ids(self, tenant: str) -> list[str]:
         """Every call id of the tenant in the index (all states), in key order."""
         prefix = _s(tenant, "tenant")
