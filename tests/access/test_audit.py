@@ -358,3 +358,22 @@ def test_verify_accounts_for_every_log_leaf(tmp_path: Path) -> None:
     bad = run_cli("--data", str(data), "audit", "verify", ok=False)
     assert bad.returncode == 1
     assert bad.stdout.count("nor an audit leaf record") == 2, bad.stdout
+
+
+def test_an_entry_lists_at_most_max_calls() -> None:
+    """A sidecar's stream starts calls for days: its entry names the first MAX_CALLS
+    and says there were more, once."""
+    from callvault.access import context as rpcctx
+
+    rpc = Rpc(Identity("sidecar", "recorder", "t1", "token:1"), "/x", "ipv4:127.0.0.1:1")
+    rpcctx.begin(rpc)
+    try:
+        for i in range(rpcctx.MAX_CALLS + 5):
+            rpcctx.note_call("t1", f"c{i}")
+            rpcctx.note_call("t1", f"c{i}")  # twice: listed once
+    finally:
+        rpcctx.end()
+    assert len(rpc.calls) == rpcctx.MAX_CALLS and rpc.calls[0] == ("t1", "c0")
+    assert (
+        rpc.detail == f"more than {rpcctx.MAX_CALLS} calls: the first {rpcctx.MAX_CALLS} are listed"
+    )

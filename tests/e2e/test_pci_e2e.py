@@ -197,6 +197,8 @@ def test_live_dtmf_masked_and_digits_withheld(tmp_path: Path, keep_digits: bool)
         if x.strip()
     ]
     details = [(d["method"].rsplit("/", 1)[-1], d.get("detail", "")) for d in trail]
+    # the sidecar's stream names the call it recorded
+    assert any(["default", "d1"] in d["calls"] for d in trail if d["method"].endswith("Calls"))
     kept = [m for m, t in details if "kept by the policy [dtmf] keep_digits" in t]
     shown = [m for m, t in details if "DTMF digits disclosed" in t]
     if keep_digits:

@@ -27,6 +27,7 @@ class Rpc:
     audio_bytes: int = 0  # of audio (or files holding audio) sent
     reason: str = ""  # the caller's stated reason (metadata "callvault-reason")
     detail: str = ""  # e.g. a denial's message, an export request id
+    calls_capped: bool = False  # more than MAX_CALLS calls were noted
 
 
 _current = threading.local()
@@ -52,10 +53,20 @@ def current_identity() -> Identity:
     return rpc.identity
 
 
+# An entry lists at most this many calls (a sidecar's RecordCalls stream records
+# calls for days); beyond it, its detail says so.
+MAX_CALLS = 1000
+
+
 def note_call(tenant: str, call_id: str) -> None:
     rpc = current()
-    if rpc is not None and (tenant, call_id) not in rpc.calls:
+    if rpc is None or (tenant, call_id) in rpc.calls:
+        return
+    if len(rpc.calls) < MAX_CALLS:
         rpc.calls.append((tenant, call_id))
+    elif not rpc.calls_capped:
+        rpc.calls_capped = True
+        note_detail(f"more than {MAX_CALLS} calls: the first {MAX_CALLS} are listed")
 
 
 def note_audio(seconds: float, nbytes: int) -> None:

@@ -417,6 +417,8 @@ def _spec(s: pb.CallStart, who: Identity) -> CallSpec:
         refusal = f"{who.name} records for tenant {who.tenant}, not {s.tenant} (call {s.call_id})"
     elif who.tenant is None:
         tenant = s.tenant  # as before: empty is "default", checked by the ingestor
+    if not refusal:  # the stream's audit entry names the calls it started
+        rpcctx.note_call(tenant or "default", s.call_id)
     legs = tuple(leg.name for leg in s.legs)
     m = s.meta
     meta: dict[str, Any] = {
