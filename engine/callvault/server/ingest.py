@@ -353,23 +353,32 @@ class LiveCall:
             )
 
     # -- batches -------------------------------------------------------------------------
+    def _admit(self, token: int, seq: int, what: str) -> bool:
+        """Under ``self.lock``: whether item ``seq`` of the call's sequence (a batch,
+        a pause, a resume) is the next to process; False for a resend (processed
+        already). Refuses another stream's token, an expired or sealed call, a
+        failed writer and a gap in the sequence."""
+        self.check_owner(token)
+        if self.expired is not None:
+            raise CallExpired(self.expired)
+        if self.sealed is not None:
+            raise VaultError(f"call {self.spec.call_id} is sealed")
+        if seq < self.next_seq:
+            return False
+        self._check_writable()
+        if seq > self.next_seq:
+            raise OutOfOrder(
+                f"{what} {seq} arrived but batch {self.next_seq} is next (batches are "
+                "sent in order, none skipped)"
+            )
+        return True
+
     def process(self, token: int, batch: LegBatch) -> Future[Ack] | None:
         """Run one batch; returns the future of the last record appended so far (all
         earlier ones resolve before it), or None when nothing is pending."""
         with self.lock:
-            self.check_owner(token)
-            if self.expired is not None:
-                raise CallExpired(self.expired)
-            if self.sealed is not None:
-                raise VaultError(f"call {self.spec.call_id} is sealed")
-            if batch.seq < self.next_seq:
+            if not self._admit(token, batch.seq, "batch"):
                 return self.last_future  # a resend: already processed
-            self._check_writable()
-            if batch.seq > self.next_seq:
-                raise OutOfOrder(
-                    f"batch {batch.seq} arrived but batch {self.next_seq} is "
-                    "next (batches are sent in order, none skipped)"
-                )
             if self.pipes is None:
                 first_us = batch.first_sample_us()
                 if self.writer is None and self.start_us:
@@ -421,19 +430,8 @@ class LiveCall:
         """An Ingest Pause or Resume, in seq order with the batches (a resend is
         skipped, a gap refused); returns as ``process``."""
         with self.lock:
-            self.check_owner(token)
-            if self.expired is not None:
-                raise CallExpired(self.expired)
-            if self.sealed is not None:
-                raise VaultError(f"call {self.spec.call_id} is sealed")
-            if ctl.seq < self.next_seq:
+            if not self._admit(token, ctl.seq, "pause" if ctl.pause else "resume"):
                 return self.last_future  # a resend: already processed
-            self._check_writable()
-            if ctl.seq > self.next_seq:
-                raise OutOfOrder(
-                    f"{'pause' if ctl.pause else 'resume'} {ctl.seq} arrived but batch "
-                    f"{self.next_seq} is next (batches are sent in order, none skipped)"
-                )
             if ctl.at_us < 0:
                 raise InputError(f"{'pause' if ctl.pause else 'resume'} at_us is negative")
             at = ctl.at_us or self.last_arrival_us or self.start_us
