@@ -151,10 +151,3 @@ def request_of(method: str) -> Any:
     service, name = method.rsplit("/", 2)[1:]
     md = pb.DESCRIPTOR.services_by_name[service.rsplit(".", 1)[1]].methods_by_name[name]
     return message_factory.GetMessageClass(md.input_type)()
-
-
-def served(method: str) -> bool:
-    """Whether this build's proto has ``method``."""
-    service, name = method.rsplit("/", 2)[1:]
-    svc = pb.DESCRIPTOR.services_by_name.get(service.rsplit(".", 1)[1])
-    return svc is not None and name in svc.methods_by_name
