@@ -18,6 +18,7 @@ from callvault.errors import CallvaultError
 
 CHAIN_LINK = b"\x02"  # role prefix of chain links (and the genesis)
 SEAL = b"\x03"  # role prefix of call seals
+LIFECYCLE_LINK = b"\x04"  # role prefix of lifecycle links (docs/format.md 8.14)
 GENESIS_TAG = b"callvault-chain-v1"
 MAX_ID = 255  # tenant and call id are length-prefixed with one byte
 
@@ -55,6 +56,19 @@ def link(previous: bytes, index: int, record: bytes) -> bytes:
 def seal(head: bytes, count: int, manifest: bytes) -> bytes:
     return hashlib.sha256(
         SEAL + head + struct.pack(">I", count) + hashlib.sha256(manifest).digest()
+    ).digest()
+
+
+def lifecycle_link(previous: bytes, seq: int, record: bytes) -> bytes:
+    """The call's lifecycle head after its ``seq``-th LIFECYCLE record (seq from 1;
+    ``previous`` is the seal for seq 1, docs/format.md 8.14): the chain of every
+    change made to the call after sealing, anchored on the seal."""
+    if len(previous) != 32:
+        raise ValueError("a lifecycle link is 32 bytes")
+    if seq < 1:
+        raise ValueError("lifecycle records count from 1")
+    return hashlib.sha256(
+        LIFECYCLE_LINK + previous + struct.pack(">I", seq) + hashlib.sha256(record).digest()
     ).digest()
 
 

@@ -16,6 +16,7 @@ LEAF_TAG = b"callvault-leaf-v1"
 LEAF_SEAL, LEAF_ERASE, LEAF_TRANSCODE, LEAF_AUDIT = 1, 2, 3, 4
 LEAF_DECISION = 5  # a call not recorded (docs/format.md 8.13)
 LEAF_TENANT_ERASE = 6  # a whole tenant erased (docs/format.md 8.6)
+LEAF_LIFECYCLE = 7  # a change to a sealed call: tags, retention, hold... (docs/format.md 8.14)
 
 
 def leaf_data(kind: int, tenant: str, call_id: str, value: bytes, time_us: int) -> bytes:
@@ -63,3 +64,12 @@ def decision_leaf(tenant: str, call_id: str, doc: bytes, time_us: int) -> bytes:
     """The decision leaf (kind 5, docs/format.md 8.13): the call was not recorded, for
     the reasons in ``doc`` (the DECISION record's canonical JSON), at ``time_us``."""
     return leaf_data(LEAF_DECISION, tenant, call_id, hashlib.sha256(doc).digest(), time_us)
+
+
+def lifecycle_leaf(tenant: str, call_id: str, link: bytes, time_us: int) -> bytes:
+    """The leaf of a LIFECYCLE record (kind 7, docs/format.md 8.14): the call's
+    lifecycle chain link after the record (which commits to every change since the
+    seal, and to the seal), at the record's time."""
+    if len(link) != 32:
+        raise ValueError("a lifecycle link is 32 bytes")
+    return leaf_data(LEAF_LIFECYCLE, tenant, call_id, link, time_us)

@@ -54,6 +54,7 @@ from callvault.lifecycle.rules import RecordingPolicy
 from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits, dtmf_settings
 from callvault.server.interceptors import PERMISSIONS, IdentityInterceptor, MethodLog
+from callvault.server.lifecycle import LifecycleServicer
 from callvault.server.servicers import (
     AdminServicer,
     ArchiveServicer,
@@ -66,7 +67,7 @@ from callvault.vault import Vault
 from callvault.vault.compact import Compactor
 
 log = logging.getLogger("callvault.server")
-SERVICES = ("Ingest", "Archive", "Integrity", "Admin")
+SERVICES = ("Ingest", "Archive", "Integrity", "Admin", "Lifecycle")
 AUDIO_PERMISSIONS = ("listen", "export")  # Play; Export and GetBundle
 ACCESS_DIR = "access"  # DATA/access: the token store (docs/format.md 10.1)
 
@@ -150,6 +151,8 @@ class Server:
         admin.compactor = self.compactor
         admin.audit = self.audit
         pbg.add_AdminServicer_to_server(admin, self.grpc)
+        self.lifecycle = LifecycleServicer(vault, c, self)
+        pbg.add_LifecycleServicer_to_server(self.lifecycle, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
         reflection.enable_server_reflection(

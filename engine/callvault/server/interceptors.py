@@ -58,6 +58,17 @@ PERMISSIONS: dict[str, str] = {
     "/callvault.v1.Admin/RevokeToken": "tokens",
     "/callvault.v1.Admin/Audit": "audit",
     "/callvault.v1.Admin/EraseTenant": "tenants",  # platform identities only (servicer)
+    "/callvault.v1.Lifecycle/Tag": "tag",
+    "/callvault.v1.Lifecycle/GetPolicy": "policy-read",
+    "/callvault.v1.Lifecycle/ApplyPolicy": "policy",  # platform identities only
+    "/callvault.v1.Lifecycle/PlaceHold": "hold",
+    "/callvault.v1.Lifecycle/RequestRelease": "hold",
+    "/callvault.v1.Lifecycle/ApproveRelease": "hold",
+    "/callvault.v1.Lifecycle/ListHolds": "holds-list",
+    "/callvault.v1.Lifecycle/PlanDisposal": "dispose-plan",
+    "/callvault.v1.Lifecycle/Dispose": "dispose",
+    "/callvault.v1.Lifecycle/EraseSubject": "erase-subject",
+    "/callvault.v1.Lifecycle/ArchiveRun": "maintain",  # platform identities only
 }
 # Health and reflection are open to every caller. The Sidecar service is not served
 # here: the sidecar's control API has its own tokens (docs/access.md).
@@ -70,13 +81,27 @@ ALL = frozenset(PERMISSIONS.values())
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "recorder": frozenset({"record"}),
     "agent": frozenset({"metadata"}),  # own calls only (policy.visible)
-    "qa": frozenset({"metadata", "listen"}),  # sealed calls only (policy.check)
-    "supervisor": frozenset({"metadata", "listen"}),  # live too
+    "qa": frozenset({"metadata", "listen", "tag"}),  # sealed calls only (policy.check)
+    "supervisor": frozenset({"metadata", "listen", "tag"}),  # live too
     "legal": frozenset(
-        {"metadata", "listen", "export", "export-request", "export-approve", "export-list"}
+        {
+            "metadata",
+            "listen",
+            "export",
+            "export-request",
+            "export-approve",
+            "export-list",
+            "tag",
+            "hold",
+            "holds-list",
+            "policy-read",
+            "dispose-plan",
+        }
     ),
-    "it": frozenset({"metadata", "stats"}),  # never audio
-    "auditor": frozenset({"proofs", "audit", "export-list"}),
+    "it": frozenset({"metadata", "stats", "policy-read", "dispose-plan"}),  # never audio
+    "auditor": frozenset(
+        {"proofs", "audit", "export-list", "holds-list", "policy-read", "dispose-plan"}
+    ),
     "admin": ALL,  # audio only with a reason (policy.check)
 }
 

@@ -218,7 +218,19 @@ def _format(value: int, allowed: tuple[int, ...], why: str) -> int:
     return fmt
 
 
-POLICY_SECTIONS = ("recording", "regions", "dtmf", "audit", "access")
+POLICY_SECTIONS = (
+    "recording",
+    "regions",
+    "dtmf",
+    "audit",
+    "access",
+    # issue 12 (docs/policy.md): retention rules, the sweeper, the archive, watermarks
+    "policy",
+    "disposal",
+    "archive",
+    "capacity",
+    "subject",
+)
 
 
 class Config:

@@ -138,6 +138,12 @@ class RecordEntry:
         return cls(*RECORD.unpack(raw))
 
 
+# what a LIFECYCLE record may set in a call entry (docs/format.md 8.14)
+LIFECYCLE_FIELDS = frozenset(
+    {"tags", "retention", "holds", "archive", "local", "disposal", "pending_erase"}
+)
+
+
 @dataclass
 class CallEntry:
     """What the index keeps of a call (the customer number only as ciphertext)."""
@@ -180,6 +186,22 @@ class CallEntry:
     # the recording policy's decision (the OPEN record's "decision", docs/format.md
     # 8.13): recorded, rule, reason, region, consent; None: recorded before decisions
     decision: dict[str, Any] | None = None
+    # lifecycle (docs/format.md 8.14): set by the manifest (retention at seal) and the
+    # call's LIFECYCLE records, each of which may set any of LIFECYCLE_FIELDS
+    # retention end: {"until_us", "rule", "mode" ("compliance"|"governance"|"default"),
+    # "set_us"}; None: no policy applied, kept until one does
+    retention: dict[str, Any] | None = None
+    # legal holds by name: {"placed_us", "by", "reason", "release"?: the pending request}
+    holds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lifecycle_count: int = 0  # LIFECYCLE records indexed
+    lifecycle_head: str = ""  # hex: the lifecycle chain's head ("" before the first)
+    lifecycle_leaves: list[int] = field(default_factory=list)  # their Merkle log leaves
+    archive: dict[str, Any] | None = None  # the call's archive object, once archived
+    local: bool = True  # False once the local copy of the audio was let go of (archived)
+    disposal: dict[str, Any] | None = None  # the disposition that ended the call
+    # an erasure asked for while the call was held or retained: {"requested_us", "by",
+    # "reason"}; carried out once nothing keeps the call (docs/policy.md)
+    pending_erase: dict[str, Any] | None = None
 
     def pack(self) -> bytes:
         # vars(), not asdict(): asdict deep-copies, and this runs once per call per group
@@ -519,6 +541,7 @@ class Index:
         while it.valid():
             e = CallEntry.unpack(it.value())
             out.update(i for i in (e.log_index, e.erase_log_index, e.transcode_log_index) if i >= 0)
+            out.update(e.lifecycle_leaves)
             it.next()
         it = self._db.iter()
         it.seek(DECISION)

@@ -25,6 +25,8 @@ OPEN, AUDIO, SEAL, ERASE, TRANSCODE = 1, 2, 3, 4, 5
 TENANT_ERASE = 7
 # a call the recording policy did not record (docs/format.md 8.13): metadata only
 DECISION = 6
+# a change to a sealed call (tags, retention, holds, archive, disposal): docs/format.md 8.14
+LIFECYCLE = 8
 CODEC_OPUS = 1  # Opus, 8 kHz input, 20 ms frames, one packet per frame
 # G.711 as the wire carried it (peak mode, docs/format.md 8.5): 160 bytes per 20 ms frame
 CODEC_PCMU = 2  # G.711 mu-law
@@ -39,6 +41,7 @@ NAMES = {
     TRANSCODE: "transcode",
     TENANT_ERASE: "tenant erase",
     DECISION: "decision",
+    LIFECYCLE: "lifecycle",
 }
 
 
@@ -200,6 +203,12 @@ def decision_body(tenant: str, call_id: str, *, time_us: int, doc: bytes) -> byt
     return header(tenant, call_id) + _U64.pack(time_us) + doc
 
 
+def lifecycle_body(tenant: str, call_id: str, *, time_us: int, doc: bytes) -> bytes:
+    """LIFECYCLE: one change to a sealed call, chained after its seal; ``doc`` the
+    change (canonical JSON, docs/format.md 8.14)."""
+    return header(tenant, call_id) + _U64.pack(time_us) + doc
+
+
 def parse(rtype: int, raw: bytes) -> Body:
     """Parse a body of the given record type; FormatError when malformed."""
     try:
@@ -227,7 +236,7 @@ def parse(rtype: int, raw: bytes) -> Body:
         elif rtype in (ERASE, TENANT_ERASE):
             (b.time_us,) = _U64.unpack_from(raw, pos)
             b.reason = raw[pos + 8 :].decode()
-        elif rtype in (TRANSCODE, DECISION):
+        elif rtype in (TRANSCODE, DECISION, LIFECYCLE):
             (b.time_us,) = _U64.unpack_from(raw, pos)
             b.doc = raw[pos + 8 :]
             json.loads(b.doc)

@@ -29,6 +29,7 @@ from callvault.vault.common import (
     VaultUnwritable,
 )
 from callvault.vault.core import CallWriter, Vault
+from callvault.vault.lifecycle import Retained
 
 __all__ = [
     "FRAMES_PER_RECORD",
@@ -39,6 +40,7 @@ __all__ = [
     "OpenReport",
     "Problem",
     "Replay",
+    "Retained",
     "Vault",
     "VaultBusy",
     "VaultError",

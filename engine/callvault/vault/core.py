@@ -76,6 +76,7 @@ from callvault.vault.keys import (
     has_vault_data,
     open_key_file,
 )
+from callvault.vault.lifecycle import Lifecycle, Retained
 from callvault.vault.reclaim import Reclaiming
 from callvault.vault.recovery import settle_index_swap
 from callvault.vault.verify import Verification
@@ -247,7 +248,7 @@ class CallWriter:
         return seal
 
 
-class Vault(Export, Verification, Reclaiming):
+class Vault(Export, Verification, Reclaiming, Lifecycle):
     """The embedded engine on one data directory. Use ``Vault.open(path)``.
 
     Its parts, each a module of this package: indexing and recovery
@@ -286,6 +287,11 @@ class Vault(Export, Verification, Reclaiming):
         self._gaps = {}
         self._reclaim_lock = threading.Lock()
         self._decision_lock = threading.Lock()
+        self._lifecycle_lock = threading.Lock()
+        self.after_change = []  # hooks after each lifecycle change (vault/lifecycle.py)
+        # the retention end of a call being sealed, kept in its manifest (docs/format.md
+        # 8.14): set by callvault.lifecycle from the stored policy; None: no policy
+        self.retention_at_seal: Callable[[CallEntry, int], dict[str, Any] | None] | None = None
         self._reclaimed_last = None
         self.report = OpenReport()
         self._segment_bytes = segment_bytes
@@ -595,8 +601,8 @@ class Vault(Export, Verification, Reclaiming):
         }
         if raw:  # peak mode: G.711 records (each says its law), no encoder delay
             codec = {"name": "g711", "sample_rate": SAMPLE_RATE, "frame_ms": FRAME_MS}
-        doc = {
-            "version": 1,
+        doc: dict[str, Any] = {
+            "version": 2,
             "tenant": e.tenant,
             "call_id": e.call_id,
             "start_us": e.start_us,
@@ -614,6 +620,16 @@ class Vault(Export, Verification, Reclaiming):
         }
         if unsupported_codec is not None:  # only then: other manifests stay as they were
             doc["unsupported_codec"] = unsupported_codec
+        # version 2: every metadata field is sealed (docs/format.md 8.5, 8.14)
+        doc["extra"] = e.extra
+        if e.recording_id is not None:
+            doc["recording_id"] = e.recording_id
+        if e.decision is not None:
+            doc["decision"] = e.decision
+        hook = self.retention_at_seal
+        retention = hook(e, end_us) if hook is not None else None
+        if retention is not None:
+            doc["retention"] = retention
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     def import_call(
@@ -647,10 +663,19 @@ class Vault(Export, Verification, Reclaiming):
         assert entry is not None
         return entry, seal
 
-    def erase(self, call_id: str, *, reason: str, tenant: str = "default") -> None:
+    def erase(
+        self,
+        call_id: str,
+        *,
+        reason: str,
+        tenant: str = "default",
+        override_governance: bool = False,
+    ) -> None:
         """Crypto-shred a sealed call: its key is destroyed, a tombstone and a log leaf
         stay; its audio records are dead (the index lets go of them, a reclaim frees
-        them: docs/format.md 8.11)."""
+        them: docs/format.md 8.11). Refused (Retained) for a call under a legal hold or
+        a retention end in the future (compliance: always; governance: unless
+        ``override_governance``, an admin with a reason): docs/policy.md."""
         self._writable()
         e = self.get_call(call_id, tenant=tenant)
         if e.state == "erased":
@@ -658,6 +683,7 @@ class Vault(Export, Verification, Reclaiming):
         if e.state != "sealed" or (tenant, call_id) in self._open:
             raise VaultError(f"call {call_id} is still being recorded: seal it, then erase it")
         check_erase_reason(reason)
+        self.check_erasable(e, override_governance=override_governance)
         body = rec.erase_body(tenant, call_id, time_us=now_us(), reason=reason)
         # The commit point is the ERASE record acknowledged: durable, indexed (and its
         # log leaf synced); only then is the call's key file deleted (_index_committed).
@@ -719,11 +745,25 @@ class Vault(Export, Verification, Reclaiming):
                     f"tenant {tenant} has {len(recording)} call(s) being recorded "
                     f"({', '.join(recording[:3])}): stop them, then erase the tenant"
                 )
-            live = sum(
-                1
+            entries = [
+                e
                 for c in self.index.call_ids(tenant)
                 if (e := self.index.get_call(tenant, c)) is not None and e.state != "erased"
-            )
+            ]
+            # a held or compliance-retained call outlives its tenant's erasure (a platform
+            # admin's, with a reason: governance retention gives way)
+            kept = [
+                why
+                for e in entries
+                if (why := self.retained(e, override_governance=True)) is not None
+            ]
+            if kept:
+                raise Retained(
+                    f"tenant {tenant} has {len(kept)} call(s) that may not be erased now: "
+                    + "; ".join(kept[:3])
+                    + (f"; and {len(kept) - 3} more" if len(kept) > 3 else "")
+                )
+            live = len(entries)
             body = rec.tenant_erase_body(tenant, time_us=now_us(), reason=reason)
             try:
                 self._writer.append(rec.TENANT_ERASE, body).result()

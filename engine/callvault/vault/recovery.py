@@ -23,12 +23,14 @@ from callvault.integrity.leaves import (
     LEAF_SEAL,
     decision_leaf,
     leaf_data,
+    lifecycle_leaf,
     tenant_erase_leaf,
     transcode_leaf,
 )
 from callvault.store import records as rec
 from callvault.store.index import Batch, CallEntry, DecisionEntry, Index, RecordEntry
 from callvault.store.segment import Committed, RecordRef, SegmentReader, StoreError, recover
+from callvault.vault import lifecycle as vlife
 from callvault.vault.common import Replay, VaultError
 from callvault.vault.keys import crash_point
 from callvault.vault.state import VaultState
@@ -342,6 +344,8 @@ class Indexing(VaultState):
                 f"{rec.NAMES[rtype]} record of unknown call {b.call_id} "
                 f"at segment {ref.segment} offset {ref.offset}"
             )
+        if rtype == rec.LIFECYCLE:
+            return self._apply_lifecycle(batch, e, ref, b)
         if rtype in (rec.AUDIO, rec.TRANSCODE) and e.state != "open" and e.storage == "raw":
             return self._apply_compaction(batch, e, ref, b)
         if e.state != "open" and rtype != rec.ERASE:
@@ -384,6 +388,8 @@ class Indexing(VaultState):
             e.manifest_ref = (ref.segment, ref.offset, ref.length)
             doc = json.loads(b.manifest)
             e.unsupported_codec = doc.get("unsupported_codec")
+            ret = doc.get("retention")  # manifest version 2: the retention end at seal
+            e.retention = ret if isinstance(ret, dict) else None
             if (doc.get("codec") or {}).get("name") == "g711":
                 e.storage = "raw"  # peak mode: the compactor turns it into Opus later
                 e.compact_next = max(e.compact_next, b.count)
@@ -410,6 +416,49 @@ class Indexing(VaultState):
             )
             return True
         return False
+
+    def _apply_lifecycle(self, batch: Batch, e: CallEntry, ref: RecordRef, b: rec.Body) -> bool:
+        """A change to a sealed call (docs/format.md 8.14): checked to follow the call's
+        lifecycle chain (its number and previous link), applied to the entry, its leaf
+        (kind 7) appended. A record letting go of the local audio (``local`` False)
+        makes the call's audio records dead, as an erasure does (its key stays)."""
+        if e.state == "open":
+            raise Replay(ref, f"lifecycle record of call {b.call_id} before its seal")
+        try:
+            doc = json.loads(b.doc)
+            seq = doc.get("seq")
+            if not isinstance(doc, dict) or not isinstance(seq, int):
+                raise ValueError("not a lifecycle document")
+        except ValueError as err:
+            raise StoreError(
+                f"lifecycle record of call {b.call_id} at segment {ref.segment} offset "
+                f"{ref.offset}: {err}"
+            ) from err
+        if seq != e.lifecycle_count + 1 or doc.get("prev") != (e.lifecycle_head or e.seal):
+            raise Replay(
+                ref,
+                f"lifecycle record {seq} of call {b.call_id} where record "
+                f"{e.lifecycle_count + 1} after link {(e.lifecycle_head or e.seal)[:16]}... "
+                "comes next",
+            )
+        link = vlife.link_of(e, b.raw, seq)
+        try:
+            drop = vlife.apply(e, doc)
+        except (ValueError, TypeError) as err:
+            raise StoreError(
+                f"lifecycle record {seq} of call {b.call_id} at segment {ref.segment} "
+                f"offset {ref.offset}: {err}"
+            ) from err
+        e.lifecycle_count = seq
+        e.lifecycle_head = link
+        e.lifecycle_leaves.append(
+            self._log_leaf(
+                batch, lifecycle_leaf(b.tenant, b.call_id, bytes.fromhex(link), b.time_us)
+            )
+        )
+        if drop and e.state != "erased":
+            self._drop_erased_audio(batch, e)  # the archive holds it (key kept)
+        return True
 
     def _apply_tenant_erase(
         self,

@@ -1,0 +1,51 @@
+"""The Lifecycle service (issue 12; docs/policy.md, proto/callvault/v1 "Lifecycle").
+
+One servicer made of one part per concern, each in its own module (lc_*.py: tags,
+policy, holds, disposal, erasure by subject, archive). A method no part implements
+answers UNIMPLEMENTED (the generated base class). The parts share ``LifecycleBase``:
+the vault, the settings, the running server.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from callvault_client._pb import callvault_pb2 as pb
+from callvault_client._pb import callvault_pb2_grpc as pbg
+
+from callvault.access.context import current_identity
+from callvault.vault import Vault
+
+if TYPE_CHECKING:
+    from callvault.server.servicers import Config
+
+
+class LifecycleBase:
+    def __init__(self, vault: Vault, config: Config, server: Any = None) -> None:
+        self.vault = vault
+        self.config = config
+        self.server = server  # the app.Server (its scheduler, ingestor, audit trail)
+
+    # Until a part implements them: the platform-only methods refuse tenant identities
+    # first (docs/access.md), then answer UNIMPLEMENTED.
+    def _unimplemented_platform(self, context: grpc.ServicerContext, what: str) -> Any:
+        who = current_identity()
+        if who.tenant is not None:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{who.name} belongs to tenant {who.tenant}: {what} acts on every tenant",
+            )
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented yet")
+
+    def ApplyPolicy(self, r: pb.ApplyPolicyRequest, context: grpc.ServicerContext) -> pb.PolicyInfo:
+        return self._unimplemented_platform(context, "applying a policy")
+
+    def ArchiveRun(
+        self, r: pb.ArchiveRunRequest, context: grpc.ServicerContext
+    ) -> pb.ArchiveRunReply:
+        return self._unimplemented_platform(context, "an archive run")
+
+
+class LifecycleServicer(LifecycleBase, pbg.LifecycleServicer):  # parts go first
+    """Lifecycle: the parts (lc_*.py mixins) come before the generated base."""
