@@ -34,7 +34,7 @@ def vault(tmp_path: Path, capture: Path) -> Iterator[Vault]:
     with Vault.open(tmp_path / "data") as v:
         for call_id in ("a", "b", "c"):
             v.import_call(call_id, [str(capture)], tenant="t1")
-        v.clock = lambda: T0  # type: ignore[method-assign]
+        v.clock = lambda: T0
         yield v
 
 
@@ -145,7 +145,7 @@ def test_release_waits_for_retention_then_sweeper_carries_out(vault: Vault) -> N
     e = vault.get_call("a", tenant="t1")
     assert e.state == "sealed" and e.pending_erase and not e.holds
     assert "compliance retention" in str(holds.carry_out_pending(vault, e))
-    vault.clock = lambda: until + 1  # type: ignore[method-assign]
+    vault.clock = lambda: until + 1
     assert holds.carry_out_pending(vault, e) is None
     assert vault.get_call("a", tenant="t1").state == "erased"
 

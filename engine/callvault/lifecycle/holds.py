@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from callvault.errors import InputError
 from callvault.store.index import CallEntry
@@ -436,7 +436,7 @@ def holds_of(vault: Vault, *, tenant: str | None = None, name: str | None = None
                     "pending_erase": bool(e.pending_erase),
                 }
             )
-    holds = [
+    holds: list[dict[str, Any]] = [
         {
             "name": n,
             "calls": sorted(calls, key=lambda c: (c["tenant"], c["call_id"])),
@@ -456,7 +456,13 @@ def holds_of(vault: Vault, *, tenant: str | None = None, name: str | None = None
     }
 
 
-def counts(vault: Vault, *, tenant: str | None = None) -> dict[str, int]:
+class Counts(TypedDict):
+    held_calls: int
+    holds: int
+    pending_releases: int
+
+
+def counts(vault: Vault, *, tenant: str | None = None) -> Counts:
     """StatsReply 87-89: held calls, holds placed, releases awaiting approval."""
     held = placed = pending = 0
     for e in _entries(vault, tenant):
