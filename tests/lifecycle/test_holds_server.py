@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -77,7 +78,7 @@ def call(s: AccessServer, method: str, request: object, md: Metadata) -> Outcome
         return invoke(ch, method, request, md)
 
 
-def ok(o: Outcome) -> object:
+def ok(o: Outcome) -> Any:
     assert o.code == grpc.StatusCode.OK, f"{o.code.name}: {o.details}"
     return o.replies[0]
 
