@@ -61,7 +61,7 @@ def test_place_request_approve_by_another(vault: Vault) -> None:
         with pytest.raises(holds.DualControl, match="requested by alice"):
             holds.approve_release(vault, "a", tenant="t1", name="CASE-17", by=same)
     assert "CASE-17" in vault.get_call("a", tenant="t1").holds
-    # the same name in another tenant is another identity
+    # another identity approves
     done = holds.approve_release(vault, "a", tenant="t1", name="CASE-17", by=BOB)
     assert done.changed and not done.erased and done.note == "hold CASE-17 released"
     e = vault.get_call("a", tenant="t1")

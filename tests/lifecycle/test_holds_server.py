@@ -124,9 +124,15 @@ def test_dual_control_over_grpc(server: AccessServer, identities: MakeIdentity) 
     assert info.state == "erased" and info.erase_reason == "DSAR 9" and not info.holds
     info = ok(call(server, "/callvault.v1.Archive/GetCall", pb.GetCallRequest(call=ref("b")), a))
     assert [h.name for h in info.holds] == ["CASE-17"] and not info.erase_pending
-    # a hold on the erased call: refused, clearly
+    # a hold on the erased call: refused, clearly; a request stops at it, naming the
+    # calls it changed before
     late = hold(server, "PlaceHold", a, "a", reason="late")
     assert late.code == grpc.StatusCode.FAILED_PRECONDITION and "erased" in late.details
+    part = hold(server, "PlaceHold", a, "c", "a", name="HR-2", reason="late")
+    assert part.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "call a is erased" in part.details and "changed before it: c" in part.details
+    ok(hold(server, "RequestRelease", a, "c", name="HR-2", reason="by mistake"))
+    ok(hold(server, "ApproveRelease", b, "c", name="HR-2"))
     st = ok(call(server, ADMIN + "Stats", pb.StatsRequest(), identities("root", "admin", None)))
     assert (st.held_calls, st.holds, st.pending_releases) == (1, 1, 0)
     lst = json.loads(ok(call(server, LC + "ListHolds", pb.ListHoldsRequest(), a)).json)

@@ -387,7 +387,12 @@ def carry_out_pending(
     if why is not None:
         return why
     reason = str(e.pending_erase.get("reason") or "deferred erasure")
-    vault.erase(e.call_id, reason=reason, tenant=e.tenant, override_governance=override_governance)
+    try:
+        vault.erase(
+            e.call_id, reason=reason, tenant=e.tenant, override_governance=override_governance
+        )
+    except Retained as kept:  # a hold placed meanwhile: it waits for that one
+        return str(kept)
     return None
 
 
