@@ -95,7 +95,10 @@ class Backend(Protocol):
         """The log's signed checkpoint note and its verifier key."""
         ...
 
-    def erase(self, call_id: str, *, tenant: str, reason: str) -> None: ...
+    def erase(self, call_id: str, *, tenant: str, reason: str) -> str | None:
+        """Erase the call; a held one is not erased: its erasure is recorded as
+        deferred, and the sentence saying so is returned (None: erased)."""
+        ...
 
     def reindex(self, progress: Callable[[int], None]) -> int:
         """Rebuild the index; ``progress(records so far)`` where the backend can tell."""

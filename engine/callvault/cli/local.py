@@ -403,8 +403,14 @@ class LocalBackend:
     def checkpoint(self) -> tuple[str, str]:
         return self.vault.checkpoint(), self.vault.signer.verifier_key()
 
-    def erase(self, call_id: str, *, tenant: str, reason: str) -> None:
-        self.vault.erase(call_id, reason=reason, tenant=tenant)
+    def erase(self, call_id: str, *, tenant: str, reason: str) -> str | None:
+        from callvault.cli.holds import local_identity
+        from callvault.lifecycle.holds import erase_or_defer
+
+        done = erase_or_defer(
+            self.vault, call_id, tenant=tenant, reason=reason, by=local_identity()
+        )
+        return None if done.erased else done.message
 
     def reindex(self, progress: Callable[[int], None]) -> int:
         # connect() opened the vault with rebuild_index=True: the index was rebuilt

@@ -11,6 +11,7 @@ from typing import Any
 
 from callvault import __version__, ids
 from callvault.cli import audit, media, sidecar, tenant, tokens, vault, vip
+from callvault.cli import holds as holds_cli
 from callvault.cli import scan as scan_cli
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
@@ -258,7 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-key", action="store_true", help="also print the verifier key (on stderr)"
     )
     v.set_defaults(func=vault.cmd_checkpoint)
-    v = _verb(sub, "erase", "crypto-shred a call (its key is destroyed)")
+    v = _verb(
+        sub,
+        "erase",
+        "crypto-shred a call (its key is destroyed)",
+        "Crypto-shred a call: its key is destroyed, a tombstone and a log leaf stay. A "
+        "call under a legal hold is not erased: the erasure is recorded as deferred and "
+        "carried out when its last hold is released (docs/policy.md 'Legal holds').",
+    )
     v.add_argument("call_id", metavar="CALL_ID", help="the call")
     v.add_argument("--reason", required=True, help="why (kept in the tombstone and the log)")
     v.set_defaults(func=vault.cmd_erase)
@@ -302,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = _verb(sub, "rotate-key", "new master key-encryption key; re-wrap the tenants' keys")
     v.set_defaults(func=vault.cmd_rotate_key)
     tenant.add_parser(sub, _verb)
+    holds_cli.add_parser(sub, _verb)
     v = _verb(
         sub,
         "stats",

@@ -381,7 +381,10 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     with connect(args) as b:
-        b.erase(args.call_id, tenant=args.tenant, reason=args.reason)
+        deferred = b.erase(args.call_id, tenant=args.tenant, reason=args.reason)
+    if deferred:  # held: recorded, carried out at the last release
+        print(f"{args.call_id}: {deferred}")
+        return 0
     print(f"{args.call_id} erased: its key is destroyed, a tombstone and a log leaf remain")
     return 0
 

@@ -68,7 +68,28 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
         info.unsupported_codec.legs.extend(u["legs"])
         info.unsupported_codec.payload_types.extend(u["payload_types"])
         info.unsupported_codec.frames = u["frames"]
+    hold_fields(info, e)
     return info
+
+
+def hold_fields(info: pb.CallInfo, e: CallEntry) -> None:
+    """CallInfo 50-53: the call's legal holds and its deferred erasure."""
+    for name, h in sorted(e.holds.items()):
+        rel = h.get("release") or {}
+        info.holds.add(
+            name=name,
+            placed_us=int(h.get("placed_us") or 0),
+            placed_by=str((h.get("by") or {}).get("name") or ""),
+            reason=str(h.get("reason") or ""),
+            release_requested=bool(rel),
+            release_requested_by=str((rel.get("by") or {}).get("name") or ""),
+            release_requested_us=int(rel.get("requested_us") or 0),
+        )
+    p = e.pending_erase
+    if p and e.state == "sealed":
+        info.erase_pending = True
+        info.erase_pending_reason = str(p.get("reason") or "")
+        info.erase_pending_by = str((p.get("by") or {}).get("name") or "")
 
 
 def call_detail(

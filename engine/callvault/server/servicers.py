@@ -30,6 +30,9 @@ from callvault.access.identity import OPEN, Identity
 from callvault.access.policy import AccessDenied
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
+from callvault.lifecycle.holds import counts as hold_counts
+from callvault.lifecycle.holds import erase_or_defer
+from callvault.lifecycle.holds import identity as by_identity
 from callvault.server import callinfo, decisions, playback
 from callvault.server.callinfo import call_detail, call_info
 from callvault.server.ingest import (
@@ -903,6 +906,7 @@ class AdminServicer(pbg.AdminServicer):
             mux_streams=mux_streams,
             mux_calls=mux_calls,
             **self._audit_stats(),
+            **hold_counts(self.vault),
         )
 
     def _audit_stats(self) -> dict[str, Any]:
@@ -959,6 +963,7 @@ class AdminServicer(pbg.AdminServicer):
             calls=len(calls),
             open_calls=live,
             uptime_s=time.monotonic() - self.started,
+            **hold_counts(self.vault, tenant=tenant),
         )
 
     def _compactor_stats(self) -> dict[str, Any]:
@@ -979,12 +984,21 @@ class AdminServicer(pbg.AdminServicer):
     def Erase(self, r: pb.EraseRequest, context: grpc.ServicerContext) -> pb.EraseReply:
         _ref(r.call)  # the request's shape first, then whether the caller sees the call
         ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
-        _, e = _lookup(self.vault, r.call)
+        who, e = _lookup(self.vault, r.call)
         tenant, call_id = e.tenant, e.call_id
         check_writer(self.vault)
-        self.vault.erase(call_id, reason=r.reason, tenant=tenant)
-        e = self.vault.get_call(call_id, tenant=tenant)
-        return pb.EraseReply(log_index=e.erase_log_index)
+        # a held call: the erasure is recorded as pending, carried out at the last
+        # release (docs/policy.md "Legal holds"); OK with deferred set
+        done = erase_or_defer(
+            self.vault,
+            call_id,
+            tenant=tenant,
+            reason=r.reason,
+            by=by_identity(who.name, who.role, who.tenant, who.via),
+        )
+        if not done.erased:
+            return pb.EraseReply(log_index=done.log_index, deferred=True, deferred_why=done.message)
+        return pb.EraseReply(log_index=done.entry.erase_log_index)
 
     @unary
     def Reindex(self, r: pb.ReindexRequest, context: grpc.ServicerContext) -> pb.ReindexReply:
