@@ -45,7 +45,7 @@ def record(
     keep = v.retention_at_seal
 
     for call_id, ret in calls.items():
-        v.retention_at_seal = lambda e, end, r=ret: r  # type: ignore[misc]
+        v.retention_at_seal = lambda e, end, r=ret: r
         w = v.open_call(call_id, tenant=tenant, legs=["agent", "customer"], agent="ann")
         fs = [
             w.append(leg, first, *packets(call_id, leg, first, PER_RECORD))

@@ -7,6 +7,7 @@ between plan and apply, approval by a second identity, a clock that went back.""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,11 @@ BOB = {"name": "bob", "role": "admin", "tenant": None, "via": "token"}
 
 
 def at(v: Vault, t: int) -> None:
-    v.clock = lambda: t  # type: ignore[method-assign]
+    v.clock = lambda: t
 
 
 @pytest.fixture
-def v(tmp_path: Path) -> Vault:
+def v(tmp_path: Path) -> Iterator[Vault]:
     vault = Vault.open(tmp_path / "data", segment_bytes=SEGMENT_BYTES)
     at(vault, T0)
     record(
@@ -99,8 +100,9 @@ def test_the_report_is_signed_and_verifies_offline(v: Vault, tmp_path: Path) -> 
         disposal.verify_report(tampered(lambda d: d["report"].update(id="dr-" + "0" * 32)), key)
     # another vault's key
     with Vault.open(tmp_path / "other") as other:
-        with pytest.raises(disposal.ReportInvalid, match="no signature by a known key"):
-            disposal.verify_report(text, other.signer.verifier_key())
+        other_key = other.signer.verifier_key()
+    with pytest.raises(disposal.ReportInvalid, match="no signature by a known key"):
+        disposal.verify_report(text, other_key)
     # the status and results beside the body are not signed, and may change
     assert disposal.verify_report(tampered(lambda d: d.update(status="applied")), key)
 

@@ -50,7 +50,7 @@ def state(v: Vault) -> dict[str, Any]:
 
 def make(data: Path) -> dict[str, Any]:
     with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
-        v.clock = lambda: T0  # type: ignore[method-assign]
+        v.clock = lambda: T0
         calls: dict[str, Any] = {}
         for i, c in enumerate(["d1", "k1", "d2", "k2", "d3"]):  # interleaved in segments
             due = c.startswith("d")
@@ -72,7 +72,7 @@ def run_child(data: Path, crash: str, reclaim_crash: str = "") -> subprocess.Com
 
 def check_after(data: Path, before: dict[str, Any], report_id: str, receipted: int = 0) -> None:
     with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
-        v.clock = lambda: NOW  # type: ignore[method-assign]
+        v.clock = lambda: NOW
         assert v.report.replays == [] and v.report.damage == []
         for c in DUE:  # each either untouched, receipted (not erased) or disposed
             e = v.get_call(c)

@@ -22,13 +22,16 @@ earlier than the latest time the vault recorded (``Vault.latest_us``), less
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from callvault.durable import write_atomic
 from callvault.errors import CallvaultError, InputError
@@ -52,6 +55,19 @@ _ID_RE = re.compile(r"dr-[0-9a-f]{32}")
 # kills the process at the n-th time (default first) it reaches the step.
 _CRASH_AT = os.environ.get("CALLVAULT_DISPOSE_CRASH", "")
 _crash_seen: dict[str, int] = {}
+# one disposal at a time in a process (the sweeper, an RPC, a crash's finish): a
+# call is receipted and erased by one of them only
+_LOCK = threading.RLock()
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def run(*args: Any, **kw: Any) -> Any:
+        with _LOCK:
+            return fn(*args, **kw)
+
+    return cast(_F, run)
 
 
 def _crash_point(step: str) -> None:
@@ -363,6 +379,7 @@ def _shred(
     return out
 
 
+@_locked
 def finish(vault: Vault, *, archive: Any = None) -> list[dict[str, Any]]:
     """Calls with a receipt but not erased (a crash between the two): erase them
     (or withdraw the receipt if a hold keeps the call now). Run by every apply and
@@ -381,6 +398,7 @@ def finish(vault: Vault, *, archive: Any = None) -> list[dict[str, Any]]:
     return done
 
 
+@_locked
 def apply(
     vault: Vault,
     report: Report,
@@ -475,6 +493,7 @@ def apply(
     return out
 
 
+@_locked
 def approve(
     vault: Vault,
     report_id: str,
@@ -540,6 +559,7 @@ def pending(vault: Vault) -> list[Report]:
     return [r for r in reports(vault) if r.status == "pending"]
 
 
+@_locked
 def run(
     vault: Vault,
     settings: Settings,

@@ -132,9 +132,9 @@ class Indexing(VaultState):
         """Reindex: the segments' creation times count as times the vault recorded."""
         latest = 0
         for seg in self._reader.segments():
-            with contextlib.suppress(OSError, struct.error):
-                with open(segment_path(self.path / "segments", seg), "rb") as f:
-                    latest = max(latest, FILE_HEADER.unpack(f.read(HEADER_SIZE))[4])
+            path = segment_path(self.path / "segments", seg)
+            with contextlib.suppress(OSError, struct.error), open(path, "rb") as f:
+                latest = max(latest, FILE_HEADER.unpack(f.read(HEADER_SIZE))[4])
         batch = self.index.batch()
         self._note_latest(batch, latest)
         self.index.write(batch)
