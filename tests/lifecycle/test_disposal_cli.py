@@ -6,6 +6,7 @@ command line."""
 
 from __future__ import annotations
 
+import glob
 import json
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from callvault.vault import Vault
 
+from ..servers import start_server
 from .disposal_helpers import DAY_US, SEGMENT_BYTES, child_env, record, retention
 
 pytestmark = pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime")
@@ -126,3 +128,49 @@ def test_approval_by_a_second_identity(data: Path, tmp_path: Path) -> None:
     assert doc["results"]["disposed"] == 1
     info = cv(data, "info", "a", shift="+50d").stdout
     assert "erased" in info
+
+
+def test_a_server_under_faketime_disposes_on_schedule(data: Path, tmp_path: Path) -> None:
+    """A real `callvault serve` 400 days on (faketime), its sweeper every 0.5 s, and
+    the real CLI against it (--server): dry run, the report kept, Admin.Stats."""
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text("reclaim_interval_s = 0\n[disposal]\ninterval_s = 0.5\n")
+    # libfaketime preloaded into the server itself (the `faketime` wrapper would take
+    # the SIGTERM that stops it, and leave the server running)
+    libs = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not libs:
+        pytest.skip("no libfaketime.so.1 under /usr/lib/*/faketime")
+    lib = libs[0]
+    fake = {"LD_PRELOAD": lib, "FAKETIME": "+400d", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    server = start_server(data, args=("--config", str(cfg)), env=fake)
+    faked = ("faketime", "-f", "+400d", sys.executable, "-m", "callvault.cli")
+    try:
+        addr = server.address
+
+        def remote(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+            cmd = [*faked, "--server", addr, *args]
+            env = child_env(FAKETIME_DONT_FAKE_MONOTONIC="1")
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+            assert not ok or p.returncode == 0, p.stdout + p.stderr
+            return p
+
+        deadline = time.monotonic() + 60
+        stats: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            stats = json.loads(remote("stats", "--json").stdout)
+            if stats.get("disposed_calls") == 2:
+                break
+            time.sleep(0.2)
+        assert stats["disposed_calls"] == 2 and stats["disposal_error"] == ""
+        assert int(str(stats["last_disposal_us"])) > (time.time_ns() // 1000) + 399 * DAY_US
+        listed = remote("dispose", "reports").stdout
+        assert "applied" in listed and "2 disposed" in listed
+        assert calls_of(remote("dispose", "--dry-run", "--json").stdout) == []
+        info = remote("info", "a").stdout
+        assert "erased" in info
+        assert remote("verify", "c").returncode == 0
+    finally:
+        assert server.stop() == 0, server.output()
+    # the server's clock went 400 days on; the real one did not: refused
+    back = cv(data, "dispose", "--dry-run", ok=False)
+    assert back.returncode == 1 and "refusing to dispose" in back.stderr

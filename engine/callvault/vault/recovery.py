@@ -125,8 +125,15 @@ class Indexing(VaultState):
         return self._meta_int(LATEST_US)
 
     def _note_latest(self, batch: Batch, t: int) -> None:
-        if t > self.latest_us():
+        # the value last read or written, per index (a reindex opens a new one): one
+        # read of the index per index, not one per group commit
+        seen: tuple[Index, int] | None = getattr(self, "_latest_seen", None)
+        if seen is None or seen[0] is not self.index:
+            seen = (self.index, self.latest_us())
+        if t > seen[1]:
             batch.put_meta(LATEST_US, struct.pack(">Q", t))
+            seen = (self.index, t)
+        self._latest_seen = seen
 
     def _note_segment_times(self) -> None:
         """Reindex: the segments' creation times count as times the vault recorded."""
