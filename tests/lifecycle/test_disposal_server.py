@@ -6,6 +6,8 @@ Admin.Stats 70-73, CallInfo 60-61."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +23,8 @@ from callvault.server.app import Server
 from callvault.server.servicers import Config
 from callvault.vault import Vault
 
-from ..server.access_fixtures import STORE, metadata_of
-from .disposal_helpers import DAY_US, SEGMENT_BYTES, record, retention
+from ..server.access_fixtures import STORE, metadata_of, token_for
+from .disposal_helpers import DAY_US, SEGMENT_BYTES, child_env, record, retention
 
 T0 = 1_900_000_000_000_000
 NOW = T0 + 30 * DAY_US
@@ -164,3 +166,33 @@ def test_a_receipted_call_is_finished_at_start(data: Path) -> None:
 def test_a_bad_disposal_section_stops_the_server(data: Path) -> None:
     with pytest.raises(Exception, match=r"\[disposal\] approval must be true or false"):
         serve(data, disposal={"approval": "yes"})
+
+
+def test_the_cli_over_the_server(
+    approval_server: tuple[Server, pbg.LifecycleStub, pbg.AdminStub],
+) -> None:
+    """`callvault --server ADDR --token T dispose ...`: pending, approve by another."""
+    server, _, _ = approval_server
+    addr = f"127.0.0.1:{server.port}"
+
+    def cli(token: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "callvault.cli", "--server", addr, "--token", token, *args]
+        p = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=120)
+        assert not ok or p.returncode == 0, p.stdout + p.stderr
+        return p
+
+    alice = token_for("alice-dispose", "admin", None)
+    bob = token_for("bob-dispose", "admin", None)
+    dry = json.loads(cli(alice, "dispose", "--dry-run", "--json").stdout)
+    assert dry["status"] == "planned" and [c["call_id"] for c in dry["report"]["calls"]] == [
+        "a",
+        "b",
+    ]
+    out = cli(alice, "dispose").stdout
+    assert "pending approval" in out
+    rid = out.split()[1]
+    same = cli(alice, "dispose", "approve", rid, ok=False)
+    assert same.returncode == 1 and "another identity must approve it" in same.stderr
+    done = cli(bob, "dispose", "approve", rid).stdout
+    assert "disposed 2 call(s), skipped 0" in done and "reclaimed" in done
+    assert f"{rid}  applied" in cli(bob, "dispose", "reports").stdout
