@@ -241,3 +241,24 @@ def test_tenant_scoped_plan(tmp_path: Path) -> None:
         record(v, {"b": retention(T0 + DAY_US)}, tenant="zeta")
         assert ids(disposal.plan(v, T0 + 2 * DAY_US)) == ["a", "b"]
         assert ids(disposal.plan(v, T0 + 2 * DAY_US, tenant="zeta")) == ["b"]
+
+
+def test_a_hold_placed_between_receipt_and_erasure_withdraws_the_receipt(v: Vault) -> None:
+    at(v, T0 + 30 * DAY_US)
+    report = disposal.plan(v, by=ALICE)
+
+    def hold_on_receipt(e: Any, doc: dict[str, Any]) -> None:
+        if doc["op"] == "dispose" and e.call_id == "old2":  # a court order, just then
+            hold = {"CASE-5": {"placed_us": T0, "by": BOB, "reason": "court"}}
+            v.change("old2", op="hold", changes={"holds": hold}, by=BOB, reason="court")
+
+    v.after_change.append(hold_on_receipt)
+    out = disposal.apply(v, report, by=ALICE)
+    r = next(r for r in out["calls"] if r["call_id"] == "old2")
+    assert r["outcome"] == "withdrawn" and "CASE-5" in r["why"]
+    e = entry(v, "old2")
+    assert e.state == "sealed" and e.disposal is None and e.holds
+    assert e.lifecycle_count == 3  # the receipt, the hold, the withdrawal: all chained
+    assert v.verify_call("old2") == [] and len(list(v.read_packets("old2"))) > 0
+    assert entry(v, "old").state == entry(v, "vip").state == "erased"
+    assert disposal.finish(v) == []  # nothing left half-done

@@ -38,7 +38,7 @@ from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
 from callvault.store.index import CallEntry
 from callvault.vault import Vault, VaultError
-from callvault.vault.lifecycle import canonical, utc
+from callvault.vault.lifecycle import Retained, canonical, utc
 
 REPORT_TYPE = "callvault-disposition-report"
 VERSION = 1
@@ -365,12 +365,14 @@ def _cancel(vault: Vault, e: CallEntry, why: str, by: dict[str, Any] | None) -> 
 def _shred(
     vault: Vault, e: CallEntry, reason: str, archive: Any, by: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Erase a call that has its receipt; withdrawn instead if it is kept now."""
-    kept = vault.retained(e)
-    if kept is not None:
+    """Erase a call that has its receipt; withdrawn instead if it is kept now (a
+    hold placed since the receipt: the erasure refuses it, for every caller)."""
+    try:
+        vault.erase(e.call_id, tenant=e.tenant, reason=reason)
+    except Retained as kept:
+        e = vault.get_call(e.call_id, tenant=e.tenant)
         _cancel(vault, e, f"not disposed: {kept}", by)
-        return {"outcome": "withdrawn", "why": kept}
-    vault.erase(e.call_id, tenant=e.tenant, reason=reason)
+        return {"outcome": "withdrawn", "why": str(kept)}
     _crash_point("erased")
     out: dict[str, Any] = {"outcome": "disposed"}
     what = _archive_delete(archive, e)
