@@ -29,7 +29,7 @@ import os
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -106,7 +106,6 @@ class Report:
     status: str = "planned"
     results: dict[str, Any] | None = None
     approved_by: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
