@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from callvault import __version__, ids
-from callvault.cli import audit, media, sidecar, tenant, tokens, vault, vip
+from callvault.cli import audit, dispose, media, sidecar, tenant, tokens, vault, vip
 from callvault.cli import holds as holds_cli
 from callvault.cli import scan as scan_cli
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
@@ -311,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=vault.cmd_rotate_key)
     tenant.add_parser(sub, _verb)
     holds_cli.add_parser(sub, _verb)
+    dispose.add_parser(sub, _verb)
     v = _verb(
         sub,
         "stats",

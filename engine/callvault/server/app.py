@@ -50,10 +50,12 @@ from callvault.access.identity import Authenticator, OpenAuthenticator
 from callvault.access.tokens import TokenStore
 from callvault.durable import write_atomic
 from callvault.errors import InputError
+from callvault.lifecycle import disposal
 from callvault.lifecycle.rules import RecordingPolicy
 from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits, dtmf_settings
 from callvault.server.interceptors import PERMISSIONS, IdentityInterceptor, MethodLog
+from callvault.server.lc_disposal import Disposer, archive_of
 from callvault.server.lifecycle import LifecycleServicer
 from callvault.server.servicers import (
     AdminServicer,
@@ -152,6 +154,14 @@ class Server:
         admin.audit = self.audit
         pbg.add_AdminServicer_to_server(admin, self.grpc)
         self.lifecycle = LifecycleServicer(vault, c, self)
+        # the disposal sweeper (docs/policy.md "Disposal"): a bad [disposal] stops here
+        self.disposer = Disposer(
+            vault,
+            disposal.Settings.parse(c.policy.get("disposal")),
+            archive_of(vault, c.policy.get("archive")),
+        )
+        self.lifecycle.disposer = self.disposer
+        admin.stats_parts.append(self.disposer.stats)
         pbg.add_LifecycleServicer_to_server(self.lifecycle, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
@@ -204,6 +214,7 @@ class Server:
         if self.config.reclaim_interval_s > 0:
             self._reclaimer = threading.Thread(target=self._reclaiming, name="reclaim", daemon=True)
             self._reclaimer.start()
+        self.disposer.start()  # finishes what a crash cut short, then on schedule
 
     def _set_health(self, *, serving: bool) -> None:
         status = (
@@ -280,6 +291,7 @@ class Server:
             self._housekeeper.join()
         if self._reclaimer is not None:  # a run stops after the step it is in
             self._reclaimer.join()
+        self.disposer.stop()  # a disposal running finishes first
         self.health.enter_graceful_shutdown()
         self.ingestor.shutdown(lambda live, e: log.error("call %s: %s", live.spec.call_id, e))
         self.grpc.stop(self.config.shutdown_grace_s).wait()

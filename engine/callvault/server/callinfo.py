@@ -69,6 +69,9 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
         info.unsupported_codec.payload_types.extend(u["payload_types"])
         info.unsupported_codec.frames = u["frames"]
     hold_fields(info, e)
+    if e.disposal:  # disposed at the end of its retention (lifecycle.disposal)
+        info.disposal_report = str(e.disposal.get("report", ""))
+        info.disposed_us = int(e.disposal.get("disposed_us", 0))
     return info
 
 

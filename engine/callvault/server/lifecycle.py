@@ -15,6 +15,7 @@ from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
 from callvault.access.context import current_identity
+from callvault.server.lc_disposal import DisposalPart
 from callvault.server.lc_holds import HoldsPart
 from callvault.vault import Vault
 
@@ -48,5 +49,7 @@ class LifecycleBase:
         return self._unimplemented_platform(context, "an archive run")
 
 
-class LifecycleServicer(HoldsPart, LifecycleBase, pbg.LifecycleServicer):  # parts go first
+class LifecycleServicer(  # the parts go first
+    HoldsPart, DisposalPart, LifecycleBase, pbg.LifecycleServicer
+):
     """Lifecycle: the parts (lc_*.py mixins) come before the generated base."""

@@ -870,6 +870,8 @@ class AdminServicer(pbg.AdminServicer):
         self.started = time.monotonic()
         self.compactor: Any = None  # vault.compact.Compactor, set by the server (peak mode)
         self.audit: AuditTrail | None = None  # the server's audit trail (access.audit)
+        # more StatsReply fields, each part's (e.g. the disposal sweeper's, 70-74)
+        self.stats_parts: list[Callable[[], dict[str, Any]]] = []
 
     @unary
     def Stats(self, r: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsReply:
@@ -907,6 +909,7 @@ class AdminServicer(pbg.AdminServicer):
             mux_calls=mux_calls,
             **self._audit_stats(),
             **hold_counts(self.vault),
+            **{k: v for part in self.stats_parts for k, v in part().items()},
         )
 
     def _audit_stats(self) -> dict[str, Any]:

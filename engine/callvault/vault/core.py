@@ -684,7 +684,7 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
             raise VaultError(f"call {call_id} is still being recorded: seal it, then erase it")
         check_erase_reason(reason)
         self.check_erasable(e, override_governance=override_governance)
-        body = rec.erase_body(tenant, call_id, time_us=now_us(), reason=reason)
+        body = rec.erase_body(tenant, call_id, time_us=self.clock(), reason=reason)
         # The commit point is the ERASE record acknowledged: durable, indexed (and its
         # log leaf synced); only then is the call's key file deleted (_index_committed).
         # A failure before it is undone: the unacknowledged records are cut from the
@@ -764,7 +764,7 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
                     + (f"; and {len(kept) - 3} more" if len(kept) > 3 else "")
                 )
             live = len(entries)
-            body = rec.tenant_erase_body(tenant, time_us=now_us(), reason=reason)
+            body = rec.tenant_erase_body(tenant, time_us=self.clock(), reason=reason)
             try:
                 self._writer.append(rec.TENANT_ERASE, body).result()
             except StoreError as e:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from callvault.errors import FormatError
 from callvault.integrity import chain as chainmod
 from callvault.integrity import merkle
 from callvault.integrity.leaves import (
@@ -29,9 +30,18 @@ from callvault.integrity.leaves import (
 )
 from callvault.store import records as rec
 from callvault.store.index import Batch, CallEntry, DecisionEntry, Index, RecordEntry
-from callvault.store.segment import Committed, RecordRef, SegmentReader, StoreError, recover
+from callvault.store.segment import (
+    FILE_HEADER,
+    HEADER_SIZE,
+    Committed,
+    RecordRef,
+    SegmentReader,
+    StoreError,
+    recover,
+    segment_path,
+)
 from callvault.vault import lifecycle as vlife
-from callvault.vault.common import Replay, VaultError
+from callvault.vault.common import Replay, VaultError, now_us
 from callvault.vault.keys import crash_point
 from callvault.vault.state import VaultState
 
@@ -40,6 +50,11 @@ _Cache = dict[tuple[str, str], CallEntry]
 INDEX_NEW = "index.new"
 # the erase_reason of a call erased with its tenant: this, then the tenant erasure's reason
 TENANT_ERASED_REASON = "tenant erased: "  # an index being rebuilt (docs/format.md 8.4)
+# the latest time the vault has recorded (docs/format.md 8.15): the vault's clock at
+# each group commit, the times of the records the vault stamps, on reindex also the
+# segments' creation times; disposal refuses a clock earlier than it
+LATEST_US = b"meta/latest-us"
+_TIMED = (rec.ERASE, rec.TENANT_ERASE, rec.LIFECYCLE, rec.DECISION, rec.TRANSCODE)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -105,6 +120,32 @@ class Indexing(VaultState):
         raw = self.index.get_meta(key)
         return 0 if raw is None else int(struct.unpack(">Q", raw)[0])
 
+    def latest_us(self) -> int:
+        """The latest time (unix µs) the vault has recorded (``LATEST_US``); 0: none."""
+        return self._meta_int(LATEST_US)
+
+    def _note_latest(self, batch: Batch, t: int) -> None:
+        # the value last read or written, per index (a reindex opens a new one): one
+        # read of the index per index, not one per group commit
+        seen: tuple[Index, int] | None = getattr(self, "_latest_seen", None)
+        if seen is None or seen[0] is not self.index:
+            seen = (self.index, self.latest_us())
+        if t > seen[1]:
+            batch.put_meta(LATEST_US, struct.pack(">Q", t))
+            seen = (self.index, t)
+        self._latest_seen = seen
+
+    def _note_segment_times(self) -> None:
+        """Reindex: the segments' creation times count as times the vault recorded."""
+        latest = 0
+        for seg in self._reader.segments():
+            path = segment_path(self.path / "segments", seg)
+            with contextlib.suppress(OSError, struct.error), open(path, "rb") as f:
+                latest = max(latest, FILE_HEADER.unpack(f.read(HEADER_SIZE))[4])
+        batch = self.index.batch()
+        self._note_latest(batch, latest)
+        self.index.write(batch)
+
     def reindex(self, progress: Callable[[int], object] | None = None) -> int:
         """Rebuild the index from the segments alone, on an open vault (the old index
         is replaced once the new one is complete, see ``_rebuild_index``); returns the
@@ -168,6 +209,7 @@ class Indexing(VaultState):
                         progress(n)
             self._on_commit(chunk, recovering=True)
             self._end_recovery()
+            self._note_segment_times()
             n += len(chunk)
             if progress is not None:
                 progress(n)
@@ -212,8 +254,13 @@ class Indexing(VaultState):
         cache: _Cache = {}
         log_grew = False
         erased: list[tuple[str, str]] = []
+        # the vault's clock at this group commit (not at recovery: a past batch)
+        latest = 0 if recovering else getattr(self, "clock", now_us)()
         for c in committed:
             assert c.body is not None
+            if c.rtype in _TIMED:
+                with contextlib.suppress(FormatError):  # _apply names it
+                    latest = max(latest, rec.parse(c.rtype, c.body).time_us)
             try:
                 log_grew |= self._apply(batch, cache, c.ref, c.rtype, c.body, erased, recovering)
             except Replay as e:
@@ -228,6 +275,7 @@ class Indexing(VaultState):
         if log_grew:
             self.log.sync()
             batch.put_meta(b"meta/log-size", struct.pack(">Q", self.log.size))
+        self._note_latest(batch, latest)
         self.index.write(batch)
         # the erasures are durable and indexed: only now destroy the keys (a failure
         # before this point leaves every erased call readable, see Vault.erase)
