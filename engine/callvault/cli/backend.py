@@ -95,7 +95,12 @@ class Backend(Protocol):
         """The log's signed checkpoint note and its verifier key."""
         ...
 
-    def erase(self, call_id: str, *, tenant: str, reason: str) -> None: ...
+    def erase(
+        self, call_id: str, *, tenant: str, reason: str, override_retention: bool = False
+    ) -> None:
+        """Crypto-shred a call; ``override_retention``: also before a governance
+        retention end (the tombstone's reason says so)."""
+        ...
 
     def reindex(self, progress: Callable[[int], None]) -> int:
         """Rebuild the index; ``progress(records so far)`` where the backend can tell."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from callvault import __version__, ids
 from callvault.cli import audit, media, sidecar, tenant, tokens, vault, vip
+from callvault.cli import policy as policy_cli
 from callvault.cli import scan as scan_cli
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
@@ -261,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     v = _verb(sub, "erase", "crypto-shred a call (its key is destroyed)")
     v.add_argument("call_id", metavar="CALL_ID", help="the call")
     v.add_argument("--reason", required=True, help="why (kept in the tombstone and the log)")
+    v.add_argument(
+        "--override-retention",
+        action="store_true",
+        help="erase before a governance retention end (admins; the tombstone says so); "
+        "never a compliance retention or a legal hold (docs/policy.md)",
+    )
     v.set_defaults(func=vault.cmd_erase)
     v = _verb(
         sub,
@@ -302,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = _verb(sub, "rotate-key", "new master key-encryption key; re-wrap the tenants' keys")
     v.set_defaults(func=vault.cmd_rotate_key)
     tenant.add_parser(sub, _verb)
+    policy_cli.add_parser(sub, _verb)
     v = _verb(
         sub,
         "stats",

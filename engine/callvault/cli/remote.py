@@ -254,8 +254,10 @@ class RemoteBackend:
         cp = self.client.get_checkpoint()
         return cp.note, cp.verifier_key
 
-    def erase(self, call_id: str, *, tenant: str, reason: str) -> None:
-        self.client.erase(call_id, reason, tenant=tenant)
+    def erase(
+        self, call_id: str, *, tenant: str, reason: str, override_retention: bool = False
+    ) -> None:
+        self.client.erase(call_id, reason, tenant=tenant, override_retention=override_retention)
 
     def reindex(self, progress: Callable[[int], None]) -> int:
         # the server does not stream its progress; as long as the segments take

@@ -381,7 +381,12 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     with connect(args) as b:
-        b.erase(args.call_id, tenant=args.tenant, reason=args.reason)
+        b.erase(
+            args.call_id,
+            tenant=args.tenant,
+            reason=args.reason,
+            override_retention=getattr(args, "override_retention", False),
+        )
     print(f"{args.call_id} erased: its key is destroyed, a tombstone and a log leaf remain")
     return 0
 

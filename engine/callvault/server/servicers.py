@@ -30,6 +30,7 @@ from callvault.access.identity import OPEN, Identity
 from callvault.access.policy import AccessDenied
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
+from callvault.lifecycle.policy import override_reason
 from callvault.server import callinfo, decisions, playback
 from callvault.server.callinfo import call_detail, call_info
 from callvault.server.ingest import (
@@ -979,10 +980,20 @@ class AdminServicer(pbg.AdminServicer):
     def Erase(self, r: pb.EraseRequest, context: grpc.ServicerContext) -> pb.EraseReply:
         _ref(r.call)  # the request's shape first, then whether the caller sees the call
         ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
-        _, e = _lookup(self.vault, r.call)
+        who, e = _lookup(self.vault, r.call)
         tenant, call_id = e.tenant, e.call_id
+        reason = r.reason
+        if r.override_retention:  # docs/policy.md "Modes": admins, with a reason
+            if who.role != "admin":
+                raise AccessDenied(
+                    f"{who.name} is {who.role}: only an admin may erase a call under "
+                    "governance retention before its end"
+                )
+            reason = override_reason(self.vault, e, r.reason)
         check_writer(self.vault)
-        self.vault.erase(call_id, reason=r.reason, tenant=tenant)
+        self.vault.erase(
+            call_id, reason=reason, tenant=tenant, override_governance=r.override_retention
+        )
         e = self.vault.get_call(call_id, tenant=tenant)
         return pb.EraseReply(log_index=e.erase_log_index)
 
