@@ -117,7 +117,8 @@ class Duration:
             raise ValueError(f"{text!r} is not {DURATION_HELP}")
         n = int(m.group(1))
         if n > MAX_COUNT:
-            raise ValueError(f"{text!r}: at most {MAX_COUNT} {m.group(2)}")
+            unit = {"d": "days", "w": "weeks", "m": "months", "y": "years"}[m.group(2)]
+            raise ValueError(f"{text!r}: at most {MAX_COUNT} {unit} (or \"forever\")")
         return cls(n, m.group(2))
 
     def __str__(self) -> str:
