@@ -71,7 +71,7 @@ def test_the_issue_example_loads_with_names_modes_and_order() -> None:
         (POLICY.replace('keep = "7y"', 'keep = "7 years"'), 8, "not a duration"),
         (POLICY.replace('mode = "governance"', 'mode = "strict"'), 14, "not a mode"),
         (POLICY.replace('default = "180d"', 'default = "-1d"'), 3, "not a duration"),
-        (POLICY.replace('default = "180d"', 'default = 180'), 3, "not a duration"),
+        (POLICY.replace('default = "180d"', "default = 180"), 3, "not a duration"),
         (POLICY.replace('default = "180d"', 'default = "999999y"'), 3, "not a duration"),
         (POLICY.replace('default = "180d"', 'default = "10001y"'), 3, "at most 10000"),
         (POLICY.replace('keep = "2y"\n', ""), 11, "needs keep"),
@@ -82,7 +82,11 @@ def test_the_issue_example_loads_with_names_modes_and_order() -> None:
         (POLICY.replace('name = "vip"', 'name = ""'), 6, "1 to 64"),
         (POLICY.replace('keep = "7y"', 'keep = "7y"\nkeeps = "1d"'), 9, "unknown key"),
         (POLICY + "\n[holds]\nx = 1\n", 21, "unknown key"),
-        (POLICY.replace('default = "180d"', 'default = "180d"\nmatch = { tag = "x" }'), 4, "unknown key"),
+        (
+            POLICY.replace('default = "180d"', 'default = "180d"\nmatch = { tag = "x" }'),
+            4,
+            "unknown key",
+        ),
         (
             POLICY.replace('default = "180d"', 'default = "180d"\npreset = "finance-mifid2"'),
             3,
