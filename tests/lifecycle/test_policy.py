@@ -6,6 +6,7 @@ compliance end, and the governance override of erasure. A real vault throughout.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,8 +41,8 @@ keep = "1y"
 """
 
 
-def us(*args: int) -> int:
-    return int(datetime(*args, tzinfo=UTC).timestamp()) * 1_000_000  # type: ignore[misc]
+def us(year: int, month: int, day: int) -> int:
+    return int(datetime(year, month, day, tzinfo=UTC).timestamp()) * 1_000_000
 
 
 def entry(**kw: object) -> CallEntry:
@@ -279,9 +280,9 @@ NOW = us(2026, 3, 1)
 
 
 @pytest.fixture
-def vault(tmp_path: Path) -> Vault:
+def vault(tmp_path: Path) -> Iterator[Vault]:
     v = Vault.open(tmp_path / "data")
-    v.clock = lambda: NOW  # type: ignore[method-assign]
+    v.clock = lambda: NOW
     yield v
     v.close()
 
