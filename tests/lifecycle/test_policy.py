@@ -395,3 +395,12 @@ def test_erase_refuses_retained_calls_and_an_override_lifts_governance_only(
     # the note fits the reason's bound
     long = pol.override_reason(vault, vault.get_call("vip"), "x" * 1024)
     assert long == "x" * 1024  # compliance: no override applies, nothing added
+
+
+def test_the_example_of_docs_policy_md_is_a_valid_policy() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "policy.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    p = pol.Policy.load(example)
+    assert [r.name for r in p.rules] == ["vip", "rule 2", "gold billing"]
+    for name in pol.PRESETS:  # every preset is documented with its source
+        assert f"`{name}`" in doc

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from callvault_client import Client
 
 from callvault.media import sample
 from callvault.vault import Vault
@@ -206,6 +207,11 @@ def test_remote_apply_show_and_erase_override_with_tokens(tmp_path: Path, captur
                  f"--token {tenant_admin}")  # fmt: skip
         imported(data, capture, "c2", "tags=complaint", via=f"--server {server.address} "
                  f"--token {tenant_admin}")  # fmt: skip
+        # GetCall shows the retention (CallInfo.retention)
+        with Client(server.address, token=tenant_admin) as client:
+            r2 = client.get_call("c2").retention
+        assert (r2.rule, r2.mode, r2.policy) == ("complaint", "governance", sha)
+        assert datetime.fromtimestamp(r2.until_us / 1e6, UTC).year == 2028
         # erase: refused under governance, allowed with the override and recorded
         e = ("erase", "c1", "--reason", "customer asked")
         p = run_cli(*a, "--token", tenant_admin, *e, ok=False)

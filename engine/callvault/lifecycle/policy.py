@@ -14,7 +14,7 @@ A policy is one TOML file::
 the reason; ``Policy.retention_for(entry, now_us=...)`` is the retention of a call:
 ``{"until_us", "rule", "mode", "set_us", "policy"}``, its end counted from the call's
 end. The policy in force is stored in the data directory (``DATA/policy/``,
-docs/format.md 8.19): ``store`` writes it (atomically, every version kept), ``stored``
+docs/format.md 10.4): ``store`` writes it (atomically, every version kept), ``stored``
 reads it, ``attach`` makes the vault seal each call with its retention end
 (``Vault.retention_at_seal``), and ``reapply`` recomputes the retention of every
 sealed call under a new policy (compliance ends are never shortened: ``combine``).
@@ -505,7 +505,7 @@ def combine(
     return new, "changed"
 
 
-# ---- the policy in force: DATA/policy (docs/format.md 8.19) ------------------------
+# ---- the policy in force: DATA/policy (docs/format.md 10.4) ------------------------
 
 
 @dataclass
