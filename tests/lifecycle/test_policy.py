@@ -319,10 +319,21 @@ def test_the_stored_policy_seals_calls_with_their_retention_end(
 
 def test_a_stored_policy_edited_outside_callvault_is_refused(vault: Vault) -> None:
     pol.store(vault, pol.Policy.load(POLICY), by="ops")
-    path = Path(vault.path) / "policy" / "current.toml"
+    p0 = pol.Policy.load(POLICY)
+    # current.toml is a copy to read: editing it changes nothing
+    (Path(vault.path) / "policy" / "current.toml").write_text(POLICY.replace('"7y"', '"1d"'))
+    assert pol.stored(vault).sha256 == p0.sha256  # type: ignore[union-attr]
+    # the text in force, edited: refused, never used
+    path = Path(vault.path) / "policy" / "versions" / f"{p0.sha256}.toml"
     path.write_text(POLICY.replace('"7y"', '"1d"'))
     with pytest.raises(VaultError, match="does not match the sha256"):
         pol.stored(vault)
+    with pytest.raises(VaultError, match="does not match the sha256"):
+        pol.attach(vault)  # nothing is sealed under a policy nobody applied
+    # applying a policy again repairs it
+    p = pol.Policy.load(POLICY.replace('"180d"', '"90d"'))
+    pol.store(vault, p, by="ops")
+    assert pol.stored(vault) is not None and pol.stored(vault).sha256 == p.sha256  # type: ignore[union-attr]
 
 
 def test_reapply_changes_only_what_differs_and_never_shortens_compliance(

@@ -118,7 +118,7 @@ class Duration:
         n = int(m.group(1))
         if n > MAX_COUNT:
             unit = {"d": "days", "w": "weeks", "m": "months", "y": "years"}[m.group(2)]
-            raise ValueError(f"{text!r}: at most {MAX_COUNT} {unit} (or \"forever\")")
+            raise ValueError(f'{text!r}: at most {MAX_COUNT} {unit} (or "forever")')
         return cls(n, m.group(2))
 
     def __str__(self) -> str:
@@ -535,23 +535,29 @@ def _dir(vault: Vault | Path) -> Path:
 
 
 def current(vault: Vault | Path) -> Applied | None:
-    """The stored policy and its record; None if none was ever applied. VaultError
-    if the stored text does not match its recorded sha256 (damaged or edited)."""
+    """The stored policy and its record; None if none was ever applied. The text in
+    force is versions/SHA.toml of the sha256 current.json names; VaultError if it is
+    missing or does not match that sha256 (damaged or edited)."""
     d = _dir(vault)
     try:
         meta = json.loads((d / CURRENT_JSON).read_text())
+        sha = str(meta["sha256"])
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise VaultError(f"{d / CURRENT_JSON}: unreadable ({e})") from None
-    text = (d / CURRENT_TOML).read_text()
-    if hashlib.sha256(text.encode()).hexdigest() != meta.get("sha256"):
+    path = d / VERSIONS / f"{sha}.toml"
+    try:
+        text = path.read_text()
+    except (OSError, ValueError) as e:
+        raise VaultError(f"the policy in force, {path}, cannot be read ({e})") from None
+    if not re.fullmatch(r"[0-9a-f]{64}", sha) or hashlib.sha256(text.encode()).hexdigest() != sha:
         raise VaultError(
-            f"{d / CURRENT_TOML} does not match the sha256 in {CURRENT_JSON}: the stored "
-            "policy was changed outside callvault; apply the policy again"
+            f"{path} does not match the sha256 in {CURRENT_JSON}: the stored policy was "
+            "changed outside callvault; apply the policy again"
         )
     try:
-        p = Policy.load(text, where=str(d / CURRENT_TOML))
+        p = Policy.load(text, where=str(path))
     except PolicyError as e:
         raise VaultError(f"the stored policy is refused: {e}") from None
     return Applied(
@@ -565,6 +571,14 @@ def current(vault: Vault | Path) -> Applied | None:
     )
 
 
+def _current_or_none(vault: Vault) -> Applied | None:
+    """``current``, or None when the stored policy is damaged: a new one replaces it."""
+    try:
+        return current(vault)
+    except (VaultError, OSError):
+        return None
+
+
 def stored(vault: Vault) -> Policy | None:
     """The policy in force in the vault's data directory (None: none applied)."""
     a = current(vault)
@@ -575,16 +589,16 @@ def store(
     vault: Vault, policy: Policy, *, by: str, source: str = "apply", config_sha256: str = ""
 ) -> Applied:
     """Make ``policy`` the one in force: its text kept under versions/SHA.toml, then
-    current.toml and current.json replaced (each atomically, fsynced; current.json
-    last: it names the text, so a crash between leaves the previous pair, or a
-    current.toml whose sha256 it checks), and a line appended to history.jsonl.
-    ``config_sha256``: keep (None-like "") or set the config section's digest."""
+    current.json replaced (the commit point: it names the text in force), then
+    current.toml (a copy for people to read), each atomically and fsynced, and a
+    line appended to history.jsonl. A crash before current.json leaves the previous
+    policy in force. ``config_sha256``: the config section's digest ("" keeps the
+    previous one)."""
     d = _dir(vault)
     (d / VERSIONS).mkdir(parents=True, exist_ok=True)
-    prev = current(vault) if (d / CURRENT_JSON).exists() else None
+    prev = _current_or_none(vault)
     data = policy.text.encode()
     write_atomic(d / VERSIONS / f"{policy.sha256}.toml", data, 0o644)
-    write_atomic(d / CURRENT_TOML, data, 0o644)
     a = Applied(
         policy.sha256,
         vault.clock(),
@@ -595,6 +609,7 @@ def store(
         policy,
     )
     write_atomic(d / CURRENT_JSON, json.dumps(a.doc(), sort_keys=True).encode() + b"\n", 0o644)
+    write_atomic(d / CURRENT_TOML, data, 0o644)
     with open(d / HISTORY, "ab") as f:
         f.write(json.dumps(a.doc(), sort_keys=True).encode() + b"\n")
         f.flush()
@@ -623,7 +638,7 @@ def apply_config(vault: Vault, policy: Policy, *, by: str = "serve --config") ->
     from the last section applied from the config (so a `policy apply` made since
     stays in force until the config's section changes); then attached. Returns the
     new record, or None when nothing changed."""
-    a = current(vault)
+    a = _current_or_none(vault)
     if a is not None and a.config_sha256 == policy.sha256:
         attach(vault)
         return None
