@@ -415,3 +415,21 @@ def test_the_example_of_docs_policy_md_is_a_valid_policy() -> None:
     assert [r.name for r in p.rules] == ["vip", "rule 2", "gold billing"]
     for name in pol.PRESETS:  # every preset is documented with its source
         assert f"`{name}`" in doc
+
+
+def test_recompute_for_new_tags_extends_and_never_shortens_compliance(
+    vault: Vault, capture: Path
+) -> None:
+    vault.import_call("x", [str(capture)])
+    assert pol.recompute(vault, vault.get_call("x"), tags=["vip"]) == (None, "no-policy")
+    pol.store(vault, pol.Policy.load(POLICY), by="ops")
+    pol.attach(vault)
+    vault.import_call("c", [str(capture)], tags=["complaint"])
+    e = vault.get_call("c")
+    r, what = pol.recompute(vault, e, tags=["complaint", "vip"])  # vip comes first
+    assert what == "changed" and r is not None and (r["rule"], r["mode"]) == ("vip", "compliance")
+    e = vault.change("c", op="tag", changes={"tags": ["complaint", "vip"], "retention": r})
+    assert e.retention == r
+    # the vip tag removed again: the compliance end stays
+    assert pol.recompute(vault, e, tags=["complaint"]) == (r, "kept-compliance")
+    assert pol.recompute(vault, e) == (r, "unchanged")

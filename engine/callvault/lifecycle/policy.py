@@ -505,6 +505,29 @@ def combine(
     return new, "changed"
 
 
+def recompute(
+    vault: Vault,
+    e: CallEntry,
+    *,
+    tags: list[str] | None = None,
+    policy: Policy | None = None,
+    shorten_governance: bool = False,
+) -> tuple[dict[str, Any] | None, str]:
+    """The retention a sealed call should have now with ``tags`` (default its own)
+    under ``policy`` (default the stored one), ``combine``d with the one it has:
+    (the retention to keep or set, "changed" | "unchanged" | "kept-compliance" |
+    "kept-governance"). (None, "no-policy") when no policy is applied. What a tag
+    change writes (``vault.change(..., changes={"tags": ..., "retention": r})``
+    when the outcome is "changed")."""
+    p = stored(vault) if policy is None else policy
+    if p is None:
+        return e.retention, "no-policy"
+    now = vault.clock()
+    new = p.retention_for(e, tags=tags, now_us=now)
+    assert new is not None
+    return combine(e.retention, new, now_us=now, shorten_governance=shorten_governance)
+
+
 # ---- the policy in force: DATA/policy (docs/format.md 10.4) ------------------------
 
 
