@@ -100,6 +100,7 @@ def test_the_issue_example_loads_with_names_modes_and_order() -> None:
             "not kept in clear",
         ),
         ("# nothing\n", 0, "[retention] is required"),
+        ('x = 1\n[policy.retention]\ndefault = "1d"\n', 2, "serve --config's"),
         ('[retention]\nmode = "compliance"\n', 1, "needs default"),
         ('[retention]\ndefault = "1d"\nrule = 3\n', 3, "array of tables"),
         # syntax errors: tomllib's line

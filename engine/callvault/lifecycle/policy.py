@@ -310,6 +310,11 @@ class Policy:
         a section of a larger file (``prefix``), the policy rendered (``to_toml``)."""
         c = _Checker(text, prefix, where)
         unknown = sorted(set(doc) - {"retention"})
+        if "policy" in unknown and "retention" not in doc and not prefix:
+            raise c.fail(
+                ("policy",),
+                "a policy file starts at [retention] ([policy.retention] is serve --config's)",
+            )
         if unknown:
             raise c.fail((unknown[0],), "unknown key (a policy has [retention] only)")
         ret = doc.get("retention")
