@@ -214,11 +214,12 @@ class _Lines:
                 i = counts.get(path, 0)
                 counts[path] = i + 1
                 table = (*path, i)
-                self.at.setdefault(path, n)
-                self.at.setdefault(table, n)
+                for k in range(1, len(table) + 1):  # [[a.b]] also defines a
+                    self.at.setdefault(table[:k], n)
             elif s.startswith("["):
                 table = self._dotted(s[1 : s.find("]")])
-                self.at.setdefault(table, n)
+                for k in range(1, len(table) + 1):
+                    self.at.setdefault(table[:k], n)
             else:
                 m = self.KEY.match(line)
                 if m is None:
@@ -227,8 +228,8 @@ class _Lines:
                 self.at.setdefault(key, n)
                 rest = line[m.end() :]
                 if rest.lstrip().startswith("{"):
-                    for k in self.INLINE_KEY.finditer(rest):
-                        self.at.setdefault((*key, *self._dotted(k.group(1))), n)
+                    for inner in self.INLINE_KEY.finditer(rest):
+                        self.at.setdefault((*key, *self._dotted(inner.group(1))), n)
 
     @staticmethod
     def _dotted(text: str) -> tuple[str, ...]:
