@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 DATA ?= .data
 # libopus-dev: linked by ext/_opus.pyx; opus-tools, ffmpeg, sox: real decoders
 # and encoders the tests compare against; espeak-ng: speech for quality tests;
+# faketime: end-to-end tests move the wall clock past retention ends;
 # libpcap0.8 is not needed (dpkt reads captures).
-APT_PKGS := build-essential pkg-config libopus-dev opus-tools ffmpeg sox espeak-ng
+APT_PKGS := build-essential pkg-config libopus-dev opus-tools ffmpeg sox espeak-ng faketime
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
