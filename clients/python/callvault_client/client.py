@@ -29,6 +29,7 @@ _ARCHIVE = "/callvault.v1.Archive/"
 _INTEGRITY = "/callvault.v1.Integrity/"
 _ADMIN = "/callvault.v1.Admin/"
 _SIDECAR = "/callvault.v1.Sidecar/"
+_LIFECYCLE = "/callvault.v1.Lifecycle/"
 
 MetaArg = pb.CallMeta | Mapping[str, Any] | None
 ChunkCallback = Callable[[pb.FileChunk], None]
@@ -761,12 +762,51 @@ class Client(_Base):
         )
 
     def erase(
-        self, call_id: str, reason: str, *, tenant: str = "", timeout: Timeout = DEFAULT
+        self,
+        call_id: str,
+        reason: str,
+        *,
+        tenant: str = "",
+        override_retention: bool = False,
+        timeout: Timeout = DEFAULT,
     ) -> pb.EraseReply:
-        """Crypto-shred a sealed call (never retried: erasing twice is FailedPrecondition)."""
-        req = pb.EraseRequest(call=pb.CallRef(tenant=tenant, call_id=call_id), reason=reason)
+        """Crypto-shred a sealed call (never retried: erasing twice is FailedPrecondition).
+        ``override_retention``: also before a governance retention end (role admin)."""
+        req = pb.EraseRequest(
+            call=pb.CallRef(tenant=tenant, call_id=call_id),
+            reason=reason,
+            override_retention=override_retention,
+        )
         return self._rpc.unary(
             _ADMIN + "Erase", req, pb.EraseReply, idempotent=False, timeout=timeout
+        )
+
+    def get_policy(self, *, timeout: Timeout = DEFAULT) -> pb.PolicyInfo:
+        """The retention policy in force (docs/policy.md); toml "" when none."""
+        return self._rpc.unary(
+            _LIFECYCLE + "GetPolicy",
+            pb.GetPolicyRequest(),
+            pb.PolicyInfo,
+            idempotent=True,
+            timeout=timeout,
+        )
+
+    def apply_policy(
+        self,
+        toml: str,
+        *,
+        reapply: bool = False,
+        reason: str = "",
+        shorten_governance: bool = False,
+        timeout: Timeout = None,
+    ) -> pb.PolicyInfo:
+        """Replace the retention policy (platform admins); InvalidArgument names the
+        line of a bad file. ``reapply``: recompute every sealed call's retention."""
+        req = pb.ApplyPolicyRequest(
+            toml=toml, reapply=reapply, reason=reason, shorten_governance=shorten_governance
+        )
+        return self._rpc.unary(
+            _LIFECYCLE + "ApplyPolicy", req, pb.PolicyInfo, idempotent=False, timeout=timeout
         )
 
     def erase_tenant(

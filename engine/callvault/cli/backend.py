@@ -95,9 +95,12 @@ class Backend(Protocol):
         """The log's signed checkpoint note and its verifier key."""
         ...
 
-    def erase(self, call_id: str, *, tenant: str, reason: str) -> str | None:
-        """Erase the call; a held one is not erased: its erasure is recorded as
-        deferred, and the sentence saying so is returned (None: erased)."""
+    def erase(
+        self, call_id: str, *, tenant: str, reason: str, override_retention: bool = False
+    ) -> str | None:
+        """Erase the call; ``override_retention``: also before a governance retention
+        end (the tombstone's reason says so). A held call is not erased: its erasure
+        is recorded as deferred, and the sentence saying so is returned (None: erased)."""
         ...
 
     def reindex(self, progress: Callable[[int], None]) -> int:

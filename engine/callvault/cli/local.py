@@ -62,6 +62,16 @@ def connect(args: argparse.Namespace, *, create: bool = False) -> Iterator[Local
         if made is not None:
             made.remove()
         raise
+    if args.command != "policy" and not v.read_only:
+        # calls this verb seals get their retention end (docs/policy.md); `policy`
+        # itself replaces the stored policy, even a damaged one
+        from callvault.lifecycle.policy import attach
+
+        try:
+            attach(v)
+        except BaseException:
+            v.close()
+            raise
     empty = False
     try:
         with v:
@@ -403,12 +413,24 @@ class LocalBackend:
     def checkpoint(self) -> tuple[str, str]:
         return self.vault.checkpoint(), self.vault.signer.verifier_key()
 
-    def erase(self, call_id: str, *, tenant: str, reason: str) -> str | None:
+    def erase(
+        self, call_id: str, *, tenant: str, reason: str, override_retention: bool = False
+    ) -> str | None:
         from callvault.cli.holds import local_identity
         from callvault.lifecycle.holds import erase_or_defer
 
+        if override_retention:  # the operator of --data DIR is the vault's admin
+            from callvault.lifecycle.policy import override_reason
+
+            e = self.vault.get_call(call_id, tenant=tenant)
+            reason = override_reason(self.vault, e, reason)
         done = erase_or_defer(
-            self.vault, call_id, tenant=tenant, reason=reason, by=local_identity()
+            self.vault,
+            call_id,
+            tenant=tenant,
+            reason=reason,
+            by=local_identity(),
+            override_governance=override_retention,
         )
         return None if done.erased else done.message
 

@@ -12,6 +12,7 @@ from typing import Any
 from callvault import __version__, ids
 from callvault.cli import audit, dispose, media, sidecar, tenant, tokens, vault, vip
 from callvault.cli import holds as holds_cli
+from callvault.cli import policy as policy_cli
 from callvault.cli import scan as scan_cli
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
@@ -269,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("call_id", metavar="CALL_ID", help="the call")
     v.add_argument("--reason", required=True, help="why (kept in the tombstone and the log)")
+    v.add_argument(
+        "--override-retention",
+        action="store_true",
+        help="erase before a governance retention end (admins; the tombstone says so); "
+        "never a compliance retention or a legal hold (docs/policy.md)",
+    )
     v.set_defaults(func=vault.cmd_erase)
     v = _verb(
         sub,
@@ -312,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant.add_parser(sub, _verb)
     holds_cli.add_parser(sub, _verb)
     dispose.add_parser(sub, _verb)
+    policy_cli.add_parser(sub, _verb)
     v = _verb(
         sub,
         "stats",

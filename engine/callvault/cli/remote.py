@@ -254,8 +254,10 @@ class RemoteBackend:
         cp = self.client.get_checkpoint()
         return cp.note, cp.verifier_key
 
-    def erase(self, call_id: str, *, tenant: str, reason: str) -> str | None:
-        r = self.client.erase(call_id, reason, tenant=tenant)
+    def erase(
+        self, call_id: str, *, tenant: str, reason: str, override_retention: bool = False
+    ) -> str | None:
+        r = self.client.erase(call_id, reason, tenant=tenant, override_retention=override_retention)
         return r.deferred_why or "deferred (held)" if r.deferred else None
 
     def reindex(self, progress: Callable[[int], None]) -> int:

@@ -381,7 +381,12 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     with connect(args) as b:
-        deferred = b.erase(args.call_id, tenant=args.tenant, reason=args.reason)
+        deferred = b.erase(
+            args.call_id,
+            tenant=args.tenant,
+            reason=args.reason,
+            override_retention=getattr(args, "override_retention", False),
+        )
     if deferred:  # held: recorded, carried out at the last release
         print(f"{args.call_id}: {deferred}")
         return 0

@@ -56,6 +56,7 @@ from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits, dtmf_settings
 from callvault.server.interceptors import PERMISSIONS, IdentityInterceptor, MethodLog
 from callvault.server.lc_disposal import Disposer, archive_of
+from callvault.server.lc_policy import check_config_file
 from callvault.server.lifecycle import LifecycleServicer
 from callvault.server.servicers import (
     AdminServicer,
@@ -162,6 +163,9 @@ class Server:
         )
         self.lifecycle.disposer = self.disposer
         admin.stats_parts.append(self.disposer.stats)
+        # the retention policy in force (docs/policy.md): the config's [policy] or the
+        # stored one, attached before the first call can be sealed
+        self.lifecycle.start_policy()
         pbg.add_LifecycleServicer_to_server(self.lifecycle, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
@@ -350,6 +354,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     config = load_config(args.config)
+    check_config_file(args.config)  # a bad [policy] refused with its line (docs/policy.md)
     tls = None
     if bool(args.tls_cert) != bool(args.tls_key):
         raise InputError("TLS needs both --tls-cert and --tls-key")
@@ -387,12 +392,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
     server.start()
     stop = threading.Event()
+    wake = threading.Event()
+    hup = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop.set()
+        wake.set()
+
+    def on_hup(signum: int, _frame: Any) -> None:  # reload [policy]: docs/policy.md
+        hup.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     host = args.listen.rsplit(":", 1)[0]
     print(
         f"callvault: serving {args.data} on {host}:{server.port}{' (TLS)' if tls else ''}",
@@ -409,8 +422,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     if args.port_file:
         write_atomic(Path(args.port_file), f"{server.port}\n".encode())
-    while not stop.wait(1.0):
-        pass
+    while not stop.is_set():
+        wake.wait(1.0)
+        wake.clear()
+        if hup.is_set() and not stop.is_set():
+            hup.clear()
+            server.lifecycle.reload_policy(args.config)
     print("callvault: shutting down (open calls made durable)", file=sys.stderr, flush=True)
     server.stop()
     return 0

@@ -61,6 +61,17 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
         storage=e.storage,
         transcode_log_index=e.transcode_log_index if e.storage == "compacted" else -1,
     )
+    r = e.retention
+    if r:  # docs/policy.md "Retention"
+        info.retention.CopyFrom(
+            pb.CallRetention(
+                until_us=int(r.get("until_us", 0)),
+                rule=str(r.get("rule", "")),
+                mode=str(r.get("mode", "")),
+                set_us=int(r.get("set_us", 0)),
+                policy=str(r.get("policy", "")),
+            )
+        )
     if e.decision:  # the recording policy's (docs/access.md "Recording rules")
         info.decision.CopyFrom(decision_pb(Decision.from_doc(e.decision)))
     u = e.unsupported_codec

@@ -17,6 +17,7 @@ from callvault_client._pb import callvault_pb2_grpc as pbg
 from callvault.access.context import current_identity
 from callvault.server.lc_disposal import DisposalPart
 from callvault.server.lc_holds import HoldsPart
+from callvault.server.lc_policy import PolicyPart
 from callvault.vault import Vault
 
 if TYPE_CHECKING:
@@ -50,6 +51,6 @@ class LifecycleBase:
 
 
 class LifecycleServicer(  # the parts go first
-    HoldsPart, DisposalPart, LifecycleBase, pbg.LifecycleServicer
+    PolicyPart, HoldsPart, DisposalPart, LifecycleBase, pbg.LifecycleServicer
 ):
     """Lifecycle: the parts (lc_*.py mixins) come before the generated base."""

@@ -33,6 +33,7 @@ from callvault.integrity import checkpoint
 from callvault.lifecycle.holds import counts as hold_counts
 from callvault.lifecycle.holds import erase_or_defer
 from callvault.lifecycle.holds import identity as by_identity
+from callvault.lifecycle.policy import override_reason
 from callvault.server import callinfo, decisions, playback
 from callvault.server.callinfo import call_detail, call_info
 from callvault.server.ingest import (
@@ -989,6 +990,14 @@ class AdminServicer(pbg.AdminServicer):
         ids.check_text(r.reason, "reason", ids.MAX_REASON_BYTES)
         who, e = _lookup(self.vault, r.call)
         tenant, call_id = e.tenant, e.call_id
+        reason = r.reason
+        if r.override_retention:  # docs/policy.md "Modes": admins, with a reason
+            if who.role != "admin":
+                raise AccessDenied(
+                    f"{who.name} is {who.role}: only an admin may erase a call under "
+                    "governance retention before its end"
+                )
+            reason = override_reason(self.vault, e, r.reason)
         check_writer(self.vault)
         # a held call: the erasure is recorded as pending, carried out at the last
         # release (docs/policy.md "Legal holds"); OK with deferred set
@@ -996,7 +1005,8 @@ class AdminServicer(pbg.AdminServicer):
             self.vault,
             call_id,
             tenant=tenant,
-            reason=r.reason,
+            reason=reason,
+            override_governance=r.override_retention,
             by=by_identity(who.name, who.role, who.tenant, who.via),
         )
         if not done.erased:
