@@ -134,9 +134,7 @@ class Verification(Reading):
         problems += self._verify_lifecycle(e, m, what)
         return problems
 
-    def _verify_open_record(
-        self, e: CallEntry, sealed: dict[str, Any], what: str
-    ) -> list[Problem]:
+    def _verify_open_record(self, e: CallEntry, sealed: dict[str, Any], what: str) -> list[Problem]:
         assert e.open_ref is not None
         try:
             rtype, raw = self._reader.read(RecordRef(*e.open_ref))
@@ -452,6 +450,4 @@ def _show(value: Any) -> str:
 def _differs(
     what: str, name: str, where: str, mine: Any, theirs: Any, sealed: str = "the seal"
 ) -> Problem:
-    return Problem(
-        what, None, f"{name}: {where} says {_show(mine)}, {sealed} says {_show(theirs)}"
-    )
+    return Problem(what, None, f"{name}: {where} says {_show(mine)}, {sealed} says {_show(theirs)}")
