@@ -273,7 +273,7 @@ def test_governance_is_shortened_only_by_an_admin_with_a_reason(vault: Vault) ->
     )
     ret = r.entry.retention
     assert ret is not None and (ret["rule"], ret["until_us"]) == ("default", SEALED_AT + 180 * DAY)
-    assert "shortened" in r.sentence()
+    assert "by an admin with a reason" in r.sentence()
 
 
 def test_bound_retention_rules() -> None:
@@ -287,6 +287,12 @@ def test_bound_retention_rules() -> None:
     assert out == dict(long, mode="compliance")
     assert bound_retention(gov, short, now_us=now, may_shorten_governance=False)[0] == gov
     assert bound_retention(gov, short, now_us=now, may_shorten_governance=True)[0] == short
+    # a later end in a mode that would no longer protect it: later, still governance
+    later_default = {"until_us": 3000, "rule": "d", "mode": "default", "set_us": 2}
+    out, said = bound_retention(gov, later_default, now_us=now, may_shorten_governance=False)
+    assert out == dict(later_default, mode="governance") and "stays governance" in said[0]
+    out, _ = bound_retention(gov, later_default, now_us=now, may_shorten_governance=True)
+    assert out == later_default
     # past ends bind nothing; no proposal keeps what there is
     assert bound_retention(comp, short, now_us=5000, may_shorten_governance=False)[0] == short
     assert bound_retention(comp, None, now_us=now, may_shorten_governance=False) == (comp, [])

@@ -121,7 +121,7 @@ def lifecycle_doc(e: Any) -> dict[str, Any]:
     local index) or a CallInfo (a server's): ``retention`` (``until``, ``until_us``,
     ``rule``, ``mode``; None: no retention policy applied), ``holds`` (their names)
     and ``lifecycle_changes`` (the LIFECYCLE records since the seal)."""
-    if isinstance(getattr(e, "retention", None), dict) or hasattr(e, "lifecycle_count"):
+    if hasattr(e, "lifecycle_count"):  # a CallEntry
         r = e.retention
         holds = sorted(e.holds)
         changes = e.lifecycle_count

@@ -8,8 +8,9 @@ new tags, the new retention. What the policy proposes is bounded here:
 - a **compliance** end still in the future is never shortened: the new end is the
   later of the two, and the mode stays compliance (an extension by another rule
   takes that rule's name);
-- a **governance** end still in the future is shortened only by an admin who gave
-  a reason (`callvault tag --reason`); for anyone else it is kept;
+- a **governance** end still in the future is shortened (or its mode lowered to
+  default) only by an admin who gave a reason (`callvault tag --reason`); for
+  anyone else it is kept (a later end still applies, in governance mode);
 - otherwise (no retention yet, a default-mode end, an end already past) the
   policy's retention replaces the old one.
 
@@ -133,15 +134,22 @@ def bound_retention(
         return new, [
             f"Retention extended to {utc(new_until)} (rule {new.get('rule')}; stays compliance)."
         ]
-    if live and mode == "governance" and new_until < old_until:
-        if not may_shorten_governance:
-            return old, [
-                f"Retention kept until {utc(old_until)}: a governance end (rule {rule}) is "
-                "shortened only by an admin giving a reason."
+    weaker = new.get("mode", "default") not in ("compliance", "governance")
+    if live and mode == "governance" and (new_until < old_until or weaker):
+        if may_shorten_governance:
+            return new, [
+                f"Retention changed from {utc(old_until)} ({mode}) to {utc(new_until)} "
+                f"(rule {new.get('rule')}, {new.get('mode')}; by an admin with a reason)."
             ]
-        return new, [
-            f"Retention shortened from {utc(old_until)} to {utc(new_until)} "
-            f"(rule {new.get('rule')}; governance, by an admin with a reason)."
+        if new_until > old_until:  # later, but the mode would no longer protect it
+            new["mode"] = "governance"
+            return new, [
+                f"Retention extended to {utc(new_until)} (rule {new.get('rule')}; stays "
+                "governance: only an admin giving a reason lowers it)."
+            ]
+        return old, [
+            f"Retention kept until {utc(old_until)}: a governance end (rule {rule}) is "
+            "shortened only by an admin giving a reason."
         ]
     if _same(old, new):
         return old, []
