@@ -289,3 +289,42 @@ def test_reclaim_repoints_the_open_and_lifecycle_records(tmp_path: Path) -> None
 def test_problem_shape() -> None:
     assert str(Problem("call c1", None, "agent: x")) == "call c1: agent: x"
     assert json.loads(CallEntry("t", "c", 0).pack())["lifecycle_refs"] == []
+
+
+def test_a_vault_sealed_with_manifest_version_1_verifies_and_says_what_is_not_sealed(
+    tmp_path: Path,
+) -> None:
+    """A vault written before manifest version 2 (tests/vault/data, commit 909f696):
+    verify passes on the fields version 1 covers, before and after a reindex (which
+    records the OPEN record's place: then compared too), `verify CALL` notes what is
+    not sealed, `info` shows the version, and its call can be tagged."""
+    import subprocess
+    import sys
+    import tarfile
+
+    with tarfile.open(Path(__file__).parent / "data" / "vault-909f696.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    data = tmp_path / "vault"
+    with Vault.open(data) as v:
+        assert v.manifest("c1")["version"] == 1
+        assert v.verify_all() == []
+    with Vault.open(data, rebuild_index=True) as v:
+        assert v.get_call("c1").open_ref is not None
+        assert v.verify_all() == []
+        retag(v, "c1", add=["complaint"], by=ROOT, reason="r", policy=None)
+        assert v.verify_all() == []
+    cli = [sys.executable, "-m", "callvault.cli", "--data", str(data)]
+    p = subprocess.run([*cli, "verify", "c1"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert (
+        "note: call c1: extra, recording_id and decision not sealed (manifest version 1)"
+        in p.stdout
+    )
+    p = subprocess.run([*cli, "info", "c1", "--json"], capture_output=True, text=True, timeout=120)
+    shown = json.loads(p.stdout)
+    assert shown["manifest_version"] == 1 and shown["not_sealed"] == [
+        "extra",
+        "recording_id",
+        "decision",
+    ]
+    assert shown["lifecycle_changes"] == 1 and "complaint" in shown["tags"]

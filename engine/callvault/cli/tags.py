@@ -143,3 +143,27 @@ def lifecycle_doc(e: Any) -> dict[str, Any]:
             "mode": r.get("mode", ""),
         }
     return {"retention": retention, "holds": holds, "lifecycle_changes": changes}
+
+
+NOT_SEALED_V1 = "extra, recording_id and decision not sealed (manifest version 1)"
+
+
+def coverage_notes(b: Any, call_ids: list[str], *, tenant: str) -> list[str]:
+    """What `verify CALL...` adds of calls sealed by a manifest of version 1, which
+    does not cover every metadata field (docs/format.md 8.14): a note each (not a
+    problem). ``b`` is the verb's backend (a LocalBackend's vault, or a
+    RemoteBackend's client: GetCall's lifecycle.manifest_version)."""
+    from callvault_client.errors import CallvaultClientError
+
+    notes: list[str] = []
+    for call_id in call_ids:
+        try:
+            if hasattr(b, "vault"):
+                version = b.vault.manifest(call_id, tenant=tenant).get("version", 1)
+            else:
+                version = b.client.get_call(call_id, tenant=tenant).lifecycle.manifest_version
+        except (CallvaultError, CallvaultClientError):  # verify names what is wrong
+            continue
+        if version == 1:
+            notes.append(f"call {call_id}: {NOT_SEALED_V1}")
+    return notes

@@ -343,6 +343,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 bar.update(1)
         finally:
             bar.close()
+        if not args.all:  # calls sealed before every metadata field was (8.14)
+            from callvault.cli.tags import coverage_notes
+
+            for note in coverage_notes(b, list(args.call_ids), tenant=args.tenant):
+                print(f"note: {note}")
     checked = "every call and segment" if args.all else f"{len(args.call_ids)} call(s)"
     for p in problems:
         print(f"FAILED {p}")
