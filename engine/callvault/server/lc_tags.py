@@ -18,6 +18,7 @@ from callvault import ids
 from callvault.lifecycle.tags import retag
 from callvault.server import playback
 from callvault.server.callinfo import call_info
+from callvault.server.ingest import check_writer
 from callvault.server.servicers import _lookup, _reason, unary
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class TagsPart(_Base):
         reason = r.reason or _reason()
         ids.check_text(reason, "reason", ids.MAX_REASON_BYTES)
         who, e = _lookup(self.vault, r.call)
+        check_writer(self.vault)  # UNAVAILABLE while the vault cannot write
         result = retag(
             self.vault,
             e.call_id,
