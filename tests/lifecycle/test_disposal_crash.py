@@ -43,7 +43,8 @@ def state(v: Vault) -> dict[str, Any]:
     out = {}
     for e in v.list_calls():
         d = dataclasses.asdict(e)
-        d.pop("manifest_ref")  # a reclaim moves the SEAL record
+        for place in ("manifest_ref", "open_ref", "lifecycle_refs"):
+            d.pop(place)  # a reclaim moves the SEAL, OPEN and LIFECYCLE records
         out[e.call_id] = d
     return out
 

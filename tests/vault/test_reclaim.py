@@ -57,6 +57,8 @@ def entries(v: Vault, *, moved_ok: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(e)
         if moved_ok:
             d.pop("manifest_ref")  # a rewrite moves the SEAL record
+            d.pop("open_ref")  # the OPEN record
+            d.pop("lifecycle_refs")  # and the LIFECYCLE records
         out[e.call_id] = d
     return out
 

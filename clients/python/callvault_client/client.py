@@ -761,6 +761,31 @@ class Client(_Base):
             _ADMIN + "Audit", req, pb.AuditEntry, idempotent=True, timeout=timeout
         )
 
+    def tag(
+        self,
+        call_id: str,
+        *,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+        reason: str = "",
+        tenant: str = "",
+        timeout: Timeout = DEFAULT,
+    ) -> pb.CallInfo:
+        """Add and remove tags of a sealed call (Lifecycle.Tag; roles qa, supervisor,
+        legal, admin): one lifecycle record, its retention end recomputed by the
+        policy. Returns the call after the change; ``lifecycle.note`` says what was
+        done (nothing, when every tag to add is there and none to remove is). Safe to
+        retry: the tags are a set, a repeated change changes nothing."""
+        req = pb.TagRequest(
+            call=pb.CallRef(tenant=tenant, call_id=call_id),
+            add=list(add),
+            remove=list(remove),
+            reason=reason,
+        )
+        return self._rpc.unary(
+            _LIFECYCLE + "Tag", req, pb.CallInfo, idempotent=True, timeout=timeout
+        )
+
     def erase(
         self,
         call_id: str,

@@ -223,6 +223,8 @@ def print_calls(
                     "unsupported_codec": unsupported.get(e.call_id),
                     # peak mode: "opus", "raw" (G.711, not compacted yet), "compacted"
                     "storage": getattr(e, "storage", "") or None,
+                    # retention, holds, lifecycle_changes (docs/format.md 8.14)
+                    **_lifecycle(e),
                 }
                 for e in calls
             ],
@@ -239,6 +241,12 @@ def print_calls(
             f"{','.join(e.tags)}"
         )
         print(f"{line}  {flag}" if flag else line)
+
+
+def _lifecycle(e: Any) -> dict[str, Any]:
+    from callvault.cli.tags import lifecycle_doc  # cli.tags imports this module
+
+    return lifecycle_doc(e)
 
 
 def print_info(doc: dict[str, Any], *, as_json: bool) -> None:

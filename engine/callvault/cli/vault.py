@@ -214,6 +214,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         doc["erased"] = {"at": iso(e.erased_us), "reason": e.erase_reason}
     if e.HasField("decision"):
         doc["decision"] = _decision_doc(e)["decision"]
+    if e.HasField("lifecycle"):  # sealed: retention, holds, changes (docs/format.md 8.14)
+        from callvault.cli.tags import lifecycle_doc
+
+        doc.update(lifecycle_doc(e))
+        v = e.lifecycle.manifest_version
+        if v:
+            doc["manifest_version"] = v
+        if v == 1:  # what verify cannot check of it
+            doc["not_sealed"] = ["extra", "recording_id", "decision"]
     print_info(doc, as_json=args.json)
     return 0
 
@@ -334,6 +343,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 bar.update(1)
         finally:
             bar.close()
+        if not args.all:  # calls sealed before every metadata field was (8.14)
+            from callvault.cli.tags import coverage_notes
+
+            for note in coverage_notes(b, list(args.call_ids), tenant=args.tenant):
+                print(f"note: {note}")
     checked = "every call and segment" if args.all else f"{len(args.call_ids)} call(s)"
     for p in problems:
         print(f"FAILED {p}")

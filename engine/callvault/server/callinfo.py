@@ -18,7 +18,7 @@ from typing import Any
 from callvault_client._pb import callvault_pb2 as pb
 
 from callvault.access import context as rpcctx
-from callvault.errors import InputError
+from callvault.errors import CallvaultError, InputError
 from callvault.lifecycle.rules import Decision
 from callvault.server.decisions import decision_pb
 from callvault.store.index import CallEntry
@@ -74,6 +74,7 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
         )
     if e.decision:  # the recording policy's (docs/access.md "Recording rules")
         info.decision.CopyFrom(decision_pb(Decision.from_doc(e.decision)))
+    lifecycle_fields(info, e)
     u = e.unsupported_codec
     if u is not None and e.state == "sealed":
         info.unsupported_codec.legs.extend(u["legs"])
@@ -106,12 +107,29 @@ def hold_fields(info: pb.CallInfo, e: CallEntry) -> None:
         info.erase_pending_by = str((p.get("by") or {}).get("name") or "")
 
 
+def lifecycle_fields(info: pb.CallInfo, e: CallEntry) -> None:
+    """CallInfo 48 (docs/format.md 8.14): the changes since the seal and their chain
+    head (the retention is field 45, the holds 50). Nothing for an open call."""
+    if e.state == "open" or not e.seal:
+        return
+    lc = info.lifecycle
+    lc.changes = e.lifecycle_count
+    lc.head = bytes.fromhex(e.lifecycle_head) if e.lifecycle_head else b""
+
+
 def call_detail(
     vault: Vault, e: CallEntry, frames: int, *, summary: bool, customer_number: bool
 ) -> pb.CallInfo:
     """``call_info`` with what GetCall adds on request: a sealed call's summary (JSON)
-    and, unless the call is erased, its customer number (decrypted)."""
+    and, unless the call is erased, its customer number (decrypted); its manifest's
+    version (what the seal covers)."""
     info = call_info(e, frames)
+    if e.manifest_ref is not None:
+        try:
+            version = vault.manifest(e.call_id, tenant=e.tenant).get("version", 1)
+        except CallvaultError:  # what verify names; the call's info still shows
+            version = 0
+        info.lifecycle.manifest_version = version if isinstance(version, int) else 1
     if summary and e.state == "sealed":
         doc = vault.summary(e.call_id, tenant=e.tenant)
         info.summary_json = json.dumps(doc, sort_keys=True)

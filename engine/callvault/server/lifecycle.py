@@ -18,6 +18,7 @@ from callvault.access.context import current_identity
 from callvault.server.lc_disposal import DisposalPart
 from callvault.server.lc_holds import HoldsPart
 from callvault.server.lc_policy import PolicyPart
+from callvault.server.lc_tags import TagsPart
 from callvault.vault import Vault
 
 if TYPE_CHECKING:
@@ -51,6 +52,6 @@ class LifecycleBase:
 
 
 class LifecycleServicer(  # the parts go first
-    PolicyPart, HoldsPart, DisposalPart, LifecycleBase, pbg.LifecycleServicer
+    TagsPart, PolicyPart, HoldsPart, DisposalPart, LifecycleBase, pbg.LifecycleServicer
 ):
     """Lifecycle: the parts (lc_*.py mixins) come before the generated base."""

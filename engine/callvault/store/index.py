@@ -196,6 +196,12 @@ class CallEntry:
     lifecycle_count: int = 0  # LIFECYCLE records indexed
     lifecycle_head: str = ""  # hex: the lifecycle chain's head ("" before the first)
     lifecycle_leaves: list[int] = field(default_factory=list)  # their Merkle log leaves
+    # their records' places [segment, offset, length], in order (verify replays them;
+    # a reclaim re-points them: docs/format.md 8.11, 8.14)
+    lifecycle_refs: list[list[int]] = field(default_factory=list)
+    # the OPEN record's place (segment, offset, length): verify compares its metadata
+    # with the seal's manifest (8.14); None in an entry indexed before it was kept
+    open_ref: tuple[int, int, int] | None = None
     archive: dict[str, Any] | None = None  # the call's archive object, once archived
     local: bool = True  # False once the local copy of the audio was let go of (archived)
     disposal: dict[str, Any] | None = None  # the disposition that ended the call
@@ -217,6 +223,8 @@ class CallEntry:
             doc["manifest_ref"] = tuple(ref)
         if doc.get("transcode_ref") is not None:
             doc["transcode_ref"] = tuple(doc["transcode_ref"])
+        if doc.get("open_ref") is not None:
+            doc["open_ref"] = tuple(doc["open_ref"])
         return cls(**doc)
 
 

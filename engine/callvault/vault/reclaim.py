@@ -159,9 +159,9 @@ def _repoint(
     """Point the index entry of a copied record at its copy ``new``, if it still
     references the record in one of ``old_segments`` (at ``old`` when given). Every
     index value holding a record's place is handled here (AUDIO entries, a SEAL's
-    manifest_ref, a TRANSCODE's transcode_ref): a new one must be added, or a rewrite
-    leaves it dangling."""
-    if rtype not in (rec.AUDIO, rec.SEAL, rec.TRANSCODE):
+    manifest_ref, a TRANSCODE's transcode_ref, an OPEN's open_ref, a LIFECYCLE's
+    entry in lifecycle_refs): a new one must be added, or a rewrite leaves it dangling."""
+    if rtype not in (rec.AUDIO, rec.SEAL, rec.TRANSCODE, rec.OPEN, rec.LIFECYCLE):
         return False
     b = rec.parse(rtype, raw)
     if rtype == rec.AUDIO:
@@ -179,6 +179,11 @@ def _repoint(
         return True
     key = (b.tenant, b.call_id)
     c = calls.get(key) or index.get_call(b.tenant, b.call_id)
+    if rtype in (rec.OPEN, rec.LIFECYCLE):
+        if c is None or not _repoint_meta(c, rtype, b, new, old_segments, old):
+            return False
+        calls[key] = c
+        return True
     if rtype == rec.TRANSCODE:
         ref = c.transcode_ref if c is not None else None
         if c is None or ref is None or ref[0] not in old_segments:
@@ -196,6 +201,39 @@ def _repoint(
         return False
     c.manifest_ref = (new.segment, new.offset, new.length)
     calls[key] = c
+    return True
+
+
+def _repoint_meta(
+    c: CallEntry,
+    rtype: int,
+    b: rec.Body,
+    new: RecordRef,
+    old_segments: set[int],
+    old: RecordRef | None,
+) -> bool:
+    """Re-point a call's OPEN record (``open_ref``) or one of its LIFECYCLE records
+    (``lifecycle_refs``, by the document's ``seq``) at its copy, if the entry still
+    references it in one of ``old_segments`` (at ``old`` when given)."""
+    if rtype == rec.OPEN:
+        ref: Any = c.open_ref
+    else:
+        try:
+            seq = json.loads(b.doc).get("seq")
+        except ValueError:
+            return False
+        if not isinstance(seq, int) or not 1 <= seq <= len(c.lifecycle_refs):
+            return False
+        ref = c.lifecycle_refs[seq - 1]
+    if ref is None or ref[0] not in old_segments or ref[2] != new.length:
+        return False
+    if old is not None and tuple(ref) != (old.segment, old.offset, old.length):
+        return False
+    place = (new.segment, new.offset, new.length)
+    if rtype == rec.OPEN:
+        c.open_ref = place
+    else:
+        c.lifecycle_refs[seq - 1] = list(place)
     return True
 
 

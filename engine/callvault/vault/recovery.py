@@ -362,6 +362,7 @@ class Indexing(VaultState):
                 chain_head=chainmod.genesis(b.tenant, b.call_id).hex(),
                 recording_id=rid if isinstance(rid := meta.get("recording_id"), str) else None,
                 decision=dec if isinstance(dec := meta.get("decision"), dict) else None,
+                open_ref=(ref.segment, ref.offset, ref.length),
             )
             if self._entry(cache, b.tenant, b.call_id) is not None:
                 raise Replay(ref, f"a second open record of call {b.call_id}")
@@ -499,6 +500,7 @@ class Indexing(VaultState):
             ) from err
         e.lifecycle_count = seq
         e.lifecycle_head = link
+        e.lifecycle_refs.append([ref.segment, ref.offset, ref.length])
         e.lifecycle_leaves.append(
             self._log_leaf(
                 batch, lifecycle_leaf(b.tenant, b.call_id, bytes.fromhex(link), b.time_us)

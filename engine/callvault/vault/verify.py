@@ -4,6 +4,7 @@ audio authentication, the seal's leaf in the Merkle log), and the whole vault's.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -15,12 +16,14 @@ from callvault.integrity.leaves import (
     LEAF_ERASE,
     LEAF_SEAL,
     leaf_data,
+    lifecycle_leaf,
     tenant_erase_leaf,
     transcode_leaf,
 )
 from callvault.store import records as rec
-from callvault.store.index import CallEntry, RecordEntry
-from callvault.store.segment import CorruptRecord, SegmentReader
+from callvault.store.index import LIFECYCLE_FIELDS, CallEntry, RecordEntry
+from callvault.store.segment import CorruptRecord, RecordRef, SegmentReader
+from callvault.vault import lifecycle as vlife
 from callvault.vault.common import CallNotFound, Problem
 from callvault.vault.reading import Reading
 
@@ -29,13 +32,19 @@ class Verification(Reading):
     """The Vault's verify verbs."""
 
     def verify_call(self, call_id: str, *, tenant: str = "default") -> list[Problem]:
-        """Every check a call's records allow; [] when it all verifies."""
-        problems: list[Problem] = []
+        """Every check a call's records allow; [] when it all verifies: its audio
+        (chain, seal, authentication, leaves) and its metadata (the index entry and
+        the OPEN record against the sealed manifest, the lifecycle chain replayed)."""
         what = f"call {call_id}"
         try:
             e = self.get_call(call_id, tenant=tenant)
         except CallNotFound as ex:
             return [Problem(what, None, str(ex))]
+        return self._verify_audio(e, what) + self.verify_metadata(e)
+
+    def _verify_audio(self, e: CallEntry, what: str) -> list[Problem]:
+        problems: list[Problem] = []
+        tenant, call_id = e.tenant, e.call_id
         if e.state == "erased":
             return self._verify_erased(e, what)
         if e.storage == "compacted":
@@ -94,6 +103,121 @@ class Verification(Reading):
             leaf = merkle.leaf_hash(leaf_data(LEAF_SEAL, tenant, call_id, mb.seal, mb.end_us))
             if e.log_index >= self.log.size or self.log.leaf_hash(e.log_index) != leaf:
                 problems.append(Problem(what, None, "the seal is not in the Merkle log"))
+        return problems
+
+    def verify_metadata(self, e: CallEntry) -> list[Problem]:
+        """A sealed (or erased after sealing) call's metadata as evidence (docs/format.md
+        8.14): the index entry and the OPEN record against the SEAL's manifest (every
+        field the manifest's version covers), then the call's LIFECYCLE records
+        replayed from the seal (each link, its leaf in the Merkle log) and the entry's
+        lifecycle fields against the replay. Each problem names the field and both
+        values. [] for a call not sealed (nothing sealed to compare with)."""
+        what = f"call {e.call_id}"
+        if not e.seal or e.manifest_ref is None:
+            return []
+        try:
+            m = json.loads(self._seal_record(e).manifest)
+        except (CallvaultError, ValueError) as ex:
+            return [Problem(what, None, f"its seal record cannot be read: {ex}")]
+        problems: list[Problem] = []
+        sealed = sealed_fields(m)
+        # the index entry (what ls, info and search show)
+        for name, value in sealed.items():
+            if name in LIFECYCLE_FIELDS:
+                continue  # the replay below (a LIFECYCLE record may change them)
+            mine = getattr(e, name, None)
+            if not _same(mine, value):
+                problems.append(_differs(what, name, "the index", mine, value))
+        # the OPEN record (what a reindex would rebuild the entry from)
+        if e.open_ref is not None:
+            problems += self._verify_open_record(e, sealed, what)
+        problems += self._verify_lifecycle(e, m, what)
+        return problems
+
+    def _verify_open_record(self, e: CallEntry, sealed: dict[str, Any], what: str) -> list[Problem]:
+        assert e.open_ref is not None
+        try:
+            rtype, raw = self._reader.read(RecordRef(*e.open_ref))
+            b = rec.parse(rtype, raw)
+        except CallvaultError as ex:
+            return [Problem(what, None, f"its OPEN record cannot be read: {ex}")]
+        if rtype != rec.OPEN or (b.tenant, b.call_id) != (e.tenant, e.call_id):
+            return [Problem(what, None, "the index's OPEN record belongs elsewhere")]
+        meta = dict(b.meta or {})
+        opened: dict[str, Any] = {"start_us": b.start_us}
+        for name in sealed:
+            if name in ("tenant", "call_id", "start_us", "end_us", "retention"):
+                continue  # not the OPEN record's
+            opened[name] = meta.get(name, _OPEN_DEFAULTS.get(name))
+        return [
+            _differs(what, name, "the OPEN record", opened[name], sealed[name])
+            for name in opened
+            if not _same(opened[name], sealed[name])
+        ]
+
+    def _verify_lifecycle(self, e: CallEntry, m: dict[str, Any], what: str) -> list[Problem]:
+        """Replay the call's LIFECYCLE records from the seal (docs/format.md 8.14)."""
+        problems: list[Problem] = []
+        n = e.lifecycle_count
+        if len(e.lifecycle_refs) != n or len(e.lifecycle_leaves) != n:
+            return [
+                Problem(
+                    what,
+                    None,
+                    f"the index counts {n} lifecycle record(s) but keeps "
+                    f"{len(e.lifecycle_refs)} place(s) and {len(e.lifecycle_leaves)} leaf "
+                    "index(es): rebuild it with `callvault --data DIR reindex`",
+                )
+            ]
+        replay = CallEntry(e.tenant, e.call_id, e.start_us)
+        replay.tags = list(m.get("tags") or [])
+        ret = m.get("retention")
+        replay.retention = ret if isinstance(ret, dict) else None
+        link = bytes.fromhex(e.seal)
+        for seq, (ref, leaf_index) in enumerate(
+            zip(e.lifecycle_refs, e.lifecycle_leaves, strict=True), 1
+        ):
+            at = f"lifecycle record {seq}"
+            try:
+                rtype, raw = self._reader.read(RecordRef(*ref))
+                b = rec.parse(rtype, raw)
+                if rtype != rec.LIFECYCLE or (b.tenant, b.call_id) != (e.tenant, e.call_id):
+                    problems.append(Problem(what, None, f"{at}: the index points elsewhere"))
+                    return problems
+                doc = json.loads(b.doc)
+            except (CallvaultError, ValueError) as ex:
+                problems.append(Problem(what, None, f"{at} cannot be read: {ex}"))
+                return problems
+            if doc.get("seq") != seq or doc.get("prev") != link.hex():
+                problems.append(
+                    Problem(
+                        what,
+                        None,
+                        f"{at} does not follow the lifecycle chain (it says number "
+                        f"{doc.get('seq')!r} after link {str(doc.get('prev'))[:16]}..., "
+                        f"the chain is at {seq} after {link.hex()[:16]}...)",
+                    )
+                )
+                return problems
+            link = chainmod.lifecycle_link(link, seq, raw)
+            leaf = merkle.leaf_hash(lifecycle_leaf(e.tenant, e.call_id, link, b.time_us))
+            if not 0 <= leaf_index < self.log.size or self.log.leaf_hash(leaf_index) != leaf:
+                problems.append(Problem(what, None, f"{at} is not in the Merkle log"))
+            try:
+                vlife.apply(replay, doc)
+            except (ValueError, TypeError) as ex:
+                problems.append(Problem(what, None, f"{at} cannot be applied: {ex}"))
+                return problems
+        if n and link.hex() != e.lifecycle_head:
+            problems.append(
+                _differs(what, "lifecycle_head", "the index", e.lifecycle_head, link.hex())
+            )
+        for name in sorted(LIFECYCLE_FIELDS):
+            mine, theirs = getattr(e, name), getattr(replay, name)
+            if not _same(mine, theirs):
+                problems.append(
+                    _differs(what, name, "the index", mine, theirs, "the seal and lifecycle chain")
+                )
         return problems
 
     def _verify_compacted(self, e: CallEntry, what: str) -> list[Problem]:
@@ -261,3 +385,74 @@ class Verification(Reading):
         for tenant in self.index.tenants():
             for e in self.list_calls(tenant=tenant):
                 yield f"call {e.call_id}", self.verify_call(e.call_id, tenant=tenant)
+
+
+# the manifest fields each version seals (docs/format.md 8.5, 8.14), with the entry's
+# value when the manifest has none (version 2 writes recording_id, decision and
+# retention only when the call has them)
+SEALED_V1 = (
+    "tenant",
+    "call_id",
+    "start_us",
+    "end_us",
+    "direction",
+    "agent",
+    "skill_group",
+    "tags",
+    "legs",
+    "customer_number_sealed",
+)
+SEALED_V2 = ("extra", "recording_id", "decision", "retention")
+_ABSENT: dict[str, Any] = {"extra": {}, "recording_id": None, "decision": None, "retention": None}
+_OPEN_DEFAULTS: dict[str, Any] = {
+    "direction": "",
+    "agent": "",
+    "skill_group": "",
+    "tags": [],
+    "legs": [],
+    "customer_number_sealed": "",
+    "extra": {},
+    "recording_id": None,
+    "decision": None,
+}
+
+
+def manifest_version(m: dict[str, Any]) -> int:
+    v = m.get("version", 1)
+    return v if isinstance(v, int) else 1
+
+
+def sealed_fields(m: dict[str, Any]) -> dict[str, Any]:
+    """The metadata the manifest ``m`` seals, by call entry field name."""
+    out = {name: m.get(name) for name in SEALED_V1}
+    if manifest_version(m) >= 2:
+        out.update({name: m.get(name, _ABSENT[name]) for name in SEALED_V2})
+    return out
+
+
+def not_sealed(m: dict[str, Any]) -> list[str]:
+    """The metadata fields a manifest of an older version does not cover (verify
+    cannot check them): e.g. ``extra`` for version 1."""
+    return [] if manifest_version(m) >= 2 else list(SEALED_V2[:3])
+
+
+def _norm(value: Any) -> Any:
+    """A value as JSON has it (tuples as lists), for comparing the index's with a
+    record's."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values (the common case compared without a round trip)."""
+    return a == b or _norm(a) == _norm(b)
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _differs(
+    what: str, name: str, where: str, mine: Any, theirs: Any, sealed: str = "the seal"
+) -> Problem:
+    return Problem(what, None, f"{name}: {where} says {_show(mine)}, {sealed} says {_show(theirs)}")
