@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from callvault import __version__, ids
-from callvault.cli import audit, media, sidecar, tenant, tokens, vault, vip
+from callvault.cli import audit, media, sidecar, subject, tenant, tokens, vault, vip
 from callvault.cli import scan as scan_cli
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = _verb(sub, "rotate-key", "new master key-encryption key; re-wrap the tenants' keys")
     v.set_defaults(func=vault.cmd_rotate_key)
     tenant.add_parser(sub, _verb)
+    subject.add_parser(sub, _verb)
     v = _verb(
         sub,
         "stats",

@@ -42,6 +42,14 @@ INDEX_NEW = "index.new"
 TENANT_ERASED_REASON = "tenant erased: "  # an index being rebuilt (docs/format.md 8.4)
 
 
+def _subjects(value: object) -> dict[str, str]:
+    """An OPEN record's ``subjects`` (docs/format.md 8.16): name -> HMAC hex; anything
+    else (absent: a call opened before the subject index) is none."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -314,6 +322,7 @@ class Indexing(VaultState):
                 chain_head=chainmod.genesis(b.tenant, b.call_id).hex(),
                 recording_id=rid if isinstance(rid := meta.get("recording_id"), str) else None,
                 decision=dec if isinstance(dec := meta.get("decision"), dict) else None,
+                subjects=_subjects(meta.get("subjects")),
             )
             if self._entry(cache, b.tenant, b.call_id) is not None:
                 raise Replay(ref, f"a second open record of call {b.call_id}")
