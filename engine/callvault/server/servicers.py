@@ -867,6 +867,9 @@ class AdminServicer(pbg.AdminServicer):
         self.started = time.monotonic()
         self.compactor: Any = None  # vault.compact.Compactor, set by the server (peak mode)
         self.audit: AuditTrail | None = None  # the server's audit trail (access.audit)
+        # more StatsReply fields by name, from the server's other parts (issue 12's
+        # lifecycle: capacity 75-78, erasure by subject 90-91, ...)
+        self.stats_parts: list[Callable[[], dict[str, Any]]] = []
 
     @unary
     def Stats(self, r: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsReply:
@@ -903,6 +906,7 @@ class AdminServicer(pbg.AdminServicer):
             mux_streams=mux_streams,
             mux_calls=mux_calls,
             **self._audit_stats(),
+            **{k: v for part in self.stats_parts for k, v in part().items()},
         )
 
     def _audit_stats(self) -> dict[str, Any]:
