@@ -39,7 +39,7 @@ from callvault.lifecycle.capacity import (
 from callvault.server.app import Server
 from callvault.server.servicers import Config
 from callvault.store.index import CallEntry
-from callvault.vault import Vault
+from callvault.vault import CallNotFound, Vault
 from tests.lifecycle.test_subject import record
 from tests.servers import start_server
 
@@ -264,7 +264,7 @@ def test_floor_refuses_new_calls_through_a_real_server(tmp_path: Path) -> None:
             sealed = ongoing.end(timeout=60)
             assert sealed.frames == 100
             assert vault.get_call("ongoing").state == "sealed"
-            with pytest.raises(Exception):
+            with pytest.raises(CallNotFound):
                 vault.get_call("new-1")
             st = c.stats()
             assert st.capacity_state == "critical" and st.capacity_used_percent == 96.0
@@ -316,7 +316,8 @@ def test_floor_end_to_end_on_a_small_volume(tmp_path: Path) -> None:
         data = vol / "data"
         conf = tmp_path / "serve.toml"
         conf.write_text(
-            "reclaim_interval_s = 0\n[capacity]\nhigh = 60\nlow = 50\nfloor = 80\ninterval_s = 0.2\n"
+            "reclaim_interval_s = 0\n"
+            "[capacity]\nhigh = 60\nlow = 50\nfloor = 80\ninterval_s = 0.2\n"
         )
         srv = start_server(data, args=("--config", str(conf)), log_dir=tmp_path / "logs")
         t0 = 1_800_000_000_000_000

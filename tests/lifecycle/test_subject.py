@@ -246,7 +246,7 @@ def test_extra_keys_and_tenants(vault: Vault) -> None:
 
 def test_an_erased_tenant_loses_its_subject_key(vault: Vault) -> None:
     record(vault, "a", tenant="acme")
-    keyfile = vault.call_keys.tenants.dir("acme") / "subject.key"
+    keyfile = vault.call_keys.tenants.subject_path("acme")
     assert keyfile.exists()
     vault.erase_tenant("acme", reason="contract ended")
     assert not keyfile.exists()

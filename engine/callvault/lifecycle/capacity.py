@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -120,7 +120,7 @@ class Relief:
     """What one relief did."""
 
     archived: int = 0
-    evicted: list[str] | None = None  # "tenant/call_id", oldest first
+    evicted: list[str] = field(default_factory=list)  # "tenant/call_id", oldest first
     bytes_freed: int = 0
     error: str = ""
 
@@ -156,7 +156,7 @@ class Capacity:
         a = self._archive
         if a is None or hasattr(a, "evict"):
             return a  # type: ignore[return-value]
-        return a()  # type: ignore[operator]
+        return a()
 
     # -- the check -------------------------------------------------------------------
     def measure(self) -> Usage:
@@ -265,7 +265,7 @@ class Capacity:
         (by their audio's bytes), then reclaim. Only calls safe in the archive are
         evicted; with no archive nothing is."""
         u = usage or self.measure()
-        done = Relief(evicted=[])
+        done = Relief()
         archive = self.archive()
         if archive is None:
             return done
@@ -275,8 +275,8 @@ class Capacity:
                     return done
                 archive.archive_call(e)
                 done.archived += 1
-        except Exception as e:  # evict what is archived already, then say why
-            done.error = f"archiving due calls failed: {e}"
+        except Exception as err:  # evict what is archived already, then say why
+            done.error = f"archiving due calls failed: {err}"
         goal = u.used_bytes - int(self.settings.low / 100.0 * u.total_bytes)
         freed = 0
         for e in self.evictable():

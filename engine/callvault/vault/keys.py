@@ -32,9 +32,9 @@ KEK_SUFFIX = ".kek"
 # version 1 call key: every call key is wrapped under a tenant KEK, so a master
 # rotation need not look at them
 V2_ONLY = "v2-only"
-# DATA/keys/tenants/<sha256(tenant)>/subject.key: the tenant's subject key (the HMAC key
-# of its subject index, docs/format.md 8.16), wrapped under the master key like a KEK
-SUBJECT_FILE = "subject.key"
+# DATA/keys/subjects/<sha256(tenant)>.key: the tenant's subject key (the HMAC key of its
+# subject index, docs/format.md 8.16), wrapped under the master key like a KEK
+SUBJECTS_DIR = "subjects"
 
 # Test hook: the SIGKILL crash tests stop a tenant erase or rotation at a named step
 # (tests/e2e/test_tenant_crash.py): CALLVAULT_TENANT_CRASH=<step> kills the process.
@@ -122,16 +122,19 @@ class TenantKeks:
             self._active[tenant] = gen
             return gen, kek
 
+    def subject_path(self, tenant: str) -> Path:
+        return self.directory.parent / SUBJECTS_DIR / f"{self.dir(tenant).name}.key"
+
     def subject_key(self, tenant: str, *, create: bool = False) -> bytes | None:
         """The tenant's subject key (the HMAC key of its subject index, docs/format.md
-        8.16): 32 random bytes wrapped under the master key file in the tenant's KEK
-        directory, made (durable) on first use when ``create``; None when the tenant
-        has none (no call of it was indexed by subject, or the tenant was erased)."""
+        8.16): 32 random bytes wrapped under the master key file, made (durable) on
+        first use when ``create``; None when the tenant has none (no call of it was
+        indexed by subject, or the tenant was erased)."""
         with self._lock:
             key = self._subject.get(tenant)
             if key is not None:
                 return key
-            p = self.dir(tenant) / SUBJECT_FILE
+            p = self.subject_path(tenant)
             try:
                 wrapped = crypto.read_private_file(
                     p, "subject key file", "the tenant's subject key"
@@ -140,10 +143,9 @@ class TenantKeks:
                 if not create:
                     return None
                 key = secrets.token_bytes(crypto.KEY_BYTES)
-                d = self.dir(tenant)
-                if not d.is_dir():
-                    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    fsync_dir(d.parent)
+                if not p.parent.is_dir():
+                    p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    fsync_dir(p.parent.parent)
                 write_atomic(p, self.keys.wrap(key), 0o600)
             else:
                 key = self.keys.unwrap(wrapped)
@@ -172,7 +174,10 @@ class TenantKeks:
                 del self._cache[key]
             self._active.pop(tenant, None)
             # its subject index's key too: the HMACs of its subjects link to nobody
-            (self.dir(tenant) / SUBJECT_FILE).unlink(missing_ok=True)
+            subject = self.subject_path(tenant)
+            if subject.exists():
+                subject.unlink()
+                fsync_dir(subject.parent)
             self._subject.pop(tenant, None)
             if self.dir(tenant).is_dir():
                 fsync_dir(self.dir(tenant))
@@ -189,14 +194,13 @@ class TenantKeks:
 
     def rewrap(self, kek_id: int) -> int:
         """Re-wrap every tenant's KEK generations under master KEK ``kek_id``;
-        returns how many files."""
+        returns how many files. The tenants' subject keys (8.16) are re-wrapped
+        with them (first; not counted: the count is of the keys that wrap keys)."""
         n = 0
         with self._lock:
-            files = [
-                *self.directory.glob("*/*" + KEK_SUFFIX),
-                *self.directory.glob("*/" + SUBJECT_FILE),
-            ]
-            for p in sorted(files):
+            for p in sorted((self.directory.parent / SUBJECTS_DIR).glob("*.key")):
+                write_atomic(p, self.keys.rewrap(p.read_bytes(), kek_id), 0o600)
+            for p in sorted(self.directory.glob("*/*" + KEK_SUFFIX)):
                 write_atomic(p, self.keys.rewrap(p.read_bytes(), kek_id), 0o600)
                 n += 1
                 if n == 1:
