@@ -334,3 +334,35 @@ def test_cli_local(tmp_path: Path) -> None:
     rep = json.loads(r.stdout)
     assert [e["call_id"] for e in rep["already_erased"]] == ["a"]
     assert [d["call_id"] for d in rep["deferred"]] == ["b"]
+
+
+def test_cli_subject_reindex(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    v = Vault.open(data)
+    v.subject_keys = ()  # as recorded by a version before the subject index
+    record(v, "old", tenant="t1")
+    record(v, "old2", tenant="t2")
+    v.close()
+    r = cli("--data", str(data), "subject", "reindex", "--all-tenants")
+    assert r.returncode == 0, r.stderr
+    assert "subject index: 2 call(s) indexed" in r.stdout
+    r = cli("--data", str(data), "subject", "reindex", "--all-tenants")
+    assert "subject index: 0 call(s) indexed" in r.stdout  # nothing left to do
+    with Vault.open(data) as v:
+        assert subject.find(v, "t1", "customer_number", NUMBER)[1] == ["old"]
+        assert v.get_call("old", tenant="t1").lifecycle_count == 1
+
+
+def test_an_extra_key_not_configured_is_found_by_looking(vault: Vault) -> None:
+    record(vault, "x", extra={"account_id": "Z-1"})
+    record(vault, "y", extra={"account_id": "Z-2"})
+    assert "account_id" not in vault.get_call("x").subjects  # not a [subject] key
+    dry = subject.erase_subject(vault, name="account_id", value="Z-1", reason="r", dry_run=True)
+    assert [e["call_id"] for e in dry["erased"]] == ["x"]
+    assert vault.get_call("x").lifecycle_count == 0
+    rep = subject.erase_subject(vault, name="account_id", value="Z-1", reason="r")
+    assert [e["call_id"] for e in rep["erased"]] == ["x"]
+    assert vault.get_call("y").state == "sealed"
+    # y's HMAC is stored now (a lifecycle record), beside its customer number's
+    assert set(vault.get_call("y").subjects) == {"customer_number", "account_id"}
+    assert subject.find(vault, "default", "account_id", "Z-2")[1] == ["y"]
