@@ -169,6 +169,12 @@ def test_not_found_and_bad_requests(vault: Vault) -> None:
     record(vault, "a")
     rep = subject.erase_subject(vault, name="customer_number", value=OTHER, reason="r")
     assert rep["not_found"] is True
+    # a tenant nobody uses: nothing found, no subject key made for it
+    rep = subject.erase_subject(
+        vault, name="customer_number", value=NUMBER, reason="r", tenant="nobody"
+    )
+    assert rep["not_found"] is True and rep["tenants"] == ["nobody"]
+    assert not vault.call_keys.tenants.subject_path("nobody").exists()
     assert vault.get_call("a").state == "sealed"
     with pytest.raises(subject.SubjectError, match="subject key"):
         subject.erase_subject(vault, name="", value="7", reason="r")
@@ -366,3 +372,19 @@ def test_an_extra_key_not_configured_is_found_by_looking(vault: Vault) -> None:
     # y's HMAC is stored now (a lifecycle record), beside its customer number's
     assert set(vault.get_call("y").subjects) == {"customer_number", "account_id"}
     assert subject.find(vault, "default", "account_id", "Z-2")[1] == ["y"]
+
+
+def test_subject_settings() -> None:
+    assert subject.parse_settings(None) == ("customer_number",)
+    assert subject.parse_settings({"keys": ["account_id", "customer_number", "account_id"]}) == (
+        "customer_number",
+        "account_id",
+    )
+    for bad, what in (
+        ({"keys": "account_id"}, "list of non-empty strings"),
+        ({"keys": [""]}, "list of non-empty strings"),
+        ({"keys": ["a\x00b"]}, "NUL"),
+        ({"key": ["a"]}, "unknown setting"),
+    ):
+        with pytest.raises(subject.SubjectError, match=what):
+            subject.parse_settings(bad)

@@ -58,9 +58,8 @@ def parse_settings(section: dict[str, Any] | None) -> tuple[str, ...]:
     if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
         raise SubjectError("[subject] keys must be a list of non-empty strings")
     for k in keys:
-        check_text(k, "[subject] keys entry", 64)
-        if "\x00" in k:
-            raise SubjectError("[subject] keys entries may not contain NUL")
+        if "\x00" in k or len(k.encode()) > 64:
+            raise SubjectError(f"[subject] keys: {k!r} is over 64 bytes or holds a NUL")
     out = ["customer_number", *(k for k in keys if k != "customer_number")]
     return tuple(dict.fromkeys(out))
 
@@ -116,13 +115,16 @@ def backfill(
     # only customer_number is indexed by every writer (an extra key only where the
     # [subject] keys name it): only it is remembered as complete
     done = _complete(vault, tenant) & {"customer_number"}
-    key = vault.call_keys.tenants.subject_key(tenant, create=write)
-    if key is None:  # a dry run in a tenant with no subject key yet: a throwaway one
-        key = secrets.token_bytes(32)
+    key = vault.call_keys.tenants.subject_key(tenant)
+    # a tenant without a subject key yet: a dry run's is a throwaway one; a real run
+    # makes the tenant's when a call needs it (a tenant name nobody uses gets none)
     out: dict[str, Any] = {"indexed": 0, "open": [], "macs": {}, "key": key}
+    if out["key"] is None:
+        out["key"] = secrets.token_bytes(32)
     if set(names) <= done:
         return out
-    for call_id in vault.index.call_ids(tenant):
+    calls = vault.index.call_ids(tenant)
+    for call_id in calls:
         e = vault.index.get_call(tenant, call_id)
         if e is None or e.state == "erased":
             continue  # nothing of it left to erase
@@ -136,6 +138,9 @@ def backfill(
         values = _values_of(vault, e, missing)
         if not values:
             continue
+        if key is None:
+            key = vault.call_keys.tenants.subject_key(tenant, create=write) or out["key"]
+            out["key"] = key
         macs = {n: subject_mac(key, n, v).hex() for n, v in values.items()}
         out["macs"][call_id] = macs
         if write:
@@ -149,7 +154,7 @@ def backfill(
                 expect_seq=e.lifecycle_count,
             )
             out["indexed"] += 1
-    if write and not out["open"] and "customer_number" in names and not done:
+    if write and calls and not out["open"] and "customer_number" in names and not done:
         b = vault.index.batch()
         b.put_meta(COMPLETE + tenant.encode(), json.dumps(["customer_number"]).encode())
         with vault._log_lock:  # the committer writes its batches under it

@@ -211,6 +211,8 @@ class Server:
 
     def start(self) -> None:
         self.compactor.start()
+        if self.capacity_settings.enabled:
+            self.capacity.check(relieve=False)  # the state before the first call
         self.grpc.start()
         self._set_health(serving=True)
         self._housekeeper = threading.Thread(
@@ -221,7 +223,6 @@ class Server:
             self._reclaimer = threading.Thread(target=self._reclaiming, name="reclaim", daemon=True)
             self._reclaimer.start()
         if self.capacity_settings.enabled:
-            self.capacity.check(relieve=False)  # the state before the first call
             self._capacity = threading.Thread(
                 target=self._capacity_checks, name="capacity", daemon=True
             )
