@@ -116,7 +116,7 @@ def cmd_erase_subject(args: argparse.Namespace) -> int:
         print(json.dumps(rep, indent=2, sort_keys=True))
     else:
         print_report(rep)
-    return 0
+    return 1 if rep.get("failed") else 0
 
 
 def print_report(rep: dict[str, Any]) -> None:
@@ -136,6 +136,8 @@ def print_report(rep: dict[str, Any]) -> None:
         print(f"  deferred {d['tenant']}/{d['call_id']}: {d['why']}{mark}")
     for e in rep["already_erased"]:
         print(f"  already erased {e['tenant']}/{e['call_id']} (erase leaf {e['log_index']})")
+    for e in rep.get("failed", []):
+        print(f"  FAILED {e['tenant']}/{e['call_id']}: {e['error']} (run erase-subject again)")
     for e in rep["being_recorded"] + rep["unindexed_open"]:
         print(f"  being recorded {e['tenant']}/{e['call_id']}: run erase-subject again once sealed")
 

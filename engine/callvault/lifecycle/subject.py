@@ -144,15 +144,24 @@ def backfill(
         macs = {n: subject_mac(key, n, v).hex() for n, v in values.items()}
         out["macs"][call_id] = macs
         if write:
-            vault.change(
-                call_id,
-                tenant=tenant,
-                op=OP_INDEX,
-                changes={"subjects": {**e.subjects, **macs}},
-                by=by,
-                reason="subject index of a call recorded before it",
-                expect_seq=e.lifecycle_count,
-            )
+            for attempt in range(3):  # another change in between: read it again
+                try:
+                    vault.change(
+                        call_id,
+                        tenant=tenant,
+                        op=OP_INDEX,
+                        changes={"subjects": {**e.subjects, **macs}},
+                        by=by,
+                        reason="subject index of a call recorded before it",
+                        expect_seq=e.lifecycle_count,
+                    )
+                    break
+                except VaultError:
+                    e = vault.get_call(call_id, tenant=tenant)
+                    if set(macs) <= set(e.subjects):
+                        break  # indexed meanwhile
+                    if attempt == 2:
+                        raise
             out["indexed"] += 1
     if write and calls and not out["open"] and "customer_number" in names and not done:
         b = vault.index.batch()
@@ -226,6 +235,7 @@ def erase_subject(
         "already_erased": [],
         "being_recorded": [],
         "unindexed_open": [],
+        "failed": [],
     }
     for t in tenants_of(vault, tenant):
         if vault.index.tenant_erasure(t) is not None:
@@ -242,7 +252,7 @@ def erase_subject(
         for call_id in sorted(set(calls)):
             _erase_one(vault, report, t, call_id, name, mac, reason, dry_run, by)
     report["not_found"] = not any(
-        report[k] for k in ("erased", "deferred", "already_erased", "being_recorded")
+        report[k] for k in ("erased", "deferred", "already_erased", "being_recorded", "failed")
     )
     return report
 
@@ -281,6 +291,9 @@ def _erase_one(
         except Retained as err:  # a hold placed meanwhile
             why = str(err)
             e = vault.get_call(call_id, tenant=tenant)
+        except VaultError as err:  # said, and the others are still tried
+            report["failed"].append({"tenant": tenant, "call_id": call_id, "error": str(err)})
+            return
         else:
             e = vault.get_call(call_id, tenant=tenant)
             report["erased"].append(
