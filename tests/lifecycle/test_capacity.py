@@ -350,3 +350,46 @@ def test_floor_end_to_end_on_a_small_volume(tmp_path: Path) -> None:
             assert "capacity critical" in srv.output()
         finally:
             assert srv.stop() == 0, srv.output()
+
+
+def test_the_server_relieves_through_its_archive(tmp_path: Path) -> None:
+    """The server's capacity part finds the archive the archive part sets
+    (``Server.archive``), and Admin.Stats counts the calls it evicted."""
+    data = tmp_path / "data"
+    with Vault.open(data, segment_bytes=SEGMENT_BYTES) as v:
+        for k in range(4):
+            record(v, f"c{k}")
+    vault = Vault.open(data, segment_bytes=SEGMENT_BYTES)
+    server = Server(vault, "127.0.0.1:0", Config(capacity={"interval_s": 3600}))
+    server.start()
+    try:
+        assert server.capacity.check() == OK  # the real volume: far below 85%
+        server.archive = StandInArchive(vault, ["c0", "c1", "c2"])  # type: ignore[attr-defined]
+        # 15,000 bytes to free: more than the three archived calls' audio
+        server.capacity.usage = lambda: Usage(90_000, 100_000)
+        assert server.capacity.check() == HIGH  # the usage stays: still high
+        assert server.archive.evicted == ["c0", "c1", "c2"]  # type: ignore[attr-defined]
+        assert vault.get_call("c3").local is True  # only local: kept
+        with Client(f"127.0.0.1:{server.port}") as c:
+            st = c.stats()
+            assert st.capacity_evicted_calls == 3 and st.capacity_state == "high"
+            assert st.capacity_error == ""
+    finally:
+        server.stop()
+
+
+def test_a_failing_archive_is_said_and_eviction_goes_on(tmp_path: Path) -> None:
+    with Vault.open(tmp_path / "data") as v:
+        record(v, "c1")
+        record(v, "c2")
+        archive = StandInArchive(v, ["c1"])
+        archive.archive_call(v.get_call("c1"))
+
+        def due(now_us: int) -> list[CallEntry]:
+            raise OSError("the archive's endpoint is unreachable")
+
+        archive.due = due  # type: ignore[method-assign]
+        cap = Capacity(v, settings(), usage=lambda: Usage(90, 100), archive=archive)
+        assert cap.check() == HIGH
+        assert archive.evicted == ["c1"]
+        assert "archiving due calls failed: the archive's endpoint is unreachable" in cap.error
