@@ -11,6 +11,7 @@ given, because a Play that follows a live call runs as long as the call. See
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import secrets
 import shutil
@@ -844,6 +845,39 @@ class Client(_Base):
         return self._rpc.unary(
             _ADMIN + "EraseTenant", req, pb.EraseTenantReply, idempotent=False, timeout=timeout
         )
+
+    def erase_subject(
+        self,
+        key: str,
+        value: str,
+        reason: str,
+        *,
+        dry_run: bool = False,
+        tenant: str = "",
+        all_tenants: bool = False,
+        timeout: Timeout = DEFAULT,
+    ) -> dict[str, Any]:
+        """Erase every call of a data subject (``key`` customer_number or an extra key
+        = ``value``); those held or retained are deferred and marked pending_erase.
+        Returns the report (docs/policy.md "Erasure by data subject"). An admin only;
+        ``all_tenants`` a platform identity's. Never retried (a dry run is)."""
+        req = pb.EraseSubjectRequest(
+            key=key,
+            value=value,
+            reason=reason,
+            dry_run=dry_run,
+            tenant=tenant,
+            all_tenants=all_tenants,
+        )
+        reply = self._rpc.unary(
+            "/callvault.v1.Lifecycle/EraseSubject",
+            req,
+            pb.EraseSubjectReply,
+            idempotent=dry_run,
+            timeout=timeout,
+        )
+        report: dict[str, Any] = json.loads(reply.report_json)
+        return report
 
     def reindex(self, *, timeout: Timeout = DEFAULT) -> pb.ReindexReply:
         """Rebuild the server's index from its segments (never retried)."""

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from callvault import __version__, ids
-from callvault.cli import audit, dispose, media, sidecar, tags, tenant, tokens, vault, vip
+from callvault.cli import audit, dispose, media, sidecar, subject, tags, tenant, tokens, vault, vip
 from callvault.cli import holds as holds_cli
 from callvault.cli import policy as policy_cli
 from callvault.cli import scan as scan_cli
@@ -321,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     dispose.add_parser(sub, _verb)
     policy_cli.add_parser(sub, _verb)
     tags.add_parser(sub, _verb)
+    subject.add_parser(sub, _verb)
     v = _verb(
         sub,
         "stats",

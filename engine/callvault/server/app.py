@@ -51,12 +51,15 @@ from callvault.access.tokens import TokenStore
 from callvault.durable import write_atomic
 from callvault.errors import InputError
 from callvault.lifecycle import disposal
+from callvault.lifecycle.capacity import Capacity
+from callvault.lifecycle.capacity import Settings as CapacitySettings
 from callvault.lifecycle.rules import RecordingPolicy
 from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits, dtmf_settings
 from callvault.server.interceptors import PERMISSIONS, IdentityInterceptor, MethodLog
 from callvault.server.lc_disposal import Disposer, archive_of
 from callvault.server.lc_policy import check_config_file
+from callvault.server.lc_subject import settings_of
 from callvault.server.lifecycle import LifecycleServicer
 from callvault.server.servicers import (
     AdminServicer,
@@ -71,6 +74,7 @@ from callvault.vault.compact import Compactor
 
 log = logging.getLogger("callvault.server")
 SERVICES = ("Ingest", "Archive", "Integrity", "Admin", "Lifecycle")
+INGEST_SERVICE = "callvault.v1.Ingest"  # its health is NOT_SERVING at the capacity floor
 AUDIO_PERMISSIONS = ("listen", "export")  # Play; Export and GetBundle
 ACCESS_DIR = "access"  # DATA/access: the token store (docs/format.md 10.1)
 
@@ -167,6 +171,17 @@ class Server:
         # stored one, attached before the first call can be sealed
         self.lifecycle.start_policy()
         pbg.add_LifecycleServicer_to_server(self.lifecycle, self.grpc)
+        # [subject] keys: what the subject index keeps of new calls; [capacity]: the
+        # watermarks (docs/policy.md); bad settings stop the server here
+        vault.subject_keys = settings_of(c)
+        self.capacity_settings = CapacitySettings.parse(c.policy.get("capacity"))
+        self.capacity = Capacity(
+            vault, self.capacity_settings, archive=self._archive, on_state=self._capacity_state
+        )
+        if self.capacity_settings.enabled:
+            self.ingestor.admit_new = self.capacity.admit
+        admin.stats_parts += [self.capacity.stats, self.lifecycle.subject_stats]
+        self._capacity: threading.Thread | None = None
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
         reflection.enable_server_reflection(
@@ -195,6 +210,7 @@ class Server:
         self._housekeeper: threading.Thread | None = None
         self._reclaimer: threading.Thread | None = None
         self.reclaim_error = ""  # why the last scheduled reclaim failed (Admin.Stats)
+        self._serving = True  # the segment writer works (health)
 
     def _audio_gate(self, method: str) -> str | None:
         """Every access to audio is audited: while the trail cannot be written (its
@@ -209,6 +225,8 @@ class Server:
 
     def start(self) -> None:
         self.compactor.start()
+        if self.capacity_settings.enabled:
+            self.capacity.check(relieve=False)  # the state before the first call
         self.grpc.start()
         self._set_health(serving=True)
         self._housekeeper = threading.Thread(
@@ -219,15 +237,42 @@ class Server:
             self._reclaimer = threading.Thread(target=self._reclaiming, name="reclaim", daemon=True)
             self._reclaimer.start()
         self.disposer.start()  # finishes what a crash cut short, then on schedule
+        if self.capacity_settings.enabled:
+            self._capacity = threading.Thread(
+                target=self._capacity_checks, name="capacity", daemon=True
+            )
+            self._capacity.start()
+
+    def _archive(self) -> Any:
+        """The archive tier (callvault.lifecycle.archive), None when none is configured:
+        the archive part of the server sets ``self.archive``."""
+        return getattr(self, "archive", None)
+
+    def _capacity_checks(self) -> None:
+        """Every [capacity] interval_s until stop: measure the data volume, relieve it
+        above the high watermark (lifecycle.capacity)."""
+        while not self._stopped.wait(self.capacity_settings.interval_s):
+            if self.vault.writer_error is not None:
+                continue  # the housekeeper reopens it first
+            self.capacity.check(stop=self._stopped)
+
+    def _capacity_state(self, old: str, new: str) -> None:
+        """At the floor the Ingest service is NOT_SERVING in the health service (a load
+        balancer sends new calls elsewhere); the others stay as the writer says."""
+        if "critical" in (old, new) and not self._stopped.is_set():
+            self._set_health(serving=self._serving)
 
     def _set_health(self, *, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        self._serving = serving
+        full = getattr(self, "capacity", None) is not None and self.capacity.state == "critical"
         for name in ["", *self._names]:
-            self.health.set(name, status)
+            up = serving and not (full and name == INGEST_SERVICE)
+            self.health.set(
+                name,
+                health_pb2.HealthCheckResponse.SERVING
+                if up
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
 
     def _housekeeping(self) -> None:
         """Every ``housekeeping_s`` until stop: reap, then check the writer."""
@@ -296,6 +341,8 @@ class Server:
         if self._reclaimer is not None:  # a run stops after the step it is in
             self._reclaimer.join()
         self.disposer.stop()  # a disposal running finishes first
+        if self._capacity is not None:
+            self._capacity.join()
         self.health.enter_graceful_shutdown()
         self.ingestor.shutdown(lambda live, e: log.error("call %s: %s", live.spec.call_id, e))
         self.grpc.stop(self.config.shutdown_grace_s).wait()

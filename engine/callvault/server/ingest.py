@@ -99,6 +99,12 @@ class TooManyCalls(CallvaultError):
     """The server records ``max_open_calls`` calls already."""
 
 
+class VolumeFull(TooManyCalls):
+    """The data volume is at or above its capacity floor (lifecycle.capacity): new
+    calls are refused (RESOURCE_EXHAUSTED, as TooManyCalls); calls being recorded
+    go on."""
+
+
 class WriterFailed(CallvaultError):
     """The vault's segment writer has failed: nothing can be stored until it works."""
 
@@ -702,6 +708,9 @@ class Ingestor:
             log.info("DTMF digits are kept in the calls' summaries ([dtmf] keep_digits)")
         self.limits = limits or Limits()
         self.expired_total = 0  # calls expired unfed (reap)
+        # why a new call is refused now (the capacity floor: lifecycle.capacity's
+        # admit, reading a state its thread keeps), None: admitted; None: no check
+        self.admit_new: Callable[[], str | None] | None = None
         self.resume_sealed_total = 0  # calls sealed by reap after resume_s without a stream
         # Batches are processed (jitter buffer, DSP, Opus) on a few worker threads, not
         # on the RPC threads: with a thread per stream, dozens of threads taking turns
@@ -790,6 +799,10 @@ class Ingestor:
                 entry = self.vault.index.get_call(tenant, spec.call_id)
                 writer = None
                 decision = None
+                if entry is None and self.admit_new is not None:
+                    full = self.admit_new()  # a new call; those being recorded go on
+                    if full is not None:
+                        raise VolumeFull(full)
                 if entry is None:
                     decision = self._decide_new(spec, tenant)
                     if not decision[0].recorded:  # never live: answered as sealed

@@ -18,6 +18,7 @@ from callvault.access.context import current_identity
 from callvault.server.lc_disposal import DisposalPart
 from callvault.server.lc_holds import HoldsPart
 from callvault.server.lc_policy import PolicyPart
+from callvault.server.lc_subject import SubjectPart
 from callvault.server.lc_tags import TagsPart
 from callvault.vault import Vault
 
@@ -52,6 +53,12 @@ class LifecycleBase:
 
 
 class LifecycleServicer(  # the parts go first
-    TagsPart, PolicyPart, HoldsPart, DisposalPart, LifecycleBase, pbg.LifecycleServicer
+    TagsPart,
+    PolicyPart,
+    HoldsPart,
+    DisposalPart,
+    SubjectPart,
+    LifecycleBase,
+    pbg.LifecycleServicer,
 ):
     """Lifecycle: the parts (lc_*.py mixins) come before the generated base."""

@@ -871,7 +871,8 @@ class AdminServicer(pbg.AdminServicer):
         self.started = time.monotonic()
         self.compactor: Any = None  # vault.compact.Compactor, set by the server (peak mode)
         self.audit: AuditTrail | None = None  # the server's audit trail (access.audit)
-        # more StatsReply fields, each part's (e.g. the disposal sweeper's, 70-74)
+        # more StatsReply fields by name, from the server's other parts (issue 12's
+        # lifecycle: capacity 75-78, erasure by subject 90-91, ...)
         self.stats_parts: list[Callable[[], dict[str, Any]]] = []
 
     @unary

@@ -140,7 +140,7 @@ class RecordEntry:
 
 # what a LIFECYCLE record may set in a call entry (docs/format.md 8.14)
 LIFECYCLE_FIELDS = frozenset(
-    {"tags", "retention", "holds", "archive", "local", "disposal", "pending_erase"}
+    {"tags", "retention", "holds", "archive", "local", "disposal", "pending_erase", "subjects"}
 )
 
 
@@ -208,6 +208,10 @@ class CallEntry:
     # an erasure asked for while the call was held or retained: {"requested_us", "by",
     # "reason"}; carried out once nothing keeps the call (docs/policy.md)
     pending_erase: dict[str, Any] | None = None
+    # the subject index's HMACs of the call (docs/format.md 8.16): {"customer_number":
+    # hex, an extra key: hex}, from the OPEN record (or a LIFECYCLE "subject-index"
+    # record for a call opened before); never a value in clear
+    subjects: dict[str, str] = field(default_factory=dict)
 
     def pack(self) -> bytes:
         # vars(), not asdict(): asdict deep-copies, and this runs once per call per group
@@ -260,6 +264,29 @@ def record_key(tenant: str, call_id: str, chain_index: int) -> bytes:
 def _posting(tenant: str, value: str | None, what: str, start_us: int, call_id: str) -> bytes:
     mid = b"" if value is None else _s(value, what)
     return _s(tenant, "tenant") + mid + U64.pack(start_us) + _s(call_id, "call id")
+
+
+SUBJECT = b"subject/"  # default family: subject/ + tenant 00 key 00 hmac(32) call id 00 -> ""
+
+
+def subject_prefix(tenant: str, name: str, mac: bytes) -> bytes:
+    """The keys of the calls whose ``name`` has the HMAC ``mac`` (docs/format.md 8.16)."""
+    if len(mac) != 32:
+        raise ValueError("a subject HMAC is 32 bytes")
+    return SUBJECT + _s(tenant, "tenant") + _s(name, "subject key") + mac
+
+
+def subject_postings(e: CallEntry) -> list[bytes]:
+    """The subject index's keys of a call (default family)."""
+    out = []
+    for name, mac in sorted(e.subjects.items()):
+        try:
+            raw = bytes.fromhex(mac)
+        except (TypeError, ValueError):
+            continue  # never written by a vault: not indexed
+        if len(raw) == 32 and name and "\x00" not in name:
+            out.append(subject_prefix(e.tenant, name, raw) + _s(e.call_id, "call id"))
+    return out
 
 
 DECISION = b"decision/"  # default family: decision/ + tenant 00 call id 00 -> JSON
@@ -324,6 +351,15 @@ class Batch:
         for cf, k in new:
             if (cf, k) not in old:
                 self._wb.put(k, b"", ix.cf(cf))
+        # the subject index (docs/format.md 8.16) follows the entry's HMACs likewise
+        snew = subject_postings(entry)
+        sold = subject_postings(previous) if previous is not None else []
+        for k in sold:
+            if k not in snew:
+                self._wb.delete(k)
+        for k in snew:
+            if k not in sold:
+                self._wb.put(k, b"")
         self.count += 1
 
     def put_meta(self, key: bytes, value: bytes) -> None:
@@ -582,6 +618,21 @@ class Index:
     def get_call(self, tenant: str, call_id: str) -> CallEntry | None:
         raw = self._views["calls"].get(call_key(tenant, call_id))
         return None if raw is None else CallEntry.unpack(raw)
+
+    def subject_calls(self, tenant: str, name: str, mac: bytes) -> list[str]:
+        """The ids of the tenant's calls whose ``name`` has the HMAC ``mac`` (the
+        subject index, docs/format.md 8.16), in key order."""
+        prefix = subject_prefix(tenant, name, mac)
+        out: list[str] = []
+        it = self._db.iter()
+        it.seek(prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            out.append(key[len(prefix) : -1].decode())
+            it.next()
+        return out
 
     def get_decision(self, tenant: str, call_id: str) -> DecisionEntry | None:
         raw = self._db.get(decision_key(tenant, call_id))

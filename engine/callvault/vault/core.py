@@ -75,6 +75,8 @@ from callvault.vault.keys import (
     TenantKeks,
     has_vault_data,
     open_key_file,
+    subject_mac,
+    subject_values,
 )
 from callvault.vault.lifecycle import Lifecycle, Retained
 from callvault.vault.reclaim import Reclaiming
@@ -292,6 +294,9 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
         # the retention end of a call being sealed, kept in its manifest (docs/format.md
         # 8.14): set by callvault.lifecycle from the stored policy; None: no policy
         self.retention_at_seal: Callable[[CallEntry, int], dict[str, Any] | None] | None = None
+        # what the subject index keeps of new calls (docs/format.md 8.16): the customer
+        # number and these keys of `extra` (the server's [subject] keys)
+        self.subject_keys: tuple[str, ...] = ("customer_number",)
         self._reclaimed_last = None
         self.report = OpenReport()
         self._segment_bytes = segment_bytes
@@ -499,6 +504,10 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
                 meta["recording_id"] = recording_id
             if decision is not None:
                 meta["decision"] = decision
+            # the subject index (docs/format.md 8.16): HMACs, never the values
+            subjects = self.subject_macs(tenant, customer_number, extra, create=True)
+            if subjects:
+                meta["subjects"] = subjects
             start = start_us if start_us is not None else now_us()
             body = rec.open_body(tenant, call_id, start, meta)
             entry = CallEntry(
@@ -514,6 +523,7 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
                 extra=extra or {},
                 recording_id=recording_id,
                 decision=decision,
+                subjects=subjects,
             )
             w = CallWriter(self, entry, key, chainmod.Chain(tenant, call_id))
             self._open[(tenant, call_id)] = w
@@ -524,6 +534,25 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
             self._forget(entry)
             raise
         return w
+
+    def subject_macs(
+        self,
+        tenant: str,
+        customer_number: str,
+        extra: dict[str, Any] | None,
+        *,
+        create: bool = False,
+    ) -> dict[str, str]:
+        """The subject index's HMACs (hex) of a call's values (docs/format.md 8.16):
+        its customer number and the ``subject_keys`` of its ``extra``; {} when it has
+        none (or, unless ``create``, its tenant has no subject key yet)."""
+        values = subject_values(self.subject_keys, customer_number, extra)
+        if not values:
+            return {}
+        key = self.call_keys.tenants.subject_key(tenant, create=create)
+        if key is None:
+            return {}
+        return {name: subject_mac(key, name, v).hex() for name, v in values.items()}
 
     def record_decision(
         self, call_id: str, decision: dict[str, Any], *, tenant: str = "default"

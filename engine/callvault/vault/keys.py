@@ -14,6 +14,7 @@ call keys under a new generation of its KEK."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 import threading
@@ -31,6 +32,9 @@ KEK_SUFFIX = ".kek"
 # version 1 call key: every call key is wrapped under a tenant KEK, so a master
 # rotation need not look at them
 V2_ONLY = "v2-only"
+# DATA/keys/subjects/<sha256(tenant)>.key: the tenant's subject key (the HMAC key of its
+# subject index, docs/format.md 8.16), wrapped under the master key like a KEK
+SUBJECTS_DIR = "subjects"
 
 # Test hook: the SIGKILL crash tests stop a tenant erase or rotation at a named step
 # (tests/e2e/test_tenant_crash.py): CALLVAULT_TENANT_CRASH=<step> kills the process.
@@ -59,6 +63,7 @@ class TenantKeks:
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, int], bytes] = {}
         self._active: dict[str, int] = {}  # tenant -> its newest generation (this process)
+        self._subject: dict[str, bytes] = {}  # tenant -> its subject key
 
     def dir(self, tenant: str) -> Path:
         return self.directory / hashlib.sha256(tenant.encode()).hexdigest()
@@ -117,6 +122,36 @@ class TenantKeks:
             self._active[tenant] = gen
             return gen, kek
 
+    def subject_path(self, tenant: str) -> Path:
+        return self.directory.parent / SUBJECTS_DIR / f"{self.dir(tenant).name}.key"
+
+    def subject_key(self, tenant: str, *, create: bool = False) -> bytes | None:
+        """The tenant's subject key (the HMAC key of its subject index, docs/format.md
+        8.16): 32 random bytes wrapped under the master key file, made (durable) on
+        first use when ``create``; None when the tenant has none (no call of it was
+        indexed by subject, or the tenant was erased)."""
+        with self._lock:
+            key = self._subject.get(tenant)
+            if key is not None:
+                return key
+            p = self.subject_path(tenant)
+            try:
+                wrapped = crypto.read_private_file(
+                    p, "subject key file", "the tenant's subject key"
+                )
+            except FileNotFoundError:
+                if not create:
+                    return None
+                key = secrets.token_bytes(crypto.KEY_BYTES)
+                if not p.parent.is_dir():
+                    p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    fsync_dir(p.parent.parent)
+                write_atomic(p, self.keys.wrap(key), 0o600)
+            else:
+                key = self.keys.unwrap(wrapped)
+            self._subject[tenant] = key
+            return key
+
     def drop_generations(self, tenant: str, below: int) -> None:
         """Destroy the generations older than ``below`` (every key re-wrapped)."""
         with self._lock:
@@ -138,6 +173,12 @@ class TenantKeks:
             for key in [k for k in self._cache if k[0] == tenant]:
                 del self._cache[key]
             self._active.pop(tenant, None)
+            # its subject index's key too: the HMACs of its subjects link to nobody
+            subject = self.subject_path(tenant)
+            if subject.exists():
+                subject.unlink()
+                fsync_dir(subject.parent)
+            self._subject.pop(tenant, None)
             if self.dir(tenant).is_dir():
                 fsync_dir(self.dir(tenant))
             return n
@@ -153,15 +194,43 @@ class TenantKeks:
 
     def rewrap(self, kek_id: int) -> int:
         """Re-wrap every tenant's KEK generations under master KEK ``kek_id``;
-        returns how many files."""
+        returns how many files. The tenants' subject keys (8.16) are re-wrapped
+        with them (first; not counted: the count is of the keys that wrap keys)."""
         n = 0
         with self._lock:
+            for p in sorted((self.directory.parent / SUBJECTS_DIR).glob("*.key")):
+                write_atomic(p, self.keys.rewrap(p.read_bytes(), kek_id), 0o600)
             for p in sorted(self.directory.glob("*/*" + KEK_SUFFIX)):
                 write_atomic(p, self.keys.rewrap(p.read_bytes(), kek_id), 0o600)
                 n += 1
                 if n == 1:
                     crash_point("master-rotate-tenant-rewrapped")
         return n
+
+
+def subject_mac(key: bytes, name: str, value: str) -> bytes:
+    """A subject's entry in the subject index (docs/format.md 8.16): HMAC-SHA256 under
+    the tenant's subject key of the key's name, a 00 byte and the value (UTF-8, as
+    given: no normalisation)."""
+    return hmac.new(key, name.encode() + b"\x00" + value.encode(), hashlib.sha256).digest()
+
+
+def subject_values(
+    names: Iterable[str], customer_number: str, extra: dict[str, object] | None
+) -> dict[str, str]:
+    """The values of a call that its subject index keeps (``names``: customer_number
+    and the configured extra keys): non-empty strings (an integer in ``extra`` as its
+    decimal text), by name."""
+    out: dict[str, str] = {}
+    for name in names:
+        value = customer_number if name == "customer_number" else (extra or {}).get(name)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            value = str(value)
+        if isinstance(value, str) and value:
+            out[name] = value
+    return out
 
 
 class CallKeys:

@@ -57,6 +57,14 @@ LATEST_US = b"meta/latest-us"
 _TIMED = (rec.ERASE, rec.TENANT_ERASE, rec.LIFECYCLE, rec.DECISION, rec.TRANSCODE)
 
 
+def _subjects(value: object) -> dict[str, str]:
+    """An OPEN record's ``subjects`` (docs/format.md 8.16): name -> HMAC hex; anything
+    else (absent: a call opened before the subject index) is none."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -363,6 +371,7 @@ class Indexing(VaultState):
                 recording_id=rid if isinstance(rid := meta.get("recording_id"), str) else None,
                 decision=dec if isinstance(dec := meta.get("decision"), dict) else None,
                 open_ref=(ref.segment, ref.offset, ref.length),
+                subjects=_subjects(meta.get("subjects")),
             )
             if self._entry(cache, b.tenant, b.call_id) is not None:
                 raise Replay(ref, f"a second open record of call {b.call_id}")

@@ -155,6 +155,19 @@ class Verification(Reading):
             if not _same(opened[name], sealed[name])
         ]
 
+    def _open_subjects(self, e: CallEntry) -> dict[str, str]:
+        if e.open_ref is None:
+            return dict(e.subjects)
+        try:
+            rtype, raw = self._reader.read(RecordRef(*e.open_ref))
+            meta = rec.parse(rtype, raw).meta or {}
+        except CallvaultError:
+            return dict(e.subjects)  # _verify_open_record names what is wrong with it
+        value = meta.get("subjects")
+        if not isinstance(value, dict):
+            return {}
+        return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
     def _verify_lifecycle(self, e: CallEntry, m: dict[str, Any], what: str) -> list[Problem]:
         """Replay the call's LIFECYCLE records from the seal (docs/format.md 8.14)."""
         problems: list[Problem] = []
@@ -173,6 +186,9 @@ class Verification(Reading):
         replay.tags = list(m.get("tags") or [])
         ret = m.get("retention")
         replay.retention = ret if isinstance(ret, dict) else None
+        # the subject index's HMACs are not sealed (derived, 8.16): they start as the
+        # OPEN record has them (an entry without its place: as the index has them)
+        replay.subjects = self._open_subjects(e)
         link = bytes.fromhex(e.seal)
         for seq, (ref, leaf_index) in enumerate(
             zip(e.lifecycle_refs, e.lifecycle_leaves, strict=True), 1
