@@ -1,0 +1,971 @@
+"""The archive tier: sealed calls moved to S3 with Object Lock (issue 12 section 7;
+docs/format.md 8.17, docs/policy.md "Archive").
+
+One object per call, ``<prefix>calls/<sha256(tenant 00 call_id)>/<seal hex>.cva``: a
+self-describing container of the call's records exactly as stored (OPEN, AUDIO...,
+SEAL, TRANSCODE, LIFECYCLE: still encrypted under the call's data key), its key files
+as stored (wrapped by the tenant's KEK) and the tenant's KEK generations as stored
+(wrapped by the vault's key file), CRC-framed, with a SHA-256 trailer. The bucket
+alone reveals nothing; with the key file it rebuilds the catalog
+(``rebuild_from_archive``). Each run also uploads the Merkle log (``log/tree``) and
+the last checkpoint (``log/checkpoint``).
+
+The object carries S3 Object Lock: COMPLIANCE until the call's retention end when
+its retention mode is compliance, GOVERNANCE until it otherwise (``modes``); a call
+without a retention end gets no lock date. A call under a legal hold gets the
+object's legal hold; later holds, releases and retention extensions are mirrored
+(``vault.after_change``).
+
+Order of a call's archiving, each step durable before the next: PUT; read back
+(GET, SHA-256 and format checked); the LIFECYCLE record op "archive" (sets
+``archive``); then, on eviction, the record op "evict" (sets ``local`` False: the
+audio records become dead, the key stays). A crash between any two steps leaves the
+call whole on disk: the next run PUTs again (a new version) or evicts.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crc32c import crc32c
+
+from callvault.durable import write_atomic
+from callvault.errors import InputError
+from callvault.integrity import chain as chainmod
+from callvault.store import records as rec
+from callvault.store.index import CallEntry
+from callvault.store.segment import CorruptRecord
+from callvault.vault import Vault, VaultError
+from callvault.vault.keys import KEK_SUFFIX, crash_point
+
+log = logging.getLogger("callvault.archive")
+
+MAGIC = b"CVARCHV\x00"
+VERSION = 1
+HEADER = struct.Struct("<8sHHI")  # magic, version, header size, CRC-32C of bytes 0..12
+FRAME = struct.Struct("<IIBBH")  # CRC-32C, body length, kind, flags, reserved
+_FRAME_TAIL = struct.Struct("<IBBH")
+K_META, K_RECORD, K_CALL_KEY, K_NUMBER_KEY, K_TENANT_KEK, K_TRAILER = 1, 2, 3, 4, 5, 15
+MAX_SECTION = 1 << 30
+SUFFIX = ".cva"
+SETTINGS_FILE = "archive.toml"  # DATA/archive.toml: the [archive] section (0600)
+DEFAULT_MODES = {"compliance": "COMPLIANCE", "governance": "GOVERNANCE", "default": "GOVERNANCE"}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+class ArchiveError(VaultError):
+    """The archive could not do what was asked (S3 refused, an object does not
+    verify, a setting is wrong); nothing local was changed by the failed step."""
+
+
+def parse_duration(value: Any, what: str) -> int:
+    """'30d', '12h', '90m', '45s', '2w', '1y' (365 days), or seconds as a number ->
+    microseconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return int(value * 1_000_000)
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdwy])\s*", str(value))
+    if not m:
+        raise InputError(f"[archive] {what} = {value!r}: a duration such as 30d, 12h, 0s")
+    return int(m.group(1)) * _UNITS[m.group(2)] * 1_000_000
+
+
+@dataclass
+class Settings:
+    """The ``[archive]`` section (docs/policy.md "Archive")."""
+
+    bucket: str
+    endpoint: str | None = None  # None: AWS S3 (boto3's default endpoint for region)
+    region: str = "us-east-1"
+    access_key: str | None = None  # None: boto3's own chain (env, ~/.aws, instance role)
+    secret_key: str | None = None
+    prefix: str = ""
+    after_us: int = 30 * 86400 * 1_000_000  # archive calls sealed at least this long ago
+    evict: bool = True  # drop the local audio once archived and verified
+    interval_s: float = 3600.0  # the server's schedule (0: never)
+    limit: int = 0  # calls per scheduled run (0: all due)
+    modes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MODES))
+    path_style: bool = True  # path-style addressing (SeaweedFS, Ceph RGW, MinIO)
+    cache_objects: int = 4  # fetched objects kept in memory for reads
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Settings:
+        d = dict(d)
+        known = {
+            "bucket",
+            "endpoint",
+            "region",
+            "access_key",
+            "secret_key",
+            "credentials_file",
+            "prefix",
+            "after",
+            "evict",
+            "interval_s",
+            "limit",
+            "modes",
+            "path_style",
+            "cache_objects",
+        }
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"[archive]: unknown setting(s) {', '.join(unknown)}")
+        bucket = d.get("bucket")
+        if not isinstance(bucket, str) or not re.fullmatch(
+            r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket
+        ):
+            raise InputError(f"[archive] bucket = {bucket!r}: an S3 bucket name is required")
+        s = cls(bucket=bucket)
+        if d.get("endpoint") is not None:
+            s.endpoint = str(d["endpoint"])
+            if not re.match(r"https?://", s.endpoint):
+                raise InputError(f"[archive] endpoint = {s.endpoint!r}: http(s)://HOST[:PORT]")
+        s.region = str(d.get("region", s.region))
+        if "credentials_file" in d:  # TOML with access_key and secret_key
+            import tomllib
+
+            p = Path(str(d["credentials_file"]))
+            try:
+                creds = tomllib.loads(p.read_text())
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                raise InputError(f"[archive] credentials_file {p}: {e}") from None
+            d.setdefault("access_key", creds.get("access_key"))
+            d.setdefault("secret_key", creds.get("secret_key"))
+        s.access_key = d.get("access_key")
+        s.secret_key = d.get("secret_key")
+        if (s.access_key is None) != (s.secret_key is None):
+            raise InputError("[archive]: access_key and secret_key go together")
+        s.prefix = str(d.get("prefix", ""))
+        if s.prefix and not s.prefix.endswith("/"):
+            s.prefix += "/"
+        if "after" in d:
+            s.after_us = parse_duration(d["after"], "after")
+        s.evict = bool(d.get("evict", True))
+        s.interval_s = float(d.get("interval_s", s.interval_s))
+        s.limit = int(d.get("limit", 0))
+        s.path_style = bool(d.get("path_style", True))
+        s.cache_objects = int(d.get("cache_objects", s.cache_objects))
+        if s.interval_s < 0 or s.limit < 0 or s.cache_objects < 0:
+            raise InputError("[archive] interval_s, limit and cache_objects are 0 or more")
+        modes = d.get("modes", {})
+        if not isinstance(modes, dict):
+            raise InputError(
+                "[archive] modes: a table {compliance=..., governance=..., default=...}"
+            )
+        for k, v in modes.items():
+            if k not in DEFAULT_MODES or v not in ("COMPLIANCE", "GOVERNANCE", "NONE"):
+                raise InputError(
+                    f"[archive] modes.{k} = {v!r}: compliance/governance/default -> "
+                    "COMPLIANCE, GOVERNANCE or NONE"
+                )
+            s.modes[k] = v
+        if s.modes["compliance"] != "COMPLIANCE":
+            raise InputError("[archive] modes.compliance must stay COMPLIANCE")
+        return s
+
+
+# -- the object ------------------------------------------------------------------
+
+
+def _frame(kind: int, body: bytes, flags: int = 0) -> bytes:
+    tail = _FRAME_TAIL.pack(len(body), kind, flags, 0)
+    return struct.pack("<I", crc32c(body, crc32c(tail))) + tail + body
+
+
+@dataclass
+class CallObject:
+    """A parsed archive object (docs/format.md 8.17)."""
+
+    meta: dict[str, Any]
+    records: list[tuple[int, bytes]]  # (record type, body as stored), in chain order
+    call_key: bytes
+    number_key: bytes | None
+    keks: dict[int, bytes]  # tenant KEK generation -> its file as stored
+    sha256: str
+
+    def audio(self) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for rtype, body in self.records:
+            if rtype == rec.AUDIO:
+                out[rec.parse(rec.AUDIO, body).chain_index] = body
+        return out
+
+    def first(self, rtype: int) -> bytes | None:
+        return next((b for t, b in self.records if t == rtype), None)
+
+
+def build_object(
+    meta: dict[str, Any],
+    records: list[tuple[int, bytes]],
+    call_key: bytes,
+    number_key: bytes | None,
+    keks: dict[int, bytes],
+) -> bytes:
+    parts = [HEADER.pack(MAGIC, VERSION, HEADER.size, 0)[:12]]
+    parts[0] += struct.pack("<I", crc32c(parts[0]))
+    parts.append(_frame(K_META, json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()))
+    for rtype, body in records:
+        parts.append(_frame(K_RECORD, body, rtype))
+    parts.append(_frame(K_CALL_KEY, call_key))
+    if number_key is not None:
+        parts.append(_frame(K_NUMBER_KEY, number_key))
+    for gen, data in sorted(keks.items()):
+        parts.append(_frame(K_TENANT_KEK, struct.pack("<I", gen) + data))
+    data = b"".join(parts)
+    return data + _frame(K_TRAILER, hashlib.sha256(data).digest())
+
+
+def parse_object(data: bytes, what: str = "archive object") -> CallObject:
+    """Parse and check an object: header, every frame's CRC, the trailer's SHA-256 of
+    everything before it, nothing after it. ArchiveError says what is wrong."""
+    if len(data) < HEADER.size:
+        raise ArchiveError(f"{what}: {len(data)} bytes, shorter than its header")
+    magic, version, hsize, crc = HEADER.unpack_from(data, 0)
+    if magic != MAGIC or crc != crc32c(data[:12]):
+        raise ArchiveError(f"{what}: not a callvault archive object (bad header)")
+    if version != VERSION or hsize != HEADER.size:
+        raise ArchiveError(f"{what}: format version {version}; this build reads {VERSION}")
+    pos = HEADER.size
+    meta: dict[str, Any] | None = None
+    records: list[tuple[int, bytes]] = []
+    call_key = b""
+    number_key: bytes | None = None
+    keks: dict[int, bytes] = {}
+    while pos < len(data):
+        if len(data) - pos < FRAME.size:
+            raise ArchiveError(f"{what}: truncated at byte {pos}")
+        crc, n, kind, flags, _ = FRAME.unpack_from(data, pos)
+        end = pos + FRAME.size + n
+        if n > MAX_SECTION or end > len(data):
+            raise ArchiveError(f"{what}: truncated section at byte {pos}")
+        body = data[pos + FRAME.size : end]
+        if crc != crc32c(body, crc32c(data[pos + 4 : pos + FRAME.size])):
+            raise ArchiveError(f"{what}: section at byte {pos} fails its CRC")
+        if kind == K_TRAILER:
+            if end != len(data):
+                raise ArchiveError(f"{what}: bytes after the trailer")
+            if body != hashlib.sha256(data[:pos]).digest():
+                raise ArchiveError(f"{what}: its SHA-256 trailer does not match its contents")
+            if meta is None or not call_key:
+                raise ArchiveError(f"{what}: no metadata or no key file")
+            return CallObject(
+                meta, records, call_key, number_key, keks, hashlib.sha256(data).hexdigest()
+            )
+        if kind == K_META:
+            meta = json.loads(body)
+        elif kind == K_RECORD:
+            records.append((flags, body))
+        elif kind == K_CALL_KEY:
+            call_key = body
+        elif kind == K_NUMBER_KEY:
+            number_key = body
+        elif kind == K_TENANT_KEK:
+            (gen,) = struct.unpack_from("<I", body)
+            keks[gen] = body[4:]
+        else:
+            raise ArchiveError(f"{what}: unknown section kind {kind} at byte {pos}")
+        pos = end
+    raise ArchiveError(f"{what}: no trailer (truncated)")
+
+
+def open_body_from_manifest(m: dict[str, Any]) -> bytes:
+    """The call's OPEN record rebuilt from its sealed manifest (version 2 seals every
+    metadata field the OPEN record holds; the OPEN record is not chained)."""
+    meta: dict[str, Any] = {
+        "direction": m["direction"],
+        "agent": m["agent"],
+        "skill_group": m["skill_group"],
+        "tags": list(m["tags"]),
+        "legs": list(m["legs"]),
+        "customer_number_sealed": m["customer_number_sealed"],
+        "extra": m.get("extra") or {},
+    }
+    if m.get("recording_id") is not None:
+        meta["recording_id"] = m["recording_id"]
+    if m.get("decision") is not None:
+        meta["decision"] = m["decision"]
+    return rec.open_body(m["tenant"], m["call_id"], int(m["start_us"]), meta)
+
+
+def object_key(prefix: str, tenant: str, call_id: str, seal: str) -> str:
+    h = hashlib.sha256(rec.call_aad(tenant, call_id)).hexdigest()
+    return f"{prefix}calls/{h}/{seal}{SUFFIX}"
+
+
+def _utc(us: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC)
+
+
+def _code(e: BaseException) -> str:
+    resp = getattr(e, "response", None)
+    if isinstance(resp, dict):
+        return str(resp.get("Error", {}).get("Code", ""))
+    return ""
+
+
+# -- the archive -----------------------------------------------------------------
+
+
+def make_client(s: Settings) -> Any:
+    """A boto3 S3 client for the settings (boto3 imported only when an archive is used)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s.endpoint,
+        region_name=s.region,
+        aws_access_key_id=s.access_key,
+        aws_secret_access_key=s.secret_key,
+        config=Config(
+            s3={"addressing_style": "path" if s.path_style else "auto"},
+            retries={"max_attempts": 3},
+            connect_timeout=10,
+            read_timeout=60,
+        ),
+    )
+
+
+class Archive:
+    """One vault's archive in one bucket. Thread-safe for reads; runs are serialized."""
+
+    def __init__(self, vault: Vault, settings: Settings, client: Any = None) -> None:
+        self.vault = vault
+        self.settings = settings
+        self._client = client
+        self._run_lock = threading.Lock()
+        self._cache_lock = threading.Lock()
+        self._cache: collections.OrderedDict[tuple[str, str, str], CallObject] = (
+            collections.OrderedDict()
+        )
+        self.last_error = ""  # the last run's or mirror's failure (Admin.Stats)
+        self.archived_total = 0  # by this process
+        self.evicted_total = 0
+        self.mirror_pending: set[tuple[str, str]] = set()  # holds/retention to re-mirror
+
+    @classmethod
+    def from_settings(cls, vault: Vault, settings: dict[str, Any] | Settings) -> Archive:
+        s = settings if isinstance(settings, Settings) else Settings.from_dict(settings)
+        return cls(vault, s)
+
+    @property
+    def s3(self) -> Any:
+        if self._client is None:
+            self._client = make_client(self.settings)
+        return self._client
+
+    def attach(self) -> Archive:
+        """Serve evicted calls' reads from the archive and mirror later holds and
+        retention changes onto archived objects."""
+        self.vault.fetch_archived = self.audio_bodies
+        if self.mirror not in self.vault.after_change:
+            self.vault.after_change.append(self.mirror)
+        return self
+
+    def key_of(self, e: CallEntry) -> str:
+        return object_key(self.settings.prefix, e.tenant, e.call_id, e.seal)
+
+    # -- which calls ---------------------------------------------------------
+
+    def _calls(self) -> Iterator[CallEntry]:
+        for tenant in self.vault.index.tenants():
+            yield from self.vault.list_calls(tenant=tenant)
+
+    def due(self, now_us: int) -> list[CallEntry]:
+        """Sealed calls, not erased, still local, sealed at least ``after`` before
+        ``now_us``, not archived yet; a raw (peak mode) call once compacted. Oldest
+        first."""
+        cut = now_us - self.settings.after_us
+        out = [
+            e
+            for e in self._calls()
+            if e.state == "sealed"
+            and e.local
+            and e.archive is None
+            and e.storage != "raw"
+            and e.end_us <= cut
+        ]
+        return sorted(out, key=lambda e: (e.end_us, e.tenant, e.call_id))
+
+    def evictable(self) -> list[CallEntry]:
+        """Archived calls whose local audio is still here."""
+        return [e for e in self._calls() if e.state == "sealed" and e.local and e.archive]
+
+    # -- building ------------------------------------------------------------
+
+    def _lifecycle_records(self, e: CallEntry) -> list[bytes]:
+        """The call's LIFECYCLE records as stored: found by scanning the segments from
+        its seal on, checked to make its lifecycle chain up to the index's head."""
+        if not e.lifecycle_count:
+            return []
+        assert e.manifest_ref is not None
+        reader = self.vault._reader
+        segs = reader.segments()
+        found: list[bytes] = []
+        first = segs.index(e.manifest_ref[0]) if e.manifest_ref[0] in segs else 0
+        for seg in segs[first:]:
+            start = e.manifest_ref[1] if seg == e.manifest_ref[0] else 0
+            try:
+                for _ref, rtype, body in reader.scan(seg, start):
+                    if rtype != rec.LIFECYCLE:
+                        continue
+                    b = rec.parse(rtype, body)
+                    if (b.tenant, b.call_id) == (e.tenant, e.call_id):
+                        found.append(body)
+            except CorruptRecord:
+                break  # the tail being written: what the index holds is before it
+            if len(found) >= e.lifecycle_count:
+                break
+        found = found[: e.lifecycle_count]
+        link = bytes.fromhex(e.seal)
+        for seq, body in enumerate(found, 1):
+            link = chainmod.lifecycle_link(link, seq, body)
+        if len(found) != e.lifecycle_count or link.hex() != e.lifecycle_head:
+            raise ArchiveError(
+                f"call {e.call_id}: its {e.lifecycle_count} lifecycle record(s) were not "
+                "found whole in the segments"
+            )
+        return found
+
+    def build(self, e: CallEntry) -> tuple[bytes, dict[str, Any]]:
+        """The call's object (docs/format.md 8.17) and its metadata."""
+        v = self.vault
+        sb = v._seal_record(e)
+        manifest = json.loads(sb.manifest)
+        records: list[tuple[int, bytes]] = [(rec.OPEN, open_body_from_manifest(manifest))]
+        audio = [(i, v._body(r)) for i, r in v.audio_records(e)]
+        # in the order they were stored: a compacted call's Opus records and its
+        # TRANSCODE record came after its seal (docs/format.md 8.10)
+        if e.transcode_ref is not None:
+            tb, _doc = v.transcoding(e)
+            records.append((rec.SEAL, sb.raw))
+            records += [(rec.AUDIO, body) for _, body in audio]
+            records.append((rec.TRANSCODE, tb.raw))
+        else:
+            records += [(rec.AUDIO, body) for _, body in audio]
+            records.append((rec.SEAL, sb.raw))
+        records += [(rec.LIFECYCLE, body) for body in self._lifecycle_records(e)]
+        keys = v.call_keys
+        call_key = keys.path(e.tenant, e.call_id).read_bytes()
+        np = keys.number_path(e.tenant, e.call_id)
+        number_key = np.read_bytes() if np.exists() else None
+        keks = {
+            gen: keys.tenants.path(e.tenant, gen).read_bytes()
+            for gen in keys.tenants.generations(e.tenant)
+        }
+        meta = {
+            "format": VERSION,
+            "tenant": e.tenant,
+            "call_id": e.call_id,
+            "seal": e.seal,
+            "storage": e.storage,
+            "audio_records": len(audio),
+            "first_audio": audio[0][0] if audio else 0,
+            "lifecycle_count": e.lifecycle_count,
+            "lifecycle_head": e.lifecycle_head,
+            "built_us": v.clock(),
+        }
+        return build_object(meta, records, call_key, number_key, keks), meta
+
+    # -- one call ------------------------------------------------------------
+
+    def lock_of(self, e: CallEntry, now_us: int) -> tuple[str, int]:
+        """(S3 Object Lock mode or "NONE", retain-until µs) for the call's retention."""
+        r = e.retention or {}
+        until = int(r.get("until_us", 0) or 0)
+        mode = self.settings.modes.get(str(r.get("mode", "default")), "GOVERNANCE")
+        if until <= now_us or mode == "NONE":
+            return "NONE", 0
+        return mode, until
+
+    def archive_call(self, e: CallEntry) -> CallEntry:
+        """Build, PUT with Object Lock, read back and check, then record ``archive``.
+        Returns the entry after the LIFECYCLE record."""
+        if e.state != "sealed" or not e.local:
+            raise ArchiveError(f"call {e.call_id} is {e.state}{'' if e.local else ', evicted'}")
+        if e.archive is not None:
+            return e
+        data, _meta = self.build(e)
+        sha = hashlib.sha256(data)
+        key = self.key_of(e)
+        now = self.vault.clock()
+        mode, until = self.lock_of(e, now)
+        args: dict[str, Any] = {
+            "Bucket": self.settings.bucket,
+            "Key": key,
+            "Body": data,
+            "ChecksumSHA256": base64.b64encode(sha.digest()).decode(),
+            "ContentType": "application/vnd.callvault.archive",
+        }
+        if mode != "NONE":
+            args["ObjectLockMode"] = mode
+            args["ObjectLockRetainUntilDate"] = _utc(until)
+        if e.holds:
+            args["ObjectLockLegalHoldStatus"] = "ON"
+        try:
+            put = self.s3.put_object(**args)
+        except Exception as ex:
+            raise ArchiveError(
+                f"call {e.call_id}: PUT s3://{self.settings.bucket}/{key}: {ex}"
+            ) from ex
+        version = put.get("VersionId")
+        if not version or version == "null":
+            raise ArchiveError(
+                f"bucket {self.settings.bucket} gave no object version: it must be created "
+                "with Object Lock enabled (versioning on)"
+            )
+        crash_point("archive-put")  # stored in S3, not recorded (tests)
+        got = self._get(key, version, e.call_id)
+        if hashlib.sha256(got).hexdigest() != sha.hexdigest():
+            raise ArchiveError(f"call {e.call_id}: the object read back differs from what was sent")
+        parse_object(got, key)
+        doc = {
+            "bucket": self.settings.bucket,
+            "key": key,
+            "version_id": version,
+            "sha256": sha.hexdigest(),
+            "size": len(data),
+            "archived_us": now,
+            "mode": mode,
+            "retain_until_us": until,
+            "legal_hold": bool(e.holds),
+        }
+        e = self.vault.change(
+            e.call_id,
+            tenant=e.tenant,
+            op="archive",
+            changes={"archive": doc},
+            reason=f"archived to s3://{self.settings.bucket}/{key}",
+            expect_seq=e.lifecycle_count,
+        )
+        crash_point("archive-recorded")  # archived, not evicted (tests)
+        self.archived_total += 1
+        return e
+
+    def _get(self, key: str, version: str, call_id: str) -> bytes:
+        try:
+            r = self.s3.get_object(Bucket=self.settings.bucket, Key=key, VersionId=version)
+            return bytes(r["Body"].read())
+        except Exception as ex:
+            raise ArchiveError(
+                f"call {call_id}: GET s3://{self.settings.bucket}/{key}: {ex}"
+            ) from ex
+
+    def evict(self, e: CallEntry) -> CallEntry:
+        """Let go of the local audio of an archived call whose object is there and
+        verifies (GET, SHA-256, format, the audio chain against the seal). A held call
+        may be evicted: its object carries the legal hold."""
+        if not e.local:
+            return e
+        if e.archive is None or e.state != "sealed":
+            raise ArchiveError(f"call {e.call_id} is not archived: its audio stays local")
+        obj = self.fetch(e)
+        local = {i: self.vault._body(r) for i, r in self.vault.audio_records(e)}
+        if obj.audio() != local:
+            raise ArchiveError(
+                f"call {e.call_id}: its archive object's audio differs from the disk's"
+            )
+        return self._evicted(
+            self.vault.change(
+                e.call_id,
+                tenant=e.tenant,
+                op="evict",
+                changes={"local": False},
+                reason=f"archived in s3://{e.archive['bucket']}/{e.archive['key']}",
+                expect_seq=e.lifecycle_count,
+            )
+        )
+
+    def _evicted(self, e: CallEntry) -> CallEntry:
+        self.evicted_total += 1
+        return e
+
+    # -- reading -------------------------------------------------------------
+
+    def fetch(self, e: CallEntry) -> CallObject:
+        """The call's archive object, fetched (or from the small cache) and verified:
+        its SHA-256 is the one the call's chained ``archive`` record names, its format
+        checks, it is this call's, and (not compacted) its audio makes the sealed chain."""
+        a = e.archive
+        if not a:
+            raise ArchiveError(f"call {e.call_id} is not archived")
+        ck = (e.tenant, e.call_id, str(a["sha256"]))
+        with self._cache_lock:
+            hit = self._cache.get(ck)
+            if hit is not None:
+                self._cache.move_to_end(ck)
+                return hit
+        data = self._get(str(a["key"]), str(a["version_id"]), e.call_id)
+        if hashlib.sha256(data).hexdigest() != a["sha256"]:
+            raise ArchiveError(
+                f"call {e.call_id}: its archive object does not match the SHA-256 recorded "
+                "when it was archived (altered or replaced in the bucket)"
+            )
+        obj = parse_object(data, str(a["key"]))
+        m = obj.meta
+        if (m.get("tenant"), m.get("call_id"), m.get("seal")) != (e.tenant, e.call_id, e.seal):
+            raise ArchiveError(f"call {e.call_id}: its archive object is another call's")
+        if e.storage != "compacted":
+            sb = self.vault._seal_record(e)
+            bodies = [b for _, b in sorted(obj.audio().items())]
+            try:
+                chainmod.verify(
+                    e.tenant,
+                    e.call_id,
+                    bodies,
+                    expect_head=sb.head,
+                    expect_count=sb.count,
+                    manifest=sb.manifest,
+                    expect_seal=sb.seal,
+                )
+            except chainmod.ChainError as ex:
+                raise ArchiveError(f"call {e.call_id}: archived audio: {ex}") from ex
+        if self.settings.cache_objects:
+            with self._cache_lock:
+                self._cache[ck] = obj
+                while len(self._cache) > self.settings.cache_objects:
+                    self._cache.popitem(last=False)
+        return obj
+
+    def audio_bodies(self, e: CallEntry) -> dict[int, bytes]:
+        """The Vault.fetch_archived hook."""
+        return self.fetch(e).audio()
+
+    # -- holds, retention, deletion -----------------------------------------
+
+    def mirror(self, e: CallEntry, doc: dict[str, Any]) -> None:
+        """vault.after_change: a hold placed or released, a retention extended, on an
+        archived call -> the object's legal hold and retention follow. A failure is
+        kept (``last_error``, ``mirror_pending``) and tried again at the next run."""
+        changed = set(doc.get("set", {}))
+        if e.archive is None or not changed & {"holds", "retention"}:
+            return
+        try:
+            self.sync(e)
+            self.mirror_pending.discard((e.tenant, e.call_id))
+        except Exception as ex:  # the change is durable already: report, retry later
+            self.mirror_pending.add((e.tenant, e.call_id))
+            self.last_error = f"call {e.call_id}: mirroring onto its object: {ex}"
+            log.error("%s", self.last_error)
+
+    def sync(self, e: CallEntry) -> None:
+        """Set the object's legal hold from the call's holds, and extend its lock to
+        the call's retention end (never shortened: S3 refuses that for COMPLIANCE)."""
+        a = e.archive
+        assert a is not None
+        b, k, ver = self.settings.bucket, str(a["key"]), str(a["version_id"])
+        self.s3.put_object_legal_hold(
+            Bucket=b, Key=k, VersionId=ver, LegalHold={"Status": "ON" if e.holds else "OFF"}
+        )
+        mode, until = self.lock_of(e, self.vault.clock())
+        if mode == "NONE":
+            return
+        try:
+            cur = self.s3.get_object_retention(Bucket=b, Key=k, VersionId=ver)["Retention"]
+            cur_until = int(cur["RetainUntilDate"].timestamp() * 1e6)
+            cur_mode = cur.get("Mode", mode)
+        except Exception as ex:
+            if _code(ex) not in (
+                "NoSuchObjectLockConfiguration",
+                "ObjectLockConfigurationNotFoundError",
+            ):
+                raise
+            cur_until, cur_mode = 0, mode
+        if until > cur_until:
+            self.s3.put_object_retention(
+                Bucket=b,
+                Key=k,
+                VersionId=ver,
+                Retention={
+                    "Mode": "COMPLIANCE" if "COMPLIANCE" in (mode, cur_mode) else mode,
+                    "RetainUntilDate": _utc(until),
+                },
+            )
+
+    def delete_call(self, e: CallEntry, *, bypass_governance: bool = False) -> str:
+        """For disposal or erasure: delete every version of the call's object the lock
+        allows (GOVERNANCE bypassed only with ``bypass_governance``); what is kept is
+        reported with the date its lock ends. The caller shreds the key either way."""
+        a = e.archive
+        if not a:
+            return "not archived"
+        b, key = self.settings.bucket, str(a["key"])
+        versions: list[str] = []
+        pager = self.s3.get_paginator("list_object_versions")
+        for page in pager.paginate(Bucket=b, Prefix=key):
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                if v["Key"] == key:
+                    versions.append(v["VersionId"])
+        deleted, kept = 0, []
+        for ver in versions:
+            try:
+                self.s3.delete_object(
+                    Bucket=b, Key=key, VersionId=ver, BypassGovernanceRetention=bypass_governance
+                )
+                deleted += 1
+            except Exception as ex:
+                if _code(ex) not in ("AccessDenied", "InvalidRequest"):
+                    raise ArchiveError(f"call {e.call_id}: deleting version {ver}: {ex}") from ex
+                kept.append(self._why_kept(key, ver))
+        if not kept:
+            return f"deleted {deleted} object version(s)"
+        return f"deleted {deleted} object version(s); kept {len(kept)}: {'; '.join(kept)}"
+
+    def _why_kept(self, key: str, ver: str) -> str:
+        b = self.settings.bucket
+        try:
+            h = self.s3.head_object(Bucket=b, Key=key, VersionId=ver)
+        except Exception as ex:
+            return f"version {ver}: {ex}"
+        if h.get("ObjectLockLegalHoldStatus") == "ON":
+            return f"version {ver} under legal hold"
+        until = h.get("ObjectLockRetainUntilDate")
+        if until is not None:
+            return (
+                f"version {ver} locked ({h.get('ObjectLockMode')}) until {until:%Y-%m-%dT%H:%M:%SZ}"
+            )
+        return f"version {ver} refused by the bucket"
+
+    # -- runs ----------------------------------------------------------------
+
+    def upload_log(self) -> int:
+        """The Merkle log's tree (its synced leaves) and the last checkpoint, so a
+        rebuilt catalog can still prove inclusion. Returns the log size uploaded."""
+        v = self.vault
+        with v._log_lock:
+            size = v.log.synced_size
+        from callvault.integrity.log import TREE_FILE, record_offset
+
+        tree = (v.path / "log" / TREE_FILE).read_bytes()[: record_offset(size)]
+        b, p = self.settings.bucket, self.settings.prefix
+        self.s3.put_object(Bucket=b, Key=f"{p}log/tree", Body=tree)
+        cp = v.path / "log" / "checkpoint"
+        if cp.exists():
+            self.s3.put_object(Bucket=b, Key=f"{p}log/checkpoint", Body=cp.read_bytes())
+        return size
+
+    def run(self, *, limit: int = 0, evict: bool | None = None) -> dict[str, Any]:
+        """Archive the calls due (at most ``limit``; 0: all), evict the archived ones
+        (``evict``: the setting when None), mirror what failed to, upload the log.
+        A call that fails is reported and left as it was; the run goes on."""
+        evict = self.settings.evict if evict is None else evict
+        report: dict[str, Any] = {"archived": [], "evicted": [], "errors": [], "bytes": 0}
+        with self._run_lock:
+            for tenant, call_id in sorted(self.mirror_pending):
+                try:
+                    self.sync(self.vault.get_call(call_id, tenant=tenant))
+                    self.mirror_pending.discard((tenant, call_id))
+                except Exception as ex:
+                    report["errors"].append(
+                        {"call_id": call_id, "tenant": tenant, "error": str(ex)}
+                    )
+            due = self.due(self.vault.clock())
+            if limit:
+                due = due[:limit]
+            for e in due:
+                try:
+                    e = self.archive_call(e)
+                    assert e.archive is not None
+                    report["archived"].append(
+                        {
+                            "tenant": e.tenant,
+                            "call_id": e.call_id,
+                            "key": e.archive["key"],
+                            "mode": e.archive["mode"],
+                            "size": e.archive["size"],
+                        }
+                    )
+                    report["bytes"] += int(e.archive["size"])
+                except Exception as ex:
+                    report["errors"].append(
+                        {"tenant": e.tenant, "call_id": e.call_id, "error": str(ex)}
+                    )
+            if evict:
+                for e in self.evictable():
+                    try:
+                        self.evict(e)
+                        report["evicted"].append({"tenant": e.tenant, "call_id": e.call_id})
+                    except Exception as ex:
+                        report["errors"].append(
+                            {"tenant": e.tenant, "call_id": e.call_id, "error": str(ex)}
+                        )
+            try:
+                report["log_size"] = self.upload_log()
+            except Exception as ex:
+                report["errors"].append({"error": f"uploading the Merkle log: {ex}"})
+        self.last_error = report["errors"][-1]["error"] if report["errors"] else ""
+        return report
+
+    def status(self) -> dict[str, Any]:
+        """Counts over the index: archived calls, their bytes, evicted ones, due now."""
+        archived = evicted = size = 0
+        for e in self._calls():
+            if e.archive and e.state != "erased":
+                archived += 1
+                size += int(e.archive.get("size", 0))
+                evicted += 0 if e.local else 1
+        return {
+            "bucket": self.settings.bucket,
+            "archived_calls": archived,
+            "archive_bytes": size,
+            "evicted_calls": evicted,
+            "due_calls": len(self.due(self.vault.clock())),
+            "error": self.last_error,
+        }
+
+
+# -- settings kept with the data directory ---------------------------------------
+
+
+def store_settings(data: Path, section: dict[str, Any]) -> Settings:
+    """Validate an [archive] section and keep it as DATA/archive.toml (0600): the
+    local verbs (play, export, verify of evicted calls; archive run) read it."""
+    s = Settings.from_dict(section)
+    lines = []
+    for k, v in sorted(section.items()):
+        if isinstance(v, dict):
+            continue
+        lines.append(f"{k} = {json.dumps(v)}")
+    modes = section.get("modes")
+    if isinstance(modes, dict) and modes:
+        lines.append("[modes]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in sorted(modes.items())]
+    write_atomic(data / SETTINGS_FILE, ("\n".join(lines) + "\n").encode(), 0o600)
+    return s
+
+
+def stored_settings(data: Path) -> dict[str, Any] | None:
+    import tomllib
+
+    p = data / SETTINGS_FILE
+    if not p.exists():
+        return None
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{p}: {e}") from None
+
+
+def attach_stored(vault: Vault) -> Archive | None:
+    """The archive of DATA/archive.toml attached to ``vault`` (None: no such file)."""
+    section = stored_settings(vault.path)
+    if section is None:
+        return None
+    return Archive.from_settings(vault, section).attach()
+
+
+# -- rebuilding a catalog from the bucket ----------------------------------------
+
+
+def fetch_objects(settings: Settings, client: Any = None) -> tuple[list[tuple[str, bytes]], bytes]:
+    """Every call object under the prefix (key, data; each checked) and the Merkle
+    log's tree (b"" when the bucket has none)."""
+    s3 = client or make_client(settings)
+    b, p = settings.bucket, settings.prefix
+    objects: list[tuple[str, bytes]] = []
+    pager = s3.get_paginator("list_objects_v2")
+    for page in pager.paginate(Bucket=b, Prefix=f"{p}calls/"):
+        for o in page.get("Contents", []):
+            if o["Key"].endswith(SUFFIX):
+                data = bytes(s3.get_object(Bucket=b, Key=o["Key"])["Body"].read())
+                parse_object(data, o["Key"])
+                objects.append((o["Key"], data))
+    try:
+        tree = bytes(s3.get_object(Bucket=b, Key=f"{p}log/tree")["Body"].read())
+    except Exception as ex:
+        if _code(ex) not in ("NoSuchKey", "404"):
+            raise
+        tree = b""
+    return objects, tree
+
+
+def _restore_keys(data: Path, obj: CallObject) -> None:
+    """The object's key files written where the vault keeps them, as stored."""
+    keys = data / "keys"
+    tenant, call_id = obj.meta["tenant"], obj.meta["call_id"]
+    h = hashlib.sha256(rec.call_aad(tenant, call_id)).hexdigest()
+    cdir = keys / "calls" / h[:2]
+    cdir.mkdir(parents=True, exist_ok=True)
+    write_atomic(cdir / f"{h}.key", obj.call_key, 0o600)
+    if obj.number_key is not None:
+        write_atomic(cdir / f"{h}.number.key", obj.number_key, 0o600)
+    tdir = keys / "tenants" / hashlib.sha256(tenant.encode()).hexdigest()
+    tdir.mkdir(parents=True, exist_ok=True)
+    for gen, wrapped in obj.keks.items():
+        t = tdir / f"{gen:08x}{KEK_SUFFIX}"
+        if not t.exists():
+            write_atomic(t, wrapped, 0o600)
+
+
+def rebuild_catalog(
+    data: Path, key_file: Path, settings: Settings, client: Any = None
+) -> dict[str, Any]:
+    """`callvault reindex --from-archive`: the catalog of an EMPTY data directory
+    rebuilt from the bucket, with the vault's key file (``key_file``, from your
+    backup: the bucket holds only wrapped keys). The Merkle log's tree is restored
+    first; then, per call object: its key files and tenant KEKs written as stored,
+    its records appended as stored (the index applies them as it does live ones:
+    chains, seals and lifecycle records checked, their log leaves found in the
+    restored log), then one LIFECYCLE record op "restore" setting ``archive`` and
+    ``local`` False (the audio records are dead at once: the audio stays in the
+    archive). Returns {"calls", "log_size", "skipped"}."""
+    from callvault.vault.keys import has_vault_data
+
+    if has_vault_data(data):
+        raise ArchiveError(
+            f"{data} holds a vault: rebuild from the archive into an empty directory"
+        )
+    if not key_file.exists():
+        raise ArchiveError(f"key file {key_file} not found: the bucket's keys are wrapped by it")
+    s3 = client or make_client(settings)
+    objects, tree = fetch_objects(settings, s3)
+    if tree:
+        (data / "log").mkdir(parents=True, exist_ok=True)
+        write_atomic(data / "log" / "tree", tree, 0o644)
+    n, skipped = 0, 0
+    with Vault.open(data, key_file=key_file) as vault:
+        for key, blob in objects:
+            obj = parse_object(blob, key)
+            tenant, call_id = obj.meta["tenant"], obj.meta["call_id"]
+            if vault.index.get_call(tenant, call_id) is not None:
+                skipped += 1  # another version of an object already restored
+                continue
+            _restore_keys(data, obj)
+            for rtype, body in obj.records:
+                vault._writer.append(rtype, body).result()
+            e = vault.get_call(call_id, tenant=tenant)
+            head = s3.head_object(Bucket=settings.bucket, Key=key)
+            until = head.get("ObjectLockRetainUntilDate")
+            doc = {
+                "bucket": settings.bucket,
+                "key": key,
+                "version_id": head.get("VersionId", ""),
+                "sha256": obj.sha256,
+                "size": len(blob),
+                "archived_us": int(obj.meta.get("built_us", 0)),
+                "mode": head.get("ObjectLockMode", "NONE"),
+                "retain_until_us": int(until.timestamp() * 1e6) if until else 0,
+                "legal_hold": head.get("ObjectLockLegalHoldStatus") == "ON",
+            }
+            vault.change(
+                call_id,
+                tenant=tenant,
+                op="restore",
+                changes={"archive": doc, "local": False},
+                reason="catalog rebuilt from the archive",
+                expect_seq=e.lifecycle_count,
+            )
+            n += 1
+        size = vault.log_size()
+    return {"calls": n, "log_size": size, "skipped": skipped}

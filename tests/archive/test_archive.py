@@ -1,0 +1,303 @@
+"""The archive tier against a real S3 engine (SeaweedFS, tests/s3server.py): calls
+archived with Object Lock, evicted, then played, exported, verified and bundled from
+the archive; what S3 refuses of locked and held objects; the catalog rebuilt from the
+bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+import pytest
+
+from callvault.integrity.bundle import verify_bundle
+from callvault.lifecycle import archive as arch
+from callvault.media import ogg, sample
+from callvault.vault import Vault, VaultError
+from callvault.vault.bundle import write_bundle
+
+DAY_US = 86400 * 1_000_000
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("cap") / "call.pcap"
+    sample.demo_capture(p, seconds=2.0)
+    return p
+
+
+def _vault(d: Path, capture: Path, n: int = 3) -> Vault:
+    v = Vault.open(d)
+    for i in range(n):
+        v.import_call(f"c{i}", [str(capture)], agent="ann", customer_number="+15551230000")
+    return v
+
+
+def _retain(v: Vault, call_id: str, mode: str, until_us: int) -> None:
+    v.change(
+        call_id,
+        op="retention",
+        changes={"retention": {"until_us": until_us, "rule": "test", "mode": mode, "set_us": 0}},
+    )
+
+
+def _arc(v: Vault, call_id: str) -> dict[str, Any]:
+    """The call's ``archive`` field (it must be archived)."""
+    a = v.get_call(call_id).archive
+    assert a is not None
+    return a
+
+
+def _export_bytes(v: Vault, call_id: str, out: Path) -> bytes:
+    """The call exported as Ogg Opus (a real file, read back), then its packets
+    (the Ogg serial number differs between exports; the audio must not)."""
+    v.export(call_id, out)
+    data, lens = ogg.OggOpusReader(out).packets_data()
+    wire = v.read_packets(call_id)
+    return data + lens.tobytes() + b"".join(data + lens.tobytes() for data, lens in wire)
+
+
+def test_object_format_round_trip_and_damage() -> None:
+    data = arch.build_object({"tenant": "t", "call_id": "c"}, [(2, b"abc")], b"K", None, {1: b"W"})
+    obj = arch.parse_object(data)
+    assert obj.records == [(2, b"abc")] and obj.call_key == b"K" and obj.keks == {1: b"W"}
+    assert obj.sha256 == hashlib.sha256(data).hexdigest()
+    for pos in (3, 20, len(data) - 40, len(data) - 1):
+        bad = bytearray(data)
+        bad[pos] ^= 1
+        with pytest.raises(arch.ArchiveError):
+            arch.parse_object(bytes(bad))
+    with pytest.raises(arch.ArchiveError, match="truncated|trailer"):
+        arch.parse_object(data[:-10])
+
+
+def test_bad_settings_are_refused_naming_the_key() -> None:
+    with pytest.raises(Exception, match="bucket"):
+        arch.Settings.from_dict({})
+    with pytest.raises(Exception, match="after"):
+        arch.Settings.from_dict({"bucket": "abc", "after": "soon"})
+    with pytest.raises(Exception, match="unknown"):
+        arch.Settings.from_dict({"bucket": "abc", "colour": "red"})
+    with pytest.raises(Exception, match="modes"):
+        arch.Settings.from_dict({"bucket": "abc", "modes": {"compliance": "GOVERNANCE"}})
+    assert arch.Settings.from_dict({"bucket": "abc", "after": "30d"}).after_us == 30 * DAY_US
+
+
+def test_archive_evict_then_read_from_the_archive(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any], s3: Any
+) -> None:
+    v = _vault(tmp_path / "data", capture)
+    try:
+        now = v.clock()
+        _retain(v, "c0", "compliance", now + 2 * DAY_US)
+        _retain(v, "c1", "governance", now + 2 * DAY_US)
+        before = {c: _export_bytes(v, c, tmp_path / f"{c}-before.ogg") for c in ("c0", "c1", "c2")}
+        a = arch.Archive.from_settings(v, archive_settings).attach()
+        assert [e.call_id for e in a.due(now)] == ["c0", "c1", "c2"]
+        report = a.run()
+        assert report["errors"] == []
+        assert sorted(x["call_id"] for x in report["archived"]) == ["c0", "c1", "c2"]
+        assert sorted(x["call_id"] for x in report["evicted"]) == ["c0", "c1", "c2"]
+        modes = {x["call_id"]: x["mode"] for x in report["archived"]}
+        assert modes == {"c0": "COMPLIANCE", "c1": "GOVERNANCE", "c2": "NONE"}
+        for c in ("c0", "c1", "c2"):
+            e = v.get_call(c)
+            assert e.local is False and e.archive is not None
+            assert list(v.index.records("default", c)) == []  # nothing local to read
+            assert v.verify_call(c) == []
+            assert _export_bytes(v, c, tmp_path / f"{c}-after.ogg") == before[c]
+        b = write_bundle(v, "c0", tmp_path / "bundle")
+        r = verify_bundle(b, public_key=v.signer.verifier_key())
+        assert r.ok, r.failures
+        st = a.status()
+        assert st["archived_calls"] == 3 and st["evicted_calls"] == 3 and st["due_calls"] == 0
+        assert a.due(v.clock()) == [] and a.run()["archived"] == []  # nothing twice
+        # the object in S3 is locked as the call's retention says
+        c = s3.client()
+        a0 = _arc(v, "c0")
+        h = c.head_object(Bucket=a0["bucket"], Key=a0["key"])
+        assert h["ObjectLockMode"] == "COMPLIANCE"
+        assert int(h["ObjectLockRetainUntilDate"].timestamp()) == (now + 2 * DAY_US) // 10**6
+    finally:
+        v.close()
+
+
+def test_without_archive_settings_an_evicted_call_says_where_it_is(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any]
+) -> None:
+    v = _vault(tmp_path / "data", capture, n=1)
+    arch.Archive.from_settings(v, archive_settings).run()
+    v.close()
+    v = Vault.open(tmp_path / "data")
+    try:
+        with pytest.raises(VaultError, match="in the archive"):
+            v.export("c0", tmp_path / "x.ogg")
+        arch.Archive.from_settings(v, archive_settings).attach()
+        v.export("c0", tmp_path / "x.ogg")
+        assert v.verify_call("c0") == []
+    finally:
+        v.close()
+
+
+def test_a_changed_object_is_refused_on_read(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any], s3: Any
+) -> None:
+    v = _vault(tmp_path / "data", capture, n=1)
+    try:
+        a = arch.Archive.from_settings(v, {**archive_settings, "cache_objects": 0}).attach()
+        a.run()
+        e = v.get_call("c0")
+        ea = _arc(v, "c0")
+        e.archive = ea
+        c = s3.client()
+        body = c.get_object(Bucket=ea["bucket"], Key=ea["key"])["Body"].read()
+        # an attacker's version of the key: the call still names its own version
+        c.put_object(Bucket=ea["bucket"], Key=ea["key"], Body=body[:-1] + b"x")
+        assert v.verify_call("c0") == []
+        # a forged version id in the index cannot help: the SHA-256 is chained
+        ea["version_id"] = c.list_object_versions(Bucket=ea["bucket"], Prefix=ea["key"])[
+            "Versions"
+        ][0]["VersionId"]
+        with pytest.raises(arch.ArchiveError):
+            a.fetch(e)
+    finally:
+        v.close()
+
+
+def _denied(f: Any) -> None:
+    with pytest.raises(botocore.exceptions.ClientError) as ex:
+        f()
+    assert ex.value.response["Error"]["Code"] == "AccessDenied"
+
+
+def test_locked_and_held_objects_cannot_be_deleted_through_s3(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any], s3: Any
+) -> None:
+    v = _vault(tmp_path / "data", capture, n=3)
+    try:
+        now = v.clock()
+        _retain(v, "c0", "compliance", now + DAY_US)
+        _retain(v, "c1", "governance", now + DAY_US)
+        v.change(
+            "c2",
+            op="hold",
+            changes={"holds": {"CASE-1": {"placed_us": now, "by": None, "reason": "x"}}},
+        )
+        a = arch.Archive.from_settings(v, archive_settings).attach()
+        assert a.run(evict=False)["errors"] == []
+        c = s3.client()
+        obj = {x: _arc(v, x) for x in ("c0", "c1", "c2")}
+        for x in ("c0", "c1", "c2"):
+            o = obj[x]
+            _denied(
+                lambda o=o: c.delete_object(
+                    Bucket=o["bucket"], Key=o["key"], VersionId=o["version_id"]
+                )
+            )
+        # COMPLIANCE: not even with the governance bypass, and not shortened
+        o = obj["c0"]
+        _denied(
+            lambda: c.delete_object(
+                Bucket=o["bucket"],
+                Key=o["key"],
+                VersionId=o["version_id"],
+                BypassGovernanceRetention=True,
+            )
+        )
+        assert "locked (COMPLIANCE) until" in a.delete_call(v.get_call("c0"))
+        assert "locked (GOVERNANCE) until" in a.delete_call(v.get_call("c1"))
+        # legal hold: not with the bypass either
+        o = obj["c2"]
+        _denied(
+            lambda: c.delete_object(
+                Bucket=o["bucket"],
+                Key=o["key"],
+                VersionId=o["version_id"],
+                BypassGovernanceRetention=True,
+            )
+        )
+        assert (
+            c.get_object_legal_hold(Bucket=o["bucket"], Key=o["key"], VersionId=o["version_id"])[
+                "LegalHold"
+            ]["Status"]
+            == "ON"
+        )
+        assert "under legal hold" in a.delete_call(v.get_call("c2"))
+        # the release is mirrored onto the object (vault.after_change): deletion allowed
+        v.change("c2", op="release", changes={"holds": {}})
+        assert (
+            c.get_object_legal_hold(Bucket=o["bucket"], Key=o["key"], VersionId=o["version_id"])[
+                "LegalHold"
+            ]["Status"]
+            == "OFF"
+        )
+        assert a.delete_call(v.get_call("c2")) == "deleted 1 object version(s)"
+        with pytest.raises(botocore.exceptions.ClientError):
+            c.head_object(Bucket=o["bucket"], Key=o["key"], VersionId=o["version_id"])
+        # a hold placed after archiving reaches the object too
+        v.change(
+            "c1",
+            op="hold",
+            changes={"holds": {"CASE-2": {"placed_us": now, "by": None, "reason": "y"}}},
+        )
+        o = obj["c1"]
+        assert (
+            c.get_object_legal_hold(Bucket=o["bucket"], Key=o["key"], VersionId=o["version_id"])[
+                "LegalHold"
+            ]["Status"]
+            == "ON"
+        )
+        # governance with the bypass (an admin's override) once the hold is gone
+        v.change("c1", op="release", changes={"holds": {}})
+        assert (
+            a.delete_call(v.get_call("c1"), bypass_governance=True) == "deleted 1 object version(s)"
+        )
+        # a retention extension is mirrored: the lock moves later, never earlier
+        _retain(v, "c0", "compliance", now + 3 * DAY_US)
+        o = obj["c0"]
+        r = c.get_object_retention(Bucket=o["bucket"], Key=o["key"], VersionId=o["version_id"])
+        assert int(r["Retention"]["RetainUntilDate"].timestamp()) == (now + 3 * DAY_US) // 10**6
+    finally:
+        v.close()
+
+
+def test_reindex_from_archive_rebuilds_an_empty_data_dir(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any]
+) -> None:
+    data = tmp_path / "data"
+    v = _vault(data, capture, n=2)
+    _retain(v, "c1", "governance", v.clock() + DAY_US)
+    exports = {c: _export_bytes(v, c, tmp_path / f"{c}.ogg") for c in ("c0", "c1")}
+    seals = {c: v.get_call(c).seal for c in ("c0", "c1")}
+    arch.Archive.from_settings(v, archive_settings).attach().run()
+    old_size = v.log.synced_size
+    root = v.log.root(old_size)
+    v.close()
+    key_file = tmp_path / "kek"
+    shutil.copy(data / "keys" / "kek", key_file)
+    shutil.rmtree(data)
+    new = tmp_path / "rebuilt"
+    s = arch.Settings.from_dict(archive_settings)
+    done = arch.rebuild_catalog(new, key_file, s)
+    assert done["calls"] == 2
+    with pytest.raises(arch.ArchiveError, match="empty"):
+        arch.rebuild_catalog(new, key_file, s)
+    v = Vault.open(new, key_file=key_file)
+    try:
+        arch.Archive(v, s).attach()
+        for c in ("c0", "c1"):
+            e = v.get_call(c)
+            assert e.seal == seals[c] and e.local is False and e.archive is not None
+            assert v.verify_call(c) == []
+            assert _export_bytes(v, c, tmp_path / f"{c}-rebuilt.ogg") == exports[c]
+        assert (v.get_call("c1").retention or {}).get("mode") == "governance"
+        # the restored log holds the original one: same root at its old size
+        assert v.log.root(old_size) == root
+        for c in ("c0", "c1"):  # the seal's leaf is the one of the original log
+            assert v.get_call(c).log_index < old_size
+        assert v.customer_number("c0") == "+15551230000"
+    finally:
+        v.close()
