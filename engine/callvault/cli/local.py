@@ -62,9 +62,12 @@ def connect(args: argparse.Namespace, *, create: bool = False) -> Iterator[Local
         if made is not None:
             made.remove()
         raise
+    from callvault.lifecycle import archive  # DATA/archive.toml: evicted calls' audio
+
     empty = False
     try:
         with v:
+            archive.attach_stored(v)
             try:
                 yield LocalBackend(v)
             except BaseException:

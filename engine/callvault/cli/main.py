@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from callvault import __version__, ids
-from callvault.cli import audit, media, sidecar, tenant, tokens, vault, vip
+from callvault.cli import archive, audit, media, sidecar, tenant, tokens, vault, vip
 from callvault.cli import scan as scan_cli
 from callvault.cli.common import OFFSET_HELP, WHEN_HELP, offset_seconds, when_us
 from callvault.errors import CallvaultError
@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.set_defaults(func=vault.cmd_compact)
     v = _verb(sub, "reindex", "rebuild the index from the segments")
-    v.set_defaults(func=vault.cmd_reindex)
+    archive.add_reindex_flags(v)  # --from-archive FILE: the catalog from the bucket
+    v.set_defaults(func=archive.reindex_or(vault.cmd_reindex))
     v = _verb(
         sub,
         "reclaim",
@@ -302,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = _verb(sub, "rotate-key", "new master key-encryption key; re-wrap the tenants' keys")
     v.set_defaults(func=vault.cmd_rotate_key)
     tenant.add_parser(sub, _verb)
+    archive.add_parser(sub, _verb)
     v = _verb(
         sub,
         "stats",
