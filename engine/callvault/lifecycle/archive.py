@@ -353,6 +353,7 @@ class Archive:
         self.archived_total = 0  # by this process
         self.evicted_total = 0
         self.mirror_pending: set[tuple[str, str]] = set()  # holds/retention to re-mirror
+        self._status: tuple[float, dict[str, Any]] | None = None
 
     @classmethod
     def from_settings(cls, vault: Vault, settings: dict[str, Any] | Settings) -> Archive:
@@ -755,7 +756,9 @@ class Archive:
             self.s3.put_object(Bucket=b, Key=f"{p}log/checkpoint", Body=cp.read_bytes())
         return size
 
-    def run(self, *, limit: int = 0, evict: bool | None = None) -> dict[str, Any]:
+    def run(
+        self, *, limit: int = 0, evict: bool | None = None, stop: threading.Event | None = None
+    ) -> dict[str, Any]:
         """Archive the calls due (at most ``limit``; 0: all), evict the archived ones
         (``evict``: the setting when None), mirror what failed to, upload the log.
         A call that fails is reported and left as it was; the run goes on."""
@@ -774,6 +777,8 @@ class Archive:
             if limit:
                 due = due[:limit]
             for e in due:
+                if stop is not None and stop.is_set():
+                    break  # the server stops: the rest waits for the next run
                 try:
                     e = self.archive_call(e)
                     assert e.archive is not None
@@ -793,6 +798,8 @@ class Archive:
                     )
             if evict:
                 for e in self.evictable():
+                    if stop is not None and stop.is_set():
+                        break
                     try:
                         self.evict(e)
                         report["evicted"].append({"tenant": e.tenant, "call_id": e.call_id})
@@ -805,10 +812,22 @@ class Archive:
             except Exception as ex:
                 report["errors"].append({"error": f"uploading the Merkle log: {ex}"})
         self.last_error = report["errors"][-1]["error"] if report["errors"] else ""
+        self._status = None  # the counts changed
         return report
 
-    def status(self) -> dict[str, Any]:
-        """Counts over the index: archived calls, their bytes, evicted ones, due now."""
+    def status(self, max_age_s: float = 0.0) -> dict[str, Any]:
+        """Counts over the index: archived calls, their bytes, evicted ones, due now
+        (``max_age_s``: counts computed at most that long ago may be given again)."""
+        import time
+
+        cached = self._status
+        if cached is not None and time.monotonic() - cached[0] <= max_age_s:
+            return {**cached[1], "error": self.last_error}
+        st = self._count()
+        self._status = (time.monotonic(), st)
+        return st
+
+    def _count(self) -> dict[str, Any]:
         archived = evicted = size = 0
         for e in self._calls():
             if e.archive and e.state != "erased":

@@ -54,6 +54,7 @@ from callvault.lifecycle.rules import RecordingPolicy
 from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits, dtmf_settings
 from callvault.server.interceptors import PERMISSIONS, IdentityInterceptor, MethodLog
+from callvault.server.lc_archive import ArchiveScheduler, archive_from_config, archive_stats
 from callvault.server.lifecycle import LifecycleServicer
 from callvault.server.servicers import (
     AdminServicer,
@@ -74,6 +75,14 @@ ACCESS_DIR = "access"  # DATA/access: the token store (docs/format.md 10.1)
 
 class _Admin(TokenAdmin, AdminServicer):
     """The Admin service: the servicer's RPCs and the token RPCs (server/tokens.py)."""
+
+    archive: Any = None  # lifecycle.archive.Archive of the server, if any
+
+    def Stats(self, r: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsReply:
+        reply = AdminServicer.Stats(self, r, context)
+        if self.archive is not None and not reply.tenant:  # StatsReply 80-84
+            reply.MergeFrom(pb.StatsReply(**archive_stats(self.archive)))
+        return reply
 
 
 class Server:
@@ -108,6 +117,8 @@ class Server:
             # policy is refused here, before the server listens
             policy=RecordingPolicy.parse(c.policy, data_dir=vault.path),
         )
+        # [archive] (docs/policy.md "Archive"): a bad section stops the server here
+        self.archive = archive_from_config(vault, c.policy)
         if c.ingest_codec == "auto":
             self.ingestor.auto_opus_calls = c.auto_opus_calls
         # peak mode: sealed raw (G.711) calls are compacted to Opus in the background
@@ -150,6 +161,7 @@ class Server:
         admin.token_store = tokens
         admin.compactor = self.compactor
         admin.audit = self.audit
+        admin.archive = self.archive
         pbg.add_AdminServicer_to_server(admin, self.grpc)
         self.lifecycle = LifecycleServicer(vault, c, self)
         pbg.add_LifecycleServicer_to_server(self.lifecycle, self.grpc)
@@ -180,6 +192,7 @@ class Server:
         self._stopped = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._reclaimer: threading.Thread | None = None
+        self._archiver: ArchiveScheduler | None = None
         self.reclaim_error = ""  # why the last scheduled reclaim failed (Admin.Stats)
 
     def _audio_gate(self, method: str) -> str | None:
@@ -204,6 +217,9 @@ class Server:
         if self.config.reclaim_interval_s > 0:
             self._reclaimer = threading.Thread(target=self._reclaiming, name="reclaim", daemon=True)
             self._reclaimer.start()
+        if self.archive is not None and self.config.policy.get("archive") is not None:
+            self._archiver = ArchiveScheduler(self.archive, self._stopped)
+            self._archiver.start()
 
     def _set_health(self, *, serving: bool) -> None:
         status = (
@@ -280,6 +296,8 @@ class Server:
             self._housekeeper.join()
         if self._reclaimer is not None:  # a run stops after the step it is in
             self._reclaimer.join()
+        if self._archiver is not None:  # a run finishes the call it is on, then stops
+            self._archiver.join()
         self.health.enter_graceful_shutdown()
         self.ingestor.shutdown(lambda live, e: log.error("call %s: %s", live.spec.call_id, e))
         self.grpc.stop(self.config.shutdown_grace_s).wait()

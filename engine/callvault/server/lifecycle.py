@@ -15,6 +15,7 @@ from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
 from callvault.access.context import current_identity
+from callvault.server.lc_archive import ArchivePart
 from callvault.vault import Vault
 
 if TYPE_CHECKING:
@@ -47,5 +48,5 @@ class LifecycleBase:
         return self._unimplemented_platform(context, "an archive run")
 
 
-class LifecycleServicer(LifecycleBase, pbg.LifecycleServicer):  # parts go first
+class LifecycleServicer(ArchivePart, LifecycleBase, pbg.LifecycleServicer):  # parts go first
     """Lifecycle: the parts (lc_*.py mixins) come before the generated base."""
