@@ -301,3 +301,43 @@ def test_reindex_from_archive_rebuilds_an_empty_data_dir(
         assert v.customer_number("c0") == "+15551230000"
     finally:
         v.close()
+
+
+def test_peak_mode_calls_archive_once_compacted_and_rebuild(
+    tmp_path: Path, archive_settings: dict[str, Any]
+) -> None:
+    """A raw (G.711) call is not due until compacted; a compacted call's object holds
+    its Opus records and TRANSCODE record, and rebuilds; lifecycle records written
+    before archiving travel in the object (the chain continues after a rebuild)."""
+    from callvault.media.pipeline import Settings
+    from callvault.vault.compact import compact_call
+    from tests.rtpfeed import write_two_law_capture
+
+    cap = write_two_law_capture(tmp_path / "two.pcap", 2.0)
+    data = tmp_path / "data"
+    v = Vault.open(data)
+    v.import_call("r", [str(cap)], settings=Settings(store_codec="g711"))
+    a = arch.Archive.from_settings(v, archive_settings).attach()
+    assert a.due(v.clock()) == []  # raw: the compactor goes first
+    compact_call(v, "r")
+    v.change("r", op="tag", changes={"tags": ["complaint"]}, reason="customer called back")
+    _retain(v, "r", "governance", v.clock() + DAY_US)
+    before = _export_bytes(v, "r", tmp_path / "r.ogg")
+    report = a.run()
+    assert report["errors"] == [] and [x["call_id"] for x in report["evicted"]] == ["r"]
+    assert v.verify_call("r") == []
+    assert _export_bytes(v, "r", tmp_path / "r2.ogg") == before
+    head = v.get_call("r").lifecycle_head
+    v.close()
+    key_file = tmp_path / "kek"
+    shutil.copy(data / "keys" / "kek", key_file)
+    s = arch.Settings.from_dict(archive_settings)
+    assert arch.rebuild_catalog(tmp_path / "new", key_file, s)["calls"] == 1
+    with Vault.open(tmp_path / "new", key_file=key_file) as v:
+        arch.Archive(v, s).attach()
+        e = v.get_call("r")
+        assert e.storage == "compacted" and e.tags == ["complaint"] and not e.local
+        # tag and retention (from the object, the same chain), then the restore record
+        assert e.lifecycle_count == 3 and head != e.lifecycle_head
+        assert v.verify_call("r") == []
+        assert _export_bytes(v, "r", tmp_path / "r3.ogg") == before
