@@ -341,3 +341,59 @@ def test_peak_mode_calls_archive_once_compacted_and_rebuild(
         assert e.lifecycle_count == 3 and head != e.lifecycle_head
         assert v.verify_call("r") == []
         assert _export_bytes(v, "r", tmp_path / "r3.ogg") == before
+
+
+def test_protection_added_after_archiving_survives_a_rebuild(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any], s3: Any
+) -> None:
+    """A hold placed and a retention extended after a call was archived are not in its
+    object, but they were mirrored onto its lock: a rebuilt catalog takes them from
+    the lock, so the call is still held and retained (never less protected)."""
+    data = tmp_path / "data"
+    v = _vault(data, capture, n=1)
+    a = arch.Archive.from_settings(v, archive_settings).attach()
+    a.run()
+    now = v.clock()
+    v.change(
+        "c0",
+        op="hold",
+        changes={"holds": {"CASE-9": {"placed_us": now, "by": None, "reason": "x"}}},
+    )
+    _retain(v, "c0", "compliance", now + 5 * DAY_US)
+    v.close()
+    key_file = tmp_path / "kek"
+    shutil.copy(data / "keys" / "kek", key_file)
+    s = arch.Settings.from_dict(archive_settings)
+    arch.rebuild_catalog(tmp_path / "new", key_file, s)
+    with Vault.open(tmp_path / "new", key_file=key_file) as v:
+        e = v.get_call("c0")
+        assert list(e.holds) == ["archive-legal-hold"]
+        assert e.retention is not None and e.retention["mode"] == "compliance"
+        assert e.retention["until_us"] // 10**6 == (now + 5 * DAY_US) // 10**6
+        with pytest.raises(VaultError, match="legal hold"):
+            v.erase("c0", reason="try")
+
+
+def test_an_erased_calls_object_is_deleted_by_the_next_run(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any], s3: Any
+) -> None:
+    v = _vault(tmp_path / "data", capture, n=2)
+    try:
+        _retain(v, "c1", "compliance", v.clock() + DAY_US)
+        a = arch.Archive.from_settings(v, archive_settings).attach()
+        a.run()
+        keys = {c: _arc(v, c)["key"] for c in ("c0", "c1")}
+        v.erase("c0", reason="customer asked")
+        # c1 under compliance retention: the vault refuses, nothing to delete
+        with pytest.raises(VaultError, match="compliance"):
+            v.erase("c1", reason="customer asked")
+        r = a.run()
+        assert r["errors"] == [] and [d["call_id"] for d in r["deleted"]] == ["c0"]
+        c = s3.client()
+        left = c.list_object_versions(Bucket=archive_settings["bucket"], Prefix=keys["c0"])
+        assert not left.get("Versions")
+        assert _arc(v, "c0").get("deleted_us")
+        assert a.run()["deleted"] == []  # done once
+        assert v.verify_call("c0") == []  # the erasure and its lifecycle records verify
+    finally:
+        v.close()

@@ -738,6 +738,34 @@ class Archive:
             )
         return f"version {ver} refused by the bucket"
 
+    def _erased_archived(self) -> list[CallEntry]:
+        """Erased calls whose archive object was not deleted yet."""
+        return [
+            e
+            for e in self._calls()
+            if e.state == "erased" and e.archive and not e.archive.get("deleted_us")
+        ]
+
+    def delete_erased(self, e: CallEntry) -> str:
+        """An erased call's object versions deleted when their locks allow (the key
+        they hold, wrapped, must not outlive the erasure longer than the lock makes
+        it); once none is left, a LIFECYCLE record op "archive-deleted" says so
+        (``archive.deleted_us``) and later runs skip the call."""
+        what = self.delete_call(e)
+        if "kept" in what:
+            return what
+        a = dict(e.archive or {})
+        a["deleted_us"] = self.vault.clock()
+        self.vault.change(
+            e.call_id,
+            tenant=e.tenant,
+            op="archive-deleted",
+            changes={"archive": a},
+            reason=f"erased call: {what}",
+            expect_seq=e.lifecycle_count,
+        )
+        return what
+
     # -- runs ----------------------------------------------------------------
 
     def upload_log(self) -> int:
@@ -763,7 +791,13 @@ class Archive:
         (``evict``: the setting when None), mirror what failed to, upload the log.
         A call that fails is reported and left as it was; the run goes on."""
         evict = self.settings.evict if evict is None else evict
-        report: dict[str, Any] = {"archived": [], "evicted": [], "errors": [], "bytes": 0}
+        report: dict[str, Any] = {
+            "archived": [],
+            "evicted": [],
+            "deleted": [],
+            "errors": [],
+            "bytes": 0,
+        }
         with self._run_lock:
             for tenant, call_id in sorted(self.mirror_pending):
                 try:
@@ -792,6 +826,18 @@ class Archive:
                         }
                     )
                     report["bytes"] += int(e.archive["size"])
+                except Exception as ex:
+                    report["errors"].append(
+                        {"tenant": e.tenant, "call_id": e.call_id, "error": str(ex)}
+                    )
+            for e in self._erased_archived():
+                if stop is not None and stop.is_set():
+                    break
+                try:
+                    what = self.delete_erased(e)
+                    report["deleted"].append(
+                        {"tenant": e.tenant, "call_id": e.call_id, "result": what}
+                    )
                 except Exception as ex:
                     report["errors"].append(
                         {"tenant": e.tenant, "call_id": e.call_id, "error": str(ex)}
@@ -927,6 +973,35 @@ def _restore_keys(data: Path, obj: CallObject) -> None:
             write_atomic(t, wrapped, 0o600)
 
 
+def _protection_from_lock(e: CallEntry, doc: dict[str, Any], now_us: int) -> dict[str, Any]:
+    """What the object's lock says that the rebuilt entry does not: changes made after
+    the call was archived are not in its object, but holds and retention extensions
+    were mirrored onto its lock. A legal hold ON with no hold in the entry becomes a
+    hold named "archive-legal-hold"; a lock date past the entry's retention end
+    becomes its retention end (COMPLIANCE -> compliance, else governance). Never
+    less protection than the bucket shows."""
+    out: dict[str, Any] = {}
+    if doc["legal_hold"] and not e.holds:
+        out["holds"] = {
+            "archive-legal-hold": {
+                "placed_us": now_us,
+                "by": None,
+                "reason": "the call's archive object carries a legal hold (catalog rebuilt "
+                "from the archive): release it with the holds' dual control",
+            }
+        }
+    until = int(doc["retain_until_us"])
+    r = e.retention or {}
+    if until > int(r.get("until_us", 0) or 0) and doc["mode"] in ("COMPLIANCE", "GOVERNANCE"):
+        out["retention"] = {
+            "until_us": until,
+            "rule": "archive-lock",
+            "mode": "compliance" if doc["mode"] == "COMPLIANCE" else "governance",
+            "set_us": now_us,
+        }
+    return out
+
+
 def rebuild_catalog(
     data: Path, key_file: Path, settings: Settings, client: Any = None
 ) -> dict[str, Any]:
@@ -977,11 +1052,13 @@ def rebuild_catalog(
                 "retain_until_us": int(until.timestamp() * 1e6) if until else 0,
                 "legal_hold": head.get("ObjectLockLegalHoldStatus") == "ON",
             }
+            changes: dict[str, Any] = {"archive": doc, "local": False}
+            changes.update(_protection_from_lock(e, doc, vault.clock()))
             vault.change(
                 call_id,
                 tenant=tenant,
                 op="restore",
-                changes={"archive": doc, "local": False},
+                changes=changes,
                 reason="catalog rebuilt from the archive",
                 expect_seq=e.lifecycle_count,
             )
