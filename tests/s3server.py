@@ -32,6 +32,17 @@ def weed_binary() -> str | None:
     return shutil.which("weed")
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies (a killed pytest leaves no
+    S3 server behind). Linux's prctl(PR_SET_PDEATHSIG); elsewhere nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _free_ports(n: int) -> list[int]:
     socks = []
     try:
@@ -136,7 +147,12 @@ def start(directory: Path) -> S3Server:
     log = directory / "weed.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, cwd=directory, start_new_session=True
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     srv = S3Server(proc, f"http://127.0.0.1:{s3}", directory, log)
     deadline = time.monotonic() + START_TIMEOUT_S

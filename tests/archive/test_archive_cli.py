@@ -92,6 +92,15 @@ def test_sigkill_during_archive_run_then_reads_and_rebuild(
     st_out = run_cli("--data", str(data), "archive", "status", "--json").stdout
     status = json.loads(st_out)
     assert status["archived_calls"] == 3 and status["evicted_calls"] == 3
+    rows = [
+        json.loads(x)
+        for x in run_cli("--data", str(data), "archive", "ls", "--json").stdout.splitlines()
+    ]
+    assert sorted(r["call_id"] for r in rows) == list(CALLS)
+    assert all(
+        r["evicted"] and r["mode"] == "NONE" and r["object"].startswith("s3://") for r in rows
+    )
+    assert "evicted" in run_cli("--data", str(data), "archive", "ls").stdout
 
     # the catalog rebuilt from the bucket into an empty directory
     key = tmp_path / "kek"

@@ -71,6 +71,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], verb: V
     r.add_argument("--no-evict", action="store_true", help="keep the local audio (local only)")
     r.add_argument("--json", action="store_true", help="the report as JSON")
     r.set_defaults(func=cmd_run)
+    ls = verb(
+        asub,
+        "ls",
+        "archived calls: object, lock, evicted",
+        "One archived call a line (--data DIR): tenant, call id, S3 lock mode and "
+        "retain-until date, legal hold, whether its local audio was let go of, the "
+        "object's key. Reads the index only (no S3 request).",
+    )
+    ls.add_argument("--json", action="store_true", help="one JSON object a line")
+    ls.set_defaults(func=cmd_ls)
     s = verb(
         asub,
         "status",
@@ -193,6 +203,51 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         for k in ("bucket", "archived_calls", "archive_bytes", "evicted_calls", "due_calls"):
             print(f"{k}: {st[k]}")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from callvault.cli import local
+    from callvault.vault.lifecycle import utc as utc_text
+
+    if getattr(args, "server", None) or not args.data:
+        raise CallvaultError("archive ls runs on --data DIR")
+    with local.connect(args) as lb:
+        v = lb.vault
+        for tenant in v.index.tenants():
+            for e in v.list_calls(tenant=tenant):
+                a = e.archive
+                if not a:
+                    continue
+                row = {
+                    "tenant": e.tenant,
+                    "call_id": e.call_id,
+                    "state": e.state,
+                    "mode": a.get("mode", ""),
+                    "retain_until_us": a.get("retain_until_us", 0),
+                    "legal_hold": bool(e.holds),
+                    "evicted": not e.local,
+                    "object": f"s3://{a.get('bucket')}/{a.get('key')}",
+                    "version_id": a.get("version_id", ""),
+                    "deleted_us": a.get("deleted_us", 0),
+                }
+                if args.json:
+                    print(json.dumps(row, sort_keys=True))
+                    continue
+                until = utc_text(row["retain_until_us"]) if row["retain_until_us"] else "-"
+                flags = (
+                    ",".join(
+                        f
+                        for f, on in (
+                            ("held", row["legal_hold"]),
+                            ("evicted", row["evicted"]),
+                            ("deleted", bool(row["deleted_us"])),
+                        )
+                        if on
+                    )
+                    or "-"
+                )
+                print(f"{e.tenant}\t{e.call_id}\t{row['mode']}\t{until}\t{flags}\t{row['object']}")
     return 0
 
 

@@ -412,22 +412,23 @@ class Archive:
             return []
         assert e.manifest_ref is not None
         reader = self.vault._reader
-        segs = reader.segments()
         found: list[bytes] = []
-        first = segs.index(e.manifest_ref[0]) if e.manifest_ref[0] in segs else 0
-        for seg in segs[first:]:
-            start = e.manifest_ref[1] if seg == e.manifest_ref[0] else 0
-            try:
-                for _ref, rtype, body in reader.scan(seg, start):
-                    if rtype != rec.LIFECYCLE:
-                        continue
-                    b = rec.parse(rtype, body)
-                    if (b.tenant, b.call_id) == (e.tenant, e.call_id):
-                        found.append(body)
-            except CorruptRecord:
-                break  # the tail being written: what the index holds is before it
-            if len(found) >= e.lifecycle_count:
-                break
+        with self.vault._reclaim_lock:  # no segment removed under the scan
+            segs = reader.segments()  # in the store's order
+            first = segs.index(e.manifest_ref[0]) if e.manifest_ref[0] in segs else 0
+            for seg in segs[first:]:
+                start = e.manifest_ref[1] if seg == e.manifest_ref[0] else 0
+                try:
+                    for _ref, rtype, body in reader.scan(seg, start):
+                        if rtype != rec.LIFECYCLE:
+                            continue
+                        b = rec.parse(rtype, body)
+                        if (b.tenant, b.call_id) == (e.tenant, e.call_id):
+                            found.append(body)
+                except CorruptRecord:
+                    break  # the tail being written: what the index holds is before it
+                if len(found) >= e.lifecycle_count:
+                    break
         found = found[: e.lifecycle_count]
         link = bytes.fromhex(e.seal)
         for seq, body in enumerate(found, 1):
