@@ -397,3 +397,23 @@ def test_an_erased_calls_object_is_deleted_by_the_next_run(
         assert v.verify_call("c0") == []  # the erasure and its lifecycle records verify
     finally:
         v.close()
+
+
+def test_due_follows_the_vault_clock(tmp_path: Path, capture: Path) -> None:
+    """`after` is measured on the vault's clock (tests move it; no S3 needed to
+    decide what is due)."""
+    v = _vault(tmp_path / "data", capture, n=2)
+    try:
+        a = arch.Archive.from_settings(v, {"bucket": "not-contacted", "after": "30d"})
+        sealed = max(e.end_us for e in v.list_calls())
+        assert a.due(sealed + 29 * DAY_US) == []
+        assert [e.call_id for e in a.due(sealed + 30 * DAY_US)] == ["c0", "c1"]
+        v.clock = lambda: sealed + 31 * DAY_US  # type: ignore[method-assign]
+        assert len(a.due(v.clock())) == 2 and a.status()["due_calls"] == 2
+        # a retention end the clock has passed gives no lock date
+        _retain(v, "c0", "compliance", sealed + 30 * DAY_US)
+        assert a.lock_of(v.get_call("c0"), v.clock()) == ("NONE", 0)
+        _retain(v, "c0", "compliance", sealed + 40 * DAY_US)
+        assert a.lock_of(v.get_call("c0"), v.clock()) == ("COMPLIANCE", sealed + 40 * DAY_US)
+    finally:
+        v.close()

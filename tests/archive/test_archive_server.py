@@ -53,6 +53,9 @@ def test_server_archive_run_stats_and_reads(
             )
             assert played.returncode == 0 and (tmp_path / "s0.ogg").stat().st_size > 1000
             run_cli("--server", srv.address, "verify", "s0", "s1")
+            pcm = tmp_path / "s1.wav"
+            run_cli("--server", srv.address, "play", "s1", "-o", str(pcm))
+            assert pcm.stat().st_size > 8000 * 2 * 2  # > 1 s of 16-bit stereo at 8 kHz (WAV)
             st = c.stats()
             assert (st.archived_calls, st.evicted_calls, st.archive_due_calls) == (2, 2, 0)
             assert st.archive_bytes > 0 and st.archive_error == ""
