@@ -408,7 +408,7 @@ def test_due_follows_the_vault_clock(tmp_path: Path, capture: Path) -> None:
         sealed = max(e.end_us for e in v.list_calls())
         assert a.due(sealed + 29 * DAY_US) == []
         assert [e.call_id for e in a.due(sealed + 30 * DAY_US)] == ["c0", "c1"]
-        v.clock = lambda: sealed + 31 * DAY_US  # type: ignore[method-assign]
+        v.clock = lambda: sealed + 31 * DAY_US
         assert len(a.due(v.clock())) == 2 and a.status()["due_calls"] == 2
         # a retention end the clock has passed gives no lock date
         _retain(v, "c0", "compliance", sealed + 30 * DAY_US)
