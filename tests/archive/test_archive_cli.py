@@ -135,3 +135,42 @@ def test_a_bad_archive_section_is_refused(tmp_path: Path, bad: str) -> None:
     p = run_cli("--data", str(data), "archive", "configure", "--config", str(cfg), ok=False)
     assert p.returncode != 0 and "[archive]" in p.stderr
     assert not (data / "archive.toml").exists()
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="Debian's faketime not installed")
+def test_a_clock_far_from_the_s3_servers_is_told_and_changes_nothing(
+    tmp_path: Path, archive_settings: dict[str, Any]
+) -> None:
+    """`faketime` 31 days ahead (past `after`): the calls are due, but S3 refuses
+    requests signed with a clock that far off; the run says why and every call stays
+    local, not archived."""
+    data = tmp_path / "data"
+    sample.demo_capture(tmp_path / "call.pcap", seconds=1.0)
+    with Vault.open(data) as v:
+        v.import_call("c0", [str(tmp_path / "call.pcap")])
+        # the sample's capture times are in the past: `after` set a day past its age
+        age_days = (v.clock() - v.get_call("c0").end_us) // (86400 * 10**6)
+    config = _config(tmp_path / "a.toml", {**archive_settings, "after": f"{age_days + 1}d"})
+    now = run_cli("--data", str(data), "archive", "run", "--config", str(config), "--json")
+    assert json.loads(now.stdout)["archived"] == []  # not due yet
+    p = subprocess.run(
+        [
+            "faketime",
+            "-f",
+            "+31d",
+            *CLI,
+            "--data",
+            str(data),
+            "archive",
+            "run",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 1 and "clock" in p.stderr, p.stderr
+    with Vault.open(data) as v:
+        e = v.get_call("c0")
+        assert e.local and e.archive is None and v.verify_call("c0") == []

@@ -307,6 +307,16 @@ def _utc(us: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(us / 1e6, dt.UTC)
 
 
+def _said(e: BaseException) -> str:
+    """An S3 error as a sentence, with what to do for the known ones."""
+    if _code(e) == "RequestTimeTooSkewed":
+        return (
+            f"{e} (this host's clock and the S3 server's differ by more than S3 allows, "
+            "usually 15 minutes: set the clock right, e.g. with NTP)"
+        )
+    return str(e)
+
+
 def _code(e: BaseException) -> str:
     resp = getattr(e, "response", None)
     if isinstance(resp, dict):
@@ -519,7 +529,7 @@ class Archive:
             put = self.s3.put_object(**args)
         except Exception as ex:
             raise ArchiveError(
-                f"call {e.call_id}: PUT s3://{self.settings.bucket}/{key}: {ex}"
+                f"call {e.call_id}: PUT s3://{self.settings.bucket}/{key}: {_said(ex)}"
             ) from ex
         version = put.get("VersionId")
         if not version or version == "null":
@@ -561,7 +571,7 @@ class Archive:
             return bytes(r["Body"].read())
         except Exception as ex:
             raise ArchiveError(
-                f"call {call_id}: GET s3://{self.settings.bucket}/{key}: {ex}"
+                f"call {call_id}: GET s3://{self.settings.bucket}/{key}: {_said(ex)}"
             ) from ex
 
     def evict(self, e: CallEntry) -> CallEntry:
