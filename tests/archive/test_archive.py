@@ -417,3 +417,40 @@ def test_due_follows_the_vault_clock(tmp_path: Path, capture: Path) -> None:
         assert a.lock_of(v.get_call("c0"), v.clock()) == ("COMPLIANCE", sealed + 40 * DAY_US)
     finally:
         v.close()
+
+
+def test_a_hold_that_failed_to_reach_the_object_is_mirrored_by_a_later_process(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any], s3: Any
+) -> None:
+    """The hold is placed while no archive is attached (as when the mirror failed, or
+    another process changed it): the first run of the next archive puts the legal
+    hold on the object."""
+    data = tmp_path / "data"
+    v = _vault(data, capture, n=1)
+    arch.Archive.from_settings(v, archive_settings).run()
+    v.close()
+    with Vault.open(data) as v:  # no archive attached: nothing mirrored
+        now = v.clock()
+        v.change(
+            "c0", op="hold", changes={"holds": {"C": {"placed_us": now, "by": None, "reason": "r"}}}
+        )
+        o = _arc(v, "c0")
+    c = s3.client()
+    try:  # never set: SeaweedFS answers NoSuchObjectLegalHold
+        st = c.get_object_legal_hold(Bucket=o["bucket"], Key=o["key"], VersionId=o["version_id"])
+        assert st["LegalHold"]["Status"] == "OFF"
+    except botocore.exceptions.ClientError as ex:
+        assert ex.response["Error"]["Code"] == "NoSuchObjectLegalHold"
+    with Vault.open(data) as v:
+        assert arch.Archive.from_settings(v, archive_settings).attach().run()["errors"] == []
+    status = c.get_object_legal_hold(Bucket=o["bucket"], Key=o["key"], VersionId=o["version_id"])
+    assert status["LegalHold"]["Status"] == "ON"
+    # a retention end set after archiving an unlocked object: the lock follows
+    with Vault.open(data) as v:
+        a = arch.Archive.from_settings(v, archive_settings).attach()
+        _retain(v, "c0", "compliance", v.clock() + DAY_US)
+        assert a.mirror_pending == set()
+        until = v.clock() + DAY_US
+    r = c.get_object_retention(Bucket=o["bucket"], Key=o["key"], VersionId=o["version_id"])
+    assert r["Retention"]["Mode"] == "COMPLIANCE"
+    assert abs(r["Retention"]["RetainUntilDate"].timestamp() - until / 1e6) < 5

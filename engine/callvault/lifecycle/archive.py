@@ -364,6 +364,7 @@ class Archive:
         self.evicted_total = 0
         self.mirror_pending: set[tuple[str, str]] = set()  # holds/retention to re-mirror
         self._status: tuple[float, dict[str, Any]] | None = None
+        self._synced_once = False  # the first run re-mirrors the calls that may lag
 
     @classmethod
     def from_settings(cls, vault: Vault, settings: dict[str, Any] | Settings) -> Archive:
@@ -661,7 +662,7 @@ class Archive:
         archived call -> the object's legal hold and retention follow. A failure is
         kept (``last_error``, ``mirror_pending``) and tried again at the next run."""
         changed = set(doc.get("set", {}))
-        if e.archive is None or not changed & {"holds", "retention"}:
+        if not e.archive or e.archive.get("deleted_us") or not changed & {"holds", "retention"}:
             return
         try:
             self.sync(e)
@@ -670,6 +671,18 @@ class Archive:
             self.mirror_pending.add((e.tenant, e.call_id))
             self.last_error = f"call {e.call_id}: mirroring onto its object: {ex}"
             log.error("%s", self.last_error)
+
+    @staticmethod
+    def _needs_sync(e: CallEntry) -> bool:
+        """Whether the object's lock may lag the call: held (or held when archived),
+        or a retention end later than the lock written at archiving."""
+        a = e.archive
+        if not a or a.get("deleted_us") or e.state == "erased":
+            return False
+        until = int((e.retention or {}).get("until_us", 0) or 0)
+        return (
+            bool(e.holds) or bool(a.get("legal_hold")) or until > int(a.get("retain_until_us", 0))
+        )
 
     def sync(self, e: CallEntry) -> None:
         """Set the object's legal hold from the call's holds, and extend its lock to
@@ -688,11 +701,10 @@ class Archive:
             cur_until = int(cur["RetainUntilDate"].timestamp() * 1e6)
             cur_mode = cur.get("Mode", mode)
         except Exception as ex:
-            if _code(ex) not in (
-                "NoSuchObjectLockConfiguration",
-                "ObjectLockConfigurationNotFoundError",
-            ):
+            code = _code(ex)  # no retention on the version yet (codes differ by server)
+            if not code.startswith("NoSuch") and "NotFound" not in code:
                 raise
+
             cur_until, cur_mode = 0, mode
         if until > cur_until:
             self.s3.put_object_retention(
@@ -810,6 +822,11 @@ class Archive:
             "bytes": 0,
         }
         with self._run_lock:
+            if not self._synced_once:  # a mirror may have failed in an earlier process
+                self.mirror_pending |= {
+                    (e.tenant, e.call_id) for e in self._calls() if self._needs_sync(e)
+                }
+                self._synced_once = True
             for tenant, call_id in sorted(self.mirror_pending):
                 try:
                     self.sync(self.vault.get_call(call_id, tenant=tenant))
