@@ -234,7 +234,8 @@ def test_locked_and_held_objects_cannot_be_deleted_through_s3(
             ]["Status"]
             == "OFF"
         )
-        assert a.delete_call(v.get_call("c2")) == "deleted 1 object version(s)"
+        # the object and its later lifecycle records (archive, release): 3 versions
+        assert a.delete_call(v.get_call("c2")) == "deleted 3 object version(s)"
         with pytest.raises(botocore.exceptions.ClientError):
             c.head_object(Bucket=o["bucket"], Key=o["key"], VersionId=o["version_id"])
         # a hold placed after archiving reaches the object too
@@ -253,7 +254,8 @@ def test_locked_and_held_objects_cannot_be_deleted_through_s3(
         # governance with the bypass (an admin's override) once the hold is gone
         v.change("c1", op="release", changes={"holds": {}})
         assert (
-            a.delete_call(v.get_call("c1"), bypass_governance=True) == "deleted 1 object version(s)"
+            a.delete_call(v.get_call("c1"), bypass_governance=True)
+            == "deleted 4 object version(s)"  # object; archive, hold, release records
         )
         # a retention extension is mirrored: the lock moves later, never earlier
         _retain(v, "c0", "compliance", now + 3 * DAY_US)
@@ -273,6 +275,7 @@ def test_reindex_from_archive_rebuilds_an_empty_data_dir(
     exports = {c: _export_bytes(v, c, tmp_path / f"{c}.ogg") for c in ("c0", "c1")}
     seals = {c: v.get_call(c).seal for c in ("c0", "c1")}
     arch.Archive.from_settings(v, archive_settings).attach().run()
+    heads = {c: (v.get_call(c).lifecycle_count, v.get_call(c).lifecycle_head) for c in ("c0", "c1")}
     old_size = v.log.synced_size
     root = v.log.root(old_size)
     v.close()
@@ -291,6 +294,8 @@ def test_reindex_from_archive_rebuilds_an_empty_data_dir(
         for c in ("c0", "c1"):
             e = v.get_call(c)
             assert e.seal == seals[c] and e.local is False and e.archive is not None
+            # the whole lifecycle chain: the object's records, then <key>.lc/<seq>
+            assert (e.lifecycle_count, e.lifecycle_head) == heads[c]
             assert v.verify_call(c) == []
             assert _export_bytes(v, c, tmp_path / f"{c}-rebuilt.ogg") == exports[c]
         assert (v.get_call("c1").retention or {}).get("mode") == "governance"
@@ -337,36 +342,73 @@ def test_peak_mode_calls_archive_once_compacted_and_rebuild(
         arch.Archive(v, s).attach()
         e = v.get_call("r")
         assert e.storage == "compacted" and e.tags == ["complaint"] and not e.local
-        # tag and retention (from the object, the same chain), then the restore record
-        assert e.lifecycle_count == 3 and head != e.lifecycle_head
+        # tag and retention (in the object), archive and evict (uploaded after): the
+        # same chain as before
+        assert e.lifecycle_count == 4 and head == e.lifecycle_head
         assert v.verify_call("r") == []
         assert _export_bytes(v, "r", tmp_path / "r3.ogg") == before
 
 
-def test_protection_added_after_archiving_survives_a_rebuild(
-    tmp_path: Path, capture: Path, archive_settings: dict[str, Any], s3: Any
-) -> None:
-    """A hold placed and a retention extended after a call was archived are not in its
-    object, but they were mirrored onto its lock: a rebuilt catalog takes them from
-    the lock, so the call is still held and retained (never less protected)."""
-    data = tmp_path / "data"
-    v = _vault(data, capture, n=1)
-    a = arch.Archive.from_settings(v, archive_settings).attach()
-    a.run()
-    now = v.clock()
+def _hold_then_extend(v: Vault, now: int) -> None:
     v.change(
         "c0",
         op="hold",
         changes={"holds": {"CASE-9": {"placed_us": now, "by": None, "reason": "x"}}},
     )
     _retain(v, "c0", "compliance", now + 5 * DAY_US)
+
+
+def test_changes_after_archiving_are_in_the_bucket_and_rebuilt(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any]
+) -> None:
+    """A hold placed and a retention extended after a call was archived and evicted:
+    their LIFECYCLE records are uploaded (<key>.lc/<seq>), so the rebuilt call has
+    the same lifecycle chain, its hold by name, its retention."""
+    data = tmp_path / "data"
+    v = _vault(data, capture, n=1)
+    arch.Archive.from_settings(v, archive_settings).attach().run()
+    now = v.clock()
+    _hold_then_extend(v, now)
+    before = v.get_call("c0")
     v.close()
     key_file = tmp_path / "kek"
     shutil.copy(data / "keys" / "kek", key_file)
-    s = arch.Settings.from_dict(archive_settings)
-    arch.rebuild_catalog(tmp_path / "new", key_file, s)
+    arch.rebuild_catalog(tmp_path / "new", key_file, arch.Settings.from_dict(archive_settings))
     with Vault.open(tmp_path / "new", key_file=key_file) as v:
         e = v.get_call("c0")
+        assert (e.lifecycle_count, e.lifecycle_head) == (4, before.lifecycle_head)
+        assert e.holds == before.holds and e.retention == before.retention
+        with pytest.raises(VaultError, match="legal hold"):
+            v.erase("c0", reason="try")
+
+
+def test_protection_only_on_the_lock_survives_a_rebuild(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any], s3: Any
+) -> None:
+    """The hold's record never reached the bucket (its upload lost): the chain stops
+    before it, and the rebuilt call takes the hold and the retention from the
+    object's lock (mirrored), so it is never less protected."""
+    data = tmp_path / "data"
+    v = _vault(data, capture, n=1)
+    arch.Archive.from_settings(v, archive_settings).attach().run()
+    now = v.clock()
+    _hold_then_extend(v, now)
+    a = _arc(v, "c0")
+    v.close()
+    s3.client().delete_object(  # record 3 (the hold) was written unlocked: lose it
+        Bucket=a["bucket"], Key=arch.record_key(a["key"], 3)
+    )
+    c = s3.client()
+    for ver in c.list_object_versions(Bucket=a["bucket"], Prefix=arch.record_key(a["key"], 3))[
+        "Versions"
+    ]:
+        c.delete_object(Bucket=a["bucket"], Key=ver["Key"], VersionId=ver["VersionId"])
+    key_file = tmp_path / "kek"
+    shutil.copy(data / "keys" / "kek", key_file)
+    arch.rebuild_catalog(tmp_path / "new", key_file, arch.Settings.from_dict(archive_settings))
+    with Vault.open(tmp_path / "new", key_file=key_file) as v:
+        e = v.get_call("c0")
+        assert e.lifecycle_count == 3  # archive, evict, then the restore record
         assert list(e.holds) == ["archive-legal-hold"]
         assert e.retention is not None and e.retention["mode"] == "compliance"
         assert e.retention["until_us"] // 10**6 == (now + 5 * DAY_US) // 10**6

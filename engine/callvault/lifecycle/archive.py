@@ -60,6 +60,7 @@ _FRAME_TAIL = struct.Struct("<IBBH")
 K_META, K_RECORD, K_CALL_KEY, K_NUMBER_KEY, K_TENANT_KEK, K_TRAILER = 1, 2, 3, 4, 5, 15
 MAX_SECTION = 1 << 30
 SUFFIX = ".cva"
+LC_INFIX = ".lc/"  # <object key>.lc/<seq>: the call's later LIFECYCLE records
 SETTINGS_FILE = "archive.toml"  # DATA/archive.toml: the [archive] section (0600)
 DEFAULT_MODES = {"compliance": "COMPLIANCE", "governance": "GOVERNANCE", "default": "GOVERNANCE"}
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
@@ -217,7 +218,8 @@ def build_object(
     parts.append(_frame(K_META, json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()))
     for rtype, body in records:
         parts.append(_frame(K_RECORD, body, rtype))
-    parts.append(_frame(K_CALL_KEY, call_key))
+    if call_key:
+        parts.append(_frame(K_CALL_KEY, call_key))
     if number_key is not None:
         parts.append(_frame(K_NUMBER_KEY, number_key))
     for gen, data in sorted(keks.items()):
@@ -257,7 +259,7 @@ def parse_object(data: bytes, what: str = "archive object") -> CallObject:
                 raise ArchiveError(f"{what}: bytes after the trailer")
             if body != hashlib.sha256(data[:pos]).digest():
                 raise ArchiveError(f"{what}: its SHA-256 trailer does not match its contents")
-            if meta is None or not call_key:
+            if meta is None or (not call_key and meta.get("kind") != "lifecycle"):
                 raise ArchiveError(f"{what}: no metadata or no key file")
             return CallObject(
                 meta, records, call_key, number_key, keks, hashlib.sha256(data).hexdigest()
@@ -301,6 +303,11 @@ def open_body_from_manifest(m: dict[str, Any]) -> bytes:
 def object_key(prefix: str, tenant: str, call_id: str, seal: str) -> str:
     h = hashlib.sha256(rec.call_aad(tenant, call_id)).hexdigest()
     return f"{prefix}calls/{h}/{seal}{SUFFIX}"
+
+
+def record_key(call_object_key: str, seq: int) -> str:
+    """The key of a call's LIFECYCLE record ``seq`` written after it was archived."""
+    return f"{call_object_key}{LC_INFIX}{seq:08d}"
 
 
 def _utc(us: int) -> dt.datetime:
@@ -364,6 +371,7 @@ class Archive:
         self.evicted_total = 0
         self.mirror_pending: set[tuple[str, str]] = set()  # holds/retention to re-mirror
         self._status: tuple[float, dict[str, Any]] | None = None
+        self.records_pending: set[tuple[str, str]] = set()  # later records to upload
         self._synced_once = False  # the first run re-mirrors the calls that may lag
 
     @classmethod
@@ -383,6 +391,8 @@ class Archive:
         self.vault.fetch_archived = self.audio_bodies
         if self.mirror not in self.vault.after_change:
             self.vault.after_change.append(self.mirror)
+        if self.upload_record not in self.vault.after_record:
+            self.vault.after_record.append(self.upload_record)
         return self
 
     def key_of(self, e: CallEntry) -> str:
@@ -553,6 +563,7 @@ class Archive:
             "mode": mode,
             "retain_until_us": until,
             "legal_hold": bool(e.holds),
+            "object_lifecycle_count": e.lifecycle_count,  # later records: <key>.lc/<seq>
         }
         e = self.vault.change(
             e.call_id,
@@ -657,6 +668,57 @@ class Archive:
 
     # -- holds, retention, deletion -----------------------------------------
 
+    def upload_record(self, e: CallEntry, body: bytes) -> None:
+        """vault.after_record: a LIFECYCLE record of an archived call (the ``archive``
+        record itself and every later one) goes to ``<key>.lc/<seq>``, locked as the
+        call is, so a rebuilt catalog has the call's whole lifecycle chain. A failure
+        is kept and the records are uploaded again by the next run."""
+        a = e.archive
+        if not a or a.get("deleted_us") or str(a.get("bucket")) != self.settings.bucket:
+            return
+        try:
+            self._put_record(e, e.lifecycle_count, body)
+        except Exception as ex:  # the change is durable already: report, retry later
+            self.records_pending.add((e.tenant, e.call_id))
+            self.last_error = f"call {e.call_id}: uploading lifecycle record: {_said(ex)}"
+            log.error("%s", self.last_error)
+
+    def _put_record(self, e: CallEntry, seq: int, body: bytes) -> None:
+        a = e.archive
+        assert a is not None
+        meta = {
+            "format": VERSION,
+            "kind": "lifecycle",
+            "tenant": e.tenant,
+            "call_id": e.call_id,
+            "seal": e.seal,
+            "seq": seq,
+        }
+        data = build_object(meta, [(rec.LIFECYCLE, body)], b"", None, {})
+        args: dict[str, Any] = {
+            "Bucket": self.settings.bucket,
+            "Key": record_key(str(a["key"]), seq),
+            "Body": data,
+            "ChecksumSHA256": base64.b64encode(hashlib.sha256(data).digest()).decode(),
+        }
+        mode, until = self.lock_of(e, self.vault.clock())
+        if mode != "NONE":
+            args["ObjectLockMode"] = mode
+            args["ObjectLockRetainUntilDate"] = _utc(until)
+        self.s3.put_object(**args)
+
+    def upload_missing_records(self, e: CallEntry) -> int:
+        """Every LIFECYCLE record after the object's (found in the segments) uploaded
+        again: for a call whose upload failed. Returns how many."""
+        a = e.archive
+        if not a or a.get("deleted_us"):
+            return 0
+        first = int(a.get("object_lifecycle_count", 0)) + 1
+        bodies = self._lifecycle_records(e)
+        for seq in range(first, len(bodies) + 1):
+            self._put_record(e, seq, bodies[seq - 1])
+        return max(0, len(bodies) + 1 - first)
+
     def mirror(self, e: CallEntry, doc: dict[str, Any]) -> None:
         """vault.after_change: a hold placed or released, a retention extended, on an
         archived call -> the object's legal hold and retention follow. A failure is
@@ -719,20 +781,26 @@ class Archive:
 
     def delete_call(self, e: CallEntry, *, bypass_governance: bool = False) -> str:
         """For disposal or erasure: delete every version of the call's object the lock
-        allows (GOVERNANCE bypassed only with ``bypass_governance``); what is kept is
-        reported with the date its lock ends. The caller shreds the key either way."""
+        allows (GOVERNANCE bypassed only with ``bypass_governance``), then, once none is
+        left, its later lifecycle records' objects; what is kept is reported with the
+        date its lock ends. The caller shreds the key either way."""
         a = e.archive
         if not a:
             return "not archived"
-        b, key = self.settings.bucket, str(a["key"])
-        versions: list[str] = []
+        b, main = self.settings.bucket, str(a["key"])
+        versions: list[tuple[str, str]] = []  # the object's and its later records'
         pager = self.s3.get_paginator("list_object_versions")
-        for page in pager.paginate(Bucket=b, Prefix=key):
+        for page in pager.paginate(Bucket=b, Prefix=main):
             for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                if v["Key"] == key:
-                    versions.append(v["VersionId"])
+                if v["Key"] == main or v["Key"].startswith(main + LC_INFIX):
+                    versions.append((v["Key"], v["VersionId"]))
         deleted, kept = 0, []
-        for ver in versions:
+        # the object's versions first; its records' (the call's history) only once no
+        # version of the object is left
+        versions.sort(key=lambda kv: kv[0] != main)
+        for key, ver in versions:
+            if kept and key != main:
+                break
             try:
                 self.s3.delete_object(
                     Bucket=b, Key=key, VersionId=ver, BypassGovernanceRetention=bypass_governance
@@ -827,6 +895,14 @@ class Archive:
                     (e.tenant, e.call_id) for e in self._calls() if self._needs_sync(e)
                 }
                 self._synced_once = True
+            for tenant, call_id in sorted(self.records_pending):
+                try:
+                    self.upload_missing_records(self.vault.get_call(call_id, tenant=tenant))
+                    self.records_pending.discard((tenant, call_id))
+                except Exception as ex:
+                    report["errors"].append(
+                        {"call_id": call_id, "tenant": tenant, "error": _said(ex)}
+                    )
             for tenant, call_id in sorted(self.mirror_pending):
                 try:
                     self.sync(self.vault.get_call(call_id, tenant=tenant))
@@ -961,26 +1037,36 @@ def attach_stored(vault: Vault) -> Archive | None:
 # -- rebuilding a catalog from the bucket ----------------------------------------
 
 
-def fetch_objects(settings: Settings, client: Any = None) -> tuple[list[tuple[str, bytes]], bytes]:
-    """Every call object under the prefix (key, data; each checked) and the Merkle
-    log's tree (b"" when the bucket has none)."""
+def fetch_objects(
+    settings: Settings, client: Any = None
+) -> tuple[list[tuple[str, bytes]], bytes, dict[str, dict[int, bytes]]]:
+    """Every call object under the prefix (key, data; each checked), the Merkle log's
+    tree (b"" when the bucket has none), and per call object key its later LIFECYCLE
+    records by number (their bodies)."""
     s3 = client or make_client(settings)
     b, p = settings.bucket, settings.prefix
     objects: list[tuple[str, bytes]] = []
+    later: dict[str, dict[int, bytes]] = {}
     pager = s3.get_paginator("list_objects_v2")
     for page in pager.paginate(Bucket=b, Prefix=f"{p}calls/"):
         for o in page.get("Contents", []):
-            if o["Key"].endswith(SUFFIX):
-                data = bytes(s3.get_object(Bucket=b, Key=o["Key"])["Body"].read())
-                parse_object(data, o["Key"])
-                objects.append((o["Key"], data))
+            key = str(o["Key"])
+            if key.endswith(SUFFIX):
+                data = bytes(s3.get_object(Bucket=b, Key=key)["Body"].read())
+                parse_object(data, key)
+                objects.append((key, data))
+            elif LC_INFIX in key:
+                data = bytes(s3.get_object(Bucket=b, Key=key)["Body"].read())
+                lc = parse_object(data, key)
+                main = key[: key.index(LC_INFIX)]
+                later.setdefault(main, {})[int(lc.meta["seq"])] = lc.records[0][1]
     try:
         tree = bytes(s3.get_object(Bucket=b, Key=f"{p}log/tree")["Body"].read())
     except Exception as ex:
         if _code(ex) not in ("NoSuchKey", "404"):
             raise
         tree = b""
-    return objects, tree
+    return objects, tree, later
 
 
 def _restore_keys(data: Path, obj: CallObject) -> None:
@@ -1051,7 +1137,7 @@ def rebuild_catalog(
     if not key_file.exists():
         raise ArchiveError(f"key file {key_file} not found: the bucket's keys are wrapped by it")
     s3 = client or make_client(settings)
-    objects, tree = fetch_objects(settings, s3)
+    objects, tree, later = fetch_objects(settings, s3)
     if tree:
         (data / "log").mkdir(parents=True, exist_ok=True)
         write_atomic(data / "log" / "tree", tree, 0o644)
@@ -1067,6 +1153,13 @@ def rebuild_catalog(
             for rtype, body in obj.records:
                 vault._writer.append(rtype, body).result()
             e = vault.get_call(call_id, tenant=tenant)
+            for seq in sorted(later.get(key, {})):  # the records after archiving, in order
+                body = later[key][seq]
+                doc = json.loads(rec.parse(rec.LIFECYCLE, body).doc)
+                if seq != e.lifecycle_count + 1 or doc.get("prev") != (e.lifecycle_head or e.seal):
+                    break  # a gap (an upload that never happened): the lock covers the rest
+                vault._writer.append(rec.LIFECYCLE, body).result()
+                e = vault.get_call(call_id, tenant=tenant)
             head = s3.head_object(Bucket=settings.bucket, Key=key)
             until = head.get("ObjectLockRetainUntilDate")
             doc = {
@@ -1079,17 +1172,20 @@ def rebuild_catalog(
                 "mode": head.get("ObjectLockMode", "NONE"),
                 "retain_until_us": int(until.timestamp() * 1e6) if until else 0,
                 "legal_hold": head.get("ObjectLockLegalHoldStatus") == "ON",
+                "object_lifecycle_count": int(obj.meta.get("lifecycle_count", 0)),
             }
-            changes: dict[str, Any] = {"archive": doc, "local": False}
-            changes.update(_protection_from_lock(e, doc, vault.clock()))
-            vault.change(
-                call_id,
-                tenant=tenant,
-                op="restore",
-                changes=changes,
-                reason="catalog rebuilt from the archive",
-                expect_seq=e.lifecycle_count,
-            )
+            changes: dict[str, Any] = _protection_from_lock(e, doc, vault.clock())
+            if not e.archive or e.local:  # the archive and evict records were not there
+                changes.update({"archive": doc, "local": False})
+            if changes:
+                vault.change(
+                    call_id,
+                    tenant=tenant,
+                    op="restore",
+                    changes=changes,
+                    reason="catalog rebuilt from the archive",
+                    expect_seq=e.lifecycle_count,
+                )
             n += 1
         size = vault.log_size()
     return {"calls": n, "log_size": size, "skipped": skipped}
