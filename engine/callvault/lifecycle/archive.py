@@ -794,7 +794,8 @@ class Archive:
             for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
                 if v["Key"] == main or v["Key"].startswith(main + LC_INFIX):
                     versions.append((v["Key"], v["VersionId"]))
-        deleted, kept = 0, list[str]()
+        deleted = 0
+        kept: list[str] = []
         # the object's versions first; its records' (the call's history) only once no
         # version of the object is left
         versions.sort(key=lambda kv: kv[0] != main)
