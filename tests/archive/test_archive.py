@@ -496,3 +496,16 @@ def test_a_hold_that_failed_to_reach_the_object_is_mirrored_by_a_later_process(
     r = c.get_object_retention(Bucket=o["bucket"], Key=o["key"], VersionId=o["version_id"])
     assert r["Retention"]["Mode"] == "COMPLIANCE"
     assert abs(r["Retention"]["RetainUntilDate"].timestamp() - until / 1e6) < 5
+
+
+def test_attaching_a_second_archive_replaces_the_first(tmp_path: Path, capture: Path) -> None:
+    v = _vault(tmp_path / "data", capture, n=1)
+    try:
+        n_change, n_record = len(v.after_change), len(v.after_record)
+        first = arch.Archive.from_settings(v, {"bucket": "one-bucket"}).attach()
+        second = arch.Archive.from_settings(v, {"bucket": "two-bucket"}).attach()
+        assert len(v.after_change) == n_change + 1 and len(v.after_record) == n_record + 1
+        assert v.after_change[-1] == second.mirror and first.mirror not in v.after_change
+        assert v.fetch_archived == second.audio_bodies
+    finally:
+        v.close()

@@ -354,6 +354,10 @@ def make_client(s: Settings) -> Any:
     )
 
 
+def _archive_hook(hook: object) -> bool:
+    return isinstance(getattr(hook, "__self__", None), Archive)
+
+
 class Archive:
     """One vault's archive in one bucket. Thread-safe for reads; runs are serialized."""
 
@@ -386,13 +390,16 @@ class Archive:
         return self._client
 
     def attach(self) -> Archive:
-        """Serve evicted calls' reads from the archive and mirror later holds and
-        retention changes onto archived objects."""
-        self.vault.fetch_archived = self.audio_bodies
-        if self.mirror not in self.vault.after_change:
-            self.vault.after_change.append(self.mirror)
-        if self.upload_record not in self.vault.after_record:
-            self.vault.after_record.append(self.upload_record)
+        """Serve evicted calls' reads from the archive, mirror later holds and
+        retention changes onto archived objects and upload their later lifecycle
+        records; replaces an archive attached before (one per vault)."""
+        v = self.vault
+        v.fetch_archived = self.audio_bodies
+        # one archive per vault: this one replaces any attached before
+        v.after_change[:] = [h for h in v.after_change if not _archive_hook(h)]
+        v.after_record[:] = [h for h in v.after_record if not _archive_hook(h)]
+        v.after_change.append(self.mirror)
+        v.after_record.append(self.upload_record)
         return self
 
     def key_of(self, e: CallEntry) -> str:
