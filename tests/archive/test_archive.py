@@ -509,3 +509,34 @@ def test_attaching_a_second_archive_replaces_the_first(tmp_path: Path, capture: 
         assert v.fetch_archived == second.audio_bodies
     finally:
         v.close()
+
+
+def test_the_merkle_log_goes_up_in_parts_and_full_parts_once(
+    tmp_path: Path,
+    capture: Path,
+    archive_settings: dict[str, Any],
+    s3: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(arch, "LOG_PART_BYTES", 256)
+    data = tmp_path / "data"
+    v = _vault(data, capture, n=2)
+    arch.Archive.from_settings(v, {**archive_settings, "evict": False}).run()
+    v.import_call("c9", [str(capture)])  # more leaves
+    arch.Archive.from_settings(v, archive_settings).run()  # a new process's archive
+    size = v.log.synced_size
+    root = v.log.root(size)
+    v.close()
+    c = s3.client()
+    versions = c.list_object_versions(Bucket=archive_settings["bucket"], Prefix="log/tree.")
+    per_key: dict[str, int] = {}
+    for ver in versions["Versions"]:
+        per_key[ver["Key"]] = per_key.get(ver["Key"], 0) + 1
+    assert len(per_key) >= 2
+    first = sorted(per_key)[0]
+    assert per_key[first] == 1  # a full part is never uploaded again
+    key_file = tmp_path / "kek"
+    shutil.copy(data / "keys" / "kek", key_file)
+    arch.rebuild_catalog(tmp_path / "new", key_file, arch.Settings.from_dict(archive_settings))
+    with Vault.open(tmp_path / "new", key_file=key_file) as v:
+        assert v.log.size >= size and v.log.root(size) == root

@@ -7,7 +7,7 @@ SEAL, TRANSCODE, LIFECYCLE: still encrypted under the call's data key), its key 
 as stored (wrapped by the tenant's KEK) and the tenant's KEK generations as stored
 (wrapped by the vault's key file), CRC-framed, with a SHA-256 trailer. The bucket
 alone reveals nothing; with the key file it rebuilds the catalog
-(``rebuild_from_archive``). Each run also uploads the Merkle log (``log/tree``) and
+(``rebuild_catalog``). Each run also uploads the Merkle log (``log/tree.NNNNNNNN``) and
 the last checkpoint (``log/checkpoint``).
 
 The object carries S3 Object Lock: COMPLIANCE until the call's retention end when
@@ -60,6 +60,8 @@ _FRAME_TAIL = struct.Struct("<IBBH")
 K_META, K_RECORD, K_CALL_KEY, K_NUMBER_KEY, K_TENANT_KEK, K_TRAILER = 1, 2, 3, 4, 5, 15
 MAX_SECTION = 1 << 30
 SUFFIX = ".cva"
+LOG_PART = "log/tree."  # + 8 digits: the Merkle log's tree in parts of LOG_PART_BYTES
+LOG_PART_BYTES = 64 << 20
 LC_INFIX = ".lc/"  # <object key>.lc/<seq>: the call's later LIFECYCLE records
 SETTINGS_FILE = "archive.toml"  # DATA/archive.toml: the [archive] section (0600)
 DEFAULT_MODES = {"compliance": "COMPLIANCE", "governance": "GOVERNANCE", "default": "GOVERNANCE"}
@@ -377,6 +379,7 @@ class Archive:
         self._status: tuple[float, dict[str, Any]] | None = None
         self.records_pending: set[tuple[str, str]] = set()  # later records to upload
         self._synced_once = False  # the first run re-mirrors the calls that may lag
+        self._log_parts: dict[str, int] | None = None  # log part key -> size uploaded
 
     @classmethod
     def from_settings(cls, vault: Vault, settings: dict[str, Any] | Settings) -> Archive:
@@ -875,9 +878,24 @@ class Archive:
             size = v.log.synced_size
         from callvault.integrity.log import TREE_FILE, record_offset
 
-        tree = (v.path / "log" / TREE_FILE).read_bytes()[: record_offset(size)]
+        end = record_offset(size)
         b, p = self.settings.bucket, self.settings.prefix
-        self.s3.put_object(Bucket=b, Key=f"{p}log/tree", Body=tree)
+        if self._log_parts is None:  # once per process: the parts already there
+            self._log_parts = {}
+            pager = self.s3.get_paginator("list_objects_v2")
+            for page in pager.paginate(Bucket=b, Prefix=f"{p}{LOG_PART}"):
+                for o in page.get("Contents", []):
+                    self._log_parts[str(o["Key"])] = int(o["Size"])
+        # append-only: a full part never changes, so only new or grown parts go up
+        with open(v.path / "log" / TREE_FILE, "rb") as f:
+            for i in range(0, max(end, 1), LOG_PART_BYTES):
+                n = min(LOG_PART_BYTES, end - i)
+                key = f"{p}{LOG_PART}{i // LOG_PART_BYTES:08d}"
+                if n <= 0 or self._log_parts.get(key) == n:
+                    continue
+                f.seek(i)
+                self.s3.put_object(Bucket=b, Key=key, Body=f.read(n))
+                self._log_parts[key] = n
         cp = v.path / "log" / "checkpoint"
         if cp.exists():
             self.s3.put_object(Bucket=b, Key=f"{p}log/checkpoint", Body=cp.read_bytes())
@@ -1068,12 +1086,14 @@ def fetch_objects(
                 lc = parse_object(data, key)
                 main = key[: key.index(LC_INFIX)]
                 later.setdefault(main, {})[int(lc.meta["seq"])] = lc.records[0][1]
-    try:
-        tree = bytes(s3.get_object(Bucket=b, Key=f"{p}log/tree")["Body"].read())
-    except Exception as ex:
-        if _code(ex) not in ("NoSuchKey", "404"):
-            raise
-        tree = b""
+    parts: list[str] = []
+    for page in pager.paginate(Bucket=b, Prefix=f"{p}{LOG_PART}"):
+        parts += [str(o["Key"]) for o in page.get("Contents", [])]
+    parts.sort()
+    for i, key in enumerate(parts):  # contiguous from part 0, else not a whole log
+        if key != f"{p}{LOG_PART}{i:08d}":
+            raise ArchiveError(f"the bucket's Merkle log misses part {i} ({key} follows)")
+    tree = b"".join(bytes(s3.get_object(Bucket=b, Key=k)["Body"].read()) for k in parts)
     return objects, tree, later
 
 
