@@ -507,6 +507,7 @@ def test_attaching_a_second_archive_replaces_the_first(tmp_path: Path, capture: 
         assert len(v.after_change) == n_change + 1 and len(v.after_record) == n_record + 1
         assert v.after_change[-1] == second.mirror and first.mirror not in v.after_change
         assert v.fetch_archived == second.audio_bodies
+        assert arch.attached(v) is second
     finally:
         v.close()
 

@@ -913,6 +913,14 @@ def stored_settings(data: Path) -> dict[str, Any] | None:
         raise InputError(f"{p}: {e}") from None
 
 
+def attached(vault: Vault) -> Archive | None:
+    """The archive attached to ``vault`` (``Archive.attach``), if any: what disposal
+    and the capacity watermarks call (``delete_call``, ``evict``)."""
+    fetch = vault.fetch_archived
+    owner = getattr(fetch, "__self__", None)
+    return owner if isinstance(owner, Archive) else None
+
+
 def attach_stored(vault: Vault) -> Archive | None:
     """The archive of DATA/archive.toml attached to ``vault`` (None: no such file)."""
     section = stored_settings(vault.path)
