@@ -541,3 +541,24 @@ def test_the_merkle_log_goes_up_in_parts_and_full_parts_once(
     arch.rebuild_catalog(tmp_path / "new", key_file, arch.Settings.from_dict(archive_settings))
     with Vault.open(tmp_path / "new", key_file=key_file) as v:
         assert v.log.size >= size and v.log.root(size) == root
+
+
+def test_a_held_call_is_archived_but_never_evicted(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any]
+) -> None:
+    v = _vault(tmp_path / "data", capture, n=2)
+    try:
+        hold = {"CASE-3": {"placed_us": v.clock(), "by": None, "reason": "court order"}}
+        v.change("c0", op="hold", changes={"holds": hold})
+        a = arch.Archive.from_settings(v, archive_settings).attach()
+        r = a.run()
+        assert sorted(x["call_id"] for x in r["archived"]) == ["c0", "c1"]
+        assert [x["call_id"] for x in r["evicted"]] == ["c1"]
+        e = v.get_call("c0")
+        assert e.local and e.archive is not None and e.archive["legal_hold"]
+        with pytest.raises(arch.ArchiveError, match="legal hold CASE-3"):
+            a.evict(e)
+        v.change("c0", op="release", changes={"holds": {}})
+        assert [x["call_id"] for x in a.run()["evicted"]] == ["c0"]
+    finally:
+        v.close()

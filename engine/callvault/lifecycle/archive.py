@@ -292,8 +292,12 @@ class Archive:
         return sorted(out, key=lambda e: (e.end_us, e.tenant, e.call_id))
 
     def evictable(self) -> list[CallEntry]:
-        """Archived calls whose local audio is still here."""
-        return [e for e in self._calls() if e.state == "sealed" and e.local and e.archive]
+        """Archived calls whose local audio is still here, not under a legal hold."""
+        return [
+            e
+            for e in self._calls()
+            if e.state == "sealed" and e.local and e.archive and not e.holds
+        ]
 
     # -- building ------------------------------------------------------------
 
@@ -459,12 +463,18 @@ class Archive:
 
     def evict(self, e: CallEntry) -> CallEntry:
         """Let go of the local audio of an archived call whose object is there and
-        verifies (GET, SHA-256, format, the audio chain against the seal). A held call
-        may be evicted: its object carries the legal hold."""
+        verifies (GET, SHA-256, format, the audio chain against the seal). A call under
+        a legal hold is never evicted (issue 12: held calls stay whole where they are);
+        one evicted before the hold stays in the archive, its object held."""
         if not e.local:
             return e
         if e.archive is None or e.state != "sealed":
             raise ArchiveError(f"call {e.call_id} is not archived: its audio stays local")
+        if e.holds:
+            raise ArchiveError(
+                f"call {e.call_id} is under legal hold {', '.join(sorted(e.holds))}: its "
+                "local audio is not let go of"
+            )
         obj = self.fetch(e)
         local = {i: self.vault._body(r) for i, r in self.vault.audio_records(e)}
         if obj.audio() != local:
