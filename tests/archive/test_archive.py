@@ -158,10 +158,15 @@ def test_a_changed_object_is_refused_on_read(
         c.put_object(Bucket=ea["bucket"], Key=ea["key"], Body=body[:-1] + b"x")
         assert v.verify_call("c0") == []
         # a forged version id in the index cannot help: the SHA-256 is chained
-        ea["version_id"] = c.list_object_versions(Bucket=ea["bucket"], Prefix=ea["key"])[
-            "Versions"
-        ][0]["VersionId"]
-        with pytest.raises(arch.ArchiveError):
+        listed = c.list_object_versions(Bucket=ea["bucket"], Prefix=ea["key"])["Versions"]
+        forged = [
+            x["VersionId"]
+            for x in listed
+            if x["Key"] == ea["key"] and x["VersionId"] != ea["version_id"]
+        ]
+        assert len(forged) == 1
+        ea["version_id"] = forged[0]
+        with pytest.raises(arch.ArchiveError, match="SHA-256"):
             a.fetch(e)
     finally:
         v.close()
