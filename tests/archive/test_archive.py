@@ -567,3 +567,25 @@ def test_a_held_call_is_archived_but_never_evicted(
         assert [x["call_id"] for x in a.run()["evicted"]] == ["c0"]
     finally:
         v.close()
+
+
+def test_evicted_audio_is_space_a_reclaim_frees(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any]
+) -> None:
+    """Eviction makes the audio records dead (docs/format.md 8.14); a reclaim frees
+    them; the calls still play and verify, from the archive."""
+    data = tmp_path / "data"
+    with Vault.open(data, segment_bytes=16 << 10) as v:
+        for i in range(4):
+            v.import_call(f"c{i}", [str(capture)])
+        before = {c: _export_bytes(v, c, tmp_path / f"{c}.ogg") for c in ("c0", "c3")}
+        audio = sum(r.length for c in range(4) for _, r in v.index.records("default", f"c{c}"))
+        dead_before = v.reclaimable_bytes()
+        a = arch.Archive.from_settings(v, archive_settings).attach()
+        assert len(a.run()["evicted"]) == 4
+        assert v.reclaimable_bytes() - dead_before >= audio > 0  # every audio record
+        done = v.reclaim(threshold=0.01)
+        assert done.bytes_freed >= audio // 2  # closed segments' share (one stays open)
+        for c in ("c0", "c3"):
+            assert v.verify_call(c) == []
+            assert _export_bytes(v, c, tmp_path / f"{c}-after.ogg") == before[c]
