@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +29,3 @@ def archive_settings(s3: s3server.S3Server) -> dict[str, Any]:
     name = f"cv-test-{next(_buckets)}"
     s3.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
     return {**s3.settings, "bucket": name, "after": "0s"}
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    return tmp_path
