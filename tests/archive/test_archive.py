@@ -488,8 +488,16 @@ def test_a_hold_that_failed_to_reach_the_object_is_mirrored_by_a_later_process(
         assert st["LegalHold"]["Status"] == "OFF"
     except botocore.exceptions.ClientError as ex:
         assert ex.response["Error"]["Code"] == "NoSuchObjectLegalHold"
+    assert "Contents" not in c.list_objects_v2(
+        Bucket=o["bucket"], Prefix=arch.record_key(o["key"], 3)
+    )  # the hold's record was not uploaded either
     with Vault.open(data) as v:
         assert arch.Archive.from_settings(v, archive_settings).attach().run()["errors"] == []
+    # the first run of the next archive found it missing and uploaded it
+    got = c.get_object(Bucket=o["bucket"], Key=arch.record_key(o["key"], 3))["Body"].read()
+    lc = arch.parse_object(got)
+    assert lc.meta["seq"] == 3 and lc.meta["kind"] == "lifecycle"
+    assert b'"op":"hold"' in lc.records[0][1]
     status = c.get_object_legal_hold(Bucket=o["bucket"], Key=o["key"], VersionId=o["version_id"])
     assert status["LegalHold"]["Status"] == "ON"
     # a retention end set after archiving an unlocked object: the lock follows

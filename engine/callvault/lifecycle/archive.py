@@ -588,6 +588,28 @@ class Archive:
             args["ObjectLockRetainUntilDate"] = _utc(until)
         self.s3.put_object(**args)
 
+    def _records_missing(self) -> set[tuple[str, str]]:
+        """Archived calls with a LIFECYCLE record after their object that is not in
+        the bucket (one listing of the prefix: once per process)."""
+        b, p = self.settings.bucket, self.settings.prefix
+        have: dict[str, set[int]] = {}
+        pager = self.s3.get_paginator("list_objects_v2")
+        for page in pager.paginate(Bucket=b, Prefix=f"{p}calls/"):
+            for o in page.get("Contents", []):
+                key = str(o["Key"])
+                if LC_INFIX in key:
+                    main, _, seq = key.partition(LC_INFIX)
+                    have.setdefault(main, set()).add(int(seq))
+        out = set()
+        for e in self._calls():
+            a = e.archive
+            if not a or a.get("deleted_us") or str(a.get("bucket")) != b:
+                continue
+            want = set(range(int(a.get("object_lifecycle_count", 0)) + 1, e.lifecycle_count + 1))
+            if want - have.get(str(a["key"]), set()):
+                out.add((e.tenant, e.call_id))
+        return out
+
     def upload_missing_records(self, e: CallEntry) -> int:
         """Every LIFECYCLE record after the object's (found in the segments) uploaded
         again: for a call whose upload failed. Returns how many."""
@@ -787,10 +809,14 @@ class Archive:
             "bytes": 0,
         }
         with self._run_lock:
-            if not self._synced_once:  # a mirror may have failed in an earlier process
-                self.mirror_pending |= {
+            if not self._synced_once:  # a mirror or upload may have failed in an earlier
+                self.mirror_pending |= {  # process
                     (e.tenant, e.call_id) for e in self._calls() if self._needs_sync(e)
                 }
+                try:
+                    self.records_pending |= self._records_missing()
+                except Exception as ex:
+                    report["errors"].append({"error": f"listing the bucket: {_said(ex)}"})
                 self._synced_once = True
             for tenant, call_id in sorted(self.records_pending):
                 try:
