@@ -364,11 +364,12 @@ def test_the_server_relieves_through_its_archive(tmp_path: Path) -> None:
     server.start()
     try:
         assert server.capacity.check() == OK  # the real volume: far below 85%
-        server.archive = StandInArchive(vault, ["c0", "c1", "c2"])  # type: ignore[attr-defined]
+        stand_in = StandInArchive(vault, ["c0", "c1", "c2"])
+        server.archive = stand_in  # type: ignore[assignment]
         # 15,000 bytes to free: more than the three archived calls' audio
         server.capacity.usage = lambda: Usage(90_000, 100_000)
         assert server.capacity.check() == HIGH  # the usage stays: still high
-        assert server.archive.evicted == ["c0", "c1", "c2"]  # type: ignore[attr-defined]
+        assert stand_in.evicted == ["c0", "c1", "c2"]
         assert vault.get_call("c3").local is True  # only local: kept
         with Client(f"127.0.0.1:{server.port}") as c:
             st = c.stats()

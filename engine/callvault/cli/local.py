@@ -62,6 +62,8 @@ def connect(args: argparse.Namespace, *, create: bool = False) -> Iterator[Local
         if made is not None:
             made.remove()
         raise
+    from callvault.lifecycle import archive  # DATA/archive.toml: evicted calls' audio
+
     if args.command != "policy" and not v.read_only:
         # calls this verb seals get their retention end (docs/policy.md); `policy`
         # itself replaces the stored policy, even a damaged one
@@ -75,6 +77,7 @@ def connect(args: argparse.Namespace, *, create: bool = False) -> Iterator[Local
     empty = False
     try:
         with v:
+            archive.attach_stored(v)
             try:
                 yield LocalBackend(v)
             except BaseException:

@@ -10,7 +10,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from callvault import __version__, ids
-from callvault.cli import audit, dispose, media, sidecar, subject, tags, tenant, tokens, vault, vip
+from callvault.cli import (
+    archive,
+    audit,
+    dispose,
+    media,
+    sidecar,
+    subject,
+    tags,
+    tenant,
+    tokens,
+    vault,
+    vip,
+)
 from callvault.cli import holds as holds_cli
 from callvault.cli import policy as policy_cli
 from callvault.cli import scan as scan_cli
@@ -290,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.set_defaults(func=vault.cmd_compact)
     v = _verb(sub, "reindex", "rebuild the index from the segments")
-    v.set_defaults(func=vault.cmd_reindex)
+    archive.add_reindex_flags(v)  # --from-archive FILE: the catalog from the bucket
+    v.set_defaults(func=archive.reindex_or(vault.cmd_reindex))
     v = _verb(
         sub,
         "reclaim",
@@ -322,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy_cli.add_parser(sub, _verb)
     tags.add_parser(sub, _verb)
     subject.add_parser(sub, _verb)
+    archive.add_parser(sub, _verb)
     v = _verb(
         sub,
         "stats",

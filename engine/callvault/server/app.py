@@ -57,7 +57,8 @@ from callvault.lifecycle.rules import RecordingPolicy
 from callvault.media.pipeline import Settings
 from callvault.server.ingest import Ingestor, Limits, dtmf_settings
 from callvault.server.interceptors import PERMISSIONS, IdentityInterceptor, MethodLog
-from callvault.server.lc_disposal import Disposer, archive_of
+from callvault.server.lc_archive import ArchiveScheduler, archive_from_config, archive_stats
+from callvault.server.lc_disposal import Disposer
 from callvault.server.lc_policy import check_config_file
 from callvault.server.lc_subject import settings_of
 from callvault.server.lifecycle import LifecycleServicer
@@ -81,6 +82,14 @@ ACCESS_DIR = "access"  # DATA/access: the token store (docs/format.md 10.1)
 
 class _Admin(TokenAdmin, AdminServicer):
     """The Admin service: the servicer's RPCs and the token RPCs (server/tokens.py)."""
+
+    archive: Any = None  # lifecycle.archive.Archive of the server, if any
+
+    def Stats(self, r: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsReply:
+        reply = AdminServicer.Stats(self, r, context)
+        if self.archive is not None and not reply.tenant:  # StatsReply 80-84
+            reply.MergeFrom(pb.StatsReply(**archive_stats(self.archive)))
+        return reply
 
 
 class Server:
@@ -115,6 +124,8 @@ class Server:
             # policy is refused here, before the server listens
             policy=RecordingPolicy.parse(c.policy, data_dir=vault.path),
         )
+        # [archive] (docs/policy.md "Archive"): a bad section stops the server here
+        self.archive = archive_from_config(vault, c.policy)
         if c.ingest_codec == "auto":
             self.ingestor.auto_opus_calls = c.auto_opus_calls
         # peak mode: sealed raw (G.711) calls are compacted to Opus in the background
@@ -157,13 +168,14 @@ class Server:
         admin.token_store = tokens
         admin.compactor = self.compactor
         admin.audit = self.audit
+        admin.archive = self.archive
         pbg.add_AdminServicer_to_server(admin, self.grpc)
         self.lifecycle = LifecycleServicer(vault, c, self)
         # the disposal sweeper (docs/policy.md "Disposal"): a bad [disposal] stops here
         self.disposer = Disposer(
             vault,
             disposal.Settings.parse(c.policy.get("disposal")),
-            archive_of(vault, c.policy.get("archive")),
+            self.archive,  # its objects are deleted with the calls disposed of
         )
         self.lifecycle.disposer = self.disposer
         admin.stats_parts.append(self.disposer.stats)
@@ -209,6 +221,7 @@ class Server:
         self._stopped = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._reclaimer: threading.Thread | None = None
+        self._archiver: ArchiveScheduler | None = None
         self.reclaim_error = ""  # why the last scheduled reclaim failed (Admin.Stats)
         self._serving = True  # the segment writer works (health)
 
@@ -261,6 +274,9 @@ class Server:
         balancer sends new calls elsewhere); the others stay as the writer says."""
         if "critical" in (old, new) and not self._stopped.is_set():
             self._set_health(serving=self._serving)
+        if self.archive is not None and self.config.policy.get("archive") is not None:
+            self._archiver = ArchiveScheduler(self.archive, self._stopped)
+            self._archiver.start()
 
     def _set_health(self, *, serving: bool) -> None:
         self._serving = serving
@@ -343,6 +359,8 @@ class Server:
         self.disposer.stop()  # a disposal running finishes first
         if self._capacity is not None:
             self._capacity.join()
+        if self._archiver is not None:  # a run finishes the call it is on, then stops
+            self._archiver.join()
         self.health.enter_graceful_shutdown()
         self.ingestor.shutdown(lambda live, e: log.error("call %s: %s", live.spec.call_id, e))
         self.grpc.stop(self.config.shutdown_grace_s).wait()

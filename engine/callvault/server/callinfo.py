@@ -75,6 +75,12 @@ def call_info(e: CallEntry, frames: int) -> pb.CallInfo:
     if e.decision:  # the recording policy's (docs/access.md "Recording rules")
         info.decision.CopyFrom(decision_pb(Decision.from_doc(e.decision)))
     lifecycle_fields(info, e)
+    a = e.archive
+    if a and not erased:  # CallInfo 55-58: the archive tier (docs/policy.md "Archive")
+        info.archive_object = f"s3://{a.get('bucket', '')}/{a.get('key', '')}"
+        info.archive_version = str(a.get("version_id", ""))
+        info.archive_lock_mode = str(a.get("mode", ""))
+    info.evicted = not e.local and not erased
     u = e.unsupported_codec
     if u is not None and e.state == "sealed":
         info.unsupported_codec.legs.extend(u["legs"])

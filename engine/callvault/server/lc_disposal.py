@@ -40,16 +40,19 @@ def identity_doc(who: Identity) -> dict[str, Any]:
 
 
 def archive_of(vault: Vault, section: Any) -> Any:
-    """The archive (callvault.lifecycle.archive, the archive lane's) when ``[archive]``
-    is configured and the module is there; None otherwise (an archived call's key is
-    shredded all the same; its object versions stay, and the report says so)."""
+    """The archive (callvault.lifecycle.archive) that disposal deletes archived calls'
+    object versions through: the one attached to the vault (the server's, or
+    DATA/archive.toml's), else one made from an ``[archive]`` section; None without
+    either (an archived call's key is shredded all the same; its object versions stay,
+    and the report says so)."""
+    from callvault.lifecycle.archive import Archive, attached
+
+    have = attached(vault)
+    if have is not None:
+        return have
     if not section:
         return None
-    try:
-        from callvault.lifecycle.archive import Archive  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    return Archive.from_settings(vault, section)
+    return Archive.from_settings(vault, section).attach()
 
 
 class Disposer:

@@ -15,6 +15,7 @@ from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
 from callvault.access.context import current_identity
+from callvault.server.lc_archive import ArchivePart
 from callvault.server.lc_disposal import DisposalPart
 from callvault.server.lc_holds import HoldsPart
 from callvault.server.lc_policy import PolicyPart
@@ -58,6 +59,7 @@ class LifecycleServicer(  # the parts go first
     HoldsPart,
     DisposalPart,
     SubjectPart,
+    ArchivePart,
     LifecycleBase,
     pbg.LifecycleServicer,
 ):

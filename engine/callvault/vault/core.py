@@ -291,6 +291,7 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
         self._decision_lock = threading.Lock()
         self._lifecycle_lock = threading.Lock()
         self.after_change = []  # hooks after each lifecycle change (vault/lifecycle.py)
+        self.after_record = []  # the same, given the LIFECYCLE record's body as stored
         # the retention end of a call being sealed, kept in its manifest (docs/format.md
         # 8.14): set by callvault.lifecycle from the stored policy; None: no policy
         self.retention_at_seal: Callable[[CallEntry, int], dict[str, Any] | None] | None = None

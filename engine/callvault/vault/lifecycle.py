@@ -93,6 +93,9 @@ class Lifecycle:
     clock = staticmethod(now_us)
     # called (entry after, the document) after each change is durable; set per Vault
     after_change: list[Callable[[CallEntry, dict[str, Any]], object]]
+    # called (entry after, the LIFECYCLE record's body as stored) after each change is
+    # durable, before after_change: the archive uploads the records of archived calls
+    after_record: list[Callable[[CallEntry, bytes], object]]
 
     def change(
         self,
@@ -146,6 +149,8 @@ class Lifecycle:
             body = rec.lifecycle_body(tenant, call_id, time_us=self.clock(), doc=canonical(doc))
             self._writer.append(rec.LIFECYCLE, body).result()
             e = self.get_call(call_id, tenant=tenant)
+        for record_hook in self.after_record:
+            record_hook(e, body)
         for hook in self.after_change:  # e.g. the archive mirrors holds and retention
             hook(e, doc)
         return e

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +58,22 @@ def _take(runs: collections.deque[_Run], n: int) -> Packets:
     return b"".join(datas), np.concatenate(lens)
 
 
+@dataclass(frozen=True)
+class ArchivedRecord(RecordEntry):
+    """An audio record of an evicted call (docs/format.md 8.17): its body comes from
+    the call's archive object (fetched and checked by ``Vault.fetch_archived``), not
+    from a segment."""
+
+    body: bytes = b""
+
+
 class Reading(VaultState):
     """The Vault's read side."""
+
+    # An evicted call's audio (entry.local False: the archive holds it): chain index ->
+    # AUDIO record body as stored, fetched from its archive object and verified
+    # (callvault.lifecycle.archive sets it; None: no archive configured)
+    fetch_archived: Callable[[CallEntry], dict[int, bytes]] | None = None
 
     def get_call(self, call_id: str, *, tenant: str = "default") -> CallEntry:
         e = self.index.get_call(tenant, call_id)
@@ -114,6 +128,8 @@ class Reading(VaultState):
 
     def _body(self, entry: RecordEntry) -> bytes:
         """A record's body as stored (the segment's checks done)."""
+        if isinstance(entry, ArchivedRecord):
+            return entry.body
         return self._reader.read(RecordRef(entry.segment, entry.offset, entry.length))[1]
 
     def _seal_record(self, e: CallEntry) -> rec.Body:
@@ -161,11 +177,32 @@ class Reading(VaultState):
         """(chain index, entry) of the audio records that make the call now: for a raw
         call its first ``records`` (Opus records a compaction wrote past them are not
         the call until its TRANSCODE record, docs/format.md 8.10); else all of them
-        (a compacted call's index holds only its Opus records)."""
+        (a compacted call's index holds only its Opus records). An evicted call's
+        (``local`` False) come from its archive object (``fetch_archived``)."""
+        if not e.local and e.state != "erased":
+            yield from self._archived_records(e)
+            return
         for i, r in self.index.records(e.tenant, e.call_id):
             if e.storage == "raw" and i >= e.records:
                 return
             yield i, r
+
+    def _archived_records(self, e: CallEntry) -> Iterator[tuple[int, RecordEntry]]:
+        fetch = self.fetch_archived
+        if fetch is None:
+            where = (e.archive or {}).get("bucket", "?")
+            raise VaultError(
+                f"call {e.call_id}'s audio is in the archive (bucket {where}), not on this "
+                "disk: configure the archive ([archive] settings, docs/policy.md) to read it"
+            )
+        for i, body in sorted(fetch(e).items()):
+            if e.storage == "raw" and i >= e.records:
+                return
+            b = rec.parse(rec.AUDIO, body)
+            yield (
+                i,
+                ArchivedRecord(b.leg, rec.AUDIO, b.frames, b.first_frame, -1, 0, len(body), body),
+            )
 
     def stored_codec(self, e: CallEntry) -> int:
         """The codec byte of the call's first audio record (docs/format.md 8.5):
