@@ -262,3 +262,17 @@ def test_a_hold_placed_between_receipt_and_erasure_withdraws_the_receipt(v: Vaul
     assert v.verify_call("old2") == [] and len(list(v.read_packets("old2"))) > 0
     assert entry(v, "old").state == entry(v, "vip").state == "erased"
     assert disposal.finish(v) == []  # nothing left half-done
+
+
+def test_a_report_the_sweeper_planned_needs_two_approvers(v: Vault) -> None:
+    """Nobody planned the sweeper's report: one admin alone cannot dispose of it."""
+    at(v, T0 + 11 * DAY_US)
+    report = disposal.run(v, disposal.Settings(approval=True), by=None)
+    assert report is not None and report.status == "pending"
+    first = disposal.approve(v, report.id, by=ALICE)
+    assert first.status == "pending" and first.first_approval == ALICE
+    assert entry(v, "old").state == "sealed"  # nothing disposed by one person
+    with pytest.raises(disposal.DisposalError, match="another identity"):
+        disposal.approve(v, report.id, by=ALICE)
+    done = disposal.approve(v, report.id, by=BOB)
+    assert done.status == "applied" and entry(v, "old").state == "erased"

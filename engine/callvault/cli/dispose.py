@@ -128,7 +128,13 @@ def _print_report(report: disposal.Report, as_json: bool) -> None:
             print(f"reclaim failed (the calls are disposed; the space waits): {rec['error']}")
         elif rec:
             print(f"reclaimed {rec.get('bytes_freed', 0)} bytes")
-    if report.status == "pending":
+    if report.status == "pending" and report.first_approval is not None:
+        who = report.first_approval.get("name", "?")
+        print(
+            f"approved by {who}; the sweeper planned it, so a second admin applies it: "
+            f"`callvault dispose approve {report.id}`"
+        )
+    elif report.status == "pending":
         print(f"pending approval: another admin runs `callvault dispose approve {report.id}`")
 
 

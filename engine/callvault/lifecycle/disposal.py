@@ -99,13 +99,16 @@ class Report:
     """A signed disposition report: ``body`` (what the signature covers), the
     signature line (C2SP signed-note format, by the log key), and the state kept
     beside it: ``status`` ("planned": a dry run; "pending": waiting for approval;
-    "approved", "applied"), ``results`` of an apply, ``approved_by``."""
+    "approved", "applied"), ``results`` of an apply, ``approved_by``, and for a
+    report nobody planned (the sweeper's) ``first_approval``: the first of the two
+    identities that must approve it."""
 
     body: dict[str, Any]
     signature: str
     status: str = "planned"
     results: dict[str, Any] | None = None
     approved_by: dict[str, Any] | None = None
+    first_approval: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -122,6 +125,8 @@ class Report:
             d["results"] = self.results
         if self.approved_by is not None:
             d["approved_by"] = self.approved_by
+        if self.first_approval is not None:
+            d["first_approval"] = self.first_approval
         return d
 
     def to_json(self, *, indent: int | None = None) -> str:
@@ -142,6 +147,7 @@ class Report:
             status=str(doc.get("status", "planned")),
             results=doc.get("results"),
             approved_by=doc.get("approved_by"),
+            first_approval=doc.get("first_approval"),
         )
 
 
@@ -271,7 +277,7 @@ def load(vault: Vault, report_id: str) -> Report:
         raise InputError(f"{report_id!r} is not a disposition report id (dr-<32 hex>)")
     path = reports_dir(vault) / f"{report_id}.json"
     if not path.exists():
-        raise InputError(f"no disposition report {report_id} in {reports_dir(vault)}")
+        raise InputError(f"no disposition report {report_id}")
     report = Report.from_doc(json.loads(path.read_text()))
     # a report kept here is checked like any other: the vault's own key signed it
     verify_report(canonical(report.doc()), vault.signer.verifier_key())
@@ -503,17 +509,30 @@ def approve(
     archive: Any = None,
     reclaim_threshold: float | None = 0.5,
 ) -> Report:
-    """Apply a pending report (approval on) by an identity other than its planner."""
+    """Apply a pending report (approval on) by an identity other than its planner
+    (name and tenant compared). Dual control needs two people: a report nobody
+    planned (the sweeper's, ``by`` None) takes two approvals by different identities;
+    the first is recorded (``first_approval``, the report stays pending) and the
+    second applies it."""
     report = load(vault, report_id)
     if report.status != "pending":
         raise DisposalError(f"disposition report {report_id} is {report.status}, not pending")
-    planner = (report.body.get("by") or {}).get("name")
-    approver = (by or {}).get("name")
-    if planner is not None and planner == approver:
+    if by is None:
+        raise DisposalError("approving a disposition report needs an identity")
+
+    def person(who: Any) -> tuple[Any, Any] | None:
+        return (who.get("name"), who.get("tenant")) if isinstance(who, dict) else None
+
+    first = report.body.get("by") or report.first_approval
+    if first is not None and person(first) == person(by):
         raise DisposalError(
-            f"disposition report {report_id} was planned by {planner}: another identity "
-            "must approve it (dual control)"
+            f"disposition report {report_id} was planned or approved by "
+            f"{first.get('name')}: another identity must approve it (dual control)"
         )
+    if report.body.get("by") is None and report.first_approval is None:
+        report.first_approval = by  # the sweeper planned it: a second person applies it
+        save(vault, report)
+        return report
     report.approved_by = by
     report.status = "approved"
     save(vault, report)

@@ -155,6 +155,10 @@ class Duration:
         )
 
 
+MAX_POLICY_BYTES = 64 * 1024  # a policy file (docs/policy.md "Retention")
+MAX_RULES = 1000  # [[retention.rule]] tables
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -277,7 +281,10 @@ class Policy:
     def load(cls, text: str, *, within: str = "", where: str = "policy") -> Policy:
         """The policy of a TOML text (``within``: the policy is that table of the
         text, e.g. "policy" for `serve --config`'s ``[policy]``). PolicyError names
-        the line and the reason."""
+        the line and the reason. At most MAX_POLICY_BYTES of UTF-8 and MAX_RULES rules
+        (every seal walks the rules)."""
+        if len(text.encode()) > MAX_POLICY_BYTES:
+            raise PolicyError(0, f"the policy is larger than {MAX_POLICY_BYTES} bytes", where=where)
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
@@ -328,6 +335,8 @@ class Policy:
         raw_rules = ret.get("rule", [])
         if not isinstance(raw_rules, list):
             raise c.fail(("retention", "rule"), "must be an array of tables: [[retention.rule]]")
+        if len(raw_rules) > MAX_RULES:
+            raise c.fail(("retention", "rule"), f"more than {MAX_RULES} rules")
         rules: list[Rule] = []
         seen: dict[str, int] = {}
         for i, r in enumerate(raw_rules):

@@ -41,6 +41,15 @@ def identity_doc(who: Any) -> dict[str, Any]:
     return {"name": who.name, "role": who.role, "tenant": who.tenant, "via": who.via}
 
 
+def _names_other_tenants(a: pol.Applied, tenant: str) -> bool:
+    p = a.policy if a.policy is not None else pol.Policy.load(a.text)
+    return any(
+        key == "tenant" and any(v != tenant for v in values)
+        for rule in p.rules
+        for key, values in rule.match
+    )
+
+
 def info_pb(a: pol.Applied | None) -> pb.PolicyInfo:
     if a is None:
         return pb.PolicyInfo()
@@ -133,7 +142,14 @@ class PolicyPart:
 
     @unary
     def GetPolicy(self, r: pb.GetPolicyRequest, context: grpc.ServicerContext) -> pb.PolicyInfo:
-        return info_pb(pol.current(self.vault))
+        a = pol.current(self.vault)
+        out = info_pb(a)
+        who = _who()
+        if a is not None and who.tenant is not None and _names_other_tenants(a, who.tenant):
+            # the text names other tenants (rules matching on them): a tenant identity
+            # sees that a policy is in force (its hash, when, by whom), not the text
+            out.toml = ""
+        return out
 
     @unary
     def ApplyPolicy(self, r: pb.ApplyPolicyRequest, context: grpc.ServicerContext) -> pb.PolicyInfo:

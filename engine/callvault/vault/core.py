@@ -289,7 +289,7 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
         self._gaps = {}
         self._reclaim_lock = threading.Lock()
         self._decision_lock = threading.Lock()
-        self._lifecycle_lock = threading.Lock()
+        self._lifecycle_lock = threading.RLock()
         self.after_change = []  # hooks after each lifecycle change (vault/lifecycle.py)
         self.after_record = []  # the same, given the LIFECYCLE record's body as stored
         # the retention end of a call being sealed, kept in its manifest (docs/format.md
@@ -656,6 +656,8 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
             doc["recording_id"] = e.recording_id
         if e.decision is not None:
             doc["decision"] = e.decision
+        if e.subjects:  # the subject index's HMACs (8.16): sealed, so verify covers them
+            doc["subjects"] = e.subjects
         hook = self.retention_at_seal
         retention = hook(e, end_us) if hook is not None else None
         if retention is not None:
@@ -713,26 +715,34 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
         if e.state != "sealed" or (tenant, call_id) in self._open:
             raise VaultError(f"call {call_id} is still being recorded: seal it, then erase it")
         check_erase_reason(reason)
-        self.check_erasable(e, override_governance=override_governance)
-        body = rec.erase_body(tenant, call_id, time_us=self.clock(), reason=reason)
-        # The commit point is the ERASE record acknowledged: durable, indexed (and its
-        # log leaf synced); only then is the call's key file deleted (_index_committed).
-        # A failure before it is undone: the unacknowledged records are cut from the
-        # segments, so no later recovery applies an erasure reported as failed.
-        try:
-            self._writer.append(rec.ERASE, body).result()
-        except StoreError as e:
-            with self._lock:
-                undone = self._roll_back_unacknowledged()
-            if undone:
+        # The check and the ERASE record under the lifecycle lock: a hold (a LIFECYCLE
+        # record, Vault.change) cannot be placed between the two (lock order: the
+        # lifecycle lock, then self._lock)
+        with self._lifecycle_lock:
+            e = self.get_call(call_id, tenant=tenant)
+            if e.state == "erased":
+                raise VaultError(f"call {call_id} is already erased")
+            self.check_erasable(e, override_governance=override_governance)
+            body = rec.erase_body(tenant, call_id, time_us=self.clock(), reason=reason)
+            # The commit point is the ERASE record acknowledged: durable, indexed (and
+            # its log leaf synced); only then is the call's key file deleted
+            # (_index_committed). A failure before it is undone: the unacknowledged
+            # records are cut from the segments, so no later recovery applies an
+            # erasure reported as failed.
+            try:
+                self._writer.append(rec.ERASE, body).result()
+            except StoreError as err:
+                with self._lock:
+                    undone = self._roll_back_unacknowledged()
+                if undone:
+                    raise VaultError(
+                        f"erasing call {call_id} failed, nothing was applied (the call is "
+                        f"still sealed and readable): {err}"
+                    ) from err
                 raise VaultError(
-                    f"erasing call {call_id} failed, nothing was applied (the call is "
-                    f"still sealed and readable): {e}"
-                ) from e
-            raise VaultError(
-                f"erasing call {call_id} failed and its record could not be removed: "
-                f"the next open of the vault may apply it ({e})"
-            ) from e
+                    f"erasing call {call_id} failed and its record could not be removed: "
+                    f"the next open of the vault may apply it ({err})"
+                ) from err
         if self.call_keys.path(tenant, call_id).exists():
             raise VaultError(
                 f"call {call_id} is erased (its tombstone and log leaf are stored) but its "
@@ -766,7 +776,9 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
         self._writable()
         check_call_id(tenant, "tenant")
         check_erase_reason(reason)
-        with self._lock:
+        # the lifecycle lock first (no hold placed between the check and the record),
+        # then the vault's (no call of the tenant opened meanwhile)
+        with self._lifecycle_lock, self._lock:
             if self._tenant_erased(tenant):
                 raise TenantErased(f"tenant {tenant} is already erased")
             recording = sorted(c for t, c in self._open if t == tenant)

@@ -24,9 +24,12 @@ from typing import Any
 from callvault.integrity import chain as chainmod
 from callvault.store import records as rec
 from callvault.store.index import LIFECYCLE_FIELDS, CallEntry
+from callvault.store.segment import StoreError
 from callvault.vault.common import VaultError, now_us
 
 DOC_VERSION = 1
+# what may still change for an erased call: where its archive object is (its deletion)
+AFTER_ERASURE = frozenset({"archive"})
 MODES = ("compliance", "governance", "default")
 
 
@@ -80,7 +83,11 @@ class Lifecycle:
 
     # the Vault's
     _writer: Any
-    _lifecycle_lock: threading.Lock
+    _lifecycle_lock: threading.RLock
+    _lock: threading.RLock
+
+    def _roll_back_unacknowledged(self) -> bool:
+        raise NotImplementedError  # Vault's
 
     def get_call(self, call_id: str, *, tenant: str = "default") -> CallEntry:
         raise NotImplementedError  # Vault's
@@ -128,6 +135,13 @@ class Lifecycle:
             e = self.get_call(call_id, tenant=tenant)
             if e.state == "open":
                 raise VaultError(f"call {call_id} is still being recorded: seal it first")
+            if e.state == "erased" and set(changes) - AFTER_ERASURE:
+                # checked under the lock: an erasure that won the race leaves nothing to
+                # hold, tag or retain (only the archive's bookkeeping of its object)
+                raise VaultError(
+                    f"call {call_id} is erased: its {', '.join(sorted(changes))} cannot "
+                    "change any more"
+                )
             if expect_seq is not None and e.lifecycle_count != expect_seq:
                 raise VaultError(
                     f"call {call_id} changed meanwhile (lifecycle record "
@@ -147,7 +161,21 @@ class Lifecycle:
             if detail:
                 doc["detail"] = detail
             body = rec.lifecycle_body(tenant, call_id, time_us=self.clock(), doc=canonical(doc))
-            self._writer.append(rec.LIFECYCLE, body).result()
+            try:
+                self._writer.append(rec.LIFECYCLE, body).result()
+            except StoreError as err:
+                # as an erasure: a change reported as failed must not be applied by a
+                # later recovery, so the unacknowledged records are cut
+                with self._lock:
+                    undone = self._roll_back_unacknowledged()
+                if undone:
+                    raise VaultError(
+                        f"{op} of call {call_id} failed, nothing was applied: {err}"
+                    ) from err
+                raise VaultError(
+                    f"{op} of call {call_id} failed and its record could not be removed: "
+                    f"the next open of the vault may apply it ({err})"
+                ) from err
             e = self.get_call(call_id, tenant=tenant)
         for record_hook in self.after_record:
             record_hook(e, body)

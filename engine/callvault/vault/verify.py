@@ -186,9 +186,18 @@ class Verification(Reading):
         replay.tags = list(m.get("tags") or [])
         ret = m.get("retention")
         replay.retention = ret if isinstance(ret, dict) else None
-        # the subject index's HMACs are not sealed (derived, 8.16): they start as the
-        # OPEN record has them (an entry without its place: as the index has them)
-        replay.subjects = self._open_subjects(e)
+        # the subject index's HMACs (8.16): as sealed (a manifest sealed since they are),
+        # else as the OPEN record has them (an entry without its place: the index's)
+        sealed_subjects = m.get("subjects")
+        if isinstance(sealed_subjects, dict):
+            replay.subjects = dict(sealed_subjects)
+            opened = self._open_subjects(e)
+            if e.open_ref is not None and not _same(opened, sealed_subjects):
+                problems.append(
+                    _differs(what, "subjects", "the OPEN record", opened, sealed_subjects)
+                )
+        else:
+            replay.subjects = self._open_subjects(e)
         link = bytes.fromhex(e.seal)
         for seq, (ref, leaf_index) in enumerate(
             zip(e.lifecycle_refs, e.lifecycle_leaves, strict=True), 1
