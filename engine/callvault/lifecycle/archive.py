@@ -699,15 +699,17 @@ class Archive:
                 },
             )
 
-    def delete_call(self, e: CallEntry, *, bypass_governance: bool = True) -> str:
-        """For disposal or erasure, once the VAULT allowed it (it checks holds and
-        compliance retention itself; a governance retention the vault let go of
-        binds the object no longer): delete every version of the call's object,
-        GOVERNANCE locks bypassed (``bypass_governance`` False: only what the locks
-        allow without), then, once none is left, its later lifecycle records'
-        objects. Only a COMPLIANCE lock or an S3 legal hold can keep a version: what
-        is kept is reported with the date its lock ends. The caller shreds the key
-        either way."""
+    def delete_call(self, e: CallEntry, *, bypass_governance: bool | None = None) -> str:
+        """For disposal or erasure: delete every version of the call's object, then,
+        once none is left, its later lifecycle records' objects. GOVERNANCE locks are
+        bypassed when the VAULT allows the call's erasure (``bypass_governance``
+        None: the call is erased, or ``vault.retained`` finds nothing keeping it; the
+        vault checks holds and compliance itself, and a governance retention it let
+        go of binds the object no longer); True/False force it. Only a COMPLIANCE
+        lock or an S3 legal hold can then keep a version: what is kept is reported
+        with the date its lock ends. The caller shreds the key either way."""
+        if bypass_governance is None:
+            bypass_governance = e.state == "erased" or self.vault.retained(e) is None
         a = e.archive
         if not a:
             return "not archived"
