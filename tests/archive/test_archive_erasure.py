@@ -105,9 +105,9 @@ def test_an_erased_call_is_restored_erased_and_its_governance_object_deleted(
     v = Vault.open(data)
     try:
         a = arch.Archive.from_settings(v, archive_settings).attach()
-        r = a.run()
-        assert r["errors"] == [] and [d["call_id"] for d in r["deleted"]] == ["c0"]
-        assert "kept" not in r["deleted"][0]["result"]
+        rep = a.run()
+        assert rep["errors"] == [] and [d["call_id"] for d in rep["deleted"]] == ["c0"]
+        assert "kept" not in rep["deleted"][0]["result"]
         assert _versions(s3, bucket, key) == []  # GOVERNANCE bypassed
         assert s3.client().head_object(Bucket=bucket, Key=mk)  # the marker stays
     finally:
@@ -173,8 +173,8 @@ def test_a_tenant_erasure_is_restored_erased_without_its_kek(
             LegalHold={"Status": "ON"},
         )
         v.erase_tenant("acme", reason="contract ended")
-        r = a.run()
-        assert "kept" in r["deleted"][0]["result"]
+        rep = a.run()
+        assert "kept" in rep["deleted"][0]["result"]
         tdir = v.call_keys.tenants.dir("acme")
         v_zeta_dir = v.call_keys.tenants.dir("zeta")
     new, kf, done = _rebuild(tmp_path, data, archive_settings, "rebuilt")
@@ -262,3 +262,51 @@ def test_an_object_whose_open_record_differs_from_its_seal_is_refused() -> None:
     # an object of format 1 (OPEN rebuilt from the manifest) is still read
     v1 = arch.build_object({"tenant": "t", "call_id": "c"}, [], b"k", None, {}, version=1)
     assert arch.parse_object(v1).version == 1
+
+
+def _sealing_version_1(v: Vault) -> None:
+    """Seal the vault's next calls with a version-1 manifest, as callvault did before
+    version 2 (docs/format.md 8.5: no extra, recording_id, decision, retention)."""
+    import json
+
+    orig = v._manifest
+
+    def v1(*args: Any, **kw: Any) -> bytes:
+        m = json.loads(orig(*args, **kw))
+        for k in ("extra", "recording_id", "decision", "retention"):
+            m.pop(k, None)
+        m["version"] = 1
+        return json.dumps(m, sort_keys=True, separators=(",", ":")).encode()
+
+    v._manifest = v1  # type: ignore[method-assign]
+
+
+def test_a_manifest_version_1_call_rebuilds_with_what_its_seal_does_not_cover(
+    tmp_path: Path, capture: Path, archive_settings: dict[str, Any]
+) -> None:
+    """A call sealed with a version-1 manifest: its extra, recording_id and decision
+    are only in its OPEN record, and the rebuilt entry has them (format 2 carries
+    the OPEN record as stored), equal to the original in every field."""
+    data = tmp_path / "data"
+    with Vault.open(data) as v:
+        _sealing_version_1(v)
+        v.import_call(
+            "old",
+            [str(capture)],
+            customer_number="+15551230000",
+            extra={"account": "A-9"},
+            recording_id="rec-9",
+            decision={"recorded": True, "rule": "all", "reason": "default"},
+        )
+        m = v.manifest("old")
+        assert m["version"] == 1 and "extra" not in m and "recording_id" not in m
+        assert v.verify_call("old") == []
+        arch.Archive.from_settings(v, archive_settings).attach().run()
+        before = _fields(v.get_call("old"))
+    assert before["extra"] == {"account": "A-9"} and before["recording_id"] == "rec-9"
+    new, kf, done = _rebuild(tmp_path, data, archive_settings, "rebuilt")
+    assert done["calls"] == 1
+    with Vault.open(new, key_file=kf) as r:
+        arch.Archive.from_settings(r, archive_settings).attach()
+        assert _fields(r.get_call("old")) == before
+        assert r.verify_call("old") == []
