@@ -270,4 +270,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         f"catalog rebuilt from s3://{settings.bucket}/{settings.prefix}: {done['calls']} "
         f"call(s), Merkle log of {done['log_size']} leaves; their audio stays in the archive"
     )
+    if done["erased"] or done["erased_tenants"]:
+        print(
+            f"restored as erased (the bucket's erasure markers): {done['erased']} call(s), "
+            f"{done['erased_tenants']} tenant(s); no key of theirs was written"
+        )
     return 0

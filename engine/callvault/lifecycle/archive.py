@@ -42,20 +42,26 @@ from callvault.durable import write_atomic
 from callvault.errors import InputError
 from callvault.integrity import chain as chainmod
 from callvault.lifecycle.archive_format import (
+    ERASED,
     LC_INFIX,
     SUFFIX,
     VERSION,
     ArchiveError,
     CallObject,
     build_object,
+    check_open,
+    erased_call_key,
+    erased_tenant_key,
+    marker,
     object_key,
     open_body_from_manifest,
+    parse_marker,
     parse_object,
     record_key,
 )
 from callvault.store import records as rec
 from callvault.store.index import CallEntry
-from callvault.store.segment import CorruptRecord
+from callvault.store.segment import CorruptRecord, RecordRef
 from callvault.vault import Vault
 from callvault.vault.keys import KEK_SUFFIX, crash_point
 
@@ -241,6 +247,8 @@ class Archive:
         self.records_pending: set[tuple[str, str]] = set()  # later records to upload
         self._synced_once = False  # the first run re-mirrors the calls that may lag
         self._log_parts: dict[str, int] | None = None  # log part key -> size uploaded
+        # erasures whose marker is not in the bucket yet: (tenant, call_id or "")
+        self.markers_pending: set[tuple[str, str]] = set()
 
     @classmethod
     def from_settings(cls, vault: Vault, settings: dict[str, Any] | Settings) -> Archive:
@@ -262,8 +270,10 @@ class Archive:
         # one archive per vault: this one replaces any attached before
         v.after_change[:] = [h for h in v.after_change if not _archive_hook(h)]
         v.after_record[:] = [h for h in v.after_record if not _archive_hook(h)]
+        v.after_erase[:] = [h for h in v.after_erase if not _archive_hook(h)]
         v.after_change.append(self.mirror)
         v.after_record.append(self.upload_record)
+        v.after_erase.append(self.mark_erased)
         return self
 
     def key_of(self, e: CallEntry) -> str:
@@ -341,7 +351,13 @@ class Archive:
         v = self.vault
         sb = v._seal_record(e)
         manifest = json.loads(sb.manifest)
-        records: list[tuple[int, bytes]] = [(rec.OPEN, open_body_from_manifest(manifest))]
+        # the OPEN record as stored (format 2); an entry indexed before its place was
+        # kept: rebuilt from the manifest (what it seals; no subject HMACs)
+        if e.open_ref is not None:
+            ob = v._reader.read(RecordRef(*e.open_ref))[1]
+        else:
+            ob = open_body_from_manifest(manifest)
+        records: list[tuple[int, bytes]] = [(rec.OPEN, ob)]
         audio = [(i, v._body(r)) for i, r in v.audio_records(e)]
         # in the order they were stored: a compacted call's Opus records and its
         # TRANSCODE record came after its seal (docs/format.md 8.10)
@@ -364,6 +380,7 @@ class Archive:
         }
         meta = {
             "format": VERSION,
+            "open": "stored" if e.open_ref is not None else "manifest",
             "tenant": e.tenant,
             "call_id": e.call_id,
             "seal": e.seal,
@@ -568,14 +585,14 @@ class Archive:
         a = e.archive
         assert a is not None
         meta = {
-            "format": VERSION,
+            "format": 1,
             "kind": "lifecycle",
             "tenant": e.tenant,
             "call_id": e.call_id,
             "seal": e.seal,
             "seq": seq,
         }
-        data = build_object(meta, [(rec.LIFECYCLE, body)], b"", None, {})
+        data = build_object(meta, [(rec.LIFECYCLE, body)], b"", None, {}, version=1)
         args: dict[str, Any] = {
             "Bucket": self.settings.bucket,
             "Key": record_key(str(a["key"]), seq),
@@ -682,11 +699,17 @@ class Archive:
                 },
             )
 
-    def delete_call(self, e: CallEntry, *, bypass_governance: bool = False) -> str:
-        """For disposal or erasure: delete every version of the call's object the lock
-        allows (GOVERNANCE bypassed only with ``bypass_governance``), then, once none is
-        left, its later lifecycle records' objects; what is kept is reported with the
-        date its lock ends. The caller shreds the key either way."""
+    def delete_call(self, e: CallEntry, *, bypass_governance: bool | None = None) -> str:
+        """For disposal or erasure: delete every version of the call's object, then,
+        once none is left, its later lifecycle records' objects. GOVERNANCE locks are
+        bypassed when the VAULT allows the call's erasure (``bypass_governance``
+        None: the call is erased, or ``vault.retained`` finds nothing keeping it; the
+        vault checks holds and compliance itself, and a governance retention it let
+        go of binds the object no longer); True/False force it. Only a COMPLIANCE
+        lock or an S3 legal hold can then keep a version: what is kept is reported
+        with the date its lock ends. The caller shreds the key either way."""
+        if bypass_governance is None:
+            bypass_governance = e.state == "erased" or self.vault.retained(e) is None
         a = e.archive
         if not a:
             return "not archived"
@@ -732,6 +755,85 @@ class Archive:
                 f"version {ver} locked ({h.get('ObjectLockMode')}) until {until:%Y-%m-%dT%H:%M:%SZ}"
             )
         return f"version {ver} refused by the bucket"
+
+    # -- erasure markers (docs/format.md 8.17) ----------------------------------
+
+    def mark_erased(self, tenant: str, call_id: str | None) -> None:
+        """vault.after_erase: right after an erasure's commit point, its marker goes
+        to the bucket (an archived call's, or a tenant's), so a catalog rebuilt from
+        the bucket restores the call or tenant as erased even while a COMPLIANCE lock
+        or a legal hold keeps its object. A failure is kept and retried by every run."""
+        item = (tenant, call_id or "")
+        try:
+            self._put_marker(tenant, call_id)
+            self.markers_pending.discard(item)
+        except Exception as ex:  # the erasure is durable already: report, retry later
+            self.markers_pending.add(item)
+            what = f"call {call_id}" if call_id else f"tenant {tenant}"
+            self.last_error = f"{what}: writing its erasure marker: {_said(ex)}"
+            log.error("%s", self.last_error)
+
+    def _put_marker(self, tenant: str, call_id: str | None) -> bool:
+        """The marker written (True), or nothing to mark (False: a call not archived
+        in this bucket)."""
+        b, p = self.settings.bucket, self.settings.prefix
+        if call_id:
+            e = self.vault.index.get_call(tenant, call_id)
+            if e is None or e.state != "erased" or not e.archive:
+                return False
+            if str(e.archive.get("bucket")) != b:
+                return False
+            key = erased_call_key(p, tenant, call_id, e.seal)
+            body = marker(
+                "call", tenant, call_id, e.seal, e.erased_us, e.erase_log_index, e.erase_reason
+            )
+        else:
+            doc = self.vault.tenant_erasure(tenant)
+            if doc is None or not any(
+                e.archive and str(e.archive.get("bucket")) == b
+                for e in self.vault.list_calls(tenant=tenant)
+            ):
+                return False
+            key = erased_tenant_key(p, tenant)
+            body = marker(
+                "tenant",
+                tenant,
+                "",
+                "",
+                int(doc.get("time_us", 0)),
+                int(doc.get("log_index", -1)),
+                str(doc.get("reason", "")),
+            )
+        self.s3.put_object(
+            Bucket=b,
+            Key=key,
+            Body=body,
+            ChecksumSHA256=base64.b64encode(hashlib.sha256(body).digest()).decode(),
+            ContentType="application/json",
+        )
+        return True
+
+    def _markers_missing(self) -> set[tuple[str, str]]:
+        """Erased archived calls and erased tenants with an archived call whose marker
+        is not in the bucket (one listing of the markers: once per process)."""
+        b, p = self.settings.bucket, self.settings.prefix
+        have: set[str] = set()
+        pager = self.s3.get_paginator("list_objects_v2")
+        for page in pager.paginate(Bucket=b, Prefix=f"{p}{ERASED}"):
+            have |= {str(o["Key"]) for o in page.get("Contents", [])}
+        out: set[tuple[str, str]] = set()
+        for tenant in self.vault.index.tenants():
+            erased_tenant = self.vault.tenant_erasure(tenant) is not None
+            for e in self.vault.list_calls(tenant=tenant):
+                a = e.archive
+                if e.state != "erased" or not a or str(a.get("bucket")) != b:
+                    continue
+                if erased_tenant:
+                    if erased_tenant_key(p, tenant) not in have:
+                        out.add((tenant, ""))
+                elif erased_call_key(p, tenant, e.call_id, e.seal) not in have:
+                    out.add((tenant, e.call_id))
+        return out
 
     def _erased_archived(self) -> list[CallEntry]:
         """Erased calls whose archive object was not deleted yet."""
@@ -815,9 +917,22 @@ class Archive:
                 }
                 try:
                     self.records_pending |= self._records_missing()
+                    self.markers_pending |= self._markers_missing()
                 except Exception as ex:
                     report["errors"].append({"error": f"listing the bucket: {_said(ex)}"})
                 self._synced_once = True
+            for tenant, call_id in sorted(self.markers_pending):
+                try:
+                    self._put_marker(tenant, call_id or None)
+                    self.markers_pending.discard((tenant, call_id))
+                except Exception as ex:
+                    report["errors"].append(
+                        {
+                            "call_id": call_id,
+                            "tenant": tenant,
+                            "error": f"erasure marker: {_said(ex)}",
+                        }
+                    )
             for tenant, call_id in sorted(self.records_pending):
                 try:
                     self.upload_missing_records(self.vault.get_call(call_id, tenant=tenant))
@@ -1002,16 +1117,34 @@ def fetch_objects(
     return objects, tree, later
 
 
-def _restore_keys(data: Path, obj: CallObject) -> None:
-    """The object's key files written where the vault keeps them, as stored."""
+def fetch_markers(settings: Settings, client: Any = None) -> dict[str, dict[str, Any]]:
+    """The bucket's erasure markers (docs/format.md 8.17) by key, each checked."""
+    s3 = client or make_client(settings)
+    b, p = settings.bucket, settings.prefix
+    out: dict[str, dict[str, Any]] = {}
+    pager = s3.get_paginator("list_objects_v2")
+    for page in pager.paginate(Bucket=b, Prefix=f"{p}{ERASED}"):
+        for o in page.get("Contents", []):
+            key = str(o["Key"])
+            out[key] = parse_marker(bytes(s3.get_object(Bucket=b, Key=key)["Body"].read()), key)
+    return out
+
+
+def _restore_keys(data: Path, obj: CallObject, *, call: bool = True, keks: bool = True) -> None:
+    """The object's key files written where the vault keeps them, as stored: the
+    call's (not ``call``: an erased call's stay destroyed) and its tenant's KEK
+    generations (not ``keks``: an erased tenant's stay destroyed)."""
     keys = data / "keys"
     tenant, call_id = obj.meta["tenant"], obj.meta["call_id"]
-    h = hashlib.sha256(rec.call_aad(tenant, call_id)).hexdigest()
-    cdir = keys / "calls" / h[:2]
-    cdir.mkdir(parents=True, exist_ok=True)
-    write_atomic(cdir / f"{h}.key", obj.call_key, 0o600)
-    if obj.number_key is not None:
-        write_atomic(cdir / f"{h}.number.key", obj.number_key, 0o600)
+    if call:
+        h = hashlib.sha256(rec.call_aad(tenant, call_id)).hexdigest()
+        cdir = keys / "calls" / h[:2]
+        cdir.mkdir(parents=True, exist_ok=True)
+        write_atomic(cdir / f"{h}.key", obj.call_key, 0o600)
+        if obj.number_key is not None:
+            write_atomic(cdir / f"{h}.number.key", obj.number_key, 0o600)
+    if not keks:
+        return
     tdir = keys / "tenants" / hashlib.sha256(tenant.encode()).hexdigest()
     tdir.mkdir(parents=True, exist_ok=True)
     for gen, wrapped in obj.keks.items():
@@ -1060,7 +1193,12 @@ def rebuild_catalog(
     chains, seals and lifecycle records checked, their log leaves found in the
     restored log), then one LIFECYCLE record op "restore" setting ``archive`` and
     ``local`` False (the audio records are dead at once: the audio stays in the
-    archive). Returns {"calls", "log_size", "skipped"}."""
+    archive). Each object's OPEN record is checked against its seal first (nothing
+    is written if one differs). A call or tenant the bucket has an erasure marker
+    for is restored ERASED: its key files (and an erased tenant's KEKs) are not
+    written, and an ERASE (TENANT_ERASE) record of the marker's time, naming the
+    marker, follows its records. Returns {"calls", "erased", "erased_tenants",
+    "log_size", "skipped"}."""
     from callvault.vault.keys import has_vault_data
 
     if has_vault_data(data):
@@ -1071,10 +1209,15 @@ def rebuild_catalog(
         raise ArchiveError(f"key file {key_file} not found: the bucket's keys are wrapped by it")
     s3 = client or make_client(settings)
     objects, tree, later = fetch_objects(settings, s3)
+    markers = fetch_markers(settings, s3)
+    for key, blob in objects:  # all checked before anything is written
+        check_open(parse_object(blob, key), key)
+    p = settings.prefix
+    erased_tenants = {m["tenant"]: m for m in markers.values() if m["kind"] == "tenant"}
     if tree:
         (data / "log").mkdir(parents=True, exist_ok=True)
         write_atomic(data / "log" / "tree", tree, 0o644)
-    n, skipped = 0, 0
+    n, skipped, n_erased = 0, 0, 0
     with Vault.open(data, key_file=key_file) as vault:
         for key, blob in objects:
             obj = parse_object(blob, key)
@@ -1082,7 +1225,9 @@ def rebuild_catalog(
             if vault.index.get_call(tenant, call_id) is not None:
                 skipped += 1  # another version of an object already restored
                 continue
-            _restore_keys(data, obj)
+            erased = markers.get(erased_call_key(p, tenant, call_id, str(obj.meta["seal"])))
+            gone = erased is not None or tenant in erased_tenants
+            _restore_keys(data, obj, call=not gone, keks=tenant not in erased_tenants)
             for rtype, body in obj.records:
                 vault._writer.append(rtype, body).result()
             e = vault.get_call(call_id, tenant=tenant)
@@ -1107,9 +1252,15 @@ def rebuild_catalog(
                 "legal_hold": head.get("ObjectLockLegalHoldStatus") == "ON",
                 "object_lifecycle_count": int(obj.meta.get("lifecycle_count", 0)),
             }
-            changes: dict[str, Any] = _protection_from_lock(e, doc, vault.clock())
-            if not e.archive or e.local:  # the archive and evict records were not there
-                changes.update({"archive": doc, "local": False})
+            if erased is not None and e.state != "erased":
+                vault._writer.append(rec.ERASE, _erase_from_marker(erased)).result()
+                e = vault.get_call(call_id, tenant=tenant)
+            # an erased call keeps no protection (the vault allowed its erasure)
+            changes: dict[str, Any] = {} if gone else _protection_from_lock(e, doc, vault.clock())
+            if not e.archive or (e.local and e.state != "erased"):
+                changes["archive"] = doc  # the archive and evict records were not there
+                if e.state != "erased":
+                    changes["local"] = False
             if changes:
                 vault.change(
                     call_id,
@@ -1120,5 +1271,30 @@ def rebuild_catalog(
                     expect_seq=e.lifecycle_count,
                 )
             n += 1
+            n_erased += gone
+        for tenant, m in sorted(erased_tenants.items()):
+            if vault.tenant_erasure(tenant) is None and vault.index.call_ids(tenant):
+                vault._writer.append(rec.TENANT_ERASE, _erase_from_marker(m)).result()
         size = vault.log_size()
-    return {"calls": n, "log_size": size, "skipped": skipped}
+    return {
+        "calls": n,
+        "erased": n_erased,
+        "erased_tenants": len(erased_tenants),
+        "log_size": size,
+        "skipped": skipped,
+    }
+
+
+def _erase_from_marker(m: dict[str, Any]) -> bytes:
+    """The ERASE (or TENANT_ERASE) record a rebuilt catalog gets for an erasure the
+    bucket's marker records: the marker's time; the reason names the original
+    erasure (its log leaf, its reason's SHA-256: the reason itself is not in the
+    bucket)."""
+    reason = (
+        f"erased {_utc(m['erased_us']):%Y-%m-%dT%H:%M:%SZ} (log leaf {m['log_index']}, "
+        f"reason SHA-256 {m.get('reason_sha256', '?')}); restored erased from the "
+        "archive's erasure marker"
+    )
+    if m["kind"] == "tenant":
+        return rec.tenant_erase_body(m["tenant"], time_us=m["erased_us"], reason=reason)
+    return rec.erase_body(m["tenant"], m["call_id"], time_us=m["erased_us"], reason=reason)

@@ -17,7 +17,10 @@ from callvault.store import records as rec
 from callvault.vault import VaultError
 
 MAGIC = b"CVARCHV\x00"
-VERSION = 1
+# 2: the OPEN record is the call's own, as stored (1: rebuilt from the manifest,
+# which loses what a version-1 manifest does not seal and the subject HMACs)
+VERSION = 2
+READABLE = (1, 2)
 HEADER = struct.Struct("<8sHHI")  # magic, version, header size, CRC-32C of bytes 0..12
 FRAME = struct.Struct("<IIBBH")  # CRC-32C, body length, kind, flags, reserved
 _FRAME_TAIL = struct.Struct("<IBBH")
@@ -25,6 +28,7 @@ K_META, K_RECORD, K_CALL_KEY, K_NUMBER_KEY, K_TENANT_KEK, K_TRAILER = 1, 2, 3, 4
 MAX_SECTION = 1 << 30
 SUFFIX = ".cva"
 LC_INFIX = ".lc/"  # <object key>.lc/<seq>: the call's later LIFECYCLE records
+ERASED = "erased/"  # <prefix>erased/...: the erasure markers (unlocked, small JSON)
 
 
 class ArchiveError(VaultError):
@@ -50,6 +54,7 @@ class CallObject:
     number_key: bytes | None
     keks: dict[int, bytes]  # tenant KEK generation -> its file as stored
     sha256: str
+    version: int = VERSION
 
     def audio(self) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
@@ -68,8 +73,11 @@ def build_object(
     call_key: bytes,
     number_key: bytes | None,
     keks: dict[int, bytes],
+    version: int = VERSION,
 ) -> bytes:
-    parts = [HEADER.pack(MAGIC, VERSION, HEADER.size, 0)[:12]]
+    if version not in READABLE:
+        raise ArchiveError(f"archive object format version {version} is not one this build writes")
+    parts = [HEADER.pack(MAGIC, version, HEADER.size, 0)[:12]]
     parts[0] += struct.pack("<I", crc32c(parts[0]))
     parts.append(_frame(K_META, json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()))
     for rtype, body in records:
@@ -92,8 +100,11 @@ def parse_object(data: bytes, what: str = "archive object") -> CallObject:
     magic, version, hsize, crc = HEADER.unpack_from(data, 0)
     if magic != MAGIC or crc != crc32c(data[:12]):
         raise ArchiveError(f"{what}: not a callvault archive object (bad header)")
-    if version != VERSION or hsize != HEADER.size:
-        raise ArchiveError(f"{what}: format version {version}; this build reads {VERSION}")
+    if version not in READABLE or hsize != HEADER.size:
+        raise ArchiveError(
+            f"{what}: format version {version}; this build reads versions "
+            + ", ".join(map(str, READABLE))
+        )
     pos = HEADER.size
     meta: dict[str, Any] | None = None
     records: list[tuple[int, bytes]] = []
@@ -118,7 +129,13 @@ def parse_object(data: bytes, what: str = "archive object") -> CallObject:
             if meta is None or (not call_key and meta.get("kind") != "lifecycle"):
                 raise ArchiveError(f"{what}: no metadata or no key file")
             return CallObject(
-                meta, records, call_key, number_key, keks, hashlib.sha256(data).hexdigest()
+                meta,
+                records,
+                call_key,
+                number_key,
+                keks,
+                hashlib.sha256(data).hexdigest(),
+                version,
             )
         if kind == K_META:
             meta = json.loads(body)
@@ -154,6 +171,75 @@ def open_body_from_manifest(m: dict[str, Any]) -> bytes:
     if m.get("decision") is not None:
         meta["decision"] = m["decision"]
     return rec.open_body(m["tenant"], m["call_id"], int(m["start_us"]), meta)
+
+
+def check_open(obj: CallObject, what: str) -> None:
+    """The object's OPEN record against its SEAL record: this call's, and every
+    metadata field the manifest seals (docs/format.md 8.14) the same. ArchiveError
+    names the first field that differs (an object altered before it was written)."""
+    from callvault.vault.verify import _OPEN_DEFAULTS, sealed_fields
+
+    ob, sb = obj.first(rec.OPEN), obj.first(rec.SEAL)
+    if ob is None or sb is None:
+        raise ArchiveError(f"{what}: no OPEN or no SEAL record")
+    o, s = rec.parse(rec.OPEN, ob), rec.parse(rec.SEAL, sb)
+    ids = (obj.meta.get("tenant"), obj.meta.get("call_id"))
+    if (o.tenant, o.call_id) != ids or (s.tenant, s.call_id) != ids:
+        raise ArchiveError(f"{what}: its OPEN or SEAL record is another call's")
+    sealed = sealed_fields(json.loads(s.manifest))
+    meta = dict(o.meta or {})
+    opened: dict[str, Any] = {"start_us": o.start_us}
+    for name in sealed:
+        if name not in ("tenant", "call_id", "start_us", "end_us", "retention"):
+            opened[name] = meta.get(name, _OPEN_DEFAULTS.get(name))
+    for name, value in opened.items():
+        if json.dumps(value, sort_keys=True) != json.dumps(sealed[name], sort_keys=True):
+            raise ArchiveError(
+                f"{what}: its OPEN record's {name} differs from what the seal covers"
+            )
+
+
+def erased_call_key(prefix: str, tenant: str, call_id: str, seal: str) -> str:
+    """The marker of an erased call's object (docs/format.md 8.17)."""
+    h = hashlib.sha256(rec.call_aad(tenant, call_id)).hexdigest()
+    return f"{prefix}{ERASED}calls/{h}/{seal}.json"
+
+
+def erased_tenant_key(prefix: str, tenant: str) -> str:
+    """The marker of an erased tenant."""
+    return f"{prefix}{ERASED}tenants/{hashlib.sha256(tenant.encode()).hexdigest()}.json"
+
+
+def marker(
+    kind: str, tenant: str, call_id: str, seal: str, erased_us: int, log_index: int, reason: str
+) -> bytes:
+    """An erasure marker's body: canonical JSON; the reason only as its SHA-256 (it
+    may name the data subject)."""
+    doc = {
+        "format": 1,
+        "kind": kind,
+        "tenant": tenant,
+        "call_id": call_id,
+        "seal": seal,
+        "erased_us": int(erased_us),
+        "log_index": int(log_index),
+        "reason_sha256": hashlib.sha256(reason.encode()).hexdigest(),
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_marker(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("format") != 1:
+            raise ValueError("not a version-1 marker")
+        doc["erased_us"] = int(doc["erased_us"])
+        doc["log_index"] = int(doc["log_index"])
+        if doc["kind"] not in ("call", "tenant") or not isinstance(doc["tenant"], str):
+            raise ValueError("bad kind or tenant")
+        return doc
+    except (ValueError, KeyError, TypeError) as e:
+        raise ArchiveError(f"{what}: not an erasure marker ({e})") from None
 
 
 def object_key(prefix: str, tenant: str, call_id: str, seal: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import struct
 import threading
@@ -292,6 +293,10 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
         self._lifecycle_lock = threading.RLock()
         self.after_change = []  # hooks after each lifecycle change (vault/lifecycle.py)
         self.after_record = []  # the same, given the LIFECYCLE record's body as stored
+        # hooks (tenant, call_id) after an erasure's commit point; call_id None: the
+        # whole tenant (the archive marks the erasure in its bucket). A hook's failure
+        # is logged: the erasure stands.
+        self.after_erase: list[Callable[[str, str | None], object]] = []
         # the retention end of a call being sealed, kept in its manifest (docs/format.md
         # 8.14): set by callvault.lifecycle from the stored policy; None: no policy
         self.retention_at_seal: Callable[[CallEntry, int], dict[str, Any] | None] | None = None
@@ -743,12 +748,20 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
                     f"erasing call {call_id} failed and its record could not be removed: "
                     f"the next open of the vault may apply it ({err})"
                 ) from err
+        self._erased(tenant, call_id)
         if self.call_keys.path(tenant, call_id).exists():
             raise VaultError(
                 f"call {call_id} is erased (its tombstone and log leaf are stored) but its "
                 f"key file {self.call_keys.path(tenant, call_id)} could not be deleted: "
                 "delete it"
             )
+
+    def _erased(self, tenant: str, call_id: str | None) -> None:
+        for hook in list(self.after_erase):
+            try:
+                hook(tenant, call_id)
+            except Exception:  # the erasure is committed: a hook cannot undo it
+                logging.getLogger("callvault.vault").exception("after_erase hook failed")
 
     # -- tenants: erasure and KEK rotation (docs/format.md 8.6) -----------------------------
     def _tenant_erased(self, tenant: str) -> bool:
@@ -819,6 +832,7 @@ class Vault(Export, Verification, Reclaiming, Lifecycle):
                     f"erasing tenant {tenant} failed and its record could not be removed: "
                     f"the next open of the vault may apply it ({e})"
                 ) from e
+        self._erased(tenant, None)
         doc = self.index.tenant_erasure(tenant)
         assert doc is not None
         if not doc.get("keys_destroyed"):
