@@ -97,6 +97,16 @@ class Scenario:
     retention: dict[str, dict[str, Any]] = field(default_factory=dict)
     public_key: str = ""
     disposed: list[str] = field(default_factory=list)
+    steps: int = 0  # the steps passed so far
+
+
+@pytest.fixture(autouse=True)
+def in_order(request: pytest.FixtureRequest) -> None:
+    """Step N (test_N_...) runs on what the steps before it left: they must have
+    passed (each test ends by counting itself in ``sc.steps``)."""
+    sc: Scenario = request.getfixturevalue("sc")
+    n = int(request.node.name.split("_")[1])
+    assert sc.steps == n - 1, f"step {sc.steps + 1} did not pass: step {n} cannot run"
 
 
 def cv(
@@ -193,6 +203,7 @@ def test_1_policy_applied_and_calls_recorded(sc: Scenario) -> None:
     tok = cv(sc, "token", "create", "--name", "root", "--role", "admin", "--platform")
     sc.tokens["root"] = tok.stdout.strip().splitlines()[-1]
     assert all(t.startswith("cvt_") for t in sc.tokens.values()), sc.tokens
+    sc.steps = 1
 
 
 # -- 2. changes through a server ----------------------------------------------------
@@ -246,6 +257,7 @@ def test_2_tags_and_holds_over_grpc(sc: Scenario) -> None:
     assert calls[RELEASED]["holds"] == [], calls[RELEASED]
     for call in COMPLAINT:
         sc.retention[call] = calls[call]["retention"]
+    sc.steps = 2
 
 
 # -- 3. time moves on ---------------------------------------------------------------
@@ -362,6 +374,8 @@ def test_3_after_180_days_the_ordinary_calls_go_but_the_held_one(sc: Scenario) -
             assert rtype == records.LIFECYCLE and body.call_id == call
             doc = json.loads(body.doc)
             assert doc["op"] == "dispose" and doc["set"]["disposal"]["report"] == rid, doc
+            # the released call's chain: hold, release-request, release, then the receipt
+            assert doc["seq"] == (4 if call == RELEASED else 1), (call, doc)
             link = chain.lifecycle_link(bytes.fromhex(doc["prev"]), doc["seq"], raw)
             assert link.hex() == e.lifecycle_head, call
             leaf = merkle.leaf_hash(lifecycle_leaf("default", call, link, body.time_us))
@@ -369,6 +383,7 @@ def test_3_after_180_days_the_ordinary_calls_go_but_the_held_one(sc: Scenario) -
             assert (size, leaf_hash, root) == (signed.size, leaf, signed.root), call
             merkle.verify_inclusion(idx, signed.size, leaf, path, signed.root)
     reader.close()
+    sc.steps = 3
 
 
 def test_4_after_2_years_the_complaint_calls_go(sc: Scenario) -> None:
@@ -384,6 +399,7 @@ def test_4_after_2_years_the_complaint_calls_go(sc: Scenario) -> None:
     calls = listing(sc, shift=SHIFT_2Y)
     for call in VIP:
         assert calls[call]["state"] == "sealed", calls[call]
+    sc.steps = 4
 
 
 def test_5_after_7_years_the_vip_calls_go_the_untagged_one_too(sc: Scenario) -> None:
@@ -397,6 +413,7 @@ def test_5_after_7_years_the_vip_calls_go_the_untagged_one_too(sc: Scenario) -> 
     reports = cv(sc, "dispose", "reports", shift=SHIFT_7Y).stdout
     for n in (len(ORDINARY) - 1, len(COMPLAINT), len(VIP)):
         assert f"{n} disposed" in reports, reports
+    sc.steps = 5
 
 
 def test_6_a_clock_that_went_back_is_refused(sc: Scenario) -> None:
@@ -409,3 +426,4 @@ def test_6_a_clock_that_went_back_is_refused(sc: Scenario) -> None:
     # the held call's audio is all there
     cv(sc, "export", HELD, "-o", str(sc.root / "held.wav"), shift=SHIFT_7Y)
     assert (sc.root / "held.wav").stat().st_size > 8000 * 2 * 2 * 0.9
+    sc.steps = 6
