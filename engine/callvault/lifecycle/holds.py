@@ -372,21 +372,20 @@ def defer_erase(
     )
 
 
-def carry_out_pending(
-    vault: Vault, e: CallEntry, *, override_governance: bool = False
+def erase_unless_kept(
+    vault: Vault, e: CallEntry, reason: str, *, override_governance: bool = False
 ) -> str | None:
-    """Carry out the call's deferred erasure if nothing keeps the call now: None when
-    it was erased (or is already), else the sentence why it still waits. For the
-    release that removes the last hold, and for a sweeper once a retention ends."""
+    """Erase the call unless something keeps it now: None when it is erased (or
+    already was), else the sentence why not (``vault.retained``; a hold placed
+    meanwhile: the erasure's own refusal). The one way a deferred erasure
+    (``carry_out_pending``), a disposal and an erasure by data subject carry out an
+    erasure that may be kept back."""
     e = vault.get_call(e.call_id, tenant=e.tenant)
     if e.state == "erased":
         return None
-    if not e.pending_erase:
-        raise HoldError(f"call {e.call_id} has no deferred erasure")
     why = vault.retained(e, override_governance=override_governance)
     if why is not None:
         return why
-    reason = str(e.pending_erase.get("reason") or "deferred erasure")
     try:
         vault.erase(
             e.call_id, reason=reason, tenant=e.tenant, override_governance=override_governance
@@ -394,6 +393,24 @@ def carry_out_pending(
     except Retained as kept:  # a hold placed meanwhile: it waits for that one
         return str(kept)
     return None
+
+
+def carry_out_pending(
+    vault: Vault, e: CallEntry, *, reason: str | None = None, override_governance: bool = False
+) -> str | None:
+    """Carry out the call's deferred erasure if nothing keeps the call now: None when
+    it was erased (or is already), else the sentence why it still waits. For the
+    release that removes the last hold, and for the disposal sweeper once a
+    retention ends (``reason``: the tombstone's; default the deferred erasure's
+    own)."""
+    e = vault.get_call(e.call_id, tenant=e.tenant)
+    if e.state == "erased":
+        return None
+    if not e.pending_erase:
+        raise HoldError(f"call {e.call_id} has no deferred erasure")
+    if reason is None:
+        reason = str(e.pending_erase.get("reason") or "deferred erasure")
+    return erase_unless_kept(vault, e, reason, override_governance=override_governance)
 
 
 # -- listing -------------------------------------------------------------------------
