@@ -38,8 +38,14 @@ from callvault.errors import CallvaultError
 # keeps no `records` entries (its audio records are dead, their bytes counted under
 # `dead/<segment>`: docs/format.md 8.4, 8.11); an older index is migrated on open
 # (its erased calls' entries deleted and counted) in the batch that marks it 4.
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# 5: the recording policy's `decision` (docs/format.md 8.13) and the lifecycle's
+# fields (8.14-8.17: `retention`, `holds`, `lifecycle_count`, `lifecycle_head`,
+# `lifecycle_leaves`, `lifecycle_refs`, `open_ref`, `archive`, `local`, `disposal`,
+# `pending_erase`, `subjects`; absent: the defaults). Versions 1 to 4 are read and
+# marked 5 on open (from 4 nothing else changes).
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
+MIGRATE_ERASED_BELOW = 4  # an index older than this kept erased calls' records
 CFS = ("calls", "records", "time", "agent", "skill", "tag")
 RECORD = struct.Struct(">BBHIQQI")  # leg, type, frames, first frame, segment, offset, length
 U64 = struct.Struct(">Q")
@@ -460,7 +466,8 @@ class Index:
                 "rebuild it with `callvault --data DIR reindex`"
             )
         if version != FORMAT_VERSION and not read_only:
-            b = self._migrate_erased() if version is not None else self.batch()
+            older = version is not None and version < MIGRATE_ERASED_BELOW
+            b = self._migrate_erased() if older else self.batch()
             b.put_meta(b"meta/format", U32.pack(FORMAT_VERSION))
             self.write(b)
 
