@@ -3,6 +3,8 @@ change decide alike, including a governance end whose mode a proposal would lowe
 
 from __future__ import annotations
 
+from typing import Any
+
 from callvault.lifecycle import policy as pol
 from callvault.lifecycle.tags import bound_retention
 
@@ -27,9 +29,10 @@ def test_a_governance_mode_is_lowered_only_when_asked() -> None:
 
 
 def test_tags_and_reapply_decide_alike() -> None:
-    cases = [GOV, COMP, SAME_END_DEFAULT, LATER_DEFAULT, SHORT, None]
-    for old in cases:
-        for new in cases[:-1]:
+    props: list[dict[str, Any]] = [GOV, COMP, SAME_END_DEFAULT, LATER_DEFAULT, SHORT]
+    olds: list[dict[str, Any] | None] = [*props, None]
+    for old in olds:
+        for new in props:
             for admin in (False, True):
                 for now in (NOW, 2000):
                     want, _ = pol.combine(old, new, now_us=now, shorten_governance=admin)

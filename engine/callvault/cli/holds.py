@@ -105,15 +105,15 @@ def cmd_hold(args: argparse.Namespace) -> int:
         from callvault.cli import remote
 
         with remote.connect(args) as b:
-            c = b.client
-            method = {
-                "place": c.place_hold,
-                "release": c.request_release,
-                "approve-release": c.approve_release,
-            }[action]
-            reply = method(
-                args.call_ids, args.name, reason=args.reason, tenant=args.tenant or "", timeout=None
-            )
+            c, ids_, t = b.client, args.call_ids, args.tenant or ""
+            if action == "place":
+                reply = c.place_hold(ids_, args.name, args.reason, tenant=t, timeout=None)
+            elif action == "release":
+                reply = c.request_release(ids_, args.name, args.reason, tenant=t, timeout=None)
+            else:
+                reply = c.approve_release(
+                    ids_, args.name, reason=args.reason, tenant=t, timeout=None
+                )
         for ho in reply.outcomes:
             doc: dict[str, Any] = {
                 "tenant": ho.call.tenant,
