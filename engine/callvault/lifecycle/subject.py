@@ -25,7 +25,7 @@ from typing import Any
 
 from callvault.errors import InputError
 from callvault.ids import MAX_REASON_BYTES, check_erase_reason, check_text
-from callvault.lifecycle.holds import erase_unless_kept
+from callvault.lifecycle.holds import erase_unless_kept, stamp
 from callvault.store.index import CallEntry
 from callvault.vault import Vault, VaultError
 from callvault.vault.keys import subject_mac, subject_values
@@ -311,9 +311,7 @@ def _erase_one(
                 op=OP_DEFERRED,
                 changes={
                     "pending_erase": {
-                        "requested_us": vault.clock(),
-                        "by": by,
-                        "reason": PREFIX + reason,
+                        **stamp(vault, by, PREFIX + reason),
                         "subject": {"key": name, "hmac": mac},
                     }
                 },

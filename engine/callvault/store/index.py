@@ -410,6 +410,20 @@ class Batch:
         self.gone.add(segment)
 
 
+def _ids_after(it: Any, prefix: bytes) -> list[str]:
+    """The call ids ending the keys under ``prefix`` (``prefix`` call_id 00), in key
+    order: a tenant's calls, a subject's calls."""
+    out: list[str] = []
+    it.seek(prefix)
+    while it.valid():
+        key = it.key()
+        if not key.startswith(prefix):
+            break
+        out.append(key[len(prefix) : -1].decode())
+        it.next()
+    return out
+
+
 class Index:
     """The RocksDB index of one vault (DATA/index)."""
 
@@ -610,17 +624,7 @@ class Index:
 
     def call_ids(self, tenant: str) -> list[str]:
         """Every call id of the tenant in the index (all states), in key order."""
-        prefix = _s(tenant, "tenant")
-        out: list[str] = []
-        it = self._views["calls"].iter()
-        it.seek(prefix)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            out.append(key[len(prefix) : -1].decode())
-            it.next()
-        return out
+        return _ids_after(self._views["calls"].iter(), _s(tenant, "tenant"))
 
     def get_call(self, tenant: str, call_id: str) -> CallEntry | None:
         raw = self._views["calls"].get(call_key(tenant, call_id))
@@ -629,17 +633,7 @@ class Index:
     def subject_calls(self, tenant: str, name: str, mac: bytes) -> list[str]:
         """The ids of the tenant's calls whose ``name`` has the HMAC ``mac`` (the
         subject index, docs/format.md 8.16), in key order."""
-        prefix = subject_prefix(tenant, name, mac)
-        out: list[str] = []
-        it = self._db.iter()
-        it.seek(prefix)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            out.append(key[len(prefix) : -1].decode())
-            it.next()
-        return out
+        return _ids_after(self._db.iter(), subject_prefix(tenant, name, mac))
 
     def get_decision(self, tenant: str, call_id: str) -> DecisionEntry | None:
         raw = self._db.get(decision_key(tenant, call_id))
