@@ -5,9 +5,11 @@ Ingest refuses new calls with RESOURCE_EXHAUSTED and the sentence while a call b
 recorded goes on; and one end-to-end run of `callvault serve` on a real, small tmpfs
 volume filled up (skipped where mounting is not permitted: a stated gap).
 
-The archive tier is the archive lane's: here a stand-in with its interface (due,
-archive_call, evict) that records the archive object through vault.change, as the
-real one does after storing and verifying it (only in tests)."""
+Here the archive is a stand-in with the real one's interface (due, archive_call,
+evict) that records the archive object through vault.change, as the real one does
+after storing and verifying it (only in tests), so that the usage can be injected;
+tests/archive/test_capacity_archive.py runs the relief with the real Archive on
+SeaweedFS."""
 
 from __future__ import annotations
 

@@ -276,3 +276,21 @@ def test_a_report_the_sweeper_planned_needs_two_approvers(v: Vault) -> None:
         disposal.approve(v, report.id, by=ALICE)
     done = disposal.approve(v, report.id, by=BOB)
     assert done.status == "applied" and entry(v, "old").state == "erased"
+
+
+def test_a_pending_erasure_carried_out_by_a_disposal_is_said_as_a_release_says_it(
+    v: Vault,
+) -> None:
+    hold = {"CASE-2": {"placed_us": T0, "by": ALICE, "reason": "court"}}
+    v.change("long", op="hold", changes={"holds": hold}, by=ALICE)
+    pend = {"requested_us": T0 + 5, "by": BOB, "reason": "subject asked"}
+    v.change("long", op="erase-deferred", changes={"pending_erase": pend}, by=BOB)
+    v.change("long", op="release", changes={"holds": {}}, by=BOB, reason="case closed")
+    at(v, T0 + 2 * DAY_US)
+    out = disposal.apply(v, disposal.plan(v))
+    (r,) = [r for r in out["calls"] if r["call_id"] == "long"]
+    e = entry(v, "long")
+    assert r["outcome"] == "disposed" and r["erased"] is True
+    assert r["erase_log_index"] == e.erase_log_index >= 0
+    assert r["pending_erase"] == {"requested_us": T0 + 5, "by": BOB, "reason": "subject asked"}
+    assert all("pending_erase" not in x for x in out["calls"] if x["call_id"] != "long")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from callvault.store import index as index_mod
 from callvault.store.index import FORMAT_VERSION, U32, CallEntry, Index, RecordEntry, call_key
 
 
@@ -90,7 +92,7 @@ def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
         Index(tmp_path / "ix")
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_an_older_index_is_read_and_marked_current(tmp_path: Path, version: int) -> None:
     """Entries of an older index version still load (version 2 entries have no
     recording_id or unsupported_codec); the marker moves to the current version so
@@ -102,15 +104,79 @@ def test_an_older_index_is_read_and_marked_current(tmp_path: Path, version: int)
     del doc["recording_id"], doc["unsupported_codec"]  # what version 2 wrote
     for k in ("storage", "transcode_ref", "transcode_log_index", "compact_next"):
         del doc[k]  # what version 3 (and before) wrote
+    for k in V5_FIELDS:
+        del doc[k]  # what version 4 (and before) wrote
     ix._views["calls"][call_key("t", "c")] = json.dumps(doc).encode()
     ix.close()
     ix = Index(tmp_path / "ix")
     e = ix.get_call("t", "c")
     assert e is not None and e.recording_id is None and e.unsupported_codec is None
     assert (e.storage, e.transcode_ref, e.transcode_log_index) == ("opus", None, -1)
+    assert (e.decision, e.retention, e.holds, e.archive, e.local) == (None, None, {}, None, True)
+    assert (e.lifecycle_count, e.lifecycle_head, e.lifecycle_leaves) == (0, "", [])
+    assert (e.lifecycle_refs, e.open_ref, e.disposal) == ([], None, None)
+    assert (e.pending_erase, e.subjects) == (None, {})
     raw = ix._db.get(b"meta/format")
-    assert raw is not None and U32.unpack(raw)[0] == FORMAT_VERSION == 4
+    assert raw is not None and U32.unpack(raw)[0] == FORMAT_VERSION == 5
     ix.close()
+
+
+V5_FIELDS = (
+    "decision",
+    "retention",
+    "holds",
+    "lifecycle_count",
+    "lifecycle_head",
+    "lifecycle_leaves",
+    "lifecycle_refs",
+    "open_ref",
+    "archive",
+    "local",
+    "disposal",
+    "pending_erase",
+    "subjects",
+)
+
+
+def test_a_version_4_index_keeps_its_records_when_marked_5(tmp_path: Path) -> None:
+    """From 4 only the marker moves: an erased call's records (none in a version 4
+    index; planted here) are not migrated again (no dead bytes counted twice)."""
+    ix = Index(tmp_path / "ix")
+    e = _call("t", "gone", 5)
+    e.state = "erased"
+    b = ix.batch()
+    b.put_call(e)
+    b.put_record("t", "gone", 0, RecordEntry(0, 1, 10, 0, 7, 100, 40))
+    ix.write(b)
+    ix._db.put(b"meta/format", U32.pack(4))
+    ix.close()
+    ix = Index(tmp_path / "ix")
+    assert len(list(ix.records("t", "gone"))) == 1 and ix.dead_bytes() == {}
+    raw = ix._db.get(b"meta/format")
+    assert raw is not None and U32.unpack(raw)[0] == 5
+    ix.close()
+
+
+def test_a_version_4_build_refuses_a_version_5_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ix = Index(tmp_path / "ix")
+    ix.write(_batch_with(ix, _call("t", "c", 5)))
+    ix.close()
+    monkeypatch.setattr(index_mod, "FORMAT_VERSION", 4)
+    monkeypatch.setattr(index_mod, "READABLE_VERSIONS", (1, 2, 3, 4))
+    with pytest.raises(ValueError, match="index format 5 is not 4: rebuild it with .*reindex"):
+        Index(tmp_path / "ix")
+    monkeypatch.undo()
+    ix = Index(tmp_path / "ix")  # nothing was changed by the refusal
+    assert ix.get_call("t", "c") is not None
+    ix.close()
+
+
+def _batch_with(ix: Index, e: CallEntry) -> Any:
+    b = ix.batch()
+    b.put_call(e)
+    return b
 
 
 def test_nul_in_keys_is_refused(index: Index) -> None:

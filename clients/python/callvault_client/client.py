@@ -1,4 +1,4 @@
-"""`Client`: typed methods for the Ingest, Archive, Integrity and Admin services,
+"""`Client`: typed methods for the Ingest, Archive, Integrity, Lifecycle and Admin services,
 and `SidecarClient` for a sidecar's control API.
 
 Methods return the generated messages (typed by ``_pb/callvault_pb2.pyi``);
@@ -870,10 +870,155 @@ class Client(_Base):
             all_tenants=all_tenants,
         )
         reply = self._rpc.unary(
-            "/callvault.v1.Lifecycle/EraseSubject",
+            _LIFECYCLE + "EraseSubject",
             req,
             pb.EraseSubjectReply,
             idempotent=dry_run,
+            timeout=timeout,
+        )
+        report: dict[str, Any] = json.loads(reply.report_json)
+        return report
+
+    # -- Legal holds (docs/policy.md "Legal holds") ---------------------------------
+    def _hold(
+        self,
+        method: str,
+        call_ids: str | Sequence[str],
+        name: str,
+        reason: str,
+        tenant: str,
+        timeout: Timeout,
+    ) -> pb.HoldReply:
+        ids = [call_ids] if isinstance(call_ids, str) else list(call_ids)
+        req = pb.HoldRequest(
+            calls=[pb.CallRef(tenant=tenant, call_id=c) for c in ids], name=name, reason=reason
+        )
+        return self._rpc.unary(
+            _LIFECYCLE + method, req, pb.HoldReply, idempotent=False, timeout=timeout
+        )
+
+    def place_hold(
+        self,
+        call_ids: str | Sequence[str],
+        name: str,
+        reason: str,
+        *,
+        tenant: str = "",
+        timeout: Timeout = DEFAULT,
+    ) -> pb.HoldReply:
+        """Place the legal hold ``name`` (e.g. a case number: 1 to 64 letters, digits,
+        ``. _ - :``) on one call or up to 10,000 (roles legal, admin). A held call
+        cannot be erased or disposed of; an erasure of it is deferred. ``outcomes``
+        says per call what happened (a call already under the hold: ``changed``
+        false). A request stops at the first call it cannot hold
+        (FailedPrecondition naming the calls changed before it). Never retried."""
+        return self._hold("PlaceHold", call_ids, name, reason, tenant, timeout)
+
+    def request_release(
+        self,
+        call_ids: str | Sequence[str],
+        name: str,
+        reason: str,
+        *,
+        tenant: str = "",
+        timeout: Timeout = DEFAULT,
+    ) -> pb.HoldReply:
+        """Ask to release the hold ``name`` of these calls; another identity approves
+        (:meth:`approve_release`: dual control). Never retried."""
+        return self._hold("RequestRelease", call_ids, name, reason, tenant, timeout)
+
+    def approve_release(
+        self,
+        call_ids: str | Sequence[str],
+        name: str,
+        *,
+        reason: str = "",
+        tenant: str = "",
+        timeout: Timeout = DEFAULT,
+    ) -> pb.HoldReply:
+        """Approve another identity's release request: the hold is lifted. A call left
+        with no hold whose erasure was deferred is erased now if nothing else keeps it
+        back (``outcomes[i].erased``; else ``erase_pending`` says why). The requester
+        itself may not approve (PermissionDenied). Never retried."""
+        return self._hold("ApproveRelease", call_ids, name, reason, tenant, timeout)
+
+    def list_holds(
+        self, *, name: str = "", tenant: str = "", timeout: Timeout = DEFAULT
+    ) -> dict[str, Any]:
+        """The holds (only ``name``'s, when given) and their calls, as the JSON document
+        of docs/policy.md "Legal holds" (``{"holds": [...]}``). Safe to retry."""
+        reply = self._rpc.unary(
+            _LIFECYCLE + "ListHolds",
+            pb.ListHoldsRequest(name=name, tenant=tenant),
+            pb.ListHoldsReply,
+            idempotent=True,
+            timeout=timeout,
+        )
+        doc: dict[str, Any] = json.loads(reply.json)
+        return doc
+
+    # -- Disposal (docs/policy.md "Disposal") ------------------------------------------
+    def plan_disposal(
+        self, *, tenant: str = "", reason: str = "", timeout: Timeout = None
+    ) -> pb.DisposeReply:
+        """The calls due for disposal now, as a signed disposition report
+        (``report_json``, status "planned"; its calls empty when nothing is due).
+        Nothing changes. Safe to retry."""
+        return self._rpc.unary(
+            _LIFECYCLE + "PlanDisposal",
+            pb.DisposeRequest(tenant=tenant, reason=reason),
+            pb.DisposeReply,
+            idempotent=True,
+            timeout=timeout,
+        )
+
+    def list_disposal_reports(
+        self, *, tenant: str = "", timeout: Timeout = DEFAULT
+    ) -> list[dict[str, Any]]:
+        """The disposition reports the server keeps, oldest first (each a JSON
+        document, docs/format.md 8.15). Safe to retry."""
+        reply = self._rpc.unary(
+            _LIFECYCLE + "PlanDisposal",
+            pb.DisposeRequest(tenant=tenant, list_reports=True),
+            pb.DisposeReply,
+            idempotent=True,
+            timeout=timeout,
+        )
+        return [json.loads(t) for t in reply.reports_json]
+
+    def dispose(
+        self,
+        *,
+        report_id: str = "",
+        reason: str = "",
+        tenant: str = "",
+        timeout: Timeout = None,
+    ) -> pb.DisposeReply:
+        """Dispose of the calls due now, or (``report_id``) apply a pending report
+        another admin made. With the server's ``[disposal] approval = true`` a
+        request without ``report_id`` only stores the report (status "pending").
+        ``disposed``/``skipped``/``reclaimed_bytes`` count what happened; the signed
+        report with its results is ``report_json`` (status "" and no report when
+        nothing was due). Never retried."""
+        return self._rpc.unary(
+            _LIFECYCLE + "Dispose",
+            pb.DisposeRequest(report_id=report_id, reason=reason, tenant=tenant),
+            pb.DisposeReply,
+            idempotent=False,
+            timeout=timeout,
+        )
+
+    # -- Archive tier (docs/policy.md "Archive") ----------------------------------
+    def archive_run(self, *, limit: int = 0, timeout: Timeout = None) -> dict[str, Any]:
+        """Move the sealed calls due to the server's archive now (at most ``limit``;
+        0: every call due), platform admins. Returns the run's report (archived,
+        evicted, errors). FailedPrecondition when the server has no archive. Never
+        retried."""
+        reply = self._rpc.unary(
+            _LIFECYCLE + "ArchiveRun",
+            pb.ArchiveRunRequest(limit=limit),
+            pb.ArchiveRunReply,
+            idempotent=False,
             timeout=timeout,
         )
         report: dict[str, Any] = json.loads(reply.report_json)

@@ -99,12 +99,7 @@ def rpc_doc(rpc: Rpc, outcome: str) -> dict[str, Any]:
     ident = rpc.identity
     return {
         "kind": "rpc",
-        "identity": {
-            "name": ident.name,
-            "role": ident.role,
-            "tenant": ident.tenant,
-            "via": ident.via,
-        },
+        "identity": ident.doc(),
         "method": rpc.method,
         "calls": [[t, c] for t, c in rpc.calls],
         "outcome": outcome,

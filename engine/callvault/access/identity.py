@@ -10,7 +10,7 @@ credentials into an Identity or raise ``Unauthenticated``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -32,6 +32,10 @@ class Identity:
     def sees(self, tenant: str) -> bool:
         """Whether this identity may see calls of ``tenant`` at all."""
         return self.tenant is None or self.tenant == tenant
+
+    def doc(self) -> dict[str, Any]:
+        """Who, as an audit entry and a LIFECYCLE record's ``by`` keep it."""
+        return {"name": self.name, "role": self.role, "tenant": self.tenant, "via": self.via}
 
 
 # The identity of every caller of a server with no identities configured

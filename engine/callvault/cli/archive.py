@@ -160,19 +160,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CallvaultError(
                 "--config and --no-evict are for --data DIR (a server uses its own)"
             )
-        from callvault_client._pb import callvault_pb2 as pb
-
         from callvault.cli import remote
 
         with remote.connect(args) as b:
-            r = b.client._rpc.unary(
-                "/callvault.v1.Lifecycle/ArchiveRun",
-                pb.ArchiveRunRequest(limit=args.limit),
-                pb.ArchiveRunReply,
-                idempotent=False,
-                timeout=None,
-            )
-        report = json.loads(r.report_json)
+            report = b.client.archive_run(limit=args.limit)
     else:
         from callvault.cli import local
         from callvault.lifecycle import archive as arch

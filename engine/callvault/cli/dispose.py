@@ -22,7 +22,6 @@ from callvault.lifecycle import disposal
 from callvault.vault.lifecycle import utc
 
 VerbMaker = Callable[..., argparse.ArgumentParser]
-_LC = "/callvault.v1.Lifecycle/"
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], verb: VerbMaker) -> None:
@@ -91,15 +90,10 @@ def _settings(args: argparse.Namespace) -> tuple[disposal.Settings, Any]:
 
 
 def _remote(args: argparse.Namespace, method: str, **fields: Any) -> Any:
-    from callvault_client import pb
-
     from callvault.cli import remote
 
     with remote.connect(args) as b:
-        req = pb.DisposeRequest(**fields)
-        return b.client._rpc.unary(
-            _LC + method, req, pb.DisposeReply, idempotent=method == "PlanDisposal", timeout=None
-        )
+        return getattr(b.client, method)(**fields)
 
 
 def _print_report(report: disposal.Report, as_json: bool) -> None:
@@ -146,7 +140,7 @@ def _from_reply(reply: Any) -> disposal.Report | None:
 
 def cmd_dispose(args: argparse.Namespace) -> int:
     if getattr(args, "server", None):
-        method = "PlanDisposal" if args.dry_run else "Dispose"
+        method = "plan_disposal" if args.dry_run else "dispose"
         report = _from_reply(_remote(args, method))
     else:
         from callvault.cli import local
@@ -172,7 +166,7 @@ def cmd_dispose(args: argparse.Namespace) -> int:
 
 def cmd_approve(args: argparse.Namespace) -> int:
     if getattr(args, "server", None):
-        report = _from_reply(_remote(args, "Dispose", report_id=args.report_id))
+        report = _from_reply(_remote(args, "dispose", report_id=args.report_id))
         assert report is not None
     else:
         from callvault.cli import local
@@ -193,8 +187,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 def cmd_reports(args: argparse.Namespace) -> int:
     if getattr(args, "server", None):
-        reply = _remote(args, "PlanDisposal", list_reports=True)
-        kept = [disposal.Report.from_doc(json.loads(t)) for t in reply.reports_json]
+        kept = [disposal.Report.from_doc(d) for d in _remote(args, "list_disposal_reports")]
     else:
         from callvault.cli import local
 

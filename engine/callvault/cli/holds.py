@@ -24,7 +24,6 @@ from callvault.lifecycle.holds import NAME_RULE
 from callvault.vault.lifecycle import utc
 
 VerbMaker = Callable[..., argparse.ArgumentParser]
-_LC = "/callvault.v1.Lifecycle/"
 
 
 def local_identity() -> dict[str, Any]:
@@ -103,24 +102,18 @@ def cmd_hold(args: argparse.Namespace) -> int:
     action = args.hold_command
     out: list[dict[str, Any]] = []
     if getattr(args, "server", None):
-        from callvault_client._pb import callvault_pb2 as pb
-
         from callvault.cli import remote
 
-        method = {
-            "place": "PlaceHold",
-            "release": "RequestRelease",
-            "approve-release": "ApproveRelease",
-        }[action]
-        req = pb.HoldRequest(
-            calls=[pb.CallRef(tenant=args.tenant or "", call_id=c) for c in args.call_ids],
-            name=args.name,
-            reason=args.reason,
-        )
         with remote.connect(args) as b:
-            reply = b.client._rpc.unary(  # the SDK has no hold methods (yet)
-                _LC + method, req, pb.HoldReply, idempotent=False, timeout=None
-            )
+            c, ids_, t = b.client, args.call_ids, args.tenant or ""
+            if action == "place":
+                reply = c.place_hold(ids_, args.name, args.reason, tenant=t, timeout=None)
+            elif action == "release":
+                reply = c.request_release(ids_, args.name, args.reason, tenant=t, timeout=None)
+            else:
+                reply = c.approve_release(
+                    ids_, args.name, reason=args.reason, tenant=t, timeout=None
+                )
         for ho in reply.outcomes:
             doc: dict[str, Any] = {
                 "tenant": ho.call.tenant,
@@ -179,18 +172,10 @@ def cmd_hold_ls(args: argparse.Namespace) -> int:
     if args.tenant:
         ids.check_call_id(args.tenant, "tenant")
     if getattr(args, "server", None):
-        from callvault_client._pb import callvault_pb2 as pb
-
         from callvault.cli import remote
 
         with remote.connect(args) as b:
-            reply = b.client._rpc.unary(
-                _LC + "ListHolds",
-                pb.ListHoldsRequest(name=args.name or "", tenant=args.tenant or ""),
-                pb.ListHoldsReply,
-                idempotent=True,
-            )
-        doc = json.loads(reply.json)
+            doc = b.client.list_holds(name=args.name or "", tenant=args.tenant or "")
     else:
         from callvault.cli import local
 

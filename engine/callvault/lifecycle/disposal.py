@@ -36,9 +36,10 @@ from typing import Any, TypeVar, cast
 from callvault.durable import write_atomic
 from callvault.errors import CallvaultError, InputError
 from callvault.integrity import checkpoint
+from callvault.lifecycle import holds
 from callvault.store.index import CallEntry
 from callvault.vault import Vault, VaultError
-from callvault.vault.lifecycle import Retained, canonical, utc
+from callvault.vault.lifecycle import canonical, utc
 
 REPORT_TYPE = "callvault-disposition-report"
 VERSION = 1
@@ -371,15 +372,31 @@ def _shred(
     vault: Vault, e: CallEntry, reason: str, archive: Any, by: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Erase a call that has its receipt; withdrawn instead if it is kept now (a
-    hold placed since the receipt: the erasure refuses it, for every caller)."""
-    try:
-        vault.erase(e.call_id, tenant=e.tenant, reason=reason)
-    except Retained as kept:
+    hold placed since the receipt: the erasure refuses it, for every caller). A
+    deferred erasure is carried out by ``holds.carry_out_pending``, as a hold's
+    release does, and said the same way (``erased``, ``erase_log_index``)."""
+    pending = e.pending_erase
+    if pending:
+        kept = holds.carry_out_pending(vault, e, reason=reason)
+    else:
+        kept = holds.erase_unless_kept(vault, e, reason)
+    if kept is not None:
         e = vault.get_call(e.call_id, tenant=e.tenant)
         _cancel(vault, e, f"not disposed: {kept}", by)
-        return {"outcome": "withdrawn", "why": str(kept)}
+        return {"outcome": "withdrawn", "why": kept}
     _crash_point("erased")
-    out: dict[str, Any] = {"outcome": "disposed"}
+    gone = vault.get_call(e.call_id, tenant=e.tenant)
+    out: dict[str, Any] = {
+        "outcome": "disposed",
+        "erased": True,
+        "erase_log_index": gone.erase_log_index,
+    }
+    if pending:
+        out["pending_erase"] = {
+            "requested_us": int(pending.get("requested_us", 0)),
+            "by": pending.get("by"),
+            "reason": str(pending.get("reason", "")),
+        }
     what = _archive_delete(archive, e)
     if what:
         out["archive"] = what

@@ -120,6 +120,19 @@ def _changed(e: CallEntry, note: str) -> Outcome:
     return Outcome(e.tenant, e.call_id, True, note, e, log_index=leaf, link=e.lifecycle_head)
 
 
+def _as_is(e: CallEntry, note: str) -> Outcome:
+    """An Outcome for a call the request leaves as it is (nothing written)."""
+    return Outcome(e.tenant, e.call_id, False, note, e)
+
+
+def stamp(
+    vault: Vault, by: Mapping[str, Any] | None, reason: str, at: str = "requested_us"
+) -> dict[str, Any]:
+    """When (``at``: the vault's clock), who and why: a hold placed, a release or an
+    erasure requested, as the call entry keeps them."""
+    return {at: vault.clock(), "by": dict(by) if by else None, "reason": reason}
+
+
 def _sealed(vault: Vault, call_id: str, tenant: str, what: str) -> CallEntry:
     e = vault.get_call(call_id, tenant=tenant)
     if e.state == "erased":
@@ -168,16 +181,13 @@ def place(
     e = _sealed(vault, call_id, tenant, "hold")
     if name in e.holds:
         h = e.holds[name]
-        return Outcome(
-            tenant,
-            call_id,
-            False,
+        return _as_is(
+            e,
             f"already under hold {name} (placed {utc(int(h.get('placed_us', 0)))} by "
             f"{_who(h.get('by'))}): nothing changed",
-            e,
         )
     holds = {k: dict(v) for k, v in e.holds.items()}
-    holds[name] = {"placed_us": vault.clock(), "by": dict(by) if by else None, "reason": reason}
+    holds[name] = stamp(vault, by, reason, "placed_us")
     after = _change(
         vault, e, op="hold", changes={"holds": holds}, by=by, reason=reason, detail={"hold": name}
     )
@@ -201,21 +211,14 @@ def request_release(
         raise HoldError(f"call {call_id} is not under hold {name}")
     pending = e.holds[name].get("release")
     if pending:
-        return Outcome(
-            tenant,
-            call_id,
-            False,
+        return _as_is(
+            e,
             f"release of hold {name} already requested by {_who(pending.get('by'))} "
             f"({utc(int(pending.get('requested_us', 0)))}): it awaits another identity's "
             "approval",
-            e,
         )
     holds = {k: dict(v) for k, v in e.holds.items()}
-    holds[name]["release"] = {
-        "requested_us": vault.clock(),
-        "by": dict(by) if by else None,
-        "reason": reason,
-    }
+    holds[name]["release"] = stamp(vault, by, reason)
     after = _change(
         vault,
         e,
@@ -352,7 +355,7 @@ def defer_erase(
             e,
             holds=names,
         )
-    pending = {"requested_us": vault.clock(), "by": dict(by) if by else None, "reason": reason}
+    pending = stamp(vault, by, reason)
     after = _change(
         vault,
         e,
@@ -372,21 +375,20 @@ def defer_erase(
     )
 
 
-def carry_out_pending(
-    vault: Vault, e: CallEntry, *, override_governance: bool = False
+def erase_unless_kept(
+    vault: Vault, e: CallEntry, reason: str, *, override_governance: bool = False
 ) -> str | None:
-    """Carry out the call's deferred erasure if nothing keeps the call now: None when
-    it was erased (or is already), else the sentence why it still waits. For the
-    release that removes the last hold, and for a sweeper once a retention ends."""
+    """Erase the call unless something keeps it now: None when it is erased (or
+    already was), else the sentence why not (``vault.retained``; a hold placed
+    meanwhile: the erasure's own refusal). The one way a deferred erasure
+    (``carry_out_pending``), a disposal and an erasure by data subject carry out an
+    erasure that may be kept back."""
     e = vault.get_call(e.call_id, tenant=e.tenant)
     if e.state == "erased":
         return None
-    if not e.pending_erase:
-        raise HoldError(f"call {e.call_id} has no deferred erasure")
     why = vault.retained(e, override_governance=override_governance)
     if why is not None:
         return why
-    reason = str(e.pending_erase.get("reason") or "deferred erasure")
     try:
         vault.erase(
             e.call_id, reason=reason, tenant=e.tenant, override_governance=override_governance
@@ -394,6 +396,24 @@ def carry_out_pending(
     except Retained as kept:  # a hold placed meanwhile: it waits for that one
         return str(kept)
     return None
+
+
+def carry_out_pending(
+    vault: Vault, e: CallEntry, *, reason: str | None = None, override_governance: bool = False
+) -> str | None:
+    """Carry out the call's deferred erasure if nothing keeps the call now: None when
+    it was erased (or is already), else the sentence why it still waits. For the
+    release that removes the last hold, and for the disposal sweeper once a
+    retention ends (``reason``: the tombstone's; default the deferred erasure's
+    own)."""
+    e = vault.get_call(e.call_id, tenant=e.tenant)
+    if e.state == "erased":
+        return None
+    if not e.pending_erase:
+        raise HoldError(f"call {e.call_id} has no deferred erasure")
+    if reason is None:
+        reason = str(e.pending_erase.get("reason") or "deferred erasure")
+    return erase_unless_kept(vault, e, reason, override_governance=override_governance)
 
 
 # -- listing -------------------------------------------------------------------------

@@ -501,21 +501,28 @@ def combine(
     ``old``, and what happened: "changed", "unchanged", "kept-compliance" (a
     compliance end in the future is never made earlier, nor its mode weaker: the
     later end, still compliance) or "kept-governance" (a governance end in the
-    future made earlier only with ``shorten_governance``: an admin with a reason)."""
+    future is made earlier, or its mode lowered to default, only with
+    ``shorten_governance``: an admin with a reason; without it a later end in a
+    weaker mode applies in governance mode). The one place of this rule: a
+    reapply, a tag change (``callvault.lifecycle.tags``) and a recompute use it."""
     if old is None:
         return new, "changed"
     same = all(old.get(k) == new.get(k) for k in ("until_us", "rule", "mode"))
     if same:
         return old, "unchanged"
     old_end, new_end = int(old.get("until_us", 0)), int(new["until_us"])
-    if old.get("mode") == "compliance" and old_end > now_us:
-        if new_end >= old_end and new["mode"] == "compliance":
+    live = old_end > now_us
+    if live and old.get("mode") == "compliance":
+        if new_end >= old_end and new.get("mode") == "compliance":
             return new, "changed"
         if new_end > old_end:  # a later end, but a weaker mode: the later end, compliance
             return {**new, "mode": "compliance"}, "changed"
         return old, "kept-compliance"
-    shortens = old.get("mode") == "governance" and old_end > now_us and new_end < old_end
-    if shortens and not shorten_governance:
+    weaker = new.get("mode", "default") not in ("compliance", "governance")
+    lowers = new_end < old_end or weaker
+    if live and old.get("mode") == "governance" and lowers and not shorten_governance:
+        if new_end > old_end:  # later, but the mode would no longer protect it
+            return {**new, "mode": "governance"}, "changed"
         return old, "kept-governance"
     return new, "changed"
 

@@ -25,10 +25,11 @@ from typing import Any
 
 from callvault.errors import InputError
 from callvault.ids import MAX_REASON_BYTES, check_erase_reason, check_text
+from callvault.lifecycle.holds import erase_unless_kept, stamp
 from callvault.store.index import CallEntry
 from callvault.vault import Vault, VaultError
 from callvault.vault.keys import subject_mac, subject_values
-from callvault.vault.lifecycle import Retained, utc
+from callvault.vault.lifecycle import utc
 
 # index: ["customer_number"] once a backfill found no call of the tenant left without
 # its HMAC (every call opened since has it); a cache: after a reindex the next backfill
@@ -287,15 +288,12 @@ def _erase_one(
     why = vault.retained(e)
     if why is None and not dry_run:
         try:
-            vault.erase(call_id, reason=PREFIX + reason, tenant=tenant)
-        except Retained as err:  # a hold placed meanwhile
-            why = str(err)
-            e = vault.get_call(call_id, tenant=tenant)
+            why = erase_unless_kept(vault, e, PREFIX + reason)  # a hold placed meanwhile
         except VaultError as err:  # said, and the others are still tried
             report["failed"].append({"tenant": tenant, "call_id": call_id, "error": str(err)})
             return
-        else:
-            e = vault.get_call(call_id, tenant=tenant)
+        e = vault.get_call(call_id, tenant=tenant)
+        if why is None:
             report["erased"].append(
                 {"tenant": tenant, "call_id": call_id, "log_index": e.erase_log_index}
             )
@@ -313,9 +311,7 @@ def _erase_one(
                 op=OP_DEFERRED,
                 changes={
                     "pending_erase": {
-                        "requested_us": vault.clock(),
-                        "by": by,
-                        "reason": PREFIX + reason,
+                        **stamp(vault, by, PREFIX + reason),
                         "subject": {"key": name, "hmac": mac},
                     }
                 },

@@ -26,6 +26,7 @@ from typing import Any
 
 from callvault.errors import InputError
 from callvault.ids import MAX_TAGS, check_call_meta
+from callvault.lifecycle.policy import combine
 from callvault.store.index import CallEntry
 from callvault.vault import Vault, VaultError
 from callvault.vault.lifecycle import utc
@@ -112,49 +113,49 @@ def bound_retention(
     now_us: int,
     may_shorten_governance: bool,
 ) -> tuple[dict[str, Any] | None, list[str]]:
-    """The retention a tag change leaves (the module's rules) and what to say of it."""
+    """The retention a tag change leaves (``callvault.lifecycle.policy.combine``, the
+    one place of the rules this module's docstring lists) and what to say of it."""
     if proposed is None:
         return old, []
     new = dict(proposed)
     new.setdefault("set_us", now_us)
+    out, what = combine(old, new, now_us=now_us, shorten_governance=may_shorten_governance)
     if old is None:
-        return new, [f"Retention now until {utc(int(new['until_us']))} (rule {new.get('rule')})."]
-    old_until, new_until = int(old.get("until_us", 0)), int(new["until_us"])
+        return out, [f"Retention now until {utc(int(out['until_us']))} (rule {out.get('rule')})."]
+    if what == "unchanged":
+        return old, []
+    old_until, new_until = int(old.get("until_us", 0)), int(out["until_us"])
     mode, rule = old.get("mode", "default"), old.get("rule", "?")
     live = old_until > now_us
-    if live and mode == "compliance":
-        if new_until <= old_until:
-            if _same(old, new) or new_until == old_until:
-                return old, []
-            return old, [
-                f"Retention kept until {utc(old_until)}: a compliance end (rule {rule}) is "
-                "never shortened."
-            ]
-        new["mode"] = "compliance"
-        return new, [
-            f"Retention extended to {utc(new_until)} (rule {new.get('rule')}; stays compliance)."
+    if what == "kept-compliance":
+        if int(new["until_us"]) == old_until:
+            return old, []
+        return old, [
+            f"Retention kept until {utc(old_until)}: a compliance end (rule {rule}) is "
+            "never shortened."
         ]
-    weaker = new.get("mode", "default") not in ("compliance", "governance")
-    if live and mode == "governance" and (new_until < old_until or weaker):
-        if may_shorten_governance:
-            return new, [
-                f"Retention changed from {utc(old_until)} ({mode}) to {utc(new_until)} "
-                f"(rule {new.get('rule')}, {new.get('mode')}; by an admin with a reason)."
-            ]
-        if new_until > old_until:  # later, but the mode would no longer protect it
-            new["mode"] = "governance"
-            return new, [
-                f"Retention extended to {utc(new_until)} (rule {new.get('rule')}; stays "
-                "governance: only an admin giving a reason lowers it)."
-            ]
+    if what == "kept-governance":
         return old, [
             f"Retention kept until {utc(old_until)}: a governance end (rule {rule}) is "
             "shortened only by an admin giving a reason."
         ]
-    if _same(old, new):
-        return old, []
+    if live and mode == "compliance" and new_until > old_until:
+        return out, [
+            f"Retention extended to {utc(new_until)} (rule {out.get('rule')}; stays compliance)."
+        ]
+    if live and mode == "governance":
+        if out.get("mode") != new.get("mode"):
+            return out, [
+                f"Retention extended to {utc(new_until)} (rule {out.get('rule')}; stays "
+                "governance: only an admin giving a reason lowers it)."
+            ]
+        if new_until < old_until or out.get("mode") not in ("compliance", "governance"):
+            return out, [
+                f"Retention changed from {utc(old_until)} ({mode}) to {utc(new_until)} "
+                f"(rule {out.get('rule')}, {out.get('mode')}; by an admin with a reason)."
+            ]
     verb = "extended" if new_until > old_until else "set"
-    return new, [f"Retention {verb} to {utc(new_until)} (rule {new.get('rule')})."]
+    return out, [f"Retention {verb} to {utc(new_until)} (rule {out.get('rule')})."]
 
 
 _UNSET: Any = object()

@@ -35,10 +35,6 @@ else:
 log = logging.getLogger("callvault.server")
 
 
-def identity_doc(who: Identity) -> dict[str, Any]:
-    return {"name": who.name, "role": who.role, "tenant": who.tenant, "via": who.via}
-
-
 def archive_of(vault: Vault, section: Any) -> Any:
     """The archive (callvault.lifecycle.archive) that disposal deletes archived calls'
     object versions through: the one attached to the vault (the server's, or
@@ -159,7 +155,7 @@ class DisposalPart(_Base):
                 if tenant is None or k.body.get("tenant") == tenant
             ]
             return pb.DisposeReply(reports_json=[k.to_json() for k in kept])
-        report = disposal.plan(self.vault, tenant=tenant, by=identity_doc(who))
+        report = disposal.plan(self.vault, tenant=tenant, by=who.doc())
         return pb.DisposeReply(report_json=report.to_json(), status=report.status)
 
     @unary
@@ -168,7 +164,7 @@ class DisposalPart(_Base):
         who, tenant = self._scope(r)
         settings = self._disposal_settings()
         archive = self.disposer.archive if self.disposer is not None else None
-        by = identity_doc(who)
+        by = who.doc()
         if r.report_id:
             kept = disposal.load(self.vault, r.report_id)
             if tenant is not None and kept.body.get("tenant") != tenant:

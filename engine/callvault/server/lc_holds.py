@@ -20,7 +20,6 @@ import grpc
 from callvault_client._pb import callvault_pb2 as pb
 
 from callvault import ids
-from callvault.access.identity import Identity
 from callvault.access.policy import AccessDenied
 from callvault.errors import CallvaultError, InputError
 from callvault.lifecycle import holds
@@ -29,11 +28,6 @@ from callvault.store.index import CallEntry
 from callvault.vault import Vault
 
 MAX_CALLS = 10_000  # calls in one request
-
-
-def by_of(who: Identity) -> dict[str, Any]:
-    """The ``by`` of a lifecycle record for the caller."""
-    return holds.identity(who.name, who.role, who.tenant, who.via)
 
 
 def outcome_pb(o: holds.Outcome) -> pb.HoldOutcome:
@@ -74,7 +68,7 @@ class HoldsPart:
             entries.append(_lookup(self.vault, ref)[1])
         check_writer(self.vault)
         reply = pb.HoldReply()
-        by = by_of(who)
+        by = who.doc()
         for e in entries:
             try:
                 o = change(e, by)

@@ -16,7 +16,7 @@ import logging
 import threading
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 from callvault_client._pb import callvault_pb2 as pb
@@ -34,11 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("callvault.server.policy")
 _LOCK = threading.Lock()  # one change of the policy at a time (apply, reload)
 CONFIG_SECTION = "policy"
-
-
-def identity_doc(who: Any) -> dict[str, Any]:
-    """``by`` of a LIFECYCLE record: who, as the record keeps it."""
-    return {"name": who.name, "role": who.role, "tenant": who.tenant, "via": who.via}
 
 
 def _names_other_tenants(a: pol.Applied, tenant: str) -> bool:
@@ -171,7 +166,7 @@ class PolicyPart:
                 done = pol.reapply(
                     self.vault,
                     p,
-                    by=identity_doc(who),
+                    by=who.doc(),
                     reason=r.reason,
                     shorten_governance=r.shorten_governance,
                 )

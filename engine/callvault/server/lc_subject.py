@@ -64,7 +64,7 @@ class SubjectPart:
                 )
         if not r.dry_run:
             check_writer(self.vault)
-        by = {"name": who.name, "role": who.role, "tenant": who.tenant, "via": who.via}
+        by = who.doc()
         with self._subject_lock:  # one at a time: a backfill writes lifecycle records
             rep = subject.erase_subject(
                 self.vault,

@@ -44,7 +44,7 @@ class TagsPart(_Base):
             tenant=e.tenant,
             add=list(r.add),
             remove=list(r.remove),
-            by={"name": who.name, "role": who.role, "tenant": who.tenant, "via": who.via},
+            by=who.doc(),
             reason=reason,
         )
         after = result.entry

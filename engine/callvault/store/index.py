@@ -38,8 +38,14 @@ from callvault.errors import CallvaultError
 # keeps no `records` entries (its audio records are dead, their bytes counted under
 # `dead/<segment>`: docs/format.md 8.4, 8.11); an older index is migrated on open
 # (its erased calls' entries deleted and counted) in the batch that marks it 4.
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# 5: the recording policy's `decision` (docs/format.md 8.13) and the lifecycle's
+# fields (8.14-8.17: `retention`, `holds`, `lifecycle_count`, `lifecycle_head`,
+# `lifecycle_leaves`, `lifecycle_refs`, `open_ref`, `archive`, `local`, `disposal`,
+# `pending_erase`, `subjects`; absent: the defaults). Versions 1 to 4 are read and
+# marked 5 on open (from 4 nothing else changes).
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
+MIGRATE_ERASED_BELOW = 4  # an index older than this kept erased calls' records
 CFS = ("calls", "records", "time", "agent", "skill", "tag")
 RECORD = struct.Struct(">BBHIQQI")  # leg, type, frames, first frame, segment, offset, length
 U64 = struct.Struct(">Q")
@@ -404,6 +410,20 @@ class Batch:
         self.gone.add(segment)
 
 
+def _ids_after(it: Any, prefix: bytes) -> list[str]:
+    """The call ids ending the keys under ``prefix`` (``prefix`` call_id 00), in key
+    order: a tenant's calls, a subject's calls."""
+    out: list[str] = []
+    it.seek(prefix)
+    while it.valid():
+        key = it.key()
+        if not key.startswith(prefix):
+            break
+        out.append(key[len(prefix) : -1].decode())
+        it.next()
+    return out
+
+
 class Index:
     """The RocksDB index of one vault (DATA/index)."""
 
@@ -460,7 +480,8 @@ class Index:
                 "rebuild it with `callvault --data DIR reindex`"
             )
         if version != FORMAT_VERSION and not read_only:
-            b = self._migrate_erased() if version is not None else self.batch()
+            older = version is not None and version < MIGRATE_ERASED_BELOW
+            b = self._migrate_erased() if older else self.batch()
             b.put_meta(b"meta/format", U32.pack(FORMAT_VERSION))
             self.write(b)
 
@@ -603,17 +624,7 @@ class Index:
 
     def call_ids(self, tenant: str) -> list[str]:
         """Every call id of the tenant in the index (all states), in key order."""
-        prefix = _s(tenant, "tenant")
-        out: list[str] = []
-        it = self._views["calls"].iter()
-        it.seek(prefix)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            out.append(key[len(prefix) : -1].decode())
-            it.next()
-        return out
+        return _ids_after(self._views["calls"].iter(), _s(tenant, "tenant"))
 
     def get_call(self, tenant: str, call_id: str) -> CallEntry | None:
         raw = self._views["calls"].get(call_key(tenant, call_id))
@@ -622,17 +633,7 @@ class Index:
     def subject_calls(self, tenant: str, name: str, mac: bytes) -> list[str]:
         """The ids of the tenant's calls whose ``name`` has the HMAC ``mac`` (the
         subject index, docs/format.md 8.16), in key order."""
-        prefix = subject_prefix(tenant, name, mac)
-        out: list[str] = []
-        it = self._db.iter()
-        it.seek(prefix)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            out.append(key[len(prefix) : -1].decode())
-            it.next()
-        return out
+        return _ids_after(self._db.iter(), subject_prefix(tenant, name, mac))
 
     def get_decision(self, tenant: str, call_id: str) -> DecisionEntry | None:
         raw = self._db.get(decision_key(tenant, call_id))
