@@ -62,7 +62,10 @@ applied and verifies with the log's key; the peer: no `calls` row is left and
 `receipts` holds CALLS rows.
 
 The sides of each workload run interleaved, round by round, in one loop
-(conftest.Interleaved), ROUNDS rounds after one warm-up round.
+(conftest.Interleaved), ROUNDS rounds after one warm-up round. Beside the wall
+time, each side's CPU time over its timed part (time.process_time: the whole
+process, so ours' committer thread too) goes to extra_info with its fsyncs: ours
+spends most of a change waiting, not computing (benchmarks/README.md, notes).
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ import json
 import os
 import shutil
 import sqlite3
+import statistics
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +183,35 @@ class State:
     failures: dict[str, list[str]] = field(default_factory=dict)
     checked: dict[str, int] = field(default_factory=dict)
     groups: list[int] = field(default_factory=list)  # ours' segment group commits per round
+
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # CPU s per round, per side
+    _cpu_start: float = 0.0
+
+    def with_cpu(self, side: str, work: Round) -> Round:
+        """``work`` with the process's CPU time over its timed part recorded (read
+        last in setup and first in teardown: outside the timed part, not in it)."""
+        setup, teardown = work.setup, work.teardown
+        assert setup is not None and teardown is not None
+
+        def start() -> tuple[Any, ...]:
+            args = setup()
+            self._cpu_start = time.process_time()
+            return args
+
+        def stop(*args: Any) -> None:
+            self.cpu.setdefault(side, []).append(time.process_time() - self._cpu_start)
+            teardown(*args)
+
+        return Round(work.run, setup=start, teardown=stop)
+
+    def cpu_info(self, side: str) -> str:
+        timed = self.cpu.get(side, [])[WARMUP:]
+        if not timed:
+            return "-"
+        return (
+            f"CPU of the process (all threads, time.process_time) per round: median "
+            f"{statistics.median(timed):.3f} s over {len(timed)} rounds"
+        )
 
     def check(self, side: str, problems: list[str]) -> None:
         self.checked[side] = self.checked.get(side, 0) + 1
@@ -289,7 +323,7 @@ def change_rounds(template: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             state.groups[-1] += v._writer.groups  # noqa: SLF001
             state.check("ours", check_vault_changes(v))
 
-        return Round(change_all, setup=setup, teardown=teardown)
+        return state.with_cpu("ours", Round(change_all, setup=setup, teardown=teardown))
 
     def peer_side(name: str, leaf: bool) -> Round:
         fds: list[int] = []
@@ -316,7 +350,7 @@ def change_rounds(template: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             db.close()
             state.dbs[name].remove(db)
 
-        return Round(sqlite_change_all, setup=setup, teardown=teardown)
+        return state.with_cpu(name, Round(sqlite_change_all, setup=setup, teardown=teardown))
 
     state = State(
         Interleaved(
@@ -350,24 +384,31 @@ def change_side(benchmark: Any, workload: Tag, change_rounds: State) -> Side:
     )  # fmt: skip
 
 
-def rounds_checked(state: State, side: str) -> None:
+def rounds_checked(state: State, side: str, benchmark: Any, fsyncs: str) -> None:
+    """Every round of ``side`` was checked and passed; its fsyncs and CPU to the report."""
     assert state.checked.get(side, 0) >= 1, f"no round of {side} was checked"
     assert state.failures.get(side) == [], f"{side}: {state.failures.get(side, [])[:5]}"
+    benchmark.extra_info["fsyncs"] = f"{fsyncs}; {state.cpu_info(side)}"
 
 
 def test_lifecycle_change_ours(change_side: Side, change_rounds: State, benchmark: Any) -> None:
     need("callvault.vault")
     n = change_side("ours", "ours", what=what_change())
     assert n == CALLS  # every change returned an entry with one lifecycle record
-    rounds_checked(change_rounds, "ours")
-    benchmark.extra_info["fsyncs"] = (
-        f"segment group commits per round {change_rounds.groups} (one per change), plus "
-        "one fsync of the Merkle log per change"
+    groups = change_rounds.groups
+    assert groups and all(g == CALLS for g in groups), f"group commits per round: {groups}"
+    rounds_checked(
+        change_rounds,
+        "ours",
+        benchmark,
+        f"2 fsyncs per change: segment group commits per round {groups} (one per change) "
+        "and one fsync of the Merkle log per change",
     )
-    assert all(g >= CALLS for g in change_rounds.groups), change_rounds.groups
 
 
-def test_lifecycle_change_peer_sqlite(change_side: Side, change_rounds: State) -> None:
+def test_lifecycle_change_peer_sqlite(
+    change_side: Side, change_rounds: State, benchmark: Any
+) -> None:
     n = change_side(
         "peer",
         "sqlite",
@@ -376,10 +417,12 @@ def test_lifecycle_change_peer_sqlite(change_side: Side, change_rounds: State) -
         "chain, no Merkle log",
     )
     assert n == CALLS
-    rounds_checked(change_rounds, "sqlite")
+    rounds_checked(change_rounds, "sqlite", benchmark, "1 fsync per change (the WAL commit)")
 
 
-def test_lifecycle_change_peer_sqlite_leaf(change_side: Side, change_rounds: State) -> None:
+def test_lifecycle_change_peer_sqlite_leaf(
+    change_side: Side, change_rounds: State, benchmark: Any
+) -> None:
     n = change_side(
         "peer",
         "sqlite_leaf",
@@ -388,7 +431,9 @@ def test_lifecycle_change_peer_sqlite_leaf(change_side: Side, change_rounds: Sta
         "no tree",
     )
     assert n == CALLS
-    rounds_checked(change_rounds, "sqlite_leaf")
+    rounds_checked(
+        change_rounds, "sqlite_leaf", benchmark, "2 fsyncs per change (WAL commit, leaf file)"
+    )
 
 
 # -- disposal ------------------------------------------------------------------------------
@@ -471,7 +516,7 @@ def disposal_rounds(template: Path, tmp_path_factory: pytest.TempPathFactory) ->
         def teardown(v: Any) -> None:
             state.check("ours", check_vault_disposal(v))
 
-        return Round(dispose_all, setup=setup, teardown=teardown)
+        return state.with_cpu("ours", Round(dispose_all, setup=setup, teardown=teardown))
 
     def peer_side() -> Round:
         def setup() -> tuple[Any, ...]:
@@ -484,7 +529,7 @@ def disposal_rounds(template: Path, tmp_path_factory: pytest.TempPathFactory) ->
             db.close()
             state.dbs["sqlite"].remove(db)
 
-        return Round(sqlite_dispose_all, setup=setup, teardown=teardown)
+        return state.with_cpu("sqlite", Round(sqlite_dispose_all, setup=setup, teardown=teardown))
 
     state = State(
         Interleaved({"ours": ours_side, "sqlite": peer_side}, rounds=ROUNDS, warmup_rounds=WARMUP)
@@ -503,7 +548,7 @@ def disposal_side(benchmark: Any, workload: Tag, disposal_rounds: State) -> Side
     )  # fmt: skip
 
 
-def test_disposal_ours(disposal_side: Side, disposal_rounds: State) -> None:
+def test_disposal_ours(disposal_side: Side, disposal_rounds: State, benchmark: Any) -> None:
     need("callvault.lifecycle.disposal")
     report, out = disposal_side(
         "ours",
@@ -513,10 +558,16 @@ def test_disposal_ours(disposal_side: Side, disposal_rounds: State) -> None:
         "fresh copy of the same vault per round",
     )
     assert len(report.calls) == CALLS and out["disposed"] == CALLS
-    rounds_checked(disposal_rounds, "ours")
+    rounds_checked(
+        disposal_rounds,
+        "ours",
+        benchmark,
+        "4 fsyncs per call (receipt record and its leaf, erasure record and its leaf) "
+        "plus the report's",
+    )
 
 
-def test_disposal_peer_sqlite(disposal_side: Side, disposal_rounds: State) -> None:
+def test_disposal_peer_sqlite(disposal_side: Side, disposal_rounds: State, benchmark: Any) -> None:
     n = disposal_side(
         "peer",
         "sqlite",
@@ -526,4 +577,4 @@ def test_disposal_peer_sqlite(disposal_side: Side, disposal_rounds: State) -> No
         "deleted row stays in free pages and the WAL)",
     )
     assert n == CALLS
-    rounds_checked(disposal_rounds, "sqlite")
+    rounds_checked(disposal_rounds, "sqlite", benchmark, "1 fsync per call (the WAL commit)")
