@@ -124,7 +124,7 @@ def test_approval_by_a_second_identity(data: Path, tmp_path: Path) -> None:
     assert same.returncode == 1 and "another identity must approve it" in same.stderr
     done = cv(data, "dispose", "approve", rid, "--json", shift="+50d", user="bob").stdout
     doc = json.loads(done)
-    assert doc["status"] == "applied" and doc["approved_by"]["name"] == "cli:bob"
+    assert doc["status"] == "applied" and doc["approved_by"]["name"] == "local:bob"
     assert doc["results"]["disposed"] == 1
     info = cv(data, "info", "a", shift="+50d").stdout
     assert "erased" in info

@@ -7,7 +7,9 @@ module imports nothing of callvault.cli, so there is no import circle.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import re
 import sys
 import time
@@ -19,6 +21,17 @@ from typing import Any, Literal, Protocol
 from callvault import ids
 from callvault.errors import CallvaultError, InputError
 from callvault.timeline import FRAME_MS
+
+
+def local_identity() -> dict[str, Any]:
+    """Who acts through --data DIR (a LIFECYCLE record's ``by``, a disposition
+    report's planner or approver): the operating system's user, as ``local:USER``,
+    with the data directory's full powers, as every local verb has."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for the uid (a container)
+        user = f"uid{os.getuid()}"
+    return {"name": f"local:{user}", "role": "admin", "tenant": None, "via": "local"}
 
 
 def iso(us: int) -> str:

@@ -9,7 +9,6 @@ report file and the log's public key."""
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 import tomllib
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from callvault.cli.common import local_identity
 from callvault.errors import CallvaultError
 from callvault.lifecycle import disposal
 from callvault.vault.lifecycle import utc
@@ -72,10 +72,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], verb: V
         help="the log's verifier key: a file holding it, or the key itself",
     )
     v.set_defaults(func=cmd_verify_report)
-
-
-def _local_identity() -> dict[str, Any]:
-    return {"name": f"cli:{getpass.getuser()}", "role": "admin", "tenant": None, "via": "cli"}
 
 
 def _settings(args: argparse.Namespace) -> tuple[disposal.Settings, Any]:
@@ -150,10 +146,10 @@ def cmd_dispose(args: argparse.Namespace) -> int:
         with local.connect(args) as lb:
             v = lb.vault
             if args.dry_run:
-                report = disposal.plan(v, by=_local_identity())
+                report = disposal.plan(v, by=local_identity())
             else:
                 archive = archive_of(v, archive_section)
-                report = disposal.run(v, settings, by=_local_identity(), archive=archive)
+                report = disposal.run(v, settings, by=local_identity(), archive=archive)
     if report is None:
         if args.json:
             print("{}")
@@ -177,7 +173,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
             report = disposal.approve(
                 lb.vault,
                 args.report_id,
-                by=_local_identity(),
+                by=local_identity(),
                 archive=archive_of(lb.vault, archive_section),
                 reclaim_threshold=settings.reclaim_threshold,
             )

@@ -12,29 +12,18 @@ the server's, with two identities.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from callvault import ids
+from callvault.cli.common import local_identity
 from callvault.errors import CallvaultError
 from callvault.lifecycle.holds import NAME_RULE
 from callvault.vault.lifecycle import utc
 
 VerbMaker = Callable[..., argparse.ArgumentParser]
-
-
-def local_identity() -> dict[str, Any]:
-    """Who acts on a local vault: the OS user."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no name for the uid (a container)
-        import os
-
-        user = f"uid{os.getuid()}"
-    return {"name": f"local:{user}", "role": "admin", "tenant": None, "via": "local"}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], verb: VerbMaker) -> None:

@@ -419,7 +419,7 @@ class LocalBackend:
     def erase(
         self, call_id: str, *, tenant: str, reason: str, override_retention: bool = False
     ) -> str | None:
-        from callvault.cli.holds import local_identity
+        from callvault.cli.common import local_identity
         from callvault.lifecycle.holds import erase_or_defer
 
         if override_retention:  # the operator of --data DIR is the vault's admin

@@ -7,15 +7,15 @@ would do, touching nothing."""
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from callvault.cli.common import local_identity
 from callvault.errors import CallvaultError, InputError
 from callvault.lifecycle import policy as pol
+from callvault.vault.lifecycle import utc
 
 VerbMaker = Callable[..., argparse.ArgumentParser]
 
@@ -75,17 +75,8 @@ def _read(path: str) -> tuple[str, pol.Policy]:
     return text, pol.Policy.load(text, where=path)
 
 
-def _local_by() -> dict[str, Any]:
-    """Who changes a vault through --data DIR: the operating system's user."""
-    try:
-        name = getpass.getuser()
-    except (KeyError, OSError):
-        name = "local"
-    return {"name": name, "role": "admin", "tenant": None, "via": "local"}
-
-
 def _when(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if us else "-"
+    return utc(us) if us else "-"
 
 
 def _rules_lines(p: pol.Policy) -> list[str]:
@@ -133,7 +124,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         from callvault.cli import local
 
         with local.connect(args) as lb:
-            by = _local_by()
+            by = local_identity()
             a = pol.store(lb.vault, p, by=by["name"])
             pol.attach(lb.vault, p)
             applied = {"sha256": a.sha256, "applied_us": a.applied_us, "applied_by": a.applied_by}

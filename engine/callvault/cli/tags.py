@@ -6,14 +6,13 @@ section 2; docs/policy.md "Tags"). On the vault in --data DIR or on a server
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from callvault import ids
-from callvault.cli.common import iso
+from callvault.cli.common import iso, local_identity
 from callvault.errors import CallvaultError
 
 VerbMaker = Callable[..., argparse.ArgumentParser]
@@ -64,16 +63,6 @@ def _split(args: argparse.Namespace) -> list[str]:
         else:
             words.append(w)
     return words
-
-
-def local_identity() -> dict[str, Any]:
-    """Who changes a call through --data DIR: the operating system's user, with the
-    data directory's full powers (as every local verb)."""
-    try:
-        name = getpass.getuser()
-    except (KeyError, OSError):
-        name = "local"
-    return {"name": name, "role": "admin", "tenant": None, "via": "local"}
 
 
 def cmd_tag(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from callvault.errors import InputError
 from callvault.ids import MAX_ERASE_REASON_BYTES
 from callvault.store.index import CallEntry
 from callvault.vault import Vault, VaultError
+from callvault.vault.lifecycle import utc
 
 MODES = ("compliance", "governance", "default")
 # "forever": the last second a retention end can name (a date every tool can print)
@@ -764,13 +765,9 @@ def override_reason(vault: Vault, e: CallEntry, reason: str) -> str:
         return reason  # nothing to override (or something the override cannot lift)
     r = e.retention or {}
     note = (
-        f" [governance retention until {_utc(int(r.get('until_us', 0)))} "
+        f" [governance retention until {utc(int(r.get('until_us', 0)))} "
         f"(rule {r.get('rule', '?')}) overridden by an admin]"
     )
     limit = MAX_ERASE_REASON_BYTES - len(note.encode())
     text = reason.encode()[:limit].decode(errors="ignore")
     return text + note
-
-
-def _utc(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
