@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import grpc
-from callvault_client._pb import callvault_pb2 as pb
 from callvault_client._pb import callvault_pb2_grpc as pbg
 
-from callvault.access.context import current_identity
 from callvault.server.lc_archive import ArchivePart
 from callvault.server.lc_disposal import DisposalPart
 from callvault.server.lc_holds import HoldsPart
@@ -32,25 +29,6 @@ class LifecycleBase:
         self.vault = vault
         self.config = config
         self.server = server  # the app.Server (its scheduler, ingestor, audit trail)
-
-    # Until a part implements them: the platform-only methods refuse tenant identities
-    # first (docs/access.md), then answer UNIMPLEMENTED.
-    def _unimplemented_platform(self, context: grpc.ServicerContext, what: str) -> Any:
-        who = current_identity()
-        if who.tenant is not None:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{who.name} belongs to tenant {who.tenant}: {what} acts on every tenant",
-            )
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented yet")
-
-    def ApplyPolicy(self, r: pb.ApplyPolicyRequest, context: grpc.ServicerContext) -> pb.PolicyInfo:
-        return self._unimplemented_platform(context, "applying a policy")
-
-    def ArchiveRun(
-        self, r: pb.ArchiveRunRequest, context: grpc.ServicerContext
-    ) -> pb.ArchiveRunReply:
-        return self._unimplemented_platform(context, "an archive run")
 
 
 class LifecycleServicer(  # the parts go first
